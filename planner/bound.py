@@ -1,0 +1,89 @@
+"""Upper bound on generated tokens per second, MoE-Lens style, with the binding term named.
+
+All terms are in generated tokens/s for the model's workload, budgets and (efficiency-scaled) profile rates,
+so a plan's prediction never exceeds the bound (a property test checks it):
+- with a device:
+  - `kv_link`: PME * M / delta restated in generated tokens: at most M / s sequences fit (M = KV capacity in
+    tokens, s = KV tokens a refilled slot holds, p + g/2 for fixed lengths; no more than the prompts), and a
+    step streams at least the bytes the device cannot hold, delta = (model bytes - device memory) / fastest
+    link rate. MoE-Lens' PME * M / delta counts prompt plus generated tokens; it is reported beside
+    (`moe_lens_processed_tok_s`).
+  - `device_compute`: peak measured GEMM rate / GEMM FLOPs per generated token (k experts per token).
+  - `cpu_attention`: min(best attention bandwidth, host read bandwidth) / KV bytes read per token.
+  - `host_memory`: host read bandwidth over the KV reads plus the least bytes the layers stream per step
+    (embed and lm_head copies aside), at the most sequences in flight.
+- CPU-only (no link): `host_memory` = read bandwidth over the activated weights (expected distinct experts
+  at the most sequences that fit) plus KV, and `cpu_compute` = GEMM FLOPs at peak plus attention at the best
+  attention bandwidth, one after the other on the same cores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from planner.perf_model import PerfModel
+
+
+@dataclass(frozen=True)
+class Bound:
+    tok_s: float
+    binding: str
+    terms: dict[str, float]
+    pme: float
+    kv_capacity_tokens: float
+    max_seqs: float
+    delta_s: float | None                    # seconds to stream what the device cannot hold (None: no link)
+    moe_lens_processed_tok_s: float | None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["terms"] = {k: _finite(v) for k, v in self.terms.items()}
+        return {k: _finite(v) if isinstance(v, float) else v for k, v in data.items()}
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isinf(value) else float(value)
+
+
+def gemm_flops_per_token(model: PerfModel) -> float:
+    """Device GEMM FLOPs per generated token: projections, router, k routed experts, shared/dense MLP, lm_head."""
+    spec, costs = model.spec, model.layout.costs
+    total = costs.lm_head_flops_per_token()
+    for layer in range(spec.num_layers):
+        flops = costs.layer_flops_per_token(layer, 1)
+        total += sum(v for k, v in flops.items() if k != "attention")
+    return total
+
+
+def compute_bound(model: PerfModel) -> Bound:
+    lay, rates, w, mem, b = model.layout, model.rates, model.workload, model.memory, model.budgets
+    kv_avail = max(min(b.kv_bytes, b.host_bytes - lay.total_bytes - mem.host_reserve), 0.0)
+    capacity = kv_avail / lay.kv_bytes_per_token
+    max_seqs = min(capacity / w.kv_tokens_per_slot, float(w.num_prompts))
+    kv_read_per_token = lay.kv_read_bytes_per_seq_layer * model.spec.num_layers
+    flops = gemm_flops_per_token(model)
+    attention_bps = float(rates.attention_bps.max())
+    terms: dict[str, float] = {}
+    delta = processed = None
+    if model.has_device:
+        must_stream = max(lay.total_bytes - (b.device_bytes - mem.device_reserve), 0.0)
+        delta = must_stream / rates.max_h2d_bps
+        terms["kv_link"] = max_seqs / delta if delta > 0 else math.inf
+        processed = w.pme * capacity / delta if delta > 0 else None
+        terms["device_compute"] = rates.peak_flops / flops
+        terms["cpu_attention"] = min(attention_bps, rates.host_read_bps) / kv_read_per_token
+        per_step_modules = sum(lay.step_bytes.values())     # embed and lm_head copies bypass the layer pipeline
+        layers_stream = max(must_stream - per_step_modules, 0.0)
+        terms["host_memory"] = max_seqs * rates.host_read_bps / (max_seqs * kv_read_per_token + layers_stream)
+    else:
+        gb = lay.group_bytes
+        per_moe = gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] + gb["moe"]["shared_experts"]
+        per_dense = gb["dense"]["qkv_proj"] + gb["dense"]["o_proj"] + gb["dense"]["dense_mlp"]
+        weights = lay.num_moe_layers * (per_moe + float(lay.expected_experts(max_seqs)) * lay.expert_bytes) \
+            + lay.num_dense_layers * per_dense
+        terms["host_memory"] = max_seqs * rates.host_read_bps / (weights + max_seqs * kv_read_per_token)
+        terms["cpu_compute"] = 1.0 / (flops / rates.peak_flops + kv_read_per_token / attention_bps)
+    binding = min(terms, key=terms.get)
+    return Bound(tok_s=terms[binding], binding=binding, terms=terms, pme=w.pme, kv_capacity_tokens=capacity,
+                 max_seqs=max_seqs, delta_s=delta, moe_lens_processed_tok_s=processed)

@@ -1,0 +1,199 @@
+"""Derived sizes and costs of a `ModelSpec`: parameters, bytes, FLOPs and KV bytes per module, torch-free.
+
+Module names are those of docs/contracts.md: `embed`, `qkv_proj`, `attention`, `o_proj`, `router`,
+`experts`, `shared_experts`, `dense_mlp`, `lm_head`, plus `norms` (RMS/LayerNorm weights) for bytes.
+`qkv_proj` holds everything before the attention kernel (q/k/v projections and biases, q/k norms; MLA: the
+q_a/q_b or q projection, kv_a_proj, kv_b_proj and their norms); `attention` holds gpt-oss sinks only.
+Counts match the tensors a transformers 5.23 model holds (its state_dict, deduplicated when tied).
+
+`ModelCosts(spec)`:
+- parameter counts: `embed_params()`, `lm_head_params()` (0 when tied), `layer_params(layer) -> {module: n}`,
+  `expert_params()` (one routed expert), `params_by_module() -> {module: n}` (whole model),
+  `total_params()`, `active_params(include_embed=True)` (per token: all but the E-k unused routed experts
+  per MoE layer).
+- bytes at the spec dtype: `module_bytes(layer=None) -> {module: bytes}` (one layer, or the whole model
+  when layer is None), `expert_bytes()`, `layer_bytes(layer)`, `total_bytes()`.
+- FLOPs per token: `layer_flops_per_token(layer, context_len) -> {module: flops}` (2 x weights for
+  matmuls; routed experts count top_k experts; `attention` = score and value FLOPs of one query against
+  context_len cached tokens), `lm_head_flops_per_token()`, `flops_per_token(context_len)` (whole model).
+  MLA attention is counted in the absorbed (latent) form the CPU kernel uses:
+  2*H*(kv_lora+rope)*ctx for scores plus 2*H*kv_lora*ctx for values.
+- KV: `kv_bytes_per_token_per_layer()` (GQA 2*H_kv*d_h*bytes; MLA (kv_lora+rope)*bytes),
+  `kv_bytes_per_token()` (all layers), `kv_bytes_for_context(context_len)` (one sequence, sliding-window
+  layers capped at their window).
+- routing: `expected_distinct_experts(num_tokens)` = E(1-(1-k/E)^m), an upper bound under uniform routing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.spec import ModelSpec
+
+LAYER_MODULES = ("qkv_proj", "attention", "o_proj", "norms", "router", "experts", "shared_experts", "dense_mlp")
+
+
+@dataclass(frozen=True)
+class ModelCosts:
+    spec: ModelSpec
+
+    # ----- parameter counts -----
+    def _norm(self, width: int) -> int:
+        return width * (2 if self.spec.norm_type == "layernorm" else 1)
+
+    def embed_params(self) -> int:
+        return self.spec.vocab_size * self.spec.hidden_size
+
+    def lm_head_params(self) -> int:
+        s = self.spec
+        if s.tie_word_embeddings:
+            return 0
+        return s.vocab_size * s.hidden_size + (s.vocab_size if s.lm_head_bias else 0)
+
+    def _qkv_weights_and_extras(self) -> tuple[int, int]:
+        """(matmul weights, biases + norms) of everything before the attention kernel, per layer."""
+        s, h = self.spec, self.spec.hidden_size
+        if s.attention == "mla":
+            q_out = s.num_heads * (s.qk_nope_head_dim + s.qk_rope_head_dim)
+            kv_a_out = s.kv_lora_rank + s.qk_rope_head_dim
+            weights = h * kv_a_out + s.kv_lora_rank * s.num_heads * (s.qk_nope_head_dim + s.v_head_dim)
+            extras = s.kv_lora_rank + (kv_a_out if s.attention_bias else 0)
+            if s.q_lora_rank:
+                weights += h * s.q_lora_rank + s.q_lora_rank * q_out
+                extras += s.q_lora_rank + (s.q_lora_rank if s.attention_bias else 0)
+            else:
+                weights += h * q_out
+            return weights, extras
+        q_out, kv_out = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        weights = h * (q_out + 2 * kv_out)
+        extras = q_out + 2 * kv_out if s.attention_bias else 0
+        if s.qk_norm == "per_head":
+            extras += 2 * s.head_dim
+        elif s.qk_norm == "full":
+            extras += q_out + kv_out
+        return weights, extras
+
+    def _o_weights(self) -> int:
+        s = self.spec
+        per_head = s.v_head_dim if s.attention == "mla" else s.head_dim
+        return s.num_heads * per_head * s.hidden_size
+
+    def _o_bias(self) -> int:
+        s = self.spec
+        return s.hidden_size if s.attention_bias and s.family != "qwen2_moe" else 0
+
+    def expert_params(self) -> int:
+        s = self.spec
+        bias = 2 * s.moe_intermediate_size + s.hidden_size if s.expert_bias else 0
+        return 3 * s.hidden_size * s.moe_intermediate_size + bias
+
+    def router_params(self) -> int:
+        s = self.spec
+        extra = (s.num_experts if s.router_linear_bias else 0) + (s.num_experts if s.has_score_correction_bias else 0)
+        return s.num_experts * s.hidden_size + extra
+
+    def shared_expert_params(self) -> int:
+        s = self.spec
+        gate = s.hidden_size if s.has_shared_expert_gate else 0
+        return 3 * s.hidden_size * s.shared_intermediate_size + gate
+
+    def dense_mlp_params(self) -> int:
+        return 3 * self.spec.hidden_size * self.spec.dense_intermediate_size
+
+    def layer_params(self, layer: int) -> dict[str, int]:
+        s = self.spec
+        qkv_weights, qkv_extras = self._qkv_weights_and_extras()
+        moe = s.is_moe_layer(layer)
+        return {
+            "qkv_proj": qkv_weights + qkv_extras,
+            "attention": s.num_heads if s.attention_sinks else 0,
+            "o_proj": self._o_weights() + self._o_bias(),
+            "norms": 2 * self._norm(s.hidden_size),
+            "router": self.router_params() if moe else 0,
+            "experts": s.num_experts * self.expert_params() if moe else 0,
+            "shared_experts": self.shared_expert_params() if moe else 0,
+            "dense_mlp": 0 if moe else self.dense_mlp_params(),
+        }
+
+    def params_by_module(self) -> dict[str, int]:
+        totals = {"embed": self.embed_params(), **dict.fromkeys(LAYER_MODULES, 0)}
+        for layer in range(self.spec.num_layers):
+            for module, count in self.layer_params(layer).items():
+                totals[module] += count
+        totals["norms"] += self._norm(self.spec.hidden_size)  # final norm
+        totals["lm_head"] = self.lm_head_params()
+        return totals
+
+    def total_params(self) -> int:
+        return sum(self.params_by_module().values())
+
+    def active_params(self, include_embed: bool = True) -> int:
+        """Parameters touched per token. DeepSeek and OpenAI publish it without the input embedding."""
+        s = self.spec
+        unused = s.num_moe_layers * (s.num_experts - s.top_k) * self.expert_params()
+        return self.total_params() - unused - (0 if include_embed else self.embed_params())
+
+    # ----- bytes -----
+    def module_bytes(self, layer: int | None = None) -> dict[str, int]:
+        counts = self.params_by_module() if layer is None else self.layer_params(layer)
+        return {module: count * self.spec.dtype_bytes for module, count in counts.items()}
+
+    def expert_bytes(self) -> int:
+        return self.expert_params() * self.spec.dtype_bytes
+
+    def layer_bytes(self, layer: int) -> int:
+        return sum(self.module_bytes(layer).values())
+
+    def total_bytes(self) -> int:
+        return self.total_params() * self.spec.dtype_bytes
+
+    # ----- FLOPs per token -----
+    def attention_flops_per_token(self, context_len: int, layer: int = 0) -> float:
+        s = self.spec
+        ctx = min(context_len, s.sliding_window) if s.is_sliding_layer(layer) else context_len
+        if s.attention == "mla":
+            return 2.0 * s.num_heads * (2 * s.kv_lora_rank + s.qk_rope_head_dim) * ctx
+        return 4.0 * s.num_heads * s.head_dim * ctx
+
+    def layer_flops_per_token(self, layer: int, context_len: int) -> dict[str, float]:
+        s = self.spec
+        moe = s.is_moe_layer(layer)
+        shared_weights = 3 * s.hidden_size * s.shared_intermediate_size + (s.hidden_size if s.has_shared_expert_gate else 0)
+        return {
+            "qkv_proj": 2.0 * self._qkv_weights_and_extras()[0],
+            "attention": self.attention_flops_per_token(context_len, layer),
+            "o_proj": 2.0 * self._o_weights(),
+            "router": 2.0 * s.num_experts * s.hidden_size if moe else 0.0,
+            "experts": 2.0 * s.top_k * 3 * s.hidden_size * s.moe_intermediate_size if moe else 0.0,
+            "shared_experts": 2.0 * shared_weights if moe else 0.0,
+            "dense_mlp": 0.0 if moe else 2.0 * self.dense_mlp_params(),
+        }
+
+    def lm_head_flops_per_token(self) -> float:
+        return 2.0 * self.spec.vocab_size * self.spec.hidden_size
+
+    def flops_per_token(self, context_len: int) -> float:
+        layers = sum(sum(self.layer_flops_per_token(layer, context_len).values())
+                     for layer in range(self.spec.num_layers))
+        return layers + self.lm_head_flops_per_token()
+
+    # ----- KV cache -----
+    def kv_bytes_per_token_per_layer(self) -> int:
+        s = self.spec
+        if s.attention == "mla":
+            return (s.kv_lora_rank + s.qk_rope_head_dim) * s.dtype_bytes
+        return 2 * s.num_kv_heads * s.head_dim * s.dtype_bytes
+
+    def kv_bytes_per_token(self) -> int:
+        return self.spec.num_layers * self.kv_bytes_per_token_per_layer()
+
+    def kv_bytes_for_context(self, context_len: int) -> int:
+        s = self.spec
+        tokens = sum(min(context_len, s.sliding_window) if s.is_sliding_layer(layer) else context_len
+                     for layer in range(s.num_layers))
+        return tokens * self.kv_bytes_per_token_per_layer()
+
+    # ----- routing -----
+    def expected_distinct_experts(self, num_tokens: float) -> float:
+        s = self.spec
+        return s.num_experts * (1.0 - (1.0 - s.top_k / s.num_experts) ** num_tokens)

@@ -1,0 +1,138 @@
+"""Where a model's bytes are, per layer kind and per residency choice: the static half of the performance model.
+
+`ModelLayout(spec, workload, block_size)` turns `planner.costs.ModelCosts` into the constants the model needs:
+bytes of each weight group per MoE layer and per dense layer, KV bytes per token and per slot, activation
+sizes per token, and, for every residency index `rho` (0 .. len(RESIDENCY_ORDER) + num_experts), the bytes
+resident on the device, streamed per MoE / dense layer and streamed once per step (embed, lm_head).
+
+Residency index: the first `min(rho, 7)` groups of `RESIDENCY_ORDER` (read by every token, so kept first) are
+resident; beyond that `rho - 7` routed experts of every MoE layer (experts 0 .. r-1) are resident too.
+Norms and gpt-oss sinks ride with `qkv_proj`, the final norm with `lm_head`. Group names are the runtime's
+weight-module names (docs/contracts.md, `resident_modules`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.costs import ModelCosts
+from planner.spec import ModelSpec
+from planner.workload import Workload
+
+RESIDENCY_ORDER = ("router", "qkv_proj", "o_proj", "shared_experts", "dense_mlp", "lm_head", "embed")
+LAYER_GROUPS = ("router", "qkv_proj", "o_proj", "shared_experts", "dense_mlp")
+STEP_GROUPS = ("lm_head", "embed")
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    spec: ModelSpec
+    costs: ModelCosts
+    block_size: int
+    num_moe_layers: int
+    num_dense_layers: int
+    group_bytes: dict[str, dict[str, float]]     # layer kind ("moe" | "dense") -> group -> bytes per layer
+    step_bytes: dict[str, float]                 # lm_head (with the final norm), embed
+    expert_bytes: float
+    total_bytes: float
+    resident_bytes: np.ndarray                   # [rho]
+    streamed_moe_layer: np.ndarray               # [rho]
+    streamed_dense_layer: np.ndarray             # [rho]
+    streamed_per_step: np.ndarray                # [rho]
+    kv_bytes_per_token_layer: float
+    kv_bytes_per_token: float
+    kv_read_bytes_per_seq_layer: float           # per decode step, averaged over layers
+    kv_bytes_per_slot: float                     # host KV a refilled slot holds on average (block-rounded)
+    kv_bytes_one_sequence: float                 # the longest sequence, whole
+    qkv_out_dim: int
+    attn_out_dim: int
+    prefill_kv_bytes_per_token_layer: float      # K/V as prefill attention reads them (MLA expanded)
+    prefill_pair_flops: float                    # score + value FLOPs per (query, key) pair per layer
+    decode_attention_flops_per_ctx: float        # per query token per cached token, all layers
+
+    @classmethod
+    def build(cls, spec: ModelSpec, workload: Workload, block_size: int) -> ModelLayout:
+        costs = ModelCosts(spec)
+        moe_layer, dense_layer = spec.first_dense_layers, 0
+        group_bytes = {}
+        for kind, layer in (("moe", moe_layer), ("dense", dense_layer)):
+            raw = costs.module_bytes(layer) if layer < spec.num_layers else dict.fromkeys(LAYER_GROUPS, 0)
+            group_bytes[kind] = {
+                "router": float(raw.get("router", 0)),
+                "qkv_proj": float(raw.get("qkv_proj", 0) + raw.get("attention", 0) + raw.get("norms", 0)),
+                "o_proj": float(raw.get("o_proj", 0)),
+                "shared_experts": float(raw.get("shared_experts", 0)),
+                "dense_mlp": float(raw.get("dense_mlp", 0)),
+            }
+        whole = costs.module_bytes()
+        step_bytes = {"lm_head": float(whole["lm_head"]) + spec.hidden_size * spec.dtype_bytes,
+                      "embed": float(whole["embed"])}
+        n_moe, n_dense = spec.num_moe_layers, spec.first_dense_layers
+        expert = float(costs.expert_bytes())
+        levels = len(RESIDENCY_ORDER)
+        rho = np.arange(levels + spec.num_experts + 1)
+        resident, s_moe, s_dense, s_step = (np.zeros(rho.size) for _ in range(4))
+        for i in rho:
+            kept = set(RESIDENCY_ORDER[:min(i, levels)])
+            experts_kept = max(i - levels, 0)
+            resident[i] = (sum(n_moe * group_bytes["moe"][g] + n_dense * group_bytes["dense"][g]
+                               for g in LAYER_GROUPS if g in kept)
+                           + sum(step_bytes[g] for g in STEP_GROUPS if g in kept)
+                           + experts_kept * expert * n_moe)
+            s_moe[i] = sum(b for g, b in group_bytes["moe"].items() if g not in kept) + (
+                spec.num_experts - experts_kept) * expert
+            s_dense[i] = sum(b for g, b in group_bytes["dense"].items() if g not in kept)
+            s_step[i] = sum(step_bytes[g] for g in STEP_GROUPS if g not in kept)
+        if n_dense == 0:
+            s_dense[:] = 0.0
+
+        kv_layer = float(costs.kv_bytes_per_token_per_layer())
+        slot_tokens = workload.kv_tokens_per_slot
+        window_tokens = min(slot_tokens, workload.window_read_tokens(spec.sliding_window))
+        sliding = sum(spec.is_sliding_layer(layer) for layer in range(spec.num_layers))
+        read_tokens = (sliding * window_tokens + (spec.num_layers - sliding) * slot_tokens) / spec.num_layers
+        if spec.attention == "mla":
+            h_ = spec.num_heads
+            qkv_out = h_ * (spec.qk_nope_head_dim + spec.qk_rope_head_dim) + spec.kv_lora_rank \
+                + spec.qk_rope_head_dim + h_ * spec.kv_lora_rank
+            attn_out = h_ * max(spec.kv_lora_rank, spec.v_head_dim)
+            prefill_kv = h_ * (spec.qk_nope_head_dim + spec.qk_rope_head_dim + spec.v_head_dim) * spec.dtype_bytes
+            pair = 2.0 * h_ * (spec.qk_nope_head_dim + spec.qk_rope_head_dim + spec.v_head_dim)
+        else:
+            qkv_out = (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim
+            attn_out = spec.num_heads * spec.head_dim
+            prefill_kv = kv_layer
+            pair = 4.0 * spec.num_heads * spec.head_dim
+        return cls(
+            spec=spec, costs=costs, block_size=block_size, num_moe_layers=n_moe, num_dense_layers=n_dense,
+            group_bytes=group_bytes, step_bytes=step_bytes, expert_bytes=expert, total_bytes=float(costs.total_bytes()),
+            resident_bytes=resident, streamed_moe_layer=s_moe, streamed_dense_layer=s_dense,
+            streamed_per_step=s_step, kv_bytes_per_token_layer=kv_layer,
+            kv_bytes_per_token=kv_layer * spec.num_layers,
+            kv_read_bytes_per_seq_layer=kv_layer * read_tokens,
+            kv_bytes_per_slot=(slot_tokens + block_size / 2) * kv_layer * spec.num_layers,
+            kv_bytes_one_sequence=(workload.max_sequence_len + block_size) * kv_layer * spec.num_layers,
+            qkv_out_dim=qkv_out, attn_out_dim=attn_out, prefill_kv_bytes_per_token_layer=float(prefill_kv),
+            prefill_pair_flops=pair,
+            decode_attention_flops_per_ctx=sum(costs.attention_flops_per_token(1, layer)
+                                               for layer in range(spec.num_layers)))
+
+    @property
+    def max_residency(self) -> int:
+        return len(self.resident_bytes) - 1
+
+    def resident_groups(self, rho: int) -> tuple[tuple[str, ...], int]:
+        """(weight modules kept on the device, routed experts kept per MoE layer) for residency index rho."""
+        levels = len(RESIDENCY_ORDER)
+        groups = list(RESIDENCY_ORDER[:min(rho, levels)])
+        experts = max(rho - levels, 0)
+        if experts == self.spec.num_experts:
+            groups.append("experts")
+        return tuple(groups), experts
+
+    def expected_experts(self, tokens) -> np.ndarray:
+        """E(1-(1-k/E)^m): distinct experts hit by m tokens under uniform routing (an upper bound)."""
+        e, k = self.spec.num_experts, self.spec.top_k
+        return e * (1.0 - (1.0 - k / e) ** np.asarray(tokens, dtype=np.float64))

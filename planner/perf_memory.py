@@ -1,0 +1,161 @@
+"""Memory budgets and the memory model: what each decision costs on the host and on the device.
+
+`Budgets.from_args(profile, kv_gb, host_gb, device_gb)` reads the user's limits (GiB) with the profile's
+machine sizes as defaults and rejects absurd values with a `UserError`.
+`MemoryModel` (vectorised like the performance model):
+- host: every weight (the host store) + KV cache (N slots at `kv_bytes_per_slot` plus one longest sequence
+  of headroom, block-rounded) + pinned attention staging (q/k/v out, attention back: with a device) +
+  activations and prefill workspace (CPU-only: the device is the host) + a reserve (OS, Python, torch).
+- device: resident weights + stream buffers (two layers of streamed modules, plus non-resident embed /
+  lm_head) + the larger of the decode activations (hidden states of all N tokens, one attention
+  micro-batch, one expert chunk, router logits, lm_head logits of a micro-batch) and the prefill workspace
+  (a chunk's activations, one layer's K/V for attention) + a reserve (CUDA context, allocator slack).
+`max_num_seqs(candidates)` is the largest N (real-valued) all of that allows, with the KV cache inside
+`kv_bytes`; `breakdown(...)` gives the bytes by category for the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.errors import UserError
+from planner.model_layout import ModelLayout
+from planner.profile import HardwareProfile
+from planner.workload import Workload
+
+GiB = float(1 << 30)
+HOST_RESERVE_BYTES = 2 * GiB
+HOST_RESERVE_FRACTION = 0.05
+DEVICE_RESERVE_BYTES = 1 * GiB
+DEVICE_RESERVE_FRACTION = 0.05
+MAX_MEMORY_GIB = 1 << 20            # 1 PiB: anything above is a typo
+
+
+@dataclass(frozen=True)
+class Budgets:
+    kv_bytes: float
+    host_bytes: float
+    device_bytes: float             # 0 without a device
+
+    @classmethod
+    def from_args(cls, profile: HardwareProfile, kv_gb: float, host_gb: float | None = None,
+                  device_gb: float | None = None) -> Budgets:
+        m = profile.machine
+        if device_gb is not None and not profile.has_device:
+            raise UserError(f"--device-gb {device_gb} given but profile {profile.name} has no device",
+                            "drop --device-gb or pick a profile with a device")
+        host = m.host_memory_gib if host_gb is None else host_gb
+        device = (m.device_free_gib or m.device_memory_gib) if device_gb is None else device_gb
+        for flag, value in (("--kv-gb", kv_gb), ("--host-gb", host), ("--device-gb", device if profile.has_device
+                                                                       else 1.0)):
+            if not isinstance(value, (int, float)) or not 0 < value <= MAX_MEMORY_GIB:
+                raise UserError(f"{flag} {value!r} is not a plausible size in GiB",
+                                f"pass {flag} between 0 and {MAX_MEMORY_GIB}")
+        return cls(kv_bytes=kv_gb * GiB, host_bytes=host * GiB,
+                   device_bytes=device * GiB if profile.has_device else 0.0)
+
+    def scaled(self, kv: float = 1.0, host: float = 1.0, device: float = 1.0) -> Budgets:
+        return Budgets(self.kv_bytes * kv, self.host_bytes * host, self.device_bytes * device)
+
+
+class MemoryModel:
+    def __init__(self, layout: ModelLayout, workload: Workload, budgets: Budgets, has_device: bool):
+        self.layout, self.workload, self.budgets, self.has_device = layout, workload, budgets, has_device
+        spec, bp = layout.spec, layout.spec.dtype_bytes
+        self.groups = 2 if has_device else 1
+        self.host_reserve = HOST_RESERVE_BYTES + HOST_RESERVE_FRACTION * budgets.host_bytes
+        self.device_reserve = DEVICE_RESERVE_BYTES + DEVICE_RESERVE_FRACTION * budgets.device_bytes
+        self.per_seq_activations = spec.hidden_size * (2 * bp + 4) + 8 * spec.top_k + 8
+        self.per_seq_staging = (layout.qkv_out_dim + layout.attn_out_dim) * bp if has_device else 0.0
+        self.router_per_token = spec.num_experts * 4.0
+
+    # ----- pieces -----
+    def transients(self, c) -> np.ndarray:
+        s, lay, bp = self.layout.spec, self.layout, self.layout.spec.dtype_bytes
+        h = s.hidden_size
+        parts = [c.attn_batch * (lay.qkv_out_dim + lay.attn_out_dim) * bp, c.attn_batch * s.vocab_size * 4.0,
+                 c.expert_batch * (2 * s.moe_intermediate_size + 2 * h) * bp]
+        if s.shared_intermediate_size:
+            parts.append(c.expert_batch * (2 * s.shared_intermediate_size + 2 * h) * bp)
+        if lay.num_dense_layers:
+            parts.append(c.expert_batch * (2 * s.dense_intermediate_size + 2 * h) * bp)
+        return np.maximum.reduce(parts)
+
+    def prefill_tokens(self, c) -> np.ndarray:
+        return np.minimum(c.prefill_chunk, max(self.workload.prompt_tokens, 1.0))
+
+    def prefill_workspace(self, c) -> np.ndarray:
+        s, lay, w, bp = self.layout.spec, self.layout, self.workload, self.layout.spec.dtype_bytes
+        tokens = self.prefill_tokens(c)
+        h = s.hidden_size
+        parts = [c.expert_batch * (2 * s.moe_intermediate_size + 2 * h) * bp, tokens * self.router_per_token,
+                 (tokens + w.prompt_len_max) * lay.prefill_kv_bytes_per_token_layer,
+                 (tokens / w.prompt_len_mean + 1) * s.vocab_size * 4.0]
+        if s.shared_intermediate_size:
+            parts.append(c.expert_batch * (2 * s.shared_intermediate_size + 2 * h) * bp)
+        if lay.num_dense_layers:
+            parts.append(c.expert_batch * (2 * s.dense_intermediate_size + 2 * h) * bp)
+        per_token = self.per_seq_activations + (lay.qkv_out_dim + lay.attn_out_dim) * bp
+        return tokens * per_token + np.maximum.reduce(parts)
+
+    def decode_activations(self, c, num_seqs) -> np.ndarray:
+        return num_seqs * self.per_seq_activations + np.maximum(
+            self.transients(c), num_seqs / self.groups * self.router_per_token)
+
+    def device_fixed(self, c) -> np.ndarray:
+        """Device bytes that do not depend on N: weights, stream buffers, reserve."""
+        if not self.has_device:
+            return np.zeros(np.shape(c.residency))
+        lay, rho = self.layout, c.residency.astype(int)
+        buffers = 2 * np.maximum(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho])
+        return lay.resident_bytes[rho] + buffers + lay.streamed_per_step[rho] + self.device_reserve
+
+    # ----- capacity -----
+    def max_num_seqs(self, c) -> np.ndarray:
+        lay, b = self.layout, self.budgets
+        kv_slot, kv_one = lay.kv_bytes_per_slot, lay.kv_bytes_one_sequence
+        work = np.maximum(self.transients(c), self.prefill_workspace(c))
+        n_kv = (b.kv_bytes - kv_one) / kv_slot
+        host_left = b.host_bytes - lay.total_bytes - self.host_reserve - kv_one
+        a, r = self.per_seq_activations, self.router_per_token / self.groups
+        if self.has_device:
+            n_host = host_left / (kv_slot + self.per_seq_staging)
+            dev_left = b.device_bytes - self.device_fixed(c)
+            n_mem = np.minimum(n_host, np.minimum((dev_left - work) / a, dev_left / (a + r)))
+        else:
+            n_mem = np.minimum((host_left - work) / (kv_slot + a), host_left / (kv_slot + a + r))
+        return np.minimum(np.minimum(n_kv, n_mem), float(self.workload.num_prompts))
+
+    def fixed_parts_fit(self, c) -> np.ndarray:
+        work = np.maximum(self.transients(c), self.prefill_workspace(c))
+        if self.has_device:
+            return self.device_fixed(c) + work <= self.budgets.device_bytes
+        return np.full(np.shape(c.residency), True)
+
+    def kv_budget_bytes(self, num_seqs) -> np.ndarray:
+        return num_seqs * self.layout.kv_bytes_per_slot + self.layout.kv_bytes_one_sequence
+
+    def breakdown(self, c, num_seqs: float) -> tuple[dict[str, float], dict[str, float]]:
+        """Bytes by category on the host and on the device for one decision (scalars)."""
+        lay, b = self.layout, self.budgets
+        decode = float(np.ravel(self.decode_activations(c, num_seqs))[0])
+        prefill = float(np.ravel(self.prefill_workspace(c))[0])
+        host = {"weights": lay.total_bytes, "kv_cache": float(np.ravel(self.kv_budget_bytes(num_seqs))[0]),
+                "staging_buffers": num_seqs * self.per_seq_staging,
+                "activations": 0.0 if self.has_device else max(decode, prefill),
+                "reserve": self.host_reserve}
+        host["total"] = sum(host.values())
+        host["budget"] = b.host_bytes
+        if not self.has_device:
+            return host, {}
+        rho = int(np.ravel(c.residency)[0])
+        device = {"resident_weights": float(lay.resident_bytes[rho]),
+                  "stream_buffers": float(2 * max(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho])
+                                          + lay.streamed_per_step[rho]),
+                  "decode_activations": decode, "prefill_workspace": prefill, "reserve": self.device_reserve}
+        device["total"] = (device["resident_weights"] + device["stream_buffers"] + max(decode, prefill)
+                           + device["reserve"])
+        device["budget"] = b.device_bytes
+        return host, device

@@ -1,0 +1,220 @@
+"""The performance model: time of every module, memory, and throughput as functions of the decision variables.
+
+`PerfModel(spec, profile, workload, budgets)` is vectorised: `evaluate(Candidates)` takes numpy arrays of
+decisions (any common shape) and returns an `Evaluation` of arrays. Module names are those of
+docs/contracts.md so the runtime's measured times line up one to one with the predicted terms.
+
+Decode step (N sequences in flight, two token groups of N/2 when there is a device, one without):
+per layer, qkv_proj and o_proj on the device in micro-batches of b_a; CPU attention = KV bytes read /
+attention bandwidth at the chosen thread count; router over the group; experts: the expected distinct
+experts hit by the group's n tokens, E(1-(1-k/E)^n), each at m = n k / hit rows in chunks of at most b_e;
+shared experts and dense MLP layers in chunks of b_e; weight_copy = bytes streamed / pinned link rate.
+Independent resources overlap (device, CPU, copy engine: the layer takes the longest), the shared one adds:
+host memory bandwidth carries both the KV reads and the streamed weights. Without a device the same cores
+run GEMMs and attention (they add), nothing streams, and host memory carries weights read + KV.
+Per step: embed, lm_head, sampling, non-resident embed/lm_head copies and the profile's step overhead.
+Prefill: chunks of `prefill_chunk` tokens through every layer on the device (device attention FLOPs at the
+o_proj GEMM rate, K/V written back over the link). Time for the workload: prefill time plus decode steps
+with sequence-level refill: S = P g / N + (g/2)(1 - N/P) steps (a drain at the end) at the average
+occupancy P g / S. Memory and the largest feasible N live in `planner.perf_memory`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.model_layout import ModelLayout
+from planner.perf_memory import Budgets, MemoryModel
+from planner.profile import HardwareProfile
+from planner.rates import Rates, RateScale
+from planner.spec import ModelSpec
+from planner.workload import Workload
+
+DEFAULT_BLOCK_SIZE = 16
+DECODE_MODULES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts",
+                  "dense_mlp", "lm_head", "weight_copy", "sampling")
+PREFILL_MODULES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts",
+                   "dense_mlp", "lm_head", "weight_copy")
+SAMPLING_PASSES = 3                 # logits read by softmax / top-p / argmax over the fp32 row
+
+
+@dataclass(frozen=True)
+class Candidates:
+    residency: np.ndarray           # index into ModelLayout residency levels
+    attn_batch: np.ndarray
+    expert_batch: np.ndarray
+    prefill_chunk: np.ndarray
+    attention_threads: np.ndarray
+    num_seqs: np.ndarray | None = None   # None: the largest N every memory budget allows
+
+    @classmethod
+    def of(cls, **values) -> Candidates:
+        arrays = {k: (None if v is None else np.asarray(v, dtype=np.float64)) for k, v in values.items()}
+        shape = np.broadcast_shapes(*(a.shape for a in arrays.values() if a is not None))
+        return cls(**{k: (None if a is None else np.broadcast_to(a, shape)) for k, a in arrays.items()})
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    feasible: np.ndarray
+    num_seqs: np.ndarray
+    generated_tok_s: np.ndarray     # end to end, the objective
+    decode_tok_s: np.ndarray
+    prefill_tok_s: np.ndarray
+    wall_time_s: np.ndarray
+    decode_steps: np.ndarray
+    decode_step_s: np.ndarray
+    prefill_chunk_s: np.ndarray
+    prefill_time_s: np.ndarray
+    decode_modules: dict[str, np.ndarray]    # seconds per decode step (at N), per module
+    prefill_modules: dict[str, np.ndarray]   # seconds per prefill chunk, per module
+    busy: dict[str, np.ndarray]              # seconds per decode step each resource is busy
+
+
+class PerfModel:
+    def __init__(self, spec: ModelSpec, profile: HardwareProfile, workload: Workload, budgets: Budgets,
+                 scale: RateScale | None = None, block_size: int = DEFAULT_BLOCK_SIZE):
+        self.spec, self.profile, self.workload, self.budgets = spec, profile, workload, budgets
+        self.layout = ModelLayout.build(spec, workload, block_size)
+        self.rates = Rates.build(profile, self.layout.costs, scale or RateScale())
+        self.memory = MemoryModel(self.layout, workload, budgets, profile.has_device)
+        self.has_device = profile.has_device
+        self.groups = 2 if self.has_device else 1
+
+    # ----- decode -----
+    def decode_step(self, c: Candidates, num_seqs: np.ndarray) -> dict[str, np.ndarray]:
+        lay, r, spec = self.layout, self.rates, self.spec
+        g = r.gemm
+        rho = c.residency.astype(int)
+        n = num_seqs / self.groups
+        qkv = self.groups * g["qkv_proj"].chunked_seconds(n, c.attn_batch)
+        o = self.groups * g["o_proj"].chunked_seconds(n, c.attn_batch)
+        router = self.groups * g["router"].seconds(n)
+        hit = lay.expected_experts(n)
+        experts = self.groups * hit * g["experts"].chunked_seconds(n * spec.top_k / np.maximum(hit, 1e-12),
+                                                                    c.expert_batch)
+        shared = self.groups * g["shared_experts"].chunked_seconds(n, c.expert_batch)
+        dense = self.groups * g["dense_mlp"].chunked_seconds(n, c.expert_batch)
+        kv_read = num_seqs * lay.kv_read_bytes_per_seq_layer
+        attention = kv_read / r.attention_bps[c.attention_threads.astype(int)]
+        dev_moe = qkv + o + router + experts + shared
+        dev_dense = qkv + o + dense
+        gb = lay.group_bytes
+        if self.has_device:
+            copy_moe = self._copy_seconds(lay.streamed_moe_layer[rho])
+            copy_dense = self._copy_seconds(lay.streamed_dense_layer[rho])
+            host_moe = (kv_read + lay.streamed_moe_layer[rho]) / r.host_read_bps
+            host_dense = (kv_read + lay.streamed_dense_layer[rho]) / r.host_read_bps
+            layer_moe = np.maximum.reduce([dev_moe, attention, copy_moe, host_moe])
+            layer_dense = np.maximum.reduce([dev_dense, attention, copy_dense, host_dense])
+            step_copy = self._copy_seconds(lay.streamed_per_step[rho])
+            device_bps = r.device_read_bps
+        else:
+            copy_moe = copy_dense = step_copy = np.zeros_like(num_seqs)
+            read_moe = gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] \
+                + hit * lay.expert_bytes + gb["moe"]["shared_experts"]
+            read_dense = gb["dense"]["qkv_proj"] + gb["dense"]["o_proj"] + gb["dense"]["dense_mlp"]
+            host_moe = (kv_read + read_moe) / r.host_read_bps
+            host_dense = (kv_read + read_dense) / r.host_read_bps
+            layer_moe = np.maximum(dev_moe + attention, host_moe)
+            layer_dense = np.maximum(dev_dense + attention, host_dense)
+            device_bps = r.host_read_bps
+        embed = num_seqs * spec.hidden_size * spec.dtype_bytes / device_bps
+        lm_head = self.groups * g["lm_head"].chunked_seconds(n, c.attn_batch)
+        sampling = num_seqs * spec.vocab_size * 4 * SAMPLING_PASSES / device_bps
+        serial = embed + lm_head + sampling + step_copy + r.step_overhead_s
+        n_moe, n_dense, n_all = lay.num_moe_layers, lay.num_dense_layers, spec.num_layers
+        step = n_moe * layer_moe + n_dense * layer_dense + serial
+        device_busy = n_moe * dev_moe + n_dense * dev_dense + embed + lm_head + sampling
+        out = {
+            "embed": embed, "qkv_proj": n_all * qkv, "attention": n_all * attention, "o_proj": n_all * o,
+            "router": n_moe * router, "experts": n_moe * experts, "shared_experts": n_moe * shared,
+            "dense_mlp": n_dense * dense, "lm_head": lm_head,
+            "weight_copy": n_moe * copy_moe + n_dense * copy_dense + step_copy, "sampling": sampling,
+            "step": step,
+            "busy_host_memory": n_moe * host_moe + n_dense * host_dense,
+        }
+        if self.has_device:
+            out.update(busy_device=device_busy, busy_cpu_attention=n_all * attention, busy_link=out["weight_copy"])
+        else:
+            out.update(busy_cpu=device_busy + n_all * attention)
+        return out
+
+    def _copy_seconds(self, nbytes: np.ndarray) -> np.ndarray:
+        return np.where(nbytes > 0, nbytes / self.rates.h2d_bps(np.maximum(nbytes, 1.0)), 0.0)
+
+    # ----- prefill -----
+    def prefill_chunk(self, c: Candidates) -> dict[str, np.ndarray]:
+        lay, r, spec, w = self.layout, self.rates, self.spec, self.workload
+        g = r.gemm
+        rho = c.residency.astype(int)
+        tokens = np.minimum(c.prefill_chunk, max(w.prompt_tokens, 1.0))
+        qkv, o, router = g["qkv_proj"].seconds(tokens), g["o_proj"].seconds(tokens), g["router"].seconds(tokens)
+        hit = lay.expected_experts(tokens)
+        experts = hit * g["experts"].chunked_seconds(tokens * spec.top_k / np.maximum(hit, 1e-12), c.expert_batch)
+        shared = g["shared_experts"].chunked_seconds(tokens, c.expert_batch)
+        dense = g["dense_mlp"].chunked_seconds(tokens, c.expert_batch)
+        attention = tokens * w.prefill_context * lay.prefill_pair_flops / g["o_proj"].tables[0].flops_per_s(tokens)
+        dev_moe = qkv + o + router + experts + shared + attention
+        dev_dense = qkv + o + dense + attention
+        kv_bytes = tokens * lay.kv_bytes_per_token_layer
+        gb = lay.group_bytes
+        if self.has_device:
+            copy_moe = self._copy_seconds(lay.streamed_moe_layer[rho])
+            copy_dense = self._copy_seconds(lay.streamed_dense_layer[rho])
+            kv_out = kv_bytes / r.d2h_bps(kv_bytes)
+            host_moe = (kv_bytes + lay.streamed_moe_layer[rho]) / r.host_read_bps
+            host_dense = (kv_bytes + lay.streamed_dense_layer[rho]) / r.host_read_bps
+            layer_moe = np.maximum.reduce([dev_moe, copy_moe, kv_out, host_moe])
+            layer_dense = np.maximum.reduce([dev_dense, copy_dense, kv_out, host_dense])
+            step_copy = self._copy_seconds(lay.streamed_per_step[rho])
+            device_bps = r.device_read_bps
+        else:
+            copy_moe = copy_dense = step_copy = np.zeros_like(tokens)
+            read_moe = gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] \
+                + hit * lay.expert_bytes + gb["moe"]["shared_experts"]
+            read_dense = gb["dense"]["qkv_proj"] + gb["dense"]["o_proj"] + gb["dense"]["dense_mlp"]
+            layer_moe = np.maximum(dev_moe, (2 * kv_bytes + read_moe) / r.host_read_bps)
+            layer_dense = np.maximum(dev_dense, (2 * kv_bytes + read_dense) / r.host_read_bps)
+            device_bps = r.host_read_bps
+        sequences = np.maximum(tokens / w.prompt_len_mean, 1.0)
+        embed = tokens * spec.hidden_size * spec.dtype_bytes / device_bps
+        lm_head = g["lm_head"].seconds(sequences)
+        n_moe, n_dense, n_all = lay.num_moe_layers, lay.num_dense_layers, spec.num_layers
+        chunk = n_moe * layer_moe + n_dense * layer_dense + embed + lm_head + step_copy + r.step_overhead_s
+        return {
+            "embed": embed, "qkv_proj": n_all * qkv, "attention": n_all * attention, "o_proj": n_all * o,
+            "router": n_moe * router, "experts": n_moe * experts, "shared_experts": n_moe * shared,
+            "dense_mlp": n_dense * dense, "lm_head": lm_head,
+            "weight_copy": n_moe * copy_moe + n_dense * copy_dense + step_copy,
+            "chunk": chunk, "tokens": tokens,
+        }
+
+    # ----- the whole job -----
+    def evaluate(self, c: Candidates) -> Evaluation:
+        w = self.workload
+        n_max = self.memory.max_num_seqs(c)
+        num_seqs = np.floor(n_max) if c.num_seqs is None else np.asarray(c.num_seqs, dtype=np.float64)
+        feasible = (num_seqs >= 1) & (num_seqs <= n_max + 1e-9) & self.memory.fixed_parts_fit(c)
+        n = np.clip(num_seqs, 1.0, float(w.num_prompts))
+        at_n = self.decode_step(c, n)
+        p, g_mean = float(w.num_prompts), w.gen_len_mean
+        steps = p * g_mean / n + (g_mean / 2) * (1 - n / p)
+        occupancy = p * g_mean / steps
+        at_mean = at_n if w.num_prompts == 1 else self.decode_step(c, occupancy)
+        decode_time = steps * at_mean["step"]
+        pre = self.prefill_chunk(c)
+        prefill_tok_s = pre["tokens"] / pre["chunk"]
+        prefill_time = w.prompt_tokens / prefill_tok_s
+        wall = prefill_time + decode_time
+        generated = np.where(feasible, w.generated_tokens / wall, 0.0)
+        busy = {k.removeprefix("busy_"): v for k, v in at_n.items() if k.startswith("busy_")}
+        decode_modules = {k: at_n[k] for k in DECODE_MODULES}
+        decode_modules["prefill"] = prefill_time / steps
+        return Evaluation(
+            feasible=feasible, num_seqs=n, generated_tok_s=generated, decode_tok_s=n / at_n["step"],
+            prefill_tok_s=prefill_tok_s, wall_time_s=wall, decode_steps=steps, decode_step_s=at_n["step"],
+            prefill_chunk_s=pre["chunk"], prefill_time_s=prefill_time, decode_modules=decode_modules,
+            prefill_modules={k: pre[k] for k in PREFILL_MODULES}, busy=busy)

@@ -1,0 +1,258 @@
+"""The Plan: a frozen dataclass that round-trips through YAML (`yaml.safe_load`), strictly validated on load.
+
+A plan names what it was solved for (model spec name + hash, profile name + fingerprint, budgets, workload),
+every decision the runtime reads (top-level fields; names in docs/contracts.md "Plan"), and what the planner
+predicts: tokens/s (prefill, decode, end to end), wall time, seconds per module per decode step and per
+prefill chunk (module names shared with the runtime's measurements; `decode_step.prefill` is prefill time
+amortised per decode step), utilisation of each resource, the bottleneck, memory by category on host and
+device, the upper bound (`planner.bound`), S-MBU / S-MFU and $ per million generated tokens.
+
+Residency: `resident_modules` lists weight modules kept on the device (runtime module names); routed
+experts 0 .. `resident_experts_per_layer`-1 of every MoE layer stay on the device too ("experts" is listed when
+all of them do). `plan.is_resident(module, expert)` answers for one tensor. With `stream_weights` false
+(no device) every module is used in place.
+`Plan.load(path)` / `plan.save(path)`; a missing, mistyped, unknown or out-of-range field raises `UserError`
+naming it (`plan.yaml: predicted.decode_tok_s: expected a number`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from planner.bound import Bound
+from planner.errors import UserError
+from planner.workload import Workload
+
+SCHEMA_VERSION = 1
+WEIGHT_MODULES = ("embed", "qkv_proj", "o_proj", "router", "experts", "shared_experts", "dense_mlp", "lm_head")
+RESOURCES = ("device", "cpu_attention", "link", "host_memory", "cpu")
+SCHEDULING = ("refill",)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    hash: str                       # sha256 (12 hex) of the spec's fields
+    dtype: str
+    ref: str                        # what `load_spec` was given (a name, YAML path or checkpoint dir)
+
+
+@dataclass(frozen=True)
+class ProfileRef:
+    name: str
+    fingerprint: str
+    kind: str                       # measured | datasheet | calibrated
+    ref: str                        # what `load_profile` was given
+
+
+@dataclass(frozen=True)
+class BudgetsGiB:
+    kv_gib: float
+    host_gib: float
+    device_gib: float               # 0 without a device
+
+
+@dataclass(frozen=True)
+class Prediction:
+    generated_tok_s: float          # end to end: generated tokens / wall time
+    decode_tok_s: float             # steady state at N in flight
+    prefill_tok_s: float
+    wall_time_s: float
+    prefill_time_s: float
+    decode_steps: float
+    decode_step_s: float
+    prefill_chunk_s: float
+    static_batches_tok_s: float     # the same decisions with static batches (no refill), for comparison
+    s_mbu: float                    # MoE-CAP sparse memory-bandwidth utilisation of a decode step
+    s_mfu: float                    # MoE-CAP sparse FLOP utilisation of a decode step
+    usd_per_million_tokens: float | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    schema_version: int
+    model: ModelRef
+    profile: ProfileRef
+    budgets: BudgetsGiB
+    workload: Workload
+    num_seqs: int
+    attn_batch: int
+    expert_batch: int
+    kv_budget_bytes: int
+    kv_block_size: int
+    resident_modules: tuple[str, ...]
+    resident_experts_per_layer: int
+    stream_weights: bool
+    prefill_chunk: int
+    attention_threads: int
+    compute_threads: int
+    token_groups: int
+    scheduling: str
+    predicted: Prediction
+    module_times: dict[str, dict[str, float]]   # decode_step / prefill_chunk -> module -> seconds
+    utilisation: dict[str, float]               # resource -> busy fraction of a decode step
+    bottleneck: str
+    memory: dict[str, dict[str, float]]         # host / device -> category -> bytes
+    bound: Bound
+    solver: dict[str, float]                    # evaluations, lattice sizes (never timings: plans are deterministic)
+
+    def __post_init__(self) -> None:
+        _check_decisions(self)
+
+    def is_resident(self, module: str, expert: int | None = None) -> bool:
+        """Whether a weight module (expert `expert` of a MoE layer's routed experts) lives on the device."""
+        if not self.stream_weights or module in self.resident_modules:
+            return True
+        return module == "experts" and expert is not None and expert < self.resident_experts_per_layer
+
+    # ----- YAML -----
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, width=110)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "plan") -> Plan:
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: a plan must be a YAML mapping", "re-create it with `planner solve`")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise UserError(f"{source}: schema_version {data.get('schema_version')!r} is not supported "
+                            f"(this moelens reads {SCHEMA_VERSION})", "re-create the plan with `planner solve`")
+        return _from_plain(cls, data, source, "")
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "plan") -> Plan:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"{source} is not valid YAML: {err}", "re-create it with `planner solve`") from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"plan file {path} does not exist", "pass a plan written by `planner solve --out`")
+        return cls.from_yaml(path.read_text(), str(path))
+
+
+def _check_decisions(plan: Plan) -> None:
+    def fail(name: str, why: str) -> UserError:
+        return UserError(f"plan field {name}: {why}", "re-create the plan with `planner solve`")
+
+    for name in ("num_seqs", "attn_batch", "expert_batch", "kv_budget_bytes", "kv_block_size", "prefill_chunk",
+                 "attention_threads", "compute_threads", "token_groups"):
+        if getattr(plan, name) < 1:
+            raise fail(name, f"{getattr(plan, name)} must be at least 1")
+    unknown = sorted(set(plan.resident_modules) - set(WEIGHT_MODULES))
+    if unknown:
+        raise fail("resident_modules", f"unknown modules {unknown} (known: {list(WEIGHT_MODULES)})")
+    if plan.resident_experts_per_layer < 0:
+        raise fail("resident_experts_per_layer", "must not be negative")
+    if plan.token_groups not in (1, 2):
+        raise fail("token_groups", "must be 1 or 2")
+    if plan.scheduling not in SCHEDULING:
+        raise fail("scheduling", f"must be one of {list(SCHEDULING)}")
+    if plan.bottleneck not in RESOURCES:
+        raise fail("bottleneck", f"must be one of {list(RESOURCES)}")
+
+
+# ----- generic conversion between frozen dataclasses and plain YAML data -----
+def _to_plain(value):
+    if dataclasses.is_dataclass(value):
+        if isinstance(value, Workload):
+            return value.to_dict()
+        if isinstance(value, Bound):
+            return value.to_dict()
+        return {f.name: _to_plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float) or hasattr(value, "__float__"):
+        number = float(value)
+        return None if math.isinf(number) else number
+    raise TypeError(f"cannot write {type(value).__name__} to a plan")
+
+
+def _from_plain(cls, data: dict, source: str, path: str):
+    def where(name: str) -> str:
+        return f"{path}.{name}" if path else name
+
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: {path or 'plan'}: expected a mapping", "re-create the plan with `planner solve`")
+    names = [f.name for f in fields(cls)]
+    unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+    if unknown or missing:
+        bad = where(unknown[0] if unknown else missing[0])
+        raise UserError(f"{source}: {bad}: {'unknown field' if unknown else 'missing (required)'}",
+                        "re-create the plan with `planner solve`")
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _convert(data[name], hints[name], source, where(name)) for name in names})
+
+
+def _convert(value, hint, source: str, path: str):
+    def fail(expected: str) -> UserError:
+        return UserError(f"{source}: {path}: expected {expected}, got {value!r}"[:300],
+                         "re-create the plan with `planner solve`")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Workload:
+        return Workload.from_dict(value, f"{source}: {path}")
+    if hint is Bound:
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        value = dict(value)
+        value["terms"] = {k: (math.inf if v is None else v) for k, v in (value.get("terms") or {}).items()}
+        return _from_plain(Bound, value, source, path)
+    if dataclasses.is_dataclass(hint):
+        return _from_plain(hint, value, source, path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _convert(value, next(a for a in args if a is not type(None)), source, path)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise fail("a list")
+        return tuple(_convert(v, args[0], source, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        return {str(k): _convert(v, args[1], source, f"{path}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise fail("an integer")
+        return value
+    if hint is float:
+        if value is None:
+            return math.inf
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value < 0:
+            raise fail("a non-negative number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    raise TypeError(f"plan field {path}: unsupported type {hint}")

@@ -1,0 +1,126 @@
+"""Turn a solved decision into a `Plan`: predictions, per-module times, utilisation, memory, bound, S-MBU/S-MFU.
+
+`make_plan(spec, profile, workload, budgets, model_ref, profile_ref)` builds the performance model, solves
+it and returns the Plan; `plan_from_solution(model, solution, model_ref, profile_ref)` does the second half.
+S-MBU / S-MFU follow MoE-CAP with the defects of its public code fixed (../shared/reference/prior-art.md):
+bytes read per decode step = weights of the modules every token uses + the expected distinct experts hit
+(not all experts) + KV read, over the step time and the peak bandwidth of the memory the device computes
+from (device memory, estimated from the measured GEMV rate; host memory without a device); FLOPs = top-k
+experts per token (not one), attention FLOPs counted once, over the dense measured GEMM peak.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+
+from planner.bound import compute_bound, gemm_flops_per_token
+from planner.perf_memory import Budgets, GiB
+from planner.perf_model import Candidates, PerfModel
+from planner.plan import SCHEMA_VERSION, WEIGHT_MODULES, BudgetsGiB, ModelRef, Plan, Prediction, ProfileRef
+from planner.profile import HardwareProfile
+from planner.solver import ATTN_BATCHES, EXPERT_BATCHES_LOG2, PREFILL_CHUNKS, Solution, solve
+from planner.spec import ModelSpec
+from planner.workload import Workload
+
+
+def spec_hash(spec: ModelSpec) -> str:
+    blob = json.dumps(spec.to_dict(), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def model_ref_of(spec: ModelSpec, ref: str) -> ModelRef:
+    return ModelRef(name=spec.name, hash=spec_hash(spec), dtype=spec.dtype, ref=str(ref))
+
+
+def profile_ref_of(profile: HardwareProfile, ref: str) -> ProfileRef:
+    return ProfileRef(name=profile.name, fingerprint=profile.fingerprint(), kind=profile.provenance.kind, ref=str(ref))
+
+
+def make_plan(spec: ModelSpec, profile: HardwareProfile, workload: Workload, budgets: Budgets,
+              model_ref: str | None = None, profile_ref: str | None = None) -> Plan:
+    model = PerfModel(spec, profile, workload, budgets)
+    return plan_from_solution(model, solve(model), model_ref_of(spec, model_ref or spec.name),
+                              profile_ref_of(profile, profile_ref or profile.name))
+
+
+def plan_from_solution(model: PerfModel, solution: Solution, model_ref: ModelRef, profile_ref: ProfileRef) -> Plan:
+    spec, lay, w, b = model.spec, model.layout, model.workload, model.budgets
+    n = solution.num_seqs
+    attn_batch = min(solution.attn_batch, math.ceil(n / model.groups))
+    c = Candidates.of(residency=[solution.residency], attn_batch=[attn_batch], expert_batch=[solution.expert_batch],
+                      prefill_chunk=[solution.prefill_chunk], attention_threads=[solution.attention_threads],
+                      num_seqs=[n])
+    ev = model.evaluate(c)
+    step = float(ev.decode_step_s[0])
+    busy = {k: float(v[0]) for k, v in ev.busy.items()}
+    utilisation = {k: v / step for k, v in busy.items()}
+    host, device = model.memory.breakdown(c, float(n))
+    bound = compute_bound(model)
+    streams = model.has_device and solution.residency < lay.max_residency
+    if streams:
+        resident, experts_resident = lay.resident_groups(solution.residency)
+    else:
+        resident, experts_resident = WEIGHT_MODULES, spec.num_experts
+    price = model.profile.price.usd_per_hour
+    predicted = Prediction(
+        generated_tok_s=float(ev.generated_tok_s[0]), decode_tok_s=float(ev.decode_tok_s[0]),
+        prefill_tok_s=float(ev.prefill_tok_s[0]), wall_time_s=float(ev.wall_time_s[0]),
+        prefill_time_s=float(ev.prefill_time_s[0]), decode_steps=float(ev.decode_steps[0]), decode_step_s=step,
+        prefill_chunk_s=float(ev.prefill_chunk_s[0]), static_batches_tok_s=static_batches_tok_s(model, c, ev),
+        s_mbu=s_mbu(model, n, step), s_mfu=s_mfu(model, n, step),
+        usd_per_million_tokens=None if price is None else price * float(ev.wall_time_s[0]) / 3600
+        / w.generated_tokens * 1e6)
+    return Plan(
+        schema_version=SCHEMA_VERSION, model=model_ref, profile=profile_ref,
+        budgets=BudgetsGiB(kv_gib=b.kv_bytes / GiB, host_gib=b.host_bytes / GiB, device_gib=b.device_bytes / GiB),
+        workload=w, num_seqs=n, attn_batch=attn_batch, expert_batch=solution.expert_batch,
+        kv_budget_bytes=int(host["kv_cache"]), kv_block_size=lay.block_size, resident_modules=tuple(resident),
+        resident_experts_per_layer=experts_resident, stream_weights=streams, prefill_chunk=solution.prefill_chunk,
+        attention_threads=solution.attention_threads, compute_threads=solution.compute_threads,
+        token_groups=model.groups, scheduling="refill", predicted=predicted,
+        module_times={"decode_step": {k: float(v[0]) for k, v in ev.decode_modules.items()},
+                      "prefill_chunk": {k: float(v[0]) for k, v in ev.prefill_modules.items()}},
+        utilisation=utilisation, bottleneck=max(utilisation, key=utilisation.get),
+        memory={"host": host, "device": device}, bound=bound,
+        solver={"evaluations": float(solution.evaluations),
+                "lattice_points": float((lay.max_residency + 1) * ATTN_BATCHES.size * PREFILL_CHUNKS.size
+                                        * (EXPERT_BATCHES_LOG2[1] - EXPERT_BATCHES_LOG2[0] + 1))})
+
+
+def static_batches_tok_s(model: PerfModel, c: Candidates, ev) -> float:
+    """The same decisions run as static batches: KV reserved for p + g_max per sequence, each batch
+    decodes until its longest generation ends, no refill."""
+    w, lay = model.workload, model.layout
+    per_seq = (w.prompt_len_mean + w.gen_len_max + lay.block_size / 2) * lay.kv_bytes_per_token
+    kv = model.memory.kv_budget_bytes(ev.num_seqs)
+    n = float(np.clip(np.floor(kv / per_seq), 1, ev.num_seqs)[0])
+    step = float(model.decode_step(c, np.array([n]))["step"][0])
+    decode = math.ceil(w.num_prompts / n) * w.gen_len_max * step
+    return w.generated_tokens / (float(ev.prefill_time_s[0]) + decode)
+
+
+def _activated_weight_bytes(model: PerfModel, num_seqs: float) -> float:
+    lay = model.layout
+    gb = lay.group_bytes
+    per_moe = sum(gb["moe"].values()) + float(lay.expected_experts(num_seqs)) * lay.expert_bytes
+    per_dense = sum(gb["dense"].values())
+    embed_rows = num_seqs * model.spec.hidden_size * model.spec.dtype_bytes
+    return lay.num_moe_layers * per_moe + lay.num_dense_layers * per_dense + lay.step_bytes["lm_head"] + embed_rows
+
+
+def s_mbu(model: PerfModel, num_seqs: float, step_s: float) -> float:
+    lay = model.layout
+    kv = num_seqs * lay.kv_read_bytes_per_seq_layer * model.spec.num_layers
+    peak = model.rates.device_read_bps if model.has_device else model.rates.host_read_bps
+    return (_activated_weight_bytes(model, num_seqs) + kv) / step_s / peak
+
+
+def s_mfu(model: PerfModel, num_seqs: float, step_s: float) -> float:
+    lay = model.layout
+    read_tokens = lay.kv_read_bytes_per_seq_layer / lay.kv_bytes_per_token_layer
+    attention = lay.decode_attention_flops_per_ctx * read_tokens
+    return num_seqs * (gemm_flops_per_token(model) + attention) / step_s / model.rates.peak_flops

@@ -1,0 +1,309 @@
+"""Hardware profiles: the measured (or datasheet-derived) rates the performance model runs on, torch-free.
+
+A profile is a frozen `HardwareProfile` that round-trips through YAML (`profiles/<name>.yaml`, schema in
+docs/contracts.md; dataclasses in `planner.profile_schema`, validation in
+`planner.profile_parse`). `load_profile(name_or_path)` reads and strictly validates one: any broken or partial
+file raises `UserError` naming the field path (`gemm.curves[2].tflops: ...`). Interpolators return the
+rates as measured; the performance model multiplies them by the `efficiency` constants that calibration
+fits (`gemm_tflops(...) * profile.efficiency.gemm`, and so on).
+
+- `gemm_tflops(m, n, k)`: device GEMM rate at m rows for an [n, k] weight: log-log linear in m, clamped
+  at the measured ends; between measured shapes, log-linear in n*k; outside them, the nearest shape.
+- `h2d_gbps(nbytes, pinned)`, `d2h_gbps(...)`: log-log linear in the transfer size, clamped; with no
+  separate device, the host in-memory copy rate.
+- `attention_gbps(threads, layout, ...)`: CPU decode-attention KV read rate, linear in threads, clamped.
+Units: GB/s (1e9 B/s), TFLOP/s, sizes in bytes, memory in GiB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from planner.errors import UserError
+from planner.profile_parse import parse_profile_dict
+from planner.profile_schema import (
+    SCHEMA_VERSION,
+    AttentionCurve,
+    Efficiency,
+    GemmCurve,
+    Links,
+    Machine,
+    Memory,
+    Price,
+    Provenance,
+    RateCurve,
+)
+
+__all__ = [
+    "SCHEMA_VERSION", "AttentionCurve", "Efficiency", "GemmCurve", "HardwareProfile", "Links", "Machine",
+    "Memory", "Price", "Provenance", "RateCurve", "find_profile_for_this_machine", "list_profiles",
+    "load_profile", "machine_profile_name", "profiles_dir", "this_machine_description", "usable_cores",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    provenance: Provenance
+    machine: Machine
+    memory: Memory
+    gemm_dtype: str
+    gemm_curves: tuple[GemmCurve, ...]
+    attention_curves: tuple[AttentionCurve, ...]
+    links: Links | None = None      # None: no separate device (CPU-only)
+    price: Price = field(default_factory=Price)
+    efficiency: Efficiency = field(default_factory=Efficiency)
+    notes: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    # ---- (de)serialisation -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: object, source: str = "profile") -> HardwareProfile:
+        """Validate a YAML-loaded mapping; a UserError names the first bad field and `source`."""
+        return cls(**parse_profile_dict(data, source))
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "provenance": self.provenance.to_dict(),
+            "machine": self.machine.to_dict(),
+            "price": self.price.to_dict(),
+            "links": None if self.links is None else self.links.to_dict(),
+            "memory": self.memory.to_dict(),
+            "gemm": {"dtype": self.gemm_dtype, "curves": [c.to_dict() for c in self.gemm_curves]},
+            "attention": {"curves": [c.to_dict() for c in self.attention_curves]},
+            "efficiency": self.efficiency.to_dict(),
+            "notes": self.notes,
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.dump(self.to_dict(), Dumper=_ProfileDumper, sort_keys=False, width=110,
+                         allow_unicode=True)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+    def fingerprint(self) -> str:
+        """Short stable hash of the measured content (curves, rates, efficiency), not names or prices."""
+        d = self.to_dict()
+        content = {k: d[k] for k in ("links", "memory", "gemm", "attention", "efficiency")}
+        blob = json.dumps(_floats(content), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def with_efficiency(self, **constants: float) -> HardwareProfile:
+        return replace(self, efficiency=replace(self.efficiency, **constants))
+
+    # ---- interpolation -----------------------------------------------------------------------------
+    @property
+    def has_device(self) -> bool:
+        return self.machine.device is not None
+
+    @property
+    def max_threads(self) -> int:
+        return self.machine.cores
+
+    def gemm_tflops(self, m: float, n: int, k: int) -> float:
+        """Rate of an [m, k] x [k, n] GEMM in the model dtype (TFLOP/s, as measured)."""
+        if n <= 0 or k <= 0:
+            raise ValueError(f"gemm shape must be positive, got n={n} k={k}")
+        curves = sorted(self.gemm_curves, key=lambda c: c.n * c.k)
+        size = n * k
+        if size <= curves[0].n * curves[0].k:
+            return curves[0].tflops_at(m)
+        if size >= curves[-1].n * curves[-1].k:
+            return curves[-1].tflops_at(m)
+        for lo, hi in zip(curves, curves[1:]):
+            lo_size, hi_size = lo.n * lo.k, hi.n * hi.k
+            if lo_size <= size <= hi_size:
+                if hi_size == lo_size:
+                    return lo.tflops_at(m)
+                t = math.log(size / lo_size) / math.log(hi_size / lo_size)
+                return math.exp((1 - t) * math.log(lo.tflops_at(m)) + t * math.log(hi.tflops_at(m)))
+        raise AssertionError("unreachable: curves bracket every size")
+
+    def h2d_gbps(self, nbytes: float, pinned: bool = True) -> float:
+        if self.links is None:
+            return self.memory.copy_gbps
+        return (self.links.h2d_pinned if pinned else self.links.h2d_pageable).gbps_at(nbytes)
+
+    def d2h_gbps(self, nbytes: float, pinned: bool = True) -> float:
+        if self.links is None:
+            return self.memory.copy_gbps
+        return (self.links.d2h_pinned if pinned else self.links.d2h_pageable).gbps_at(nbytes)
+
+    def attention_gbps(self, threads: float, layout: str = "gqa", *, batch: int | None = None,
+                       context: int | None = None, group: int | None = None) -> float:
+        """KV bytes read per second by CPU decode attention with `threads` threads.
+
+        Picks the curve of this layout (or, if the profile has none, of any layout) nearest in log scale
+        to the given batch/context/group; with none given, the largest batch x context (the steady state
+        of high-throughput decoding).
+        """
+        curves = [c for c in self.attention_curves if c.layout == layout] or list(self.attention_curves)
+        wanted = {"batch": batch, "context": context, "group": group}
+        if all(v is None for v in wanted.values()):
+            curve = max(curves, key=lambda c: (c.batch * c.context, c.group))
+        else:
+            def distance(c: AttentionCurve) -> float:
+                return sum(abs(math.log(max(v, 1) / getattr(c, key))) for key, v in wanted.items()
+                           if v is not None)
+            curve = min(curves, key=distance)
+        return curve.gbps_at_threads(threads)
+
+
+def _floats(value: object) -> object:
+    """Numbers as floats throughout, so 1024 and 1024.0 hash alike."""
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+# ---- YAML ------------------------------------------------------------------------------------------
+class _ProfileDumper(yaml.SafeDumper):
+    """Block style for mappings, flow style for lists of numbers or short words (curves stay compact)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(isinstance(x, (int, float)) for x in data) or all(isinstance(x, str) and len(x) < 24
+                                                                  for x in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_ProfileDumper.add_representer(list, _represent_list)
+_ProfileDumper.add_representer(str, _represent_str)
+
+
+# ---- finding profiles ------------------------------------------------------------------------------
+def profiles_dir() -> Path:
+    return Path(os.environ.get("MOELENS_PROFILES_DIR") or REPO_ROOT / "profiles")
+
+
+def list_profiles() -> list[str]:
+    """Names (file stems) of the profiles in `profiles_dir()`, sorted."""
+    directory = profiles_dir()
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    candidate = Path(text).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or "/" in text or os.sep in text:
+        if not candidate.is_file():
+            raise UserError(f"hardware profile file {text} does not exist",
+                            "pass an existing profile YAML or a name from profiles/")
+        return candidate
+    path = profiles_dir() / f"{text}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_profiles()) or "none"
+        raise UserError(f"no hardware profile named {text!r} in {profiles_dir()} (known: {known})",
+                        "run `make profile` to measure this machine, or pass a known name or a YAML path")
+    return path
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    path = _resolve(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"hardware profile {path} is not valid YAML: {err}",
+                        "fix the file or re-create it with `runtime profile`") from None
+    return HardwareProfile.from_dict(data, source=str(path))
+
+
+# ---- this machine ----------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    text = re.sub(r"\((r|tm|c)\)", " ", text.lower())
+    text = re.sub(r"@.*$", " ", text)                       # clock speed
+    text = re.sub(r"\b\d+-core\b|\bprocessor\b|\bcpu\b", " ", text)
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def machine_profile_name(cpu: str, cores: int, device: str | None) -> str:
+    """The file stem a measured profile of this machine gets, e.g. `nvidia-h100-80gb-hbm3-xeon-8480-16c`."""
+    host = f"{_slug(cpu) or 'cpu'}-{cores}c"
+    return f"{_slug(device)}-{host}" if device else f"cpu-{host}"
+
+
+def _cpu_model() -> str:
+    import platform
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _device_name() -> str | None:
+    """First visible NVIDIA GPU's name without importing torch: nvidia-smi, else the driver's /proc entry."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return None
+    names: list[str] = []
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout
+            names = [line.strip() for line in out.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError):
+            names = []
+    if not names:
+        for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+            try:
+                lines = info.read_text().splitlines()
+            except OSError:
+                continue
+            names += [line.split(":", 1)[1].strip() for line in lines if line.startswith("Model:")]
+    if not names:
+        return None
+    first = (visible or "0").split(",")[0].strip()
+    return names[int(first)] if first.isdigit() and int(first) < len(names) else names[0]
+
+
+def this_machine_description() -> tuple[str, int, str | None]:
+    """(cpu model, usable cores, device name or None), torch-free."""
+    return _cpu_model(), usable_cores(), _device_name()
+
+
+def find_profile_for_this_machine() -> HardwareProfile:
+    """The measured profile named after this machine; UserError telling how to make one if missing."""
+    name = machine_profile_name(*this_machine_description())
+    path = profiles_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"no hardware profile for this machine ({name}) in {profiles_dir()}",
+                        "run `make profile` (or `runtime profile`) to measure it, or pass --profile NAME")
+    return load_profile(path)

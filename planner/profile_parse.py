@@ -1,0 +1,239 @@
+"""Parsing and strict validation of a hardware profile's YAML form.
+
+`parse_profile_dict(data, source)` turns a YAML-loaded mapping into the keyword arguments of
+`planner.profile.HardwareProfile`, or raises `UserError` naming the source and the field path of the first
+problem (`gemm.curves[2].tflops: expected a non-empty list of positive numbers`). Missing required fields,
+wrong types, non-positive rates, non-increasing grids, mismatched list lengths, an unknown schema_version
+and unknown keys (almost always typos) are all errors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass, field
+
+from planner.errors import UserError
+from planner.profile_schema import (
+    ATTENTION_LAYOUTS,
+    GEMM_DTYPES,
+    LINK_CURVES,
+    PROVENANCE_KINDS,
+    SCHEMA_VERSION,
+    AttentionCurve,
+    Efficiency,
+    GemmCurve,
+    Links,
+    Machine,
+    Memory,
+    Price,
+    Provenance,
+    RateCurve,
+)
+
+
+@dataclass
+class _Fields:
+    """One mapping being read, with its path for messages; tracks which keys were used."""
+    data: dict
+    path: str
+    source: str
+    used: set = field(default_factory=set)
+
+    def fail(self, key: str | None, message: str) -> UserError:
+        where = f"{self.path}.{key}" if self.path and key else (key or self.path or "<top>")
+        return UserError(f"{self.source}: {where}: {message}",
+                         "fix that field (schema: docs/contracts.md, 'Hardware profile') or re-create the "
+                         "profile with `runtime profile`")
+
+    def get(self, key: str, required: bool = True, default=None):
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise self.fail(key, "missing (required)")
+            return default
+        return self.data[key]
+
+    def sub(self, key: str, required: bool = True) -> _Fields | None:
+        value = self.get(key, required)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
+        return _Fields(value, f"{self.path}.{key}" if self.path else key, self.source)
+
+    def text(self, key: str, required: bool = True, default: str | None = "") -> str | None:
+        value = self.get(key, required, default)
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return value.isoformat()
+        if value is not None and not isinstance(value, (str, int, float)):
+            raise self.fail(key, f"expected a string, got {type(value).__name__}")
+        return None if value is None else str(value)
+
+    def number(self, key: str, required: bool = True, default: float | None = None,
+               positive: bool = True) -> float | None:
+        value = self.get(key, required, default)
+        if value is None:
+            return None
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (value <= 0 if positive else value < 0):
+            raise self.fail(key, f"expected a {'positive' if positive else 'non-negative'} number, "
+                                 f"got {value!r}")
+        return float(value)
+
+    def integer(self, key: str) -> int:
+        value = self.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise self.fail(key, f"expected a positive integer, got {value!r}")
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...], required: bool = True,
+               default: str | None = None) -> str | None:
+        value = self.get(key, required, default)
+        if value is not None and value not in allowed:
+            raise self.fail(key, f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.get(key, required=False, default=[])
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise self.fail(key, "expected a list of strings")
+        return tuple(value)
+
+    def series(self, key: str, integers: bool = False, increasing: bool = False) -> tuple:
+        value = self.get(key)
+        kind = "positive integers" if integers else "positive numbers"
+        valid = isinstance(value, list) and len(value) > 0 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+            and (not integers or isinstance(x, int)) for x in value)
+        if not valid:
+            raise self.fail(key, f"expected a non-empty list of {kind}, got {value!r}")
+        if increasing and any(b <= a for a, b in zip(value, value[1:])):
+            raise self.fail(key, f"expected strictly increasing values, got {value!r}")
+        return tuple(int(x) if integers else float(x) for x in value)
+
+    def items(self, key: str) -> list[_Fields]:
+        value = self.get(key)
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, "expected a non-empty list of mappings")
+        out = []
+        for i, item in enumerate(value):
+            item_path = f"{self.path}.{key}[{i}]" if self.path else f"{key}[{i}]"
+            if not isinstance(item, dict):
+                raise _Fields({}, item_path, self.source).fail(None, "expected a mapping")
+            out.append(_Fields(item, item_path, self.source))
+        return out
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used, key=str)
+        if unknown:
+            raise self.fail(None, f"unknown field(s) {', '.join(map(str, unknown))} "
+                                  f"(known: {', '.join(sorted(self.used))})")
+
+
+def _same_length(f: _Fields, xs_key: str, xs: tuple, ys_key: str, ys: tuple) -> None:
+    if len(xs) != len(ys):
+        raise f.fail(ys_key, f"has {len(ys)} values but {xs_key} has {len(xs)}")
+
+
+def _rate_curve(f: _Fields) -> RateCurve:
+    sizes = f.series("sizes", increasing=True)
+    gbps = f.series("gbps")
+    _same_length(f, "sizes", sizes, "gbps", gbps)
+    f.done()
+    return RateCurve(sizes, gbps)
+
+
+def _gemm_curve(f: _Fields) -> GemmCurve:
+    curve = GemmCurve(shape=f.text("shape"), n=f.integer("n"), k=f.integer("k"),
+                      rows=f.series("rows", integers=True, increasing=True), tflops=f.series("tflops"))
+    _same_length(f, "rows", curve.rows, "tflops", curve.tflops)
+    f.done()
+    return curve
+
+
+def _attention_curve(f: _Fields) -> AttentionCurve:
+    curve = AttentionCurve(layout=f.choice("layout", ATTENTION_LAYOUTS), batch=f.integer("batch"),
+                           context=f.integer("context"), group=f.integer("group"),
+                           threads=f.series("threads", integers=True, increasing=True),
+                           gbps=f.series("gbps"))
+    _same_length(f, "threads", curve.threads, "gbps", curve.gbps)
+    f.done()
+    return curve
+
+
+def parse_profile_dict(data: object, source: str) -> dict:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a hardware profile must be a YAML mapping, got {type(data).__name__}",
+                        "re-create the profile with `runtime profile`")
+    top = _Fields(data, "", source)
+    version = top.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise top.fail("schema_version", f"{version!r} is not supported (this moelens reads "
+                                         f"{SCHEMA_VERSION})")
+    out: dict = {"schema_version": version, "name": top.text("name")}
+    if not out["name"]:
+        raise top.fail("name", "must not be empty")
+
+    p = top.sub("provenance")
+    out["provenance"] = Provenance(kind=p.choice("kind", PROVENANCE_KINDS), date=p.text("date", False),
+                                   command=p.text("command", False),
+                                   moelens_version=p.text("moelens_version", False),
+                                   sources=p.strings("sources"), calibrated_from=p.strings("calibrated_from"))
+    if out["provenance"].kind == "datasheet" and not out["provenance"].sources:
+        raise p.fail("sources", "a datasheet profile must name its sources")
+    p.done()
+
+    m = top.sub("machine")
+    machine = Machine(cpu=m.text("cpu"), cores=m.integer("cores"),
+                      host_memory_gib=m.number("host_memory_gib"),
+                      device=m.text("device", required=False, default=None),
+                      device_memory_gib=m.number("device_memory_gib", False, 0.0, positive=False),
+                      cpu_flags=m.strings("cpu_flags"),
+                      host_free_gib=m.number("host_free_gib", False, positive=False),
+                      device_free_gib=m.number("device_free_gib", False, positive=False),
+                      interconnect=m.text("interconnect", False, None), torch=m.text("torch", False, None),
+                      cuda=m.text("cuda", False, None))
+    if machine.device is not None and machine.device_memory_gib <= 0:
+        raise m.fail("device_memory_gib", "must be positive when machine.device is set")
+    m.done()
+    out["machine"] = machine
+
+    pr = top.sub("price", required=False)
+    if pr is not None:
+        out["price"] = Price(usd_per_hour=pr.number("usd_per_hour", False),
+                             purchase_usd=pr.number("purchase_usd", False), sources=pr.strings("sources"))
+        pr.done()
+
+    links = top.sub("links", required=False)
+    if links is None and machine.device is not None:
+        raise top.fail("links", "missing (required when machine.device is set)")
+    if links is not None:
+        if machine.device is None:
+            raise top.fail("links", "must be null when machine.device is null (no separate device)")
+        out["links"] = Links(**{k: _rate_curve(links.sub(k)) for k in LINK_CURVES})
+        links.done()
+
+    mem = top.sub("memory")
+    out["memory"] = Memory(read_gbps=mem.number("read_gbps"), copy_gbps=mem.number("copy_gbps"))
+    mem.done()
+
+    g = top.sub("gemm")
+    out["gemm_dtype"] = g.choice("dtype", GEMM_DTYPES)
+    out["gemm_curves"] = tuple(_gemm_curve(c) for c in g.items("curves"))
+    g.done()
+
+    a = top.sub("attention")
+    out["attention_curves"] = tuple(_attention_curve(c) for c in a.items("curves"))
+    a.done()
+
+    e = top.sub("efficiency", required=False)
+    if e is not None:
+        out["efficiency"] = Efficiency(gemm=e.number("gemm", False, 1.0),
+                                       attention=e.number("attention", False, 1.0),
+                                       copy=e.number("copy", False, 1.0),
+                                       step_overhead_s=e.number("step_overhead_s", False, 0.0, positive=False))
+        e.done()
+    out["notes"] = top.text("notes", False) or ""
+    top.done()
+    return out

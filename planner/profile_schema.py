@@ -1,0 +1,171 @@
+"""Hardware-profile schema: the nested frozen dataclasses of a profile and the curve interpolation.
+
+Each dataclass has `to_dict()` (the YAML form, docs/contracts.md "Hardware profile"); parsing and strict
+validation of that form live in `planner.profile_parse`. Curves interpolate log-log (GEMM rows, copy
+sizes) or linearly (attention threads), clamped to their end values outside the measured range.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+PROVENANCE_KINDS = ("measured", "datasheet", "calibrated")
+ATTENTION_LAYOUTS = ("gqa", "mla")
+GEMM_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def _interp_loglog(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
+    """Linear in (log x, log y) between measured points, clamped to the end values outside them."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(xs, x)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    t = math.log(x / x0) / math.log(x1 / x0)
+    return math.exp((1 - t) * math.log(y0) + t * math.log(y1))
+
+
+def _interp_linear(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(xs, x)
+    t = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+    return (1 - t) * ys[i - 1] + t * ys[i]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    kind: str                                   # measured | datasheet | calibrated
+    date: str = ""
+    command: str = ""
+    moelens_version: str = ""
+    sources: tuple[str, ...] = ()               # datasheets, papers, price pages
+    calibrated_from: tuple[str, ...] = ()       # report.json files a calibrated profile was fitted to
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "date": self.date, "command": self.command,
+                "moelens_version": self.moelens_version, "sources": list(self.sources),
+                "calibrated_from": list(self.calibrated_from)}
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpu: str
+    cores: int                                  # usable logical CPUs
+    host_memory_gib: float
+    device: str | None = None                   # None: CPU only
+    device_memory_gib: float = 0.0
+    cpu_flags: tuple[str, ...] = ()             # the interesting ones: avx2, avx512*, amx*
+    host_free_gib: float | None = None
+    device_free_gib: float | None = None
+    interconnect: str | None = None             # "PCIe 4.0 x16"
+    torch: str | None = None
+    cuda: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"cpu": self.cpu, "cores": self.cores, "cpu_flags": list(self.cpu_flags),
+                "host_memory_gib": self.host_memory_gib, "host_free_gib": self.host_free_gib,
+                "device": self.device, "device_memory_gib": self.device_memory_gib,
+                "device_free_gib": self.device_free_gib, "interconnect": self.interconnect,
+                "torch": self.torch, "cuda": self.cuda}
+
+
+@dataclass(frozen=True)
+class Price:
+    usd_per_hour: float | None = None
+    purchase_usd: float | None = None
+    sources: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"usd_per_hour": self.usd_per_hour, "purchase_usd": self.purchase_usd,
+                "sources": list(self.sources)}
+
+
+@dataclass(frozen=True)
+class RateCurve:
+    """Bandwidth (GB/s) against transfer size (bytes)."""
+    sizes: tuple[float, ...]
+    gbps: tuple[float, ...]
+
+    def gbps_at(self, nbytes: float) -> float:
+        return _interp_loglog(self.sizes, self.gbps, nbytes)
+
+    def to_dict(self) -> dict:
+        return {"sizes": list(self.sizes), "gbps": list(self.gbps)}
+
+
+@dataclass(frozen=True)
+class Links:
+    h2d_pinned: RateCurve
+    h2d_pageable: RateCurve
+    d2h_pinned: RateCurve
+    d2h_pageable: RateCurve
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k).to_dict() for k in LINK_CURVES}
+
+
+LINK_CURVES = ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable")
+
+
+@dataclass(frozen=True)
+class GemmCurve:
+    """F(m): rate of an [m, k] x [k, n] GEMM against m (rows)."""
+    shape: str                                  # "expert h4096 i14336 gate/up"
+    n: int                                      # output features
+    k: int                                      # input features
+    rows: tuple[int, ...]
+    tflops: tuple[float, ...]
+
+    def tflops_at(self, m: float) -> float:
+        return _interp_loglog(self.rows, self.tflops, m)
+
+    def to_dict(self) -> dict:
+        return {"shape": self.shape, "n": self.n, "k": self.k, "rows": list(self.rows),
+                "tflops": list(self.tflops)}
+
+
+@dataclass(frozen=True)
+class AttentionCurve:
+    """CPU decode attention: KV bytes read per second against thread count, at one operating point."""
+    layout: str                                 # gqa | mla
+    batch: int
+    context: int
+    group: int                                  # query heads per KV head (MLA: heads sharing the latent)
+    threads: tuple[int, ...]
+    gbps: tuple[float, ...]
+
+    def gbps_at_threads(self, threads: float) -> float:
+        return _interp_linear(self.threads, self.gbps, threads)
+
+    def to_dict(self) -> dict:
+        return {"layout": self.layout, "batch": self.batch, "context": self.context, "group": self.group,
+                "threads": list(self.threads), "gbps": list(self.gbps)}
+
+
+@dataclass(frozen=True)
+class Memory:
+    read_gbps: float                            # host memory, one sweep reading a large buffer, all cores
+    copy_gbps: float                            # host in-memory copy (bytes copied per second)
+
+    def to_dict(self) -> dict:
+        return {"read_gbps": self.read_gbps, "copy_gbps": self.copy_gbps}
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Multipliers on the measured rates and a fixed per-decode-step cost, fitted by calibration."""
+    gemm: float = 1.0
+    attention: float = 1.0
+    copy: float = 1.0
+    step_overhead_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"gemm": self.gemm, "attention": self.attention, "copy": self.copy,
+                "step_overhead_s": self.step_overhead_s}

@@ -1,0 +1,178 @@
+"""Vectorised rate tables built once from a `HardwareProfile` for one model: what the performance model reads.
+
+`Rates.build(profile, costs, scale)` samples the profile's scalar interpolators on fixed grids and returns
+numpy-vectorised lookups, each already multiplied by the profile's `efficiency` constants:
+- `gemm[module].seconds(rows)`: time of that module's GEMMs (all its matrices) for `rows` tokens. The GEMM
+  rate F(m) is made non-decreasing in m and F(m)/m non-increasing (running max, then running min of F/m)
+  before interpolating log-log, so a module's time never falls when rows grow and its time per row never
+  rises: measurement noise otherwise makes the solver's optimum jitter. `chunked_seconds(rows, chunk)`
+  prices rows in chunks of at most `chunk` (the remainder chunk pro rata: rows are expectations).
+- `h2d_bps(nbytes)`, `d2h_bps(nbytes)`: pinned link bytes/s for one transfer of that size.
+- `attention_bps[threads]`: CPU decode-attention KV bytes/s for 0..cores threads (index = threads).
+- `host_read_bps`, `device_read_bps` (estimated from the GEMV end of the GEMM curves: bytes/2 per FLOP at
+  one row), `peak_flops` (largest measured GEMM rate: the dense peak for S-MFU and the bound).
+`RateScale` multiplies resources for what-if questions (`planner explain`): link, CPU (attention bandwidth
+and, with no device, CPU GEMMs), host memory bandwidth, device compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from planner.costs import ModelCosts
+from planner.profile import HardwareProfile
+
+ROW_GRID = 2.0 ** np.arange(0, 21)          # 1 .. 1,048,576 rows
+SIZE_GRID = 2.0 ** np.arange(10, 41)        # 1 KiB .. 1 TiB transfers
+
+
+@dataclass(frozen=True)
+class RateScale:
+    link: float = 1.0
+    cpu: float = 1.0
+    host_memory: float = 1.0
+    device_compute: float = 1.0
+
+
+@dataclass(frozen=True)
+class GemmTable:
+    """Rate F(m) of one [n, k] weight (or a whole expert FFN) against rows m, monotone-cleaned."""
+    flops_per_row: float
+    log_rows: np.ndarray
+    log_flops_per_s: np.ndarray
+
+    @classmethod
+    def sample(cls, profile: HardwareProfile, n: int, k: int, flops_per_row: float, speed: float) -> GemmTable:
+        rates = np.array([profile.gemm_tflops(float(m), n, k) for m in ROW_GRID]) * 1e12 * speed
+        rates = np.maximum.accumulate(rates)
+        per_row = np.minimum.accumulate(rates / ROW_GRID)
+        return cls(flops_per_row, np.log(ROW_GRID), np.log(per_row * ROW_GRID))
+
+    def flops_per_s(self, rows) -> np.ndarray:
+        log_m = np.log(np.maximum(np.asarray(rows, dtype=np.float64), 1e-9))
+        return np.exp(np.interp(log_m, self.log_rows, self.log_flops_per_s))
+
+    def seconds(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.float64)
+        return self.flops_per_row * rows / self.flops_per_s(np.maximum(rows, 1.0))
+
+    @property
+    def peak_flops_per_s(self) -> float:
+        return float(np.exp(self.log_flops_per_s.max()))
+
+    @property
+    def gemv_flops_per_s(self) -> float:
+        return float(np.exp(self.log_flops_per_s[0]))
+
+
+@dataclass(frozen=True)
+class ModuleGemm:
+    """All the matrices one module multiplies its tokens by, one after another."""
+    tables: tuple[GemmTable, ...]
+
+    def seconds(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.float64)
+        total = np.zeros_like(rows)
+        for table in self.tables:
+            total = total + table.seconds(rows)
+        return total
+
+    def chunked_seconds(self, rows, chunk) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.float64)
+        chunks = np.maximum(rows / np.maximum(chunk, 1.0), 1.0)
+        return chunks * self.seconds(rows / chunks)
+
+    @property
+    def empty(self) -> bool:
+        return not self.tables
+
+
+def module_matrices(costs: ModelCosts) -> dict[str, list[tuple[int, int, float]]]:
+    """(n, k, flops per row) of each matrix a module multiplies, per layer (expert FFNs as one entry)."""
+    s = costs.spec
+    h = s.hidden_size
+    if s.attention == "mla":
+        q_out = s.num_heads * (s.qk_nope_head_dim + s.qk_rope_head_dim)
+        qkv = [(q_out, h)] if not s.q_lora_rank else [(s.q_lora_rank, h), (q_out, s.q_lora_rank)]
+        qkv += [(s.kv_lora_rank + s.qk_rope_head_dim, h),
+                (s.num_heads * (s.qk_nope_head_dim + s.v_head_dim), s.kv_lora_rank)]
+        o_in = s.num_heads * s.v_head_dim
+    else:
+        qkv = [(s.num_heads * s.head_dim, h), (s.num_kv_heads * s.head_dim, h), (s.num_kv_heads * s.head_dim, h)]
+        o_in = s.num_heads * s.head_dim
+    linear = {
+        "qkv_proj": [(n, k, 2.0 * n * k) for n, k in qkv],
+        "o_proj": [(h, o_in, 2.0 * h * o_in)],
+        "router": [(s.num_experts, h, 2.0 * s.num_experts * h)],
+        "lm_head": [(s.vocab_size, h, 2.0 * s.vocab_size * h)],
+    }
+    ffn = {
+        "experts": s.moe_intermediate_size,
+        "shared_experts": s.shared_intermediate_size,
+        "dense_mlp": s.dense_intermediate_size,
+    }
+    for module, width in ffn.items():
+        linear[module] = [(width, h, 6.0 * h * width)] if width else []
+    return linear
+
+
+@dataclass(frozen=True)
+class Rates:
+    gemm: dict[str, ModuleGemm]
+    attention_bps: np.ndarray            # index = threads (0 .. cores)
+    host_read_bps: float
+    device_read_bps: float
+    peak_flops: float
+    has_device: bool
+    step_overhead_s: float
+    link_log_sizes: np.ndarray = field(default_factory=lambda: np.log(SIZE_GRID))
+    h2d_log_bps: np.ndarray | None = None
+    d2h_log_bps: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, profile: HardwareProfile, costs: ModelCosts, scale: RateScale | None = None) -> Rates:
+        scale = scale or RateScale()
+        eff = profile.efficiency
+        has_device = profile.has_device
+        compute_speed = eff.gemm * (scale.device_compute if has_device else scale.cpu)
+        gemm = {module: ModuleGemm(tuple(GemmTable.sample(profile, n, k, fpr, compute_speed)
+                                         for n, k, fpr in mats))
+                for module, mats in module_matrices(costs).items()}
+        tables = [t for g in gemm.values() for t in g.tables]
+        layout = "mla" if costs.spec.attention == "mla" else "gqa"
+        cores = profile.machine.cores
+        attention = np.array([0.0] + [profile.attention_gbps(t, layout) for t in range(1, cores + 1)])
+        attention = np.maximum.accumulate(attention * 1e9 * eff.attention * scale.cpu)
+        dtype_bytes = costs.spec.dtype_bytes
+        host_read = profile.memory.read_gbps * 1e9 * scale.host_memory
+        device_read = max(t.gemv_flops_per_s for t in tables) * dtype_bytes / 2 if has_device else host_read
+        link = {}
+        if has_device:
+            for name, fn in (("h2d", profile.h2d_gbps), ("d2h", profile.d2h_gbps)):
+                bps = np.array([fn(float(size), pinned=True) for size in SIZE_GRID]) * 1e9 * eff.copy * scale.link
+                link[name] = np.log(bps)
+        return cls(gemm=gemm, attention_bps=attention, host_read_bps=host_read, device_read_bps=device_read,
+                   peak_flops=max(t.peak_flops_per_s for t in tables), has_device=has_device,
+                   step_overhead_s=eff.step_overhead_s, h2d_log_bps=link.get("h2d"), d2h_log_bps=link.get("d2h"))
+
+    def h2d_bps(self, nbytes) -> np.ndarray:
+        return self._link(self.h2d_log_bps, nbytes)
+
+    def d2h_bps(self, nbytes) -> np.ndarray:
+        return self._link(self.d2h_log_bps, nbytes)
+
+    def _link(self, log_bps: np.ndarray | None, nbytes) -> np.ndarray:
+        if log_bps is None:
+            raise ValueError("no link on a profile without a device")
+        log_size = np.log(np.maximum(np.asarray(nbytes, dtype=np.float64), 1.0))
+        return np.exp(np.interp(log_size, self.link_log_sizes, log_bps))
+
+    @property
+    def max_h2d_bps(self) -> float:
+        return float(np.exp(self.h2d_log_bps.max())) if self.h2d_log_bps is not None else 0.0
+
+    @property
+    def cores(self) -> int:
+        return len(self.attention_bps) - 1

@@ -1,0 +1,249 @@
+"""Workload: the length distribution of an offline job, summarised for the performance model.
+
+`Workload` is a frozen dataclass of summary statistics (never the prompts themselves):
+- `Workload.fixed(prompt_len, gen_len, num_prompts)`: every prompt the same length (`--prompt-len/--gen-len`).
+- `Workload.from_lengths(prompt_lens, gen_lens, source, token_count)`: any distribution.
+- `Workload.from_file(path, default_max_tokens, tokenizer_path=None, num_prompts=None)`: a prompts JSONL file,
+  lines `{"prompt": str}`, `{"prompt_token_ids": [...]}`, `{"messages": [...]}` (optional `max_tokens`), or
+  OpenAI Batch lines whose `body` holds `prompt`/`messages` and `max_tokens`/`max_completion_tokens`.
+  Tokens are counted with the checkpoint's `tokenizer.json` (the torch-free `tokenizers` package) when given,
+  else estimated as UTF-8 bytes / 4. `num_prompts` scales the job (the file is then a length sample).
+Generation lengths are each prompt's max_tokens (the planner assumes no early EOS, an upper bound on work).
+Derived figures the model uses: means and maxima, `kv_tokens_per_slot` = E[g (p + g/2)] / E[g] (KV a refilled
+slot holds on average; longer generations hold a slot longer), `prefill_context` = E[p^2] / (2 E[p]) + 1/2
+(average causal context of a prompt token), and `window_read_tokens(w)` (mean KV tokens read per decode step
+by a sliding-window layer). Bad input raises `UserError` naming the line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from planner.errors import UserError
+
+MAX_TOKENS_PER_SEQUENCE = 10_000_000     # beyond any model's context: a typo, not a workload
+MAX_PROMPTS = 10**12
+CHAT_TOKENS_PER_MESSAGE = 4               # role markers and separators of a typical chat template
+CHAT_TOKENS_PER_CONVERSATION = 3          # the generation prompt
+
+
+@dataclass(frozen=True)
+class Workload:
+    num_prompts: int
+    prompt_len_mean: float
+    gen_len_mean: float
+    prompt_len_max: int
+    gen_len_max: int
+    kv_tokens_per_slot: float
+    prefill_context: float
+    prompt_hist: tuple[tuple[int, int, int], ...] = ()   # (lowest, highest, count) in powers-of-two bins
+    gen_hist: tuple[tuple[int, int, int], ...] = ()
+    source: str = ""
+    token_count: str = "exact"                          # exact | tokenizer | bytes/4
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_prompts <= MAX_PROMPTS:
+            raise UserError(f"number of prompts {self.num_prompts} is out of range", "pass 1 <= --num-prompts <= 1e12")
+        for name in ("prompt_len_mean", "gen_len_mean", "prompt_len_max", "gen_len_max"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 1 <= value <= MAX_TOKENS_PER_SEQUENCE):
+                raise UserError(f"workload {name}={value!r} must be between 1 and {MAX_TOKENS_PER_SEQUENCE}",
+                                "pass positive prompt and generation lengths")
+
+    # ----- constructors -----
+    @classmethod
+    def fixed(cls, prompt_len: int, gen_len: int, num_prompts: int) -> Workload:
+        for flag, value in (("--prompt-len", prompt_len), ("--gen-len", gen_len), ("--num-prompts", num_prompts)):
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"{flag} {value!r} must be a positive integer", f"pass {flag} >= 1")
+        return cls.from_lengths([prompt_len], [gen_len], source=f"--prompt-len {prompt_len} --gen-len {gen_len}",
+                                num_prompts=num_prompts)
+
+    @classmethod
+    def from_lengths(cls, prompt_lens, gen_lens, source: str = "", token_count: str = "exact",
+                     num_prompts: int | None = None) -> Workload:
+        p = np.asarray(prompt_lens, dtype=np.float64)
+        g = np.asarray(gen_lens, dtype=np.float64)
+        if p.size == 0 or p.shape != g.shape:
+            raise UserError("a workload needs one generation length per prompt and at least one prompt",
+                            "pass a non-empty prompts file")
+        if p.min() < 1 or g.min() < 1:
+            raise UserError("prompt and generation lengths must be at least 1 token", "drop empty prompts")
+        if max(p.max(), g.max()) > MAX_TOKENS_PER_SEQUENCE:
+            raise UserError(f"a length above {MAX_TOKENS_PER_SEQUENCE} tokens is not a plausible workload",
+                            "check --prompt-len/--gen-len or the prompts file")
+        return cls(
+            num_prompts=int(num_prompts if num_prompts is not None else p.size),
+            prompt_len_mean=float(p.mean()), gen_len_mean=float(g.mean()),
+            prompt_len_max=int(p.max()), gen_len_max=int(g.max()),
+            kv_tokens_per_slot=float((g * (p + g / 2)).sum() / g.sum()),
+            prefill_context=float((p * p).sum() / (2 * p.sum()) + 0.5),
+            prompt_hist=_log2_histogram(p), gen_hist=_log2_histogram(g),
+            source=source, token_count=token_count)
+
+    @classmethod
+    def from_file(cls, path: str | Path, default_max_tokens: int, tokenizer_path: str | Path | None = None,
+                  num_prompts: int | None = None) -> Workload:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"prompts file {path} does not exist", "pass an existing JSONL file to --prompts")
+        count_tokens, how = _token_counter(tokenizer_path)
+        prompt_lens, gen_lens = [], []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}:{number}: not valid JSON ({err.msg})", "fix or remove that line") from None
+                prompt_len, max_tokens = _lengths_of(record, count_tokens, default_max_tokens, f"{path}:{number}")
+                prompt_lens.append(prompt_len)
+                gen_lens.append(max_tokens)
+        if not prompt_lens:
+            raise UserError(f"prompts file {path} has no prompts", "pass a JSONL file with one prompt per line")
+        return cls.from_lengths(prompt_lens, gen_lens, source=str(path), token_count=how, num_prompts=num_prompts)
+
+    def with_num_prompts(self, num_prompts: int) -> Workload:
+        return replace(self, num_prompts=num_prompts)
+
+    # ----- derived -----
+    @property
+    def generated_tokens(self) -> float:
+        return self.num_prompts * self.gen_len_mean
+
+    @property
+    def prompt_tokens(self) -> float:
+        return self.num_prompts * self.prompt_len_mean
+
+    @property
+    def max_sequence_len(self) -> int:
+        return self.prompt_len_max + self.gen_len_max
+
+    @property
+    def pme(self) -> float:
+        """MoE-Lens parallel-token efficiency of KV memory, 2(p+g)/((2p+g)g), at the mean lengths."""
+        p, g = self.prompt_len_mean, self.gen_len_mean
+        return 2 * (p + g) / ((2 * p + g) * g)
+
+    def window_read_tokens(self, window: int | None) -> float:
+        """Mean KV tokens a decode step reads for one sequence through a layer with this sliding window."""
+        p, g = self.prompt_len_mean, self.gen_len_mean
+        full = p + (g - 1) / 2
+        if window is None or window >= p + g:
+            return full
+        if window <= p:
+            return float(window)
+        ramp = window - p                      # steps before the context reaches the window
+        return (ramp * (p + (ramp - 1) / 2) + (g - ramp) * window) / g
+
+    # ----- (de)serialisation -----
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["prompt_hist"] = [list(b) for b in self.prompt_hist]
+        data["gen_hist"] = [list(b) for b in self.gen_hist]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "workload") -> Workload:
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: expected a mapping", "re-create the plan with `planner solve`")
+        expected = set(cls.__dataclass_fields__)
+        unknown, missing = sorted(set(data) - expected), sorted(expected - set(data))
+        if unknown or missing:
+            raise UserError(f"{where}: unknown fields {unknown}, missing fields {missing}",
+                            "re-create the plan with `planner solve`")
+        values = dict(data)
+        for key in ("prompt_hist", "gen_hist"):
+            bins = values[key]
+            if not isinstance(bins, list) or not all(isinstance(b, list) and len(b) == 3 for b in bins):
+                raise UserError(f"{where}.{key}: expected a list of [lowest, highest, count]",
+                                "re-create the plan with `planner solve`")
+            values[key] = tuple(tuple(int(x) for x in b) for b in bins)
+        for key in ("num_prompts", "prompt_len_max", "gen_len_max"):
+            if not isinstance(values[key], int) or isinstance(values[key], bool):
+                raise UserError(f"{where}.{key}: expected an integer, got {values[key]!r}",
+                                "re-create the plan with `planner solve`")
+        for key in ("prompt_len_mean", "gen_len_mean", "kv_tokens_per_slot", "prefill_context"):
+            if not isinstance(values[key], (int, float)) or isinstance(values[key], bool):
+                raise UserError(f"{where}.{key}: expected a number, got {values[key]!r}",
+                                "re-create the plan with `planner solve`")
+            values[key] = float(values[key])
+        return cls(**values)
+
+    def describe(self) -> str:
+        return (f"{self.num_prompts} prompts, prompt {self.prompt_len_mean:.0f} tokens mean "
+                f"({self.prompt_len_max} max), generate {self.gen_len_mean:.0f} mean ({self.gen_len_max} max)"
+                f"{'' if self.token_count == 'exact' else f', tokens counted by {self.token_count}'}")
+
+
+def _log2_histogram(values: np.ndarray) -> tuple[tuple[int, int, int], ...]:
+    exponents = np.floor(np.log2(values)).astype(int)
+    bins = []
+    for e in range(int(exponents.min()), int(exponents.max()) + 1):
+        count = int((exponents == e).sum())
+        if count:
+            bins.append((2**e, 2 ** (e + 1) - 1, count))
+    return tuple(bins)
+
+
+def _token_counter(tokenizer_path: str | Path | None):
+    if tokenizer_path is None:
+        return (lambda text: max(1, math.ceil(len(text.encode("utf-8")) / 4))), "bytes/4"
+    path = Path(tokenizer_path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"no tokenizer.json at {path}", "pass --checkpoint DIR holding tokenizer.json, or omit it")
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # the tokenizers package raises a bare Exception on a malformed file
+        raise UserError(f"cannot read tokenizer {path}: {err}", "pass a checkpoint with a valid tokenizer.json") from None
+    return (lambda text: max(1, len(tokenizer.encode(text).ids))), "tokenizer"
+
+
+def _lengths_of(record: object, count_tokens, default_max_tokens: int, where: str) -> tuple[int, int]:
+    """(prompt tokens, max_tokens) of one JSONL record."""
+    fix = 'give each line "prompt", "prompt_token_ids" or "messages" (or an OpenAI Batch "body")'
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a JSON object", fix)
+    body = record.get("body") if "body" in record else record
+    if not isinstance(body, dict):
+        raise UserError(f"{where}: body must be a JSON object", fix)
+    present = [key for key in ("prompt", "prompt_token_ids", "messages") if key in body]
+    if len(present) != 1:
+        raise UserError(f"{where}: expected exactly one of prompt, prompt_token_ids, messages; found {present}", fix)
+    value = body[present[0]]
+    if present[0] == "prompt_token_ids":
+        if not isinstance(value, list) or not value or not all(isinstance(t, int) for t in value):
+            raise UserError(f"{where}: prompt_token_ids must be a non-empty list of integers", fix)
+        prompt_len = len(value)
+    elif present[0] == "prompt":
+        if isinstance(value, list) and value and all(isinstance(t, int) for t in value):
+            prompt_len = len(value)
+        elif isinstance(value, str) and value:
+            prompt_len = count_tokens(value)
+        else:
+            raise UserError(f"{where}: prompt must be a non-empty string", fix)
+    else:
+        if not isinstance(value, list) or not value:
+            raise UserError(f"{where}: messages must be a non-empty list", fix)
+        prompt_len = CHAT_TOKENS_PER_CONVERSATION
+        for message in value:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):       # OpenAI content parts
+                content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            if not isinstance(content, str):
+                raise UserError(f"{where}: each message needs a string content", fix)
+            prompt_len += CHAT_TOKENS_PER_MESSAGE + (count_tokens(content) if content else 0)
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", default_max_tokens))
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise UserError(f"{where}: max_tokens {max_tokens!r} must be a positive integer", "fix that line")
+    return prompt_len, max_tokens

@@ -1,0 +1,41 @@
+"""Allocation of the paged host KV cache and the KV-bytes arithmetic the kernel's speed is measured in.
+
+Layouts (docs/contracts.md): GQA k/v [num_blocks, num_kv_heads, block_size, head_dim]; MLA latent
+[num_blocks, block_size, kv_lora_rank + rope_dim]. Blocks are allocated once, uninitialised: a slot is only
+read after the step that appended to it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def allocate_kv_cache(num_blocks: int, num_kv_heads: int, block_size: int, head_dim: int,
+                      dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (num_blocks, num_kv_heads, block_size, head_dim)
+    return torch.empty(shape, dtype=dtype), torch.empty(shape, dtype=dtype)
+
+
+def allocate_latent_cache(num_blocks: int, block_size: int, latent_dim: int,
+                          dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    return torch.empty((num_blocks, block_size, latent_dim), dtype=dtype)
+
+
+def attended_tokens(context_lens: torch.Tensor, sliding_window: int | None = None) -> int:
+    lens = context_lens.long()
+    if sliding_window:
+        lens = lens.clamp(max=sliding_window)
+    return int(lens.sum())
+
+
+def gqa_bytes_read(context_lens: torch.Tensor, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                   sliding_window: int | None = None) -> int:
+    """Bytes of K and V one decode_attention call reads (every attended token, every kv head)."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    return attended_tokens(context_lens, sliding_window) * num_kv_heads * head_dim * 2 * elem
+
+
+def mla_bytes_read(context_lens: torch.Tensor, latent_dim: int, dtype: torch.dtype) -> int:
+    """Bytes of latent one mla_decode_attention call reads (each cached row once for all heads)."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    return attended_tokens(context_lens) * latent_dim * elem

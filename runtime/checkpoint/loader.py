@@ -1,0 +1,164 @@
+"""Open a HF checkpoint directory: spec, lazily read weights under canonical names, tokenizer.
+
+`open_checkpoint(dir) -> Checkpoint` reads `config.json` (through `ModelSpec.from_hf_config`), validates
+every shard header (see `safetensors_io`), and compares the stored tensors with the names and shapes the
+spec implies (`names.expected_tensors`): missing, unexpected and mis-shaped tensors are reported together in
+one `UserError`. No tensor data is read at open time.
+
+`Checkpoint.weights` is a read-only mapping canonical name -> torch.Tensor. Each `weights[name]` reads that
+tensor from its shard (safe_open, one handle per shard, opened on first use); nothing is cached, so the
+caller (the weight store) owns the only resident copy. `shape`, `dtype`, `nbytes`, `disk_name` answer from
+the headers without reading data. Tied models: `lm_head` reads the `embed` tensor (`weights.aliases`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from planner.errors import UserError
+from planner.spec import ModelSpec
+from runtime.checkpoint.names import expected_tensors, is_ignored
+from runtime.checkpoint.safetensors_io import TensorEntry, read_entries
+from runtime.checkpoint.tokenizer import CheckpointTokenizer, load_tokenizer
+
+LISTED = 5  # names quoted per kind of mismatch in the error message
+
+
+class LazyWeights(Mapping):
+    """Canonical name -> tensor, read from disk on each access."""
+
+    def __init__(self, entries: dict[str, TensorEntry], aliases: dict[str, str]):
+        self._entries = entries
+        self.aliases = dict(aliases)
+        self._handles: dict[Path, object] = {}
+        self._lock = threading.Lock()
+
+    def _entry(self, name: str) -> TensorEntry:
+        try:
+            return self._entries[self.aliases.get(name, name)]
+        except KeyError:
+            raise KeyError(name) from None
+
+    def _handle(self, shard: Path):
+        with self._lock:
+            if shard not in self._handles:
+                self._handles[shard] = safe_open(str(shard), framework="pt")
+            return self._handles[shard]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        entry = self._entry(name)
+        return self._handle(entry.shard).get_tensor(entry.name)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._entries
+        yield from self.aliases
+
+    def __len__(self) -> int:
+        return len(self._entries) + len(self.aliases)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries or name in self.aliases
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entry(name).shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._entry(name).torch_dtype
+
+    def nbytes(self, name: str) -> int:
+        return self._entry(name).nbytes
+
+    def disk_name(self, name: str) -> str:
+        return self._entry(name).name
+
+    def total_nbytes(self) -> int:
+        """Bytes stored on disk (aliases counted once)."""
+        return sum(entry.nbytes for entry in self._entries.values())
+
+    def close(self) -> None:
+        with self._lock:
+            self._handles.clear()
+
+
+@dataclass
+class Checkpoint:
+    dir: Path
+    spec: ModelSpec
+    weights: LazyWeights
+    tokenizer: CheckpointTokenizer | None   # None when the directory has no tokenizer.json
+    config: dict                             # config.json as read
+
+    def close(self) -> None:
+        self.weights.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    if not directory.is_dir():
+        raise UserError(f"checkpoint directory {directory} does not exist", "pass an existing checkpoint directory")
+    if not path.is_file():
+        raise UserError(f"{directory} has no config.json",
+                        "pass a HF checkpoint directory, or write one with `runtime make-checkpoint`")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}", "fix config.json (it must be a JSON object)") from err
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a JSON object", "fix config.json")
+    return config
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:LISTED])
+    return f"{len(items)} ({shown}{', ...' if len(items) > LISTED else ''})"
+
+
+def match_tensors(spec: ModelSpec, stored: dict[str, TensorEntry], num_extra_layers: int = 0,
+                  where: str = "checkpoint") -> dict[str, TensorEntry]:
+    """Canonical name -> stored entry, or one UserError listing every mismatch."""
+    expected = expected_tensors(spec)
+    matched, missing, misshaped = {}, [], []
+    for tensor in expected:
+        entry = stored.get(tensor.disk_name)
+        if entry is None:
+            missing.append(tensor.disk_name)
+        elif entry.shape != tensor.shape:
+            misshaped.append(f"{tensor.disk_name} is {list(entry.shape)}, expected {list(tensor.shape)}")
+        else:
+            matched[tensor.canonical] = entry
+    known = {tensor.disk_name for tensor in expected}
+    unexpected = sorted(n for n in stored if n not in known and not is_ignored(spec, n, num_extra_layers))
+    problems = [f"{kind} {_listing(items)}" for kind, items in
+                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if items]
+    if problems:
+        raise UserError(f"{where} does not match its config.json ({spec.family}, {spec.num_layers} layers): "
+                        + "; ".join(problems),
+                        "use the config.json that belongs to these weights, or regenerate the checkpoint")
+    return matched
+
+
+def open_checkpoint(directory: str | Path) -> Checkpoint:
+    """Validate a checkpoint directory and return it with lazily read weights."""
+    directory = Path(directory)
+    config = read_config(directory)
+    spec = ModelSpec.from_hf_config(config, name=None if isinstance(config.get("moelens"), dict)
+                                    else directory.resolve().name)
+    stored = read_entries(directory)
+    extra_layers = config.get("num_nextn_predict_layers") or 0
+    matched = match_tensors(spec, stored, extra_layers if isinstance(extra_layers, int) else 0, str(directory))
+    aliases = {"lm_head": "embed"} if spec.tie_word_embeddings else {}
+    return Checkpoint(dir=directory, spec=spec, weights=LazyWeights(matched, aliases),
+                      tokenizer=load_tokenizer(directory), config=config)

@@ -1,0 +1,140 @@
+"""Write a random-weight checkpoint with a model's real shapes in its family's on-disk HF layout.
+
+`write_random_checkpoint(spec, out, dtype, seed, max_shard_bytes) -> WrittenCheckpoint` writes, in order:
+`config.json` (from `spec.to_hf_config()`, special token ids of the generated tokenizer, a `moelens` block
+that marks the directory as ours), `generation_config.json`, `tokenizer.json` / `tokenizer_config.json`
+(see `tokenizer_build`), the shards (`model.safetensors`, or `model-0000i-of-0000n.safetensors` when more
+than one), then `model.safetensors.index.json`. Tensors are generated and streamed to disk in bounded
+chunks (see `random_init`), so memory stays near one chunk whatever the model size. Same spec, dtype and
+seed give byte-identical files. A non-empty `out` that is not a moelens checkpoint is refused
+(`UserError`); an earlier moelens checkpoint there is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from math import prod
+from pathlib import Path
+
+import torch
+
+from planner.errors import UserError
+from planner.spec import ModelSpec
+from runtime.checkpoint.names import ExpectedTensor, expected_tensors
+from runtime.checkpoint.random_init import generate_chunks, init_rule
+from runtime.checkpoint.safetensors_io import CODE_OF_DTYPE, INDEX_FILE, SINGLE_FILE, ShardWriter
+from runtime.checkpoint.tokenizer_build import write_tokenizer_files
+
+DTYPE_ALIASES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                 "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+OUR_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+             "chat_template.jinja", SINGLE_FILE, INDEX_FILE)
+
+
+@dataclass(frozen=True)
+class WrittenCheckpoint:
+    dir: Path
+    spec: ModelSpec
+    num_shards: int
+    total_bytes: int          # tensor data bytes (the index's total_size)
+    num_parameters: int
+    seconds: float
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPE_ALIASES:
+        raise UserError(f"unsupported dtype {name!r}", "use bf16, fp16 or fp32")
+    return DTYPE_ALIASES[name]
+
+
+def is_moelens_checkpoint(directory: Path) -> bool:
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("moelens"), dict)
+
+
+def prepare_output_dir(out: Path) -> None:
+    """Create `out`, or clear the files of an earlier moelens checkpoint in it; refuse anything else."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file", "pass a directory path")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_moelens_checkpoint(out):
+            raise UserError(f"{out} is not empty and is not a moelens checkpoint; refusing to overwrite it",
+                            "pass a new or empty directory")
+        for path in out.iterdir():
+            if path.name in OUR_FILES or (path.name.startswith("model-") and path.suffix == ".safetensors"):
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def plan_shards(tensors: list[ExpectedTensor], itemsize: int, max_shard_bytes: int) -> list[list[ExpectedTensor]]:
+    """Consecutive groups of at most `max_shard_bytes` (a larger tensor gets a shard of its own)."""
+    shards: list[list[ExpectedTensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        nbytes = prod(tensor.shape) * itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(tensor)
+        size += nbytes
+    return shards
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _write_configs(spec: ModelSpec, out: Path, dtype: torch.dtype, seed: int) -> None:
+    ids = write_tokenizer_files(out, spec.vocab_size, spec.max_position_embeddings)
+    token_ids = {"bos_token_id": ids.bos_token_id, "eos_token_id": ids.eos_token_id,
+                 "pad_token_id": ids.pad_token_id}
+    dtype_name = str(dtype).removeprefix("torch.")
+    config = spec.to_hf_config()
+    config.update(token_ids, dtype=dtype_name)
+    config["moelens"] = {**config["moelens"], "random_seed": seed}
+    _write_json(out / "config.json", config)
+    _write_json(out / "generation_config.json", {"_from_model_config": True, **token_ids})
+
+
+def write_random_checkpoint(spec: ModelSpec, out: str | Path, dtype: str | torch.dtype = "bf16", seed: int = 0,
+                            max_shard_bytes: int = 2 * 10**9,
+                            on_tensor: Callable[[ExpectedTensor], None] | None = None) -> WrittenCheckpoint:
+    """Write the checkpoint; `on_tensor` is called after each tensor (progress reporting)."""
+    start = time.perf_counter()
+    out = Path(out)
+    torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    if max_shard_bytes <= 0:
+        raise UserError(f"max shard size {max_shard_bytes} bytes must be positive", "pass --max-shard-gb > 0")
+    spec = replace(spec, dtype=str(torch_dtype).removeprefix("torch."))
+    tensors = expected_tensors(spec)
+    prepare_output_dir(out)
+    _write_configs(spec, out, torch_dtype, seed)
+    itemsize = torch.empty((), dtype=torch_dtype).element_size()
+    shards = plan_shards(tensors, itemsize, max_shard_bytes)
+    names = ([SINGLE_FILE] if len(shards) == 1
+             else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    weight_map = {}
+    for shard_name, shard in zip(names, shards):
+        code = CODE_OF_DTYPE[torch_dtype]
+        writer = ShardWriter(out / shard_name, [(t.disk_name, code, t.shape) for t in shard])
+        for tensor in shard:
+            rule = init_rule(spec, tensor.canonical, tensor.shape)
+            for chunk in generate_chunks(tensor, rule, seed, torch_dtype):
+                writer.write(tensor.disk_name, chunk)
+            weight_map[tensor.disk_name] = shard_name
+            if on_tensor:
+                on_tensor(tensor)
+        writer.close()
+    num_parameters = sum(prod(t.shape) for t in tensors)
+    if len(shards) > 1:
+        _write_json(out / INDEX_FILE, {"metadata": {"total_size": num_parameters * itemsize,
+                                                    "total_parameters": num_parameters},
+                                       "weight_map": dict(sorted(weight_map.items()))})
+    return WrittenCheckpoint(dir=out, spec=spec, num_shards=len(shards), total_bytes=num_parameters * itemsize,
+                             num_parameters=num_parameters, seconds=time.perf_counter() - start)

@@ -1,0 +1,164 @@
+"""`runtime demo` (`make demo`): the whole loop on this machine in a few minutes, predicted against achieved.
+
+Steps, in `--dir` (default ./demo-out/): make a random-weight `mixtral-mini` checkpoint in bf16 (reused
+when already there); use this machine's measured profile, or measure one quickly (`runtime profile
+--quick`, saved to profiles/) when there is none; write `--num-prompts` (256) distinct prompts of
+`--min-prompt-tokens`..`--max-prompt-tokens` (32..128) tokens each, varied sentences from a seeded
+generator (identical prompts would route to the same experts and flatter the expert batching), each asking
+for `--gen-len` (64) tokens with ignore_eos so every sequence does the work the plan assumes; solve a plan
+for exactly that workload with the planner API (`--kv-gb` 2 GiB of KV); run `runtime execute` on it and
+print the report. These sizes keep the demo under 10 minutes on a 2-core CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+SUBJECTS = ("the old lighthouse keeper", "a curious fox", "our chemistry teacher", "the night train to Oslo",
+            "a retired astronaut", "the village baker", "an orbiting telescope", "the committee", "my neighbour's cat",
+            "a glacier in Patagonia", "the jazz quartet", "a hungry caterpillar", "the city council", "a lone sailor",
+            "the museum's robot guide", "a marathon runner", "the quantum computer", "an apprentice blacksmith")
+VERBS = ("painted", "forgot", "measured", "discovered", "translated", "repaired", "questioned", "celebrated",
+         "described", "ignored", "borrowed", "predicted", "sketched", "carried", "rebuilt", "counted")
+OBJECTS = ("a map of forgotten islands", "seventeen copper kettles", "the theory of continental drift",
+           "an unfinished symphony", "the price of winter wheat", "a recipe for plum dumplings", "the last eclipse",
+           "a crate of rare orchids", "the rules of chess", "a broken pocket watch", "the migration of eels",
+           "three volumes of poetry", "the tide tables", "a hand-drawn calendar", "the neural network weights")
+PLACES = ("before sunrise", "in a crowded market", "under the bridge", "during the storm", "at the harbour",
+          "on the third floor", "near the border", "in the botanical garden", "after the lecture", "by candlelight")
+ASKS = ("Explain why.", "Continue the story.", "Summarise this in one line.", "What happened next?",
+        "Write a short poem about it.", "List three consequences.", "Describe the scene in detail.")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("demo", help="make mixtral-mini, profile, plan and execute 256 prompts",
+                                   description=__doc__.split("\n\n", 1)[1],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", type=Path, default=Path("demo-out"), help="working directory (default demo-out)")
+    parser.add_argument("--model", default="mixtral-mini", help="model spec to make (default mixtral-mini)")
+    parser.add_argument("--num-prompts", type=int, default=256, help="prompts in the job (default 256)")
+    parser.add_argument("--min-prompt-tokens", type=int, default=32, help="shortest prompt (default 32)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=128, help="longest prompt (default 128)")
+    parser.add_argument("--gen-len", type=int, default=64, help="tokens generated per prompt (default 64)")
+    parser.add_argument("--kv-gb", type=float, default=2.0, help="KV cache budget for the plan, GiB (default 2)")
+    parser.add_argument("--profile", help="profile name or YAML to plan with (default: this machine's, "
+                                          "measured quickly if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompts")
+    return parser
+
+
+def sentence(rng: random.Random) -> str:
+    return f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(PLACES)}."
+
+
+def make_prompts(tokenizer, count: int, min_tokens: int, max_tokens: int, seed: int) -> list[list[int]]:
+    """`count` distinct prompts (token ids), each cut at a target length drawn in [min_tokens, max_tokens]."""
+    rng = random.Random(seed)
+    prompts: list[list[int]] = []
+    seen: set[tuple[int, ...]] = set()
+    while len(prompts) < count:
+        target = rng.randint(min_tokens, max_tokens)
+        text = f"Note {len(prompts) + 1}. {rng.choice(ASKS)}"
+        ids = tokenizer.encode(text)
+        while len(ids) < target:
+            text += " " + sentence(rng)
+            ids = tokenizer.encode(text)
+        ids = ids[:target]
+        if tuple(ids) not in seen:
+            seen.add(tuple(ids))
+            prompts.append(ids)
+    return prompts
+
+
+def _checkpoint(args: argparse.Namespace, say) -> Path:
+    from planner.errors import UserError
+    from planner.spec import load_spec
+    from runtime.checkpoint import open_checkpoint
+    from runtime.checkpoint.writer import write_random_checkpoint
+
+    directory = args.dir / args.model
+    if (directory / "config.json").is_file():
+        try:
+            open_checkpoint(directory)
+            say(f"[1/4] reusing the checkpoint in {directory}")
+            return directory
+        except UserError as err:
+            say(f"[1/4] {directory} is unusable ({err.cause}); writing it again")
+    say(f"[1/4] writing a random-weight {args.model} checkpoint (bf16) to {directory}")
+    written = write_random_checkpoint(load_spec(args.model), directory, dtype="bf16", seed=args.seed)
+    say(f"      {written.num_parameters / 1e9:.2f} B parameters, {written.total_bytes / 1e9:.2f} GB, "
+        f"{written.seconds:.0f} s")
+    return directory
+
+
+def _profile(args: argparse.Namespace, say):
+    from planner.errors import UserError
+    from planner.profile import find_profile_for_this_machine, load_profile, profiles_dir
+
+    if args.profile:
+        profile = load_profile(args.profile)
+        say(f"[2/4] using profile {profile.name}")
+        return profile, args.profile
+    try:
+        profile = find_profile_for_this_machine()
+        say(f"[2/4] using this machine's profile {profile.name} (fingerprint {profile.fingerprint()})")
+        return profile, profile.name
+    except UserError:
+        pass
+    from runtime.profiler.measure import SIZINGS, measure_profile
+
+    say("[2/4] no profile for this machine yet: measuring one (runtime profile --quick)")
+    profile = measure_profile(SIZINGS["quick"], command="runtime profile --quick")
+    path = profile.save(profiles_dir() / f"{profile.name}.yaml")
+    say(f"      saved {path}")
+    return profile, str(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.errors import UserError
+    from planner.perf_memory import Budgets
+    from planner.plan_build import make_plan
+    from planner.workload import Workload
+    from runtime.checkpoint import open_checkpoint
+    from runtime.commands.execute import ExecuteOptions, execute_job
+
+    if not 1 <= args.min_prompt_tokens <= args.max_prompt_tokens or args.num_prompts < 1 or args.gen_len < 1:
+        raise UserError("demo sizes must satisfy 1 <= --min-prompt-tokens <= --max-prompt-tokens, "
+                        "--num-prompts >= 1 and --gen-len >= 1", "fix the flags")
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = _checkpoint(args, say)
+    checkpoint = open_checkpoint(checkpoint_dir)
+    if checkpoint.tokenizer is None:
+        raise UserError(f"{checkpoint_dir} has no tokenizer.json", f"delete {checkpoint_dir} and rerun the demo")
+    profile, profile_ref = _profile(args, say)
+
+    prompts = make_prompts(checkpoint.tokenizer, args.num_prompts, args.min_prompt_tokens,
+                           args.max_prompt_tokens, args.seed)
+    input_path = args.dir / "prompts.jsonl"
+    input_path.write_text("".join(json.dumps({"id": i, "prompt_token_ids": ids, "max_tokens": args.gen_len,
+                                              "ignore_eos": True}) + "\n" for i, ids in enumerate(prompts)))
+    workload = Workload.from_lengths([len(p) for p in prompts], [args.gen_len] * len(prompts),
+                                     source=str(input_path))
+    say(f"[3/4] solving a plan for {len(prompts)} prompts ({args.min_prompt_tokens}-{args.max_prompt_tokens} tokens, "
+        f"mean {workload.prompt_len_mean:.0f}), {args.gen_len} generated each")
+    plan = make_plan(checkpoint.spec, profile, workload, Budgets.from_args(profile, args.kv_gb),
+                     model_ref=str(checkpoint_dir), profile_ref=profile_ref)
+    plan_path = plan.save(args.dir / "plan.yaml")
+    say(f"      {plan_path}: N={plan.num_seqs} sequences in flight, predicted {plan.predicted.generated_tok_s:.1f} "
+        f"generated tok/s, bottleneck {plan.bottleneck}")
+
+    say(f"[4/4] runtime execute {plan_path} --input {input_path} --output {args.dir / 'outputs.jsonl'}")
+    report = execute_job(ExecuteOptions(plan=plan_path, input=input_path, output=args.dir / "outputs.jsonl",
+                                        checkpoint=checkpoint_dir, report=args.dir / "report.json", overwrite=True))
+    end_to_end = report["throughput"]["end_to_end"]
+    say(f"\npredicted {end_to_end['predicted']:.1f} generated tok/s, achieved {end_to_end['achieved']:.1f} "
+        f"({100 * (end_to_end['relative_error'] or 0):+.1f}%); report: {args.dir / 'report.json'}")
+    return 0

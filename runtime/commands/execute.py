@@ -1,0 +1,168 @@
+"""`runtime execute plan.yaml --input prompts.jsonl --output out.jsonl`: run a plan over a prompts file.
+
+Order (nothing is written before every check passes): load the plan; check the output (and report) paths
+are writable; open the checkpoint (`--checkpoint`, else the plan's model reference when it is a checkpoint
+directory); check the plan was solved for this model (spec hash, or the same architecture) and this machine
+(profile fingerprint) and that its host memory fits what is free (`--force` skips these three); validate the
+whole input file (`runtime.jobio`, `--on-error fail|skip`); then open the output (resuming a job of the same
+input and plan, `--overwrite` to start again), build the engine from the plan, run it with a progress bar,
+write each answer as its sequence finishes, and print and write the report (`runtime.report`).
+`execute_job(ExecuteOptions) -> dict | None` is the same as a function (None when nothing was left to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planner.errors import UserError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "execute", help="run a plan over a prompts JSONL file (resumable), report predicted vs achieved",
+        description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("plan", help="plan YAML written by `planner solve --out`")
+    parser.add_argument("--checkpoint", help="checkpoint directory (default: the plan's model, if a directory)")
+    parser.add_argument("--input", required=True,
+                        help='prompts JSONL: {"id", "prompt" | "prompt_token_ids" | "messages", max_tokens, '
+                             "temperature, top_p, top_k, seed, stop, ignore_eos} or OpenAI Batch API lines")
+    parser.add_argument("--output", required=True, help="answers JSONL (appended as sequences finish; resumable)")
+    parser.add_argument("--report", help="write the report JSON here as well as printing it")
+    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                        help="bad input lines: fail before any work (default) or skip them (listed in the report)")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="max_tokens of lines without one (default: the plan's longest generation)")
+    parser.add_argument("--force", action="store_true",
+                        help="run a plan solved for another model, machine profile or more free memory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no printed report")
+    return parser
+
+
+@dataclass(frozen=True)
+class ExecuteOptions:
+    plan: Path
+    input: Path
+    output: Path
+    checkpoint: Path | None = None
+    report: Path | None = None
+    on_error: str = "fail"
+    max_tokens: int | None = None
+    force: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+
+def run(args: argparse.Namespace) -> int:
+    execute_job(ExecuteOptions(
+        plan=Path(args.plan), input=Path(args.input), output=Path(args.output),
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        report=Path(args.report) if args.report else None, on_error=args.on_error, max_tokens=args.max_tokens,
+        force=args.force, overwrite=args.overwrite, quiet=args.quiet))
+    return 0
+
+
+def _checkpoint_dir(plan: Any, given: Path | None) -> Path:
+    if given is not None:
+        return given
+    ref = Path(plan.model.ref)
+    if (ref / "config.json").is_file():
+        return ref
+    raise UserError(f"the plan's model {plan.model.ref!r} is not a checkpoint directory",
+                    "pass --checkpoint DIR")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def execute_job(options: ExecuteOptions) -> dict | None:
+    from planner.plan import Plan
+    from runtime.checkpoint import open_checkpoint
+    from runtime.commands.execute_checks import check_plan_fits_memory, check_plan_machine, check_plan_model
+    from runtime.jobio import JobIdentity, JobOutput, ParseContext, check_output_writable, scan_input
+
+    plan = Plan.load(options.plan)
+    check_output_writable(options.output)
+    if options.report is not None:
+        check_output_writable(options.report)
+    if options.max_tokens is not None and options.max_tokens < 1:
+        raise UserError(f"--max-tokens {options.max_tokens} must be positive", "pass --max-tokens >= 1")
+    checkpoint = open_checkpoint(_checkpoint_dir(plan, options.checkpoint))
+    spec = checkpoint.spec
+    check_plan_model(plan, spec, options.force)
+    profile = check_plan_machine(plan, options.force)
+    check_plan_fits_memory(plan, options.force)
+    default_max_tokens = options.max_tokens or max(1, round(plan.workload.gen_len_max))
+    context = ParseContext(checkpoint.tokenizer, spec.max_position_embeddings, spec.vocab_size, default_max_tokens)
+    scan = scan_input(options.input, context, options.on_error)
+    identity = JobIdentity(scan.sha256, _sha256(options.plan), scan.num_requests)
+    say = (lambda *_: None) if options.quiet else (lambda text: print(text, file=sys.stderr))
+    for skipped in scan.skipped:
+        say(f"skipping {options.input}, line {skipped.line_number}: {skipped.reason}")
+    with JobOutput.open(options.output, identity, overwrite=options.overwrite, model_name=spec.name) as job:
+        if job.num_done:
+            say(f"resuming {options.output}: {job.num_done} of {scan.num_requests} requests already answered")
+        if job.num_done >= scan.num_requests:
+            say(f"nothing to do: every request in {options.input} is answered in {options.output}")
+            return None
+        stats, tally = _run_engine(checkpoint, plan, options, context, scan, job)
+    return _finish_report(stats, plan, profile, spec, tally, scan, job.resumed_count, options)
+
+
+def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: Any, scan: Any, job: Any):
+    import torch
+
+    from runtime.engine import Engine, EngineConfig
+    from runtime.engine import Request as EngineRequest
+    from runtime.jobio import iter_requests
+    from runtime.progress import JobProgress
+    from runtime.report import ContextTally
+
+    tally = ContextTally(window=checkpoint.spec.sliding_window)
+    pending = {}
+
+    def requests():
+        for request in iter_requests(options.input, context, scan, skip_keys=job.done_keys):
+            pending[request.key] = request
+            yield EngineRequest(id=request.key, prompt_token_ids=request.prompt_token_ids, params=request.sampling)
+
+    progress = JobProgress(scan.num_requests, plan.predicted.generated_tok_s, already_done=job.num_done,
+                           enabled=False if options.quiet else None)
+
+    def on_finish(completion) -> None:
+        request = pending.pop(completion.id)
+        job.write(request, completion.token_ids, completion.text, completion.finish_reason)
+        tally.add(len(completion.prompt_token_ids), len(completion.token_ids))
+        progress.sequence_finished(len(completion.token_ids))
+
+    engine = None
+    try:
+        engine = Engine(checkpoint, EngineConfig.from_plan(plan))
+        stats = engine.run(requests(), on_finish)
+    except torch.cuda.OutOfMemoryError as err:
+        raise UserError(f"the device ran out of memory running the plan: {str(err).splitlines()[0]}",
+                        "re-solve the plan with a smaller --device-gb (planner solve), then rerun to resume") from None
+    finally:
+        progress.close()
+        if engine is not None:
+            engine.close()
+    return stats, tally
+
+
+def _finish_report(stats: Any, plan: Any, profile: Any, spec: Any, tally: Any, scan: Any, resumed: int,
+                   options: ExecuteOptions) -> dict:
+    from runtime.report import build_report, format_report, write_report
+
+    report = build_report(stats, plan, profile, spec, tally, scan.skipped, resumed)
+    report["output"] = str(options.output)
+    if not options.quiet:
+        print(format_report(report))
+    if options.report is not None:
+        write_report(options.report, report)
+    return report

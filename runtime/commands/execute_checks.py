@@ -1,0 +1,121 @@
+"""Checks `runtime execute` makes on a plan before any work: right model, right machine, memory free (torch-free).
+
+- `check_plan_model(plan, spec, force)`: the plan's spec hash equals the checkpoint spec's; failing that, the
+  plan's model reference still loads to the spec it was solved for and that spec has the checkpoint's
+  architecture (every field but name, source and extra). Otherwise UserError naming the differences.
+- `check_plan_machine(plan, force) -> HardwareProfile`: the plan's profile fingerprint equals this machine's
+  measured profile (`profiles/<this machine>.yaml`), or the plan's own profile file still has that
+  fingerprint and describes this machine (CPU model, cores, device), as a calibrated profile does.
+  Returns the profile to report against.
+- `check_plan_fits_memory(plan, force)`: the plan's host memory (weights, KV, buffers, activations; not its
+  reserve) fits the memory available now (psutil).
+With `force` each check prints a warning instead of raising.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+
+from planner.errors import UserError
+from planner.plan import Plan
+from planner.plan_build import spec_hash
+from planner.profile import (
+    HardwareProfile,
+    find_profile_for_this_machine,
+    load_profile,
+    this_machine_description,
+)
+from planner.spec import ModelSpec, load_spec
+
+IDENTITY_FIELDS = ("name", "source", "extra")
+GiB = float(1 << 30)
+
+
+def _warn_or_raise(force: bool, err: UserError) -> None:
+    if not force:
+        raise err
+    print(f"warning (--force): {err.cause}", file=sys.stderr)
+
+
+def architecture_differences(planned: ModelSpec, actual: ModelSpec) -> list[str]:
+    return [f"{f.name} {getattr(planned, f.name)!r} != {getattr(actual, f.name)!r}" for f in fields(ModelSpec)
+            if f.name not in IDENTITY_FIELDS and getattr(planned, f.name) != getattr(actual, f.name)]
+
+
+def _planned_spec(plan: Plan) -> ModelSpec | None:
+    try:
+        spec = load_spec(plan.model.ref)
+    except UserError:
+        return None
+    return spec if spec_hash(spec) == plan.model.hash else None
+
+
+def check_plan_model(plan: Plan, spec: ModelSpec, force: bool = False) -> None:
+    if spec_hash(spec) == plan.model.hash:
+        return
+    planned = _planned_spec(plan)
+    if planned is not None:
+        differences = architecture_differences(planned, spec)
+        if not differences:
+            return
+        cause = (f"the plan was solved for model {plan.model.name}, whose architecture differs from the "
+                 f"checkpoint's {spec.name}: {'; '.join(differences[:4])}")
+    else:
+        cause = (f"the plan was solved for model {plan.model.name} (spec hash {plan.model.hash}), not for the "
+                 f"checkpoint's {spec.name} (spec hash {spec_hash(spec)})")
+    _warn_or_raise(force, UserError(cause, "re-solve the plan for this checkpoint (planner solve --checkpoint DIR), "
+                                           "or pass --force to run it anyway"))
+
+
+def _describes_this_machine(profile: HardwareProfile) -> bool:
+    cpu, cores, device = this_machine_description()
+    m = profile.machine
+    return m.cpu == cpu and m.cores == cores and m.device == device
+
+
+def _plan_profile(plan: Plan) -> HardwareProfile | None:
+    try:
+        profile = load_profile(plan.profile.ref)
+    except UserError:
+        return None
+    return profile if profile.fingerprint() == plan.profile.fingerprint else None
+
+
+def check_plan_machine(plan: Plan, force: bool = False) -> HardwareProfile:
+    try:
+        here = find_profile_for_this_machine()
+    except UserError:
+        here = None
+    if here is not None and here.fingerprint() == plan.profile.fingerprint:
+        return here
+    planned = _plan_profile(plan)
+    if planned is not None and _describes_this_machine(planned):
+        return planned
+    fix = "re-solve the plan with this machine's profile (planner solve), or pass --force to run it anyway"
+    if here is None:
+        err = UserError(f"cannot check the plan's hardware profile {plan.profile.name} "
+                        f"(fingerprint {plan.profile.fingerprint}) against this machine: it has no measured profile",
+                        "run `runtime profile` and re-solve the plan, or pass --force to run it anyway")
+    else:
+        err = UserError(f"the plan was solved for hardware profile {plan.profile.name} (fingerprint "
+                        f"{plan.profile.fingerprint}), not this machine's {here.name} ({here.fingerprint()})", fix)
+    _warn_or_raise(force, err)
+    profile = here or planned
+    if profile is None:
+        raise UserError(f"no hardware profile to report against: {plan.profile.ref} does not load with the plan's "
+                        "fingerprint and this machine has none", "run `runtime profile` to measure this machine")
+    return profile
+
+
+def check_plan_fits_memory(plan: Plan, force: bool = False) -> None:
+    import psutil
+
+    host = plan.memory.get("host", {})
+    needed = host.get("total", 0.0) - host.get("reserve", 0.0)
+    available = float(psutil.virtual_memory().available)
+    if needed > available:
+        _warn_or_raise(force, UserError(
+            f"the plan needs {needed / GiB:.1f} GiB of host memory (weights, KV cache, buffers) but only "
+            f"{available / GiB:.1f} GiB is free", "re-solve with a smaller --kv-gb / --host-gb, free memory, "
+                                                 "or pass --force"))

@@ -1,0 +1,45 @@
+"""`runtime generate`: generate text from a checkpoint with the Python API (`runtime.LLM`).
+
+Flags: --checkpoint DIR, --prompt TEXT (repeatable; one completion each), --max-tokens N, --temperature T
+(0 = greedy), --top-p P, --top-k K, --seed S, --stop STRING (repeatable), --ignore-eos, --json.
+Prints each completion's text (prompt then completion) or, with --json, one JSON object per prompt with
+`prompt`, `text`, `token_ids` and `finish_reason`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("generate", help="generate text from a checkpoint",
+                                   description="Generate text from a HF checkpoint directory.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json, safetensors)")
+    parser.add_argument("--prompt", action="append", required=True,
+                        help="prompt text; repeat for a batch of prompts")
+    parser.add_argument("--max-tokens", type=int, default=16, help="tokens to generate per prompt")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed")
+    parser.add_argument("--stop", action="append", default=None, help="stop string; repeatable")
+    parser.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime import LLM, SamplingParams
+
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, seed=args.seed,
+                            stop=args.stop)
+    llm = LLM(args.checkpoint)
+    for output in llm.generate(args.prompt, params):
+        if args.json:
+            print(json.dumps({"prompt": output.prompt, "text": output.text, "token_ids": output.token_ids,
+                              "finish_reason": output.finish_reason}))
+        else:
+            print(f"{output.prompt}{output.text}")
+    return 0

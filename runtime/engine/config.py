@@ -1,0 +1,112 @@
+"""Engine configuration: the decisions a Plan makes, as the engine consumes them.
+
+`EngineConfig` is a frozen dataclass. `EngineConfig.from_plan(plan)` copies the Plan's decision fields
+(names in docs/contracts.md "Plan") without re-deriving any of them; tests and benchmarks build one
+directly. The Plan's `token_groups` (1 or 2) sets `overlap`. Fields the Plan does not carry
+(`module_batching`, `force_streaming`, `device`, `max_model_len`) are engine switches with defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from planner.errors import UserError
+
+# Module names shared with the planner's predicted terms (docs/contracts.md "Plan").
+MODULE_NAMES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts",
+                "dense_mlp", "lm_head", "weight_copy", "sampling", "prefill")
+# Modules that own weights (the others are pure compute or bookkeeping).
+WEIGHT_MODULES = ("embed", "qkv_proj", "o_proj", "router", "experts", "shared_experts", "dense_mlp", "lm_head")
+DEFAULT_RESIDENT = ("embed", "qkv_proj", "o_proj", "router", "shared_experts", "dense_mlp", "lm_head")
+
+_PLAN_FIELDS = ("num_seqs", "attn_batch", "expert_batch", "kv_budget_bytes", "kv_block_size",
+                "resident_modules", "resident_experts_per_layer", "stream_weights", "prefill_chunk",
+                "attention_threads", "compute_threads")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    num_seqs: int = 16                      # N: sequences in flight
+    attn_batch: int = 16                    # b_a: attention micro-batch (sequences)
+    expert_batch: int = 1024                # b_e: most tokens one expert GEMM sees at once
+    kv_budget_bytes: int = 256 << 20        # host KV cache, all layers
+    kv_block_size: int = 16                 # tokens per KV block
+    resident_modules: tuple[str, ...] = field(default=DEFAULT_RESIDENT)  # modules kept on the device
+    resident_experts_per_layer: int = 0     # routed experts 0..k-1 of every MoE layer also kept there
+    stream_weights: bool = False            # stream non-resident modules to the device each step
+    prefill_chunk: int = 512                # most prompt tokens per prefill forward
+    attention_threads: int | None = None    # CPU threads of the decode-attention kernel (None: torch's)
+    compute_threads: int | None = None      # torch intra-op threads for GEMMs (None: unchanged)
+    module_batching: bool = True            # False: one batch size (N) through the whole forward
+    force_streaming: bool = False           # stream even without a device (CPU tests of the streamer)
+    overlap: bool | None = None             # two-group CPU-attention/device overlap; None: on with CUDA
+    device: str = "cpu"                     # "cpu" or "cuda[:i]"
+    max_model_len: int | None = None        # longest prompt + generation; None: the model's maximum
+
+    def __post_init__(self) -> None:
+        for name in ("num_seqs", "attn_batch", "expert_batch", "kv_block_size", "prefill_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"engine setting {name}={value!r} must be a positive integer",
+                                f"set {name} >= 1 in the plan")
+        if self.resident_experts_per_layer < 0:
+            raise UserError(f"resident_experts_per_layer={self.resident_experts_per_layer} is negative",
+                            "set it to 0 or more")
+        if self.kv_budget_bytes <= 0:
+            raise UserError(f"KV budget {self.kv_budget_bytes} bytes is not positive", "give the plan a KV budget")
+        unknown = sorted(set(self.resident_modules) - set(WEIGHT_MODULES))
+        if unknown:
+            raise UserError(f"resident_modules names unknown modules {unknown}",
+                            f"use names from {list(WEIGHT_MODULES)}")
+        object.__setattr__(self, "resident_modules", tuple(self.resident_modules))
+
+    @property
+    def streams(self) -> bool:
+        """Whether the streamer runs: the plan asks for it with a device, or tests force it."""
+        return self.force_streaming or (self.stream_weights and self.device != "cpu")
+
+    @property
+    def uses_overlap(self) -> bool:
+        if not self.module_batching:
+            return False
+        return self.device != "cpu" if self.overlap is None else self.overlap
+
+    @property
+    def effective_attn_batch(self) -> int:
+        return self.attn_batch if self.module_batching else self.num_seqs
+
+    @property
+    def effective_expert_batch(self) -> int:
+        """Model-based batching: the expert GEMM sees whatever the one batch routes to it, unchunked."""
+        return self.expert_batch if self.module_batching else 1 << 62
+
+    def is_resident(self, module: str, expert: int | None = None) -> bool:
+        """Whether a weight module (routed expert `expert` of a MoE layer) lives on the device."""
+        if not self.streams or module in self.resident_modules:
+            return True
+        return module == "experts" and expert is not None and expert < self.resident_experts_per_layer
+
+    def with_(self, **changes) -> EngineConfig:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_plan(cls, plan, **overrides) -> EngineConfig:
+        """Copy the Plan's decisions; `overrides` set engine switches (device, module_batching, ...)."""
+        missing = [name for name in _PLAN_FIELDS if not hasattr(plan, name)]
+        if missing:
+            raise UserError(f"the plan lacks the decision fields {missing}",
+                            "re-solve it with `planner solve` from this version")
+        values = {name: getattr(plan, name) for name in _PLAN_FIELDS}
+        values["resident_modules"] = tuple(values["resident_modules"] or ())
+        values["stream_weights"] = bool(values["stream_weights"])
+        if "overlap" not in overrides and hasattr(plan, "token_groups"):
+            overrides["overlap"] = plan.token_groups == 2
+        if "device" not in overrides:
+            overrides["device"] = _default_device()
+        return cls(**values, **overrides)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,202 @@
+"""The module-based batching engine: `Engine(checkpoint, config).run(requests, on_finish) -> RunStats`.
+
+`Engine` owns the weight store (and streamer), the host KV cache sized from the config's budget, and the
+layer stack. `run` pulls `Request`s lazily, and per iteration asks the scheduler for a plan, runs one packed
+prefill forward (chunks of new prompts) and one decode step (every running sequence), samples each
+sequence's next token (greedy rows with one argmax; sampled rows through `runtime.sampling`), and calls
+`on_finish(Completion)` as each sequence finishes. One engine can run several batches of requests in turn.
+`EngineBackend` adapts it to `runtime.llm`'s backend interface (`run(states)`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from planner.errors import UserError
+from runtime.engine.attention_backend import ATTENTION_BACKENDS
+from runtime.engine.config import EngineConfig
+from runtime.engine.forward import DecodeBatch, LayerStack, PrefillBatch, PrefillSegment
+from runtime.engine.instrumentation import MemoryPeaks, ModuleTimer
+from runtime.engine.kv_cache import HostKVCache, SlotBlockTables, blocks_for
+from runtime.engine.scheduler import PrefillChunk, Request, Scheduler
+from runtime.engine.scheduler import Sequence as EngineSequence
+from runtime.engine.stats import Completion, RunStats
+from runtime.engine.streamer import LayerStreamer
+from runtime.engine.weights import WeightStore
+from runtime.sampling import GenerationState
+
+
+class Engine:
+    def __init__(self, checkpoint: Any, config: EngineConfig):
+        from runtime.checkpoint import open_checkpoint
+        from runtime.llm import eos_token_ids
+
+        if isinstance(checkpoint, (str, Path)):
+            checkpoint = open_checkpoint(checkpoint)
+        self.checkpoint = checkpoint
+        self.spec = checkpoint.spec
+        self.config = config
+        if self.spec.attention not in ATTENTION_BACKENDS:
+            raise UserError(f"{self.spec.name}: the engine has no {self.spec.attention!r} attention backend",
+                            f"use a model whose attention is one of {sorted(ATTENTION_BACKENDS)}")
+        if config.compute_threads:
+            torch.set_num_threads(config.compute_threads)
+        self.device = torch.device(config.device)
+        self.timer = ModuleTimer(self.device)
+        self.store = WeightStore(checkpoint.weights, self.spec, config)
+        self.streamer = None
+        if self.store.packed is not None:
+            self.streamer = LayerStreamer(self.store.packed, self.device,
+                                          on_copy_seconds=lambda s: self.timer.add("weight_copy", s))
+        kv_dtype = self.store.dtype if self.store.dtype in (torch.bfloat16, torch.float32) else torch.float32
+        self.kv = HostKVCache(self.spec, kv_dtype, config.kv_budget_bytes, config.kv_block_size)
+        self.max_len = min(config.max_model_len or self.spec.max_position_embeddings, self.kv.capacity_tokens)
+        self.tables = SlotBlockTables(config.num_seqs, blocks_for(self.max_len, config.kv_block_size))
+        backend = ATTENTION_BACKENDS[self.spec.attention](self.spec, self.kv, self.device, config.attention_threads)
+        self.stack = LayerStack(self.spec, self.store, self.streamer, backend, self.timer, config)
+        self.eos_token_ids = eos_token_ids(checkpoint)
+        tokenizer = getattr(checkpoint, "tokenizer", None)
+        self.detokenize = (lambda ids: tokenizer.decode(list(ids))) if tokenizer is not None else None
+
+    # ----- public API -----
+    def run(self, requests: Iterable[Request], on_finish: Callable[[Completion], None] | None = None) -> RunStats:
+        stats = RunStats(kv_cache_bytes=self.kv.nbytes, kv_capacity_tokens=self.kv.capacity_tokens,
+                         resident_weight_bytes=self.store.resident_bytes,
+                         streamed_weight_bytes=self.store.streamed_bytes, config=asdict(self.config))
+        stats.activated_experts_sum = [0] * self.spec.num_layers
+        self.timer.reset()
+        memory = MemoryPeaks(self.device)
+        scheduler = Scheduler(self._sequences(requests), self.config.num_seqs, self.kv.allocator, self.tables,
+                              self.config.kv_block_size, self.config.prefill_chunk, self.max_len)
+        began = time.perf_counter()
+        with torch.inference_mode():
+            while not scheduler.done:
+                plan = scheduler.schedule()
+                if plan.empty:
+                    raise RuntimeError("scheduler produced an empty step with requests pending")
+                sampled: dict[EngineSequence, int] = {}
+                if plan.prefill:
+                    self._prefill(plan.prefill, sampled, stats)
+                if plan.decode:
+                    self._decode(plan.decode, sampled, stats)
+                for seq in scheduler.commit(plan, sampled):
+                    self._finish(seq, stats, on_finish)
+                if self.streamer is not None:
+                    self.streamer.collect_copy_seconds()
+                memory.sample()
+        if self.streamer is not None:
+            self.streamer.collect_copy_seconds(wait=True)
+        stats.wall_seconds = time.perf_counter() - began
+        stats.num_preemptions = scheduler.num_preemptions
+        stats.module_seconds = self.timer.totals()
+        stats.peak_host_bytes = memory.host_peak_bytes
+        stats.peak_device_bytes = memory.device_peak_bytes
+        return stats
+
+    def close(self) -> None:
+        self.stack.close()
+        if self.streamer is not None:
+            self.streamer.close()
+
+    # ----- internals -----
+    def _sequences(self, requests: Iterable[Request]) -> Iterator[EngineSequence]:
+        for arrival, request in enumerate(requests):
+            state = request.state or GenerationState(list(request.prompt_token_ids), request.params,
+                                                     self.eos_token_ids, self.detokenize)
+            if not state.prompt_token_ids:
+                raise UserError(f"request {request.id!r} has an empty prompt", "give every request prompt tokens")
+            yield EngineSequence(request=request, state=state, arrival=arrival)
+
+    def _prefill(self, chunks: list[PrefillChunk], sampled: dict, stats: RunStats) -> None:
+        began = time.perf_counter()
+        self.timer.phase = "prefill"
+        token_ids, positions, segments, logit_rows, completing = [], [], [], [], []
+        row = 0
+        for chunk in chunks:
+            count = chunk.end - chunk.start
+            token_ids.extend(chunk.seq.tokens[chunk.start:chunk.end])
+            positions.append(torch.arange(chunk.start, chunk.end))
+            segments.append(PrefillSegment(slice(row, row + count), torch.tensor(chunk.seq.blocks, dtype=torch.int32),
+                                           chunk.start))
+            row += count
+            if chunk.completes_prompt:
+                logit_rows.append(row - 1)
+                completing.append(chunk.seq)
+        batch = PrefillBatch(torch.tensor(token_ids, dtype=torch.long), torch.cat(positions), segments, logit_rows)
+        hidden, _ = self.stack.prefill(batch)
+        if completing:
+            logits = self.stack.logits(hidden[torch.tensor(logit_rows, device=hidden.device)])
+            self._sample(completing, logits, sampled)
+        self.timer.flush()
+        self.timer.phase = "decode"
+        stats.prefill_tokens += row
+        stats.prefill_forwards += 1
+        stats.prefill_seconds += time.perf_counter() - began
+
+    def _decode(self, seqs: list[EngineSequence], sampled: dict, stats: RunStats) -> None:
+        began = time.perf_counter()
+        cached = [seq.num_cached for seq in seqs]
+        batch = DecodeBatch(
+            token_ids=torch.tensor([seq.state.token_ids[-1] for seq in seqs], dtype=torch.long),
+            positions=torch.tensor(cached, dtype=torch.long),
+            block_tables=self.tables.rows(torch.tensor([seq.slot for seq in seqs], dtype=torch.long)),
+            context_lens=torch.tensor(cached, dtype=torch.int32) + 1)
+        hidden, activated = self.stack.decode(batch)
+        self._sample(seqs, self.stack.logits(hidden), sampled)
+        self.timer.flush()
+        moe_layers = [count for layer, count in enumerate(activated) if self.spec.is_moe_layer(layer)]
+        for layer, count in enumerate(activated):
+            stats.activated_experts_sum[layer] += count
+        stats.activated_experts_per_step.append(sum(moe_layers) / max(len(moe_layers), 1))
+        stats.decode_tokens += len(seqs)
+        stats.decode_steps += 1
+        stats.decode_batch_sizes_sum += len(seqs)
+        stats.decode_seconds += time.perf_counter() - began
+
+    def _sample(self, seqs: Sequence[EngineSequence], logits: torch.Tensor, sampled: dict) -> None:
+        with self.timer.host("sampling"):
+            greedy = [i for i, seq in enumerate(seqs) if seq.state.params.is_greedy]
+            if greedy:
+                rows = logits if len(greedy) == len(seqs) else logits[torch.tensor(greedy, device=logits.device)]
+                for i, token in zip(greedy, torch.argmax(rows.float(), dim=-1).tolist()):
+                    sampled[seqs[i]] = token
+            for i, seq in enumerate(seqs):
+                if not seq.state.params.is_greedy:
+                    sampled[seq] = seq.state.next_token(logits[i])
+
+    def _finish(self, seq: EngineSequence, stats: RunStats, on_finish: Callable[[Completion], None] | None) -> None:
+        state = seq.state
+        stats.num_requests += 1
+        stats.prompt_tokens += len(state.prompt_token_ids)
+        stats.generated_tokens += len(state.token_ids)
+        if on_finish is not None:
+            on_finish(Completion(id=seq.request.id, prompt_token_ids=state.prompt_token_ids,
+                                 token_ids=list(state.token_ids), finish_reason=state.finish_reason,
+                                 text=state.text if self.detokenize else "", num_preemptions=seq.num_preemptions,
+                                 state=state))
+
+
+class EngineBackend:
+    """`runtime.llm` backend: drives the caller's GenerationStates through the engine."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.last_stats: RunStats | None = None
+
+    def run(self, states: Sequence[GenerationState]) -> None:
+        requests = (Request(id=i, prompt_token_ids=state.prompt_token_ids, params=state.params, state=state)
+                    for i, state in enumerate(states))
+        self.last_stats = self.engine.run(requests)
+
+
+def engine_config_for(plan: Any, overrides: Mapping[str, Any] | None = None) -> EngineConfig:
+    """An EngineConfig as given, or one read from a Plan (its decisions, never re-derived)."""
+    if isinstance(plan, EngineConfig):
+        return plan.with_(**dict(overrides or {}))
+    return EngineConfig.from_plan(plan, **dict(overrides or {}))

@@ -1,0 +1,96 @@
+"""Measured seconds per module, activated experts and memory peaks, collected while the engine runs.
+
+`ModuleTimer` times a block under a module name (docs/contracts.md names) for one phase ("decode" or
+"prefill"): `perf_counter` on the host, CUDA events on the device, read once per step by `flush()`
+(never a device-wide synchronise: it waits on the step's own last event). `add()` is thread-safe so
+the copy worker and the attention worker can report too. `MemoryPeaks` samples host RSS (psutil) and
+device memory per step.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import psutil
+import torch
+
+
+class ModuleTimer:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._cuda = device.type == "cuda"
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, str, torch.cuda.Event, torch.cuda.Event]] = []
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seconds: dict[str, dict[str, float]] = {"decode": defaultdict(float),
+                                                         "prefill": defaultdict(float)}
+            self.phase = "decode"
+
+    def add(self, module: str, seconds: float, phase: str | None = None) -> None:
+        with self._lock:
+            self.seconds[phase or self.phase][module] += seconds
+
+    @contextmanager
+    def host(self, module: str):
+        """Host work (CPU attention, sampling, bookkeeping): wall time of the block."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(module, time.perf_counter() - began)
+
+    @contextmanager
+    def device_work(self, module: str):
+        """Device work: CUDA events around the block on the current stream; perf_counter on the CPU."""
+        if not self._cuda:
+            with self.host(module):
+                yield
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        try:
+            yield
+        finally:
+            end.record()
+            self._pending.append((self.phase, module, start, end))
+
+    def flush(self) -> None:
+        """Read this step's device timings (waits on the step's last event only)."""
+        if not self._pending:
+            return
+        self._pending[-1][3].synchronize()
+        for phase, module, start, end in self._pending:
+            self.add(module, start.elapsed_time(end) / 1e3, phase)
+        self._pending.clear()
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            return {phase: dict(values) for phase, values in self.seconds.items()}
+
+
+class MemoryPeaks:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._process = psutil.Process()
+        self.host_rss_bytes = self._process.memory_info().rss
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def sample(self) -> None:
+        self.host_rss_bytes = max(self.host_rss_bytes, self._process.memory_info().rss)
+
+    @property
+    def host_peak_bytes(self) -> int:
+        """The larger of the sampled RSS and the kernel's high-water mark for this process."""
+        return max(self.host_rss_bytes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+    @property
+    def device_peak_bytes(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0

@@ -1,0 +1,144 @@
+"""Host KV cache in the CPU attention kernel's paged layout, plus its block allocator.
+
+The cache is allocated once from the byte budget and never reallocated or copied:
+- GQA: per layer `k_cache`, `v_cache` [num_blocks, num_kv_heads, block_size, head_dim];
+- MLA: per layer `latent_cache` [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim].
+A sequence owns a list of block ids from `BlockAllocator` (allocated as it grows, freed when it finishes
+or is preempted); `SlotBlockTables` keeps each in-flight slot's blocks as one int32 row so a step's
+`block_tables` [B, max_blocks_per_seq] is a single row gather. `write_tokens` / `read_tokens` move a
+range of positions of one sequence (prefill writes, and reads for chunked prefill) by block arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from planner.errors import UserError
+from planner.spec import ModelSpec
+
+
+class BlockAllocator:
+    """A free list of block ids. Every id is either free or owned by exactly one caller."""
+
+    def __init__(self, num_blocks: int):
+        self.num_blocks = num_blocks
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self._used: set[int] = set()
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used(self) -> int:
+        return len(self._used)
+
+    def can_allocate(self, count: int) -> bool:
+        return count <= len(self._free)
+
+    def allocate(self, count: int) -> list[int]:
+        if count > len(self._free):
+            raise RuntimeError(f"asked for {count} KV blocks with {len(self._free)} free")
+        blocks = [self._free.pop() for _ in range(count)]
+        self._used.update(blocks)
+        return blocks
+
+    def free(self, blocks: list[int]) -> None:
+        for block in blocks:
+            if block not in self._used:
+                raise RuntimeError(f"KV block {block} freed but not allocated")
+            self._used.remove(block)
+            self._free.append(block)
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """Shape facts of one layer's cache for a spec (GQA pair or MLA latent)."""
+
+    kind: str                    # "gqa" | "mla"
+    num_kv_heads: int
+    head_dim: int                # GQA head dim; MLA: kv_lora_rank + qk_rope_head_dim
+    dtype: torch.dtype
+
+    @classmethod
+    def for_spec(cls, spec: ModelSpec, dtype: torch.dtype) -> KVLayout:
+        if spec.attention == "mla":
+            return cls("mla", 1, spec.kv_lora_rank + spec.qk_rope_head_dim, dtype)
+        return cls("gqa", spec.num_kv_heads, spec.head_dim, dtype)
+
+    def bytes_per_token_layer(self) -> int:
+        per_token = self.num_kv_heads * self.head_dim * torch.tensor([], dtype=self.dtype).element_size()
+        return per_token * (2 if self.kind == "gqa" else 1)
+
+
+class HostKVCache:
+    """All layers' paged KV tensors in host memory, sized once from `budget_bytes`."""
+
+    def __init__(self, spec: ModelSpec, dtype: torch.dtype, budget_bytes: int, block_size: int):
+        self.layout = KVLayout.for_spec(spec, dtype)
+        self.block_size = block_size
+        self.num_layers = spec.num_layers
+        bytes_per_block = self.layout.bytes_per_token_layer() * block_size * spec.num_layers
+        self.num_blocks = budget_bytes // bytes_per_block
+        if self.num_blocks < 2:
+            raise UserError(
+                f"KV budget {budget_bytes / 2**20:.1f} MiB holds {self.num_blocks} blocks of {block_size} tokens "
+                f"({bytes_per_block / 2**20:.2f} MiB each over {spec.num_layers} layers)",
+                "raise the KV budget (planner solve --kv-gb) or lower kv_block_size")
+        self.capacity_tokens = self.num_blocks * block_size
+        self.allocator = BlockAllocator(self.num_blocks)
+        heads, dim = self.layout.num_kv_heads, self.layout.head_dim
+        if self.layout.kind == "gqa":
+            shape = (self.num_blocks, heads, block_size, dim)
+            self.k = [torch.empty(shape, dtype=dtype) for _ in range(spec.num_layers)]
+            self.v = [torch.empty(shape, dtype=dtype) for _ in range(spec.num_layers)]
+            self.latent: list[torch.Tensor] = []
+        else:
+            shape = (self.num_blocks, block_size, dim)
+            self.latent = [torch.empty(shape, dtype=dtype) for _ in range(spec.num_layers)]
+            self.k, self.v = [], []
+        self.nbytes = bytes_per_block * self.num_blocks
+
+    def _slots(self, blocks: torch.Tensor, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(start, start + count)
+        return blocks[positions // self.block_size].long(), positions % self.block_size
+
+    def write_tokens(self, layer: int, blocks: torch.Tensor, start: int, *values: torch.Tensor) -> None:
+        """Store positions [start, start+T) of one sequence: GQA (k, v) [T,Hkv,D]; MLA (latent,) [T,R+P]."""
+        block_ids, offsets = self._slots(blocks, start, values[0].shape[0])
+        if self.layout.kind == "gqa":
+            k, v = values
+            self.k[layer][block_ids, :, offsets] = k.to(self.layout.dtype)
+            self.v[layer][block_ids, :, offsets] = v.to(self.layout.dtype)
+        else:
+            self.latent[layer][block_ids, offsets] = values[0].to(self.layout.dtype)
+
+    def read_tokens(self, layer: int, blocks: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]:
+        """Positions [0, count) of one sequence: GQA (k, v) [count,Hkv,D]; MLA (latent,) [count,R+P]."""
+        block_ids, offsets = self._slots(blocks, 0, count)
+        if self.layout.kind == "gqa":
+            return self.k[layer][block_ids, :, offsets], self.v[layer][block_ids, :, offsets]
+        return (self.latent[layer][block_ids, offsets],)
+
+
+class SlotBlockTables:
+    """One int32 row of block ids per in-flight slot; rows are updated in place as sequences grow."""
+
+    def __init__(self, num_slots: int, max_blocks_per_seq: int):
+        self.table = torch.zeros(num_slots, max_blocks_per_seq, dtype=torch.int32)
+        self.max_blocks_per_seq = max_blocks_per_seq
+
+    def set(self, slot: int, first_index: int, blocks: list[int]) -> None:
+        if first_index + len(blocks) > self.max_blocks_per_seq:
+            raise RuntimeError("sequence outgrew its block table row")
+        if blocks:
+            self.table[slot, first_index:first_index + len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+
+    def rows(self, slots: torch.Tensor) -> torch.Tensor:
+        return self.table.index_select(0, slots)  # [B, max_blocks_per_seq]

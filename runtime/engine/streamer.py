@@ -1,0 +1,149 @@
+"""Layer weight streamer: packed host layers -> a bounded ring of device slots, one layer ahead.
+
+Every forward pass acquires layers 0..L-1 in order, so the streamer copies layers in that cyclic order
+(0, 1, ..., L-1, 0, ...) into `num_slots` (2) slots. `start()` fills the slots with the first layers;
+`acquire(l)` returns layer l's tensors once its copy has landed; `release(l)` hands the slot back and
+queues the next layer in the cycle into it. With L <= num_slots every layer is copied once and kept.
+
+- CUDA: copies run on a separate copy stream from pinned host memory (`non_blocking`); the compute
+  stream waits on the slot's "ready" CUDA event, and the copy stream waits on the slot's "free" event,
+  so neither side ever synchronises the whole device.
+- CPU (forced streaming, for tests): slots are host buffers filled by one copy worker thread; compute
+  waits on the slot's `threading.Event`.
+`copy_log` records (layer, slot) in the order copies were issued, `max_slots_in_use` the most slots held
+by compute at once; tests check both.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from runtime.engine.weights import PackedLayer
+
+
+class LayerStreamer:
+    def __init__(self, packed: list[PackedLayer], device: torch.device, num_slots: int = 2,
+                 on_copy_seconds: Callable[[float], None] | None = None):
+        self.packed = packed
+        self.device = device
+        self.num_layers = len(packed)
+        self.num_slots = min(num_slots, self.num_layers)
+        self.cyclic = self.num_layers > self.num_slots
+        slot_bytes = max(layer.nbytes for layer in packed)
+        self._slots = [torch.empty(slot_bytes, dtype=torch.uint8, device=device) for _ in range(self.num_slots)]
+        self._slot_of: dict[int, int] = {}
+        self._views: list[dict[str, torch.Tensor]] = [{} for _ in range(self.num_slots)]
+        self._in_use: set[int] = set()
+        self._next_layer = 0
+        self.copy_log: list[tuple[int, int]] = []
+        self.max_slots_in_use = 0
+        self._on_copy_seconds = on_copy_seconds or (lambda seconds: None)
+        self._cuda = device.type == "cuda"
+        if self._cuda:
+            self._copy_stream = torch.cuda.Stream(device)
+            self._ready = [torch.cuda.Event() for _ in range(self.num_slots)]
+            self._free = [torch.cuda.Event() for _ in range(self.num_slots)]
+            self._copy_timings: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        else:
+            self._ready_flags = [threading.Event() for _ in range(self.num_slots)]
+            self._jobs: queue.Queue[tuple[int, int] | None] = queue.Queue()
+            self._errors: list[BaseException] = []
+            self._worker = threading.Thread(target=self._copy_worker, name="weight-copy", daemon=True)
+            self._worker.start()
+        self._started = False
+
+    # ----- compute side -----
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for slot in range(self.num_slots):
+            self._issue(slot)
+
+    def acquire(self, layer: int) -> dict[str, torch.Tensor]:
+        self.start()
+        slot = self._slot_of.get(layer)
+        if slot is None:
+            raise RuntimeError(f"layer {layer} acquired out of the streamer's order")
+        if self._cuda:
+            torch.cuda.current_stream(self.device).wait_event(self._ready[slot])
+        else:
+            self._ready_flags[slot].wait()
+            if self._errors:
+                raise RuntimeError("weight copy worker failed") from self._errors[0]
+        self._in_use.add(slot)
+        self.max_slots_in_use = max(self.max_slots_in_use, len(self._in_use))
+        return self._views[slot]
+
+    def release(self, layer: int) -> None:
+        slot = self._slot_of[layer]
+        self._in_use.discard(slot)
+        if not self.cyclic:
+            return
+        del self._slot_of[layer]
+        if self._cuda:
+            self._free[slot].record(torch.cuda.current_stream(self.device))
+        self._issue(slot)
+
+    # ----- copy side -----
+    def _issue(self, slot: int) -> None:
+        layer = self._next_layer
+        self._next_layer = (self._next_layer + 1) % self.num_layers
+        self._slot_of[layer] = slot
+        packed = self.packed[layer]
+        self._views[slot] = packed.views(self._slots[slot])
+        self.copy_log.append((layer, slot))
+        if self._cuda:
+            stream = self._copy_stream
+            stream.wait_event(self._free[slot])
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(stream):
+                start.record(stream)
+                self._slots[slot][:packed.nbytes].copy_(packed.host, non_blocking=True)
+                end.record(stream)
+                self._ready[slot].record(stream)
+            self._copy_timings.append((start, end))
+        else:
+            self._ready_flags[slot].clear()
+            self._jobs.put((layer, slot))
+
+    def _copy_worker(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            layer, slot = job
+            try:
+                began = time.perf_counter()
+                packed = self.packed[layer]
+                self._slots[slot][:packed.nbytes].copy_(packed.host)
+                self._on_copy_seconds(time.perf_counter() - began)
+            except BaseException as err:  # surfaced to compute at the next acquire
+                self._errors.append(err)
+            self._ready_flags[slot].set()
+
+    def collect_copy_seconds(self, wait: bool = False) -> None:
+        """CUDA: report finished copies' times (all of them, waiting, when `wait`)."""
+        if not self._cuda:
+            return
+        pending = []
+        for start, end in self._copy_timings:
+            if wait:
+                end.synchronize()
+            if end.query():
+                self._on_copy_seconds(start.elapsed_time(end) / 1e3)
+            else:
+                pending.append((start, end))
+        self._copy_timings = pending
+
+    def close(self) -> None:
+        if self._cuda:
+            self.collect_copy_seconds(wait=True)
+        elif self._worker.is_alive():
+            self._jobs.put(None)
+            self._worker.join()

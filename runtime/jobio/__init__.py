@@ -1,0 +1,14 @@
+"""Job input and output for `runtime execute`: prompts JSONL parsing and validation, resumable output.
+
+`requests`: one line -> `Request`; `input_file`: `scan_input` (validate the whole file up front) and
+`iter_requests` (stream it into the engine); `writer`: `JobOutput` (append-only output + job state, resume).
+"""
+
+from __future__ import annotations
+
+from runtime.jobio.input_file import InputScan, SkippedLine, iter_requests, scan_input
+from runtime.jobio.requests import LineError, ParseContext, Request, parse_line
+from runtime.jobio.writer import JobIdentity, JobOutput, check_output_writable, state_path
+
+__all__ = ["InputScan", "JobIdentity", "JobOutput", "LineError", "ParseContext", "Request", "SkippedLine",
+           "check_output_writable", "iter_requests", "parse_line", "scan_input", "state_path"]

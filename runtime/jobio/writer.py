@@ -1,0 +1,227 @@
+"""The job's output JSONL and its state file: every answer written whole, once, and resumable after a crash.
+
+`check_output_writable(path)` fails early (UserError) when the output cannot be created or appended to.
+`JobOutput.open(path, identity, overwrite=...)` prepares `path` and `<path>.state.json`:
+- no output yet (or an empty one), or `overwrite`: a fresh job;
+- an output with a state file of the same identity (input sha256, plan sha256): resume. A torn last line
+  (no trailing newline: the process died inside a write) is cut off by truncating back to the last newline,
+  and the keys already answered (`done_keys`) are read so the caller skips them;
+- any other existing output: UserError suggesting --overwrite or a new path.
+`write(request, token_ids, text, finish_reason)` appends one complete line with one `os.write` on an
+O_APPEND descriptor (no user-space buffering, so a crash leaves whole lines plus at most one torn tail),
+fsyncs at most every `fsync_interval_s` and then rewrites the state file atomically (temp file, fsync,
+os.replace). `close()` fsyncs and marks the state complete when every request is answered.
+Native lines: `{"id", "text", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens"}`; Batch API
+lines follow OpenAI's batch output: `{"id", "custom_id", "response": {"status_code", "request_id", "body"},
+"error"}` with a text_completion or chat.completion body (choices[0] also carries `token_ids`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import UserError
+from runtime.jobio.requests import Request, batch_key, native_key
+
+STATE_SCHEMA_VERSION = 1
+TAIL_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    input_sha256: str
+    plan_sha256: str
+    num_requests: int
+
+
+def state_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".state.json")
+
+
+def check_output_writable(path: str | Path) -> None:
+    """UserError unless `path` can be created or appended to; creates nothing."""
+    path = Path(path)
+    fix = "pass --output a file path in an existing, writable directory"
+    if path.is_dir():
+        raise UserError(f"the output path {path} is a directory", fix)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"the output directory {parent} does not exist", f"create it first (mkdir -p {parent})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"the output directory {parent} is not writable", fix)
+    for target in (path, state_path(path)):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise UserError(f"{target} exists and is not writable", fix)
+
+
+def record_key(record: dict) -> str:
+    """The answer key of one output line (same keys as `Request.key`)."""
+    if "custom_id" in record:
+        return batch_key(record["custom_id"])
+    return native_key(record["id"])
+
+
+def completion_record(request: Request, token_ids: list[int], text: str, finish_reason: str,
+                      model_name: str = "") -> dict:
+    prompt_tokens, completion_tokens = len(request.prompt_token_ids), len(token_ids)
+    if not request.is_batch_api:
+        return {"id": request.id, "text": text, "token_ids": list(token_ids), "finish_reason": finish_reason,
+                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    choice: dict = {"index": 0}
+    if request.api == "chat.completions":
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    choice.update(token_ids=list(token_ids), logprobs=None, finish_reason=finish_reason)
+    body = {"id": f"cmpl-{request.line_number}",
+            "object": "chat.completion" if request.api == "chat.completions" else "text_completion",
+            "created": int(time.time()), "model": model_name, "choices": [choice],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+    return {"id": f"batch_req_{request.line_number}", "custom_id": request.id,
+            "response": {"status_code": 200, "request_id": f"req_{request.line_number}", "body": body},
+            "error": None}
+
+
+def _read_state(path: Path) -> dict | None:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _write_state_atomically(path: Path, state: dict) -> None:
+    temp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with temp.open("w") as f:
+        json.dump(state, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+
+
+def truncate_torn_tail(path: Path) -> int:
+    """Cut the file back to just after its last newline; returns the bytes dropped."""
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - TAIL_CHUNK)
+            f.seek(start)
+            chunk = f.read(end - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        else:
+            keep = 0
+        if keep < size:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        return size - keep
+
+
+def read_done_keys(path: Path) -> set[str]:
+    """Keys of the complete lines of an existing output; UserError if one is corrupt or repeated."""
+    done: set[str] = set()
+    fix = "pass --overwrite to start the job again, or choose a new --output path"
+    with path.open("rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                key = record_key(json.loads(raw))
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{path}, line {line_number}, is not an output line of this job", fix) from None
+            if key in done:
+                raise UserError(f"{path}, line {line_number}, answers {key} a second time", fix)
+            done.add(key)
+    return done
+
+
+class JobOutput:
+    def __init__(self, path: Path, identity: JobIdentity, done_keys: set[str], model_name: str,
+                 fsync_interval_s: float):
+        self.path = path
+        self.identity = identity
+        self.done_keys = done_keys
+        self.resumed_count = len(done_keys)
+        self.model_name = model_name
+        self.fsync_interval_s = fsync_interval_s
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._last_sync = time.monotonic()
+        self._dirty = False
+        self._write_state()
+
+    @classmethod
+    def open(cls, path: str | Path, identity: JobIdentity, *, overwrite: bool = False, model_name: str = "",
+             fsync_interval_s: float = 1.0) -> JobOutput:
+        path = Path(path)
+        check_output_writable(path)
+        done: set[str] = set()
+        if overwrite and path.exists():
+            path.unlink()
+        elif path.exists() and path.stat().st_size > 0:
+            cls._check_same_job(path, identity)
+            truncate_torn_tail(path)
+            done = read_done_keys(path)
+        return cls(path, identity, done, model_name, fsync_interval_s)
+
+    @staticmethod
+    def _check_same_job(path: Path, identity: JobIdentity) -> None:
+        fix = "pass --overwrite to replace it, or choose a new --output path"
+        state = _read_state(state_path(path))
+        if state is None:
+            raise UserError(f"{path} already exists and has no readable job state ({state_path(path).name})", fix)
+        for name, label in (("input_sha256", "input file"), ("plan_sha256", "plan")):
+            if state.get(name) != getattr(identity, name):
+                raise UserError(f"{path} holds the output of a job with a different {label} "
+                                f"({name} {str(state.get(name))[:12]} != {getattr(identity, name)[:12]})", fix)
+
+    @property
+    def num_done(self) -> int:
+        return len(self.done_keys)
+
+    def write(self, request: Request, token_ids: list[int], text: str, finish_reason: str) -> None:
+        if request.key in self.done_keys:
+            raise RuntimeError(f"{request.key} answered twice")
+        record = completion_record(request, token_ids, text, finish_reason, self.model_name)
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        written = os.write(self._fd, line)
+        while written < len(line):  # short writes happen only on a full disk or a signal
+            written += os.write(self._fd, line[written:])
+        self.done_keys.add(request.key)
+        self._dirty = True
+        if time.monotonic() - self._last_sync >= self.fsync_interval_s:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+        self._dirty = False
+        self._last_sync = time.monotonic()
+        self._write_state()
+
+    def _write_state(self) -> None:
+        state = {"schema_version": STATE_SCHEMA_VERSION, "input_sha256": self.identity.input_sha256,
+                 "plan_sha256": self.identity.plan_sha256, "num_requests": self.identity.num_requests,
+                 "done": self.num_done, "complete": self.num_done >= self.identity.num_requests,
+                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _write_state_atomically(state_path(self.path), state)
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        self.sync()
+        os.close(self._fd)
+        self._fd = -1
+
+    def __enter__(self) -> JobOutput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,81 @@
+"""Grouped-query attention as separate pieces the reference decoder and the engine both call.
+
+- `qkv_projection(x [T,h], w, spec, cos, sin) -> q [T,Hq,D], k [T,Hkv,D], v [T,Hkv,D]`: projections with the
+  optional q/k/v biases, qk-norm (`per_head`: over D, Qwen3; `full`: over the whole projection, OLMoE),
+  OLMoE's clip_qkv, then RoPE at the positions cos/sin [T,D] were built for.
+- `attention_core(q [T,Hq,D], k [S,Hkv,D], v [S,Hkv,D], scale, sliding_window) -> [T,Hq,D]`: causal
+  attention of T queries at positions S-T..S-1 over S keys (fp32 softmax, like transformers' eager path).
+- `o_projection(o [T,Hq,D], w) -> [T,h]`.
+- `gqa_attention(x, w, spec, layer, rope, positions, kv)`: the three composed over a per-sequence `LayerKV`.
+`w` is one layer's weight dict keyed by canonical names without the `layers.{l}.` prefix (`attn.q_proj`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from planner.spec import ModelSpec
+from runtime.model.kv_cache import LayerKV
+from runtime.model.layers import rms_norm
+from runtime.model.rope import Rope, apply_rope
+
+
+def qkv_projection(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec,
+                   cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    num_tokens = x.shape[0]
+    q = F.linear(x, w["attn.q_proj"], w.get("attn.q_bias"))  # [T, Hq*D]
+    k = F.linear(x, w["attn.k_proj"], w.get("attn.k_bias"))  # [T, Hkv*D]
+    v = F.linear(x, w["attn.v_proj"], w.get("attn.v_bias"))
+    if spec.qk_norm == "full":
+        q = rms_norm(q, w["attn.q_norm"], spec.rms_norm_eps)
+        k = rms_norm(k, w["attn.k_norm"], spec.rms_norm_eps)
+    if spec.clip_qkv is not None:
+        q, k, v = (t.clamp(-spec.clip_qkv, spec.clip_qkv) for t in (q, k, v))
+    q = q.view(num_tokens, -1, spec.head_dim)
+    k = k.view(num_tokens, -1, spec.head_dim)
+    v = v.view(num_tokens, -1, spec.head_dim)
+    if spec.qk_norm == "per_head":
+        q = rms_norm(q, w["attn.q_norm"], spec.rms_norm_eps)
+        k = rms_norm(k, w["attn.k_norm"], spec.rms_norm_eps)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def causal_mask(num_queries: int, num_keys: int, sliding_window: int | None,
+                device: torch.device | None = None) -> torch.Tensor:
+    """[T, S] bool, True where query i (at position S-T+i) may attend key j."""
+    query_pos = torch.arange(num_keys - num_queries, num_keys, device=device)[:, None]
+    key_pos = torch.arange(num_keys, device=device)[None, :]
+    visible = key_pos <= query_pos
+    if sliding_window is not None:
+        visible &= query_pos - key_pos < sliding_window
+    return visible
+
+
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                   sliding_window: int | None = None) -> torch.Tensor:
+    num_queries, num_heads, _ = q.shape
+    group = num_heads // k.shape[1]
+    keys = k.repeat_interleave(group, dim=1).transpose(0, 1)    # [Hq, S, D]
+    values = v.repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, S, Dv]
+    scores = torch.matmul(q.transpose(0, 1), keys.transpose(1, 2)) * scale  # [Hq, T, S]
+    mask = causal_mask(num_queries, keys.shape[1], sliding_window, q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, values).transpose(0, 1)  # [T, Hq, Dv]
+
+
+def o_projection(o: torch.Tensor, w: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return F.linear(o.reshape(o.shape[0], -1), w["attn.o_proj"], w.get("attn.o_bias"))
+
+
+def gqa_attention(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec, layer: int, rope: Rope,
+                  positions: torch.Tensor, kv: LayerKV) -> torch.Tensor:
+    cos, sin = rope.cos_sin(positions, x.dtype)
+    q, k, v = qkv_projection(x, w, spec, cos, sin)
+    cached = kv.append(k=k, v=v)
+    window = spec.sliding_window if spec.is_sliding_layer(layer) else None
+    o = attention_core(q, cached["k"], cached["v"], spec.head_dim ** -0.5, window)
+    return o_projection(o, w)

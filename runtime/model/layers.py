@@ -1,0 +1,30 @@
+"""Elementwise and feed-forward building blocks shared by every architecture, the engine and the profiler.
+
+- `rms_norm(x, weight, eps)`: RMSNorm with fp32 accumulation, result in x's dtype (as transformers does).
+- `expert_ffn(x [m,h], gate [I,h], up [I,h], down [h,I]) -> [m,h]`: `down(silu(gate x) * up x)`; the one
+  expert-FFN function the reference forward, the engine and the profiler's GEMM measurement all call.
+- `dense_mlp(x, w, prefix)`: the same SwiGLU MLP read from a layer's weight dict (`mlp.*`, `moe.shared.*`).
+Weights are [out_features, in_features] as on disk; nothing here knows about devices or offloading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    input_dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(input_dtype)
+
+
+def expert_ffn(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+
+
+def dense_mlp(x: torch.Tensor, w: Mapping[str, torch.Tensor], prefix: str = "mlp.") -> torch.Tensor:
+    return expert_ffn(x, w[f"{prefix}gate_proj"], w[f"{prefix}up_proj"], w[f"{prefix}down_proj"])

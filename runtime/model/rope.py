@@ -1,0 +1,77 @@
+"""Rotary position embeddings: inverse frequencies per RoPE variant, cos/sin tables, application.
+
+`ROPE_VARIANTS` maps a `rope_type` (from `spec.rope_scaling`, None/"default" = plain RoPE) to a function
+`(dim, theta, scaling, spec) -> (inv_freq [dim/2] fp32, attention_scaling)`; new variants (DeepSeek's YaRN)
+register there. `Rope.cos_sin(positions, dtype)` builds the tables like transformers (fp32 angles, cast to
+the activation dtype); `apply_rope(x [T,H,D], cos [T,D], sin [T,D])` uses the rotate-half layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from planner.errors import UserError
+from planner.spec import ModelSpec
+from runtime.model.rope_yarn import yarn_inv_freq
+
+RopeInit = Callable[[int, float, dict, ModelSpec], tuple[torch.Tensor, float]]
+
+
+def default_inv_freq(dim: int, theta: float, scaling: dict, spec: ModelSpec) -> tuple[torch.Tensor, float]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    return inv_freq, 1.0
+
+
+def linear_inv_freq(dim: int, theta: float, scaling: dict, spec: ModelSpec) -> tuple[torch.Tensor, float]:
+    inv_freq, attention_scaling = default_inv_freq(dim, theta, scaling, spec)
+    return inv_freq / float(scaling["factor"]), attention_scaling
+
+
+ROPE_VARIANTS: dict[str, RopeInit] = {
+    "default": default_inv_freq,
+    "linear": linear_inv_freq,
+    "yarn": yarn_inv_freq,
+}
+
+
+def rope_type(spec: ModelSpec) -> str:
+    scaling = spec.rope_scaling or {}
+    return scaling.get("rope_type") or scaling.get("type") or "default"
+
+
+@dataclass(frozen=True)
+class Rope:
+    inv_freq: torch.Tensor          # [dim/2] fp32
+    attention_scaling: float = 1.0
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, dim] for integer positions [T]."""
+        freqs = positions[:, None].float() * self.inv_freq.to(positions.device)[None, :]  # [T, dim/2]
+        angles = torch.cat((freqs, freqs), dim=-1)
+        cos = angles.cos() * self.attention_scaling
+        sin = angles.sin() * self.attention_scaling
+        return cos.to(dtype), sin.to(dtype)
+
+
+def rope_from_spec(spec: ModelSpec, dim: int | None = None) -> Rope:
+    kind = rope_type(spec)
+    init = ROPE_VARIANTS.get(kind)
+    if init is None:
+        raise UserError(f"{spec.name}: RoPE variant {kind!r} is not implemented",
+                        f"use a checkpoint whose rope_scaling type is one of {sorted(ROPE_VARIANTS)}")
+    inv_freq, attention_scaling = init(dim or spec.head_dim, spec.rope_theta, spec.rope_scaling or {}, spec)
+    return Rope(inv_freq=inv_freq, attention_scaling=attention_scaling)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, H, D] rotated at the positions cos/sin [T, D] were built for."""
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return x * cos + rotate_half(x) * sin

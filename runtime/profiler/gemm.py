@@ -1,0 +1,79 @@
+"""Device GEMM rate F(m) through the runtime's own functions, in the model dtype.
+
+`measure_gemm_curve(shape, rows, device, dtype, ...)` times `runtime.model.layers.expert_ffn` (expert
+shapes: three GEMMs, 6*m*h*I flops) or `F.linear` (projections, 2*m*n*k flops) for each row count m and
+returns a `GemmCurve` in TFLOP/s. The weights rotate over enough random copies to exceed the last-level
+cache, so small-m rates are the memory-bound rates a streamed expert sees, not cache-resident ones. Rows
+stop once one call takes longer than `max_call_s` (the curve is clamped at its last point beyond that,
+where it has plateaued) or the shape's time budget (not counting weight set-up) is spent; the first row
+is always measured.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from planner.profile import GemmCurve
+from runtime.profiler.grids import GemmShape
+from runtime.profiler.timing import median_seconds, significant
+
+MAX_ROTATION_BYTES = 1 << 30
+
+
+def _expert_ffn() -> Callable[..., torch.Tensor]:
+    from runtime.model.layers import expert_ffn
+
+    return expert_ffn
+
+
+def _weight_sets(shape: GemmShape, device: torch.device, dtype: torch.dtype,
+                 cache_bytes: int) -> list[tuple[torch.Tensor, ...]]:
+    weight_bytes = shape.weight_elems * torch.finfo(dtype).bits // 8
+    copies = max(1, min(math.ceil(4 * cache_bytes / weight_bytes), MAX_ROTATION_BYTES // weight_bytes))
+    std = 1.0 / math.sqrt(shape.k)
+
+    def random(rows: int, cols: int) -> torch.Tensor:
+        return (torch.randn(rows, cols, device=device, dtype=torch.float32) * std).to(dtype)
+
+    if shape.kind == "expert_ffn":
+        return [(random(shape.n, shape.k), random(shape.n, shape.k), random(shape.k, shape.n))
+                for _ in range(copies)]
+    return [(random(shape.n, shape.k),) for _ in range(copies)]
+
+
+def measure_gemm_curve(shape: GemmShape, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype,
+                       cache_bytes: int, budget_s: float, max_call_s: float, repeats: int = 5) -> GemmCurve:
+    """The curve over the leading rows that fit the budgets (at least the first row)."""
+    weights = _weight_sets(shape, device, dtype, cache_bytes)
+    began = time.perf_counter()
+    calls = itertools.count()
+    expert_ffn = _expert_ffn() if shape.kind == "expert_ffn" else None
+    measured_rows: list[int] = []
+    tflops: list[float] = []
+    last_s = 0.0
+    for m in rows:
+        left = budget_s - (time.perf_counter() - began)
+        predicted_s = 3 * last_s * m / measured_rows[-1] if measured_rows else 0.0   # 2 warm-ups + 1 sample
+        if measured_rows and (left <= 0 or predicted_s > left):
+            break
+        x = torch.randn(m, shape.k, device=device, dtype=torch.float32).to(dtype)   # [m, k]
+
+        def call(x: torch.Tensor = x) -> torch.Tensor:
+            w = weights[next(calls) % len(weights)]
+            return expert_ffn(x, *w) if expert_ffn is not None else F.linear(x, w[0])
+
+        last_s = median_seconds(call, device, warmup=2, repeats=repeats, budget_s=max(left, 0.0) / 2)
+        measured_rows.append(m)
+        tflops.append(significant(shape.flops_per_row * m / last_s / 1e12))
+        if last_s > max_call_s:
+            break
+    weights.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return GemmCurve(shape=shape.label, n=shape.n, k=shape.k, rows=tuple(measured_rows), tflops=tuple(tflops))

@@ -1,0 +1,128 @@
+"""Measure this machine into a `HardwareProfile`: the orchestration behind `runtime profile`.
+
+`measure_profile(sizing, device=None, command=...)` runs, in order: host memory read/copy, host<->device
+copy curves (CUDA only; CPU-only profiles have `links: null`), GEMM curves on the device in bf16, CPU
+decode-attention curves over 1..cores threads, then describes the machine (after the copies, so the PCIe
+link is trained up when its speed is read). `Sizing` sets the grids and time budgets: `FULL` (< 5 min on
+a small machine), `QUICK` (< 60 s) and `TINY` (a few seconds, for tests). Every curve gets at least its
+first point; budgets then cut GEMM rows (clamped beyond) and attention repeats (every thread count is
+measured), so a loaded machine gives shorter curves, never none. The notes record the load average.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from planner.profile import Efficiency, HardwareProfile, Provenance, usable_cores
+from runtime.profiler.attention import attention_backend, measure_attention_curve
+from runtime.profiler.gemm import measure_gemm_curve
+from runtime.profiler.grids import (
+    ALL_GEMM_SHAPES,
+    ATTENTION_POINTS,
+    GEMM_ROWS,
+    LINK_SIZES,
+    MIB,
+    QUICK_ATTENTION_POINTS,
+    QUICK_GEMM_ROWS,
+    QUICK_GEMM_SHAPES,
+    QUICK_LINK_SIZES,
+    AttentionPoint,
+    GemmShape,
+    thread_grid,
+)
+from runtime.profiler.links import measure_host_memory, measure_links
+from runtime.profiler.machine import describe_machine, last_level_cache_bytes, measured_profile_name
+from runtime.profiler.timing import Deadline
+
+
+@dataclass(frozen=True)
+class Sizing:
+    name: str
+    link_sizes: tuple[int, ...]
+    memory_bytes: int
+    gemm_shapes: tuple[GemmShape, ...]
+    gemm_rows: tuple[int, ...]
+    gemm_budget_s: float            # all shapes together
+    max_call_s: float               # stop a GEMM curve's rows after a call this long
+    attention_points: tuple[AttentionPoint, ...]
+    attention_budget_s: float
+    repeats: int
+
+
+FULL = Sizing("full", LINK_SIZES, 1 << 30, ALL_GEMM_SHAPES, GEMM_ROWS, 120.0, 1.0, ATTENTION_POINTS, 45.0, 5)
+QUICK = Sizing("quick", QUICK_LINK_SIZES, 256 * MIB, QUICK_GEMM_SHAPES, QUICK_GEMM_ROWS, 15.0, 0.25,
+               QUICK_ATTENTION_POINTS, 10.0, 3)
+TINY = Sizing("tiny", (MIB, 4 * MIB), 64 * MIB, QUICK_GEMM_SHAPES[:1], (1, 4, 16, 64), 4.0, 0.1,
+              (AttentionPoint("gqa", batch=4, context=256, group=4),
+               AttentionPoint("mla", batch=4, context=256, group=16)), 3.0, 5)
+SIZINGS = {s.name: s for s in (FULL, QUICK, TINY)}
+GEMM_DTYPE = torch.bfloat16
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _moelens_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("moelens")
+    except Exception:       # not installed (run from a checkout): the version is unknown, not an error
+        return ""
+
+
+def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, command: str = "runtime profile",
+                    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> HardwareProfile:
+    device = device or default_device()
+    cores = usable_cores()
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    log(f"profiling ({sizing.name}) on {device}, {cores} cores, load average {load_at_start:.1f}")
+
+    memory = measure_host_memory(sizing.memory_bytes, repeats=sizing.repeats)
+    log(f"  host memory: read {memory.read_gbps:.1f} GB/s, copy {memory.copy_gbps:.1f} GB/s")
+    links = None
+    if device.type == "cuda":
+        links = measure_links(device, sizing.link_sizes, repeats=sizing.repeats)
+        log(f"  h2d pinned at {links.h2d_pinned.sizes[-1] / MIB:.0f} MiB: {links.h2d_pinned.gbps[-1]:.1f} GB/s")
+
+    cache = last_level_cache_bytes(device)
+    deadline = Deadline(sizing.gemm_budget_s)
+    gemm_curves = []
+    for i, shape in enumerate(sizing.gemm_shapes):
+        curve = measure_gemm_curve(shape, sizing.gemm_rows, device, GEMM_DTYPE, cache,
+                                   budget_s=deadline.share(len(sizing.gemm_shapes) - i),
+                                   max_call_s=sizing.max_call_s, repeats=sizing.repeats)
+        gemm_curves.append(curve)
+        log(f"  {shape.label}: {curve.tflops[0]:.3g} TFLOP/s at m={curve.rows[0]}, "
+            f"{max(curve.tflops):.3g} max (rows up to {curve.rows[-1]})")
+
+    threads = thread_grid(cores)
+    deadline = Deadline(sizing.attention_budget_s)
+    attention_curves = []
+    for i, point in enumerate(sizing.attention_points):
+        curve = measure_attention_curve(point, threads, budget_s=deadline.share(len(sizing.attention_points) - i),
+                                        repeats=sizing.repeats)
+        attention_curves.append(curve)
+        log(f"  attention {point.layout} b{point.batch} ctx{point.context} g{point.group}: "
+            + ", ".join(f"{t}t {g:.3g} GB/s" for t, g in zip(curve.threads, curve.gbps)))
+
+    machine = describe_machine(device)
+    notes = (f"Measured by `{command}` ({sizing.name} sizing): medians of up to {sizing.repeats} repeats after "
+             f"warm-up; GEMM weights rotate over buffers > 4x the {cache / MIB:.0f} MiB last-level cache; "
+             f"GEMM rows stop once a call exceeds {sizing.max_call_s} s (clamped beyond); attention KV "
+             f"in bf16, block size 16, {attention_backend()}; {cores} usable cores; 1-minute load average "
+             f"{load_at_start:.1f} at the start (above the core count means other work shared the cores and "
+             f"the rates are low).")
+    return HardwareProfile(
+        name=measured_profile_name(machine),
+        provenance=Provenance(kind="measured", date=datetime.datetime.now().isoformat(timespec="seconds"),
+                              command=command, moelens_version=_moelens_version()),
+        machine=machine, memory=memory, gemm_dtype="bfloat16", gemm_curves=tuple(gemm_curves),
+        attention_curves=tuple(attention_curves), links=links, efficiency=Efficiency(), notes=notes)
