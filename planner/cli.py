@@ -1,4 +1,4 @@
-"""The `planner` command (also `python -m planner`): solve, explain, sweep, bound.
+"""The `planner` command (also `python -m planner`): solve, explain, sweep, bound, calibrate.
 
     planner solve --model mixtral --kv-gb 128 [--profile NAME|PATH] [--device-gb G] [--host-gb H]
                   [--prompt-len P --gen-len G | --prompts FILE.jsonl] [--num-prompts N] [--dtype bf16]
@@ -6,6 +6,7 @@
     planner explain plan.yaml [--no-what-if]
     planner sweep --model M --kv-gb 128 --profile P --vary kv-gb=16:512 [--steps K] --out sweep.csv
     planner bound --model M --kv-gb 128 [--profile P] ...
+    planner calibrate report.json [report.json ...] [--profile P] --out P2.yaml
 
 Without --profile the measured profile of this machine is used (profiles/<this machine>.yaml); if there is
 none the error lists the shipped profiles. Every user error prints one message and exits with code 2.
@@ -19,6 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from planner import calibrate as calibration
 from planner.bound import compute_bound
 from planner.errors import UserError, exits_cleanly
 from planner.explain import explain, table
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_p.add_argument("--out", required=True, help="CSV file to write")
     bound_p = commands.add_parser("bound", help="the hardware upper bound alone, with its terms")
     _problem_arguments(bound_p)
+    calibrate_p = commands.add_parser("calibrate", help="fit the profile's efficiency constants to runtime reports")
+    calibration.add_arguments(calibrate_p)
     return parser
 
 
@@ -180,7 +184,13 @@ def cmd_bound(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"solve": cmd_solve, "explain": cmd_explain, "sweep": cmd_sweep, "bound": cmd_bound}
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    profile, _ = _profile(args.profile)
+    return calibration.run_command(args, profile)
+
+
+COMMANDS = {"solve": cmd_solve, "explain": cmd_explain, "sweep": cmd_sweep, "bound": cmd_bound,
+            "calibrate": cmd_calibrate}
 
 
 @exits_cleanly

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import math
+
 from planner.errors import UserError
 from planner.spec import ALL_FAMILIES, ModelSpec
 
@@ -29,6 +31,55 @@ ARCHITECTURES = {
 DEFAULT_ROPE_THETA = {"mixtral": 1e6, "phimoe": 1e6, "gpt_oss": 150000.0, "dbrx": 500000.0}
 DEFAULT_EPS = {"qwen2_moe": 1e-6, "qwen3_moe": 1e-6, "deepseek_v2": 1e-6, "deepseek_v3": 1e-6}
 PRESERVED_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "rope_interleave", "swiglu_alpha", "swiglu_limit")
+
+
+_FIELD_KINDS = {
+    "an integer": ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                   "vocab_size", "max_position_embeddings", "intermediate_size", "moe_intermediate_size",
+                   "num_local_experts", "num_experts", "num_experts_per_tok", "n_routed_experts",
+                   "n_shared_experts", "shared_expert_intermediate_size", "first_k_dense_replace", "moe_layer_freq",
+                   "decoder_sparse_step", "n_group", "topk_group", "q_lora_rank", "kv_lora_rank",
+                   "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "sliding_window", "d_model", "n_layers",
+                   "n_heads", "max_seq_len"),
+    "a finite number": ("rope_theta", "rms_norm_eps", "routed_scaling_factor", "clip_qkv"),
+    "an object": ("rope_parameters", "rope_scaling", "quantization_config", "attn_config", "ffn_config", "moelens"),
+    "a string": ("_name_or_path",),
+    "a list of strings": ("architectures", "layer_types"),
+    "a list of integers": ("mlp_only_layers",),
+}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:          # an int beyond float range
+        return False
+
+
+_KIND_CHECKS = {
+    "an integer": _is_int,
+    "a finite number": _is_number,
+    "an object": lambda v: isinstance(v, dict),
+    "a string": lambda v: isinstance(v, str),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a list of integers": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+}
+
+
+def _check_field_types(cfg: dict) -> None:
+    """UserError naming the first known config.json field whose JSON type is wrong (before any arithmetic)."""
+    for kind, keys in _FIELD_KINDS.items():
+        for key in keys:
+            value = cfg.get(key)
+            if value is not None and not _KIND_CHECKS[kind](value):
+                raise UserError(f"config.json field {key}={value!r}"[:200] + f" is not {kind}",
+                                f"fix {key} in config.json")
 
 
 def _family(cfg: dict) -> str:
@@ -63,6 +114,8 @@ def _read_rope(cfg: dict, family: str) -> tuple[float, dict | None]:
         rest.setdefault("rope_type", kind)
     if set(rest) <= {"rope_type"} and rest.get("rope_type", "default") == "default":
         rest = {}
+    if theta is not None and not _is_number(theta):
+        raise UserError(f"config.json rope_theta={theta!r} is not a finite number"[:200], "fix rope_theta in config.json")
     return float(theta if theta is not None else DEFAULT_ROPE_THETA.get(family, 10000.0)), rest or None
 
 
@@ -85,9 +138,11 @@ def _dense_prefix(cfg: dict, family: str) -> int:
 
 
 def spec_from_hf_config(cfg: dict, name: str | None = None) -> ModelSpec:
+    _check_field_types(cfg)
     family = _family(cfg)
     if family == "dbrx":
         cfg = _flatten_dbrx(cfg)
+        _check_field_types(cfg)
     _require(cfg, family, ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"))
     ours = cfg.get("moelens") if isinstance(cfg.get("moelens"), dict) else {}
     default_name = (cfg.get("_name_or_path") or "").rstrip("/").split("/")[-1].lower() or f"{family}-custom"

@@ -200,7 +200,7 @@ def _from_plain(cls, data: dict, source: str, path: str):
     if not isinstance(data, dict):
         raise UserError(f"{source}: {path or 'plan'}: expected a mapping", "re-create the plan with `planner solve`")
     names = [f.name for f in fields(cls)]
-    unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+    unknown, missing = sorted(map(str, set(data) - set(names))), [n for n in names if n not in data]
     if unknown or missing:
         bad = where(unknown[0] if unknown else missing[0])
         raise UserError(f"{source}: {bad}: {'unknown field' if unknown else 'missing (required)'}",
@@ -248,9 +248,15 @@ def _convert(value, hint, source: str, path: str):
     if hint is float:
         if value is None:
             return math.inf
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value < 0:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise fail("a non-negative number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:          # an int beyond float range
+            raise fail("a non-negative number") from None
+        if math.isnan(number):
+            raise fail("a non-negative number")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise fail("a string")

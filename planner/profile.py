@@ -100,9 +100,11 @@ class HardwareProfile:
         return path
 
     def fingerprint(self) -> str:
-        """Short stable hash of the measured content (curves, rates, efficiency), not names or prices."""
+        """Short stable hash of the measured content (curves, rates, non-default efficiency), not names or prices."""
         d = self.to_dict()
-        content = {k: d[k] for k in ("links", "memory", "gemm", "attention", "efficiency")}
+        content = {k: d[k] for k in ("links", "memory", "gemm", "attention")}
+        defaults = Efficiency().to_dict()       # constants at their default leave the hash unchanged, so
+        content["efficiency"] = {k: v for k, v in d["efficiency"].items() if v != defaults[k]}  # adding one is safe
         blob = json.dumps(_floats(content), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

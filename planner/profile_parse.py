@@ -32,6 +32,15 @@ from planner.profile_schema import (
 )
 
 
+def _is_finite_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:          # an int beyond float range
+        return False
+
+
 @dataclass
 class _Fields:
     """One mapping being read, with its path for messages; tracks which keys were used."""
@@ -75,7 +84,7 @@ class _Fields:
         value = self.get(key, required, default)
         if value is None:
             return None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = _is_finite_number(value)
         if not ok or (value <= 0 if positive else value < 0):
             raise self.fail(key, f"expected a {'positive' if positive else 'non-negative'} number, "
                                  f"got {value!r}")
@@ -104,7 +113,7 @@ class _Fields:
         value = self.get(key)
         kind = "positive integers" if integers else "positive numbers"
         valid = isinstance(value, list) and len(value) > 0 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+            _is_finite_number(x) and x > 0
             and (not integers or isinstance(x, int)) for x in value)
         if not valid:
             raise self.fail(key, f"expected a non-empty list of {kind}, got {value!r}")
@@ -230,6 +239,7 @@ def parse_profile_dict(data: object, source: str) -> dict:
     e = top.sub("efficiency", required=False)
     if e is not None:
         out["efficiency"] = Efficiency(gemm=e.number("gemm", False, 1.0),
+                                       gemm_small_m=e.number("gemm_small_m", False, 1.0),
                                        attention=e.number("attention", False, 1.0),
                                        copy=e.number("copy", False, 1.0),
                                        step_overhead_s=e.number("step_overhead_s", False, 0.0, positive=False))

@@ -160,12 +160,14 @@ class Memory:
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Multipliers on the measured rates and a fixed per-decode-step cost, fitted by calibration."""
+    """Multipliers on the measured rates and a fixed per-decode-step cost, fitted by calibration.
+    `gemm_small_m` multiplies GEMM rates at one row on top of `gemm`, fading out by 128 rows (`planner.rates`)."""
     gemm: float = 1.0
     attention: float = 1.0
     copy: float = 1.0
     step_overhead_s: float = 0.0
+    gemm_small_m: float = 1.0
 
     def to_dict(self) -> dict:
-        return {"gemm": self.gemm, "attention": self.attention, "copy": self.copy,
-                "step_overhead_s": self.step_overhead_s}
+        return {"gemm": self.gemm, "gemm_small_m": self.gemm_small_m, "attention": self.attention,
+                "copy": self.copy, "step_overhead_s": self.step_overhead_s}

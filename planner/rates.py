@@ -1,7 +1,8 @@
 """Vectorised rate tables built once from a `HardwareProfile` for one model: what the performance model reads.
 
 `Rates.build(profile, costs, scale)` samples the profile's scalar interpolators on fixed grids and returns
-numpy-vectorised lookups, each already multiplied by the profile's `efficiency` constants:
+numpy-vectorised lookups, each already multiplied by the profile's `efficiency` constants (GEMMs by
+`gemm_efficiency(m)`: `gemm`, times `gemm_small_m` at one row fading out by 128 rows):
 - `gemm[module].seconds(rows)`: time of that module's GEMMs (all its matrices) for `rows` tokens. The GEMM
   rate F(m) is made non-decreasing in m and F(m)/m non-increasing (running max, then running min of F/m)
   before interpolating log-log, so a module's time never falls when rows grow and its time per row never
@@ -26,6 +27,14 @@ from planner.profile import HardwareProfile
 
 ROW_GRID = 2.0 ** np.arange(0, 21)          # 1 .. 1,048,576 rows
 SIZE_GRID = 2.0 ** np.arange(10, 41)        # 1 KiB .. 1 TiB transfers
+SMALL_M_FADE_ROWS = 128.0                   # efficiency.gemm_small_m applies fully at 1 row, not at all from here
+
+
+def gemm_efficiency(rows, gemm: float, gemm_small_m: float) -> np.ndarray:
+    """gemm x gemm_small_m^w(m), w falling log-linearly from 1 at one row to 0 at SMALL_M_FADE_ROWS rows."""
+    log_m = np.log(np.maximum(np.asarray(rows, dtype=np.float64), 1.0))
+    weight = np.clip(1.0 - log_m / np.log(SMALL_M_FADE_ROWS), 0.0, 1.0)
+    return gemm * gemm_small_m ** weight
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,8 @@ class GemmTable:
     log_flops_per_s: np.ndarray
 
     @classmethod
-    def sample(cls, profile: HardwareProfile, n: int, k: int, flops_per_row: float, speed: float) -> GemmTable:
+    def sample(cls, profile: HardwareProfile, n: int, k: int, flops_per_row: float,
+               speed: float | np.ndarray) -> GemmTable:
         rates = np.array([profile.gemm_tflops(float(m), n, k) for m in ROW_GRID]) * 1e12 * speed
         rates = np.maximum.accumulate(rates)
         per_row = np.minimum.accumulate(rates / ROW_GRID)
@@ -136,7 +146,8 @@ class Rates:
         scale = scale or RateScale()
         eff = profile.efficiency
         has_device = profile.has_device
-        compute_speed = eff.gemm * (scale.device_compute if has_device else scale.cpu)
+        compute_speed = gemm_efficiency(ROW_GRID, eff.gemm, eff.gemm_small_m) * (
+            scale.device_compute if has_device else scale.cpu)
         gemm = {module: ModuleGemm(tuple(GemmTable.sample(profile, n, k, fpr, compute_speed)
                                          for n, k, fpr in mats))
                 for module, mats in module_matrices(costs).items()}

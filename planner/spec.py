@@ -18,6 +18,7 @@ Invalid values (unknown family, negative sizes, top_k > num_experts, ...) raise 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -142,10 +143,13 @@ class ModelSpec:
         for f in fields(self):
             if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
                 raise self._fail(f"{f.name}={getattr(self, f.name)!r} must be true or false", f"fix {f.name}")
-        for key in ("rope_theta", "rms_norm_eps", "routed_scaling_factor"):
+        for key in ("rope_theta", "rms_norm_eps", "routed_scaling_factor", "clip_qkv"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise self._fail(f"{key}={value!r} must be a positive number", f"fix {key} in the spec")
+            if not (value is None and key == "clip_qkv") and not _is_positive_number(value):
+                raise self._fail(f"{key}={value!r} must be a positive, finite number", f"fix {key} in the spec")
+        if self.sliding_window is not None and not (_is_int(self.sliding_window) and self.sliding_window > 0):
+            raise self._fail(f"sliding_window={self.sliding_window!r} must be a positive integer or null",
+                             "fix sliding_window in the spec")
         checks = [
             (self.top_k <= self.num_experts, "top_k exceeds num_experts"),
             (self.num_heads % self.num_kv_heads == 0, "num_heads is not a multiple of num_kv_heads"),
@@ -156,7 +160,6 @@ class ModelSpec:
              "num_shared_experts and shared_intermediate_size must be both zero or both positive"),
             (self.num_experts % self.n_group == 0, "num_experts is not a multiple of n_group"),
             (self.topk_group <= self.n_group, "topk_group exceeds n_group"),
-            (self.sliding_window is None or self.sliding_window > 0, "sliding_window must be positive"),
             (self.rope_scaling is None or isinstance(self.rope_scaling, dict), "rope_scaling must be a mapping"),
             (isinstance(self.extra, dict), "extra must be a mapping"),
         ]
@@ -218,7 +221,7 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise UserError(f"{origin}: a model spec must be a mapping of fields", "see models/mixtral-8x7b.yaml")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise UserError(f"{origin}: unknown spec fields {unknown}", f"use only the fields of ModelSpec: {sorted(known)}")
         missing = [k for k in _required_fields() if k not in data]
@@ -239,6 +242,19 @@ class ModelSpec:
 
     def save_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:          # an int beyond float range
+        return False
 
 
 def _required_fields() -> list[str]:

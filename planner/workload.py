@@ -154,32 +154,50 @@ class Workload:
         if not isinstance(data, dict):
             raise UserError(f"{where}: expected a mapping", "re-create the plan with `planner solve`")
         expected = set(cls.__dataclass_fields__)
-        unknown, missing = sorted(set(data) - expected), sorted(expected - set(data))
+        unknown, missing = sorted(map(str, set(data) - expected)), sorted(expected - set(data))
         if unknown or missing:
             raise UserError(f"{where}: unknown fields {unknown}, missing fields {missing}",
                             "re-create the plan with `planner solve`")
         values = dict(data)
         for key in ("prompt_hist", "gen_hist"):
             bins = values[key]
-            if not isinstance(bins, list) or not all(isinstance(b, list) and len(b) == 3 for b in bins):
-                raise UserError(f"{where}.{key}: expected a list of [lowest, highest, count]",
+            if not isinstance(bins, list) or not all(isinstance(b, list) and len(b) == 3 and all(map(_is_int, b))
+                                                     for b in bins):
+                raise UserError(f"{where}.{key}: expected a list of [lowest, highest, count] integers",
                                 "re-create the plan with `planner solve`")
-            values[key] = tuple(tuple(int(x) for x in b) for b in bins)
+            values[key] = tuple(tuple(b) for b in bins)
         for key in ("num_prompts", "prompt_len_max", "gen_len_max"):
-            if not isinstance(values[key], int) or isinstance(values[key], bool):
+            if not _is_int(values[key]):
                 raise UserError(f"{where}.{key}: expected an integer, got {values[key]!r}",
                                 "re-create the plan with `planner solve`")
         for key in ("prompt_len_mean", "gen_len_mean", "kv_tokens_per_slot", "prefill_context"):
-            if not isinstance(values[key], (int, float)) or isinstance(values[key], bool):
-                raise UserError(f"{where}.{key}: expected a number, got {values[key]!r}",
+            if not _is_finite_number(values[key]):
+                raise UserError(f"{where}.{key}: expected a finite number, got {values[key]!r}"[:300],
                                 "re-create the plan with `planner solve`")
             values[key] = float(values[key])
+        for key in ("source", "token_count"):
+            if not isinstance(values[key], str):
+                raise UserError(f"{where}.{key}: expected a string, got {values[key]!r}"[:300],
+                                "re-create the plan with `planner solve`")
         return cls(**values)
 
     def describe(self) -> str:
         return (f"{self.num_prompts} prompts, prompt {self.prompt_len_mean:.0f} tokens mean "
                 f"({self.prompt_len_max} max), generate {self.gen_len_mean:.0f} mean ({self.gen_len_max} max)"
                 f"{'' if self.token_count == 'exact' else f', tokens counted by {self.token_count}'}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:          # an int beyond float range
+        return False
 
 
 def _log2_histogram(values: np.ndarray) -> tuple[tuple[int, int, int], ...]:

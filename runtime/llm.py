@@ -6,7 +6,8 @@ those. `sampling_params` is one SamplingParams for all prompts or a list with on
 `.finish_reason` ("stop": EOS or a stop string, "length": max_tokens). Generation stops at any EOS id
 of the tokenizer, config.json or generation_config.json (unless ignore_eos).
 `make_backend(checkpoint, plan)` is the one place that picks what runs the requests; it returns an object
-with `run(states: list[GenerationState])`. With no engine wired in, every plan runs the reference forward.
+with `run(states: list[GenerationState])`: the engine (runtime.engine) when a plan or EngineConfig is
+given, else the reference forward.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ class RequestOutput:
 
 
 def make_backend(checkpoint: Any, plan: Any = None):
+    """The engine when a plan (Plan, plan.yaml path or EngineConfig) is given, else the reference forward."""
+    if plan is not None:
+        from runtime.engine import Engine, EngineBackend, engine_config_for
+
+        if isinstance(plan, (str, Path)):
+            from planner.plan import Plan
+
+            plan = Plan.load(plan)
+        return EngineBackend(Engine(checkpoint, engine_config_for(plan)))
     from runtime.model.generation import ReferenceBackend
     from runtime.model.reference import ReferenceModel
 

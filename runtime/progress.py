@@ -1,30 +1,51 @@
 """The progress bar of `runtime execute`: sequences done, generated tokens/s achieved beside the plan's, ETA.
 
-`JobProgress(total, predicted_tokens_per_s, already_done)` wraps tqdm (on stderr; off when stderr is not a
-terminal unless `enabled=True`). `sequence_finished(completion_tokens)` advances it by one sequence;
-`tokens_generated(n)` counts tokens of sequences still running when the engine reports them per step.
-The rate shown is generated tokens since the bar opened over wall time since then; tqdm's ETA comes from
-the sequence rate.
+`JobProgress(total, predicted_tokens_per_s, already_done, token_budget, in_flight_tokens)` wraps tqdm (on
+stderr; off when stderr is not a terminal unless `enabled=True`). `sequence_finished(completion_tokens)`
+advances it by one sequence. Tokens of sequences still running count too: `in_flight_tokens()` (called from
+a refresh thread every `refresh_s`) returns how many they have generated so far, so the rate moves even when
+a whole batch finishes at once. The rate is generated tokens since the bar opened over wall time since then;
+the ETA is the tokens still to generate (`token_budget`, the sum of max_tokens: an upper bound when
+sequences stop early) at that rate.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 from tqdm import tqdm
 
 
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class JobProgress:
     def __init__(self, total: int, predicted_tokens_per_s: float | None = None, already_done: int = 0,
-                 enabled: bool | None = None):
+                 token_budget: int | None = None, in_flight_tokens: Callable[[], int] | None = None,
+                 enabled: bool | None = None, refresh_s: float = 0.5):
         self.predicted_tokens_per_s = predicted_tokens_per_s
-        self.generated_tokens = 0
+        self.token_budget = token_budget
+        self.in_flight_tokens = in_flight_tokens or (lambda: 0)
+        self.finished_tokens = 0
         self.started = time.perf_counter()
-        self._last_postfix = 0.0
         disable = not sys.stderr.isatty() if enabled is None else not enabled
         self.bar = tqdm(total=total, initial=already_done, unit="seq", desc="execute", dynamic_ncols=True,
                         disable=disable, file=sys.stderr)
+        self._stop = threading.Event()
+        self._ticker = None
+        if not disable:
+            self._ticker = threading.Thread(target=self._tick, args=(refresh_s,), daemon=True)
+            self._ticker.start()
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.finished_tokens + self.in_flight_tokens()
 
     @property
     def tokens_per_s(self) -> float:
@@ -32,28 +53,26 @@ class JobProgress:
         return self.generated_tokens / elapsed if elapsed > 0 else 0.0
 
     def postfix(self) -> str:
-        text = f"gen {self.tokens_per_s:.1f} tok/s"
+        rate = self.tokens_per_s
+        text = f"gen {rate:.1f} tok/s"
         if self.predicted_tokens_per_s:
             text += f" (plan {self.predicted_tokens_per_s:.1f})"
+        if self.token_budget and rate > 0:
+            text += f", ETA <= {_clock(max(self.token_budget - self.generated_tokens, 0) / rate)}"
         return text
 
-    def tokens_generated(self, count: int) -> None:
-        self.generated_tokens += count
-        self._refresh_postfix()
-
-    def sequence_finished(self, completion_tokens: int | None = None) -> None:
-        if completion_tokens is not None:
-            self.generated_tokens += completion_tokens
+    def sequence_finished(self, completion_tokens: int = 0) -> None:
+        self.finished_tokens += completion_tokens
         self.bar.update(1)
-        self._refresh_postfix()
 
-    def _refresh_postfix(self) -> None:
-        now = time.perf_counter()
-        if now - self._last_postfix >= 0.5:
-            self._last_postfix = now
-            self.bar.set_postfix_str(self.postfix(), refresh=False)
+    def _tick(self, refresh_s: float) -> None:
+        while not self._stop.wait(refresh_s):
+            self.bar.set_postfix_str(self.postfix())
 
     def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         self.bar.set_postfix_str(self.postfix(), refresh=False)
         self.bar.close()
 

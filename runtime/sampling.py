@@ -47,6 +47,8 @@ class SamplingParams:
             raise fail(f"seed={self.seed!r} must be an integer or None", "pass an integer seed")
         if not isinstance(self.ignore_eos, bool):
             raise fail(f"ignore_eos={self.ignore_eos!r} must be a bool", "pass True or False")
+        if self.stop is not None and not isinstance(self.stop, (str, list, tuple)):
+            raise fail(f"stop={self.stop!r} must be a non-empty string or a list of them", "fix the stop strings")
         stops = self.stop_strings
         if any(not isinstance(s, str) or not s for s in stops):
             raise fail(f"stop={self.stop!r} must be a non-empty string or a list of them", "fix the stop strings")

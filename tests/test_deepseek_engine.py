@@ -63,6 +63,7 @@ def reference_tokens(checkpoint, prompts):
     return [state.token_ids for state in states]
 
 
+@pytest.mark.filterwarnings("ignore:CPU attention kernel does not cover:RuntimeWarning")
 @pytest.mark.parametrize("force_streaming", [False, True])
 def test_engine_greedy_tokens_match_reference(checkpoint, prompts, reference_tokens, force_streaming):
     config = EngineConfig(num_seqs=2, attn_batch=1, kv_budget_bytes=4 << 20, kv_block_size=4, prefill_chunk=8,

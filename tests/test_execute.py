@@ -8,7 +8,12 @@ before the engine.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -114,7 +119,9 @@ def test_greedy_answers_match_the_reference_forward(job, full_run):
     assert got[1].token_ids[:4] == token_ids(answers[7])
 
 
-def test_report_has_vllm_keys_and_predictions(full_run):
+def test_report_has_vllm_keys_and_predictions(job, full_run):
+    from planner.calibrate_runs import load_run
+
     answers, report = full_run
     assert report["num_requests"] == NUM_VALID
     generated = sum(len(token_ids(r)) for r in answers.values())
@@ -129,6 +136,8 @@ def test_report_has_vllm_keys_and_predictions(full_run):
     assert {"qkv_proj", "attention", "experts", "prefill"} <= modules
     assert report["utilisation"]["s_mbu"]["achieved"] > 0 and report["utilisation"]["s_mfu"]["achieved"] > 0
     assert report["memory"]["host"]["peak_bytes"] > 0
+    run = load_run(job / "report.json")          # what `planner calibrate` reads
+    assert run.spec.name == TINY.name and run.measured.decode_step_s > 0
 
 
 def test_resume_after_a_crash_mid_write(job, full_run):
@@ -142,6 +151,33 @@ def test_resume_after_a_crash_mid_write(job, full_run):
     assert {k: token_ids(r) for k, r in resumed.items()} == {k: token_ids(r) for k, r in answers.items()}
     assert execute(job, "--on-error", "skip", output="resumed.jsonl") == 0       # nothing left to do
     assert records(job / "resumed.jsonl").keys() == answers.keys()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_finishes_identically(job):
+    """A real process killed while answers are being written; the rerun completes the job exactly once."""
+    lines = [{"id": i, "prompt_token_ids": [7 + i, 40 + 3 * i, 5], "max_tokens": 2 + i, "ignore_eos": True}
+             for i in range(12)]
+    write_jsonl(job / "kill.jsonl", lines)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "runtime", "execute", str(job / "plan.yaml"), "--input", str(job / "kill.jsonl"),
+               "--output", str(job / "killed.jsonl"), "--quiet"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    out = job / "killed.jsonl"
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    written = out.read_bytes().count(b"\n")
+    assert 0 < written < len(lines) or proc.returncode == 0
+    assert execute(job, input="kill.jsonl", output="killed.jsonl") == 0
+    assert execute(job, input="kill.jsonl", output="whole.jsonl") == 0
+    resumed, whole = records(job / "killed.jsonl"), records(job / "whole.jsonl")
+    assert sorted(resumed) == list(range(12))
+    assert {k: r["token_ids"] for k, r in resumed.items()} == {k: r["token_ids"] for k, r in whole.items()}
 
 
 BAD_INPUTS = [
@@ -198,3 +234,17 @@ def test_output_checks_happen_before_any_work(job, capsys, full_run):
     err = capsys.readouterr().err
     assert "different input file" in err and "--overwrite" in err
     assert records(job / "out.jsonl").keys() == full_run[0].keys()
+
+
+def test_progress_counts_running_and_finished_tokens():
+    from runtime.progress import JobProgress
+
+    running = [5]
+    progress = JobProgress(4, predicted_tokens_per_s=10.0, already_done=1, token_budget=100,
+                           in_flight_tokens=lambda: running[0], enabled=True, refresh_s=0.01)
+    progress.sequence_finished(3)
+    running[0] = 2
+    assert progress.generated_tokens == 5 and progress.bar.n == 2
+    text = progress.postfix()
+    assert text.startswith("gen ") and "(plan 10.0)" in text and "ETA <= " in text
+    progress.close()

@@ -27,6 +27,15 @@ REPO = Path(__file__).resolve().parent.parent
 GREEDY_LONG = SamplingParams(max_tokens=24, ignore_eos=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models: one intra-op thread is faster, and far faster on a machine shared with other jobs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("llm-api")

@@ -53,6 +53,15 @@ TOLERANCE = 1e-4
 DECODE_STEPS = 32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models: one intra-op thread is faster, and far faster on a machine shared with other jobs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def randomize(model: torch.nn.Module, seed: int, router_scale: float = 3.0) -> None:
     """Weights ~ N(0, 1/fan_in) (routers `router_scale` times larger), embeddings N(0, 1), norms near 1."""
     generator = torch.Generator().manual_seed(seed)

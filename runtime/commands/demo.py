@@ -2,12 +2,16 @@
 
 Steps, in `--dir` (default ./demo-out/): make a random-weight `mixtral-mini` checkpoint in bf16 (reused
 when already there); use this machine's measured profile, or measure one quickly (`runtime profile
---quick`, saved to profiles/) when there is none; write `--num-prompts` (256) distinct prompts of
-`--min-prompt-tokens`..`--max-prompt-tokens` (32..128) tokens each, varied sentences from a seeded
-generator (identical prompts would route to the same experts and flatter the expert batching), each asking
-for `--gen-len` (64) tokens with ignore_eos so every sequence does the work the plan assumes; solve a plan
-for exactly that workload with the planner API (`--kv-gb` 2 GiB of KV); run `runtime execute` on it and
-print the report. These sizes keep the demo under 10 minutes on a 2-core CPU-only machine.
+--quick`, saved to profiles/) when there is none; write `--num-prompts` (256) distinct prompts, varied
+sentences from a seeded generator (identical prompts would route to the same experts and flatter the expert
+batching), each asking for a fixed number of tokens with ignore_eos so every sequence does the work the plan
+assumes; solve a plan for exactly that workload with the planner API (`--kv-gb` 2 GiB of KV); run
+`runtime execute` on it and print the report.
+
+Lengths: prompts of 32..128 tokens with 64 generated each, unless the plan predicts the execute step would
+take longer than `--time-budget-s` (300 s); then the first of 32..96/48, 24..64/32, 16..48/24, 16..32/16
+that the plan says fits (a 2-core CPU needs the shorter ones; the whole demo stays under 10 minutes).
+`--min-prompt-tokens`, `--max-prompt-tokens` or `--gen-len` fix the lengths instead.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ OBJECTS = ("a map of forgotten islands", "seventeen copper kettles", "the theory
            "three volumes of poetry", "the tide tables", "a hand-drawn calendar", "the neural network weights")
 PLACES = ("before sunrise", "in a crowded market", "under the bridge", "during the storm", "at the harbour",
           "on the third floor", "near the border", "in the botanical garden", "after the lecture", "by candlelight")
+SIZE_LADDER = ((32, 128, 64), (32, 96, 48), (24, 64, 32), (16, 48, 24), (16, 32, 16))  # min, max prompt; gen
 ASKS = ("Explain why.", "Continue the story.", "Summarise this in one line.", "What happened next?",
         "Write a short poem about it.", "List three consequences.", "Describe the scene in detail.")
 
@@ -41,9 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--dir", type=Path, default=Path("demo-out"), help="working directory (default demo-out)")
     parser.add_argument("--model", default="mixtral-mini", help="model spec to make (default mixtral-mini)")
     parser.add_argument("--num-prompts", type=int, default=256, help="prompts in the job (default 256)")
-    parser.add_argument("--min-prompt-tokens", type=int, default=32, help="shortest prompt (default 32)")
-    parser.add_argument("--max-prompt-tokens", type=int, default=128, help="longest prompt (default 128)")
-    parser.add_argument("--gen-len", type=int, default=64, help="tokens generated per prompt (default 64)")
+    parser.add_argument("--min-prompt-tokens", type=int, help="shortest prompt (default: see Lengths)")
+    parser.add_argument("--max-prompt-tokens", type=int, help="longest prompt (default: see Lengths)")
+    parser.add_argument("--gen-len", type=int, help="tokens generated per prompt (default: see Lengths)")
+    parser.add_argument("--time-budget-s", type=float, default=300.0,
+                        help="longest predicted execute time before the demo picks shorter lengths (default 300)")
     parser.add_argument("--kv-gb", type=float, default=2.0, help="KV cache budget for the plan, GiB (default 2)")
     parser.add_argument("--profile", help="profile name or YAML to plan with (default: this machine's, "
                                           "measured quickly if missing)")
@@ -118,17 +125,46 @@ def _profile(args: argparse.Namespace, say):
     return profile, str(path)
 
 
-def run(args: argparse.Namespace) -> int:
+def _size_ladder(args: argparse.Namespace) -> tuple[tuple[int, int, int], ...]:
+    given = (args.min_prompt_tokens, args.max_prompt_tokens, args.gen_len)
+    if all(v is None for v in given):
+        return SIZE_LADDER
+    return (tuple(d if v is None else v for v, d in zip(given, SIZE_LADDER[0])),)
+
+
+def _plan_job(args: argparse.Namespace, checkpoint, checkpoint_dir: Path, profile, profile_ref: str, say):
+    """The first lengths of the ladder whose plan fits the time budget: (prompts, gen_len, plan)."""
     from planner.errors import UserError
     from planner.perf_memory import Budgets
     from planner.plan_build import make_plan
     from planner.workload import Workload
+
+    ladder = _size_ladder(args)
+    for min_tokens, max_tokens, gen_len in ladder:
+        if not 1 <= min_tokens <= max_tokens or gen_len < 1:
+            raise UserError(f"demo lengths {min_tokens}..{max_tokens} / {gen_len} are not valid",
+                            "pass 1 <= --min-prompt-tokens <= --max-prompt-tokens and --gen-len >= 1")
+        prompts = make_prompts(checkpoint.tokenizer, args.num_prompts, min_tokens, max_tokens, args.seed)
+        workload = Workload.from_lengths([len(p) for p in prompts], [gen_len] * len(prompts), source="demo")
+        plan = make_plan(checkpoint.spec, profile, workload, Budgets.from_args(profile, args.kv_gb),
+                         model_ref=str(checkpoint_dir), profile_ref=profile_ref)
+        wall = plan.predicted.wall_time_s
+        say(f"[3/4] prompts of {min_tokens}-{max_tokens} tokens (mean {workload.prompt_len_mean:.0f}), {gen_len} "
+            f"generated each: N={plan.num_seqs} in flight, predicted {plan.predicted.generated_tok_s:.1f} "
+            f"generated tok/s, {wall:.0f} s, bottleneck {plan.bottleneck}")
+        if wall <= args.time_budget_s or (min_tokens, max_tokens, gen_len) == ladder[-1]:
+            return prompts, gen_len, plan
+        say(f"      over the {args.time_budget_s:.0f} s budget: trying shorter lengths")
+    raise AssertionError("unreachable: the last rung is always returned")
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.errors import UserError
     from runtime.checkpoint import open_checkpoint
     from runtime.commands.execute import ExecuteOptions, execute_job
 
-    if not 1 <= args.min_prompt_tokens <= args.max_prompt_tokens or args.num_prompts < 1 or args.gen_len < 1:
-        raise UserError("demo sizes must satisfy 1 <= --min-prompt-tokens <= --max-prompt-tokens, "
-                        "--num-prompts >= 1 and --gen-len >= 1", "fix the flags")
+    if args.num_prompts < 1 or args.time_budget_s <= 0:
+        raise UserError("--num-prompts and --time-budget-s must be positive", "fix the flags")
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -139,25 +175,16 @@ def run(args: argparse.Namespace) -> int:
     if checkpoint.tokenizer is None:
         raise UserError(f"{checkpoint_dir} has no tokenizer.json", f"delete {checkpoint_dir} and rerun the demo")
     profile, profile_ref = _profile(args, say)
-
-    prompts = make_prompts(checkpoint.tokenizer, args.num_prompts, args.min_prompt_tokens,
-                           args.max_prompt_tokens, args.seed)
+    prompts, gen_len, plan = _plan_job(args, checkpoint, checkpoint_dir, profile, profile_ref, say)
     input_path = args.dir / "prompts.jsonl"
-    input_path.write_text("".join(json.dumps({"id": i, "prompt_token_ids": ids, "max_tokens": args.gen_len,
+    input_path.write_text("".join(json.dumps({"id": i, "prompt_token_ids": ids, "max_tokens": gen_len,
                                               "ignore_eos": True}) + "\n" for i, ids in enumerate(prompts)))
-    workload = Workload.from_lengths([len(p) for p in prompts], [args.gen_len] * len(prompts),
-                                     source=str(input_path))
-    say(f"[3/4] solving a plan for {len(prompts)} prompts ({args.min_prompt_tokens}-{args.max_prompt_tokens} tokens, "
-        f"mean {workload.prompt_len_mean:.0f}), {args.gen_len} generated each")
-    plan = make_plan(checkpoint.spec, profile, workload, Budgets.from_args(profile, args.kv_gb),
-                     model_ref=str(checkpoint_dir), profile_ref=profile_ref)
     plan_path = plan.save(args.dir / "plan.yaml")
-    say(f"      {plan_path}: N={plan.num_seqs} sequences in flight, predicted {plan.predicted.generated_tok_s:.1f} "
-        f"generated tok/s, bottleneck {plan.bottleneck}")
 
-    say(f"[4/4] runtime execute {plan_path} --input {input_path} --output {args.dir / 'outputs.jsonl'}")
-    report = execute_job(ExecuteOptions(plan=plan_path, input=input_path, output=args.dir / "outputs.jsonl",
-                                        checkpoint=checkpoint_dir, report=args.dir / "report.json", overwrite=True))
+    output = args.dir / "outputs.jsonl"
+    say(f"[4/4] runtime execute {plan_path} --checkpoint {checkpoint_dir} --input {input_path} --output {output}")
+    report = execute_job(ExecuteOptions(plan=plan_path, input=input_path, output=output, checkpoint=checkpoint_dir,
+                                        report=args.dir / "report.json", overwrite=True))
     end_to_end = report["throughput"]["end_to_end"]
     say(f"\npredicted {end_to_end['predicted']:.1f} generated tok/s, achieved {end_to_end['achieved']:.1f} "
         f"({100 * (end_to_end['relative_error'] or 0):+.1f}%); report: {args.dir / 'report.json'}")

@@ -95,7 +95,7 @@ def execute_job(options: ExecuteOptions) -> dict | None:
         raise UserError(f"--max-tokens {options.max_tokens} must be positive", "pass --max-tokens >= 1")
     checkpoint = open_checkpoint(_checkpoint_dir(plan, options.checkpoint))
     spec = checkpoint.spec
-    check_plan_model(plan, spec, options.force)
+    report_spec = check_plan_model(plan, spec, options.force)
     profile = check_plan_machine(plan, options.force)
     check_plan_fits_memory(plan, options.force)
     default_max_tokens = options.max_tokens or max(1, round(plan.workload.gen_len_max))
@@ -112,7 +112,7 @@ def execute_job(options: ExecuteOptions) -> dict | None:
             say(f"nothing to do: every request in {options.input} is answered in {options.output}")
             return None
         stats, tally = _run_engine(checkpoint, plan, options, context, scan, job)
-    return _finish_report(stats, plan, profile, spec, tally, scan, job.resumed_count, options)
+    return _finish_report(stats, plan, profile, report_spec, tally, scan, job.resumed_count, options)
 
 
 def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: Any, scan: Any, job: Any):
@@ -121,22 +121,32 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
     from runtime.engine import Engine, EngineConfig
     from runtime.engine import Request as EngineRequest
     from runtime.jobio import iter_requests
+    from runtime.llm import eos_token_ids
     from runtime.progress import JobProgress
     from runtime.report import ContextTally
+    from runtime.sampling import GenerationState
 
     tally = ContextTally(window=checkpoint.spec.sliding_window)
-    pending = {}
+    tokenizer = checkpoint.tokenizer
+    detokenize = (lambda ids: tokenizer.decode(list(ids))) if tokenizer is not None else None
+    eos = eos_token_ids(checkpoint)
+    pending: dict[str, tuple[Any, GenerationState]] = {}   # pulled by the engine, not finished yet
 
     def requests():
         for request in iter_requests(options.input, context, scan, skip_keys=job.done_keys):
-            pending[request.key] = request
-            yield EngineRequest(id=request.key, prompt_token_ids=request.prompt_token_ids, params=request.sampling)
+            state = GenerationState(list(request.prompt_token_ids), request.sampling, eos, detokenize)
+            pending[request.key] = (request, state)
+            yield EngineRequest(id=request.key, prompt_token_ids=request.prompt_token_ids, params=request.sampling,
+                                state=state)
 
+    remaining = scan.num_requests - job.num_done
     progress = JobProgress(scan.num_requests, plan.predicted.generated_tok_s, already_done=job.num_done,
+                           token_budget=scan.requested_output_tokens * remaining // scan.num_requests,
+                           in_flight_tokens=lambda: sum(len(s.token_ids) for _, s in list(pending.values())),
                            enabled=False if options.quiet else None)
 
     def on_finish(completion) -> None:
-        request = pending.pop(completion.id)
+        request, _ = pending.pop(completion.id)
         job.write(request, completion.token_ids, completion.text, completion.finish_reason)
         tally.add(len(completion.prompt_token_ids), len(completion.token_ids))
         progress.sequence_finished(len(completion.token_ids))
@@ -161,6 +171,7 @@ def _finish_report(stats: Any, plan: Any, profile: Any, spec: Any, tally: Any, s
 
     report = build_report(stats, plan, profile, spec, tally, scan.skipped, resumed)
     report["output"] = str(options.output)
+    report["plan"], report["spec"] = plan.to_dict(), spec.to_dict()   # what `planner calibrate` re-predicts from
     if not options.quiet:
         print(format_report(report))
     if options.report is not None:

@@ -1,8 +1,9 @@
 """Checks `runtime execute` makes on a plan before any work: right model, right machine, memory free (torch-free).
 
-- `check_plan_model(plan, spec, force)`: the plan's spec hash equals the checkpoint spec's; failing that, the
-  plan's model reference still loads to the spec it was solved for and that spec has the checkpoint's
-  architecture (every field but name, source and extra). Otherwise UserError naming the differences.
+- `check_plan_model(plan, spec, force) -> ModelSpec`: the plan's spec hash equals the checkpoint spec's;
+  failing that, the plan's model reference still loads to the spec it was solved for and that spec has the
+  checkpoint's architecture (every field but name, source and extra). Otherwise UserError naming the
+  differences. Returns the spec to report (the one the plan was solved for, when known).
 - `check_plan_machine(plan, force) -> HardwareProfile`: the plan's profile fingerprint equals this machine's
   measured profile (`profiles/<this machine>.yaml`), or the plan's own profile file still has that
   fingerprint and describes this machine (CPU model, cores, device), as a calibrated profile does.
@@ -51,14 +52,14 @@ def _planned_spec(plan: Plan) -> ModelSpec | None:
     return spec if spec_hash(spec) == plan.model.hash else None
 
 
-def check_plan_model(plan: Plan, spec: ModelSpec, force: bool = False) -> None:
+def check_plan_model(plan: Plan, spec: ModelSpec, force: bool = False) -> ModelSpec:
     if spec_hash(spec) == plan.model.hash:
-        return
+        return spec
     planned = _planned_spec(plan)
     if planned is not None:
         differences = architecture_differences(planned, spec)
         if not differences:
-            return
+            return planned
         cause = (f"the plan was solved for model {plan.model.name}, whose architecture differs from the "
                  f"checkpoint's {spec.name}: {'; '.join(differences[:4])}")
     else:
@@ -66,6 +67,7 @@ def check_plan_model(plan: Plan, spec: ModelSpec, force: bool = False) -> None:
                  f"checkpoint's {spec.name} (spec hash {spec_hash(spec)})")
     _warn_or_raise(force, UserError(cause, "re-solve the plan for this checkpoint (planner solve --checkpoint DIR), "
                                            "or pass --force to run it anyway"))
+    return spec
 
 
 def _describes_this_machine(profile: HardwareProfile) -> bool:

@@ -47,7 +47,7 @@ class MLABackend:
     def project(self, x: torch.Tensor, w: Mapping[str, torch.Tensor], positions: torch.Tensor):
         cos, sin = self.rope.cos_sin(positions.to(x.device), torch.float32)
         q_nope, q_rope, latent = mla_project(x, w, self.spec, cos, sin)
-        return mla_absorb_query(q_nope, w, self.spec), q_rope, latent
+        return mla_absorb_query(q_nope, w, self.spec).contiguous(), q_rope.contiguous(), latent
 
     def to_host(self, proj) -> HostTensors:
         return copy_to_host(*proj)

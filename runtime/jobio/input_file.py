@@ -64,6 +64,8 @@ def _decode(raw: bytes) -> object:
     except json.JSONDecodeError as err:
         raise LineError(f"malformed JSON: {err.msg} at column {err.colno}",
                         "make the line one complete JSON object") from None
+    except ValueError as err:     # e.g. an integer beyond Python's digit limit
+        raise LineError(f"malformed JSON: {err}"[:200], "make the line one complete JSON object") from None
     except RecursionError:
         raise LineError("malformed JSON: nested too deeply", "make the line one flat JSON object") from None
 

@@ -223,7 +223,8 @@ def _batch(obj: dict, line_number: int, context: ParseContext) -> Request:
         raise LineError("a Batch API line needs a non-empty string custom_id", 'add "custom_id": "request-1"')
     if obj.get("method", "POST") != "POST":
         raise LineError(f"method={obj['method']!r} is not supported", 'use "method": "POST"')
-    api = BATCH_URLS.get(obj.get("url"))  # type: ignore[arg-type]
+    url = obj.get("url")
+    api = BATCH_URLS.get(url) if isinstance(url, str) else None
     if api is None:
         raise LineError(f"url={obj.get('url')!r} is not a supported endpoint",
                         f"use one of {', '.join(BATCH_URLS)}")

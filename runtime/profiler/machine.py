@@ -68,7 +68,7 @@ def measured_profile_name(machine: Machine) -> str:
 
 def last_level_cache_bytes(device: torch.device) -> int:
     if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or 64 << 20
     largest = 0
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:

@@ -14,7 +14,8 @@
 - `activated_experts`: mean distinct experts per MoE layer per decode step (router outputs) beside the
   uniform-routing expectation at the mean decode batch;
 - `memory`: peak host RSS and device memory beside the plan's totals and budgets;
-- `skipped_lines`, `resumed_requests`, `plan` / `profile` / `model` identity, and `run_stats` (raw).
+- `skipped_lines`, `resumed_requests`, `model` / `profile` identity; for `planner calibrate`: `plan` (the
+  Plan as a mapping), `spec` (the ModelSpec the plan was solved for) and `run_stats` (RunStats.to_dict()).
 `relative_error` is (achieved - predicted) / predicted, None when either side is missing or zero.
 """
 
@@ -164,5 +165,7 @@ def build_report(stats: Any, plan: Plan, profile: HardwareProfile, spec: ModelSp
         "model": {"name": spec.name, "plan_model": plan.model.name, "plan_hash": plan.model.hash},
         "profile": {"name": profile.name, "fingerprint": profile.fingerprint(),
                     "plan_fingerprint": plan.profile.fingerprint},
+        "plan": plan.to_dict(),
+        "spec": spec.to_dict(),
         "run_stats": stats.to_dict(),
     }

@@ -49,7 +49,6 @@ struct Problem {
   int block_size;
   float scale_log2;            // softmax scale * log2(e): the kernels work in base 2
   bool v_is_k;
-  int prefetch_mode = 1;
 };
 
 // Tokens [begin, end) of one (sequence, kv head). partial < 0: the item covers the whole attended range

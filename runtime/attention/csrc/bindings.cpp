@@ -106,7 +106,6 @@ at::Tensor decode_gqa(const at::Tensor& q, const at::Tensor& k_new, const at::Te
   p.block_size = int(bs);
   p.scale_log2 = float(scale * M_LOG2E);
   p.v_is_k = false;
-  p.prefetch_mode = getenv("PF") ? atoi(getenv("PF")) : 3;
   const ItemFn fn = dtype == at::kFloat ? table.gqa_f32[d_index] : table.gqa_bf16[d_index];
   const int32_t* lens = context_lens.data_ptr<int32_t>();
   const int elem = int(k_cache.element_size());
@@ -160,7 +159,6 @@ at::Tensor decode_mla(const at::Tensor& q_latent, const at::Tensor& q_rope, cons
   p.block_size = int(bs);
   p.scale_log2 = float(scale * M_LOG2E);
   p.v_is_k = true;
-  p.prefetch_mode = getenv("PF") ? atoi(getenv("PF")) : 3;
   const ItemFn fn = dtype == at::kFloat ? table.mla_f32 : table.mla_bf16;
   const int32_t* lens = context_lens.data_ptr<int32_t>();
   {

@@ -7,24 +7,20 @@
 inline int min_int(int a, int b) { return a < b ? a : b; }
 inline int max_int(int a, int b) { return a > b ? a : b; }
 
-// Issues the prefetches for one contiguous region spread over `steps` calls of next().
+// Issues the prefetches for one contiguous region spread over `steps` calls of next(). Prefetching into
+// L2 (prefetcht1) measured faster than into L1 here: it does not evict the block being processed.
 struct Prefetcher {
   const char* ptr = nullptr;
   int64_t lines = 0;
   int64_t per_step = 0;
 
-  int hint = 3;
   void start(const void* region, int64_t bytes, int steps) {
     ptr = static_cast<const char*>(region);
     lines = region ? (bytes + 63) / 64 : 0;
     per_step = steps > 0 ? (lines + steps - 1) / steps : lines;
   }
   inline void next() {
-    for (int64_t i = 0; i < per_step && lines > 0; ++i, --lines, ptr += 64) {
-      if (hint == 3) __builtin_prefetch(ptr, 0, 3);
-      else if (hint == 2) __builtin_prefetch(ptr, 0, 2);
-      else __builtin_prefetch(ptr, 0, 1);
-    }
+    for (int64_t i = 0; i < per_step && lines > 0; ++i, --lines, ptr += 64) __builtin_prefetch(ptr, 0, 2);
   }
 };
 
@@ -78,6 +74,8 @@ inline void qk_block(const typename QK<T>::QE* q, int G, const T* k, int64_t rs,
 }
 
 // Turns scores into probabilities against the updated running max; sets alpha (rescale of old acc/l).
+// With the bf16 pair path, probabilities are rounded to bf16 before they are summed, so l matches them.
+template <class T>
 inline void softmax_update(float* s, int SP, int n, int G, float* m, float* l, float* alpha) {
   using F = typename Simd::F;
   constexpr int W = Simd::W;
@@ -95,16 +93,18 @@ inline void softmax_update(float* s, int SP, int n, int G, float* m, float* l, f
     F sum = Simd::zero();
     for (int t = 0; t < padded; t += W) {
       F p = Simd::exp2(Simd::sub(Simd::load(row + t), mv));
+      if constexpr (PairPV<T>::value) p = PairPV<T>::round(p);
       Simd::store(row + t, p);
       sum = Simd::add(sum, p);
     }
     l[g] = l[g] * alpha[g] + Simd::hsum(sum);
+    if constexpr (PairPV<T>::value) PairPV<T>::pack(row, n);
   }
 }
 
 // acc rows g0..g0+NG-1: acc = acc * alpha + sum_t p[t] * v[t]
 template <int NG, int DV, class T>
-inline void pv_tile(float* acc, const float* p, int SP, const float* alpha, const T* v, int64_t rs, int n) {
+inline void pv_tile_f32(float* acc, const float* p, int SP, const float* alpha, const T* v, int64_t rs, int n) {
   using F = typename Simd::F;
   constexpr int W = Simd::W;
   for (int c = 0; c < DV; c += W) {
@@ -120,6 +120,14 @@ inline void pv_tile(float* acc, const float* p, int SP, const float* alpha, cons
 #pragma GCC unroll 8
     for (int j = 0; j < NG; ++j) Simd::store(acc + j * DV + c, a[j]);
   }
+}
+
+template <int NG, int DV, class T>
+inline void pv_tile(float* acc, const float* p, int SP, const float* alpha, const T* v, int64_t rs, int n) {
+  if constexpr (PairPV<T>::value)
+    PairPV<T>::template tile<NG, DV>(acc, p, SP, alpha, v, rs, n);
+  else
+    pv_tile_f32<NG, DV, T>(acc, p, SP, alpha, v, rs, n);
 }
 
 template <int DV, class T>
@@ -164,14 +172,13 @@ void attend_item(const Problem& P, const WorkItem& it, Scratch& S, float* partia
   const int last_block = (it.end - 1) / bs;
   const int64_t block_bytes = int64_t(bs) * rs * int64_t(sizeof(T));
   Prefetcher pk, pv;
-  pk.hint = pv.hint = P.prefetch_mode > 0 ? P.prefetch_mode : 3;
 
   for (int bi = first_block; bi <= last_block; ++bi) {
     const int t0 = max_int(it.begin - bi * bs, 0);
     const int t1 = min_int(it.end - bi * bs, bs);
     const int n = t1 - t0;
     const int64_t block_off = int64_t(bt[bi]) * P.block_stride + int64_t(t0) * rs;
-    if (bi < last_block && P.prefetch_mode) {
+    if (bi < last_block) {
       const int64_t next_off = int64_t(bt[bi + 1]) * P.block_stride;
       const int steps = n / 4 + (n & 3);
       pk.start(kbase + next_off, block_bytes, steps);
@@ -181,10 +188,12 @@ void attend_item(const Problem& P, const WorkItem& it, Scratch& S, float* partia
       pv.start(nullptr, 0, 1);
     }
     qk_block<DK, T>(qp, G, kbase + block_off, rs, n, S.scores, SP, pk, pv);
-    softmax_update(S.scores, SP, n, G, S.m, S.l, S.alpha);
+    softmax_update<T>(S.scores, SP, n, G, S.m, S.l, S.alpha);
     pv_block<DV, T>(S.acc, S.scores, SP, S.alpha, G, vbase + block_off, rs, n);
   }
 
+  if constexpr (PairPV<T>::value)
+    for (int g = 0; g < G; ++g) PairPV<T>::unpermute(S.acc + int64_t(g) * DV, DV);
   if (it.partial < 0) {
     float* out = P.out + (int64_t(it.seq) * P.num_q_heads + q_head0) * DV;
     for (int g = 0; g < G; ++g) {

@@ -70,3 +70,8 @@ struct QK {
     return _mm256_fmadd_ps(_mm256_loadu_ps(q), Simd::load_f32(k), acc);
   }
 };
+
+template <class T>
+struct PairPV {
+  static constexpr bool value = false;
+};

@@ -69,7 +69,96 @@ struct QK<float> {
   }
 };
 
+// P.V with vdpbf16ps over token pairs: probabilities rounded to bf16 and packed two per 32-bit word
+// (token t low, t+1 high); value rows t, t+1 interleaved with unpack{lo,hi}_epi16. Accumulators then
+// hold each 32-wide chunk permuted: lo lane 4i+k is d = 8i+k, hi lane 4i+k is d = 8i+4+k.
+template <class T>
+struct PairPV {
+  static constexpr bool value = false;
+};
+
 #if MOELENS_BF16_DOT
+template <>
+struct PairPV<bf16_t> {
+  static constexpr bool value = true;
+
+  static inline __m512 round(__m512 p) {
+    __m256i h = (__m256i)_mm512_cvtneps_pbh(p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+
+  // row[k] (as uint32) = bf16(p[2k]) | bf16(p[2k+1]) << 16, in place; p is already bf16-exact and zero
+  // past the block's tokens (padding), so an odd tail pairs with 0.
+  static inline void pack(float* row, int n) {
+    uint32_t* out = reinterpret_cast<uint32_t*>(row);
+    for (int k = 0; 2 * k < n; ++k) {
+      uint32_t a, b;
+      std::memcpy(&a, row + 2 * k, 4);
+      std::memcpy(&b, row + 2 * k + 1, 4);
+      out[k] = (a >> 16) | (b & 0xFFFF0000u);
+    }
+  }
+
+  template <int NG, int DV>
+  static inline void tile(float* acc, const float* packed, int SP, const float* alpha, const bf16_t* v,
+                          int64_t rs, int n) {
+    const uint32_t* pp = reinterpret_cast<const uint32_t*>(packed);
+    for (int c = 0; c < DV; c += 32) {
+      __m512 lo[NG], hi[NG];
+#pragma GCC unroll 8
+      for (int j = 0; j < NG; ++j) {
+        const __m512 a = _mm512_set1_ps(alpha[j]);
+        lo[j] = _mm512_mul_ps(_mm512_loadu_ps(acc + j * DV + c), a);
+        hi[j] = _mm512_mul_ps(_mm512_loadu_ps(acc + j * DV + c + 16), a);
+      }
+      const bf16_t* vc = v + c;
+      int t = 0;
+      for (; t + 2 <= n; t += 2) {
+        const __m512i r0 = _mm512_loadu_si512(vc + t * rs);
+        const __m512i r1 = _mm512_loadu_si512(vc + (t + 1) * rs);
+        const __m512bh vlo = (__m512bh)_mm512_unpacklo_epi16(r0, r1);
+        const __m512bh vhi = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
+#pragma GCC unroll 8
+        for (int j = 0; j < NG; ++j) {
+          const __m512bh pj = (__m512bh)_mm512_set1_epi32(int(pp[j * SP + t / 2]));
+          lo[j] = _mm512_dpbf16_ps(lo[j], vlo, pj);
+          hi[j] = _mm512_dpbf16_ps(hi[j], vhi, pj);
+        }
+      }
+      if (t < n) {
+        const __m512i r0 = _mm512_loadu_si512(vc + t * rs);
+        const __m512i zero = _mm512_setzero_si512();
+        const __m512bh vlo = (__m512bh)_mm512_unpacklo_epi16(r0, zero);
+        const __m512bh vhi = (__m512bh)_mm512_unpackhi_epi16(r0, zero);
+#pragma GCC unroll 8
+        for (int j = 0; j < NG; ++j) {
+          const __m512bh pj = (__m512bh)_mm512_set1_epi32(int(pp[j * SP + t / 2]));
+          lo[j] = _mm512_dpbf16_ps(lo[j], vlo, pj);
+          hi[j] = _mm512_dpbf16_ps(hi[j], vhi, pj);
+        }
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < NG; ++j) {
+        _mm512_storeu_ps(acc + j * DV + c, lo[j]);
+        _mm512_storeu_ps(acc + j * DV + c + 16, hi[j]);
+      }
+    }
+  }
+
+  // Undo the chunk permutation of one accumulator row of length dv.
+  static inline void unpermute(float* row, int dv) {
+    float chunk[32];
+    for (int c = 0; c < dv; c += 32) {
+      std::memcpy(chunk, row + c, sizeof(chunk));
+      for (int i = 0; i < 4; ++i)
+        for (int k = 0; k < 4; ++k) {
+          row[c + 8 * i + k] = chunk[4 * i + k];
+          row[c + 8 * i + 4 + k] = chunk[16 + 4 * i + k];
+        }
+    }
+  }
+};
+
 template <>
 struct QK<bf16_t> {
   using QE = bf16_t;

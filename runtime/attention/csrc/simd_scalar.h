@@ -36,3 +36,8 @@ struct QK {
   static inline QE from_f32(float x) { return x; }
   static inline Simd::F step(Simd::F acc, const QE* q, const T* k) { return *q * Simd::load_f32(k) + acc; }
 };
+
+template <class T>
+struct PairPV {
+  static constexpr bool value = false;
+};

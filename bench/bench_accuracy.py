@@ -1,0 +1,192 @@
+"""Prediction accuracy matrix (issue 8 §2-3): solve -> execute -> predicted vs achieved, then calibration.
+
+    python -m bench.bench_accuracy [--quick] [--profile P] [--only NAME ...] [--reuse] [--no-markdown]
+
+`CONFIGS` are >= 12 runs on this machine: mixtral- (truncated to 2 layers), qwen3-, olmoe-, qwen2-moe- and
+deepseek-shaped (MLA) minis; several N (fixed by giving the solver exactly the KV budget N sequences need),
+prompt / generation lengths; CPU-only and forced streaming (experts stream through the engine's copy
+worker every step). Each config runs in its own subprocess (a clean peak-memory reading): plan with the
+planner for the profile (default: this machine's measured one), run the engine on `num_prompts` distinct
+prompts with ignore_eos, write the report (plan and spec embedded) under `bench/results/accuracy/reports/`.
+Then `bench.accuracy_analysis` calibrates on the configs marked `train` and reports held-out error before and
+after, writing `bench/results/accuracy.csv`, the calibrated profile and the BENCHMARKS.md section.
+`--quick` halves prompts and generation lengths (a smoke run, same configs); `--reuse` keeps reports already
+written by an identical earlier run (same config, mode and profile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from bench.common import REPO, RESULTS_DIR, ensure_checkpoint, fixed_prompts, machine_line, run_engine
+
+STREAMING_OVERRIDES = {"force_streaming": True, "resident_experts_per_layer": 0,
+                       "resident_modules": ("embed", "qkv_proj", "o_proj", "router", "shared_experts", "dense_mlp",
+                                            "lm_head")}
+ACCURACY_DIR = RESULTS_DIR / "accuracy"
+
+
+@dataclass(frozen=True)
+class AccuracyConfig:
+    name: str
+    model: str
+    layers: int | None
+    num_seqs: int               # N the solver is given exactly the KV budget for
+    num_prompts: int
+    prompt_len: int
+    gen_len: int
+    streaming: bool = False     # forced streaming of the routed experts (engine copy worker)
+    split: str = "train"        # train: calibration fits on it; held-out: evaluated only
+
+    def scaled(self, quick: bool) -> AccuracyConfig:
+        if not quick:
+            return self
+        return replace(self, num_prompts=max(self.num_prompts // 2, self.num_seqs // 2, 1),
+                       num_seqs=max(self.num_seqs // 2, 1), gen_len=max(self.gen_len // 2, 4))
+
+
+CONFIGS = (
+    AccuracyConfig("mixtral-n8", "mixtral-mini", 2, 8, 16, 64, 32, split="train"),
+    AccuracyConfig("mixtral-n24", "mixtral-mini", 2, 24, 48, 32, 32, split="held-out"),
+    AccuracyConfig("mixtral-stream", "mixtral-mini", 2, 16, 32, 64, 16, streaming=True, split="train"),
+    AccuracyConfig("mixtral-long", "mixtral-mini", 2, 8, 16, 128, 16, split="held-out"),
+    AccuracyConfig("qwen3-n8", "qwen3-mini", None, 8, 16, 32, 32, split="held-out"),
+    AccuracyConfig("qwen3-n32", "qwen3-mini", None, 32, 64, 64, 16, split="train"),
+    AccuracyConfig("qwen3-stream", "qwen3-mini", None, 16, 32, 64, 16, streaming=True, split="held-out"),
+    AccuracyConfig("qwen3-gen64", "qwen3-mini", None, 16, 32, 16, 64, split="train"),
+    AccuracyConfig("deepseek-n8", "deepseek-v2-lite-mini", None, 8, 16, 64, 32, split="train"),
+    AccuracyConfig("deepseek-n32", "deepseek-v2-lite-mini", None, 32, 64, 32, 32, split="held-out"),
+    AccuracyConfig("deepseek-stream", "deepseek-v2-lite-mini", None, 16, 32, 64, 16, streaming=True, split="train"),
+    AccuracyConfig("olmoe-n16", "olmoe-mini", None, 16, 32, 64, 32, split="held-out"),
+    AccuracyConfig("qwen2moe-n16", "qwen2-moe-mini", None, 16, 32, 32, 32, split="train"),
+    AccuracyConfig("deepseek-v3-n16", "deepseek-v3-mini", None, 16, 32, 64, 16, split="held-out"),
+)
+
+
+def kv_gib_for(spec, workload, num_seqs: int, block_size: int = 16) -> float:
+    """The KV budget (GiB) with which the CPU memory model allows exactly `num_seqs` sequences."""
+    from planner.model_layout import ModelLayout
+
+    layout = ModelLayout.build(spec, workload, block_size)
+    return (layout.kv_bytes_one_sequence + (num_seqs + 0.5) * layout.kv_bytes_per_slot) / float(1 << 30)
+
+
+def plan_for(config: AccuracyConfig, spec, profile, checkpoint_dir: Path, profile_ref: str):
+    from planner.perf_memory import Budgets
+    from planner.plan_build import make_plan
+    from planner.workload import Workload
+
+    workload = Workload.fixed(config.prompt_len, config.gen_len, config.num_prompts)
+    kv_gib = kv_gib_for(spec, workload, config.num_seqs)
+    return make_plan(spec, profile, workload, Budgets.from_args(profile, kv_gib), model_ref=str(checkpoint_dir),
+                     profile_ref=profile_ref)
+
+
+def run_config(config: AccuracyConfig, profile_ref: str, report_path: Path) -> dict:
+    """One config, in this process: checkpoint, plan, engine run; writes and returns the report."""
+    from planner.profile import load_profile
+    from runtime.checkpoint import open_checkpoint
+    from runtime.report import write_report
+
+    profile = load_profile(profile_ref)
+    checkpoint_dir = ensure_checkpoint(config.model, config.layers)
+    checkpoint = open_checkpoint(checkpoint_dir)
+    plan = plan_for(config, checkpoint.spec, profile, checkpoint_dir, profile_ref)
+    prompts = fixed_prompts(checkpoint.tokenizer, config.num_prompts, config.prompt_len, seed=len(config.name))
+    overrides = STREAMING_OVERRIDES if config.streaming else {}
+    began = time.perf_counter()
+    report = run_engine(checkpoint, plan, profile, prompts, config.gen_len, **overrides)
+    report["bench_config"] = asdict(config)
+    report["bench_seconds"] = time.perf_counter() - began
+    report["profile_ref"] = profile_ref
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    write_report(report_path, report)
+    return report
+
+
+def _reusable(path: Path, config: AccuracyConfig, profile_ref: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return old.get("bench_config") == json.loads(json.dumps(asdict(config))) and old.get("profile_ref") == profile_ref
+
+
+def run_all(configs: list[AccuracyConfig], profile_ref: str, reports_dir: Path, reuse: bool,
+            timeout_s: float) -> list[Path]:
+    paths = []
+    for i, config in enumerate(configs, start=1):
+        path = reports_dir / f"{config.name}.json"
+        if reuse and _reusable(path, config, profile_ref):
+            print(f"[{i}/{len(configs)}] {config.name}: reusing {path}", flush=True)
+            paths.append(path)
+            continue
+        print(f"[{i}/{len(configs)}] {config.name}: {config.model} N={config.num_seqs} {config.num_prompts} prompts "
+              f"{config.prompt_len}+{config.gen_len}{' forced streaming' if config.streaming else ''}", flush=True)
+        command = [sys.executable, "-m", "bench.bench_accuracy", "--worker", json.dumps(asdict(config)),
+                   "--profile", profile_ref, "--worker-report", str(path)]
+        began = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO, timeout=timeout_s, check=False)
+        if done.returncode != 0:
+            print(f"    {config.name} failed (exit {done.returncode}); left out", flush=True)
+            continue
+        report = json.loads(path.read_text())
+        e2e = report["throughput"]["end_to_end"]
+        print(f"    achieved {e2e['achieved']:.3g} tok/s, plan {e2e['predicted']:.3g} tok/s "
+              f"({time.perf_counter() - began:.0f} s)", flush=True)
+        paths.append(path)
+    return paths
+
+
+def _profile_ref(given: str | None) -> str:
+    from planner.profile import find_profile_for_this_machine
+
+    return given or find_profile_for_this_machine().name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.bench_accuracy", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="halve prompts and generation lengths")
+    parser.add_argument("--profile", help="profile to plan with (default: this machine's measured one)")
+    parser.add_argument("--only", nargs="+", help="run only these config names")
+    parser.add_argument("--reuse", action="store_true", help="keep reports of identical earlier runs")
+    parser.add_argument("--no-markdown", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument("--out-dir", type=Path, default=ACCURACY_DIR, help="where reports and results go")
+    parser.add_argument("--timeout-s", type=float, default=3600.0, help="per config")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-report", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    profile_ref = _profile_ref(args.profile)
+    if args.worker:
+        run_config(AccuracyConfig(**json.loads(args.worker)), profile_ref, args.worker_report)
+        return 0
+    from bench.accuracy_analysis import analyse, write_outputs
+
+    known = {c.name for c in CONFIGS}
+    unknown = sorted(set(args.only or ()) - known)
+    if unknown:
+        parser.error(f"unknown config names {unknown}; known: {sorted(known)}")
+    configs = [c.scaled(args.quick) for c in CONFIGS if not args.only or c.name in args.only]
+    reports_dir = args.out_dir / ("reports-quick" if args.quick else "reports")
+    machine = machine_line()
+    paths = run_all(configs, profile_ref, reports_dir, args.reuse, args.timeout_s)
+    if not paths:
+        print("no configuration ran; nothing to analyse", file=sys.stderr)
+        return 1
+    command = "python -m bench.bench_accuracy" + (" --quick" if args.quick else "") + (
+        f" --profile {args.profile}" if args.profile else "")
+    result = replace(analyse(paths, profile_ref), machine=machine)
+    write_outputs(result, args.out_dir, command, markdown_section=not args.no_markdown, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Shared pieces of the benchmark scripts: checkpoints, prompts, one engine run with its report, BENCHMARKS.md.
+
+- `ensure_checkpoint(model, layers=None)`: a random-weight bf16 checkpoint of a spec from `models/` (truncated
+  to `layers` when given) under `bench/.checkpoints/` (`MOELENS_BENCH_DIR` moves it), written once, reused.
+- `fixed_prompts(tokenizer, count, length, seed)`: `count` distinct prompts of exactly `length` tokens.
+- `run_engine(checkpoint, plan, profile, prompts, gen_len, **engine_overrides) -> report`: the engine as `runtime
+  execute` runs it (EngineConfig from the plan, then the overrides: `module_batching`, `force_streaming`,
+  `num_seqs`, ...), every request `ignore_eos` with `max_tokens = gen_len`, and the report `runtime.report`
+  builds, with the plan and spec embedded (what `planner calibrate` reads) and the overrides recorded.
+- `update_section(name, body)`: replace this script's section of BENCHMARKS.md between
+  `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` markers, or append it; reruns are idempotent.
+- `machine_line()`: cores, 1-minute load average, and the note that the machine was shared when it was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "bench" / "results"
+BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+BUSY_LOAD_PER_CORE = 1.5
+
+
+def bench_dir() -> Path:
+    return Path(os.environ.get("MOELENS_BENCH_DIR") or REPO / "bench" / ".checkpoints")
+
+
+def ensure_checkpoint(model: str, layers: int | None = None, seed: int = 0) -> Path:
+    from planner.spec import load_spec
+    from runtime.checkpoint import open_checkpoint
+    from runtime.checkpoint.writer import write_random_checkpoint
+
+    spec = load_spec(model)
+    if layers is not None and layers < spec.num_layers:
+        spec = spec.with_layers(layers)
+    directory = bench_dir() / spec.name
+    if (directory / "config.json").is_file():
+        try:
+            open_checkpoint(directory)
+            return directory
+        except Exception as err:  # a half-written checkpoint: write it again
+            print(f"rewriting {directory}: {err}", file=sys.stderr)
+    print(f"writing a random-weight {spec.name} checkpoint (bf16) to {directory}", file=sys.stderr, flush=True)
+    write_random_checkpoint(spec, directory, dtype="bf16", seed=seed)
+    return directory
+
+
+def fixed_prompts(tokenizer: Any, count: int, length: int, seed: int = 0) -> list[list[int]]:
+    from runtime.commands.demo import make_prompts
+
+    return make_prompts(tokenizer, count, length, length, seed)
+
+
+def run_engine(checkpoint: Any, plan: Any, profile: Any, prompts: list[list[int]], gen_len: int,
+               **engine_overrides: Any) -> dict[str, Any]:
+    from runtime.engine import Engine, EngineConfig, Request
+    from runtime.report import ContextTally, build_report
+    from runtime.sampling import SamplingParams
+
+    config = EngineConfig.from_plan(plan).with_(**engine_overrides)
+    tally = ContextTally(window=checkpoint.spec.sliding_window)
+    params = SamplingParams(max_tokens=gen_len, ignore_eos=True)
+    engine = Engine(checkpoint, config)
+    try:
+        stats = engine.run([Request(id=i, prompt_token_ids=list(p), params=params) for i, p in enumerate(prompts)],
+                           lambda done: tally.add(len(done.prompt_token_ids), len(done.token_ids)))
+    finally:
+        engine.close()
+    report = build_report(stats, plan, profile, checkpoint.spec, tally)
+    report["plan"], report["spec"] = plan.to_dict(), checkpoint.spec.to_dict()
+    report["engine_overrides"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in engine_overrides.items()}
+    return report
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Put `body` between this section's markers in BENCHMARKS.md (appended at the end the first time)."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def machine_line() -> str:
+    from planner.profile import this_machine_description
+
+    cpu, cores, device = this_machine_description()
+    load = os.getloadavg()[0]
+    shared = (f" **The machine was shared** (1-minute load average {load:.1f} on {cores} cores at the start): "
+              "these numbers are noisy and low; rerun on a quiet machine." if load > BUSY_LOAD_PER_CORE * cores
+              else f" 1-minute load average {load:.1f} at the start.")
+    return f"Machine: {cpu}, {cores} cores, {device or 'no GPU'}.{shared}"
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out

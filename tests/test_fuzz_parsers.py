@@ -1,0 +1,296 @@
+"""Fuzzing the four user-facing parsers: plan, hardware profile, model spec (YAML and config.json), JSONL lines.
+
+Inputs are mutations of valid documents (a field dropped, replaced by a value of the wrong type, a
+negative / NaN / infinite / huge number, unicode, deep nesting, an unknown key) and random YAML- or
+JSON-shaped values; some go through the file entry points (`Plan.load`, `load_profile`, `load_spec`,
+`scan_input`), the rest through the dict parsers. The only allowed outcomes are a valid object (which must
+then round-trip through its own serialised form) or a `UserError` (`LineError` for one JSONL line, which
+the file scanner turns into a `UserError`). Any other exception is a parser defect.
+
+Quick mode (CI): `FUZZ_EXAMPLES` = 2500 cases per parser, 10^4 in all, derandomized. Set
+`MOELENS_FUZZ_EXAMPLES=N` for a longer run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.errors import UserError
+from planner.perf_memory import Budgets
+from planner.plan import Plan
+from planner.plan_build import make_plan
+from planner.profile import HardwareProfile, load_profile
+from planner.spec import ModelSpec, load_spec, models_dir
+from planner.workload import Workload
+from runtime.jobio import LineError, ParseContext, parse_line, scan_input
+
+ROOT = Path(__file__).resolve().parent.parent
+FUZZ_EXAMPLES = int(os.environ.get("MOELENS_FUZZ_EXAMPLES", "2500"))
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
+HALF = settings(FUZZ, max_examples=max(1, FUZZ_EXAMPLES // 2))
+
+# ----- value strategies -----
+SPECIAL_VALUES = [0, -1, 1, -(2**63), 2**63, 2**64 + 1, 10**400, -(10**400), 1e308, -1e308, 5e-324, 0.5,
+                  math.nan, math.inf, -math.inf, True, False, None, "", "0", "1", "nan", "inf", "-1", "1e999",
+                  [], {}, [None], {"": None}]
+STRANGE_TEXT = ["", " ", "\x00", "\ud800", "a\udfffb", "\u202eevil", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "日本語", "\n\r\t", "é" * 50,
+                "../../etc/passwd", "{{ 7*7 }}", "{% for x in range(10**9) %}{% endfor %}", "<|user|>", "</s>"]
+texts = st.one_of(st.text(max_size=16), st.sampled_from(STRANGE_TEXT))
+numbers = st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+                    st.sampled_from(SPECIAL_VALUES[:17]))
+json_leaves = st.one_of(st.none(), st.booleans(), numbers, texts)
+yaml_leaves = st.one_of(json_leaves, st.dates(), st.datetimes(), st.binary(max_size=8))
+json_values = st.recursive(json_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(texts, inner, max_size=4)), max_leaves=12)
+yaml_keys = st.one_of(texts, st.integers(-2, 2), st.booleans(), st.none(), st.floats(allow_nan=False))
+yaml_values = st.recursive(yaml_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(yaml_keys, inner, max_size=4)), max_leaves=12)
+
+
+def nested(depth: int, leaf: object, as_dict: bool) -> object:
+    for _ in range(depth):
+        leaf = {"a": leaf} if as_dict else [leaf]
+    return leaf
+
+
+def all_paths(doc: object, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            out += all_paths(value, prefix + (key,))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            out += all_paths(value, prefix + (i,))
+    return out
+
+
+def at(doc: object, path: tuple) -> object:
+    for key in path:
+        doc = doc[key]
+    return doc
+
+
+@st.composite
+def mutated(draw, seeds: list, values=yaml_values, keys=yaml_keys) -> object:
+    """A deep copy of one seed document with 1-3 mutations at random places (or a random value)."""
+    if draw(st.integers(0, 19)) == 0:
+        return draw(values)
+    doc = copy.deepcopy(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(1, 3))):
+        paths = all_paths(doc)
+        path = paths[draw(st.integers(0, len(paths) - 1))]
+        kind = draw(st.sampled_from(["drop", "replace", "special", "add_key", "wrap", "deep", "stringify"]))
+        target = at(doc, path)
+        if kind == "add_key" and isinstance(target, dict):
+            target[draw(keys)] = draw(values)
+            continue
+        if kind == "drop" and path:
+            parent = at(doc, path[:-1])
+            del parent[path[-1]]
+            continue
+        new = {"replace": lambda: draw(values),
+               "special": lambda: copy.deepcopy(draw(st.sampled_from(SPECIAL_VALUES))),
+               "wrap": lambda: [target], "stringify": lambda: str(target),
+               "deep": lambda: nested(draw(st.integers(20, 200)), target, draw(st.booleans()))
+               }.get(kind, lambda: draw(values))()
+        if not path:
+            doc = new
+        else:
+            at(doc, path[:-1])[path[-1]] = new
+    return doc
+
+
+def expect_clean(parse, *args):
+    """Run a parser: a valid object or UserError; anything else propagates and fails the test."""
+    try:
+        return parse(*args)
+    except UserError as err:
+        assert err.cause, "a UserError needs a cause"
+        return None
+
+
+def write_yaml(path: Path, doc: object) -> Path:
+    try:
+        path.write_text(yaml.safe_dump(doc, allow_unicode=False))
+    except (yaml.YAMLError, RecursionError, UnicodeEncodeError):
+        path.write_text(repr(doc)[:10000])  # unrepresentable: the loader sees arbitrary text instead
+    return path
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+# ----- seeds -----
+def _yaml_files(directory: Path) -> list[dict]:
+    return [yaml.safe_load(p.read_text()) for p in sorted(directory.glob("*.yaml"))]
+
+
+PROFILE_SEEDS = _yaml_files(ROOT / "profiles")
+SPEC_SEEDS = _yaml_files(models_dir())
+HF_SEEDS = [ModelSpec.from_dict(d).to_hf_config() for d in SPEC_SEEDS]
+
+
+def _plan_seeds() -> list[dict]:
+    cpu_profile = HardwareProfile.from_dict(
+        next(p for p in PROFILE_SEEDS if p["links"] is None), "cpu profile")
+    gpu_profile = HardwareProfile.from_dict(
+        next(p for p in PROFILE_SEEDS if p["links"] is not None), "gpu profile")
+    spec = ModelSpec.from_dict(next(d for d in SPEC_SEEDS if d["name"] == "qwen2-moe-mini"))
+    return [make_plan(spec, profile, Workload.fixed(64, 32, 100), Budgets.from_args(profile, 1.0)).to_dict()
+            for profile in (cpu_profile, gpu_profile)]
+
+
+PLAN_SEEDS = _plan_seeds()
+
+
+# ----- plan -----
+def check_plan(plan: Plan | None) -> None:
+    if plan is not None:
+        assert Plan.from_yaml(plan.to_yaml()) == plan
+
+
+@FUZZ
+@given(doc=mutated(PLAN_SEEDS), via_file=st.booleans())
+def test_plan_parser(scratch, doc, via_file):
+    if via_file:
+        check_plan(expect_clean(Plan.load, write_yaml(scratch / "plan.yaml", doc)))
+    else:
+        check_plan(expect_clean(Plan.from_dict, doc))
+
+
+# ----- hardware profile -----
+def check_profile(profile: HardwareProfile | None) -> None:
+    if profile is not None:
+        again = HardwareProfile.from_dict(yaml.safe_load(profile.to_yaml()))
+        assert again == profile and again.fingerprint() == profile.fingerprint()
+
+
+@FUZZ
+@given(doc=mutated(PROFILE_SEEDS), via_file=st.booleans())
+def test_profile_parser(scratch, doc, via_file):
+    if via_file:
+        check_profile(expect_clean(load_profile, write_yaml(scratch / "profile.yaml", doc)))
+    else:
+        check_profile(expect_clean(HardwareProfile.from_dict, doc))
+
+
+# ----- model spec: YAML and config.json -----
+def check_spec(spec: ModelSpec | None) -> None:
+    if spec is not None:
+        assert ModelSpec.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict()))) == spec
+
+
+@HALF
+@given(doc=mutated(SPEC_SEEDS), via_file=st.booleans())
+def test_model_spec_yaml_parser(scratch, doc, via_file):
+    if via_file:
+        check_spec(expect_clean(load_spec, write_yaml(scratch / "spec.yaml", doc)))
+    else:
+        check_spec(expect_clean(ModelSpec.from_dict, doc))
+
+
+def write_json(path: Path, doc: object) -> Path:
+    try:
+        path.write_text(json.dumps(doc, default=str))
+    except (ValueError, RecursionError):
+        path.write_text(repr(doc)[:10000])
+    return path
+
+
+@HALF
+@given(doc=mutated(HF_SEEDS, values=json_values, keys=texts), via_file=st.booleans())
+def test_hf_config_parser(scratch, doc, via_file):
+    if via_file:
+        directory = scratch / "ckpt"
+        directory.mkdir(exist_ok=True)
+        spec = expect_clean(load_spec, write_json(directory / "config.json", doc))
+    else:
+        spec = expect_clean(ModelSpec.from_hf_config, doc) if isinstance(doc, dict) else None
+    if spec is not None:
+        assert ModelSpec.from_hf_config(spec.to_hf_config()) == spec
+
+
+# ----- JSONL request lines -----
+LINE_SEEDS = [
+    {"id": 1, "prompt": "Hello there", "max_tokens": 8},
+    {"id": "a", "prompt_token_ids": [1, 5, 9], "max_tokens": 4, "temperature": 0.7, "top_p": 0.9, "top_k": 5,
+     "seed": 3, "stop": ["\n"], "ignore_eos": True},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
+    {"custom_id": "r1", "method": "POST", "url": "/v1/completions",
+     "body": {"model": "m", "prompt": "Once", "max_tokens": 5, "n": 1, "stream": False}},
+    {"custom_id": "r2", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Why?"}]}],
+              "max_completion_tokens": 3, "temperature": 0}},
+]
+
+
+@pytest.fixture(scope="module")
+def line_context(tmp_path_factory) -> ParseContext:
+    from runtime.checkpoint.tokenizer import load_tokenizer
+    from runtime.checkpoint.tokenizer_build import write_tokenizer_files
+
+    directory = tmp_path_factory.mktemp("tokenizer")
+    write_tokenizer_files(directory, vocab_size=600, model_max_length=64)
+    return ParseContext(load_tokenizer(directory), max_context=64, vocab_size=600, default_max_tokens=16)
+
+
+def raw_line(doc: object, mangle: int, cut: int) -> bytes:
+    """Serialised line, sometimes damaged: truncated, a byte flipped, or a deeply nested array."""
+    try:
+        raw = json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    except (ValueError, RecursionError):
+        raw = b"{"
+    if mangle == 1 and raw:
+        raw = raw[: cut % len(raw)]
+    elif mangle == 2 and raw:
+        i = cut % len(raw)
+        raw = raw[:i] + bytes([raw[i] ^ 0x80 | 0x20]) + raw[i + 1:]
+    elif mangle == 3:
+        raw = b"[" * (cut % 100_000) + b"]" * (cut % 100_000)
+    elif mangle == 4:
+        raw = b"1" * (cut % 10_000)   # an integer longer than Python's int parsing limit
+    return raw
+
+
+def check_request(request, context: ParseContext) -> None:
+    assert request.prompt_token_ids and len(request.prompt_token_ids) < context.max_context
+    assert all(0 <= t < context.vocab_size for t in request.prompt_token_ids)
+    assert 1 <= request.sampling.max_tokens <= context.max_context - len(request.prompt_token_ids)
+
+
+@FUZZ
+@given(doc=mutated(LINE_SEEDS, values=json_values, keys=texts), via_file=st.integers(0, 4),
+       mangle=st.integers(0, 6), cut=st.integers(0, 1 << 20))
+def test_jsonl_request_parser(scratch, line_context, doc, via_file, mangle, cut):
+    if via_file == 0:
+        path = scratch / "in.jsonl"
+        path.write_bytes(raw_line(doc, mangle, cut) + b"\n")
+        scan = expect_clean(scan_input, path, line_context, "fail")
+        assert scan is None or scan.num_requests == 1
+        return
+    try:
+        request = parse_line(doc, 1, line_context)
+    except LineError as err:
+        assert err.cause and err.fix
+        return
+    check_request(request, line_context)
+
+
+def test_yaml_seeds_parse():
+    """The seeds themselves are valid, so mutations start from documents that parse."""
+    assert all(HardwareProfile.from_dict(d) for d in PROFILE_SEEDS)
+    assert all(ModelSpec.from_dict(d) for d in SPEC_SEEDS) and len(HF_SEEDS) == len(SPEC_SEEDS)
+    assert all(Plan.from_dict(d) for d in PLAN_SEEDS)
