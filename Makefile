@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-quick lint profile bench bench-attention clean
+.PHONY: install demo test test-quick lint profile bench bench-attention plots clean
 
 $(STAMP): pyproject.toml
 	$(PY_SYS) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: install bench-attention
 
 bench-attention: install
 	$(PY) -m bench.bench_attention
+
+plots: install
+	$(PY) notebooks/plots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -6,7 +6,8 @@ run with the measured and the calibrated profile. Error = (predicted - achieved)
 generated tok/s; "before" is the performance model with the profile as measured (for forced-streaming runs it
 includes the host copy term, `planner.calibrate_runs`), which is the plan's own prediction otherwise.
 `write_outputs(result, out_dir, command, ...)` writes `bench/results/accuracy[-quick].csv` (one row per run,
-the columns `notebooks/plots.py` reads), the calibrated profile, and the `accuracy` section of BENCHMARKS.md.
+the columns `notebooks/plots.py` reads), the calibrated profile (in `out_dir`), and the `accuracy[-quick]`
+section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import REPO, RESULTS_DIR, markdown_table, update_section
+from bench.common import BENCHMARKS_MD, REPO, RESULTS_DIR, markdown_table, update_section
 from planner.calibrate import CONSTANTS, FIT_MODULES, Calibration, calibrated_profile, fit, run_errors
 from planner.calibrate_runs import load_run
 from planner.profile import HardwareProfile, load_profile
@@ -145,9 +146,10 @@ def markdown(result: AccuracyResult, command: str, csv_path: Path, profile_path:
 
 
 def write_outputs(result: AccuracyResult, out_dir: Path, command: str, markdown_section: bool = True,
-                  quick: bool = False) -> dict[str, Path]:
+                  quick: bool = False, results_dir: Path = RESULTS_DIR, benchmarks_md: Path = BENCHMARKS_MD,
+                  ) -> dict[str, Path]:
     suffix = "-quick" if quick else ""
-    csv_path = RESULTS_DIR / f"accuracy{suffix}.csv"
+    csv_path = results_dir / f"accuracy{suffix}.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     result.frame.to_csv(csv_path, index=False, float_format="%.6g")
     profile_path = None
@@ -160,5 +162,5 @@ def write_outputs(result: AccuracyResult, out_dir: Path, command: str, markdown_
     summary = error_summary(result.frame)
     print({k: round(v, 4) for k, v in summary.items() if not np.isnan(v)})
     if markdown_section:
-        update_section("accuracy" + suffix, markdown(result, command, csv_path, profile_path, quick))
+        update_section("accuracy" + suffix, markdown(result, command, csv_path, profile_path, quick), benchmarks_md)
     return {"csv": csv_path, "profile": profile_path}

@@ -1,17 +1,22 @@
 """Prediction accuracy matrix (issue 8 §2-3): solve -> execute -> predicted vs achieved, then calibration.
 
-    python -m bench.bench_accuracy [--quick] [--profile P] [--only NAME ...] [--reuse] [--no-markdown]
+    python -m bench.bench_accuracy [--quick] [--profile P | --measure-profile quick|full] [--only NAME ...]
+                                   [--reuse] [--no-markdown]
 
-`CONFIGS` are >= 12 runs on this machine: mixtral- (truncated to 2 layers), qwen3-, olmoe-, qwen2-moe- and
-deepseek-shaped (MLA) minis; several N (fixed by giving the solver exactly the KV budget N sequences need),
-prompt / generation lengths; CPU-only and forced streaming (experts stream through the engine's copy
-worker every step). Each config runs in its own subprocess (a clean peak-memory reading): plan with the
+`CONFIGS` are 15 runs on this machine: mixtral- (truncated to 2 layers; 4 when streaming, since the engine's
+two stream buffers would keep a 2-layer model whole), qwen3-, olmoe-, qwen2-moe- and
+deepseek-shaped (MLA: V2-Lite and V3) minis; several N (fixed by giving the solver exactly the KV budget N
+sequences need; the `qwen3-kv-*` rows are one workload at four KV budgets, the measured points of
+`notebooks/figures/throughput_vs_kv.png`), prompt / generation lengths; CPU-only and forced streaming
+(experts stream through the engine's copy worker every step). Each config runs in its own subprocess (a clean peak-memory reading): plan with the
 planner for the profile (default: this machine's measured one), run the engine on `num_prompts` distinct
 prompts with ignore_eos, write the report (plan and spec embedded) under `bench/results/accuracy/reports/`.
 Then `bench.accuracy_analysis` calibrates on the configs marked `train` and reports held-out error before and
 after, writing `bench/results/accuracy.csv`, the calibrated profile and the BENCHMARKS.md section.
 `--quick` halves prompts and generation lengths (a smoke run, same configs); `--reuse` keeps reports already
-written by an identical earlier run (same config, mode and profile).
+written by an identical earlier run (same config, mode and profile); `--measure-profile` first measures this
+machine (`runtime profile`, written to `bench/results/accuracy/profile[-quick].yaml`, not to profiles/) and
+plans with that, so the profile and the runs see the same machine conditions.
 """
 
 from __future__ import annotations
@@ -52,14 +57,15 @@ class AccuracyConfig:
 
 
 CONFIGS = (
+    AccuracyConfig("qwen3-kv-n8", "qwen3-mini", None, 8, 64, 32, 32, split="train"),
+    AccuracyConfig("qwen3-kv-n16", "qwen3-mini", None, 16, 64, 32, 32, split="held-out"),
+    AccuracyConfig("qwen3-kv-n32", "qwen3-mini", None, 32, 64, 32, 32, split="train"),
+    AccuracyConfig("qwen3-kv-n64", "qwen3-mini", None, 64, 64, 32, 32, split="held-out"),
+    AccuracyConfig("qwen3-stream", "qwen3-mini", None, 16, 32, 64, 16, streaming=True, split="held-out"),
     AccuracyConfig("mixtral-n8", "mixtral-mini", 2, 8, 16, 64, 32, split="train"),
     AccuracyConfig("mixtral-n24", "mixtral-mini", 2, 24, 48, 32, 32, split="held-out"),
-    AccuracyConfig("mixtral-stream", "mixtral-mini", 2, 16, 32, 64, 16, streaming=True, split="train"),
+    AccuracyConfig("mixtral-stream", "mixtral-mini", 4, 16, 32, 64, 16, streaming=True, split="train"),
     AccuracyConfig("mixtral-long", "mixtral-mini", 2, 8, 16, 128, 16, split="held-out"),
-    AccuracyConfig("qwen3-n8", "qwen3-mini", None, 8, 16, 32, 32, split="held-out"),
-    AccuracyConfig("qwen3-n32", "qwen3-mini", None, 32, 64, 64, 16, split="train"),
-    AccuracyConfig("qwen3-stream", "qwen3-mini", None, 16, 32, 64, 16, streaming=True, split="held-out"),
-    AccuracyConfig("qwen3-gen64", "qwen3-mini", None, 16, 32, 16, 64, split="train"),
     AccuracyConfig("deepseek-n8", "deepseek-v2-lite-mini", None, 8, 16, 64, 32, split="train"),
     AccuracyConfig("deepseek-n32", "deepseek-v2-lite-mini", None, 32, 64, 32, 32, split="held-out"),
     AccuracyConfig("deepseek-stream", "deepseek-v2-lite-mini", None, 16, 32, 64, 16, streaming=True, split="train"),
@@ -110,22 +116,26 @@ def run_config(config: AccuracyConfig, profile_ref: str, report_path: Path) -> d
     return report
 
 
-def _reusable(path: Path, config: AccuracyConfig, profile_ref: str) -> bool:
+def _reusable(path: Path, config: AccuracyConfig, fingerprint: str) -> bool:
     if not path.is_file():
         return False
     try:
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    return old.get("bench_config") == json.loads(json.dumps(asdict(config))) and old.get("profile_ref") == profile_ref
+    return (old.get("bench_config") == json.loads(json.dumps(asdict(config)))
+            and old.get("profile", {}).get("plan_fingerprint") == fingerprint)
 
 
 def run_all(configs: list[AccuracyConfig], profile_ref: str, reports_dir: Path, reuse: bool,
             timeout_s: float) -> list[Path]:
+    from planner.profile import load_profile
+
+    fingerprint = load_profile(profile_ref).fingerprint()
     paths = []
     for i, config in enumerate(configs, start=1):
         path = reports_dir / f"{config.name}.json"
-        if reuse and _reusable(path, config, profile_ref):
+        if reuse and _reusable(path, config, fingerprint):
             print(f"[{i}/{len(configs)}] {config.name}: reusing {path}", flush=True)
             paths.append(path)
             continue
@@ -146,6 +156,14 @@ def run_all(configs: list[AccuracyConfig], profile_ref: str, reports_dir: Path, 
     return paths
 
 
+def measure_this_machine(sizing: str, out_dir: Path, quick: bool) -> str:
+    path = out_dir / f"profile{'-quick' if quick else ''}.yaml"
+    print(f"measuring this machine (runtime profile --sizing {sizing}) into {path}", flush=True)
+    subprocess.run([sys.executable, "-m", "runtime", "profile", "--sizing", sizing, "--out", str(path)], cwd=REPO,
+                   check=True)
+    return str(path)
+
+
 def _profile_ref(given: str | None) -> str:
     from planner.profile import find_profile_for_this_machine
 
@@ -156,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.bench_accuracy", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="halve prompts and generation lengths")
     parser.add_argument("--profile", help="profile to plan with (default: this machine's measured one)")
+    parser.add_argument("--measure-profile", choices=("quick", "full"),
+                        help="measure this machine first and plan with that profile")
     parser.add_argument("--only", nargs="+", help="run only these config names")
     parser.add_argument("--reuse", action="store_true", help="keep reports of identical earlier runs")
     parser.add_argument("--no-markdown", action="store_true", help="do not update BENCHMARKS.md")
@@ -164,9 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-report", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    profile_ref = _profile_ref(args.profile)
     if args.worker:
-        run_config(AccuracyConfig(**json.loads(args.worker)), profile_ref, args.worker_report)
+        run_config(AccuracyConfig(**json.loads(args.worker)), args.profile, args.worker_report)
         return 0
     from bench.accuracy_analysis import analyse, write_outputs
 
@@ -175,14 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown config names {unknown}; known: {sorted(known)}")
     configs = [c.scaled(args.quick) for c in CONFIGS if not args.only or c.name in args.only]
-    reports_dir = args.out_dir / ("reports-quick" if args.quick else "reports")
     machine = machine_line()
+    if args.measure_profile:
+        profile_ref = measure_this_machine(args.measure_profile, args.out_dir, args.quick)
+    else:
+        profile_ref = _profile_ref(args.profile)
+    reports_dir = args.out_dir / ("reports-quick" if args.quick else "reports")
     paths = run_all(configs, profile_ref, reports_dir, args.reuse, args.timeout_s)
     if not paths:
         print("no configuration ran; nothing to analyse", file=sys.stderr)
         return 1
     command = "python -m bench.bench_accuracy" + (" --quick" if args.quick else "") + (
-        f" --profile {args.profile}" if args.profile else "")
+        f" --profile {args.profile}" if args.profile else "") + (
+        f" --measure-profile {args.measure_profile}" if args.measure_profile else "")
     result = replace(analyse(paths, profile_ref), machine=machine)
     write_outputs(result, args.out_dir, command, markdown_section=not args.no_markdown, quick=args.quick)
     return 0

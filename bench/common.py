@@ -6,7 +6,7 @@
 - `run_engine(checkpoint, plan, profile, prompts, gen_len, **engine_overrides) -> report`: the engine as `runtime
   execute` runs it (EngineConfig from the plan, then the overrides: `module_batching`, `force_streaming`,
   `num_seqs`, ...), every request `ignore_eos` with `max_tokens = gen_len`, and the report `runtime.report`
-  builds, with the plan and spec embedded (what `planner calibrate` reads) and the overrides recorded.
+  builds (plan and spec embedded: what `planner calibrate` reads), with the overrides recorded.
 - `update_section(name, body)`: replace this script's section of BENCHMARKS.md between
   `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` markers, or append it; reruns are idempotent.
 - `machine_line()`: cores, 1-minute load average, and the note that the machine was shared when it was.
@@ -73,7 +73,6 @@ def run_engine(checkpoint: Any, plan: Any, profile: Any, prompts: list[list[int]
     finally:
         engine.close()
     report = build_report(stats, plan, profile, checkpoint.spec, tally)
-    report["plan"], report["spec"] = plan.to_dict(), checkpoint.spec.to_dict()
     report["engine_overrides"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in engine_overrides.items()}
     return report
 

@@ -10,9 +10,11 @@ Anything missing or mistyped raises one UserError naming the file and the key.
 ran (N, b_a, b_e, prefill chunk, attention threads; module batching off = b_a = N and unchunked experts):
 - decode modules and the decode step at the run's mean decode batch (the run's steps averaged over refills
   and the final drain), and a prefill forward at the run's mean tokens per forward;
-- end-to-end generated tok/s as the planner predicts it at the plan's N (`PerfModel.evaluate`);
+- end-to-end generated tok/s as the planner predicts it at the engine's N (`PerfModel.evaluate`; the plan's
+  own prediction when the engine ran the plan as solved);
 - forced streaming with no device (the engine's CPU test path): each decode step and prefill forward also
-  copies the streamed bytes at the profile's copy rate times `efficiency.copy`, on the same cores, so it adds.
+  copies the streamed bytes at the profile's copy rate times `efficiency.copy`, on the same cores, so it adds
+  (unless the model has no more layers than the streamer has slots: then every layer is copied once, kept).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from planner.profile import HardwareProfile, load_profile
 from planner.spec import ModelSpec, load_spec
 
 UNCHUNKED = float(1 << 20)          # b_e with module batching off: one GEMM per expert per step
+STREAM_SLOTS = 2                    # the engine's streamer buffers: a model of <= 2 layers is copied once, kept
 REPORT_FIX = "pass report.json files written by `runtime execute --report` of this moelens version"
 MEASUREMENT_KEYS = ("links", "memory", "gemm", "attention")
 
@@ -220,11 +223,11 @@ def predict_run(run: MeasuredRun, profile: HardwareProfile) -> RunPrediction:
 
     decode = model.decode_step(candidates(e.prefill_chunk), np.array([max(m.mean_decode_batch, 1.0)]))
     prefill = model.prefill_chunk(candidates(max(m.prefill_tokens_per_forward, 1.0)))
-    whole = model.evaluate(candidates(e.prefill_chunk, float(plan.num_seqs)))
+    whole = model.evaluate(candidates(e.prefill_chunk, float(e.num_seqs)))
     decode_modules = {k: float(decode[k][0]) for k in DECODE_MODULES}
     prefill_modules = {k: float(prefill[k][0]) for k in PREFILL_MODULES}
     step, forward, wall = float(decode["step"][0]), float(prefill["chunk"][0]), float(whole.wall_time_s[0])
-    if e.force_streaming and not profile.has_device and m.streamed_bytes > 0:
+    if e.force_streaming and not profile.has_device and m.streamed_bytes > 0 and run.spec.num_layers > STREAM_SLOTS:
         per_layer = m.streamed_bytes / run.spec.num_layers
         copy = m.streamed_bytes / (profile.h2d_gbps(per_layer) * 1e9 * profile.efficiency.copy)
         decode_modules["weight_copy"] += copy

@@ -15,8 +15,9 @@ run GEMMs and attention (they add), nothing streams, and host memory carries wei
 Per step: embed, lm_head, sampling, non-resident embed/lm_head copies and the profile's step overhead.
 Prefill: chunks of `prefill_chunk` tokens through every layer on the device (device attention FLOPs at the
 o_proj GEMM rate, K/V written back over the link). Time for the workload: prefill time plus decode steps
-with sequence-level refill: S = P g / N + (g/2)(1 - N/P) steps (a drain at the end) at the average
-occupancy P g / S. Memory and the largest feasible N live in `planner.perf_memory`.
+with sequence-level refill: each sequence decodes g - 1 tokens (its first comes from its prefill forward),
+S = P (g-1) / N + ((g-1)/2)(1 - N/P) steps at the average occupancy P (g-1) / S; the drain term only when
+generation lengths differ (equal ones finish together, in whole waves). Memory and the largest feasible N live in `planner.perf_memory`.
 """
 
 from __future__ import annotations
@@ -200,9 +201,11 @@ class PerfModel:
         feasible = (num_seqs >= 1) & (num_seqs <= n_max + 1e-9) & self.memory.fixed_parts_fit(c)
         n = np.clip(num_seqs, 1.0, float(w.num_prompts))
         at_n = self.decode_step(c, n)
-        p, g_mean = float(w.num_prompts), w.gen_len_mean
-        steps = p * g_mean / n + (g_mean / 2) * (1 - n / p)
-        occupancy = p * g_mean / steps
+        p = float(w.num_prompts)
+        decoded = max(w.gen_len_mean - 1.0, 0.0)    # a sequence's first token comes from its prefill forward
+        staggered = float(w.gen_len_max > w.gen_len_mean + 0.5)     # equal lengths finish in whole waves
+        steps = np.maximum(p * decoded / n + staggered * (decoded / 2) * (1 - n / p), 1e-9)
+        occupancy = np.maximum(p * decoded / steps, 1.0)
         at_mean = at_n if w.num_prompts == 1 else self.decode_step(c, occupancy)
         decode_time = steps * at_mean["step"]
         pre = self.prefill_chunk(c)
@@ -212,7 +215,7 @@ class PerfModel:
         generated = np.where(feasible, w.generated_tokens / wall, 0.0)
         busy = {k.removeprefix("busy_"): v for k, v in at_n.items() if k.startswith("busy_")}
         decode_modules = {k: at_n[k] for k in DECODE_MODULES}
-        decode_modules["prefill"] = prefill_time / steps
+        decode_modules["prefill"] = prefill_time / np.maximum(steps, 1.0)
         return Evaluation(
             feasible=feasible, num_seqs=n, generated_tok_s=generated, decode_tok_s=n / at_n["step"],
             prefill_tok_s=prefill_tok_s, wall_time_s=wall, decode_steps=steps, decode_step_s=at_n["step"],

@@ -221,7 +221,8 @@ def _convert(value, hint, source: str, path: str):
         if not isinstance(value, dict):
             raise fail("a mapping")
         value = dict(value)
-        value["terms"] = {k: (math.inf if v is None else v) for k, v in (value.get("terms") or {}).items()}
+        if isinstance(value.get("terms"), dict):
+            value["terms"] = {k: (math.inf if v is None else v) for k, v in value["terms"].items()}
         return _from_plain(Bound, value, source, path)
     if dataclasses.is_dataclass(hint):
         return _from_plain(hint, value, source, path)

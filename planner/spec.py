@@ -146,7 +146,7 @@ class ModelSpec:
         for key in ("rope_theta", "rms_norm_eps", "routed_scaling_factor", "clip_qkv"):
             value = getattr(self, key)
             if not (value is None and key == "clip_qkv") and not _is_positive_number(value):
-                raise self._fail(f"{key}={value!r} must be a positive, finite number", f"fix {key} in the spec")
+                raise self._fail(f"{key}={value!r} must be a finite, positive number", f"fix {key} in the spec")
         if self.sliding_window is not None and not (_is_int(self.sliding_window) and self.sliding_window > 0):
             raise self._fail(f"sliding_window={self.sliding_window!r} must be a positive integer or null",
                              "fix sliding_window in the spec")

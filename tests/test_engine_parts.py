@@ -79,6 +79,7 @@ def test_slot_block_tables_rows():
     tables.set(2, 2, [1])
     rows = tables.rows(torch.tensor([2, 0]))
     assert rows.dtype == torch.int32 and rows[0, :3].tolist() == [5, 6, 1]
+    assert tables.rows(torch.tensor([2]), width=2).tolist() == [[5, 6]]
     with pytest.raises(RuntimeError):
         tables.set(1, 3, [1, 2])
 

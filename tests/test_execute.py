@@ -248,3 +248,26 @@ def test_progress_counts_running_and_finished_tokens():
     text = progress.postfix()
     assert text.startswith("gen ") and "(plan 10.0)" in text and "ETA <= " in text
     progress.close()
+
+
+def test_demo_prompts_are_distinct_seeded_and_sized(job):
+    from runtime.commands.demo import make_prompts
+
+    tokenizer = open_checkpoint(job / "ckpt").tokenizer
+    prompts = make_prompts(tokenizer, 64, 16, 32, seed=0)
+    assert len({tuple(p) for p in prompts}) == 64 and all(16 <= len(p) <= 32 for p in prompts)
+    assert make_prompts(tokenizer, 64, 16, 32, seed=0) == prompts
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_a_tiny_model(job, tmp_path, capsys):
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(yaml.safe_dump(TINY.to_dict()))
+    assert main(["demo", "--model", str(spec_path), "--dir", str(tmp_path / "demo"), "--num-prompts", "6",
+                 "--min-prompt-tokens", "4", "--max-prompt-tokens", "8", "--gen-len", "3"]) == 0
+    out = capsys.readouterr()
+    assert "Throughput:" in out.out and "predicted" in out.err
+    answers = records(tmp_path / "demo" / "outputs.jsonl")
+    assert sorted(answers) == list(range(6)) and all(len(r["token_ids"]) == 3 for r in answers.values())
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["num_requests"] == 6 and report["throughput"]["end_to_end"]["predicted"] > 0

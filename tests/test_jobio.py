@@ -261,3 +261,42 @@ def test_output_path_checks_create_nothing(tmp_path):
         check_output_writable(tmp_path)
     check_output_writable(tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+# ---- fuzzing: any JSON value is a request or a clean line error -----------------------------------------------
+def _fuzz_strategies():
+    from hypothesis import strategies as st
+
+    from runtime.jobio.requests import BATCH_FIELDS, NATIVE_FIELDS
+
+    scalars = st.none() | st.booleans() | st.integers(-5, 120) | st.floats(allow_nan=True) | st.text(max_size=12)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
+                          | st.dictionaries(st.sampled_from(["role", "content", "prompt", "messages", "type",
+                                                             "text", "max_tokens", "n"]), inner, max_size=4),
+                          max_leaves=12)
+    keys = st.sampled_from(NATIVE_FIELDS + BATCH_FIELDS + ("max_completion_tokens", "model", "extra"))
+    urls = st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/other"])
+    lines = st.dictionaries(keys, values | urls, max_size=6) | values
+    return lines
+
+
+def test_fuzzed_lines_parse_or_fail_cleanly():
+    import os
+
+    from hypothesis import given, settings
+
+    from runtime.jobio import LineError, parse_line
+
+    @settings(max_examples=int(os.environ.get("MOELENS_FUZZ_EXAMPLES", "400")), deadline=None,
+              derandomize=True)
+    @given(_fuzz_strategies())
+    def check(obj):
+        try:
+            request = parse_line(obj, 1, CONTEXT)
+        except LineError as err:
+            assert err.cause and err.fix
+            return
+        assert 0 < len(request.prompt_token_ids) < CONTEXT.max_context
+        assert 1 <= request.sampling.max_tokens <= CONTEXT.max_context - len(request.prompt_token_ids)
+
+    check()

@@ -12,8 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from runtime.attention.cache import gqa_bytes_read, mla_bytes_read
+from runtime.attention.cache import (
+    allocate_kv_cache,
+    allocate_latent_cache,
+    gqa_bytes_read,
+    mla_bytes_read,
+)
 from runtime.attention.kernel import decode_attention, mla_decode_attention
+
+MLA_NOPE_HEAD_DIM = 128  # DeepSeek V2/V3: the softmax scale is (qk_nope_head_dim + rope_dim) ** -0.5
 
 
 @dataclass
@@ -27,6 +34,10 @@ class DecodeCase:
     context_lens: torch.Tensor     # int32 [B]
     scale: float
     bytes_read: int
+
+    @property
+    def block_size(self) -> int:
+        return self.caches[0].shape[2] if self.layout == "gqa" else self.caches[0].shape[1]
 
     def run(self, threads: int | None = None, backend: str | None = None) -> torch.Tensor:
         if self.layout == "gqa":
@@ -56,16 +67,23 @@ def make_case(layout: str, context_lens: list[int], heads: int, kv_heads: int = 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).to(dtype)
 
+    def fill(cache: torch.Tensor) -> torch.Tensor:
+        for block in range(0, cache.shape[0], 1024):  # in slices, to bound the fp32 temporary
+            part = cache[block:block + 1024]
+            part.copy_(rand(*part.shape))
+        return cache
+
     if layout == "gqa":
-        caches = (rand(num_blocks, kv_heads, block_size, head_dim), rand(num_blocks, kv_heads, block_size, head_dim))
+        caches = tuple(fill(c) for c in allocate_kv_cache(num_blocks, kv_heads, block_size, head_dim, dtype))
         return DecodeCase("gqa", rand(batch, heads, head_dim), None,
                           (rand(batch, kv_heads, head_dim), rand(batch, kv_heads, head_dim)), caches, block_tables,
                           lens, head_dim ** -0.5, gqa_bytes_read(lens, kv_heads, head_dim, dtype))
     if layout == "mla":
         width = head_dim + rope_dim
+        latent_cache = fill(allocate_latent_cache(num_blocks, block_size, width, dtype))
+        scale = (MLA_NOPE_HEAD_DIM + rope_dim) ** -0.5
         return DecodeCase("mla", rand(batch, heads, head_dim), rand(batch, heads, rope_dim), (rand(batch, width),),
-                          (rand(num_blocks, block_size, width),), block_tables, lens, (128 + rope_dim) ** -0.5,
-                          mla_bytes_read(lens, width, dtype))
+                          (latent_cache,), block_tables, lens, scale, mla_bytes_read(lens, width, dtype))
     raise ValueError(f"layout must be 'gqa' or 'mla', got {layout!r}")
 
 

@@ -2,8 +2,9 @@
 
 `open_checkpoint(dir) -> Checkpoint` reads `config.json` (through `ModelSpec.from_hf_config`), validates
 every shard header (see `safetensors_io`), and compares the stored tensors with the names and shapes the
-spec implies (`names.expected_tensors`): missing, unexpected and mis-shaped tensors are reported together in
-one `UserError`. No tensor data is read at open time.
+spec implies (`names.expected_tensors`): missing, unexpected and mis-shaped tensors, and matrices whose dtype
+differs from the others (the engine multiplies them together), are reported together in one `UserError`.
+No tensor data is read at open time.
 
 `Checkpoint.weights` is a read-only mapping canonical name -> torch.Tensor. Each `weights[name]` reads that
 tensor from its shard (safe_open, one handle per shard, opened on first use); nothing is cached, so the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +128,16 @@ def _listing(items: list[str]) -> str:
     return f"{len(items)} ({shown}{', ...' if len(items) > LISTED else ''})"
 
 
+def _mistyped_matrices(matched: dict[str, TensorEntry]) -> list[str]:
+    """Matrices whose dtype differs from the checkpoint's usual one (vectors such as norms may be fp32)."""
+    counts = Counter(entry.dtype for entry in matched.values() if len(entry.shape) >= 2)
+    if len(counts) < 2:
+        return []
+    usual = counts.most_common(1)[0][0]
+    return [f"{entry.name} is {entry.dtype}, the other matrices {usual}" for entry in matched.values()
+            if len(entry.shape) >= 2 and entry.dtype != usual]
+
+
 def match_tensors(spec: ModelSpec, stored: dict[str, TensorEntry], num_extra_layers: int = 0,
                   where: str = "checkpoint") -> dict[str, TensorEntry]:
     """Canonical name -> stored entry, or one UserError listing every mismatch."""
@@ -142,7 +154,8 @@ def match_tensors(spec: ModelSpec, stored: dict[str, TensorEntry], num_extra_lay
     known = {tensor.disk_name for tensor in expected}
     unexpected = sorted(n for n in stored if n not in known and not is_ignored(spec, n, num_extra_layers))
     problems = [f"{kind} {_listing(items)}" for kind, items in
-                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if items]
+                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
+                 ("of another dtype", _mistyped_matrices(matched))) if items]
     if problems:
         raise UserError(f"{where} does not match its config.json ({spec.family}, {spec.num_layers} layers): "
                         + "; ".join(problems),

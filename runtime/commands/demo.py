@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="longest predicted execute time before the demo picks shorter lengths (default 300)")
     parser.add_argument("--kv-gb", type=float, default=2.0, help="KV cache budget for the plan, GiB (default 2)")
     parser.add_argument("--profile", help="profile name or YAML to plan with (default: this machine's, "
-                                          "measured quickly if missing)")
+                                          "measured quickly if missing; another machine's runs with --force)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompts")
     return parser
 
@@ -87,7 +87,8 @@ def _checkpoint(args: argparse.Namespace, say) -> Path:
     from runtime.checkpoint import open_checkpoint
     from runtime.checkpoint.writer import write_random_checkpoint
 
-    directory = args.dir / args.model
+    spec = load_spec(args.model)
+    directory = args.dir / spec.name
     if (directory / "config.json").is_file():
         try:
             open_checkpoint(directory)
@@ -95,8 +96,8 @@ def _checkpoint(args: argparse.Namespace, say) -> Path:
             return directory
         except UserError as err:
             say(f"[1/4] {directory} is unusable ({err.cause}); writing it again")
-    say(f"[1/4] writing a random-weight {args.model} checkpoint (bf16) to {directory}")
-    written = write_random_checkpoint(load_spec(args.model), directory, dtype="bf16", seed=args.seed)
+    say(f"[1/4] writing a random-weight {spec.name} checkpoint (bf16) to {directory}")
+    written = write_random_checkpoint(spec, directory, dtype="bf16", seed=args.seed)
     say(f"      {written.num_parameters / 1e9:.2f} B parameters, {written.total_bytes / 1e9:.2f} GB, "
         f"{written.seconds:.0f} s")
     return directory
@@ -109,11 +110,11 @@ def _profile(args: argparse.Namespace, say):
     if args.profile:
         profile = load_profile(args.profile)
         say(f"[2/4] using profile {profile.name}")
-        return profile, args.profile
+        return profile
     try:
         profile = find_profile_for_this_machine()
         say(f"[2/4] using this machine's profile {profile.name} (fingerprint {profile.fingerprint()})")
-        return profile, profile.name
+        return profile
     except UserError:
         pass
     from runtime.profiler.measure import SIZINGS, measure_profile
@@ -122,7 +123,7 @@ def _profile(args: argparse.Namespace, say):
     profile = measure_profile(SIZINGS["quick"], command="runtime profile --quick")
     path = profile.save(profiles_dir() / f"{profile.name}.yaml")
     say(f"      saved {path}")
-    return profile, str(path)
+    return profile
 
 
 def _size_ladder(args: argparse.Namespace) -> tuple[tuple[int, int, int], ...]:
@@ -174,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = open_checkpoint(checkpoint_dir)
     if checkpoint.tokenizer is None:
         raise UserError(f"{checkpoint_dir} has no tokenizer.json", f"delete {checkpoint_dir} and rerun the demo")
-    profile, profile_ref = _profile(args, say)
+    profile = _profile(args, say)
+    profile_ref = str(profile.save(args.dir / "profile.yaml"))   # the plan names this copy: stable if re-profiled
     prompts, gen_len, plan = _plan_job(args, checkpoint, checkpoint_dir, profile, profile_ref, say)
     input_path = args.dir / "prompts.jsonl"
     input_path.write_text("".join(json.dumps({"id": i, "prompt_token_ids": ids, "max_tokens": gen_len,
@@ -184,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     output = args.dir / "outputs.jsonl"
     say(f"[4/4] runtime execute {plan_path} --checkpoint {checkpoint_dir} --input {input_path} --output {output}")
     report = execute_job(ExecuteOptions(plan=plan_path, input=input_path, output=output, checkpoint=checkpoint_dir,
-                                        report=args.dir / "report.json", overwrite=True))
+                                        report=args.dir / "report.json", overwrite=True,
+                                        force=bool(args.profile)))   # another machine's profile: run anyway
     end_to_end = report["throughput"]["end_to_end"]
     say(f"\npredicted {end_to_end['predicted']:.1f} generated tok/s, achieved {end_to_end['achieved']:.1f} "
         f"({100 * (end_to_end['relative_error'] or 0):+.1f}%); report: {args.dir / 'report.json'}")

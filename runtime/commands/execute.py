@@ -171,7 +171,6 @@ def _finish_report(stats: Any, plan: Any, profile: Any, spec: Any, tally: Any, s
 
     report = build_report(stats, plan, profile, spec, tally, scan.skipped, resumed)
     report["output"] = str(options.output)
-    report["plan"], report["spec"] = plan.to_dict(), spec.to_dict()   # what `planner calibrate` re-predicts from
     if not options.quiet:
         print(format_report(report))
     if options.report is not None:

@@ -75,6 +75,25 @@ class Engine:
         scheduler = Scheduler(self._sequences(requests), self.config.num_seqs, self.kv.allocator, self.tables,
                               self.config.kv_block_size, self.config.prefill_chunk, self.max_len)
         began = time.perf_counter()
+        try:
+            self._loop(scheduler, stats, on_finish, memory)
+        finally:
+            scheduler.abort()  # a failed run leaves no blocks held for the next one
+        stats.wall_seconds = time.perf_counter() - began
+        stats.num_preemptions = scheduler.num_preemptions
+        stats.module_seconds = self.timer.totals()
+        stats.peak_host_bytes = memory.host_peak_bytes
+        stats.peak_device_bytes = memory.device_peak_bytes
+        return stats
+
+    def close(self) -> None:
+        self.stack.close()
+        if self.streamer is not None:
+            self.streamer.close()
+
+    # ----- internals -----
+    def _loop(self, scheduler: Scheduler, stats: RunStats, on_finish: Callable[[Completion], None] | None,
+              memory: MemoryPeaks) -> None:
         with torch.inference_mode():
             while not scheduler.done:
                 plan = scheduler.schedule()
@@ -92,19 +111,7 @@ class Engine:
                 memory.sample()
         if self.streamer is not None:
             self.streamer.collect_copy_seconds(wait=True)
-        stats.wall_seconds = time.perf_counter() - began
-        stats.num_preemptions = scheduler.num_preemptions
-        stats.module_seconds = self.timer.totals()
-        stats.peak_host_bytes = memory.host_peak_bytes
-        stats.peak_device_bytes = memory.device_peak_bytes
-        return stats
 
-    def close(self) -> None:
-        self.stack.close()
-        if self.streamer is not None:
-            self.streamer.close()
-
-    # ----- internals -----
     def _sequences(self, requests: Iterable[Request]) -> Iterator[EngineSequence]:
         for arrival, request in enumerate(requests):
             state = request.state or GenerationState(list(request.prompt_token_ids), request.params,
@@ -145,7 +152,8 @@ class Engine:
         batch = DecodeBatch(
             token_ids=torch.tensor([seq.state.token_ids[-1] for seq in seqs], dtype=torch.long),
             positions=torch.tensor(cached, dtype=torch.long),
-            block_tables=self.tables.rows(torch.tensor([seq.slot for seq in seqs], dtype=torch.long)),
+            block_tables=self.tables.rows(torch.tensor([seq.slot for seq in seqs], dtype=torch.long),
+                                          width=blocks_for(max(cached) + 1, self.config.kv_block_size)),
             context_lens=torch.tensor(cached, dtype=torch.int32) + 1)
         hidden, activated = self.stack.decode(batch)
         self._sample(seqs, self.stack.logits(hidden), sampled)

@@ -140,5 +140,6 @@ class SlotBlockTables:
         if blocks:
             self.table[slot, first_index:first_index + len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
 
-    def rows(self, slots: torch.Tensor) -> torch.Tensor:
-        return self.table.index_select(0, slots)  # [B, max_blocks_per_seq]
+    def rows(self, slots: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """The slots' rows [B, width]: only the first `width` block columns (default: all)."""
+        return self.table[slots, :width or self.max_blocks_per_seq]

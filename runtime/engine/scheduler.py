@@ -180,6 +180,11 @@ class Scheduler:
         self._add_blocks(seq, self.allocator.allocate(blocks_for(num_tokens, self.block_size)))
         return True
 
+    def abort(self) -> None:
+        """Free every in-flight sequence's slot and blocks (after a failed run)."""
+        for seq in list(self.in_flight):
+            self._release(seq)
+
     # ----- results -----
     def commit(self, plan: StepPlan, sampled: dict[Sequence, int]) -> list[Sequence]:
         """Record a forward's work; `sampled` maps each sequence that produced logits to its new token."""

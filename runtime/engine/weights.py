@@ -101,30 +101,31 @@ class WeightStore:
         self.resident_bytes = 0
         self.streamed_bytes = 0
         self.globals: dict[str, torch.Tensor] = {}
-        self._embed_on_device = False
-        for name in ("embed", "final_norm", "lm_head"):
-            on_device = name == "final_norm" or config.is_resident(module_of(name))
-            if name == "lm_head" and weights["lm_head"] is weights["embed"] and on_device == self._embed_on_device:
-                self.globals[name] = self.globals["embed"]  # tied: one copy
-                continue
-            self.globals[name] = self._place(weights[name], on_device)
-            if name == "embed":
-                self._embed_on_device = on_device
-        self.layers: list[dict[str, torch.Tensor]] = [{} for _ in range(spec.num_layers)]
-        streamed: list[dict[str, torch.Tensor]] = [{} for _ in range(spec.num_layers)]
+        embed_on_device = config.is_resident("embed")
+        head_on_device = config.is_resident("lm_head")
+        self.globals["embed"] = self._place(weights["embed"], embed_on_device)
+        self.globals["final_norm"] = self._place(weights["final_norm"], True)
+        if spec.tie_word_embeddings and head_on_device == embed_on_device:
+            self.globals["lm_head"] = self.globals["embed"]  # tied: one copy
+        else:
+            self.globals["lm_head"] = self._place(weights["lm_head"], head_on_device)
+        names_by_layer: list[list[str]] = [[] for _ in range(spec.num_layers)]
         for name in weights:
-            if not name.startswith("layers."):
-                continue
-            _, index, local = name.split(".", 2)
-            tensor = weights[name]
-            if config.is_resident(module_of(name), expert_of(name)):
-                self.layers[int(index)][local] = self._place(tensor, True)
-            else:
-                streamed[int(index)][local] = tensor
-                self.streamed_bytes += tensor.numel() * tensor.element_size()
-        self.packed: list[PackedLayer] | None = None
-        if self.streams:
-            self.packed = [PackedLayer.pack(layer, pin) for layer in streamed]
+            if name.startswith("layers."):
+                names_by_layer[int(name.split(".", 2)[1])].append(name)
+        self.layers: list[dict[str, torch.Tensor]] = [{} for _ in range(spec.num_layers)]
+        self.packed: list[PackedLayer] | None = [] if self.streams else None
+        for layer, names in enumerate(names_by_layer):  # one layer at a time: host memory holds one extra layer
+            streamed = {}
+            for name in names:
+                local = name.split(".", 2)[2]
+                if config.is_resident(module_of(name), expert_of(name)):
+                    self.layers[layer][local] = self._place(weights[name], True)
+                else:
+                    streamed[local] = weights[name]
+                    self.streamed_bytes += streamed[local].numel() * streamed[local].element_size()
+            if self.packed is not None:
+                self.packed.append(PackedLayer.pack(streamed, pin))
 
     def _place(self, tensor: torch.Tensor, on_device: bool) -> torch.Tensor:
         """Resident tensors go to the device once; with no device they are used in place."""

@@ -7,8 +7,9 @@
 inline int min_int(int a, int b) { return a < b ? a : b; }
 inline int max_int(int a, int b) { return a > b ? a : b; }
 
-// Issues the prefetches for one contiguous region spread over `steps` calls of next(). Prefetching into
-// L2 (prefetcht1) measured faster than into L1 here: it does not evict the block being processed.
+// Issues the prefetches for one contiguous region spread over `steps` calls of next(). Measured here:
+// prefetching into L2 (prefetcht1) beats L1 or none, and spreading the next block's lines over every
+// (head, token tile) step of the current block beats issuing them in bursts.
 struct Prefetcher {
   const char* ptr = nullptr;
   int64_t lines = 0;
@@ -24,57 +25,76 @@ struct Prefetcher {
   }
 };
 
-// s[g * SP + t] = (q_g . k_t) for t < n (q already carries scale * log2 e).
+// Number of Prefetcher::next() calls qk_block makes for a block of n tokens.
+inline int qk_steps(int n, int G) {
+  constexpr int W = Simd::W;
+  const int rest = n % W;
+  return G * (n / W + rest / 4 + rest % 4);
+}
+
+// s[g * SP + t] = (q_g . k_t) for t < n (q already carries scale * log2 e). Tiles of W tokens keep one
+// query chunk in a register against W accumulators reduced together; 4-token tiles and single tokens
+// take the remainder.
 template <int DK, class T>
 inline void qk_block(const typename QK<T>::QE* q, int G, const T* k, int64_t rs, int n, float* s, int SP,
                      Prefetcher& pk, Prefetcher& pv) {
   using Q = QK<T>;
   using F = typename Simd::F;
+  constexpr int W = Simd::W;
   constexpr int L = Q::L;
   constexpr int C = DK / L;
   for (int g = 0; g < G; ++g) {
     const typename Q::QE* qg = q + int64_t(g) * DK;
     float* sg = s + int64_t(g) * SP;
     int t = 0;
-    for (; t + 4 <= n; t += 4) {
-      if (g == 0) {
-        pk.next();
-        pv.next();
+    for (; t + W <= n; t += W) {
+      pk.next();
+      pv.next();
+      const T* kt = k + t * rs;
+      F a[W];
+#pragma GCC unroll 16
+      for (int i = 0; i < W; ++i) a[i] = Simd::zero();
+      for (int c = 0; c < C; ++c) {
+        const typename Q::QV qc = Q::load_q(qg + c * L);
+#pragma GCC unroll 16
+        for (int i = 0; i < W; ++i) a[i] = Q::step(a[i], qc, kt + i * rs + c * L);
       }
+      Simd::reduce_tile(a, sg + t);
+    }
+    for (; t + 4 <= n; t += 4) {
+      pk.next();
+      pv.next();
       const T* k0 = k + t * rs;
-      const T* k1 = k0 + rs;
-      const T* k2 = k1 + rs;
-      const T* k3 = k2 + rs;
       F a0 = Simd::zero(), a1 = Simd::zero(), a2 = Simd::zero(), a3 = Simd::zero();
 #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
-        a0 = Q::step(a0, qg + c * L, k0 + c * L);
-        a1 = Q::step(a1, qg + c * L, k1 + c * L);
-        a2 = Q::step(a2, qg + c * L, k2 + c * L);
-        a3 = Q::step(a3, qg + c * L, k3 + c * L);
+        const typename Q::QV qc = Q::load_q(qg + c * L);
+        a0 = Q::step(a0, qc, k0 + c * L);
+        a1 = Q::step(a1, qc, k0 + rs + c * L);
+        a2 = Q::step(a2, qc, k0 + 2 * rs + c * L);
+        a3 = Q::step(a3, qc, k0 + 3 * rs + c * L);
       }
       Simd::reduce4(a0, a1, a2, a3, sg + t);
     }
     for (; t < n; ++t) {
-      if (g == 0) {
-        pk.next();
-        pv.next();
-      }
+      pk.next();
+      pv.next();
       const T* k0 = k + t * rs;
       F a0 = Simd::zero(), a1 = Simd::zero();
       int c = 0;
       for (; c + 2 <= C; c += 2) {
-        a0 = Q::step(a0, qg + c * L, k0 + c * L);
-        a1 = Q::step(a1, qg + (c + 1) * L, k0 + (c + 1) * L);
+        a0 = Q::step(a0, Q::load_q(qg + c * L), k0 + c * L);
+        a1 = Q::step(a1, Q::load_q(qg + (c + 1) * L), k0 + (c + 1) * L);
       }
-      if (c < C) a0 = Q::step(a0, qg + c * L, k0 + c * L);
+      if (c < C) a0 = Q::step(a0, Q::load_q(qg + c * L), k0 + c * L);
       sg[t] = Simd::hsum(Simd::add(a0, a1));
     }
   }
 }
 
 // Turns scores into probabilities against the updated running max; sets alpha (rescale of old acc/l).
-// With the bf16 pair path, probabilities are rounded to bf16 before they are summed, so l matches them.
+// With the bf16 pair path the probabilities are rounded to bf16 (l sums the rounded values) and the row
+// is rewritten in place as bf16, which is exactly the token-pair packing that path reads.
 template <class T>
 inline void softmax_update(float* s, int SP, int n, int G, float* m, float* l, float* alpha) {
   using F = typename Simd::F;
@@ -93,12 +113,13 @@ inline void softmax_update(float* s, int SP, int n, int G, float* m, float* l, f
     F sum = Simd::zero();
     for (int t = 0; t < padded; t += W) {
       F p = Simd::exp2(Simd::sub(Simd::load(row + t), mv));
-      if constexpr (PairPV<T>::value) p = PairPV<T>::round(p);
-      Simd::store(row + t, p);
+      if constexpr (PairPV<T>::value)
+        p = PairPV<T>::store_bf16(reinterpret_cast<bf16_t*>(row) + t, p);
+      else
+        Simd::store(row + t, p);
       sum = Simd::add(sum, p);
     }
     l[g] = l[g] * alpha[g] + Simd::hsum(sum);
-    if constexpr (PairPV<T>::value) PairPV<T>::pack(row, n);
   }
 }
 
@@ -180,7 +201,7 @@ void attend_item(const Problem& P, const WorkItem& it, Scratch& S, float* partia
     const int64_t block_off = int64_t(bt[bi]) * P.block_stride + int64_t(t0) * rs;
     if (bi < last_block) {
       const int64_t next_off = int64_t(bt[bi + 1]) * P.block_stride;
-      const int steps = n / 4 + (n & 3);
+      const int steps = qk_steps(n, G);
       pk.start(kbase + next_off, block_bytes, steps);
       pv.start(P.v_is_k ? nullptr : vbase + next_off, block_bytes, steps);
     } else {

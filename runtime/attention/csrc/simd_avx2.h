@@ -41,6 +41,21 @@ struct Simd {
     _mm_storeu_ps(out, r);
   }
 
+  // out[i] = horizontal sum of a[i], for the W = 8 vectors a[0..7] (one transposing add tree).
+  static inline void reduce_tile(const F* a, float* out) {
+    F s[4], v[2];
+    for (int i = 0; i < 4; ++i)
+      s[i] = add(_mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x20),
+                 _mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x31));
+    for (int i = 0; i < 2; ++i) {
+      const __m256d x = _mm256_castps_pd(s[2 * i]), y = _mm256_castps_pd(s[2 * i + 1]);
+      v[i] = add(_mm256_castpd_ps(_mm256_unpacklo_pd(x, y)), _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)));
+    }
+    const F w = add(_mm256_shuffle_ps(v[0], v[1], 0x88), _mm256_shuffle_ps(v[0], v[1], 0xDD));
+    // lane 4j + k of w holds the sum of a[2k + j]
+    _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+
   static inline F exp2(F x) {
     const F lo = set1(-125.0f);
     F keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
@@ -64,11 +79,11 @@ struct Simd {
 template <class T>
 struct QK {
   using QE = float;
+  using QV = __m256;
   static constexpr int L = 8;
   static inline QE from_f32(float x) { return x; }
-  static inline Simd::F step(Simd::F acc, const QE* q, const T* k) {
-    return _mm256_fmadd_ps(_mm256_loadu_ps(q), Simd::load_f32(k), acc);
-  }
+  static inline QV load_q(const QE* q) { return _mm256_loadu_ps(q); }
+  static inline Simd::F step(Simd::F acc, QV q, const T* k) { return _mm256_fmadd_ps(q, Simd::load_f32(k), acc); }
 };
 
 template <class T>

@@ -37,6 +37,23 @@ struct Simd {
     _mm_storeu_ps(out, r);
   }
 
+  // out[i] = horizontal sum of a[i], for the W = 16 vectors a[0..15] (one transposing add tree).
+  static inline void reduce_tile(const F* a, float* out) {
+    F s[8], u[4], v[2];
+    for (int i = 0; i < 8; ++i)
+      s[i] = add(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; ++i)
+      u[i] = add(_mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0x88), _mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; ++i) {
+      const __m512d x = _mm512_castps_pd(u[2 * i]), y = _mm512_castps_pd(u[2 * i + 1]);
+      v[i] = add(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    const F w = add(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xDD));
+    // lane 4j + k of w holds the sum of a[4k + j]
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_ps(out, _mm512_permutexvar_ps(order, w));
+  }
+
   // 2^x for x <= 0; exactly 0 below -125.
   static inline F exp2(F x) {
     const F lo = set1(-125.0f);
@@ -62,15 +79,16 @@ struct QK;
 template <>
 struct QK<float> {
   using QE = float;
+  using QV = __m512;
   static constexpr int L = 16;
   static inline QE from_f32(float x) { return x; }
-  static inline Simd::F step(Simd::F acc, const QE* q, const float* k) {
-    return _mm512_fmadd_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k), acc);
-  }
+  static inline QV load_q(const QE* q) { return _mm512_loadu_ps(q); }
+  static inline Simd::F step(Simd::F acc, QV q, const float* k) { return _mm512_fmadd_ps(q, _mm512_loadu_ps(k), acc); }
 };
 
-// P.V with vdpbf16ps over token pairs: probabilities rounded to bf16 and packed two per 32-bit word
-// (token t low, t+1 high); value rows t, t+1 interleaved with unpack{lo,hi}_epi16. Accumulators then
+// P.V with vdpbf16ps over token pairs: probabilities as a bf16 row, read two per 32-bit word (token t
+// low, t+1 high; an odd tail pairs with the row's zero padding); value rows t, t+1 interleaved with
+// unpack{lo,hi}_epi16. Accumulators then
 // hold each 32-wide chunk permuted: lo lane 4i+k is d = 8i+k, hi lane 4i+k is d = 8i+4+k.
 template <class T>
 struct PairPV {
@@ -82,27 +100,18 @@ template <>
 struct PairPV<bf16_t> {
   static constexpr bool value = true;
 
-  static inline __m512 round(__m512 p) {
-    __m256i h = (__m256i)_mm512_cvtneps_pbh(p);
+  // Stores p as 16 bf16 (round to nearest even) and returns the rounded values as fp32. Safe in place
+  // over the fp32 row being read: the bf16 store lands at half the byte offset of the fp32 load.
+  static inline __m512 store_bf16(bf16_t* dst, __m512 p) {
+    const __m256i h = (__m256i)_mm512_cvtneps_pbh(p);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
 
-  // row[k] (as uint32) = bf16(p[2k]) | bf16(p[2k+1]) << 16, in place; p is already bf16-exact and zero
-  // past the block's tokens (padding), so an odd tail pairs with 0.
-  static inline void pack(float* row, int n) {
-    uint32_t* out = reinterpret_cast<uint32_t*>(row);
-    for (int k = 0; 2 * k < n; ++k) {
-      uint32_t a, b;
-      std::memcpy(&a, row + 2 * k, 4);
-      std::memcpy(&b, row + 2 * k + 1, 4);
-      out[k] = (a >> 16) | (b & 0xFFFF0000u);
-    }
-  }
-
   template <int NG, int DV>
-  static inline void tile(float* acc, const float* packed, int SP, const float* alpha, const bf16_t* v,
+  static inline void tile(float* acc, const float* probs, int SP, const float* alpha, const bf16_t* v,
                           int64_t rs, int n) {
-    const uint32_t* pp = reinterpret_cast<const uint32_t*>(packed);
+    const uint32_t* pp = reinterpret_cast<const uint32_t*>(probs);
     for (int c = 0; c < DV; c += 32) {
       __m512 lo[NG], hi[NG];
 #pragma GCC unroll 8
@@ -162,22 +171,22 @@ struct PairPV<bf16_t> {
 template <>
 struct QK<bf16_t> {
   using QE = bf16_t;
+  using QV = __m512bh;
   static constexpr int L = 32;
   static inline QE from_f32(float x) { return round_to_bf16(x); }
-  static inline Simd::F step(Simd::F acc, const QE* q, const bf16_t* k) {
-    __m512i qv = _mm512_loadu_si512(q);
-    __m512i kv = _mm512_loadu_si512(k);
-    return _mm512_dpbf16_ps(acc, (__m512bh)qv, (__m512bh)kv);
+  static inline QV load_q(const QE* q) { return (__m512bh)_mm512_loadu_si512(q); }
+  static inline Simd::F step(Simd::F acc, QV q, const bf16_t* k) {
+    return _mm512_dpbf16_ps(acc, q, (__m512bh)_mm512_loadu_si512(k));
   }
 };
 #else
 template <>
 struct QK<bf16_t> {
   using QE = float;
+  using QV = __m512;
   static constexpr int L = 16;
   static inline QE from_f32(float x) { return x; }
-  static inline Simd::F step(Simd::F acc, const QE* q, const bf16_t* k) {
-    return _mm512_fmadd_ps(_mm512_loadu_ps(q), Simd::load_f32(k), acc);
-  }
+  static inline QV load_q(const QE* q) { return _mm512_loadu_ps(q); }
+  static inline Simd::F step(Simd::F acc, QV q, const bf16_t* k) { return _mm512_fmadd_ps(q, Simd::load_f32(k), acc); }
 };
 #endif

@@ -26,15 +26,19 @@ struct Simd {
     out[3] = d;
   }
 
+  static inline void reduce_tile(const F* a, float* out) { out[0] = a[0]; }
+
   static inline F exp2(F x) { return x < -125.0f ? 0.0f : std::exp2(x); }
 };
 
 template <class T>
 struct QK {
   using QE = float;
+  using QV = float;
   static constexpr int L = 1;
   static inline QE from_f32(float x) { return x; }
-  static inline Simd::F step(Simd::F acc, const QE* q, const T* k) { return *q * Simd::load_f32(k) + acc; }
+  static inline QV load_q(const QE* q) { return *q; }
+  static inline Simd::F step(Simd::F acc, QV q, const T* k) { return q * Simd::load_f32(k) + acc; }
 };
 
 template <class T>

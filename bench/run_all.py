@@ -1,0 +1,53 @@
+"""`make bench` (after `make bench-attention`): every benchmark in one command, then the figures.
+
+    python -m bench.run_all [--quick]
+
+Runs in turn, each with its defaults (`--quick` passed on where it exists): `bench.bench_accuracy`
+(accuracy matrix, calibration, S-MBU / S-MFU), `bench.bench_throughput` (HF generate() / module batching off /
+planned), `bench.bench_gpu` (prints why and skips without a CUDA GPU), then `notebooks/plots.py`. Each step
+replaces its own section of BENCHMARKS.md. A failing step is reported and the others still run; the exit
+code is 1 when any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from bench.common import REPO
+
+STEPS = (
+    ("accuracy", ["-m", "bench.bench_accuracy"], True),
+    ("throughput", ["-m", "bench.bench_throughput"], True),
+    ("gpu", ["-m", "bench.bench_gpu"], True),
+    ("plots", ["notebooks/plots.py"], False),
+)
+
+
+def commands(quick: bool) -> list[tuple[str, list[str]]]:
+    return [(name, [sys.executable, *args, *(["--quick"] if quick and takes_quick else [])])
+            for name, args, takes_quick in STEPS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.run_all", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the smoke-run sizes of every benchmark")
+    args = parser.parse_args(argv)
+    failed = []
+    for name, command in commands(args.quick):
+        print(f"== {name}: {' '.join(command[1:])}", flush=True)
+        began = time.perf_counter()
+        code = subprocess.run(command, cwd=REPO, check=False).returncode
+        print(f"== {name}: exit {code} after {time.perf_counter() - began:.0f} s", flush=True)
+        if code != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
