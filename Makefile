@@ -21,7 +21,7 @@ demo: install
 	$(PY) -m runtime demo
 
 test: install
-	$(PY) -m pytest -q -x tests
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests
 
 lint: install
 	$(VENV)/bin/ruff check planner runtime tests bench

@@ -5,12 +5,16 @@ process on the same data gathered into a dense layout (the gather not timed), an
 host read bandwidth measured in the same run (torch.sum over a 1 GiB fp32 tensor, on 4 KiB pages and on
 huge pages like the KV cache; the higher of the two is the reference). All figures are
 medians of repeats after warm-up; threads default to all cores (torch.get_num_threads()).
+`--cpu-time` runs everything on one thread and times the calling thread's CPU time instead of wall time:
+per-core figures that other processes competing for the cores do not distort (their memory traffic still
+does), for noisy shared machines.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import time
 from dataclasses import dataclass
 
 import torch
@@ -43,10 +47,10 @@ def default_shapes(seed: int = 0) -> list[Shape]:
     ]
 
 
-def read_bandwidth_gbps(repeats: int, huge_pages: bool) -> float:
+def read_bandwidth_gbps(repeats: int, huge_pages: bool, clock=time.perf_counter) -> float:
     """Host read bandwidth: a plain sum over a 1 GiB fp32 tensor (optionally on huge pages, like the cache)."""
     data = empty_host((GIB // 4,), torch.float32, huge_pages).fill_(1.0)
-    seconds = time_call(lambda: data.sum(), repeats=repeats)
+    seconds = time_call(lambda: data.sum(), repeats=repeats, clock=clock)
     return GIB / seconds / 1e9
 
 
@@ -87,15 +91,15 @@ def dense_sdpa(case: DecodeCase):
     return run
 
 
-def bench_shape(shape: Shape, threads: int, block_size: int, repeats: int) -> dict:
+def bench_shape(shape: Shape, threads: int, block_size: int, repeats: int, clock=time.perf_counter) -> dict:
     case = make_case(shape.layout, list(shape.context_lens), shape.heads, shape.kv_heads, shape.head_dim,
                      torch.bfloat16, block_size)
     ours = case.run(threads).float().reshape(-1)  # appends this step's rows before the dense gather
     sdpa = dense_sdpa(case)
     theirs = torch.cat([o.float().reshape(len(o), -1) for o in sdpa()]).reshape(-1)
     rel_diff = float((ours - theirs).norm() / theirs.norm())
-    kernel_s = time_call(lambda: case.run(threads), repeats=repeats)
-    sdpa_s = time_call(sdpa, repeats=repeats)
+    kernel_s = time_call(lambda: case.run(threads), repeats=repeats, clock=clock)
+    sdpa_s = time_call(sdpa, repeats=repeats, clock=clock)
     return {"kernel_s": kernel_s, "sdpa_s": sdpa_s, "bytes": case.bytes_read, "rel_diff": rel_diff}
 
 
@@ -104,18 +108,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    threads = 1 if args.cpu_time else args.threads
+    torch.set_num_threads(threads)
     module, _ = active_backend()
     isa = module.supported_isas()[0] if module is not None else "torch fallback"
-    plain_gbps = read_bandwidth_gbps(args.repeats, huge_pages=False)
-    huge_gbps = read_bandwidth_gbps(args.repeats, huge_pages=True)
+    plain_gbps = read_bandwidth_gbps(args.repeats, huge_pages=False, clock=clock)
+    huge_gbps = read_bandwidth_gbps(args.repeats, huge_pages=True, clock=clock)
     read_gbps = max(plain_gbps, huge_gbps)
-    print(f"CPU decode attention, {args.threads} threads, block size {args.block_size}, kernel path: {isa}")
+    timing = "CPU time of the calling thread" if args.cpu_time else "wall time"
+    print(f"CPU decode attention, {threads} threads ({timing}), block size {args.block_size}, kernel path: {isa}")
     print(f"read bandwidth (sum over 1 GiB): {plain_gbps:.1f} GB/s on 4 KiB pages, {huge_gbps:.1f} GB/s on "
           f"huge pages (as the KV cache); percentages below are of the higher, {read_gbps:.1f} GB/s")
     for shape in default_shapes():
-        r = bench_shape(shape, args.threads, args.block_size, args.repeats)
+        r = bench_shape(shape, threads, args.block_size, args.repeats, clock)
         gbps = r["bytes"] / r["kernel_s"] / 1e9
         sdpa_gbps = r["bytes"] / r["sdpa_s"] / 1e9
         print(f"{shape.label}: {r['kernel_s'] * 1e3:.1f} ms, {gbps:.1f} GB/s KV read, "

@@ -147,7 +147,7 @@ def markdown(results: dict, command: str, machine: str) -> str:
                      planned["tok_s"] / r["tok_s"], f"{r['peak_host_bytes'] / GiB:.2f}"])
     table = markdown_table(["system", "batch", "generated tok/s (median)", "repeats", "engine-planned / this",
                             "peak host GiB"], rows)
-    err = planned["tok_s"] / planned["plan_tok_s"] - 1
+    err = planned["plan_tok_s"] / planned["tok_s"] - 1           # (predicted - achieved) / achieved
     return "\n".join([
         f"## Throughput against baselines (`{command}`)", "", machine,
         f"`mixtral-mini` random-weight bf16 checkpoint; {sizes['num_prompts']} distinct prompts of "
@@ -155,7 +155,7 @@ def markdown(results: dict, command: str, machine: str) -> str:
         f"`{results['profile']}`. Best baseline batch sizes from probes: HF {results['hf_probes']}, "
         f"module batching off {results['off_probes']} (tok/s by B).", "", table, "",
         f"- engine as planned: {planned['tok_s']:.3g} generated tok/s achieved, {planned['plan_tok_s']:.3g} "
-        f"predicted by the plan ({100 * err:+.1f}%; target within 10%)",
+        f"predicted by the plan (error {100 * err:+.1f}%; target within 10%)",
         f"- ratios: {planned['tok_s'] / systems['hf']['tok_s']:.2f}x HF generate() (target >= 3x), "
         f"{planned['tok_s'] / systems['engine-off']['tok_s']:.2f}x module batching off (target >= 2x)",
         f"- peak host memory {planned['peak_host_bytes'] / GiB:.2f} GiB against the plan's "

@@ -13,8 +13,9 @@ ran (N, b_a, b_e, prefill chunk, attention threads; module batching off = b_a = 
 - end-to-end generated tok/s as the planner predicts it at the engine's N (`PerfModel.evaluate`; the plan's
   own prediction when the engine ran the plan as solved);
 - forced streaming with no device (the engine's CPU test path): each decode step and prefill forward also
-  copies the streamed bytes at the profile's copy rate times `efficiency.copy`, on the same cores, so it adds
-  (unless the model has no more layers than the streamer has slots: then every layer is copied once, kept).
+  copies the streamed bytes (K seconds at the profile's copy rate times `efficiency.copy`) on a worker thread
+  beside the compute threads (C seconds) on the same c cores: max(C + K / c, K) (nothing when the model has
+  no more layers than the streamer has slots: then every layer is copied once and kept).
 """
 
 from __future__ import annotations
@@ -230,10 +231,16 @@ def predict_run(run: MeasuredRun, profile: HardwareProfile) -> RunPrediction:
     if e.force_streaming and not profile.has_device and m.streamed_bytes > 0 and run.spec.num_layers > STREAM_SLOTS:
         per_layer = m.streamed_bytes / run.spec.num_layers
         copy = m.streamed_bytes / (profile.h2d_gbps(per_layer) * 1e9 * profile.efficiency.copy)
+        share = 1.0 / model.rates.cores
+
+        def beside(compute: float) -> float:
+            return max(compute + copy * share, copy)
+
         decode_modules["weight_copy"] += copy
         prefill_modules["weight_copy"] += copy
-        step, forward = step + copy, forward + copy
-        chunks = float(whole.prefill_time_s[0] / whole.prefill_chunk_s[0])
-        wall += copy * (float(whole.decode_steps[0]) + chunks)
+        step, forward = beside(step), beside(forward)
+        steps, chunk_s = float(whole.decode_steps[0]), float(whole.prefill_chunk_s[0])
+        prefill_s = float(whole.prefill_time_s[0])
+        wall = prefill_s / chunk_s * beside(chunk_s) + steps * beside((wall - prefill_s) / steps)
     return RunPrediction(generated_tok_s=plan.workload.generated_tokens / wall, decode_step_s=step,
                          decode_modules=decode_modules, prefill_forward_s=forward, prefill_modules=prefill_modules)

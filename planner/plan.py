@@ -138,8 +138,9 @@ class Plan:
     def from_yaml(cls, text: str, source: str = "plan") -> Plan:
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise UserError(f"{source} is not valid YAML: {err}", "re-create it with `planner solve`") from None
+        except (yaml.YAMLError, ValueError, RecursionError) as err:  # ValueError: e.g. an int over 4300 digits
+            raise UserError(f"{source} is not valid YAML: {str(err)[:300]}",
+                            "re-create it with `planner solve`") from None
         return cls.from_dict(data, source)
 
     @classmethod
@@ -147,7 +148,12 @@ class Plan:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"plan file {path} does not exist", "pass a plan written by `planner solve --out`")
-        return cls.from_yaml(path.read_text(), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, ValueError) as err:  # ValueError: not UTF-8
+            raise UserError(f"cannot read plan file {path}: {err}", "pass a plan written by `planner solve --out`") \
+                from None
+        return cls.from_yaml(text, str(path))
 
 
 def _check_decisions(plan: Plan) -> None:

@@ -232,9 +232,9 @@ def _resolve(name_or_path: str | Path) -> Path:
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     path = _resolve(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"hardware profile {path} is not valid YAML: {err}",
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError, RecursionError) as err:  # ValueError: not UTF-8, huge int
+        raise UserError(f"hardware profile {path} is not valid YAML: {str(err)[:300]}",
                         "fix the file or re-create it with `runtime profile`") from None
     return HardwareProfile.from_dict(data, source=str(path))
 

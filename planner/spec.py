@@ -273,16 +273,17 @@ def list_specs() -> list[str]:
 
 def _load_yaml(path: Path) -> ModelSpec:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read model spec {path}: {err}", "pass a readable YAML model spec") from err
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError, RecursionError) as err:  # ValueError: not UTF-8, huge int
+        raise UserError(f"cannot read model spec {path}: {str(err)[:300]}", "pass a readable YAML model spec") \
+            from None
     return ModelSpec.from_dict(data, origin=str(path))
 
 
 def _load_config_json(path: Path) -> ModelSpec:
     try:
         cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON
         raise UserError(f"cannot read {path}: {err}", "pass a checkpoint directory with a valid config.json") from err
     if not isinstance(cfg, dict):
         raise UserError(f"{path} is not a JSON object", "pass a HF config.json")

@@ -73,4 +73,5 @@ def tiny_job(tmp_path_factory) -> TinyJob:
     spec = load_spec(root / "ckpt")
     plan = make_plan(spec, profile, Workload.fixed(12, 8, 64), Budgets.from_args(profile, 0.01),
                      model_ref=str(root / "ckpt"), profile_ref=str(profile_path))
+    plan = replace(plan, attention_threads=1, compute_threads=1)   # 2 threads crawl on a shared 2-core machine
     return TinyJob(root=root, checkpoint=root / "ckpt", plan=plan.save(root / "plan.yaml"), env=env)

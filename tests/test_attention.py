@@ -184,6 +184,20 @@ def test_mla_latent_matches_float64(backend, dtype, heads):
     assert torch.equal(changed, expected)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("q_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_query_dtype_differs_from_cache(backend, q_dtype):
+    """q in any float dtype against a bf16 cache; the output comes back in q's dtype."""
+    q, k_new, v_new, k_cache, v_cache, tables, lens = gqa_inputs(7, [1, 30, 70], 8, 2, 128, torch.float32, 16)
+    k_cache, v_cache = k_cache.to(torch.bfloat16), v_cache.to(torch.bfloat16)
+    k_before, v_before = k_cache.clone(), v_cache.clone()
+    q = q.to(q_dtype)
+    out = decode_attention(q, k_new, v_new, k_cache, v_cache, tables, lens, 0.09, num_threads=2, backend=backend)
+    assert out.dtype == q_dtype
+    ref = reference_gqa(q, k_new, v_new, k_before, v_before, tables, lens.tolist(), 0.09)
+    assert max_row_error(out, ref) <= TOLERANCE[torch.bfloat16]
+
+
 def test_environment_variable_forces_the_fallback(monkeypatch):
     calls = []
     original = kernel.reference.decode_attention_reference

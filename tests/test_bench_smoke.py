@@ -175,6 +175,6 @@ def test_throughput_markdown_and_run_all_commands():
                            "engine-planned": system(6.0, num_seqs=32, plan_tok_s=5.0, plan_host_bytes=3 << 30,
                                                     plan_host_budget=20 << 30)}}
     text = bench_throughput.markdown(results, "python -m bench.bench_throughput --quick", "Machine: test.")
-    assert "6.00x HF generate()" in text and "3.00x module batching off" in text and "+20.0%" in text
+    assert "6.00x HF generate()" in text and "3.00x module batching off" in text and "error -16.7%" in text
     commands = dict(run_all.commands(quick=True))
     assert commands["accuracy"][-1] == "--quick" and commands["plots"][-1] == "notebooks/plots.py"

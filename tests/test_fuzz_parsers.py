@@ -4,8 +4,9 @@ Inputs are mutations of valid documents (a field dropped, replaced by a value of
 negative / NaN / infinite / huge number, unicode, deep nesting, an unknown key) and random YAML- or
 JSON-shaped values; some go through the file entry points (`Plan.load`, `load_profile`, `load_spec`,
 `scan_input`), the rest through the dict parsers. The only allowed outcomes are a valid object (which must
-then round-trip through its own serialised form) or a `UserError` (`LineError` for one JSONL line, which
-the file scanner turns into a `UserError`). Any other exception is a parser defect.
+then read back from its own serialised form) or a `UserError` (`LineError` for one JSONL line, which the
+file scanner turns into a `UserError`). Any other exception is a parser defect. Hostile files (nesting
+20,000 deep, 5000-digit integers, a Python-object YAML tag, bytes that are not UTF-8) must be clean errors too.
 
 Quick mode (CI): `FUZZ_EXAMPLES` = 2500 cases per parser, 10^4 in all, derandomized. Set
 `MOELENS_FUZZ_EXAMPLES=N` for a longer run.
@@ -299,6 +300,42 @@ def test_jsonl_request_parser(scratch, line_context, doc, route, mangle, cut):
         assert err.cause and err.fix
         return
     check_request(request, line_context)
+
+
+DEEP = 20_000
+HOSTILE_TEXTS = {
+    "deeply nested YAML": "a: " + "[" * DEEP + "]" * DEEP + "\n",
+    "deeply nested mapping": "{a: " * DEEP + "1" + "}" * DEEP + "\n",
+    "an integer of 5000 digits": "schema_version: " + "9" * 5000 + "\n",
+    "a YAML tag for a Python object": "!!python/object/apply:os.system ['echo pwned']\n",
+    "not UTF-8": "\udcff",
+}
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXTS.values(), ids=HOSTILE_TEXTS.keys())
+@pytest.mark.parametrize("loader", [Plan.load, load_profile, load_spec], ids=["plan", "profile", "spec"])
+def test_hostile_yaml_files_are_clean_errors(scratch, loader, text):
+    path = scratch / "hostile.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(UserError):
+        loader(path)
+
+
+HOSTILE_JSON = {
+    "deeply nested": '{"model_type": "mixtral", "x": ' + "[" * DEEP + "]" * DEEP + "}",
+    "an integer of 5000 digits": '{"model_type": "mixtral", "hidden_size": ' + "9" * 5000 + "}",
+    "NaN sizes": '{"model_type": "mixtral", "hidden_size": NaN, "num_hidden_layers": Infinity}',
+    "not UTF-8": b'{"model_type": "\xff"}'.decode("latin-1"),
+}
+
+
+@pytest.mark.parametrize("text", HOSTILE_JSON.values(), ids=HOSTILE_JSON.keys())
+def test_hostile_config_json_is_a_clean_error(scratch, text):
+    directory = scratch / "hostile-ckpt"
+    directory.mkdir(exist_ok=True)
+    (directory / "config.json").write_bytes(text.encode("latin-1") if "\xff" in text else text.encode())
+    with pytest.raises(UserError):
+        load_spec(directory)
 
 
 def test_yaml_seeds_parse():

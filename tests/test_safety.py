@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from planner.errors import UserError
-from runtime.checkpoint.safetensors_io import read_shard_header
+from runtime.checkpoint.safetensors_io import INDEX_FILE, read_entries, read_shard_header
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("planner", "runtime", "bench")
@@ -151,6 +151,8 @@ BAD_SHARDS = {
     "header not UTF-8": (shard_bytes(b'{"\xff\xfe": 1}'), "not valid JSON"),
     "header not an object": (shard_bytes([1, 2, 3]), "not a JSON object"),
     "tensor entry not an object": (shard_bytes({"w": [0, 16]}), "lacks dtype"),
+    "deeply nested header": (shard_bytes(b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "not valid JSON"),
+    "integer of 5000 digits in the header": (shard_bytes(b'{"w": ' + b"9" * 5000 + b"}"), "not valid JSON"),
     "offsets beyond EOF": (shard_bytes({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, bytes(8)),
                            "truncated"),
     "huge offsets": (shard_bytes({"w": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 1 << 42]}}),
@@ -201,6 +203,15 @@ def test_header_length_is_checked_before_reading(tmp_path, monkeypatch):
     with pytest.raises(UserError):
         read_shard_header(path)
     assert requested and max(requested) <= path.stat().st_size
+
+
+@pytest.mark.parametrize("index", ['{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}", "\udcff",
+                                   '{"weight_map": {"w": "/etc/passwd"}}', '{"weight_map": {"w": "a/../../b"}}'],
+                         ids=["deeply nested", "not UTF-8", "absolute shard path", "shard path leaving"])
+def test_bad_index_is_a_user_error(tmp_path, index):
+    (tmp_path / INDEX_FILE).write_bytes(index.encode("utf-8", "surrogateescape"))
+    with pytest.raises(UserError):
+        read_entries(tmp_path)
 
 
 def test_good_shard_header_reads(tmp_path):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import warnings
+from types import ModuleType
 
 import torch
 
 from runtime.attention import reference
-from runtime.attention.build import load_extension
 
 ISA_BACKENDS = ("avx512bf16", "avx512", "avx2", "scalar")
 KERNEL_HEAD_DIMS = (64, 128, 256)
@@ -30,12 +30,14 @@ def resolve_backend(backend: str | None) -> str:
     return name
 
 
-def active_backend(backend: str | None = None):
+def active_backend(backend: str | None = None) -> tuple[ModuleType | None, str]:
     """(extension module or None, ISA name or "" for the best one); None means: use the reference."""
     name = resolve_backend(backend)
     if name == "reference":
         return None, ""
-    module = load_extension()
+    from runtime.attention import build  # imported here so `python -m runtime.attention.build` runs it fresh
+
+    module = build.load_extension()
     if module is None and name != "auto":
         raise RuntimeError(f"attention backend {name!r} asked for, but the C++ extension is unavailable")
     return module, "" if name == "auto" else name

@@ -87,15 +87,15 @@ def make_case(layout: str, context_lens: list[int], heads: int, kv_heads: int = 
     raise ValueError(f"layout must be 'gqa' or 'mla', got {layout!r}")
 
 
-def time_call(fn, repeats: int = 7, warmup: int = 2) -> float:
-    """Median wall time of fn() in seconds."""
+def time_call(fn, repeats: int = 7, warmup: int = 2, clock=time.perf_counter) -> float:
+    """Median time of fn() in seconds (wall time; pass clock=time.thread_time for single-thread CPU time)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 

@@ -116,7 +116,7 @@ def read_config(directory: Path) -> dict:
                         "pass a HF checkpoint directory, or write one with `runtime make-checkpoint`")
     try:
         config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON
         raise UserError(f"cannot read {path}: {err}", "fix config.json (it must be a JSON object)") from err
     if not isinstance(config, dict):
         raise UserError(f"{path} is not a JSON object", "fix config.json")

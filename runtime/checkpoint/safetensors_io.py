@@ -72,7 +72,7 @@ def read_shard_header(path: Path) -> dict[str, TensorEntry]:
         raw = f.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # ValueError: not UTF-8 or not JSON
         raise _corrupt(path, f"the header is not valid JSON ({err})") from err
     if not isinstance(header, dict):
         raise _corrupt(path, "the header is not a JSON object")
@@ -131,7 +131,7 @@ def locate_tensors(directory: Path) -> dict[str, Path]:
     if index_path.is_file():
         try:
             index = json.loads(index_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON
             raise UserError(f"cannot read {index_path}: {err}", "re-download or regenerate the checkpoint") from err
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:

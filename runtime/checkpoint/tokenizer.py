@@ -28,7 +28,7 @@ def _read_json(path: Path) -> dict:
         return {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON
         raise UserError(f"cannot read {path}: {err}", "fix or remove the file") from err
     return data if isinstance(data, dict) else {}
 

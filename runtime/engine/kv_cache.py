@@ -17,6 +17,7 @@ import torch
 
 from planner.errors import UserError
 from planner.spec import ModelSpec
+from runtime.attention.cache import allocate_kv_cache, allocate_latent_cache
 
 
 class BlockAllocator:
@@ -95,13 +96,14 @@ class HostKVCache:
         self.allocator = BlockAllocator(self.num_blocks)
         heads, dim = self.layout.num_kv_heads, self.layout.head_dim
         if self.layout.kind == "gqa":
-            shape = (self.num_blocks, heads, block_size, dim)
-            self.k = [torch.empty(shape, dtype=dtype) for _ in range(spec.num_layers)]
-            self.v = [torch.empty(shape, dtype=dtype) for _ in range(spec.num_layers)]
+            pairs = [allocate_kv_cache(self.num_blocks, heads, block_size, dim, dtype)
+                     for _ in range(spec.num_layers)]
+            self.k = [k for k, _ in pairs]
+            self.v = [v for _, v in pairs]
             self.latent: list[torch.Tensor] = []
         else:
-            shape = (self.num_blocks, block_size, dim)
-            self.latent = [torch.empty(shape, dtype=dtype) for _ in range(spec.num_layers)]
+            self.latent = [allocate_latent_cache(self.num_blocks, block_size, dim, dtype)
+                           for _ in range(spec.num_layers)]
             self.k, self.v = [], []
         self.nbytes = bytes_per_block * self.num_blocks
 

@@ -33,8 +33,12 @@ inline bf16_t round_to_bf16(float f) {
 
 // One decode step over a batch. Query heads h*group .. h*group+group-1 read kv head h.
 struct Problem {
-  const float* q;              // [B, num_q_heads, dk], fp32
-  float* out;                  // [B, num_q_heads, dv], fp32
+  const void* q;               // [B, num_q_heads, q_dim] (the first q_dim of the dk query values)
+  const void* q_rope;          // [B, num_q_heads, dk - q_dim] (MLA) or null when q_dim == dk
+  int q_dim;
+  bool q_bf16;                 // q and q_rope are bf16 (else fp32)
+  void* out;                   // [B, num_q_heads, dv]
+  bool out_bf16;               // out is bf16 (else fp32)
   const void* k_cache;         // element type given by the kernel chosen
   const void* v_cache;         // MLA: equal to k_cache (values are the first dv columns of a key row)
   int64_t block_stride;        // elements from one cache block to the next
@@ -72,6 +76,28 @@ struct Scratch {
   float* alpha;      // [group] rescale factor of the current block
   int score_stride;
 };
+
+// Query value i (< dk) of query head `head` of sequence `seq`, as fp32.
+inline float query_value(const Problem& p, int64_t seq, int64_t head, int i) {
+  const int64_t row = seq * p.num_q_heads + head;
+  const bool rope = i >= p.q_dim;
+  const int width = rope ? p.dk - p.q_dim : p.q_dim;
+  const int64_t index = row * width + (rope ? i - p.q_dim : i);
+  const void* base = rope ? p.q_rope : p.q;
+  return p.q_bf16 ? bf16_to_f32(static_cast<const bf16_t*>(base)[index]) : static_cast<const float*>(base)[index];
+}
+
+// Writes out[seq, head, 0..dv) = acc * scale in the output dtype.
+inline void store_output(const Problem& p, int64_t seq, int64_t head, const float* acc, float scale) {
+  const int64_t offset = (seq * p.num_q_heads + head) * p.dv;
+  if (p.out_bf16) {
+    bf16_t* out = static_cast<bf16_t*>(p.out) + offset;
+    for (int d = 0; d < p.dv; ++d) out[d] = round_to_bf16(acc[d] * scale);
+  } else {
+    float* out = static_cast<float*>(p.out) + offset;
+    for (int d = 0; d < p.dv; ++d) out[d] = acc[d] * scale;
+  }
+}
 
 // A partial slot holds m[group], l[group], acc[group * dv].
 inline int64_t partial_slot_floats(int group, int dv) { return int64_t(group) * (dv + 2); }

@@ -1,5 +1,7 @@
 // Python bindings: checks tensors, picks the ISA (best supported, or the one asked for), appends this
 // step's rows, runs the kernel with the GIL released and returns the output in the query's dtype.
+// fp32/bf16 queries are read in place and the output written in their dtype: no torch ops (and so no
+// torch thread-pool wake-ups) on the hot path besides allocating the output.
 #include <torch/extension.h>
 
 #include <vector>
@@ -43,6 +45,25 @@ const KernelTable& pick(const std::string& isa) {
   return kernels_scalar();
 }
 
+// q / q_rope as they come when fp32 or bf16 and contiguous (no copy), else converted to fp32.
+at::Tensor query_operand(const at::Tensor& q) {
+  if ((q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16) && q.is_contiguous()) return q;
+  return q.to(at::kFloat).contiguous();
+}
+
+void set_query_and_output(Problem& p, const at::Tensor& q, const at::Tensor& q_rope, const at::Tensor& out) {
+  p.q = q.data_ptr();
+  p.q_rope = q_rope.defined() ? q_rope.data_ptr() : nullptr;
+  p.q_dim = int(q.size(2));
+  p.q_bf16 = q.scalar_type() == at::kBFloat16;
+  p.out = out.data_ptr();
+  p.out_bf16 = out.scalar_type() == at::kBFloat16;
+}
+
+at::ScalarType output_dtype(const at::Tensor& q) {
+  return q.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+}
+
 int head_dim_index(int64_t d) {
   if (d == 64) return 0;
   if (d == 128) return 1;
@@ -82,15 +103,14 @@ at::Tensor decode_gqa(const at::Tensor& q, const at::Tensor& k_new, const at::Te
   const int d_index = head_dim_index(D);
   check_tables_or_throw(block_tables, context_lens, bs, k_cache.size(0));
 
-  const at::Tensor qf = q.to(at::kFloat).contiguous();
+  const at::Tensor qv = query_operand(q);
   const at::Tensor kn = k_new.to(dtype).contiguous();
   const at::Tensor vn = v_new.to(dtype).contiguous();
-  at::Tensor out = at::empty({B, Hq, D}, q.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({B, Hq, D}, q.options().dtype(output_dtype(q)));
   const KernelTable& table = pick(isa);
 
   Problem p;
-  p.q = qf.data_ptr<float>();
-  p.out = out.data_ptr<float>();
+  set_query_and_output(p, qv, at::Tensor(), out);
   p.k_cache = k_cache.data_ptr();
   p.v_cache = v_cache.data_ptr();
   p.block_stride = k_cache.stride(0);
@@ -117,7 +137,7 @@ at::Tensor decode_gqa(const at::Tensor& q, const at::Tensor& k_new, const at::Te
                 int(D), elem, p.block_tables, p.bt_stride, lens, int(bs));
     run_decode(p, lens, int(B), int(sliding_window), int(threads), fn);
   }
-  return out.to(q.scalar_type());
+  return out.scalar_type() == q.scalar_type() ? out : out.to(q.scalar_type());
 }
 
 at::Tensor decode_mla(const at::Tensor& q_latent, const at::Tensor& q_rope, const at::Tensor& latent_new,
@@ -136,14 +156,18 @@ at::Tensor decode_mla(const at::Tensor& q_latent, const at::Tensor& q_rope, cons
   const int64_t bs = latent_cache.size(1);
   check_tables_or_throw(block_tables, context_lens, bs, latent_cache.size(0));
 
-  const at::Tensor qf = at::cat({q_latent.to(at::kFloat), q_rope.to(at::kFloat)}, 2).contiguous();
+  at::Tensor ql = query_operand(q_latent);
+  at::Tensor qr = query_operand(q_rope);
+  if (ql.scalar_type() != qr.scalar_type()) {
+    ql = ql.to(at::kFloat);
+    qr = qr.to(at::kFloat);
+  }
   const at::Tensor ln = latent_new.to(dtype).contiguous();
-  at::Tensor out = at::empty({B, H, R}, q_latent.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({B, H, R}, q_latent.options().dtype(output_dtype(ql)));
   const KernelTable& table = pick(isa);
 
   Problem p;
-  p.q = qf.data_ptr<float>();
-  p.out = out.data_ptr<float>();
+  set_query_and_output(p, ql, qr, out);
   p.k_cache = latent_cache.data_ptr();
   p.v_cache = latent_cache.data_ptr();
   p.block_stride = latent_cache.stride(0);
@@ -167,7 +191,7 @@ at::Tensor decode_mla(const at::Tensor& q_latent, const at::Tensor& q_rope, cons
                 int(latent_cache.element_size()), p.block_tables, p.bt_stride, lens, int(bs));
     run_decode(p, lens, int(B), 0, int(threads), fn);
   }
-  return out.to(q_latent.scalar_type());
+  return out.scalar_type() == q_latent.scalar_type() ? out : out.to(q_latent.scalar_type());
 }
 
 }  // namespace

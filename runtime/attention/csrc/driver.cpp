@@ -22,7 +22,7 @@ float* alloc_floats(int64_t n) {
   return static_cast<float*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
 }
 
-void merge_group(const Problem& p, const SplitGroup& sg, const float* partials) {
+void merge_group(const Problem& p, const SplitGroup& sg, const float* partials, float* merged) {
   const int G = p.group;
   const int DV = p.dv;
   const int64_t slot_floats = partial_slot_floats(G, DV);
@@ -30,18 +30,16 @@ void merge_group(const Problem& p, const SplitGroup& sg, const float* partials) 
     float global_max = -INFINITY;
     for (int s = 0; s < sg.num_slots; ++s)
       global_max = std::max(global_max, partials[(sg.first_slot + s) * slot_floats + g]);
-    float* out = p.out + (int64_t(sg.seq) * p.num_q_heads + int64_t(sg.kv_head) * G + g) * DV;
-    std::fill(out, out + DV, 0.0f);
+    std::fill(merged, merged + DV, 0.0f);
     float total = 0.0f;
     for (int s = 0; s < sg.num_slots; ++s) {
       const float* slot = partials + (sg.first_slot + s) * slot_floats;
       const float w = std::exp2(slot[g] - global_max);
       total += slot[G + g] * w;
       const float* acc = slot + 2 * G + int64_t(g) * DV;
-      for (int d = 0; d < DV; ++d) out[d] += acc[d] * w;
+      for (int d = 0; d < DV; ++d) merged[d] += acc[d] * w;
     }
-    const float inv = 1.0f / total;
-    for (int d = 0; d < DV; ++d) out[d] *= inv;
+    store_output(p, sg.seq, int64_t(sg.kv_head) * G + g, merged, 1.0f / total);
   }
 }
 
@@ -154,8 +152,13 @@ void run_decode(const Problem& p, const int32_t* context_lens, int batch, int sl
 
   if (!groups.empty()) {
     const int num_groups = int(groups.size());
-#pragma omp parallel for num_threads(team) schedule(dynamic, 1)
-    for (int i = 0; i < num_groups; ++i) merge_group(p, groups[i], partials);
+#pragma omp parallel num_threads(team)
+    {
+      float* merged = alloc_floats(p.dv);
+#pragma omp for schedule(dynamic, 1)
+      for (int i = 0; i < num_groups; ++i) merge_group(p, groups[i], partials, merged);
+      std::free(merged);
+    }
   }
   std::free(partials);
 }

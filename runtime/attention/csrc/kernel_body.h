@@ -25,19 +25,34 @@ struct Prefetcher {
   }
 };
 
+// Heads per register tile in qk_block_head_tiles (the other W / kHeadTile accumulators are tokens).
+constexpr int kHeadTile = 4;
+
+// Whether qk uses (kHeadTile heads x W/kHeadTile tokens) register tiles: for long key rows (MLA's 576
+// values), where re-reading a W-token tile of K for every head would stream it from L2 again per head.
+template <int DK>
+inline bool use_head_tiles(int G) {
+  return Simd::W >= 2 * kHeadTile && DK > 256 && G % kHeadTile == 0;
+}
+
 // Number of Prefetcher::next() calls qk_block makes for a block of n tokens.
+template <int DK>
 inline int qk_steps(int n, int G) {
   constexpr int W = Simd::W;
+  if (use_head_tiles<DK>(G)) {
+    constexpr int TT = W / kHeadTile > 0 ? W / kHeadTile : 1;
+    return G / kHeadTile * (n / TT) + G * (n % TT);
+  }
   const int rest = n % W;
   return G * (n / W + rest / 4 + rest % 4);
 }
 
-// s[g * SP + t] = (q_g . k_t) for t < n (q already carries scale * log2 e). Tiles of W tokens keep one
+// Scores from token tiles (from token t_begin on): tiles of W tokens keep one
 // query chunk in a register against W accumulators reduced together; 4-token tiles and single tokens
 // take the remainder.
 template <int DK, class T>
-inline void qk_block(const typename QK<T>::QE* q, int G, const T* k, int64_t rs, int n, float* s, int SP,
-                     Prefetcher& pk, Prefetcher& pv) {
+inline void qk_block_token_tiles(const typename QK<T>::QE* q, int G, const T* k, int64_t rs, int n, float* s,
+                                 int SP, Prefetcher& pk, Prefetcher& pv, int t_begin = 0) {
   using Q = QK<T>;
   using F = typename Simd::F;
   constexpr int W = Simd::W;
@@ -46,7 +61,7 @@ inline void qk_block(const typename QK<T>::QE* q, int G, const T* k, int64_t rs,
   for (int g = 0; g < G; ++g) {
     const typename Q::QE* qg = q + int64_t(g) * DK;
     float* sg = s + int64_t(g) * SP;
-    int t = 0;
+    int t = t_begin;
     for (; t + W <= n; t += W) {
       pk.next();
       pv.next();
@@ -92,6 +107,54 @@ inline void qk_block(const typename QK<T>::QE* q, int G, const T* k, int64_t rs,
   }
 }
 
+// Scores for kHeadTile heads x TT tokens at a time: per query/key chunk, TT key loads and kHeadTile query
+// loads feed W dot-product accumulators (one reduce_tile); leftover tokens go through the token-tile path.
+template <int DK, class T>
+inline void qk_block_head_tiles(const typename QK<T>::QE* q, int G, const T* k, int64_t rs, int n, float* s,
+                                int SP, Prefetcher& pk, Prefetcher& pv) {
+  using Q = QK<T>;
+  using F = typename Simd::F;
+  constexpr int W = Simd::W;
+  constexpr int TT = W / kHeadTile;
+  constexpr int L = Q::L;
+  constexpr int C = DK / L;
+  const int tiled = n / TT * TT;
+  for (int t = 0; t < tiled; t += TT) {
+    const T* kt = k + t * rs;
+    for (int g = 0; g < G; g += kHeadTile) {
+      pk.next();
+      pv.next();
+      const typename Q::QE* qg = q + int64_t(g) * DK;
+      F a[W];
+#pragma GCC unroll 16
+      for (int i = 0; i < W; ++i) a[i] = Simd::zero();
+      for (int c = 0; c < C; ++c) {
+#pragma GCC unroll 4
+        for (int h = 0; h < kHeadTile; ++h) {
+          const typename Q::QV qc = Q::load_q(qg + h * DK + c * L);
+#pragma GCC unroll 4
+          for (int j = 0; j < TT; ++j) a[h * TT + j] = Q::step(a[h * TT + j], qc, kt + j * rs + c * L);
+        }
+      }
+      float sums[W];
+      Simd::reduce_tile(a, sums);
+      for (int h = 0; h < kHeadTile; ++h)
+        for (int j = 0; j < TT; ++j) s[int64_t(g + h) * SP + t + j] = sums[h * TT + j];
+    }
+  }
+  if (tiled < n) qk_block_token_tiles<DK, T>(q, G, k, rs, n, s, SP, pk, pv, tiled);
+}
+
+// s[g * SP + t] = (q_g . k_t) for t < n (q already carries scale * log2 e).
+template <int DK, class T>
+inline void qk_block(const typename QK<T>::QE* q, int G, const T* k, int64_t rs, int n, float* s, int SP,
+                     Prefetcher& pk, Prefetcher& pv) {
+  if constexpr (Simd::W >= 2 * kHeadTile) {
+    if (use_head_tiles<DK>(G)) return qk_block_head_tiles<DK, T>(q, G, k, rs, n, s, SP, pk, pv);
+  }
+  qk_block_token_tiles<DK, T>(q, G, k, rs, n, s, SP, pk, pv);
+}
+
 // Turns scores into probabilities against the updated running max; sets alpha (rescale of old acc/l).
 // With the bf16 pair path the probabilities are rounded to bf16 (l sums the rounded values) and the row
 // is rewritten in place as bf16, which is exactly the token-pair packing that path reads.
@@ -106,9 +169,13 @@ inline void softmax_update(float* s, int SP, int n, int G, float* m, float* l, f
     F mx = Simd::set1(-INFINITY);
     for (int t = 0; t < padded; t += W) mx = Simd::max(mx, Simd::load(row + t));
     const float block_max = Simd::hmax(mx);
-    const float new_max = m[g] > block_max ? m[g] : block_max;
-    alpha[g] = m[g] == -INFINITY ? 0.0f : std::exp2(m[g] - new_max);
-    m[g] = new_max;
+    if (block_max > m[g]) {
+      alpha[g] = m[g] == -INFINITY ? 0.0f : std::exp2(m[g] - block_max);
+      m[g] = block_max;
+    } else {
+      alpha[g] = 1.0f;
+    }
+    const float new_max = m[g];
     const F mv = Simd::set1(new_max);
     F sum = Simd::zero();
     for (int t = 0; t < padded; t += W) {
@@ -177,9 +244,9 @@ void attend_item(const Problem& P, const WorkItem& it, Scratch& S, float* partia
   const int64_t rs = P.row_stride;
   const int q_head0 = it.kv_head * G;
 
-  const float* q = P.q + (int64_t(it.seq) * P.num_q_heads + q_head0) * DK;
   QE* qp = reinterpret_cast<QE*>(S.q);
-  for (int i = 0; i < G * DK; ++i) qp[i] = Q::from_f32(q[i] * P.scale_log2);
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < DK; ++i) qp[g * DK + i] = Q::from_f32(query_value(P, it.seq, q_head0 + g, i) * P.scale_log2);
   for (int g = 0; g < G; ++g) {
     S.m[g] = -INFINITY;
     S.l[g] = 0.0f;
@@ -201,7 +268,7 @@ void attend_item(const Problem& P, const WorkItem& it, Scratch& S, float* partia
     const int64_t block_off = int64_t(bt[bi]) * P.block_stride + int64_t(t0) * rs;
     if (bi < last_block) {
       const int64_t next_off = int64_t(bt[bi + 1]) * P.block_stride;
-      const int steps = qk_steps(n, G);
+      const int steps = qk_steps<DK>(n, G);
       pk.start(kbase + next_off, block_bytes, steps);
       pv.start(P.v_is_k ? nullptr : vbase + next_off, block_bytes, steps);
     } else {
@@ -216,11 +283,7 @@ void attend_item(const Problem& P, const WorkItem& it, Scratch& S, float* partia
   if constexpr (PairPV<T>::value)
     for (int g = 0; g < G; ++g) PairPV<T>::unpermute(S.acc + int64_t(g) * DV, DV);
   if (it.partial < 0) {
-    float* out = P.out + (int64_t(it.seq) * P.num_q_heads + q_head0) * DV;
-    for (int g = 0; g < G; ++g) {
-      const float inv = 1.0f / S.l[g];
-      for (int d = 0; d < DV; ++d) out[int64_t(g) * DV + d] = S.acc[int64_t(g) * DV + d] * inv;
-    }
+    for (int g = 0; g < G; ++g) store_output(P, it.seq, q_head0 + g, S.acc + int64_t(g) * DV, 1.0f / S.l[g]);
   } else {
     float* slot = partials + int64_t(it.partial) * partial_slot_floats(G, DV);
     std::memcpy(slot, S.m, sizeof(float) * G);

@@ -88,8 +88,8 @@ struct QK<float> {
 
 // P.V with vdpbf16ps over token pairs: probabilities as a bf16 row, read two per 32-bit word (token t
 // low, t+1 high; an odd tail pairs with the row's zero padding); value rows t, t+1 interleaved with
-// unpack{lo,hi}_epi16. Accumulators then
-// hold each 32-wide chunk permuted: lo lane 4i+k is d = 8i+k, hi lane 4i+k is d = 8i+4+k.
+// unpack{lo,hi}_epi16. Accumulators then hold each 32-wide chunk permuted: lo lane 4i+k is d = 8i+k,
+// hi lane 4i+k is d = 8i+4+k (undone once per item by unpermute).
 template <class T>
 struct PairPV {
   static constexpr bool value = false;
