@@ -37,6 +37,7 @@ class AccuracyResult:
     calibrated: HardwareProfile | None
     train_runs: tuple = ()
     machine: str = ""
+    profile_ref: str = ""
 
 
 def _row(report: dict, run, before, after) -> dict:
@@ -54,10 +55,11 @@ def _row(report: dict, run, before, after) -> dict:
         "error_after": after.end_to_end if after else math.nan,
         "decode_step_error_before": before.decode_step, "decode_step_error_after": after.decode_step if after else math.nan,
         "decode_step_ms": run.measured.decode_step_s * 1e3, "mean_decode_batch": run.measured.mean_decode_batch,
+        "preemptions": report["run_stats"]["num_preemptions"],
         "s_mbu": util["s_mbu"]["achieved"], "s_mbu_plan": util["s_mbu"]["predicted"],
         "s_mfu": util["s_mfu"]["achieved"], "s_mfu_plan": util["s_mfu"]["predicted"],
         "peak_host_gib": (memory["peak_bytes"] or 0) / GiB, "plan_host_gib": (memory["plan_bytes"] or 0) / GiB,
-        "elapsed_s": report["elapsed_time"],
+        "elapsed_s": report["elapsed_time"], "profile": shown_ref(report.get("profile_ref", "")),
     }
     for module in FIT_MODULES:
         row[f"module_error_{module}"] = before.decode_modules.get(module, math.nan)
@@ -77,7 +79,7 @@ def analyse(report_paths: list[Path], profile_ref: str) -> AccuracyResult:
     after = run_errors(runs, calibrated) if calibrated else [None] * len(runs)
     frame = pd.DataFrame([_row(rep, run, b, a) for rep, run, b, a in zip(reports, runs, before, after)])
     return AccuracyResult(frame=frame, profile=profile, calibration=calibration, calibrated=calibrated,
-                          train_runs=tuple(train))
+                          train_runs=tuple(train), profile_ref=shown_ref(profile_ref))
 
 
 def error_summary(frame: pd.DataFrame) -> dict[str, float]:
@@ -100,6 +102,11 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
+def shown_ref(ref: str) -> str:
+    """A profile reference as written in results: a name, or a YAML path relative to the repository."""
+    return shown_path(Path(ref)) if Path(ref).suffix in (".yaml", ".yml") else ref
+
+
 def _pct(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:+.1f}%"
 
@@ -112,17 +119,18 @@ def markdown(result: AccuracyResult, command: str, csv_path: Path, profile_path:
     f, s = result.frame, error_summary(result.frame)
     rows = [[r.config, r.model, r.mode, r.num_seqs, f"{r.prompt_len}+{r.gen_len}", r.num_prompts, r.split,
              r.predicted_tok_s, r.achieved_tok_s, _pct(r.error_before), _pct(r.error_after),
-             f"{r.worst_module} {_pct(r.worst_module_error)}", _share(r.s_mbu), _share(r.s_mfu)]
+             f"{r.worst_module} {_pct(r.worst_module_error)}", r.preemptions, _share(r.s_mbu), _share(r.s_mfu)]
             for r in f.itertuples()]
     table = markdown_table(["config", "model", "mode", "N", "p+g", "prompts", "split", "predicted tok/s",
-                            "achieved tok/s", "error before", "error after", "worst module (before)", "S-MBU",
-                            "S-MFU"], rows)
+                            "achieved tok/s", "error before", "error after", "worst module (before)",
+                            "preempted", "S-MBU", "S-MFU"], rows)
 
     def verdict(value: float, target: float) -> str:
         return "meets" if value <= target else "misses"
 
     lines = [f"## Prediction accuracy (`{command}`)", "",
-             f"{result.machine} Profile: `{result.profile.name}` ({result.profile.provenance.kind}). "
+             f"{result.machine} Profile: `{result.profile_ref}` ({result.profile.provenance.kind}, "
+             f"{result.profile.provenance.date}). "
              f"{len(f)} configurations, {'--quick sizes (a smoke run)' if quick else 'full sizes'}; every request "
              "ignore_eos; error = (predicted - achieved) / achieved of end-to-end generated tok/s. Calibration "
              "(`planner calibrate`) is fitted on the `train` rows and evaluated on the `held-out` rows. Per-run "

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.common import REPO, RESULTS_DIR, ensure_checkpoint, machine_line, markdown_table, update_section
 
-FULL = {"num_prompts": 256, "prompt_len": 128, "gen_len": 64, "hf_batches": [8, 16, 32, 64],
+FULL = {"num_prompts": 256, "prompt_len": 128, "gen_len": 64, "hf_batches": [16, 64, 128, 256],
         "off_batches": [16, 64, 256], "repeats": 3}
 QUICK = {"num_prompts": 32, "prompt_len": 64, "gen_len": 16, "hf_batches": [8, 32], "off_batches": [8, 32],
          "repeats": 1}

@@ -4,7 +4,8 @@
 
 Runs in turn, each with its defaults (`--quick` passed on where it exists): `bench.bench_accuracy`
 (accuracy matrix, calibration, S-MBU / S-MFU), `bench.bench_throughput` (HF generate() / module batching off /
-planned), `bench.bench_gpu` (prints why and skips without a CUDA GPU), then `notebooks/plots.py`. Each step
+planned), `bench.bench_gpu` (prints why and skips without a CUDA GPU), `bench.bench_soak` (20,000 short
+prompts: memory flat, throughput steady), then `notebooks/plots.py`. Each step
 replaces its own section of BENCHMARKS.md. A failing step is reported and the others still run; the exit
 code is 1 when any failed.
 """
@@ -22,6 +23,7 @@ STEPS = (
     ("accuracy", ["-m", "bench.bench_accuracy"], True),
     ("throughput", ["-m", "bench.bench_throughput"], True),
     ("gpu", ["-m", "bench.bench_gpu"], True),
+    ("soak", ["-m", "bench.bench_soak"], False),
     ("plots", ["notebooks/plots.py"], False),
 )
 

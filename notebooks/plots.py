@@ -52,6 +52,15 @@ AMORTISED_HOURS = 3 * 365 * 24
 GiB = float(1 << 30)
 
 
+def runs_profile(frame: pd.DataFrame | None) -> str | None:
+    """The profile the accuracy runs were planned with (their `profile` column), when it still loads."""
+    if frame is None or "profile" not in frame or frame["profile"].dropna().nunique() != 1:
+        return None
+    ref = str(frame["profile"].dropna().iloc[0])
+    path = REPO / ref
+    return str(path) if path.is_file() else (ref if ref in list_profiles() or Path(ref).is_file() else None)
+
+
 def accuracy_csv(given: str | None) -> Path | None:
     if given:
         return Path(given)
@@ -252,7 +261,8 @@ def _save(fig, path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="notebooks/plots.py", description=__doc__.splitlines()[0])
     parser.add_argument("--accuracy-csv", help="accuracy matrix CSV (default: bench/results/accuracy[-quick].csv)")
-    parser.add_argument("--profile", help="profile of the runs (default: this machine's measured one)")
+    parser.add_argument("--profile", help="profile of the runs (default: the CSV's `profile` column, else this "
+                                          "machine's measured one)")
     parser.add_argument("--calibrated-profile", help="calibrated profile YAML for the KV sweep's second curve")
     parser.add_argument("--radar-model", default="mixtral-8x7b")
     parser.add_argument("--radar-profiles", nargs="+", help="profiles on the radar (default: all shipped)")
@@ -261,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=FIGURES)
     parser.add_argument("--no-markdown", action="store_true", help="do not update BENCHMARKS.md's figures section")
     args = parser.parse_args(argv)
-    profile = load_profile(args.profile) if args.profile else find_profile_for_this_machine()
     csv = accuracy_csv(args.accuracy_csv)
     frame = pd.read_csv(csv) if csv is not None and csv.is_file() else None
+    profile = load_profile(args.profile or runs_profile(frame) or find_profile_for_this_machine().name)
     calibrated = args.calibrated_profile
     if calibrated is None and csv is not None:
         suffix = "-quick" if csv.stem.endswith("-quick") else ""

@@ -3,11 +3,12 @@
     planner calibrate report.json [report.json ...] [--profile P] --out P2.yaml [--name NAME]
 
 `fit(runs, profile) -> Calibration` fits `efficiency.gemm` (GEMM rates at large m), `gemm_small_m` (extra factor
-at one row, fading out by 128 rows), `attention` (CPU decode attention), `copy` (weight streaming) and
-`step_overhead_s` (fixed seconds per decode step and prefill forward) with `scipy.optimize.least_squares`
+at one row, fading out by 128 rows), `attention` (CPU decode attention), `copy` (weight streaming),
+`step_overhead_s` (fixed seconds per decode step and prefill forward) and `call_overhead_s` (fixed seconds per
+module call: each expert, each micro-batch; what GEMM micro-benchmarks miss) with `scipy.optimize.least_squares`
 (soft L1 loss) on relative errors, predicted / measured - 1, of each run's (`planner.calibrate_runs`):
 end-to-end generated tok/s, decode step, prefill forward, and every module taking at least 2% of the decode
-step or prefill forward. Multipliers are fitted in log space within [1/50, 50], the overhead within [0, 10] s;
+step or prefill forward. Multipliers are fitted in log space within [1/50, 50], the overheads within [0, 10] s;
 a constant the runs carry no information on (no streaming: `copy`) keeps the profile's value. Each run counts
 equally whatever its number of modules. `run_errors(runs, profile)` gives the per-run relative errors that
 the command prints before and after, and the benchmarks use for held-out runs. The written profile is the
@@ -30,7 +31,8 @@ from planner.calibrate_runs import MeasuredRun, RunPrediction, check_profile_mat
 from planner.errors import UserError
 from planner.profile import HardwareProfile
 
-CONSTANTS = ("gemm", "gemm_small_m", "attention", "copy", "step_overhead_s")
+CONSTANTS = ("gemm", "gemm_small_m", "attention", "copy", "step_overhead_s", "call_overhead_s")
+OVERHEADS = ("step_overhead_s", "call_overhead_s")      # fitted in milliseconds; the others in log space
 MULTIPLIER_RANGE = (1 / 50, 50.0)
 OVERHEAD_RANGE_MS = (0.0, 10_000.0)
 FIT_MODULES = ("qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts", "dense_mlp", "lm_head",
@@ -74,12 +76,11 @@ def _constants(profile: HardwareProfile) -> dict[str, float]:
 
 
 def _to_vector(constants: dict[str, float]) -> np.ndarray:
-    return np.array([constants["step_overhead_s"] * 1e3 if n == "step_overhead_s" else math.log(constants[n])
-                     for n in CONSTANTS])
+    return np.array([constants[n] * 1e3 if n in OVERHEADS else math.log(constants[n]) for n in CONSTANTS])
 
 
 def _from_vector(x: np.ndarray) -> dict[str, float]:
-    return {n: (float(v) / 1e3 if n == "step_overhead_s" else float(math.exp(v))) for n, v in zip(CONSTANTS, x)}
+    return {n: (float(v) / 1e3 if n in OVERHEADS else float(math.exp(v))) for n, v in zip(CONSTANTS, x)}
 
 
 def _shown_modules(measured: dict[str, float], total: float) -> list[str]:
@@ -134,10 +135,8 @@ def fit(runs: list[MeasuredRun], profile: HardwareProfile) -> Calibration:
         probe[i] += 0.5
         if np.max(np.abs(residuals(probe) - base)) > 1e-9:
             free.append(i)
-    lows = np.array([OVERHEAD_RANGE_MS[0] if n == "step_overhead_s" else math.log(MULTIPLIER_RANGE[0])
-                     for n in CONSTANTS])
-    highs = np.array([OVERHEAD_RANGE_MS[1] if n == "step_overhead_s" else math.log(MULTIPLIER_RANGE[1])
-                      for n in CONSTANTS])
+    lows = np.array([OVERHEAD_RANGE_MS[0] if n in OVERHEADS else math.log(MULTIPLIER_RANGE[0]) for n in CONSTANTS])
+    highs = np.array([OVERHEAD_RANGE_MS[1] if n in OVERHEADS else math.log(MULTIPLIER_RANGE[1]) for n in CONSTANTS])
     x = x0.copy()
     cost = float(0.5 * np.sum(base ** 2))
     if free:

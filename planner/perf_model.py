@@ -7,7 +7,8 @@ docs/contracts.md so the runtime's measured times line up one to one with the pr
 Decode step (N sequences in flight, two token groups of N/2 when there is a device, one without):
 per layer, qkv_proj and o_proj on the device in micro-batches of b_a; CPU attention = KV bytes read /
 attention bandwidth at the chosen thread count; router over the group; experts: the expected distinct
-experts hit by the group's n tokens, E(1-(1-k/E)^n), each at m = n k / hit rows in chunks of at most b_e;
+experts hit by the group's n tokens, E(1-(1-k/E)^n), each at m = n k / hit rows in chunks of at most b_e
+(every GEMM module call and attention micro-batch also costs the profile's `efficiency.call_overhead_s`);
 shared experts and dense MLP layers in chunks of b_e; weight_copy = bytes streamed / pinned link rate.
 Independent resources overlap (device, CPU, copy engine: the layer takes the longest), the shared one adds:
 host memory bandwidth carries both the KV reads and the streamed weights. Without a device the same cores
@@ -99,7 +100,8 @@ class PerfModel:
         shared = self.groups * g["shared_experts"].chunked_seconds(n, c.expert_batch)
         dense = self.groups * g["dense_mlp"].chunked_seconds(n, c.expert_batch)
         kv_read = num_seqs * lay.kv_read_bytes_per_seq_layer
-        attention = kv_read / r.attention_bps[c.attention_threads.astype(int)]
+        calls = self.groups * np.maximum(n / np.maximum(c.attn_batch, 1.0), 1.0)   # one kernel call per micro-batch
+        attention = kv_read / r.attention_bps[c.attention_threads.astype(int)] + calls * r.call_overhead_s
         dev_moe = qkv + o + router + experts + shared
         dev_dense = qkv + o + dense
         gb = lay.group_bytes
@@ -203,7 +205,7 @@ class PerfModel:
         at_n = self.decode_step(c, n)
         p = float(w.num_prompts)
         decoded = max(w.gen_len_mean - 1.0, 0.0)    # a sequence's first token comes from its prefill forward
-        staggered = float(w.gen_len_max > w.gen_len_mean + 0.5)     # equal lengths finish in whole waves
+        staggered = 0.0 if w.finishes_in_waves else 1.0
         steps = np.maximum(p * decoded / n + staggered * (decoded / 2) * (1 - n / p), 1e-9)
         occupancy = np.maximum(p * decoded / steps, 1.0)
         at_mean = at_n if w.num_prompts == 1 else self.decode_step(c, occupancy)

@@ -242,7 +242,8 @@ def parse_profile_dict(data: object, source: str) -> dict:
                                        gemm_small_m=e.number("gemm_small_m", False, 1.0),
                                        attention=e.number("attention", False, 1.0),
                                        copy=e.number("copy", False, 1.0),
-                                       step_overhead_s=e.number("step_overhead_s", False, 0.0, positive=False))
+                                       step_overhead_s=e.number("step_overhead_s", False, 0.0, positive=False),
+                                       call_overhead_s=e.number("call_overhead_s", False, 0.0, positive=False))
         e.done()
     out["notes"] = top.text("notes", False) or ""
     top.done()

@@ -160,14 +160,17 @@ class Memory:
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Multipliers on the measured rates and a fixed per-decode-step cost, fitted by calibration.
-    `gemm_small_m` multiplies GEMM rates at one row on top of `gemm`, fading out by 128 rows (`planner.rates`)."""
+    """Multipliers on the measured rates and fixed costs, fitted by calibration (`planner.rates`).
+    `gemm_small_m` multiplies GEMM rates at one row on top of `gemm`, fading out by 128 rows; `call_overhead_s`
+    is added to every module call (each expert, each micro-batch, ...); `step_overhead_s` to every decode step
+    and prefill forward."""
     gemm: float = 1.0
     attention: float = 1.0
     copy: float = 1.0
     step_overhead_s: float = 0.0
     gemm_small_m: float = 1.0
+    call_overhead_s: float = 0.0
 
     def to_dict(self) -> dict:
         return {"gemm": self.gemm, "gemm_small_m": self.gemm_small_m, "attention": self.attention,
-                "copy": self.copy, "step_overhead_s": self.step_overhead_s}
+                "copy": self.copy, "step_overhead_s": self.step_overhead_s, "call_overhead_s": self.call_overhead_s}

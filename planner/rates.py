@@ -3,7 +3,8 @@
 `Rates.build(profile, costs, scale)` samples the profile's scalar interpolators on fixed grids and returns
 numpy-vectorised lookups, each already multiplied by the profile's `efficiency` constants (GEMMs by
 `gemm_efficiency(m)`: `gemm`, times `gemm_small_m` at one row fading out by 128 rows):
-- `gemm[module].seconds(rows)`: time of that module's GEMMs (all its matrices) for `rows` tokens. The GEMM
+- `gemm[module].seconds(rows)`: time of that module's GEMMs (all its matrices) for `rows` tokens, plus
+  `efficiency.call_overhead_s` per call (dispatch, gathers: what a GEMM micro-benchmark does not see). The GEMM
   rate F(m) is made non-decreasing in m and F(m)/m non-increasing (running max, then running min of F/m)
   before interpolating log-log, so a module's time never falls when rows grow and its time per row never
   rises: measurement noise otherwise makes the solver's optimum jitter. `chunked_seconds(rows, chunk)`
@@ -79,12 +80,13 @@ class GemmTable:
 
 @dataclass(frozen=True)
 class ModuleGemm:
-    """All the matrices one module multiplies its tokens by, one after another."""
+    """All the matrices one module multiplies its tokens by, one after another, plus a fixed cost per call."""
     tables: tuple[GemmTable, ...]
+    call_s: float = 0.0
 
     def seconds(self, rows) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.float64)
-        total = np.zeros_like(rows)
+        total = np.where(rows > 0, self.call_s, 0.0) if self.tables else np.zeros_like(rows)
         for table in self.tables:
             total = total + table.seconds(rows)
         return total
@@ -137,6 +139,7 @@ class Rates:
     peak_flops: float
     has_device: bool
     step_overhead_s: float
+    call_overhead_s: float = 0.0
     link_log_sizes: np.ndarray = field(default_factory=lambda: np.log(SIZE_GRID))
     h2d_log_bps: np.ndarray | None = None
     d2h_log_bps: np.ndarray | None = None
@@ -149,7 +152,7 @@ class Rates:
         compute_speed = gemm_efficiency(ROW_GRID, eff.gemm, eff.gemm_small_m) * (
             scale.device_compute if has_device else scale.cpu)
         gemm = {module: ModuleGemm(tuple(GemmTable.sample(profile, n, k, fpr, compute_speed)
-                                         for n, k, fpr in mats))
+                                         for n, k, fpr in mats), eff.call_overhead_s)
                 for module, mats in module_matrices(costs).items()}
         tables = [t for g in gemm.values() for t in g.tables]
         layout = "mla" if costs.spec.attention == "mla" else "gqa"
@@ -166,7 +169,7 @@ class Rates:
                 link[name] = np.log(bps)
         return cls(gemm=gemm, attention_bps=attention, host_read_bps=host_read, device_read_bps=device_read,
                    peak_flops=max(t.peak_flops_per_s for t in tables), has_device=has_device,
-                   step_overhead_s=eff.step_overhead_s, h2d_log_bps=link.get("h2d"), d2h_log_bps=link.get("d2h"))
+                   step_overhead_s=eff.step_overhead_s, call_overhead_s=eff.call_overhead_s, h2d_log_bps=link.get("h2d"), d2h_log_bps=link.get("d2h"))
 
     def h2d_bps(self, nbytes) -> np.ndarray:
         return self._link(self.h2d_log_bps, nbytes)

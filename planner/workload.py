@@ -11,8 +11,8 @@
 Generation lengths are each prompt's max_tokens (the planner assumes no early EOS, an upper bound on work).
 Derived figures the model uses: means and maxima, `kv_tokens_per_slot` = E[g (p + g/2)] / E[g] (KV a refilled
 slot holds on average; longer generations hold a slot longer), `prefill_context` = E[p^2] / (2 E[p]) + 1/2
-(average causal context of a prompt token), and `window_read_tokens(w)` (mean KV tokens read per decode step
-by a sliding-window layer). Bad input raises `UserError` naming the line.
+(average causal context of a prompt token), `window_read_tokens(w)` (mean KV tokens read per decode step
+by a sliding-window layer) and `finishes_in_waves` (equal generation lengths). Bad input raises `UserError` naming the line.
 """
 
 from __future__ import annotations
@@ -120,6 +120,12 @@ class Workload:
     @property
     def prompt_tokens(self) -> float:
         return self.num_prompts * self.prompt_len_mean
+
+    @property
+    def finishes_in_waves(self) -> bool:
+        """Equal generation lengths: sequences started together finish together, so refills come in waves and
+        there is no staggered drain at the end of the job."""
+        return self.gen_len_max <= self.gen_len_mean + 0.5
 
     @property
     def max_sequence_len(self) -> int:

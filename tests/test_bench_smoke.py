@@ -113,6 +113,7 @@ def synthetic_accuracy_reports(tmp_path) -> list[Path]:
                                                                                         "predicted": 0.02}}
         report["memory"] = {"host": {"peak_bytes": 1 << 30, "plan_bytes": 2 << 30}}
         report["elapsed_time"] = report["run_stats"]["wall_seconds"]
+        report["run_stats"]["num_preemptions"] = 0
         path = tmp_path / f"c{i}.json"
         path.write_text(json.dumps(report))
         paths.append(path)

@@ -19,7 +19,8 @@ from planner.profile import load_profile
 from planner.workload import Workload
 from tests.planner_support import make_profile, small_spec
 
-TRUTH_CPU = {"gemm": 0.6, "gemm_small_m": 0.45, "attention": 0.8, "copy": 0.7, "step_overhead_s": 0.004}
+TRUTH_CPU = {"gemm": 0.6, "gemm_small_m": 0.45, "attention": 0.8, "copy": 0.7, "step_overhead_s": 0.004,
+             "call_overhead_s": 0.0002}
 
 
 def cpu_profile():
