@@ -13,7 +13,8 @@ planner for the profile (default: this machine's measured one), run the engine o
 prompts with ignore_eos, write the report (plan and spec embedded) under `bench/results/accuracy/reports/`.
 Then `bench.accuracy_analysis` calibrates on the configs marked `train` and reports held-out error before and
 after, writing `bench/results/accuracy.csv`, the calibrated profile and the BENCHMARKS.md section.
-`--quick` halves prompts and generation lengths (a smoke run, same configs); `--reuse` keeps reports already
+`--quick` halves prompts and generation lengths (a smoke run, same configs, results under `-quick` names and
+not in BENCHMARKS.md); `--reuse` keeps reports already
 written by an identical earlier run (same config, mode and profile); `--measure-profile` first measures this
 machine (`runtime profile`, written to `bench/results/accuracy/profile[-quick].yaml`, not to profiles/) and
 plans with that, so the profile and the runs see the same machine conditions.
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         f" --profile {args.profile}" if args.profile else "") + (
         f" --measure-profile {args.measure_profile}" if args.measure_profile else "")
     result = replace(analyse(paths, profile_ref), machine=machine)
-    write_outputs(result, args.out_dir, command, markdown_section=not args.no_markdown, quick=args.quick)
+    write_outputs(result, args.out_dir, command, markdown_section=not (args.no_markdown or args.quick), quick=args.quick)
     return 0
 
 

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.bench_gpu" + (" --quick" if args.quick else "")
     text = markdown(results, command)
     print(text)
-    if not args.no_markdown:
+    if not (args.no_markdown or args.quick):
         update_section("gpu", text)
     return 0
 

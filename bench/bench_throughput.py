@@ -13,8 +13,8 @@ tokens, 16 generated):
 The best batch size of each baseline is picked on one probe run each (the first B x 2 prompts, at most all);
 then each system runs the whole workload `--repeats` times and the median is reported, with the ratios, the
 plan's predicted tok/s beside the achieved, and peak host memory (RSS high-water mark of a fresh process per
-run) against the plan. Results: `bench/results/throughput[-quick].json` and the `throughput` section of
-BENCHMARKS.md (replaced on every run).
+run) against the plan. Results: `bench/results/throughput[-quick].json` and (not for `--quick`, a smoke run)
+the `throughput` section of BENCHMARKS.md, replaced on every run.
 """
 
 from __future__ import annotations
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=1) + "\n")
     text = markdown(results, command, machine)
     print(text)
-    if not args.no_markdown:
-        update_section("throughput" + ("-quick" if args.quick else ""), text)
+    if not (args.no_markdown or args.quick):
+        update_section("throughput", text)
     return 0
 
 
