@@ -12,10 +12,9 @@
 
 from __future__ import annotations
 
-import math
-
 from planner.errors import UserError
 from planner.spec import ALL_FAMILIES, ModelSpec
+from planner.values import is_finite_number, is_int
 
 ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM",
@@ -49,26 +48,13 @@ _FIELD_KINDS = {
 }
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:          # an int beyond float range
-        return False
-
-
 _KIND_CHECKS = {
-    "an integer": _is_int,
-    "a finite number": _is_number,
+    "an integer": is_int,
+    "a finite number": is_finite_number,
     "an object": lambda v: isinstance(v, dict),
     "a string": lambda v: isinstance(v, str),
     "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-    "a list of integers": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+    "a list of integers": lambda v: isinstance(v, list) and all(is_int(x) for x in v),
 }
 
 
@@ -114,7 +100,7 @@ def _read_rope(cfg: dict, family: str) -> tuple[float, dict | None]:
         rest.setdefault("rope_type", kind)
     if set(rest) <= {"rope_type"} and rest.get("rope_type", "default") == "default":
         rest = {}
-    if theta is not None and not _is_number(theta):
+    if theta is not None and not is_finite_number(theta):
         raise UserError(f"config.json rope_theta={theta!r} is not a finite number"[:200], "fix rope_theta in config.json")
     return float(theta if theta is not None else DEFAULT_ROPE_THETA.get(family, 10000.0)), rest or None
 

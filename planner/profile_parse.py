@@ -10,7 +10,6 @@ and unknown keys (almost always typos) are all errors.
 from __future__ import annotations
 
 import datetime
-import math
 from dataclasses import dataclass, field
 
 from planner.errors import UserError
@@ -30,15 +29,7 @@ from planner.profile_schema import (
     Provenance,
     RateCurve,
 )
-
-
-def _is_finite_number(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:          # an int beyond float range
-        return False
+from planner.values import is_finite_number
 
 
 @dataclass
@@ -84,7 +75,7 @@ class _Fields:
         value = self.get(key, required, default)
         if value is None:
             return None
-        ok = _is_finite_number(value)
+        ok = is_finite_number(value)
         if not ok or (value <= 0 if positive else value < 0):
             raise self.fail(key, f"expected a {'positive' if positive else 'non-negative'} number, "
                                  f"got {value!r}")
@@ -113,7 +104,7 @@ class _Fields:
         value = self.get(key)
         kind = "positive integers" if integers else "positive numbers"
         valid = isinstance(value, list) and len(value) > 0 and all(
-            _is_finite_number(x) and x > 0
+            is_finite_number(x) and x > 0
             and (not integers or isinstance(x, int)) for x in value)
         if not valid:
             raise self.fail(key, f"expected a non-empty list of {kind}, got {value!r}")

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from planner.errors import UserError
+from planner.values import is_int
 
 # Families whose forward the runtime implements; the others have specs (planning) only.
 RUNNABLE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
@@ -147,7 +148,7 @@ class ModelSpec:
             value = getattr(self, key)
             if not (value is None and key == "clip_qkv") and not _is_positive_number(value):
                 raise self._fail(f"{key}={value!r} must be a finite, positive number", f"fix {key} in the spec")
-        if self.sliding_window is not None and not (_is_int(self.sliding_window) and self.sliding_window > 0):
+        if self.sliding_window is not None and not (is_int(self.sliding_window) and self.sliding_window > 0):
             raise self._fail(f"sliding_window={self.sliding_window!r} must be a positive integer or null",
                              "fix sliding_window in the spec")
         checks = [
@@ -242,10 +243,6 @@ class ModelSpec:
 
     def save_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_positive_number(value: object) -> bool:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from planner.errors import UserError
+from planner.values import is_finite_number, is_int
 
 MAX_TOKENS_PER_SEQUENCE = 10_000_000     # beyond any model's context: a typo, not a workload
 MAX_PROMPTS = 10**12
@@ -167,17 +168,17 @@ class Workload:
         values = dict(data)
         for key in ("prompt_hist", "gen_hist"):
             bins = values[key]
-            if not isinstance(bins, list) or not all(isinstance(b, list) and len(b) == 3 and all(map(_is_int, b))
+            if not isinstance(bins, list) or not all(isinstance(b, list) and len(b) == 3 and all(map(is_int, b))
                                                      for b in bins):
                 raise UserError(f"{where}.{key}: expected a list of [lowest, highest, count] integers",
                                 "re-create the plan with `planner solve`")
             values[key] = tuple(tuple(b) for b in bins)
         for key in ("num_prompts", "prompt_len_max", "gen_len_max"):
-            if not _is_int(values[key]):
+            if not is_int(values[key]):
                 raise UserError(f"{where}.{key}: expected an integer, got {values[key]!r}",
                                 "re-create the plan with `planner solve`")
         for key in ("prompt_len_mean", "gen_len_mean", "kv_tokens_per_slot", "prefill_context"):
-            if not _is_finite_number(values[key]):
+            if not is_finite_number(values[key]):
                 raise UserError(f"{where}.{key}: expected a finite number, got {values[key]!r}"[:300],
                                 "re-create the plan with `planner solve`")
             values[key] = float(values[key])
@@ -191,19 +192,6 @@ class Workload:
         return (f"{self.num_prompts} prompts, prompt {self.prompt_len_mean:.0f} tokens mean "
                 f"({self.prompt_len_max} max), generate {self.gen_len_mean:.0f} mean ({self.gen_len_max} max)"
                 f"{'' if self.token_count == 'exact' else f', tokens counted by {self.token_count}'}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite_number(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:          # an int beyond float range
-        return False
 
 
 def _log2_histogram(values: np.ndarray) -> tuple[tuple[int, int, int], ...]:
