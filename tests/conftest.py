@@ -1,5 +1,7 @@
 """Shared pytest setup: tests marked `big` (gigabytes of disk or memory) run only with MOELENS_BIG=1;
-`tiny_job`, a session fixture for tests that run the real `runtime` CLI in subprocesses."""
+`tiny_job`, a session fixture for tests that run the real `runtime` CLI in subprocesses; `single_torch_thread`,
+which runs a module on one intra-op thread (tiny models gain nothing from threads, and on a shared 2-core
+machine threads make them up to 50x slower)."""
 
 from __future__ import annotations
 
@@ -75,3 +77,13 @@ def tiny_job(tmp_path_factory) -> TinyJob:
                      model_ref=str(root / "ckpt"), profile_ref=str(profile_path))
     plan = replace(plan, attention_threads=1, compute_threads=1)   # 2 threads crawl on a shared 2-core machine
     return TinyJob(root=root, checkpoint=root / "ckpt", plan=plan.save(root / "plan.yaml"), env=env)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

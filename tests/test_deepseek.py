@@ -54,13 +54,7 @@ CASES = {
 NAMES = sorted(CASES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine threads make them 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def hf_config(name: str, **overrides):

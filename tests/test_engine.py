@@ -46,12 +46,7 @@ def tiny_spec(family: str):
     return dataclasses.replace(spec, **changes)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILY_SPECS))

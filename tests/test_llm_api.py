@@ -27,13 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 GREEDY_LONG = SamplingParams(max_tokens=24, ignore_eos=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a machine shared with other jobs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -53,13 +53,7 @@ TOLERANCE = 1e-4
 DECODE_STEPS = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a machine shared with other jobs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def randomize(model: torch.nn.Module, seed: int, router_scale: float = 3.0) -> None:
