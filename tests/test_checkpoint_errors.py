@@ -17,23 +17,15 @@ from safetensors.torch import load_file, save_file
 
 pytest.importorskip("transformers")
 
-from test_checkpoint import hf_config, index_of, make_checkpoint  # noqa: E402
+from test_checkpoint import hf_config, index_of, make_checkpoint, random_checkpoint  # noqa: E402, F401
 
 from planner.errors import UserError  # noqa: E402
 from planner.spec import load_spec  # noqa: E402
 from runtime.checkpoint import open_checkpoint  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("random")
-    hf_config("mixtral").to_json_file(directory / "config.json")
-    assert make_checkpoint(directory / "config.json", directory / "ckpt") == 0
-    return directory / "ckpt"
-
-
 @pytest.fixture
-def broken(random_checkpoint, tmp_path) -> Path:
+def broken(random_checkpoint, tmp_path) -> Path:  # noqa: F811  (the fixture imported above)
     directory = tmp_path / "broken"
     shutil.copytree(random_checkpoint, directory)
     return directory
