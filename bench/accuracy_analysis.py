@@ -50,7 +50,8 @@ def _row(report: dict, run, before, after) -> dict:
         "prefill_chunk": plan.prefill_chunk, "num_prompts": config["num_prompts"], "prompt_len": config["prompt_len"],
         "gen_len": config["gen_len"], "kv_gib": plan.budgets.kv_gib,
         "plan_tok_s": plan.predicted.generated_tok_s, "predicted_tok_s": before.predicted_tok_s,
-        "achieved_tok_s": before.achieved_tok_s, "error_before": before.end_to_end,
+        "achieved_tok_s": before.achieved_tok_s, "cold_tok_s": report.get("cold", {}).get("generated_tok_s", math.nan),
+        "error_before": before.end_to_end,
         "predicted_after_tok_s": after.predicted_tok_s if after else math.nan,
         "error_after": after.end_to_end if after else math.nan,
         "decode_step_error_before": before.decode_step, "decode_step_error_after": after.decode_step if after else math.nan,
@@ -118,11 +119,11 @@ def _share(value) -> str:
 def markdown(result: AccuracyResult, command: str, csv_path: Path, profile_path: Path | None, quick: bool) -> str:
     f, s = result.frame, error_summary(result.frame)
     rows = [[r.config, r.model, r.mode, r.num_seqs, f"{r.prompt_len}+{r.gen_len}", r.num_prompts, r.split,
-             r.predicted_tok_s, r.achieved_tok_s, _pct(r.error_before), _pct(r.error_after),
+             r.predicted_tok_s, r.achieved_tok_s, r.cold_tok_s, _pct(r.error_before), _pct(r.error_after),
              f"{r.worst_module} {_pct(r.worst_module_error)}", r.preemptions, _share(r.s_mbu), _share(r.s_mfu)]
             for r in f.itertuples()]
     table = markdown_table(["config", "model", "mode", "N", "p+g", "prompts", "split", "predicted tok/s",
-                            "achieved tok/s", "error before", "error after", "worst module (before)",
+                            "achieved tok/s", "first run tok/s", "error before", "error after", "worst module (before)",
                             "preempted", "S-MBU", "S-MFU"], rows)
 
     def verdict(value: float, target: float) -> str:

@@ -11,7 +11,7 @@ tokens, 16 generated):
   N = B, through the whole forward) at the best B of `--off-batches`;
 - `engine-planned`: our engine running the planner's plan for this machine's profile.
 The best batch size of each baseline is picked on one probe run each (the first B x 2 prompts, at most all);
-then each system runs the whole workload `--repeats` times and the median is reported, with the ratios, the
+then each system runs the whole workload `--repeats` times, the systems interleaved, and the median is reported, with the ratios, the
 plan's predicted tok/s beside the achieved, and peak host memory (RSS high-water mark of a fresh process per
 run) against the plan. Results: `bench/results/throughput[-quick].json` and (not for `--quick`, a smoke run)
 the `throughput` section of BENCHMARKS.md, replaced on every run.
@@ -126,13 +126,23 @@ def best_batch(system: str, batches: list[int], base: dict, timeout_s: float) ->
     return max(probes, key=lambda r: r["tok_s"])["batch"], probes
 
 
-def median_runs(job: dict, repeats: int, timeout_s: float) -> dict:
-    runs = [r for r in (measure(job, timeout_s) for _ in range(repeats)) if r is not None]
-    if not runs:
-        raise RuntimeError(f"every {job['system']} run failed")
-    median = statistics.median(r["tok_s"] for r in runs)
-    chosen = min(runs, key=lambda r: abs(r["tok_s"] - median))
-    return {**chosen, "tok_s": median, "all_tok_s": [r["tok_s"] for r in runs]}
+def median_runs(jobs: dict[str, dict], repeats: int, timeout_s: float) -> dict[str, dict]:
+    """`repeats` full runs of every system, interleaved (A B C A B C ...) so drift in the machine's load
+    touches each system alike; per system the median tok/s and the run closest to it."""
+    runs: dict[str, list[dict]] = {name: [] for name in jobs}
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            result = measure(job, timeout_s)
+            if result is not None:
+                runs[name].append(result)
+    medians = {}
+    for name, results in runs.items():
+        if not results:
+            raise RuntimeError(f"every {name} run failed")
+        median = statistics.median(r["tok_s"] for r in results)
+        chosen = min(results, key=lambda r: abs(r["tok_s"] - median))
+        medians[name] = {**chosen, "tok_s": median, "all_tok_s": [r["tok_s"] for r in results]}
+    return medians
 
 
 def markdown(results: dict, command: str, machine: str) -> str:
@@ -190,11 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     hf_batch, hf_probes = best_batch("hf", args.hf_batches or sizes["hf_batches"], base, args.timeout_s)
     off_batch, off_probes = best_batch("engine-off", args.off_batches or sizes["off_batches"], base, args.timeout_s)
     print(f"full runs ({repeats} each)", flush=True)
-    systems = {"hf": {"batch": hf_batch, **median_runs({**base, "system": "hf", "batch": hf_batch}, repeats,
-                                                        args.timeout_s)},
-               "engine-off": {"batch": off_batch, **median_runs({**base, "system": "engine-off", "batch": off_batch},
-                                                                 repeats, args.timeout_s)},
-               "engine-planned": median_runs({**base, "system": "engine-planned"}, repeats, args.timeout_s)}
+    systems = median_runs({"hf": {**base, "system": "hf", "batch": hf_batch},
+                           "engine-off": {**base, "system": "engine-off", "batch": off_batch},
+                           "engine-planned": {**base, "system": "engine-planned"}}, repeats, args.timeout_s)
+    systems["hf"]["batch"], systems["engine-off"]["batch"] = hf_batch, off_batch
     command = "python -m bench.bench_throughput" + (" --quick" if args.quick else "")
     results = {"command": command, "machine": machine, "profile": profile_ref, "sizes": sizes, "systems": systems,
                "hf_probes": {p["batch"]: round(p["tok_s"], 3) for p in hf_probes},

@@ -58,7 +58,10 @@ def fixed_prompts(tokenizer: Any, count: int, length: int, seed: int = 0) -> lis
 
 
 def run_engine(checkpoint: Any, plan: Any, profile: Any, prompts: list[list[int]], gen_len: int,
-               **engine_overrides: Any) -> dict[str, Any]:
+               warm_up_prompts: list[list[int]] | None = None, **engine_overrides: Any) -> dict[str, Any]:
+    """Run the plan's engine over `prompts` and build the report. With `warm_up_prompts`, the same engine
+    first runs those (unmeasured but for `report["cold"]`): what a long job has paid after its first seconds
+    (oneDNN builds a kernel for each new GEMM shape, ~0.7 ms each here; first touches of the weights)."""
     from runtime.engine import Engine, EngineConfig, Request
     from runtime.report import ContextTally, build_report
     from runtime.sampling import SamplingParams
@@ -66,13 +69,19 @@ def run_engine(checkpoint: Any, plan: Any, profile: Any, prompts: list[list[int]
     config = EngineConfig.from_plan(plan).with_(**engine_overrides)
     tally = ContextTally(window=checkpoint.spec.sliding_window)
     params = SamplingParams(max_tokens=gen_len, ignore_eos=True)
+
+    def requests(batch: list[list[int]]) -> list[Any]:
+        return [Request(id=i, prompt_token_ids=list(p), params=params) for i, p in enumerate(batch)]
+
     engine = Engine(checkpoint, config)
     try:
-        stats = engine.run([Request(id=i, prompt_token_ids=list(p), params=params) for i, p in enumerate(prompts)],
-                           lambda done: tally.add(len(done.prompt_token_ids), len(done.token_ids)))
+        cold = engine.run(requests(warm_up_prompts)) if warm_up_prompts else None
+        stats = engine.run(requests(prompts), lambda done: tally.add(len(done.prompt_token_ids), len(done.token_ids)))
     finally:
         engine.close()
     report = build_report(stats, plan, profile, checkpoint.spec, tally)
+    if cold is not None:
+        report["cold"] = {"wall_s": cold.wall_seconds, "generated_tok_s": cold.generated_tokens / cold.wall_seconds}
     report["engine_overrides"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in engine_overrides.items()}
     return report
 

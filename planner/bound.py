@@ -60,7 +60,7 @@ def compute_bound(model: PerfModel) -> Bound:
     lay, rates, w, mem, b = model.layout, model.rates, model.workload, model.memory, model.budgets
     kv_avail = max(min(b.kv_bytes, b.host_bytes - lay.total_bytes - mem.host_reserve), 0.0)
     capacity = kv_avail / lay.kv_bytes_per_token
-    max_seqs = min(capacity / w.kv_tokens_per_slot, float(w.num_prompts))
+    max_seqs = min(capacity / w.kv_held_tokens_per_slot, float(w.num_prompts))
     kv_read_per_token = lay.kv_read_bytes_per_seq_layer * model.spec.num_layers
     flops = gemm_flops_per_token(model)
     attention_bps = float(rates.attention_bps.max())

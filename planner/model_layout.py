@@ -44,7 +44,7 @@ class ModelLayout:
     kv_bytes_per_token_layer: float
     kv_bytes_per_token: float
     kv_read_bytes_per_seq_layer: float           # per decode step, averaged over layers
-    kv_bytes_per_slot: float                     # host KV a refilled slot holds on average (block-rounded)
+    kv_bytes_per_slot: float                     # host KV one slot must hold (block-rounded; see Workload)
     kv_bytes_one_sequence: float                 # the longest sequence, whole
     qkv_out_dim: int
     attn_out_dim: int
@@ -112,7 +112,7 @@ class ModelLayout:
             streamed_per_step=s_step, kv_bytes_per_token_layer=kv_layer,
             kv_bytes_per_token=kv_layer * spec.num_layers,
             kv_read_bytes_per_seq_layer=kv_layer * read_tokens,
-            kv_bytes_per_slot=(slot_tokens + block_size / 2) * kv_layer * spec.num_layers,
+            kv_bytes_per_slot=(workload.kv_held_tokens_per_slot + block_size / 2) * kv_layer * spec.num_layers,
             kv_bytes_one_sequence=(workload.max_sequence_len + block_size) * kv_layer * spec.num_layers,
             qkv_out_dim=qkv_out, attn_out_dim=attn_out, prefill_kv_bytes_per_token_layer=float(prefill_kv),
             prefill_pair_flops=pair,

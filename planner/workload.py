@@ -10,7 +10,9 @@
   else estimated as UTF-8 bytes / 4. `num_prompts` scales the job (the file is then a length sample).
 Generation lengths are each prompt's max_tokens (the planner assumes no early EOS, an upper bound on work).
 Derived figures the model uses: means and maxima, `kv_tokens_per_slot` = E[g (p + g/2)] / E[g] (KV a refilled
-slot holds on average; longer generations hold a slot longer), `prefill_context` = E[p^2] / (2 E[p]) + 1/2
+slot holds on average; longer generations hold a slot longer; also the mean context a decode step reads),
+`kv_held_tokens_per_slot` (what the cache must hold per slot: that mean, or E[p] + g when generation lengths
+are equal, since sequences admitted together then grow together and reach their full length at once), `prefill_context` = E[p^2] / (2 E[p]) + 1/2
 (average causal context of a prompt token), `window_read_tokens(w)` (mean KV tokens read per decode step
 by a sliding-window layer) and `finishes_in_waves` (equal generation lengths). Bad input raises `UserError` naming the line.
 """
@@ -127,6 +129,10 @@ class Workload:
         """Equal generation lengths: sequences started together finish together, so refills come in waves and
         there is no staggered drain at the end of the job."""
         return self.gen_len_max <= self.gen_len_mean + 0.5
+
+    @property
+    def kv_held_tokens_per_slot(self) -> float:
+        return self.prompt_len_mean + self.gen_len_max if self.finishes_in_waves else self.kv_tokens_per_slot
 
     @property
     def max_sequence_len(self) -> int:

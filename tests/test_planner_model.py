@@ -133,7 +133,7 @@ def test_memory_model_caps_sequences_by_kv_and_host():
     n = [float(PerfModel(spec, profile, workload, Budgets.from_args(profile, kv)).memory.max_num_seqs(c)[0])
          for kv in (16, 64, 128, 256)]
     assert n[0] < n[1] < n[2] < n[3]
-    per_slot = (512 + 256 / 2 + 8) * 128 * 1024
+    per_slot = (512 + 256 + 8) * 128 * 1024   # equal lengths: every slot holds p + g at once
     assert n[1] == pytest.approx((64 * GiB - (768 + 16) * 128 * 1024) / per_slot)
     host_limited = PerfModel(spec, profile, workload, Budgets.from_args(profile, 256))
     mem, lay = host_limited.memory, host_limited.layout
@@ -151,7 +151,7 @@ def test_bound_terms_by_hand():
     capacity = 4 * GiB / kv_token
     assert bound.kv_capacity_tokens == pytest.approx(capacity)
     delta = max(model.layout.total_bytes - (2 * GiB - model.memory.device_reserve), 0) / (FLAT_LINK_GBPS * 1e9)
-    assert bound.terms["kv_link"] == pytest.approx(capacity / 400 / delta)
+    assert bound.terms["kv_link"] == pytest.approx(capacity / 500 / delta)   # equal lengths hold p + g per slot
     assert bound.moe_lens_processed_tok_s == pytest.approx(workload.pme * capacity / delta)
     assert workload.pme == pytest.approx(2 * 500 / (800 * 200))
     assert bound.terms["cpu_attention"] == pytest.approx(ATTENTION_GBPS * 1e9 / (400 * kv_token))

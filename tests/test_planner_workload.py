@@ -104,3 +104,11 @@ def test_dict_round_trip():
     assert Workload.from_dict(w.to_dict()) == w
     with pytest.raises(UserError, match="unknown fields"):
         Workload.from_dict({**w.to_dict(), "extra": 1})
+
+
+def test_kv_held_per_slot_is_the_full_length_when_sequences_grow_in_lockstep():
+    equal = Workload.from_lengths([100, 300], [50, 50])
+    assert equal.finishes_in_waves and equal.kv_held_tokens_per_slot == 200 + 50
+    assert equal.kv_tokens_per_slot == pytest.approx(200 + 25)      # what a decode step reads on average
+    varied = Workload.from_lengths([100, 300], [10, 90])
+    assert not varied.finishes_in_waves and varied.kv_held_tokens_per_slot == varied.kv_tokens_per_slot

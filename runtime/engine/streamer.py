@@ -8,8 +8,8 @@ queues the next layer in the cycle into it. With L <= num_slots every layer is c
 - CUDA: copies run on a separate copy stream from pinned host memory (`non_blocking`); the compute
   stream waits on the slot's "ready" CUDA event, and the copy stream waits on the slot's "free" event,
   so neither side ever synchronises the whole device.
-- CPU (forced streaming, for tests): slots are host buffers filled by one copy worker thread; compute
-  waits on the slot's `threading.Event`.
+- CPU (forced streaming, for tests): slots are host buffers filled by one copy worker thread (a plain
+  single-threaded memcpy, not torch's OpenMP pool); compute waits on the slot's `threading.Event`.
 `copy_log` records (layer, slot) in the order copies were issued, `max_slots_in_use` the most slots held
 by compute at once; tests check both.
 """
@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from runtime.engine.weights import PackedLayer
@@ -121,7 +122,8 @@ class LayerStreamer:
             try:
                 began = time.perf_counter()
                 packed = self.packed[layer]
-                self._slots[slot][:packed.nbytes].copy_(packed.host)
+                # one thread, outside torch's OpenMP pool: a second pool would fight compute for the cores
+                np.copyto(self._slots[slot][:packed.nbytes].numpy(), packed.host.numpy())
                 self._on_copy_seconds(time.perf_counter() - began)
             except BaseException as err:  # surfaced to compute at the next acquire
                 self._errors.append(err)

@@ -74,7 +74,8 @@ def _prefill_modules(stats: Any, plan: Plan) -> list[dict[str, Any]]:
     per_kilo = 1000.0 / stats.prefill_tokens if stats.prefill_tokens else 0.0
     measured = {m: s * per_kilo for m, s in stats.module_seconds.get("prefill", {}).items()} if per_kilo else {}
     chunk = plan.module_times.get("prefill_chunk", {})
-    predicted = {m: s * 1000.0 / plan.prefill_chunk for m, s in chunk.items()}
+    chunk_tokens = plan.predicted.prefill_tok_s * plan.predicted.prefill_chunk_s   # min(chunk, the job's prompts)
+    predicted = {m: s * 1000.0 / chunk_tokens for m, s in chunk.items()} if chunk_tokens > 0 else {}
     return _module_rows(measured, predicted)
 
 
