@@ -5,7 +5,8 @@ Every forward pass acquires layers 0..L-1 in order, so the streamer copies layer
 `acquire(l)` returns layer l's tensors once its copy has landed; `release(l)` hands the slot back and
 queues the next layer in the cycle into it. With L <= num_slots every layer is copied once and kept.
 
-- CUDA: copies run on a separate copy stream from pinned host memory (`non_blocking`); the compute
+- CUDA: copies run on a separate copy stream from pinned host memory through
+  `runtime.transfer.copy_to_device` (the copy path the profiler measures, non-blocking when pinned); the compute
   stream waits on the slot's "ready" CUDA event, and the copy stream waits on the slot's "free" event,
   so neither side ever synchronises the whole device.
 - CPU (forced streaming, for tests): slots are host buffers filled by one copy worker thread (a plain
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from runtime.engine.weights import PackedLayer
+from runtime.transfer import copy_to_device
 
 
 class LayerStreamer:
@@ -103,11 +105,10 @@ class LayerStreamer:
             stream = self._copy_stream
             stream.wait_event(self._free[slot])
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            with torch.cuda.stream(stream):
-                start.record(stream)
-                self._slots[slot][:packed.nbytes].copy_(packed.host, non_blocking=True)
-                end.record(stream)
-                self._ready[slot].record(stream)
+            start.record(stream)
+            copy_to_device(self._slots[slot][:packed.nbytes], packed.host, stream)
+            end.record(stream)
+            self._ready[slot].record(stream)
             self._copy_timings.append((start, end))
         else:
             self._ready_flags[slot].clear()
