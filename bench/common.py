@@ -32,6 +32,7 @@ def bench_dir() -> Path:
 
 
 def ensure_checkpoint(model: str, layers: int | None = None, seed: int = 0) -> Path:
+    from planner.plan_build import spec_hash
     from planner.spec import load_spec
     from runtime.checkpoint import open_checkpoint
     from runtime.checkpoint.writer import write_random_checkpoint
@@ -40,14 +41,18 @@ def ensure_checkpoint(model: str, layers: int | None = None, seed: int = 0) -> P
     if layers is not None and layers < spec.num_layers:
         spec = spec.with_layers(layers)
     directory = bench_dir() / spec.name
+    stamp = directory / "moelens-spec-hash"     # the spec it was written from: rewritten when models/ changes
     if (directory / "config.json").is_file():
         try:
             open_checkpoint(directory)
-            return directory
+            if stamp.is_file() and stamp.read_text().strip() == spec_hash(spec):
+                return directory
+            print(f"rewriting {directory}: written from another version of models/{model}.yaml", file=sys.stderr)
         except Exception as err:  # a half-written checkpoint: write it again
             print(f"rewriting {directory}: {err}", file=sys.stderr)
     print(f"writing a random-weight {spec.name} checkpoint (bf16) to {directory}", file=sys.stderr, flush=True)
     write_random_checkpoint(spec, directory, dtype="bf16", seed=seed)
+    stamp.write_text(spec_hash(spec) + "\n")
     return directory
 
 

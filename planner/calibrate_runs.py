@@ -196,7 +196,7 @@ def check_profile_matches(run: MeasuredRun, profile: HardwareProfile) -> None:
 # ----- predicting a run -----
 def _residency(plan: Plan, model: PerfModel) -> int:
     layout = model.layout
-    if not plan.stream_weights or not model.has_device:
+    if not plan.stream_weights or not (model.has_device or model.streams_on_host):
         return layout.max_residency
     wanted = (set(plan.resident_modules), plan.resident_experts_per_layer)
     for rho in range(layout.max_residency + 1):
@@ -214,7 +214,8 @@ def budgets_of(plan: Plan) -> Budgets:
 
 def predict_run(run: MeasuredRun, profile: HardwareProfile) -> RunPrediction:
     plan, e, m = run.plan, run.engine, run.measured
-    model = PerfModel(run.spec, profile, plan.workload, budgets_of(plan), block_size=plan.kv_block_size)
+    model = PerfModel(run.spec, profile, plan.workload, budgets_of(plan), block_size=plan.kv_block_size,
+                      stream_on_host=bool(plan.stream_weights))
     threads = int(np.clip(e.attention_threads, 1, model.rates.cores))
 
     def candidates(chunk: float, num_seqs: float | None = None) -> Candidates:

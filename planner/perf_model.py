@@ -10,11 +10,19 @@ attention bandwidth at the chosen thread count; router over the group; experts: 
 experts hit by the group's n tokens, E(1-(1-k/E)^n), each at m = n k / hit rows in chunks of at most b_e
 (every GEMM module call and attention micro-batch also costs the profile's `efficiency.call_overhead_s`);
 shared experts and dense MLP layers in chunks of b_e; weight_copy = bytes streamed / pinned link rate.
+Every module also gets the profile's measured per-call and elementwise costs (`overheads` section, times
+`efficiency.overhead`; `planner.perf_overheads`): fixed seconds per engine call (per micro-batch, per token
+group, per activated expert and chunk, per prompt segment of prefill attention, per step) and nanoseconds per
+normed, rotated, added or attention-score element; what the GEMM curves cannot see. A profile without the
+section predicts exactly as before.
 Independent resources overlap (device, CPU, copy engine: the layer takes the longest), the shared one adds:
 host memory bandwidth carries both the KV reads and the streamed weights. Without a device the same cores
-run GEMMs and attention (they add), nothing streams, and host memory carries weights read + KV.
+run GEMMs and attention (they add) and host memory carries weights read + KV; nothing streams, except in the
+engine's forced-streaming mode (`stream_on_host`: routed experts copied host to host by a worker thread at the
+profile's memory copy rate, which takes a core and memory bandwidth from compute, so the copy time adds).
 Per step: embed, lm_head, sampling, non-resident embed/lm_head copies and the profile's step overhead.
-Prefill: chunks of `prefill_chunk` tokens through every layer on the device (device attention FLOPs at the
+Prefill: forwards of `prefill_chunk` tokens at most (fewer when the free slots admit fewer prompts at once,
+`prefill_tokens`) through every layer on the device (device attention FLOPs at the
 o_proj GEMM rate, K/V written back over the link). Time for the workload: prefill time plus decode steps
 with sequence-level refill: each sequence decodes g - 1 tokens (its first comes from its prefill forward),
 S = P (g-1) / N + ((g-1)/2)(1 - N/P) steps at the average occupancy P (g-1) / S; the drain term only when
@@ -27,8 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.model_layout import ModelLayout
+from planner.model_layout import RESIDENCY_ORDER, ModelLayout
 from planner.perf_memory import Budgets, MemoryModel
+from planner.perf_overheads import OverheadTerms
 from planner.profile import HardwareProfile
 from planner.rates import Rates, RateScale
 from planner.spec import ModelSpec
@@ -77,13 +86,29 @@ class Evaluation:
 
 class PerfModel:
     def __init__(self, spec: ModelSpec, profile: HardwareProfile, workload: Workload, budgets: Budgets,
-                 scale: RateScale | None = None, block_size: int = DEFAULT_BLOCK_SIZE):
+                 scale: RateScale | None = None, block_size: int = DEFAULT_BLOCK_SIZE, stream_on_host: bool = False):
         self.spec, self.profile, self.workload, self.budgets = spec, profile, workload, budgets
         self.layout = ModelLayout.build(spec, workload, block_size)
         self.rates = Rates.build(profile, self.layout.costs, scale or RateScale())
+        self.overheads = OverheadTerms.build(spec, self.rates.overheads)
         self.memory = MemoryModel(self.layout, workload, budgets, profile.has_device)
         self.has_device = profile.has_device
+        self.streams_on_host = stream_on_host and not self.has_device
         self.groups = 2 if self.has_device else 1
+
+    @property
+    def residency_range(self) -> tuple[int, int]:
+        """Residency indices the solver may choose: any with a device; with streaming on the host (the engine's
+        forced-streaming mode) every layer group resident and the routed experts streamed; else everything."""
+        top = self.layout.max_residency
+        if self.has_device:
+            return 0, top
+        if self.streams_on_host:
+            return len(RESIDENCY_ORDER), len(RESIDENCY_ORDER)
+        return top, top
+
+    def _host_copy_seconds(self, nbytes: np.ndarray) -> np.ndarray:
+        return nbytes / self.rates.host_copy_bps if self.streams_on_host else np.zeros_like(nbytes)
 
     # ----- decode -----
     def decode_step(self, c: Candidates, num_seqs: np.ndarray) -> dict[str, np.ndarray]:
@@ -93,17 +118,21 @@ class PerfModel:
         n = num_seqs / self.groups
         qkv = self.groups * g["qkv_proj"].chunked_seconds(n, c.attn_batch)
         o = self.groups * g["o_proj"].chunked_seconds(n, c.attn_batch)
-        router = self.groups * g["router"].seconds(n)
         hit = lay.expected_experts(n)
-        experts = self.groups * hit * g["experts"].chunked_seconds(n * spec.top_k / np.maximum(hit, 1e-12),
-                                                                    c.expert_batch)
-        shared = self.groups * g["shared_experts"].chunked_seconds(n, c.expert_batch)
-        dense = self.groups * g["dense_mlp"].chunked_seconds(n, c.expert_batch)
+        rows_per_expert = n * spec.top_k / np.maximum(hit, 1e-12)
+        ov = self.overheads.decode_layer(num_seqs, self.groups, c.attn_batch, c.expert_batch, hit, rows_per_expert)
+        qkv, o = qkv + ov["qkv_proj"], o + ov["o_proj"]
+        router = self.groups * g["router"].seconds(n) + ov["router"] + ov["mlp_norm"]
+        experts = self.groups * hit * g["experts"].chunked_seconds(rows_per_expert, c.expert_batch, padded=True) + ov["experts"]
+        shared = self.groups * g["shared_experts"].chunked_seconds(n, c.expert_batch) + ov["shared_experts"]
+        dense = self.groups * g["dense_mlp"].chunked_seconds(n, c.expert_batch) + ov["dense_mlp"]
         kv_read = num_seqs * lay.kv_read_bytes_per_seq_layer
         calls = self.groups * np.maximum(n / np.maximum(c.attn_batch, 1.0), 1.0)   # one kernel call per micro-batch
-        attention = kv_read / r.attention_bps[c.attention_threads.astype(int)] + calls * r.call_overhead_s
-        dev_moe = qkv + o + router + experts + shared
-        dev_dense = qkv + o + dense
+        attention = kv_read / r.attention_bps[c.attention_threads.astype(int)] + calls * r.call_overhead_s \
+            + ov["attention"]
+        dense_norm = ov["mlp_norm"]                  # timed as `router` in dense layers too
+        dev_moe = qkv + o + router + experts + shared + ov["residual"]
+        dev_dense = qkv + o + dense + dense_norm + ov["residual"]
         gb = lay.group_bytes
         if self.has_device:
             copy_moe = self._copy_seconds(lay.streamed_moe_layer[rho])
@@ -115,26 +144,28 @@ class PerfModel:
             step_copy = self._copy_seconds(lay.streamed_per_step[rho])
             device_bps = r.device_read_bps
         else:
-            copy_moe = copy_dense = step_copy = np.zeros_like(num_seqs)
+            copy_moe, copy_dense, step_copy = (self._host_copy_seconds(b[rho] + 0 * num_seqs) for b in (
+                lay.streamed_moe_layer, lay.streamed_dense_layer, lay.streamed_per_step))
             read_moe = gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] \
                 + hit * lay.expert_bytes + gb["moe"]["shared_experts"]
             read_dense = gb["dense"]["qkv_proj"] + gb["dense"]["o_proj"] + gb["dense"]["dense_mlp"]
             host_moe = (kv_read + read_moe) / r.host_read_bps
             host_dense = (kv_read + read_dense) / r.host_read_bps
-            layer_moe = np.maximum(dev_moe + attention, host_moe)
-            layer_dense = np.maximum(dev_dense + attention, host_dense)
+            layer_moe = np.maximum(dev_moe + attention, host_moe) + copy_moe
+            layer_dense = np.maximum(dev_dense + attention, host_dense) + copy_dense
             device_bps = r.host_read_bps
-        embed = num_seqs * spec.hidden_size * spec.dtype_bytes / device_bps
-        lm_head = self.groups * g["lm_head"].chunked_seconds(n, c.attn_batch)
-        sampling = num_seqs * spec.vocab_size * 4 * SAMPLING_PASSES / device_bps
-        serial = embed + lm_head + sampling + step_copy + r.step_overhead_s
+        per_step = self.overheads.decode_step(num_seqs)
+        embed = num_seqs * spec.hidden_size * spec.dtype_bytes / device_bps + per_step["embed"]
+        lm_head = self.groups * g["lm_head"].chunked_seconds(n, c.attn_batch) + per_step["lm_head"]
+        sampling = num_seqs * spec.vocab_size * 4 * SAMPLING_PASSES / device_bps + per_step["sampling"]
+        serial = embed + lm_head + sampling + step_copy + r.step_overhead_s + per_step["step"]
         n_moe, n_dense, n_all = lay.num_moe_layers, lay.num_dense_layers, spec.num_layers
         step = n_moe * layer_moe + n_dense * layer_dense + serial
         device_busy = n_moe * dev_moe + n_dense * dev_dense + embed + lm_head + sampling
         out = {
             "embed": embed, "qkv_proj": n_all * qkv, "attention": n_all * attention, "o_proj": n_all * o,
-            "router": n_moe * router, "experts": n_moe * experts, "shared_experts": n_moe * shared,
-            "dense_mlp": n_dense * dense, "lm_head": lm_head,
+            "router": n_moe * router + n_dense * dense_norm, "experts": n_moe * experts,
+            "shared_experts": n_moe * shared, "dense_mlp": n_dense * dense, "lm_head": lm_head,
             "weight_copy": n_moe * copy_moe + n_dense * copy_dense + step_copy, "sampling": sampling,
             "step": step,
             "busy_host_memory": n_moe * host_moe + n_dense * host_dense,
@@ -149,19 +180,37 @@ class PerfModel:
         return np.where(nbytes > 0, nbytes / self.rates.h2d_bps(np.maximum(nbytes, 1.0)), 0.0)
 
     # ----- prefill -----
-    def prefill_chunk(self, c: Candidates) -> dict[str, np.ndarray]:
+    def prefill_tokens(self, c: Candidates, num_seqs: np.ndarray | None = None) -> np.ndarray:
+        """Prompt tokens per prefill forward: the chunk, capped by the job and by the prompts that can be
+        admitted at once: with N slots, a whole wave of N when sequences finish together, else the ~N/g that
+        finish (and are refilled) per decode step."""
+        w = self.workload
+        tokens = np.minimum(c.prefill_chunk, max(w.prompt_tokens, 1.0))
+        if num_seqs is None:
+            return tokens
+        admitted = num_seqs if w.finishes_in_waves else np.maximum(num_seqs / max(w.gen_len_mean, 1.0), 1.0)
+        return np.minimum(tokens, np.maximum(admitted * w.prompt_len_mean, 1.0))
+
+    def prefill_chunk(self, c: Candidates, num_seqs: np.ndarray | None = None) -> dict[str, np.ndarray]:
         lay, r, spec, w = self.layout, self.rates, self.spec, self.workload
         g = r.gemm
         rho = c.residency.astype(int)
-        tokens = np.minimum(c.prefill_chunk, max(w.prompt_tokens, 1.0))
-        qkv, o, router = g["qkv_proj"].seconds(tokens), g["o_proj"].seconds(tokens), g["router"].seconds(tokens)
+        tokens = self.prefill_tokens(c, num_seqs)
+        sequences = np.maximum(tokens / w.prompt_len_mean, 1.0)
         hit = lay.expected_experts(tokens)
-        experts = hit * g["experts"].chunked_seconds(tokens * spec.top_k / np.maximum(hit, 1e-12), c.expert_batch)
-        shared = g["shared_experts"].chunked_seconds(tokens, c.expert_batch)
-        dense = g["dense_mlp"].chunked_seconds(tokens, c.expert_batch)
-        attention = tokens * w.prefill_context * lay.prefill_pair_flops / g["o_proj"].tables[0].flops_per_s(tokens)
-        dev_moe = qkv + o + router + experts + shared + attention
-        dev_dense = qkv + o + dense + attention
+        rows_per_expert = tokens * spec.top_k / np.maximum(hit, 1e-12)
+        ov = self.overheads.prefill_layer(tokens, sequences, 2.0 * (w.prefill_context - 0.5), hit, rows_per_expert,
+                                          c.expert_batch)
+        qkv, o = g["qkv_proj"].seconds(tokens) + ov["qkv_proj"], g["o_proj"].seconds(tokens) + ov["o_proj"]
+        router = g["router"].seconds(tokens) + ov["router"] + ov["mlp_norm"]
+        experts = hit * g["experts"].chunked_seconds(rows_per_expert, c.expert_batch, padded=True) + ov["experts"]
+        shared = g["shared_experts"].chunked_seconds(tokens, c.expert_batch) + ov["shared_experts"]
+        dense = g["dense_mlp"].chunked_seconds(tokens, c.expert_batch) + ov["dense_mlp"]
+        attention = tokens * w.prefill_context * lay.prefill_pair_flops / g["o_proj"].tables[0].flops_per_s(tokens) \
+            + ov["attention"]
+        dense_norm = ov["mlp_norm"]
+        dev_moe = qkv + o + router + experts + shared + attention + ov["residual"]
+        dev_dense = qkv + o + dense + dense_norm + attention + ov["residual"]
         kv_bytes = tokens * lay.kv_bytes_per_token_layer
         gb = lay.group_bytes
         if self.has_device:
@@ -175,21 +224,23 @@ class PerfModel:
             step_copy = self._copy_seconds(lay.streamed_per_step[rho])
             device_bps = r.device_read_bps
         else:
-            copy_moe = copy_dense = step_copy = np.zeros_like(tokens)
+            copy_moe, copy_dense, step_copy = (self._host_copy_seconds(b[rho] + 0 * tokens) for b in (
+                lay.streamed_moe_layer, lay.streamed_dense_layer, lay.streamed_per_step))
             read_moe = gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] \
                 + hit * lay.expert_bytes + gb["moe"]["shared_experts"]
             read_dense = gb["dense"]["qkv_proj"] + gb["dense"]["o_proj"] + gb["dense"]["dense_mlp"]
-            layer_moe = np.maximum(dev_moe, (2 * kv_bytes + read_moe) / r.host_read_bps)
-            layer_dense = np.maximum(dev_dense, (2 * kv_bytes + read_dense) / r.host_read_bps)
+            layer_moe = np.maximum(dev_moe, (2 * kv_bytes + read_moe) / r.host_read_bps) + copy_moe
+            layer_dense = np.maximum(dev_dense, (2 * kv_bytes + read_dense) / r.host_read_bps) + copy_dense
             device_bps = r.host_read_bps
-        sequences = np.maximum(tokens / w.prompt_len_mean, 1.0)
-        embed = tokens * spec.hidden_size * spec.dtype_bytes / device_bps
-        lm_head = g["lm_head"].seconds(sequences)
+        per_chunk = self.overheads.prefill_chunk(tokens, sequences)
+        embed = tokens * spec.hidden_size * spec.dtype_bytes / device_bps + per_chunk["embed"]
+        lm_head = g["lm_head"].seconds(sequences) + per_chunk["lm_head"]
         n_moe, n_dense, n_all = lay.num_moe_layers, lay.num_dense_layers, spec.num_layers
-        chunk = n_moe * layer_moe + n_dense * layer_dense + embed + lm_head + step_copy + r.step_overhead_s
+        chunk = n_moe * layer_moe + n_dense * layer_dense + embed + lm_head + step_copy + r.step_overhead_s \
+            + per_chunk["forward"]
         return {
             "embed": embed, "qkv_proj": n_all * qkv, "attention": n_all * attention, "o_proj": n_all * o,
-            "router": n_moe * router, "experts": n_moe * experts, "shared_experts": n_moe * shared,
+            "router": n_moe * router + n_dense * dense_norm, "experts": n_moe * experts, "shared_experts": n_moe * shared,
             "dense_mlp": n_dense * dense, "lm_head": lm_head,
             "weight_copy": n_moe * copy_moe + n_dense * copy_dense + step_copy,
             "chunk": chunk, "tokens": tokens,
@@ -210,7 +261,7 @@ class PerfModel:
         occupancy = np.maximum(p * decoded / steps, 1.0)
         at_mean = at_n if w.num_prompts == 1 else self.decode_step(c, occupancy)
         decode_time = steps * at_mean["step"]
-        pre = self.prefill_chunk(c)
+        pre = self.prefill_chunk(c, n)
         prefill_tok_s = pre["tokens"] / pre["chunk"]
         prefill_time = w.prompt_tokens / prefill_tok_s
         wall = prefill_time + decode_time

@@ -41,8 +41,10 @@ def profile_ref_of(profile: HardwareProfile, ref: str) -> ProfileRef:
 
 
 def make_plan(spec: ModelSpec, profile: HardwareProfile, workload: Workload, budgets: Budgets,
-              model_ref: str | None = None, profile_ref: str | None = None) -> Plan:
-    model = PerfModel(spec, profile, workload, budgets)
+              model_ref: str | None = None, profile_ref: str | None = None, stream_on_host: bool = False) -> Plan:
+    """Solve and build the plan; `stream_on_host` plans the engine's forced-streaming mode on a CPU-only
+    profile (routed experts streamed host to host; for benchmarks of the streamer without a device)."""
+    model = PerfModel(spec, profile, workload, budgets, stream_on_host=stream_on_host)
     return plan_from_solution(model, solve(model), model_ref_of(spec, model_ref or spec.name),
                               profile_ref_of(profile, profile_ref or profile.name))
 
@@ -60,7 +62,7 @@ def plan_from_solution(model: PerfModel, solution: Solution, model_ref: ModelRef
     utilisation = {k: v / step for k, v in busy.items()}
     host, device = model.memory.breakdown(c, float(n))
     bound = compute_bound(model)
-    streams = model.has_device and solution.residency < lay.max_residency
+    streams = (model.has_device or model.streams_on_host) and solution.residency < lay.max_residency
     if streams:
         resident, experts_resident = lay.resident_groups(solution.residency)
     else:

@@ -5,7 +5,7 @@ docs/contracts.md; dataclasses in `planner.profile_schema`, validation in
 `planner.profile_parse`). `load_profile(name_or_path)` reads and strictly validates one: any broken or partial
 file raises `UserError` naming the field path (`gemm.curves[2].tflops: ...`). Interpolators return the
 rates as measured; the performance model multiplies them by the `efficiency` constants that calibration
-fits (`gemm_tflops(...) * profile.efficiency.gemm`, and so on).
+fits (`gemm_tflops(...) * profile.efficiency.gemm`, and so on; the `overheads` costs by `efficiency.overhead`).
 
 - `gemm_tflops(m, n, k)`: device GEMM rate at m rows for an [n, k] weight: log-log linear in m, clamped
   at the measured ends; between measured shapes, log-linear in n*k; outside them, the nearest shape.
@@ -32,21 +32,27 @@ import yaml
 from planner.errors import UserError
 from planner.profile_parse import parse_profile_dict
 from planner.profile_schema import (
+    CALL_OVERHEADS,
+    ELEMENTWISE_COSTS,
     SCHEMA_VERSION,
     AttentionCurve,
+    CallOverheads,
     Efficiency,
+    ElementwiseBySize,
+    ElementwiseCosts,
     GemmCurve,
     Links,
     Machine,
     Memory,
+    Overheads,
     Price,
     Provenance,
     RateCurve,
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "AttentionCurve", "Efficiency", "GemmCurve", "HardwareProfile", "Links", "Machine",
-    "Memory", "Price", "Provenance", "RateCurve", "find_profile_for_this_machine", "list_profiles",
+    "CALL_OVERHEADS", "ELEMENTWISE_COSTS", "SCHEMA_VERSION", "AttentionCurve", "CallOverheads", "Efficiency", "ElementwiseBySize", "ElementwiseCosts", "GemmCurve",
+    "HardwareProfile", "Links", "Machine", "Memory", "Overheads", "Price", "Provenance", "RateCurve", "find_profile_for_this_machine", "list_profiles",
     "load_profile", "machine_profile_name", "profiles_dir", "this_machine_description", "usable_cores",
 ]
 
@@ -65,6 +71,7 @@ class HardwareProfile:
     links: Links | None = None      # None: no separate device (CPU-only)
     price: Price = field(default_factory=Price)
     efficiency: Efficiency = field(default_factory=Efficiency)
+    overheads: Overheads = field(default_factory=Overheads)     # all zero: not measured (section absent)
     notes: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -75,6 +82,7 @@ class HardwareProfile:
         return cls(**parse_profile_dict(data, source))
 
     def to_dict(self) -> dict:
+        """The YAML form; the `overheads` section only when measured (datasheet profiles have none)."""
         return {
             "schema_version": self.schema_version,
             "name": self.name,
@@ -86,6 +94,7 @@ class HardwareProfile:
             "gemm": {"dtype": self.gemm_dtype, "curves": [c.to_dict() for c in self.gemm_curves]},
             "attention": {"curves": [c.to_dict() for c in self.attention_curves]},
             "efficiency": self.efficiency.to_dict(),
+            **({"overheads": self.overheads.to_dict()} if self.overheads.measured else {}),
             "notes": self.notes,
         }
 
@@ -100,9 +109,10 @@ class HardwareProfile:
         return path
 
     def fingerprint(self) -> str:
-        """Short stable hash of the measured content (curves, rates, non-default efficiency), not names or prices."""
+        """Short stable hash of the measured content (curves, rates, overheads when measured, non-default
+        efficiency), not names or prices."""
         d = self.to_dict()
-        content = {k: d[k] for k in ("links", "memory", "gemm", "attention")}
+        content = {k: d[k] for k in ("links", "memory", "gemm", "attention", "overheads") if k in d}
         defaults = Efficiency().to_dict()       # constants at their default leave the hash unchanged, so
         content["efficiency"] = {k: v for k, v in d["efficiency"].items() if v != defaults[k]}  # adding one is safe
         blob = json.dumps(_floats(content), sort_keys=True, separators=(",", ":"))

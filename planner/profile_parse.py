@@ -4,7 +4,8 @@
 `planner.profile.HardwareProfile`, or raises `UserError` naming the source and the field path of the first
 problem (`gemm.curves[2].tflops: expected a non-empty list of positive numbers`). Missing required fields,
 wrong types, non-positive rates, non-increasing grids, mismatched list lengths, an unknown schema_version
-and unknown keys (almost always typos) are all errors.
+and unknown keys (almost always typos) are all errors. The optional `overheads` section (costs in seconds or
+nanoseconds, finite and >= 0; a missing section or key is zero) is read into `Overheads`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,22 @@ from dataclasses import dataclass, field
 from planner.errors import UserError
 from planner.profile_schema import (
     ATTENTION_LAYOUTS,
+    CALL_OVERHEADS,
+    ELEMENTWISE_COSTS,
     GEMM_DTYPES,
     LINK_CURVES,
     PROVENANCE_KINDS,
     SCHEMA_VERSION,
     AttentionCurve,
+    CallOverheads,
     Efficiency,
+    ElementwiseBySize,
+    ElementwiseCosts,
     GemmCurve,
     Links,
     Machine,
     Memory,
+    Overheads,
     Price,
     Provenance,
     RateCurve,
@@ -162,6 +169,41 @@ def _attention_curve(f: _Fields) -> AttentionCurve:
     return curve
 
 
+def _costs(f: _Fields | None, names: tuple[str, ...]) -> dict[str, float]:
+    """Non-negative numbers under `names`; a missing mapping or key is zero."""
+    if f is None:
+        return {}
+    values = {name: f.number(name, False, 0.0, positive=False) for name in names}
+    f.done()
+    return values
+
+
+def _by_size(f: _Fields) -> ElementwiseBySize:
+    elements = f.series("elements", integers=True, increasing=True)
+    ns = {}
+    for name in ELEMENTWISE_COSTS:
+        if f.get(name, False) is not None:
+            ns[name] = f.series(name)
+            _same_length(f, "elements", elements, name, ns[name])
+    f.done()
+    return ElementwiseBySize(elements=elements, ns=ns)
+
+
+def _elementwise(f: _Fields | None) -> ElementwiseCosts:
+    if f is None:
+        return ElementwiseCosts()
+    by_size = f.sub("by_size", False)
+    curve = _by_size(by_size) if by_size is not None else None
+    return ElementwiseCosts(**_costs(f, ELEMENTWISE_COSTS), by_size=curve)
+
+
+def _overheads(f: _Fields) -> Overheads:
+    overheads = Overheads(call_s=CallOverheads(**_costs(f.sub("call_s", False), CALL_OVERHEADS)),
+                          elementwise_ns=_elementwise(f.sub("elementwise_ns", False)))
+    f.done()
+    return overheads
+
+
 def parse_profile_dict(data: object, source: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{source}: a hardware profile must be a YAML mapping, got {type(data).__name__}",
@@ -234,8 +276,12 @@ def parse_profile_dict(data: object, source: str) -> dict:
                                        attention=e.number("attention", False, 1.0),
                                        copy=e.number("copy", False, 1.0),
                                        step_overhead_s=e.number("step_overhead_s", False, 0.0, positive=False),
-                                       call_overhead_s=e.number("call_overhead_s", False, 0.0, positive=False))
+                                       call_overhead_s=e.number("call_overhead_s", False, 0.0, positive=False),
+                                       overhead=e.number("overhead", False, 1.0))
         e.done()
+    o = top.sub("overheads", required=False)
+    if o is not None:
+        out["overheads"] = _overheads(o)
     out["notes"] = top.text("notes", False) or ""
     top.done()
     return out

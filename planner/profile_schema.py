@@ -3,13 +3,30 @@
 Each dataclass has `to_dict()` (the YAML form, docs/contracts.md "Hardware profile"); parsing and strict
 validation of that form live in `planner.profile_parse`. Curves interpolate log-log (GEMM rows, copy
 sizes) or linearly (attention threads), clamped to their end values outside the measured range.
+
+`Overheads` (the optional `overheads` section; absent = all zero, as in datasheet profiles) holds what the
+GEMM curves cannot see, measured by `runtime.profiler.overheads` on the engine's own code paths:
+- `call_s.<name>`: fixed seconds per call beyond the GEMMs the curves price, for `CALL_OVERHEADS`:
+  `embed` (per forward), `qkv_proj` (attention norm + q/k/v + RoPE + copy to host, per attention
+  micro-batch), `qk_norm` (extra per qkv_proj call of a model with norms inside attention: q/k norms, MLA
+  latent norms), `attention` (decode kernel call, per micro-batch), `o_proj` (output projection + residual
+  add, per micro-batch), `router` (mlp norm + router + top-k, per token group), `expert_grouping` (sort and
+  scatter of the routed tokens, per token group), `expert` (one activated expert's gather, FFN and weighted
+  scatter-add, per chunk), `shared_experts` / `dense_mlp` (per token group), `lm_head` (final norm + lm_head,
+  per call), `sampling` (per step), `prefill_attention` (one prompt segment of one layer: causal attention +
+  K/V write), `decode_step` / `prefill_forward` (untimed bookkeeping: scheduling, batch tensors).
+- `elementwise_ns.<name>`: nanoseconds per element at large sizes (memory-bound), for `ELEMENTWISE_COSTS`:
+  `norm` (RMSNorm input element), `rope` (rotated q/k element), `add` (residual add element),
+  `attention_score` (one head's query-key score element of prefill attention: scale, mask, softmax);
+  optional `elementwise_ns.by_size`: `elements` (per call, ascending) and, for some names, the marginal ns
+  per element at each size (beyond the call's fixed cost, which `call_s` holds).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 SCHEMA_VERSION = 1
 PROVENANCE_KINDS = ("measured", "datasheet", "calibrated")
@@ -170,7 +187,90 @@ class Efficiency:
     step_overhead_s: float = 0.0
     gemm_small_m: float = 1.0
     call_overhead_s: float = 0.0
+    overhead: float = 1.0           # multiplies every measured cost of the `overheads` section
 
     def to_dict(self) -> dict:
         return {"gemm": self.gemm, "gemm_small_m": self.gemm_small_m, "attention": self.attention,
-                "copy": self.copy, "step_overhead_s": self.step_overhead_s, "call_overhead_s": self.call_overhead_s}
+                "copy": self.copy, "step_overhead_s": self.step_overhead_s, "call_overhead_s": self.call_overhead_s,
+                "overhead": self.overhead}
+
+
+@dataclass(frozen=True)
+class CallOverheads:
+    """Fixed seconds per call of each engine code path, beyond the GEMM time the curves give (module docstring)."""
+    embed: float = 0.0
+    qkv_proj: float = 0.0
+    qk_norm: float = 0.0
+    attention: float = 0.0
+    o_proj: float = 0.0
+    router: float = 0.0
+    expert_grouping: float = 0.0
+    expert: float = 0.0
+    shared_experts: float = 0.0
+    dense_mlp: float = 0.0
+    lm_head: float = 0.0
+    sampling: float = 0.0
+    prefill_attention: float = 0.0
+    decode_step: float = 0.0
+    prefill_forward: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in CALL_OVERHEADS}
+
+
+@dataclass(frozen=True)
+class ElementwiseBySize:
+    """Marginal nanoseconds per element against the elements one call touches (`elements`, ascending), for
+    some of `ELEMENTWISE_COSTS`; interpolated log-log, clamped to the end values."""
+    elements: tuple[int, ...]
+    ns: dict[str, tuple[float, ...]]
+
+    def at(self, name: str, elements):
+        import numpy as np
+
+        log_ns = np.log(np.asarray(self.ns[name], dtype=np.float64))
+        log_e = np.log(np.maximum(np.asarray(elements, dtype=np.float64), 1.0))
+        return np.exp(np.interp(log_e, np.log(np.asarray(self.elements, dtype=np.float64)), log_ns))
+
+    def to_dict(self) -> dict:
+        return {"elements": list(self.elements), **{name: list(v) for name, v in self.ns.items()}}
+
+
+@dataclass(frozen=True)
+class ElementwiseCosts:
+    """Nanoseconds per element of the elementwise work: at large sizes (memory-bound, the scalars) and, when
+    measured, against the size of one call (`by_size`: small tensors stay in cache and cost less)."""
+    norm: float = 0.0
+    rope: float = 0.0
+    add: float = 0.0
+    attention_score: float = 0.0
+    by_size: ElementwiseBySize | None = None
+
+    def ns(self, name: str, elements_per_call):
+        """ns per element of `name` for calls of that many elements (the large-size scalar without a curve)."""
+        if self.by_size is not None and name in self.by_size.ns:
+            return self.by_size.at(name, elements_per_call)
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        out = {name: getattr(self, name) for name in ELEMENTWISE_COSTS}
+        return {**out, "by_size": self.by_size.to_dict()} if self.by_size is not None else out
+
+
+CALL_OVERHEADS = tuple(f.name for f in fields(CallOverheads))
+ELEMENTWISE_COSTS = tuple(f.name for f in fields(ElementwiseCosts) if f.name != "by_size")
+
+
+@dataclass(frozen=True)
+class Overheads:
+    call_s: CallOverheads = field(default_factory=CallOverheads)
+    elementwise_ns: ElementwiseCosts = field(default_factory=ElementwiseCosts)
+
+    @property
+    def measured(self) -> bool:
+        """False when every cost is zero (the section was absent)."""
+        return any(self.call_s.to_dict().values()) or any(getattr(self.elementwise_ns, name)
+                                                          for name in ELEMENTWISE_COSTS)
+
+    def to_dict(self) -> dict:
+        return {"call_s": self.call_s.to_dict(), "elementwise_ns": self.elementwise_ns.to_dict()}

@@ -11,8 +11,10 @@ numpy-vectorised lookups, each already multiplied by the profile's `efficiency` 
   prices rows in chunks of at most `chunk` (the remainder chunk pro rata: rows are expectations).
 - `h2d_bps(nbytes)`, `d2h_bps(nbytes)`: pinned link bytes/s for one transfer of that size.
 - `attention_bps[threads]`: CPU decode-attention KV bytes/s for 0..cores threads (index = threads).
-- `host_read_bps`, `device_read_bps` (estimated from the GEMV end of the GEMM curves: bytes/2 per FLOP at
-  one row), `peak_flops` (largest measured GEMM rate: the dense peak for S-MFU and the bound).
+- `overheads`: the profile's measured `overheads` section times `efficiency.overhead`, as seconds per call
+  (`call_s[name]`) and seconds per element (`element_s[name]`); all zero when the profile has none.
+- `host_read_bps`, `device_read_bps` (estimated from the GEMV end of the profile's fastest GEMM curve at one
+  row, whatever the model: bytes/2 per FLOP), `peak_flops` (largest measured GEMM rate: the dense peak for S-MFU and the bound).
 `RateScale` multiplies resources for what-if questions (`planner explain`): link, CPU (attention bandwidth
 and, with no device, CPU GEMMs), host memory bandwidth, device compute.
 """
@@ -24,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner.costs import ModelCosts
-from planner.profile import HardwareProfile
+from planner.profile import ElementwiseCosts, HardwareProfile
+from planner.row_buckets import expected_padding
 
 ROW_GRID = 2.0 ** np.arange(0, 21)          # 1 .. 1,048,576 rows
 SIZE_GRID = 2.0 ** np.arange(10, 41)        # 1 KiB .. 1 TiB transfers
@@ -91,10 +94,13 @@ class ModuleGemm:
             total = total + table.seconds(rows)
         return total
 
-    def chunked_seconds(self, rows, chunk) -> np.ndarray:
+    def chunked_seconds(self, rows, chunk, padded: bool = False) -> np.ndarray:
+        """`padded`: each chunk's rows rounded up to its GEMM row bucket (`planner.row_buckets`), as the
+        engine does for routed experts."""
         rows = np.asarray(rows, dtype=np.float64)
         chunks = np.maximum(rows / np.maximum(chunk, 1.0), 1.0)
-        return chunks * self.seconds(rows / chunks)
+        per_chunk = rows / chunks
+        return chunks * self.seconds(per_chunk * expected_padding(per_chunk) if padded else per_chunk)
 
     @property
     def empty(self) -> bool:
@@ -131,6 +137,26 @@ def module_matrices(costs: ModelCosts) -> dict[str, list[tuple[int, int, float]]
 
 
 @dataclass(frozen=True)
+class OverheadCosts:
+    call_s: dict[str, float]
+    elementwise: ElementwiseCosts
+    scale: float = 1.0
+
+    @classmethod
+    def of(cls, profile: HardwareProfile) -> OverheadCosts:
+        scale = profile.efficiency.overhead
+        measured = profile.overheads
+        return cls(call_s={k: v * scale for k, v in measured.call_s.to_dict().items()},
+                   elementwise=measured.elementwise_ns, scale=scale)
+
+    def element_seconds(self, name: str, elements, calls=1.0) -> np.ndarray:
+        """Seconds for `elements` elements of `name` work done in `calls` equal calls."""
+        elements = np.asarray(elements, dtype=np.float64)
+        per_call = elements / np.maximum(np.asarray(calls, dtype=np.float64), 1.0)
+        return elements * self.elementwise.ns(name, per_call) * 1e-9 * self.scale
+
+
+@dataclass(frozen=True)
 class Rates:
     gemm: dict[str, ModuleGemm]
     attention_bps: np.ndarray            # index = threads (0 .. cores)
@@ -140,6 +166,8 @@ class Rates:
     has_device: bool
     step_overhead_s: float
     call_overhead_s: float = 0.0
+    overheads: OverheadCosts | None = None
+    host_copy_bps: float = 0.0           # host-to-host copies (forced streaming without a device)
     link_log_sizes: np.ndarray = field(default_factory=lambda: np.log(SIZE_GRID))
     h2d_log_bps: np.ndarray | None = None
     d2h_log_bps: np.ndarray | None = None
@@ -161,15 +189,19 @@ class Rates:
         attention = np.maximum.accumulate(attention * 1e9 * eff.attention * scale.cpu)
         dtype_bytes = costs.spec.dtype_bytes
         host_read = profile.memory.read_gbps * 1e9 * scale.host_memory
-        device_read = max(t.gemv_flops_per_s for t in tables) * dtype_bytes / 2 if has_device else host_read
+        gemv_flops = max(curve.tflops_at(1.0) for curve in profile.gemm_curves) * 1e12 * float(compute_speed[0])
+        device_read = gemv_flops * dtype_bytes / 2 if has_device else host_read
         link = {}
         if has_device:
             for name, fn in (("h2d", profile.h2d_gbps), ("d2h", profile.d2h_gbps)):
                 bps = np.array([fn(float(size), pinned=True) for size in SIZE_GRID]) * 1e9 * eff.copy * scale.link
                 link[name] = np.log(bps)
+        host_copy = profile.memory.copy_gbps * 1e9 * eff.copy * scale.host_memory
         return cls(gemm=gemm, attention_bps=attention, host_read_bps=host_read, device_read_bps=device_read,
+                   host_copy_bps=host_copy,
                    peak_flops=max(t.peak_flops_per_s for t in tables), has_device=has_device,
-                   step_overhead_s=eff.step_overhead_s, call_overhead_s=eff.call_overhead_s, h2d_log_bps=link.get("h2d"), d2h_log_bps=link.get("d2h"))
+                   step_overhead_s=eff.step_overhead_s, call_overhead_s=eff.call_overhead_s,
+                   overheads=OverheadCosts.of(profile), h2d_log_bps=link.get("h2d"), d2h_log_bps=link.get("d2h"))
 
     def h2d_bps(self, nbytes) -> np.ndarray:
         return self._link(self.h2d_log_bps, nbytes)

@@ -67,7 +67,7 @@ class Solver:
     def __init__(self, model: PerfModel):
         self.model = model
         self.attention_threads, self.compute_threads = choose_threads(model)
-        self.max_residency = model.layout.max_residency
+        self.min_residency, self.max_residency = model.residency_range
         self.evaluations = 0
         self._cache: dict[tuple[int, int], tuple[float, int, int]] = {}
 
@@ -101,7 +101,7 @@ class Solver:
     # ----- search -----
     def solve(self) -> Solution:
         began = time.perf_counter()
-        rho_lo = 0 if self.model.has_device else self.max_residency
+        rho_lo = self.min_residency
         bounds = [(rho_lo, self.max_residency + 0.999), (EXPERT_BATCHES_LOG2[0], EXPERT_BATCHES_LOG2[1] + 0.999)]
 
         def objective(x: np.ndarray) -> np.ndarray:        # x: [2, population]
@@ -193,10 +193,10 @@ def check_budgets(model: PerfModel) -> None:
 def grid_search(model: PerfModel) -> tuple[float, tuple[int, int, int, int]]:
     """Exhaustive search over the whole lattice: (best tok/s, (residency, b_a, b_e, chunk))."""
     attention_threads, _ = choose_threads(model)
-    rho_lo = 0 if model.has_device else model.layout.max_residency
+    rho_lo, rho_hi = model.residency_range
     best = (-1.0, (0, 0, 0, 0))
     expert_batches = 2.0 ** np.arange(EXPERT_BATCHES_LOG2[0], EXPERT_BATCHES_LOG2[1] + 1)
-    for rho in range(rho_lo, model.layout.max_residency + 1):
+    for rho in range(rho_lo, rho_hi + 1):
         c = Candidates.of(residency=rho, attn_batch=ATTN_BATCHES.reshape(-1, 1, 1),
                           expert_batch=expert_batches.reshape(1, -1, 1), prefill_chunk=PREFILL_CHUNKS.reshape(1, 1, -1),
                           attention_threads=attention_threads)

@@ -49,7 +49,11 @@ def test_accuracy_configs_cover_the_matrix_and_build_their_plans():
         for config in (c.scaled(quick) for c in configs):
             plan = bench_accuracy.plan_for(config, config_spec(config), profile, Path("ckpt"), "bench-cpu")
             assert plan.num_seqs == config.num_seqs, config.name
-            assert not plan.stream_weights and plan.workload.num_prompts == config.num_prompts
+            assert plan.stream_weights == config.streaming and plan.workload.num_prompts == config.num_prompts
+            if config.streaming:    # the engine's forced-streaming mode: every layer group kept, experts streamed
+                assert plan.resident_experts_per_layer == 0
+                assert set(plan.resident_modules) == set(bench_accuracy.STREAMING_OVERRIDES["resident_modules"])
+                assert plan.predicted.decode_step_s > 0 and plan.module_times["decode_step"]["weight_copy"] > 0
 
 
 def test_kv_sweep_rows_share_one_workload():

@@ -179,3 +179,21 @@ def test_plan_accounts_memory_by_category_within_budgets():
     assert plan.kv_budget_bytes == host["kv_cache"] <= 128 * GiB
     assert plan.is_resident("qkv_proj") and plan.is_resident("experts", 0)
     assert not plan.is_resident("experts", plan.resident_experts_per_layer)
+
+
+def test_streaming_on_the_host_adds_expert_copies_at_the_memory_copy_rate():
+    spec, workload = small_spec(), Workload.fixed(300, 200, 1000)
+    profile, budgets = flat_profile(False), Budgets(8 * GiB, 512 * GiB, 0)
+    plain = PerfModel(spec, profile, workload, budgets)
+    streamed = PerfModel(spec, profile, workload, budgets, stream_on_host=True)
+    assert plain.residency_range == (plain.layout.max_residency,) * 2
+    rho = streamed.residency_range[0]
+    assert streamed.residency_range == (rho, rho) and streamed.layout.resident_groups(rho)[1] == 0
+    c = candidates(residency=rho, attention_threads=8)
+    base, step = plain.decode_step(c, np.array([100.0])), streamed.decode_step(c, np.array([100.0]))
+    copy = spec.num_moe_layers * streamed.layout.streamed_moe_layer[rho] / (profile.memory.copy_gbps * 1e9)
+    assert step["weight_copy"][0] == pytest.approx(copy) and copy > 0
+    assert step["step"][0] == pytest.approx(base["step"][0] + copy)
+    plan = make_plan(spec, profile, workload, budgets, stream_on_host=True)
+    assert plan.stream_weights and plan.resident_experts_per_layer == 0
+    assert not make_plan(spec, profile, workload, budgets).stream_weights

@@ -3,7 +3,8 @@
 `grouped_experts` is the engine's form of the model's routed-expert sum: tokens are grouped by expert with
 one stable sort (instead of a mask per expert), and each expert's `expert_ffn` runs over all of its tokens
 in chunks of at most `expert_batch` rows (index_select in, weighted index_add out, in the same order and
-precision as `runtime.model.moe.routed_experts`, so results match the reference). It returns the ids of
+precision as `runtime.model.moe.routed_experts`, so results match the reference), each chunk padded to its
+row bucket (`planner.row_buckets`: a bounded set of GEMM shapes, so oneDNN stops building new kernels). It returns the ids of
 the experts the router activated, counted from its real outputs.
 `ffn_block(x, w, spec, layer, expert_batch, timer)` is the residual branch input (post `mlp_norm`) to
 output, timed per module (`router`, `experts`, `shared_experts`, `dense_mlp`).
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 
 import torch
 
+from planner.row_buckets import bucket_rows
 from planner.spec import ModelSpec
 from runtime.engine.instrumentation import ModuleTimer
 from runtime.model.layers import dense_mlp, expert_ffn
@@ -42,7 +44,10 @@ def grouped_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch
         for chunk in range(begin, begin + count, expert_batch):
             end = min(chunk + expert_batch, begin + count)
             tokens = token_of[chunk:end]
-            y = expert_ffn(x.index_select(0, tokens), gate, up, down)   # [m, h]
+            rows = tokens.numel()
+            padded = bucket_rows(rows)
+            gather = tokens if padded == rows else torch.cat((tokens, tokens[:1].expand(padded - rows)))
+            y = expert_ffn(x.index_select(0, gather), gate, up, down)[:rows]   # [m, h]
             weighted = y * topk_weights[tokens, slot_of[chunk:end], None]  # fp32
             out.index_add_(0, tokens, weighted.to(out.dtype))
         begin += count

@@ -41,18 +41,20 @@ def _linear(label: str, n: int, k: int) -> GemmShape:
 
 
 EXPERT_SHAPES = (
+    _expert("small", 512, 256),         # the smallest experts (the test minis): fixed costs dominate
     _expert("qwen3-moe", 2048, 768),
     _expert("deepseek-v2-lite", 2048, 1408),
     _expert("mixtral-mini", 1024, 3584),
     _expert("mixtral", 4096, 14336),
 )
 LINEAR_SHAPES = (
+    _linear("small q_proj", 1024, 512),
     _linear("mla kv_a_proj", 576, 2048),
     _linear("gqa k/v_proj", 1024, 4096),
     _linear("q/o_proj", 4096, 4096),
 )
 ALL_GEMM_SHAPES = EXPERT_SHAPES + LINEAR_SHAPES
-QUICK_GEMM_SHAPES = (EXPERT_SHAPES[0], LINEAR_SHAPES[0])
+QUICK_GEMM_SHAPES = (EXPERT_SHAPES[1], LINEAR_SHAPES[1])
 
 
 @dataclass(frozen=True)

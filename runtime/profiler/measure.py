@@ -2,7 +2,8 @@
 
 `measure_profile(sizing, device=None, command=...)` runs, in order: host memory read/copy, host<->device
 copy curves (CUDA only; CPU-only profiles have `links: null`), GEMM curves on the device in bf16, CPU
-decode-attention curves over 1..cores threads, then describes the machine (after the copies, so the PCIe
+decode-attention curves over 1..cores threads, the per-call and elementwise costs of the engine's own code
+paths (`runtime.profiler.overheads`: the profile's `overheads` section), then describes the machine (after the copies, so the PCIe
 link is trained up when its speed is read). `Sizing` sets the grids and time budgets: `FULL` (< 5 min on
 a small machine), `QUICK` (< 60 s) and `TINY` (a few seconds, for tests). Every curve gets at least its
 first point; budgets then cut GEMM rows (clamped beyond) and attention repeats (every thread count is
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from planner.profile import Efficiency, HardwareProfile, Provenance, usable_cores
+from planner.profile import ELEMENTWISE_COSTS, Efficiency, HardwareProfile, Provenance, usable_cores
 from runtime.profiler.attention import attention_backend, measure_attention_curve
 from runtime.profiler.gemm import measure_gemm_curve
 from runtime.profiler.grids import (
@@ -38,6 +39,7 @@ from runtime.profiler.grids import (
 )
 from runtime.profiler.links import measure_host_memory, measure_links
 from runtime.profiler.machine import describe_machine, last_level_cache_bytes, measured_profile_name
+from runtime.profiler.overheads import measure_overheads
 from runtime.profiler.timing import Deadline
 
 
@@ -53,14 +55,19 @@ class Sizing:
     attention_points: tuple[AttentionPoint, ...]
     attention_budget_s: float
     repeats: int
+    overhead_budget_s: float        # the overheads' micro-benchmarks (the probe engine's jobs come on top)
+    elementwise_rows: int           # [rows, 1024] bf16 tensors for the elementwise ns per element
+    probe_decode_tokens: int        # tokens each probe-engine job generates
+    probe_runs: int                 # probe-engine jobs per measurement, after one warm-up job
 
 
-FULL = Sizing("full", LINK_SIZES, 1 << 30, ALL_GEMM_SHAPES, GEMM_ROWS, 120.0, 1.0, ATTENTION_POINTS, 45.0, 5)
+FULL = Sizing("full", LINK_SIZES, 1 << 30, ALL_GEMM_SHAPES, GEMM_ROWS, 120.0, 1.0, ATTENTION_POINTS, 45.0, 5,
+              10.0, 8192, 48, 2)
 QUICK = Sizing("quick", QUICK_LINK_SIZES, 256 * MIB, QUICK_GEMM_SHAPES, QUICK_GEMM_ROWS, 15.0, 0.25,
-               QUICK_ATTENTION_POINTS, 10.0, 3)
+               QUICK_ATTENTION_POINTS, 10.0, 3, 3.0, 8192, 32, 2)
 TINY = Sizing("tiny", (MIB, 4 * MIB), 64 * MIB, QUICK_GEMM_SHAPES[:1], (1, 4, 16, 64), 6.0, 0.5,
               (AttentionPoint("gqa", batch=4, context=256, group=4),
-               AttentionPoint("mla", batch=4, context=256, group=16)), 3.0, 5)
+               AttentionPoint("mla", batch=4, context=256, group=16)), 3.0, 5, 1.0, 256, 6, 1)
 SIZINGS = {s.name: s for s in (FULL, QUICK, TINY)}
 GEMM_DTYPE = torch.bfloat16
 
@@ -113,11 +120,17 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
         log(f"  attention {point.layout} b{point.batch} ctx{point.context} g{point.group}: "
             + ", ".join(f"{t}t {g:.3g} GB/s" for t, g in zip(curve.threads, curve.gbps)))
 
+    overheads = measure_overheads(device, sizing.overhead_budget_s, sizing.elementwise_rows, repeats=sizing.repeats,
+                                  decode_tokens=sizing.probe_decode_tokens, engine_runs=sizing.probe_runs)
+    log("  overheads per call: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in overheads.call_s.to_dict().items())
+        + "; per element: " + ", ".join(f"{k} {getattr(overheads.elementwise_ns, k):.2g} ns" for k in ELEMENTWISE_COSTS))
+
     machine = describe_machine(device)
     notes = (f"Measured by `{command}` ({sizing.name} sizing): medians of up to {sizing.repeats} repeats after "
              f"warm-up; GEMM weights rotate over buffers > 4x the {cache / MIB:.0f} MiB last-level cache; "
              f"GEMM rows stop once a call exceeds {sizing.max_call_s} s (clamped beyond); attention KV "
-             f"in bf16, block size 16, {attention_backend()}; {cores} usable cores; 1-minute load average "
+             f"in bf16, block size 16, {attention_backend()}; overheads from a probe engine on a tiny random checkpoint and "
+             f"[{sizing.elementwise_rows}, 1024] elementwise tensors; {cores} usable cores; 1-minute load average "
              f"{load_at_start:.1f} at the start (above the core count means other work shared the cores and "
              f"the rates are low).")
     return HardwareProfile(
@@ -125,4 +138,5 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
         provenance=Provenance(kind="measured", date=datetime.datetime.now().isoformat(timespec="seconds"),
                               command=command, moelens_version=_moelens_version()),
         machine=machine, memory=memory, gemm_dtype="bfloat16", gemm_curves=tuple(gemm_curves),
-        attention_curves=tuple(attention_curves), links=links, efficiency=Efficiency(), notes=notes)
+        attention_curves=tuple(attention_curves), links=links, efficiency=Efficiency(), overheads=overheads,
+        notes=notes)

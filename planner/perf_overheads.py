@@ -1,0 +1,104 @@
+"""The measured fixed and elementwise costs of each module, in the engine's module names (torch-free).
+
+`OverheadTerms.build(spec, rates.overheads)` turns a profile's `overheads` section (already times
+`efficiency.overhead`, see `planner.rates.OverheadCosts`) into seconds the performance model adds to its GEMM
+and bandwidth terms. Counts follow the engine (`runtime.engine.forward`, `runtime.engine.ffn`):
+- decode, per layer: `qkv_proj` = per attention micro-batch (`groups * max(n / b_a, 1)` calls, n = N / groups)
+  call_s.qkv_proj (+ call_s.qk_norm for models with norms inside attention) plus N x (normed widths x
+  norm ns + rotated q/k widths x rope ns); `attention` = per micro-batch call_s.attention; `o_proj` = per
+  micro-batch call_s.o_proj plus N h residual-add elements; `router` = per group call_s.router (MoE layers)
+  plus N h norm elements (the mlp norm, which the engine times as `router` in every layer); `experts` = per
+  group call_s.expert_grouping plus call_s.expert per activated expert and chunk; `shared_experts`,
+  `dense_mlp` = per group; `residual` = N h add elements of the FFN output (untimed by the engine, in the
+  step only).
+- decode, per step: `embed`, `lm_head` (one call over all N: call + N h norm elements), `sampling`, and
+  `step` = call_s.decode_step (scheduling and batch-building bookkeeping).
+- prefill, per layer of a chunk of T tokens in S prompt segments: the same with one call each over all T
+  tokens, and `attention` = S x call_s.prefill_attention plus score elements (T x heads x E[p^2]/E[p]) x
+  attention_score ns; per chunk: `embed`, `lm_head` (S rows), `forward` = call_s.prefill_forward + sampling.
+All terms are zero for a profile without the section, so its predictions are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.rates import OverheadCosts
+from planner.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class OverheadTerms:
+    call: dict[str, float]          # seconds per call
+    costs: OverheadCosts            # elementwise seconds by size of call
+    hidden: float
+    qkv_norm_width: float           # elements normed per token before the attention kernel
+    rope_width: float               # q/k elements rotated per token
+    has_qk_norm: bool
+    has_shared: bool
+    score_heads: float
+
+    def _ew(self, name: str, elements, calls=1.0) -> np.ndarray:
+        return self.costs.element_seconds(name, elements, calls)
+
+    @classmethod
+    def build(cls, spec: ModelSpec, costs: OverheadCosts) -> OverheadTerms:
+        if spec.attention == "mla":
+            norm_width = spec.hidden_size + spec.q_lora_rank + spec.kv_lora_rank
+            rope_width = (spec.num_heads + 1) * spec.qk_rope_head_dim
+            has_qk_norm = True
+        else:
+            rope_width = (spec.num_heads + spec.num_kv_heads) * spec.head_dim
+            has_qk_norm = spec.qk_norm != "none"
+            norm_width = spec.hidden_size + (rope_width if has_qk_norm else 0)
+        return cls(call=costs.call_s, costs=costs, hidden=float(spec.hidden_size),
+                   qkv_norm_width=float(norm_width), rope_width=float(rope_width), has_qk_norm=has_qk_norm,
+                   has_shared=spec.num_shared_experts > 0, score_heads=float(spec.num_heads))
+
+    def _layer(self, tokens, qkv_calls, ffn_calls, hit, rows_per_expert, expert_batch) -> dict[str, np.ndarray]:
+        c, ew, h = self.call, self._ew, self.hidden
+        tokens = np.asarray(tokens, dtype=np.float64)
+        chunks = np.maximum(rows_per_expert / np.maximum(expert_batch, 1.0), 1.0)
+        qkv_call = c["qkv_proj"] + (c["qk_norm"] if self.has_qk_norm else 0.0)
+        return {
+            "qkv_proj": qkv_calls * qkv_call + ew("norm", tokens * self.qkv_norm_width, qkv_calls)
+            + ew("rope", tokens * self.rope_width, qkv_calls),
+            "o_proj": qkv_calls * c["o_proj"] + ew("add", tokens * h, qkv_calls),
+            "mlp_norm": ew("norm", tokens * h, ffn_calls),
+            "router": ffn_calls * c["router"],
+            "experts": ffn_calls * (c["expert_grouping"] + hit * chunks * c["expert"]),
+            "shared_experts": (ffn_calls * c["shared_experts"] + ew("add", tokens * h, ffn_calls)) if self.has_shared
+            else np.zeros_like(tokens),
+            "dense_mlp": ffn_calls * c["dense_mlp"],
+            "residual": ew("add", tokens * h, ffn_calls),
+        }
+
+    def decode_layer(self, num_seqs, groups: int, attn_batch, expert_batch, hit, rows_per_expert) -> dict:
+        """Seconds per layer of a decode step of `num_seqs` sequences; `hit` and `rows_per_expert` per group."""
+        micro_batches = groups * np.maximum(np.asarray(num_seqs) / groups / np.maximum(attn_batch, 1.0), 1.0)
+        out = self._layer(num_seqs, micro_batches, float(groups), hit, rows_per_expert, expert_batch)
+        out["attention"] = micro_batches * self.call["attention"]
+        return out
+
+    def decode_step(self, num_seqs) -> dict[str, np.ndarray]:
+        c = self.call
+        num_seqs = np.asarray(num_seqs, dtype=np.float64)
+        ones = np.ones_like(num_seqs)
+        return {"embed": c["embed"] * ones, "lm_head": c["lm_head"] + self._ew("norm", num_seqs * self.hidden),
+                "sampling": c["sampling"] * ones, "step": c["decode_step"] * ones}
+
+    def prefill_layer(self, tokens, segments, score_context: float, hit, rows_per_expert, expert_batch) -> dict:
+        """Seconds per layer of a prefill chunk: `segments` prompt pieces whose queries see `score_context` keys
+        on average (attention_core scores every query against every key of its segment, masked after)."""
+        out = self._layer(tokens, 1.0, 1.0, hit, rows_per_expert, expert_batch)
+        scores = np.asarray(tokens, dtype=np.float64) * self.score_heads * score_context
+        out["attention"] = segments * self.call["prefill_attention"] + self._ew("attention_score", scores, segments)
+        return out
+
+    def prefill_chunk(self, tokens, segments) -> dict[str, np.ndarray]:
+        c = self.call
+        ones = np.ones_like(np.asarray(tokens, dtype=np.float64))
+        return {"embed": c["embed"] * ones, "lm_head": c["lm_head"] + self._ew("norm", segments * self.hidden),
+                "forward": (c["prefill_forward"] + c["sampling"]) * ones}

@@ -1,0 +1,290 @@
+"""Per-call fixed costs and elementwise costs of the engine's own code paths: a profile's `overheads` section.
+
+`measure_overheads(device, budget_s, elementwise_rows, repeats, decode_tokens, engine_runs) -> Overheads`
+writes a tiny random checkpoint (`PROBE_SPEC`: h=256, 8 query / 2 KV heads of 64, 8 experts top-2 of width
+64, 2 layers) and a copy with Qwen3 q/k norms, opens the `Engine` on each and reads the engine's own module
+timers (so the costs follow the engine's code, measured in place, between the other modules as in a real
+step, which costs more than the same call in a tight loop) over short jobs, the first of each kind a
+warm-up: per call at one sequence (one micro-batch, one token group) for embed, qkv_proj, attention,
+o_proj, router, lm_head and sampling; `qk_norm` as the q/k-norm copy's extra qkv_proj time; `expert` as the
+slope of the experts time over activated experts between one and eight sequences, `expert_grouping` the
+rest; `prefill_attention` and `attention_score` as intercept and slope of prefill attention per prompt and
+layer over score elements (heads x prompt^2) between 16- and 256-token prompts; `decode_step` /
+`prefill_forward` as the job time no module timer covers, per decode step / prefill forward. The bare
+GEMMs of the same tiny shapes (`F.linear`, `expert_ffn`, the two attention matmuls), timed alone with
+`runtime.profiler.timing.median_seconds`, are subtracted: the GEMM curves price them. `shared_experts` and
+`dense_mlp` (the probe has neither) are `shared_experts` / `dense_mlp` timed alone less `expert_ffn`.
+Elementwise ns per element: `rms_norm`, `apply_rope` and an in-place residual add over [rows, 1024] bf16
+tensors (large: the memory-bound regime of prefill chunks). Differences below zero (noise) are clamped to
+zero. MLA models are priced with these GQA-path costs. `python -m runtime.profiler.overheads --into P.yaml`
+measures only this section and writes it into a profile.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from planner.profile import ELEMENTWISE_COSTS, CallOverheads, ElementwiseBySize, ElementwiseCosts, Overheads
+from planner.spec import ModelSpec
+from runtime.profiler.timing import Deadline, median_seconds, significant
+
+PROBE_SPEC = ModelSpec(name="overhead-probe", family="mixtral", num_layers=2, hidden_size=256, num_heads=8,
+                       num_kv_heads=2, head_dim=64, vocab_size=512, num_experts=8, top_k=2,
+                       moe_intermediate_size=64, max_position_embeddings=4096)
+DECODE_PROMPT, SHORT_PROMPT, LONG_PROMPT = 8, 16, 256
+PREFILL_PROMPTS = 4
+EXPERT_PROBE_SEQS = 8                   # ~7.2 of the 8 experts hit per layer, against 2 at one sequence
+ELEMENTWISE_WIDTH = 1024                # [rows, 1024]; RoPE as [rows, 8 heads, 128]
+ROPE_HEADS = 8
+NUM_TIMINGS = 12 + 3 * 8             # module paths, then 3 elementwise ops at up to 8 sizes
+MIN_ELEMENT_NS = 1e-3                # a floor: marginal costs below timing noise still price as positive
+MIN_SAMPLE_S = 0.01
+DTYPE = torch.bfloat16
+
+
+class _Clock:
+    """median_seconds with an even share of one budget over the timings still to come."""
+
+    def __init__(self, device: torch.device, budget_s: float, repeats: int):
+        self.device, self.repeats = device, repeats
+        self.deadline = Deadline(budget_s)
+        self.left = NUM_TIMINGS
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        budget = self.deadline.share(self.left)
+        self.left = max(self.left - 1, 1)
+        return median_seconds(fn, self.device, warmup=2, repeats=self.repeats, budget_s=budget,
+                              min_sample_s=MIN_SAMPLE_S)
+
+
+def _random(device: torch.device, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, device=device).to(DTYPE)
+
+
+@dataclass
+class _EngineRun:
+    """Module seconds per call of one engine job at N sequences (one micro-batch, one token group)."""
+    per_layer: dict[str, float]         # decode module seconds per step and layer
+    per_step: dict[str, float]          # decode module seconds per step
+    experts_per_layer: float            # activated experts per step and MoE layer
+    untimed_step: float                 # seconds per decode step outside every module timer
+    untimed_forward: float              # seconds per prefill forward outside every module timer
+    per_segment: dict[str, float]       # prefill module seconds per prompt and layer (one forward per job)
+
+
+def _engine_run(engine, num_seqs: int, max_tokens: int, runs: int, prompt_len: int = DECODE_PROMPT) -> _EngineRun:
+    """The median over `runs` jobs of the engine, after one more that warms every shape up."""
+    from runtime.engine import Request
+    from runtime.sampling import SamplingParams
+
+    layers, params = engine.spec.num_layers, SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    samples = []
+    for _ in range(runs + 1):
+        prompts = [[1 + i] + [2 + t % 500 for t in range(prompt_len - 1)] for i in range(num_seqs)]
+        stats = engine.run([Request(id=i, prompt_token_ids=p, params=params) for i, p in enumerate(prompts)])
+        decode, prefill = stats.module_seconds["decode"], stats.module_seconds["prefill"]
+        steps, forwards = max(stats.decode_steps, 1), max(stats.prefill_forwards, 1)
+        samples.append(_EngineRun(
+            per_layer={k: v / steps / layers for k, v in decode.items()},
+            per_step={k: v / steps for k, v in decode.items()},
+            experts_per_layer=sum(stats.activated_experts_sum) / steps / layers,
+            untimed_step=(stats.wall_seconds - stats.prefill_seconds - sum(decode.values())) / steps,
+            untimed_forward=(stats.prefill_seconds - sum(prefill.values())) / forwards,
+            per_segment={k: v / num_seqs / layers for k, v in prefill.items()}))
+    kept = samples[1:]
+
+    def median(get: Callable[[_EngineRun], float]) -> float:
+        return statistics.median(get(run) for run in kept)
+
+    modules = set().union(*(run.per_step for run in kept), *(run.per_segment for run in kept))
+    return _EngineRun(per_layer={m: median(lambda r, m=m: r.per_layer.get(m, 0.0)) for m in modules},
+                      per_step={m: median(lambda r, m=m: r.per_step.get(m, 0.0)) for m in modules},
+                      experts_per_layer=median(lambda r: r.experts_per_layer),
+                      untimed_step=median(lambda r: r.untimed_step),
+                      untimed_forward=median(lambda r: r.untimed_forward),
+                      per_segment={m: median(lambda r, m=m: r.per_segment.get(m, 0.0)) for m in modules})
+
+
+def _tiny_gemms(engine, clock: _Clock) -> dict[str, float]:
+    """Seconds of the bare GEMMs each module runs at one token, at the probe's tiny shapes."""
+    from runtime.model.layers import expert_ffn, rms_norm
+
+    w, device = engine.store.layers[0], engine.device
+    x = rms_norm(_random(device, 1, engine.spec.hidden_size), w["attn_norm"], engine.spec.rms_norm_eps)
+    o_in = _random(device, 1, engine.spec.num_heads * engine.spec.head_dim)
+    ffn = [w[f"moe.experts.0.{name}"] for name in ("gate_proj", "up_proj", "down_proj")]
+    head = engine.store.global_on_device("lm_head")
+    return {"qkv_proj": clock(lambda: [F.linear(x, w[f"attn.{m}_proj"]) for m in "qkv"]),
+            "o_proj": clock(lambda: F.linear(o_in, w["attn.o_proj"])),
+            "router": clock(lambda: F.linear(x, w["moe.router"])),
+            "expert": clock(lambda: expert_ffn(x, *ffn)),
+            "lm_head": clock(lambda: F.linear(x, head))}
+
+
+def _engine_calls(engine, qk_engine, clock: _Clock, max_tokens: int, runs: int) -> dict[str, float]:
+    """Per-call costs from the engine's own module timers, less the tiny GEMMs timed alone."""
+    gemm = _tiny_gemms(engine, clock)
+    one, many = _engine_run(engine, 1, max_tokens, runs), _engine_run(engine, EXPERT_PROBE_SEQS, max_tokens, runs)
+    with_qk_norm = _engine_run(qk_engine, 1, max_tokens, runs)
+    per_expert = (many.per_layer["experts"] - one.per_layer["experts"]) / max(
+        many.experts_per_layer - one.experts_per_layer, 1e-9)
+    return {
+        "embed": one.per_step["embed"],
+        "qkv_proj": one.per_layer["qkv_proj"] - gemm["qkv_proj"],
+        "qk_norm": with_qk_norm.per_layer["qkv_proj"] - one.per_layer["qkv_proj"],
+        "attention": one.per_layer["attention"],
+        "o_proj": one.per_layer["o_proj"] - gemm["o_proj"],
+        "router": one.per_layer["router"] - gemm["router"],
+        "expert": per_expert - gemm["expert"],
+        "expert_grouping": one.per_layer["experts"] - one.experts_per_layer * max(per_expert, 0.0),
+        "lm_head": one.per_step["lm_head"] - gemm["lm_head"],
+        "sampling": one.per_step["sampling"],
+        "decode_step": one.untimed_step,
+        "prefill_forward": one.untimed_forward,
+    }
+
+
+def _prefill_attention(engine, clock: _Clock, runs: int) -> dict[str, float]:
+    """Seconds per prompt segment and layer of prefill attention from the engine's timer, at a short and a
+    long prompt, less the two attention matmuls of the same shapes timed alone; the slope over score elements
+    (heads x prompt^2) is `attention_score`, the rest `prefill_attention`."""
+    spec, device = engine.spec, engine.device
+    seconds, elements = {}, {}
+    for length in (SHORT_PROMPT, LONG_PROMPT):
+        run = _engine_run(engine, PREFILL_PROMPTS, 1, runs, prompt_len=length)
+        heads_q = _random(device, spec.num_heads, length, spec.head_dim)     # [H, T, D]
+        heads_k = _random(device, spec.num_heads, spec.head_dim, length)
+        probs = _random(device, spec.num_heads, length, length)             # [H, T, T]
+        matmuls = clock(lambda q=heads_q, k=heads_k, p=probs: (torch.matmul(q, k), torch.matmul(p, q)))
+        seconds[length] = run.per_segment["attention"] - matmuls
+        elements[length] = spec.num_heads * length * length
+    score = max((seconds[LONG_PROMPT] - seconds[SHORT_PROMPT]) / (elements[LONG_PROMPT] - elements[SHORT_PROMPT]), 0.0)
+    return {"attention_score": score, "prefill_attention": seconds[SHORT_PROMPT] - score * elements[SHORT_PROMPT]}
+
+
+def _microbenchmarks(engine, clock: _Clock) -> dict[str, float]:
+    """Shared experts and dense MLP (the probe has neither), timed alone at tiny shapes."""
+    from runtime.model.layers import dense_mlp, expert_ffn
+    from runtime.model.moe import shared_experts
+
+    spec, w, device = engine.spec, engine.store.layers[0], engine.device
+    x = _random(device, 1, spec.hidden_size)
+    ffn = {name: w[f"moe.experts.0.{name}"] for name in ("gate_proj", "up_proj", "down_proj")}
+    t_ffn = clock(lambda: expert_ffn(x, *ffn.values()))
+    shared_spec = replace(spec, num_shared_experts=1, shared_intermediate_size=spec.moe_intermediate_size,
+                          has_shared_expert_gate=True)
+    shared_w = {f"moe.shared.{name}": t for name, t in ffn.items()} | {"moe.shared_gate": x.clone()}
+    routed = torch.zeros_like(x)
+    dense_w = {f"mlp.{name}": t for name, t in ffn.items()}
+    return {"shared_experts": clock(lambda: routed + shared_experts(x, shared_w, shared_spec)) - t_ffn,
+            "dense_mlp": clock(lambda: dense_mlp(x, dense_w, prefix="mlp.")) - t_ffn}
+
+
+def _elementwise_rows(max_rows: int) -> tuple[int, ...]:
+    """1, 4, 16, ... rows below `max_rows`, then `max_rows`: calls from one token to a big prefill chunk."""
+    rows = [r for r in (4 ** i for i in range(12)) if r < max_rows]
+    return tuple(rows + [max_rows])
+
+
+def _elementwise_ns(device: torch.device, max_rows: int, clock: _Clock) -> tuple[dict[str, float], ElementwiseBySize]:
+    """Marginal ns per element of RMSNorm, RoPE and a residual add on [rows, 1024] bf16 tensors at each size of
+    `_elementwise_rows` (time less the one-row time, over the elements beyond one row: the fixed part of a
+    call is in `call_s`); the scalars are the values at the largest size."""
+    from runtime.model.layers import rms_norm
+    from runtime.model.rope import apply_rope
+
+    weight = torch.ones(ELEMENTWISE_WIDTH, dtype=DTYPE, device=device)
+    head_dim = ELEMENTWISE_WIDTH // ROPE_HEADS
+
+    def seconds(rows: int) -> dict[str, float]:
+        x, y = _random(device, rows, ELEMENTWISE_WIDTH), _random(device, rows, ELEMENTWISE_WIDTH)
+        heads = x.view(rows, ROPE_HEADS, head_dim)  # [rows, H, D]
+        cos, sin = _random(device, rows, head_dim), _random(device, rows, head_dim)
+        return {"norm": clock(lambda: rms_norm(x, weight, 1e-5)), "rope": clock(lambda: apply_rope(heads, cos, sin)),
+                "add": clock(lambda: x.add_(y))}
+
+    rows = _elementwise_rows(max_rows)
+    times = {r: seconds(r) for r in rows}
+    sizes = [r for r in rows if r > 1]
+    ns = {name: tuple(significant(max((times[r][name] - times[1][name]) / ((r - 1) * ELEMENTWISE_WIDTH) * 1e9,
+                                      MIN_ELEMENT_NS), 3) for r in sizes)
+          for name in ("norm", "rope", "add")}
+    curve = ElementwiseBySize(elements=tuple(r * ELEMENTWISE_WIDTH for r in sizes), ns=ns)
+    return {name: values[-1] for name, values in ns.items()}, curve
+
+
+def _open_probe(spec: ModelSpec, directory: str, device: torch.device):
+    from runtime.checkpoint.writer import write_random_checkpoint
+    from runtime.engine import Engine, EngineConfig
+
+    write_random_checkpoint(spec, directory)
+    return Engine(directory, EngineConfig(num_seqs=EXPERT_PROBE_SEQS, attn_batch=EXPERT_PROBE_SEQS, kv_budget_bytes=8 << 20,
+                                          prefill_chunk=PREFILL_PROMPTS * LONG_PROMPT,
+                                          device=str(device), overlap=False))
+
+
+def measure_overheads(device: torch.device, budget_s: float, elementwise_rows: int, repeats: int = 5,
+                      decode_tokens: int = 48, engine_runs: int = 2) -> Overheads:
+    """The `overheads` section for `device`; `decode_tokens` per probe job, `engine_runs` jobs after a warm-up."""
+    clock = _Clock(device, budget_s, repeats)
+    with tempfile.TemporaryDirectory(prefix="moelens-overheads-") as directory:
+        engine = _open_probe(PROBE_SPEC, f"{directory}/plain", device)
+        qk_engine = _open_probe(replace(PROBE_SPEC, family="qwen3_moe", qk_norm="per_head"), f"{directory}/qk",
+                                device)
+        try:
+            with torch.inference_mode():
+                calls = _engine_calls(engine, qk_engine, clock, decode_tokens, engine_runs)
+                calls.update(_microbenchmarks(engine, clock))
+                calls.update(_prefill_attention(engine, clock, engine_runs))
+                elementwise, by_size = _elementwise_ns(device, elementwise_rows, clock)
+        finally:
+            engine.close()
+            qk_engine.close()
+    score_ns = calls.pop("attention_score") * 1e9
+    return Overheads(call_s=CallOverheads(**{k: significant(max(v, 0.0), 3) for k, v in calls.items()}),
+                     elementwise_ns=ElementwiseCosts(**{k: significant(max(v, 0.0), 3)
+                                                        for k, v in {**elementwise, "attention_score": score_ns}.items()},
+                                                     by_size=by_size))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m runtime.profiler.overheads [--sizing S] [--into PROFILE.yaml]`: measure only this section."""
+    import argparse
+    import datetime
+    import os
+
+    from planner.profile import load_profile
+    from runtime.profiler.measure import SIZINGS, default_device
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--sizing", choices=sorted(SIZINGS), default="full")
+    parser.add_argument("--into", help="a profile YAML whose `overheads` section to replace (a note is added)")
+    args = parser.parse_args(argv)
+    sizing, device = SIZINGS[args.sizing], default_device()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    overheads = measure_overheads(device, sizing.overhead_budget_s, sizing.elementwise_rows, repeats=sizing.repeats,
+                                  decode_tokens=sizing.probe_decode_tokens, engine_runs=sizing.probe_runs)
+    for name, seconds in overheads.call_s.to_dict().items():
+        print(f"call_s.{name:<18} {seconds * 1e6:9.1f} us")
+    for name in ELEMENTWISE_COSTS:
+        print(f"elementwise_ns.{name:<11} {getattr(overheads.elementwise_ns, name):9.3g} ns")
+    by_size = overheads.elementwise_ns.by_size
+    for name, values in by_size.ns.items():
+        print(f"elementwise_ns.by_size.{name:<4} " + " ".join(f"{e}:{v:.3g}" for e, v in zip(by_size.elements, values)))
+    if args.into:
+        profile = load_profile(args.into)
+        note = (f"overheads measured alone by `python -m runtime.profiler.overheads --sizing {sizing.name}` on "
+                f"{datetime.date.today().isoformat()} ({device}, 1-minute load average {load:.1f}).")
+        notes = f"{profile.notes}\n{note}" if profile.notes else note
+        print(f"wrote {replace(profile, overheads=overheads, notes=notes).save(args.into)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
