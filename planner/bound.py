@@ -15,6 +15,9 @@ so a plan's prediction never exceeds the bound (a property test checks it):
 - CPU-only (no link): `host_memory` = read bandwidth over the activated weights (expected distinct experts
   at the most sequences that fit) plus KV, and `cpu_compute` = GEMM FLOPs at peak plus attention at the best
   attention bandwidth, one after the other on the same cores.
+These bound decode (`tok_s`, named by `binding`). `end_to_end_tok_s` adds what no schedule avoids either:
+each generated token's share of the prompts' prefill FLOPs (p/g prompt tokens: every layer's GEMMs, causal
+attention, one lm_head row per prompt) at the peak GEMM rate.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Bound:
     max_seqs: float
     delta_s: float | None                    # seconds to stream what the device cannot hold (None: no link)
     moe_lens_processed_tok_s: float | None
+    end_to_end_tok_s: float = math.inf       # the bound with the prompts' prefill FLOPs at peak on top
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -54,6 +58,15 @@ def gemm_flops_per_token(model: PerfModel) -> float:
         flops = costs.layer_flops_per_token(layer, 1)
         total += sum(v for k, v in flops.items() if k != "attention")
     return total
+
+
+def prefill_flops_per_prompt_token(model: PerfModel) -> float:
+    """Prefill FLOPs per prompt token: every layer's GEMMs, causal attention at the mean prefill context, and
+    the lm_head for the one last token of each prompt."""
+    spec, lay, w = model.spec, model.layout, model.workload
+    layers = gemm_flops_per_token(model) - lay.costs.lm_head_flops_per_token()
+    attention = spec.num_layers * lay.prefill_pair_flops * w.prefill_context
+    return layers + attention + lay.costs.lm_head_flops_per_token() / max(w.prompt_len_mean, 1.0)
 
 
 def compute_bound(model: PerfModel) -> Bound:
@@ -85,5 +98,7 @@ def compute_bound(model: PerfModel) -> Bound:
         terms["host_memory"] = max_seqs * rates.host_read_bps / (weights + max_seqs * kv_read_per_token)
         terms["cpu_compute"] = 1.0 / (flops / rates.peak_flops + kv_read_per_token / attention_bps)
     binding = min(terms, key=terms.get)
+    prefill_s = w.prompt_len_mean / max(w.gen_len_mean, 1.0) * prefill_flops_per_prompt_token(model) / rates.peak_flops
+    end_to_end = 1.0 / (1.0 / terms[binding] + prefill_s)
     return Bound(tok_s=terms[binding], binding=binding, terms=terms, pme=w.pme, kv_capacity_tokens=capacity,
-                 max_seqs=max_seqs, delta_s=delta, moe_lens_processed_tok_s=processed)
+                 max_seqs=max_seqs, delta_s=delta, moe_lens_processed_tok_s=processed, end_to_end_tok_s=end_to_end)

@@ -132,8 +132,9 @@ def summary(plan: Plan) -> str:
              f"prefill_chunk {plan.prefill_chunk}, KV {plan.kv_budget_bytes / GiB:.1f} GiB",
              f"  on the device: {', '.join(plan.resident_modules) if plan.stream_weights else 'everything (no streaming)'}"
              + (f"; {plan.resident_experts_per_layer} routed experts per layer" if plan.stream_weights else ""),
-             f"  bottleneck: {plan.bottleneck} ({plan.utilisation[plan.bottleneck]:.0%} busy); bound {b.tok_s:,.1f} "
-             f"tok/s ({b.binding}), the plan reaches {p.generated_tok_s / b.tok_s:.0%}"]
+             f"  bottleneck: {plan.bottleneck} ({plan.utilisation[plan.bottleneck]:.0%} busy); bound {b.end_to_end_tok_s:,.1f} "
+             f"tok/s end to end (decode {b.tok_s:,.1f}, {b.binding}, plus the prompts' prefill at peak), the plan "
+             f"reaches {p.generated_tok_s / b.end_to_end_tok_s:.0%}"]
     if p.usd_per_million_tokens is not None:
         lines.append(f"  ${p.usd_per_million_tokens:.3f} per million generated tokens")
     return "\n".join(lines)

@@ -108,8 +108,9 @@ def explain(plan: Plan, what_if: bool = True) -> str:
             out += ["", table([f"{where} memory", "GiB"], [[k, v / GiB] for k, v in parts.items()])]
     bound = plan.bound
     out += ["", table(["upper bound term", "generated tok/s"], [[k, v] for k, v in bound.terms.items()]),
-            f"bound {bound.tok_s:.4g} tok/s, set by {bound.binding}; the plan reaches "
-            f"{p.generated_tok_s / bound.tok_s:.0%} of it end to end, {p.decode_tok_s / bound.tok_s:.0%} in decode"]
+            f"bound {bound.tok_s:.4g} tok/s in decode, set by {bound.binding}, {bound.end_to_end_tok_s:.4g} end to "
+            f"end (prefill at peak on top); the plan reaches {p.generated_tok_s / bound.end_to_end_tok_s:.0%} of "
+            f"it end to end, {p.decode_tok_s / bound.tok_s:.0%} in decode"]
     if what_if:
         out.append("")
         try:

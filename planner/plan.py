@@ -227,6 +227,7 @@ def _convert(value, hint, source: str, path: str):
         if not isinstance(value, dict):
             raise fail("a mapping")
         value = dict(value)
+        value.setdefault("end_to_end_tok_s", None)      # plans written before it was part of the bound
         if isinstance(value.get("terms"), dict):
             value["terms"] = {k: (math.inf if v is None else v) for k, v in value["terms"].items()}
         return _from_plain(Bound, value, source, path)

@@ -197,3 +197,15 @@ def test_streaming_on_the_host_adds_expert_copies_at_the_memory_copy_rate():
     plan = make_plan(spec, profile, workload, budgets, stream_on_host=True)
     assert plan.stream_weights and plan.resident_experts_per_layer == 0
     assert not make_plan(spec, profile, workload, budgets).stream_weights
+
+
+def test_end_to_end_bound_adds_the_prompts_prefill_at_peak():
+    spec, workload = small_spec(), Workload.fixed(300, 200, 1000)
+    model = PerfModel(spec, flat_profile(False), workload, Budgets(8 * GiB, 512 * GiB, 0))
+    bound = compute_bound(model)
+    from planner.bound import prefill_flops_per_prompt_token
+    prefill_s = 300 / 200 * prefill_flops_per_prompt_token(model) / model.rates.peak_flops
+    assert bound.end_to_end_tok_s == pytest.approx(1 / (1 / bound.tok_s + prefill_s))
+    assert bound.end_to_end_tok_s < bound.tok_s
+    plan = make_plan(spec, flat_profile(False), workload, Budgets(8 * GiB, 512 * GiB, 0))
+    assert plan.predicted.generated_tok_s <= plan.bound.end_to_end_tok_s
