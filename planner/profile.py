@@ -7,8 +7,10 @@ file raises `UserError` naming the field path (`gemm.curves[2].tflops: ...`). In
 rates as measured; the performance model multiplies them by the `efficiency` constants that calibration
 fits (`gemm_tflops(...) * profile.efficiency.gemm`, and so on; the `overheads` costs by `efficiency.overhead`).
 
-- `gemm_tflops(m, n, k)`: device GEMM rate at m rows for an [n, k] weight: log-log linear in m, clamped
-  at the measured ends; between measured shapes, log-linear in n*k; outside them, the nearest shape.
+- `gemm_tflops(m, n, k, matrices)`: device GEMM rate at m rows for `matrices` [n, k] weights in a row:
+  log-log linear in m, clamped at the measured ends; a shape that was not measured from a time model fitted
+  at m over all curves, seconds = a(m) per matrix call + b(m) per weight element (fixed costs dominate
+  small shapes, bytes or FLOPs large ones); `curve_matrices(curve)` is 3 for expert FFN curves, else 1.
 - `h2d_gbps(nbytes, pinned)`, `d2h_gbps(...)`: log-log linear in the transfer size, clamped; with no
   separate device, the host in-memory copy rate.
 - `attention_gbps(threads, layout, ...)`: CPU decode-attention KV read rate, linear in threads, clamped.
@@ -130,24 +132,40 @@ class HardwareProfile:
     def max_threads(self) -> int:
         return self.machine.cores
 
-    def gemm_tflops(self, m: float, n: int, k: int) -> float:
-        """Rate of an [m, k] x [k, n] GEMM in the model dtype (TFLOP/s, as measured)."""
-        if n <= 0 or k <= 0:
-            raise ValueError(f"gemm shape must be positive, got n={n} k={k}")
-        curves = sorted(self.gemm_curves, key=lambda c: c.n * c.k)
-        size = n * k
-        if size <= curves[0].n * curves[0].k:
-            return curves[0].tflops_at(m)
-        if size >= curves[-1].n * curves[-1].k:
-            return curves[-1].tflops_at(m)
-        for lo, hi in zip(curves, curves[1:]):
-            lo_size, hi_size = lo.n * lo.k, hi.n * hi.k
-            if lo_size <= size <= hi_size:
-                if hi_size == lo_size:
-                    return lo.tflops_at(m)
-                t = math.log(size / lo_size) / math.log(hi_size / lo_size)
-                return math.exp((1 - t) * math.log(lo.tflops_at(m)) + t * math.log(hi.tflops_at(m)))
-        raise AssertionError("unreachable: curves bracket every size")
+    def gemm_tflops(self, m: float, n: int, k: int, matrices: int = 1) -> float:
+        """Rate of `matrices` [m, k] x [k, n] GEMMs in a row (an expert FFN: 3) in the model dtype (TFLOP/s).
+
+        A measured shape of the same kind is read off its curve; any other from the time model fitted at m
+        over all curves (`gemm_time_model`), so small shapes pay their fixed costs and large ones their bytes."""
+        if n <= 0 or k <= 0 or matrices <= 0:
+            raise ValueError(f"gemm shape must be positive, got n={n} k={k} matrices={matrices}")
+        for curve in self.gemm_curves:
+            if (curve.n, curve.k, curve_matrices(curve)) == (n, k, matrices):
+                return curve.tflops_at(m)
+        per_call, per_element = self.gemm_time_model(m)
+        seconds = matrices * per_call + matrices * n * k * per_element
+        return 2.0 * matrices * n * k * m / seconds / 1e12
+
+    def gemm_time_model(self, m: float) -> tuple[float, float]:
+        """(seconds per matrix call, seconds per weight element) at m rows: t = a * matrices + b * elements fitted
+        to every measured curve at m (least squares on relative error, a, b >= 0; one curve: b alone)."""
+        u, v = [], []
+        for curve in self.gemm_curves:
+            mats = curve_matrices(curve)
+            elements = mats * curve.n * curve.k
+            seconds = 2.0 * elements * m / (curve.tflops_at(m) * 1e12)
+            u.append(mats / seconds)
+            v.append(elements / seconds)
+        suu, svv, suv = sum(x * x for x in u), sum(x * x for x in v), sum(x * y for x, y in zip(u, v))
+        su, sv = sum(u), sum(v)
+        det = suu * svv - suv * suv
+        if len(u) > 1 and det > 1e-12 * suu * svv:
+            a, b = (su * svv - sv * suv) / det, (sv * suu - su * suv) / det
+            if a >= 0 and b >= 0:
+                return a, b
+            if b < 0:
+                return su / suu, 0.0
+        return 0.0, sv / svv
 
     def h2d_gbps(self, nbytes: float, pinned: bool = True) -> float:
         if self.links is None:
@@ -319,3 +337,8 @@ def find_profile_for_this_machine() -> HardwareProfile:
         raise UserError(f"no hardware profile for this machine ({name}) in {profiles_dir()}",
                         "run `make profile` (or `runtime profile`) to measure it, or pass --profile NAME")
     return load_profile(path)
+
+
+def curve_matrices(curve: GemmCurve) -> int:
+    """GEMMs one call of a curve's shape runs: an expert FFN (gate, up, down) 3, a linear 1."""
+    return 3 if curve.shape.startswith("expert_ffn") else 1

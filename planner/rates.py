@@ -59,7 +59,8 @@ class GemmTable:
     @classmethod
     def sample(cls, profile: HardwareProfile, n: int, k: int, flops_per_row: float,
                speed: float | np.ndarray) -> GemmTable:
-        rates = np.array([profile.gemm_tflops(float(m), n, k) for m in ROW_GRID]) * 1e12 * speed
+        matrices = max(int(round(flops_per_row / (2.0 * n * k))), 1)     # an expert FFN: 3
+        rates = np.array([profile.gemm_tflops(float(m), n, k, matrices) for m in ROW_GRID]) * 1e12 * speed
         rates = np.maximum.accumulate(rates)
         per_row = np.minimum.accumulate(rates / ROW_GRID)
         return cls(flops_per_row, np.log(ROW_GRID), np.log(per_row * ROW_GRID))

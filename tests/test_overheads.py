@@ -186,8 +186,8 @@ def test_calibration_fits_the_overhead_multiplier(tmp_path):
     runs = [load_run(p) for p in write_reports(tmp_path, profile, truth, CONFIGS[:3])]
     calibration = fit(runs, profile)
     assert "overhead" in calibration.fitted
-    assert calibration.after["overhead"] == pytest.approx(1.8, rel=0.03)
-    assert calibration.after["gemm"] == pytest.approx(0.7, rel=0.03)
+    assert calibration.after["overhead"] == pytest.approx(1.8, rel=0.05)
+    assert calibration.after["gemm"] == pytest.approx(0.7, rel=0.05)
 
 
 # ---- the profiler ----------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import yaml
@@ -202,18 +201,25 @@ def test_unknown_name_and_bad_yaml(tmp_path, monkeypatch):
 
 # ---- interpolation ---------------------------------------------------------------------------------
 def test_gemm_interpolation_monotone_and_clamped():
-    p = HardwareProfile.from_dict(_profile_dict())
+    data = _profile_dict()
+    data["gemm"]["curves"][0]["shape"] = "linear small"
+    p = HardwareProfile.from_dict(data)
     small = [p.gemm_tflops(m, 1000, 1000) for m in (1, 2, 5, 16, 50, 256, 1000, 4096)]
     assert small == sorted(small)
     assert p.gemm_tflops(16, 1000, 1000) == pytest.approx(16)
     assert p.gemm_tflops(4, 1000, 1000) == pytest.approx(4)              # log-log linear: 1 -> 16
     assert p.gemm_tflops(0.5, 1000, 1000) == pytest.approx(1)             # clamped below
     assert p.gemm_tflops(1e6, 1000, 1000) == pytest.approx(120)           # clamped above
-    assert p.gemm_tflops(256, 10, 10) == pytest.approx(100)               # nearest (smallest) shape
-    assert p.gemm_tflops(256, 10**5, 10**5) == pytest.approx(200)         # nearest (largest) shape
-    mid = p.gemm_tflops(256, 2000, 2000)                                  # between the two shapes
-    assert 100 < mid < 200
-    assert mid == pytest.approx(math.sqrt(100 * 200))                     # halfway in log(n*k)
+    # unmeasured shapes: seconds = a + b * elements fitted at m; two curves pin a and b exactly
+    t_small, t_big = 2e6 * 256 / 100e12, 2 * 1.6e7 * 256 / 200e12
+    b = (t_big - t_small) / 1.5e7
+    a = t_small - b * 1e6
+    assert p.gemm_time_model(256) == (pytest.approx(a), pytest.approx(b))
+    assert p.gemm_tflops(256, 2000, 2000) == pytest.approx(2 * 4e6 * 256 / (a + b * 4e6) / 1e12)
+    assert 100 < p.gemm_tflops(256, 2000, 2000) < 200
+    assert p.gemm_tflops(256, 10, 10) < 0.1                               # a tiny shape pays the fixed cost
+    assert p.gemm_tflops(256, 10**5, 10**5) == pytest.approx(2 * 256 / b / 1e12, rel=1e-3)   # bytes/FLOPs only
+    assert p.gemm_tflops(256, 1000, 1000, matrices=3) == pytest.approx(100)   # three such GEMMs: the same rate
 
 
 def test_link_and_attention_interpolation():

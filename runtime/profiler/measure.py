@@ -4,8 +4,12 @@
 copy curves (CUDA only; CPU-only profiles have `links: null`), GEMM curves on the device in bf16, CPU
 decode-attention curves over 1..cores threads, the per-call and elementwise costs of the engine's own code
 paths (`runtime.profiler.overheads`: the profile's `overheads` section), then describes the machine (after the copies, so the PCIe
-link is trained up when its speed is read). `Sizing` sets the grids and time budgets: `FULL` (< 5 min on
-a small machine), `QUICK` (< 60 s) and `TINY` (a few seconds, for tests). Every curve gets at least its
+link is trained up when its speed is read), and last fits the efficiency constants to short jobs of the real
+engine on random-weight probe models (`runtime.profiler.probe_jobs.calibrate_on_probes`; `Sizing.probe_jobs`
+picks the jobs, None skips the step), so the profile predicts the engine in place before any `planner
+calibrate`; provenance stays "measured" and the notes name the jobs and the fitted constants. `Sizing` sets
+the grids and time budgets: `FULL` (< 5 min on a small machine, probe jobs ~30-60 s of it), `QUICK` (< 60 s
+plus ~15-25 s of probe jobs) and `TINY` (a few seconds, for tests; one tiny probe job whose fit means little). Every curve gets at least its
 first point; budgets then cut GEMM rows (clamped beyond) and attention repeats (every thread count is
 measured), so a loaded machine gives shorter curves, never none. The notes record the load average.
 """
@@ -15,8 +19,9 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -40,6 +45,13 @@ from runtime.profiler.grids import (
 from runtime.profiler.links import measure_host_memory, measure_links
 from runtime.profiler.machine import describe_machine, last_level_cache_bytes, measured_profile_name
 from runtime.profiler.overheads import measure_overheads
+from runtime.profiler.probe_jobs import (
+    FULL_PROBES,
+    QUICK_PROBES,
+    TINY_PROBES,
+    ProbeBudget,
+    calibrate_on_probes,
+)
 from runtime.profiler.timing import Deadline
 
 
@@ -59,15 +71,16 @@ class Sizing:
     elementwise_rows: int           # [rows, 1024] bf16 tensors for the elementwise ns per element
     probe_decode_tokens: int        # tokens each probe-engine job generates
     probe_runs: int                 # probe-engine jobs per measurement, after one warm-up job
+    probe_jobs: ProbeBudget | None  # engine jobs the efficiency constants are fitted to (None: keep the defaults)
 
 
 FULL = Sizing("full", LINK_SIZES, 1 << 30, ALL_GEMM_SHAPES, GEMM_ROWS, 120.0, 1.0, ATTENTION_POINTS, 45.0, 5,
-              10.0, 8192, 48, 2)
+              10.0, 8192, 48, 2, FULL_PROBES)
 QUICK = Sizing("quick", QUICK_LINK_SIZES, 256 * MIB, QUICK_GEMM_SHAPES, QUICK_GEMM_ROWS, 15.0, 0.25,
-               QUICK_ATTENTION_POINTS, 10.0, 3, 3.0, 8192, 32, 2)
+               QUICK_ATTENTION_POINTS, 10.0, 3, 3.0, 8192, 32, 2, QUICK_PROBES)
 TINY = Sizing("tiny", (MIB, 4 * MIB), 64 * MIB, QUICK_GEMM_SHAPES[:1], (1, 4, 16, 64), 6.0, 0.5,
               (AttentionPoint("gqa", batch=4, context=256, group=4),
-               AttentionPoint("mla", batch=4, context=256, group=16)), 3.0, 5, 1.0, 256, 6, 1)
+               AttentionPoint("mla", batch=4, context=256, group=16)), 3.0, 5, 1.0, 256, 6, 1, TINY_PROBES)
 SIZINGS = {s.name: s for s in (FULL, QUICK, TINY)}
 GEMM_DTYPE = torch.bfloat16
 
@@ -133,10 +146,19 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
              f"[{sizing.elementwise_rows}, 1024] elementwise tensors; {cores} usable cores; 1-minute load average "
              f"{load_at_start:.1f} at the start (above the core count means other work shared the cores and "
              f"the rates are low).")
-    return HardwareProfile(
+    profile = HardwareProfile(
         name=measured_profile_name(machine),
         provenance=Provenance(kind="measured", date=datetime.datetime.now().isoformat(timespec="seconds"),
                               command=command, moelens_version=_moelens_version()),
         machine=machine, memory=memory, gemm_dtype="bfloat16", gemm_curves=tuple(gemm_curves),
         attention_curves=tuple(attention_curves), links=links, efficiency=Efficiency(), overheads=overheads,
         notes=notes)
+    if sizing.probe_jobs is None:
+        return profile
+    began = time.perf_counter()
+    fitted = calibrate_on_probes(profile, device, sizing.probe_jobs, log=log)
+    before = asdict(profile.efficiency)
+    changed = {k: v for k, v in asdict(fitted.efficiency).items() if v != before[k]}
+    log(f"  efficiency fitted to the probe jobs ({time.perf_counter() - began:.0f} s): "
+        + (", ".join(f"{k} {v:.3g}" for k, v in changed.items()) or "nothing changed"))
+    return fitted
