@@ -117,7 +117,9 @@ def run_errors(runs: list[MeasuredRun], profile: HardwareProfile) -> list[RunErr
     return out
 
 
-def fit(runs: list[MeasuredRun], profile: HardwareProfile) -> Calibration:
+def fit(runs: list[MeasuredRun], profile: HardwareProfile, only: tuple[str, ...] = CONSTANTS) -> Calibration:
+    """Fit the constants in `only` (all by default) that the runs carry information on; the rest keep their
+    values."""
     if not runs:
         raise UserError("no runs to calibrate against", "pass at least one report.json")
     for run in runs:
@@ -131,7 +133,9 @@ def fit(runs: list[MeasuredRun], profile: HardwareProfile) -> Calibration:
 
     base = residuals(x0)
     free = []
-    for i, _name in enumerate(CONSTANTS):
+    for i, name in enumerate(CONSTANTS):
+        if name not in only:
+            continue
         probe = x0.copy()
         probe[i] += 0.5
         if np.max(np.abs(residuals(probe) - base)) > 1e-9:

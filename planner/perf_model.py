@@ -107,8 +107,23 @@ class PerfModel:
             return len(RESIDENCY_ORDER), len(RESIDENCY_ORDER)
         return top, top
 
-    def _host_copy_seconds(self, nbytes: np.ndarray) -> np.ndarray:
-        return nbytes / self.rates.host_copy_bps if self.streams_on_host else np.zeros_like(nbytes)
+    def _copies(self, rho: np.ndarray, like: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Seconds to stream one MoE layer, one dense layer and the per-step modules at residency rho."""
+        lay = self.layout
+        if self.has_device:
+            return tuple(self._copy_seconds(b[rho] + 0 * like)
+                         for b in (lay.streamed_moe_layer, lay.streamed_dense_layer, lay.streamed_per_step))
+        if not self.streams_on_host:
+            return (np.zeros_like(like, dtype=np.float64),) * 3
+        return tuple((b[rho] + 0 * like) / self.rates.host_copy_bps
+                     for b in (lay.streamed_moe_layer, lay.streamed_dense_layer, lay.streamed_per_step))
+
+    def _weights_read(self, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weight bytes a MoE layer (with `hit` experts activated) and a dense layer read from host memory."""
+        gb, lay = self.layout.group_bytes, self.layout
+        moe = gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] + hit * lay.expert_bytes \
+            + gb["moe"]["shared_experts"]
+        return moe, gb["dense"]["qkv_proj"] + gb["dense"]["o_proj"] + gb["dense"]["dense_mlp"]
 
     # ----- decode -----
     def decode_step(self, c: Candidates, num_seqs: np.ndarray) -> dict[str, np.ndarray]:
@@ -133,22 +148,15 @@ class PerfModel:
         dense_norm = ov["mlp_norm"]                  # timed as `router` in dense layers too
         dev_moe = qkv + o + router + experts + shared + ov["residual"]
         dev_dense = qkv + o + dense + dense_norm + ov["residual"]
-        gb = lay.group_bytes
+        copy_moe, copy_dense, step_copy = self._copies(rho, num_seqs)
         if self.has_device:
-            copy_moe = self._copy_seconds(lay.streamed_moe_layer[rho])
-            copy_dense = self._copy_seconds(lay.streamed_dense_layer[rho])
             host_moe = (kv_read + lay.streamed_moe_layer[rho]) / r.host_read_bps
             host_dense = (kv_read + lay.streamed_dense_layer[rho]) / r.host_read_bps
             layer_moe = np.maximum.reduce([dev_moe, attention, copy_moe, host_moe])
             layer_dense = np.maximum.reduce([dev_dense, attention, copy_dense, host_dense])
-            step_copy = self._copy_seconds(lay.streamed_per_step[rho])
             device_bps = r.device_read_bps
         else:
-            copy_moe, copy_dense, step_copy = (self._host_copy_seconds(b[rho] + 0 * num_seqs) for b in (
-                lay.streamed_moe_layer, lay.streamed_dense_layer, lay.streamed_per_step))
-            read_moe = gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] \
-                + hit * lay.expert_bytes + gb["moe"]["shared_experts"]
-            read_dense = gb["dense"]["qkv_proj"] + gb["dense"]["o_proj"] + gb["dense"]["dense_mlp"]
+            read_moe, read_dense = self._weights_read(hit)
             host_moe = (kv_read + read_moe) / r.host_read_bps
             host_dense = (kv_read + read_dense) / r.host_read_bps
             layer_moe = np.maximum(dev_moe + attention, host_moe) + copy_moe
@@ -212,23 +220,16 @@ class PerfModel:
         dev_moe = qkv + o + router + experts + shared + attention + ov["residual"]
         dev_dense = qkv + o + dense + dense_norm + attention + ov["residual"]
         kv_bytes = tokens * lay.kv_bytes_per_token_layer
-        gb = lay.group_bytes
+        copy_moe, copy_dense, step_copy = self._copies(rho, tokens)
         if self.has_device:
-            copy_moe = self._copy_seconds(lay.streamed_moe_layer[rho])
-            copy_dense = self._copy_seconds(lay.streamed_dense_layer[rho])
             kv_out = kv_bytes / r.d2h_bps(kv_bytes)
             host_moe = (kv_bytes + lay.streamed_moe_layer[rho]) / r.host_read_bps
             host_dense = (kv_bytes + lay.streamed_dense_layer[rho]) / r.host_read_bps
             layer_moe = np.maximum.reduce([dev_moe, copy_moe, kv_out, host_moe])
             layer_dense = np.maximum.reduce([dev_dense, copy_dense, kv_out, host_dense])
-            step_copy = self._copy_seconds(lay.streamed_per_step[rho])
             device_bps = r.device_read_bps
         else:
-            copy_moe, copy_dense, step_copy = (self._host_copy_seconds(b[rho] + 0 * tokens) for b in (
-                lay.streamed_moe_layer, lay.streamed_dense_layer, lay.streamed_per_step))
-            read_moe = gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] \
-                + hit * lay.expert_bytes + gb["moe"]["shared_experts"]
-            read_dense = gb["dense"]["qkv_proj"] + gb["dense"]["o_proj"] + gb["dense"]["dense_mlp"]
+            read_moe, read_dense = self._weights_read(hit)
             layer_moe = np.maximum(dev_moe, (2 * kv_bytes + read_moe) / r.host_read_bps) + copy_moe
             layer_dense = np.maximum(dev_dense, (2 * kv_bytes + read_dense) / r.host_read_bps) + copy_dense
             device_bps = r.host_read_bps

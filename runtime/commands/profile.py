@@ -1,8 +1,8 @@
 """`runtime profile [--out PATH] [--quick]`: measure this machine into a hardware profile YAML.
 
 Writes `profiles/<machine name>.yaml` by default (the name `planner.profile.find_profile_for_this_machine`
-looks for), prints the path and a one-line summary. `--quick` measures fewer, smaller points (< 60 s);
-`--sizing tiny` is for tests.
+looks for), prints the path and a one-line summary. `--quick` measures fewer, smaller points (~1.5 min
+with the probe jobs); `--sizing tiny` is for tests.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the profile (default: profiles/<machine name>.yaml)")
-    parser.add_argument("--quick", action="store_true", help="fewer and smaller measurements (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller measurements (~1.5 min)")
     parser.add_argument("--sizing", choices=("full", "quick", "tiny"), default=None,
                         help="explicit sizing (overrides --quick); tiny is for tests")
 

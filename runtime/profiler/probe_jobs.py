@@ -8,9 +8,10 @@ decisions on `device`, runs one unmeasured warm-up job on other prompts of the s
 job `budget.repeats` times (`2 * num_seqs` distinct random prompts of `prompt_len` tokens each time,
 `gen_len` generated, ignore_eos), builds the median run's report with `runtime.report.build_report` (plan and
 spec embedded), writes it to a temporary file and reads it back with `planner.calibrate_runs.load_run`.
-`planner.calibrate.fit(runs, profile)` then fits the efficiency constants the jobs carry information on (not
-`copy`: nothing streams); the result is the fitted profile, provenance unchanged (still "measured"), its notes
-extended by one sentence naming the jobs and the fitted constants.
+`planner.calibrate.fit(runs, profile, only=PROBE_FITTED)` then fits the per-call, per-step and attention
+constants (`PROBE_FITTED`; not the GEMM multipliers, see there; not `copy`: nothing streams); the result is
+the fitted profile, provenance unchanged (still "measured"), its notes extended by one sentence naming the
+jobs and the fitted constants.
 
 Probe models (`PROBE_GQA`, `PROBE_MLA`) are defined here, apart from `models/` and from the shapes of the
 test minis the accuracy benchmark evaluates on: a GQA model (h=768, 12/4 heads of 64, 16 experts top-2 of
@@ -48,6 +49,10 @@ from planner.spec import ModelSpec
 from planner.workload import Workload
 
 GiB = float(1 << 30)
+# What the probes fit: the engine's costs per call and per step and CPU attention in place. Not the GEMM
+# multipliers: the GEMM curves time the very oneDNN calls the engine makes, and at the probes' small shapes a
+# multiplier would mistake per-call costs for a slower GEMM and carry that slowdown to large shapes.
+PROBE_FITTED = ("attention", "step_overhead_s", "call_overhead_s", "overhead")
 FIRST_TOKEN_ID = 3                      # prompts stay clear of ids 0-2 (pad / bos / eos of the random checkpoints)
 
 PROBE_GQA = ModelSpec(name="probe-gqa", family="mixtral", num_layers=4, hidden_size=768, num_heads=12,
@@ -194,7 +199,7 @@ def calibrate_on_probes(profile: HardwareProfile, device: torch.device, budget: 
             longest = max(longest, job_s)
             log(f"  probe {job.label}: {run.measured.generated_tok_s:.4g} tok/s achieved, "
                 f"{run.plan.predicted.generated_tok_s:.4g} planned ({job_s:.1f} s)")
-        calibration = fit(runs, profile)
+        calibration = fit(runs, profile, only=PROBE_FITTED)
     note = _fitted_sentence(calibration, done, budget)
     notes = f"{profile.notes}\n{note}" if profile.notes else note
     return replace(calibration.profile, notes=notes)
