@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         f" --profile {args.profile}" if args.profile else "") + (
         f" --measure-profile {args.measure_profile}" if args.measure_profile else "")
     result = replace(analyse(paths, profile_ref), machine=machine)
-    write_outputs(result, args.out_dir, command, markdown_section=not (args.no_markdown or args.quick), quick=args.quick)
+    write_outputs(result, args.out_dir, command, markdown_section=not (args.no_markdown or args.quick), quick=args.quick,
+                  results_dir=args.out_dir.parent)     # the CSV beside the reports' folder (default bench/results)
     return 0
 
 
