@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, RESULTS_DIR, ensure_checkpoint, machine_line, markdown_table, update_section
+from bench.common import (
+    RESULTS_DIR,
+    ensure_checkpoint,
+    machine_line,
+    markdown_table,
+    run_worker,
+    update_section,
+)
 
 GiB = float(1 << 30)
 FULL = {"num_prompts": 256, "prompt_len": 128, "gen_len": 64, "hf_batches": [8, 32, 128]}
@@ -125,16 +131,9 @@ def worker(job: dict) -> dict:
 
 
 def _measure(job: dict, timeout_s: float) -> dict | None:
-    out = RESULTS_DIR / "gpu-job.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, "-m", "bench.bench_gpu", "--worker", json.dumps(job), "--worker-out",
-                           str(out)], cwd=REPO, timeout=timeout_s, check=False)
-    if done.returncode != 0:
-        print(f"    {job['system']} failed (exit {done.returncode})", flush=True)
-        return None
-    result = json.loads(out.read_text())
-    out.unlink()
-    print(f"    {job['system']} B={job.get('batch', '-')}: {result['tok_s']:.4g} tok/s", flush=True)
+    result = run_worker("bench.bench_gpu", job, timeout_s)
+    if result is not None:
+        print(f"    {job['system']} B={job.get('batch', '-')}: {result['tok_s']:.4g} tok/s", flush=True)
     return result
 
 

@@ -22,12 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, RESULTS_DIR, ensure_checkpoint, machine_line, markdown_table, update_section
+from bench.common import (
+    RESULTS_DIR,
+    ensure_checkpoint,
+    machine_line,
+    markdown_table,
+    run_worker,
+    update_section,
+)
 
 FULL = {"num_prompts": 256, "prompt_len": 128, "gen_len": 64, "hf_batches": [16, 64, 128, 256],
         "off_batches": [16, 64, 256], "repeats": 3}
@@ -100,17 +106,10 @@ def worker(job: dict) -> dict:
 
 
 def measure(job: dict, timeout_s: float) -> dict | None:
-    out = RESULTS_DIR / "throughput-job.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "bench.bench_throughput", "--worker", json.dumps(job), "--worker-out", str(out)]
-    done = subprocess.run(command, cwd=REPO, timeout=timeout_s, check=False)
-    if done.returncode != 0:
-        print(f"    {job['system']} B={job.get('batch')} failed (exit {done.returncode})", flush=True)
-        return None
-    result = json.loads(out.read_text())
-    out.unlink()
-    print(f"    {job['system']} B={job.get('batch', '-')}, {job['num_prompts']} prompts: {result['tok_s']:.3g} tok/s "
-          f"({result['wall_s']:.0f} s)", flush=True)
+    result = run_worker("bench.bench_throughput", job, timeout_s)
+    if result is not None:
+        print(f"    {job['system']} B={job.get('batch', '-')}, {job['num_prompts']} prompts: {result['tok_s']:.3g} "
+              f"tok/s ({result['wall_s']:.0f} s)", flush=True)
     return result
 
 

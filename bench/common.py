@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -133,3 +134,19 @@ def git_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out
+
+
+def run_worker(module: str, job: dict, timeout_s: float) -> dict | None:
+    """`python -m MODULE --worker JOB --worker-out PATH` in a fresh process (a clean peak-memory reading);
+    its JSON result, or None (with a line saying so) when it failed."""
+    out = RESULTS_DIR / f"{module.rsplit('.', 1)[-1]}-job.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", module, "--worker", json.dumps(job), "--worker-out", str(out)]
+    done = subprocess.run(command, cwd=REPO, timeout=timeout_s, check=False)
+    if done.returncode != 0:
+        print(f"    {job['system']} B={job.get('batch', '-')} failed (exit {done.returncode})", flush=True)
+        return None
+    result = json.loads(out.read_text())
+    out.unlink()
+    return result
+

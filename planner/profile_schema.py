@@ -28,6 +28,8 @@ import bisect
 import math
 from dataclasses import dataclass, field, fields
 
+import numpy as np
+
 SCHEMA_VERSION = 1
 PROVENANCE_KINDS = ("measured", "datasheet", "calibrated")
 ATTENTION_LAYOUTS = ("gqa", "mla")
@@ -226,8 +228,6 @@ class ElementwiseBySize:
     ns: dict[str, tuple[float, ...]]
 
     def at(self, name: str, elements):
-        import numpy as np
-
         log_ns = np.log(np.asarray(self.ns[name], dtype=np.float64))
         log_e = np.log(np.maximum(np.asarray(elements, dtype=np.float64), 1.0))
         return np.exp(np.interp(log_e, np.log(np.asarray(self.elements, dtype=np.float64)), log_ns))
