@@ -7,7 +7,9 @@ generated tok/s; "before" is the performance model with the profile as measured 
 includes the host copy term, `planner.calibrate_runs`), which is the plan's own prediction otherwise.
 `write_outputs(result, out_dir, command, ...)` writes `bench/results/accuracy[-quick].csv` (one row per run,
 the columns `notebooks/plots.py` reads), the calibrated profile (in `out_dir`), and the `accuracy[-quick]`
-section of BENCHMARKS.md.
+section of BENCHMARKS.md. Each report's `repeats_tok_s` (one per pass of the matrix) gives the run's
+measurement noise: `pass_spread` = (max - min) / median and `pass_noise` = mean |pass / median - 1|, the error
+an exact prediction would show against one run.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def _row(report: dict, run, before, after) -> dict:
         "peak_host_gib": (memory["peak_bytes"] or 0) / GiB, "plan_host_gib": (memory["plan_bytes"] or 0) / GiB,
         "elapsed_s": report["elapsed_time"], "profile": shown_ref(report.get("profile_ref", "")),
     }
+    passes = np.asarray(report.get("repeats_tok_s") or [before.achieved_tok_s], dtype=float)
+    row["passes"] = len(passes)
+    row["pass_spread"] = float((passes.max() - passes.min()) / np.median(passes))
+    row["pass_noise"] = float(np.mean(np.abs(passes / np.median(passes) - 1.0)))
     for module in FIT_MODULES:
         row[f"module_error_{module}"] = before.decode_modules.get(module, math.nan)
     worst = max(before.decode_modules.items(), key=lambda kv: abs(kv[1]), default=("-", math.nan))
@@ -93,6 +99,11 @@ def error_summary(frame: pd.DataFrame) -> dict[str, float]:
             out[f"{key}_mean_{when}"] = float(errors.mean()) if len(errors) else math.nan
             out[f"{key}_max_{when}"] = float(errors.max()) if len(errors) else math.nan
     out["mean_before"] = float(frame["error_before"].abs().mean())
+    if "pass_spread" in frame and (frame["passes"] > 1).any():
+        several = frame[frame["passes"] > 1]
+        out["pass_spread_median"] = float(several["pass_spread"].median())
+        out["pass_spread_max"] = float(several["pass_spread"].max())
+        out["pass_noise_mean"] = float(several["pass_noise"].mean())
     return out
 
 
@@ -116,14 +127,26 @@ def _share(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
 
 
+def _noise_line(s: dict[str, float]) -> list[str]:
+    if "pass_noise_mean" not in s:
+        return []
+    return [f"- measurement noise: a config's passes (minutes apart, same prompts' sizes) spread by "
+            f"{100 * s['pass_spread_median']:.0f}% of their median (median over configs; "
+            f"{100 * s['pass_spread_max']:.0f}% at most), and one pass is off its config's median by "
+            f"{100 * s['pass_noise_mean']:.1f}% on average: a prediction that was exact would show errors of about "
+            "that size against any one run."]
+
+
 def markdown(result: AccuracyResult, command: str, csv_path: Path, profile_path: Path | None, quick: bool) -> str:
     f, s = result.frame, error_summary(result.frame)
     rows = [[r.config, r.model, r.mode, r.num_seqs, f"{r.prompt_len}+{r.gen_len}", r.num_prompts, r.split,
-             r.predicted_tok_s, r.achieved_tok_s, r.cold_tok_s, _pct(r.error_before), _pct(r.error_after),
+             r.predicted_tok_s, r.achieved_tok_s, f"{100 * r.pass_spread:.0f}%", r.cold_tok_s, _pct(r.error_before),
+             _pct(r.error_after),
              f"{r.worst_module} {_pct(r.worst_module_error)}", r.preemptions, _share(r.s_mbu), _share(r.s_mfu)]
             for r in f.itertuples()]
     table = markdown_table(["config", "model", "mode", "N", "p+g", "prompts", "split", "predicted tok/s",
-                            "achieved tok/s", "first run tok/s", "error before", "error after", "worst module (before)",
+                            "achieved tok/s", "pass spread", "first run tok/s", "error before", "error after",
+                            "worst module (before)",
                             "preempted", "S-MBU", "S-MFU"], rows)
 
     def verdict(value: float, target: float) -> str:
@@ -143,6 +166,7 @@ def markdown(result: AccuracyResult, command: str, csv_path: Path, profile_path:
              f"{verdict(s['held_out_mean_after'], 0.05)} / {verdict(s['held_out_max_after'], 0.12)})",
              f"- all runs, mean |error| before calibration: {100 * s['mean_before']:.1f}% (target <= 10%: "
              f"{verdict(s['mean_before'], 0.10)}); train runs after: {100 * s['train_mean_after']:.1f}%",
+             *_noise_line(s),
              "- S-MBU / S-MFU: achieved over the profile's measured peaks (host memory read rate, largest measured "
              "GEMM rate), activated experts counted from the router's outputs."]
     if result.calibration is not None:

@@ -8,12 +8,15 @@ two stream buffers would keep a 2-layer model whole), qwen3-, olmoe-, qwen2-moe-
 deepseek-shaped (MLA: V2-Lite and V3) minis; several N (fixed by giving the solver exactly the KV budget N
 sequences need; the `qwen3-kv-*` rows are one workload at four KV budgets, the measured points of
 `notebooks/figures/throughput_vs_kv.png`), prompt / generation lengths; CPU-only and forced streaming
-(experts stream through the engine's copy worker every step). Each config runs in its own subprocess (a clean peak-memory reading): plan with the
-planner for the profile (default: this machine's measured one), run the engine on `num_prompts` distinct
-prompts with ignore_eos, after one unmeasured warm-up run of the same engine on other prompts of the same
-sizes (steady state, as a long job is after its first seconds; the warm-up's own tok/s is kept as `cold`),
-`REPEATS` times on distinct prompts, and write the median run's report (plan and spec embedded; every
-run's tok/s in `repeats_tok_s`) under `bench/results/accuracy/reports/`.
+(experts stream through the engine's copy worker every step). The matrix runs in `PASSES` (3) passes, each
+running every config once in its own subprocess (a clean peak-memory reading): plan with the planner for the
+profile (default: this machine's measured one), run the engine on `num_prompts` distinct prompts with
+ignore_eos, after one unmeasured warm-up run of the same engine on other prompts of the same sizes (steady
+state, as a long job is after its first seconds; the warm-up's own tok/s is kept as `cold`). Passes, not
+back-to-back repeats: this VM's speed drifts by tens of percent over minutes, so each config's three runs
+are spread over the whole matrix's time and every config sees the same drift. Each config's median pass
+is its report (plan and spec embedded; every pass's tok/s in `repeats_tok_s`) under
+`bench/results/accuracy/reports/`; the passes' spread is the measurement noise the analysis reports.
 Then `bench.accuracy_analysis` calibrates on the configs marked `train` and reports held-out error before and
 after, writing `bench/results/accuracy.csv`, the calibrated profile and the BENCHMARKS.md section.
 `--quick` halves prompts and generation lengths (a smoke run, same configs, results under `-quick` names and
@@ -39,7 +42,7 @@ STREAMING_OVERRIDES = {"force_streaming": True, "resident_experts_per_layer": 0,
                        "resident_modules": ("embed", "qkv_proj", "o_proj", "router", "shared_experts", "dense_mlp",
                                             "lm_head")}
 ACCURACY_DIR = RESULTS_DIR / "accuracy"
-REPEATS = 3                     # measured runs per config; the report is the median one (this VM's runs vary ~20%)
+PASSES = 3                      # measured runs per config, one per pass over the matrix; the report is the median
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,9 @@ def plan_for(config: AccuracyConfig, spec, profile, checkpoint_dir: Path, profil
                      profile_ref=profile_ref, stream_on_host=config.streaming)
 
 
-def run_config(config: AccuracyConfig, profile_ref: str, report_path: Path) -> dict:
-    """One config, in this process: checkpoint, plan, engine run; writes and returns the report."""
+def run_config(config: AccuracyConfig, profile_ref: str, report_path: Path, pass_index: int) -> dict:
+    """One config's run in pass `pass_index`, in this process: checkpoint, plan, warm-up, measured run; writes
+    and returns the report."""
     from planner.profile import load_profile
     from runtime.checkpoint import open_checkpoint
     from runtime.report import write_report
@@ -111,21 +115,27 @@ def run_config(config: AccuracyConfig, profile_ref: str, report_path: Path) -> d
     plan = plan_for(config, checkpoint.spec, profile, checkpoint_dir, profile_ref)
     overrides = STREAMING_OVERRIDES if config.streaming else {}
     began = time.perf_counter()
-    warm_up = fixed_prompts(checkpoint.tokenizer, config.num_prompts, config.prompt_len, seed=1000 + len(config.name))
-    reports = []
-    for repeat in range(REPEATS):      # distinct prompts each time; the process (oneDNN's kernels) stays warm
-        prompts = fixed_prompts(checkpoint.tokenizer, config.num_prompts, config.prompt_len,
-                                seed=len(config.name) + 100 * repeat)
-        reports.append(run_engine(checkpoint, plan, profile, prompts, config.gen_len,
-                                  warm_up_prompts=warm_up if repeat == 0 else None, **overrides))
-    achieved = [r["throughput"]["end_to_end"]["achieved"] for r in reports]
-    report = sorted(reports, key=lambda r: r["throughput"]["end_to_end"]["achieved"])[len(reports) // 2]
-    report["repeats_tok_s"] = achieved
-    report["cold"] = reports[0]["cold"]
+    seed = len(config.name) + 100 * pass_index      # distinct prompts in every pass and for the warm-up
+    warm_up = fixed_prompts(checkpoint.tokenizer, config.num_prompts, config.prompt_len, seed=seed + 1000)
+    prompts = fixed_prompts(checkpoint.tokenizer, config.num_prompts, config.prompt_len, seed=seed)
+    report = run_engine(checkpoint, plan, profile, prompts, config.gen_len, warm_up_prompts=warm_up, **overrides)
     report["bench_config"] = asdict(config)
+    report["bench_pass"] = pass_index
     report["bench_seconds"] = time.perf_counter() - began
     report["profile_ref"] = profile_ref
     report_path.parent.mkdir(parents=True, exist_ok=True)
+    write_report(report_path, report)
+    return report
+
+
+def median_report(pass_paths: list[Path], report_path: Path) -> dict:
+    """The config's median pass (by achieved tok/s) written to `report_path`, with every pass's tok/s."""
+    from runtime.report import write_report
+
+    reports = [json.loads(p.read_text()) for p in pass_paths]
+    achieved = [r["throughput"]["end_to_end"]["achieved"] for r in reports]
+    report = sorted(reports, key=lambda r: r["throughput"]["end_to_end"]["achieved"])[len(reports) // 2]
+    report["repeats_tok_s"] = achieved
     write_report(report_path, report)
     return report
 
@@ -142,32 +152,42 @@ def _reusable(path: Path, config: AccuracyConfig, fingerprint: str) -> bool:
 
 
 def run_all(configs: list[AccuracyConfig], profile_ref: str, reports_dir: Path, reuse: bool,
-            timeout_s: float) -> list[Path]:
+            timeout_s: float, passes: int = PASSES) -> list[Path]:
     from planner.profile import load_profile
 
     fingerprint = load_profile(profile_ref).fingerprint()
-    paths = []
-    for i, config in enumerate(configs, start=1):
+    todo = []
+    paths = {}
+    for config in configs:
         path = reports_dir / f"{config.name}.json"
         if reuse and _reusable(path, config, fingerprint):
-            print(f"[{i}/{len(configs)}] {config.name}: reusing {path}", flush=True)
-            paths.append(path)
-            continue
-        print(f"[{i}/{len(configs)}] {config.name}: {config.model} N={config.num_seqs} {config.num_prompts} prompts "
-              f"{config.prompt_len}+{config.gen_len}{' forced streaming' if config.streaming else ''}", flush=True)
-        command = [sys.executable, "-m", "bench.bench_accuracy", "--worker", json.dumps(asdict(config)),
-                   "--profile", profile_ref, "--worker-report", str(path)]
-        began = time.perf_counter()
-        done = subprocess.run(command, cwd=REPO, timeout=timeout_s, check=False)
-        if done.returncode != 0:
-            print(f"    {config.name} failed (exit {done.returncode}); left out", flush=True)
-            continue
-        report = json.loads(path.read_text())
-        e2e = report["throughput"]["end_to_end"]
-        print(f"    achieved {e2e['achieved']:.3g} tok/s, plan {e2e['predicted']:.3g} tok/s "
-              f"({time.perf_counter() - began:.0f} s)", flush=True)
-        paths.append(path)
-    return paths
+            print(f"{config.name}: reusing {path}", flush=True)
+            paths[config.name] = path
+        else:
+            todo.append(config)
+    runs: dict[str, list[Path]] = {c.name: [] for c in todo}
+    for pass_index in range(passes):
+        for i, config in enumerate(todo, start=1):
+            path = reports_dir / "passes" / f"{config.name}.pass{pass_index}.json"
+            print(f"[pass {pass_index + 1}/{passes}, {i}/{len(todo)}] {config.name}: {config.model} N={config.num_seqs} "
+                  f"{config.num_prompts} prompts {config.prompt_len}+{config.gen_len}"
+                  f"{' forced streaming' if config.streaming else ''}", flush=True)
+            command = [sys.executable, "-m", "bench.bench_accuracy", "--worker", json.dumps(asdict(config)),
+                       "--profile", profile_ref, "--worker-report", str(path), "--worker-pass", str(pass_index)]
+            began = time.perf_counter()
+            done = subprocess.run(command, cwd=REPO, timeout=timeout_s, check=False)
+            if done.returncode != 0:
+                print(f"    {config.name} failed (exit {done.returncode}); this pass left out", flush=True)
+                continue
+            e2e = json.loads(path.read_text())["throughput"]["end_to_end"]
+            print(f"    achieved {e2e['achieved']:.3g} tok/s, plan {e2e['predicted']:.3g} tok/s "
+                  f"({time.perf_counter() - began:.0f} s)", flush=True)
+            runs[config.name].append(path)
+    for config in todo:
+        if runs[config.name]:
+            paths[config.name] = reports_dir / f"{config.name}.json"
+            median_report(runs[config.name], paths[config.name])
+    return [paths[c.name] for c in configs if c.name in paths]
 
 
 def measure_this_machine(sizing: str, out_dir: Path, quick: bool) -> str:
@@ -197,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="per config")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-report", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-pass", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        run_config(AccuracyConfig(**json.loads(args.worker)), args.profile, args.worker_report)
+        run_config(AccuracyConfig(**json.loads(args.worker)), args.profile, args.worker_report, args.worker_pass)
         return 0
     from bench.accuracy_analysis import analyse, write_outputs
 

@@ -118,6 +118,8 @@ def synthetic_accuracy_reports(tmp_path) -> list[Path]:
         report["memory"] = {"host": {"peak_bytes": 1 << 30, "plan_bytes": 2 << 30}}
         report["elapsed_time"] = report["run_stats"]["wall_seconds"]
         report["run_stats"]["num_preemptions"] = 0
+        achieved = report["run_stats"]["generated_tokens"] / report["run_stats"]["wall_seconds"]
+        report["repeats_tok_s"] = [achieved * 0.9, achieved, achieved * (1.1 + 0.1 * i)]
         path = tmp_path / f"c{i}.json"
         path.write_text(json.dumps(report))
         paths.append(path)
@@ -138,6 +140,11 @@ def test_accuracy_analysis_and_plots_on_synthetic_runs(tmp_path):
                                               results_dir=tmp_path, benchmarks_md=md)
     assert load_profile(written["profile"]).provenance.kind == "calibrated"
     assert "held-out mean / max |error|" in md.read_text()
+    assert list(frame["pass_spread"].round(3)) == [0.2, 0.3, 0.4, 0.5]
+    summary = accuracy_analysis.error_summary(frame)
+    assert summary["pass_spread_max"] == pytest.approx(0.5) and summary["pass_spread_median"] == pytest.approx(0.35)
+    assert summary["pass_noise_mean"] == pytest.approx((0.2 + 0.15) / 3)     # (0.1 + 0 + 0.1 + 0.1 i) / 3, mean over i
+    assert "a config's passes (minutes apart, same prompts' sizes) spread by 35% of their median" in md.read_text()
     csv = pd.read_csv(written["csv"])
     csv["model"] = "qwen3-mini"
     csv.loc[:, "kv_gib"] = [0.02, 0.05, 0.1, 0.2]
@@ -150,6 +157,18 @@ def test_accuracy_analysis_and_plots_on_synthetic_runs(tmp_path):
     for name in ("predicted_vs_achieved", "throughput_vs_kv", "roofline", "cap_radar"):
         png = (figures / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name
+
+
+def test_accuracy_median_pass_report(tmp_path):
+    passes = []
+    for i, tok_s in enumerate([300.0, 100.0, 200.0]):
+        path = tmp_path / f"c.pass{i}.json"
+        path.write_text(json.dumps({"throughput": {"end_to_end": {"achieved": tok_s}}, "bench_pass": i}))
+        passes.append(path)
+    report = bench_accuracy.median_report(passes, tmp_path / "c.json")
+    written = json.loads((tmp_path / "c.json").read_text())
+    assert report["bench_pass"] == written["bench_pass"] == 2
+    assert written["repeats_tok_s"] == [300.0, 100.0, 200.0]
 
 
 def test_gpu_script_plans_streaming_and_skips_without_cuda(monkeypatch, capsys):
