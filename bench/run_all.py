@@ -2,8 +2,10 @@
 
     python -m bench.run_all [--quick]
 
-Runs in turn, each with its defaults (`--quick` passed on where it exists): `bench.bench_accuracy`
-(accuracy matrix, calibration, S-MBU / S-MFU), `bench.bench_throughput` (HF generate() / module batching off /
+Runs in turn, each with its defaults (`--quick` passed on where it exists): `bench.bench_accuracy
+--measure-profile full` (measures this machine, then the accuracy matrix, calibration, S-MBU / S-MFU: on a
+VM whose speed drifts over minutes the profile must be taken just before the runs it predicts; `quick`
+with `--quick`), `bench.bench_throughput` (HF generate() / module batching off /
 planned), `bench.bench_gpu` (prints why and skips without a CUDA GPU), `bench.bench_soak` (20,000 short
 prompts: memory flat, throughput steady), then `notebooks/plots.py`. Each step
 replaces its own section of BENCHMARKS.md. A failing step is reported and the others still run; the exit
@@ -20,7 +22,7 @@ import time
 from bench.common import REPO
 
 STEPS = (
-    ("accuracy", ["-m", "bench.bench_accuracy"], True),
+    ("accuracy", ["-m", "bench.bench_accuracy", "--measure-profile", "full"], True),
     ("throughput", ["-m", "bench.bench_throughput"], True),
     ("gpu", ["-m", "bench.bench_gpu"], True),
     ("soak", ["-m", "bench.bench_soak"], False),
@@ -29,7 +31,10 @@ STEPS = (
 
 
 def commands(quick: bool) -> list[tuple[str, list[str]]]:
-    return [(name, [sys.executable, *args, *(["--quick"] if quick and takes_quick else [])])
+    def sized(args: list[str]) -> list[str]:
+        return ["quick" if quick and arg == "full" else arg for arg in args]
+
+    return [(name, [sys.executable, *sized(args), *(["--quick"] if quick and takes_quick else [])])
             for name, args, takes_quick in STEPS]
 
 

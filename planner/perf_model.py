@@ -214,7 +214,7 @@ class PerfModel:
         experts = hit * g["experts"].chunked_seconds(rows_per_expert, c.expert_batch, padded=True) + ov["experts"]
         shared = g["shared_experts"].chunked_seconds(tokens, c.expert_batch) + ov["shared_experts"]
         dense = g["dense_mlp"].chunked_seconds(tokens, c.expert_batch) + ov["dense_mlp"]
-        attention = tokens * w.prefill_context * lay.prefill_pair_flops / g["o_proj"].tables[0].flops_per_s(tokens) \
+        attention = tokens * w.prefill_context * lay.prefill_pair_flops / g["o_proj"].tables[-1].flops_per_s(tokens) \
             + ov["attention"]
         dense_norm = ov["mlp_norm"]
         dev_moe = qkv + o + router + experts + shared + attention + ov["residual"]

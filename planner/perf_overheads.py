@@ -16,7 +16,9 @@ and bandwidth terms. Counts follow the engine (`runtime.engine.forward`, `runtim
 - prefill, per layer of a chunk of T tokens in S prompt segments: the same with one call each over all T
   tokens, and `attention` = S x call_s.prefill_attention plus score elements (T x heads x E[p^2]/E[p]) x
   attention_score ns; per chunk: `embed`, `lm_head` (S rows), `forward` = call_s.prefill_forward + sampling.
-All terms are zero for a profile without the section, so its predictions are unchanged.
+MLA models take qkv_proj, attention and o_proj from the section's `mla_call_s` when measured
+(`Overheads.calls_for`). All terms are zero for a profile without the section, so its predictions are
+unchanged.
 """
 
 from __future__ import annotations

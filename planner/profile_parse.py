@@ -20,6 +20,7 @@ from planner.profile_schema import (
     ELEMENTWISE_COSTS,
     GEMM_DTYPES,
     LINK_CURVES,
+    MLA_CALL_OVERHEADS,
     PROVENANCE_KINDS,
     SCHEMA_VERSION,
     AttentionCurve,
@@ -198,8 +199,11 @@ def _elementwise(f: _Fields | None) -> ElementwiseCosts:
 
 
 def _overheads(f: _Fields) -> Overheads:
+    mla = f.sub("mla_call_s", False)
     overheads = Overheads(call_s=CallOverheads(**_costs(f.sub("call_s", False), CALL_OVERHEADS)),
-                          elementwise_ns=_elementwise(f.sub("elementwise_ns", False)))
+                          elementwise_ns=_elementwise(f.sub("elementwise_ns", False)),
+                          mla_call_s=_costs(mla, MLA_CALL_OVERHEADS) if mla is not None else None,
+                          mla_attention_score_ns=f.number("mla_attention_score_ns", False, None, positive=False))
     f.done()
     return overheads
 

@@ -15,6 +15,12 @@ GEMM curves cannot see, measured by `runtime.profiler.overheads` on the engine's
   scatter-add, per chunk), `shared_experts` / `dense_mlp` (per token group), `lm_head` (final norm + lm_head,
   per call), `sampling` (per step), `prefill_attention` (one prompt segment of one layer: causal attention +
   K/V write), `decode_step` / `prefill_forward` (untimed bookkeeping: scheduling, batch tensors).
+- `mla_call_s.<name>` (optional), for `MLA_CALL_OVERHEADS`: the same costs on the MLA path, which replace
+  `call_s` for MLA models: `qkv_proj` (attention norm + q / latent projections + latent norm + RoPE + the
+  per-head `w_uk` absorb + copy to host; `qk_norm` is inside it), `attention` (latent decode kernel call),
+  `o_proj` (per-head `w_uv` + output projection + residual add), `prefill_attention` (one prompt segment of
+  one layer: latent attention + latent write); and `mla_attention_score_ns` (optional) replaces
+  `elementwise_ns.attention_score`; absent: the GQA values.
 - `elementwise_ns.<name>`: nanoseconds per element at large sizes (memory-bound), for `ELEMENTWISE_COSTS`:
   `norm` (RMSNorm input element), `rope` (rotated q/k element), `add` (residual add element),
   `attention_score` (one head's query-key score element of prefill attention: scale, mask, softmax);
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -258,6 +264,7 @@ class ElementwiseCosts:
 
 
 CALL_OVERHEADS = tuple(f.name for f in fields(CallOverheads))
+MLA_CALL_OVERHEADS = ("qkv_proj", "attention", "o_proj", "prefill_attention")
 ELEMENTWISE_COSTS = tuple(f.name for f in fields(ElementwiseCosts) if f.name != "by_size")
 
 
@@ -265,6 +272,20 @@ ELEMENTWISE_COSTS = tuple(f.name for f in fields(ElementwiseCosts) if f.name != 
 class Overheads:
     call_s: CallOverheads = field(default_factory=CallOverheads)
     elementwise_ns: ElementwiseCosts = field(default_factory=ElementwiseCosts)
+    mla_call_s: dict[str, float] | None = None      # MLA_CALL_OVERHEADS; None: MLA priced with call_s
+    mla_attention_score_ns: float | None = None     # None: MLA priced with elementwise_ns.attention_score
+
+    def calls_for(self, attention: str) -> dict[str, float]:
+        """Seconds per call for a model of this attention kind (`gqa` / `mla`)."""
+        calls = self.call_s.to_dict()
+        if attention == "mla" and self.mla_call_s is not None:
+            calls.update(self.mla_call_s, qk_norm=0.0)
+        return calls
+
+    def elementwise_for(self, attention: str) -> ElementwiseCosts:
+        if attention == "mla" and self.mla_attention_score_ns is not None:
+            return replace(self.elementwise_ns, attention_score=self.mla_attention_score_ns)
+        return self.elementwise_ns
 
     @property
     def measured(self) -> bool:
@@ -273,4 +294,7 @@ class Overheads:
                                                           for name in ELEMENTWISE_COSTS)
 
     def to_dict(self) -> dict:
-        return {"call_s": self.call_s.to_dict(), "elementwise_ns": self.elementwise_ns.to_dict()}
+        mla = {"mla_call_s": dict(self.mla_call_s)} if self.mla_call_s is not None else {}
+        if self.mla_attention_score_ns is not None:
+            mla["mla_attention_score_ns"] = self.mla_attention_score_ns
+        return {"call_s": self.call_s.to_dict(), **mla, "elementwise_ns": self.elementwise_ns.to_dict()}

@@ -115,15 +115,17 @@ def module_matrices(costs: ModelCosts) -> dict[str, list[tuple[int, int, float]]
     if s.attention == "mla":
         q_out = s.num_heads * (s.qk_nope_head_dim + s.qk_rope_head_dim)
         qkv = [(q_out, h)] if not s.q_lora_rank else [(s.q_lora_rank, h), (q_out, s.q_lora_rank)]
-        qkv += [(s.kv_lora_rank + s.qk_rope_head_dim, h),
-                (s.num_heads * (s.qk_nope_head_dim + s.v_head_dim), s.kv_lora_rank)]
+        # kv_b splits as the engine runs it: w_uk absorbed into the query (qkv_proj), w_uv applied to the
+        # attention's latent output (o_proj)
+        qkv += [(s.kv_lora_rank + s.qk_rope_head_dim, h), (s.num_heads * s.qk_nope_head_dim, s.kv_lora_rank)]
         o_in = s.num_heads * s.v_head_dim
+        out = [(o_in, s.kv_lora_rank), (h, o_in)]
     else:
         qkv = [(s.num_heads * s.head_dim, h), (s.num_kv_heads * s.head_dim, h), (s.num_kv_heads * s.head_dim, h)]
-        o_in = s.num_heads * s.head_dim
+        out = [(h, s.num_heads * s.head_dim)]
     linear = {
         "qkv_proj": [(n, k, 2.0 * n * k) for n, k in qkv],
-        "o_proj": [(h, o_in, 2.0 * h * o_in)],
+        "o_proj": [(n, k, 2.0 * n * k) for n, k in out],
         "router": [(s.num_experts, h, 2.0 * s.num_experts * h)],
         "lm_head": [(s.vocab_size, h, 2.0 * s.vocab_size * h)],
     }
@@ -144,11 +146,11 @@ class OverheadCosts:
     scale: float = 1.0
 
     @classmethod
-    def of(cls, profile: HardwareProfile) -> OverheadCosts:
+    def of(cls, profile: HardwareProfile, attention: str = "gqa") -> OverheadCosts:
         scale = profile.efficiency.overhead
         measured = profile.overheads
-        return cls(call_s={k: v * scale for k, v in measured.call_s.to_dict().items()},
-                   elementwise=measured.elementwise_ns, scale=scale)
+        return cls(call_s={k: v * scale for k, v in measured.calls_for(attention).items()},
+                   elementwise=measured.elementwise_for(attention), scale=scale)
 
     def element_seconds(self, name: str, elements, calls=1.0) -> np.ndarray:
         """Seconds for `elements` elements of `name` work done in `calls` equal calls."""
@@ -202,7 +204,7 @@ class Rates:
                    host_copy_bps=host_copy,
                    peak_flops=max(t.peak_flops_per_s for t in tables), has_device=has_device,
                    step_overhead_s=eff.step_overhead_s, call_overhead_s=eff.call_overhead_s,
-                   overheads=OverheadCosts.of(profile), h2d_log_bps=link.get("h2d"), d2h_log_bps=link.get("d2h"))
+                   overheads=OverheadCosts.of(profile, costs.spec.attention), h2d_log_bps=link.get("h2d"), d2h_log_bps=link.get("d2h"))
 
     def h2d_bps(self, nbytes) -> np.ndarray:
         return self._link(self.h2d_log_bps, nbytes)

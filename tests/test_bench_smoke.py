@@ -201,4 +201,6 @@ def test_throughput_markdown_and_run_all_commands():
     text = bench_throughput.markdown(results, "python -m bench.bench_throughput --quick", "Machine: test.")
     assert "6.00x HF generate()" in text and "3.00x module batching off" in text and "error -16.7%" in text
     commands = dict(run_all.commands(quick=True))
-    assert commands["accuracy"][-1] == "--quick" and commands["plots"][-1] == "notebooks/plots.py"
+    assert commands["accuracy"][-3:] == ["--measure-profile", "quick", "--quick"]
+    assert commands["plots"][-1] == "notebooks/plots.py"
+    assert dict(run_all.commands(quick=False))["accuracy"][-2:] == ["--measure-profile", "full"]

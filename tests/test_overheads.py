@@ -165,6 +165,44 @@ def test_shared_experts_qk_norm_and_dense_layers_are_priced():
     assert gap == pytest.approx(small_spec().num_layers * (N / B_A * CALL_S["qk_norm"] + extra_norm), rel=1e-9)
 
 
+MLA_CALL_S = {"qkv_proj": 4e-4, "attention": 7e-5, "o_proj": 3e-4, "prefill_attention": 6e-4}
+
+
+def test_mla_path_costs_round_trip_and_price_mla_models_only(tmp_path):
+    base = with_overheads(cpu_dict())
+    mla = {**base, "overheads": {**base["overheads"], "mla_call_s": MLA_CALL_S, "mla_attention_score_ns": 4.0}}
+    profile = HardwareProfile.from_dict(mla)
+    assert profile.overheads.mla_call_s == MLA_CALL_S
+    assert profile.overheads.elementwise_for("mla").attention_score == 4.0
+    assert profile.overheads.elementwise_for("gqa").attention_score == ELEMENT_NS["attention_score"]
+    assert load_profile(profile.save(tmp_path / "p.yaml")) == profile
+    assert HardwareProfile.from_dict(base).overheads.mla_call_s is None
+    assert profile.fingerprint() != HardwareProfile.from_dict(base).fingerprint()
+    calls = profile.overheads.calls_for("mla")
+    assert calls["qkv_proj"] == 4e-4 and calls["qk_norm"] == 0.0 and calls["expert"] == CALL_S["expert"]
+    assert profile.overheads.calls_for("gqa") == CALL_S
+    with pytest.raises(UserError, match="overheads.mla_call_s: unknown field"):
+        HardwareProfile.from_dict({**base, "overheads": {**base["overheads"], "mla_call_s": {"router": 1e-5}}})
+    n = np.array([N])
+    for family, changed in (("deepseek_v2", True), ("mixtral", False)):
+        with_mla, without = model_for(mla, family), model_for(base, family)
+        new, old = with_mla.decode_step(candidates(), n), without.decode_step(candidates(), n)
+        for module in ("qkv_proj", "attention", "o_proj"):
+            assert (new[module][0] != old[module][0]) == changed, (family, module)
+        assert new["experts"][0] == old["experts"][0]
+    spec = small_spec("deepseek_v2")
+    gap = model_for(mla, "deepseek_v2").decode_step(candidates(), n)["attention"][0] - model_for(
+        base, "deepseek_v2").decode_step(candidates(), n)["attention"][0]
+    assert gap == pytest.approx(spec.num_layers * N / B_A * (MLA_CALL_S["attention"] - CALL_S["attention"]), rel=1e-9)
+    with_mla, without = model_for(mla, "deepseek_v2"), model_for(base, "deepseek_v2")
+    segments = CHUNK / PROMPT
+    scores = CHUNK * spec.num_heads * PROMPT
+    gap = with_mla.prefill_chunk(candidates())["attention"][0] - without.prefill_chunk(candidates())["attention"][0]
+    per_layer = (segments * (MLA_CALL_S["prefill_attention"] - CALL_S["prefill_attention"])
+                 + scores * (4.0 - ELEMENT_NS["attention_score"]) * 1e-9)
+    assert gap == pytest.approx(spec.num_layers * per_layer, rel=1e-9)
+
+
 def test_without_the_section_the_multiplier_changes_nothing():
     base = cpu_dict()
     plain = model_for(base).evaluate(candidates())
@@ -206,6 +244,10 @@ def test_tiny_sizing_measures_the_section():
     assert all(math.isfinite(v) and v >= 0 for v in values.values()), values
     assert overheads.measured
     assert overheads.call_s.qkv_proj > 0 and overheads.call_s.decode_step > 0   # norm + RoPE; scheduling
+    assert set(overheads.mla_call_s) == {"qkv_proj", "attention", "o_proj", "prefill_attention"}
+    assert overheads.mla_attention_score_ns is not None and overheads.mla_attention_score_ns >= 0
+    assert all(math.isfinite(v) and v >= 0 for v in overheads.mla_call_s.values())
+    assert overheads.mla_call_s["qkv_proj"] > 0
     assert overheads.elementwise_ns.norm > 0
     sizes = by_size.pop("elements")
     assert sizes == sorted(sizes) and set(by_size) == {"norm", "rope", "add"}

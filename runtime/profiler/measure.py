@@ -136,6 +136,7 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
     overheads = measure_overheads(device, sizing.overhead_budget_s, sizing.elementwise_rows, repeats=sizing.repeats,
                                   decode_tokens=sizing.probe_decode_tokens, engine_runs=sizing.probe_runs)
     log("  overheads per call: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in overheads.call_s.to_dict().items())
+        + "; MLA path: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in (overheads.mla_call_s or {}).items())
         + "; per element: " + ", ".join(f"{k} {getattr(overheads.elementwise_ns, k):.2g} ns" for k in ELEMENTWISE_COSTS))
 
     machine = describe_machine(device)

@@ -16,7 +16,11 @@ GEMMs of the same tiny shapes (`F.linear`, `expert_ffn`, the two attention matmu
 `dense_mlp` (the probe has neither) are `shared_experts` / `dense_mlp` timed alone less `expert_ffn`.
 Elementwise ns per element: `rms_norm`, `apply_rope` and an in-place residual add over [rows, 1024] bf16
 tensors (large: the memory-bound regime of prefill chunks). Differences below zero (noise) are clamped to
-zero. MLA models are priced with these GQA-path costs. `python -m runtime.profiler.overheads --into P.yaml`
+zero. `mla_call_s` (qkv_proj, attention, o_proj, prefill_attention on the MLA path) and
+`mla_attention_score_ns` come the same way from a third copy with MLA attention (`MLA_PROBE_SPEC`: latent
+512 + 64 as the C++ kernel takes it), less its bare GEMMs as the planner prices them (q, kv_a, the w_uk half
+of kv_b; the w_uv half and o; the attention matmuls over latent rows).
+`python -m runtime.profiler.overheads --into P.yaml`
 measures only this section and writes it into a profile.
 """
 
@@ -37,12 +41,15 @@ from runtime.profiler.timing import Deadline, median_seconds, significant
 PROBE_SPEC = ModelSpec(name="overhead-probe", family="mixtral", num_layers=2, hidden_size=256, num_heads=8,
                        num_kv_heads=2, head_dim=64, vocab_size=512, num_experts=8, top_k=2,
                        moe_intermediate_size=64, max_position_embeddings=4096)
+MLA_PROBE_SPEC = replace(PROBE_SPEC, name="overhead-probe-mla", family="deepseek_v2", num_kv_heads=8, head_dim=128,
+                         attention="mla", q_lora_rank=0, kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=64,
+                         v_head_dim=64, norm_topk_prob=False)
 DECODE_PROMPT, SHORT_PROMPT, LONG_PROMPT = 8, 16, 256
 PREFILL_PROMPTS = 4
 EXPERT_PROBE_SEQS = 8                   # ~7.2 of the 8 experts hit per layer, against 2 at one sequence
 ELEMENTWISE_WIDTH = 1024                # [rows, 1024]; RoPE as [rows, 8 heads, 128]
 ROPE_HEADS = 8
-NUM_TIMINGS = 12 + 3 * 8             # module paths, then 3 elementwise ops at up to 8 sizes
+NUM_TIMINGS = 15 + 3 * 8             # module paths, then 3 elementwise ops at up to 8 sizes
 MIN_ELEMENT_NS = 1e-3                # a floor: marginal costs below timing noise still price as positive
 MIN_SAMPLE_S = 0.01
 DTYPE = torch.bfloat16
@@ -150,18 +157,39 @@ def _engine_calls(engine, qk_engine, clock: _Clock, max_tokens: int, runs: int) 
     }
 
 
+def _mla_calls(engine, clock: _Clock, max_tokens: int, runs: int) -> dict[str, float]:
+    """MLA-path per-call costs at one sequence, less the bare GEMMs the planner prices for those modules."""
+    spec, w, device = engine.spec, engine.store.layers[0], engine.device
+    x = _random(device, 1, spec.hidden_size)
+    latent = _random(device, 1, spec.kv_lora_rank)
+    o_in = _random(device, 1, spec.num_heads * spec.v_head_dim)
+    uk_rows = spec.num_heads * spec.qk_nope_head_dim
+    w_uk = w["attn.kv_b_proj"][:uk_rows].contiguous()
+    w_uv = w["attn.kv_b_proj"][:spec.num_heads * spec.v_head_dim].contiguous()
+    qkv = clock(lambda: (F.linear(x, w["attn.q_proj"]), F.linear(x, w["attn.kv_a_proj"]), F.linear(latent, w_uk)))
+    out = clock(lambda: (F.linear(latent, w_uv), F.linear(o_in, w["attn.o_proj"])))
+    one = _engine_run(engine, 1, max_tokens, runs)
+    return {"qkv_proj": one.per_layer["qkv_proj"] - qkv, "attention": one.per_layer["attention"],
+            "o_proj": one.per_layer["o_proj"] - out}
+
+
 def _prefill_attention(engine, clock: _Clock, runs: int) -> dict[str, float]:
     """Seconds per prompt segment and layer of prefill attention from the engine's timer, at a short and a
     long prompt, less the two attention matmuls of the same shapes timed alone; the slope over score elements
     (heads x prompt^2) is `attention_score`, the rest `prefill_attention`."""
     spec, device = engine.spec, engine.device
     seconds, elements = {}, {}
+    if spec.attention == "mla":     # queries score latent rows (R + P wide) and read back their first R
+        qk_dim, v_dim = spec.kv_lora_rank + spec.qk_rope_head_dim, spec.kv_lora_rank
+    else:
+        qk_dim = v_dim = spec.head_dim
     for length in (SHORT_PROMPT, LONG_PROMPT):
         run = _engine_run(engine, PREFILL_PROMPTS, 1, runs, prompt_len=length)
-        heads_q = _random(device, spec.num_heads, length, spec.head_dim)     # [H, T, D]
-        heads_k = _random(device, spec.num_heads, spec.head_dim, length)
+        heads_q = _random(device, spec.num_heads, length, qk_dim)           # [H, T, D]
+        heads_k = _random(device, spec.num_heads, qk_dim, length)
+        values = _random(device, spec.num_heads, length, v_dim)
         probs = _random(device, spec.num_heads, length, length)             # [H, T, T]
-        matmuls = clock(lambda q=heads_q, k=heads_k, p=probs: (torch.matmul(q, k), torch.matmul(p, q)))
+        matmuls = clock(lambda q=heads_q, k=heads_k, p=probs, v=values: (torch.matmul(q, k), torch.matmul(p, v)))
         seconds[length] = run.per_segment["attention"] - matmuls
         elements[length] = spec.num_heads * length * length
     score = max((seconds[LONG_PROMPT] - seconds[SHORT_PROMPT]) / (elements[LONG_PROMPT] - elements[SHORT_PROMPT]), 0.0)
@@ -237,17 +265,24 @@ def measure_overheads(device: torch.device, budget_s: float, elementwise_rows: i
         engine = _open_probe(PROBE_SPEC, f"{directory}/plain", device)
         qk_engine = _open_probe(replace(PROBE_SPEC, family="qwen3_moe", qk_norm="per_head"), f"{directory}/qk",
                                 device)
+        mla_engine = _open_probe(MLA_PROBE_SPEC, f"{directory}/mla", device)
         try:
             with torch.inference_mode():
                 calls = _engine_calls(engine, qk_engine, clock, decode_tokens, engine_runs)
+                mla = _mla_calls(mla_engine, clock, decode_tokens, engine_runs)
+                mla.update(_prefill_attention(mla_engine, clock, engine_runs))
                 calls.update(_microbenchmarks(engine, clock))
                 calls.update(_prefill_attention(engine, clock, engine_runs))
                 elementwise, by_size = _elementwise_ns(device, elementwise_rows, clock)
         finally:
             engine.close()
             qk_engine.close()
+            mla_engine.close()
     score_ns = calls.pop("attention_score") * 1e9
+    mla_score_ns = mla.pop("attention_score") * 1e9
     return Overheads(call_s=CallOverheads(**{k: significant(max(v, 0.0), 3) for k, v in calls.items()}),
+                     mla_call_s={k: significant(max(v, 0.0), 3) for k, v in mla.items()},
+                     mla_attention_score_ns=significant(max(mla_score_ns, 0.0), 3),
                      elementwise_ns=ElementwiseCosts(**{k: significant(max(v, 0.0), 3)
                                                         for k, v in {**elementwise, "attention_score": score_ns}.items()},
                                                      by_size=by_size))
@@ -272,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                                   decode_tokens=sizing.probe_decode_tokens, engine_runs=sizing.probe_runs)
     for name, seconds in overheads.call_s.to_dict().items():
         print(f"call_s.{name:<18} {seconds * 1e6:9.1f} us")
+    for name, seconds in (overheads.mla_call_s or {}).items():
+        print(f"mla_call_s.{name:<14} {seconds * 1e6:9.1f} us")
+    print(f"mla_attention_score_ns {overheads.mla_attention_score_ns:9.3g} ns")
     for name in ELEMENTWISE_COSTS:
         print(f"elementwise_ns.{name:<11} {getattr(overheads.elementwise_ns, name):9.3g} ns")
     by_size = overheads.elementwise_ns.by_size
