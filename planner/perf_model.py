@@ -48,7 +48,8 @@ DECODE_MODULES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts
                   "dense_mlp", "lm_head", "weight_copy", "sampling")
 PREFILL_MODULES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts",
                    "dense_mlp", "lm_head", "weight_copy")
-SAMPLING_PASSES = 3                 # logits read by softmax / top-p / argmax over the fp32 row
+SAMPLING_PASSES = 3                 # logits read by softmax / top-p / argmax over the fp32 row (when the
+                                    # profile has no measured sampling cost per logit)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,9 @@ class PerfModel:
         per_step = self.overheads.decode_step(num_seqs)
         embed = num_seqs * spec.hidden_size * spec.dtype_bytes / device_bps + per_step["embed"]
         lm_head = self.groups * g["lm_head"].chunked_seconds(n, c.attn_batch) + per_step["lm_head"]
-        sampling = num_seqs * spec.vocab_size * 4 * SAMPLING_PASSES / device_bps + per_step["sampling"]
+        logits = num_seqs * spec.vocab_size
+        sampling = per_step["sampling"] + (0.0 if self.overheads.prices_sampling
+                                           else logits * 4 * SAMPLING_PASSES / device_bps)
         serial = embed + lm_head + sampling + step_copy + r.step_overhead_s + per_step["step"]
         n_moe, n_dense, n_all = lay.num_moe_layers, lay.num_dense_layers, spec.num_layers
         step = n_moe * layer_moe + n_dense * layer_dense + serial

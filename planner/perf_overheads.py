@@ -11,11 +11,13 @@ and bandwidth terms. Counts follow the engine (`runtime.engine.forward`, `runtim
   group call_s.expert_grouping plus call_s.expert per activated expert and chunk; `shared_experts`,
   `dense_mlp` = per group; `residual` = N h add elements of the FFN output (untimed by the engine, in the
   step only).
-- decode, per step: `embed`, `lm_head` (one call over all N: call + N h norm elements), `sampling`, and
+- decode, per step: `embed`, `lm_head` (one call over all N: call + N h norm elements), `sampling` (call +
+  N x vocab logits x sampling ns), and
   `step` = call_s.decode_step (scheduling and batch-building bookkeeping).
 - prefill, per layer of a chunk of T tokens in S prompt segments: the same with one call each over all T
   tokens, and `attention` = S x call_s.prefill_attention plus score elements (T x heads x E[p^2]/E[p]) x
-  attention_score ns; per chunk: `embed`, `lm_head` (S rows), `forward` = call_s.prefill_forward + sampling.
+  attention_score ns; per chunk: `embed`, `lm_head` (S rows), `forward` = call_s.prefill_forward + sampling
+  of S rows.
 MLA models take qkv_proj, attention and o_proj from the section's `mla_call_s` when measured
 (`Overheads.calls_for`). All terms are zero for a profile without the section, so its predictions are
 unchanged.
@@ -41,6 +43,12 @@ class OverheadTerms:
     has_qk_norm: bool
     has_shared: bool
     score_heads: float
+    vocab: float
+
+    @property
+    def prices_sampling(self) -> bool:
+        """Whether the profile measured sampling per logit (else the model prices it by bandwidth)."""
+        return self.costs.elementwise.sampling > 0
 
     def _ew(self, name: str, elements, calls=1.0) -> np.ndarray:
         return self.costs.element_seconds(name, elements, calls)
@@ -57,7 +65,8 @@ class OverheadTerms:
             norm_width = spec.hidden_size + (rope_width if has_qk_norm else 0)
         return cls(call=costs.call_s, costs=costs, hidden=float(spec.hidden_size),
                    qkv_norm_width=float(norm_width), rope_width=float(rope_width), has_qk_norm=has_qk_norm,
-                   has_shared=spec.num_shared_experts > 0, score_heads=float(spec.num_heads))
+                   has_shared=spec.num_shared_experts > 0, score_heads=float(spec.num_heads),
+                   vocab=float(spec.vocab_size))
 
     def _layer(self, tokens, qkv_calls, ffn_calls, hit, rows_per_expert, expert_batch) -> dict[str, np.ndarray]:
         c, ew, h = self.call, self._ew, self.hidden
@@ -89,7 +98,8 @@ class OverheadTerms:
         num_seqs = np.asarray(num_seqs, dtype=np.float64)
         ones = np.ones_like(num_seqs)
         return {"embed": c["embed"] * ones, "lm_head": c["lm_head"] + self._ew("norm", num_seqs * self.hidden),
-                "sampling": c["sampling"] * ones, "step": c["decode_step"] * ones}
+                "sampling": c["sampling"] + self._ew("sampling", num_seqs * self.vocab),
+                "step": c["decode_step"] * ones}
 
     def prefill_layer(self, tokens, segments, score_context: float, hit, rows_per_expert, expert_batch) -> dict:
         """Seconds per layer of a prefill chunk: `segments` prompt pieces whose queries see `score_context` keys
@@ -103,4 +113,5 @@ class OverheadTerms:
         c = self.call
         ones = np.ones_like(np.asarray(tokens, dtype=np.float64))
         return {"embed": c["embed"] * ones, "lm_head": c["lm_head"] + self._ew("norm", segments * self.hidden),
-                "forward": (c["prefill_forward"] + c["sampling"]) * ones}
+                "forward": (c["prefill_forward"] + c["sampling"]) * ones
+                + self._ew("sampling", np.asarray(segments, dtype=np.float64) * self.vocab * ones)}

@@ -23,7 +23,8 @@ GEMM curves cannot see, measured by `runtime.profiler.overheads` on the engine's
   `elementwise_ns.attention_score`; absent: the GQA values.
 - `elementwise_ns.<name>`: nanoseconds per element at large sizes (memory-bound), for `ELEMENTWISE_COSTS`:
   `norm` (RMSNorm input element), `rope` (rotated q/k element), `add` (residual add element),
-  `attention_score` (one head's query-key score element of prefill attention: scale, mask, softmax);
+  `attention_score` (one head's query-key score element of prefill attention: scale, mask, softmax),
+  `sampling` (one logit of greedy token selection: fp32 copy of the row + argmax);
   optional `elementwise_ns.by_size`: `elements` (per call, ascending) and, for some names, the marginal ns
   per element at each size (beyond the call's fixed cost, which `call_s` holds).
 """
@@ -250,6 +251,7 @@ class ElementwiseCosts:
     rope: float = 0.0
     add: float = 0.0
     attention_score: float = 0.0
+    sampling: float = 0.0
     by_size: ElementwiseBySize | None = None
 
     def ns(self, name: str, elements_per_call):

@@ -15,7 +15,8 @@ GEMMs of the same tiny shapes (`F.linear`, `expert_ffn`, the two attention matmu
 `runtime.profiler.timing.median_seconds`, are subtracted: the GEMM curves price them. `shared_experts` and
 `dense_mlp` (the probe has neither) are `shared_experts` / `dense_mlp` timed alone less `expert_ffn`.
 Elementwise ns per element: `rms_norm`, `apply_rope` and an in-place residual add over [rows, 1024] bf16
-tensors (large: the memory-bound regime of prefill chunks). Differences below zero (noise) are clamped to
+tensors (large: the memory-bound regime of prefill chunks); `sampling` per logit of greedy selection
+between 1 and 64 rows of a 32,768-token vocabulary. Differences below zero (noise) are clamped to
 zero. `mla_call_s` (qkv_proj, attention, o_proj, prefill_attention on the MLA path) and
 `mla_attention_score_ns` come the same way from a third copy with MLA attention (`MLA_PROBE_SPEC`: latent
 512 + 64 as the C++ kernel takes it), less its bare GEMMs as the planner prices them (q, kv_a, the w_uk half
@@ -49,7 +50,8 @@ PREFILL_PROMPTS = 4
 EXPERT_PROBE_SEQS = 8                   # ~7.2 of the 8 experts hit per layer, against 2 at one sequence
 ELEMENTWISE_WIDTH = 1024                # [rows, 1024]; RoPE as [rows, 8 heads, 128]
 ROPE_HEADS = 8
-NUM_TIMINGS = 15 + 3 * 8             # module paths, then 3 elementwise ops at up to 8 sizes
+SAMPLING_ROWS, SAMPLING_VOCAB = 64, 32768
+NUM_TIMINGS = 17 + 3 * 8             # module paths, then 3 elementwise ops at up to 8 sizes
 MIN_ELEMENT_NS = 1e-3                # a floor: marginal costs below timing noise still price as positive
 MIN_SAMPLE_S = 0.01
 DTYPE = torch.bfloat16
@@ -214,6 +216,17 @@ def _microbenchmarks(engine, clock: _Clock) -> dict[str, float]:
             "dense_mlp": clock(lambda: dense_mlp(x, dense_w, prefix="mlp.")) - t_ffn}
 
 
+def _sampling_ns(device: torch.device, clock: _Clock) -> float:
+    """Marginal ns per logit of the engine's greedy selection (`Engine._sample`: fp32 copy + argmax) between
+    one row and `SAMPLING_ROWS` rows of a `SAMPLING_VOCAB`-wide vocabulary."""
+    def seconds(rows: int) -> float:
+        logits = _random(device, rows, SAMPLING_VOCAB)
+        return clock(lambda: torch.argmax(logits.float(), dim=-1).tolist())
+
+    one, many = seconds(1), seconds(SAMPLING_ROWS)
+    return max((many - one) / ((SAMPLING_ROWS - 1) * SAMPLING_VOCAB) * 1e9, MIN_ELEMENT_NS)
+
+
 def _elementwise_rows(max_rows: int) -> tuple[int, ...]:
     """1, 4, 16, ... rows below `max_rows`, then `max_rows`: calls from one token to a big prefill chunk."""
     rows = [r for r in (4 ** i for i in range(12)) if r < max_rows]
@@ -274,6 +287,7 @@ def measure_overheads(device: torch.device, budget_s: float, elementwise_rows: i
                 calls.update(_microbenchmarks(engine, clock))
                 calls.update(_prefill_attention(engine, clock, engine_runs))
                 elementwise, by_size = _elementwise_ns(device, elementwise_rows, clock)
+                elementwise["sampling"] = _sampling_ns(device, clock)
         finally:
             engine.close()
             qk_engine.close()
