@@ -8,8 +8,8 @@ decisions on `device`, runs one unmeasured warm-up job on other prompts of the s
 job `budget.repeats` times (`2 * num_seqs` distinct random prompts of `prompt_len` tokens each time,
 `gen_len` generated, ignore_eos), builds the median run's report with `runtime.report.build_report` (plan and
 spec embedded), writes it to a temporary file and reads it back with `planner.calibrate_runs.load_run`.
-`planner.calibrate.fit(runs, profile, only=PROBE_FITTED)` then fits the GEMM, per-step, per-call-cost and
-attention constants (`PROBE_FITTED`, see there; not `copy`: nothing streams); the result is
+`planner.calibrate.fit(runs, profile, only=PROBE_FITTED)` then fits the GEMM, per-step and attention
+constants (`PROBE_FITTED`, see there; not `copy`: nothing streams); the result is
 the fitted profile, provenance unchanged (still "measured"), its notes extended by one sentence naming the
 jobs and the fitted constants.
 
@@ -49,11 +49,12 @@ from planner.spec import ModelSpec
 from planner.workload import Workload
 
 GiB = float(1 << 30)
-# What the probes fit: GEMMs in the engine against the curves' GEMMs timed alone, the engine's costs per step,
-# CPU attention in place, and a multiplier on the measured per-call costs. Not an extra fixed cost per call:
-# fitted to all 15 runs of two accuracy matrices (BENCHMARKS.md), it came out 0 both times, with GEMMs 0.73 to
-# 0.87 as fast as alone; fitted to the probes, it priced the tiny-expert models' expert calls 45-75% too high.
-PROBE_FITTED = ("gemm", "attention", "step_overhead_s", "overhead")
+# What the probes fit: GEMMs in the engine against the curves' GEMMs timed alone, the engine's costs per step
+# and CPU attention in place. Not an extra fixed cost per call, nor a multiplier on the measured per-call
+# costs: fitted to these short, small-batch jobs, both priced the accuracy matrix's tiny-expert models'
+# calls too high (BENCHMARKS.md, accuracy notes: over four profiles, mean error before calibration 13.2%
+# with the multiplier fitted, 10.5% without).
+PROBE_FITTED = ("gemm", "attention", "step_overhead_s")
 FIRST_TOKEN_ID = 3                      # prompts stay clear of ids 0-2 (pad / bos / eos of the random checkpoints)
 
 PROBE_GQA = ModelSpec(name="probe-gqa", family="mixtral", num_layers=4, hidden_size=768, num_heads=12,
