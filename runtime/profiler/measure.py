@@ -75,7 +75,7 @@ class Sizing:
 
 
 FULL = Sizing("full", LINK_SIZES, 1 << 30, ALL_GEMM_SHAPES, GEMM_ROWS, 120.0, 1.0, ATTENTION_POINTS, 45.0, 5,
-              10.0, 8192, 48, 2, FULL_PROBES)
+              10.0, 8192, 48, 5, FULL_PROBES)      # median of 5 probe-engine jobs: robust to two slow ones
 QUICK = Sizing("quick", QUICK_LINK_SIZES, 256 * MIB, QUICK_GEMM_SHAPES, QUICK_GEMM_ROWS, 15.0, 0.25,
                QUICK_ATTENTION_POINTS, 10.0, 3, 3.0, 8192, 32, 2, QUICK_PROBES)
 TINY = Sizing("tiny", (MIB, 4 * MIB), 64 * MIB, QUICK_GEMM_SHAPES[:1], (1, 4, 16, 64), 6.0, 0.5,
