@@ -204,7 +204,8 @@ class Rates:
                    host_copy_bps=host_copy,
                    peak_flops=max(t.peak_flops_per_s for t in tables), has_device=has_device,
                    step_overhead_s=eff.step_overhead_s, call_overhead_s=eff.call_overhead_s,
-                   overheads=OverheadCosts.of(profile, costs.spec.attention), h2d_log_bps=link.get("h2d"), d2h_log_bps=link.get("d2h"))
+                   overheads=OverheadCosts.of(profile, costs.spec.attention), h2d_log_bps=link.get("h2d"),
+                   d2h_log_bps=link.get("d2h"))
 
     def h2d_bps(self, nbytes) -> np.ndarray:
         return self._link(self.h2d_log_bps, nbytes)
