@@ -260,6 +260,27 @@ def test_tiny_sizing_measures_the_section():
                                              overheads.elementwise_ns.to_dict()))   # passes validation
 
 
+def test_rounds_keep_each_costs_median():
+    from runtime.profiler.overheads import median_overheads
+
+    def measured(scale: float) -> Overheads:
+        return HardwareProfile.from_dict({**with_overheads(cpu_dict(), {k: v * scale for k, v in CALL_S.items()},
+                                                             {k: v * scale for k, v in ELEMENT_NS.items()})}).overheads
+
+    quiet, slow, quick = measured(1.0), measured(2.0), measured(0.9)
+    slow = Overheads(call_s=slow.call_s, elementwise_ns=slow.elementwise_ns, mla_call_s={"qkv_proj": 4e-4},
+                     mla_attention_score_ns=3.0)
+    quiet = Overheads(call_s=quiet.call_s, elementwise_ns=quiet.elementwise_ns, mla_call_s={"qkv_proj": 2e-4},
+                      mla_attention_score_ns=1.0)
+    quick = Overheads(call_s=quick.call_s, elementwise_ns=quick.elementwise_ns, mla_call_s={"qkv_proj": 1e-4},
+                      mla_attention_score_ns=2.0)
+    median = median_overheads([slow, quiet, quick])
+    assert median.call_s.to_dict() == pytest.approx(CALL_S, rel=1e-3)       # kept to 3 significant digits
+    assert median.elementwise_ns.norm == ELEMENT_NS["norm"]
+    assert median.mla_call_s == {"qkv_proj": 2e-4} and median.mla_attention_score_ns == 2.0
+    assert median_overheads([slow]) is slow
+
+
 # ---- elementwise costs by size of call -------------------------------------------------------------
 BY_SIZE = {"elements": [1024, 65536, 4194304], "norm": [2.0, 0.5, 4.0], "rope": [1.0, 1.0, 2.0]}
 

@@ -3,7 +3,9 @@
 `measure_profile(sizing, device=None, command=...)` runs, in order: host memory read/copy, host<->device
 copy curves (CUDA only; CPU-only profiles have `links: null`), GEMM curves on the device in bf16, CPU
 decode-attention curves over 1..cores threads, the per-call and elementwise costs of the engine's own code
-paths (`runtime.profiler.overheads`: the profile's `overheads` section), then describes the machine (after the copies, so the PCIe
+paths (`runtime.profiler.overheads`: the profile's `overheads` section; `FULL` measures it in three rounds,
+after the memory, GEMM and attention stages, and keeps each cost's median, so one slow minute of a shared
+machine does not set it), then describes the machine (after the copies, so the PCIe
 link is trained up when its speed is read), and last fits the efficiency constants to short jobs of the real
 engine on random-weight probe models (`runtime.profiler.probe_jobs.calibrate_on_probes`; `Sizing.probe_jobs`
 picks the jobs, None skips the step), so the profile predicts the engine in place before any `planner
@@ -44,7 +46,7 @@ from runtime.profiler.grids import (
 )
 from runtime.profiler.links import measure_host_memory, measure_links
 from runtime.profiler.machine import describe_machine, last_level_cache_bytes, measured_profile_name
-from runtime.profiler.overheads import measure_overheads
+from runtime.profiler.overheads import measure_overheads, median_overheads
 from runtime.profiler.probe_jobs import (
     FULL_PROBES,
     QUICK_PROBES,
@@ -72,10 +74,11 @@ class Sizing:
     probe_decode_tokens: int        # tokens each probe-engine job generates
     probe_runs: int                 # probe-engine jobs per measurement, after one warm-up job
     probe_jobs: ProbeBudget | None  # engine jobs the efficiency constants are fitted to (None: keep the defaults)
+    overhead_rounds: int = 1        # `overheads` measured this many times, spread over the run; the median kept
 
 
 FULL = Sizing("full", LINK_SIZES, 1 << 30, ALL_GEMM_SHAPES, GEMM_ROWS, 120.0, 1.0, ATTENTION_POINTS, 45.0, 5,
-              10.0, 8192, 48, 5, FULL_PROBES)      # median of 5 probe-engine jobs: robust to two slow ones
+              10.0, 8192, 48, 5, FULL_PROBES, overhead_rounds=3)   # medians of 5 jobs, of 3 rounds
 QUICK = Sizing("quick", QUICK_LINK_SIZES, 256 * MIB, QUICK_GEMM_SHAPES, QUICK_GEMM_ROWS, 15.0, 0.25,
                QUICK_ATTENTION_POINTS, 10.0, 3, 3.0, 8192, 32, 2, QUICK_PROBES)
 TINY = Sizing("tiny", (MIB, 4 * MIB), 64 * MIB, QUICK_GEMM_SHAPES[:1], (1, 4, 16, 64), 6.0, 0.5,
@@ -105,8 +108,18 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     log(f"profiling ({sizing.name}) on {device}, {cores} cores, load average {load_at_start:.1f}")
 
+    rounds: list = []
+    spots = ("memory", "gemm", "attention")[-sizing.overhead_rounds:]     # after which stage a round runs
+
+    def overhead_round(after: str) -> None:
+        if after in spots:
+            rounds.append(measure_overheads(device, sizing.overhead_budget_s, sizing.elementwise_rows,
+                                            repeats=sizing.repeats, decode_tokens=sizing.probe_decode_tokens,
+                                            engine_runs=sizing.probe_runs))
+
     memory = measure_host_memory(sizing.memory_bytes, repeats=sizing.repeats)
     log(f"  host memory: read {memory.read_gbps:.1f} GB/s, copy {memory.copy_gbps:.1f} GB/s")
+    overhead_round("memory")
     links = None
     if device.type == "cuda":
         links = measure_links(device, sizing.link_sizes, repeats=sizing.repeats)
@@ -123,6 +136,7 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
         log(f"  {shape.label}: {curve.tflops[0]:.3g} TFLOP/s at m={curve.rows[0]}, "
             f"{max(curve.tflops):.3g} max (rows up to {curve.rows[-1]})")
 
+    overhead_round("gemm")
     threads = thread_grid(cores)
     deadline = Deadline(sizing.attention_budget_s)
     attention_curves = []
@@ -133,9 +147,9 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
         log(f"  attention {point.layout} b{point.batch} ctx{point.context} g{point.group}: "
             + ", ".join(f"{t}t {g:.3g} GB/s" for t, g in zip(curve.threads, curve.gbps)))
 
-    overheads = measure_overheads(device, sizing.overhead_budget_s, sizing.elementwise_rows, repeats=sizing.repeats,
-                                  decode_tokens=sizing.probe_decode_tokens, engine_runs=sizing.probe_runs)
-    log("  overheads per call: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in overheads.call_s.to_dict().items())
+    overhead_round("attention")
+    overheads = median_overheads(rounds)
+    log(f"  overheads per call (median of {len(rounds)} rounds): " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in overheads.call_s.to_dict().items())
         + "; MLA path: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in (overheads.mla_call_s or {}).items())
         + "; per element: " + ", ".join(f"{k} {getattr(overheads.elementwise_ns, k):.2g} ns" for k in ELEMENTWISE_COSTS))
 
@@ -144,7 +158,8 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
              f"warm-up; GEMM weights rotate over buffers > 4x the {cache / MIB:.0f} MiB last-level cache; "
              f"GEMM rows stop once a call exceeds {sizing.max_call_s} s (clamped beyond); attention KV "
              f"in bf16, block size 16, {attention_backend()}; overheads from a probe engine on a tiny random checkpoint and "
-             f"[{sizing.elementwise_rows}, 1024] elementwise tensors; {cores} usable cores; 1-minute load average "
+             f"[{sizing.elementwise_rows}, 1024] elementwise tensors, the median of {len(rounds)} rounds spread over "
+             f"the run; {cores} usable cores; 1-minute load average "
              f"{load_at_start:.1f} at the start (above the core count means other work shared the cores and "
              f"the rates are low).")
     profile = HardwareProfile(

@@ -302,6 +302,33 @@ def measure_overheads(device: torch.device, budget_s: float, elementwise_rows: i
                                                      by_size=by_size))
 
 
+def median_overheads(rounds: list[Overheads]) -> Overheads:
+    """Each cost's median over `rounds` measured at different minutes (`runtime profile` spreads them over
+    its run), so one slow minute on a shared machine does not set the section."""
+    if len(rounds) == 1:
+        return rounds[0]
+
+    def median(values) -> float:
+        return significant(statistics.median(values), 3)
+
+    calls = [r.call_s.to_dict() for r in rounds]
+    first = rounds[0].elementwise_ns
+    by_size = None
+    if first.by_size is not None:
+        by_size = ElementwiseBySize(elements=first.by_size.elements, ns={
+            name: tuple(median(r.elementwise_ns.by_size.ns[name][i] for r in rounds) for i in range(len(values)))
+            for name, values in first.by_size.ns.items()})
+    mla = None
+    if all(r.mla_call_s is not None for r in rounds):
+        mla = {k: median(r.mla_call_s[k] for r in rounds) for k in rounds[0].mla_call_s}
+    scores = [r.mla_attention_score_ns for r in rounds if r.mla_attention_score_ns is not None]
+    return Overheads(
+        call_s=CallOverheads(**{k: median(c[k] for c in calls) for k in calls[0]}),
+        elementwise_ns=ElementwiseCosts(**{k: median(getattr(r.elementwise_ns, k) for r in rounds)
+                                           for k in ELEMENTWISE_COSTS}, by_size=by_size),
+        mla_call_s=mla, mla_attention_score_ns=median(scores) if len(scores) == len(rounds) else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m runtime.profiler.overheads [--sizing S] [--into PROFILE.yaml]`: measure only this section."""
     import argparse
