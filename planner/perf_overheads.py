@@ -114,4 +114,4 @@ class OverheadTerms:
         ones = np.ones_like(np.asarray(tokens, dtype=np.float64))
         return {"embed": c["embed"] * ones, "lm_head": c["lm_head"] + self._ew("norm", segments * self.hidden),
                 "forward": (c["prefill_forward"] + c["sampling"]) * ones
-                + self._ew("sampling", np.asarray(segments, dtype=np.float64) * self.vocab * ones)}
+                + self._ew("sampling", segments * self.vocab * ones)}

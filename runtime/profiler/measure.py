@@ -27,7 +27,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from planner.profile import ELEMENTWISE_COSTS, Efficiency, HardwareProfile, Provenance, usable_cores
+from planner.profile import (
+    ELEMENTWISE_COSTS,
+    Efficiency,
+    HardwareProfile,
+    Overheads,
+    Provenance,
+    usable_cores,
+)
 from runtime.profiler.attention import attention_backend, measure_attention_curve
 from runtime.profiler.gemm import measure_gemm_curve
 from runtime.profiler.grids import (
@@ -108,7 +115,7 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     log(f"profiling ({sizing.name}) on {device}, {cores} cores, load average {load_at_start:.1f}")
 
-    rounds: list = []
+    rounds: list[Overheads] = []
     spots = ("memory", "gemm", "attention")[-sizing.overhead_rounds:]     # after which stage a round runs
 
     def overhead_round(after: str) -> None:
@@ -149,7 +156,8 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
 
     overhead_round("attention")
     overheads = median_overheads(rounds)
-    log(f"  overheads per call (median of {len(rounds)} rounds): " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in overheads.call_s.to_dict().items())
+    log(f"  overheads per call (median of {len(rounds)} rounds): "
+        + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in overheads.call_s.to_dict().items())
         + "; MLA path: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in (overheads.mla_call_s or {}).items())
         + "; per element: " + ", ".join(f"{k} {getattr(overheads.elementwise_ns, k):.2g} ns" for k in ELEMENTWISE_COSTS))
 

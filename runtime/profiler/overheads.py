@@ -165,9 +165,9 @@ def _mla_calls(engine, clock: _Clock, max_tokens: int, runs: int) -> dict[str, f
     x = _random(device, 1, spec.hidden_size)
     latent = _random(device, 1, spec.kv_lora_rank)
     o_in = _random(device, 1, spec.num_heads * spec.v_head_dim)
-    uk_rows = spec.num_heads * spec.qk_nope_head_dim
-    w_uk = w["attn.kv_b_proj"][:uk_rows].contiguous()
-    w_uv = w["attn.kv_b_proj"][:spec.num_heads * spec.v_head_dim].contiguous()
+    kv_b = w["attn.kv_b_proj"]          # its rows as matrices of the w_uk and w_uv halves' shapes
+    w_uk = kv_b[:spec.num_heads * spec.qk_nope_head_dim].contiguous()
+    w_uv = kv_b[:spec.num_heads * spec.v_head_dim].contiguous()
     qkv = clock(lambda: (F.linear(x, w["attn.q_proj"]), F.linear(x, w["attn.kv_a_proj"]), F.linear(latent, w_uk)))
     out = clock(lambda: (F.linear(latent, w_uv), F.linear(o_in, w["attn.o_proj"])))
     one = _engine_run(engine, 1, max_tokens, runs)
