@@ -117,9 +117,10 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
 
 
 def machine_line() -> str:
-    from planner.profile import this_machine_description
+    from planner.this_machine import this_machine
 
-    cpu, cores, device = this_machine_description()
+    here = this_machine()
+    cpu, cores, device = here.cpu, here.cores, here.device
     load = os.getloadavg()[0]
     shared = (f" **The machine was shared** (1-minute load average {load:.1f} on {cores} cores at the start): "
               "these numbers are noisy and low; rerun on a quiet machine." if load > BUSY_LOAD_PER_CORE * cores

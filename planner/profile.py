@@ -23,9 +23,6 @@ import hashlib
 import json
 import math
 import os
-import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -51,11 +48,12 @@ from planner.profile_schema import (
     Provenance,
     RateCurve,
 )
+from planner.this_machine import SPOT_GEMM, MachineIdentity, MachineRates, rate_differences, this_machine
 
 __all__ = [
     "CALL_OVERHEADS", "ELEMENTWISE_COSTS", "SCHEMA_VERSION", "AttentionCurve", "CallOverheads", "Efficiency", "ElementwiseBySize", "ElementwiseCosts", "GemmCurve",
     "HardwareProfile", "Links", "Machine", "Memory", "Overheads", "Price", "Provenance", "RateCurve", "find_profile_for_this_machine", "list_profiles",
-    "load_profile", "machine_profile_name", "profiles_dir", "this_machine_description", "usable_cores",
+    "load_profile", "path_for_this_machine", "profiles_dir",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +117,14 @@ class HardwareProfile:
         content["efficiency"] = {k: v for k, v in d["efficiency"].items() if v != defaults[k]}  # adding one is safe
         blob = json.dumps(_floats(content), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def machine_rates(self) -> MachineRates:
+        """The rates this profile says its machine shows: its stored fingerprint, else its memory read rate and
+        its GEMM rate at the spot shape (datasheet and older profiles)."""
+        if self.machine.fingerprint is not None:
+            return self.machine.fingerprint
+        spot = SPOT_GEMM
+        return MachineRates(self.memory.read_gbps, self.gemm_tflops(spot.rows, spot.n, spot.k, spot.matrices))
 
     def with_efficiency(self, **constants: float) -> HardwareProfile:
         return replace(self, efficiency=replace(self.efficiency, **constants))
@@ -268,75 +274,42 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
 
 
 # ---- this machine ----------------------------------------------------------------------------------
-def _slug(text: str) -> str:
-    text = re.sub(r"\((r|tm|c)\)", " ", text.lower())
-    text = re.sub(r"@.*$", " ", text)                       # clock speed
-    text = re.sub(r"\b\d+-core\b|\bprocessor\b|\bcpu\b", " ", text)
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+def _profiles_of(identity: MachineIdentity) -> list[HardwareProfile]:
+    """Profiles of this identity in `profiles_dir()`: `<name>.yaml` and `<name>-<rates tag>.yaml`, newest first."""
+    name = identity.profile_name
+    paths = [p for p in sorted(profiles_dir().glob(f"{name}*.yaml")) if p.stem == name or p.stem.startswith(name + "-")]
+    return sorted((load_profile(p) for p in paths), key=lambda p: p.provenance.date, reverse=True)
 
 
-def machine_profile_name(cpu: str, cores: int, device: str | None) -> str:
-    """The file stem a measured profile of this machine gets, e.g. `nvidia-h100-80gb-hbm3-xeon-8480-16c`."""
-    host = f"{_slug(cpu) or 'cpu'}-{cores}c"
-    return f"{_slug(device)}-{host}" if device else f"cpu-{host}"
-
-
-def _cpu_model() -> str:
-    import platform
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
-
-
-def usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _device_name() -> str | None:
-    """First visible NVIDIA GPU's name without importing torch: nvidia-smi, else the driver's /proc entry."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return None
-    names: list[str] = []
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10, check=True).stdout
-            names = [line.strip() for line in out.splitlines() if line.strip()]
-        except (OSError, subprocess.SubprocessError):
-            names = []
-    if not names:
-        for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
-            try:
-                lines = info.read_text().splitlines()
-            except OSError:
-                continue
-            names += [line.split(":", 1)[1].strip() for line in lines if line.startswith("Model:")]
-    if not names:
-        return None
-    first = (visible or "0").split(",")[0].strip()
-    return names[int(first)] if first.isdigit() and int(first) < len(names) else names[0]
-
-
-def this_machine_description() -> tuple[str, int, str | None]:
-    """(cpu model, usable cores, device name or None), torch-free."""
-    return _cpu_model(), usable_cores(), _device_name()
-
-
-def find_profile_for_this_machine() -> HardwareProfile:
-    """The measured profile named after this machine; UserError telling how to make one if missing."""
-    name = machine_profile_name(*this_machine_description())
-    path = profiles_dir() / f"{name}.yaml"
-    if not path.is_file():
-        raise UserError(f"no hardware profile for this machine ({name}) in {profiles_dir()}",
+def find_profile_for_this_machine(rates: MachineRates | None = None) -> HardwareProfile:
+    """This machine's measured profile (`this_machine().profile_name`, newest first); given the machine's
+    measured `rates`, the newest whose fingerprint matches them. UserError telling how to make one if none."""
+    identity = this_machine()
+    candidates = _profiles_of(identity)
+    if not candidates:
+        raise UserError(f"no hardware profile for this machine ({identity.profile_name}) in {profiles_dir()}",
                         "run `make profile` (or `runtime profile`) to measure it, or pass --profile NAME")
-    return load_profile(path)
+    if rates is None:
+        return candidates[0]
+    for profile in candidates:
+        if not rate_differences(rates, profile.machine_rates()):
+            return profile
+    newest = candidates[0]
+    raise UserError(f"no hardware profile in {profiles_dir()} describes this machine as it measures now: "
+                    + "; ".join(rate_differences(rates, newest.machine_rates(), f"profile {newest.name}")),
+                    "run `runtime profile` to measure this machine, or pass --profile NAME")
+
+
+def path_for_this_machine(rates: MachineRates) -> Path:
+    """Where `runtime profile` writes this machine's profile: `<name>.yaml`, unless a profile there has other
+    rates (a machine of the same CPU and cores but other memory or clocks): then `<name>-<rates tag>.yaml`."""
+    name = this_machine().profile_name
+    path = profiles_dir() / f"{name}.yaml"
+    try:
+        taken = path.is_file() and bool(rate_differences(rates, load_profile(path).machine_rates()))
+    except UserError:           # a broken file there: replace it
+        taken = False
+    return profiles_dir() / f"{name}-{rates.tag}.yaml" if taken else path
 
 
 def curve_matrices(curve: GemmCurve) -> int:

@@ -37,6 +37,7 @@ from planner.profile_schema import (
     Provenance,
     RateCurve,
 )
+from planner.this_machine import MachineRates
 from planner.values import is_finite_number
 
 
@@ -152,6 +153,14 @@ def _rate_curve(f: _Fields) -> RateCurve:
     return RateCurve(sizes, gbps)
 
 
+def _machine_rates(f: _Fields | None) -> MachineRates | None:
+    if f is None:
+        return None
+    rates = MachineRates(memory_read_gbps=f.number("memory_read_gbps"), gemm_tflops=f.number("gemm_tflops"))
+    f.done()
+    return rates
+
+
 def _gemm_curve(f: _Fields) -> GemmCurve:
     curve = GemmCurve(shape=f.text("shape"), n=f.integer("n"), k=f.integer("k"),
                       rows=f.series("rows", integers=True, increasing=True), tflops=f.series("tflops"))
@@ -239,7 +248,7 @@ def parse_profile_dict(data: object, source: str) -> dict:
                       host_free_gib=m.number("host_free_gib", False, positive=False),
                       device_free_gib=m.number("device_free_gib", False, positive=False),
                       interconnect=m.text("interconnect", False, None), torch=m.text("torch", False, None),
-                      cuda=m.text("cuda", False, None))
+                      cuda=m.text("cuda", False, None), fingerprint=_machine_rates(m.sub("fingerprint", False)))
     if machine.device is not None and machine.device_memory_gib <= 0:
         raise m.fail("device_memory_gib", "must be positive when machine.device is set")
     m.done()

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
+from planner.this_machine import MachineRates
+
 SCHEMA_VERSION = 1
 PROVENANCE_KINDS = ("measured", "datasheet", "calibrated")
 ATTENTION_LAYOUTS = ("gqa", "mla")
@@ -93,13 +95,15 @@ class Machine:
     interconnect: str | None = None             # "PCIe 4.0 x16"
     torch: str | None = None
     cuda: str | None = None
+    fingerprint: MachineRates | None = None     # measured by `runtime profile` (planner.this_machine)
 
     def to_dict(self) -> dict:
         return {"cpu": self.cpu, "cores": self.cores, "cpu_flags": list(self.cpu_flags),
                 "host_memory_gib": self.host_memory_gib, "host_free_gib": self.host_free_gib,
                 "device": self.device, "device_memory_gib": self.device_memory_gib,
                 "device_free_gib": self.device_free_gib, "interconnect": self.interconnect,
-                "torch": self.torch, "cuda": self.cuda}
+                "torch": self.torch, "cuda": self.cuda,
+                **({"fingerprint": self.fingerprint.to_dict()} if self.fingerprint is not None else {})}
 
 
 @dataclass(frozen=True)

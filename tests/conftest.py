@@ -55,8 +55,9 @@ def tiny_job(tmp_path_factory) -> TinyJob:
 
     from planner.perf_memory import Budgets
     from planner.plan_build import make_plan
-    from planner.profile import load_profile, machine_profile_name, this_machine_description
+    from planner.profile import load_profile
     from planner.spec import load_spec
+    from planner.this_machine import this_machine
     from planner.workload import Workload
 
     root = tmp_path_factory.mktemp("tiny-job")
@@ -66,10 +67,10 @@ def tiny_job(tmp_path_factory) -> TinyJob:
                     "--layers", "2", "--dtype", "fp32", "--max-shard-gb", "0.0006", "--out", str(root / "ckpt"),
                     "--quiet"],
                    env=env, check=True, capture_output=True, timeout=300)
-    cpu, cores, device = this_machine_description()
+    here = this_machine()
     base = load_profile("a5000-epyc7453")
-    profile = replace(base, name=machine_profile_name(cpu, cores, device), links=None,
-                      machine=replace(base.machine, cpu=cpu, cores=cores, device=device, device_memory_gib=0,
+    profile = replace(base, name=here.profile_name, links=None,
+                      machine=replace(base.machine, cpu=here.cpu, cores=here.cores, device=here.device, device_memory_gib=0,
                                       host_memory_gib=8))
     profile_path = profile.save(root / "profiles" / f"{profile.name}.yaml")
     spec = load_spec(root / "ckpt")

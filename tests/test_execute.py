@@ -22,8 +22,9 @@ import yaml
 
 from planner.perf_memory import Budgets
 from planner.plan_build import make_plan
-from planner.profile import load_profile, machine_profile_name, this_machine_description
+from planner.profile import load_profile
 from planner.spec import ModelSpec
+from planner.this_machine import this_machine
 from planner.workload import Workload
 from runtime.checkpoint import open_checkpoint
 from runtime.checkpoint.writer import write_random_checkpoint
@@ -59,9 +60,9 @@ def job(tmp_path_factory):
     write_random_checkpoint(TINY, root / "ckpt", dtype="bf16", seed=3)
     checkpoint = open_checkpoint(root / "ckpt")
     base = load_profile("a5000-epyc7453")
-    cpu, cores, device = this_machine_description()
-    profile = replace(base, name=machine_profile_name(cpu, cores, device), links=None,
-                      machine=replace(base.machine, cpu=cpu, cores=cores, device=device, device_memory_gib=0,
+    here = this_machine()
+    profile = replace(base, name=here.profile_name, links=None,
+                      machine=replace(base.machine, cpu=here.cpu, cores=here.cores, device=here.device, device_memory_gib=0,
                                       host_memory_gib=8))
     profile_path = profile.save(root / "profiles" / f"{profile.name}.yaml")
     plan = make_plan(checkpoint.spec, profile, Workload.fixed(12, 6, NUM_VALID), Budgets.from_args(profile, 0.01),
@@ -263,8 +264,9 @@ def test_demo_prompts_are_distinct_seeded_and_sized(job):
 def test_demo_end_to_end_on_a_tiny_model(job, tmp_path, capsys):
     spec_path = tmp_path / "tiny.yaml"
     spec_path.write_text(yaml.safe_dump(TINY.to_dict()))
+    profile = job / "profiles" / f"{this_machine().profile_name}.yaml"   # rates from a datasheet: not re-measured
     assert main(["demo", "--model", str(spec_path), "--dir", str(tmp_path / "demo"), "--num-prompts", "6",
-                 "--min-prompt-tokens", "4", "--max-prompt-tokens", "8", "--gen-len", "3"]) == 0
+                 "--min-prompt-tokens", "4", "--max-prompt-tokens", "8", "--gen-len", "3", "--profile", str(profile)]) == 0
     out = capsys.readouterr()
     assert "Throughput:" in out.out and "predicted" in out.err
     answers = records(tmp_path / "demo" / "outputs.jsonl")

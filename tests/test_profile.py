@@ -13,10 +13,9 @@ from planner.profile import (
     find_profile_for_this_machine,
     list_profiles,
     load_profile,
-    machine_profile_name,
     profiles_dir,
-    this_machine_description,
 )
+from planner.this_machine import MachineIdentity, this_machine
 
 DATASHEET_NAMES = {"a5000-epyc7453", "a40-xeon8380", "l4-aws-g6-16xlarge", "t4-aws-g4dn-8xlarge",
                    "a100-pcie-80gb-azure-nc24ads", "h100-pcie-lambda", "h100-sxm-lambda", "h200-sxm-hgx",
@@ -242,9 +241,9 @@ def test_link_and_attention_interpolation():
 
 
 def test_machine_profile_names():
-    assert machine_profile_name("Intel(R) Xeon(R) Platinum 8380 CPU @ 2.30GHz", 80, "NVIDIA A40") == \
+    assert MachineIdentity("Intel(R) Xeon(R) Platinum 8380 CPU @ 2.30GHz", 80, "NVIDIA A40").profile_name == \
         "nvidia-a40-intel-xeon-platinum-8380-80c"
-    assert machine_profile_name("AMD EPYC 7453 28-Core Processor", 56, None) == "cpu-amd-epyc-7453-56c"
+    assert MachineIdentity("AMD EPYC 7453 28-Core Processor", 56, None).profile_name == "cpu-amd-epyc-7453-56c"
 
 
 def test_find_profile_for_this_machine(tmp_path, monkeypatch):
@@ -252,7 +251,7 @@ def test_find_profile_for_this_machine(tmp_path, monkeypatch):
     assert profiles_dir() == tmp_path
     with pytest.raises(UserError, match="make profile"):
         find_profile_for_this_machine()
-    name = machine_profile_name(*this_machine_description())
+    name = this_machine().profile_name
     HardwareProfile.from_dict({**_profile_dict(), "name": name}).save(tmp_path / f"{name}.yaml")
     assert find_profile_for_this_machine().name == name
 
@@ -277,18 +276,19 @@ def _roughly_non_decreasing(values, tolerance=0.5) -> bool:
 
 
 @pytest.mark.slow
-def test_tiny_profile_measures_this_machine(tmp_path, capsys):
+def test_tiny_profile_measures_this_machine(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
     from runtime.commands.profile import main
     from runtime.profiler.grids import thread_grid
 
+    monkeypatch.setenv("MOELENS_PROFILES_DIR", str(tmp_path / "profiles"))
     out = tmp_path / "measured.yaml"
     assert main(["--sizing", "tiny", "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     profile = load_profile(out)                                            # validation: all rates positive
     assert profile.provenance.kind == "measured" and profile.machine.cores >= 1
-    assert profile.name == machine_profile_name(profile.machine.cpu, profile.machine.cores,
-                                                profile.machine.device)
+    assert profile.name == this_machine().profile_name
+    assert profile.machine.fingerprint is not None        # the spot check's figures, stored
     for curve in profile.gemm_curves:
         assert len(curve.rows) >= 2
         assert curve.tflops[-1] > 2 * curve.tflops[0], curve               # 64 rows >> 1 row

@@ -1,11 +1,11 @@
 """`runtime demo` (`make demo`): the whole loop on this machine in a few minutes, predicted against achieved.
 
 Steps, in `--dir` (default ./demo-out/): make a random-weight `mixtral-mini` checkpoint in bf16 (reused
-when already there); use this machine's measured profile, or measure one quickly (`runtime profile
---quick`, saved to profiles/) when there is none; write `--num-prompts` (256) distinct prompts, varied
-sentences from a seeded generator (identical prompts would route to the same experts and flatter the expert
-batching), each asking for a fixed number of tokens with ignore_eos so every sequence does the work the plan
-assumes; solve a plan for exactly that workload with the planner API (`--kv-gb` 2 GiB of KV); run
+when already there); use this machine's measured profile whose fingerprint matches the rates the machine
+shows now, or measure one quickly (`runtime profile --quick`, saved to profiles/) when there is none; write
+`--num-prompts` (256) distinct prompts, varied sentences from a seeded generator (identical prompts would
+route to the same experts and flatter the expert batching), each asking for a fixed number of tokens with
+ignore_eos so every sequence does the work the plan assumes; solve a plan for exactly that workload with the planner API (`--kv-gb` 2 GiB of KV); run
 `runtime execute` on it and print the report.
 
 Lengths: prompts of 32..128 tokens with 64 generated each, unless the plan predicts the execute step would
@@ -106,20 +106,22 @@ def _checkpoint(args: argparse.Namespace, say) -> Path:
 def _profile(args: argparse.Namespace, say):
     from planner.errors import UserError
     from planner.profile import find_profile_for_this_machine, load_profile, profiles_dir
+    from runtime.profiler.spot_check import measure_rates
+    from runtime.profiler.timing import default_device
 
     if args.profile:
         profile = load_profile(args.profile)
         say(f"[2/4] using profile {profile.name}")
         return profile
     try:
-        profile = find_profile_for_this_machine()
+        profile = find_profile_for_this_machine(measure_rates(default_device()))
         say(f"[2/4] using this machine's profile {profile.name} (fingerprint {profile.fingerprint()})")
         return profile
-    except UserError:
-        pass
+    except UserError as err:
+        say(f"[2/4] {err.cause}")
     from runtime.profiler.measure import SIZINGS, measure_profile
 
-    say("[2/4] no profile for this machine yet: measuring one (runtime profile --quick)")
+    say("      measuring this machine (runtime profile --quick)")
     profile = measure_profile(SIZINGS["quick"], command="runtime profile --quick")
     path = profile.save(profiles_dir() / f"{profile.name}.yaml")
     say(f"      saved {path}")

@@ -3,7 +3,9 @@
 Order (nothing is written before every check passes): load the plan; check the output (and report) paths
 are writable; open the checkpoint (`--checkpoint`, else the plan's model reference when it is a checkpoint
 directory); check the plan was solved for this model (spec hash, or the same architecture) and this machine
-(profile fingerprint) and that its host memory fits what is free (`--force` skips these three); validate the
+(profile fingerprint) and that its host memory fits what is free (`--force` skips these three); spot-check
+this machine's memory and GEMM rates against the profile (`runtime.profiler.spot_check`, about a second: a
+warning with the figures when one is off by more than 20%); validate the
 whole input file (`runtime.jobio`, `--on-error fail|skip`); then open the output (resuming a job of the same
 input and plan, `--overwrite` to start again), build the engine from the plan, run it with a progress bar,
 write each answer as its sequence finishes, and print and write the report (`runtime.report`).
@@ -98,6 +100,7 @@ def execute_job(options: ExecuteOptions) -> dict | None:
     report_spec = check_plan_model(plan, spec, options.force)
     profile = check_plan_machine(plan, options.force)
     check_plan_fits_memory(plan, options.force)
+    _spot_check(plan, profile)
     default_max_tokens = options.max_tokens or max(1, round(plan.workload.gen_len_max))
     context = ParseContext(checkpoint.tokenizer, spec.max_position_embeddings, spec.vocab_size, default_max_tokens)
     scan = scan_input(options.input, context, options.on_error)
@@ -113,6 +116,16 @@ def execute_job(options: ExecuteOptions) -> dict | None:
             return None
         stats, tally = _run_engine(checkpoint, plan, options, context, scan, job)
     return _finish_report(stats, plan, profile, report_spec, tally, scan, job.resumed_count, options)
+
+
+def _spot_check(plan: Any, profile: Any) -> None:
+    """Warn, with the figures, when this machine's memory or GEMM rate is off the profile's by more than 20%."""
+    from runtime.profiler.spot_check import measure_rates, spot_check_warnings
+    from runtime.profiler.timing import default_device
+
+    name = "the plan's profile" if profile.fingerprint() == plan.profile.fingerprint else f"profile {profile.name}"
+    for warning in spot_check_warnings(measure_rates(default_device()), profile, name):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: Any, scan: Any, job: Any):

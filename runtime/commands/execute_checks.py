@@ -25,9 +25,9 @@ from planner.profile import (
     HardwareProfile,
     find_profile_for_this_machine,
     load_profile,
-    this_machine_description,
 )
 from planner.spec import ModelSpec, load_spec
+from planner.this_machine import MachineIdentity, this_machine
 
 IDENTITY_FIELDS = ("name", "source", "extra")
 GiB = float(1 << 30)
@@ -71,9 +71,8 @@ def check_plan_model(plan: Plan, spec: ModelSpec, force: bool = False) -> ModelS
 
 
 def _describes_this_machine(profile: HardwareProfile) -> bool:
-    cpu, cores, device = this_machine_description()
     m = profile.machine
-    return m.cpu == cpu and m.cores == cores and m.device == device
+    return MachineIdentity(m.cpu, m.cores, m.device) == this_machine()
 
 
 def _plan_profile(plan: Plan) -> HardwareProfile | None:

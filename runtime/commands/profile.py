@@ -1,8 +1,9 @@
 """`runtime profile [--out PATH] [--quick]`: measure this machine into a hardware profile YAML.
 
-Writes `profiles/<machine name>.yaml` by default (the name `planner.profile.find_profile_for_this_machine`
-looks for), prints the path and a one-line summary. `--quick` measures fewer, smaller points (~1.5 min
-with the probe jobs); `--sizing tiny` is for tests.
+Writes `profiles/<machine name>.yaml` by default (`planner.profile.path_for_this_machine`: the name
+`find_profile_for_this_machine` looks for, with a tag of the machine's rates when a profile of another machine
+with the same CPU and cores holds that name), prints the path and a one-line summary. `--quick` measures
+fewer, smaller points (~1.5 min with the probe jobs); `--sizing tiny` is for tests.
 """
 
 from __future__ import annotations

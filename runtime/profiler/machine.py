@@ -1,8 +1,9 @@
 """What this machine is: CPU model, usable cores, CPU flags, host and device memory, software versions.
 
-`describe_machine(device)` returns a `planner.profile.Machine`; `measured_profile_name(machine)` the
-profile file stem (`planner.profile.machine_profile_name`, the name `find_profile_for_this_machine`
-looks for). `last_level_cache_bytes(device)` sizes the buffers that must not fit in caches.
+`describe_machine(device, fingerprint)` returns a `planner.profile.Machine`: CPU, cores and device name from
+`planner.this_machine.this_machine()` (the identity profiles are named and found by; torch's device name only
+when no NVIDIA tool names the device). `last_level_cache_bytes(device)` sizes the buffers that must not fit in
+caches.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from planner.profile import Machine, machine_profile_name, this_machine_description
+from planner.profile import Machine
+from planner.this_machine import MachineRates, this_machine
 
 GIB = 1 << 30
 INTERESTING_FLAGS = re.compile(r"^(avx2|fma|avx512\w*|amx\w*|avx_vnni|sve\w*|neon|asimd\w*)$")
@@ -30,19 +32,19 @@ def cpu_flags() -> tuple[str, ...]:
     return ()
 
 
-def describe_machine(device: torch.device) -> Machine:
-    cpu, cores, _ = this_machine_description()
+def describe_machine(device: torch.device, fingerprint: MachineRates | None = None) -> Machine:
+    identity = this_machine()
     vm = psutil.virtual_memory()
     name, total, free, interconnect = None, 0.0, None, None
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
+        name = identity.device or torch.cuda.get_device_name(device)
         free_b, total_b = torch.cuda.mem_get_info(device)
         total, free = round(total_b / GIB, 2), round(free_b / GIB, 2)
         interconnect = _pcie_link(device)
-    return Machine(cpu=cpu, cores=cores, host_memory_gib=round(vm.total / GIB, 2), device=name,
+    return Machine(cpu=identity.cpu, cores=identity.cores, host_memory_gib=round(vm.total / GIB, 2), device=name,
                    device_memory_gib=total, cpu_flags=cpu_flags(), host_free_gib=round(vm.available / GIB, 2),
                    device_free_gib=free, interconnect=interconnect, torch=str(torch.__version__),
-                   cuda=torch.version.cuda if device.type == "cuda" else None)
+                   cuda=torch.version.cuda if device.type == "cuda" else None, fingerprint=fingerprint)
 
 
 def _pcie_link(device: torch.device) -> str | None:
@@ -60,10 +62,6 @@ def _pcie_link(device: torch.device) -> str | None:
         return None
     generation = {"2.5": "1.0", "5.0": "2.0", "8.0": "3.0", "16.0": "4.0", "32.0": "5.0", "64.0": "6.0"}
     return f"PCIe {generation.get(speed, speed + ' GT/s')} x{width}"
-
-
-def measured_profile_name(machine: Machine) -> str:
-    return machine_profile_name(machine.cpu, machine.cores, machine.device)
 
 
 def last_level_cache_bytes(device: torch.device) -> int:

@@ -33,8 +33,9 @@ from planner.profile import (
     HardwareProfile,
     Overheads,
     Provenance,
-    usable_cores,
+    path_for_this_machine,
 )
+from planner.this_machine import usable_cores
 from runtime.profiler.attention import attention_backend, measure_attention_curve
 from runtime.profiler.gemm import measure_gemm_curve
 from runtime.profiler.grids import (
@@ -52,7 +53,7 @@ from runtime.profiler.grids import (
     thread_grid,
 )
 from runtime.profiler.links import measure_host_memory, measure_links
-from runtime.profiler.machine import describe_machine, last_level_cache_bytes, measured_profile_name
+from runtime.profiler.machine import describe_machine, last_level_cache_bytes
 from runtime.profiler.overheads import measure_overheads, median_overheads
 from runtime.profiler.probe_jobs import (
     FULL_PROBES,
@@ -61,7 +62,8 @@ from runtime.profiler.probe_jobs import (
     ProbeBudget,
     calibrate_on_probes,
 )
-from runtime.profiler.timing import Deadline
+from runtime.profiler.spot_check import measure_rates
+from runtime.profiler.timing import Deadline, default_device
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,6 @@ SIZINGS = {s.name: s for s in (FULL, QUICK, TINY)}
 GEMM_DTYPE = torch.bfloat16
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def _moelens_version() -> str:
     try:
         from importlib.metadata import version
@@ -124,6 +122,9 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
                                             repeats=sizing.repeats, decode_tokens=sizing.probe_decode_tokens,
                                             engine_runs=sizing.probe_runs))
 
+    fingerprint = measure_rates(device)
+    log(f"  fingerprint: memory read {fingerprint.memory_read_gbps:.3g} GB/s, spot GEMM "
+        f"{fingerprint.gemm_tflops:.3g} TFLOP/s")
     memory = measure_host_memory(sizing.memory_bytes, repeats=sizing.repeats)
     log(f"  host memory: read {memory.read_gbps:.1f} GB/s, copy {memory.copy_gbps:.1f} GB/s")
     overhead_round("memory")
@@ -161,7 +162,7 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
         + "; MLA path: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in (overheads.mla_call_s or {}).items())
         + "; per element: " + ", ".join(f"{k} {getattr(overheads.elementwise_ns, k):.2g} ns" for k in ELEMENTWISE_COSTS))
 
-    machine = describe_machine(device)
+    machine = describe_machine(device, fingerprint)
     notes = (f"Measured by `{command}` ({sizing.name} sizing): medians of up to {sizing.repeats} repeats after "
              f"warm-up; GEMM weights rotate over buffers > 4x the {cache / MIB:.0f} MiB last-level cache; "
              f"GEMM rows stop once a call exceeds {sizing.max_call_s} s (clamped beyond); attention KV "
@@ -171,7 +172,7 @@ def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, c
              f"{load_at_start:.1f} at the start (above the core count means other work shared the cores and "
              f"the rates are low).")
     profile = HardwareProfile(
-        name=measured_profile_name(machine),
+        name=path_for_this_machine(fingerprint).stem,
         provenance=Provenance(kind="measured", date=datetime.datetime.now().isoformat(timespec="seconds"),
                               command=command, moelens_version=_moelens_version()),
         machine=machine, memory=memory, gemm_dtype="bfloat16", gemm_curves=tuple(gemm_curves),

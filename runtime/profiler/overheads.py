@@ -336,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from planner.profile import load_profile
-    from runtime.profiler.measure import SIZINGS, default_device
+    from runtime.profiler.measure import SIZINGS
+    from runtime.profiler.timing import default_device
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--sizing", choices=sorted(SIZINGS), default="full")
