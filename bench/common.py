@@ -74,7 +74,7 @@ def run_engine(checkpoint: Any, plan: Any, profile: Any, prompts: list[list[int]
 
     config = EngineConfig.from_plan(plan).with_(**engine_overrides)
     tally = ContextTally(window=checkpoint.spec.sliding_window)
-    params = SamplingParams(max_tokens=gen_len, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=gen_len, ignore_eos=True)
 
     def requests(batch: list[list[int]]) -> list[Any]:
         return [Request(id=i, prompt_token_ids=list(p), params=params) for i, p in enumerate(batch)]

@@ -6,7 +6,8 @@ FLOPs and KV sizes from it (`planner.costs.ModelCosts`); the runtime builds its 
 
 - `load_spec(ref) -> ModelSpec`: `ref` is a short name (`mixtral` -> mixtral-8x7b, see `ALIASES`), a full
   name (the stem of a YAML in the specs directory), a path to such a YAML, a checkpoint directory (its
-  `config.json`) or a `config.json` path. Unknown names raise `UserError` listing `list_specs()`.
+  `config.json`), a `config.json` path or a Hugging Face id `org/name` (`planner.hf_hub`: the cached
+  snapshot's config.json, else the shipped spec of that model). Unknown names raise `UserError` listing `list_specs()`.
 - Specs directory: `models/` at the repository root, or `$MOELENS_MODELS_DIR`.
 - `ModelSpec.from_hf_config(cfg, name=None)` / `spec.to_hf_config()`: HF config.json dicts, both rope styles
   read (`rope_theta`/`rope_scaling` and transformers 5.x `rope_parameters`); see `planner.hf_config`.
@@ -26,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from planner.errors import UserError
+from planner.hf_hub import download_hint, hub_cache_dir, is_hub_id, local_snapshot, shipped_spec_name
 from planner.values import is_int
 
 # Families whose forward the runtime implements; the others have specs (planning) only.
@@ -289,12 +291,27 @@ def _load_config_json(path: Path) -> ModelSpec:
     return spec if written_by_us else replace(spec, source=f"config.json at {path}")
 
 
+def _load_hub_id(repo_id: str) -> ModelSpec:
+    """A Hugging Face id: its cached snapshot's config.json, else the shipped spec made from that model."""
+    snapshot = local_snapshot(repo_id)
+    if snapshot is not None:
+        spec = _load_config_json(snapshot / "config.json")
+        return spec if spec.name != snapshot.name else replace(spec, name=repo_id.split("/")[-1].lower())
+    shipped = shipped_spec_name(repo_id)
+    if shipped is not None:
+        return _load_yaml(models_dir() / f"{shipped}.yaml")
+    raise UserError(f"{repo_id} is neither in the local Hugging Face cache ({hub_cache_dir()}) nor a shipped spec",
+                    download_hint(repo_id))
+
+
 def load_spec(ref: str | Path | ModelSpec) -> ModelSpec:
     """A spec from a short name, full name, YAML path, checkpoint directory or config.json path."""
     if isinstance(ref, ModelSpec):
         return ref
     path = Path(ref)
     text = str(ref)
+    if is_hub_id(text):
+        return _load_hub_id(text)
     if path.exists() or "/" in text or path.suffix in (".yaml", ".yml", ".json"):
         if path.is_dir():
             if not (path / "config.json").is_file():

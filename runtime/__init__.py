@@ -1,6 +1,7 @@
 """moelens runtime: checkpoints, model layers, generation, engine, profiler and the `runtime` command.
 
-`from runtime import LLM, SamplingParams` is the Python API (see `runtime.llm`). Both names are imported
+`from runtime import LLM, SamplingParams` is the Python API, vLLM's offline one (see `runtime.llm`); with
+`RequestOutput`, `CompletionOutput`, `TextPrompt` and `TokensPrompt` (`runtime.outputs`). The names are imported
 lazily so that importing `runtime` (and `runtime --help`) does not pay for importing torch.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime.llm import LLM, RequestOutput
+    from runtime.llm import LLM
+    from runtime.outputs import CompletionOutput, RequestOutput, TextPrompt, TokensPrompt
     from runtime.sampling import SamplingParams
 
-__all__ = ["LLM", "RequestOutput", "SamplingParams"]
+__all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt"]
 
-_LAZY = {"LLM": "runtime.llm", "RequestOutput": "runtime.llm", "SamplingParams": "runtime.sampling"}
+_LAZY = {"LLM": "runtime.llm", "SamplingParams": "runtime.sampling",
+         **{name: "runtime.outputs" for name in ("CompletionOutput", "RequestOutput", "TextPrompt", "TokensPrompt")}}
 
 
 def __getattr__(name: str) -> Any:

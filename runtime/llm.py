@@ -1,51 +1,60 @@
-"""The Python API, vLLM-style: `LLM(checkpoint_dir, plan=None).generate(prompts, SamplingParams(...))`.
+"""The Python API, vLLM's offline one: `LLM(model=...).generate(prompts, SamplingParams(...))` and `.chat(...)`.
 
-Prompts: a string, a list of token ids, `{"prompt": str}` or `{"prompt_token_ids": [...]}`, or a list of
-those. `sampling_params` is one SamplingParams for all prompts or a list with one per prompt. Returns one
-`RequestOutput` per prompt, in order, with `.prompt`, `.prompt_token_ids`, `.token_ids`, `.text` and
-`.finish_reason` ("stop": EOS or a stop string, "length": max_tokens). Generation stops at any EOS id
-of the tokenizer, config.json or generation_config.json (unless ignore_eos).
-`make_backend(checkpoint, plan)` is the one place that picks what runs the requests; it returns an object
-with `run(states: list[GenerationState])`: the engine (runtime.engine) when a plan or EngineConfig is
-given, else the reference forward.
+`LLM(model, *, plan=None, profile=None, kv_gb=None, max_num_seqs=None, max_model_len=None, seed=None,
+generation_config="auto", reference=False, **vllm_engine_args)`: `model` is a checkpoint directory or a
+Hugging Face id in the local cache. With no plan it solves one for this machine (`runtime.auto_plan`) and
+runs the batched engine; `plan` (Plan, plan.yaml path or EngineConfig) runs that one; `reference=True`
+runs the unbatched reference forward (a test oracle). vLLM engine arguments that change nothing here
+(gpu_memory_utilization, enforce_eager, ...) are accepted; those that would (tensor_parallel_size > 1,
+quantization, trust_remote_code, ...) raise a UserError naming them.
+Prompts: a string, token ids, `{"prompt": str}` / `{"prompt_token_ids": [...]}` (TextPrompt, TokensPrompt)
+or a list of those; `chat` takes one conversation ([{"role", "content"}, ...]) or a list of them.
+`sampling_params`: one for all prompts, a list with one per prompt, or None: `get_default_sampling_params()`,
+vLLM's defaults overridden by the checkpoint's generation_config.json (`generation_config="auto"`; "vllm":
+vLLM's defaults only; a directory: that directory's file). Returns one `RequestOutput` per prompt, in order,
+request ids counting up across calls. A prompt must leave the context at least one token; max_tokens (None:
+up to the context) is capped at what is left ("length").
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from planner.errors import UserError
-from runtime.sampling import GenerationState, SamplingParams
+from runtime.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from runtime.sampling import GenerationState, SamplingParams, generation_config_defaults
+
+IGNORED_ENGINE_ARGS = {"gpu_memory_utilization", "enforce_eager", "disable_log_stats", "swap_space",
+                       "max_seq_len_to_capture", "disable_custom_all_reduce", "enable_prefix_caching",
+                       "compilation_config", "tokenizer_mode", "disable_async_output_proc", "block_size"}
+DEFAULT_ENGINE_ARGS = {"tokenizer": None, "trust_remote_code": False, "tensor_parallel_size": 1,
+                       "pipeline_parallel_size": 1, "dtype": "auto", "quantization": None, "revision": None,
+                       "tokenizer_revision": None, "cpu_offload_gb": 0, "hf_token": None, "hf_overrides": None,
+                       "task": "auto", "skip_tokenizer_init": False, "kv_cache_dtype": "auto"}
 
 
-@dataclass(frozen=True)
-class RequestOutput:
-    index: int
-    prompt: str | None
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    text: str
-    finish_reason: str
+def make_backend(checkpoint: Any, plan: Any = None, max_model_len: int | None = None):
+    """The engine for a Plan (or plan.yaml path, or EngineConfig); the reference forward for plan=None."""
+    if plan is None:
+        from runtime.model.generation import ReferenceBackend
+        from runtime.model.reference import ReferenceModel
 
+        return ReferenceBackend(ReferenceModel(checkpoint.spec, checkpoint.weights))
+    from runtime.engine import Engine, EngineBackend, engine_config_for
 
-def make_backend(checkpoint: Any, plan: Any = None):
-    """The engine when a plan (Plan, plan.yaml path or EngineConfig) is given, else the reference forward."""
-    if plan is not None:
-        from runtime.engine import Engine, EngineBackend, engine_config_for
+    if isinstance(plan, (str, Path)):
+        from planner.plan import Plan
 
-        if isinstance(plan, (str, Path)):
-            from planner.plan import Plan
-
-            plan = Plan.load(plan)
-        return EngineBackend(Engine(checkpoint, engine_config_for(plan)))
-    from runtime.model.generation import ReferenceBackend
-    from runtime.model.reference import ReferenceModel
-
-    return ReferenceBackend(ReferenceModel(checkpoint.spec, checkpoint.weights))
+        plan = Plan.load(plan)
+    overrides = {"max_model_len": max_model_len} if max_model_len else {}
+    return EngineBackend(Engine(checkpoint, engine_config_for(plan, overrides)))
 
 
 def eos_token_ids(checkpoint: Any) -> frozenset[int]:
@@ -65,6 +74,21 @@ def eos_token_ids(checkpoint: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _read_generation_config(source: str | Path | None, checkpoint_dir: Path) -> dict:
+    if source in (None, "vllm"):
+        return {}
+    directory = checkpoint_dir if source == "auto" else Path(source)
+    path = directory / "generation_config.json"
+    if source != "auto" and not path.is_file():
+        raise UserError(f"generation_config={source!r}: no generation_config.json there",
+                        'pass "auto" (the checkpoint\'s), "vllm" (no defaults) or a directory holding one')
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}", "fix the file or pass generation_config='vllm'") from None
+    return generation_config_defaults(config if isinstance(config, dict) else {})
+
+
 def _is_token_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) > 0 and all(
         isinstance(t, int) and not isinstance(t, bool) for t in value)
@@ -79,16 +103,49 @@ def _as_prompt_list(prompts: Any) -> list[Any]:
                     "pass a string, a list of token ids, {'prompt': ...}, {'prompt_token_ids': [...]} or a list")
 
 
+def _check_engine_args(engine_args: dict) -> None:
+    for name, value in engine_args.items():
+        if name in IGNORED_ENGINE_ARGS or (name in DEFAULT_ENGINE_ARGS and value == DEFAULT_ENGINE_ARGS[name]):
+            continue
+        if name in DEFAULT_ENGINE_ARGS:
+            raise UserError(f"LLM: {name}={value!r:.60} is not supported by moelens",
+                            f"drop {name} (moelens runs the checkpoint as stored, on one machine)")
+        raise UserError(f"LLM: unknown argument {name!r}",
+                        "pass model, plan, profile, kv_gb, max_num_seqs, max_model_len, seed, generation_config "
+                        "or reference")
+
+
 class LLM:
-    def __init__(self, checkpoint: str | Path, plan: Any = None):
+    def __init__(self, model: str | Path, *, plan: Any = None, profile: str | None = None, kv_gb: float | None = None,
+                 max_num_seqs: int | None = None, max_model_len: int | None = None, seed: int | None = None,
+                 generation_config: str | None = "auto", reference: bool = False, **engine_args: Any):
         from runtime.checkpoint import open_checkpoint
 
-        self.checkpoint = open_checkpoint(checkpoint)
+        _check_engine_args(engine_args)
+        self.checkpoint = open_checkpoint(model)
         self.spec = self.checkpoint.spec
         self.tokenizer = self.checkpoint.tokenizer
-        self.plan = plan
+        self.max_model_len = min(max_model_len or self.spec.max_position_embeddings, self.spec.max_position_embeddings)
         self.eos_token_ids = eos_token_ids(self.checkpoint)
-        self.backend = make_backend(self.checkpoint, plan)
+        self.generation_defaults = _read_generation_config(generation_config, Path(self.checkpoint.dir))
+        self._seeds = random.Random(seed) if seed is not None else random.SystemRandom()
+        self._request_counter = itertools.count()
+        if reference:
+            if plan is not None:
+                raise UserError("LLM: both plan and reference=True given", "pass one of them")
+        elif plan is None:
+            from runtime.auto_plan import auto_plan, guess_workload
+
+            plan = auto_plan(self.spec, str(model), guess_workload(self.max_model_len), kv_gb, profile, max_num_seqs)
+        self.plan = plan
+        self.backend = make_backend(self.checkpoint, plan, max_model_len)
+
+    # ----- vLLM's accessors -----
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        return SamplingParams().with_defaults(self.generation_defaults)
 
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
@@ -96,56 +153,93 @@ class LLM:
                             "add tokenizer.json to the checkpoint or pass prompt token ids")
         return list(self.tokenizer.encode(text))
 
-    def _detokenize(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids))
+    # ----- generation -----
+    def generate(self, prompts: Any, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 *, use_tqdm: bool = True, lora_request: Any = None, priority: Any = None) -> list[RequestOutput]:
+        if lora_request is not None or priority is not None:
+            raise UserError("LLM.generate: lora_request and priority are not supported", "drop them")
+        prompt_list = _as_prompt_list(prompts)
+        return self._run([self._prompt_tokens(p) for p in prompt_list],
+                         self._params_per_prompt(sampling_params, len(prompt_list)))
+
+    def chat(self, messages: Any, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             use_tqdm: bool = True, lora_request: Any = None, chat_template: str | None = None,
+             chat_template_content_format: str = "auto", add_generation_prompt: bool = True,
+             continue_final_message: bool = False, tools: Any = None, chat_template_kwargs: Any = None,
+             mm_processor_kwargs: Any = None) -> list[RequestOutput]:
+        unsupported = {"lora_request": lora_request, "tools": tools, "chat_template_kwargs": chat_template_kwargs,
+                       "mm_processor_kwargs": mm_processor_kwargs, "continue_final_message": continue_final_message
+                       or None}
+        given = [name for name, value in unsupported.items() if value is not None]
+        if given:
+            raise UserError(f"LLM.chat: {', '.join(given)} not supported by moelens", "drop them")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        tokenizer = self._chat_tokenizer(chat_template)
+        prompts = []
+        for conversation in conversations:
+            if not isinstance(conversation, (list, tuple)) or not conversation \
+                    or not all(isinstance(m, dict) and "role" in m and "content" in m for m in conversation):
+                raise UserError("LLM.chat: a conversation must be a non-empty list of {role, content} dicts",
+                                'pass [{"role": "user", "content": "..."}] or a list of such lists')
+            text = tokenizer.apply_chat_template(list(conversation), add_generation_prompt=add_generation_prompt)
+            prompts.append(self._checked_prompt(text, tokenizer.encode(text, add_special_tokens=False)))
+        return self._run(prompts, self._params_per_prompt(sampling_params, len(prompts)))
+
+    # ----- internals -----
+    def _chat_tokenizer(self, chat_template: str | None) -> Any:
+        if self.tokenizer is None:
+            raise UserError(f"{self.checkpoint.dir} has no tokenizer, so chat messages cannot be rendered",
+                            "add tokenizer.json (and a chat template) to the checkpoint")
+        return replace(self.tokenizer, chat_template=chat_template) if chat_template else self.tokenizer
 
     def _prompt_tokens(self, prompt: Any) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
-            text, ids = prompt, self.encode(prompt)
-        elif isinstance(prompt, dict):
+            return self._checked_prompt(prompt, self.encode(prompt))
+        if isinstance(prompt, dict):
             unknown = set(prompt) - {"prompt", "prompt_token_ids"}
             if unknown or not prompt:
                 raise UserError(f"prompt dict keys {sorted(prompt)} are not understood",
-                                "use {'prompt': text} or {'prompt_token_ids': [ids]}")
+                                "use {'prompt': text} (TextPrompt) or {'prompt_token_ids': [ids]} (TokensPrompt)")
             if "prompt_token_ids" in prompt:
-                text, ids = prompt.get("prompt"), prompt["prompt_token_ids"]
-            else:
-                text, ids = prompt["prompt"], self.encode(prompt["prompt"])
-        else:
-            text, ids = None, prompt
+                return self._checked_prompt(prompt.get("prompt"), prompt["prompt_token_ids"])
+            return self._checked_prompt(prompt["prompt"], self.encode(prompt["prompt"]))
+        return self._checked_prompt(None, prompt)
+
+    def _checked_prompt(self, text: str | None, ids: Any) -> tuple[str | None, list[int]]:
         if not _is_token_list(ids):
-            raise UserError(f"prompt {prompt!r:.80} has no tokens (or non-integer ones)",
+            raise UserError(f"prompt {text or ids!r:.80} has no tokens (or non-integer ones)",
                             "pass a non-empty text or a non-empty list of integer token ids")
         bad = [t for t in ids if not 0 <= t < self.spec.vocab_size]
         if bad:
             raise UserError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.spec.vocab_size})",
                             "pass token ids produced by this checkpoint's tokenizer")
+        if len(ids) >= self.max_model_len:
+            raise UserError(f"a prompt of {len(ids)} tokens leaves no room to generate within the model's "
+                            f"{self.max_model_len} positions", f"shorten it to at most {self.max_model_len - 1} tokens")
         return text, list(ids)
 
-    def generate(self, prompts: Any, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 ) -> list[RequestOutput]:
-        prompt_list = _as_prompt_list(prompts)
-        params_list = self._params_per_prompt(sampling_params, len(prompt_list))
-        detokenize = self._detokenize if self.tokenizer is not None else None
-        texts, states = [], []
-        for prompt, params in zip(prompt_list, params_list):
-            text, ids = self._prompt_tokens(prompt)
-            if len(ids) + params.max_tokens > self.spec.max_position_embeddings:
-                raise UserError(f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds the "
-                                f"model's {self.spec.max_position_embeddings} positions",
-                                "shorten the prompt or lower max_tokens")
-            texts.append(text)
-            states.append(GenerationState(ids, params, self.eos_token_ids, detokenize))
-        self.backend.run(states)
-        return [RequestOutput(index=i, prompt=text, prompt_token_ids=state.prompt_token_ids,
-                              token_ids=list(state.token_ids), text=state.text,
-                              finish_reason=state.finish_reason)
-                for i, (text, state) in enumerate(zip(texts, states))]
+    def _states(self, ids: list[int], params: SamplingParams) -> list[GenerationState]:
+        detokenize = self.tokenizer.decode if self.tokenizer is not None else None
+        room = self.max_model_len - len(ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        return [GenerationState(ids, params, self.eos_token_ids, detokenize, max_tokens=max_tokens,
+                                seed=params.seed + i if params.seed is not None else self._seeds.getrandbits(63))
+                for i in range(params.n)]
 
-    @staticmethod
-    def _params_per_prompt(sampling_params: Any, count: int) -> list[SamplingParams]:
+    def _run(self, prompts: list[tuple[str | None, list[int]]], params: list[SamplingParams]) -> list[RequestOutput]:
+        arrival = time.time()
+        per_request = [self._states(ids, p) for (_, ids), p in zip(prompts, params)]
+        self.backend.run([state for states in per_request for state in states])
+        finished = time.time()
+        return [RequestOutput(request_id=str(next(self._request_counter)), prompt=text, prompt_token_ids=ids,
+                              prompt_logprobs=None, outputs=[CompletionOutput.of(i, s) for i, s in enumerate(states)],
+                              finished=True, metrics=RequestMetrics(arrival, finished,
+                                                                    sum(len(s.token_ids) for s in states)))
+                for (text, ids), states in zip(prompts, per_request)]
+
+    def _params_per_prompt(self, sampling_params: Any, count: int) -> list[SamplingParams]:
         if sampling_params is None:
-            return [SamplingParams()] * count
+            return [self.get_default_sampling_params()] * count
         if isinstance(sampling_params, SamplingParams):
             return [sampling_params] * count
         params = list(sampling_params)

@@ -1,61 +1,140 @@
-"""Sampling parameters, next-token selection and stop conditions, shared by every generation backend.
+"""Sampling parameters (vLLM's names, defaults and meanings) and one request's progress, torch-free.
 
-- `SamplingParams(temperature=0, top_p=1.0, top_k=0, max_tokens=16, ignore_eos=False, seed=None,
-  stop=None)`, validated on construction (UserError). temperature 0 is greedy; top_k 0 (or -1) is off.
-- `new_generator(seed)`: the per-request CPU `torch.Generator` (seeded, or from OS entropy when None).
-- `sample_next_token(logits [V], params, generator) -> int`: greedy argmax, or temperature -> top-k ->
-  top-p -> one uniform draw per token inverted through the CDF of the kept tokens (fp32 on the CPU),
-  so two backends given the same logits and seed pick the same tokens.
-- `GenerationState(prompt_token_ids, params, eos_token_ids, detokenize)`: one request's progress, with its
-  own generator; `next_token(logits) -> int`; `append(token) -> bool` (finished?) applies EOS (unless ignore_eos), stop strings (text truncated before
-  the stop string; "stop") and max_tokens ("length"); `.text`, `.token_ids`, `.finish_reason`.
+- `SamplingParams`: vLLM's fields with vLLM's defaults (temperature 1.0, top_p 1.0, top_k 0 = off, min_p 0,
+  penalties off, max_tokens 16, n 1), validated on construction (UserError). temperature below 1e-5 is greedy.
+  vLLM fields moelens does not implement (`logit_bias`, `prompt_logprobs`, ...) raise a UserError naming
+  the field when set. `with_defaults(generation_config)` fills unset fields from generation_config.json.
+- `GenerationState(prompt_token_ids, params, eos_token_ids, detokenize, max_tokens=None, seed=None)`: one
+  completion's progress. Its seed is the request's seed (plus the completion's index for n > 1), or one drawn
+  from OS entropy; with the count of tokens generated it keys the sampler's random numbers
+  (`runtime.sampler`), so a seeded completion is the same whatever batch it runs in.
+  `append(token) -> finished` applies, once `min_tokens` are out: EOS (unless ignore_eos) and
+  `stop_token_ids` ("stop", stop_reason the id; the token stays in token_ids, its text is left out unless
+  include_stop_str_in_output), stop strings ("stop", text cut before the string, or after it with
+  include_stop_str_in_output; stop_reason the string), then max_tokens ("length").
+- `sample_states(logits [B, V], states) -> [B] token ids`: the batched device sampler over these states,
+  recording each token's logprobs on its state when asked; `state.next_token(logits [V])` for one row.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from planner.errors import UserError
+
+GREEDY_EPSILON = 1e-5           # vLLM: a temperature below this is greedy
+MAX_LOGPROBS = 20               # vLLM's default max_logprobs (OpenAI's top_logprobs limit too)
+GENERATION_CONFIG_FIELDS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p")
+# vLLM fields moelens does not implement: setting one to anything but its default is an error naming it.
+UNSUPPORTED_DEFAULTS = {"best_of": None, "prompt_logprobs": None, "logit_bias": None, "allowed_token_ids": None,
+                        "bad_words": None, "logits_processors": None, "truncate_prompt_tokens": None,
+                        "guided_decoding": None, "structured_outputs": None, "extra_args": None,
+                        "detokenize": True, "skip_special_tokens": True, "spaces_between_special_tokens": True}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and abs(value) != float("inf")
+
+
+def _fail(cause: str, fix: str) -> UserError:
+    return UserError(f"SamplingParams: {cause}", fix)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.0
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    max_tokens: int = 16
-    ignore_eos: bool = False
+    min_p: float = 0.0
     seed: int | None = None
     stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    include_stop_str_in_output: bool = False
+    output_kind: Any = None                 # accepted for vLLM code; outputs are always final
+    best_of: Any = field(default=None, repr=False)
+    prompt_logprobs: Any = field(default=None, repr=False)
+    logit_bias: Any = field(default=None, repr=False)
+    allowed_token_ids: Any = field(default=None, repr=False)
+    bad_words: Any = field(default=None, repr=False)
+    logits_processors: Any = field(default=None, repr=False)
+    truncate_prompt_tokens: Any = field(default=None, repr=False)
+    guided_decoding: Any = field(default=None, repr=False)
+    structured_outputs: Any = field(default=None, repr=False)
+    extra_args: Any = field(default=None, repr=False)
+    detokenize: Any = field(default=True, repr=False)
+    skip_special_tokens: Any = field(default=True, repr=False)
+    spaces_between_special_tokens: Any = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
-        def fail(cause: str, fix: str) -> UserError:
-            return UserError(f"SamplingParams: {cause}", fix)
+        for name, default in UNSUPPORTED_DEFAULTS.items():
+            if getattr(self, name) != default:
+                raise _fail(f"{name}={getattr(self, name)!r:.60} is not supported by moelens",
+                            f"drop {name} (supported: n, temperature, top_p, top_k, min_p, the three penalties, "
+                            "seed, stop, stop_token_ids, ignore_eos, max_tokens, min_tokens, logprobs, "
+                            "include_stop_str_in_output)")
+        self._check_counts()
+        self._check_rates()
+        if self.seed is not None and not _is_int(self.seed):
+            raise _fail(f"seed={self.seed!r} must be an integer or None", "pass an integer seed")
+        for name in ("ignore_eos", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(f"{name}={getattr(self, name)!r} must be a bool", "pass True or False")
+        if self.stop is not None and not isinstance(self.stop, (str, list, tuple)) \
+                or any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise _fail(f"stop={self.stop!r} must be a non-empty string or a list of them", "fix the stop strings")
+        if self.stop_token_ids is not None and (not isinstance(self.stop_token_ids, (list, tuple))
+                                                or not all(_is_int(t) and t >= 0 for t in self.stop_token_ids)):
+            raise _fail(f"stop_token_ids={self.stop_token_ids!r} must be a list of token ids",
+                        "pass a list of non-negative integers")
 
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
-            raise fail(f"max_tokens={self.max_tokens!r} must be a positive integer", "pass max_tokens >= 1")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
-                or not self.temperature >= 0 or self.temperature == float("inf"):
-            raise fail(f"temperature={self.temperature!r} must be a finite number >= 0",
-                       "pass temperature=0 for greedy or a positive temperature to sample")
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise fail(f"top_p={self.top_p!r} must be in (0, 1]", "pass top_p=1.0 to disable nucleus sampling")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < -1:
-            raise fail(f"top_k={self.top_k!r} must be an integer >= 0 (0 or -1: off)", "pass top_k=0 to disable")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise fail(f"seed={self.seed!r} must be an integer or None", "pass an integer seed")
-        if not isinstance(self.ignore_eos, bool):
-            raise fail(f"ignore_eos={self.ignore_eos!r} must be a bool", "pass True or False")
-        if self.stop is not None and not isinstance(self.stop, (str, list, tuple)):
-            raise fail(f"stop={self.stop!r} must be a non-empty string or a list of them", "fix the stop strings")
-        stops = self.stop_strings
-        if any(not isinstance(s, str) or not s for s in stops):
-            raise fail(f"stop={self.stop!r} must be a non-empty string or a list of them", "fix the stop strings")
+    def _check_counts(self) -> None:
+        if not _is_int(self.n) or self.n < 1:
+            raise _fail(f"n={self.n!r} must be a positive integer", "pass n >= 1")
+        if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens <= 0):
+            raise _fail(f"max_tokens={self.max_tokens!r} must be a positive integer or None",
+                        "pass max_tokens >= 1 (None: up to the model's context)")
+        if not _is_int(self.min_tokens) or self.min_tokens < 0:
+            raise _fail(f"min_tokens={self.min_tokens!r} must be an integer >= 0", "pass min_tokens >= 0")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise _fail(f"min_tokens={self.min_tokens} exceeds max_tokens={self.max_tokens}",
+                        "lower min_tokens or raise max_tokens")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < -1):
+            raise _fail(f"top_k={self.top_k!r} must be an integer >= 0 (0 or -1: off)", "pass top_k=0 to disable")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise _fail(f"logprobs={self.logprobs!r} must be an integer in [0, {MAX_LOGPROBS}] or None",
+                        f"ask for at most {MAX_LOGPROBS} top logprobs")
+
+    def _check_rates(self) -> None:
+        checks = (("temperature", lambda v: v >= 0, "a finite number >= 0", "0 for greedy, > 0 to sample"),
+                  ("top_p", lambda v: 0 < v <= 1, "in (0, 1]", "top_p=1.0 to disable nucleus sampling"),
+                  ("min_p", lambda v: 0 <= v <= 1, "in [0, 1]", "min_p=0 to disable"),
+                  ("presence_penalty", lambda v: -2 <= v <= 2, "in [-2, 2]", "0 to disable"),
+                  ("frequency_penalty", lambda v: -2 <= v <= 2, "in [-2, 2]", "0 to disable"),
+                  ("repetition_penalty", lambda v: v > 0, "> 0", "1.0 to disable"))
+        for name, ok, what, fix in checks:
+            value = getattr(self, name)
+            if not _is_number(value) or not ok(value):
+                raise _fail(f"{name}={value!r} must be {what}", f"pass {fix}")
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_EPSILON
 
     @property
     def stop_strings(self) -> list[str]:
@@ -63,39 +142,32 @@ class SamplingParams:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
+    @property
+    def has_penalties(self) -> bool:
+        return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
 
-def new_generator(seed: int | None):
-    import torch
-
-    generator = torch.Generator(device="cpu")
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
+    def with_defaults(self, defaults: dict[str, Any], explicit: frozenset[str] = frozenset()) -> SamplingParams:
+        """These params with `defaults` (generation_config.json's sampling fields, `max_tokens`) put in the
+        fields not in `explicit` (the fields a request set)."""
+        known = {f.name for f in fields(self)}
+        changes = {k: v for k, v in defaults.items() if k in known and k not in explicit}
+        return replace(self, **changes) if changes else self
 
 
-def sample_next_token(logits, params: SamplingParams, generator) -> int:
-    import torch
+def generation_config_defaults(config: dict) -> dict[str, Any]:
+    """The sampling defaults vLLM reads from generation_config.json (`max_new_tokens` -> max_tokens)."""
+    defaults = {k: config[k] for k in GENERATION_CONFIG_FIELDS if config.get(k) is not None}
+    if _is_int(config.get("max_new_tokens")):
+        defaults["max_tokens"] = config["max_new_tokens"]
+    return defaults
 
-    logits = logits.detach().to("cpu", torch.float32).reshape(-1)
-    if params.is_greedy:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    sorted_probs, sorted_ids = torch.sort(probs, descending=True, stable=True)
-    keep = sorted_probs.numel()
-    if params.top_k > 0:
-        keep = min(keep, params.top_k)
-    kept = sorted_probs[:keep].double()
-    kept = kept / kept.sum()  # renormalised after top-k, as transformers and vLLM do before top-p
-    if params.top_p < 1.0:
-        before = torch.cumsum(kept, dim=0) - kept  # probability mass ahead of each token
-        keep = max(1, int((before < params.top_p).sum()))
-        kept = kept[:keep]
-    cdf = torch.cumsum(kept, dim=0)
-    draw = torch.rand((), generator=generator, dtype=torch.float64) * cdf[-1]
-    index = min(int(torch.searchsorted(cdf, draw, right=True)), keep - 1)
-    return int(sorted_ids[index])
+
+@dataclass(frozen=True)
+class Logprob:
+    """vLLM's Logprob: one token's log probability, its rank in the model's distribution and its text."""
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
 
 
 @dataclass
@@ -104,20 +176,33 @@ class GenerationState:
     params: SamplingParams
     eos_token_ids: frozenset[int]
     detokenize: Callable[[Sequence[int]], str] | None = None
+    max_tokens: int | None = None           # None: params.max_tokens (the engine caps at its context)
+    seed: int | None = None                 # None: params.seed, else drawn from OS entropy
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
-    stopped_text: str | None = None
-    generator: object = None        # torch.Generator, created for sampled requests
+    stop_reason: int | str | None = None
+    logprobs: list[dict[int, Logprob]] | None = None
+    cumulative_logprob: float | None = None
+    pending_logprob: dict[int, Logprob] | None = None   # set by the sampler, taken by the next `append`
+    _stop_text_end: int | None = None       # where the text ends after a stop string
+    _stopped_by_token: bool = False
 
     def __post_init__(self) -> None:
         if self.params.stop_strings and self.detokenize is None:
             raise UserError("stop strings need a tokenizer to detokenize the output",
                             "use a checkpoint with tokenizer.json or drop `stop`")
-        if self.generator is None and not self.params.is_greedy:
-            self.generator = new_generator(self.params.seed)
+        if self.max_tokens is None:
+            self.max_tokens = self.params.max_tokens
+        if self.seed is None:
+            self.seed = self.params.seed if self.params.seed is not None else random.SystemRandom().getrandbits(63)
+        if self.params.logprobs is not None:
+            self.logprobs, self.cumulative_logprob = [], 0.0
+        stop_ids = set(self.params.stop_token_ids or ())
+        self.stop_ids = frozenset(stop_ids if self.params.ignore_eos else stop_ids | set(self.eos_token_ids))
 
     def next_token(self, logits) -> int:
-        return sample_next_token(logits, self.params, self.generator)
+        """Sample one token from this request's logits [V] (the reference backend's per-request path)."""
+        return sample_states(logits.reshape(1, -1), [self])[0]
 
     @property
     def finished(self) -> bool:
@@ -125,19 +210,29 @@ class GenerationState:
 
     @property
     def text(self) -> str:
-        if self.stopped_text is not None:
-            return self.stopped_text
-        return self.detokenize(self.token_ids) if self.detokenize else ""
+        if self.detokenize is None:
+            return ""
+        ids = self.token_ids
+        if self._stopped_by_token and not self.params.include_stop_str_in_output:
+            ids = ids[:-1]
+        text = self.detokenize(ids)
+        return text if self._stop_text_end is None else text[:self._stop_text_end]
 
     def append(self, token: int) -> bool:
         if self.finished:
             raise RuntimeError("append to a finished sequence")
         self.token_ids.append(token)
-        if token in self.eos_token_ids and not self.params.ignore_eos:
-            self.finish_reason = "stop"
-        elif self._hit_stop_string():
-            self.finish_reason = "stop"
-        elif len(self.token_ids) >= self.params.max_tokens:
+        logprob, self.pending_logprob = self.pending_logprob, None
+        if self.logprobs is not None and logprob is not None:
+            self.logprobs.append(logprob)
+            self.cumulative_logprob += logprob[token].logprob
+        if len(self.token_ids) >= self.params.min_tokens:
+            if token in self.stop_ids:
+                self.finish_reason, self._stopped_by_token = "stop", True
+                self.stop_reason = token if token in (self.params.stop_token_ids or ()) else None
+            elif self._hit_stop_string():
+                self.finish_reason = "stop"
+        if not self.finished and self.max_tokens is not None and len(self.token_ids) >= self.max_tokens:
             self.finish_reason = "length"
         return self.finished
 
@@ -145,8 +240,17 @@ class GenerationState:
         if not self.params.stop_strings:
             return False
         text = self.detokenize(self.token_ids)
-        hits = [i for i in (text.find(s) for s in self.params.stop_strings) if i >= 0]
+        hits = [(i, s) for s in self.params.stop_strings if (i := text.find(s)) >= 0]
         if not hits:
             return False
-        self.stopped_text = text[: min(hits)]
+        start, stop = min(hits)
+        self._stop_text_end = start + len(stop) if self.params.include_stop_str_in_output else start
+        self.stop_reason = stop
         return True
+
+
+def sample_states(logits, states: Sequence[GenerationState]) -> list[int]:
+    """Next token of each state from its row of `logits` [B, V]; logprobs recorded for `append`."""
+    from runtime.sampler import sample_for_states
+
+    return sample_for_states(logits, states)

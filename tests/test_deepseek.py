@@ -159,9 +159,10 @@ def test_greedy_batch_through_llm_matches_transformers(case):
     name, hf_model, directory = case
     generator = torch.Generator().manual_seed(11)
     prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in (2, 13)]
-    outputs = LLM(directory).generate(prompts, SamplingParams(max_tokens=DECODE_STEPS, ignore_eos=True))
+    outputs = LLM(directory, reference=True).generate(
+        prompts, SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True))
     for prompt, output in zip(prompts, outputs):
-        assert output.token_ids == hf_greedy(hf_model, prompt, DECODE_STEPS), name
+        assert output.outputs[0].token_ids == hf_greedy(hf_model, prompt, DECODE_STEPS), name
 
 
 @pytest.mark.parametrize("name", ["v2_qlora_group_limited", "v3_group_limited"])

@@ -47,7 +47,7 @@ def prompts():
 
 
 def new_states(prompts: list[list[int]]) -> list[GenerationState]:
-    params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     return [GenerationState(prompt, params, frozenset(), None) for prompt in prompts]
 
 

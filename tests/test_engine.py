@@ -67,7 +67,7 @@ def workload(checkpoint):
 
 def new_states(workload, eos_ids=frozenset()) -> list[GenerationState]:
     prompts, max_tokens = workload
-    return [GenerationState(prompt, SamplingParams(max_tokens=n, ignore_eos=True), eos_ids, None)
+    return [GenerationState(prompt, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), eos_ids, None)
             for prompt, n in zip(prompts, max_tokens)]
 
 
@@ -130,7 +130,7 @@ def test_engine_runs_several_jobs_in_turn(mixtral):
     config = EngineConfig(num_seqs=4, kv_budget_bytes=kv_budget(mixtral.spec, 64), kv_block_size=BLOCK_SIZE,
                           prefill_chunk=64, attention_threads=1)
     engine = Engine(mixtral, config)
-    too_long = [Request("ok", [5] * 9, SamplingParams(max_tokens=30)), Request("long", [5] * 300, SamplingParams())]
+    too_long = [Request("ok", [5] * 9, SamplingParams(temperature=0, max_tokens=30)), Request("long", [5] * 300, SamplingParams())]
     with pytest.raises(UserError, match="'long'"):
         engine.run(too_long)
     assert engine.kv.allocator.num_used == 0
@@ -152,24 +152,25 @@ def test_llm_with_an_engine_config_matches_the_reference_api(mixtral):
     from runtime import LLM
 
     checkpoint = mixtral
-    reference = LLM(checkpoint.dir)
+    reference = LLM(checkpoint.dir, reference=True)
     config = EngineConfig(num_seqs=2, kv_budget_bytes=kv_budget(checkpoint.spec, 32), kv_block_size=BLOCK_SIZE,
                           prefill_chunk=8, attention_threads=1)
     engine_llm = LLM(checkpoint.dir, plan=config)
     assert isinstance(engine_llm.backend, EngineBackend)
     prompts = ["The capital of", "def f(x):", "Hello", "import os\nimport sys"]
-    params = [SamplingParams(max_tokens=10),
+    params = [SamplingParams(temperature=0, max_tokens=10),
               SamplingParams(max_tokens=12, temperature=0.8, top_p=0.9, top_k=50, seed=3),
               SamplingParams(max_tokens=12, temperature=1.0, seed=4, stop=[" ", "e", "t", "a", "o", "i", "n"]),
-              SamplingParams(max_tokens=8, ignore_eos=True)]
+              SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)]
     outputs = engine_llm.generate(prompts, params)
     for ours, theirs in zip(outputs, reference.generate(prompts, params)):
+        ours, theirs = ours.outputs[0], theirs.outputs[0]
         assert (ours.token_ids, ours.text, ours.finish_reason) == (theirs.token_ids, theirs.text, theirs.finish_reason)
-    assert outputs[2].finish_reason == "stop" and len(outputs[2].token_ids) < 12
+    assert outputs[2].outputs[0].finish_reason == "stop" and len(outputs[2].outputs[0].token_ids) < 12
 
     # EOS: make the third greedy token of each prompt an end-of-sequence id
-    greedy = SamplingParams(max_tokens=10)
-    eos_ids = frozenset(out.token_ids[2] for out in reference.generate(prompts, greedy))
+    greedy = SamplingParams(temperature=0, max_tokens=10)
+    eos_ids = frozenset(out.outputs[0].token_ids[2] for out in reference.generate(prompts, greedy))
     ours = [GenerationState(reference.encode(p), greedy, eos_ids, None) for p in prompts]
     theirs = [GenerationState(reference.encode(p), greedy, eos_ids, None) for p in prompts]
     engine_llm.backend.run(ours)

@@ -88,8 +88,8 @@ def test_slot_block_tables_rows():
 def make_scheduler(prompt_lens, max_tokens, num_slots, num_blocks, block_size=4, prefill_chunk=16, max_len=10**6):
     allocator = BlockAllocator(num_blocks)
     tables = SlotBlockTables(num_slots, blocks_for(min(max_len, num_blocks * block_size), block_size))
-    seqs = [Sequence(Request(i, [3] * n, SamplingParams(max_tokens=g, ignore_eos=True)),
-                     GenerationState([3] * n, SamplingParams(max_tokens=g, ignore_eos=True), frozenset({2})),
+    seqs = [Sequence(Request(i, [3] * n, SamplingParams(temperature=0, max_tokens=g, ignore_eos=True)),
+                     GenerationState([3] * n, SamplingParams(temperature=0, max_tokens=g, ignore_eos=True), frozenset({2})),
                      arrival=i)
             for i, (n, g) in enumerate(zip(prompt_lens, max_tokens))]
     return Scheduler(iter(seqs), num_slots, allocator, tables, block_size, prefill_chunk, max_len), seqs

@@ -36,7 +36,7 @@ TINY = ModelSpec(name="tiny-mixtral", family="mixtral", num_layers=2, hidden_siz
                  max_position_embeddings=64)
 LINES = [
     {"id": "text", "prompt": "Hello there, how are you?", "max_tokens": 6, "ignore_eos": True},
-    {"prompt_token_ids": [1, 5, 9, 200], "max_tokens": 5, "ignore_eos": True},
+    {"prompt_token_ids": [1, 5, 9, 200], "max_tokens": 5, "ignore_eos": True, "temperature": 0},
     {"id": "chat", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4, "temperature": 0.8,
      "seed": 1},
     "{broken json",
@@ -44,7 +44,7 @@ LINES = [
      "body": {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 5, "ignore_eos": True}},
     {"custom_id": "b2", "method": "POST", "url": "/v1/chat/completions",
      "body": {"messages": [{"role": "user", "content": "Why?"}], "max_completion_tokens": 3}},
-    {"id": 7, "prompt_token_ids": [3, 4], "max_tokens": 4, "ignore_eos": True},
+    {"id": 7, "prompt_token_ids": [3, 4], "max_tokens": 4, "ignore_eos": True, "temperature": 0},
 ]
 NUM_VALID = len(LINES) - 1
 
@@ -114,10 +114,10 @@ def test_greedy_answers_match_the_reference_forward(job, full_run):
     from runtime import LLM, SamplingParams
 
     answers, _ = full_run
-    llm = LLM(job / "ckpt")
-    got = llm.generate([[1, 5, 9, 200], [3, 4]], SamplingParams(max_tokens=5, ignore_eos=True))
-    assert got[0].token_ids == token_ids(answers[2])
-    assert got[1].token_ids[:4] == token_ids(answers[7])
+    llm = LLM(job / "ckpt", reference=True)
+    got = llm.generate([[1, 5, 9, 200], [3, 4]], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+    assert got[0].outputs[0].token_ids == token_ids(answers[2])
+    assert got[1].outputs[0].token_ids[:4] == token_ids(answers[7])
 
 
 def test_report_has_vllm_keys_and_predictions(job, full_run):

@@ -169,11 +169,12 @@ def test_greedy_batch_of_different_lengths_matches_transformers(family_checkpoin
     family, hf_model, directory = family_checkpoint
     generator = torch.Generator().manual_seed(11)
     prompts = [torch.randint(0, VOCAB, (n,), generator=generator).tolist() for n in (3, 9, 17)]
-    outputs = LLM(directory).generate(prompts, SamplingParams(max_tokens=DECODE_STEPS, ignore_eos=True))
+    outputs = LLM(directory, reference=True).generate(
+        prompts, SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True))
     for prompt, output in zip(prompts, outputs):
         assert output.prompt_token_ids == prompt
-        assert output.finish_reason == "length"
-        assert output.token_ids == hf_greedy(hf_model, prompt, DECODE_STEPS), family
+        assert output.outputs[0].finish_reason == "length"
+        assert output.outputs[0].token_ids == hf_greedy(hf_model, prompt, DECODE_STEPS), family
 
 
 def test_unsupported_architecture_raises_user_error():

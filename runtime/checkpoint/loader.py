@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from planner.errors import UserError
+from planner.hf_hub import is_hub_id, require_snapshot
 from planner.spec import ModelSpec
 from runtime.checkpoint.names import expected_tensors, is_ignored
 from runtime.checkpoint.safetensors_io import TensorEntry, read_entries
@@ -164,11 +165,15 @@ def match_tensors(spec: ModelSpec, stored: dict[str, TensorEntry], num_extra_lay
 
 
 def open_checkpoint(directory: str | Path) -> Checkpoint:
-    """Validate a checkpoint directory and return it with lazily read weights."""
+    """Validate a checkpoint directory (or a Hugging Face id in the local cache) and return it with lazily
+    read weights."""
+    name = None
+    if is_hub_id(directory):
+        name, directory = str(directory).split("/")[-1].lower(), require_snapshot(str(directory))
     directory = Path(directory)
     config = read_config(directory)
     spec = ModelSpec.from_hf_config(config, name=None if isinstance(config.get("moelens"), dict)
-                                    else directory.resolve().name)
+                                    else name or directory.resolve().name)
     stored = read_entries(directory)
     extra_layers = config.get("num_nextn_predict_layers") or 0
     matched = match_tensors(spec, stored, extra_layers if isinstance(extra_layers, int) else 0, str(directory))

@@ -1,7 +1,9 @@
 """`runtime generate`: generate text from a checkpoint with the Python API (`runtime.LLM`).
 
-Flags: --checkpoint DIR, --prompt TEXT (repeatable; one completion each), --max-tokens N, --temperature T
-(0 = greedy), --top-p P, --top-k K, --seed S, --stop STRING (repeatable), --ignore-eos, --json.
+Flags: --checkpoint DIR (or a Hugging Face id in the local cache), --prompt TEXT (repeatable; one completion
+each), --max-tokens N, --temperature T (0 = greedy), --top-p P, --top-k K, --seed S, --stop STRING (repeatable),
+--ignore-eos, --json, --profile NAME (plan for that profile instead of this machine's), --reference (the
+unbatched reference forward instead of the planned engine).
 Prints each completion's text (prompt then completion) or, with --json, one JSON object per prompt with
 `prompt`, `text`, `token_ids` and `finish_reason`.
 """
@@ -26,6 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--stop", action="append", default=None, help="stop string; repeatable")
     parser.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    parser.add_argument("--profile", help="hardware profile to plan for (default: this machine's)")
+    parser.add_argument("--reference", action="store_true", help="run the unbatched reference forward")
     return parser
 
 
@@ -35,11 +39,12 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, seed=args.seed,
                             stop=args.stop)
-    llm = LLM(args.checkpoint)
+    llm = LLM(args.checkpoint, reference=True) if args.reference else LLM(args.checkpoint, profile=args.profile)
     for output in llm.generate(args.prompt, params):
+        completion = output.outputs[0]
         if args.json:
-            print(json.dumps({"prompt": output.prompt, "text": output.text, "token_ids": output.token_ids,
-                              "finish_reason": output.finish_reason}))
+            print(json.dumps({"prompt": output.prompt, "text": completion.text, "token_ids": completion.token_ids,
+                              "finish_reason": completion.finish_reason}))
         else:
-            print(f"{output.prompt}{output.text}")
+            print(f"{output.prompt}{completion.text}")
     return 0

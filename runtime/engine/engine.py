@@ -2,8 +2,8 @@
 
 `Engine` owns the weight store (and streamer), the host KV cache sized from the config's budget, and the
 layer stack. `run` pulls `Request`s lazily, and per iteration asks the scheduler for a plan, runs one packed
-prefill forward (chunks of new prompts) and one decode step (every running sequence), samples each
-sequence's next token (greedy rows with one argmax; sampled rows through `runtime.sampling`), and calls
+prefill forward (chunks of new prompts) and one decode step (every running sequence), samples every
+sequence's next token in one batched call (`runtime.sampler`), and calls
 `on_finish(Completion)` as each sequence finishes. One engine can run several batches of requests in turn.
 `EngineBackend` adapts it to `runtime.llm`'s backend interface (`run(states)`).
 """
@@ -29,7 +29,7 @@ from runtime.engine.scheduler import Sequence as EngineSequence
 from runtime.engine.stats import Completion, RunStats
 from runtime.engine.streamer import LayerStreamer
 from runtime.engine.weights import WeightStore
-from runtime.sampling import GenerationState
+from runtime.sampling import GenerationState, sample_states
 
 
 class Engine:
@@ -169,14 +169,8 @@ class Engine:
 
     def _sample(self, seqs: Sequence[EngineSequence], logits: torch.Tensor, sampled: dict) -> None:
         with self.timer.host("sampling"):
-            greedy = [i for i, seq in enumerate(seqs) if seq.state.params.is_greedy]
-            if greedy:
-                rows = logits if len(greedy) == len(seqs) else logits[torch.tensor(greedy, device=logits.device)]
-                for i, token in zip(greedy, torch.argmax(rows.float(), dim=-1).tolist()):
-                    sampled[seqs[i]] = token
-            for i, seq in enumerate(seqs):
-                if not seq.state.params.is_greedy:
-                    sampled[seq] = seq.state.next_token(logits[i])
+            for seq, token in zip(seqs, sample_states(logits, [seq.state for seq in seqs])):
+                sampled[seq] = token
 
     def _finish(self, seq: EngineSequence, stats: RunStats, on_finish: Callable[[Completion], None] | None) -> None:
         state = seq.state

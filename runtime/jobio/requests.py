@@ -16,6 +16,7 @@ A request's `max_tokens` is capped so that prompt + generation fits in the conte
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -82,8 +83,14 @@ def _unknown_fields(obj: dict, allowed: tuple[str, ...], where: str) -> None:
                         f"remove {'them' if len(unknown) > 1 else 'it'}; allowed fields: {', '.join(allowed)}")
 
 
-def _sampling(fields: dict, context: ParseContext, prompt_len: int) -> SamplingParams:
+def stable_seed(key: str) -> int:
+    """The seed of a request that gives none: fixed by its key, so a resumed job samples what it would have."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+
+
+def _sampling(fields: dict, context: ParseContext, prompt_len: int, key: str) -> SamplingParams:
     values = {k: fields[k] for k in SAMPLING_FIELDS if k in fields and fields[k] is not None}
+    values.setdefault("seed", stable_seed(key))
     max_tokens = values.get("max_tokens", context.default_max_tokens)
     if not _is_int(max_tokens) or max_tokens <= 0:
         raise LineError(f"max_tokens={max_tokens!r} must be a positive integer", "set max_tokens >= 1 or omit it")
@@ -192,7 +199,8 @@ def _native(obj: dict, line_number: int, context: ParseContext) -> Request:
     else:
         ids = _chat_ids(obj[field], context)
     _check_context(ids, context)
-    return Request(native_key(request_id), request_id, line_number, ids, _sampling(obj, context, len(ids)))
+    key = native_key(request_id)
+    return Request(key, request_id, line_number, ids, _sampling(obj, context, len(ids), key))
 
 
 def _batch_body_fields(body: dict, api: str) -> dict:
@@ -242,7 +250,8 @@ def _batch(obj: dict, line_number: int, context: ParseContext) -> Request:
     else:
         ids = _text_ids(body["prompt"], context, "body.prompt")
     _check_context(ids, context)
-    return Request(batch_key(custom_id), custom_id, line_number, ids, _sampling(fields, context, len(ids)), api)
+    key = batch_key(custom_id)
+    return Request(key, custom_id, line_number, ids, _sampling(fields, context, len(ids), key), api)
 
 
 def parse_line(obj: Any, line_number: int, context: ParseContext) -> Request:

@@ -92,7 +92,7 @@ def _engine_run(engine, num_seqs: int, max_tokens: int, runs: int, prompt_len: i
     from runtime.engine import Request
     from runtime.sampling import SamplingParams
 
-    layers, params = engine.spec.num_layers, SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    layers, params = engine.spec.num_layers, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     samples = []
     for _ in range(runs + 1):
         prompts = [[1 + i] + [2 + t % 500 for t in range(prompt_len - 1)] for i in range(num_seqs)]

@@ -137,7 +137,7 @@ def run_probe(job: ProbeJob, profile: HardwareProfile, checkpoint_dir: Path, dev
 
     spec = open_checkpoint(checkpoint_dir).spec
     plan = plan_probe(job, spec, profile, checkpoint_dir)
-    params = SamplingParams(max_tokens=job.gen_len, ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_tokens=job.gen_len, ignore_eos=True)
 
     def requests(prompts: list[list[int]]) -> list[Request]:
         return [Request(id=i, prompt_token_ids=p, params=params) for i, p in enumerate(prompts)]

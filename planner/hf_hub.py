@@ -1,0 +1,72 @@
+"""Hugging Face model ids (`org/name`) resolved from the local Hugging Face cache, never from the network.
+
+The cache layout is huggingface_hub's: `$HF_HUB_CACHE` (else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`)
+holds `models--org--name/` with `refs/main` (a revision hash) and `snapshots/<revision>/` (the files).
+- `is_hub_id(ref)`: `org/name` that is not an existing path.
+- `local_snapshot(repo_id) -> Path | None`: the snapshot refs/main names, else the newest snapshot holding a
+  config.json; None when the model is not in the cache.
+- `shipped_spec_name(repo_id) -> str | None`: the models/ spec made from that model's config.json (its
+  `source` names the id), so `mistralai/Mixtral-8x7B-v0.1` plans as `mixtral-8x7b` without any download.
+- `require_snapshot(repo_id) -> Path`: the snapshot, else a UserError saying how to download it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+from planner.errors import UserError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = Path(os.environ["HF_HOME"]).expanduser() if os.environ.get("HF_HOME") else Path.home() / ".cache/huggingface"
+    return home / "hub"
+
+
+def is_hub_id(ref: str | Path) -> bool:
+    text = str(ref)
+    return bool(HUB_ID.match(text)) and not Path(text).exists() and not text.endswith((".yaml", ".yml", ".json"))
+
+
+def local_snapshot(repo_id: str) -> Path | None:
+    repo = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if (snapshot / "config.json").is_file():
+            return snapshot
+    snapshots = [s for s in (repo / "snapshots").glob("*") if (s / "config.json").is_file()]
+    return max(snapshots, key=lambda s: s.stat().st_mtime) if snapshots else None
+
+
+def shipped_spec_name(repo_id: str) -> str | None:
+    from planner.spec import models_dir
+
+    for path in sorted(models_dir().glob("*.yaml")):
+        try:
+            source = str(yaml.safe_load(path.read_text()).get("source", ""))
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if source.split(" ")[0].lower() == repo_id.lower():
+            return path.stem
+    return None
+
+
+def download_hint(repo_id: str) -> str:
+    return (f"download it first (`huggingface-cli download {repo_id}`, into {hub_cache_dir()}; set HF_HUB_CACHE "
+            "or HF_HOME if your cache lives elsewhere), or pass a local checkpoint directory")
+
+
+def require_snapshot(repo_id: str) -> Path:
+    snapshot = local_snapshot(repo_id)
+    if snapshot is None:
+        raise UserError(f"{repo_id} is not in the local Hugging Face cache ({hub_cache_dir()}) and moelens "
+                        "never downloads", download_hint(repo_id))
+    return snapshot
