@@ -93,13 +93,14 @@ def single_torch_thread():
 def relabelled_profile_for_this_machine(directory: Path) -> Path:
     """A shipped profile renamed as this machine's measured one (CPU only, 8 GiB), saved in `directory`: lets
     code that plans for "this machine" (`runtime.LLM(model=...)`, `runtime run-batch`) run anywhere."""
-    from planner.profile import load_profile, machine_profile_name, this_machine_description
+    from planner.profile import load_profile
+    from planner.this_machine import this_machine
 
-    cpu, cores, device = this_machine_description()
+    here = this_machine()
     base = load_profile("a5000-epyc7453")
-    profile = replace(base, name=machine_profile_name(cpu, cores, device), links=None,
-                      machine=replace(base.machine, cpu=cpu, cores=cores, device=device, device_memory_gib=0,
-                                      host_memory_gib=8, host_free_gib=8))
+    profile = replace(base, name=here.profile_name, links=None,
+                      machine=replace(base.machine, cpu=here.cpu, cores=here.cores, device=here.device,
+                                      device_memory_gib=0, host_memory_gib=8, host_free_gib=8))
     return profile.save(directory / f"{profile.name}.yaml")
 
 
