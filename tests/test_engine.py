@@ -104,8 +104,15 @@ def test_engine_greedy_tokens_match_reference(checkpoint, workload, reference_to
     assert stats.prefill_tokens >= sum(len(p) for p in workload[0])
     assert stats.decode_tokens == stats.decode_batch_sizes_sum and stats.mean_decode_batch <= 3
     assert (engine.streamer is not None) == config.force_streaming
+    assert stats.steps < stats.decode_steps + stats.prefill_forwards  # some steps prefilled and decoded at once
     if engine.streamer is not None:
         assert engine.streamer.max_slots_in_use <= 2
+        # one pass per step: every layer crosses once per step (plus the slots filled ahead for the next step)
+        layers = spec.num_layers
+        assert stats.steps * layers <= len(engine.streamer.copy_log) <= stats.steps * layers + config.stream_slots
+        per_cycle = sum(layer.nbytes for layer in engine.store.packed)
+        assert engine.streamer.copied_bytes == sum(engine.store.packed[i].nbytes for i, _ in engine.streamer.copy_log)
+        assert engine.streamer.copied_bytes >= stats.steps * per_cycle
         assert sum(phase.get("weight_copy", 0) for phase in stats.module_seconds.values()) > 0
     measured = set(stats.module_seconds["decode"]) | set(stats.module_seconds["prefill"])
     assert {"embed", "qkv_proj", "attention", "o_proj", "router", "experts", "lm_head", "sampling"} <= measured

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -243,11 +244,12 @@ def packed_layers(num_layers):
     return layers, [PackedLayer.pack(layer, pin=False) for layer in layers]
 
 
-@pytest.mark.parametrize("pipelined", [False, True])
-def test_streamer_copies_in_cyclic_order_into_two_slots(pipelined):
+@pytest.mark.parametrize("pipelined,slots", [(False, 2), (True, 2), (True, 3)])
+def test_streamer_copies_in_cyclic_order_into_its_slots(pipelined, slots):
     layers, packed = packed_layers(5)
     copied = []
-    streamer = LayerStreamer(packed, torch.device("cpu"), on_copy_seconds=copied.append)
+    streamer = LayerStreamer(packed, torch.device("cpu"), slots, booking=lambda: "issued",
+                             on_copy_seconds=lambda seconds, booking: copied.append(booking))
     for _ in range(3):
         if pipelined:  # next layer acquired before the current is released, as the two-group pipeline does
             held = streamer.acquire(0)
@@ -263,10 +265,39 @@ def test_streamer_copies_in_cyclic_order_into_two_slots(pipelined):
                 streamer.release(layer)
     streamer.close()
     order = [layer for layer, _ in streamer.copy_log]
-    assert order == [i % 5 for i in range(len(order))] and len(order) == 3 * 5 + 2
-    assert [slot for _, slot in streamer.copy_log] == [i % 2 for i in range(len(order))]
+    assert order == [i % 5 for i in range(len(order))] and len(order) == 3 * 5 + slots
+    assert [slot for _, slot in streamer.copy_log] == [i % slots for i in range(len(order))]
     assert streamer.max_slots_in_use == (2 if pipelined else 1)
-    assert len(copied) == len(order)
+    assert copied == ["issued"] * len(order)
+    assert streamer.copied_bytes == sum(packed[layer].nbytes for layer in order)
+
+
+class GatedStreamer(LayerStreamer):
+    """A streamer whose copy worker starts only when the test opens the gate."""
+
+    def __init__(self, *args, **kwargs):
+        self.gate = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def _copy_worker(self) -> None:
+        self.gate.wait()
+        super()._copy_worker()
+
+
+def test_streamer_waits_only_when_a_streamed_tensor_is_first_read():
+    layers, packed = packed_layers(3)
+    streamer = GatedStreamer(packed, torch.device("cpu"))
+    held = streamer.acquire(0)                    # returns while no copy has run
+    assert "a" in held and "missing" not in held and not streamer._ready_flags[0].is_set()
+    reader = threading.Thread(target=lambda: torch.equal(held["a"], layers[0]["a"]))
+    reader.start()
+    reader.join(timeout=0.2)
+    assert reader.is_alive()                      # the first read waits for the copy ...
+    streamer.gate.set()
+    reader.join(timeout=10)
+    assert not reader.is_alive() and torch.equal(held["b"], layers[0]["b"])   # ... and ends when it lands
+    streamer.release(0)
+    streamer.close()
 
 
 def test_streamer_keeps_layers_when_they_fit_and_refuses_out_of_order():

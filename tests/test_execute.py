@@ -57,7 +57,7 @@ def write_jsonl(path: Path, lines: list) -> Path:
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("execute")
-    write_random_checkpoint(TINY, root / "ckpt", dtype="bf16", seed=3)
+    write_random_checkpoint(TINY, root / "ckpt", dtype="fp32", seed=3)
     checkpoint = open_checkpoint(root / "ckpt")
     base = load_profile("a5000-epyc7453")
     here = this_machine()

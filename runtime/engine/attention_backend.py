@@ -1,74 +1,100 @@
 """Attention as the engine runs it: device projections, CPU paged decode attention, device prefill attention.
 
 `ATTENTION_BACKENDS` maps `spec.attention` to a backend class built as `cls(spec, kv_cache, device,
-attention_threads)`. A backend has:
-- `project(x [T,h], w, positions [T]) -> proj`: projections on the device (opaque per backend);
-- `to_host(proj) -> host_proj`: start the device-to-host copy of what decode attention reads;
+attention_threads, staging)` (`runtime.engine.staging.Staging`: the step's copies without host syncs). A
+backend has:
+- `rope_tables(positions [T] on the device, dtype) -> tables`: cos/sin of every token of the step, built once
+  per step on the device; `tables_rows(tables, rows)` selects the rows of one micro-batch;
+- `project(x [T,h], w, tables) -> proj`: projections on the device (opaque per backend);
+- `to_host(proj) -> HostTensors`: start the device-to-host copy of what decode attention reads;
 - `decode(layer, host_proj, block_tables [B,M] int32, context_lens [B] int32) -> o` on the host: appends
   the new K/V (or latent) at position context_lens-1 and attends (the paged CPU kernel);
 - `prefill(layer, proj, blocks [n] int32, start) -> o` on the device: causal attention of T prompt tokens at
-  positions start..start+T-1 over the cached prefix plus themselves, and stores their K/V in the cache;
+  positions start..start+T-1 over the cached prefix plus themselves (`prefill_attention.causal_attention`);
+  their K/V leave for the host cache on the copy stream and are written by `store_prefill_kv(layer)`, which
+  the layer loop calls once the layer's FFN is queued (nothing reads them before the next step);
 - `output(o, w) -> [T,h]`: the output projection on the device.
-The GQA backend composes the model's own functions (`qkv_projection`, `attention_core`, `o_projection`);
-the MLA backend (DeepSeek, `runtime.engine.mla_layer`) has the same interface.
+The GQA backend composes the model's own functions (`qkv_projection`, `o_projection`); the MLA backend
+(DeepSeek, `runtime.engine.mla_layer`) has the same interface.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 
 from planner.spec import ModelSpec
 from runtime.engine.kv_cache import HostKVCache
-from runtime.model.attention import attention_core, o_projection, qkv_projection
+from runtime.engine.prefill_attention import causal_attention
+from runtime.engine.staging import HostTensors, Staging
+from runtime.model.attention import o_projection, qkv_projection
 from runtime.model.reference import ROPE_BUILDERS
+from runtime.model.rope import Rope
 
 
-@dataclass
-class HostTensors:
-    """Tensors on their way to the host; `ready()` waits for the copy (a CUDA event, not the device)."""
-
-    tensors: tuple[torch.Tensor, ...]
-    event: torch.cuda.Event | None = None
-
-    def ready(self) -> tuple[torch.Tensor, ...]:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.tensors
+def rope_on(rope: Rope, device: torch.device) -> Rope:
+    """The rope with its inverse frequencies on the device once (never copied per call)."""
+    return dataclasses.replace(rope, inv_freq=rope.inv_freq.to(device))
 
 
-def copy_to_host(*tensors: torch.Tensor) -> HostTensors:
-    if tensors[0].device.type == "cpu":
-        return HostTensors(tensors)
-    host = tuple(t.to("cpu", non_blocking=True) for t in tensors)
-    event = torch.cuda.Event()
-    event.record()
-    return HostTensors(host, event)
+def tables_rows(tables: tuple[torch.Tensor, ...], rows: slice) -> tuple[torch.Tensor, ...]:
+    return tuple(t[rows] for t in tables)
+
+
+class PrefillKVWriter:
+    """Prefill K/V (or latent rows) on their way to the host cache, written once their copies land."""
+
+    def __init__(self, kv: HostKVCache, staging: Staging):
+        self.kv, self.staging = kv, staging
+        self._pending: list[tuple[int, torch.Tensor, int, HostTensors]] = []
+
+    def send(self, layer: int, blocks: torch.Tensor, start: int, *values: torch.Tensor) -> None:
+        self._pending.append((layer, blocks, start, self.staging.to_host(*values)))
+
+    def read_prefix(self, layer: int, blocks: torch.Tensor, count: int, like: torch.Tensor) -> list[torch.Tensor]:
+        return [self.staging.to_device(t).to(like.dtype) for t in self.kv.read_tokens(layer, blocks, count)]
+
+    def store(self, through_layer: int) -> None:
+        """Write the pending K/V of layers up to `through_layer` (their copies were queued earliest)."""
+        kept = []
+        for entry in self._pending:
+            layer, blocks, start, host = entry
+            if layer <= through_layer:
+                self.kv.write_tokens(layer, blocks, start, *host.ready())
+            else:
+                kept.append(entry)
+        self._pending = kept
 
 
 class GQABackend:
-    def __init__(self, spec: ModelSpec, kv: HostKVCache, device: torch.device, attention_threads: int | None):
+    def __init__(self, spec: ModelSpec, kv: HostKVCache, device: torch.device, attention_threads: int | None,
+                 staging: Staging):
         from runtime.attention import decode_attention
 
         self.spec = spec
         self.kv = kv
         self.device = device
         self.threads = attention_threads
-        self.rope = ROPE_BUILDERS[spec.attention](spec)
+        self.staging = staging
+        self.writer = PrefillKVWriter(kv, staging)
+        self.rope = rope_on(ROPE_BUILDERS[spec.attention](spec), device)
         self.scale = spec.head_dim ** -0.5
         self._decode_attention = decode_attention
 
     def _window(self, layer: int) -> int | None:
         return self.spec.sliding_window if self.spec.is_sliding_layer(layer) else None
 
-    def project(self, x: torch.Tensor, w: Mapping[str, torch.Tensor], positions: torch.Tensor):
-        cos, sin = self.rope.cos_sin(positions.to(x.device), x.dtype)
+    def rope_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rope.cos_sin(positions, dtype)  # cos, sin [T, D]
+
+    def project(self, x: torch.Tensor, w: Mapping[str, torch.Tensor], tables):
+        cos, sin = tables
         return qkv_projection(x, w, self.spec, cos, sin)  # q [T,Hq,D], k, v [T,Hkv,D]
 
     def to_host(self, proj) -> HostTensors:
-        return copy_to_host(*proj)
+        return self.staging.to_host(*proj)
 
     def decode(self, layer: int, host_proj: HostTensors, block_tables: torch.Tensor,
                context_lens: torch.Tensor) -> torch.Tensor:
@@ -81,20 +107,21 @@ class GQABackend:
 
     def prefill(self, layer: int, proj, blocks: torch.Tensor, start: int) -> torch.Tensor:
         q, k, v = proj
+        keys, values = k, v
         if start > 0:
-            prior_k, prior_v = self.kv.read_tokens(layer, blocks, start)
-            keys = torch.cat((prior_k.to(k.device, k.dtype), k))
-            values = torch.cat((prior_v.to(v.device, v.dtype), v))
-        else:
-            keys, values = k, v
-        self.kv.write_tokens(layer, blocks, start, k.cpu(), v.cpu())
-        return attention_core(q, keys, values, self.scale, self._window(layer))  # [T, Hq, D]
+            prior_k, prior_v = self.writer.read_prefix(layer, blocks, start, k)
+            keys, values = torch.cat((prior_k, k)), torch.cat((prior_v, v))
+        self.writer.send(layer, blocks, start, k, v)
+        return causal_attention(q, keys, values, self.scale, self._window(layer))  # [T, Hq, D]
+
+    def store_prefill_kv(self, through_layer: int) -> None:
+        self.writer.store(through_layer)
 
     def output(self, o: torch.Tensor, w: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return o_projection(o, w)
 
 
-from runtime.engine.mla_layer import MLABackend  # noqa: E402  (it builds on copy_to_host above)
+from runtime.engine.mla_layer import MLABackend  # noqa: E402  (it builds on the helpers above)
 
 ATTENTION_BACKENDS: dict[str, type] = {
     "gqa": GQABackend,

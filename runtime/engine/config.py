@@ -34,6 +34,7 @@ class EngineConfig:
     resident_modules: tuple[str, ...] = field(default=DEFAULT_RESIDENT)  # modules kept on the device
     resident_experts_per_layer: int = 0     # routed experts 0..k-1 of every MoE layer also kept there
     stream_weights: bool = False            # stream non-resident modules to the device each step
+    stream_slots: int = 2                   # device slots of streamed layers (3 when the plan has room)
     prefill_chunk: int = 512                # most prompt tokens per prefill forward
     attention_threads: int | None = None    # CPU threads of the decode-attention kernel (None: torch's)
     compute_threads: int | None = None      # torch intra-op threads for GEMMs (None: unchanged)
@@ -44,7 +45,7 @@ class EngineConfig:
     max_model_len: int | None = None        # longest prompt + generation; None: the model's maximum
 
     def __post_init__(self) -> None:
-        for name in ("num_seqs", "attn_batch", "expert_batch", "kv_block_size", "prefill_chunk"):
+        for name in ("num_seqs", "attn_batch", "expert_batch", "kv_block_size", "prefill_chunk", "stream_slots"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"engine setting {name}={value!r} must be a positive integer",
@@ -97,6 +98,7 @@ class EngineConfig:
             raise UserError(f"the plan lacks the decision fields {missing}",
                             "re-solve it with `planner solve` from this version")
         values = {name: getattr(plan, name) for name in _PLAN_FIELDS}
+        values["stream_slots"] = getattr(plan, "stream_slots", 2)
         values["resident_modules"] = tuple(values["resident_modules"] or ())
         values["stream_weights"] = bool(values["stream_weights"])
         if "overlap" not in overrides and hasattr(plan, "token_groups"):

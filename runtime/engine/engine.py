@@ -1,10 +1,13 @@
 """The module-based batching engine: `Engine(checkpoint, config).run(requests, on_finish) -> RunStats`.
 
 `Engine` owns the weight store (and streamer), the host KV cache sized from the config's budget, and the
-layer stack. `run` pulls `Request`s lazily, and per iteration asks the scheduler for a plan, runs one packed
-prefill forward (chunks of new prompts) and one decode step (every running sequence), samples every
-sequence's next token in one batched call (`runtime.sampler`), and calls
-`on_finish(Completion)` as each sequence finishes. One engine can run several batches of requests in turn.
+layer stack. `run` pulls `Request`s lazily, and per iteration asks the scheduler for a plan and runs one
+pass over the layers for it (`LayerStack.forward`: the packed prefill chunks of new prompts and the decode
+token of every running sequence share each layer's weights), then runs lm_head and samples one micro-batch
+of rows at a time (`runtime.sampler`, batched on the logits' device; logits never exist for all rows at
+once), and calls `on_finish(Completion)` as each sequence finishes. The step's wall time is
+split between `prefill_seconds` and `decode_seconds` as its timed module seconds split. One engine can run
+several batches of requests in turn.
 `EngineBackend` adapts it to `runtime.llm`'s backend interface (`run(states)`).
 """
 
@@ -21,11 +24,12 @@ import torch
 from planner.errors import UserError
 from runtime.engine.attention_backend import ATTENTION_BACKENDS
 from runtime.engine.config import EngineConfig
-from runtime.engine.forward import DecodeBatch, LayerStack, PrefillBatch, PrefillSegment
+from runtime.engine.forward import LayerStack, PrefillSegment, StepBatch
 from runtime.engine.instrumentation import MemoryPeaks, ModuleTimer
 from runtime.engine.kv_cache import HostKVCache, SlotBlockTables, blocks_for
-from runtime.engine.scheduler import PrefillChunk, Request, Scheduler
+from runtime.engine.scheduler import Request, Scheduler
 from runtime.engine.scheduler import Sequence as EngineSequence
+from runtime.engine.staging import Staging
 from runtime.engine.stats import Completion, RunStats
 from runtime.engine.streamer import LayerStreamer
 from runtime.engine.weights import WeightStore
@@ -52,14 +56,18 @@ class Engine:
         self.store = WeightStore(checkpoint.weights, self.spec, config)
         self.streamer = None
         if self.store.packed is not None:
-            self.streamer = LayerStreamer(self.store.packed, self.device,
-                                          on_copy_seconds=lambda s: self.timer.add("weight_copy", s))
+            # a step's copies serve its prefill and its decode tokens alike: booked "shared" at its share
+            self.streamer = LayerStreamer(self.store.packed, self.device, config.stream_slots,
+                                          on_copy_seconds=lambda s, b: self.timer.add("weight_copy", s, *b),
+                                          booking=lambda: ("shared", self.timer.prefill_share))
         kv_dtype = self.store.dtype if self.store.dtype in (torch.bfloat16, torch.float32) else torch.float32
         self.kv = HostKVCache(self.spec, kv_dtype, config.kv_budget_bytes, config.kv_block_size)
         self.max_len = min(config.max_model_len or self.spec.max_position_embeddings, self.kv.capacity_tokens)
         self.tables = SlotBlockTables(config.num_seqs, blocks_for(self.max_len, config.kv_block_size))
-        backend = ATTENTION_BACKENDS[self.spec.attention](self.spec, self.kv, self.device, config.attention_threads)
-        self.stack = LayerStack(self.spec, self.store, self.streamer, backend, self.timer, config)
+        staging = Staging(self.device)
+        backend = ATTENTION_BACKENDS[self.spec.attention](self.spec, self.kv, self.device, config.attention_threads,
+                                                          staging)
+        self.stack = LayerStack(self.spec, self.store, self.streamer, backend, self.timer, config, staging)
         self.eos_token_ids = eos_token_ids(checkpoint)
         tokenizer = getattr(checkpoint, "tokenizer", None)
         self.detokenize = (lambda ids: tokenizer.decode(list(ids))) if tokenizer is not None else None
@@ -100,10 +108,7 @@ class Engine:
                 if plan.empty:
                     raise RuntimeError("scheduler produced an empty step with requests pending")
                 sampled: dict[EngineSequence, int] = {}
-                if plan.prefill:
-                    self._prefill(plan.prefill, sampled, stats)
-                if plan.decode:
-                    self._decode(plan.decode, sampled, stats)
+                self._step(plan, sampled, stats)
                 for seq in scheduler.commit(plan, sampled):
                     self._finish(seq, stats, on_finish)
                 if self.streamer is not None:
@@ -120,57 +125,73 @@ class Engine:
                 raise UserError(f"request {request.id!r} has an empty prompt", "give every request prompt tokens")
             yield EngineSequence(request=request, state=state, arrival=arrival)
 
-    def _prefill(self, chunks: list[PrefillChunk], sampled: dict, stats: RunStats) -> None:
+    def _step(self, plan, sampled: dict, stats: RunStats) -> None:
+        """One pass over the layers: the plan's prefill chunks (rows 0..P) and decode tokens (rows P..P+D)."""
         began = time.perf_counter()
-        self.timer.phase = "prefill"
+        before = self.timer.phase_seconds()
         token_ids, positions, segments, logit_rows, completing = [], [], [], [], []
-        row = 0
-        for chunk in chunks:
-            count = chunk.end - chunk.start
+        for chunk in plan.prefill:
+            row, count = len(token_ids), chunk.end - chunk.start
             token_ids.extend(chunk.seq.tokens[chunk.start:chunk.end])
-            positions.append(torch.arange(chunk.start, chunk.end))
+            positions.extend(range(chunk.start, chunk.end))
             segments.append(PrefillSegment(slice(row, row + count), torch.tensor(chunk.seq.blocks, dtype=torch.int32),
                                            chunk.start))
-            row += count
             if chunk.completes_prompt:
-                logit_rows.append(row - 1)
+                logit_rows.append(row + count - 1)
                 completing.append(chunk.seq)
-        batch = PrefillBatch(torch.tensor(token_ids, dtype=torch.long), torch.cat(positions), segments, logit_rows)
-        hidden, _ = self.stack.prefill(batch)
-        if completing:
-            logits = self.stack.logits(hidden[torch.tensor(logit_rows, device=hidden.device)])
-            self._sample(completing, logits, sampled)
-        self.timer.flush()
-        self.timer.phase = "decode"
-        stats.prefill_tokens += row
-        stats.prefill_forwards += 1
-        stats.prefill_seconds += time.perf_counter() - began
-
-    def _decode(self, seqs: list[EngineSequence], sampled: dict, stats: RunStats) -> None:
-        began = time.perf_counter()
+        num_prefill, seqs = len(token_ids), plan.decode
         cached = [seq.num_cached for seq in seqs]
-        batch = DecodeBatch(
-            token_ids=torch.tensor([seq.state.token_ids[-1] for seq in seqs], dtype=torch.long),
-            positions=torch.tensor(cached, dtype=torch.long),
-            block_tables=self.tables.rows(torch.tensor([seq.slot for seq in seqs], dtype=torch.long),
-                                          width=blocks_for(max(cached) + 1, self.config.kv_block_size)),
+        token_ids.extend(seq.state.token_ids[-1] for seq in seqs)
+        positions.extend(cached)
+        width = blocks_for(max(cached, default=0) + 1, self.config.kv_block_size)
+        batch = StepBatch(
+            token_ids=torch.tensor(token_ids, dtype=torch.long), positions=torch.tensor(positions, dtype=torch.long),
+            segments=segments, num_prefill=num_prefill,
+            block_tables=self.tables.rows(torch.tensor([seq.slot for seq in seqs], dtype=torch.long), width=width),
             context_lens=torch.tensor(cached, dtype=torch.int32) + 1)
-        hidden, activated = self.stack.decode(batch)
-        self._sample(seqs, self.stack.logits(hidden), sampled)
+        self.timer.prefill_share = num_prefill / len(token_ids)
+        hidden, activated = self.stack.forward(batch)
+        self._sample_rows(hidden, logit_rows, completing, "prefill", sampled)
+        self._sample_rows(hidden, list(range(num_prefill, len(token_ids))), seqs, "decode", sampled)
         self.timer.flush()
-        moe_layers = [count for layer, count in enumerate(activated) if self.spec.is_moe_layer(layer)]
-        for layer, count in enumerate(activated):
-            stats.activated_experts_sum[layer] += count
-        stats.activated_experts_per_step.append(sum(moe_layers) / max(len(moe_layers), 1))
-        stats.decode_tokens += len(seqs)
-        stats.decode_steps += 1
-        stats.decode_batch_sizes_sum += len(seqs)
-        stats.decode_seconds += time.perf_counter() - began
+        self._book_wall(time.perf_counter() - began, before, stats)
+        stats.steps += 1
+        if num_prefill:
+            stats.prefill_tokens += num_prefill
+            stats.prefill_forwards += 1
+        if seqs:
+            moe_layers = [count for layer, count in enumerate(activated) if self.spec.is_moe_layer(layer)]
+            for layer, count in enumerate(activated):
+                stats.activated_experts_sum[layer] += count
+            stats.activated_experts_per_step.append(sum(moe_layers) / max(len(moe_layers), 1))
+            stats.decode_tokens += len(seqs)
+            stats.decode_steps += 1
+            stats.decode_batch_sizes_sum += len(seqs)
 
-    def _sample(self, seqs: Sequence[EngineSequence], logits: torch.Tensor, sampled: dict) -> None:
-        with self.timer.host("sampling"):
-            for seq, token in zip(seqs, sample_states(logits, [seq.state for seq in seqs])):
-                sampled[seq] = token
+    def _book_wall(self, wall: float, before: dict[str, float], stats: RunStats) -> None:
+        """Split the step's wall time between the phases as their timed module seconds split."""
+        after = self.timer.phase_seconds()
+        prefill = after["prefill"] - before["prefill"]
+        decode = after["decode"] - before["decode"]
+        share = prefill / (prefill + decode) if prefill + decode > 0 else self.timer.prefill_share
+        stats.prefill_seconds += wall * share
+        stats.decode_seconds += wall * (1.0 - share)
+
+    def _sample_rows(self, hidden: torch.Tensor, rows: list[int], seqs: Sequence[EngineSequence], phase: str,
+                     sampled: dict) -> None:
+        """lm_head and sampling one micro-batch of rows at a time: logits never exist for all rows at once."""
+        step = self.config.effective_attn_batch
+        for first in range(0, len(rows), step):
+            chunk = rows[first:first + step]
+            if chunk[-1] - chunk[0] == len(chunk) - 1:
+                states = hidden[chunk[0]:chunk[-1] + 1]
+            else:
+                states = hidden[self.stack.staging.to_device(torch.tensor(chunk, dtype=torch.long))]
+            chunk_seqs = seqs[first:first + step]
+            logits = self.stack.logits(states, phase)
+            with self.timer.host("sampling", phase):
+                for seq, token in zip(chunk_seqs, sample_states(logits, [seq.state for seq in chunk_seqs])):
+                    sampled[seq] = token
 
     def _finish(self, seq: EngineSequence, stats: RunStats, on_finish: Callable[[Completion], None] | None) -> None:
         state = seq.state

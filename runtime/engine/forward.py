@@ -1,16 +1,26 @@
-"""Layer-by-layer forward passes over a whole batch: one decode step for all sequences in flight, and a
-packed prefill of prompt chunks. Model math comes from `runtime.model`; this module only orders it.
+"""One pass over the layers per engine step: a packed prefill chunk and every decode token share each layer.
 
-Decode (module-based batching): per layer, attention in micro-batches of `attn_batch` sequences (norm + QKV
-on the device, the new K/V appended and attended by the CPU kernel, O projection back on the device), then
-the router over every token and each expert over all tokens routed to it (chunks of `expert_batch`).
-With `overlap`, the batch is split into two token groups and the layer loop is software-pipelined so the
-CPU attends one group (worker thread) while the device runs the other's projections and experts:
-  A(g, l): norm + QKV of group g at layer l;  C(g, l): CPU attention;  B(g, l): O projection + FFN.
-  order: A(0,0) C(0,0)* | per l: A(1,l), C(1,l)*, B(0,l), A(0,l+1), C(0,l+1)*, B(1,l)   (* = worker)
-Layer weights are acquired from the streamer in layer order and released when both groups are done, so
-at most two layers' streamed weights are held. Prefill runs chunks of several prompts packed into one
-token batch; its attention runs per prompt on the device (causal over the cached prefix plus the chunk).
+Model math comes from `runtime.model`; this module only orders it. A `StepBatch` holds P prefill rows (chunks
+of new prompts, packed) followed by D decode rows (one token per running sequence). Per layer, with its
+weights acquired once:
+- prefill attention (device): norm + QKV of the P rows, per prompt segment causal attention over the cached
+  prefix plus the chunk (`backend.prefill`), O projection; the chunk's K/V leave for the host cache;
+- decode attention (module-based batching) in micro-batches of `attn_batch` sequences: norm + QKV on the
+  device, the new K/V appended and attended by the CPU kernel, O projection back on the device;
+- one FFN (router, experts over every token routed to them, shared experts) over prefill and decode rows
+  together, so the layer's streamed weights cross the link once per step and experts see larger batches.
+With `overlap` and D >= 2 the decode rows split into two token groups and the layer loop is
+software-pipelined so the CPU attends one group (worker thread) while the device runs the other's
+projections and experts; prefill rides with group 0:
+  A(g, l): norm + QKV of group g at layer l;  C(g, l): CPU attention;  P(l): prefill attention;
+  B(g, l): O projection + FFN (group 0's FFN also takes the prefill rows).
+  order: A(0,0) C(0,0)* P(0) | per l: A(1,l), C(1,l)*, B(0,l), A(0,l+1), C(0,l+1)*, P(l+1), B(1,l)
+  (* = worker)
+Layer weights are acquired from the streamer in layer order and released when both groups are done, so at
+most two layers' streamed weights are held. Positions go to the device and RoPE tables are built once per
+step; every host <-> device copy goes through `Staging` (no host synchronisation on CUDA). Timer phases:
+prefill attention "prefill", decode attention "decode", embedding and FFN "shared"
+(`ModuleTimer.prefill_share`).
 """
 
 from __future__ import annotations
@@ -22,20 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from planner.spec import ModelSpec
+from runtime.engine.attention_backend import tables_rows
 from runtime.engine.config import EngineConfig
 from runtime.engine.ffn import ffn_block
 from runtime.engine.instrumentation import ModuleTimer
+from runtime.engine.staging import Staging
 from runtime.engine.streamer import LayerStreamer
 from runtime.engine.weights import WeightStore
 from runtime.model.layers import rms_norm
-
-
-@dataclass
-class DecodeBatch:
-    token_ids: torch.Tensor       # [B] int64, host
-    positions: torch.Tensor       # [B] int64, host: position of the token being appended
-    block_tables: torch.Tensor    # [B, M] int32, host
-    context_lens: torch.Tensor    # [B] int32, host: cached tokens including this one
 
 
 @dataclass
@@ -46,21 +50,28 @@ class PrefillSegment:
 
 
 @dataclass
-class PrefillBatch:
-    token_ids: torch.Tensor       # [T] int64, host
-    positions: torch.Tensor       # [T] int64, host
+class StepBatch:
+    token_ids: torch.Tensor       # [P+D] int64, host: prefill rows first, then decode rows
+    positions: torch.Tensor       # [P+D] int64, host
     segments: list[PrefillSegment]
-    logit_rows: list[int]         # rows whose next-token logits are needed
+    num_prefill: int              # P
+    block_tables: torch.Tensor    # [D, M] int32, host: the decode rows' block tables
+    context_lens: torch.Tensor    # [D] int32, host: cached tokens including the one appended
+
+    @property
+    def num_rows(self) -> int:
+        return self.token_ids.shape[0]
 
 
 class LayerStack:
     def __init__(self, spec: ModelSpec, store: WeightStore, streamer: LayerStreamer | None, backend,
-                 timer: ModuleTimer, config: EngineConfig):
+                 timer: ModuleTimer, config: EngineConfig, staging: Staging):
         self.spec = spec
         self.store = store
         self.streamer = streamer
         self.backend = backend
         self.timer = timer
+        self.staging = staging
         self.device = store.device
         self.attn_batch = config.effective_attn_batch
         self.expert_batch = config.effective_expert_batch
@@ -72,70 +83,98 @@ class LayerStack:
     def _acquire(self, layer: int):
         if self.streamer is None:
             return self.store.layers[layer]
-        return {**self.store.layers[layer], **self.streamer.acquire(layer)}
+        return LayerWeights(self.store.layers[layer], self.streamer.acquire(layer))
 
     def _release(self, layer: int) -> None:
+        self.backend.store_prefill_kv(layer)
         if self.streamer is not None:
             self.streamer.release(layer)
 
     # ----- pieces -----
     def _embed(self, token_ids: torch.Tensor) -> torch.Tensor:
-        with self.timer.device_work("embed"):
-            return self.store.embed_tokens(token_ids)  # [T, h]
+        with self.timer.device_work("embed", "shared"):
+            return self.store.embed_tokens(self.staging.to_device(token_ids))  # [T, h]
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        with self.timer.device_work("lm_head"):
+    def logits(self, x: torch.Tensor, phase: str) -> torch.Tensor:
+        with self.timer.device_work("lm_head", phase):
             normed = rms_norm(x, self.store.global_on_device("final_norm"), self.eps)
             return F.linear(normed, self.store.global_on_device("lm_head"))  # [rows, V]
 
-    def _project(self, x: torch.Tensor, rows: slice, w, positions: torch.Tensor):
-        with self.timer.device_work("qkv_proj"):
-            proj = self.backend.project(rms_norm(x[rows], w["attn_norm"], self.eps), w, positions[rows])
+    def _project(self, x: torch.Tensor, rows: slice, w, tables):
+        with self.timer.device_work("qkv_proj", "decode"):
+            proj = self.backend.project(rms_norm(x[rows], w["attn_norm"], self.eps), w, tables_rows(tables, rows))
             return self.backend.to_host(proj)
 
-    def _attend(self, layer: int, pending: list, batch: DecodeBatch) -> list:
-        with torch.inference_mode(), self.timer.host("attention"):
-            return [(rows, self.backend.decode(layer, host, batch.block_tables[rows], batch.context_lens[rows]))
-                    for rows, host in pending]
+    def _attend(self, layer: int, pending: list, batch: StepBatch) -> list:
+        with torch.inference_mode(), self.timer.host("attention", "decode"):
+            out = []
+            for rows, host in pending:
+                seqs = slice(rows.start - batch.num_prefill, rows.stop - batch.num_prefill)
+                out.append((rows, self.backend.decode(layer, host, batch.block_tables[seqs],
+                                                      batch.context_lens[seqs])))
+            return out
 
     def _attention_out(self, x: torch.Tensor, w, attended: list) -> None:
-        with self.timer.device_work("o_proj"):
+        with self.timer.device_work("o_proj", "decode"):
             for rows, o in attended:
-                x[rows] += self.backend.output(o.to(self.device, non_blocking=True), w)
+                x[rows] += self.backend.output(self.staging.to_device(o), w)
+
+    def _prefill_attention(self, x: torch.Tensor, layer: int, w, batch: StepBatch, tables) -> None:
+        rows = slice(0, batch.num_prefill)
+        if not batch.num_prefill:
+            return
+        with self.timer.device_work("qkv_proj", "prefill"):
+            proj = self.backend.project(rms_norm(x[rows], w["attn_norm"], self.eps), w, tables_rows(tables, rows))
+        with self.timer.device_work("attention", "prefill"):
+            o = torch.cat([self.backend.prefill(layer, tuple(t[seg.rows] for t in proj), seg.blocks, seg.start)
+                           for seg in batch.segments])
+        with self.timer.device_work("o_proj", "prefill"):
+            x[rows] += self.backend.output(o, w)
 
     def _ffn(self, x: torch.Tensor, rows: slice, w, layer: int) -> list[int]:
-        with self.timer.device_work("router"):
-            normed = rms_norm(x[rows], w["mlp_norm"], self.eps)
-        out, activated = ffn_block(normed, w, self.spec, layer, self.expert_batch, self.timer)
+        self.timer.phase = "shared"
+        try:
+            with self.timer.device_work("router"):
+                normed = rms_norm(x[rows], w["mlp_norm"], self.eps)
+            out, activated = ffn_block(normed, w, self.spec, layer, self.expert_batch, self.timer)
+        finally:
+            self.timer.phase = "decode"
         x[rows] += out
         return activated
 
     def _micro_batches(self, rows: slice) -> list[slice]:
         return [slice(s, min(s + self.attn_batch, rows.stop)) for s in range(rows.start, rows.stop, self.attn_batch)]
 
-    # ----- decode -----
-    def decode(self, batch: DecodeBatch) -> tuple[torch.Tensor, list[int]]:
-        """Final hidden states [B, h] and the number of activated experts per layer (0 for dense layers)."""
+    # ----- the step -----
+    def forward(self, batch: StepBatch) -> tuple[torch.Tensor, list[int]]:
+        """Final hidden states [P+D, h] (prefill K/V written to the cache) and the number of distinct experts
+        the layer's FFN activated over all its tokens (0 for dense layers)."""
         x = self._embed(batch.token_ids)
-        num_seqs = x.shape[0]
-        if self.overlap and num_seqs >= 2:
-            return x, self._decode_pipelined(x, batch)
+        positions = self.staging.to_device(batch.positions)
+        with self.timer.device_work("qkv_proj", "shared"):
+            tables = self.backend.rope_tables(positions, x.dtype)  # once per step, every row
+        if self.overlap and batch.num_rows - batch.num_prefill >= 2:
+            return x, self._forward_pipelined(x, batch, tables)
+        decode = slice(batch.num_prefill, batch.num_rows)
         activated = []
         for layer in range(self.spec.num_layers):
             w = self._acquire(layer)
-            for rows in self._micro_batches(slice(0, num_seqs)):
-                pending = [(rows, self._project(x, rows, w, batch.positions))]
+            self._prefill_attention(x, layer, w, batch, tables)
+            for rows in self._micro_batches(decode):
+                pending = [(rows, self._project(x, rows, w, tables))]
                 self._attention_out(x, w, self._attend(layer, pending, batch))
-            activated.append(len(self._ffn(x, slice(0, num_seqs), w, layer)))
+            activated.append(len(self._ffn(x, slice(0, batch.num_rows), w, layer)))
             self._release(layer)
         return x, activated
 
-    def _decode_pipelined(self, x: torch.Tensor, batch: DecodeBatch) -> list[int]:
-        half = x.shape[0] // 2
-        groups = (slice(0, half), slice(half, x.shape[0]))
+    def _forward_pipelined(self, x: torch.Tensor, batch: StepBatch, tables) -> list[int]:
+        first = batch.num_prefill
+        half = first + (batch.num_rows - first) // 2
+        groups = (slice(first, half), slice(half, batch.num_rows))
+        ffn_rows = (slice(0, half), groups[1])        # group 0's FFN takes the prefill rows too
 
         def stage_a(group: int, w) -> list:
-            return [(rows, self._project(x, rows, w, batch.positions)) for rows in self._micro_batches(groups[group])]
+            return [(rows, self._project(x, rows, w, tables)) for rows in self._micro_batches(groups[group])]
 
         def stage_c(layer: int, pending: list):
             return self._worker.submit(self._attend, layer, pending, batch)
@@ -143,42 +182,42 @@ class LayerStack:
         activated = []
         w = self._acquire(0)
         future_a = stage_c(0, stage_a(0, w))
+        self._prefill_attention(x, 0, w, batch, tables)
         for layer in range(self.spec.num_layers):
             pending_b = stage_a(1, w)
             attended_a = future_a.result()
             future_b = stage_c(layer, pending_b)
             self._attention_out(x, w, attended_a)
-            hit = set(self._ffn(x, groups[0], w, layer))
+            hit = set(self._ffn(x, ffn_rows[0], w, layer))
             w_next = None
             if layer + 1 < self.spec.num_layers:
                 w_next = self._acquire(layer + 1)
                 future_a = stage_c(layer + 1, stage_a(0, w_next))
+                self._prefill_attention(x, layer + 1, w_next, batch, tables)
             self._attention_out(x, w, future_b.result())
-            hit.update(self._ffn(x, groups[1], w, layer))
+            hit.update(self._ffn(x, ffn_rows[1], w, layer))
             activated.append(len(hit))
             self._release(layer)
             w = w_next
         return activated
 
-    # ----- prefill -----
-    def prefill(self, batch: PrefillBatch) -> tuple[torch.Tensor, list[int]]:
-        """Hidden states [T, h] of the packed chunk batch, with KV of every token written to the cache."""
-        x = self._embed(batch.token_ids)
-        everything = slice(0, x.shape[0])
-        activated = []
-        for layer in range(self.spec.num_layers):
-            w = self._acquire(layer)
-            with self.timer.device_work("qkv_proj"):
-                proj = self.backend.project(rms_norm(x, w["attn_norm"], self.eps), w, batch.positions)
-            with self.timer.device_work("attention"):
-                o = torch.cat([self.backend.prefill(layer, tuple(t[seg.rows] for t in proj), seg.blocks, seg.start)
-                               for seg in batch.segments])
-            with self.timer.device_work("o_proj"):
-                x += self.backend.output(o, w)
-            activated.append(len(self._ffn(x, everything, w, layer)))
-            self._release(layer)
-        return x, activated
-
     def close(self) -> None:
         if self._worker is not None:
             self._worker.shutdown()
+
+
+class LayerWeights(dict):
+    """A layer's resident tensors plus its streamed ones (read through the streamer's waiting mapping)."""
+
+    def __init__(self, resident: dict[str, torch.Tensor], streamed):
+        super().__init__(resident)
+        self.streamed = streamed
+
+    def __missing__(self, name: str) -> torch.Tensor:
+        return self.streamed[name]
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or name in self.streamed
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default

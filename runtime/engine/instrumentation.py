@@ -3,7 +3,10 @@
 `ModuleTimer` times a block under a module name (docs/contracts.md names) for one phase ("decode" or
 "prefill"): `perf_counter` on the host, CUDA events on the device, read once per step by `flush()`
 (never a device-wide synchronise: it waits on the step's own last event). `add()` is thread-safe so
-the copy worker and the attention worker can report too. `MemoryPeaks` samples host RSS (psutil) and
+the copy worker and the attention worker can report too; they pass their phase explicitly (`phase=None`
+means `timer.phase`, which only the engine's thread sets). The phase "shared" is work of the merged pass
+that serves both phases at once (the FFN over prefill and decode tokens, the embedding, weight copies): its
+seconds are split between them by the step's `prefill_share` (its prefill tokens over all its tokens). `MemoryPeaks` samples host RSS (psutil) and
 device memory per step.
 """
 
@@ -32,25 +35,42 @@ class ModuleTimer:
             self.seconds: dict[str, dict[str, float]] = {"decode": defaultdict(float),
                                                          "prefill": defaultdict(float)}
             self.phase = "decode"
+            self.prefill_share = 0.0
 
-    def add(self, module: str, seconds: float, phase: str | None = None) -> None:
+    def booking(self) -> tuple[str, float]:
+        """Where work issued now is booked: the current phase and the step's prefill share."""
+        return self.phase, self.prefill_share
+
+    def add(self, module: str, seconds: float, phase: str | None = None, share: float | None = None) -> None:
         with self._lock:
-            self.seconds[phase or self.phase][module] += seconds
+            phase = phase or self.phase
+            if phase != "shared":
+                self.seconds[phase][module] += seconds
+                return
+            share = self.prefill_share if share is None else share
+            self.seconds["prefill"][module] += seconds * share
+            self.seconds["decode"][module] += seconds * (1.0 - share)
+
+    def phase_seconds(self) -> dict[str, float]:
+        with self._lock:
+            return {phase: sum(values.values()) for phase, values in self.seconds.items()}
 
     @contextmanager
-    def host(self, module: str):
+    def host(self, module: str, phase: str | None = None):
         """Host work (CPU attention, sampling, bookkeeping): wall time of the block."""
+        phase = phase or self.phase
         began = time.perf_counter()
         try:
             yield
         finally:
-            self.add(module, time.perf_counter() - began)
+            self.add(module, time.perf_counter() - began, phase)
 
     @contextmanager
-    def device_work(self, module: str):
+    def device_work(self, module: str, phase: str | None = None):
         """Device work: CUDA events around the block on the current stream; perf_counter on the CPU."""
+        phase = phase or self.phase
         if not self._cuda:
-            with self.host(module):
+            with self.host(module, phase):
                 yield
             return
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -59,7 +79,7 @@ class ModuleTimer:
             yield
         finally:
             end.record()
-            self._pending.append((self.phase, module, start, end))
+            self._pending.append((phase, module, start, end))
 
     def flush(self) -> None:
         """Read this step's device timings (waits on the step's last event only)."""

@@ -1,13 +1,14 @@
 """The engine's MLA attention backend (DeepSeek-V2/V3): latent KV cache, absorbed attention everywhere.
 
 Same interface as `attention_backend.GQABackend` (registered there as `ATTENTION_BACKENDS["mla"]`):
-- `project(x, w, positions) -> (q_latent [T,H,R], q_rope [T,H,P], latent [T,R+P])` on the device:
+- `rope_tables(positions, dtype)`: fp32 cos/sin of the rope dims, once per step;
+- `project(x, w, tables) -> (q_latent [T,H,R], q_rope [T,H,P], latent [T,R+P])` on the device:
   `runtime.model.mla.mla_project`, then W_UK folded into the query (`mla_absorb_query`);
 - `decode(...)` on the host: `runtime.attention.mla_decode_attention` appends the latent row at
   context_lens-1 and attends over the cached rows [R+P] (R + P values read per cached token) -> [B,H,R];
-- `prefill(...)` on the device: the same absorbed attention over the cached prefix plus the chunk
-  (`mla_latent_attention`), with the chunk's latent rows written to the cache; no K/V is expanded, so
-  prefill costs what the planner counts (planner.costs: MLA attention in absorbed form);
+- `prefill(...)` on the device: the same absorbed attention over the cached prefix plus the chunk (one-KV-head
+  MQA through `prefill_attention.causal_attention`), with the chunk's latent rows sent to the cache; no K/V is
+  expanded, so prefill costs what the planner counts (planner.costs: MLA attention in absorbed form);
 - `output(o_latent, w) -> [T,h]`: W_UV (`mla_output_from_latent`) then o_proj, on the device.
 The cache holds exactly the rows the reference forward caches (normed latent + rotated rope key).
 """
@@ -19,12 +20,13 @@ from collections.abc import Mapping
 import torch
 
 from planner.spec import ModelSpec
-from runtime.engine.attention_backend import HostTensors, copy_to_host
+from runtime.engine.attention_backend import PrefillKVWriter, rope_on
 from runtime.engine.kv_cache import HostKVCache
+from runtime.engine.prefill_attention import causal_attention
+from runtime.engine.staging import HostTensors, Staging
 from runtime.model.attention import o_projection
 from runtime.model.mla import (
     mla_absorb_query,
-    mla_latent_attention,
     mla_output_from_latent,
     mla_project,
     mla_rope,
@@ -33,24 +35,30 @@ from runtime.model.mla import (
 
 
 class MLABackend:
-    def __init__(self, spec: ModelSpec, kv: HostKVCache, device: torch.device, attention_threads: int | None):
+    def __init__(self, spec: ModelSpec, kv: HostKVCache, device: torch.device, attention_threads: int | None,
+                 staging: Staging):
         from runtime.attention import mla_decode_attention
 
         self.spec = spec
         self.kv = kv
         self.device = device
         self.threads = attention_threads
-        self.rope = mla_rope(spec)
+        self.staging = staging
+        self.writer = PrefillKVWriter(kv, staging)
+        self.rope = rope_on(mla_rope(spec), device)
         self.scale = mla_softmax_scale(spec)
         self._decode_attention = mla_decode_attention
 
-    def project(self, x: torch.Tensor, w: Mapping[str, torch.Tensor], positions: torch.Tensor):
-        cos, sin = self.rope.cos_sin(positions.to(x.device), torch.float32)
+    def rope_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rope.cos_sin(positions, torch.float32)  # the reference's MLA path rotates in fp32
+
+    def project(self, x: torch.Tensor, w: Mapping[str, torch.Tensor], tables):
+        cos, sin = tables
         q_nope, q_rope, latent = mla_project(x, w, self.spec, cos, sin)
         return mla_absorb_query(q_nope, w, self.spec).contiguous(), q_rope.contiguous(), latent
 
     def to_host(self, proj) -> HostTensors:
-        return copy_to_host(*proj)
+        return self.staging.to_host(*proj)
 
     def decode(self, layer: int, host_proj: HostTensors, block_tables: torch.Tensor,
                context_lens: torch.Tensor) -> torch.Tensor:
@@ -61,13 +69,16 @@ class MLABackend:
 
     def prefill(self, layer: int, proj, blocks: torch.Tensor, start: int) -> torch.Tensor:
         q_latent, q_rope, latent = proj
+        rows = latent
         if start > 0:
-            (prior,) = self.kv.read_tokens(layer, blocks, start)
-            rows = torch.cat((prior.to(latent.device, latent.dtype), latent))  # [start+T, R+P]
-        else:
-            rows = latent
-        self.kv.write_tokens(layer, blocks, start, latent.cpu())
-        return mla_latent_attention(q_latent, q_rope, rows, self.scale)  # [T, H, R]
+            (prior,) = self.writer.read_prefix(layer, blocks, start, latent)
+            rows = torch.cat((prior, latent))                            # [start+T, R+P]
+        self.writer.send(layer, blocks, start, latent)
+        query = torch.cat((q_latent, q_rope), dim=-1)                    # [T, H, R+P]
+        return causal_attention(query, rows[:, None, :], rows[:, None, :q_latent.shape[-1]], self.scale)  # [T,H,R]
+
+    def store_prefill_kv(self, through_layer: int) -> None:
+        self.writer.store(through_layer)
 
     def output(self, o: torch.Tensor, w: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return o_projection(mla_output_from_latent(o, w, self.spec), w)

@@ -38,8 +38,9 @@ class RunStats:
     generated_tokens: int = 0             # of finished requests
     prefill_tokens: int = 0               # tokens prefilled, recomputation after preemption included
     decode_tokens: int = 0                # tokens decoded (one per sequence per step)
-    decode_steps: int = 0
-    prefill_forwards: int = 0
+    decode_steps: int = 0                 # steps that decoded at least one sequence
+    prefill_forwards: int = 0             # steps that prefilled at least one chunk
+    steps: int = 0                        # passes over the layers (a step may both prefill and decode)
     decode_batch_sizes_sum: int = 0
     num_preemptions: int = 0
     module_seconds: dict[str, dict[str, float]] = field(default_factory=dict)

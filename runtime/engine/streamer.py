@@ -1,9 +1,11 @@
-"""Layer weight streamer: packed host layers -> a bounded ring of device slots, one layer ahead.
+"""Layer weight streamer: packed host layers -> a bounded ring of device slots, one or two layers ahead.
 
 Every forward pass acquires layers 0..L-1 in order, so the streamer copies layers in that cyclic order
-(0, 1, ..., L-1, 0, ...) into `num_slots` (2) slots. `start()` fills the slots with the first layers;
-`acquire(l)` returns layer l's tensors once its copy has landed; `release(l)` hands the slot back and
-queues the next layer in the cycle into it. With L <= num_slots every layer is copied once and kept.
+(0, 1, ..., L-1, 0, ...) into `num_slots` slots (2, or 3 when the plan's device memory allows:
+`stream_slots`). `start()` fills the slots with the first layers; `acquire(l)` returns layer l's tensors
+as a mapping that waits for the copy only when a streamed tensor is first read (so work that needs only
+resident weights, or the previous layer, never waits for it); `release(l)` hands the slot back and queues
+the next layer in the cycle into it. With L <= num_slots every layer is copied once and kept.
 
 - CUDA: copies run on a separate copy stream from pinned host memory through
   `runtime.transfer.copy_to_device` (the copy path the profiler measures, non-blocking when pinned); the compute
@@ -11,8 +13,10 @@ queues the next layer in the cycle into it. With L <= num_slots every layer is c
   so neither side ever synchronises the whole device.
 - CPU (forced streaming, for tests): slots are host buffers filled by one copy worker thread (a plain
   single-threaded memcpy, not torch's OpenMP pool); compute waits on the slot's `threading.Event`.
-`copy_log` records (layer, slot) in the order copies were issued, `max_slots_in_use` the most slots held
-by compute at once; tests check both.
+`copy_log` records (layer, slot) in the order copies were issued, `copied_bytes` the bytes they moved,
+`max_slots_in_use` the most slots held by compute at once. Copy seconds are reported through
+`on_copy_seconds(seconds, booking)` with the `booking()` taken when the copy was issued (the engine books
+them to the phase of the step that issued them).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +34,33 @@ from runtime.engine.weights import PackedLayer
 from runtime.transfer import copy_to_device
 
 
+class SlotWeights(Mapping):
+    """One layer's streamed tensors over its slot; the first read waits for the slot's copy."""
+
+    def __init__(self, views: dict[str, torch.Tensor], wait: Callable[[], None]):
+        self._views, self._wait, self._waited = views, wait, False
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self._views[name]
+        if not self._waited:
+            self._wait()
+            self._waited = True
+        return tensor
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._views
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._views)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+
 class LayerStreamer:
     def __init__(self, packed: list[PackedLayer], device: torch.device, num_slots: int = 2,
-                 on_copy_seconds: Callable[[float], None] | None = None):
+                 on_copy_seconds: Callable[[float, Any], None] | None = None,
+                 booking: Callable[[], Any] = lambda: None):
         self.packed = packed
         self.device = device
         self.num_layers = len(packed)
@@ -44,17 +73,19 @@ class LayerStreamer:
         self._in_use: set[int] = set()
         self._next_layer = 0
         self.copy_log: list[tuple[int, int]] = []
+        self.copied_bytes = 0
         self.max_slots_in_use = 0
-        self._on_copy_seconds = on_copy_seconds or (lambda seconds: None)
+        self._on_copy_seconds = on_copy_seconds or (lambda seconds, booking: None)
+        self._booking = booking
         self._cuda = device.type == "cuda"
         if self._cuda:
             self._copy_stream = torch.cuda.Stream(device)
             self._ready = [torch.cuda.Event() for _ in range(self.num_slots)]
             self._free = [torch.cuda.Event() for _ in range(self.num_slots)]
-            self._copy_timings: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+            self._copy_timings: list[tuple[torch.cuda.Event, torch.cuda.Event, Any]] = []
         else:
             self._ready_flags = [threading.Event() for _ in range(self.num_slots)]
-            self._jobs: queue.Queue[tuple[int, int] | None] = queue.Queue()
+            self._jobs: queue.Queue[tuple[int, int, Any] | None] = queue.Queue()
             self._errors: list[BaseException] = []
             self._worker = threading.Thread(target=self._copy_worker, name="weight-copy", daemon=True)
             self._worker.start()
@@ -68,20 +99,22 @@ class LayerStreamer:
         for slot in range(self.num_slots):
             self._issue(slot)
 
-    def acquire(self, layer: int) -> dict[str, torch.Tensor]:
+    def acquire(self, layer: int) -> SlotWeights:
         self.start()
         slot = self._slot_of.get(layer)
         if slot is None:
             raise RuntimeError(f"layer {layer} acquired out of the streamer's order")
-        if self._cuda:
-            torch.cuda.current_stream(self.device).wait_event(self._ready[slot])
-        else:
-            self._ready_flags[slot].wait()
-            if self._errors:
-                raise RuntimeError("weight copy worker failed") from self._errors[0]
         self._in_use.add(slot)
         self.max_slots_in_use = max(self.max_slots_in_use, len(self._in_use))
-        return self._views[slot]
+        return SlotWeights(self._views[slot], lambda: self._wait(slot))
+
+    def _wait(self, slot: int) -> None:
+        if self._cuda:  # the compute stream waits; the host does not
+            torch.cuda.current_stream(self.device).wait_event(self._ready[slot])
+            return
+        self._ready_flags[slot].wait()
+        if self._errors:
+            raise RuntimeError("weight copy worker failed") from self._errors[0]
 
     def release(self, layer: int) -> None:
         slot = self._slot_of[layer]
@@ -101,6 +134,8 @@ class LayerStreamer:
         packed = self.packed[layer]
         self._views[slot] = packed.views(self._slots[slot])
         self.copy_log.append((layer, slot))
+        self.copied_bytes += packed.nbytes
+        booking = self._booking()
         if self._cuda:
             stream = self._copy_stream
             stream.wait_event(self._free[slot])
@@ -109,23 +144,23 @@ class LayerStreamer:
             copy_to_device(self._slots[slot][:packed.nbytes], packed.host, stream)
             end.record(stream)
             self._ready[slot].record(stream)
-            self._copy_timings.append((start, end))
+            self._copy_timings.append((start, end, booking))
         else:
             self._ready_flags[slot].clear()
-            self._jobs.put((layer, slot))
+            self._jobs.put((layer, slot, booking))
 
     def _copy_worker(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            layer, slot = job
+            layer, slot, booking = job
             try:
                 began = time.perf_counter()
                 packed = self.packed[layer]
                 # one thread, outside torch's OpenMP pool: a second pool would fight compute for the cores
                 np.copyto(self._slots[slot][:packed.nbytes].numpy(), packed.host.numpy())
-                self._on_copy_seconds(time.perf_counter() - began)
+                self._on_copy_seconds(time.perf_counter() - began, booking)
             except BaseException as err:  # surfaced to compute at the next acquire
                 self._errors.append(err)
             self._ready_flags[slot].set()
@@ -135,13 +170,13 @@ class LayerStreamer:
         if not self._cuda:
             return
         pending = []
-        for start, end in self._copy_timings:
+        for start, end, booking in self._copy_timings:
             if wait:
                 end.synchronize()
             if end.query():
-                self._on_copy_seconds(start.elapsed_time(end) / 1e3)
+                self._on_copy_seconds(start.elapsed_time(end) / 1e3, booking)
             else:
-                pending.append((start, end))
+                pending.append((start, end, booking))
         self._copy_timings = pending
 
     def close(self) -> None:
