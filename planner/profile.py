@@ -47,6 +47,7 @@ from planner.profile_schema import (
     Price,
     Provenance,
     RateCurve,
+    steady_state_order,
 )
 from planner.this_machine import SPOT_GEMM, MachineIdentity, MachineRates, rate_differences, this_machine
 
@@ -194,7 +195,7 @@ class HardwareProfile:
         curves = [c for c in self.attention_curves if c.layout == layout] or list(self.attention_curves)
         wanted = {"batch": batch, "context": context, "group": group}
         if all(v is None for v in wanted.values()):
-            curve = max(curves, key=lambda c: (c.batch * c.context, c.group))
+            curve = max(curves, key=steady_state_order)
         else:
             def distance(c: AttentionCurve) -> float:
                 return sum(abs(math.log(max(v, 1) / getattr(c, key))) for key, v in wanted.items()

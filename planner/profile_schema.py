@@ -67,6 +67,12 @@ def _interp_linear(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> fl
     return (1 - t) * ys[i - 1] + t * ys[i]
 
 
+def steady_state_order(curve) -> tuple[int, int]:
+    """How the planner ranks attention curves (or points to measure) when no batch or context is asked for: the
+    largest batch x context first (the steady state of high-throughput decoding), then the largest group."""
+    return curve.batch * curve.context, curve.group
+
+
 @dataclass(frozen=True)
 class Provenance:
     kind: str                                   # measured | datasheet | calibrated

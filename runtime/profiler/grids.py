@@ -2,16 +2,20 @@
 
 GEMM shapes are those of the shipped model specs that matter here: the expert FFN (three GEMMs through
 `runtime.model.layers.expert_ffn`; curve n = intermediate, k = hidden, rate counted over all three) and
-the attention projections (one `F.linear`). Torch-free.
+the attention projections (one `F.linear`). Torch-free. The quick grids are subsets that keep what the
+planner reads unbiased: rows up to where the curves level off, both kinds of GEMM at a small and a large
+size, and the attention points whose curves the planner uses (`planner_read_points`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.profile_schema import steady_state_order
+
 MIB = 1 << 20
 GEMM_ROWS: tuple[int, ...] = tuple(2 ** i for i in range(15))            # 1 .. 16384
-QUICK_GEMM_ROWS: tuple[int, ...] = (1, 4, 16, 64, 256)
+QUICK_GEMM_ROWS: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)     # to where the full curves level off
 LINK_SIZES: tuple[int, ...] = tuple(MIB * 4 ** i for i in range(6))      # 1 MiB .. 1 GiB
 QUICK_LINK_SIZES: tuple[int, ...] = (MIB, 16 * MIB, 64 * MIB)
 
@@ -54,7 +58,7 @@ LINEAR_SHAPES = (
     _linear("q/o_proj", 4096, 4096),
 )
 ALL_GEMM_SHAPES = EXPERT_SHAPES + LINEAR_SHAPES
-QUICK_GEMM_SHAPES = (EXPERT_SHAPES[1], LINEAR_SHAPES[1])
+QUICK_GEMM_SHAPES = (EXPERT_SHAPES[1], LINEAR_SHAPES[1], LINEAR_SHAPES[3])   # an expert, a small and a big linear
 
 
 @dataclass(frozen=True)
@@ -83,10 +87,16 @@ ATTENTION_POINTS = (
     AttentionPoint("gqa", batch=64, context=2048, group=8),
     AttentionPoint("mla", batch=64, context=2048, group=16),
 )
-QUICK_ATTENTION_POINTS = (
-    AttentionPoint("gqa", batch=8, context=512, group=4),
-    AttentionPoint("mla", batch=8, context=512, group=16),
-)
+
+
+def planner_read_points(points: tuple[AttentionPoint, ...]) -> tuple[AttentionPoint, ...]:
+    """Per layout, the point whose curve the planner reads (`steady_state_order`): what a quick profile must
+    measure as the full one does, KV far larger than the caches, or its attention rates are biased high."""
+    layouts = dict.fromkeys(p.layout for p in points)
+    return tuple(max((p for p in points if p.layout == layout), key=steady_state_order) for layout in layouts)
+
+
+QUICK_ATTENTION_POINTS = planner_read_points(ATTENTION_POINTS)
 
 
 def thread_grid(cores: int) -> tuple[int, ...]:

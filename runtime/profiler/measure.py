@@ -89,7 +89,7 @@ class Sizing:
 FULL = Sizing("full", LINK_SIZES, 1 << 30, ALL_GEMM_SHAPES, GEMM_ROWS, 120.0, 1.0, ATTENTION_POINTS, 45.0, 5,
               10.0, 8192, 48, 5, FULL_PROBES, overhead_rounds=3)   # medians of 5 jobs, of 3 rounds
 QUICK = Sizing("quick", QUICK_LINK_SIZES, 256 * MIB, QUICK_GEMM_SHAPES, QUICK_GEMM_ROWS, 15.0, 0.25,
-               QUICK_ATTENTION_POINTS, 10.0, 3, 3.0, 8192, 32, 2, QUICK_PROBES)
+               QUICK_ATTENTION_POINTS, 10.0, 3, 3.0, 8192, 32, 3, QUICK_PROBES)
 TINY = Sizing("tiny", (MIB, 4 * MIB), 64 * MIB, QUICK_GEMM_SHAPES[:1], (1, 4, 16, 64), 6.0, 0.5,
               (AttentionPoint("gqa", batch=4, context=256, group=4),
                AttentionPoint("mla", batch=4, context=256, group=16)), 3.0, 5, 1.0, 256, 6, 1, TINY_PROBES)
