@@ -12,7 +12,7 @@ so a plan's prediction never exceeds the bound (a property test checks it):
   - `cpu_attention`: min(best attention bandwidth, host read bandwidth) / KV bytes read per token.
   - `host_memory`: host read bandwidth over the KV reads plus the least bytes the layers stream per step
     (embed and lm_head copies aside), at the most sequences in flight.
-- CPU-only (no link): `host_memory` = read bandwidth over the activated weights (expected distinct experts
+- CPU-only (no link), and the CPU behind an emulated link (`kv_link` as above, then): `host_memory` = read bandwidth over the activated weights (expected distinct experts
   at the most sequences that fit) plus KV, and `cpu_compute` = GEMM FLOPs at peak plus attention at the best
   attention bandwidth, one after the other on the same cores.
 These bound decode (`tok_s`, named by `binding`). `end_to_end_tok_s` adds what no schedule avoids either:
@@ -84,6 +84,7 @@ def compute_bound(model: PerfModel) -> Bound:
         delta = must_stream / rates.max_h2d_bps
         terms["kv_link"] = max_seqs / delta if delta > 0 else math.inf
         processed = w.pme * capacity / delta if delta > 0 else None
+    if model.has_device and not model.emulated:
         terms["device_compute"] = rates.peak_flops / flops
         terms["cpu_attention"] = min(attention_bps, rates.host_read_bps) / kv_read_per_token
         per_step_modules = sum(lay.step_bytes.values())     # embed and lm_head copies bypass the layer pipeline

@@ -23,9 +23,9 @@ from pathlib import Path
 from planner import calibrate as calibration
 from planner.bound import compute_bound
 from planner.errors import UserError, exits_cleanly
-from planner.explain import explain, table
+from planner.explain import explain, plan_device_words, resource_words, table
 from planner.perf_memory import Budgets, GiB
-from planner.perf_model import PerfModel
+from planner.perf_model import BATCHING_MODES, PerfModel
 from planner.plan import Plan
 from planner.plan_build import model_ref_of, plan_from_solution, profile_ref_of
 from planner.profile import find_profile_for_this_machine, list_profiles, load_profile
@@ -55,6 +55,9 @@ def _problem_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-prompts", type=int, help=f"prompts in the job (default {DEFAULT_NUM_PROMPTS}, "
                                                         f"or the lines of --prompts)")
     parser.add_argument("--dtype", help="weight dtype to plan for: bf16, fp16, fp32, fp8 (default: the spec's)")
+    parser.add_argument("--batching", choices=BATCHING_MODES, default="module",
+                        help="module: the engine's module-based batching (default); model: one batch size for every "
+                             "module with the KV cache in device memory (FlexGen / HF-offload style, to compare)")
     parser.add_argument("--checkpoint", help="checkpoint dir: its tokenizer.json counts --prompts tokens "
                                              "(else bytes/4), and its config.json is the model if --model is absent")
 
@@ -119,12 +122,14 @@ def problem_from_args(args: argparse.Namespace) -> Problem:
         raise UserError(f"prompt + generation ({workload.max_sequence_len} tokens) exceeds {spec.name}'s context of "
                         f"{spec.max_position_embeddings}", "shorten --prompt-len/--gen-len or the prompts' max_tokens")
     budgets = Budgets.from_args(profile, args.kv_gb, args.host_gb, args.device_gb)
-    return Problem(spec, profile, workload, budgets, model_ref=str(model_ref), profile_ref=str(profile_ref))
+    return Problem(spec, profile, workload, budgets, model_ref=str(model_ref), profile_ref=str(profile_ref),
+                   batching=args.batching)
 
 
 def summary(plan: Plan) -> str:
     p, b = plan.predicted, plan.bound
-    lines = [f"plan for {plan.model.name} ({plan.model.dtype}) on {plan.profile.name} ({plan.profile.kind} profile)",
+    lines = [f"plan for {plan.model.name} ({plan.model.dtype}) on {plan.profile.name} ({plan.profile.kind} profile, "
+             f"{plan_device_words(plan)}{', model-based batching' if plan.batching == 'model' else ''})",
              f"  workload: {plan.workload.describe()}",
              f"  generated {p.generated_tok_s:,.1f} tok/s end to end (decode {p.decode_tok_s:,.1f}, prefill "
              f"{p.prefill_tok_s:,.0f} tok/s); wall time {p.wall_time_s / 3600:.2f} h",
@@ -132,7 +137,7 @@ def summary(plan: Plan) -> str:
              f"prefill_chunk {plan.prefill_chunk}, KV {plan.kv_budget_bytes / GiB:.1f} GiB",
              f"  on the device: {', '.join(plan.resident_modules) if plan.stream_weights else 'everything (no streaming)'}"
              + (f"; {plan.resident_experts_per_layer} routed experts per layer" if plan.stream_weights else ""),
-             f"  bottleneck: {plan.bottleneck} ({plan.utilisation[plan.bottleneck]:.0%} busy); bound {b.end_to_end_tok_s:,.1f} "
+             f"  bottleneck: {resource_words(plan, plan.bottleneck)} ({plan.utilisation[plan.bottleneck]:.0%} busy); bound {b.end_to_end_tok_s:,.1f} "
              f"tok/s end to end (decode {b.tok_s:,.1f}, {b.binding}, plus the prompts' prefill at peak), the plan "
              f"reaches {p.generated_tok_s / b.end_to_end_tok_s:.0%}"]
     if p.usd_per_million_tokens is not None:
@@ -142,7 +147,7 @@ def summary(plan: Plan) -> str:
 
 def cmd_solve(args: argparse.Namespace) -> int:
     problem = problem_from_args(args)
-    model = PerfModel(problem.spec, problem.profile, problem.workload, problem.budgets)
+    model = PerfModel(problem.spec, problem.profile, problem.workload, problem.budgets, batching=problem.batching)
     began = time.perf_counter()
     solution = solve(model)
     seconds = time.perf_counter() - began

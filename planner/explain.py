@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from planner.emulated_link import DEVICE_WORDS, device_name
 from planner.errors import UserError
 from planner.perf_memory import Budgets, GiB
 from planner.plan import Plan
@@ -53,7 +54,8 @@ def problem_from_plan(plan: Plan) -> Problem:
                         "re-solve the plan with `planner solve`")
     b = plan.budgets
     budgets = Budgets(b.kv_gib * GiB, b.host_gib * GiB, b.device_gib * GiB)
-    return Problem(spec, profile, plan.workload, budgets, model_ref=plan.model.ref, profile_ref=plan.profile.ref)
+    return Problem(spec, profile, plan.workload, budgets, model_ref=plan.model.ref, profile_ref=plan.profile.ref,
+                   batching=plan.batching)
 
 
 def what_ifs(problem: Problem) -> list[tuple[str, float]]:
@@ -64,7 +66,8 @@ def what_ifs(problem: Problem) -> list[tuple[str, float]]:
         ("2x CPU cores", replace(problem, scale=replace(s, cpu=2.0))),
         ("2x host memory bandwidth", replace(problem, scale=replace(s, host_memory=2.0)))]
     if problem.profile.has_device:
-        changes += [("2x link bandwidth", replace(problem, scale=replace(s, link=2.0))),
+        link = f"2x {DEVICE_WORDS} bandwidth" if problem.profile.emulated_link is not None else "2x link bandwidth"
+        changes += [(link, replace(problem, scale=replace(s, link=2.0))),
                     ("2x device memory", replace(problem, budgets=Budgets(b.kv_bytes, b.host_bytes,
                                                                           2 * b.device_bytes))),
                     ("2x device compute", replace(problem, scale=replace(s, device_compute=2.0)))]
@@ -77,9 +80,25 @@ def what_ifs(problem: Problem) -> list[tuple[str, float]]:
     return results
 
 
+def plan_device_words(plan: Plan) -> str:
+    """How plans, progress and reports name the device a plan runs on."""
+    if plan.emulated_link_gbps is not None:
+        return device_name(plan.emulated_link_gbps)
+    return "a device" if plan.budgets.device_gib > 0 else "CPU only"
+
+
+def resource_words(plan: Plan, resource: str) -> str:
+    if resource == "link" and plan.emulated_link_gbps is not None:
+        return f"{DEVICE_WORDS} ({plan.emulated_link_gbps:g} GB/s)"
+    return RESOURCE_WORDS.get(resource, resource)
+
+
 def explain(plan: Plan, what_if: bool = True) -> str:
     p, w = plan.predicted, plan.workload
+    batching = "model-based batching (one batch of N everywhere, KV in device memory)" if plan.batching == "model" \
+        else "module-based batching"
     out = [f"plan: {plan.model.name} ({plan.model.dtype}) on {plan.profile.name} ({plan.profile.kind} profile)",
+           f"device: {plan_device_words(plan)}; {batching}",
            f"workload: {w.describe()}", ""]
     residency = ", ".join(plan.resident_modules) or "nothing"
     out.append(table(["decision", "value"], [
@@ -101,8 +120,8 @@ def explain(plan: Plan, what_if: bool = True) -> str:
                 f"a prefill chunk {p.prefill_chunk_s:.4g} s):",
             table(["module", "s / decode step", "x step", "s / prefill chunk"], rows)]
     out += ["", table(["resource", "busy fraction of a decode step"],
-                      [[RESOURCE_WORDS.get(k, k), v] for k, v in sorted(plan.utilisation.items(), key=lambda kv: -kv[1])]),
-            f"binding resource: {RESOURCE_WORDS.get(plan.bottleneck, plan.bottleneck)}"]
+                      [[resource_words(plan, k), v] for k, v in sorted(plan.utilisation.items(), key=lambda kv: -kv[1])]),
+            f"binding resource: {resource_words(plan, plan.bottleneck)}"]
     for where, parts in plan.memory.items():
         if parts:
             out += ["", table([f"{where} memory", "GiB"], [[k, v / GiB] for k, v in parts.items()])]

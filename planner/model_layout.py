@@ -26,6 +26,17 @@ LAYER_GROUPS = ("router", "qkv_proj", "o_proj", "shared_experts", "dense_mlp")
 STEP_GROUPS = ("lm_head", "embed")
 
 
+def activation_dims(spec: ModelSpec) -> tuple[int, int]:
+    """(values per token an attention layer sends to the host's attention, values it gets back): q/k/v (MLA:
+    queries, the new latent row and the absorbed query) and the attention output (MLA: in the latent space)."""
+    if spec.attention == "mla":
+        h = spec.num_heads
+        qkv_out = h * (spec.qk_nope_head_dim + spec.qk_rope_head_dim) + spec.kv_lora_rank + spec.qk_rope_head_dim \
+            + h * spec.kv_lora_rank
+        return qkv_out, h * max(spec.kv_lora_rank, spec.v_head_dim)
+    return (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim, spec.num_heads * spec.head_dim
+
+
 @dataclass(frozen=True)
 class ModelLayout:
     spec: ModelSpec
@@ -93,16 +104,12 @@ class ModelLayout:
         window_tokens = min(slot_tokens, workload.window_read_tokens(spec.sliding_window))
         sliding = sum(spec.is_sliding_layer(layer) for layer in range(spec.num_layers))
         read_tokens = (sliding * window_tokens + (spec.num_layers - sliding) * slot_tokens) / spec.num_layers
+        qkv_out, attn_out = activation_dims(spec)
         if spec.attention == "mla":
             h_ = spec.num_heads
-            qkv_out = h_ * (spec.qk_nope_head_dim + spec.qk_rope_head_dim) + spec.kv_lora_rank \
-                + spec.qk_rope_head_dim + h_ * spec.kv_lora_rank
-            attn_out = h_ * max(spec.kv_lora_rank, spec.v_head_dim)
             prefill_kv = h_ * (spec.qk_nope_head_dim + spec.qk_rope_head_dim + spec.v_head_dim) * spec.dtype_bytes
             pair = 2.0 * h_ * (spec.qk_nope_head_dim + spec.qk_rope_head_dim + spec.v_head_dim)
         else:
-            qkv_out = (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim
-            attn_out = spec.num_heads * spec.head_dim
             prefill_kv = kv_layer
             pair = 4.0 * spec.num_heads * spec.head_dim
         return cls(

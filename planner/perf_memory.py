@@ -10,6 +10,10 @@ machine sizes as defaults and rejects absurd values with a `UserError`.
   lm_head) + the larger of the decode activations (hidden states of all N tokens, one attention
   micro-batch, one expert chunk, router logits, lm_head logits of a micro-batch) and the prefill workspace
   (a chunk's activations, one layer's K/V for attention) + a reserve (CUDA context, allocator slack).
+- emulated link (`planner.emulated_link`): as with a device, but no reserve (the engine counts exactly what it
+  allocates), no pinned staging, one token group.
+- model-based batching (`kv_on_device`): the KV cache is in device memory beside the weights, and the
+  attention and expert transients grow with N (one batch everywhere).
 `max_num_seqs(candidates)` is the largest N (real-valued) all of that allows, with the KV cache inside
 `kv_bytes`; `breakdown(...)` gives the bytes by category for the plan.
 """
@@ -60,15 +64,25 @@ class Budgets:
         return Budgets(self.kv_bytes * kv, self.host_bytes * host, self.device_bytes * device)
 
 
+class _PerToken:
+    """Decisions of one token per attention micro-batch and expert chunk: the transients per batch row."""
+    attn_batch = 1.0
+    expert_batch = 1.0
+
+
 class MemoryModel:
-    def __init__(self, layout: ModelLayout, workload: Workload, budgets: Budgets, has_device: bool):
+    def __init__(self, layout: ModelLayout, workload: Workload, budgets: Budgets, has_device: bool,
+                 emulated: bool = False, kv_on_device: bool = False):
         self.layout, self.workload, self.budgets, self.has_device = layout, workload, budgets, has_device
+        self.kv_on_device = kv_on_device and has_device
         spec, bp = layout.spec, layout.spec.dtype_bytes
-        self.groups = 2 if has_device else 1
+        real_device = has_device and not emulated
+        self.groups = 2 if real_device else 1
         self.host_reserve = HOST_RESERVE_BYTES + HOST_RESERVE_FRACTION * budgets.host_bytes
-        self.device_reserve = DEVICE_RESERVE_BYTES + DEVICE_RESERVE_FRACTION * budgets.device_bytes
+        self.device_reserve = DEVICE_RESERVE_BYTES + DEVICE_RESERVE_FRACTION * budgets.device_bytes if real_device \
+            else 0.0
         self.per_seq_activations = spec.hidden_size * (2 * bp + 4) + 8 * spec.top_k + 8
-        self.per_seq_staging = (layout.qkv_out_dim + layout.attn_out_dim) * bp if has_device else 0.0
+        self.per_seq_staging = (layout.qkv_out_dim + layout.attn_out_dim) * bp if real_device else 0.0
         self.router_per_token = spec.num_experts * 4.0
 
     # ----- pieces -----
@@ -120,7 +134,13 @@ class MemoryModel:
         n_kv = (b.kv_bytes - kv_one) / kv_slot
         host_left = b.host_bytes - lay.total_bytes - self.host_reserve - kv_one
         a, r = self.per_seq_activations, self.router_per_token / self.groups
-        if self.has_device:
+        if self.kv_on_device:       # one batch everywhere: KV and transients on the device grow with N
+            work = self.prefill_workspace(c)
+            a = a + kv_slot + self.transients(_PerToken)
+            dev_left = b.device_bytes - self.device_fixed(c) - kv_one
+            n_host = (host_left + kv_one) / max(self.per_seq_staging, 1.0)
+            n_mem = np.minimum(n_host, np.minimum((dev_left - work) / a, dev_left / (a + r)))
+        elif self.has_device:
             n_host = host_left / (kv_slot + self.per_seq_staging)
             dev_left = b.device_bytes - self.device_fixed(c)
             n_mem = np.minimum(n_host, np.minimum((dev_left - work) / a, dev_left / (a + r)))
@@ -142,7 +162,8 @@ class MemoryModel:
         lay, b = self.layout, self.budgets
         decode = float(np.ravel(self.decode_activations(c, num_seqs))[0])
         prefill = float(np.ravel(self.prefill_workspace(c))[0])
-        host = {"weights": lay.total_bytes, "kv_cache": float(np.ravel(self.kv_budget_bytes(num_seqs))[0]),
+        kv = float(np.ravel(self.kv_budget_bytes(num_seqs))[0])
+        host = {"weights": lay.total_bytes, "kv_cache": 0.0 if self.kv_on_device else kv,
                 "staging_buffers": num_seqs * self.per_seq_staging,
                 "activations": 0.0 if self.has_device else max(decode, prefill),
                 "reserve": self.host_reserve}
@@ -155,7 +176,9 @@ class MemoryModel:
                   "stream_buffers": float(2 * max(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho])
                                           + lay.streamed_per_step[rho]),
                   "decode_activations": decode, "prefill_workspace": prefill, "reserve": self.device_reserve}
+        if self.kv_on_device:
+            device["kv_cache"] = kv
         device["total"] = (device["resident_weights"] + device["stream_buffers"] + max(decode, prefill)
-                           + device["reserve"])
+                           + device["reserve"] + device.get("kv_cache", 0.0))
         device["budget"] = b.device_bytes
         return host, device

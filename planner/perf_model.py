@@ -27,14 +27,22 @@ o_proj GEMM rate, K/V written back over the link). Time for the workload: prefil
 with sequence-level refill: each sequence decodes g - 1 tokens (its first comes from its prefill forward),
 S = P (g-1) / N + ((g-1)/2)(1 - N/P) steps at the average occupancy P (g-1) / S; the drain term only when
 generation lengths differ (equal ones finish together, in whole waves). Memory and the largest feasible N live in `planner.perf_memory`.
+Emulated link (`planner.emulated_link`): memory, residency and streaming as with a device (the routed experts
+stream, everything else stays resident), compute as without one (one token group; GEMMs and attention add on
+the host cores), and the link as one paced copy worker that carries the streamed weights and the activations
+that would cross it (decode: q/k/v out and attention back; prefill: the K/V written to the host cache), in
+parallel with compute, whose cores it takes only for the memory-speed copy itself.
+`batching="model"` predicts model-based batching as FlexGen-style and HF-offload users run it: one batch of N
+through every module (attention and experts unchunked), the KV cache in device memory (N bounded by it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from planner.errors import UserError
 from planner.model_layout import RESIDENCY_ORDER, ModelLayout
 from planner.perf_memory import Budgets, MemoryModel
 from planner.perf_overheads import OverheadTerms
@@ -48,6 +56,7 @@ DECODE_MODULES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts
                   "dense_mlp", "lm_head", "weight_copy", "sampling")
 PREFILL_MODULES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts",
                    "dense_mlp", "lm_head", "weight_copy")
+BATCHING_MODES = ("module", "model")   # module-based batching (the engine's), or one batch size everywhere
 SAMPLING_PASSES = 3                 # logits read by softmax / top-p / argmax over the fp32 row (when the
                                     # profile has no measured sampling cost per logit)
 
@@ -87,21 +96,30 @@ class Evaluation:
 
 class PerfModel:
     def __init__(self, spec: ModelSpec, profile: HardwareProfile, workload: Workload, budgets: Budgets,
-                 scale: RateScale | None = None, block_size: int = DEFAULT_BLOCK_SIZE, stream_on_host: bool = False):
+                 scale: RateScale | None = None, block_size: int = DEFAULT_BLOCK_SIZE, stream_on_host: bool = False,
+                 batching: str = "module"):
+        if batching not in BATCHING_MODES:
+            raise UserError(f"unknown batching {batching!r}", f"use one of {list(BATCHING_MODES)}")
         self.spec, self.profile, self.workload, self.budgets = spec, profile, workload, budgets
         self.layout = ModelLayout.build(spec, workload, block_size)
         self.rates = Rates.build(profile, self.layout.costs, scale or RateScale())
         self.overheads = OverheadTerms.build(spec, self.rates.overheads)
-        self.memory = MemoryModel(self.layout, workload, budgets, profile.has_device)
         self.has_device = profile.has_device
+        self.emulated = profile.emulated_link is not None
+        self.model_batching = batching == "model"
+        self.batching = batching
+        self.memory = MemoryModel(self.layout, workload, budgets, profile.has_device, emulated=self.emulated,
+                                  kv_on_device=self.model_batching)
         self.streams_on_host = stream_on_host and not self.has_device
-        self.groups = 2 if self.has_device else 1
+        self.groups = 2 if self.has_device and not self.emulated else 1
 
     @property
     def residency_range(self) -> tuple[int, int]:
         """Residency indices the solver may choose: any with a device; with streaming on the host (the engine's
         forced-streaming mode) every layer group resident and the routed experts streamed; else everything."""
         top = self.layout.max_residency
+        if self.emulated:       # the engine paces what the streamer copies: the routed experts
+            return len(RESIDENCY_ORDER), top
         if self.has_device:
             return 0, top
         if self.streams_on_host:
@@ -130,6 +148,7 @@ class PerfModel:
     def decode_step(self, c: Candidates, num_seqs: np.ndarray) -> dict[str, np.ndarray]:
         lay, r, spec = self.layout, self.rates, self.spec
         g = r.gemm
+        c = self.batched(c, num_seqs)
         rho = c.residency.astype(int)
         n = num_seqs / self.groups
         qkv = self.groups * g["qkv_proj"].chunked_seconds(n, c.attn_batch)
@@ -150,7 +169,20 @@ class PerfModel:
         dev_moe = qkv + o + router + experts + shared + ov["residual"]
         dev_dense = qkv + o + dense + dense_norm + ov["residual"]
         copy_moe, copy_dense, step_copy = self._copies(rho, num_seqs)
-        if self.has_device:
+        if self.emulated:
+            act = num_seqs * (lay.qkv_out_dim + lay.attn_out_dim) * spec.dtype_bytes / r.h2d_bps(
+                np.maximum(num_seqs * lay.qkv_out_dim * spec.dtype_bytes, 1.0))
+            link_moe, link_dense = copy_moe + act, copy_dense + act
+            read_moe, read_dense = self._weights_read(hit)
+            host_moe = (kv_read + read_moe) / r.host_read_bps
+            host_dense = (kv_read + read_dense) / r.host_read_bps
+            cpu_moe = dev_moe + attention + self._copy_cpu_seconds(lay.streamed_moe_layer[rho])
+            cpu_dense = dev_dense + attention + self._copy_cpu_seconds(lay.streamed_dense_layer[rho])
+            layer_moe = np.maximum.reduce([cpu_moe, host_moe, link_moe])
+            layer_dense = np.maximum.reduce([cpu_dense, host_dense, link_dense])
+            copy_moe, copy_dense = link_moe, link_dense
+            device_bps = r.host_read_bps
+        elif self.has_device:
             host_moe = (kv_read + lay.streamed_moe_layer[rho]) / r.host_read_bps
             host_dense = (kv_read + lay.streamed_dense_layer[rho]) / r.host_read_bps
             layer_moe = np.maximum.reduce([dev_moe, attention, copy_moe, host_moe])
@@ -181,7 +213,9 @@ class PerfModel:
             "step": step,
             "busy_host_memory": n_moe * host_moe + n_dense * host_dense,
         }
-        if self.has_device:
+        if self.emulated:
+            out.update(busy_cpu=device_busy + n_all * attention, busy_link=out["weight_copy"])
+        elif self.has_device:
             out.update(busy_device=device_busy, busy_cpu_attention=n_all * attention, busy_link=out["weight_copy"])
         else:
             out.update(busy_cpu=device_busy + n_all * attention)
@@ -189,6 +223,18 @@ class PerfModel:
 
     def _copy_seconds(self, nbytes: np.ndarray) -> np.ndarray:
         return np.where(nbytes > 0, nbytes / self.rates.h2d_bps(np.maximum(nbytes, 1.0)), 0.0)
+
+    def _copy_cpu_seconds(self, nbytes: np.ndarray) -> np.ndarray:
+        """Emulated link: the copy worker's memory-speed copy takes one of the cores from compute meanwhile."""
+        return nbytes / self.rates.host_copy_bps / max(self.rates.cores, 1)
+
+    def batched(self, c: Candidates, num_seqs) -> Candidates:
+        """The decisions as the engine runs them: model-based batching has one batch of N everywhere."""
+        if not self.model_batching:
+            return c
+        n = np.broadcast_to(np.maximum(num_seqs, 1.0), np.shape(c.attn_batch))
+        tokens = np.maximum(self.prefill_tokens(c), n)
+        return replace(c, attn_batch=n, expert_batch=tokens)
 
     # ----- prefill -----
     def prefill_tokens(self, c: Candidates, num_seqs: np.ndarray | None = None) -> np.ndarray:
@@ -205,6 +251,8 @@ class PerfModel:
     def prefill_chunk(self, c: Candidates, num_seqs: np.ndarray | None = None) -> dict[str, np.ndarray]:
         lay, r, spec, w = self.layout, self.rates, self.spec, self.workload
         g = r.gemm
+        if num_seqs is not None:
+            c = self.batched(c, num_seqs)
         rho = c.residency.astype(int)
         tokens = self.prefill_tokens(c, num_seqs)
         sequences = np.maximum(tokens / w.prompt_len_mean, 1.0)
@@ -224,7 +272,16 @@ class PerfModel:
         dev_dense = qkv + o + dense + dense_norm + attention + ov["residual"]
         kv_bytes = tokens * lay.kv_bytes_per_token_layer
         copy_moe, copy_dense, step_copy = self._copies(rho, tokens)
-        if self.has_device:
+        if self.emulated:
+            kv_out = kv_bytes / r.d2h_bps(kv_bytes)
+            read_moe, read_dense = self._weights_read(hit)
+            copy_moe, copy_dense = copy_moe + kv_out, copy_dense + kv_out
+            cpu_moe = dev_moe + self._copy_cpu_seconds(lay.streamed_moe_layer[rho])
+            cpu_dense = dev_dense + self._copy_cpu_seconds(lay.streamed_dense_layer[rho])
+            layer_moe = np.maximum.reduce([cpu_moe, (2 * kv_bytes + read_moe) / r.host_read_bps, copy_moe])
+            layer_dense = np.maximum.reduce([cpu_dense, (2 * kv_bytes + read_dense) / r.host_read_bps, copy_dense])
+            device_bps = r.host_read_bps
+        elif self.has_device:
             kv_out = kv_bytes / r.d2h_bps(kv_bytes)
             host_moe = (kv_bytes + lay.streamed_moe_layer[rho]) / r.host_read_bps
             host_dense = (kv_bytes + lay.streamed_dense_layer[rho]) / r.host_read_bps
@@ -253,9 +310,10 @@ class PerfModel:
     # ----- the whole job -----
     def evaluate(self, c: Candidates) -> Evaluation:
         w = self.workload
-        n_max = self.memory.max_num_seqs(c)
+        sized = self.batched(c, 1.0)       # model-based batching: prefill experts unchunked (N's share apart)
+        n_max = self.memory.max_num_seqs(sized)
         num_seqs = np.floor(n_max) if c.num_seqs is None else np.asarray(c.num_seqs, dtype=np.float64)
-        feasible = (num_seqs >= 1) & (num_seqs <= n_max + 1e-9) & self.memory.fixed_parts_fit(c)
+        feasible = (num_seqs >= 1) & (num_seqs <= n_max + 1e-9) & self.memory.fixed_parts_fit(sized)
         n = np.clip(num_seqs, 1.0, float(w.num_prompts))
         at_n = self.decode_step(c, n)
         p = float(w.num_prompts)

@@ -34,6 +34,8 @@ SCHEMA_VERSION = 1
 WEIGHT_MODULES = ("embed", "qkv_proj", "o_proj", "router", "experts", "shared_experts", "dense_mlp", "lm_head")
 RESOURCES = ("device", "cpu_attention", "link", "host_memory", "cpu")
 SCHEDULING = ("refill",)
+BATCHING = ("module", "model")
+OPTIONAL_FIELDS = {"batching": "module", "emulated_link_gbps": None}
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class Plan:
     compute_threads: int
     token_groups: int
     scheduling: str
+    batching: str                   # module (the engine's module-based batching) | model (one batch everywhere)
+    emulated_link_gbps: float | None    # the device is the CPU behind a link paced to this (`planner.emulated_link`)
     predicted: Prediction
     module_times: dict[str, dict[str, float]]   # decode_step / prefill_chunk -> module -> seconds
     utilisation: dict[str, float]               # resource -> busy fraction of a decode step
@@ -132,6 +136,7 @@ class Plan:
         if data.get("schema_version") != SCHEMA_VERSION:
             raise UserError(f"{source}: schema_version {data.get('schema_version')!r} is not supported "
                             f"(this moelens reads {SCHEMA_VERSION})", "re-create the plan with `planner solve`")
+        data = {**OPTIONAL_FIELDS, **data}      # plans written before these fields existed
         return _from_plain(cls, data, source, "")
 
     @classmethod
@@ -173,6 +178,10 @@ def _check_decisions(plan: Plan) -> None:
         raise fail("token_groups", "must be 1 or 2")
     if plan.scheduling not in SCHEDULING:
         raise fail("scheduling", f"must be one of {list(SCHEDULING)}")
+    if plan.batching not in BATCHING:
+        raise fail("batching", f"must be one of {list(BATCHING)}")
+    if plan.emulated_link_gbps is not None and not 0 < plan.emulated_link_gbps < math.inf:
+        raise fail("emulated_link_gbps", "must be a positive link speed in GB/s")
     if plan.bottleneck not in RESOURCES:
         raise fail("bottleneck", f"must be one of {list(RESOURCES)}")
 

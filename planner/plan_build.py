@@ -41,10 +41,12 @@ def profile_ref_of(profile: HardwareProfile, ref: str) -> ProfileRef:
 
 
 def make_plan(spec: ModelSpec, profile: HardwareProfile, workload: Workload, budgets: Budgets,
-              model_ref: str | None = None, profile_ref: str | None = None, stream_on_host: bool = False) -> Plan:
+              model_ref: str | None = None, profile_ref: str | None = None, stream_on_host: bool = False,
+              batching: str = "module") -> Plan:
     """Solve and build the plan; `stream_on_host` plans the engine's forced-streaming mode on a CPU-only
-    profile (routed experts streamed host to host; for benchmarks of the streamer without a device)."""
-    model = PerfModel(spec, profile, workload, budgets, stream_on_host=stream_on_host)
+    profile (routed experts streamed host to host; for benchmarks of the streamer without a device);
+    `batching="model"` plans model-based batching (one batch size everywhere, KV in device memory)."""
+    model = PerfModel(spec, profile, workload, budgets, stream_on_host=stream_on_host, batching=batching)
     return plan_from_solution(model, solve(model), model_ref_of(spec, model_ref or spec.name),
                               profile_ref_of(profile, profile_ref or profile.name))
 
@@ -57,6 +59,8 @@ def plan_from_solution(model: PerfModel, solution: Solution, model_ref: ModelRef
                       prefill_chunk=[solution.prefill_chunk], attention_threads=[solution.attention_threads],
                       num_seqs=[n])
     ev = model.evaluate(c)
+    c = model.batched(c, np.array([float(n)]))     # model-based batching: one batch of N through every module
+    attn_batch, expert_batch = int(c.attn_batch[0]), int(c.expert_batch[0])
     step = float(ev.decode_step_s[0])
     busy = {k: float(v[0]) for k, v in ev.busy.items()}
     utilisation = {k: v / step for k, v in busy.items()}
@@ -79,11 +83,13 @@ def plan_from_solution(model: PerfModel, solution: Solution, model_ref: ModelRef
     return Plan(
         schema_version=SCHEMA_VERSION, model=model_ref, profile=profile_ref,
         budgets=BudgetsGiB(kv_gib=b.kv_bytes / GiB, host_gib=b.host_bytes / GiB, device_gib=b.device_bytes / GiB),
-        workload=w, num_seqs=n, attn_batch=attn_batch, expert_batch=solution.expert_batch,
-        kv_budget_bytes=int(host["kv_cache"]), kv_block_size=lay.block_size, resident_modules=tuple(resident),
+        workload=w, num_seqs=n, attn_batch=attn_batch, expert_batch=expert_batch,
+        kv_budget_bytes=int(host["kv_cache"] or device.get("kv_cache", 0.0)), kv_block_size=lay.block_size, resident_modules=tuple(resident),
         resident_experts_per_layer=experts_resident, stream_weights=streams, prefill_chunk=solution.prefill_chunk,
         attention_threads=solution.attention_threads, compute_threads=solution.compute_threads,
-        token_groups=model.groups, scheduling="refill", predicted=predicted,
+        token_groups=model.groups, scheduling="refill", batching=model.batching,
+        emulated_link_gbps=None if model.profile.emulated_link is None else model.profile.emulated_link.gbps,
+        predicted=predicted,
         module_times={"decode_step": {k: float(v[0]) for k, v in ev.decode_modules.items()},
                       "prefill_chunk": {k: float(v[0]) for k, v in ev.prefill_modules.items()}},
         utilisation=utilisation, bottleneck=max(utilisation, key=utilisation.get),

@@ -39,6 +39,7 @@ from planner.profile_schema import (
     Efficiency,
     ElementwiseBySize,
     ElementwiseCosts,
+    EmulatedLink,
     GemmCurve,
     Links,
     Machine,
@@ -52,7 +53,7 @@ from planner.profile_schema import (
 from planner.this_machine import SPOT_GEMM, MachineIdentity, MachineRates, rate_differences, this_machine
 
 __all__ = [
-    "CALL_OVERHEADS", "ELEMENTWISE_COSTS", "SCHEMA_VERSION", "AttentionCurve", "CallOverheads", "Efficiency", "ElementwiseBySize", "ElementwiseCosts", "GemmCurve",
+    "CALL_OVERHEADS", "ELEMENTWISE_COSTS", "SCHEMA_VERSION", "AttentionCurve", "CallOverheads", "Efficiency", "EmulatedLink", "ElementwiseBySize", "ElementwiseCosts", "GemmCurve",
     "HardwareProfile", "Links", "Machine", "Memory", "Overheads", "Price", "Provenance", "RateCurve", "find_profile_for_this_machine", "list_profiles",
     "load_profile", "path_for_this_machine", "profiles_dir",
 ]
@@ -75,6 +76,7 @@ class HardwareProfile:
     overheads: Overheads = field(default_factory=Overheads)     # all zero: not measured (section absent)
     notes: str = ""
     schema_version: int = SCHEMA_VERSION
+    emulated_link: EmulatedLink | None = None   # the device is the CPU behind a paced link (`planner.emulated_link`)
 
     # ---- (de)serialisation -------------------------------------------------------------------------
     @classmethod
@@ -91,6 +93,7 @@ class HardwareProfile:
             "machine": self.machine.to_dict(),
             "price": self.price.to_dict(),
             "links": None if self.links is None else self.links.to_dict(),
+            **({"emulated_link": self.emulated_link.to_dict()} if self.emulated_link is not None else {}),
             "memory": self.memory.to_dict(),
             "gemm": {"dtype": self.gemm_dtype, "curves": [c.to_dict() for c in self.gemm_curves]},
             "attention": {"curves": [c.to_dict() for c in self.attention_curves]},
@@ -113,7 +116,7 @@ class HardwareProfile:
         """Short stable hash of the measured content (curves, rates, overheads when measured, non-default
         efficiency), not names or prices."""
         d = self.to_dict()
-        content = {k: d[k] for k in ("links", "memory", "gemm", "attention", "overheads") if k in d}
+        content = {k: d[k] for k in ("links", "emulated_link", "memory", "gemm", "attention", "overheads") if k in d}
         defaults = Efficiency().to_dict()       # constants at their default leave the hash unchanged, so
         content["efficiency"] = {k: v for k, v in d["efficiency"].items() if v != defaults[k]}  # adding one is safe
         blob = json.dumps(_floats(content), sort_keys=True, separators=(",", ":"))
@@ -134,6 +137,11 @@ class HardwareProfile:
     @property
     def has_device(self) -> bool:
         return self.machine.device is not None
+
+    @property
+    def computes_on_host(self) -> bool:
+        """Whether GEMMs run on the host cores: no device, or the CPU behind an emulated link."""
+        return not self.has_device or self.emulated_link is not None
 
     @property
     def max_threads(self) -> int:

@@ -28,6 +28,7 @@ from planner.profile_schema import (
     Efficiency,
     ElementwiseBySize,
     ElementwiseCosts,
+    EmulatedLink,
     GemmCurve,
     Links,
     Machine,
@@ -268,6 +269,14 @@ def parse_profile_dict(data: object, source: str) -> dict:
             raise top.fail("links", "must be null when machine.device is null (no separate device)")
         out["links"] = Links(**{k: _rate_curve(links.sub(k)) for k in LINK_CURVES})
         links.done()
+
+    emulated = top.sub("emulated_link", required=False)
+    if emulated is not None:
+        out["emulated_link"] = EmulatedLink(gbps=emulated.number("gbps"),
+                                            device_memory_gib=emulated.number("device_memory_gib"))
+        emulated.done()
+        if links is None:
+            raise top.fail("emulated_link", "needs the emulated device and its links (machine.device, links)")
 
     mem = top.sub("memory")
     out["memory"] = Memory(read_gbps=mem.number("read_gbps"), copy_gbps=mem.number("copy_gbps"))

@@ -186,6 +186,18 @@ class AttentionCurve:
 
 
 @dataclass(frozen=True)
+class EmulatedLink:
+    """The device is this machine's CPU behind an emulated link (`planner.emulated_link`): copies across it
+    are paced to `gbps` (each direction, one copy at a time) and device-side memory is held to
+    `device_memory_gib`. The profile's `links` curves are flat at `gbps`; compute and attention are the CPU's."""
+    gbps: float
+    device_memory_gib: float
+
+    def to_dict(self) -> dict:
+        return {"gbps": self.gbps, "device_memory_gib": self.device_memory_gib}
+
+
+@dataclass(frozen=True)
 class Memory:
     read_gbps: float                            # host memory, one sweep reading a large buffer, all cores
     copy_gbps: float                            # host in-memory copy (bytes copied per second)

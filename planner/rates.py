@@ -180,8 +180,9 @@ class Rates:
         scale = scale or RateScale()
         eff = profile.efficiency
         has_device = profile.has_device
+        on_host = profile.computes_on_host        # no device, or the CPU behind an emulated link
         compute_speed = gemm_efficiency(ROW_GRID, eff.gemm, eff.gemm_small_m) * (
-            scale.device_compute if has_device else scale.cpu)
+            scale.cpu if on_host else scale.device_compute)
         gemm = {module: ModuleGemm(tuple(GemmTable.sample(profile, n, k, fpr, compute_speed)
                                          for n, k, fpr in mats), eff.call_overhead_s)
                 for module, mats in module_matrices(costs).items()}
@@ -193,7 +194,7 @@ class Rates:
         dtype_bytes = costs.spec.dtype_bytes
         host_read = profile.memory.read_gbps * 1e9 * scale.host_memory
         gemv_flops = max(curve.tflops_at(1.0) for curve in profile.gemm_curves) * 1e12 * float(compute_speed[0])
-        device_read = gemv_flops * dtype_bytes / 2 if has_device else host_read
+        device_read = host_read if on_host else gemv_flops * dtype_bytes / 2
         link = {}
         if has_device:
             for name, fn in (("h2d", profile.h2d_gbps), ("d2h", profile.d2h_gbps)):

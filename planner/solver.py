@@ -56,7 +56,7 @@ class Solution:
 def choose_threads(model: PerfModel) -> tuple[int, int]:
     """(attention threads, compute threads)."""
     cores = model.rates.cores
-    if not model.has_device or cores == 1:
+    if model.groups == 1 or cores == 1:        # compute and attention share the cores (CPU, emulated link)
         return cores, cores
     bps = model.rates.attention_bps[1:cores]          # leave one core for the driver thread
     attention = int(np.argmax(bps >= ATTENTION_SATURATION * bps.max())) + 1
@@ -181,13 +181,21 @@ def check_budgets(model: PerfModel) -> None:
                         f"one sequence's KV ({lay.kv_bytes_one_sequence / gib:.2f} GiB)",
                         "use a machine with more memory or shorter sequences")
     if model.has_device:
-        smallest = Candidates.of(residency=0, attn_batch=1, expert_batch=1, prefill_chunk=PREFILL_CHUNKS[0],
+        rho = model.residency_range[0]
+        smallest = Candidates.of(residency=rho, attn_batch=1, expert_batch=1, prefill_chunk=PREFILL_CHUNKS[0],
                                  attention_threads=1)
         need = float(mem.device_fixed(smallest) + np.maximum(mem.transients(smallest), mem.prefill_workspace(smallest)))
-        if need > b.device_bytes:
-            raise UserError(f"device memory ({b.device_bytes / gib:.1f} GiB) cannot hold two layers of stream "
-                            f"buffers, the smallest activations and a {mem.device_reserve / gib:.1f} GiB reserve "
-                            f"({need / gib:.1f} GiB)", "use a device with more memory or a CPU-only profile")
+        kv = lay.kv_bytes_one_sequence + lay.kv_bytes_per_slot if mem.kv_on_device else 0.0
+        if need + kv > b.device_bytes:
+            resident = f"{lay.resident_bytes[rho] / gib:.2f} GiB of resident weights, " if rho else ""
+            words = "the emulated device" if model.emulated else "device memory"
+            raise UserError(f"{words} ({b.device_bytes / gib:.2f} GiB) cannot hold {resident}two layers of stream "
+                            f"buffers ({2 * lay.streamed_moe_layer[rho] / gib:.2f} GiB), the smallest activations"
+                            + (f", one sequence's KV cache ({kv / gib:.2f} GiB)" if kv else "")
+                            + (f" and a {mem.device_reserve / gib:.1f} GiB reserve" if mem.device_reserve else "")
+                            + f" ({(need + kv) / gib:.2f} GiB)",
+                            "give it more device memory (--emulate-device-gb when profiling, or --device-gb)"
+                            if model.emulated else "use a device with more memory or a CPU-only profile")
 
 
 def grid_search(model: PerfModel) -> tuple[float, tuple[int, int, int, int]]:

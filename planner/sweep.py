@@ -4,8 +4,8 @@
 geometrically (integers for integer inputs). `run_sweep(problem, name, values)` re-solves the plan at each
 value; a value that no plan fits gives a row with `error` set and NaN figures rather than stopping the sweep.
 Inputs that can vary: budgets (`kv-gb`, `host-gb`, `device-gb`), workload (`prompt-len`, `gen-len`,
-`num-prompts`) and resource speeds for what-ifs (`link-scale`, `cpu-scale`, `device-compute-scale`,
-`host-memory-scale`).
+`num-prompts`), resource speeds for what-ifs (`link-scale`, `cpu-scale`, `device-compute-scale`,
+`host-memory-scale`) and, on an emulated-link profile, the link itself (`link-gbps`: where the link stops binding).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from planner.emulated_link import emulate_link
 from planner.errors import UserError
 from planner.perf_memory import Budgets, GiB
 from planner.perf_model import PerfModel
@@ -30,7 +31,8 @@ BUDGET_INPUTS = {"kv-gb": "kv_bytes", "host-gb": "host_bytes", "device-gb": "dev
 WORKLOAD_INPUTS = ("prompt-len", "gen-len", "num-prompts")
 SCALE_INPUTS = {"link-scale": "link", "cpu-scale": "cpu", "device-compute-scale": "device_compute",
                 "host-memory-scale": "host_memory"}
-VARIABLE_INPUTS = tuple(BUDGET_INPUTS) + WORKLOAD_INPUTS + tuple(SCALE_INPUTS)
+LINK_INPUT = "link-gbps"
+VARIABLE_INPUTS = tuple(BUDGET_INPUTS) + WORKLOAD_INPUTS + tuple(SCALE_INPUTS) + (LINK_INPUT,)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Problem:
     scale: RateScale = RateScale()
     model_ref: str = ""
     profile_ref: str = ""
+    batching: str = "module"        # module | model (`planner.perf_model.BATCHING_MODES`)
 
 
 def parse_vary(text: str) -> tuple[str, float, float]:
@@ -69,6 +72,13 @@ def sweep_values(name: str, lo: float, hi: float, steps: int) -> list[float]:
 
 
 def vary(problem: Problem, name: str, value: float) -> Problem:
+    if name == LINK_INPUT:
+        emulated = problem.profile.emulated_link
+        if emulated is None:
+            raise UserError(f"--vary {LINK_INPUT} needs a profile of an emulated link; {problem.profile.name} has none",
+                            "make one with `runtime profile --emulate-link GBPS --emulate-device-gb G`, or vary "
+                            "link-scale")
+        return replace(problem, profile=emulate_link(problem.profile, value, emulated.device_memory_gib))
     if name in BUDGET_INPUTS:
         return replace(problem, budgets=replace(problem.budgets, **{BUDGET_INPUTS[name]: value * GiB}))
     if name in SCALE_INPUTS:
@@ -82,13 +92,16 @@ def vary(problem: Problem, name: str, value: float) -> Problem:
 
 
 def solve_problem(problem: Problem):
-    model = PerfModel(problem.spec, problem.profile, problem.workload, problem.budgets, problem.scale)
+    model = PerfModel(problem.spec, problem.profile, problem.workload, problem.budgets, problem.scale,
+                      batching=problem.batching)
     return plan_from_solution(model, solve(model), model_ref_of(problem.spec, problem.model_ref or problem.spec.name),
                               profile_ref_of(problem.profile, problem.profile_ref or problem.profile.name))
 
 
 def run_sweep(problem: Problem, name: str, values: list[float]) -> pd.DataFrame:
     rows = []
+    if name == LINK_INPUT:
+        vary(problem, name, values[0])          # a profile without an emulated link stops here, not per row
     for value in values:
         row: dict = {name: value}
         try:
@@ -104,6 +117,7 @@ def run_sweep(problem: Problem, name: str, values: list[float]) -> pd.DataFrame:
                    resident_experts_per_layer=plan.resident_experts_per_layer,
                    kv_budget_gib=plan.kv_budget_bytes / GiB, bottleneck=plan.bottleneck,
                    bound_tok_s=plan.bound.tok_s, bound_binding=plan.bound.binding, s_mbu=p.s_mbu, s_mfu=p.s_mfu,
-                   usd_per_million_tokens=p.usd_per_million_tokens, error="")
+                   usd_per_million_tokens=p.usd_per_million_tokens, link_busy=plan.utilisation.get("link"),
+                   batching=plan.batching, error="")
         rows.append(row)
     return pd.DataFrame(rows)

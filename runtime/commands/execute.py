@@ -156,7 +156,9 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
     progress = JobProgress(scan.num_requests, plan.predicted.generated_tok_s, already_done=job.num_done,
                            token_budget=scan.requested_output_tokens * remaining // scan.num_requests,
                            in_flight_tokens=lambda: sum(len(s.token_ids) for _, s in list(pending.values())),
-                           enabled=False if options.quiet else None)
+                           enabled=False if options.quiet else None,
+                           desc="execute" if plan.emulated_link_gbps is None
+                           else f"execute (emulated link, {plan.emulated_link_gbps:g} GB/s)")
 
     def on_finish(completion) -> None:
         request, _ = pending.pop(completion.id)

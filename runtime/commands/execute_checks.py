@@ -72,7 +72,8 @@ def check_plan_model(plan: Plan, spec: ModelSpec, force: bool = False) -> ModelS
 
 def _describes_this_machine(profile: HardwareProfile) -> bool:
     m = profile.machine
-    return MachineIdentity(m.cpu, m.cores, m.device) == this_machine()
+    device = None if profile.emulated_link is not None else m.device    # emulated: this CPU is the device
+    return MachineIdentity(m.cpu, m.cores, device) == this_machine()
 
 
 def _plan_profile(plan: Plan) -> HardwareProfile | None:

@@ -2,8 +2,11 @@
 
 `EngineConfig` is a frozen dataclass. `EngineConfig.from_plan(plan)` copies the Plan's decision fields
 (names in docs/contracts.md "Plan") without re-deriving any of them; tests and benchmarks build one
-directly. The Plan's `token_groups` (1 or 2) sets `overlap`. Fields the Plan does not carry
-(`module_batching`, `force_streaming`, `device`, `max_model_len`) are engine switches with defaults.
+directly. The Plan's `token_groups` (1 or 2) sets `overlap`, its `batching` sets `module_batching`, and an
+emulated-link plan sets `link_gbps` (copies across the link paced to it) and `device_memory_bytes` (the
+device memory the engine holds its device-side allocations to, `runtime.engine.emulated_device`) with
+`device_activation_bytes` (the plan's activation allowance inside it). Other fields the Plan does not carry
+(`force_streaming`, `device`, `max_model_len`) are engine switches with defaults.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class EngineConfig:
     overlap: bool | None = None             # two-group CPU-attention/device overlap; None: on with CUDA
     device: str = "cpu"                     # "cpu" or "cuda[:i]"
     max_model_len: int | None = None        # longest prompt + generation; None: the model's maximum
+    link_gbps: float | None = None          # the device is the CPU behind a link paced to this (emulated)
+    device_memory_bytes: int | None = None  # emulated device memory the device-side allocations are held to
+    device_activation_bytes: int = 0        # of which the plan gives activations and workspace
 
     def __post_init__(self) -> None:
         for name in ("num_seqs", "attn_batch", "expert_batch", "kv_block_size", "prefill_chunk", "stream_slots"):
@@ -53,6 +59,12 @@ class EngineConfig:
         if self.resident_experts_per_layer < 0:
             raise UserError(f"resident_experts_per_layer={self.resident_experts_per_layer} is negative",
                             "set it to 0 or more")
+        if self.link_gbps is not None and not self.link_gbps > 0:
+            raise UserError(f"emulated link speed {self.link_gbps!r} GB/s is not positive",
+                            "re-create the profile with `runtime profile --emulate-link GBPS`")
+        if self.link_gbps is not None and self.device != "cpu":
+            raise UserError(f"an emulated link runs on the CPU, not on {self.device}",
+                            "run the emulated-link plan with device cpu, or plan for the real device")
         if self.kv_budget_bytes <= 0:
             raise UserError(f"KV budget {self.kv_budget_bytes} bytes is not positive", "give the plan a KV budget")
         unknown = sorted(set(self.resident_modules) - set(WEIGHT_MODULES))
@@ -64,7 +76,12 @@ class EngineConfig:
     @property
     def streams(self) -> bool:
         """Whether the streamer runs: the plan asks for it with a device, or tests force it."""
-        return self.force_streaming or (self.stream_weights and self.device != "cpu")
+        return self.force_streaming or (self.stream_weights and (self.device != "cpu" or self.emulated))
+
+    @property
+    def emulated(self) -> bool:
+        """Whether the device is the CPU behind an emulated link."""
+        return self.link_gbps is not None
 
     @property
     def uses_overlap(self) -> bool:
@@ -103,6 +120,15 @@ class EngineConfig:
         values["stream_weights"] = bool(values["stream_weights"])
         if "overlap" not in overrides and hasattr(plan, "token_groups"):
             overrides["overlap"] = plan.token_groups == 2
+        if "module_batching" not in overrides and hasattr(plan, "batching"):
+            overrides["module_batching"] = plan.batching != "model"
+        gbps = getattr(plan, "emulated_link_gbps", None)
+        if gbps is not None:
+            device = plan.memory.get("device", {})
+            values.update(link_gbps=gbps, device_memory_bytes=int(plan.budgets.device_gib * (1 << 30)),
+                          device_activation_bytes=int(max(device.get("decode_activations", 0.0),
+                                                          device.get("prefill_workspace", 0.0))))
+            overrides.setdefault("device", "cpu")      # the emulated device is this CPU
         if "device" not in overrides:
             overrides["device"] = _default_device()
         return cls(**values, **overrides)

@@ -24,6 +24,7 @@ import torch
 from planner.errors import UserError
 from runtime.engine.attention_backend import ATTENTION_BACKENDS
 from runtime.engine.config import EngineConfig
+from runtime.engine.emulated_device import EmulatedDevice
 from runtime.engine.forward import LayerStack, PrefillSegment, StepBatch
 from runtime.engine.instrumentation import MemoryPeaks, ModuleTimer
 from runtime.engine.kv_cache import HostKVCache, SlotBlockTables, blocks_for
@@ -55,11 +56,16 @@ class Engine:
         self.timer = ModuleTimer(self.device)
         self.store = WeightStore(checkpoint.weights, self.spec, config)
         self.streamer = None
+        self.emulated = EmulatedDevice(self.spec, config) if config.emulated else None
         if self.store.packed is not None:
             # a step's copies serve its prefill and its decode tokens alike: booked "shared" at its share
             self.streamer = LayerStreamer(self.store.packed, self.device, config.stream_slots,
                                           on_copy_seconds=lambda s, b: self.timer.add("weight_copy", s, *b),
-                                          booking=lambda: ("shared", self.timer.prefill_share))
+                                          booking=lambda: ("shared", self.timer.prefill_share),
+                                          link=self.emulated.link if self.emulated else None)
+        if self.emulated is not None:       # before the KV cache is allocated: a refused plan allocates nothing
+            self.emulated.check_memory(self.store.resident_bytes, self.streamer.buffer_bytes if self.streamer else 0,
+                                       0 if config.module_batching else config.kv_budget_bytes)
         kv_dtype = self.store.dtype if self.store.dtype in (torch.bfloat16, torch.float32) else torch.float32
         self.kv = HostKVCache(self.spec, kv_dtype, config.kv_budget_bytes, config.kv_block_size)
         self.max_len = min(config.max_model_len or self.spec.max_position_embeddings, self.kv.capacity_tokens)
@@ -91,7 +97,7 @@ class Engine:
         stats.num_preemptions = scheduler.num_preemptions
         stats.module_seconds = self.timer.totals()
         stats.peak_host_bytes = memory.host_peak_bytes
-        stats.peak_device_bytes = memory.device_peak_bytes
+        stats.peak_device_bytes = self.emulated.device_bytes if self.emulated else memory.device_peak_bytes
         return stats
 
     def close(self) -> None:
@@ -150,11 +156,17 @@ class Engine:
             block_tables=self.tables.rows(torch.tensor([seq.slot for seq in seqs], dtype=torch.long), width=width),
             context_lens=torch.tensor(cached, dtype=torch.int32) + 1)
         self.timer.prefill_share = num_prefill / len(token_ids)
+        if self.emulated is not None:
+            self.emulated.step_traffic(num_prefill, len(seqs))
         hidden, activated = self.stack.forward(batch)
         self._sample_rows(hidden, logit_rows, completing, "prefill", sampled)
         self._sample_rows(hidden, list(range(num_prefill, len(token_ids))), seqs, "decode", sampled)
         self.timer.flush()
-        self._book_wall(time.perf_counter() - began, before, stats)
+        decode_before, ended = stats.decode_seconds, time.perf_counter()
+        self._book_wall(ended - began, before, stats)
+        if self.emulated is not None:       # the link's busy time, split between the phases as the wall time is
+            decode_share = (stats.decode_seconds - decode_before) / max(ended - began, 1e-12)
+            stats.link_busy_seconds += self.emulated.link.busy_between(began, ended) * decode_share
         stats.steps += 1
         if num_prefill:
             stats.prefill_tokens += num_prefill

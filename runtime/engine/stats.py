@@ -52,6 +52,7 @@ class RunStats:
     kv_capacity_tokens: int = 0
     resident_weight_bytes: int = 0
     streamed_weight_bytes: int = 0
+    link_busy_seconds: float = 0.0        # emulated link: seconds it carried traffic inside decode steps
     config: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -12,7 +12,8 @@ the next layer in the cycle into it. With L <= num_slots every layer is copied o
   stream waits on the slot's "ready" CUDA event, and the copy stream waits on the slot's "free" event,
   so neither side ever synchronises the whole device.
 - CPU (forced streaming, for tests): slots are host buffers filled by one copy worker thread (a plain
-  single-threaded memcpy, not torch's OpenMP pool); compute waits on the slot's `threading.Event`.
+  single-threaded memcpy, not torch's OpenMP pool); compute waits on the slot's `threading.Event`. With an
+  emulated link (`link`, a `runtime.transfer.PacedLink`) the worker copies through it: paced to its rate.
 `copy_log` records (layer, slot) in the order copies were issued, `copied_bytes` the bytes they moved,
 `max_slots_in_use` the most slots held by compute at once. Copy seconds are reported through
 `on_copy_seconds(seconds, booking)` with the `booking()` taken when the copy was issued (the engine books
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from runtime.engine.weights import PackedLayer
-from runtime.transfer import copy_to_device
+from runtime.transfer import PacedLink, copy_to_device
 
 
 class SlotWeights(Mapping):
@@ -60,7 +61,7 @@ class SlotWeights(Mapping):
 class LayerStreamer:
     def __init__(self, packed: list[PackedLayer], device: torch.device, num_slots: int = 2,
                  on_copy_seconds: Callable[[float, Any], None] | None = None,
-                 booking: Callable[[], Any] = lambda: None):
+                 booking: Callable[[], Any] = lambda: None, link: PacedLink | None = None):
         self.packed = packed
         self.device = device
         self.num_layers = len(packed)
@@ -77,6 +78,8 @@ class LayerStreamer:
         self.max_slots_in_use = 0
         self._on_copy_seconds = on_copy_seconds or (lambda seconds, booking: None)
         self._booking = booking
+        self.link = link
+        self.buffer_bytes = self.num_slots * slot_bytes
         self._cuda = device.type == "cuda"
         if self._cuda:
             self._copy_stream = torch.cuda.Stream(device)
@@ -158,9 +161,13 @@ class LayerStreamer:
             try:
                 began = time.perf_counter()
                 packed = self.packed[layer]
+                dst, src = self._slots[slot][:packed.nbytes].numpy(), packed.host.numpy()
                 # one thread, outside torch's OpenMP pool: a second pool would fight compute for the cores
-                np.copyto(self._slots[slot][:packed.nbytes].numpy(), packed.host.numpy())
-                self._on_copy_seconds(time.perf_counter() - began, booking)
+                if self.link is not None:
+                    self._on_copy_seconds(self.link.copy(dst, src), booking)
+                else:
+                    np.copyto(dst, src)
+                    self._on_copy_seconds(time.perf_counter() - began, booking)
             except BaseException as err:  # surfaced to compute at the next acquire
                 self._errors.append(err)
             self._ready_flags[slot].set()

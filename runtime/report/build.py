@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from planner.costs import ModelCosts
+from planner.emulated_link import describe_device
 from planner.plan import Plan
 from planner.profile import HardwareProfile
 from planner.spec import ModelSpec
@@ -87,7 +88,12 @@ def _busy(stats: Any, profile: HardwareProfile, decode_bytes: dict[str, float]) 
     def share(modules) -> float | None:
         return _ratio(sum(decode.get(m, 0.0) for m in modules), seconds)
 
-    if profile.has_device:
+    if profile.emulated_link is not None:     # the CPU computes; the paced link's own busy-time counter
+        streamed = stats.streamed_weight_bytes * stats.decode_steps
+        host_bytes = sum(decode_bytes.values())
+        busy = {"cpu": share([m for m in decode if m != "weight_copy"]),
+                "link": _ratio(stats.link_busy_seconds, seconds)}
+    elif profile.has_device:
         streamed = stats.streamed_weight_bytes * stats.decode_steps
         host_bytes = decode_bytes["kv"] + streamed
         busy = {"device": share(GEMM_MODULES), "cpu_attention": share(("attention",)),
@@ -164,7 +170,7 @@ def build_report(stats: Any, plan: Plan, profile: HardwareProfile, spec: ModelSp
         "skipped_lines": [{"line": s.line_number, "reason": s.reason} for s in skipped],
         "resumed_requests": resumed,
         "model": {"name": spec.name, "plan_model": plan.model.name, "plan_hash": plan.model.hash},
-        "profile": {"name": profile.name, "fingerprint": profile.fingerprint(),
+        "profile": {"name": profile.name, "device": describe_device(profile), "fingerprint": profile.fingerprint(),
                     "plan_fingerprint": plan.profile.fingerprint},
         "plan": plan.to_dict(),
         "spec": spec.to_dict(),

@@ -48,7 +48,8 @@ def _module_table(title: str, rows: list[dict], unit: str) -> list[str]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    out = [throughput_line(report), ""]
+    device = report.get("profile", {}).get("device")
+    out = [throughput_line(report)] + ([f"device: {device}"] if device else []) + [""]
     names = {"end_to_end": "generated tok/s (end to end)", "decode": "decode tok/s", "prefill": "prefill tok/s"}
     rows = [(names[k], _num(v["predicted"], ".1f"), _num(v["achieved"], ".1f"), _pct(v["relative_error"]))
             for k, v in report["throughput"].items()]

@@ -1,0 +1,208 @@
+"""The emulated accelerator link: a paced copy worker, a capped device memory, the planner's emulated mode
+and model-based batching.
+
+- `PacedLink` books transfers on the wall clock (checked with a fake clock: schedule, occupancy, busy time
+  inside a window) and its achieved rate is within 10% of the requested one for 8-64 MiB copies (a behaviour
+  test of pacing: the copy runs at memory speed, far faster than the link, and sleeps out the rest).
+- A 2-layer model under an emulated 0.2 GB/s link gives the same greedy tokens as unemulated, with every
+  streamed byte through the link; a device set larger than the emulated memory is refused with a UserError.
+- Planner: an emulated profile round-trips, plans link-bound with the routed experts streamed, one token
+  group and the device memory as the limit; model-based batching holds the KV cache on the device (N bounded
+  by it); a too-small device is refused with a clear message; `--vary link-gbps` needs an emulated profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from planner.emulated_link import emulate_link
+from planner.errors import UserError
+from planner.perf_memory import Budgets
+from planner.plan import Plan
+from planner.plan_build import make_plan
+from planner.profile import HardwareProfile, load_profile
+from planner.spec import load_spec
+from planner.sweep import Problem, run_sweep
+from planner.workload import Workload
+from runtime.transfer import PacedLink
+
+MiB = 1 << 20
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_paced_link_books_transfers_back_to_back_on_the_wall_clock():
+    clock = FakeClock()
+    link = PacedLink(2.0, clock=clock)
+    link.occupy(int(1e9))                        # 0.5 s of activation traffic, not waited for
+    link.occupy(int(2e9))                        # queued behind it: 100.5 .. 101.5
+    clock.now = 103.0                            # idle link: the next transfer starts now
+    link.occupy(int(1e9))                        # 103.0 .. 103.5
+    assert link.busy_seconds == pytest.approx(2.0)
+    assert link.bytes_moved == int(4e9)
+    assert link.busy_between(100.25, 101.0) == pytest.approx(0.75)
+    assert link.busy_between(101.2, 103.25) == pytest.approx(0.55)
+    assert link.busy_between(101.6, 102.9) == 0.0
+    assert link.busy_between(0.0, 200.0) == pytest.approx(2.0)
+
+
+def test_paced_link_achieves_the_requested_rate_for_8_to_64_mib_copies():
+    link = PacedLink(0.5)
+    for size in (8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB):
+        src = np.ones(size, dtype=np.uint8)
+        dst = np.empty_like(src)
+        np.copyto(dst, src)                      # warm, as the streamer's reused slots are
+        copies = 128 * MiB // size               # back to back, as the copy worker streams layers: 268 ms each
+        began = time.perf_counter()
+        busy = sum(link.copy(dst, src) for _ in range(copies))
+        achieved = copies * size / (time.perf_counter() - began) / 1e9
+        assert achieved == pytest.approx(0.5, rel=0.10), f"{size // MiB} MiB copies at {achieved:.3f} GB/s"
+        assert busy == pytest.approx(copies * size / 0.5e9)
+        assert dst[-1] == 1
+    assert link.bytes_moved == 4 * 128 * MiB
+
+
+# ----- the engine under an emulated link -----
+TINY = dict(name="emulated-tiny", num_layers=2, hidden_size=128, num_heads=4, num_kv_heads=2, head_dim=64,
+            vocab_size=320, num_experts=6, top_k=2, moe_intermediate_size=48, max_position_embeddings=256)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from runtime.checkpoint import open_checkpoint, write_random_checkpoint
+
+    directory = tmp_path_factory.mktemp("emulated")
+    write_random_checkpoint(dataclasses.replace(load_spec("mixtral-mini"), **TINY), directory, dtype="fp32", seed=3)
+    return open_checkpoint(directory)
+
+
+def _greedy_tokens(checkpoint, config) -> tuple[dict, object]:
+    from runtime.engine import Engine, Request
+    from runtime.sampling import SamplingParams
+
+    rng = np.random.default_rng(0)
+    requests = [Request(id=i, prompt_token_ids=rng.integers(3, 320, size=5 + i).tolist(),
+                        params=SamplingParams(max_tokens=6, ignore_eos=True)) for i in range(6)]
+    out = {}
+    engine = Engine(checkpoint, config)
+    try:
+        stats = engine.run(requests, lambda done: out.__setitem__(done.id, done.token_ids))
+        return out, (engine, stats)
+    finally:
+        engine.close()
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+def test_emulated_link_gives_the_same_greedy_tokens_with_every_stream_copy_paced(checkpoint):
+    from runtime.engine import EngineConfig
+
+    base = EngineConfig(num_seqs=4, attn_batch=4, expert_batch=8, kv_budget_bytes=1 << 20, kv_block_size=4,
+                        prefill_chunk=16)
+    plain, _ = _greedy_tokens(checkpoint, base)
+    emulated = base.with_(stream_weights=True, link_gbps=0.2, device_memory_bytes=64 * MiB)
+    assert emulated.streams and emulated.emulated
+    paced, (engine, stats) = _greedy_tokens(checkpoint, emulated)
+    assert paced == plain
+    link = engine.emulated.link
+    streamed = engine.store.streamed_bytes
+    assert streamed > 0 and link.bytes_moved >= streamed       # every streamed byte crossed the link
+    assert engine.streamer.copy_log                             # through the streamer's copy worker
+    assert 0 < stats.link_busy_seconds <= stats.decode_seconds
+    assert stats.peak_device_bytes == engine.emulated.device_bytes > 0
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+def test_a_device_set_larger_than_the_emulated_memory_is_refused(checkpoint):
+    from runtime.engine import Engine, EngineConfig
+
+    config = EngineConfig(num_seqs=4, kv_budget_bytes=1 << 20, stream_weights=True, link_gbps=1.0,
+                          device_memory_bytes=64 << 10)
+    with pytest.raises(UserError, match="exceeds the emulated device memory") as err:
+        Engine(checkpoint, config)
+    assert "resident weights" in err.value.cause and "stream buffers" in err.value.cause
+    model_based = config.with_(module_batching=False, kv_budget_bytes=32 * MiB, device_memory_bytes=16 * MiB)
+    with pytest.raises(UserError, match="KV cache"):
+        Engine(checkpoint, model_based)
+
+
+# ----- the planner -----
+@pytest.fixture(scope="module")
+def emulated() -> HardwareProfile:
+    return emulate_link(load_profile("cpu-amd-epyc-2c"), 1.0, 0.6)
+
+
+def test_emulated_profile_round_trips_and_keeps_the_cpu_measurements(emulated, tmp_path):
+    cpu = load_profile("cpu-amd-epyc-2c")
+    loaded = load_profile(emulated.save(tmp_path / "emulated.yaml"))
+    assert loaded == emulated and loaded.emulated_link.gbps == 1.0
+    assert loaded.gemm_curves == cpu.gemm_curves and loaded.attention_curves == cpu.attention_curves
+    assert loaded.h2d_gbps(8 * MiB) == loaded.d2h_gbps(1 << 30) == 1.0
+    assert loaded.computes_on_host and loaded.has_device and "emulated link" in loaded.machine.device
+    assert emulate_link(emulated, 2.0, 0.6).fingerprint() != emulated.fingerprint()
+    with pytest.raises(UserError, match="real device"):
+        emulate_link(load_profile("a5000-epyc7453"), 1.0, 0.6)
+
+
+def _plan(profile, batching="module", num_prompts=256):
+    spec = load_spec("mixtral-mini").with_layers(4)
+    return make_plan(spec, profile, Workload.fixed(64, 32, num_prompts), Budgets.from_args(profile, 4.0),
+                     batching=batching)
+
+
+def test_emulated_link_plans_like_a_device_and_names_the_link(emulated):
+    plan = _plan(emulated)
+    assert plan.emulated_link_gbps == 1.0 and plan.token_groups == 1 and plan.stream_weights
+    assert plan.resident_experts_per_layer < 8 and "experts" not in plan.resident_modules
+    assert plan.bottleneck == "link" and plan.utilisation["link"] > 0.85
+    assert plan.memory["device"]["total"] <= plan.memory["device"]["budget"] == 0.6 * (1 << 30)
+    assert plan.memory["device"]["reserve"] == 0.0
+    assert Plan.from_yaml(plan.to_yaml()) == plan
+    from planner.cli import summary
+    from planner.explain import explain
+
+    assert "emulated link" in summary(plan) and "emulated link" in explain(plan, what_if=False)
+
+
+def test_model_based_batching_keeps_kv_on_the_device_and_is_bounded_by_it(emulated):
+    module, model = _plan(emulated), _plan(emulated, "model")
+    assert model.batching == "model" and model.attn_batch == model.num_seqs
+    assert model.memory["device"]["kv_cache"] > 0 and model.memory["host"]["kv_cache"] == 0
+    assert model.memory["device"]["total"] <= model.memory["device"]["budget"]
+    assert model.num_seqs < module.num_seqs
+    assert module.predicted.generated_tok_s > model.predicted.generated_tok_s
+    roomier = _plan(emulate_link(emulated, 1.0, 1.2), "model")
+    assert roomier.num_seqs > model.num_seqs
+
+
+def test_too_small_an_emulated_device_is_refused_with_the_reason(emulated):
+    with pytest.raises(UserError, match="emulated device .* cannot hold") as err:
+        _plan(emulate_link(emulated, 1.0, 0.2))
+    assert "--emulate-device-gb" in err.value.fix
+
+
+def test_plans_without_the_new_fields_still_load(emulated):
+    data = _plan(emulated).to_dict()
+    del data["batching"], data["emulated_link_gbps"]
+    plan = Plan.from_dict(data)
+    assert plan.batching == "module" and plan.emulated_link_gbps is None
+
+
+def test_sweep_over_link_speed_finds_where_the_link_stops_binding(emulated):
+    spec = load_spec("mixtral-mini").with_layers(4)
+    problem = Problem(spec, emulated, Workload.fixed(64, 32, 256), Budgets.from_args(emulated, 4.0))
+    frame = run_sweep(problem, "link-gbps", [0.5, 2.0, 64.0])
+    assert list(frame["bottleneck"][:1]) == ["link"] and frame["bottleneck"].iloc[-1] != "link"
+    assert np.all(np.diff(frame["generated_tok_s"]) > 0)
+    cpu = dataclasses.replace(problem, profile=load_profile("cpu-amd-epyc-2c"))
+    with pytest.raises(UserError, match="emulated link"):
+        run_sweep(cpu, "link-gbps", [1.0])
