@@ -92,7 +92,7 @@ def _greedy_tokens(checkpoint, config) -> tuple[dict, object]:
 
     rng = np.random.default_rng(0)
     requests = [Request(id=i, prompt_token_ids=rng.integers(3, 320, size=5 + i).tolist(),
-                        params=SamplingParams(max_tokens=6, ignore_eos=True)) for i in range(6)]
+                        params=SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)) for i in range(6)]
     out = {}
     engine = Engine(checkpoint, config)
     try:
