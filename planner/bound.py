@@ -71,7 +71,10 @@ def prefill_flops_per_prompt_token(model: PerfModel) -> float:
 
 def compute_bound(model: PerfModel) -> Bound:
     lay, rates, w, mem, b = model.layout, model.rates, model.workload, model.memory, model.budgets
-    kv_avail = max(min(b.kv_bytes, b.host_bytes - lay.total_bytes - mem.host_reserve), 0.0)
+    # weights the host keeps: those the device cannot hold (the engine frees host copies of resident ones)
+    must_stream = max(lay.total_bytes - (b.device_bytes - mem.device_reserve), 0.0) if model.has_device else None
+    host_weights = lay.total_bytes if must_stream is None else must_stream
+    kv_avail = max(min(b.kv_bytes, b.host_bytes - host_weights - mem.host_reserve), 0.0)
     capacity = kv_avail / lay.kv_bytes_per_token
     max_seqs = min(capacity / w.kv_held_tokens_per_slot, float(w.num_prompts))
     kv_read_per_token = lay.kv_read_bytes_per_seq_layer * model.spec.num_layers
@@ -80,7 +83,6 @@ def compute_bound(model: PerfModel) -> Bound:
     terms: dict[str, float] = {}
     delta = processed = None
     if model.has_device:
-        must_stream = max(lay.total_bytes - (b.device_bytes - mem.device_reserve), 0.0)
         delta = must_stream / rates.max_h2d_bps
         terms["kv_link"] = max_seqs / delta if delta > 0 else math.inf
         processed = w.pme * capacity / delta if delta > 0 else None

@@ -3,7 +3,9 @@
 `Budgets.from_args(profile, kv_gb, host_gb, device_gb)` reads the user's limits (GiB) with the profile's
 machine sizes as defaults and rejects absurd values with a `UserError`.
 `MemoryModel` (vectorised like the performance model):
-- host: every weight (the host store) + KV cache (N slots at `kv_bytes_per_slot` plus one longest sequence
+- host: the weights the engine keeps there (with a device: the streamed ones, page-locked in one arena; the
+  host copies of device-resident weights are freed; without a device, or behind an emulated link, where the
+  device is the host: every weight) + KV cache (N slots at `kv_bytes_per_slot` plus one longest sequence
   of headroom, block-rounded) + pinned attention staging (q/k/v out, attention back: with a device) +
   activations and prefill workspace (CPU-only: the device is the host) + a reserve (OS, Python, torch).
 - device: resident weights + stream buffers (two layers of streamed modules, plus non-resident embed /
@@ -77,6 +79,7 @@ class MemoryModel:
         self.kv_on_device = kv_on_device and has_device
         spec, bp = layout.spec, layout.spec.dtype_bytes
         real_device = has_device and not emulated
+        self.real_device = real_device
         self.groups = 2 if real_device else 1
         self.host_reserve = HOST_RESERVE_BYTES + HOST_RESERVE_FRACTION * budgets.host_bytes
         self.device_reserve = DEVICE_RESERVE_BYTES + DEVICE_RESERVE_FRACTION * budgets.device_bytes if real_device \
@@ -86,6 +89,18 @@ class MemoryModel:
         self.router_per_token = spec.num_experts * 4.0
 
     # ----- pieces -----
+    def host_weights(self, c) -> np.ndarray:
+        """Weight bytes the engine keeps in host memory: with a real device the streamed ones (the pinned arena of
+        `runtime.engine.host_arena`, counted exactly), else all of them."""
+        lay = self.layout
+        if not self.real_device:
+            return np.full(np.shape(c.residency), lay.total_bytes)
+        return lay.total_bytes - lay.resident_bytes[c.residency.astype(int)]
+
+    def pinned_weights(self, c) -> np.ndarray:
+        """Weight bytes page-locked on the host: the streamed weights' arena (nothing without a real device)."""
+        return self.host_weights(c) if self.real_device else np.zeros(np.shape(c.residency))
+
     def transients(self, c) -> np.ndarray:
         s, lay, bp = self.layout.spec, self.layout, self.layout.spec.dtype_bytes
         h = s.hidden_size
@@ -132,7 +147,7 @@ class MemoryModel:
         kv_slot, kv_one = lay.kv_bytes_per_slot, lay.kv_bytes_one_sequence
         work = np.maximum(self.transients(c), self.prefill_workspace(c))
         n_kv = (b.kv_bytes - kv_one) / kv_slot
-        host_left = b.host_bytes - lay.total_bytes - self.host_reserve - kv_one
+        host_left = b.host_bytes - self.host_weights(c) - self.host_reserve - kv_one
         a, r = self.per_seq_activations, self.router_per_token / self.groups
         if self.kv_on_device:       # one batch everywhere: KV and transients on the device grow with N
             work = self.prefill_workspace(c)
@@ -163,12 +178,13 @@ class MemoryModel:
         decode = float(np.ravel(self.decode_activations(c, num_seqs))[0])
         prefill = float(np.ravel(self.prefill_workspace(c))[0])
         kv = float(np.ravel(self.kv_budget_bytes(num_seqs))[0])
-        host = {"weights": lay.total_bytes, "kv_cache": 0.0 if self.kv_on_device else kv,
+        host = {"weights": float(np.ravel(self.host_weights(c))[0]), "kv_cache": 0.0 if self.kv_on_device else kv,
                 "staging_buffers": num_seqs * self.per_seq_staging,
                 "activations": 0.0 if self.has_device else max(decode, prefill),
                 "reserve": self.host_reserve}
         host["total"] = sum(host.values())
         host["budget"] = b.host_bytes
+        host["pinned_weights"] = float(np.ravel(self.pinned_weights(c))[0])   # part of `weights`
         if not self.has_device:
             return host, {}
         rho = int(np.ravel(c.residency)[0])

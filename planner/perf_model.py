@@ -7,8 +7,10 @@ docs/contracts.md so the runtime's measured times line up one to one with the pr
 Decode step (N sequences in flight, two token groups of N/2 when there is a device, one without):
 per layer, qkv_proj and o_proj on the device in micro-batches of b_a; CPU attention = KV bytes read /
 attention bandwidth at the chosen thread count; router over the group; experts: the expected distinct
-experts hit by the group's n tokens, E(1-(1-k/E)^n), each at m = n k / hit rows in chunks of at most b_e
-(every GEMM module call and attention micro-batch also costs the profile's `efficiency.call_overhead_s`);
+experts hit by the group's n tokens, E(1-(1-k/E)^n), each at m = n k / hit rows: with a device as grouped GEMMs
+(one call per window of b_e routed rows), without one looped, in chunks of at most b_e padded to their row
+buckets (`planner.expert_kernels`; every GEMM module call and attention micro-batch also costs the profile's
+`efficiency.call_overhead_s`);
 shared experts and dense MLP layers in chunks of b_e; weight_copy = bytes streamed / pinned link rate.
 Every module also gets the profile's measured per-call and elementwise costs (`overheads` section, times
 `efficiency.overhead`; `planner.perf_overheads`): fixed seconds per engine call (per micro-batch, per token
@@ -43,6 +45,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from planner.errors import UserError
+from planner.expert_kernels import grouped_by_default, grouped_calls
 from planner.model_layout import RESIDENCY_ORDER, ModelLayout
 from planner.perf_memory import Budgets, MemoryModel
 from planner.perf_overheads import OverheadTerms
@@ -112,6 +115,7 @@ class PerfModel:
                                   kv_on_device=self.model_batching)
         self.streams_on_host = stream_on_host and not self.has_device
         self.groups = 2 if self.has_device and not self.emulated else 1
+        self.grouped_experts = grouped_by_default(self.has_device and not self.emulated)   # the engine's path
 
     @property
     def residency_range(self) -> tuple[int, int]:
@@ -155,10 +159,11 @@ class PerfModel:
         o = self.groups * g["o_proj"].chunked_seconds(n, c.attn_batch)
         hit = lay.expected_experts(n)
         rows_per_expert = n * spec.top_k / np.maximum(hit, 1e-12)
-        ov = self.overheads.decode_layer(num_seqs, self.groups, c.attn_batch, c.expert_batch, hit, rows_per_expert)
+        ov = self.overheads.decode_layer(num_seqs, self.groups, c.attn_batch, c.expert_batch, hit, rows_per_expert,
+                                         self.grouped_experts)
         qkv, o = qkv + ov["qkv_proj"], o + ov["o_proj"]
         router = self.groups * g["router"].seconds(n) + ov["router"] + ov["mlp_norm"]
-        experts = self.groups * hit * g["experts"].chunked_seconds(rows_per_expert, c.expert_batch, padded=True) + ov["experts"]
+        experts = self.groups * self._expert_seconds(hit, rows_per_expert, n, c.expert_batch) + ov["experts"]
         shared = self.groups * g["shared_experts"].chunked_seconds(n, c.expert_batch) + ov["shared_experts"]
         dense = self.groups * g["dense_mlp"].chunked_seconds(n, c.expert_batch) + ov["dense_mlp"]
         kv_read = num_seqs * lay.kv_read_bytes_per_seq_layer
@@ -221,6 +226,13 @@ class PerfModel:
             out.update(busy_cpu=device_busy + n_all * attention)
         return out
 
+    def _expert_seconds(self, hit, rows_per_expert, tokens, expert_batch) -> np.ndarray:
+        """GEMM seconds of one token group's routed experts on the engine's path (`planner.expert_kernels`)."""
+        gemm = self.rates.gemm["experts"]
+        if self.grouped_experts:
+            return gemm.grouped_seconds(rows_per_expert, hit, grouped_calls(tokens * self.spec.top_k, expert_batch))
+        return hit * gemm.chunked_seconds(rows_per_expert, expert_batch, padded=True)
+
     def _copy_seconds(self, nbytes: np.ndarray) -> np.ndarray:
         return np.where(nbytes > 0, nbytes / self.rates.h2d_bps(np.maximum(nbytes, 1.0)), 0.0)
 
@@ -259,10 +271,10 @@ class PerfModel:
         hit = lay.expected_experts(tokens)
         rows_per_expert = tokens * spec.top_k / np.maximum(hit, 1e-12)
         ov = self.overheads.prefill_layer(tokens, sequences, 2.0 * (w.prefill_context - 0.5), hit, rows_per_expert,
-                                          c.expert_batch)
+                                          c.expert_batch, self.grouped_experts)
         qkv, o = g["qkv_proj"].seconds(tokens) + ov["qkv_proj"], g["o_proj"].seconds(tokens) + ov["o_proj"]
         router = g["router"].seconds(tokens) + ov["router"] + ov["mlp_norm"]
-        experts = hit * g["experts"].chunked_seconds(rows_per_expert, c.expert_batch, padded=True) + ov["experts"]
+        experts = self._expert_seconds(hit, rows_per_expert, tokens, c.expert_batch) + ov["experts"]
         shared = g["shared_experts"].chunked_seconds(tokens, c.expert_batch) + ov["shared_experts"]
         dense = g["dense_mlp"].chunked_seconds(tokens, c.expert_batch) + ov["dense_mlp"]
         attention = tokens * w.prefill_context * lay.prefill_pair_flops / g["o_proj"].tables[-1].flops_per_s(tokens) \

@@ -8,7 +8,8 @@ and bandwidth terms. Counts follow the engine (`runtime.engine.forward`, `runtim
   norm ns + rotated q/k widths x rope ns); `attention` = per micro-batch call_s.attention; `o_proj` = per
   micro-batch call_s.o_proj plus N h residual-add elements; `router` = per group call_s.router (MoE layers)
   plus N h norm elements (the mlp norm, which the engine times as `router` in every layer); `experts` = per
-  group call_s.expert_grouping plus call_s.expert per activated expert and chunk; `shared_experts`,
+  group call_s.expert_grouping plus call_s.expert per activated expert and chunk (the grouped path,
+  `planner.expert_kernels`: per window of b_e routed rows instead); `shared_experts`,
   `dense_mlp` = per group; `residual` = N h add elements of the FFN output (untimed by the engine, in the
   step only).
 - decode, per step: `embed`, `lm_head` (one call over all N: call + N h norm elements), `sampling` (call +
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.expert_kernels import grouped_calls
 from planner.rates import OverheadCosts
 from planner.spec import ModelSpec
 
@@ -44,6 +46,7 @@ class OverheadTerms:
     has_shared: bool
     score_heads: float
     vocab: float
+    top_k: float
 
     @property
     def prices_sampling(self) -> bool:
@@ -66,12 +69,15 @@ class OverheadTerms:
         return cls(call=costs.call_s, costs=costs, hidden=float(spec.hidden_size),
                    qkv_norm_width=float(norm_width), rope_width=float(rope_width), has_qk_norm=has_qk_norm,
                    has_shared=spec.num_shared_experts > 0, score_heads=float(spec.num_heads),
-                   vocab=float(spec.vocab_size))
+                   vocab=float(spec.vocab_size), top_k=float(spec.top_k))
 
-    def _layer(self, tokens, qkv_calls, ffn_calls, hit, rows_per_expert, expert_batch) -> dict[str, np.ndarray]:
+    def _layer(self, tokens, qkv_calls, ffn_calls, hit, rows_per_expert, expert_batch, grouped) -> dict[str, np.ndarray]:
         c, ew, h = self.call, self._ew, self.hidden
         tokens = np.asarray(tokens, dtype=np.float64)
-        chunks = np.maximum(rows_per_expert / np.maximum(expert_batch, 1.0), 1.0)
+        if grouped:   # per token group: one grouped call per window of b_e routed rows, whatever the experts hit
+            expert_calls = grouped_calls(tokens / ffn_calls * self.top_k, expert_batch)
+        else:         # per activated expert and chunk
+            expert_calls = hit * np.maximum(rows_per_expert / np.maximum(expert_batch, 1.0), 1.0)
         qkv_call = c["qkv_proj"] + (c["qk_norm"] if self.has_qk_norm else 0.0)
         return {
             "qkv_proj": qkv_calls * qkv_call + ew("norm", tokens * self.qkv_norm_width, qkv_calls)
@@ -79,17 +85,18 @@ class OverheadTerms:
             "o_proj": qkv_calls * c["o_proj"] + ew("add", tokens * h, qkv_calls),
             "mlp_norm": ew("norm", tokens * h, ffn_calls),
             "router": ffn_calls * c["router"],
-            "experts": ffn_calls * (c["expert_grouping"] + hit * chunks * c["expert"]),
+            "experts": ffn_calls * (c["expert_grouping"] + expert_calls * c["expert"]),
             "shared_experts": (ffn_calls * c["shared_experts"] + ew("add", tokens * h, ffn_calls)) if self.has_shared
             else np.zeros_like(tokens),
             "dense_mlp": ffn_calls * c["dense_mlp"],
             "residual": ew("add", tokens * h, ffn_calls),
         }
 
-    def decode_layer(self, num_seqs, groups: int, attn_batch, expert_batch, hit, rows_per_expert) -> dict:
+    def decode_layer(self, num_seqs, groups: int, attn_batch, expert_batch, hit, rows_per_expert,
+                     grouped: bool = False) -> dict:
         """Seconds per layer of a decode step of `num_seqs` sequences; `hit` and `rows_per_expert` per group."""
         micro_batches = groups * np.maximum(np.asarray(num_seqs) / groups / np.maximum(attn_batch, 1.0), 1.0)
-        out = self._layer(num_seqs, micro_batches, float(groups), hit, rows_per_expert, expert_batch)
+        out = self._layer(num_seqs, micro_batches, float(groups), hit, rows_per_expert, expert_batch, grouped)
         out["attention"] = micro_batches * self.call["attention"]
         return out
 
@@ -101,10 +108,11 @@ class OverheadTerms:
                 "sampling": c["sampling"] + self._ew("sampling", num_seqs * self.vocab),
                 "step": c["decode_step"] * ones}
 
-    def prefill_layer(self, tokens, segments, score_context: float, hit, rows_per_expert, expert_batch) -> dict:
+    def prefill_layer(self, tokens, segments, score_context: float, hit, rows_per_expert, expert_batch,
+                      grouped: bool = False) -> dict:
         """Seconds per layer of a prefill chunk: `segments` prompt pieces whose queries see `score_context` keys
         on average (attention_core scores every query against every key of its segment, masked after)."""
-        out = self._layer(tokens, 1.0, 1.0, hit, rows_per_expert, expert_batch)
+        out = self._layer(tokens, 1.0, 1.0, hit, rows_per_expert, expert_batch, grouped)
         scores = np.asarray(tokens, dtype=np.float64) * self.score_heads * score_context
         out["attention"] = segments * self.call["prefill_attention"] + self._ew("attention_score", scores, segments)
         return out

@@ -95,6 +95,15 @@ class ModuleGemm:
             total = total + table.seconds(rows)
         return total
 
+    def grouped_seconds(self, rows, groups, calls) -> np.ndarray:
+        """`groups` GEMMs of `rows` rows each run as `calls` grouped calls (one fixed cost per call, not per group),
+        unpadded, as the engine's grouped experts do."""
+        rows = np.asarray(rows, dtype=np.float64)
+        total = np.zeros_like(rows)
+        for table in self.tables:
+            total = total + table.seconds(rows)
+        return np.asarray(groups, dtype=np.float64) * total + (np.asarray(calls) * self.call_s if self.tables else 0.0)
+
     def chunked_seconds(self, rows, chunk, padded: bool = False) -> np.ndarray:
         """`padded`: each chunk's rows rounded up to its GEMM row bucket (`planner.row_buckets`), as the
         engine does for routed experts."""

@@ -166,8 +166,13 @@ def check_budgets(model: PerfModel) -> None:
     """Name the budget that rules out every plan, before searching."""
     mem, lay, b, w = model.memory, model.layout, model.budgets, model.workload
     gib = float(1 << 30)
-    if lay.total_bytes + mem.host_reserve > b.host_bytes:
-        raise UserError(f"the weights of {model.spec.name} ({lay.total_bytes / gib:.1f} GiB) plus a "
+    # the fewest weight bytes the host must keep: with a device, all but the most that fits there
+    lowest = Candidates.of(residency=np.arange(lay.max_residency + 1), attn_batch=1, expert_batch=1,
+                           prefill_chunk=PREFILL_CHUNKS[0], attention_threads=1)
+    fits = mem.fixed_parts_fit(lowest)
+    host_weights = float(mem.host_weights(lowest)[fits].min()) if fits.any() else lay.total_bytes
+    if host_weights + mem.host_reserve > b.host_bytes:
+        raise UserError(f"the weights of {model.spec.name} kept on the host ({host_weights / gib:.1f} GiB) plus a "
                         f"{mem.host_reserve / gib:.1f} GiB reserve exceed host memory ({b.host_bytes / gib:.1f} GiB)",
                         "use a machine with more memory, pass --host-gb if the profile understates it, or plan "
                         "a smaller dtype (--dtype fp8)")
@@ -175,7 +180,7 @@ def check_budgets(model: PerfModel) -> None:
         raise UserError(f"a KV budget of {b.kv_bytes / gib:.2f} GiB cannot hold one sequence of "
                         f"{w.max_sequence_len} tokens ({lay.kv_bytes_one_sequence / gib:.2f} GiB)",
                         f"raise --kv-gb to at least {lay.kv_bytes_one_sequence / gib:.2f} or shorten the sequences")
-    host_left = b.host_bytes - lay.total_bytes - mem.host_reserve
+    host_left = b.host_bytes - host_weights - mem.host_reserve
     if lay.kv_bytes_one_sequence > host_left:
         raise UserError(f"after the weights and reserve, host memory has {host_left / gib:.2f} GiB left, less than "
                         f"one sequence's KV ({lay.kv_bytes_one_sequence / gib:.2f} GiB)",

@@ -2,7 +2,8 @@
 
 Five prompts through two slots (so finished sequences are refilled), prompts longer than the prefill chunk
 (so chunked prefill attends over cached latent rows), KV blocks of 4 tokens, attention micro-batches of one
-sequence; with streaming forced off and on (the second also with the two-group CPU/device overlap).
+sequence; with streaming forced off and on (the second also with the two-group CPU/device overlap), and routed
+experts looped or as grouped GEMMs.
 A V2-Lite-like model has the published latent width (kv_lora_rank 512 + rope 64), so decode runs the
 C++ MLA kernel where it builds; a V3 model with group-limited routing and a small latent runs its torch
 fallback. The engine attends in the absorbed form throughout, the reference prefills in the expanded form.
@@ -59,10 +60,11 @@ def reference_tokens(checkpoint, prompts):
 
 
 @pytest.mark.filterwarnings("ignore:CPU attention kernel does not cover:RuntimeWarning")
+@pytest.mark.parametrize("grouped", [False, True], ids=["looped", "grouped"])
 @pytest.mark.parametrize("force_streaming", [False, True])
-def test_engine_greedy_tokens_match_reference(checkpoint, prompts, reference_tokens, force_streaming):
+def test_engine_greedy_tokens_match_reference(checkpoint, prompts, reference_tokens, force_streaming, grouped):
     config = EngineConfig(num_seqs=2, attn_batch=1, kv_budget_bytes=4 << 20, kv_block_size=4, prefill_chunk=8,
-                          force_streaming=force_streaming, overlap=force_streaming)
+                          force_streaming=force_streaming, overlap=force_streaming, grouped_experts=grouped)
     engine = Engine(checkpoint, config)
     assert engine.kv.layout.kind == "mla"
     assert engine.kv.layout.head_dim == checkpoint.spec.kv_lora_rank + checkpoint.spec.qk_rope_head_dim

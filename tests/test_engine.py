@@ -1,7 +1,8 @@
 """The engine end to end on tiny fp32 checkpoints of every GQA family: greedy output token-identical to the
 reference forward, with refills (more prompts than slots), chunked prefill (prompts longer than the chunk),
 preemption (a KV budget smaller than the sequences in flight need), expert chunks smaller than the tokens
-routed, streaming forced on and off, module batching on and off, and the two-group overlap pipeline.
+routed, streaming forced on and off, module batching on and off, the two-group overlap pipeline, and routed experts
+looped or as grouped GEMMs (`EngineConfig.grouped_experts`; with one resident expert per layer, two stacks).
 Head dim 64 so decode attention runs the C++ kernel where it builds. Also: `runtime.LLM` with an
 EngineConfig gives the reference API's outputs (greedy, seeded sampling, EOS, stop strings), and RunStats.
 """
@@ -82,13 +83,16 @@ def kv_budget(spec, blocks: int) -> int:
     return blocks * BLOCK_SIZE * spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 4
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["looped", "grouped"])
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))
-def test_engine_greedy_tokens_match_reference(checkpoint, workload, reference_tokens, config_name):
+def test_engine_greedy_tokens_match_reference(checkpoint, workload, reference_tokens, config_name, grouped):
     spec = checkpoint.spec
     # 3 slots, 11 blocks of 4 tokens: fewer than three sequences of up to 36 tokens need: some are preempted
     config = EngineConfig(num_seqs=3, attn_batch=2, expert_batch=3, kv_budget_bytes=kv_budget(spec, 11),
-                          kv_block_size=BLOCK_SIZE, prefill_chunk=12, attention_threads=1, **CONFIGS[config_name])
+                          kv_block_size=BLOCK_SIZE, prefill_chunk=12, attention_threads=1, grouped_experts=grouped,
+                          **CONFIGS[config_name])
     engine = Engine(checkpoint, config)
+    assert engine.stack.grouped == grouped
     backend = EngineBackend(engine)
     states = new_states(workload)
     try:

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from planner.errors import UserError
 from planner.spec import load_spec
 from runtime.engine.config import EngineConfig
+from runtime.engine.expert_stacks import expert_weights, is_stack_name, stack_names
+from runtime.engine.host_arena import CudaHostRegister, HostArena, PinRecorder, aligned
 from runtime.engine.kv_cache import BlockAllocator, HostKVCache, SlotBlockTables, blocks_for
 from runtime.engine.scheduler import RUNNING, Request, Scheduler, Sequence
 from runtime.engine.streamer import LayerStreamer
@@ -224,16 +226,44 @@ def test_weight_store_places_resident_and_packs_streamed():
     spec = tiny_spec()
     weights = random_weights(spec)
     in_place = WeightStore(weights, spec, EngineConfig())
-    assert in_place.packed is None and in_place.layers[1]["moe.experts.3.up_proj"] is weights["layers.1.moe.experts.3.up_proj"]
+    assert in_place.packed is None and in_place.arena is None
+    assert in_place.layers[1]["attn.q_proj"] is weights["layers.1.attn.q_proj"]
+    gate, up, down = expert_weights(in_place.layers[1], 3)    # experts stacked: [E, 2I, h] and [E, h, I]
+    assert torch.equal(gate, weights["layers.1.moe.experts.3.gate_proj"])
+    assert torch.equal(up, weights["layers.1.moe.experts.3.up_proj"])
+    assert torch.equal(down, weights["layers.1.moe.experts.3.down_proj"])
+    assert set(in_place.layers[1]) >= set(stack_names(0, 4))
+    recorder = PinRecorder()
     config = EngineConfig(force_streaming=True, resident_modules=("qkv_proj", "router"), resident_experts_per_layer=1)
-    store = WeightStore(weights, spec, config)
-    assert "attn.q_proj" in store.layers[2] and "moe.experts.0.gate_proj" in store.layers[2]
-    assert "moe.experts.1.gate_proj" not in store.layers[2] and "attn.o_proj" not in store.layers[2]
+    store = WeightStore(weights, spec, config, pinner=recorder)
+    assert "attn.q_proj" in store.layers[2] and set(stack_names(0, 1)) <= set(store.layers[2])
+    assert "attn.o_proj" not in store.layers[2] and not any(is_stack_name(n) for n in store.layers[2]
+                                                             if n not in stack_names(0, 1))
     views = store.packed[2].views(store.packed[2].host)
-    assert set(views) == {"attn.o_proj"} | {f"moe.experts.{e}.{p}" for e in (1, 2, 3)
-                                             for p in ("gate_proj", "up_proj", "down_proj")}
-    assert torch.equal(views["moe.experts.2.down_proj"], weights["layers.2.moe.experts.2.down_proj"])
+    assert set(views) == {"attn.o_proj", *stack_names(1, 4)}
+    assert views[stack_names(1, 4)[1]].shape == (3, 32, 16)
+    assert torch.equal(expert_weights(views, 2)[2], weights["layers.2.moe.experts.2.down_proj"])
+    assert torch.equal(expert_weights(views, 1)[0], weights["layers.2.moe.experts.1.gate_proj"])
+    # one arena holds every layer and the non-resident embed and lm_head, pinned once, exactly its bytes
+    assert store.globals["embed"].data_ptr() >= store.arena.buffer.data_ptr()
+    assert torch.equal(store.globals["lm_head"], weights["lm_head"])
+    assert recorder.pinned == [store.arena.nbytes] and store.pinned_bytes == store.arena.nbytes
+    assert store.arena.nbytes == sum(aligned(layer.nbytes) for layer in store.packed) + sum(
+        aligned(weights[n].numel() * 4) for n in ("embed", "lm_head"))
+    store.close()
+    assert recorder.pinned == [] and store.pinned_bytes == 0
     assert expert_of("layers.2.moe.experts.11.up_proj") == 11 and expert_of("layers.2.moe.router") is None
+
+
+def test_failed_pin_is_a_user_error_with_a_smaller_budget(monkeypatch):
+    class FailingCudart:
+        def cudaHostRegister(self, ptr, size, flags):
+            return 2      # cudaErrorMemoryAllocation
+
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: FailingCudart())
+    with pytest.raises(UserError, match="page-lock .* GiB") as error:
+        HostArena([1 << 20], CudaHostRegister()).pin()
+    assert "--host-gb" in str(error.value)
 
 
 # ----- streamer -----
@@ -241,7 +271,7 @@ def packed_layers(num_layers):
     generator = torch.Generator().manual_seed(num_layers)
     layers = [{"a": torch.randn(5, 3, generator=generator), "b": torch.randn(7, generator=generator).bfloat16()}
               for _ in range(num_layers)]
-    return layers, [PackedLayer.pack(layer, pin=False) for layer in layers]
+    return layers, [PackedLayer.pack(layer) for layer in layers]
 
 
 @pytest.mark.parametrize("pipelined,slots", [(False, 2), (True, 2), (True, 3)])

@@ -137,7 +137,8 @@ def test_memory_model_caps_sequences_by_kv_and_host():
     assert n[1] == pytest.approx((64 * GiB - (768 + 16) * 128 * 1024) / per_slot)
     host_limited = PerfModel(spec, profile, workload, Budgets.from_args(profile, 256))
     mem, lay = host_limited.memory, host_limited.layout
-    host_left = 256 * GiB - lay.total_bytes - mem.host_reserve - lay.kv_bytes_one_sequence
+    host_weights = lay.total_bytes - lay.resident_bytes[8]      # host copies of device-resident weights are freed
+    host_left = 256 * GiB - host_weights - mem.host_reserve - lay.kv_bytes_one_sequence
     assert n[3] == pytest.approx(host_left / (per_slot + mem.per_seq_staging))
 
 
@@ -172,7 +173,8 @@ def test_plan_accounts_memory_by_category_within_budgets():
     profile = load_profile("a5000-epyc7453")
     plan = make_plan(load_spec("mixtral"), profile, Workload.fixed(512, 256, 10_000), Budgets.from_args(profile, 128))
     host, device = plan.memory["host"], plan.memory["device"]
-    assert host["total"] == pytest.approx(sum(v for k, v in host.items() if k not in ("total", "budget")))
+    assert host["total"] == pytest.approx(sum(v for k, v in host.items() if k not in ("total", "budget", "pinned_weights")))
+    assert host["pinned_weights"] == host["weights"]           # the streamed weights' arena, all of it pinned
     assert host["total"] <= host["budget"] and device["total"] <= device["budget"]
     assert device["total"] == pytest.approx(device["resident_weights"] + device["stream_buffers"] + device["reserve"]
                                             + max(device["decode_activations"], device["prefill_workspace"]))

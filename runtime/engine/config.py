@@ -6,11 +6,12 @@ directly. The Plan's `token_groups` (1 or 2) sets `overlap`, its `batching` sets
 emulated-link plan sets `link_gbps` (copies across the link paced to it) and `device_memory_bytes` (the
 device memory the engine holds its device-side allocations to, `runtime.engine.emulated_device`) with
 `device_activation_bytes` (the plan's activation allowance inside it). Other fields the Plan does not carry
-(`force_streaming`, `device`, `max_model_len`) are engine switches with defaults.
+(`force_streaming`, `device`, `max_model_len`, `grouped_experts`) are engine switches with defaults.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 
 from planner.errors import UserError
@@ -22,6 +23,7 @@ MODULE_NAMES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts",
 WEIGHT_MODULES = ("embed", "qkv_proj", "o_proj", "router", "experts", "shared_experts", "dense_mlp", "lm_head")
 DEFAULT_RESIDENT = ("embed", "qkv_proj", "o_proj", "router", "shared_experts", "dense_mlp", "lm_head")
 
+GROUPED_ENV = "MOELENS_GROUPED_EXPERTS"
 _PLAN_FIELDS = ("num_seqs", "attn_batch", "expert_batch", "kv_budget_bytes", "kv_block_size",
                 "resident_modules", "resident_experts_per_layer", "stream_weights", "prefill_chunk",
                 "attention_threads", "compute_threads")
@@ -49,6 +51,8 @@ class EngineConfig:
     link_gbps: float | None = None          # the device is the CPU behind a link paced to this (emulated)
     device_memory_bytes: int | None = None  # emulated device memory the device-side allocations are held to
     device_activation_bytes: int = 0        # of which the plan gives activations and workspace
+    grouped_experts: bool | None = None     # routed experts as grouped GEMMs; None: MOELENS_GROUPED_EXPERTS
+                                            # (1 / 0) if set, else grouped on an accelerator, looped on the CPU
 
     def __post_init__(self) -> None:
         for name in ("num_seqs", "attn_batch", "expert_batch", "kv_block_size", "prefill_chunk", "stream_slots"):
@@ -72,6 +76,8 @@ class EngineConfig:
             raise UserError(f"resident_modules names unknown modules {unknown}",
                             f"use names from {list(WEIGHT_MODULES)}")
         object.__setattr__(self, "resident_modules", tuple(self.resident_modules))
+        if self.grouped_experts is None and os.environ.get(GROUPED_ENV, "") != "":
+            object.__setattr__(self, "grouped_experts", os.environ[GROUPED_ENV] == "1")
 
     @property
     def streams(self) -> bool:

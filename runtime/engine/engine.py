@@ -25,7 +25,7 @@ from planner.errors import UserError
 from runtime.engine.attention_backend import ATTENTION_BACKENDS
 from runtime.engine.config import EngineConfig
 from runtime.engine.emulated_device import EmulatedDevice
-from runtime.engine.forward import LayerStack, PrefillSegment, StepBatch
+from runtime.engine.forward import LayerStack, PrefillSegment, StepBatch, activated_counts
 from runtime.engine.instrumentation import MemoryPeaks, ModuleTimer
 from runtime.engine.kv_cache import HostKVCache, SlotBlockTables, blocks_for
 from runtime.engine.scheduler import Request, Scheduler
@@ -104,6 +104,7 @@ class Engine:
         self.stack.close()
         if self.streamer is not None:
             self.streamer.close()
+        self.store.close()   # unpins the arena once no copy reads it
 
     # ----- internals -----
     def _loop(self, scheduler: Scheduler, stats: RunStats, on_finish: Callable[[Completion], None] | None,
@@ -158,7 +159,7 @@ class Engine:
         self.timer.prefill_share = num_prefill / len(token_ids)
         if self.emulated is not None:
             self.emulated.step_traffic(num_prefill, len(seqs))
-        hidden, activated = self.stack.forward(batch)
+        hidden, hits = self.stack.forward(batch)
         self._sample_rows(hidden, logit_rows, completing, "prefill", sampled)
         self._sample_rows(hidden, list(range(num_prefill, len(token_ids))), seqs, "decode", sampled)
         self.timer.flush()
@@ -172,6 +173,7 @@ class Engine:
             stats.prefill_tokens += num_prefill
             stats.prefill_forwards += 1
         if seqs:
+            activated = activated_counts(hits)
             moe_layers = [count for layer, count in enumerate(activated) if self.spec.is_moe_layer(layer)]
             for layer, count in enumerate(activated):
                 stats.activated_experts_sum[layer] += count

@@ -1,12 +1,21 @@
-"""The feed-forward half of a layer over a whole token batch: router, grouped experts, shared experts, dense MLP.
+"""The feed-forward half of a layer over a whole token batch: router, routed experts, shared experts, dense MLP.
 
-`grouped_experts` is the engine's form of the model's routed-expert sum: tokens are grouped by expert with
-one stable sort (instead of a mask per expert), and each expert's `expert_ffn` runs over all of its tokens
-in chunks of at most `expert_batch` rows (index_select in, weighted index_add out, in the same order and
-precision as `runtime.model.moe.routed_experts`, so results match the reference), each chunk padded to its
-row bucket (`planner.row_buckets`: a bounded set of GEMM shapes, so oneDNN stops building new kernels). It returns the ids of
-the experts the router activated, counted from its real outputs.
-`ffn_block(x, w, spec, layer, expert_batch, timer)` is the residual branch input (post `mlp_norm`) to
+Routed experts read the layer's expert stacks (`runtime.engine.expert_stacks`: gate_up [n, 2I, h], down
+[n, h, I]) and run one of two ways, both the model's routed-expert sum in the same precision as
+`runtime.model.moe.routed_experts` (expert output in x's dtype, times the fp32 routing weight, added in x's
+dtype, each token's experts in ascending order), so results match the reference:
+- `grouped_experts`: per stack, one stable sort of the (token, slot) rows by expert, offsets from a
+  `searchsorted` on the device, one gather, one grouped GEMM for gate_up, SiLU-multiply, one grouped GEMM
+  for down, the routing weights folded in and one `index_add_`: a constant number of kernels per layer
+  whatever the experts hit, and no host synchronisation (windows of at most `expert_batch` rows bound the
+  activations). `torch._grouped_mm` where it runs (`grouped_mm_supported`).
+- `looped_experts`: one expert at a time over its tokens (host counts, one sync), in chunks of at most
+  `expert_batch` rows padded to their row bucket (`planner.row_buckets`: a bounded set of GEMM shapes, so
+  oneDNN stops building new kernels). Faster on the CPU (BENCHMARKS.md "experts").
+`use_grouped(config, device, dtype, spec)` picks the path (`EngineConfig.grouped_experts`, auto: grouped on
+an accelerator, `planner.expert_kernels`). Both return the routed output and a bool mask [E] of the experts
+the router activated (on the device; callers count it once per step).
+`ffn_block(x, w, spec, layer, expert_batch, timer, grouped, ranges)` (`ranges`: the store's `expert_ranges`): residual branch input (post `mlp_norm`) to
 output, timed per module (`router`, `experts`, `shared_experts`, `dense_mlp`).
 """
 
@@ -15,56 +24,118 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 
+from planner.errors import UserError
+from planner.expert_kernels import grouped_by_default
 from planner.row_buckets import bucket_rows
 from planner.spec import ModelSpec
+from runtime.engine.expert_stacks import layer_stacks
 from runtime.engine.instrumentation import ModuleTimer
-from runtime.model.layers import dense_mlp, expert_ffn
+from runtime.model.layers import dense_mlp
 from runtime.model.moe import shared_experts
 from runtime.model.routing import route, router_logits
 
 
+def grouped_mm_supported(device: torch.device, dtype: torch.dtype, spec: ModelSpec) -> bool:
+    """`torch._grouped_mm` on this device and dtype: the CPU (any float dtype); CUDA from sm90 in bf16 with
+    16-byte aligned widths."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if device.type == "cpu":
+        return True
+    if device.type != "cuda" or dtype != torch.bfloat16:
+        return False
+    aligned = spec.hidden_size % 8 == 0 and spec.moe_intermediate_size % 8 == 0
+    return aligned and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def use_grouped(choice: bool | None, device: torch.device, dtype: torch.dtype, spec: ModelSpec) -> bool:
+    supported = grouped_mm_supported(device, dtype, spec)
+    if choice is None:
+        return supported and grouped_by_default(device.type != "cpu")
+    if choice and not supported:
+        raise UserError(f"grouped experts need torch._grouped_mm, which does not run {dtype} on {device}",
+                        "set grouped_experts to false (or leave it unset) for this device")
+    return choice
+
+
+def _expert_rows(topk_ids: torch.Tensor, topk_weights: torch.Tensor):
+    """Flat (token, slot) rows: expert id [T*k], routing weight [T*k] fp32, token index [T*k]."""
+    top_k = topk_ids.shape[1]
+    flat = topk_ids.reshape(-1)
+    token_of = torch.arange(flat.numel(), device=flat.device) // top_k
+    return flat, topk_weights.reshape(-1), token_of
+
+
 def grouped_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                     w: Mapping[str, torch.Tensor], num_experts: int, expert_batch: int,
-                    ) -> tuple[torch.Tensor, list[int]]:
-    top_k = topk_ids.shape[1]
-    flat = topk_ids.reshape(-1)                       # [T*k]
+                    ranges: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    flat, weights, token_of = _expert_rows(topk_ids, topk_weights)
+    out = torch.zeros_like(x)
+    for lo, gate_up, down in layer_stacks(w, ranges):
+        count, inter = gate_up.shape[0], gate_up.shape[1] // 2
+        local = flat - lo
+        key = torch.where((local >= 0) & (local < count), local, count)   # rows of other stacks sort last
+        sorted_key, order = torch.sort(key, stable=True)                   # token-major within each expert
+        ends = torch.searchsorted(sorted_key, torch.arange(count, device=key.device), right=True).to(torch.int32)
+        rows, row_weights = token_of[order], weights[order]
+        for start in range(0, flat.numel(), expert_batch):
+            stop = min(start + expert_batch, flat.numel())
+            offs = (ends - start).clamp_(0, stop - start)                  # [n] group ends within the window
+            tokens = rows[start:stop]
+            h = torch._grouped_mm(x.index_select(0, tokens), gate_up.transpose(1, 2), offs=offs)   # [m, 2I]
+            act = F.silu(h[:, :inter]).mul_(h[:, inter:])
+            y = torch._grouped_mm(act, down.transpose(1, 2), offs=offs)                           # [m, h]
+            weighted = y * row_weights[start:stop, None]                                          # fp32
+            if count < num_experts:   # rows past the last group belong to another stack: add nothing
+                weighted = torch.where((sorted_key[start:stop] < count)[:, None], weighted, 0.0)
+            out.index_add_(0, tokens, weighted.to(out.dtype))
+    hit = torch.zeros(num_experts, dtype=torch.bool, device=x.device).index_fill_(0, flat, True)
+    return out, hit
+
+
+def looped_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                   w: Mapping[str, torch.Tensor], num_experts: int, expert_batch: int,
+                   ranges: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    flat, weights, token_of = _expert_rows(topk_ids, topk_weights)
     order = torch.argsort(flat, stable=True)          # token-major within each expert
     counts = torch.bincount(flat, minlength=num_experts).tolist()
-    token_of, slot_of = order // top_k, order % top_k
+    tokens_sorted, weights_sorted = token_of[order], weights[order]
     out = torch.zeros_like(x)
-    activated = []
     begin = 0
-    for expert, count in enumerate(counts):
-        if count == 0:
-            continue
-        activated.append(expert)
-        prefix = f"moe.experts.{expert}."
-        gate, up, down = w[prefix + "gate_proj"], w[prefix + "up_proj"], w[prefix + "down_proj"]
-        for chunk in range(begin, begin + count, expert_batch):
-            end = min(chunk + expert_batch, begin + count)
-            tokens = token_of[chunk:end]
-            rows = tokens.numel()
-            padded = bucket_rows(rows)
-            gather = tokens if padded == rows else torch.cat((tokens, tokens[:1].expand(padded - rows)))
-            y = expert_ffn(x.index_select(0, gather), gate, up, down)[:rows]   # [m, h]
-            weighted = y * topk_weights[tokens, slot_of[chunk:end], None]  # fp32
-            out.index_add_(0, tokens, weighted.to(out.dtype))
-        begin += count
-    return out, activated
+    for lo, gate_up, down in layer_stacks(w, ranges):
+        inter = gate_up.shape[1] // 2
+        for expert in range(lo, lo + gate_up.shape[0]):
+            count = counts[expert]
+            gate, up, down_e = gate_up[expert - lo, :inter], gate_up[expert - lo, inter:], down[expert - lo]
+            for chunk in range(begin, begin + count, expert_batch):
+                end = min(chunk + expert_batch, begin + count)
+                tokens = tokens_sorted[chunk:end]
+                rows = tokens.numel()
+                padded = bucket_rows(rows)
+                gather = tokens if padded == rows else torch.cat((tokens, tokens[:1].expand(padded - rows)))
+                xs = x.index_select(0, gather)
+                y = F.linear(F.silu(F.linear(xs, gate)) * F.linear(xs, up), down_e)[:rows]   # [m, h]
+                out.index_add_(0, tokens, (y * weights_sorted[chunk:end, None]).to(out.dtype))
+            begin += count
+    hit = torch.tensor([count > 0 for count in counts], device=x.device)
+    return out, hit
 
 
 def ffn_block(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec, layer: int, expert_batch: int,
-              timer: ModuleTimer) -> tuple[torch.Tensor, list[int]]:
-    """The MoE (or dense MLP) output for normed x [T,h], and the activated expert ids (empty if dense)."""
+              timer: ModuleTimer, grouped: bool = False, ranges: list[tuple[int, int]] | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The MoE (or dense MLP) output for normed x [T,h], and the activated-expert mask [E] (None if dense)."""
     if not spec.is_moe_layer(layer):
         with timer.device_work("dense_mlp"):
-            return dense_mlp(x, w, prefix="mlp."), []
+            return dense_mlp(x, w, prefix="mlp."), None
     with timer.device_work("router"):
         topk_ids, topk_weights = route(router_logits(x, w, spec), spec, w.get("moe.router_bias"))
     with timer.device_work("experts"):
-        out, activated = grouped_experts(x, topk_ids, topk_weights, w, spec.num_experts, expert_batch)
+        experts = grouped_experts if grouped else looped_experts
+        out, hit = experts(x, topk_ids, topk_weights, w, spec.num_experts, expert_batch, ranges)
     if spec.num_shared_experts:
         with timer.device_work("shared_experts"):
             out = out + shared_experts(x, w, spec)
-    return out, activated
+    return out, hit

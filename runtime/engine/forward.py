@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from planner.spec import ModelSpec
 from runtime.engine.attention_backend import tables_rows
 from runtime.engine.config import EngineConfig
-from runtime.engine.ffn import ffn_block
+from runtime.engine.ffn import ffn_block, use_grouped
 from runtime.engine.instrumentation import ModuleTimer
 from runtime.engine.staging import Staging
 from runtime.engine.streamer import LayerStreamer
@@ -76,6 +76,7 @@ class LayerStack:
         self.attn_batch = config.effective_attn_batch
         self.expert_batch = config.effective_expert_batch
         self.overlap = config.uses_overlap
+        self.grouped = use_grouped(config.grouped_experts, self.device, store.dtype, spec)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="cpu-attention") if self.overlap else None
         self.eps = spec.rms_norm_eps
 
@@ -131,24 +132,26 @@ class LayerStack:
         with self.timer.device_work("o_proj", "prefill"):
             x[rows] += self.backend.output(o, w)
 
-    def _ffn(self, x: torch.Tensor, rows: slice, w, layer: int) -> list[int]:
+    def _ffn(self, x: torch.Tensor, rows: slice, w, layer: int) -> torch.Tensor | None:
+        """Adds the FFN output to x[rows]; returns the activated-expert mask [E] (None for a dense layer)."""
         self.timer.phase = "shared"
         try:
             with self.timer.device_work("router"):
                 normed = rms_norm(x[rows], w["mlp_norm"], self.eps)
-            out, activated = ffn_block(normed, w, self.spec, layer, self.expert_batch, self.timer)
+            out, hit = ffn_block(normed, w, self.spec, layer, self.expert_batch, self.timer, self.grouped,
+                                 self.store.expert_ranges)
         finally:
             self.timer.phase = "decode"
         x[rows] += out
-        return activated
+        return hit
 
     def _micro_batches(self, rows: slice) -> list[slice]:
         return [slice(s, min(s + self.attn_batch, rows.stop)) for s in range(rows.start, rows.stop, self.attn_batch)]
 
     # ----- the step -----
-    def forward(self, batch: StepBatch) -> tuple[torch.Tensor, list[int]]:
-        """Final hidden states [P+D, h] (prefill K/V written to the cache) and the number of distinct experts
-        the layer's FFN activated over all its tokens (0 for dense layers)."""
+    def forward(self, batch: StepBatch) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Final hidden states [P+D, h] (prefill K/V written to the cache) and the mask [E] of the experts each
+        layer's FFN activated over all its tokens (None for dense layers; `activated_counts` counts them)."""
         x = self._embed(batch.token_ids)
         positions = self.staging.to_device(batch.positions)
         with self.timer.device_work("qkv_proj", "shared"):
@@ -163,11 +166,11 @@ class LayerStack:
             for rows in self._micro_batches(decode):
                 pending = [(rows, self._project(x, rows, w, tables))]
                 self._attention_out(x, w, self._attend(layer, pending, batch))
-            activated.append(len(self._ffn(x, slice(0, batch.num_rows), w, layer)))
+            activated.append(self._ffn(x, slice(0, batch.num_rows), w, layer))
             self._release(layer)
         return x, activated
 
-    def _forward_pipelined(self, x: torch.Tensor, batch: StepBatch, tables) -> list[int]:
+    def _forward_pipelined(self, x: torch.Tensor, batch: StepBatch, tables) -> list[torch.Tensor | None]:
         first = batch.num_prefill
         half = first + (batch.num_rows - first) // 2
         groups = (slice(first, half), slice(half, batch.num_rows))
@@ -188,15 +191,15 @@ class LayerStack:
             attended_a = future_a.result()
             future_b = stage_c(layer, pending_b)
             self._attention_out(x, w, attended_a)
-            hit = set(self._ffn(x, ffn_rows[0], w, layer))
+            hit = self._ffn(x, ffn_rows[0], w, layer)
             w_next = None
             if layer + 1 < self.spec.num_layers:
                 w_next = self._acquire(layer + 1)
                 future_a = stage_c(layer + 1, stage_a(0, w_next))
                 self._prefill_attention(x, layer + 1, w_next, batch, tables)
             self._attention_out(x, w, future_b.result())
-            hit.update(self._ffn(x, ffn_rows[1], w, layer))
-            activated.append(len(hit))
+            second = self._ffn(x, ffn_rows[1], w, layer)
+            activated.append(None if hit is None else hit | second)
             self._release(layer)
             w = w_next
         return activated
@@ -204,6 +207,13 @@ class LayerStack:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.shutdown()
+
+
+def activated_counts(hits: list[torch.Tensor | None]) -> list[int]:
+    """Activated experts per layer (0 for dense layers) from the layers' masks, with one device sync."""
+    masks = [hit for hit in hits if hit is not None]
+    counts = iter(torch.stack(masks).sum(dim=1).tolist() if masks else [])
+    return [0 if hit is None else next(counts) for hit in hits]
 
 
 class LayerWeights(dict):

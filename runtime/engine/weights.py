@@ -3,31 +3,37 @@
 - `module_of(name)` maps a canonical weight name (docs/contracts.md) to its planner module
   (`embed`, `qkv_proj`, `o_proj`, `router`, `experts`, `shared_experts`, `dense_mlp`, `lm_head`); norms ride
   with the module that reads them.
-- `WeightStore(weights, spec, config)` reads every canonical tensor once from the checkpoint's lazy mapping
-  (safetensors, dtype as on disk, no conversion). Without streaming (CPU-only mode) every tensor is used in
-  place. With streaming, resident modules are copied to the device once, and each layer's other tensors are
-  packed into one contiguous host buffer (pinned when CUDA is present) that the streamer copies in a
-  single transfer; `PackedLayer.views(buffer)` rebuilds the named tensors over a device slot.
+- `WeightStore(weights, spec, config, pinner=None)` reads every canonical tensor once from the checkpoint's
+  lazy mapping (dtype as on disk, no conversion). Routed experts are stacked per layer
+  (`runtime.engine.expert_stacks`; on-disk names stay per expert). Without streaming (CPU-only mode) every
+  other tensor is used in place. With streaming, resident tensors are copied to the device once (their host
+  copies are dropped), and each layer's other tensors, and embed / lm_head when not resident, are packed by
+  several threads into one host arena (`runtime.engine.host_arena`) that is then page-locked exactly, by
+  `pinner` (default: cudaHostRegister with CUDA, a recorder on the CPU). The streamer copies each layer's
+  region in one transfer; `PackedLayer.views(buffer)` rebuilds the named tensors over a device slot.
+  `store.host_bytes` / `store.pinned_bytes` are what the planner's memory model counts; `close()` unpins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from planner.spec import ModelSpec
 from runtime.engine.config import EngineConfig
-
-_ALIGN = 256  # bytes; keeps every packed tensor aligned for vector loads and any dtype view
+from runtime.engine.expert_stacks import expert_names, fill_down, fill_gate_up, stack_names
+from runtime.engine.host_arena import HostArena, aligned, default_pinner, packing_threads
 
 
 def expert_of(name: str) -> int | None:
     """The routed-expert index of `layers.{l}.moe.experts.{e}.*`, else None."""
     parts = name.split(".")
-    return int(parts[4]) if len(parts) > 4 and parts[2:4] == ["moe", "experts"] else None
+    return int(parts[4]) if len(parts) > 5 and parts[2:4] == ["moe", "experts"] and parts[4].isdigit() else None
 
 
 def module_of(name: str) -> str:
@@ -52,20 +58,47 @@ def module_of(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Source:
+    """One tensor the store holds: its name in the store, shape, dtype, and how to fill it from the checkpoint."""
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    fill: Callable[[torch.Tensor], None]
+    read: Callable[[], torch.Tensor] | None = None    # a checkpoint tensor usable as is (None: a stack)
+
+    @property
+    def nbytes(self) -> int:
+        return torch.Size(self.shape).numel() * torch.empty((), dtype=self.dtype).element_size()
+
+
+def _meta(weights: Mapping[str, torch.Tensor], name: str) -> tuple[tuple[int, ...], torch.dtype]:
+    """Shape and dtype without reading data where the mapping can tell (the checkpoint's lazy weights)."""
+    if callable(getattr(weights, "shape", None)) and callable(getattr(weights, "dtype", None)):
+        return tuple(weights.shape(name)), weights.dtype(name)
+    tensor = weights[name]
+    return tuple(tensor.shape), tensor.dtype
+
+
+def _source(weights: Mapping[str, torch.Tensor], name: str, local: str) -> Source:
+    shape, dtype = _meta(weights, name)
+    return Source(local, shape, dtype, fill=lambda dst: dst.copy_(weights[name]), read=partial(weights.__getitem__, name))
+
+
+@dataclass(frozen=True)
 class PackedEntry:
-    name: str               # canonical name without the `layers.{l}.` prefix
+    name: str               # the store's name without the `layers.{l}.` prefix
     offset: int             # bytes
     dtype: torch.dtype
     shape: tuple[int, ...]
 
     @property
     def nbytes(self) -> int:
-        return torch.Size(self.shape).numel() * torch.tensor([], dtype=self.dtype).element_size()
+        return torch.Size(self.shape).numel() * torch.empty((), dtype=self.dtype).element_size()
 
 
 @dataclass
 class PackedLayer:
-    """One layer's streamed tensors in one contiguous uint8 host buffer."""
+    """One layer's streamed tensors in one contiguous uint8 host region."""
 
     entries: tuple[PackedEntry, ...]
     host: torch.Tensor      # uint8 [nbytes]
@@ -77,64 +110,125 @@ class PackedLayer:
     def views(self, buffer: torch.Tensor) -> dict[str, torch.Tensor]:
         return {e.name: buffer[e.offset:e.offset + e.nbytes].view(e.dtype).view(e.shape) for e in self.entries}
 
-    @classmethod
-    def pack(cls, tensors: Mapping[str, torch.Tensor], pin: bool) -> PackedLayer:
+    @staticmethod
+    def layout(sources: list[Source]) -> tuple[tuple[PackedEntry, ...], int]:
         entries, offset = [], 0
-        for name, tensor in tensors.items():
-            entries.append(PackedEntry(name, offset, tensor.dtype, tuple(tensor.shape)))
-            offset += -(-tensor.numel() * tensor.element_size() // _ALIGN) * _ALIGN
-        host = torch.empty(offset, dtype=torch.uint8, pin_memory=pin)
-        layer = cls(tuple(entries), host)
-        for view, tensor in zip(layer.views(host).values(), tensors.values()):
-            view.copy_(tensor)
+        for source in sources:
+            entries.append(PackedEntry(source.name, offset, source.dtype, source.shape))
+            offset += aligned(source.nbytes)
+        return tuple(entries), offset
+
+    @classmethod
+    def pack(cls, tensors: Mapping[str, torch.Tensor]) -> PackedLayer:
+        """Pack named tensors into a new ordinary host region (tests and tools; the store packs into its arena)."""
+        sources = [Source(name, tuple(t.shape), t.dtype, fill=lambda dst, t=t: dst.copy_(t))
+                   for name, t in tensors.items()]
+        entries, nbytes = cls.layout(sources)
+        layer = cls(entries, torch.empty(nbytes, dtype=torch.uint8))
+        for view, source in zip(layer.views(layer.host).values(), sources):
+            source.fill(view)
         return layer
 
 
 class WeightStore:
-    """Global tensors, per-layer resident tensors, and per-layer packed streamed tensors."""
+    """Global tensors, per-layer resident tensors, and per-layer packed streamed tensors in one host arena."""
 
-    def __init__(self, weights: Mapping[str, torch.Tensor], spec: ModelSpec, config: EngineConfig):
+    def __init__(self, weights: Mapping[str, torch.Tensor], spec: ModelSpec, config: EngineConfig, pinner=None):
         self.spec = spec
+        self.config = config
         self.device = torch.device(config.device)
         self.streams = config.streams
-        pin = self.streams and self.device.type == "cuda"
         self.resident_bytes = 0
         self.streamed_bytes = 0
-        self.globals: dict[str, torch.Tensor] = {}
-        embed_on_device = config.is_resident("embed")
-        head_on_device = config.is_resident("lm_head")
-        self.globals["embed"] = self._place(weights["embed"], embed_on_device)
-        self.globals["final_norm"] = self._place(weights["final_norm"], True)
-        if spec.tie_word_embeddings and head_on_device == embed_on_device:
-            self.globals["lm_head"] = self.globals["embed"]  # tied: one copy
-        else:
-            self.globals["lm_head"] = self._place(weights["lm_head"], head_on_device)
         names_by_layer: list[list[str]] = [[] for _ in range(spec.num_layers)]
         for name in weights:
             if name.startswith("layers."):
                 names_by_layer[int(name.split(".", 2)[1])].append(name)
-        self.layers: list[dict[str, torch.Tensor]] = [{} for _ in range(spec.num_layers)]
-        self.packed: list[PackedLayer] | None = [] if self.streams else None
-        for layer, names in enumerate(names_by_layer):  # one layer at a time: host memory holds one extra layer
-            streamed = {}
-            for name in names:
-                local = name.split(".", 2)[2]
-                if config.is_resident(module_of(name), expert_of(name)):
-                    self.layers[layer][local] = self._place(weights[name], True)
-                else:
-                    streamed[local] = weights[name]
-                    self.streamed_bytes += streamed[local].numel() * streamed[local].element_size()
-            if self.packed is not None:
-                self.packed.append(PackedLayer.pack(streamed, pin))
+        streamed_layers, streamed_globals = [], []
+        self.expert_ranges: list[tuple[int, int]] = []    # the (lo, hi) experts of each stack, same in every MoE layer
+        self.layers: list[dict[str, torch.Tensor]] = []
+        for layer, names in enumerate(names_by_layer):
+            resident, streamed = self._layer_sources(weights, layer, names)
+            self.layers.append({source.name: self._place(source) for source in resident})
+            streamed_layers.append(streamed)
+        self.globals: dict[str, torch.Tensor] = {"final_norm": self._place(_source(weights, "final_norm", "final_norm"))}
+        embed_on_device, head_on_device = config.is_resident("embed"), config.is_resident("lm_head")
+        for name, on_device in (("embed", embed_on_device), ("lm_head", head_on_device)):
+            if name == "lm_head" and spec.tie_word_embeddings and head_on_device == embed_on_device:
+                self.globals["lm_head"] = self.globals["embed"]   # tied: one copy
+            elif on_device:
+                self.globals[name] = self._place(_source(weights, name, name))
+            else:
+                streamed_globals.append(_source(weights, name, name))
+        self.arena: HostArena | None = None
+        self.packed: list[PackedLayer] | None = None
+        if self.streams:
+            self._pack(streamed_layers, streamed_globals, pinner or default_pinner(self.device))
 
-    def _place(self, tensor: torch.Tensor, on_device: bool) -> torch.Tensor:
-        """Resident tensors go to the device once; with no device they are used in place."""
-        if on_device:
-            self.resident_bytes += tensor.numel() * tensor.element_size()
-            return tensor if self.device.type == "cpu" else tensor.to(self.device)
-        if self.device.type == "cuda" and not tensor.is_pinned():
-            return tensor.pin_memory()
+    # ----- building -----
+    def _layer_sources(self, weights, layer: int, names: list[str]) -> tuple[list[Source], list[Source]]:
+        """(resident, streamed) sources of one layer: plain tensors by module, routed experts as stacks."""
+        resident, streamed, has_experts = [], [], False
+        for name in names:
+            if expert_of(name) is not None:
+                has_experts = True
+                continue
+            source = _source(weights, name, name.split(".", 2)[2])
+            (resident if self.config.is_resident(module_of(name)) else streamed).append(source)
+        if has_experts:
+            num_experts = self.spec.num_experts
+            kept = num_experts if self.config.is_resident("experts") else min(
+                self.config.resident_experts_per_layer, num_experts)
+            (inter, hidden), dtype = _meta(weights, expert_names(layer, 0)[0])
+            self.expert_ranges = [(lo, hi) for lo, hi in ((0, kept), (kept, num_experts)) if hi > lo]
+            for lo, hi, sources in ((0, kept, resident), (kept, num_experts, streamed)):
+                if hi > lo:
+                    gate_up, down = stack_names(lo, hi)
+                    sources.append(Source(gate_up, (hi - lo, 2 * inter, hidden), dtype,
+                                          fill=partial(fill_gate_up, weights=weights, layer=layer, lo=lo)))
+                    sources.append(Source(down, (hi - lo, hidden, inter), dtype,
+                                          fill=partial(fill_down, weights=weights, layer=layer, lo=lo)))
+        return resident, streamed
+
+    def _place(self, source: Source) -> torch.Tensor:
+        """A resident tensor: on the device, filled once; with no device a checkpoint tensor is used in place."""
+        self.resident_bytes += source.nbytes
+        if self.device.type == "cpu" and source.read is not None:
+            return source.read()
+        tensor = torch.empty(source.shape, dtype=source.dtype, device=self.device)
+        source.fill(tensor)
         return tensor
+
+    def _pack(self, layers: list[list[Source]], globals_: list[Source], pinner) -> None:
+        """Lay every streamed tensor out in one arena, fill it with several threads, then page-lock it."""
+        layouts = [PackedLayer.layout(sources) for sources in layers]
+        self.arena = HostArena([nbytes for _, nbytes in layouts] + [s.nbytes for s in globals_], pinner)
+        self.packed = [PackedLayer(entries, self.arena.region(i)) for i, (entries, _) in enumerate(layouts)]
+        jobs = [(list(packed.views(packed.host).values()), sources) for packed, sources in zip(self.packed, layers)]
+        for i, source in enumerate(globals_, start=len(layers)):
+            view = self.arena.region(i).view(source.dtype).view(source.shape)
+            self.globals[source.name] = view
+            jobs.append(([view], [source]))
+        self.streamed_bytes = sum(s.nbytes for sources in layers for s in sources)   # per pass over the layers
+
+        def fill(job) -> None:
+            for view, source in zip(*job):
+                source.fill(view)
+
+        with ThreadPoolExecutor(packing_threads(), thread_name_prefix="weight-pack") as pool:
+            list(pool.map(fill, jobs))
+        self.arena.pin()
+
+    # ----- use -----
+    @property
+    def host_bytes(self) -> int:
+        """Weight bytes kept in host memory: the arena, and without a device the resident tensors too."""
+        return (self.arena.nbytes if self.arena is not None else 0) + (
+            self.resident_bytes if self.device.type == "cpu" else 0)
+
+    @property
+    def pinned_bytes(self) -> int:
+        return self.arena.nbytes if self.arena is not None and self.arena.is_pinned else 0
 
     @property
     def dtype(self) -> torch.dtype:
@@ -154,3 +248,7 @@ class WeightStore:
     @property
     def max_packed_bytes(self) -> int:
         return max((layer.nbytes for layer in self.packed or ()), default=0)
+
+    def close(self) -> None:
+        if self.arena is not None:
+            self.arena.release()

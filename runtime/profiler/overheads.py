@@ -122,12 +122,13 @@ def _engine_run(engine, num_seqs: int, max_tokens: int, runs: int, prompt_len: i
 
 def _tiny_gemms(engine, clock: _Clock) -> dict[str, float]:
     """Seconds of the bare GEMMs each module runs at one token, at the probe's tiny shapes."""
+    from runtime.engine.expert_stacks import expert_weights
     from runtime.model.layers import expert_ffn, rms_norm
 
     w, device = engine.store.layers[0], engine.device
     x = rms_norm(_random(device, 1, engine.spec.hidden_size), w["attn_norm"], engine.spec.rms_norm_eps)
     o_in = _random(device, 1, engine.spec.num_heads * engine.spec.head_dim)
-    ffn = [w[f"moe.experts.0.{name}"] for name in ("gate_proj", "up_proj", "down_proj")]
+    ffn = expert_weights(w, 0)
     head = engine.store.global_on_device("lm_head")
     return {"qkv_proj": clock(lambda: [F.linear(x, w[f"attn.{m}_proj"]) for m in "qkv"]),
             "o_proj": clock(lambda: F.linear(o_in, w["attn.o_proj"])),
@@ -200,12 +201,13 @@ def _prefill_attention(engine, clock: _Clock, runs: int) -> dict[str, float]:
 
 def _microbenchmarks(engine, clock: _Clock) -> dict[str, float]:
     """Shared experts and dense MLP (the probe has neither), timed alone at tiny shapes."""
+    from runtime.engine.expert_stacks import expert_weights
     from runtime.model.layers import dense_mlp, expert_ffn
     from runtime.model.moe import shared_experts
 
     spec, w, device = engine.spec, engine.store.layers[0], engine.device
     x = _random(device, 1, spec.hidden_size)
-    ffn = {name: w[f"moe.experts.0.{name}"] for name in ("gate_proj", "up_proj", "down_proj")}
+    ffn = dict(zip(("gate_proj", "up_proj", "down_proj"), expert_weights(w, 0)))
     t_ffn = clock(lambda: expert_ffn(x, *ffn.values()))
     shared_spec = replace(spec, num_shared_experts=1, shared_intermediate_size=spec.moe_intermediate_size,
                           has_shared_expert_gate=True)

@@ -1,0 +1,75 @@
+"""Routed experts stacked per MoE layer: the weight store's layout and the names the FFN reads.
+
+A layer's routed experts lo..hi-1 form one stack of two tensors (weights [out, in] as on disk):
+  `moe.experts.{lo}-{hi}.gate_up`  [n, 2I, h]: each expert's gate rows, then its up rows
+  `moe.experts.{lo}-{hi}.down`     [n, h, I]
+A layer has one stack (its experts all on the device, or all streamed) or two (experts 0..r-1 resident,
+r..E-1 streamed: `EngineConfig.resident_experts_per_layer`). The checkpoint keeps its per-expert names; a
+stack is filled expert by expert at store-build time (`fill_gate_up`, `fill_down`), so memory never holds a
+second copy of a layer's experts.
+- `stack_names(lo, hi)` -> (gate_up name, down name); `is_stack_name(local)`.
+- `layer_stacks(w, ranges=None) -> [(lo, gate_up, down)]` in expert order (`ranges`: the store's
+  `expert_ranges`; None: read from w's names); `stack_ranges(names)`.
+- `expert_weights(w, e) -> (gate [I,h], up [I,h], down [h,I])`: views of expert e (profiler, tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def stack_names(lo: int, hi: int) -> tuple[str, str]:
+    return f"moe.experts.{lo}-{hi}.gate_up", f"moe.experts.{lo}-{hi}.down"
+
+
+def is_stack_name(local: str) -> bool:
+    return local.startswith("moe.experts.") and local.endswith((".gate_up", ".down")) and "-" in local
+
+
+def expert_names(layer: int, expert: int) -> tuple[str, str, str]:
+    """Canonical names (docs/contracts.md) of one routed expert's gate, up and down projections."""
+    return tuple(f"layers.{layer}.moe.experts.{expert}.{p}" for p in PROJECTIONS)
+
+
+def fill_gate_up(dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int) -> None:
+    """dst [n, 2I, h] <- experts lo..lo+n-1's gate and up rows, one expert read at a time."""
+    inter = dst.shape[1] // 2
+    for j in range(dst.shape[0]):
+        gate, up, _ = expert_names(layer, lo + j)
+        dst[j, :inter].copy_(weights[gate])
+        dst[j, inter:].copy_(weights[up])
+
+
+def fill_down(dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int) -> None:
+    for j in range(dst.shape[0]):
+        dst[j].copy_(weights[expert_names(layer, lo + j)[2]])
+
+
+def stack_ranges(names) -> list[tuple[int, int]]:
+    """The (lo, hi) expert ranges of the stacks among a layer's names, in expert order."""
+    ranges = [tuple(int(v) for v in name.split(".")[2].split("-")) for name in names
+              if is_stack_name(name) and name.endswith(".gate_up")]
+    return sorted(ranges)
+
+
+def layer_stacks(w: Mapping[str, torch.Tensor], ranges: list[tuple[int, int]] | None = None,
+                 ) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(lo, gate_up, down) of each stack; `ranges` (the store's `expert_ranges`) names them without listing w,
+    whose streamed tensors may only be looked up (a lookup waits for their copy)."""
+    stacks = []
+    for lo, hi in stack_ranges(w) if ranges is None else ranges:
+        gate_up, down = stack_names(lo, hi)
+        stacks.append((lo, w[gate_up], w[down]))
+    return stacks
+
+
+def expert_weights(w: Mapping[str, torch.Tensor], expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    for lo, gate_up, down in layer_stacks(w):
+        if lo <= expert < lo + gate_up.shape[0]:
+            inter = gate_up.shape[1] // 2
+            return gate_up[expert - lo, :inter], gate_up[expert - lo, inter:], down[expert - lo]
+    raise KeyError(f"expert {expert} is in no stack of this layer")
