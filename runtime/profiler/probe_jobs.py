@@ -17,12 +17,13 @@ Probe models (`PROBE_GQA`, `PROBE_MLA`) are defined here, apart from `models/` a
 test minis the accuracy benchmark evaluates on: a GQA model (h=768, 12/4 heads of 64, 16 experts top-2 of
 768, 4 layers) and a DeepSeek-V2-like MLA model (512 + 64 latent, the one the C++ kernel covers; 8 heads,
 16 experts top-4 of 384, one shared expert, first layer dense, 3 layers). Budgets: `FULL_PROBES` (N = 8 and
-32 on each model, 48-token prompts, 16 generated, median of 3 runs: ~25 s on 2 cores, 60 s at most),
-`QUICK_PROBES` (the same jobs, one run each: ~13 s; the same time limit, so that a slow machine still fits all
-four jobs rather than fitting to the first ones alone) and `TINY_PROBES` (one short job of a tiny
+32 on each model, 48-token prompts, 16 generated, median of 3 runs: ~25 s on 2 cores; past 60 s, one run),
+`QUICK_PROBES` (the same jobs, one run each: ~13 s) and `TINY_PROBES` (one short job of a tiny
 GQA model, `PROBE_TINY`, in a few seconds: it exercises the whole path in tests; one noisy run cannot pin
-the constants down, so its fit means little). The first job always runs; a later one starts only while the
-elapsed time plus the longest job so far stays within `budget.seconds`.
+the constants down, so its fit means little). Every job runs, so the fit always sees the same jobs (fitted to
+the first ones alone, on a loaded machine, the constants extrapolated wildly: gemm 3.3 with 0.54 s per step);
+a job gets its `budget.repeats` runs only while the elapsed time plus the longest job so far stays within
+`budget.seconds`, one run otherwise.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class ProbeBudget:
 FOUR_JOBS = (ProbeJob(PROBE_GQA, 8, 48, 16), ProbeJob(PROBE_MLA, 8, 48, 16), ProbeJob(PROBE_GQA, 32, 48, 16),
              ProbeJob(PROBE_MLA, 32, 48, 16))
 FULL_PROBES = ProbeBudget("full", FOUR_JOBS, repeats=3, seconds=60.0)
-QUICK_PROBES = ProbeBudget("quick", FOUR_JOBS, repeats=1, seconds=FULL_PROBES.seconds)   # all four jobs: no bias
+QUICK_PROBES = ProbeBudget("quick", FOUR_JOBS, repeats=1, seconds=FULL_PROBES.seconds)
 TINY_PROBES = ProbeBudget("tiny", (ProbeJob(PROBE_TINY, 4, 16, 8),), repeats=1, seconds=10.0)
 PROBE_BUDGETS = {b.name: b for b in (FULL_PROBES, QUICK_PROBES, TINY_PROBES)}
 
@@ -159,15 +160,16 @@ def run_probe(job: ProbeJob, profile: HardwareProfile, checkpoint_dir: Path, dev
     return load_run(report_path)
 
 
-def _fitted_sentence(calibration: Calibration, jobs: list[ProbeJob], budget: ProbeBudget) -> str:
+def _fitted_sentence(calibration: Calibration, jobs: list[ProbeJob], budget: ProbeBudget, once: list[str]) -> str:
     fitted = ", ".join(f"{name} {calibration.after[name]:.4g}" for name in calibration.fitted) or "nothing"
     errors = [[abs(e.end_to_end) for e in errs] for errs in (calibration.errors_before, calibration.errors_after)]
     sizes = sorted({(j.prompt_len, j.gen_len) for j in jobs})
+    cut = f" (one run for {', '.join(once)}: time budget)" if once else ""
     return (f"Efficiency constants fitted by `planner.calibrate.fit` on {datetime.date.today().isoformat()} to "
             f"{len(jobs)} probe jobs of the engine on random-weight checkpoints ({budget.name} probes: "
             f"{', '.join(j.label for j in jobs)}; 2N prompts of "
             f"{' / '.join(f'{p}+{g}' for p, g in sizes)} tokens, ignore_eos, after a warm-up job each, the median of "
-            f"{budget.repeats} runs): {fitted}; "
+            f"{budget.repeats} runs{cut}): {fitted}; "
             f"mean |error| of end-to-end tok/s on those jobs {100 * sum(errors[0]) / len(jobs):.1f}% before, "
             f"{100 * sum(errors[1]) / len(jobs):.1f}% after.")
 
@@ -180,20 +182,23 @@ def calibrate_on_probes(profile: HardwareProfile, device: torch.device, budget: 
     began, longest = time.perf_counter(), 0.0
     runs: list[MeasuredRun] = []
     done: list[ProbeJob] = []
+    once: list[str] = []                   # jobs cut to one run by the time budget
     threads = torch.get_num_threads()      # the engine sets the plan's compute threads; put them back after
     with tempfile.TemporaryDirectory(prefix="moelens-probes-") as tmp:
         root = Path(tmp)
         for i, job in enumerate(budget.jobs):
             elapsed = time.perf_counter() - began
-            if runs and elapsed + longest > budget.seconds:
-                log(f"  probe jobs: {len(budget.jobs) - i} left out of the {budget.seconds:.0f} s budget")
-                break
+            repeats = budget.repeats
+            if runs and elapsed + longest > budget.seconds and repeats > 1:
+                repeats = 1
+                once.append(job.label)
+                log(f"  probe {job.label}: one run, not {budget.repeats}, past the {budget.seconds:.0f} s budget")
             checkpoint_dir = root / job.spec.name
             if not (checkpoint_dir / "config.json").is_file():
                 write_random_checkpoint(job.spec, checkpoint_dir, dtype="bf16", seed=i)
             try:
                 run = run_probe(job, profile, checkpoint_dir, device, root / f"{job.spec.name}-n{job.num_seqs}.json",
-                                seed=1000 * i, repeats=budget.repeats)
+                                seed=1000 * i, repeats=repeats)
             finally:
                 torch.set_num_threads(threads)
             runs.append(run)
@@ -203,6 +208,6 @@ def calibrate_on_probes(profile: HardwareProfile, device: torch.device, budget: 
             log(f"  probe {job.label}: {run.measured.generated_tok_s:.4g} tok/s achieved, "
                 f"{run.plan.predicted.generated_tok_s:.4g} planned ({job_s:.1f} s)")
         calibration = fit(runs, profile, only=PROBE_FITTED)
-    note = _fitted_sentence(calibration, done, budget)
+    note = _fitted_sentence(calibration, done, budget, once)
     notes = f"{profile.notes}\n{note}" if profile.notes else note
     return replace(calibration.profile, notes=notes)
