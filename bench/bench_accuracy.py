@@ -1,7 +1,7 @@
 """Prediction accuracy matrix (issue 8 §2-3): solve -> execute -> predicted vs achieved, then calibration.
 
     python -m bench.bench_accuracy [--quick] [--profile P | --measure-profile quick|full] [--only NAME ...]
-                                   [--reuse] [--no-markdown]
+                                   [--reuse] [--no-markdown] [--link]
 
 `CONFIGS` are 15 runs on this machine: mixtral- (truncated to 2 layers; 4 when streaming, since the engine's
 two stream buffers would keep a 2-layer model whole), qwen3-, olmoe-, qwen2-moe- and
@@ -17,7 +17,11 @@ back-to-back repeats: this VM's speed drifts by tens of percent over minutes, so
 are spread over the whole matrix's time and every config sees the same drift. Each config's median pass
 is its report (plan and spec embedded; every pass's tok/s in `repeats_tok_s`) under
 `bench/results/accuracy/reports/`; the passes' spread is the measurement noise the analysis reports.
-Then `bench.accuracy_analysis` calibrates on the configs marked `train` and reports held-out error before and
+`--link` runs `LINK_CONFIGS` instead: the link-bound regime on this CPU, each config planned and run on the
+profile behind an emulated link of its `link_gbps` and `device_gb` (`planner.emulated_link`; the routed
+experts cross the paced link every step), analysed by `bench.link_accuracy` (predicted vs achieved, the
+plan's bottleneck, the link's measured busy share of decode time beside the plan's) into the `accuracy-link`
+section. Otherwise `bench.accuracy_analysis` calibrates on the configs marked `train` and reports held-out error before and
 after, writing `bench/results/accuracy.csv`, the calibrated profile and the BENCHMARKS.md section.
 `--quick` halves prompts and generation lengths (a smoke run, same configs, results under `-quick` names and
 not in BENCHMARKS.md); `--reuse` keeps reports already
@@ -56,6 +60,8 @@ class AccuracyConfig:
     gen_len: int
     streaming: bool = False     # forced streaming of the routed experts (engine copy worker)
     split: str = "train"        # train: calibration fits on it; held-out: evaluated only
+    link_gbps: float | None = None   # the device is this CPU behind an emulated link of this speed
+    device_gb: float | None = None   # and this much device memory (GiB)
 
     def scaled(self, quick: bool) -> AccuracyConfig:
         if not quick:
@@ -81,6 +87,30 @@ CONFIGS = (
     AccuracyConfig("qwen2moe-n16", "qwen2-moe-mini", None, 16, 32, 32, 32, split="train"),
     AccuracyConfig("deepseek-v3-n16", "deepseek-v3-mini", None, 16, 32, 64, 16, split="held-out"),
 )
+
+
+# The link-bound regime: mixtral-, qwen3- and deepseek-shaped minis behind links of 0.5 to 4 GB/s, several N
+# (and so KV budgets), each with the routed experts streamed across the paced link every step.
+LINK_CONFIGS = (
+    AccuracyConfig("link-mixtral-0.5-n16", "mixtral-mini", 4, 16, 16, 16, 16, link_gbps=0.5, device_gb=0.6),
+    AccuracyConfig("link-mixtral-1-n32", "mixtral-mini", 4, 32, 32, 16, 24, link_gbps=1.0, device_gb=0.6),
+    AccuracyConfig("link-mixtral-4-n2", "mixtral-mini", 4, 2, 8, 16, 24, link_gbps=4.0, device_gb=0.5),
+    AccuracyConfig("link-qwen3-0.5-n16", "qwen3-mini", None, 16, 32, 16, 32, link_gbps=0.5, device_gb=0.125),
+    AccuracyConfig("link-qwen3-1-n4", "qwen3-mini", None, 4, 8, 16, 32, link_gbps=1.0, device_gb=0.125),
+    AccuracyConfig("link-deepseek-0.5-n8", "deepseek-v2-lite-mini", None, 8, 16, 16, 32, link_gbps=0.5,
+                   device_gb=0.11),
+    AccuracyConfig("link-deepseek-v3-0.5-n8", "deepseek-v3-mini", None, 8, 16, 16, 32, link_gbps=0.5,
+                   device_gb=0.13),
+)
+
+
+def profile_for(config: AccuracyConfig, profile):
+    """The profile a config plans and reports with: behind its emulated link when it has one."""
+    if config.link_gbps is None:
+        return profile
+    from planner.emulated_link import emulate_link
+
+    return emulate_link(profile, config.link_gbps, config.device_gb)
 
 
 def kv_gib_for(spec, workload, num_seqs: int, block_size: int = 16) -> float:
@@ -109,7 +139,7 @@ def run_config(config: AccuracyConfig, profile_ref: str, report_path: Path, pass
     from runtime.checkpoint import open_checkpoint
     from runtime.report import write_report
 
-    profile = load_profile(profile_ref)
+    profile = profile_for(config, load_profile(profile_ref))
     checkpoint_dir = ensure_checkpoint(config.model, config.layers)
     checkpoint = open_checkpoint(checkpoint_dir)
     plan = plan_for(config, checkpoint.spec, profile, checkpoint_dir, profile_ref)
@@ -171,7 +201,8 @@ def run_all(configs: list[AccuracyConfig], profile_ref: str, reports_dir: Path, 
             path = reports_dir / "passes" / f"{config.name}.pass{pass_index}.json"
             print(f"[pass {pass_index + 1}/{passes}, {i}/{len(todo)}] {config.name}: {config.model} N={config.num_seqs} "
                   f"{config.num_prompts} prompts {config.prompt_len}+{config.gen_len}"
-                  f"{' forced streaming' if config.streaming else ''}", flush=True)
+                  f"{' forced streaming' if config.streaming else ''}"
+                  f"{f' emulated link {config.link_gbps:g} GB/s' if config.link_gbps else ''}", flush=True)
             command = [sys.executable, "-m", "bench.bench_accuracy", "--worker", json.dumps(asdict(config)),
                        "--profile", profile_ref, "--worker-report", str(path), "--worker-pass", str(pass_index)]
             began = time.perf_counter()
@@ -215,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-markdown", action="store_true", help="do not update BENCHMARKS.md")
     parser.add_argument("--out-dir", type=Path, default=ACCURACY_DIR, help="where reports and results go")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="per config")
+    parser.add_argument("--link", action="store_true",
+                        help="the link-bound rows (an emulated link; bench.link_accuracy analyses them)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-report", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker-pass", type=int, default=0, help=argparse.SUPPRESS)
@@ -224,24 +257,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench.accuracy_analysis import analyse, write_outputs
 
-    known = {c.name for c in CONFIGS}
+    matrix = LINK_CONFIGS if args.link else CONFIGS
+    known = {c.name for c in matrix}
     unknown = sorted(set(args.only or ()) - known)
     if unknown:
         parser.error(f"unknown config names {unknown}; known: {sorted(known)}")
-    configs = [c.scaled(args.quick) for c in CONFIGS if not args.only or c.name in args.only]
+    configs = [c.scaled(args.quick) for c in matrix if not args.only or c.name in args.only]
     machine = machine_line()
     if args.measure_profile:
         profile_ref = measure_this_machine(args.measure_profile, args.out_dir, args.quick)
     else:
         profile_ref = _profile_ref(args.profile)
-    reports_dir = args.out_dir / ("reports-quick" if args.quick else "reports")
+    reports_dir = args.out_dir / (("link-" if args.link else "") + ("reports-quick" if args.quick else "reports"))
     paths = run_all(configs, profile_ref, reports_dir, args.reuse, args.timeout_s)
     if not paths:
         print("no configuration ran; nothing to analyse", file=sys.stderr)
         return 1
-    command = "python -m bench.bench_accuracy" + (" --quick" if args.quick else "") + (
+    command = "python -m bench.bench_accuracy" + (" --link" if args.link else "") + (" --quick" if args.quick else "") + (
         f" --profile {args.profile}" if args.profile else "") + (
         f" --measure-profile {args.measure_profile}" if args.measure_profile else "")
+    if args.link:
+        from bench.link_accuracy import write_link_outputs
+
+        write_link_outputs(paths, args.out_dir.parent, command, machine,
+                           markdown_section=not (args.no_markdown or args.quick), quick=args.quick)
+        return 0
     result = replace(analyse(paths, profile_ref), machine=machine)
     write_outputs(result, args.out_dir, command, markdown_section=not (args.no_markdown or args.quick), quick=args.quick,
                   results_dir=args.out_dir.parent)     # the CSV beside the reports' folder (default bench/results)
