@@ -32,7 +32,9 @@ def link_frame(report_paths: list[Path]) -> pd.DataFrame:
         repeats = report.get("repeats_tok_s", [e2e["achieved"]])
         rows.append({
             "config": config["name"], "model": report["model"]["name"], "link_gbps": config["link_gbps"],
-            "device_gib": config["device_gb"], "num_seqs": plan["num_seqs"],
+            "device_gib": config["device_gb"], "num_seqs": plan["num_seqs"], "kv_gib": plan["budgets"]["kv_gib"],
+            "prompt_len": config["prompt_len"], "gen_len": config["gen_len"], "num_prompts": config["num_prompts"],
+            "profile": report.get("profile_ref", ""),
             "kv_budget_mib": plan["kv_budget_bytes"] / float(1 << 20),
             "workload": f"{config['num_prompts']} x ({config['prompt_len']}+{config['gen_len']})",
             "predicted_tok_s": e2e["predicted"], "achieved_tok_s": e2e["achieved"],

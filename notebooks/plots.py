@@ -13,6 +13,8 @@
 - `throughput_vs_kv.png`: `planner sweep` of the KV budget for the accuracy matrix's KV-sweep workload
   (the model and lengths its `kv-*` rows share), with the calibrated profile's curve when one was written,
   and the measured runs on top.
+- `throughput_vs_link.png` (`notebooks/plot_link.py`): `planner sweep --vary link-gbps` on an emulated link with
+  the measured runs of `bench.bench_link_sweep` on top, and where the link stops binding.
 - `cap_radar.png`: MoE-CAP-style radar for one model across the shipped profiles with a device (planner only):
   throughput, tokens per dollar (purchase prices amortised over 3 years of use) and memory footprint, each
   scaled so the best profile is 1 and outward is better.
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from notebooks.plot_link import plot_throughput_vs_link  # noqa: E402
 from planner.errors import UserError  # noqa: E402
 from planner.perf_memory import Budgets  # noqa: E402
 from planner.plan_build import make_plan  # noqa: E402
@@ -287,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("no accuracy CSV: skipping predicted_vs_achieved and throughput_vs_kv (run bench.bench_accuracy)")
     written.append(plot_roofline(profile, frame, args.out_dir, args.gpu_profile or None, args.roofline_model))
+    written.append(plot_throughput_vs_link(RESULTS / "link-sweep.csv", args.out_dir, spec_of))
     radar = cap_points(args.radar_model, args.radar_profiles or list_profiles(), Workload.fixed(512, 256, 10_000),
                        64.0)
     written.append(plot_cap_radar(radar, args.radar_model, args.out_dir))
@@ -307,6 +311,8 @@ CAPTIONS = {
                         "measured `qwen3-kv-*` runs on top.",
     "roofline": "Roofline of the decode step: each bandwidth roof with the plan's point at the FLOPs per byte "
                 "that resource moves; the binding resource's point (star) touches its roof.",
+    "throughput_vs_link": "`planner sweep --vary link-gbps` on an emulated link with the measured runs "
+                          "(`bench.bench_link_sweep`) on top: where the link stops binding.",
     "cap_radar": "CAP radar for mixtral-8x7b across the shipped GPU profiles (planner predictions): "
                  "throughput, tokens per dollar, memory footprint; 1 = best.",
 }
