@@ -215,7 +215,7 @@ def budgets_of(plan: Plan) -> Budgets:
 def predict_run(run: MeasuredRun, profile: HardwareProfile) -> RunPrediction:
     plan, e, m = run.plan, run.engine, run.measured
     model = PerfModel(run.spec, profile, plan.workload, budgets_of(plan), block_size=plan.kv_block_size,
-                      stream_on_host=bool(plan.stream_weights))
+                      stream_on_host=bool(plan.stream_weights), batching=plan.batching)
     threads = int(np.clip(e.attention_threads, 1, model.rates.cores))
 
     def candidates(chunk: float, num_seqs: float | None = None) -> Candidates:

@@ -69,8 +69,9 @@ def what_ifs(problem: Problem) -> list[tuple[str, float]]:
         link = f"2x {DEVICE_WORDS} bandwidth" if problem.profile.emulated_link is not None else "2x link bandwidth"
         changes += [(link, replace(problem, scale=replace(s, link=2.0))),
                     ("2x device memory", replace(problem, budgets=Budgets(b.kv_bytes, b.host_bytes,
-                                                                          2 * b.device_bytes))),
-                    ("2x device compute", replace(problem, scale=replace(s, device_compute=2.0)))]
+                                                                          2 * b.device_bytes)))]
+        if problem.profile.emulated_link is None:       # an emulated device computes on the CPU cores
+            changes.append(("2x device compute", replace(problem, scale=replace(s, device_compute=2.0))))
     results = []
     for name, changed in changes:
         try:

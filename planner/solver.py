@@ -198,7 +198,7 @@ def check_budgets(model: PerfModel) -> None:
                             f"buffers ({2 * lay.streamed_moe_layer[rho] / gib:.2f} GiB), the smallest activations"
                             + (f", one sequence's KV cache ({kv / gib:.2f} GiB)" if kv else "")
                             + (f" and a {mem.device_reserve / gib:.1f} GiB reserve" if mem.device_reserve else "")
-                            + f" ({(need + kv) / gib:.2f} GiB)",
+                            + f": {(need + kv) / gib:.2f} GiB in all",
                             "give it more device memory (--emulate-device-gb when profiling, or --device-gb)"
                             if model.emulated else "use a device with more memory or a CPU-only profile")
 
