@@ -3,9 +3,9 @@
 `Workload` is a frozen dataclass of summary statistics (never the prompts themselves):
 - `Workload.fixed(prompt_len, gen_len, num_prompts)`: every prompt the same length (`--prompt-len/--gen-len`).
 - `Workload.from_lengths(prompt_lens, gen_lens, source, token_count)`: any distribution.
-- `Workload.from_file(path, default_max_tokens, tokenizer_path=None, num_prompts=None)`: a prompts JSONL file,
-  lines `{"prompt": str}`, `{"prompt_token_ids": [...]}`, `{"messages": [...]}` (optional `max_tokens`), or
-  OpenAI Batch lines whose `body` holds `prompt`/`messages` and `max_tokens`/`max_completion_tokens`.
+- `Workload.from_file(path, default_max_tokens, tokenizer_path=None, num_prompts=None, on_error="fail",
+  max_context=None)`: a prompts JSONL file, read by the parser the runtime uses too (`planner.prompts_file`:
+  native lines and OpenAI Batch lines; each line's max_tokens / max_completion_tokens and n).
   Tokens are counted with the checkpoint's `tokenizer.json` (the torch-free `tokenizers` package) when given,
   else estimated as UTF-8 bytes / 4. `num_prompts` scales the job (the file is then a length sample).
 Generation lengths are each prompt's max_tokens (the planner assumes no early EOS, an upper bound on work).
@@ -19,7 +19,6 @@ by a sliding-window layer) and `finishes_in_waves` (equal generation lengths). B
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from planner.errors import UserError
+from planner.prompts_file import LineError, PromptLine, decode_line, parse_prompt_line
 from planner.values import is_finite_number, is_int
 
 MAX_TOKENS_PER_SEQUENCE = 10_000_000     # beyond any model's context: a typo, not a workload
@@ -91,23 +91,34 @@ class Workload:
 
     @classmethod
     def from_file(cls, path: str | Path, default_max_tokens: int, tokenizer_path: str | Path | None = None,
-                  num_prompts: int | None = None) -> Workload:
+                  num_prompts: int | None = None, on_error: str = "fail", max_context: int | None = None) -> Workload:
+        """Lengths of the prompts file's requests (one per completion: n of a line with n); lines that are bad
+        (`planner.prompts_file`) or whose prompt does not fit `max_context` fail, or are left out with
+        `on_error="skip"`; generation lengths are capped to what the context leaves."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"prompts file {path} does not exist", "pass an existing JSONL file to --prompts")
         count_tokens, how = _token_counter(tokenizer_path)
         prompt_lens, gen_lens = [], []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
                     continue
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{number}: not valid JSON ({err.msg})", "fix or remove that line") from None
-                prompt_len, max_tokens = _lengths_of(record, count_tokens, default_max_tokens, f"{path}:{number}")
-                prompt_lens.append(prompt_len)
-                gen_lens.append(max_tokens)
+                    line = parse_prompt_line(decode_line(raw), number)
+                    prompt_len = _prompt_len(line, count_tokens)
+                    if max_context is not None and prompt_len >= max_context:
+                        raise LineError(f"prompt of about {prompt_len} tokens does not fit the context of "
+                                        f"{max_context}", "shorten the prompt")
+                except LineError as err:
+                    if on_error == "fail":
+                        raise UserError(f"{path}, line {number}: {err.cause}", err.fix) from None
+                    continue
+                gen_len = line.max_tokens or default_max_tokens
+                if max_context is not None:
+                    gen_len = min(gen_len, max_context - prompt_len)
+                prompt_lens += [prompt_len] * line.n
+                gen_lens += [gen_len] * line.n
         if not prompt_lens:
             raise UserError(f"prompts file {path} has no prompts", "pass a JSONL file with one prompt per line")
         return cls.from_lengths(prompt_lens, gen_lens, source=str(path), token_count=how, num_prompts=num_prompts)
@@ -227,41 +238,11 @@ def _token_counter(tokenizer_path: str | Path | None):
     return (lambda text: max(1, len(tokenizer.encode(text).ids))), "tokenizer"
 
 
-def _lengths_of(record: object, count_tokens, default_max_tokens: int, where: str) -> tuple[int, int]:
-    """(prompt tokens, max_tokens) of one JSONL record."""
-    fix = 'give each line "prompt", "prompt_token_ids" or "messages" (or an OpenAI Batch "body")'
-    if not isinstance(record, dict):
-        raise UserError(f"{where}: expected a JSON object", fix)
-    body = record.get("body") if "body" in record else record
-    if not isinstance(body, dict):
-        raise UserError(f"{where}: body must be a JSON object", fix)
-    present = [key for key in ("prompt", "prompt_token_ids", "messages") if key in body]
-    if len(present) != 1:
-        raise UserError(f"{where}: expected exactly one of prompt, prompt_token_ids, messages; found {present}", fix)
-    value = body[present[0]]
-    if present[0] == "prompt_token_ids":
-        if not isinstance(value, list) or not value or not all(isinstance(t, int) for t in value):
-            raise UserError(f"{where}: prompt_token_ids must be a non-empty list of integers", fix)
-        prompt_len = len(value)
-    elif present[0] == "prompt":
-        if isinstance(value, list) and value and all(isinstance(t, int) for t in value):
-            prompt_len = len(value)
-        elif isinstance(value, str) and value:
-            prompt_len = count_tokens(value)
-        else:
-            raise UserError(f"{where}: prompt must be a non-empty string", fix)
-    else:
-        if not isinstance(value, list) or not value:
-            raise UserError(f"{where}: messages must be a non-empty list", fix)
-        prompt_len = CHAT_TOKENS_PER_CONVERSATION
-        for message in value:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, list):       # OpenAI content parts
-                content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-            if not isinstance(content, str):
-                raise UserError(f"{where}: each message needs a string content", fix)
-            prompt_len += CHAT_TOKENS_PER_MESSAGE + (count_tokens(content) if content else 0)
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", default_max_tokens))
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise UserError(f"{where}: max_tokens {max_tokens!r} must be a positive integer", "fix that line")
-    return prompt_len, max_tokens
+def _prompt_len(line: PromptLine, count_tokens) -> int:
+    """Prompt tokens of one line: exact for token ids, counted (or estimated) for text and chat messages."""
+    if isinstance(line.prompt, list):
+        return len(line.prompt)
+    if line.prompt is not None:
+        return count_tokens(line.prompt)
+    return CHAT_TOKENS_PER_CONVERSATION + sum(CHAT_TOKENS_PER_MESSAGE + (count_tokens(m["content"]) if m["content"]
+                                                                         else 0) for m in line.messages)

@@ -74,7 +74,7 @@ def eos_token_ids(checkpoint: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _read_generation_config(source: str | Path | None, checkpoint_dir: Path) -> dict:
+def read_generation_config(source: str | Path | None, checkpoint_dir: Path) -> dict:
     if source in (None, "vllm"):
         return {}
     directory = checkpoint_dir if source == "auto" else Path(source)
@@ -127,7 +127,7 @@ class LLM:
         self.tokenizer = self.checkpoint.tokenizer
         self.max_model_len = min(max_model_len or self.spec.max_position_embeddings, self.spec.max_position_embeddings)
         self.eos_token_ids = eos_token_ids(self.checkpoint)
-        self.generation_defaults = _read_generation_config(generation_config, Path(self.checkpoint.dir))
+        self.generation_defaults = read_generation_config(generation_config, Path(self.checkpoint.dir))
         self._seeds = random.Random(seed) if seed is not None else random.SystemRandom()
         self._request_counter = itertools.count()
         if reference:

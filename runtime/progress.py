@@ -1,12 +1,13 @@
 """The progress bar of `runtime execute`: sequences done, generated tokens/s achieved beside the plan's, ETA.
 
 `JobProgress(total, predicted_tokens_per_s, already_done, token_budget, in_flight_tokens)` wraps tqdm (on
-stderr; off when stderr is not a terminal unless `enabled=True`). `sequence_finished(completion_tokens)`
-advances it by one sequence. Tokens of sequences still running count too: `in_flight_tokens()` (called from
-a refresh thread every `refresh_s`) returns how many they have generated so far, so the rate moves even when
-a whole batch finishes at once. The rate is generated tokens since the bar opened over wall time since then;
-the ETA is the tokens still to generate (`token_budget`, the sum of max_tokens: an upper bound when
-sequences stop early) at that rate.
+stderr; off when stderr is not a terminal unless `enabled=True`); the bar counts answers (output lines).
+`tokens_done(n)` adds a finished sequence's tokens, `answer_written()` advances the bar by one answer
+(`sequence_finished(n)` does both). Tokens of sequences still running count too: `in_flight_tokens()` (called
+from a refresh thread every `refresh_s`) returns how many they have generated so far, so the rate moves even
+when a whole batch finishes at once. The rate is generated tokens since the bar opened over wall time since
+then; the one ETA shown (tqdm's own is left out) is the tokens still to generate (`token_budget`, the sum of
+max_tokens: an upper bound when sequences stop early) at that rate.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from collections.abc import Callable
 
 from tqdm import tqdm
+
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
 
 def _clock(seconds: float) -> str:
@@ -35,8 +38,8 @@ class JobProgress:
         self.finished_tokens = 0
         self.started = time.perf_counter()
         disable = not sys.stderr.isatty() if enabled is None else not enabled
-        self.bar = tqdm(total=total, initial=already_done, unit="seq", desc=desc, dynamic_ncols=True,
-                        disable=disable, file=sys.stderr)
+        self.bar = tqdm(total=total, initial=already_done, unit="answer", desc=desc, dynamic_ncols=True,
+                        disable=disable, file=sys.stderr, bar_format=BAR_FORMAT)
         self._stop = threading.Event()
         self._ticker = None
         if not disable:
@@ -61,9 +64,15 @@ class JobProgress:
             text += f", ETA <= {_clock(max(self.token_budget - self.generated_tokens, 0) / rate)}"
         return text
 
-    def sequence_finished(self, completion_tokens: int = 0) -> None:
+    def tokens_done(self, completion_tokens: int) -> None:
         self.finished_tokens += completion_tokens
+
+    def answer_written(self) -> None:
         self.bar.update(1)
+
+    def sequence_finished(self, completion_tokens: int = 0) -> None:
+        self.tokens_done(completion_tokens)
+        self.answer_written()
 
     def _tick(self, refresh_s: float) -> None:
         while not self._stop.wait(refresh_s):

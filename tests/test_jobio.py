@@ -18,6 +18,7 @@ from runtime.jobio import (
     state_path,
 )
 from runtime.jobio.writer import read_done_keys, truncate_torn_tail
+from runtime.sampling import GenerationState
 
 
 class WordTokenizer:
@@ -28,6 +29,9 @@ class WordTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [10 + min(len(word), 80) for word in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(chr(96 + i % 26) for i in ids)
 
     def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
         text = " ".join(f"<{m['role']}> {m['content']}" for m in messages) + " <assistant>"
@@ -40,6 +44,12 @@ CONTEXT = ParseContext(tokenizer=WordTokenizer(), max_context=32, vocab_size=100
 def write_lines(path: Path, lines: list) -> Path:
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
     return path
+
+
+def finished(request, token_ids: list[int], finish_reason: str) -> GenerationState:
+    state = GenerationState(request.prompt_token_ids, request.sampling, frozenset(), WordTokenizer().decode)
+    state.token_ids, state.finish_reason = list(token_ids), finish_reason
+    return state
 
 
 def requests_of(tmp_path: Path, lines: list, context: ParseContext = CONTEXT):
@@ -108,8 +118,16 @@ BAD_LINES = [
     ({"id": 1, "prompt": "x", "prompt_token_ids": [1]}, "several prompt fields"),
     ([1, 2], "must be a JSON object"),
     ({"custom_id": "c", "url": "/v1/embeddings", "body": {"prompt": "x"}}, "not a supported endpoint"),
-    ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": "x", "n": 2}}, "one completion"),
-    ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": "x", "logprobs": 2}}, "unknown field"),
+    ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": "x", "n": 0}}, "n=0"),
+    ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": "x", "logprobs": 9}}, "logprobs=9"),
+    ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": "x", "logit_bias": {}}}, "logit_bias"),
+    ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": "x", "echo": True}}, "echo"),
+    ({"custom_id": "c", "url": "/v1/chat/completions",
+      "body": {"messages": [{"role": "user", "content": "q"}], "response_format": {"type": "json_object"}}},
+     "response_format"),
+    ({"custom_id": "c", "url": "/v1/chat/completions",
+      "body": {"messages": [{"role": "user", "content": "q"}], "top_logprobs": 2}}, "logprobs = true"),
+    ({"id": 1, "prompt": "x", "presence_penalty": 5}, "presence_penalty"),
     ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": ["a", "b"]}}, "several prompts"),
     ({"custom_id": 5, "url": "/v1/completions", "body": {"prompt": "x"}}, "custom_id"),
 ]
@@ -177,17 +195,18 @@ def test_writer_records_and_state(tmp_path):
     out = tmp_path / "out.jsonl"
     identity = JobIdentity(scan.sha256, "plan-hash", scan.num_requests)
     with JobOutput.open(out, identity, model_name="tiny") as job:
-        job.write(reqs[0], [1, 2], "ab", "length")
-        job.write(reqs[1], [3], "c", "stop")
+        job.write(reqs[0], [finished(reqs[0], [1, 2], "length")])
+        job.write(reqs[1], [finished(reqs[1], [3], "stop")])
         with pytest.raises(RuntimeError):
-            job.write(reqs[0], [1], "a", "stop")
+            job.write(reqs[0], [finished(reqs[0], [1], "stop")])
     native, batch = lines_of(out)
-    assert native == {"id": "n", "text": "ab", "token_ids": [1, 2], "finish_reason": "length",
+    assert native == {"id": "n", "text": "a b", "token_ids": [1, 2], "finish_reason": "length", "stop_reason": None,
                       "prompt_tokens": 2, "completion_tokens": 2}
     assert batch["custom_id"] == "c" and batch["error"] is None
     body = batch["response"]["body"]
     assert body["object"] == "chat.completion" and body["model"] == "tiny"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "c"}
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "c", "refusal": None}
+    assert body["id"].startswith("chatcmpl-") and batch["id"].startswith("batch_req_")
     assert body["usage"] == {"prompt_tokens": len(reqs[1].prompt_token_ids), "completion_tokens": 1,
                              "total_tokens": len(reqs[1].prompt_token_ids) + 1}
     state = json.loads(state_path(out).read_text())
@@ -200,7 +219,7 @@ def test_resume_after_torn_line_answers_each_id_once(tmp_path):
     identity = JobIdentity(scan.sha256, "p", scan.num_requests)
     job = JobOutput.open(out, identity)
     for r in reqs[:4]:
-        job.write(r, [1], "x", "length")
+        job.write(r, [finished(r, [1], "length")])
     job.sync()
     with out.open("ab") as f:          # the process died inside its fifth write
         f.write(b'{"id": 4, "text": "x", "tok')
@@ -211,7 +230,7 @@ def test_resume_after_torn_line_answers_each_id_once(tmp_path):
     todo = list(iter_requests(tmp_path / "in.jsonl", CONTEXT, scan, skip_keys=job.done_keys))
     assert [r.id for r in todo] == list(range(4, 10))
     for r in todo:
-        job.write(r, [2], "y", "stop")
+        job.write(r, [finished(r, [2], "stop")])
     job.close()
     ids = [line["id"] for line in lines_of(out)]
     assert sorted(ids) == list(range(10)) and len(ids) == 10
@@ -267,14 +286,15 @@ def test_output_path_checks_create_nothing(tmp_path):
 def _fuzz_strategies():
     from hypothesis import strategies as st
 
-    from runtime.jobio.requests import BATCH_FIELDS, NATIVE_FIELDS
+    from planner.prompts_file import BATCH_FIELDS, NATIVE_SAMPLING_FIELDS, PROMPT_FIELDS
 
     scalars = st.none() | st.booleans() | st.integers(-5, 120) | st.floats(allow_nan=True) | st.text(max_size=12)
     values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
                           | st.dictionaries(st.sampled_from(["role", "content", "prompt", "messages", "type",
                                                              "text", "max_tokens", "n"]), inner, max_size=4),
                           max_leaves=12)
-    keys = st.sampled_from(NATIVE_FIELDS + BATCH_FIELDS + ("max_completion_tokens", "model", "extra"))
+    keys = st.sampled_from(("id",) + PROMPT_FIELDS + NATIVE_SAMPLING_FIELDS + BATCH_FIELDS
+                           + ("max_completion_tokens", "model", "extra", "top_logprobs", "response_format"))
     urls = st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/other"])
     lines = st.dictionaries(keys, values | urls, max_size=6) | values
     return lines

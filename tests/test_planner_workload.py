@@ -69,18 +69,28 @@ def test_tokenizer_counts_tokens(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("{not json", "not valid JSON"),
-    ({"text": "hi"}, "exactly one of"),
+    ("{not json", "malformed JSON"),
+    ({"text": "hi"}, "unknown field .text."),
+    ({"id": 3}, "exactly one of"),
     ({"prompt": "hi", "messages": []}, "exactly one of"),
-    ({"prompt": ""}, "non-empty string"),
-    ({"prompt_token_ids": []}, "non-empty list"),
+    ({"prompt": ""}, "empty prompt"),
+    ({"prompt_token_ids": []}, "empty prompt"),
     ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
-    ({"messages": [{"role": "user"}]}, "string content"),
+    ({"messages": [{"role": "user"}]}, "messages\\[0\\]"),
 ])
 def test_bad_lines_name_the_line(tmp_path, line, message):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "fine"}, line])
-    with pytest.raises(UserError, match=f"p.jsonl:2: .*{message}"):
+    with pytest.raises(UserError, match=f"p.jsonl, line 2: .*{message}"):
         Workload.from_file(path, 16)
+    skipped = Workload.from_file(path, 16, on_error="skip")
+    assert skipped.num_prompts == 1
+
+
+def test_n_counts_each_completion_and_the_context_caps_generation(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt_token_ids": [1] * 10, "n": 3, "max_tokens": 50},
+                                              {"prompt_token_ids": [1] * 40}])
+    w = Workload.from_file(path, 16, on_error="skip", max_context=32)
+    assert w.num_prompts == 3 and w.gen_len_max == 22
 
 
 @pytest.mark.parametrize("args", [(0, 10, 5), (10, -1, 5), (10, 10, 0), (10**8, 10, 5)])

@@ -12,5 +12,6 @@ COMMAND_MODULES = [
     "runtime.commands.profile",
     "runtime.commands.generate",
     "runtime.commands.execute",
+    "runtime.commands.run_batch",
     "runtime.commands.demo",
 ]

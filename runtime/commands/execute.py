@@ -35,8 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "temperature, top_p, top_k, seed, stop, ignore_eos} or OpenAI Batch API lines")
     parser.add_argument("--output", required=True, help="answers JSONL (appended as sequences finish; resumable)")
     parser.add_argument("--report", help="write the report JSON here as well as printing it")
-    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                        help="bad input lines: fail before any work (default) or skip them (listed in the report)")
+    parser.add_argument("--on-error", choices=("fail", "skip", "record"), default="fail",
+                        help="bad input lines: fail before any work (default), skip them (listed in the report) "
+                             "or answer each with an error record")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="max_tokens of lines without one (default: the plan's longest generation)")
     parser.add_argument("--force", action="store_true",
@@ -58,6 +59,7 @@ class ExecuteOptions:
     force: bool = False
     overwrite: bool = False
     quiet: bool = False
+    generation_config: str = "auto"     # sampling defaults: runtime.llm.read_generation_config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +90,7 @@ def execute_job(options: ExecuteOptions) -> dict | None:
     from runtime.checkpoint import open_checkpoint
     from runtime.commands.execute_checks import check_plan_fits_memory, check_plan_machine, check_plan_model
     from runtime.jobio import JobIdentity, JobOutput, ParseContext, check_output_writable, scan_input
+    from runtime.llm import read_generation_config
 
     plan = Plan.load(options.plan)
     check_output_writable(options.output)
@@ -102,16 +105,22 @@ def execute_job(options: ExecuteOptions) -> dict | None:
     check_plan_fits_memory(plan, options.force)
     _spot_check(plan, profile)
     default_max_tokens = options.max_tokens or max(1, round(plan.workload.gen_len_max))
-    context = ParseContext(checkpoint.tokenizer, spec.max_position_embeddings, spec.vocab_size, default_max_tokens)
+    context = ParseContext(checkpoint.tokenizer, spec.max_position_embeddings, spec.vocab_size, default_max_tokens,
+                           read_generation_config(options.generation_config, Path(checkpoint.dir)))
     scan = scan_input(options.input, context, options.on_error)
-    identity = JobIdentity(scan.sha256, _sha256(options.plan), scan.num_requests)
+    recorded = scan.skipped if options.on_error == "record" else []
+    identity = JobIdentity(scan.sha256, _sha256(options.plan), scan.num_requests + len(recorded))
     say = (lambda *_: None) if options.quiet else (lambda text: print(text, file=sys.stderr))
     for skipped in scan.skipped:
-        say(f"skipping {options.input}, line {skipped.line_number}: {skipped.reason}")
+        verb = "answering with an error record" if recorded else "skipping"
+        say(f"{verb} {options.input}, line {skipped.line_number}: {skipped.reason}")
     with JobOutput.open(options.output, identity, overwrite=options.overwrite, model_name=spec.name) as job:
         if job.num_done:
-            say(f"resuming {options.output}: {job.num_done} of {scan.num_requests} requests already answered")
-        if job.num_done >= scan.num_requests:
+            say(f"resuming {options.output}: {job.num_done} of {identity.num_requests} lines already answered")
+        for skipped in recorded:
+            if skipped.key not in job.done_keys:
+                job.write_error(skipped)
+        if job.num_done >= identity.num_requests:
             say(f"nothing to do: every request in {options.input} is answered in {options.output}")
             return None
         stats, tally = _run_engine(checkpoint, plan, options, context, scan, job)
@@ -143,28 +152,37 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
     tokenizer = checkpoint.tokenizer
     detokenize = (lambda ids: tokenizer.decode(list(ids))) if tokenizer is not None else None
     eos = eos_token_ids(checkpoint)
-    pending: dict[str, tuple[Any, GenerationState]] = {}   # pulled by the engine, not finished yet
+    pending: dict[str, tuple[Any, list[GenerationState]]] = {}   # pulled by the engine, not answered yet
+    unanswered: dict[str, int] = {}                                 # completions of a request still running
 
     def requests():
         for request in iter_requests(options.input, context, scan, skip_keys=job.done_keys):
-            state = GenerationState(list(request.prompt_token_ids), request.sampling, eos, detokenize)
-            pending[request.key] = (request, state)
-            yield EngineRequest(id=request.key, prompt_token_ids=request.prompt_token_ids, params=request.sampling,
-                                state=state)
+            states = [GenerationState(list(request.prompt_token_ids), request.sampling, eos, detokenize,
+                                      seed=request.sampling.seed + i) for i in range(request.sampling.n)]
+            pending[request.key] = (request, states)
+            for i, state in enumerate(states):    # n completions: n sequences, one answer
+                yield EngineRequest(id=(request.key, i), prompt_token_ids=request.prompt_token_ids,
+                                    params=request.sampling, state=state)
 
-    remaining = scan.num_requests - job.num_done
-    progress = JobProgress(scan.num_requests, plan.predicted.generated_tok_s, already_done=job.num_done,
-                           token_budget=scan.requested_output_tokens * remaining // scan.num_requests,
-                           in_flight_tokens=lambda: sum(len(s.token_ids) for _, s in list(pending.values())),
+    remaining = scan.num_requests - (job.num_done - job.num_errors)
+    progress = JobProgress(job.identity.num_requests, plan.predicted.generated_tok_s, already_done=job.num_done,
+                           token_budget=scan.requested_output_tokens * remaining // max(scan.num_requests, 1),
+                           in_flight_tokens=lambda: sum(len(s.token_ids) for _, states in list(pending.values())
+                                                        for s in states if not s.finished),
                            enabled=False if options.quiet else None,
                            desc="execute" if plan.emulated_link_gbps is None
                            else f"execute (emulated link, {plan.emulated_link_gbps:g} GB/s)")
 
     def on_finish(completion) -> None:
-        request, _ = pending.pop(completion.id)
-        job.write(request, completion.token_ids, completion.text, completion.finish_reason)
-        tally.add(len(completion.prompt_token_ids), len(completion.token_ids))
-        progress.sequence_finished(len(completion.token_ids))
+        key, _ = completion.id
+        request, states = pending[key]
+        tally.add(len(completion.prompt_token_ids), len(completion.token_ids), completion.finish_reason)
+        progress.tokens_done(len(completion.token_ids))
+        unanswered[key] = unanswered.get(key, len(states)) - 1
+        if unanswered[key] == 0:            # the last of the request's n completions
+            del pending[key], unanswered[key]
+            job.write(request, states)
+            progress.answer_written()
 
     engine = None
     try:
@@ -186,8 +204,18 @@ def _finish_report(stats: Any, plan: Any, profile: Any, spec: Any, tally: Any, s
 
     report = build_report(stats, plan, profile, spec, tally, scan.skipped, resumed)
     report["output"] = str(options.output)
+    report["finish_reasons"] = dict(tally.finish_reasons)
     if not options.quiet:
+        print(written_summary(stats.num_requests, tally.finish_reasons, scan.skipped, options))
         print(format_report(report))
     if options.report is not None:
         write_report(options.report, report)
     return report
+
+
+def written_summary(completions: int, finish_reasons: dict[str, int], skipped: list, options: ExecuteOptions) -> str:
+    """The first line of the printed summary: what was written where."""
+    reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(finish_reasons.items())) or "none"
+    bad = "answered with error records" if options.on_error == "record" else "skipped"
+    return (f"wrote {completions} completions to {options.output} (finish reasons: {reasons}); "
+            f"{len(skipped)} bad input lines {bad}")

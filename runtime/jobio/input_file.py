@@ -4,7 +4,9 @@
 input identity), parses and validates every line (`requests.parse_line`), checks ids are unique, and keeps
 only ids, counts and skipped lines, never the prompts. `on_error="fail"` raises one `UserError` naming the
 path, the line number, the cause and the fix at the first bad line; `"skip"` records each bad line
-(`SkippedLine(line_number, reason)`) for the report. Blank lines are ignored.
+(`SkippedLine(line_number, reason, custom_id)`) for the report; `"record"` does the same and the job answers
+each with an error record (`runtime run-batch`: every input line gets one output line). Blank lines are
+ignored.
 `iter_requests(path, context, scan, skip_keys)` reads the file again lazily and yields the valid requests
 whose key is not in `skip_keys` (answers already in the output), so prompt text is held once, briefly.
 """
@@ -12,21 +14,27 @@ whose key is not in `skip_keys` (answers already in the output), so prompt text 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner.errors import UserError
+from planner.prompts_file import decode_line, line_custom_id
 from runtime.jobio.requests import LineError, ParseContext, Request, parse_line
 
-ON_ERROR_CHOICES = ("fail", "skip")
+ON_ERROR_CHOICES = ("fail", "skip", "record")
 
 
 @dataclass(frozen=True)
 class SkippedLine:
     line_number: int
     reason: str
+    custom_id: str | None = None    # the line's custom_id when it has one (for its error record)
+
+    @property
+    def key(self) -> str:
+        """The answer key of its error record (`writer.record_key`)."""
+        return f"line:{self.line_number}"
 
 
 @dataclass
@@ -37,7 +45,7 @@ class InputScan:
     num_lines: int = 0
     prompt_tokens: int = 0
     max_prompt_tokens: int = 0
-    requested_output_tokens: int = 0   # sum of max_tokens after capping to the context
+    requested_output_tokens: int = 0   # sum of n x max_tokens after capping to the context
     skipped: list[SkippedLine] = field(default_factory=list)
 
     @property
@@ -54,26 +62,17 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                         "pass --input an existing, readable JSONL file") from None
 
 
-def _decode(raw: bytes) -> object:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise LineError(f"the line is not valid UTF-8 (byte {err.start})", "save the file as UTF-8") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise LineError(f"malformed JSON: {err.msg} at column {err.colno}",
-                        "make the line one complete JSON object") from None
-    except ValueError as err:     # e.g. an integer beyond Python's digit limit
-        raise LineError(f"malformed JSON: {err}"[:200], "make the line one complete JSON object") from None
-    except RecursionError:
-        raise LineError("malformed JSON: nested too deeply", "make the line one flat JSON object") from None
-
-
 def _parse(raw: bytes, line_number: int, context: ParseContext) -> Request | None:
     if not raw.strip():
         return None
-    return parse_line(_decode(raw), line_number, context)
+    return parse_line(decode_line(raw), line_number, context)
+
+
+def _custom_id(raw: bytes) -> str | None:
+    try:
+        return line_custom_id(decode_line(raw))
+    except LineError:
+        return None
 
 
 def _line_error(path: Path, line_number: int, err: LineError) -> UserError:
@@ -83,7 +82,8 @@ def _line_error(path: Path, line_number: int, err: LineError) -> UserError:
 def scan_input(path: str | Path, context: ParseContext, on_error: str = "fail") -> InputScan:
     """Validate the whole file; see the module docstring."""
     if on_error not in ON_ERROR_CHOICES:
-        raise UserError(f"--on-error {on_error!r} is not one of {list(ON_ERROR_CHOICES)}", "pass fail or skip")
+        raise UserError(f"--on-error {on_error!r} is not one of {list(ON_ERROR_CHOICES)}",
+                        "pass fail, skip or record")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"the input file {path} does not exist", "pass --input an existing JSONL file")
@@ -104,15 +104,15 @@ def scan_input(path: str | Path, context: ParseContext, on_error: str = "fail") 
         except LineError as err:
             if on_error == "fail":
                 raise _line_error(path, line_number, err) from None
-            scan.skipped.append(SkippedLine(line_number, err.cause))
+            scan.skipped.append(SkippedLine(line_number, err.cause, _custom_id(raw)))
             continue
         seen[request.key] = line_number
         scan.num_requests += 1
         scan.prompt_tokens += len(request.prompt_token_ids)
         scan.max_prompt_tokens = max(scan.max_prompt_tokens, len(request.prompt_token_ids))
-        scan.requested_output_tokens += request.sampling.max_tokens
+        scan.requested_output_tokens += request.sampling.max_tokens * request.sampling.n
     scan.sha256 = digest.hexdigest()
-    if scan.num_requests == 0:
+    if scan.num_requests == 0 and not (on_error == "record" and scan.skipped):
         reason = f" ({len(scan.skipped)} bad lines skipped)" if scan.skipped else ""
         raise UserError(f"the input file {path} holds no valid prompts{reason}",
                         'write one JSON object per line, e.g. {"id": 1, "prompt": "Hello"}')

@@ -7,13 +7,11 @@
   (no trailing newline: the process died inside a write) is cut off by truncating back to the last newline,
   and the keys already answered (`done_keys`) are read so the caller skips them;
 - any other existing output: UserError suggesting --overwrite or a new path.
-`write(request, token_ids, text, finish_reason)` appends one complete line with one `os.write` on an
-O_APPEND descriptor (no user-space buffering, so a crash leaves whole lines plus at most one torn tail),
-fsyncs at most every `fsync_interval_s` and then rewrites the state file atomically (temp file, fsync,
+`write(request, states)` (an answer, `records.answer_record`) and `write_error(skipped)` (a bad line's error
+record, `records.error_record`) append one complete line with one `os.write` on an O_APPEND descriptor (no
+user-space buffering, so a crash leaves whole lines plus at most one torn tail), fsyncs at most every `fsync_interval_s` and then rewrites the state file atomically (temp file, fsync,
 os.replace). `close()` fsyncs and marks the state complete when every request is answered.
-Native lines: `{"id", "text", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens"}`; Batch API
-lines follow OpenAI's batch output: `{"id", "custom_id", "response": {"status_code", "request_id", "body"},
-"error"}` with a text_completion or chat.completion body (choices[0] also carries `token_ids`).
+The lines' forms: `runtime.jobio.records`.
 """
 
 from __future__ import annotations
@@ -21,11 +19,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import UserError
-from runtime.jobio.requests import Request, batch_key, native_key
+from runtime.jobio.input_file import SkippedLine
+from runtime.jobio.records import answer_record, error_record, record_key
+from runtime.jobio.requests import Request
+from runtime.sampling import GenerationState
 
 STATE_SCHEMA_VERSION = 1
 TAIL_CHUNK = 1 << 16
@@ -57,35 +59,6 @@ def check_output_writable(path: str | Path) -> None:
     for target in (path, state_path(path)):
         if target.exists() and not os.access(target, os.W_OK):
             raise UserError(f"{target} exists and is not writable", fix)
-
-
-def record_key(record: dict) -> str:
-    """The answer key of one output line (same keys as `Request.key`)."""
-    if "custom_id" in record:
-        return batch_key(record["custom_id"])
-    return native_key(record["id"])
-
-
-def completion_record(request: Request, token_ids: list[int], text: str, finish_reason: str,
-                      model_name: str = "") -> dict:
-    prompt_tokens, completion_tokens = len(request.prompt_token_ids), len(token_ids)
-    if not request.is_batch_api:
-        return {"id": request.id, "text": text, "token_ids": list(token_ids), "finish_reason": finish_reason,
-                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
-    choice: dict = {"index": 0}
-    if request.api == "chat.completions":
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice["text"] = text
-    choice.update(token_ids=list(token_ids), logprobs=None, finish_reason=finish_reason)
-    body = {"id": f"cmpl-{request.line_number}",
-            "object": "chat.completion" if request.api == "chat.completions" else "text_completion",
-            "created": int(time.time()), "model": model_name, "choices": [choice],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
-    return {"id": f"batch_req_{request.line_number}", "custom_id": request.id,
-            "response": {"status_code": 200, "request_id": f"req_{request.line_number}", "body": body},
-            "error": None}
 
 
 def _read_state(path: Path) -> dict | None:
@@ -187,15 +160,27 @@ class JobOutput:
     def num_done(self) -> int:
         return len(self.done_keys)
 
-    def write(self, request: Request, token_ids: list[int], text: str, finish_reason: str) -> None:
-        if request.key in self.done_keys:
-            raise RuntimeError(f"{request.key} answered twice")
-        record = completion_record(request, token_ids, text, finish_reason, self.model_name)
+    @property
+    def num_errors(self) -> int:
+        """Error records written (this run or an earlier one)."""
+        return sum(key.startswith("line:") for key in self.done_keys)
+
+    def write(self, request: Request, states: Sequence[GenerationState]) -> None:
+        """Append the answer of `request` from its n finished completions."""
+        self._append(request.key, answer_record(request, states, self.model_name))
+
+    def write_error(self, skipped: SkippedLine) -> None:
+        """Append the error record of a bad input line (`--on-error record`)."""
+        self._append(skipped.key, error_record(skipped))
+
+    def _append(self, key: str, record: dict) -> None:
+        if key in self.done_keys:
+            raise RuntimeError(f"{key} answered twice")
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         written = os.write(self._fd, line)
         while written < len(line):  # short writes happen only on a full disk or a signal
             written += os.write(self._fd, line[written:])
-        self.done_keys.add(request.key)
+        self.done_keys.add(key)
         self._dirty = True
         if time.monotonic() - self._last_sync >= self.fsync_interval_s:
             self.sync()

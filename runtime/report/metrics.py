@@ -21,7 +21,7 @@ sliding-window layers over min(p + j, window)).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from planner.costs import ModelCosts
 from planner.profile import HardwareProfile
@@ -51,8 +51,11 @@ class ContextTally:
     prefill_tokens: int = 0
     prefill_context: int = 0            # sum over prompt tokens of their causal context (1..p)
     prefill_window_context: int = 0
+    finish_reasons: dict[str, int] = field(default_factory=dict)   # completions per finish reason
 
-    def add(self, prompt_len: int, generated: int) -> None:
+    def add(self, prompt_len: int, generated: int, finish_reason: str | None = None) -> None:
+        if finish_reason is not None:
+            self.finish_reasons[finish_reason] = self.finish_reasons.get(finish_reason, 0) + 1
         decoded = max(generated - 1, 0)
         self.decode_tokens += decoded
         self.decode_context += sum_of_range(prompt_len + 1, prompt_len + decoded)
