@@ -107,3 +107,15 @@ def test_expert_paths_equal_the_reference_sum(path, split, window):
     per_expert = {k.removeprefix("layers.0."): v for k, v in weights.items()}
     torch.testing.assert_close(out, routed_experts(x, topk_ids, topk_weights, per_expert), rtol=1e-5, atol=1e-5)
     assert hit.tolist() == [bool((topk_ids == e).any()) for e in range(experts)]
+
+
+def test_grouped_path_is_forced_by_the_config_or_the_environment(monkeypatch):
+    from runtime.engine.config import GROUPED_ENV
+    from runtime.engine.ffn import use_grouped
+
+    spec, cpu = many_expert_spec(), torch.device("cpu")
+    monkeypatch.delenv(GROUPED_ENV, raising=False)
+    assert EngineConfig().grouped_experts is None and not use_grouped(None, cpu, torch.float32, spec)
+    assert use_grouped(True, cpu, torch.bfloat16, spec)
+    monkeypatch.setenv(GROUPED_ENV, "1")
+    assert EngineConfig().grouped_experts is True and EngineConfig(grouped_experts=False).grouped_experts is False
