@@ -7,9 +7,9 @@ by round so a load trend does not favour one), timing each, and saves them under
 `--profiles DIR` reuses the `quick-*.yaml` / `full-*.yaml` found there instead. For each pair it solves two
 workloads on both profiles: the demo's (`runtime demo`'s first rung: 256 distinct prompts of 32-128 tokens, 64
 generated, mixtral-mini bf16, 2 GiB of KV) and the issue's (4-layer mixtral-mini, 128 prompts of 96 tokens, 48
-generated), runs each plan once with the engine (`bench.common.run_engine`; `--no-execute` skips this), and
-prints predicted and achieved tok/s, the quick plan's prediction against the full plan's, and the wall-time
-ratio. A planner-only attribution swaps each section of the quick profile into the full one and re-plans the
+generated), runs the demo's plans once each with the engine (`bench.common.run_engine`; `--no-execute` skips
+this), and prints predicted and achieved tok/s, the quick plan's prediction against the full plan's, and the
+wall-time ratio. A planner-only attribution swaps each section of the quick profile into the full one and re-plans the
 demo's workload: the section that moves the prediction. Results: `bench/results/quick_profile.json` and the
 `quick-profile` section of BENCHMARKS.md.
 """
@@ -50,7 +50,8 @@ def measure_pair(round_index: int) -> dict:
     for sizing in ("quick", "full") if round_index % 2 == 0 else ("full", "quick"):
         print(f"round {round_index + 1}: measuring the {sizing} profile", flush=True)
         began = time.perf_counter()
-        profile = measure_profile(SIZINGS[sizing], command=f"bench_quick_profile ({sizing})", log=lambda _: None)
+        profile = measure_profile(SIZINGS[sizing], command=f"bench_quick_profile ({sizing})",
+                                  log=lambda line, s=sizing: print(f"  [{s}] {line.strip()}", flush=True))
         walls[sizing] = time.perf_counter() - began
         profile.save(PROFILES_DIR / f"{sizing}-{round_index + 1}.yaml")
         print(f"  {sizing}: {walls[sizing]:.0f} s", flush=True)
@@ -94,7 +95,7 @@ def compare(pair: tuple[Path, Path], execute: bool) -> dict:
         for label, profile in (("quick", quick), ("full", full)):
             plan = plan_on(checkpoint, workload, profile)
             row[label] = {"predicted": plan.predicted.generated_tok_s, "num_seqs": plan.num_seqs}
-            if execute:
+            if execute and name == "demo":
                 report = run_engine(checkpoint, plan, profile, prompts, gen_len)
                 row[label]["achieved"] = report["throughput"]["end_to_end"]["achieved"]
             print(f"  {name} on {label}: " + ", ".join(f"{k} {v:.4g}" for k, v in row[label].items()), flush=True)

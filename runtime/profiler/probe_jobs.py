@@ -57,6 +57,7 @@ GiB = float(1 << 30)
 # calls too high (BENCHMARKS.md, accuracy notes: over four profiles, mean error before calibration 13.2%
 # with the multiplier fitted, 10.5% without).
 PROBE_FITTED = ("gemm", "attention", "step_overhead_s")
+IMPLAUSIBLE_GEMM = 1.5                  # a fitted gemm above this: the stages were measured under different loads
 FIRST_TOKEN_ID = 3                      # prompts stay clear of ids 0-2 (pad / bos / eos of the random checkpoints)
 
 PROBE_GQA = ModelSpec(name="probe-gqa", family="mixtral", num_layers=4, hidden_size=768, num_heads=12,
@@ -209,5 +210,10 @@ def calibrate_on_probes(profile: HardwareProfile, device: torch.device, budget: 
                 f"{run.plan.predicted.generated_tok_s:.4g} planned ({job_s:.1f} s)")
         calibration = fit(runs, profile, only=PROBE_FITTED)
     note = _fitted_sentence(calibration, done, budget, once)
+    if calibration.after["gemm"] > IMPLAUSIBLE_GEMM:
+        warning = (f"The fitted gemm {calibration.after['gemm']:.3g} says the engine's GEMMs ran faster than the same "
+                   "GEMMs timed alone: the machine's load changed during profiling; re-profile on a quiet machine.")
+        log(f"  warning: {warning}")
+        note = f"{note} {warning}"
     notes = f"{profile.notes}\n{note}" if profile.notes else note
     return replace(calibration.profile, notes=notes)

@@ -1,7 +1,7 @@
-"""A check of about a second that this machine is still the one a profile describes (`runtime execute` runs it).
+"""A check of under a second that this machine is still the one a profile describes (`runtime execute` runs it).
 
 `measure_rates(device) -> MachineRates` times, with the profiler's own functions, the host memory read rate
-(`measure_host_memory` over `SPOT_MEMORY_BYTES`, 8x a 32 MiB last-level cache) and `SPOT_GEMM` on `device`
+(`measure_host_memory` over 4x the last-level cache, at least 64 MiB) and `SPOT_GEMM` on `device`
 (`measure_gemm_curve` at its one row count, one weight set: at 256 rows the GEMM is compute-bound, so caches
 barely matter); `runtime profile` stores the same two figures as the profile's `machine.fingerprint`.
 `spot_check_warnings(measured, profile, profile_name)` returns one sentence per figure more than 20% away from
@@ -17,16 +17,17 @@ from planner.this_machine import SPOT_GEMM, TOLERANCE, MachineRates, rate_differ
 from runtime.profiler.gemm import measure_gemm_curve
 from runtime.profiler.grids import MIB, GemmShape
 from runtime.profiler.links import measure_host_memory
+from runtime.profiler.machine import last_level_cache_bytes
 
-SPOT_MEMORY_BYTES = 256 * MIB
 SPOT_SHAPE = GemmShape("spot expert_ffn", "expert_ffn", SPOT_GEMM.n, SPOT_GEMM.k)
 FIX = "re-profile with `runtime profile` and re-plan"
 
 
 def measure_rates(device: torch.device) -> MachineRates:
-    memory = measure_host_memory(SPOT_MEMORY_BYTES, repeats=3, budget_s=0.4)
+    nbytes = max(64 * MIB, 4 * last_level_cache_bytes(torch.device("cpu")))
+    memory = measure_host_memory(nbytes, repeats=3, budget_s=0.3)
     curve = measure_gemm_curve(SPOT_SHAPE, (SPOT_GEMM.rows,), device, torch.bfloat16, cache_bytes=0,
-                               budget_s=0.4, max_call_s=0.4, repeats=3)
+                               budget_s=0.3, max_call_s=0.3, repeats=3)
     return MachineRates(memory_read_gbps=memory.read_gbps, gemm_tflops=curve.tflops[0])
 
 
