@@ -106,6 +106,7 @@ class Plan:
     memory: dict[str, dict[str, float]]         # host / device -> category -> bytes
     bound: Bound
     solver: dict[str, float]                    # evaluations, lattice sizes (never timings: plans are deterministic)
+    stream_slots: int = 2                       # device slots of streamed layers: 3 when device memory has room
 
     def __post_init__(self) -> None:
         _check_decisions(self)
@@ -176,6 +177,8 @@ def _check_decisions(plan: Plan) -> None:
         raise fail("resident_experts_per_layer", "must not be negative")
     if plan.token_groups not in (1, 2):
         raise fail("token_groups", "must be 1 or 2")
+    if plan.stream_slots not in (2, 3):
+        raise fail("stream_slots", "must be 2 or 3")
     if plan.scheduling not in SCHEDULING:
         raise fail("scheduling", f"must be one of {list(SCHEDULING)}")
     if plan.batching not in BATCHING:
@@ -215,13 +218,15 @@ def _from_plain(cls, data: dict, source: str, path: str):
     if not isinstance(data, dict):
         raise UserError(f"{source}: {path or 'plan'}: expected a mapping", "re-create the plan with `planner solve`")
     names = [f.name for f in fields(cls)]
-    unknown, missing = sorted(map(str, set(data) - set(names))), [n for n in names if n not in data]
+    optional = {f.name for f in fields(cls) if f.default is not dataclasses.MISSING}   # plans written before them
+    unknown = sorted(map(str, set(data) - set(names)))
+    missing = [n for n in names if n not in data and n not in optional]
     if unknown or missing:
         bad = where(unknown[0] if unknown else missing[0])
         raise UserError(f"{source}: {bad}: {'unknown field' if unknown else 'missing (required)'}",
                         "re-create the plan with `planner solve`")
     hints = typing.get_type_hints(cls)
-    return cls(**{name: _convert(data[name], hints[name], source, where(name)) for name in names})
+    return cls(**{name: _convert(data[name], hints[name], source, where(name)) for name in names if name in data})
 
 
 def _convert(value, hint, source: str, path: str):
