@@ -8,10 +8,13 @@ machine sizes as defaults and rejects absurd values with a `UserError`.
   device is the host: every weight) + KV cache (N slots at `kv_bytes_per_slot` plus one longest sequence
   of headroom, block-rounded) + pinned attention staging (q/k/v out, attention back: with a device) +
   activations and prefill workspace (CPU-only: the device is the host) + a reserve (OS, Python, torch).
-- device: resident weights + stream buffers (two layers of streamed modules, plus non-resident embed /
-  lm_head) + the larger of the decode activations (hidden states of all N tokens, one attention
-  micro-batch, one expert chunk, router logits, lm_head logits of a micro-batch) and the prefill workspace
-  (a chunk's activations, one layer's K/V for attention) + a reserve (CUDA context, allocator slack).
+- device: resident weights + stream buffers (`slots` layers of streamed modules, 2 or 3, plus non-resident
+  embed / lm_head) + the decode activations (hidden states of all N tokens, one attention micro-batch, one
+  expert chunk, router logits, lm_head logits of a micro-batch with the on-device sampler's workspace) and the
+  prefill workspace (a chunk's activations, one layer's K/V for attention with the K/V heads expanded for the
+  fused kernels, lm_head logits and sampling of at most one micro-batch of completed prompts) together, since
+  one pass carries both (`runtime.engine.forward`) + a reserve (CUDA context, allocator slack).
+  `stream_slots(c, N)` is 3 when a third slot fits beside all of that, else 2.
 - emulated link (`planner.emulated_link`): as with a device, but no reserve (the engine counts exactly what it
   allocates), no pinned staging, one token group.
 - model-based batching (`kv_on_device`): the KV cache is in device memory beside the weights, and the
@@ -33,6 +36,7 @@ from planner.workload import Workload
 
 GiB = float(1 << 30)
 HOST_RESERVE_BYTES = 2 * GiB
+SAMPLING_BYTES_PER_LOGIT = 16.0   # the on-device sampler per logit: fp32 probabilities, sorted fp32 and int64 ids
 HOST_RESERVE_FRACTION = 0.05
 DEVICE_RESERVE_BYTES = 1 * GiB
 DEVICE_RESERVE_FRACTION = 0.05
@@ -101,10 +105,25 @@ class MemoryModel:
         """Weight bytes page-locked on the host: the streamed weights' arena (nothing without a real device)."""
         return self.host_weights(c) if self.real_device else np.zeros(np.shape(c.residency))
 
+    def logits_bytes(self, rows) -> np.ndarray:
+        """lm_head logits of `rows` rows and the sampler's workspace over them."""
+        s = self.layout.spec
+        return rows * s.vocab_size * (s.dtype_bytes + SAMPLING_BYTES_PER_LOGIT)
+
+    def prefill_attention_bytes(self, keys) -> np.ndarray:
+        """One layer's prefill attention over `keys` keys: cached K/V as read, plus K/V expanded to the query
+        heads (MLA: the latent rows per head, values padded to the key width) for the fused kernels."""
+        s, lay, bp = self.layout.spec, self.layout, self.layout.spec.dtype_bytes
+        if s.attention == "mla":
+            expanded = 2 * s.num_heads * (s.kv_lora_rank + s.qk_rope_head_dim) * bp
+        else:
+            expanded = 2 * s.num_heads * s.head_dim * bp
+        return keys * (lay.prefill_kv_bytes_per_token_layer + expanded)
+
     def transients(self, c) -> np.ndarray:
         s, lay, bp = self.layout.spec, self.layout, self.layout.spec.dtype_bytes
         h = s.hidden_size
-        parts = [c.attn_batch * (lay.qkv_out_dim + lay.attn_out_dim) * bp, c.attn_batch * s.vocab_size * 4.0,
+        parts = [c.attn_batch * (lay.qkv_out_dim + lay.attn_out_dim) * bp, self.logits_bytes(c.attn_batch),
                  c.expert_batch * (2 * s.moe_intermediate_size + 2 * h) * bp]
         if s.shared_intermediate_size:
             parts.append(c.expert_batch * (2 * s.shared_intermediate_size + 2 * h) * bp)
@@ -120,8 +139,8 @@ class MemoryModel:
         tokens = self.prefill_tokens(c)
         h = s.hidden_size
         parts = [c.expert_batch * (2 * s.moe_intermediate_size + 2 * h) * bp, tokens * self.router_per_token,
-                 (tokens + w.prompt_len_max) * lay.prefill_kv_bytes_per_token_layer,
-                 (tokens / w.prompt_len_mean + 1) * s.vocab_size * 4.0]
+                 self.prefill_attention_bytes(tokens + w.prompt_len_max),
+                 self.logits_bytes(np.minimum(tokens / w.prompt_len_mean + 1, c.attn_batch))]
         if s.shared_intermediate_size:
             parts.append(c.expert_batch * (2 * s.shared_intermediate_size + 2 * h) * bp)
         if lay.num_dense_layers:
@@ -133,19 +152,39 @@ class MemoryModel:
         return num_seqs * self.per_seq_activations + np.maximum(
             self.transients(c), num_seqs / self.groups * self.router_per_token)
 
-    def device_fixed(self, c) -> np.ndarray:
+    def stream_buffers(self, c, slots: int = 2) -> np.ndarray:
+        lay, rho = self.layout, c.residency.astype(int)
+        return slots * np.maximum(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho]) \
+            + lay.streamed_per_step[rho]
+
+    def device_fixed(self, c, slots: int = 2) -> np.ndarray:
         """Device bytes that do not depend on N: weights, stream buffers, reserve."""
         if not self.has_device:
             return np.zeros(np.shape(c.residency))
-        lay, rho = self.layout, c.residency.astype(int)
-        buffers = 2 * np.maximum(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho])
-        return lay.resident_bytes[rho] + buffers + lay.streamed_per_step[rho] + self.device_reserve
+        return self.layout.resident_bytes[c.residency.astype(int)] + self.stream_buffers(c, slots) \
+            + self.device_reserve
+
+    def pass_workspace(self, c) -> np.ndarray:
+        """Transients of the merged pass: decode micro-batch and FFN transients beside the prefill chunk's."""
+        return self.transients(c) + self.prefill_workspace(c)
+
+    def stream_slots(self, c, num_seqs) -> int:
+        """3 when a third stream slot fits in the device budget beside everything else at N, else 2."""
+        if not self.has_device or self.kv_on_device:
+            return 2
+        lay, rho = self.layout, int(np.ravel(c.residency)[0])
+        slot = max(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho])
+        if slot <= 0 or self.layout.spec.num_layers <= 2:
+            return 2
+        used = float(np.ravel(self.device_fixed(c) + self.decode_activations(c, num_seqs)
+                              + self.prefill_workspace(c))[0])
+        return 3 if used + slot <= self.budgets.device_bytes else 2
 
     # ----- capacity -----
     def max_num_seqs(self, c) -> np.ndarray:
         lay, b = self.layout, self.budgets
         kv_slot, kv_one = lay.kv_bytes_per_slot, lay.kv_bytes_one_sequence
-        work = np.maximum(self.transients(c), self.prefill_workspace(c))
+        work = self.pass_workspace(c)
         n_kv = (b.kv_bytes - kv_one) / kv_slot
         host_left = b.host_bytes - self.host_weights(c) - self.host_reserve - kv_one
         a, r = self.per_seq_activations, self.router_per_token / self.groups
@@ -164,7 +203,7 @@ class MemoryModel:
         return np.minimum(np.minimum(n_kv, n_mem), float(self.workload.num_prompts))
 
     def fixed_parts_fit(self, c) -> np.ndarray:
-        work = np.maximum(self.transients(c), self.prefill_workspace(c))
+        work = self.pass_workspace(c)
         if self.has_device:
             return self.device_fixed(c) + work <= self.budgets.device_bytes
         return np.full(np.shape(c.residency), True)
@@ -172,15 +211,15 @@ class MemoryModel:
     def kv_budget_bytes(self, num_seqs) -> np.ndarray:
         return num_seqs * self.layout.kv_bytes_per_slot + self.layout.kv_bytes_one_sequence
 
-    def breakdown(self, c, num_seqs: float) -> tuple[dict[str, float], dict[str, float]]:
-        """Bytes by category on the host and on the device for one decision (scalars)."""
+    def breakdown(self, c, num_seqs: float, slots: int = 2) -> tuple[dict[str, float], dict[str, float]]:
+        """Bytes by category on the host and on the device for one decision (scalars), `slots` stream slots."""
         lay, b = self.layout, self.budgets
         decode = float(np.ravel(self.decode_activations(c, num_seqs))[0])
         prefill = float(np.ravel(self.prefill_workspace(c))[0])
         kv = float(np.ravel(self.kv_budget_bytes(num_seqs))[0])
         host = {"weights": float(np.ravel(self.host_weights(c))[0]), "kv_cache": 0.0 if self.kv_on_device else kv,
                 "staging_buffers": num_seqs * self.per_seq_staging,
-                "activations": 0.0 if self.has_device else max(decode, prefill),
+                "activations": 0.0 if self.has_device else decode + prefill,
                 "reserve": self.host_reserve}
         host["total"] = sum(host.values())
         host["budget"] = b.host_bytes
@@ -189,12 +228,11 @@ class MemoryModel:
             return host, {}
         rho = int(np.ravel(c.residency)[0])
         device = {"resident_weights": float(lay.resident_bytes[rho]),
-                  "stream_buffers": float(2 * max(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho])
-                                          + lay.streamed_per_step[rho]),
+                  "stream_buffers": float(np.ravel(self.stream_buffers(c, slots))[0]),
                   "decode_activations": decode, "prefill_workspace": prefill, "reserve": self.device_reserve}
         if self.kv_on_device:
             device["kv_cache"] = kv
-        device["total"] = (device["resident_weights"] + device["stream_buffers"] + max(decode, prefill)
+        device["total"] = (device["resident_weights"] + device["stream_buffers"] + decode + prefill
                            + device["reserve"] + device.get("kv_cache", 0.0))
         device["budget"] = b.device_bytes
         return host, device

@@ -25,7 +25,8 @@ profile's memory copy rate, which takes a core and memory bandwidth from compute
 Per step: embed, lm_head, sampling, non-resident embed/lm_head copies and the profile's step overhead.
 Prefill: forwards of `prefill_chunk` tokens at most (fewer when the free slots admit fewer prompts at once,
 `prefill_tokens`) through every layer on the device (device attention FLOPs at the
-o_proj GEMM rate, K/V written back over the link). Time for the workload: prefill time plus decode steps
+o_proj GEMM rate, K/V written back over the link); a forward that rides a decode step's pass (the engine runs
+one pass per step) costs only what it adds to that step's layers (`planner.perf_merged`). Time for the workload: prefill time plus decode steps
 with sequence-level refill: each sequence decodes g - 1 tokens (its first comes from its prefill forward),
 S = P (g-1) / N + ((g-1)/2)(1 - N/P) steps at the average occupancy P (g-1) / S; the drain term only when
 generation lengths differ (equal ones finish together, in whole waves). Memory and the largest feasible N live in `planner.perf_memory`.
@@ -48,6 +49,7 @@ from planner.errors import UserError
 from planner.expert_kernels import grouped_by_default, grouped_calls
 from planner.model_layout import RESIDENCY_ORDER, ModelLayout
 from planner.perf_memory import Budgets, MemoryModel
+from planner.perf_merged import merged_prefill
 from planner.perf_overheads import OverheadTerms
 from planner.profile import HardwareProfile
 from planner.rates import Rates, RateScale
@@ -183,23 +185,29 @@ class PerfModel:
             host_dense = (kv_read + read_dense) / r.host_read_bps
             cpu_moe = dev_moe + attention + self._copy_cpu_seconds(lay.streamed_moe_layer[rho])
             cpu_dense = dev_dense + attention + self._copy_cpu_seconds(lay.streamed_dense_layer[rho])
-            layer_moe = np.maximum.reduce([cpu_moe, host_moe, link_moe])
-            layer_dense = np.maximum.reduce([cpu_dense, host_dense, link_dense])
+            resources = {"moe": {"cpu": cpu_moe, "host_memory": host_moe, "link": link_moe},
+                         "dense": {"cpu": cpu_dense, "host_memory": host_dense, "link": link_dense}}
+            serial = {"moe": 0.0, "dense": 0.0}
             copy_moe, copy_dense = link_moe, link_dense
             device_bps = r.host_read_bps
         elif self.has_device:
             host_moe = (kv_read + lay.streamed_moe_layer[rho]) / r.host_read_bps
             host_dense = (kv_read + lay.streamed_dense_layer[rho]) / r.host_read_bps
-            layer_moe = np.maximum.reduce([dev_moe, attention, copy_moe, host_moe])
-            layer_dense = np.maximum.reduce([dev_dense, attention, copy_dense, host_dense])
+            resources = {"moe": {"device": dev_moe, "cpu": attention, "link": copy_moe, "host_memory": host_moe},
+                         "dense": {"device": dev_dense, "cpu": attention, "link": copy_dense,
+                                   "host_memory": host_dense}}
+            serial = {"moe": 0.0, "dense": 0.0}
             device_bps = r.device_read_bps
         else:
             read_moe, read_dense = self._weights_read(hit)
             host_moe = (kv_read + read_moe) / r.host_read_bps
             host_dense = (kv_read + read_dense) / r.host_read_bps
-            layer_moe = np.maximum(dev_moe + attention, host_moe) + copy_moe
-            layer_dense = np.maximum(dev_dense + attention, host_dense) + copy_dense
+            resources = {"moe": {"cpu": dev_moe + attention, "host_memory": host_moe},
+                         "dense": {"cpu": dev_dense + attention, "host_memory": host_dense}}
+            serial = {"moe": copy_moe, "dense": copy_dense}
             device_bps = r.host_read_bps
+        layer_moe = np.maximum.reduce(list(resources["moe"].values())) + serial["moe"]
+        layer_dense = np.maximum.reduce(list(resources["dense"].values())) + serial["dense"]
         per_step = self.overheads.decode_step(num_seqs)
         embed = num_seqs * spec.hidden_size * spec.dtype_bytes / device_bps + per_step["embed"]
         lm_head = self.groups * g["lm_head"].chunked_seconds(n, c.attn_batch) + per_step["lm_head"]
@@ -217,6 +225,7 @@ class PerfModel:
             "weight_copy": n_moe * copy_moe + n_dense * copy_dense + step_copy, "sampling": sampling,
             "step": step,
             "busy_host_memory": n_moe * host_moe + n_dense * host_dense,
+            "layer": {"resources": resources, "serial": serial, "group_tokens": n},   # for `planner.perf_merged`
         }
         if self.emulated:
             out.update(busy_cpu=device_busy + n_all * attention, busy_link=out["weight_copy"])
@@ -292,6 +301,9 @@ class PerfModel:
             cpu_dense = dev_dense + self._copy_cpu_seconds(lay.streamed_dense_layer[rho])
             layer_moe = np.maximum.reduce([cpu_moe, (2 * kv_bytes + read_moe) / r.host_read_bps, copy_moe])
             layer_dense = np.maximum.reduce([cpu_dense, (2 * kv_bytes + read_dense) / r.host_read_bps, copy_dense])
+            kv_host = 2 * kv_bytes / r.host_read_bps      # riding a decode step: no weight copy or read again
+            ride = {"moe": {"cpu": dev_moe, "host_memory": kv_host, "link": kv_out},
+                    "dense": {"cpu": dev_dense, "host_memory": kv_host, "link": kv_out}}
             device_bps = r.host_read_bps
         elif self.has_device:
             kv_out = kv_bytes / r.d2h_bps(kv_bytes)
@@ -299,11 +311,18 @@ class PerfModel:
             host_dense = (kv_bytes + lay.streamed_dense_layer[rho]) / r.host_read_bps
             layer_moe = np.maximum.reduce([dev_moe, copy_moe, kv_out, host_moe])
             layer_dense = np.maximum.reduce([dev_dense, copy_dense, kv_out, host_dense])
+            kv_host = kv_bytes / r.host_read_bps
+            ride = {"moe": {"device": dev_moe, "d2h": kv_out, "host_memory": kv_host},
+                    "dense": {"device": dev_dense, "d2h": kv_out, "host_memory": kv_host}}
             device_bps = r.device_read_bps
         else:
             read_moe, read_dense = self._weights_read(hit)
             layer_moe = np.maximum(dev_moe, (2 * kv_bytes + read_moe) / r.host_read_bps) + copy_moe
             layer_dense = np.maximum(dev_dense, (2 * kv_bytes + read_dense) / r.host_read_bps) + copy_dense
+            attn_bytes = {kind: lay.group_bytes[kind]["qkv_proj"] + lay.group_bytes[kind]["o_proj"]
+                          for kind in ("moe", "dense")}  # the FFN's weights are read once for both
+            ride = {kind: {"cpu": dev, "host_memory": (2 * kv_bytes + attn_bytes[kind]) / r.host_read_bps}
+                    for kind, dev in (("moe", dev_moe), ("dense", dev_dense))}
             device_bps = r.host_read_bps
         per_chunk = self.overheads.prefill_chunk(tokens, sequences)
         embed = tokens * spec.hidden_size * spec.dtype_bytes / device_bps + per_chunk["embed"]
@@ -317,6 +336,8 @@ class PerfModel:
             "dense_mlp": n_dense * dense, "lm_head": lm_head,
             "weight_copy": n_moe * copy_moe + n_dense * copy_dense + step_copy,
             "chunk": chunk, "tokens": tokens,
+            "alone": {"moe": layer_moe, "dense": layer_dense, "step": step_copy + r.step_overhead_s},
+            "ride": ride, "hit": hit,
         }
 
     # ----- the whole job -----
@@ -335,7 +356,7 @@ class PerfModel:
         occupancy = np.maximum(p * decoded / steps, 1.0)
         at_mean = at_n if w.num_prompts == 1 else self.decode_step(c, occupancy)
         decode_time = steps * at_mean["step"]
-        pre = self.prefill_chunk(c, n)
+        pre = merged_prefill(self, c, self.prefill_chunk(c, n), at_mean, n, steps)
         prefill_tok_s = pre["tokens"] / pre["chunk"]
         prefill_time = w.prompt_tokens / prefill_tok_s
         wall = prefill_time + decode_time

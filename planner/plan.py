@@ -11,8 +11,10 @@ Residency: `resident_modules` lists weight modules kept on the device (runtime m
 experts 0 .. `resident_experts_per_layer`-1 of every MoE layer stay on the device too ("experts" is listed when
 all of them do). `plan.is_resident(module, expert)` answers for one tensor. With `stream_weights` false
 (no device) every module is used in place.
-`Plan.load(path)` / `plan.save(path)`; a missing, mistyped, unknown or out-of-range field raises `UserError`
-naming it (`plan.yaml: predicted.decode_tok_s: expected a number`).
+`stream_slots` (2 or 3) is how many device slots the streamer rings through. `Plan.load(path)` /
+`plan.save(path)`; a missing, mistyped, unknown or out-of-range field raises `UserError` naming it
+(`plan.yaml: predicted.decode_tok_s: expected a number`); a field with a default (added after plans were
+written) may be absent.
 """
 
 from __future__ import annotations

@@ -64,9 +64,10 @@ def plan_from_solution(model: PerfModel, solution: Solution, model_ref: ModelRef
     step = float(ev.decode_step_s[0])
     busy = {k: float(v[0]) for k, v in ev.busy.items()}
     utilisation = {k: v / step for k, v in busy.items()}
-    host, device = model.memory.breakdown(c, float(n))
     bound = compute_bound(model)
     streams = (model.has_device or model.streams_on_host) and solution.residency < lay.max_residency
+    slots = model.memory.stream_slots(c, float(n)) if streams else 2
+    host, device = model.memory.breakdown(c, float(n), slots)
     if streams:
         resident, experts_resident = lay.resident_groups(solution.residency)
     else:
@@ -93,7 +94,7 @@ def plan_from_solution(model: PerfModel, solution: Solution, model_ref: ModelRef
         module_times={"decode_step": {k: float(v[0]) for k, v in ev.decode_modules.items()},
                       "prefill_chunk": {k: float(v[0]) for k, v in ev.prefill_modules.items()}},
         utilisation=utilisation, bottleneck=max(utilisation, key=utilisation.get),
-        memory={"host": host, "device": device}, bound=bound,
+        memory={"host": host, "device": device}, bound=bound, stream_slots=slots,
         solver={"evaluations": float(solution.evaluations),
                 "lattice_points": float((lay.max_residency + 1) * ATTN_BATCHES.size * PREFILL_CHUNKS.size
                                         * (EXPERT_BATCHES_LOG2[1] - EXPERT_BATCHES_LOG2[0] + 1))})

@@ -177,7 +177,7 @@ def test_plan_accounts_memory_by_category_within_budgets():
     assert host["pinned_weights"] == host["weights"]           # the streamed weights' arena, all of it pinned
     assert host["total"] <= host["budget"] and device["total"] <= device["budget"]
     assert device["total"] == pytest.approx(device["resident_weights"] + device["stream_buffers"] + device["reserve"]
-                                            + max(device["decode_activations"], device["prefill_workspace"]))
+                                            + device["decode_activations"] + device["prefill_workspace"])
     assert plan.kv_budget_bytes == host["kv_cache"] <= 128 * GiB
     assert plan.is_resident("qkv_proj") and plan.is_resident("experts", 0)
     assert not plan.is_resident("experts", plan.resident_experts_per_layer)
@@ -211,3 +211,45 @@ def test_end_to_end_bound_adds_the_prompts_prefill_at_peak():
     assert bound.end_to_end_tok_s < bound.tok_s
     plan = make_plan(spec, flat_profile(False), workload, Budgets(8 * GiB, 512 * GiB, 0))
     assert plan.predicted.generated_tok_s <= plan.bound.end_to_end_tok_s
+
+
+def test_a_chunk_riding_a_decode_step_pays_no_weight_copy_of_its_own():
+    """The merged pass: with refill every prefill chunk rides a decode step, so the streamed layers it would
+    have copied for a pass of its own are not paid again; its expert batches join the decode tokens'."""
+    from planner.perf_merged import merged_prefill, riding_fraction
+
+    spec, profile, budgets = small_spec(), flat_profile(False), Budgets(8 * GiB, 512 * GiB, 0)
+    staggered = Workload.from_lengths([300] * 4, [8, 30, 50, 64], num_prompts=1000)
+    model = PerfModel(spec, profile, staggered, budgets, stream_on_host=True)
+    c = candidates(residency=model.residency_range[0], attention_threads=8)
+    n = np.array([100.0])
+    alone, decode = model.prefill_chunk(c, n), model.decode_step(c, n)
+    merged = merged_prefill(model, c, alone, decode, n, np.array([1e6]))
+    assert alone["weight_copy"][0] > 0
+    assert merged["chunk"][0] <= alone["chunk"][0] - 0.9 * alone["weight_copy"][0]   # the copy, not paid again
+    assert merged["weight_copy"][0] < alone["weight_copy"][0]
+    assert riding_fraction(model, alone["tokens"], n, np.array([1e6]))[0] == 1.0
+    assert riding_fraction(model, alone["tokens"], n, np.array([0.0]))[0] == 0.0       # no decode step to ride
+    waves = PerfModel(spec, profile, Workload.fixed(300, 40, 1000), budgets, stream_on_host=True)
+    assert 0.0 < riding_fraction(waves, np.array([512.0]), n, np.array([1e6]))[0] < 1.0   # a wave's first forward
+
+
+def test_a_third_stream_slot_only_when_device_memory_has_room():
+    from planner.plan import Plan
+
+    spec, workload, profile = load_spec("mixtral"), Workload.fixed(512, 256, 10_000), load_profile("a5000-epyc7453")
+    c, n = candidates(residency=0, num_seqs=64), 64.0
+    seen = set()
+    for device_gib in np.linspace(8, 40, 17):
+        memory = PerfModel(spec, profile, workload, Budgets(128 * GiB, 512 * GiB, device_gib * GiB)).memory
+        used = float((memory.device_fixed(c) + memory.decode_activations(c, n) + memory.prefill_workspace(c))[0])
+        slot = float(memory.stream_buffers(c, 3)[0] - memory.stream_buffers(c, 2)[0])
+        seen.add(memory.stream_slots(c, n))
+        assert memory.stream_slots(c, n) == (3 if used + slot <= device_gib * GiB else 2)
+    assert seen == {2, 3}
+    plan = make_plan(spec.with_layers(8), profile, workload, Budgets.from_args(profile, 128, device_gb=80))
+    assert plan.stream_slots == 3 and plan.memory["device"]["total"] <= plan.memory["device"]["budget"]
+    assert Plan.from_yaml(plan.to_yaml()).stream_slots == 3
+    old = plan.to_dict()
+    del old["stream_slots"]                                       # a plan written before the field: 2 slots
+    assert Plan.from_dict(old).stream_slots == 2

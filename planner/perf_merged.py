@@ -1,0 +1,74 @@
+"""The merged pass: a prefill chunk that rides in a decode step's pass over the layers (torch-free).
+
+The engine runs one pass per step (`runtime.engine.forward`): the chunk's attention joins the step's layers and
+its tokens join the step's FFN, so the layer's streamed weights are copied (and read) once for both, and the
+experts see the decode and prefill tokens of group 0 in one batch. A riding chunk therefore costs what it
+adds to the decode layer's busiest resource, not a pass of its own:
+
+    marginal = max_r(decode[r] + ride[r]) + decode serial - decode layer, per MoE and dense layer,
+
+where `ride` is the chunk's work per resource without the weight copy (`PerfModel.prefill_chunk`), less the
+expert-batching saving E(g) + E(T) - E(g + T) on the compute resource (E: a token group's expert seconds,
+g = N / groups decode tokens, T = the chunk's tokens; CPU-only, the experts both hit are read once too).
+The fraction of prefill forwards that ride: every one with staggered generation lengths (refill admits into
+running steps); in waves all but the first forward of each wave; never more than one per decode step. Chunk seconds blend the two, and the chunk's
+`weight_copy` is booked as the engine books it (by token share on a riding step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+COMPUTE_RESOURCES = ("device", "cpu")
+
+
+def riding_fraction(model, tokens: np.ndarray, num_seqs: np.ndarray, decode_steps: np.ndarray) -> np.ndarray:
+    w = model.workload
+    forwards = max(w.prompt_tokens, 1.0) / np.maximum(tokens, 1.0)
+    most = np.minimum(decode_steps / forwards, 1.0)       # at most one chunk rides in each decode step
+    if not w.finishes_in_waves:
+        return most
+    forwards_per_wave = np.maximum(num_seqs * w.prompt_len_mean / np.maximum(tokens, 1.0), 1.0)
+    return np.minimum(1.0 - 1.0 / forwards_per_wave, most)
+
+
+def _group_experts(model, c, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds of one FFN call's routed experts over `tokens` tokens, and the experts they hit."""
+    lay, spec = model.layout, model.spec
+    hit = lay.expected_experts(tokens)
+    rows = tokens * spec.top_k / np.maximum(hit, 1e-12)
+    ov = model.overheads.prefill_layer(tokens, 1.0, 0.0, hit, rows, c.expert_batch, model.grouped_experts)
+    return model._expert_seconds(hit, rows, tokens, c.expert_batch) + ov["experts"], hit
+
+
+def merged_prefill(model, c, pre: dict, decode: dict, num_seqs: np.ndarray, decode_steps: np.ndarray) -> dict:
+    """`pre` (a standalone prefill chunk) with `chunk` and `weight_copy` as the merged pass runs it."""
+    lay, r = model.layout, model.rates
+    tokens, layer = pre["tokens"], decode["layer"]
+    group = layer["group_tokens"]
+    e_group, hit_group = _group_experts(model, c, group)
+    e_chunk, hit_chunk = _group_experts(model, c, tokens)
+    e_both, hit_both = _group_experts(model, c, group + tokens)
+    saved = np.maximum(e_group + e_chunk - e_both, 0.0)
+    marginal = {}
+    for kind in ("moe", "dense"):
+        dec, ride = layer["resources"][kind], dict(pre["ride"][kind])
+        if kind == "moe":
+            compute = next(k for k in COMPUTE_RESOURCES if k in ride)
+            ride[compute] = ride[compute] - saved
+            if not model.has_device:     # the experts both hit are read from host memory once
+                ride["host_memory"] = ride["host_memory"] + (hit_both - hit_group) * lay.expert_bytes / r.host_read_bps
+        keys = set(dec) | set(ride)
+        merged = np.maximum.reduce([dec.get(k, 0.0) + ride.get(k, 0.0) for k in keys])
+        alone = np.maximum.reduce(list(dec.values()))
+        marginal[kind] = np.maximum(merged - alone, 0.0)
+    n_moe, n_dense = lay.num_moe_layers, lay.num_dense_layers
+    per_layer_alone = n_moe * pre["alone"]["moe"] + n_dense * pre["alone"]["dense"]
+    rest = pre["chunk"] - per_layer_alone - pre["alone"]["step"]     # embed, lm_head, the forward's bookkeeping
+    riding = n_moe * marginal["moe"] + n_dense * marginal["dense"] + rest
+    share = riding_fraction(model, tokens, num_seqs, decode_steps)
+    out = dict(pre)
+    out["chunk"] = share * riding + (1.0 - share) * pre["chunk"]
+    token_share = tokens / (tokens + num_seqs)
+    out["weight_copy"] = pre["weight_copy"] * (share * token_share + 1.0 - share)
+    return out
