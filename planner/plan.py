@@ -13,8 +13,8 @@ all of them do). `plan.is_resident(module, expert)` answers for one tensor. With
 (no device) every module is used in place.
 `stream_slots` (2 or 3) is how many device slots the streamer rings through. `Plan.load(path)` /
 `plan.save(path)`; a missing, mistyped, unknown or out-of-range field raises `UserError` naming it
-(`plan.yaml: predicted.decode_tok_s: expected a number`); a field with a default (added after plans were
-written) may be absent.
+(`plan.yaml: predicted.decode_tok_s: expected a number`); the fields of `OPTIONAL_FIELDS` (added after plans
+were written) may be absent.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ WEIGHT_MODULES = ("embed", "qkv_proj", "o_proj", "router", "experts", "shared_ex
 RESOURCES = ("device", "cpu_attention", "link", "host_memory", "cpu")
 SCHEDULING = ("refill",)
 BATCHING = ("module", "model")
-OPTIONAL_FIELDS = {"batching": "module", "emulated_link_gbps": None}
+OPTIONAL_FIELDS = {"batching": "module", "emulated_link_gbps": None, "stream_slots": 2}
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class Plan:
     memory: dict[str, dict[str, float]]         # host / device -> category -> bytes
     bound: Bound
     solver: dict[str, float]                    # evaluations, lattice sizes (never timings: plans are deterministic)
-    stream_slots: int = 2                       # device slots of streamed layers: 3 when device memory has room
+    stream_slots: int = OPTIONAL_FIELDS["stream_slots"]   # device slots of streamed layers: 3 when the device has room
 
     def __post_init__(self) -> None:
         _check_decisions(self)
@@ -220,15 +220,13 @@ def _from_plain(cls, data: dict, source: str, path: str):
     if not isinstance(data, dict):
         raise UserError(f"{source}: {path or 'plan'}: expected a mapping", "re-create the plan with `planner solve`")
     names = [f.name for f in fields(cls)]
-    optional = {f.name for f in fields(cls) if f.default is not dataclasses.MISSING}   # plans written before them
-    unknown = sorted(map(str, set(data) - set(names)))
-    missing = [n for n in names if n not in data and n not in optional]
+    unknown, missing = sorted(map(str, set(data) - set(names))), [n for n in names if n not in data]
     if unknown or missing:
         bad = where(unknown[0] if unknown else missing[0])
         raise UserError(f"{source}: {bad}: {'unknown field' if unknown else 'missing (required)'}",
                         "re-create the plan with `planner solve`")
     hints = typing.get_type_hints(cls)
-    return cls(**{name: _convert(data[name], hints[name], source, where(name)) for name in names if name in data})
+    return cls(**{name: _convert(data[name], hints[name], source, where(name)) for name in names})
 
 
 def _convert(value, hint, source: str, path: str):
