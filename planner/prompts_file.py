@@ -2,7 +2,8 @@
 both read lines through it (the runtime adds tokenisation, chat templates and context checks on top).
 
 Two line forms:
-- native: `{"id": ..., "prompt": "..."}`, `"prompt_token_ids": [...]` or chat `"messages": [...]` (exactly one),
+- native: `{"id": ..., "prompt": "..."}` (a string or token ids, as OpenAI's), `"prompt_token_ids": [...]` or
+  chat `"messages": [...]` (exactly one),
   plus vLLM SamplingParams fields (`NATIVE_SAMPLING_FIELDS`). A missing id becomes the line number.
 - OpenAI Batch API: `{"custom_id", "method": "POST", "url": "/v1/completions" | "/v1/chat/completions",
   "body"}`. The body holds `prompt` (a string or token ids) or `messages`, OpenAI's fields (max_tokens,
@@ -183,7 +184,8 @@ def _native(obj: dict, line_number: int) -> PromptLine:
                         'add "prompt": "..." (or prompt_token_ids / messages), only one of them')
     prompt, messages = None, None
     if given[0] == "prompt":
-        prompt = _text(obj["prompt"], "prompt")
+        value = obj["prompt"]
+        prompt = _token_ids(value, "prompt") if isinstance(value, list) else _text(value, "prompt")
     elif given[0] == "prompt_token_ids":
         prompt = _token_ids(obj["prompt_token_ids"], "prompt_token_ids")
     else:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from planner.errors import UserError
+from planner.hf_hub import is_hub_id, require_snapshot
 from planner.prompts_file import LineError, PromptLine, decode_line, parse_prompt_line
 from planner.values import is_finite_number, is_int
 
@@ -224,7 +225,7 @@ def _log2_histogram(values: np.ndarray) -> tuple[tuple[int, int, int], ...]:
 def _token_counter(tokenizer_path: str | Path | None):
     if tokenizer_path is None:
         return (lambda text: max(1, math.ceil(len(text.encode("utf-8")) / 4))), "bytes/4"
-    path = Path(tokenizer_path)
+    path = require_snapshot(str(tokenizer_path)) if is_hub_id(tokenizer_path) else Path(tokenizer_path)
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():

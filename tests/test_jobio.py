@@ -112,6 +112,7 @@ BAD_LINES = [
     ({"id": 1, "prompt": "x", "top_k": 1.5}, "top_k"),
     ({"id": [1], "prompt": "x"}, "id must be a string or an integer"),
     ({"id": 1, "prompt": 5}, "prompt must be a string"),
+    ({"id": 1, "prompt": [1, "x"]}, "list of integer token ids"),
     ({"id": 1, "prompt_token_ids": [1, "2"]}, "list of integer token ids"),
     ({"id": 1, "prompt_token_ids": [100]}, "outside the vocabulary"),
     ({"id": 1}, "no prompt"),
