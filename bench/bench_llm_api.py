@@ -16,7 +16,14 @@ import argparse
 import json
 import time
 
-from bench.common import RESULTS_DIR, ensure_checkpoint, fixed_prompts, machine_line, markdown_table, update_section
+from bench.common import (
+    RESULTS_DIR,
+    ensure_checkpoint,
+    fixed_prompts,
+    machine_line,
+    markdown_table,
+    update_section,
+)
 
 
 def timed(fn) -> float:
