@@ -7,9 +7,9 @@ docs/contracts.md so the runtime's measured times line up one to one with the pr
 Decode step (N sequences in flight, two token groups of N/2 when there is a device, one without):
 per layer, qkv_proj and o_proj on the device in micro-batches of b_a; CPU attention = KV bytes read /
 attention bandwidth at the chosen thread count; router over the group; experts: the expected distinct
-experts hit by the group's n tokens, E(1-(1-k/E)^n), each at m = n k / hit rows: with a device as grouped GEMMs
-(one call per window of b_e routed rows), without one looped, in chunks of at most b_e padded to their row
-buckets (`planner.expert_kernels`; every GEMM module call and attention micro-batch also costs the profile's
+experts hit by the group's n tokens, E(1-(1-k/E)^n), each at m = n k / hit rows, as grouped GEMMs (one call
+per window of b_e routed rows; looped: in chunks of at most b_e padded to their row buckets;
+`planner.expert_kernels`; every GEMM module call and attention micro-batch also costs the profile's
 `efficiency.call_overhead_s`);
 shared experts and dense MLP layers in chunks of b_e; weight_copy = bytes streamed / pinned link rate.
 Every module also gets the profile's measured per-call and elementwise costs (`overheads` section, times
@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from planner.errors import UserError
-from planner.expert_kernels import grouped_by_default, grouped_calls
+from planner.expert_kernels import GROUPED_BY_DEFAULT, grouped_calls
 from planner.model_layout import RESIDENCY_ORDER, ModelLayout
 from planner.perf_memory import Budgets, MemoryModel
 from planner.perf_merged import merged_prefill
@@ -117,7 +117,7 @@ class PerfModel:
                                   kv_on_device=self.model_batching)
         self.streams_on_host = stream_on_host and not self.has_device
         self.groups = 2 if self.has_device and not self.emulated else 1
-        self.grouped_experts = grouped_by_default(self.has_device and not self.emulated)   # the engine's path
+        self.grouped_experts = GROUPED_BY_DEFAULT          # the engine's expert path (planner.expert_kernels)
 
     @property
     def residency_range(self) -> tuple[int, int]:

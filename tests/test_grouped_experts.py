@@ -115,7 +115,7 @@ def test_grouped_path_is_forced_by_the_config_or_the_environment(monkeypatch):
 
     spec, cpu = many_expert_spec(), torch.device("cpu")
     monkeypatch.delenv(GROUPED_ENV, raising=False)
-    assert EngineConfig().grouped_experts is None and not use_grouped(None, cpu, torch.float32, spec)
-    assert use_grouped(True, cpu, torch.bfloat16, spec)
+    assert EngineConfig().grouped_experts is None and use_grouped(None, cpu, torch.float32, spec)
+    assert not use_grouped(False, cpu, torch.bfloat16, spec)
     monkeypatch.setenv(GROUPED_ENV, "1")
     assert EngineConfig().grouped_experts is True and EngineConfig(grouped_experts=False).grouped_experts is False

@@ -111,14 +111,14 @@ def test_decode_terms_grow_by_calls_times_costs(multiplier):
     layers, h, ns = spec.num_layers, spec.hidden_size, {k: v * 1e-9 for k, v in ELEMENT_NS.items()}
     c = CALL_S
     micro_batches = N / B_A                  # one token group without a device
-    hit = 8 * (1 - (1 - 2 / 8) ** N)         # one chunk each: N k / hit rows << b_e
+    windows = -(-N * 2 // B_E)               # grouped experts (planner.expert_kernels): a call per b_e routed rows
     expected = {
         "embed": c["embed"],
         "qkv_proj": layers * (micro_batches * c["qkv_proj"] + N * (h * ns["norm"] + (8 + 2) * 64 * ns["rope"])),
         "attention": layers * micro_batches * c["attention"],
         "o_proj": layers * (micro_batches * c["o_proj"] + N * h * ns["add"]),
         "router": layers * (c["router"] + N * h * ns["norm"]),
-        "experts": layers * (c["expert_grouping"] + hit * c["expert"]),
+        "experts": layers * (c["expert_grouping"] + windows * c["expert"]),
         "shared_experts": 0.0, "dense_mlp": 0.0, "weight_copy": 0.0,
         "lm_head": c["lm_head"] + N * h * ns["norm"],
         "sampling": c["sampling"] + N * spec.vocab_size * ns["sampling"],
@@ -137,14 +137,14 @@ def test_prefill_terms_grow_by_segments_and_score_elements():
     layers, h, ns = spec.num_layers, spec.hidden_size, {k: v * 1e-9 for k, v in ELEMENT_NS.items()}
     c = CALL_S
     segments = CHUNK / PROMPT                # equal prompts: every query scores PROMPT keys
-    hit = 8 * (1 - (1 - 2 / 8) ** CHUNK)
+    windows = -(-CHUNK * 2 // B_E)           # grouped experts: a call per b_e routed rows
     expected = {
         "embed": c["embed"],
         "qkv_proj": layers * (c["qkv_proj"] + CHUNK * (h * ns["norm"] + (8 + 2) * 64 * ns["rope"])),
         "attention": layers * (segments * c["prefill_attention"] + CHUNK * 8 * PROMPT * ns["attention_score"]),
         "o_proj": layers * (c["o_proj"] + CHUNK * h * ns["add"]),
         "router": layers * (c["router"] + CHUNK * h * ns["norm"]),
-        "experts": layers * (c["expert_grouping"] + hit * c["expert"]),
+        "experts": layers * (c["expert_grouping"] + windows * c["expert"]),
         "shared_experts": 0.0, "dense_mlp": 0.0, "weight_copy": 0.0,
         "lm_head": c["lm_head"] + segments * h * ns["norm"],
     }

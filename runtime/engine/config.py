@@ -52,7 +52,7 @@ class EngineConfig:
     device_memory_bytes: int | None = None  # emulated device memory the device-side allocations are held to
     device_activation_bytes: int = 0        # of which the plan gives activations and workspace
     grouped_experts: bool | None = None     # routed experts as grouped GEMMs; None: MOELENS_GROUPED_EXPERTS
-                                            # (1 / 0) if set, else grouped on an accelerator, looped on the CPU
+                                            # (1 / 0) if set, else grouped wherever torch._grouped_mm runs
 
     def __post_init__(self) -> None:
         for name in ("num_seqs", "attn_batch", "expert_batch", "kv_block_size", "prefill_chunk", "stream_slots"):

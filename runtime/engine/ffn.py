@@ -11,9 +11,9 @@ dtype, each token's experts in ascending order), so results match the reference:
   activations). `torch._grouped_mm` where it runs (`grouped_mm_supported`).
 - `looped_experts`: one expert at a time over its tokens (host counts, one sync), in chunks of at most
   `expert_batch` rows padded to their row bucket (`planner.row_buckets`: a bounded set of GEMM shapes, so
-  oneDNN stops building new kernels). Faster on the CPU (BENCHMARKS.md "experts").
-`use_grouped(config, device, dtype, spec)` picks the path (`EngineConfig.grouped_experts`, auto: grouped on
-an accelerator, `planner.expert_kernels`). Both return the routed output and a bool mask [E] of the experts
+  oneDNN stops building new kernels): where `torch._grouped_mm` does not run, or when asked for.
+`use_grouped(choice, device, dtype, spec)` picks the path (`EngineConfig.grouped_experts`; auto: grouped
+wherever it runs, `planner.expert_kernels`; on the CPU it measured faster too, BENCHMARKS.md "experts"). Both return the routed output and a bool mask [E] of the experts
 the router activated (on the device; callers count it once per step).
 `ffn_block(x, w, spec, layer, expert_batch, timer, grouped, ranges)` (`ranges`: the store's `expert_ranges`): residual branch input (post `mlp_norm`) to
 output, timed per module (`router`, `experts`, `shared_experts`, `dense_mlp`).
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from planner.errors import UserError
-from planner.expert_kernels import grouped_by_default
+from planner.expert_kernels import GROUPED_BY_DEFAULT
 from planner.row_buckets import bucket_rows
 from planner.spec import ModelSpec
 from runtime.engine.expert_stacks import layer_stacks
@@ -53,7 +53,7 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype, spec: ModelSp
 def use_grouped(choice: bool | None, device: torch.device, dtype: torch.dtype, spec: ModelSpec) -> bool:
     supported = grouped_mm_supported(device, dtype, spec)
     if choice is None:
-        return supported and grouped_by_default(device.type != "cpu")
+        return supported and GROUPED_BY_DEFAULT
     if choice and not supported:
         raise UserError(f"grouped experts need torch._grouped_mm, which does not run {dtype} on {device}",
                         "set grouped_experts to false (or leave it unset) for this device")
