@@ -44,6 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="run a plan solved for another model, machine profile or more free memory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no printed report")
+    parser.add_argument("--workers", type=int, help="run on a Ray cluster: N engine actors, each planned for its "
+                                                    "machine (runtime.cluster)")
+    parser.add_argument("--ray-address", default="local",
+                        help="with --workers: local (start Ray on this machine, default), auto, or HOST:PORT")
     return parser
 
 
@@ -60,6 +64,8 @@ class ExecuteOptions:
     overwrite: bool = False
     quiet: bool = False
     generation_config: str = "auto"     # sampling defaults: runtime.llm.read_generation_config
+    workers: int | None = None          # set: run on a Ray cluster (`runtime.cluster.job`)
+    ray_address: str = "local"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         plan=Path(args.plan), input=Path(args.input), output=Path(args.output),
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         report=Path(args.report) if args.report else None, on_error=args.on_error, max_tokens=args.max_tokens,
-        force=args.force, overwrite=args.overwrite, quiet=args.quiet))
+        force=args.force, overwrite=args.overwrite, quiet=args.quiet, workers=args.workers,
+        ray_address=args.ray_address))
     return 0
 
 
@@ -92,6 +99,10 @@ def execute_job(options: ExecuteOptions) -> dict | None:
     from runtime.jobio import JobIdentity, JobOutput, ParseContext, check_output_writable, scan_input
     from runtime.llm import read_generation_config
 
+    if options.workers is not None:
+        from runtime.cluster.job import execute_on_cluster
+
+        return execute_on_cluster(options)
     plan = Plan.load(options.plan)
     check_output_writable(options.output)
     if options.report is not None:

@@ -1,0 +1,180 @@
+"""`runtime execute ... --workers N`: the job as a Ray Data pipeline of N engine actors, written exactly once.
+
+Order: the checks `runtime execute` makes before any work (plan, output paths, checkpoint, the plan's model,
+the whole input file) except the machine check, which each worker makes for its own machine
+(`worker_plan`); then the output is opened as `runtime.jobio.JobOutput` (same input and plan: resume, the ids
+already written are not sent again), the pending requests become a Ray dataset (each row one request line,
+with its token ids and sampling fields), `map_batches(EngineWorker, compute=ActorPoolStrategy(size=N))` runs
+them, and this process, the only writer, appends each answer as its batch arrives. Exactly once: an answer
+whose id is already in the output (a batch Ray ran again after a worker died) is dropped and counted; Ray
+restarts a dead actor and retries its batch (an actor pool's default `max_restarts` and `max_task_retries`
+are -1: unlimited); a killed driver leaves
+whole lines plus at most one torn tail, which the rerun cuts off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+from planner.errors import UserError
+
+BATCHES_PER_WORKER = 4          # at least this many batches per worker: balance, and little lost to a crash
+MAX_BATCH_IN_FLIGHTS = 4        # a batch holds at most this many times the plan's sequences in flight
+
+
+def _request_line(request: Any) -> str:
+    """The request as a native prompts-file line keyed by its answer key (token ids, sampling as parsed)."""
+    sampling = {k: v for k, v in asdict(request.sampling).items() if v is not None}
+    return json.dumps({"id": request.key, "prompt_token_ids": list(request.prompt_token_ids), **sampling})
+
+
+def batch_size_for(num_pending: int, num_workers: int, num_seqs: int) -> int:
+    return max(1, min(MAX_BATCH_IN_FLIGHTS * num_seqs, math.ceil(num_pending / (BATCHES_PER_WORKER * num_workers))))
+
+
+def user_error_in(err: BaseException) -> UserError | None:
+    """The UserError a worker raised, unwrapped from Ray's exception chain (None if there is none)."""
+    seen = err
+    while seen is not None:
+        inner = getattr(seen, "cause", None)
+        if isinstance(inner, UserError):
+            return inner
+        if isinstance(seen, UserError) and isinstance(seen.cause, str):
+            return UserError(seen.cause, seen.fix)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def execute_on_cluster(options: Any) -> dict | None:
+    from planner.plan import Plan
+    from runtime.checkpoint import open_checkpoint
+    from runtime.commands.execute import _checkpoint_dir, _sha256
+    from runtime.commands.execute_checks import check_plan_model
+    from runtime.jobio import (
+        JobIdentity,
+        JobOutput,
+        ParseContext,
+        check_output_writable,
+        iter_requests,
+        scan_input,
+    )
+    from runtime.llm import read_generation_config
+
+    if options.workers < 1:
+        raise UserError(f"--workers {options.workers} must be positive", "pass --workers >= 1")
+    plan = Plan.load(options.plan)
+    check_output_writable(options.output)
+    if options.report is not None:
+        check_output_writable(options.report)
+    if options.max_tokens is not None and options.max_tokens < 1:
+        raise UserError(f"--max-tokens {options.max_tokens} must be positive", "pass --max-tokens >= 1")
+    checkpoint_dir = _checkpoint_dir(plan, options.checkpoint).resolve()
+    checkpoint = open_checkpoint(checkpoint_dir)
+    spec = checkpoint.spec
+    check_plan_model(plan, spec, options.force)
+    default_max_tokens = options.max_tokens or max(1, round(plan.workload.gen_len_max))
+    context = ParseContext(checkpoint.tokenizer, spec.max_position_embeddings, spec.vocab_size, default_max_tokens,
+                           read_generation_config(options.generation_config, checkpoint_dir))
+    scan = scan_input(options.input, context, options.on_error)
+    recorded = scan.skipped if options.on_error == "record" else []
+    identity = JobIdentity(scan.sha256, _sha256(options.plan), scan.num_requests + len(recorded))
+    say = (lambda *_: None) if options.quiet else (lambda text: print(text, file=sys.stderr))
+    for skipped in scan.skipped:
+        verb = "answering with an error record" if recorded else "skipping"
+        say(f"{verb} {options.input}, line {skipped.line_number}: {skipped.reason}")
+    with JobOutput.open(options.output, identity, overwrite=options.overwrite, model_name=spec.name) as job:
+        if job.num_done:
+            say(f"resuming {options.output}: {job.num_done} of {identity.num_requests} lines already answered")
+        for skipped in recorded:
+            if skipped.key not in job.done_keys:
+                job.write_error(skipped)
+        if job.num_done >= identity.num_requests:
+            say(f"nothing to do: every request in {options.input} is answered in {options.output}")
+            return None
+        pending = {r.key: r for r in iter_requests(options.input, context, scan, skip_keys=job.done_keys)}
+        from runtime.cluster.worker import WorkerOptions
+
+        worker = WorkerOptions(str(checkpoint_dir), options.plan.read_text(), default_max_tokens, options.force,
+                               options.generation_config)
+        began = time.perf_counter()
+        tally, duplicates = _run_pipeline(options, plan, worker, pending, job)
+        wall_s = time.perf_counter() - began
+    return _finish_report(tally, wall_s, len(pending), scan, duplicates, job.resumed_count, spec.name, options)
+
+
+def _run_pipeline(options: Any, plan: Any, worker: Any, pending: dict, job: Any):
+    from runtime.cluster.report import WorkerTally
+    from runtime.cluster.session import ray_session
+    from runtime.progress import JobProgress
+
+    tally, duplicates = WorkerTally(), 0
+    progress = JobProgress(len(pending) + job.num_done, plan.predicted.generated_tok_s * options.workers,
+                           already_done=job.num_done, enabled=False if options.quiet else None)
+    try:
+        with ray_session(options.ray_address or "local") as ray:
+            for batch in _answers(ray, options, plan, worker, pending):
+                for stats in batch["stats"]:
+                    if stats:
+                        tally.add(json.loads(stats))
+                for request_id, completion in zip(batch["id"], batch["completion"]):
+                    key = json.loads(request_id)
+                    if key in job.done_keys:
+                        duplicates += 1
+                        continue
+                    answer = json.loads(completion)
+                    job.write(pending[key], answer["token_ids"], answer["text"], answer["finish_reason"])
+                    progress.sequence_finished(len(answer["token_ids"]))
+    except Exception as err:
+        found = user_error_in(err)
+        if found is not None:
+            raise found from None
+        raise
+    finally:
+        progress.close()
+    missing = [key for key in pending if key not in job.done_keys]
+    if missing:
+        raise UserError(f"the cluster returned no answer for {len(missing)} requests (first: {missing[0]})",
+                        "rerun the same command to resume; it sends only the requests still missing")
+    return tally, duplicates
+
+
+def _answers(ray: Any, options: Any, plan: Any, worker: Any, pending: dict):
+    """Output batches of the pipeline as they finish (numpy columns id, completion, stats)."""
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from runtime.cluster.worker import EngineWorker
+
+    total_cpus = int(ray.cluster_resources().get("CPU", 0))
+    if options.workers > total_cpus:
+        raise UserError(f"--workers {options.workers} needs at least that many CPUs, the Ray cluster has "
+                        f"{total_cpus}", f"pass --workers {max(1, total_cpus)} or fewer, or add nodes")
+    cpus_per_worker = total_cpus // options.workers
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    batch_size = batch_size_for(len(pending), options.workers, plan.num_seqs)
+    rows = [{"request": _request_line(r)} for r in pending.values()]
+    dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch_size))
+    answered = dataset.map_batches(EngineWorker, fn_constructor_kwargs={"options": worker}, batch_size=batch_size,
+                                   batch_format="numpy", compute=ActorPoolStrategy(size=options.workers),
+                                   num_cpus=cpus_per_worker)
+    yield from answered.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+
+
+def _finish_report(tally: Any, wall_s: float, num_answered: int, scan: Any, duplicates: int, resumed: int,
+                   model: str, options: Any) -> dict:
+    from runtime.cluster.report import cluster_report, format_cluster_report
+    from runtime.report import write_report
+
+    report = cluster_report(tally, wall_s, num_answered, duplicates, resumed, scan.skipped, model)
+    report["output"] = str(options.output)
+    if not options.quiet:
+        print(format_cluster_report(report))
+    if options.report is not None:
+        write_report(options.report, report)
+    return report
