@@ -3,6 +3,7 @@
     planner solve --model mixtral --kv-gb 128 [--profile NAME|PATH] [--device-gb G] [--host-gb H]
                   [--prompt-len P --gen-len G | --prompts FILE.jsonl] [--num-prompts N] [--dtype bf16]
                   [--checkpoint DIR] [--out plan.yaml]
+    planner solve ... --profile h100-sxm-lambda:4 --profile cpu-amd-epyc-2c:10     (a fleet: planner.fleet)
     planner explain plan.yaml [--no-what-if]
     planner sweep --model M --kv-gb 128 --profile P --vary kv-gb=16:512 [--steps K] --out sweep.csv
     planner bound --model M --kv-gb 128 [--profile P] ...
@@ -24,6 +25,7 @@ from planner import calibrate as calibration
 from planner.bound import compute_bound
 from planner.errors import UserError, exits_cleanly
 from planner.explain import explain, plan_device_words, resource_words, table
+from planner.fleet import fleet_summary, parse_member, solve_fleet
 from planner.perf_memory import Budgets, GiB
 from planner.perf_model import BATCHING_MODES, PerfModel
 from planner.plan import Plan
@@ -40,12 +42,16 @@ DEFAULT_NUM_PROMPTS = 10_000
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "float8_e4m3fn"}
 
 
-def _problem_arguments(parser: argparse.ArgumentParser) -> None:
+def _problem_arguments(parser: argparse.ArgumentParser, fleet: bool = False) -> None:
     parser.add_argument("--model", help="model spec name (mixtral, qwen3-30b-a3b, ...), spec YAML, or checkpoint dir "
                                         "(default: --checkpoint)")
     parser.add_argument("--kv-gb", type=float, required=True, help="most host memory for the KV cache, GiB")
-    parser.add_argument("--profile", help="hardware profile name in profiles/ or a YAML path "
-                                          "(default: this machine's measured profile)")
+    if fleet:
+        parser.add_argument("--profile", action="append", help="hardware profile name in profiles/ or a YAML path "
+                            "(default: this machine's measured profile); NAME:COUNT, repeatable, predicts a fleet")
+    else:
+        parser.add_argument("--profile", help="hardware profile name in profiles/ or a YAML path "
+                                              "(default: this machine's measured profile)")
     parser.add_argument("--device-gb", type=float, help="device memory to use, GiB (default: the profile's)")
     parser.add_argument("--host-gb", type=float, help="host memory to use, GiB (default: the profile's)")
     parser.add_argument("--prompt-len", type=int, help=f"tokens per prompt (default {DEFAULT_PROMPT_LEN})")
@@ -66,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="planner", description="Plan throughput-optimal offline MoE inference.")
     commands = parser.add_subparsers(dest="command", required=True)
     solve_p = commands.add_parser("solve", help="solve for the throughput-optimal plan")
-    _problem_arguments(solve_p)
-    solve_p.add_argument("--out", help="write the plan YAML here")
+    _problem_arguments(solve_p, fleet=True)
+    solve_p.add_argument("--out", help="write the plan YAML here (a fleet: one plan per profile, NAME-PROFILE.yaml)")
     explain_p = commands.add_parser("explain", help="explain a plan: tables, binding resource, what-ifs")
     explain_p.add_argument("plan")
     explain_p.add_argument("--no-what-if", action="store_true", help="skip re-solving with resources doubled")
@@ -146,6 +152,11 @@ def summary(plan: Plan) -> str:
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
+    texts = args.profile or []
+    members = [parse_member(text) for text in texts]
+    args.profile = members[0][0] if members else None
+    if len(members) > 1 or (members and members[0][0] != texts[0]):
+        return _solve_fleet(args, members)
     problem = problem_from_args(args)
     model = PerfModel(problem.spec, problem.profile, problem.workload, problem.budgets, batching=problem.batching)
     began = time.perf_counter()
@@ -157,6 +168,22 @@ def cmd_solve(args: argparse.Namespace) -> int:
     print(f"  solved in {seconds:.2f} s ({solution.evaluations} model evaluations)")
     if args.out:
         print(f"  wrote {plan.save(args.out)}")
+    return 0
+
+
+def _solve_fleet(args: argparse.Namespace, members: list[tuple[str, int]]) -> int:
+    problem = problem_from_args(args)
+    profiles = [(problem.profile, members[0][0], members[0][1])]
+    profiles += [(load_profile(ref), ref, count) for ref, count in members[1:]]
+    fleet = solve_fleet(problem.spec, profiles, problem.workload, args.kv_gb, args.host_gb, args.device_gb,
+                        problem.model_ref, problem.batching)
+    print(f"{problem.spec.name} ({problem.spec.dtype}): {problem.workload.describe()}")
+    print(fleet_summary(fleet))
+    if args.out:
+        out = Path(args.out)
+        for member in fleet.members:
+            path = out.with_name(f"{out.stem}-{member.plan.profile.name}{out.suffix or '.yaml'}")
+            print(f"  wrote {member.plan.save(path)}")
     return 0
 
 

@@ -142,3 +142,17 @@ def test_a_killed_driver_resumes_on_rerun_with_nothing_answered_twice(cluster):
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert answers(root / "driver.jsonl") == {f"p{i}": single[f"p{i}"] for i in range(NUM_KILL_PROMPTS)}
+
+
+def test_the_processor_maps_a_dataset_of_requests_to_completions(cluster):
+    from runtime.cluster.processor import ProcessorConfig, build_processor
+
+    root, plan, _, single = cluster
+    rows = [{"question": f"p{i}", "line": prompt_line(i)} for i in range(12)]
+    processor = build_processor(ProcessorConfig(plan=plan, concurrency=2, batch_size=4),
+                                preprocess=lambda row: {**row["line"], "id": row["question"]},
+                                postprocess=lambda row: {"question": row["id"], "tokens": row["token_ids"],
+                                                         "finish": row["finish_reason"]})
+    out = processor(ray.data.from_items(rows)).take_all()
+    assert sorted(r["question"] for r in out) == [r["question"] for r in sorted(rows, key=lambda r: r["question"])]
+    assert all(list(r["tokens"]) == single[r["question"]] and r["finish"] == "length" for r in out)

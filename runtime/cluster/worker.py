@@ -60,9 +60,13 @@ def _assigned_cpus() -> int:
 
 
 def _was_restarted() -> bool:
+    import warnings
+
     import ray
 
-    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    with warnings.catch_warnings():     # Ray 2.60's property trips its own deprecation warning (actor_id)
+        warnings.simplefilter("ignore")
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 def _actor_id() -> str:

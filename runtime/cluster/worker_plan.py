@@ -66,5 +66,5 @@ def plan_for_worker(plan: Plan, spec: ModelSpec, cpus: int, force: bool = False)
     else:
         reason = f"the plan uses {threads} threads, this worker has {cpus} CPU{'s' * (cpus > 1)}"
     solved = make_plan(spec, profile, plan.workload, _budgets_for(plan, profile), model_ref=plan.model.ref,
-                       profile_ref=here.name)
+                       profile_ref=here.name, batching=plan.batching)
     return WorkerPlan(solved, "re-solved", reason, machine)

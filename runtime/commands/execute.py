@@ -10,6 +10,7 @@ whole input file (`runtime.jobio`, `--on-error fail|skip`); then open the output
 input and plan, `--overwrite` to start again), build the engine from the plan, run it with a progress bar,
 write each answer as its sequence finishes, and print and write the report (`runtime.report`).
 `execute_job(ExecuteOptions) -> dict | None` is the same as a function (None when nothing was left to do).
+With `--workers N` the job runs on a Ray cluster instead (`runtime.cluster.job`), with the same output and resume.
 """
 
 from __future__ import annotations
