@@ -3,8 +3,8 @@
 Order: the checks `runtime execute` makes before any work (plan, output paths, checkpoint, the plan's model,
 the whole input file) except the machine check, which each worker makes for its own machine
 (`worker_plan`); then the output is opened as `runtime.jobio.JobOutput` (same input and plan: resume, the ids
-already written are not sent again), the pending requests become a Ray dataset (each row one request line,
-with its token ids and sampling fields), `map_batches(EngineWorker, compute=ActorPoolStrategy(size=N))` runs
+already written are not sent again), the pending requests become a Ray dataset (each row one input line
+and its number; workers parse it as this process did), `map_batches(EngineWorker, compute=ActorPoolStrategy(size=N))` runs
 them, and this process, the only writer, appends each answer as its batch arrives. Exactly once: an answer
 whose id is already in the output (a batch Ray ran again after a worker died) is dropped and counted; Ray
 restarts a dead actor and retries its batch (an actor pool's default `max_restarts` and `max_task_retries`
@@ -18,7 +18,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
 from typing import Any
 
 from planner.errors import UserError
@@ -27,10 +26,12 @@ BATCHES_PER_WORKER = 4          # at least this many batches per worker: balance
 MAX_BATCH_IN_FLIGHTS = 4        # a batch holds at most this many times the plan's sequences in flight
 
 
-def _request_line(request: Any) -> str:
-    """The request as a native prompts-file line keyed by its answer key (token ids, sampling as parsed)."""
-    sampling = {k: v for k, v in asdict(request.sampling).items() if v is not None}
-    return json.dumps({"id": request.key, "prompt_token_ids": list(request.prompt_token_ids), **sampling})
+def _request_rows(path: Any, pending: dict) -> list[dict]:
+    """The input lines of the pending requests, as they are in the file (workers parse them as we did)."""
+    from runtime.jobio.input_file import _raw_lines
+
+    wanted = {r.line_number for r in pending.values()}
+    return [{"request": raw.decode("utf-8"), "line_number": n} for n, raw in _raw_lines(path) if n in wanted]
 
 
 def batch_size_for(num_pending: int, num_workers: int, num_seqs: int) -> int:
@@ -121,14 +122,14 @@ def _run_pipeline(options: Any, plan: Any, worker: Any, pending: dict, job: Any)
                 for stats in batch["stats"]:
                     if stats:
                         tally.add(json.loads(stats))
-                for request_id, completion in zip(batch["id"], batch["completion"]):
-                    key = json.loads(request_id)
+                        progress.tokens_done(json.loads(stats)["generated_tokens"])
+                for key, record in zip(batch["key"], batch["record"]):
+                    key = str(key)
                     if key in job.done_keys:
                         duplicates += 1
                         continue
-                    answer = json.loads(completion)
-                    job.write(pending[key], answer["token_ids"], answer["text"], answer["finish_reason"])
-                    progress.sequence_finished(len(answer["token_ids"]))
+                    job.write_record(key, json.loads(record))
+                    progress.answer_written()
     except Exception as err:
         found = user_error_in(err)
         if found is not None:
@@ -158,7 +159,9 @@ def _answers(ray: Any, options: Any, plan: Any, worker: Any, pending: dict):
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     batch_size = batch_size_for(len(pending), options.workers, plan.num_seqs)
-    rows = [{"request": _request_line(r)} for r in pending.values()]
+    rows = _request_rows(options.input, pending)
+    if len(rows) != len(pending):
+        raise UserError(f"{options.input} changed while the job ran", "do not edit the input during a job; rerun")
     dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch_size))
     answered = dataset.map_batches(EngineWorker, fn_constructor_kwargs={"options": worker}, batch_size=batch_size,
                                    batch_format="numpy", compute=ActorPoolStrategy(size=options.workers),

@@ -8,9 +8,10 @@
 
 Rows going into the engine stage carry the fields of a `runtime execute` prompts line (`id` with one of
 `prompt` / `prompt_token_ids` / `messages`, and the sampling fields; or an OpenAI Batch API line); other
-columns are dropped, so `preprocess` maps a row to those fields. Rows coming out have the fields of an
-`execute` output line: `id` (the id or custom_id), `text`, `token_ids`, `finish_reason`, `prompt_tokens`,
-`completion_tokens`; `postprocess` maps them further. The whole is one `map_batches(ProcessorWorker)` stage
+columns are dropped, so `preprocess` maps a row to those fields. Rows coming out are the lines `execute`
+writes (`runtime.jobio.records.answer_record`): `id`, `text`, `token_ids`, `finish_reason`, `stop_reason`,
+`prompt_tokens`, `completion_tokens` (and `outputs`, `logprobs` when asked), or OpenAI's batch output form for
+Batch API rows; `postprocess` maps them further. The whole is one `map_batches(ProcessorWorker)` stage
 over `concurrency` actors of `num_cpus` CPUs each (pre- and postprocess run inside the actors), every actor
 an `EngineWorker` planned for its machine (`worker_plan`).
 Unlike `runtime execute --workers`, nothing is written or resumed here: the dataset's consumer decides.
@@ -25,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import UserError
-from runtime.jobio.requests import BATCH_FIELDS, NATIVE_FIELDS
+from planner.prompts_file import BATCH_FIELDS, NATIVE_SAMPLING_FIELDS, PROMPT_FIELDS
 
-REQUEST_FIELDS = tuple(dict.fromkeys(NATIVE_FIELDS + BATCH_FIELDS))
+REQUEST_FIELDS = ("id",) + PROMPT_FIELDS + NATIVE_SAMPLING_FIELDS + BATCH_FIELDS
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,6 @@ def request_row(row: dict[str, Any]) -> dict[str, str]:
     return {"request": json.dumps(fields)}
 
 
-def completion_row(row: dict[str, Any]) -> dict[str, Any]:
-    answer = json.loads(row["completion"])
-    return {"id": json.loads(row["id"]), "text": answer["text"], "token_ids": answer["token_ids"],
-            "finish_reason": answer["finish_reason"], "prompt_tokens": answer["prompt_tokens"],
-            "completion_tokens": len(answer["token_ids"])}
-
-
 class ProcessorWorker:
     """The engine stage's actor: preprocess, `EngineWorker`, postprocess, row by row inside the actor (extra
     Ray Data stages would each want CPUs the engine actors already hold: a small cluster would deadlock)."""
@@ -85,7 +79,7 @@ class ProcessorWorker:
         if self.preprocess is not None:
             rows = [self.preprocess(row) for row in rows]
         answered = self.engine({"request": np.array([request_row(row)["request"] for row in rows])})
-        results = [completion_row({"id": i, "completion": c}) for i, c in zip(answered["id"], answered["completion"])]
+        results = [json.loads(record) for record in answered["record"]]
         if self.postprocess is not None:
             results = [self.postprocess(row) for row in results]
         return pd.DataFrame(results)

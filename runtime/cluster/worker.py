@@ -4,9 +4,11 @@ One instance lives in each actor of a `map_batches(EngineWorker, compute=ActorPo
 it opens the checkpoint, picks its plan (`worker_plan.plan_for_worker`, for the CPUs Ray gave it) and builds
 the engine once; each call then runs the engine over one batch of requests (all of them in flight together,
 refilling as they finish) and returns one row per request.
-Batch columns in: `request`, one request line as JSON (the prompts-file forms, `runtime.jobio.parse_line`).
-Columns out: `id` (the request's id or custom_id as given), `completion` (JSON {token_ids, text,
-finish_reason, prompt_tokens}) and `stats` (JSON `BatchStats` on the batch's first row, "" on the others).
+Batch columns in: `request`, one prompts-file line as JSON, parsed here as `runtime execute` parses it
+(`runtime.jobio.parse_line`: same key, sampling defaults and seed), and optionally `line_number`. Columns
+out: `key` (the answer key), `id` (JSON of the id or custom_id as given), `record` (the output line as JSON,
+`runtime.jobio.records.answer_record`: what `runtime execute` writes) and `stats` (JSON `BatchStats` on the
+batch's first row, "" on the others).
 A worker that dies loses only its current batch: Ray restarts the actor and runs the batch again; the driver
 keeps the first answer per id.
 """
@@ -99,31 +101,49 @@ class EngineWorker:
                                     options.default_max_tokens,
                                     read_generation_config(options.generation_config, Path(options.checkpoint)))
         self.engine = Engine(checkpoint, EngineConfig.from_plan(plan))
+        self.model_name = spec.name
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from runtime.engine import Request as EngineRequest
         from runtime.jobio import LineError, parse_line
+        from runtime.jobio.records import answer_record
 
+        line_numbers = batch.get("line_number", range(1, len(batch["request"]) + 1))
         requests = []
-        for index, line in enumerate(batch["request"]):
+        for line, line_number in zip(batch["request"], line_numbers):
             try:
-                requests.append(parse_line(json.loads(line), index + 1, self.context))
+                requests.append(parse_line(json.loads(line), int(line_number), self.context))
             except LineError as err:
                 raise UserError(f"request {line[:80]}: {err.cause}", err.fix) from None
-        answers: dict[str, Any] = {}
+        if len({r.key for r in requests}) < len(requests):
+            raise UserError("a batch holds two requests with the same id", "give every request its own id")
+        states = {r.key: self._states(r) for r in requests}
         began = time.perf_counter()
-        run = self.engine.run((EngineRequest(id=r.key, prompt_token_ids=r.prompt_token_ids, params=r.sampling)
-                               for r in requests), lambda c: answers.__setitem__(c.id, c))
+        run = self.engine.run(self._engine_requests(requests, states))
         wall_s = time.perf_counter() - began
         plan = self.chosen.plan
-        stats = BatchStats(worker=_actor_id(), pid=os.getpid(), restarted=_was_restarted(), machine=self.chosen.machine,
-                           profile=plan.profile.name, plan_source=self.chosen.source, plan_reason=self.chosen.reason,
-                           num_seqs=plan.num_seqs, threads=plan.compute_threads,
+        stats = BatchStats(worker=_actor_id(), pid=os.getpid(), restarted=_was_restarted(),
+                           machine=self.chosen.machine, profile=plan.profile.name, plan_source=self.chosen.source,
+                           plan_reason=self.chosen.reason, num_seqs=plan.num_seqs, threads=plan.compute_threads,
                            predicted_tok_s=plan.predicted.generated_tok_s, requests=len(requests),
                            prompt_tokens=run.prompt_tokens, generated_tokens=run.generated_tokens, wall_s=wall_s)
-        completions = [json.dumps({"token_ids": list(answers[r.key].token_ids), "text": answers[r.key].text,
-                                   "finish_reason": answers[r.key].finish_reason,
-                                   "prompt_tokens": len(r.prompt_token_ids)}) for r in requests]
-        return {"id": np.array([json.dumps(r.id) for r in requests]),
-                "completion": np.array(completions),
+        records = [json.dumps(answer_record(r, states[r.key], self.model_name), ensure_ascii=False) for r in requests]
+        return {"key": np.array([r.key for r in requests]), "id": np.array([json.dumps(r.id) for r in requests]),
+                "record": np.array(records),
                 "stats": np.array([json.dumps(asdict(stats))] + [""] * (len(requests) - 1))}
+
+    def _states(self, request: Any) -> list:
+        """The request's n generation states, seeded as `runtime execute` seeds them."""
+        from runtime.sampling import GenerationState
+
+        return [GenerationState(list(request.prompt_token_ids), request.sampling, self.engine.eos_token_ids,
+                                self.engine.detokenize, seed=request.sampling.seed + i)
+                for i in range(request.sampling.n)]
+
+    @staticmethod
+    def _engine_requests(requests: list, states: dict):
+        from runtime.engine import Request as EngineRequest
+
+        for request in requests:
+            for i, state in enumerate(states[request.key]):     # n completions: n sequences, one answer
+                yield EngineRequest(id=(request.key, i), prompt_token_ids=request.prompt_token_ids,
+                                    params=request.sampling, state=state)

@@ -169,6 +169,10 @@ class JobOutput:
         """Append the answer of `request` from its n finished completions."""
         self._append(request.key, answer_record(request, states, self.model_name))
 
+    def write_record(self, key: str, record: dict) -> None:
+        """Append an answer built elsewhere (a cluster worker's `answer_record`), under its answer key."""
+        self._append(key, record)
+
     def write_error(self, skipped: SkippedLine) -> None:
         """Append the error record of a bad input line (`--on-error record`)."""
         self._append(skipped.key, error_record(skipped))
