@@ -7,12 +7,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-quick lint profile bench bench-attention plots clean
 
-$(STAMP): pyproject.toml
+# The editable install compiles the C++ attention extension (setup.py) against the torch installed just
+# before it, hence --no-build-isolation; rerun `make install` after changing csrc/ or torch.
+$(STAMP): pyproject.toml setup.py $(wildcard runtime/attention/csrc/*)
 	$(PY_SYS) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
-	$(PY) -m runtime.attention.build
+	$(PIP) install --quiet torch==2.13.0 'setuptools>=77' wheel ninja
+	$(PIP) install --quiet --no-build-isolation -e '.[dev]'
+	$(PY) -c 'from runtime.attention.extension import describe; print(describe())'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,4 +41,4 @@ plots: install
 	$(PY) notebooks/plots.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache runtime/attention/_C.*.so

@@ -138,8 +138,9 @@ def _measure(job: dict, timeout_s: float) -> dict | None:
 
 
 def _this_machine_profile() -> str:
+    from planner import locations
     from planner.errors import UserError
-    from planner.profile import find_profile_for_this_machine, profiles_dir
+    from planner.profile import find_profile_for_this_machine
 
     try:
         return find_profile_for_this_machine().name
@@ -147,7 +148,7 @@ def _this_machine_profile() -> str:
         from runtime.profiler.measure import SIZINGS, measure_profile
 
         profile = measure_profile(SIZINGS["quick"], command="runtime profile --quick (bench_gpu)")
-        return str(profile.save(profiles_dir() / f"{profile.name}.yaml"))
+        return str(profile.save(locations.user_file("profiles", profile.name)))
 
 
 def markdown(results: dict, command: str) -> str:

@@ -1,6 +1,6 @@
 """`planner calibrate`: fit a profile's efficiency constants to measured runs and write a calibrated profile.
 
-    planner calibrate report.json [report.json ...] [--profile P] --out P2.yaml [--name NAME]
+    planner calibrate report.json [report.json ...] [--profile P] [--out P2.yaml] [--name NAME]
 
 `fit(runs, profile) -> Calibration` fits `efficiency.gemm` (GEMM rates at large m), `gemm_small_m` (extra factor
 at one row, fading out by 128 rows), `attention` (CPU decode attention), `copy` (weight streaming),
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
+from planner import locations
 from planner.calibrate_runs import MeasuredRun, RunPrediction, check_profile_matches, load_run, predict_run
 from planner.errors import UserError
 from planner.profile import HardwareProfile
@@ -198,12 +199,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reports", nargs="+", help="report.json files of `runtime execute --report`")
     parser.add_argument("--profile", help="the profile the runs' plans were solved with (name or YAML; default: "
                                           "this machine's measured profile)")
-    parser.add_argument("--out", required=True, help="write the calibrated profile YAML here")
-    parser.add_argument("--name", help="name of the calibrated profile (default: the --out file's stem)")
+    parser.add_argument("--out", help="write the calibrated profile YAML here (default: the user dir's "
+                                      "profiles/<name>.yaml, so --profile <name> finds it)")
+    parser.add_argument("--name", help="name of the calibrated profile (default: the --out file's stem, or "
+                                       "<profile>-calibrated)")
 
 
 def run_command(args: argparse.Namespace, profile: HardwareProfile) -> int:
-    out = Path(args.out)
+    if args.out is None:
+        out = locations.user_file("profiles", args.name or f"{profile.name}-calibrated")
+    else:
+        out = Path(args.out)
+        locations.refuse_shipped(out, "--out")
     if out.suffix not in (".yaml", ".yml"):
         raise UserError(f"--out {out} is not a .yaml path", "pass --out NAME.yaml")
     runs = [load_run(path) for path in args.reports]

@@ -7,10 +7,11 @@
     planner explain plan.yaml [--no-what-if]
     planner sweep --model M --kv-gb 128 --profile P --vary kv-gb=16:512 [--steps K] --out sweep.csv
     planner bound --model M --kv-gb 128 [--profile P] ...
-    planner calibrate report.json [report.json ...] [--profile P] --out P2.yaml
+    planner calibrate report.json [report.json ...] [--profile P] [--out P2.yaml]
 
-Without --profile the measured profile of this machine is used (profiles/<this machine>.yaml); if there is
-none the error lists the shipped profiles. Every user error prints one message and exits with code 2.
+Without --profile the profile of this machine is used (found by name in the user dir, then the shipped ones:
+planner.locations); if there is none the error lists the known profiles. Every user error prints one message
+and exits with code 2.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ def _problem_arguments(parser: argparse.ArgumentParser, fleet: bool = False) -> 
                                         "(default: --checkpoint)")
     parser.add_argument("--kv-gb", type=float, required=True, help="most host memory for the KV cache, GiB")
     if fleet:
-        parser.add_argument("--profile", action="append", help="hardware profile name in profiles/ or a YAML path "
-                            "(default: this machine's measured profile); NAME:COUNT, repeatable, predicts a fleet")
+        parser.add_argument("--profile", action="append", help="hardware profile name (user dir, then shipped) or a "
+                            "YAML path (default: this machine's measured profile); NAME:COUNT, repeatable, predicts a "
+                            "fleet")
     else:
-        parser.add_argument("--profile", help="hardware profile name in profiles/ or a YAML path "
+        parser.add_argument("--profile", help="hardware profile name (user dir, then shipped) or a YAML path "
                                               "(default: this machine's measured profile)")
     parser.add_argument("--device-gb", type=float, help="device memory to use, GiB (default: the profile's)")
     parser.add_argument("--host-gb", type=float, help="host memory to use, GiB (default: the profile's)")

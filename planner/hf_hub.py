@@ -47,15 +47,15 @@ def local_snapshot(repo_id: str) -> Path | None:
 
 
 def shipped_spec_name(repo_id: str) -> str | None:
-    from planner.spec import models_dir
+    from planner import locations
 
-    for path in sorted(models_dir().glob("*.yaml")):
+    for name in locations.names("models"):
         try:
-            source = str(yaml.safe_load(path.read_text()).get("source", ""))
+            source = str(yaml.safe_load(locations.find("models", name).read_text()).get("source", ""))
         except (OSError, yaml.YAMLError, AttributeError):
             continue
         if source.split(" ")[0].lower() == repo_id.lower():
-            return path.stem
+            return name
     return None
 
 

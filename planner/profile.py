@@ -1,6 +1,7 @@
 """Hardware profiles: the measured (or datasheet-derived) rates the performance model runs on, torch-free.
 
-A profile is a frozen `HardwareProfile` that round-trips through YAML (`profiles/<name>.yaml`, schema in
+A profile is a frozen `HardwareProfile` that round-trips through YAML (`<name>.yaml`, found by name in the
+user dir, then shipped data: planner.locations; schema in
 docs/contracts.md; dataclasses in `planner.profile_schema`, validation in
 `planner.profile_parse`). `load_profile(name_or_path)` reads and strictly validates one: any broken or partial
 file raises `UserError` naming the field path (`gemm.curves[2].tflops: ...`). Interpolators return the
@@ -25,9 +26,11 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from planner import locations
 from planner.errors import UserError
 from planner.profile_parse import parse_profile_dict
 from planner.profile_schema import (
@@ -52,14 +55,14 @@ from planner.profile_schema import (
 )
 from planner.this_machine import SPOT_GEMM, MachineIdentity, MachineRates, rate_differences, this_machine
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 __all__ = [
     "CALL_OVERHEADS", "ELEMENTWISE_COSTS", "SCHEMA_VERSION", "AttentionCurve", "CallOverheads", "Efficiency", "EmulatedLink", "ElementwiseBySize", "ElementwiseCosts", "GemmCurve",
     "HardwareProfile", "Links", "Machine", "Memory", "Overheads", "Price", "Provenance", "RateCurve", "find_profile_for_this_machine", "list_profiles",
-    "load_profile", "path_for_this_machine", "profiles_dir",
+    "load_profile", "path_for_this_machine",
 ]
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 @dataclass(frozen=True)
 class HardwareProfile:
@@ -244,30 +247,27 @@ _ProfileDumper.add_representer(str, _represent_str)
 
 
 # ---- finding profiles ------------------------------------------------------------------------------
-def profiles_dir() -> Path:
-    return Path(os.environ.get("MOELENS_PROFILES_DIR") or REPO_ROOT / "profiles")
-
-
 def list_profiles() -> list[str]:
-    """Names (file stems) of the profiles in `profiles_dir()`, sorted."""
-    directory = profiles_dir()
-    if not directory.is_dir():
-        return []
-    return sorted(p.stem for p in directory.glob("*.yaml"))
+    """Names of the profiles in the user dir and shipped data (planner.locations), sorted."""
+    return locations.names("profiles")
 
 
-def _resolve(name_or_path: str | Path) -> Path:
+def _where() -> str:
+    return f"{locations.user_dir('profiles')} or the shipped profiles"
+
+
+def _resolve(name_or_path: str | Path) -> Path | Traversable:
     text = str(name_or_path)
     candidate = Path(text).expanduser()
     if candidate.suffix in (".yaml", ".yml") or "/" in text or os.sep in text:
         if not candidate.is_file():
             raise UserError(f"hardware profile file {text} does not exist",
-                            "pass an existing profile YAML or a name from profiles/")
+                            "pass an existing profile YAML or a known profile name")
         return candidate
-    path = profiles_dir() / f"{text}.yaml"
-    if not path.is_file():
+    path = locations.find("profiles", text)
+    if path is None:
         known = ", ".join(list_profiles()) or "none"
-        raise UserError(f"no hardware profile named {text!r} in {profiles_dir()} (known: {known})",
+        raise UserError(f"no hardware profile named {text!r} in {_where()} (known: {known})",
                         "run `make profile` to measure this machine, or pass a known name or a YAML path")
     return path
 
@@ -284,10 +284,16 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
 
 # ---- this machine ----------------------------------------------------------------------------------
 def _profiles_of(identity: MachineIdentity) -> list[HardwareProfile]:
-    """Profiles of this identity in `profiles_dir()`: `<name>.yaml` and `<name>-<rates tag>.yaml`, newest first."""
+    """Profiles of this identity, `<name>.yaml` and `<name>-<rates tag>.yaml`: the user dir's newest first, then
+    the shipped ones newest first."""
     name = identity.profile_name
-    paths = [p for p in sorted(profiles_dir().glob(f"{name}*.yaml")) if p.stem == name or p.stem.startswith(name + "-")]
-    return sorted((load_profile(p) for p in paths), key=lambda p: p.provenance.date, reverse=True)
+    found: list[HardwareProfile] = []
+    for directory in locations.search_dirs("profiles"):
+        entries = directory.iterdir() if directory.is_dir() else ()
+        paths = [e for e in entries if e.name == f"{name}.yaml" or (e.name.startswith(f"{name}-")
+                                                                     and e.name.endswith(".yaml"))]
+        found += sorted((load_profile(p) for p in paths), key=lambda p: p.provenance.date, reverse=True)
+    return found
 
 
 def find_profile_for_this_machine(rates: MachineRates | None = None) -> HardwareProfile:
@@ -296,7 +302,7 @@ def find_profile_for_this_machine(rates: MachineRates | None = None) -> Hardware
     identity = this_machine()
     candidates = _profiles_of(identity)
     if not candidates:
-        raise UserError(f"no hardware profile for this machine ({identity.profile_name}) in {profiles_dir()}",
+        raise UserError(f"no hardware profile for this machine ({identity.profile_name}) in {_where()}",
                         "run `make profile` (or `runtime profile`) to measure it, or pass --profile NAME")
     if rates is None:
         return candidates[0]
@@ -304,21 +310,22 @@ def find_profile_for_this_machine(rates: MachineRates | None = None) -> Hardware
         if not rate_differences(rates, profile.machine_rates()):
             return profile
     newest = candidates[0]
-    raise UserError(f"no hardware profile in {profiles_dir()} describes this machine as it measures now: "
+    raise UserError(f"no hardware profile in {_where()} describes this machine as it measures now: "
                     + "; ".join(rate_differences(rates, newest.machine_rates(), f"profile {newest.name}")),
                     "run `runtime profile` to measure this machine, or pass --profile NAME")
 
 
 def path_for_this_machine(rates: MachineRates) -> Path:
-    """Where `runtime profile` writes this machine's profile: `<name>.yaml`, unless a profile there has other
-    rates (a machine of the same CPU and cores but other memory or clocks): then `<name>-<rates tag>.yaml`."""
+    """Where `runtime profile` writes this machine's profile, in the user dir: `<name>.yaml`, unless a profile
+    there has other rates (a machine of the same CPU and cores but other memory or clocks): then
+    `<name>-<rates tag>.yaml`."""
     name = this_machine().profile_name
-    path = profiles_dir() / f"{name}.yaml"
+    path = locations.user_file("profiles", name)
     try:
         taken = path.is_file() and bool(rate_differences(rates, load_profile(path).machine_rates()))
     except UserError:           # a broken file there: replace it
         taken = False
-    return profiles_dir() / f"{name}-{rates.tag}.yaml" if taken else path
+    return locations.user_file("profiles", f"{name}-{rates.tag}") if taken else path
 
 
 def curve_matrices(curve: GemmCurve) -> int:

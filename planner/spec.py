@@ -5,10 +5,9 @@ FLOPs and KV sizes from it (`planner.costs.ModelCosts`); the runtime builds its 
 `runtime make-checkpoint` writes its config.json from it.
 
 - `load_spec(ref) -> ModelSpec`: `ref` is a short name (`mixtral` -> mixtral-8x7b, see `ALIASES`), a full
-  name (the stem of a YAML in the specs directory), a path to such a YAML, a checkpoint directory (its
+  name (the stem of a YAML in the user dir or the shipped specs, planner.locations), a path to such a YAML, a checkpoint directory (its
   `config.json`), a `config.json` path or a Hugging Face id `org/name` (`planner.hf_hub`: the cached
   snapshot's config.json, else the shipped spec of that model). Unknown names raise `UserError` listing `list_specs()`.
-- Specs directory: `models/` at the repository root, or `$MOELENS_MODELS_DIR`.
 - `ModelSpec.from_hf_config(cfg, name=None)` / `spec.to_hf_config()`: HF config.json dicts, both rope styles
   read (`rope_theta`/`rope_scaling` and transformers 5.x `rope_parameters`); see `planner.hf_config`.
 - `spec.with_layers(n)`: a copy truncated to the first n layers, named `<name>-L{n}`.
@@ -20,15 +19,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from planner import locations
 from planner.errors import UserError
 from planner.hf_hub import download_hint, hub_cache_dir, is_hub_id, local_snapshot, shipped_spec_name
 from planner.values import is_int
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 # Families whose forward the runtime implements; the others have specs (planning) only.
 RUNNABLE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
@@ -260,17 +263,12 @@ def _required_fields() -> list[str]:
     return [f.name for f in fields(ModelSpec) if f.default is MISSING and f.default_factory is MISSING]
 
 
-def models_dir() -> Path:
-    override = os.environ.get("MOELENS_MODELS_DIR")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "models"
-
-
 def list_specs() -> list[str]:
-    directory = models_dir()
-    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+    """Names of the model specs in the user dir and the shipped specs, sorted."""
+    return locations.names("models")
 
 
-def _load_yaml(path: Path) -> ModelSpec:
+def _load_yaml(path: Path | Traversable) -> ModelSpec:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError, RecursionError) as err:  # ValueError: not UTF-8, huge int
@@ -299,7 +297,7 @@ def _load_hub_id(repo_id: str) -> ModelSpec:
         return spec if spec.name != snapshot.name else replace(spec, name=repo_id.split("/")[-1].lower())
     shipped = shipped_spec_name(repo_id)
     if shipped is not None:
-        return _load_yaml(models_dir() / f"{shipped}.yaml")
+        return _load_yaml(locations.find("models", shipped))
     raise UserError(f"{repo_id} is neither in the local Hugging Face cache ({hub_cache_dir()}) nor a shipped spec",
                     download_hint(repo_id))
 
@@ -323,8 +321,8 @@ def load_spec(ref: str | Path | ModelSpec) -> ModelSpec:
         return _load_config_json(path) if path.suffix == ".json" else _load_yaml(path)
     key = text.lower()
     stem = ALIASES.get(key, key)
-    candidate = models_dir() / f"{stem}.yaml"
-    if candidate.is_file():
+    candidate = locations.find("models", stem)
+    if candidate is not None:
         return _load_yaml(candidate)
     available = list_specs()
     raise UserError(f"unknown model {text!r}",

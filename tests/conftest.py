@@ -1,4 +1,6 @@
 """Shared pytest setup: tests marked `big` (gigabytes of disk or memory) run only with MOELENS_BIG=1;
+MOELENS_HOME points at a fresh temporary user dir for the whole session (tests neither read nor write the
+real per-user data); `only_user_data`, a per-test user dir with the shipped specs and profiles hidden;
 `tiny_job`, a session fixture for tests that run the real `runtime` CLI in subprocesses; `single_torch_thread`,
 which runs a module on one intra-op thread (tiny models gain nothing from threads, and on a shared 2-core
 machine threads make them up to 50x slower)."""
@@ -8,12 +10,29 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["MOELENS_HOME"] = tempfile.mkdtemp(prefix="moelens-home-")
+
+
+@pytest.fixture
+def only_user_data(tmp_path, monkeypatch) -> Path:
+    """A fresh user dir (MOELENS_HOME) and no shipped data: name lookups see only what a test puts there."""
+    from planner import locations
+
+    monkeypatch.setenv("MOELENS_HOME", str(tmp_path))
+    for variable in locations.FOLDER_VARIABLES.values():
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(locations, "shipped_dir", lambda kind: tmp_path / "no-shipped-data" / kind)
+    return tmp_path
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,8 +52,9 @@ TINY_SPEC = {"name": "tiny-mixtral", "family": "mixtral", "num_layers": 4, "hidd
 
 @dataclass(frozen=True)
 class TinyJob:
-    """`root` holds ckpt/ (2-layer fp32 checkpoint in 3 shards, made by the real CLI), profiles/<this machine>.yaml and
-    plan.yaml; `env` is the environment a `python -m runtime` subprocess needs to find them."""
+    """`root` holds ckpt/ (2-layer fp32 checkpoint in 3 shards, made by the real CLI), home/profiles/<this
+    machine>.yaml (home/ is the job's user dir) and plan.yaml; `env` is the environment a `python -m runtime`
+    subprocess needs to find them."""
     root: Path
     checkpoint: Path
     plan: Path
@@ -62,7 +82,7 @@ def tiny_job(tmp_path_factory) -> TinyJob:
 
     root = tmp_path_factory.mktemp("tiny-job")
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY_SPEC, sort_keys=False))
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MOELENS_PROFILES_DIR=str(root / "profiles"))
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MOELENS_HOME=str(root / "home"))
     subprocess.run([sys.executable, "-m", "runtime", "make-checkpoint", "--model", str(root / "tiny.yaml"),
                     "--layers", "2", "--dtype", "fp32", "--max-shard-gb", "0.0006", "--out", str(root / "ckpt"),
                     "--quiet"],
@@ -72,7 +92,7 @@ def tiny_job(tmp_path_factory) -> TinyJob:
     profile = replace(base, name=here.profile_name, links=None,
                       machine=replace(base.machine, cpu=here.cpu, cores=here.cores, device=here.device, device_memory_gib=0,
                                       host_memory_gib=8))
-    profile_path = profile.save(root / "profiles" / f"{profile.name}.yaml")
+    profile_path = profile.save(root / "home" / "profiles" / f"{profile.name}.yaml")
     spec = load_spec(root / "ckpt")
     plan = make_plan(spec, profile, Workload.fixed(12, 8, 64), Budgets.from_args(profile, 0.01),
                      model_ref=str(root / "ckpt"), profile_ref=str(profile_path))

@@ -7,19 +7,21 @@ with the kernels.
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
 from runtime.attention import (
     bench_case,
-    build,
     decode_attention,
+    extension,
     gqa_bytes_read,
     kernel,
     mla_decode_attention,
 )
 
-EXTENSION = build.load_extension()
+EXTENSION = extension.load_extension()
 ISAS = list(EXTENSION.supported_isas()) if EXTENSION is not None else []
 BACKENDS = [*ISAS, "reference"]
 TOLERANCE = {torch.bfloat16: 1e-2, torch.float32: 1e-5}
@@ -212,19 +214,39 @@ def test_environment_variable_forces_the_fallback(monkeypatch):
     assert calls == [1]
 
 
-def test_build_failure_warns_once_and_falls_back(monkeypatch):
-    def broken(verbose):
-        raise RuntimeError("no compiler")
-
-    monkeypatch.setattr(build, "_compile", broken)
-    monkeypatch.setattr(build, "_module", None)
-    monkeypatch.setattr(build, "_failed", None)
+def _unusable_extension(monkeypatch, load):
+    monkeypatch.setattr(extension, "_import", load)
+    monkeypatch.setattr(extension, "_module", None)
+    monkeypatch.setattr(extension, "_failed", None)
     monkeypatch.delenv("MOELENS_ATTENTION_BACKEND", raising=False)
-    with pytest.warns(RuntimeWarning, match="torch fallback"):
-        assert build.load_extension() is None
-    assert build.load_extension() is None  # remembered, no second build attempt
+
+
+def test_missing_extension_warns_once_and_falls_back(monkeypatch):
+    def missing():
+        raise ModuleNotFoundError(f"No module named {extension.MODULE_NAME!r}", name=extension.MODULE_NAME)
+
+    _unusable_extension(monkeypatch, missing)
+    with pytest.warns(RuntimeWarning, match="is not built; using the slower torch fallback.*make install"):
+        assert extension.load_extension() is None
+    assert extension.load_extension() is None  # remembered, no second import attempt, no second warning
     assert kernel.active_backend() == (None, "")
     check_gqa(None, 1, [3, 33], 4, 2, 64, torch.bfloat16)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("other torch", r"compiled for torch 1\.0\.0, but torch \S+ is running"),
+    ("bad binary", r"cannot be loaded \(_C\.so: undefined symbol: _ZN3c10"),
+])
+def test_extension_for_another_torch_is_not_used(monkeypatch, problem, message):
+    def load():
+        if problem == "bad binary":
+            raise ImportError("_C.so: undefined symbol: _ZN3c104impl")
+        return types.SimpleNamespace(torch_version="1.0.0")
+
+    _unusable_extension(monkeypatch, load)
+    with pytest.warns(RuntimeWarning, match=message + ".*--no-build-isolation"):
+        assert extension.load_extension() is None
+    assert kernel.active_backend() == (None, "")
 
 
 def test_head_dim_without_kernel_uses_fallback():

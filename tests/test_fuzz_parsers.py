@@ -30,7 +30,7 @@ from planner.perf_memory import Budgets
 from planner.plan import Plan
 from planner.plan_build import make_plan
 from planner.profile import HardwareProfile, load_profile
-from planner.spec import ModelSpec, load_spec, models_dir
+from planner.spec import ModelSpec, load_spec
 from planner.workload import Workload
 from runtime.jobio import LineError, ParseContext, parse_line, scan_input
 
@@ -149,7 +149,7 @@ def _yaml_files(directory: Path) -> list[dict]:
 
 
 PROFILE_SEEDS = _yaml_files(ROOT / "profiles")
-SPEC_SEEDS = _yaml_files(models_dir())
+SPEC_SEEDS = _yaml_files(ROOT / "models")
 HF_SEEDS = [ModelSpec.from_dict(d).to_hf_config() for d in SPEC_SEEDS]
 
 

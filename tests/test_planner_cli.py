@@ -3,6 +3,7 @@ trips, and every user error ending in one message with exit code 2."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,13 +115,16 @@ def test_user_errors_exit_2_with_one_message(capsys, argv, message):
     assert message in err and "Traceback" not in err and err.startswith("error: ")
 
 
-def test_profile_missing_a_field_and_no_profile_for_this_machine(capsys, tmp_path, monkeypatch):
+def test_profile_missing_a_field_and_no_profile_for_this_machine(capsys, only_user_data):
     data = profile_dict()
     del data["memory"]
-    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(data))
-    code, _, err = run(capsys, "solve", "--model", "mixtral", "--kv-gb", "8", "--profile", str(tmp_path / "broken.yaml"))
+    for kind in ("models", "profiles"):
+        (only_user_data / kind).mkdir()
+    (only_user_data / "profiles" / "broken.yaml").write_text(yaml.safe_dump(data))
+    shutil.copy(REPO / "models" / "mixtral-8x7b.yaml", only_user_data / "models")
+    code, _, err = run(capsys, "solve", "--model", "mixtral", "--kv-gb", "8", "--profile",
+                       str(only_user_data / "profiles" / "broken.yaml"))
     assert code == 2 and "memory" in err and "missing" in err
-    monkeypatch.setenv("MOELENS_PROFILES_DIR", str(tmp_path))
     code, _, err = run(capsys, "solve", "--model", "mixtral", "--kv-gb", "8")
     assert code == 2 and "no hardware profile for this machine" in err and "broken" in err
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
 
+from planner import locations
 from planner.errors import UserError
 from planner.profile import (
     HardwareProfile,
     find_profile_for_this_machine,
     list_profiles,
     load_profile,
-    profiles_dir,
 )
 from planner.this_machine import MachineIdentity, this_machine
 
@@ -185,7 +186,7 @@ def test_truncated_file_names_a_missing_field(tmp_path):
             load_profile(file)
 
 
-def test_unknown_name_and_bad_yaml(tmp_path, monkeypatch):
+def test_unknown_name_and_bad_yaml(only_user_data, tmp_path, monkeypatch):
     monkeypatch.setenv("MOELENS_PROFILES_DIR", str(tmp_path))
     assert list_profiles() == []
     with pytest.raises(UserError, match="no hardware profile named 'nope'"):
@@ -246,9 +247,9 @@ def test_machine_profile_names():
     assert MachineIdentity("AMD EPYC 7453 28-Core Processor", 56, None).profile_name == "cpu-amd-epyc-7453-56c"
 
 
-def test_find_profile_for_this_machine(tmp_path, monkeypatch):
+def test_find_profile_for_this_machine(only_user_data, tmp_path, monkeypatch):
     monkeypatch.setenv("MOELENS_PROFILES_DIR", str(tmp_path))
-    assert profiles_dir() == tmp_path
+    assert locations.user_dir("profiles") == tmp_path
     with pytest.raises(UserError, match="make profile"):
         find_profile_for_this_machine()
     name = this_machine().profile_name
@@ -261,7 +262,8 @@ def test_planner_profile_does_not_import_torch():
     import sys
 
     code = "import sys, planner.profile; planner.profile.list_profiles(); sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=str(profiles_dir().parent)).returncode == 0
+    repo_root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=str(repo_root)).returncode == 0
 
 
 # ---- the profiler ----------------------------------------------------------------------------------

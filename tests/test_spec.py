@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,6 +14,8 @@ import yaml
 from planner.costs import ModelCosts
 from planner.errors import UserError
 from planner.spec import ALIASES, ALL_FAMILIES, RUNNABLE_FAMILIES, ModelSpec, list_specs, load_spec
+
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
 
 PUBLISHED_MODELS = ["mixtral-8x7b", "mixtral-8x22b", "deepseek-v2-lite", "deepseek-v2", "deepseek-v3",
                     "qwen1.5-moe-a2.7b", "qwen2-57b-a14b", "qwen3-30b-a3b", "qwen3-235b-a22b", "olmoe-1b-7b",
@@ -105,9 +108,10 @@ def test_yaml_path_checkpoint_dir_and_config_json(tmp_path):
     assert load_spec(checkpoint / "config.json") == spec
 
 
-def test_models_dir_override(tmp_path, monkeypatch):
-    load_spec("olmoe-mini").save_yaml(tmp_path / "only-one.yaml")
-    monkeypatch.setenv("MOELENS_MODELS_DIR", str(tmp_path))
+def test_specs_from_the_user_dir(only_user_data):
+    spec = load_spec(SHIPPED_MODELS / "olmoe-mini.yaml")
+    (only_user_data / "models").mkdir()
+    spec.save_yaml(only_user_data / "models" / "only-one.yaml")
     assert list_specs() == ["only-one"]
     assert load_spec("only-one").family == "olmoe"
 

@@ -2,7 +2,7 @@
 
 `decode_attention` / `mla_decode_attention` append this step's K/V (or latent) and attend, in a C++
 extension (AVX-512 bf16 / AVX-512 / AVX2 / scalar chosen at run time, OpenMP over (sequence, kv head)
-items) or, if that cannot be built, a torch fallback. `bench_case` times exactly this kernel for the
+items) or, if that is not built, a torch fallback. `bench_case` times exactly this kernel for the
 profiler and returns (seconds, KV bytes read).
 """
 

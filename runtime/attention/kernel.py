@@ -2,8 +2,9 @@
 
 `backend` (or env MOELENS_ATTENTION_BACKEND) picks the path: "auto" (default: the best ISA this CPU
 supports), one of "avx512bf16", "avx512", "avx2", "scalar" (forces that ISA path of the extension), or
-"reference" (the pure-torch fallback). If the extension cannot be built or loaded, "auto" falls back to
-the reference with one warning. `num_threads=None` means torch.get_num_threads().
+"reference" (the pure-torch fallback). If the extension is not built or cannot be loaded, "auto" falls
+back to the reference with one warning (runtime.attention.extension). `num_threads=None` means
+torch.get_num_threads().
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from runtime.attention import reference
+from runtime.attention import extension, reference
 
 ISA_BACKENDS = ("avx512bf16", "avx512", "avx2", "scalar")
 KERNEL_HEAD_DIMS = (64, 128, 256)
@@ -35,9 +36,7 @@ def active_backend(backend: str | None = None) -> tuple[ModuleType | None, str]:
     name = resolve_backend(backend)
     if name == "reference":
         return None, ""
-    from runtime.attention import build  # imported here so `python -m runtime.attention.build` runs it fresh
-
-    module = build.load_extension()
+    module = extension.load_extension()
     if module is None and name != "auto":
         raise RuntimeError(f"attention backend {name!r} asked for, but the C++ extension is unavailable")
     return module, "" if name == "auto" else name

@@ -2,7 +2,7 @@
 
 Steps, in `--dir` (default ./demo-out/): make a random-weight `mixtral-mini` checkpoint in bf16 (reused
 when already there); use this machine's measured profile whose fingerprint matches the rates the machine
-shows now, or measure one quickly (`runtime profile --quick`, saved to profiles/) when there is none; write
+shows now, or measure one quickly (`runtime profile --quick`, saved in the user dir) when there is none; write
 `--num-prompts` (256) distinct prompts, varied sentences from a seeded generator (identical prompts would
 route to the same experts and flatter the expert batching), each asking for a fixed number of tokens with
 ignore_eos so every sequence does the work the plan assumes; solve a plan for exactly that workload with the planner API (`--kv-gb` 2 GiB of KV); run
@@ -104,8 +104,9 @@ def _checkpoint(args: argparse.Namespace, say) -> Path:
 
 
 def _profile(args: argparse.Namespace, say):
+    from planner import locations
     from planner.errors import UserError
-    from planner.profile import find_profile_for_this_machine, load_profile, profiles_dir
+    from planner.profile import find_profile_for_this_machine, load_profile
     from runtime.profiler.spot_check import measure_rates
     from runtime.profiler.timing import default_device
 
@@ -123,7 +124,7 @@ def _profile(args: argparse.Namespace, say):
 
     say("      measuring this machine (runtime profile --quick)")
     profile = measure_profile(SIZINGS["quick"], command="runtime profile --quick")
-    path = profile.save(profiles_dir() / f"{profile.name}.yaml")
+    path = profile.save(locations.user_file("profiles", profile.name))
     say(f"      saved {path}")
     return profile
 

@@ -5,7 +5,7 @@
   checkpoint's architecture (every field but name, source and extra). Otherwise UserError naming the
   differences. Returns the spec to report (the one the plan was solved for, when known).
 - `check_plan_machine(plan, force) -> HardwareProfile`: the plan's profile fingerprint equals this machine's
-  measured profile (`profiles/<this machine>.yaml`), or the plan's own profile file still has that
+  measured profile (`<this machine>.yaml`, user dir then shipped profiles), or the plan's own profile file still has that
   fingerprint and describes this machine (CPU model, cores, device), as a calibrated profile does.
   Returns the profile to report against.
 - `check_plan_fits_memory(plan, force)`: the plan's host memory (weights, KV, buffers, activations; not its

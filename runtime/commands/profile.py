@@ -1,6 +1,7 @@
 """`runtime profile [--out PATH] [--quick]`: measure this machine into a hardware profile YAML.
 
-Writes `profiles/<machine name>.yaml` by default (`planner.profile.path_for_this_machine`: the name
+Writes `<user dir>/profiles/<machine name>.yaml` by default (planner.locations: `$MOELENS_HOME` or the
+per-user data directory; never a shipped profile; `planner.profile.path_for_this_machine`: the name
 `find_profile_for_this_machine` looks for, with a tag of the machine's rates when a profile of another machine
 with the same CPU and cores holds that name), prints the path and a one-line summary. `--quick` measures
 fewer, smaller points (~1.5 min with the probe jobs); `--sizing tiny` is for tests.
@@ -15,12 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from planner import locations
 from planner.errors import UserError, exits_cleanly
-from planner.profile import profiles_dir
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("profile", help="measure this machine into profiles/<machine name>.yaml",
+    parser = subparsers.add_parser("profile", help="measure this machine into a profile in the user dir",
                                    description=__doc__.splitlines()[0])
     _add_arguments(parser)
     return parser
@@ -28,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the profile (default: profiles/<machine name>.yaml)")
+                        help="where to write the profile (default: <user dir>/profiles/<machine name>.yaml; "
+                             "see MOELENS_HOME)")
     parser.add_argument("--quick", action="store_true", help="fewer and smaller measurements (~1.5 min)")
     parser.add_argument("--sizing", choices=("full", "quick", "tiny"), default=None,
                         help="explicit sizing (overrides --quick); tiny is for tests")
@@ -75,14 +77,16 @@ def run(args: argparse.Namespace) -> int:
 
     sizing = SIZINGS[args.sizing or ("quick" if args.quick else "full")]
     if args.out is not None and args.out.is_dir():
-        raise UserError(f"--out {args.out} is a directory", "pass a file path such as profiles/mine.yaml")
+        raise UserError(f"--out {args.out} is a directory", "pass a file path such as mine.yaml")
+    if args.out is not None:
+        locations.refuse_shipped(args.out, "--out")
     command = "runtime profile" + (f" --sizing {sizing.name}" if sizing.name != "full" else "")
     emulation = _emulation(args)
     if emulation is not None:
         profile = _emulated(args, emulation, lambda: measure_profile(sizing, command=command))
     else:
         profile = measure_profile(sizing, command=command)
-    path = profile.save(args.out or profiles_dir() / f"{profile.name}.yaml")
+    path = profile.save(args.out or locations.user_file("profiles", profile.name))
     gemm_peak = max(max(c.tflops) for c in profile.gemm_curves)
     attention = profile.attention_gbps(profile.max_threads)
     link = f"h2d {profile.h2d_gbps(1 << 30):.1f} GB/s, " if profile.has_device else "no device, "

@@ -22,6 +22,7 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner import locations
 from planner.profile import (
     AttentionCurve,
     Efficiency,
@@ -33,7 +34,6 @@ from planner.profile import (
     Price,
     Provenance,
     RateCurve,
-    profiles_dir,
 )
 from runtime.profiler.grids import (
     ALL_GEMM_SHAPES,
@@ -172,9 +172,10 @@ def write_all(out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="directory (default: profiles/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory (default: the checkout's profiles/, which ships them)")
     args = parser.parse_args(argv)
-    for path in write_all(args.out or profiles_dir()):
+    for path in write_all(args.out or Path(str(locations.shipped_dir("profiles")))):
         print(path)
     return 0
 

@@ -3,6 +3,7 @@
 // fp32/bf16 queries are read in place and the output written in their dtype: no torch ops (and so no
 // torch thread-pool wake-ups) on the hot path besides allocating the output.
 #include <torch/extension.h>
+#include <torch/version.h>
 
 #include <vector>
 
@@ -203,4 +204,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_mla", &moelens_attn::decode_mla);
   m.def("compiled_isas", &moelens_attn::compiled_isas);
   m.def("supported_isas", &moelens_attn::supported_isas);
+  m.attr("torch_version") = TORCH_VERSION;  // the torch this binary was compiled against
 }
