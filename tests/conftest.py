@@ -8,6 +8,7 @@ machine threads make them up to 50x slower)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["MOELENS_HOME"] = tempfile.mkdtemp(prefix="moelens-home-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.pop("MOELENS_HOME", ""), ignore_errors=True)
 
 
 @pytest.fixture
@@ -52,9 +57,8 @@ TINY_SPEC = {"name": "tiny-mixtral", "family": "mixtral", "num_layers": 4, "hidd
 
 @dataclass(frozen=True)
 class TinyJob:
-    """`root` holds ckpt/ (2-layer fp32 checkpoint in 3 shards, made by the real CLI), home/profiles/<this
-    machine>.yaml (home/ is the job's user dir) and plan.yaml; `env` is the environment a `python -m runtime`
-    subprocess needs to find them."""
+    """`root` holds ckpt/ (2-layer fp32 checkpoint in 3 shards, made by the real CLI), profiles/<this machine>.yaml and
+    plan.yaml; `env` is the environment a `python -m runtime` subprocess needs to find them."""
     root: Path
     checkpoint: Path
     plan: Path
@@ -82,7 +86,7 @@ def tiny_job(tmp_path_factory) -> TinyJob:
 
     root = tmp_path_factory.mktemp("tiny-job")
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY_SPEC, sort_keys=False))
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MOELENS_HOME=str(root / "home"))
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MOELENS_PROFILES_DIR=str(root / "profiles"))
     subprocess.run([sys.executable, "-m", "runtime", "make-checkpoint", "--model", str(root / "tiny.yaml"),
                     "--layers", "2", "--dtype", "fp32", "--max-shard-gb", "0.0006", "--out", str(root / "ckpt"),
                     "--quiet"],
@@ -92,7 +96,7 @@ def tiny_job(tmp_path_factory) -> TinyJob:
     profile = replace(base, name=here.profile_name, links=None,
                       machine=replace(base.machine, cpu=here.cpu, cores=here.cores, device=here.device, device_memory_gib=0,
                                       host_memory_gib=8))
-    profile_path = profile.save(root / "home" / "profiles" / f"{profile.name}.yaml")
+    profile_path = profile.save(root / "profiles" / f"{profile.name}.yaml")
     spec = load_spec(root / "ckpt")
     plan = make_plan(spec, profile, Workload.fixed(12, 8, 64), Budgets.from_args(profile, 0.01),
                      model_ref=str(root / "ckpt"), profile_ref=str(profile_path))

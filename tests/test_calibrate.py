@@ -129,8 +129,8 @@ def test_device_run_fits_copy_efficiency(tmp_path):
 
 def test_cli_writes_a_calibrated_profile(tmp_path, capsys, monkeypatch):
     profile = cpu_profile()
-    monkeypatch.setenv("MOELENS_HOME", str(tmp_path))
-    profile.save(tmp_path / "profiles" / "synthetic-cpu.yaml")
+    monkeypatch.setenv("MOELENS_PROFILES_DIR", str(tmp_path))
+    profile.save(tmp_path / "synthetic-cpu.yaml")
     paths = write_reports(tmp_path, profile, TRUTH_CPU, CONFIGS[:3])
     out = tmp_path / "fitted.yaml"
     assert main(["calibrate", *map(str, paths), "--profile", "synthetic-cpu", "--out", str(out)]) == 0

@@ -1,6 +1,6 @@
 """`runtime execute` end to end on a tiny random Mixtral: outputs, report, resume, and every early refusal.
 
-One checkpoint, one profile "of this machine" (a datasheet profile relabelled, in a temporary user dir)
+One checkpoint, one profile "of this machine" (a datasheet profile relabelled, in a temporary profiles dir)
 and one plan are shared; the engine runs twice (a whole job, then a resumed one), every other test stops
 before the engine.
 """
@@ -64,13 +64,13 @@ def job(tmp_path_factory):
     profile = replace(base, name=here.profile_name, links=None,
                       machine=replace(base.machine, cpu=here.cpu, cores=here.cores, device=here.device, device_memory_gib=0,
                                       host_memory_gib=8))
-    profile_path = profile.save(root / "home" / "profiles" / f"{profile.name}.yaml")
+    profile_path = profile.save(root / "profiles" / f"{profile.name}.yaml")
     plan = make_plan(checkpoint.spec, profile, Workload.fixed(12, 6, NUM_VALID), Budgets.from_args(profile, 0.01),
                      model_ref=str(root / "ckpt"), profile_ref=str(profile_path))
     plan.save(root / "plan.yaml")
     write_jsonl(root / "in.jsonl", LINES)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MOELENS_HOME", str(root / "home"))
+        patch.setenv("MOELENS_PROFILES_DIR", str(root / "profiles"))
         yield root
 
 

@@ -86,7 +86,7 @@ def test_device_out_of_memory_is_one_clear_message(tiny_job, tmp_path, monkeypat
     from runtime.cli import main
     from runtime.engine import Engine
 
-    monkeypatch.setenv("MOELENS_HOME", tiny_job.env["MOELENS_HOME"])
+    monkeypatch.setenv("MOELENS_PROFILES_DIR", tiny_job.env["MOELENS_PROFILES_DIR"])
     monkeypatch.setattr(Engine, where, raise_device_oom)
     (tmp_path / "in.jsonl").write_text(json.dumps({"id": 1, "prompt": "Hello", "max_tokens": 2}) + "\n")
     code = main(tiny_job.execute_args(tmp_path / "in.jsonl", tmp_path / "out.jsonl"))
