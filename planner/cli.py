@@ -35,6 +35,7 @@ from planner.profile import find_profile_for_this_machine, list_profiles, load_p
 from planner.solver import check_budgets, solve
 from planner.spec import DTYPE_BYTES, load_spec
 from planner.sweep import VARIABLE_INPUTS, Problem, parse_vary, run_sweep, sweep_values
+from planner.version import add_version_flag
 from planner.workload import Workload
 
 DEFAULT_PROMPT_LEN = 512
@@ -72,6 +73,7 @@ def _problem_arguments(parser: argparse.ArgumentParser, fleet: bool = False) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="planner", description="Plan throughput-optimal offline MoE inference.")
+    add_version_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     solve_p = commands.add_parser("solve", help="solve for the throughput-optimal plan")
     _problem_arguments(solve_p, fleet=True)

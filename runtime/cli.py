@@ -10,11 +10,13 @@ import argparse
 import importlib
 
 from planner.errors import exits_cleanly
+from planner.version import add_version_flag
 from runtime.commands import COMMAND_MODULES
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runtime", description="moelens runtime: run MoE models on this machine")
+    add_version_flag(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
