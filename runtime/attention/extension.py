@@ -14,8 +14,8 @@ import warnings
 from types import ModuleType
 
 MODULE_NAME = "runtime.attention._C"
-REBUILD_HINT = ("rebuild it with `make install` in a checkout, or `pip install --no-build-isolation "
-                "--force-reinstall --no-deps .` in the moelens source tree")
+REBUILD_HINT = ("rebuild it with `make install` in a checkout (or `python setup.py build_ext --inplace` there), "
+                "or `pip install --no-build-isolation --force-reinstall --no-deps .` in the moelens source tree")
 
 _module: ModuleType | None = None
 _failed: str | None = None
