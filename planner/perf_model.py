@@ -61,6 +61,7 @@ DECODE_MODULES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts
                   "dense_mlp", "lm_head", "weight_copy", "sampling")
 PREFILL_MODULES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts",
                    "dense_mlp", "lm_head", "weight_copy")
+STREAM_AHEAD = 2                    # layers the streamer copies ahead of compute (its two slots)
 BATCHING_MODES = ("module", "model")   # module-based batching (the engine's), or one batch size everywhere
 SAMPLING_PASSES = 3                 # logits read by softmax / top-p / argmax over the fp32 row (when the
                                     # profile has no measured sampling cost per logit)
@@ -217,6 +218,8 @@ class PerfModel:
         serial = embed + lm_head + sampling + step_copy + r.step_overhead_s + per_step["step"]
         n_moe, n_dense, n_all = lay.num_moe_layers, lay.num_dense_layers, spec.num_layers
         step = n_moe * layer_moe + n_dense * layer_dense + serial
+        if self.emulated:
+            step = step - self._serial_under_link(resources, serial)
         device_busy = n_moe * dev_moe + n_dense * dev_dense + embed + lm_head + sampling
         out = {
             "embed": embed, "qkv_proj": n_all * qkv, "attention": n_all * attention, "o_proj": n_all * o,
@@ -234,6 +237,22 @@ class PerfModel:
         else:
             out.update(busy_cpu=device_busy + n_all * attention)
         return out
+
+    def _serial_under_link(self, resources: dict, serial: np.ndarray) -> np.ndarray:
+        """Emulated link: seconds of the step's serial tail (embed, lm_head, sampling, bookkeeping) the link
+        hides. Layers are released as compute leaves them, so the copy worker streams the next step's first
+        layers into the free slots meanwhile: when a layer copies in x and computes in c < x, compute can fall
+        behind by up to STREAM_AHEAD (x - c) before the link waits for a slot."""
+        lay = self.layout
+        layers = max(lay.num_moe_layers + lay.num_dense_layers, 1)
+
+        def mean(name_of) -> np.ndarray:
+            return (lay.num_moe_layers * name_of(resources["moe"])
+                    + lay.num_dense_layers * name_of(resources["dense"])) / layers
+
+        link = mean(lambda r: r["link"])
+        compute = mean(lambda r: np.maximum(r["cpu"], r["host_memory"]))
+        return np.minimum(serial, STREAM_AHEAD * np.maximum(link - compute, 0.0))
 
     def _expert_seconds(self, hit, rows_per_expert, tokens, expert_batch) -> np.ndarray:
         """GEMM seconds of one token group's routed experts on the engine's path (`planner.expert_kernels`)."""
@@ -301,6 +320,9 @@ class PerfModel:
             cpu_dense = dev_dense + self._copy_cpu_seconds(lay.streamed_dense_layer[rho])
             layer_moe = np.maximum.reduce([cpu_moe, (2 * kv_bytes + read_moe) / r.host_read_bps, copy_moe])
             layer_dense = np.maximum.reduce([cpu_dense, (2 * kv_bytes + read_dense) / r.host_read_bps, copy_dense])
+            hide = {"moe": {"link": copy_moe, "cpu": cpu_moe, "host_memory": (2 * kv_bytes + read_moe) / r.host_read_bps},
+                    "dense": {"link": copy_dense, "cpu": cpu_dense,
+                              "host_memory": (2 * kv_bytes + read_dense) / r.host_read_bps}}
             kv_host = 2 * kv_bytes / r.host_read_bps      # riding a decode step: no weight copy or read again
             ride = {"moe": {"cpu": dev_moe, "host_memory": kv_host, "link": kv_out},
                     "dense": {"cpu": dev_dense, "host_memory": kv_host, "link": kv_out}}
@@ -328,8 +350,10 @@ class PerfModel:
         embed = tokens * spec.hidden_size * spec.dtype_bytes / device_bps + per_chunk["embed"]
         lm_head = g["lm_head"].seconds(sequences) + per_chunk["lm_head"]
         n_moe, n_dense, n_all = lay.num_moe_layers, lay.num_dense_layers, spec.num_layers
-        chunk = n_moe * layer_moe + n_dense * layer_dense + embed + lm_head + step_copy + r.step_overhead_s \
-            + per_chunk["forward"]
+        tail = embed + lm_head + step_copy + r.step_overhead_s + per_chunk["forward"]
+        chunk = n_moe * layer_moe + n_dense * layer_dense + tail
+        if self.emulated:
+            chunk = chunk - self._serial_under_link(hide, tail)
         return {
             "embed": embed, "qkv_proj": n_all * qkv, "attention": n_all * attention, "o_proj": n_all * o,
             "router": n_moe * router + n_dense * dense_norm, "experts": n_moe * experts, "shared_experts": n_moe * shared,

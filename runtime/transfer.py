@@ -15,14 +15,15 @@ transfer starts when the link is free and ends at start + nbytes / rate), so a l
 link faster than asked, and load on the machine does not change the rate. A sleeping thread wakes late on a
 busy host (a scheduler time slice, milliseconds); the link learns how late (a running mean, seeded by a few
 short sleeps) and sleeps that much less, so each transfer still ends on time; what a wake-up still overshoots,
-the next transfer asked for at once (the copy worker's next layer) takes back, so a stream of copies keeps the
-rate exactly. `busy_seconds` and `bytes_moved`
+the next transfer asked for at once (the copy worker's next queued layer, as a DMA engine queues copies) takes
+back, so a stream of copies keeps the rate exactly. `busy_seconds` and `bytes_moved`
 count what the link carried; `busy_between(t0, t1)` is its busy time inside a window (the run's decode time).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 import time
 
@@ -53,6 +54,7 @@ def copy_to_host(dst: torch.Tensor, src: torch.Tensor,
     return _copy(dst, src, stream, host=dst)
 
 LATENESS_WEIGHT = 0.2           # of the newest wake-up in the running mean of sleep lateness
+QUEUED_S = 0.002                # a copy asked for this soon after the last returned was queued behind it
 MAX_LATENESS_S = 0.02           # a longer stall (the thread descheduled) is not a wake-up habit to learn
 
 
@@ -69,7 +71,7 @@ class PacedLink:
         self._busy_before: list[float] = [0.0]   # busy seconds of all transfers before index i
         self.bytes_moved = 0
         self._lateness = self._measure_lateness()     # seconds a sleep overshoots its deadline, running mean
-        self._overshoot = 0.0                         # how late the last transfer's wait ended
+        self._returned_at = -math.inf                 # when the last copy() returned to its caller
 
     @property
     def gbps(self) -> float:
@@ -82,9 +84,9 @@ class PacedLink:
     def _book(self, nbytes: int) -> tuple[float, float]:
         with self._lock:
             now = self._clock()
-            back_to_back = now - self._overshoot <= self._free_at     # asked for as the last one ended
-            start = self._free_at if back_to_back else now
-            self._overshoot = 0.0
+            back_to_back = now - self._returned_at <= QUEUED_S     # the caller had it queued: no idle link
+            start = self._free_at if back_to_back else max(now, self._free_at)
+            self._returned_at = -math.inf
             end = start + nbytes / self.bytes_per_s
             self._free_at = end
             self._starts.append(start)
@@ -104,7 +106,7 @@ class PacedLink:
         self._sleep_until(start)
         np.copyto(dst, src)
         self._sleep_until(end)
-        self._overshoot = max(self._clock() - end, 0.0)
+        self._returned_at = self._clock()
         return end - start
 
     def _sleep_until(self, when: float) -> None:
