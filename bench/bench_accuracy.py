@@ -94,12 +94,12 @@ CONFIGS = (
 LINK_CONFIGS = (
     AccuracyConfig("link-mixtral-0.5-n16", "mixtral-mini", 4, 16, 16, 16, 16, link_gbps=0.5, device_gb=0.6),
     AccuracyConfig("link-mixtral-1-n32", "mixtral-mini", 4, 32, 32, 16, 24, link_gbps=1.0, device_gb=0.6),
-    AccuracyConfig("link-mixtral-4-n2", "mixtral-mini", 4, 2, 8, 16, 24, link_gbps=4.0, device_gb=0.5),
-    AccuracyConfig("link-qwen3-0.5-n16", "qwen3-mini", None, 16, 32, 16, 32, link_gbps=0.5, device_gb=0.125),
-    AccuracyConfig("link-qwen3-1-n4", "qwen3-mini", None, 4, 8, 16, 32, link_gbps=1.0, device_gb=0.125),
-    AccuracyConfig("link-deepseek-0.5-n8", "deepseek-v2-lite-mini", None, 8, 16, 16, 32, link_gbps=0.5,
+    AccuracyConfig("link-mixtral-2-n1", "mixtral-mini", 4, 1, 4, 16, 24, link_gbps=2.0, device_gb=0.5),
+    AccuracyConfig("link-qwen3-0.5-n4", "qwen3-mini", None, 4, 8, 16, 32, link_gbps=0.5, device_gb=0.125),
+    AccuracyConfig("link-qwen3-0.5-n8", "qwen3-mini", None, 8, 16, 16, 32, link_gbps=0.5, device_gb=0.125),
+    AccuracyConfig("link-deepseek-0.5-n4", "deepseek-v2-lite-mini", None, 4, 8, 16, 32, link_gbps=0.5,
                    device_gb=0.11),
-    AccuracyConfig("link-deepseek-v3-0.5-n8", "deepseek-v3-mini", None, 8, 16, 16, 32, link_gbps=0.5,
+    AccuracyConfig("link-deepseek-v3-0.5-n4", "deepseek-v3-mini", None, 4, 8, 16, 32, link_gbps=0.5,
                    device_gb=0.13),
 )
 
