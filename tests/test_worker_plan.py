@@ -1,0 +1,63 @@
+"""The plan a cluster worker runs (`runtime.cluster.worker_plan`, torch-free): the given plan where the worker's
+machine has the plan's profile and the plan's threads fit its CPUs, else one solved there with the same budgets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from planner.errors import UserError
+from planner.perf_memory import Budgets
+from planner.plan_build import make_plan
+from planner.profile import find_profile_for_this_machine, load_profile
+from planner.spec import load_spec
+from planner.workload import Workload
+from runtime.cluster.worker_plan import plan_for_worker
+from tests.conftest import REPO_ROOT, relabelled_profile_for_this_machine
+
+SPEC = load_spec("qwen3-mini").with_layers(2)
+WORKLOAD = Workload.fixed(16, 8, 100)
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    relabelled_profile_for_this_machine(tmp_path)
+    monkeypatch.setenv("MOELENS_PROFILES_DIR", str(tmp_path))
+    return find_profile_for_this_machine()
+
+
+def solved_for(profile, cores: int | None = None, kv_gb: float = 0.01):
+    if cores is not None:
+        profile = replace(profile, machine=replace(profile.machine, cores=cores))
+    return make_plan(SPEC, profile, WORKLOAD, Budgets.from_args(profile, kv_gb), profile_ref=profile.name)
+
+
+def test_the_given_plan_runs_where_the_machine_and_its_cpus_match(here):
+    plan = solved_for(here, cores=1)
+    chosen = plan_for_worker(plan, SPEC, cpus=1)
+    assert chosen.source == "given" and chosen.plan is plan and chosen.reason == ""
+
+
+def test_a_plan_for_another_profile_is_solved_again_with_the_same_kv_budget(here):
+    other = load_profile(REPO_ROOT / "profiles" / "h100-sxm-lambda.yaml")
+    plan = solved_for(other, kv_gb=0.02)
+    chosen = plan_for_worker(plan, SPEC, cpus=1)
+    assert chosen.source == "re-solved" and "h100-sxm-lambda" in chosen.reason
+    assert chosen.plan.profile.fingerprint == here.fingerprint()
+    assert chosen.plan.budgets.kv_gib == pytest.approx(0.02) and chosen.plan.compute_threads == 1
+    assert chosen.plan.budgets.host_gib <= here.machine.host_memory_gib
+
+
+def test_a_plan_with_more_threads_than_the_worker_has_cpus_is_solved_for_those_cpus(here):
+    plan = replace(solved_for(here), attention_threads=4, compute_threads=4)
+    chosen = plan_for_worker(plan, SPEC, cpus=1)
+    assert chosen.source == "re-solved" and "4 threads" in chosen.reason and chosen.plan.compute_threads == 1
+
+
+def test_a_worker_machine_without_a_profile_is_a_user_error_unless_forced(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOELENS_PROFILES_DIR", str(tmp_path))
+    plan = solved_for(load_profile(REPO_ROOT / "profiles" / "cpu-amd-epyc-2c.yaml"))
+    with pytest.raises(UserError, match="runtime profile"):
+        plan_for_worker(plan, SPEC, cpus=1)
+    assert plan_for_worker(plan, SPEC, cpus=1, force=True).source == "given"
