@@ -54,6 +54,7 @@ def user_error_in(err: BaseException) -> UserError | None:
 def execute_on_cluster(options: Any) -> dict | None:
     from planner.plan import Plan
     from runtime.checkpoint import open_checkpoint
+    from runtime.cluster.worker import WorkerOptions
     from runtime.commands.execute import _checkpoint_dir, _sha256
     from runtime.commands.execute_checks import check_plan_model
     from runtime.jobio import (
@@ -98,8 +99,6 @@ def execute_on_cluster(options: Any) -> dict | None:
             say(f"nothing to do: every request in {options.input} is answered in {options.output}")
             return None
         pending = {r.key: r for r in iter_requests(options.input, context, scan, skip_keys=job.done_keys)}
-        from runtime.cluster.worker import WorkerOptions
-
         worker = WorkerOptions(str(checkpoint_dir), options.plan.read_text(), default_max_tokens, options.force,
                                options.generation_config)
         began = time.perf_counter()
@@ -145,7 +144,7 @@ def _run_pipeline(options: Any, plan: Any, worker: Any, pending: dict, job: Any)
 
 
 def _answers(ray: Any, options: Any, plan: Any, worker: Any, pending: dict):
-    """Output batches of the pipeline as they finish (numpy columns id, completion, stats)."""
+    """Output batches of the pipeline as they finish (numpy columns key, id, record, stats)."""
     from ray.data import ActorPoolStrategy, DataContext
 
     from runtime.cluster.worker import EngineWorker
