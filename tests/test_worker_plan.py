@@ -55,8 +55,13 @@ def test_a_plan_with_more_threads_than_the_worker_has_cpus_is_solved_for_those_c
     assert chosen.source == "re-solved" and "4 threads" in chosen.reason and chosen.plan.compute_threads == 1
 
 
-def test_a_worker_machine_without_a_profile_is_a_user_error_unless_forced(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOELENS_PROFILES_DIR", str(tmp_path))
+def test_a_worker_machine_without_a_profile_is_a_user_error_unless_forced(monkeypatch):
+    import runtime.cluster.worker_plan as worker_plan
+
+    def unprofiled():
+        raise UserError("no hardware profile for this machine", "run `runtime profile`")
+
+    monkeypatch.setattr(worker_plan, "find_profile_for_this_machine", unprofiled)
     plan = solved_for(load_profile(REPO_ROOT / "profiles" / "cpu-amd-epyc-2c.yaml"))
     with pytest.raises(UserError, match="runtime profile"):
         plan_for_worker(plan, SPEC, cpus=1)
