@@ -66,3 +66,22 @@ def test_a_worker_machine_without_a_profile_is_a_user_error_unless_forced(monkey
     with pytest.raises(UserError, match="runtime profile"):
         plan_for_worker(plan, SPEC, cpus=1)
     assert plan_for_worker(plan, SPEC, cpus=1, force=True).source == "given"
+
+
+def test_a_workers_user_error_is_found_inside_rays_exception_chain():
+    from runtime.cluster.job import user_error_in
+
+    class RayTaskError(Exception):          # Ray keeps the worker's exception as `.cause`
+        def __init__(self, cause):
+            super().__init__("task failed")
+            self.cause = cause
+
+    original = UserError("worker on node-3: no hardware profile", "run `runtime profile` there")
+    try:
+        try:
+            raise RayTaskError(original)
+        except RayTaskError as inner:
+            raise RuntimeError("dataset execution failed") from inner
+    except RuntimeError as err:
+        assert user_error_in(err) is original
+    assert user_error_in(RuntimeError("a bug")) is None
