@@ -31,6 +31,7 @@ from scipy.optimize import least_squares
 from planner import locations
 from planner.calibrate_runs import MeasuredRun, RunPrediction, check_profile_matches, load_run, predict_run
 from planner.errors import UserError
+from planner.outputs import check_output_path, is_stdout, say_to, write_text_output
 from planner.profile import HardwareProfile
 
 CONSTANTS = ("gemm", "gemm_small_m", "attention", "copy", "step_overhead_s", "call_overhead_s", "overhead")
@@ -199,8 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reports", nargs="+", help="report.json files of `runtime execute --report`")
     parser.add_argument("--profile", help="the profile the runs' plans were solved with (name or YAML; default: "
                                           "this machine's measured profile)")
-    parser.add_argument("--out", help="write the calibrated profile YAML here (default: the user dir's "
-                                      "profiles/<name>.yaml, so --profile <name> finds it)")
+    parser.add_argument("--out", help="write the calibrated profile YAML here, - for standard output (default: the "
+                                      "user dir's profiles/<name>.yaml, so --profile <name> finds it)")
     parser.add_argument("--name", help="name of the calibrated profile (default: the --out file's stem, or "
                                        "<profile>-calibrated)")
 
@@ -208,15 +209,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace, profile: HardwareProfile) -> int:
     if args.out is None:
         out = locations.user_file("profiles", args.name or f"{profile.name}-calibrated")
+        out.parent.mkdir(parents=True, exist_ok=True)
     else:
         out = Path(args.out)
         locations.refuse_shipped(out, "--out")
-    if out.suffix not in (".yaml", ".yml"):
-        raise UserError(f"--out {out} is not a .yaml path", "pass --out NAME.yaml")
+    if not is_stdout(out) and out.suffix not in (".yaml", ".yml"):
+        raise UserError(f"--out {out} is not a .yaml path", "pass --out NAME.yaml (or - for standard output)")
+    check_output_path(out, "--out", [*args.reports, args.profile])
     runs = [load_run(path) for path in args.reports]
     calibration = fit(runs, profile)
     command = "planner calibrate " + " ".join(str(p) for p in args.reports) + f" --profile {profile.name} --out {out}"
-    written = calibrated_profile(calibration, runs, args.name or out.stem, command).save(out)
-    print(summary(calibration))
-    print(f"wrote {written}")
+    name = args.name or (f"{profile.name}-calibrated" if is_stdout(out) else out.stem)
+    written = write_text_output(out, calibrated_profile(calibration, runs, name, command).to_yaml())
+    print(summary(calibration), file=say_to(out))
+    print(f"wrote {written}", file=say_to(out))
     return 0

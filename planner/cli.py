@@ -8,10 +8,14 @@
     planner sweep --model M --kv-gb 128 --profile P --vary kv-gb=16:512 [--steps K] --out sweep.csv
     planner bound --model M --kv-gb 128 [--profile P] ...
     planner calibrate report.json [report.json ...] [--profile P] [--out P2.yaml]
+    planner --version
 
 Without --profile the profile of this machine is used (found by name in the user dir, then the shipped ones:
 planner.locations); if there is none the error lists the known profiles. Every user error prints one message
 and exits with code 2.
+Outputs (`--out`) are checked before any work (`planner.outputs`: not a directory, not an input file, in an
+existing directory) and written before anything is printed; `--out -` writes to standard output and moves
+the human-readable lines to standard error.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from planner.bound import compute_bound
 from planner.errors import UserError, exits_cleanly
 from planner.explain import explain, plan_device_words, resource_words, table
 from planner.fleet import fleet_summary, parse_member, solve_fleet
+from planner.outputs import check_output_path, say_to, write_text_output
 from planner.perf_memory import Budgets, GiB
 from planner.perf_model import BATCHING_MODES, PerfModel
 from planner.plan import Plan
@@ -77,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     solve_p = commands.add_parser("solve", help="solve for the throughput-optimal plan")
     _problem_arguments(solve_p, fleet=True)
-    solve_p.add_argument("--out", help="write the plan YAML here (a fleet: one plan per profile, NAME-PROFILE.yaml)")
+    solve_p.add_argument("--out", help="write the plan YAML here (- for standard output; a fleet: one plan per "
+                                       "profile, NAME-PROFILE.yaml)")
     explain_p = commands.add_parser("explain", help="explain a plan: tables, binding resource, what-ifs")
     explain_p.add_argument("plan")
     explain_p.add_argument("--no-what-if", action="store_true", help="skip re-solving with resources doubled")
@@ -85,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _problem_arguments(sweep_p)
     sweep_p.add_argument("--vary", required=True, help=f"NAME=LOW:HIGH, NAME in {', '.join(VARIABLE_INPUTS)}")
     sweep_p.add_argument("--steps", type=int, default=8, help="values, geometrically spaced (default 8)")
-    sweep_p.add_argument("--out", required=True, help="CSV file to write")
+    sweep_p.add_argument("--out", required=True, help="CSV file to write (- for standard output)")
     bound_p = commands.add_parser("bound", help="the hardware upper bound alone, with its terms")
     _problem_arguments(bound_p)
     calibrate_p = commands.add_parser("calibrate", help="fit the profile's efficiency constants to runtime reports")
@@ -155,7 +161,13 @@ def summary(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    if args.out is not None:
+        check_output_path(args.out, "--out", [args.prompts, getattr(args, "plan", None)])
+
+
 def cmd_solve(args: argparse.Namespace) -> int:
+    _check_out(args)
     texts = args.profile or []
     members = [parse_member(text) for text in texts]
     args.profile = members[0][0] if members else None
@@ -168,10 +180,12 @@ def cmd_solve(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - began
     plan = plan_from_solution(model, solution, model_ref_of(problem.spec, problem.model_ref),
                               profile_ref_of(problem.profile, problem.profile_ref))
-    print(summary(plan))
-    print(f"  solved in {seconds:.2f} s ({solution.evaluations} model evaluations)")
-    if args.out:
-        print(f"  wrote {plan.save(args.out)}")
+    written = None if args.out is None else write_text_output(args.out, plan.to_yaml())   # before any print
+    say = say_to(args.out)
+    print(summary(plan), file=say)
+    print(f"  solved in {seconds:.2f} s ({solution.evaluations} model evaluations)", file=say)
+    if written:
+        print(f"  wrote {written}", file=say)
     return 0
 
 
@@ -181,13 +195,16 @@ def _solve_fleet(args: argparse.Namespace, members: list[tuple[str, int]]) -> in
     profiles += [(load_profile(ref), ref, count) for ref, count in members[1:]]
     fleet = solve_fleet(problem.spec, profiles, problem.workload, args.kv_gb, args.host_gb, args.device_gb,
                         problem.model_ref, problem.batching)
-    print(f"{problem.spec.name} ({problem.spec.dtype}): {problem.workload.describe()}")
-    print(fleet_summary(fleet))
-    if args.out:
+    written = []
+    if args.out:           # saved before anything is printed
         out = Path(args.out)
         for member in fleet.members:
             path = out.with_name(f"{out.stem}-{member.plan.profile.name}{out.suffix or '.yaml'}")
-            print(f"  wrote {member.plan.save(path)}")
+            written.append(write_text_output(path, member.plan.to_yaml()))
+    print(f"{problem.spec.name} ({problem.spec.dtype}): {problem.workload.describe()}")
+    print(fleet_summary(fleet))
+    for path in written:
+        print(f"  wrote {path}")
     return 0
 
 
@@ -197,15 +214,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    _check_out(args)
     problem = problem_from_args(args)
     name, lo, hi = parse_vary(args.vary)
     frame = run_sweep(problem, name, sweep_values(name, lo, hi, args.steps))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    written = write_text_output(args.out, frame.to_csv(index=False))
+    say = say_to(args.out)
     shown = [c for c in (name, "generated_tok_s", "num_seqs", "bottleneck", "bound_tok_s", "error") if c in frame]
-    print(frame[shown].to_string(index=False))
-    print(f"wrote {out} ({len(frame)} rows)")
+    print(frame[shown].to_string(index=False), file=say)
+    print(f"wrote {written} ({len(frame)} rows)", file=say)
     return 0
 
 

@@ -1,7 +1,9 @@
 """The `runtime` command: argparse subcommands, one module each (see `runtime.commands`).
 
 `main(argv=None) -> int` is the console script and `python -m runtime`; a `UserError` anywhere ends in one
-message and exit code 2 (`planner.errors.exits_cleanly`), as do bad flags (argparse).
+message and exit code 2 (`planner.errors.exits_cleanly`), as do bad flags (argparse). SIGTERM is handled
+like Ctrl-C and a closed standard output ends output quietly (also `exits_cleanly`). `--version` prints the
+installed version.
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ or a list of those; `chat` takes one conversation ([{"role", "content"}, ...]) o
 `sampling_params`: one for all prompts, a list with one per prompt, or None: `get_default_sampling_params()`,
 vLLM's defaults overridden by the checkpoint's generation_config.json (`generation_config="auto"`; "vllm":
 vLLM's defaults only; a directory: that directory's file). Returns one `RequestOutput` per prompt, in order,
-request ids counting up across calls. A prompt must leave the context at least one token; max_tokens (None:
-up to the context) is capped at what is left ("length").
+request ids counting up across calls. Token limit (`LLM.token_limit`): the context (`max_model_len`), or the
+engine's whole KV cache when it holds fewer. A prompt must leave at least one token of it; max_tokens (None: up
+to the limit) follows the one rule of `runtime execute` (`runtime.sampling.cap_max_tokens`): capped at what
+is left ("length"), with one `CappedMaxTokensWarning` per call counting the requests whose explicit
+max_tokens was capped.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import itertools
 import json
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +33,7 @@ from typing import Any
 
 from planner.errors import UserError
 from runtime.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from runtime.sampling import GenerationState, SamplingParams, generation_config_defaults
+from runtime.sampling import GenerationState, SamplingParams, cap_max_tokens, generation_config_defaults
 
 IGNORED_ENGINE_ARGS = {"gpu_memory_utilization", "enforce_eager", "disable_log_stats", "swap_space",
                        "max_seq_len_to_capture", "disable_custom_all_reduce", "enable_prefix_caching",
@@ -38,6 +42,10 @@ DEFAULT_ENGINE_ARGS = {"tokenizer": None, "trust_remote_code": False, "tensor_pa
                        "pipeline_parallel_size": 1, "dtype": "auto", "quantization": None, "revision": None,
                        "tokenizer_revision": None, "cpu_offload_gb": 0, "hf_token": None, "hf_overrides": None,
                        "task": "auto", "skip_tokenizer_init": False, "kv_cache_dtype": "auto"}
+
+
+class CappedMaxTokensWarning(UserWarning):
+    """Some requests asked for more tokens than fit; they were capped (finish reason "length")."""
 
 
 def make_backend(checkpoint: Any, plan: Any = None, max_model_len: int | None = None):
@@ -140,6 +148,11 @@ class LLM:
         self.plan = plan
         self.backend = make_backend(self.checkpoint, plan, max_model_len)
 
+    @property
+    def token_limit(self) -> int:
+        """The most tokens one request may span, prompt + generation."""
+        return min(self.max_model_len, getattr(self.backend, "token_limit", self.max_model_len))
+
     # ----- vLLM's accessors -----
     def get_tokenizer(self) -> Any:
         return self.tokenizer
@@ -213,15 +226,18 @@ class LLM:
         if bad:
             raise UserError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.spec.vocab_size})",
                             "pass token ids produced by this checkpoint's tokenizer")
-        if len(ids) >= self.max_model_len:
-            raise UserError(f"a prompt of {len(ids)} tokens leaves no room to generate within the model's "
-                            f"{self.max_model_len} positions", f"shorten it to at most {self.max_model_len - 1} tokens")
+        limit = self.token_limit
+        if len(ids) >= limit:
+            where = f"the model's {limit} positions" if limit == self.max_model_len else \
+                f"the {limit} tokens the plan's KV cache holds"
+            raise UserError(f"a prompt of {len(ids)} tokens leaves no room to generate within {where}",
+                            f"shorten it to at most {limit - 1} tokens")
         return text, list(ids)
 
     def _states(self, ids: list[int], params: SamplingParams) -> list[GenerationState]:
         detokenize = self.tokenizer.decode if self.tokenizer is not None else None
-        room = self.max_model_len - len(ids)
-        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        max_tokens = self.token_limit - len(ids) if params.max_tokens is None else \
+            cap_max_tokens(params.max_tokens, len(ids), self.token_limit)
         return [GenerationState(ids, params, self.eos_token_ids, detokenize, max_tokens=max_tokens,
                                 seed=params.seed + i if params.seed is not None else self._seeds.getrandbits(63))
                 for i in range(params.n)]
@@ -229,6 +245,12 @@ class LLM:
     def _run(self, prompts: list[tuple[str | None, list[int]]], params: list[SamplingParams]) -> list[RequestOutput]:
         arrival = time.time()
         per_request = [self._states(ids, p) for (_, ids), p in zip(prompts, params)]
+        capped = sum(p.max_tokens is not None and len(ids) + p.max_tokens > self.token_limit
+                     for (_, ids), p in zip(prompts, params))
+        if capped:
+            warnings.warn(f"{capped} of {len(prompts)} requests ask for more tokens than one request can hold "
+                          f"({self.token_limit}); their max_tokens is capped to fit and they end with "
+                          'finish_reason "length"', CappedMaxTokensWarning, stacklevel=3)
         self.backend.run([state for states in per_request for state in states])
         finished = time.time()
         return [RequestOutput(request_id=str(next(self._request_counter)), prompt=text, prompt_token_ids=ids,

@@ -14,6 +14,9 @@
   include_stop_str_in_output; stop_reason the string), then max_tokens ("length").
 - `sample_states(logits [B, V], states) -> [B] token ids`: the batched device sampler over these states,
   recording each token's logprobs on its state when asked; `state.next_token(logits [V])` for one row.
+- `cap_max_tokens(max_tokens, prompt_len, token_limit)`: the one rule for a max_tokens beyond what one
+  request can hold (the model's positions, or the plan's whole KV cache when smaller): it is capped to fit,
+  the request ends with "length", and every caller warns and counts the requests it capped.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ def _is_number(value: Any) -> bool:
 
 def _fail(cause: str, fix: str) -> UserError:
     return UserError(f"SamplingParams: {cause}", fix)
+
+
+def cap_max_tokens(max_tokens: int, prompt_len: int, token_limit: int) -> int:
+    """`max_tokens`, lowered so that prompt + generation fits in `token_limit` tokens (prompt_len < token_limit)."""
+    return min(max_tokens, token_limit - prompt_len)
 
 
 @dataclass(frozen=True)

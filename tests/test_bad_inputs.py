@@ -6,8 +6,10 @@ already there byte for byte unchanged. Cases: malformed JSONL (line number; `--o
 lines and lists the bad ones in the report), a prompt longer than the context, an empty prompt, an unknown
 field, max_tokens <= 0; a missing, truncated or corrupt shard, a tensor of the wrong dtype or shape, an
 index naming a shard outside the checkpoint, an unsupported architecture; a plan for another model or
-machine (and `--force`), a plan needing more memory than is free; output paths that cannot be written,
-refused before anything else is looked at.
+machine (and `--force`), a plan needing more memory than this machine has (even with `--force`), a KV cache
+larger than the machine; output
+paths that cannot be written or that are an input (the prompts file, by inode), refused before anything
+else is looked at.
 
 All cases are prepared up front and run two at a time (each is a fresh Python that imports torch, the
 bulk of the time). Header-level shard damage is covered exhaustively, without subprocesses, in test_safety.
@@ -166,11 +168,19 @@ CASES = {
     "unsupported architecture": Case(with_checkpoint(unsupported_architecture), ("unsupported model_type 'llama'",)),
     "plan for another model": Case(with_plan(other_model), ("solved for model some-other-model", "--force")),
     "plan for another machine": Case(with_plan(other_machine), ("fingerprint ffffffffffff", "--force")),
-    "plan needing more memory than is free": Case(with_plan(needs_an_exabyte), ("GiB of host memory", "is free")),
+    "plan needing more memory than is free": Case(with_plan(needs_an_exabyte), ("GiB of host memory", "in all", "even with --force")),
     "output directory missing": Case(output_at("missing/out.jsonl", "--checkpoint", "/nonexistent"),
                                      ("output directory", "does not exist")),
     "output is a directory": Case(output_at("a-dir", "--checkpoint", "/nonexistent",
                                             prepare=lambda d: (d / "a-dir").mkdir()), ("is a directory",)),
+    "output is the input (through a link)": Case(
+        output_at("alias.jsonl", prepare=lambda d: (d / "alias.jsonl").symlink_to(d / "in.jsonl")),
+        ("--output", "is the input file", "destroy the input"), keep_existing_output=True),
+    "report is the input": Case(lambda job, d: ["--report", str(d / "in.jsonl")], ("--report", "is the input file")),
+    "KV cache larger than this machine": Case(with_plan(lambda d: d.update(kv_budget_bytes=2**47), "--force"),
+                                              ("GiB of host memory", "in all", "even with --force")),
+    "plan larger than this machine, with --force": Case(with_plan(needs_an_exabyte, "--force"),
+                                                         ("GiB of host memory", "in all", "even with --force")),
 }
 
 

@@ -343,3 +343,105 @@ def test_yaml_seeds_parse():
     assert all(HardwareProfile.from_dict(d) for d in PROFILE_SEEDS)
     assert all(ModelSpec.from_dict(d) for d in SPEC_SEEDS) and len(HF_SEEDS) == len(SPEC_SEEDS)
     assert all(Plan.from_dict(d) for d in PLAN_SEEDS)
+
+
+# ----- both CLIs' argv, built from their own flag vocabulary -----
+# Values are words of each CLI's vocabulary (for the planner also real model and profile names: its commands
+# take a fraction of a second) and random text. The runtime's words never name a real model or checkpoint, and
+# its two commands that would start long work with defaults get a flag appended that stops them at the first
+# check, so no example launches a job. Allowed outcomes: exit 0 or 2 (argparse's own exits included), with no
+# traceback; anything else escaping `main` fails the test. Text holds no lone surrogates: a real argv decodes
+# to those only from undecodable bytes, which the real standard error prints escaped (pytest's capture would not).
+CLI_EXAMPLES = max(40, FUZZ_EXAMPLES // 20)
+CLI_FUZZ = settings(FUZZ, max_examples=CLI_EXAMPLES)
+COMMON_WORDS = ["", " ", "-", "--", "0", "1", "-1", "3", "64", "1e9", "1e400", "nan", "inf", "-inf", "0.5",
+                "/nonexistent/file.yaml", "missing.jsonl", "out.yaml", "out.csv", "x.txt", "bf16", "fp32", "fp8",
+                "\u202eevil", "日本語", "../../etc/passwd"]
+PLANNER_WORDS = COMMON_WORDS + ["mixtral", "qwen2-moe-mini", "deepseek-v3", "h100-sxm-lambda", "cpu-amd-epyc-2c",
+                                "kv-gb=16:64", "host-gb=1:0", "speed=1:2", "kv-gb=nan:inf", "float16", "fp4"]
+PLANNER_HINTS = {"--model": ["mixtral", "qwen2-moe-mini", "deepseek-v3", "qwen3-30b-a3b"],   # flags drawn often,
+                 "--profile": ["h100-sxm-lambda", "cpu-amd-epyc-2c", "a5000-epyc7453"],     # from these words
+                 "--vary": ["kv-gb=16:64", "host-gb=64:128", "prompt-len=64:512", "kv-gb=64:16", "kv-gb=0:1"]}
+RUNTIME_WORDS = COMMON_WORDS + ["no-such-model", "/nonexistent/ckpt", "full", "quick", "tiny", "skip", "fail"]
+argv_texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=16)
+
+
+def subcommands(parser) -> dict:
+    import argparse
+
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+NUMBER_WORDS = ["0", "1", "-1", "2", "8", "16", "64", "0.5", "1e-9", "1e9", "1e308", "nan", "inf", "-inf", "1_0"]
+
+
+def flag_value(draw, action, words: list[str], hints: dict[str, list[str]]) -> str:
+    hint = next((hints[f] for f in action.option_strings if f in hints), None)
+    if hint and draw(st.integers(0, 3)):
+        return draw(st.sampled_from(hint))
+    if action.choices and draw(st.integers(0, 3)):
+        return str(draw(st.sampled_from(sorted(map(str, action.choices)))))
+    if action.type in (int, float) and draw(st.integers(0, 3)):
+        return draw(st.one_of(st.sampled_from(NUMBER_WORDS), st.integers(-3, 40).map(str)))
+    return draw(st.one_of(st.sampled_from(words), st.integers(-3, 40).map(str), argv_texts))
+
+
+@st.composite
+def cli_argv(draw, parser, words: list[str], stoppers: dict[str, list[str]],
+             hints: dict[str, list[str]] | None = None) -> list[str]:
+    hints = hints or {}
+    commands = subcommands(parser)
+    if draw(st.integers(0, 24)) == 0:
+        return [draw(st.sampled_from(["--version", "--help", "--bogus", "", "-"]))]
+    name = draw(st.one_of(st.sampled_from(sorted(commands)), argv_texts)) if draw(st.integers(0, 9)) == 0 else \
+        draw(st.sampled_from(sorted(commands)))
+    sub = commands.get(name)
+    groups: list[list[str]] = []
+    if sub is not None:
+        for action in (a for a in sub._actions if not a.option_strings):
+            if draw(st.integers(0, 5)):
+                count = draw(st.integers(1, 2)) if action.nargs in ("+", "*") else 1
+                groups.append([flag_value(draw, action, words, hints) for _ in range(count)])
+        options = [a for a in sub._actions if a.option_strings]
+        hinted = [a for a in options if (a.required or set(a.option_strings) & set(hints)) and draw(st.integers(0, 9))]
+        for action in hinted + draw(st.lists(st.sampled_from(options), max_size=6)):
+            if "--help" in action.option_strings and draw(st.integers(0, 4)):
+                continue
+            flag = draw(st.sampled_from(action.option_strings))
+            groups.append([flag] if action.nargs == 0 else [flag, flag_value(draw, action, words, hints)])
+    if draw(st.integers(0, 6)) == 0:
+        groups.append([draw(argv_texts)])
+    ordered = draw(st.permutations(groups)) if draw(st.booleans()) else groups
+    return [name, *(token for group in ordered for token in group), *stoppers.get(name, [])]
+
+
+def run_cli(main, argv: list[str], capsys) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exited:   # argparse: --help / --version (0) or a bad flag (2)
+        code = exited.code
+    err = capsys.readouterr().err
+    assert code in (0, 2), f"{argv!r} exited {code}: {err[-2000:]}"
+    assert "Traceback" not in err, f"{argv!r}: {err[-2000:]}"
+
+
+@CLI_FUZZ
+@given(data=st.data())
+def test_planner_cli_argv(tmp_path, monkeypatch, capsys, data):
+    from planner.cli import build_parser, main
+
+    monkeypatch.chdir(tmp_path)
+    stoppers = {"sweep": ["--steps", "2"]}                   # a sweep solves once per step
+    run_cli(main, data.draw(cli_argv(build_parser(), PLANNER_WORDS, stoppers, PLANNER_HINTS)), capsys)
+
+
+@CLI_FUZZ
+@given(data=st.data())
+def test_runtime_cli_argv(tmp_path, monkeypatch, capsys, data):
+    from runtime.cli import build_parser, main
+
+    monkeypatch.chdir(tmp_path)
+    stoppers = {"profile": ["--out", str(tmp_path)],        # a directory: refused before measuring anything
+                "demo": ["--num-prompts", "0"]}            # refused before the demo writes its checkpoint
+    run_cli(main, data.draw(cli_argv(build_parser(), RUNTIME_WORDS, stoppers)), capsys)

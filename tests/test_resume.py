@@ -6,11 +6,17 @@ Kill points are found by watching the output grow (no hooks in the product): as 
 file appears (the checks passed, the engine is loading), after 2 answers (decode steps with refill prefills
 interleaved: 4 sequences in flight, 16 prompts of different lengths), and after 7 answers with half a line
 appended afterwards, which is what a kill inside a write leaves behind.
+
+Also here, on the same job and its uninterrupted run: the seeded fault campaign's quick mode (5 SIGKILLs at
+random instants of startup, loading, decode and writes; `bench.bench_faults` runs 50), SIGTERM (stops like
+Ctrl-C: exit 143, every finished answer kept, a resume hint; the rerun completes) and a file-size limit
+(RLIMIT_FSIZE, the disk-full path: a clear error, nothing lost, the rerun completes).
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import subprocess
 import sys
@@ -21,28 +27,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.bench_faults import (
+    FaultJob,
+    answers_by_id,
+    complete_lines,
+    prompt_lines,
+    reference_run,
+    run_campaign,
+)
+
 NUM_PROMPTS = 16
 IN_FLIGHT = 4
+QUICK_CASES = 5
 
 
 def prompts() -> list[dict]:
-    return [{"id": f"p{i}", "prompt": f"Prompt number {i}: " + "tell me more " * (i % 4),
-             "max_tokens": 4 + (5 * i) % 9, "ignore_eos": True} for i in range(NUM_PROMPTS)]
-
-
-def complete_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
-
-
-def answers_by_id(path: Path) -> dict[str, list[int]]:
-    answers = {}
-    for record in complete_lines(path):
-        assert record["id"] not in answers, f"{record['id']} answered twice"
-        answers[record["id"]] = record["token_ids"]
-    return answers
+    return prompt_lines(NUM_PROMPTS)
 
 
 def run_until(job, args: list[str], stop: Callable[[], bool], log: Path) -> int:
@@ -77,13 +77,20 @@ def execute_args(tiny_job, root: Path, output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_job, resume_job) -> dict[str, list[int]]:
-    args = execute_args(tiny_job, resume_job, "whole.jsonl")
-    assert run_until(tiny_job, args, lambda: False, resume_job / "whole.log") == 0, \
-        (resume_job / "whole.log").read_text()
-    answers = answers_by_id(resume_job / "whole.jsonl")
-    assert sorted(answers) == sorted(p["id"] for p in prompts())
-    return answers
+def fault_job(tiny_job, resume_job) -> FaultJob:
+    return FaultJob(argv=lambda output: execute_args(tiny_job, resume_job, output.name), env=tiny_job.env,
+                    cwd=tiny_job.root, scratch=resume_job, prompt_ids=tuple(p["id"] for p in prompts()))
+
+
+@pytest.fixture(scope="module")
+def reference(fault_job):
+    """The uninterrupted run: answers by id (every prompt once) and its timeline."""
+    return reference_run(fault_job)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(reference) -> dict[str, list[int]]:
+    return reference[0]
 
 
 def test_killed_job_resumes_to_the_same_answers(tiny_job, resume_job, uninterrupted):
@@ -111,3 +118,56 @@ def test_killed_job_resumes_to_the_same_answers(tiny_job, resume_job, uninterrup
     assert job_state["complete"] and job_state["done"] == NUM_PROMPTS
     status = run_until(tiny_job, args, lambda: False, resume_job / "again.log")   # nothing left to do
     assert status == 0 and answers_by_id(output) == uninterrupted
+
+
+def test_fault_campaign_quick(fault_job, reference):
+    result = run_campaign(fault_job, QUICK_CASES, seed=0, reference=reference)
+    assert result["passed"] == QUICK_CASES        # each case asserts exactly-once and equal greedy answers
+    assert result["killed"] >= QUICK_CASES - 2, result   # nearly every instant lands before the run ends
+
+
+def wait_for_answers(process: subprocess.Popen, output: Path, count: int) -> None:
+    while process.poll() is None and len(complete_lines(output)) < count:
+        time.sleep(0.005)
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_rerun_completes(tiny_job, resume_job, uninterrupted):
+    output = resume_job / "terminated.jsonl"
+    args = execute_args(tiny_job, resume_job, output.name)
+    process = subprocess.Popen([sys.executable, "-m", "runtime", *args], env=tiny_job.env, cwd=tiny_job.root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_answers(process, output, 2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "terminated" in err and "rerun the same command to resume" in err, err
+    done = answers_by_id(output)
+    assert 2 <= len(done) < NUM_PROMPTS and all(uninterrupted[k] == v for k, v in done.items())
+    assert f"{len(done)} of {NUM_PROMPTS} requests are answered" in err
+    assert json.loads(output.with_name(output.name + ".state.json").read_text())["done"] == len(done)  # synced
+    assert run_until(tiny_job, args, lambda: False, resume_job / "terminated-rerun.log") == 0
+    assert answers_by_id(output) == uninterrupted
+
+
+def test_file_size_limit_mid_run_keeps_every_answer_and_resumes(tiny_job, resume_job, uninterrupted):
+    output = resume_job / "limited.jsonl"
+    limit = len((resume_job / "reference.jsonl").read_bytes()) // 2   # about half the answers fit
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    args = execute_args(tiny_job, resume_job, output.name)
+    result = subprocess.run([sys.executable, "-m", "runtime", *args], cwd=tiny_job.root, capture_output=True,
+                            text=True, timeout=300, preexec_fn=limit_file_size,
+                            env=dict(tiny_job.env, PYTHONDONTWRITEBYTECODE="1"))
+    err = result.stderr
+    assert result.returncode == 2, err
+    assert "Traceback" not in err and err.count("error:") == 1, err
+    assert "file-size limit" in err and "are kept" in err and "rerun the same command" in err, err
+    data = output.read_bytes()
+    assert len(data) <= limit and data.endswith(b"\n")           # the partial line was cut off
+    done = answers_by_id(output)
+    assert 0 < len(done) < NUM_PROMPTS and all(uninterrupted[k] == v for k, v in done.items())
+    assert f"({len(done)} of {NUM_PROMPTS})" in err
+    assert run_until(tiny_job, args, lambda: False, resume_job / "limited-rerun.log") == 0
+    assert answers_by_id(output) == uninterrupted

@@ -1,7 +1,7 @@
 """`runtime execute plan.yaml --input prompts.jsonl --output out.jsonl`: run a plan over a prompts file.
 
 Order (nothing is written before every check passes): load the plan; check the output (and report) paths
-are writable; open the checkpoint (`--checkpoint`, else the plan's model reference when it is a checkpoint
+are writable and are none of the inputs (same file by inode: the prompts, the plan, each other); open the checkpoint (`--checkpoint`, else the plan's model reference when it is a checkpoint
 directory); check the plan was solved for this model (spec hash, or the same architecture) and this machine
 (profile fingerprint) and that its host memory fits what is free (`--force` skips these three); spot-check
 this machine's memory and GEMM rates against the profile (`runtime.profiler.spot_check`, about a second: a
@@ -9,6 +9,12 @@ warning with the figures when one is off by more than 20%); validate the
 whole input file (`runtime.jobio`, `--on-error fail|skip`); then open the output (resuming a job of the same
 input and plan, `--overwrite` to start again), build the engine from the plan, run it with a progress bar,
 write each answer as its sequence finishes, and print and write the report (`runtime.report`).
+`--output -` streams the answers to standard output (the report is then printed to standard error; there is
+nothing to resume); `--report -` prints the report JSON to standard output. Ctrl-C or SIGTERM stops the job
+with every finished answer kept and says how to resume; so does a full disk or a file-size limit. A plan
+needing more memory than this machine has is refused even with `--force`; a failed host allocation is one
+message. Requests asking for more tokens than one can hold are capped (`runtime.jobio.requests`), counted
+(`capped_requests` in the report) and warned about.
 `execute_job(ExecuteOptions) -> dict | None` is the same as a function (None when nothing was left to do).
 With `--workers N` the job runs on a Ray cluster instead (`runtime.cluster.job`), with the same output and resume.
 """
@@ -34,8 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--input", required=True,
                         help='prompts JSONL: {"id", "prompt" | "prompt_token_ids" | "messages", max_tokens, '
                              "temperature, top_p, top_k, seed, stop, ignore_eos} or OpenAI Batch API lines")
-    parser.add_argument("--output", required=True, help="answers JSONL (appended as sequences finish; resumable)")
-    parser.add_argument("--report", help="write the report JSON here as well as printing it")
+    parser.add_argument("--output", required=True, help="answers JSONL (appended as sequences finish; resumable); "
+                                                        "- for standard output")
+    parser.add_argument("--report", help="write the report JSON here as well as printing it (- for standard output)")
     parser.add_argument("--on-error", choices=("fail", "skip", "record"), default="fail",
                         help="bad input lines: fail before any work (default), skip them (listed in the report) "
                              "or answer each with an error record")
@@ -73,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     execute_job(ExecuteOptions(
         plan=Path(args.plan), input=Path(args.input), output=Path(args.output),
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-        report=Path(args.report) if args.report else None, on_error=args.on_error, max_tokens=args.max_tokens,
-        force=args.force, overwrite=args.overwrite, quiet=args.quiet, workers=args.workers,
+        report=Path(args.report) if args.report is not None else None, on_error=args.on_error,
+        max_tokens=args.max_tokens, force=args.force, overwrite=args.overwrite, quiet=args.quiet, workers=args.workers,
         ray_address=args.ray_address))
     return 0
 
@@ -89,25 +96,46 @@ def _checkpoint_dir(plan: Any, given: Path | None) -> Path:
                     "pass --checkpoint DIR")
 
 
+def _check_outputs(options: ExecuteOptions) -> None:
+    from planner.outputs import check_output_path, is_stdout
+    from runtime.jobio import check_output_writable
+
+    check_output_writable(options.output, (options.input, options.plan))
+    if options.report is None:
+        return
+    check_output_path(options.report, "--report", (options.input, options.plan, options.output))
+    if is_stdout(options.report) and is_stdout(options.output):
+        raise UserError("--output - and --report - would both write to standard output",
+                        "send one of them to a file")
+    if not is_stdout(options.report) and Path(options.report).resolve() == Path(options.output).resolve():
+        raise UserError(f"--report {options.report} is the --output file", "pass --report another path")
+
+
+def _token_limit(checkpoint: Any, plan: Any) -> int:
+    from runtime.engine import EngineConfig
+    from runtime.engine.engine import request_token_limit
+
+    return request_token_limit(checkpoint, EngineConfig.from_plan(plan))
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def execute_job(options: ExecuteOptions) -> dict | None:
+    from planner.outputs import is_stdout
     from planner.plan import Plan
     from runtime.checkpoint import open_checkpoint
     from runtime.commands.execute_checks import check_plan_fits_memory, check_plan_machine, check_plan_model
-    from runtime.jobio import JobIdentity, JobOutput, ParseContext, check_output_writable, scan_input
+    from runtime.jobio import JobIdentity, JobOutput, ParseContext, scan_input
     from runtime.llm import read_generation_config
 
+    _check_outputs(options)
     if options.workers is not None:
         from runtime.cluster.job import execute_on_cluster
 
         return execute_on_cluster(options)
     plan = Plan.load(options.plan)
-    check_output_writable(options.output)
-    if options.report is not None:
-        check_output_writable(options.report)
     if options.max_tokens is not None and options.max_tokens < 1:
         raise UserError(f"--max-tokens {options.max_tokens} must be positive", "pass --max-tokens >= 1")
     checkpoint = open_checkpoint(_checkpoint_dir(plan, options.checkpoint))
@@ -118,7 +146,8 @@ def execute_job(options: ExecuteOptions) -> dict | None:
     _spot_check(plan, profile)
     default_max_tokens = options.max_tokens or max(1, round(plan.workload.gen_len_max))
     context = ParseContext(checkpoint.tokenizer, spec.max_position_embeddings, spec.vocab_size, default_max_tokens,
-                           read_generation_config(options.generation_config, Path(checkpoint.dir)))
+                           read_generation_config(options.generation_config, Path(checkpoint.dir)),
+                           kv_capacity_tokens=_token_limit(checkpoint, plan))
     scan = scan_input(options.input, context, options.on_error)
     recorded = scan.skipped if options.on_error == "record" else []
     identity = JobIdentity(scan.sha256, _sha256(options.plan), scan.num_requests + len(recorded))
@@ -126,6 +155,10 @@ def execute_job(options: ExecuteOptions) -> dict | None:
     for skipped in scan.skipped:
         verb = "answering with an error record" if recorded else "skipping"
         say(f"{verb} {options.input}, line {skipped.line_number}: {skipped.reason}")
+    if scan.capped_requests:
+        print(f"warning: {scan.capped_requests} of {scan.num_requests} requests ask for more tokens than "
+              f"{context.token_limit_text} can hold; their max_tokens is capped to fit and they end with "
+              "finish_reason \"length\" (capped_requests in the report)", file=sys.stderr)
     with JobOutput.open(options.output, identity, overwrite=options.overwrite, model_name=spec.name) as job:
         if job.num_done:
             say(f"resuming {options.output}: {job.num_done} of {identity.num_requests} lines already answered")
@@ -135,7 +168,13 @@ def execute_job(options: ExecuteOptions) -> dict | None:
         if job.num_done >= identity.num_requests:
             say(f"nothing to do: every request in {options.input} is answered in {options.output}")
             return None
-        stats, tally = _run_engine(checkpoint, plan, options, context, scan, job)
+        try:
+            stats, tally = _run_engine(checkpoint, plan, options, context, scan, job)
+        except KeyboardInterrupt:
+            if not is_stdout(options.output):
+                print(f"stopped: {job.num_done} of {identity.num_requests} requests are answered in "
+                      f"{options.output}; rerun the same command to resume", file=sys.stderr)
+            raise
     return _finish_report(stats, plan, profile, report_spec, tally, scan, job.resumed_count, options)
 
 
@@ -203,6 +242,12 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
     except torch.cuda.OutOfMemoryError as err:
         raise UserError(f"the device ran out of memory running the plan: {str(err).splitlines()[0]}",
                         "re-solve the plan with a smaller --device-gb (planner solve), then rerun to resume") from None
+    except (RuntimeError, MemoryError) as err:
+        if not _is_host_allocation_failure(err):
+            raise
+        raise UserError(f"this machine could not allocate the host memory the plan needs ({_allocation_detail(err)})",
+                        "free memory, or re-solve the plan with a smaller --kv-gb / --host-gb for this machine "
+                        "(planner solve); then rerun the same command to resume") from None
     finally:
         progress.close()
         if engine is not None:
@@ -210,18 +255,31 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
     return stats, tally
 
 
+def _is_host_allocation_failure(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or "can't allocate memory" in str(err)
+
+
+def _allocation_detail(err: BaseException) -> str:
+    text = str(err)
+    start = text.find("you tried to allocate")
+    return text[start:].split(". ")[0].rstrip(".") if start >= 0 else "out of memory"
+
+
 def _finish_report(stats: Any, plan: Any, profile: Any, spec: Any, tally: Any, scan: Any, resumed: int,
                    options: ExecuteOptions) -> dict:
+    from planner.outputs import is_stdout, say_to
     from runtime.report import build_report, format_report, write_report
 
     report = build_report(stats, plan, profile, spec, tally, scan.skipped, resumed)
     report["output"] = str(options.output)
     report["finish_reasons"] = dict(tally.finish_reasons)
-    if not options.quiet:
-        print(written_summary(stats.num_requests, tally.finish_reasons, scan.skipped, options))
-        print(format_report(report))
+    report["capped_requests"] = scan.capped_requests
     if options.report is not None:
         write_report(options.report, report)
+    if not options.quiet:
+        say = say_to("-" if is_stdout(options.output) or is_stdout(options.report) else None)
+        print(written_summary(stats.num_requests, tally.finish_reasons, scan.skipped, options), file=say)
+        print(format_report(report), file=say)
     return report
 
 

@@ -9,8 +9,9 @@
   fingerprint and describes this machine (CPU model, cores, device), as a calibrated profile does.
   Returns the profile to report against.
 - `check_plan_fits_memory(plan, force)`: the plan's host memory (weights, KV, buffers, activations; not its
-  reserve) fits the memory available now (psutil).
-With `force` each check prints a warning instead of raising.
+  reserve; at least its KV budget) fits the memory available now (psutil).
+With `force` each check prints a warning instead of raising, except one: a plan needing more host memory
+than this machine has in all (RAM) is refused even with `force`, since nothing could make it fit.
 """
 
 from __future__ import annotations
@@ -114,8 +115,14 @@ def check_plan_fits_memory(plan: Plan, force: bool = False) -> None:
     import psutil
 
     host = plan.memory.get("host", {})
-    needed = host.get("total", 0.0) - host.get("reserve", 0.0)
-    available = float(psutil.virtual_memory().available)
+    needed = max(host.get("total", 0.0) - host.get("reserve", 0.0), float(plan.kv_budget_bytes))
+    memory = psutil.virtual_memory()
+    if needed > memory.total:
+        raise UserError(f"the plan needs {needed / GiB:.1f} GiB of host memory (weights, KV cache, buffers) but this "
+                        f"machine has {memory.total / GiB:.1f} GiB in all, so it cannot run here even with --force",
+                        "re-solve the plan for this machine (planner solve with its profile, or a smaller --kv-gb / "
+                        "--host-gb)")
+    available = float(memory.available)
     if needed > available:
         _warn_or_raise(force, UserError(
             f"the plan needs {needed / GiB:.1f} GiB of host memory (weights, KV cache, buffers) but only "

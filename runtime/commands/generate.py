@@ -6,12 +6,15 @@ each), --max-tokens N, --temperature T (0 = greedy), --top-p P, --top-k K, --see
 unbatched reference forward instead of the planned engine).
 Prints each completion's text (prompt then completion) or, with --json, one JSON object per prompt with
 `prompt`, `text`, `token_ids` and `finish_reason`.
+A --max-tokens beyond what one request can hold is capped, with a warning (the rule of `runtime.llm`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,12 +38,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from runtime import LLM, SamplingParams
+    from runtime.llm import CappedMaxTokensWarning
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, seed=args.seed,
                             stop=args.stop)
     llm = LLM(args.checkpoint, reference=True) if args.reference else LLM(args.checkpoint, profile=args.profile)
-    for output in llm.generate(args.prompt, params):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CappedMaxTokensWarning)
+        outputs = llm.generate(args.prompt, params)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    for output in outputs:
         completion = output.outputs[0]
         if args.json:
             print(json.dumps({"prompt": output.prompt, "text": completion.text, "token_ids": completion.token_ids,

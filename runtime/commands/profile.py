@@ -18,6 +18,7 @@ from pathlib import Path
 
 from planner import locations
 from planner.errors import UserError, exits_cleanly
+from planner.outputs import check_output_path, say_to, write_text_output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the profile (default: <user dir>/profiles/<machine name>.yaml; "
-                             "see MOELENS_HOME)")
+                             "see MOELENS_HOME; - for standard output)")
     parser.add_argument("--quick", action="store_true", help="fewer and smaller measurements (~1.5 min)")
     parser.add_argument("--sizing", choices=("full", "quick", "tiny"), default=None,
                         help="explicit sizing (overrides --quick); tiny is for tests")
@@ -76,9 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from runtime.profiler.measure import SIZINGS, measure_profile
 
     sizing = SIZINGS[args.sizing or ("quick" if args.quick else "full")]
-    if args.out is not None and args.out.is_dir():
-        raise UserError(f"--out {args.out} is a directory", "pass a file path such as mine.yaml")
     if args.out is not None:
+        check_output_path(args.out, "--out")
         locations.refuse_shipped(args.out, "--out")
     command = "runtime profile" + (f" --sizing {sizing.name}" if sizing.name != "full" else "")
     emulation = _emulation(args)
@@ -86,13 +86,16 @@ def run(args: argparse.Namespace) -> int:
         profile = _emulated(args, emulation, lambda: measure_profile(sizing, command=command))
     else:
         profile = measure_profile(sizing, command=command)
-    path = profile.save(args.out or locations.user_file("profiles", profile.name))
+    if args.out is not None:
+        path = write_text_output(args.out, profile.to_yaml())
+    else:
+        path = profile.save(locations.user_file("profiles", profile.name))
     gemm_peak = max(max(c.tflops) for c in profile.gemm_curves)
     attention = profile.attention_gbps(profile.max_threads)
     link = f"h2d {profile.h2d_gbps(1 << 30):.1f} GB/s, " if profile.has_device else "no device, "
     if profile.emulated_link is not None:
         link = f"{profile.machine.device}, "
-    print(path)
+    print(path, file=say_to(args.out))
     print(f"{profile.name}: {link}GEMM up to {gemm_peak:.3g} TFLOP/s, attention {attention:.1f} GB/s, "
           f"memory read {profile.memory.read_gbps:.1f} GB/s (fingerprint {profile.fingerprint()})",
           file=sys.stderr)

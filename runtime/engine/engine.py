@@ -8,7 +8,9 @@ of rows at a time (`runtime.sampler`, batched on the logits' device; logits neve
 once), and calls `on_finish(Completion)` as each sequence finishes. The step's wall time is
 split between `prefill_seconds` and `decode_seconds` as its timed module seconds split. One engine can run
 several batches of requests in turn.
-`EngineBackend` adapts it to `runtime.llm`'s backend interface (`run(states)`).
+`EngineBackend` adapts it to `runtime.llm`'s backend interface (`run(states)`, `token_limit`).
+`request_token_limit(checkpoint, config)`: the most tokens one request may span (prompt + generation), known
+before the engine is built: the model's positions (or `max_model_len`), or the whole KV cache when smaller.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from runtime.engine.config import EngineConfig
 from runtime.engine.emulated_device import EmulatedDevice
 from runtime.engine.forward import LayerStack, PrefillSegment, StepBatch, activated_counts
 from runtime.engine.instrumentation import MemoryPeaks, ModuleTimer
-from runtime.engine.kv_cache import HostKVCache, SlotBlockTables, blocks_for
+from runtime.engine.kv_cache import HostKVCache, SlotBlockTables, blocks_for, kv_capacity_tokens, kv_dtype_for
 from runtime.engine.scheduler import Request, Scheduler
 from runtime.engine.scheduler import Sequence as EngineSequence
 from runtime.engine.staging import Staging
@@ -66,8 +68,7 @@ class Engine:
         if self.emulated is not None:       # before the KV cache is allocated: a refused plan allocates nothing
             self.emulated.check_memory(self.store.resident_bytes, self.streamer.buffer_bytes if self.streamer else 0,
                                        0 if config.module_batching else config.kv_budget_bytes)
-        kv_dtype = self.store.dtype if self.store.dtype in (torch.bfloat16, torch.float32) else torch.float32
-        self.kv = HostKVCache(self.spec, kv_dtype, config.kv_budget_bytes, config.kv_block_size)
+        self.kv = HostKVCache(self.spec, kv_dtype_for(self.store.dtype), config.kv_budget_bytes, config.kv_block_size)
         self.max_len = min(config.max_model_len or self.spec.max_position_embeddings, self.kv.capacity_tokens)
         self.tables = SlotBlockTables(config.num_seqs, blocks_for(self.max_len, config.kv_block_size))
         staging = Staging(self.device)
@@ -219,12 +220,23 @@ class Engine:
                                  state=state))
 
 
+def request_token_limit(checkpoint: Any, config: EngineConfig) -> int:
+    spec = checkpoint.spec
+    dtype = kv_dtype_for(checkpoint.weights.dtype("embed"))
+    kv_tokens = kv_capacity_tokens(spec, dtype, config.kv_budget_bytes, config.kv_block_size)
+    return min(config.max_model_len or spec.max_position_embeddings, kv_tokens)
+
+
 class EngineBackend:
     """`runtime.llm` backend: drives the caller's GenerationStates through the engine."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self.last_stats: RunStats | None = None
+
+    @property
+    def token_limit(self) -> int:
+        return self.engine.max_len
 
     def run(self, states: Sequence[GenerationState]) -> None:
         requests = (Request(id=i, prompt_token_ids=state.prompt_token_ids, params=state.params, state=state)

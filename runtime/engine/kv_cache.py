@@ -7,6 +7,8 @@ A sequence owns a list of block ids from `BlockAllocator` (allocated as it grows
 or is preempted); `SlotBlockTables` keeps each in-flight slot's blocks as one int32 row so a step's
 `block_tables` [B, max_blocks_per_seq] is a single row gather. `write_tokens` / `read_tokens` move a
 range of positions of one sequence (prefill writes, and reads for chunked prefill) by block arithmetic.
+`kv_dtype_for(weight_dtype)` and `kv_capacity_tokens(spec, dtype, budget_bytes, block_size)` say, before
+anything is allocated, what the cache will hold (the same arithmetic `HostKVCache` uses).
 """
 
 from __future__ import annotations
@@ -78,6 +80,19 @@ class KVLayout:
         return per_token * (2 if self.kind == "gqa" else 1)
 
 
+def kv_dtype_for(weight_dtype: torch.dtype) -> torch.dtype:
+    """KV is kept in the weights' dtype when the attention kernel reads it (bf16, fp32), else in fp32."""
+    return weight_dtype if weight_dtype in (torch.bfloat16, torch.float32) else torch.float32
+
+
+def _bytes_per_block(spec: ModelSpec, dtype: torch.dtype, block_size: int) -> int:
+    return KVLayout.for_spec(spec, dtype).bytes_per_token_layer() * block_size * spec.num_layers
+
+
+def kv_capacity_tokens(spec: ModelSpec, dtype: torch.dtype, budget_bytes: int, block_size: int) -> int:
+    return budget_bytes // _bytes_per_block(spec, dtype, block_size) * block_size
+
+
 class HostKVCache:
     """All layers' paged KV tensors in host memory, sized once from `budget_bytes`."""
 
@@ -85,7 +100,7 @@ class HostKVCache:
         self.layout = KVLayout.for_spec(spec, dtype)
         self.block_size = block_size
         self.num_layers = spec.num_layers
-        bytes_per_block = self.layout.bytes_per_token_layer() * block_size * spec.num_layers
+        bytes_per_block = _bytes_per_block(spec, dtype, block_size)
         self.num_blocks = budget_bytes // bytes_per_block
         if self.num_blocks < 2:
             raise UserError(

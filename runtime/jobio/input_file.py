@@ -45,7 +45,8 @@ class InputScan:
     num_lines: int = 0
     prompt_tokens: int = 0
     max_prompt_tokens: int = 0
-    requested_output_tokens: int = 0   # sum of n x max_tokens after capping to the context
+    requested_output_tokens: int = 0   # sum of n x max_tokens after capping to the token limit
+    capped_requests: int = 0           # lines whose explicit max_tokens was capped to the token limit
     skipped: list[SkippedLine] = field(default_factory=list)
 
     @property
@@ -111,6 +112,7 @@ def scan_input(path: str | Path, context: ParseContext, on_error: str = "fail") 
         scan.prompt_tokens += len(request.prompt_token_ids)
         scan.max_prompt_tokens = max(scan.max_prompt_tokens, len(request.prompt_token_ids))
         scan.requested_output_tokens += request.sampling.max_tokens * request.sampling.n
+        scan.capped_requests += request.asked_max_tokens is not None
     scan.sha256 = digest.hexdigest()
     if scan.num_requests == 0 and not (on_error == "record" and scan.skipped):
         reason = f" ({len(scan.skipped)} bad lines skipped)" if scan.skipped else ""

@@ -7,8 +7,11 @@ checked against the vocabulary, the prompt checked against the context, and the 
 generation_defaults`), over vLLM's. A request that gives no seed gets one fixed by its key (`stable_seed`),
 so a resumed job samples what it would have.
 `parse_line(obj, line_number, context) -> Request` raises `LineError(cause, fix)` for any bad line: unknown
-field, wrong type, empty prompt, prompt at or beyond the model's context, max_tokens <= 0, bad sampling value.
-A request's `max_tokens` is capped so that prompt + generation fits in the context (finish reason "length").
+field, wrong type, empty prompt, prompt at or beyond the token limit, max_tokens <= 0, bad sampling value.
+Token limit (`ParseContext.token_limit`): the model's context, or the plan's whole KV cache when it holds fewer
+tokens. The one rule for `max_tokens` beyond it, on every path (docs/contracts.md): the request is capped so
+that prompt + generation fits (finish reason "length"), and an explicit `max_tokens` that was capped is
+recorded (`Request.asked_max_tokens`) so the caller warns and counts it (`runtime.sampling.cap_max_tokens`).
 `Request.key` is unique per answer: `id:<json id>` or `custom_id:<json custom_id>`.
 """
 
@@ -20,7 +23,7 @@ from typing import Any
 
 from planner.errors import UserError
 from planner.prompts_file import LineError, PromptLine, batch_key, native_key, parse_prompt_line
-from runtime.sampling import SamplingParams
+from runtime.sampling import SamplingParams, cap_max_tokens
 
 __all__ = ["LineError", "ParseContext", "Request", "batch_key", "native_key", "parse_line", "stable_seed"]
 
@@ -32,6 +35,17 @@ class ParseContext:
     vocab_size: int
     default_max_tokens: int = 16
     generation_defaults: dict = field(default_factory=dict)   # generation_config.json's sampling defaults
+    kv_capacity_tokens: int | None = None   # the plan's whole KV cache in tokens (None: not limiting)
+
+    @property
+    def token_limit(self) -> int:
+        return min(self.max_context, self.kv_capacity_tokens or self.max_context)
+
+    @property
+    def token_limit_text(self) -> str:
+        if self.token_limit < self.max_context:
+            return f"the plan's KV cache of {self.token_limit} tokens"
+        return f"the model's context of {self.max_context} positions"
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,7 @@ class Request:
     prompt_token_ids: list[int]
     sampling: SamplingParams
     api: str | None = None          # None: native; "completions" | "chat.completions": Batch API line
+    asked_max_tokens: int | None = None   # the line's max_tokens when it was capped to the token limit
 
     @property
     def is_batch_api(self) -> bool:
@@ -53,15 +68,19 @@ def stable_seed(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
 
 
-def _sampling(line: PromptLine, context: ParseContext, prompt_len: int) -> SamplingParams:
+def _sampling(line: PromptLine, context: ParseContext, prompt_len: int) -> tuple[SamplingParams, int | None]:
+    """The line's sampling parameters, and the max_tokens it asked for when that was capped (else None)."""
     values = {**context.generation_defaults, **line.sampling}
     values.setdefault("seed", stable_seed(line.key))
-    values["max_tokens"] = min(values.get("max_tokens") or context.default_max_tokens, context.max_context - prompt_len)
+    given = line.sampling.get("max_tokens")
+    values["max_tokens"] = cap_max_tokens(values.get("max_tokens") or context.default_max_tokens, prompt_len,
+                                          context.token_limit)
+    asked = given if isinstance(given, int) and given > values["max_tokens"] else None
     if values.get("stop") and context.tokenizer is None:
         raise LineError("stop strings need a tokenizer but the checkpoint has no tokenizer.json",
                         "drop stop, or add tokenizer.json to the checkpoint")
     try:
-        return SamplingParams(**values)
+        return SamplingParams(**values), asked
     except UserError as err:
         raise LineError(err.cause.removeprefix("SamplingParams: "), err.fix or "fix the sampling fields") from None
     except TypeError as err:        # a value of a type SamplingParams cannot even compare
@@ -105,10 +124,10 @@ def _chat_ids(messages: list[dict], context: ParseContext) -> list[int]:
 
 
 def _check_context(ids: list[int], context: ParseContext) -> None:
-    if len(ids) >= context.max_context:
-        raise LineError(f"prompt of {len(ids)} tokens does not fit the model's context of {context.max_context} "
-                        "positions (at least one must be left to generate)",
-                        f"shorten the prompt to at most {context.max_context - 1} tokens")
+    if len(ids) >= context.token_limit:
+        raise LineError(f"prompt of {len(ids)} tokens does not fit {context.token_limit_text} "
+                        "(at least one must be left to generate)",
+                        f"shorten the prompt to at most {context.token_limit - 1} tokens")
 
 
 def parse_line(obj: Any, line_number: int, context: ParseContext) -> Request:
@@ -121,4 +140,5 @@ def parse_line(obj: Any, line_number: int, context: ParseContext) -> Request:
     else:
         ids = _checked_ids(line.prompt, context, "body.prompt" if line.api else "prompt_token_ids")
     _check_context(ids, context)
-    return Request(line.key, line.id, line_number, ids, _sampling(line, context, len(ids)), line.api)
+    sampling, asked = _sampling(line, context, len(ids))
+    return Request(line.key, line.id, line_number, ids, sampling, line.api, asked_max_tokens=asked)

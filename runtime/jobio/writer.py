@@ -1,6 +1,7 @@
 """The job's output JSONL and its state file: every answer written whole, once, and resumable after a crash.
 
-`check_output_writable(path)` fails early (UserError) when the output cannot be created or appended to.
+`check_output_writable(path, inputs)` fails early (UserError) when the output cannot be created or appended
+to, or is one of `inputs` (`planner.outputs.check_output_path`).
 `JobOutput.open(path, identity, overwrite=...)` prepares `path` and `<path>.state.json`:
 - no output yet (or an empty one), or `overwrite`: a fresh job;
 - an output with a state file of the same identity (input sha256, plan sha256): resume. A torn last line
@@ -11,6 +12,10 @@
 record, `records.error_record`) append one complete line with one `os.write` on an O_APPEND descriptor (no
 user-space buffering, so a crash leaves whole lines plus at most one torn tail), fsyncs at most every `fsync_interval_s` and then rewrites the state file atomically (temp file, fsync,
 os.replace). `close()` fsyncs and marks the state complete when every request is answered.
+A write refused by the disk (ENOSPC, EDQUOT) or the file-size limit (EFBIG) cuts off the part of the line it
+wrote and raises a UserError saying every finished answer is kept and the same command resumes.
+A fresh job that fails or is interrupted before its first answer removes its (empty) output and state file.
+`--output -` (`StdoutJobOutput`): answers go to standard output as they finish; no state file, no resume.
 The lines' forms: `runtime.jobio.records`.
 """
 
@@ -18,12 +23,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import UserError
+from planner.outputs import DISK_FULL_ERRNOS, check_output_path, disk_full_error, is_stdout
 from runtime.jobio.input_file import SkippedLine
 from runtime.jobio.records import answer_record, error_record, record_key
 from runtime.jobio.requests import Request
@@ -45,20 +52,14 @@ def state_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".state.json")
 
 
-def check_output_writable(path: str | Path) -> None:
-    """UserError unless `path` can be created or appended to; creates nothing."""
-    path = Path(path)
-    fix = "pass --output a file path in an existing, writable directory"
-    if path.is_dir():
-        raise UserError(f"the output path {path} is a directory", fix)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"the output directory {parent} does not exist", f"create it first (mkdir -p {parent})")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"the output directory {parent} is not writable", fix)
-    for target in (path, state_path(path)):
-        if target.exists() and not os.access(target, os.W_OK):
-            raise UserError(f"{target} exists and is not writable", fix)
+def check_output_writable(path: str | Path, inputs: tuple = ()) -> None:
+    """UserError unless `path` can be created or appended to without touching `inputs`; creates nothing."""
+    check_output_path(path, "--output", inputs)
+    if is_stdout(path):
+        return
+    target = state_path(path)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise UserError(f"{target} exists and is not writable", "pass --output a path in a writable directory")
 
 
 def _read_state(path: Path) -> dict | None:
@@ -71,11 +72,14 @@ def _read_state(path: Path) -> dict | None:
 
 def _write_state_atomically(path: Path, state: dict) -> None:
     temp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with temp.open("w") as f:
-        json.dump(state, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
+    try:
+        with temp.open("w") as f:
+            json.dump(state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def truncate_torn_tail(path: Path) -> int:
@@ -121,19 +125,25 @@ class JobOutput:
     def __init__(self, path: Path, identity: JobIdentity, done_keys: set[str], model_name: str,
                  fsync_interval_s: float):
         self.path = path
+        self._fresh = not is_stdout(path) and not path.exists()
         self.identity = identity
         self.done_keys = done_keys
         self.resumed_count = len(done_keys)
         self.model_name = model_name
         self.fsync_interval_s = fsync_interval_s
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = self._open_descriptor()
         self._last_sync = time.monotonic()
         self._dirty = False
-        self._write_state()
+        self._guarded(self._write_state)
+
+    def _open_descriptor(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     @classmethod
     def open(cls, path: str | Path, identity: JobIdentity, *, overwrite: bool = False, model_name: str = "",
              fsync_interval_s: float = 1.0) -> JobOutput:
+        if is_stdout(path):
+            return StdoutJobOutput(Path(path), identity, set(), model_name, fsync_interval_s)
         path = Path(path)
         check_output_writable(path)
         done: set[str] = set()
@@ -181,15 +191,46 @@ class JobOutput:
         if key in self.done_keys:
             raise RuntimeError(f"{key} answered twice")
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        written = os.write(self._fd, line)
-        while written < len(line):  # short writes happen only on a full disk or a signal
-            written += os.write(self._fd, line[written:])
+        try:
+            written = os.write(self._fd, line)
+            while written < len(line):  # short writes happen only on a full disk or a signal
+                written += os.write(self._fd, line[written:])
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            self._cut_partial_line()
+            raise self._write_error(err) from None
         self.done_keys.add(key)
         self._dirty = True
         if time.monotonic() - self._last_sync >= self.fsync_interval_s:
             self.sync()
 
+    def _cut_partial_line(self) -> None:
+        try:
+            truncate_torn_tail(self.path)
+        except OSError:
+            pass   # the next run cuts it instead
+
+    def _write_error(self, err: OSError) -> UserError:
+        kept = (f"the {self.num_done} answers finished before it are kept in {self.path} "
+                f"({self.num_done} of {self.identity.num_requests})")
+        if err.errno in DISK_FULL_ERRNOS:
+            return disk_full_error(self.path, err, kept)
+        return UserError(f"writing {self.path} failed: {err.strerror or err}; {kept}",
+                         "fix the cause and rerun the same command to resume")
+
+    def _guarded(self, action) -> None:
+        try:
+            action()
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise self._write_error(err) from None
+
     def sync(self) -> None:
+        self._guarded(self._sync)
+
+    def _sync(self) -> None:
         os.fsync(self._fd)
         self._dirty = False
         self._last_sync = time.monotonic()
@@ -205,12 +246,41 @@ class JobOutput:
     def close(self) -> None:
         if self._fd < 0:
             return
-        self.sync()
-        os.close(self._fd)
-        self._fd = -1
+        try:
+            self.sync()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> JobOutput:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except (OSError, UserError):
+            pass   # the error already on its way out is the one to report
+        if self._fresh and not self.done_keys:
+            self.path.unlink(missing_ok=True)
+            state_path(self.path).unlink(missing_ok=True)
+
+
+class StdoutJobOutput(JobOutput):
+    """`--output -`: each answer goes to standard output as it finishes; nothing is kept to resume from."""
+
+    def _open_descriptor(self) -> int:
+        sys.stdout.flush()
+        return os.dup(sys.stdout.fileno())
+
+    def _cut_partial_line(self) -> None:
+        pass
+
+    def _sync(self) -> None:
+        self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def _write_state(self) -> None:
+        pass

@@ -3,17 +3,17 @@
 `build_report(...)` -> report dict (report.json; keys in `runtime.report.build`), `format_report(report)`
 and `throughput_line(report)` print it; `runtime.report.metrics` holds the S-MBU / S-MFU math and the
 `ContextTally` that `runtime execute` fills from finished requests. `write_report(path, report)` writes
-the JSON atomically.
+the JSON atomically (`-`: standard output).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from planner.outputs import write_text_output
 from runtime.report.build import build_report, relative_error
 from runtime.report.metrics import ContextTally, sparse_utilisation
 from runtime.report.table import format_report, throughput_line
@@ -34,8 +34,6 @@ def _strict_json(value: Any) -> Any:
 
 
 def write_report(path: str | Path, report: dict[str, Any]) -> Path:
-    path = Path(path)
-    temp = path.with_name(path.name + f".tmp{os.getpid()}")
-    temp.write_text(json.dumps(_strict_json(report), indent=1, allow_nan=False) + "\n")
-    os.replace(temp, path)
-    return path
+    """Whole or not at all (`planner.outputs.write_text_output`); `-` is standard output."""
+    write_text_output(path, json.dumps(_strict_json(report), indent=1, allow_nan=False) + "\n")
+    return Path(path)
