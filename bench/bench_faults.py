@@ -192,9 +192,10 @@ def run_campaign(job: FaultJob, cases: int, seed: int,
 
 # ----- the full mode's own job -----
 def prompt_lines(count: int) -> list[dict]:
-    """Prompts of different lengths and max_tokens (ignore_eos), so sequences finish and refill at different steps."""
+    """Greedy prompts of different lengths and max_tokens (ignore_eos): sequences finish and refill at different
+    steps."""
     return [{"id": f"p{i}", "prompt": f"Prompt number {i}: " + "tell me more " * (i % 4),
-             "max_tokens": 4 + (5 * i) % 9, "ignore_eos": True} for i in range(count)]
+             "max_tokens": 4 + (5 * i) % 9, "ignore_eos": True, "temperature": 0} for i in range(count)]
 
 
 def write_job_files(directory: Path, count: int, in_flight: int, profile: str | None) -> tuple[Path, Path]:
