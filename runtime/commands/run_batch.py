@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime.llm import read_generation_config
 
     output, input_file = Path(args.output_file), Path(args.input_file)
-    check_output_writable(output)
+    check_output_writable(output, (input_file,))
     plan_path = plan_path_for(output)
     check_output_writable(plan_path)
     checkpoint = open_checkpoint(args.model)
