@@ -118,6 +118,9 @@ def spec_from_hf_config(cfg: dict, name: str | None = None) -> ModelSpec:
     default_name = (cfg.get("_name_or_path") or "").rstrip("/").split("/")[-1].lower() or f"{family}-custom"
     theta, rope_scaling = _read_rope(cfg, family)
     num_heads = cfg["num_attention_heads"]
+    if num_heads <= 0:     # dbrx's n_heads reaches here through the family key map, before the spec's checks
+        raise UserError(f"config.json num_attention_heads={num_heads!r} must be positive",
+                        "fix num_attention_heads (n_heads) in config.json")
     common = dict(
         name=name or ours.get("name") or default_name,
         family=family,
