@@ -6,7 +6,8 @@ Runs in turn, each with its defaults (`--quick` passed on where it exists): `ben
 --measure-profile full` (measures this machine, then the accuracy matrix, calibration, S-MBU / S-MFU: on a
 VM whose speed drifts over minutes the profile must be taken just before the runs it predicts; `quick`
 with `--quick`), `bench.bench_throughput` (HF generate() / module batching off /
-planned), `bench.bench_gpu` (prints why and skips without a CUDA GPU), `bench.bench_soak` (20,000 short
+planned), `bench.gpu_smoke` (results in bench/results/gpu_smoke; prints why and skips without a CUDA GPU),
+`bench.bench_soak` (20,000 short
 prompts: memory flat, throughput steady), then `notebooks/plots.py`. Each step
 replaces its own section of BENCHMARKS.md. A failing step is reported and the others still run; the exit
 code is 1 when any failed.
@@ -24,7 +25,7 @@ from bench.common import REPO
 STEPS = (
     ("accuracy", ["-m", "bench.bench_accuracy", "--measure-profile", "full"], True),
     ("throughput", ["-m", "bench.bench_throughput"], True),
-    ("gpu", ["-m", "bench.bench_gpu"], True),
+    ("gpu", ["-m", "bench.gpu_smoke", "--out", "bench/results/gpu_smoke"], False),
     ("soak", ["-m", "bench.bench_soak"], False),
     ("plots", ["notebooks/plots.py"], False),
 )

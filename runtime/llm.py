@@ -70,8 +70,9 @@ def eos_token_ids(checkpoint: Any) -> frozenset[int]:
     tokenizer = getattr(checkpoint, "tokenizer", None)
     if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))
-    for filename in ("config.json", "generation_config.json"):
-        path = Path(checkpoint.dir) / filename
+    directory = getattr(checkpoint, "dir", None)     # None: weights built in memory, no files
+    for filename in ("config.json", "generation_config.json") if directory is not None else ():
+        path = Path(directory) / filename
         if not path.is_file():
             continue
         value = json.loads(path.read_text()).get("eos_token_id")

@@ -10,10 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import accuracy_analysis, bench_accuracy, bench_gpu, bench_throughput, run_all
+from bench import accuracy_analysis, bench_accuracy, bench_throughput, run_all
 from bench.common import markdown_table, run_engine, update_section
 from planner.calibrate_runs import predict_run, run_from_report
-from planner.errors import UserError
 from planner.perf_memory import Budgets
 from planner.plan_build import make_plan
 from planner.profile import load_profile
@@ -171,23 +170,19 @@ def test_accuracy_median_pass_report(tmp_path):
     assert written["repeats_tok_s"] == [300.0, 100.0, 200.0]
 
 
-def test_gpu_script_plans_streaming_and_skips_without_cuda(monkeypatch, capsys):
-    profile = load_profile("h100-pcie-lambda")
-    spec = load_spec("mixtral-8x7b").with_layers(8)
-    sizes = bench_gpu.QUICK
-    plan = bench_gpu.capped_plan(spec, profile, "h100-pcie-lambda", Path("ckpt"), sizes, device_gb=11.3)
-    assert plan.stream_weights and plan.budgets.device_gib == 11.3
-    with pytest.raises(UserError, match="nothing would stream"):
-        bench_gpu.capped_plan(spec, profile, "h100-pcie-lambda", Path("ckpt"), sizes, device_gb=40.0)
-    assert bench_gpu.hf_max_memory(6.0) == {0: "6GiB", "cpu": "100GiB"}
-    assert [m for m, _ in bench_gpu.gpu_models(8, 8)] == ["mixtral-8x7b", "deepseek-v2-lite"]
-    deepseek = load_spec("deepseek-v2-lite").with_layers(8)
-    assert bench_gpu.capped_plan(deepseek, profile, "h100-pcie-lambda", Path("ckpt"), sizes, 4.3).stream_weights
+def test_gpu_smoke_plans_streaming_on_a_capped_device_and_skips_without_cuda(tmp_path, monkeypatch, capsys):
+    from bench import gpu_smoke, gpu_smoke_stages
+    from planner.workload import Workload
+
+    profile, workload = load_profile("h100-pcie-lambda"), Workload.fixed(128, 32, 128)
+    for model in ("mixtral-8x7b", "deepseek-v2-lite"):
+        plan, cap = gpu_smoke_stages.capped_plan(load_spec(model).with_layers(4), profile, workload, dry_run=False)
+        assert plan.stream_weights and plan.budgets.device_gib == cap
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert bench_gpu.main(["--no-markdown"]) == 0
-    assert "skipped, no CUDA GPU" in capsys.readouterr().out
+    assert gpu_smoke.main(["--out", str(tmp_path / "none")]) == 0
+    assert "no CUDA GPU" in capsys.readouterr().out and not (tmp_path / "none").exists()
 
 
 def test_throughput_markdown_and_run_all_commands():
