@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -327,6 +328,40 @@ def test_streamer_waits_only_when_a_streamed_tensor_is_first_read():
     reader.join(timeout=10)
     assert not reader.is_alive() and torch.equal(held["b"], layers[0]["b"])   # ... and ends when it lands
     streamer.release(0)
+    streamer.close()
+
+
+def test_a_slot_released_unread_does_not_signal_its_next_copy(monkeypatch):
+    """A layer with nothing read from its slot (DeepSeek's dense first layer streams nothing) is released without
+    waiting for its copy; the next copy into that slot must still be waited for, not the stale one."""
+    import numpy as np
+
+    from runtime.engine import streamer as streamer_module
+
+    generator = torch.Generator().manual_seed(3)
+    layers = [{}, {"a": torch.randn(4, generator=generator)}, {"a": torch.randn(64, 64, generator=generator)}]
+    packed = [PackedLayer.pack(layer) for layer in layers]
+    slow_bytes = packed[2].nbytes
+
+    class SlowNumpy:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def copyto(dst, src):
+            if dst.nbytes == slow_bytes:
+                time.sleep(0.3)               # layer 2's copy lands late
+            np.copyto(dst, src)
+
+    monkeypatch.setattr(streamer_module, "np", SlowNumpy())
+    streamer = LayerStreamer(packed, torch.device("cpu"))
+    streamer.acquire(0)                       # nothing of layer 0 is read
+    streamer.release(0)                       # slot 0 gets layer 2 next
+    held = streamer.acquire(1)
+    assert torch.equal(held["a"], layers[1]["a"])
+    streamer.release(1)
+    assert torch.equal(streamer.acquire(2)["a"], layers[2]["a"])
+    streamer.release(2)
     streamer.close()
 
 

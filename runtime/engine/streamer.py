@@ -88,7 +88,7 @@ class LayerStreamer:
             self._copy_timings: list[tuple[torch.cuda.Event, torch.cuda.Event, Any]] = []
         else:
             self._ready_flags = [threading.Event() for _ in range(self.num_slots)]
-            self._jobs: queue.Queue[tuple[int, int, Any] | None] = queue.Queue()
+            self._jobs: queue.Queue[tuple[int, int, Any, threading.Event] | None] = queue.Queue()
             self._errors: list[BaseException] = []
             self._worker = threading.Thread(target=self._copy_worker, name="weight-copy", daemon=True)
             self._worker.start()
@@ -109,13 +109,14 @@ class LayerStreamer:
             raise RuntimeError(f"layer {layer} acquired out of the streamer's order")
         self._in_use.add(slot)
         self.max_slots_in_use = max(self.max_slots_in_use, len(self._in_use))
-        return SlotWeights(self._views[slot], lambda: self._wait(slot))
+        ready = self._ready[slot] if self._cuda else self._ready_flags[slot]   # this copy's, not a later one's
+        return SlotWeights(self._views[slot], lambda: self._wait(ready))
 
-    def _wait(self, slot: int) -> None:
+    def _wait(self, ready) -> None:
         if self._cuda:  # the compute stream waits; the host does not
-            torch.cuda.current_stream(self.device).wait_event(self._ready[slot])
+            torch.cuda.current_stream(self.device).wait_event(ready)
             return
-        self._ready_flags[slot].wait()
+        ready.wait()
         if self._errors:
             raise RuntimeError("weight copy worker failed") from self._errors[0]
 
@@ -146,18 +147,21 @@ class LayerStreamer:
             start.record(stream)
             copy_to_device(self._slots[slot][:packed.nbytes], packed.host, stream)
             end.record(stream)
+            self._ready[slot] = torch.cuda.Event()      # this copy's own event, as on the CPU
             self._ready[slot].record(stream)
             self._copy_timings.append((start, end, booking))
         else:
-            self._ready_flags[slot].clear()
-            self._jobs.put((layer, slot, booking))
+            # a new event per copy: the previous copy into this slot, never waited for when compute read none of
+            # its tensors, must not signal this one
+            self._ready_flags[slot] = threading.Event()
+            self._jobs.put((layer, slot, booking, self._ready_flags[slot]))
 
     def _copy_worker(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            layer, slot, booking = job
+            layer, slot, booking, ready = job
             try:
                 began = time.perf_counter()
                 packed = self.packed[layer]
@@ -170,7 +174,7 @@ class LayerStreamer:
                     self._on_copy_seconds(time.perf_counter() - began, booking)
             except BaseException as err:  # surfaced to compute at the next acquire
                 self._errors.append(err)
-            self._ready_flags[slot].set()
+            ready.set()
 
     def collect_copy_seconds(self, wait: bool = False) -> None:
         """CUDA: report finished copies' times (all of them, waiting, when `wait`)."""
