@@ -248,6 +248,9 @@ def test_progress_counts_running_and_finished_tokens():
     assert progress.generated_tokens == 5 and progress.bar.n == 2
     text = progress.postfix()
     assert text.startswith("gen ") and "(plan 10.0)" in text and "ETA <= " in text
+    progress.bar.set_postfix_str(text, refresh=False)
+    line = str(progress.bar)
+    assert line.count("ETA") == 1 and "<" not in line.replace("ETA <=", "")    # tqdm's own estimate is left out
     progress.close()
 
 
