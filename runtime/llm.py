@@ -6,7 +6,7 @@ Hugging Face id in the local cache. With no plan it solves one for this machine 
 runs the batched engine; `plan` (Plan, plan.yaml path or EngineConfig) runs that one; `reference=True`
 runs the unbatched reference forward (a test oracle). vLLM engine arguments that change nothing here
 (gpu_memory_utilization, enforce_eager, ...) are accepted; those that would (tensor_parallel_size > 1,
-quantization, trust_remote_code, ...) raise a UserError naming them.
+quantization, ...) and unknown ones raise a UserError naming them.
 Prompts: a string, token ids, `{"prompt": str}` / `{"prompt_token_ids": [...]}` (TextPrompt, TokensPrompt)
 or a list of those; `chat` takes one conversation ([{"role", "content"}, ...]) or a list of them.
 `sampling_params`: one for all prompts, a list with one per prompt, or None: `get_default_sampling_params()`,
@@ -38,7 +38,7 @@ from runtime.sampling import GenerationState, SamplingParams, cap_max_tokens, ge
 IGNORED_ENGINE_ARGS = {"gpu_memory_utilization", "enforce_eager", "disable_log_stats", "swap_space",
                        "max_seq_len_to_capture", "disable_custom_all_reduce", "enable_prefix_caching",
                        "compilation_config", "tokenizer_mode", "disable_async_output_proc", "block_size"}
-DEFAULT_ENGINE_ARGS = {"tokenizer": None, "trust_remote_code": False, "tensor_parallel_size": 1,
+DEFAULT_ENGINE_ARGS = {"tokenizer": None, "tensor_parallel_size": 1,
                        "pipeline_parallel_size": 1, "dtype": "auto", "quantization": None, "revision": None,
                        "tokenizer_revision": None, "cpu_offload_gb": 0, "hf_token": None, "hf_overrides": None,
                        "task": "auto", "skip_tokenizer_init": False, "kv_cache_dtype": "auto"}
@@ -119,9 +119,10 @@ def _check_engine_args(engine_args: dict) -> None:
         if name in DEFAULT_ENGINE_ARGS:
             raise UserError(f"LLM: {name}={value!r:.60} is not supported by moelens",
                             f"drop {name} (moelens runs the checkpoint as stored, on one machine)")
-        raise UserError(f"LLM: unknown argument {name!r}",
-                        "pass model, plan, profile, kv_gb, max_num_seqs, max_model_len, seed, generation_config "
-                        "or reference")
+        raise UserError(f"LLM: argument {name!r} is not supported by moelens (it never runs code from a "
+                        "checkpoint, and runs on one machine)",
+                        "drop it; moelens takes model, plan, profile, kv_gb, max_num_seqs, max_model_len, seed, "
+                        "generation_config and reference")
 
 
 class LLM:
