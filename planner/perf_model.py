@@ -258,7 +258,8 @@ class PerfModel:
         """GEMM seconds of one token group's routed experts on the engine's path (`planner.expert_kernels`)."""
         gemm = self.rates.gemm["experts"]
         if self.grouped_experts:
-            return gemm.grouped_seconds(rows_per_expert, hit, grouped_calls(tokens * self.spec.top_k, expert_batch))
+            return gemm.grouped_seconds(rows_per_expert, hit, grouped_calls(tokens * self.spec.top_k, expert_batch),
+                                        expert_batch)
         return hit * gemm.chunked_seconds(rows_per_expert, expert_batch, padded=True)
 
     def _copy_seconds(self, nbytes: np.ndarray) -> np.ndarray:

@@ -95,14 +95,17 @@ class ModuleGemm:
             total = total + table.seconds(rows)
         return total
 
-    def grouped_seconds(self, rows, groups, calls) -> np.ndarray:
-        """`groups` GEMMs of `rows` rows each run as `calls` grouped calls (one fixed cost per call, not per group),
-        unpadded, as the engine's grouped experts do."""
+    def grouped_seconds(self, rows, groups, calls, window) -> np.ndarray:
+        """`groups` GEMMs of `rows` rows each, run as `calls` grouped calls over windows of at most `window` rows
+        (one fixed cost per call, not per group; unpadded), as the engine's grouped experts do: a group whose rows
+        span several windows is multiplied once per window, so small windows pay the weight reads again."""
         rows = np.asarray(rows, dtype=np.float64)
+        pieces = np.maximum(rows / np.maximum(window, 1.0), 1.0)
         total = np.zeros_like(rows)
         for table in self.tables:
-            total = total + table.seconds(rows)
-        return np.asarray(groups, dtype=np.float64) * total + (np.asarray(calls) * self.call_s if self.tables else 0.0)
+            total = total + table.seconds(rows / pieces)
+        return np.asarray(groups, dtype=np.float64) * pieces * total + (
+            np.asarray(calls) * self.call_s if self.tables else 0.0)
 
     def chunked_seconds(self, rows, chunk, padded: bool = False) -> np.ndarray:
         """`padded`: each chunk's rows rounded up to its GEMM row bucket (`planner.row_buckets`), as the

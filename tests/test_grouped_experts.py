@@ -1,5 +1,6 @@
-"""Grouped experts: a constant number of GEMMs per decode step whatever the experts hit, and both expert paths
-equal to the reference's routed-expert sum on split (resident + streamed) stacks and in row windows."""
+"""Grouped experts: a constant number of GEMMs per decode step whatever the experts hit, both expert paths
+equal to the reference's routed-expert sum on split (resident + streamed) stacks and in row windows, the
+switch that forces a path, and the planner's price of the grouped windows."""
 
 from __future__ import annotations
 
@@ -119,3 +120,20 @@ def test_grouped_path_is_forced_by_the_config_or_the_environment(monkeypatch):
     assert not use_grouped(False, cpu, torch.bfloat16, spec)
     monkeypatch.setenv(GROUPED_ENV, "1")
     assert EngineConfig().grouped_experts is True and EngineConfig(grouped_experts=False).grouped_experts is False
+
+
+def test_planner_prices_grouped_windows_so_tiny_ones_cost_more():
+    """The grouped path re-reads an expert's weights once per window its rows span: b_e = 1 is no free choice."""
+    import numpy as np
+
+    from planner.perf_memory import Budgets
+    from planner.perf_model import Candidates, PerfModel
+    from planner.profile import load_profile
+    from planner.workload import Workload
+
+    profile = load_profile("h100-sxm-lambda")
+    model = PerfModel(load_spec("mixtral"), profile, Workload.fixed(512, 256, 20_000), Budgets.from_args(profile, 100))
+    assert model.grouped_experts
+    c = Candidates.of(residency=7, attn_batch=256, expert_batch=[1, 64, 4096], prefill_chunk=8192, attention_threads=8)
+    experts = model.decode_step(c, np.array([1024.0]))["experts"]
+    assert experts[0] > experts[1] > experts[2] > 0
