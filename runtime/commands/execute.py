@@ -3,11 +3,11 @@
 Order (nothing is written before every check passes): load the plan; check the output (and report) paths
 are writable and are none of the inputs (same file by inode: the prompts, the plan, each other); open the checkpoint (`--checkpoint`, else the plan's model reference when it is a checkpoint
 directory); check the plan was solved for this model (spec hash, or the same architecture) and this machine
-(profile fingerprint) and that its host memory fits what is free (`--force` skips these three); spot-check
-this machine's memory and GEMM rates against the profile (`runtime.profiler.spot_check`, about a second: a
-warning with the figures when one is off by more than 20%); validate the
+(profile fingerprint) and that its host memory fits what is free (`--force` skips these three); validate the
 whole input file (`runtime.jobio`, `--on-error fail|skip`); then open the output (resuming a job of the same
-input and plan, `--overwrite` to start again), build the engine from the plan, run it with a progress bar,
+input and plan, `--overwrite` to start again); when there is work left, spot-check this machine's memory and
+GEMM rates against the profile (`runtime.profiler.spot_check`, under a second: a warning with the figures
+when one is off by more than 20%), build the engine from the plan, run it with a progress bar,
 write each answer as its sequence finishes, and print and write the report (`runtime.report`).
 `--output -` streams the answers to standard output (the report is then printed to standard error; there is
 nothing to resume); `--report -` prints the report JSON to standard output. Ctrl-C or SIGTERM stops the job
@@ -143,7 +143,6 @@ def execute_job(options: ExecuteOptions) -> dict | None:
     report_spec = check_plan_model(plan, spec, options.force)
     profile = check_plan_machine(plan, options.force)
     check_plan_fits_memory(plan, options.force)
-    _spot_check(plan, profile)
     default_max_tokens = options.max_tokens or max(1, round(plan.workload.gen_len_max))
     context = ParseContext(checkpoint.tokenizer, spec.max_position_embeddings, spec.vocab_size, default_max_tokens,
                            read_generation_config(options.generation_config, Path(checkpoint.dir)),
@@ -168,6 +167,7 @@ def execute_job(options: ExecuteOptions) -> dict | None:
         if job.num_done >= identity.num_requests:
             say(f"nothing to do: every request in {options.input} is answered in {options.output}")
             return None
+        _spot_check(plan, profile)
         try:
             stats, tally = _run_engine(checkpoint, plan, options, context, scan, job)
         except KeyboardInterrupt:
