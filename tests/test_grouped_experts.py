@@ -28,10 +28,11 @@ class GemmCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.calls = Counter()
+        self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if name in GEMMS:
+        if name in GEMMS and not self.paused:
             self.calls[name] += 1
         return func(*args, **(kwargs or {}))
 
@@ -54,16 +55,26 @@ def decode_step_gemms(checkpoint, grouped: bool) -> list[tuple[int, int, Counter
     from 8 sequences to 1 as they finish."""
     engine = Engine(checkpoint, EngineConfig(num_seqs=8, attn_batch=8, kv_budget_bytes=8 << 20, attention_threads=1,
                                              grouped_experts=grouped, overlap=False))
-    steps, forward = [], engine.stack.forward
+    steps, forward, attend = [], engine.stack.forward, engine.stack.backend.decode
+    counter = None
+
+    def cpu_attention(*args, **kwargs):
+        """The CPU attention kernel (its torch fallback multiplies per sequence): not a device GEMM."""
+        counter.paused = True
+        try:
+            return attend(*args, **kwargs)
+        finally:
+            counter.paused = False
 
     def counted(batch):
+        nonlocal counter
         with GemmCounter() as counter:
             hidden, hits = forward(batch)
         if batch.num_prefill == 0:     # a decode-only step
             steps.append((batch.num_rows, sum(int(h.sum()) for h in hits if h is not None), counter.calls))
         return hidden, hits
 
-    engine.stack.forward = counted
+    engine.stack.forward, engine.stack.backend.decode = counted, cpu_attention
     try:
         engine.run([Request(i, [3 + i, 7, 9 + 2 * i], SamplingParams(max_tokens=2 + i, ignore_eos=True))
                     for i in range(8)])
