@@ -11,7 +11,8 @@
   several threads into one host arena (`runtime.engine.host_arena`) that is then page-locked exactly, by
   `pinner` (default: cudaHostRegister with CUDA, a recorder on the CPU). The streamer copies each layer's
   region in one transfer; `PackedLayer.views(buffer)` rebuilds the named tensors over a device slot.
-  `store.host_bytes` / `store.pinned_bytes` are what the planner's memory model counts; `close()` unpins.
+  `store.arena.nbytes` / `store.pinned_bytes` are what the planner's memory model counts (`memory.host.weights`,
+  `pinned_weights`); `close()` unpins.
 """
 
 from __future__ import annotations
@@ -220,12 +221,6 @@ class WeightStore:
         self.arena.pin()
 
     # ----- use -----
-    @property
-    def host_bytes(self) -> int:
-        """Weight bytes kept in host memory: the arena, and without a device the resident tensors too."""
-        return (self.arena.nbytes if self.arena is not None else 0) + (
-            self.resident_bytes if self.device.type == "cpu" else 0)
-
     @property
     def pinned_bytes(self) -> int:
         return self.arena.nbytes if self.arena is not None and self.arena.is_pinned else 0
