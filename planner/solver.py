@@ -33,6 +33,7 @@ PREFILL_CHUNKS = 2.0 ** np.arange(7, 18)        # 128 .. 131072 tokens
 ATTENTION_SATURATION = 0.995
 SEED = 0
 
+PLATEAU = 1e-3                      # emulated link: throughputs this close are one plateau (largest batches win)
 
 @dataclass(frozen=True)
 class Solution:
@@ -81,6 +82,9 @@ class Solver:
         value = self.model.evaluate(c).generated_tok_s.reshape(k, -1)
         self.evaluations += value.size
         best = np.argmax(value, axis=1)
+        if self.model.emulated:     # on a plateau (compute hidden under the link) the largest batches: least
+            near = value >= value[np.arange(k), best][:, None] * (1 - PLATEAU)   # compute, most margin on shared cores
+            best = value.shape[1] - 1 - np.argmax(near[:, ::-1], axis=1)
         a_idx, c_idx = np.unravel_index(best, (ATTN_BATCHES.size, PREFILL_CHUNKS.size))
         return value[np.arange(k), best], a_idx, c_idx
 
@@ -152,6 +156,10 @@ class Solver:
         rho, e = best
         while rho > rho_lo and self._values([(rho - 1, e)])[0] >= target:
             rho -= 1
+        if self.model.emulated:     # the largest b_e instead: the cap is fixed, the cores are shared
+            while e < EXPERT_BATCHES_LOG2[1] and self._values([(rho, e + 1)])[0] >= target:
+                e += 1
+            return rho, e
         while e > EXPERT_BATCHES_LOG2[0] and self._values([(rho, e - 1)])[0] >= target:
             e -= 1
         return rho, e
