@@ -9,10 +9,11 @@ the next layer in the cycle into it. With L <= num_slots every layer is copied o
 
 - CUDA: copies run on a separate copy stream from pinned host memory through
   `runtime.transfer.copy_to_device` (the copy path the profiler measures, non-blocking when pinned); the compute
-  stream waits on the slot's "ready" CUDA event, and the copy stream waits on the slot's "free" event,
+  stream waits on the copy's own "ready" CUDA event, and the copy stream waits on the slot's "free" event,
   so neither side ever synchronises the whole device.
 - CPU (forced streaming, for tests): slots are host buffers filled by one copy worker thread (a plain
-  single-threaded memcpy, not torch's OpenMP pool); compute waits on the slot's `threading.Event`. With an
+  single-threaded memcpy, not torch's OpenMP pool); compute waits on the copy's own `threading.Event` (a new
+  one per copy: a slot released unread must not let its stale copy signal the next). With an
   emulated link (`link`, a `runtime.transfer.PacedLink`) the worker copies through it: paced to its rate.
 `copy_log` records (layer, slot) in the order copies were issued, `copied_bytes` the bytes they moved,
 `max_slots_in_use` the most slots held by compute at once. Copy seconds are reported through
