@@ -229,8 +229,10 @@ def markdown(result: dict, command: str, machine: str) -> str:
         f"{t['first_answer_s']:.2f} s, exit at {t['end_s']:.2f} s. {machine}", "",
         markdown_table(["window", "cases", "killed", "passed"], rows), "",
         f"**{result['passed']} of {result['cases']} cases passed**: after every rerun each prompt was answered exactly "
-        f"once and the greedy answers equal the uninterrupted run's. {result['killed']} runs were killed (the "
-        f"others had finished before their instant); the kills landed in: {hits}.", ""])
+        f"once and the greedy answers equal the uninterrupted run's. {result['killed']} runs were killed"
+        f"{'' if result['killed'] == result['cases'] else ' (the others had finished before their instant)'}; the "
+        f"kills landed in: {hits}. Quick mode (5 cases, same code): `tests/test_resume.py::test_fault_campaign_quick`.",
+        ""])
 
 
 def main(argv: list[str] | None = None) -> int:
