@@ -233,6 +233,7 @@ class ModelSpec:
         missing = [k for k in _required_fields() if k not in data]
         if missing:
             raise UserError(f"{origin}: missing spec fields {missing}", "add them (see models/mixtral-8x7b.yaml)")
+        _check_plain(data, origin)
         return cls(**data)
 
     @classmethod
@@ -327,3 +328,22 @@ def load_spec(ref: str | Path | ModelSpec) -> ModelSpec:
     available = list_specs()
     raise UserError(f"unknown model {text!r}",
                     f"use one of {available} (short names: {sorted(ALIASES)}), a YAML path or a checkpoint directory")
+
+
+def _check_plain(value: object, origin: str) -> None:
+    """A spec holds only what YAML writes back unchanged: text (valid UTF-8), numbers, booleans, None, lists, maps."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, origin)
+            _check_plain(item, origin)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_plain(item, origin)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{origin}: text {value!r} is not valid UTF-8", "write the spec as UTF-8 text") from None
+    elif value is not None and not isinstance(value, bool | int | float):
+        raise UserError(f"{origin}: {value!r} ({type(value).__name__}) is not a number, text or list",
+                        "write plain numbers and quoted text in the spec (YAML reads unquoted dates as dates)")
