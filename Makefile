@@ -26,7 +26,8 @@ test: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests
 
 lint: install
-	$(VENV)/bin/ruff check planner runtime tests bench
+	$(VENV)/bin/ruff check planner runtime tests bench notebooks setup.py
+	$(VENV)/bin/ruff format --check planner runtime tests bench notebooks setup.py
 
 profile: install
 	$(PY) -m runtime profile

@@ -27,7 +27,7 @@ class BuildPyWithData(build_py):
 
     def run(self) -> None:
         super().run()
-        if self.editable_mode:      # an editable install reads the checkout's folders directly
+        if self.editable_mode:  # an editable install reads the checkout's folders directly
             return
         for folder in SHIPPED_DATA:
             target = Path(self.build_lib) / "planner" / "data" / folder

@@ -18,7 +18,7 @@ are spread over the whole matrix's time and every config sees the same drift. Ea
 is its report (plan and spec embedded; every pass's tok/s in `repeats_tok_s`) under
 `bench/results/accuracy/reports/`; the passes' spread is the measurement noise the analysis reports.
 `--link` runs `LINK_CONFIGS` instead: the link-bound regime on this CPU, each config planned and run on the
-profile behind an emulated link of its `link_gbps` and `device_gb` (`planner.emulated_link`; the routed
+profile behind an emulated link of its `link_gbps` and `device_gb` (`planner.hardware.emulated_link`; the routed
 experts cross the paced link every step), analysed by `bench.link_accuracy` (predicted vs achieved, the
 plan's bottleneck, the link's measured busy share of decode time beside the plan's) into the `accuracy-link`
 section. Otherwise `bench.accuracy_analysis` calibrates on the configs marked `train` and reports held-out error before and
@@ -42,11 +42,13 @@ from pathlib import Path
 
 from bench.common import REPO, RESULTS_DIR, ensure_checkpoint, fixed_prompts, machine_line, run_engine
 
-STREAMING_OVERRIDES = {"force_streaming": True, "resident_experts_per_layer": 0,
-                       "resident_modules": ("embed", "qkv_proj", "o_proj", "router", "shared_experts", "dense_mlp",
-                                            "lm_head")}
+STREAMING_OVERRIDES = {
+    "force_streaming": True,
+    "resident_experts_per_layer": 0,
+    "resident_modules": ("embed", "qkv_proj", "o_proj", "router", "shared_experts", "dense_mlp", "lm_head"),
+}
 ACCURACY_DIR = RESULTS_DIR / "accuracy"
-PASSES = 3                      # measured runs per config, one per pass over the matrix; the report is the median
+PASSES = 3  # measured runs per config, one per pass over the matrix; the report is the median
 
 
 @dataclass(frozen=True)
@@ -54,20 +56,24 @@ class AccuracyConfig:
     name: str
     model: str
     layers: int | None
-    num_seqs: int               # N the solver is given exactly the KV budget for
+    num_seqs: int  # N the solver is given exactly the KV budget for
     num_prompts: int
     prompt_len: int
     gen_len: int
-    streaming: bool = False     # forced streaming of the routed experts (engine copy worker)
-    split: str = "train"        # train: calibration fits on it; held-out: evaluated only
-    link_gbps: float | None = None   # the device is this CPU behind an emulated link of this speed
-    device_gb: float | None = None   # and this much device memory (GiB)
+    streaming: bool = False  # forced streaming of the routed experts (engine copy worker)
+    split: str = "train"  # train: calibration fits on it; held-out: evaluated only
+    link_gbps: float | None = None  # the device is this CPU behind an emulated link of this speed
+    device_gb: float | None = None  # and this much device memory (GiB)
 
     def scaled(self, quick: bool) -> AccuracyConfig:
         if not quick:
             return self
-        return replace(self, num_prompts=max(self.num_prompts // 2, self.num_seqs // 2, 1),
-                       num_seqs=max(self.num_seqs // 2, 1), gen_len=max(self.gen_len // 2, 4))
+        return replace(
+            self,
+            num_prompts=max(self.num_prompts // 2, self.num_seqs // 2, 1),
+            num_seqs=max(self.num_seqs // 2, 1),
+            gen_len=max(self.gen_len // 2, 4),
+        )
 
 
 CONFIGS = (
@@ -82,7 +88,9 @@ CONFIGS = (
     AccuracyConfig("mixtral-long", "mixtral-mini", 2, 8, 16, 128, 16, split="held-out"),
     AccuracyConfig("deepseek-n8", "deepseek-v2-lite-mini", None, 8, 16, 64, 32, split="train"),
     AccuracyConfig("deepseek-n32", "deepseek-v2-lite-mini", None, 32, 64, 32, 32, split="held-out"),
-    AccuracyConfig("deepseek-stream", "deepseek-v2-lite-mini", None, 16, 32, 64, 16, streaming=True, split="train"),
+    AccuracyConfig(
+        "deepseek-stream", "deepseek-v2-lite-mini", None, 16, 32, 64, 16, streaming=True, split="train"
+    ),
     AccuracyConfig("olmoe-n16", "olmoe-mini", None, 16, 32, 64, 32, split="held-out"),
     AccuracyConfig("qwen2moe-n16", "qwen2-moe-mini", None, 16, 32, 32, 32, split="train"),
     AccuracyConfig("deepseek-v3-n16", "deepseek-v3-mini", None, 16, 32, 64, 16, split="held-out"),
@@ -97,8 +105,9 @@ LINK_CONFIGS = (
     AccuracyConfig("link-mixtral-2-n1", "mixtral-mini", 4, 1, 4, 16, 24, link_gbps=2.0, device_gb=0.5),
     AccuracyConfig("link-qwen3-0.5-n4", "qwen3-mini", None, 4, 8, 16, 32, link_gbps=0.5, device_gb=0.125),
     AccuracyConfig("link-qwen3-0.5-n8", "qwen3-mini", None, 8, 16, 16, 32, link_gbps=0.5, device_gb=0.125),
-    AccuracyConfig("link-deepseek-v3-0.5-n4", "deepseek-v3-mini", None, 4, 8, 16, 32, link_gbps=0.5,
-                   device_gb=0.14),
+    AccuracyConfig(
+        "link-deepseek-v3-0.5-n4", "deepseek-v3-mini", None, 4, 8, 16, 32, link_gbps=0.5, device_gb=0.14
+    ),
 )
 
 
@@ -106,34 +115,41 @@ def profile_for(config: AccuracyConfig, profile):
     """The profile a config plans and reports with: behind its emulated link when it has one."""
     if config.link_gbps is None:
         return profile
-    from planner.emulated_link import emulate_link
+    from planner.hardware.emulated_link import emulate_link
 
     return emulate_link(profile, config.link_gbps, config.device_gb)
 
 
 def kv_gib_for(spec, workload, num_seqs: int, block_size: int = 16) -> float:
     """The KV budget (GiB) with which the CPU memory model allows exactly `num_seqs` sequences."""
-    from planner.model_layout import ModelLayout
+    from planner.perf.layout import ModelLayout
 
     layout = ModelLayout.build(spec, workload, block_size)
     return (layout.kv_bytes_one_sequence + (num_seqs + 0.5) * layout.kv_bytes_per_slot) / float(1 << 30)
 
 
 def plan_for(config: AccuracyConfig, spec, profile, checkpoint_dir: Path, profile_ref: str):
-    from planner.perf_memory import Budgets
-    from planner.plan_build import make_plan
-    from planner.workload import Workload
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
+    from planner.plans.workload import Workload
 
     workload = Workload.fixed(config.prompt_len, config.gen_len, config.num_prompts)
     kv_gib = kv_gib_for(spec, workload, config.num_seqs)
-    return make_plan(spec, profile, workload, Budgets.from_args(profile, kv_gib), model_ref=str(checkpoint_dir),
-                     profile_ref=profile_ref, stream_on_host=config.streaming)
+    return make_plan(
+        spec,
+        profile,
+        workload,
+        Budgets.from_args(profile, kv_gib),
+        model_ref=str(checkpoint_dir),
+        profile_ref=profile_ref,
+        stream_on_host=config.streaming,
+    )
 
 
 def run_config(config: AccuracyConfig, profile_ref: str, report_path: Path, pass_index: int) -> dict:
     """One config's run in pass `pass_index`, in this process: checkpoint, plan, warm-up, measured run; writes
     and returns the report."""
-    from planner.profile import load_profile
+    from planner.hardware.profile import load_profile
     from runtime.checkpoint import open_checkpoint
     from runtime.report import write_report
 
@@ -143,10 +159,12 @@ def run_config(config: AccuracyConfig, profile_ref: str, report_path: Path, pass
     plan = plan_for(config, checkpoint.spec, profile, checkpoint_dir, profile_ref)
     overrides = STREAMING_OVERRIDES if config.streaming else {}
     began = time.perf_counter()
-    seed = len(config.name) + 100 * pass_index      # distinct prompts in every pass and for the warm-up
+    seed = len(config.name) + 100 * pass_index  # distinct prompts in every pass and for the warm-up
     warm_up = fixed_prompts(checkpoint.tokenizer, config.num_prompts, config.prompt_len, seed=seed + 1000)
     prompts = fixed_prompts(checkpoint.tokenizer, config.num_prompts, config.prompt_len, seed=seed)
-    report = run_engine(checkpoint, plan, profile, prompts, config.gen_len, warm_up_prompts=warm_up, **overrides)
+    report = run_engine(
+        checkpoint, plan, profile, prompts, config.gen_len, warm_up_prompts=warm_up, **overrides
+    )
     report["bench_config"] = asdict(config)
     report["bench_pass"] = pass_index
     report["bench_seconds"] = time.perf_counter() - began
@@ -175,13 +193,21 @@ def _reusable(path: Path, config: AccuracyConfig, fingerprint: str) -> bool:
         old = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    return (old.get("bench_config") == json.loads(json.dumps(asdict(config)))
-            and old.get("profile", {}).get("plan_fingerprint") == fingerprint)
+    return (
+        old.get("bench_config") == json.loads(json.dumps(asdict(config)))
+        and old.get("profile", {}).get("plan_fingerprint") == fingerprint
+    )
 
 
-def run_all(configs: list[AccuracyConfig], profile_ref: str, reports_dir: Path, reuse: bool,
-            timeout_s: float, passes: int = PASSES) -> list[Path]:
-    from planner.profile import load_profile
+def run_all(
+    configs: list[AccuracyConfig],
+    profile_ref: str,
+    reports_dir: Path,
+    reuse: bool,
+    timeout_s: float,
+    passes: int = PASSES,
+) -> list[Path]:
+    from planner.hardware.profile import load_profile
 
     fingerprint = load_profile(profile_ref).fingerprint()
     todo = []
@@ -197,20 +223,37 @@ def run_all(configs: list[AccuracyConfig], profile_ref: str, reports_dir: Path, 
     for pass_index in range(passes):
         for i, config in enumerate(todo, start=1):
             path = reports_dir / "passes" / f"{config.name}.pass{pass_index}.json"
-            print(f"[pass {pass_index + 1}/{passes}, {i}/{len(todo)}] {config.name}: {config.model} N={config.num_seqs} "
-                  f"{config.num_prompts} prompts {config.prompt_len}+{config.gen_len}"
-                  f"{' forced streaming' if config.streaming else ''}"
-                  f"{f' emulated link {config.link_gbps:g} GB/s' if config.link_gbps else ''}", flush=True)
-            command = [sys.executable, "-m", "bench.bench_accuracy", "--worker", json.dumps(asdict(config)),
-                       "--profile", profile_ref, "--worker-report", str(path), "--worker-pass", str(pass_index)]
+            print(
+                f"[pass {pass_index + 1}/{passes}, {i}/{len(todo)}] {config.name}: {config.model} N={config.num_seqs} "
+                f"{config.num_prompts} prompts {config.prompt_len}+{config.gen_len}"
+                f"{' forced streaming' if config.streaming else ''}"
+                f"{f' emulated link {config.link_gbps:g} GB/s' if config.link_gbps else ''}",
+                flush=True,
+            )
+            command = [
+                sys.executable,
+                "-m",
+                "bench.bench_accuracy",
+                "--worker",
+                json.dumps(asdict(config)),
+                "--profile",
+                profile_ref,
+                "--worker-report",
+                str(path),
+                "--worker-pass",
+                str(pass_index),
+            ]
             began = time.perf_counter()
             done = subprocess.run(command, cwd=REPO, timeout=timeout_s, check=False)
             if done.returncode != 0:
                 print(f"    {config.name} failed (exit {done.returncode}); this pass left out", flush=True)
                 continue
             e2e = json.loads(path.read_text())["throughput"]["end_to_end"]
-            print(f"    achieved {e2e['achieved']:.3g} tok/s, plan {e2e['predicted']:.3g} tok/s "
-                  f"({time.perf_counter() - began:.0f} s)", flush=True)
+            print(
+                f"    achieved {e2e['achieved']:.3g} tok/s, plan {e2e['predicted']:.3g} tok/s "
+                f"({time.perf_counter() - began:.0f} s)",
+                flush=True,
+            )
             runs[config.name].append(path)
     for config in todo:
         if runs[config.name]:
@@ -222,13 +265,16 @@ def run_all(configs: list[AccuracyConfig], profile_ref: str, reports_dir: Path, 
 def measure_this_machine(sizing: str, out_dir: Path, quick: bool) -> str:
     path = out_dir / f"profile{'-quick' if quick else ''}.yaml"
     print(f"measuring this machine (runtime profile --sizing {sizing}) into {path}", flush=True)
-    subprocess.run([sys.executable, "-m", "runtime", "profile", "--sizing", sizing, "--out", str(path)], cwd=REPO,
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "runtime", "profile", "--sizing", sizing, "--out", str(path)],
+        cwd=REPO,
+        check=True,
+    )
     return str(path)
 
 
 def _profile_ref(given: str | None) -> str:
-    from planner.profile import find_profile_for_this_machine
+    from planner.hardware.profile import find_profile_for_this_machine
 
     return given or find_profile_for_this_machine().name
 
@@ -237,21 +283,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.bench_accuracy", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="halve prompts and generation lengths")
     parser.add_argument("--profile", help="profile to plan with (default: this machine's measured one)")
-    parser.add_argument("--measure-profile", choices=("quick", "full"),
-                        help="measure this machine first and plan with that profile")
+    parser.add_argument(
+        "--measure-profile",
+        choices=("quick", "full"),
+        help="measure this machine first and plan with that profile",
+    )
     parser.add_argument("--only", nargs="+", help="run only these config names")
     parser.add_argument("--reuse", action="store_true", help="keep reports of identical earlier runs")
     parser.add_argument("--no-markdown", action="store_true", help="do not update BENCHMARKS.md")
     parser.add_argument("--out-dir", type=Path, default=ACCURACY_DIR, help="where reports and results go")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="per config")
-    parser.add_argument("--link", action="store_true",
-                        help="the link-bound rows (an emulated link; bench.link_accuracy analyses them)")
+    parser.add_argument(
+        "--link",
+        action="store_true",
+        help="the link-bound rows (an emulated link; bench.link_accuracy analyses them)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-report", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker-pass", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        run_config(AccuracyConfig(**json.loads(args.worker)), args.profile, args.worker_report, args.worker_pass)
+        run_config(
+            AccuracyConfig(**json.loads(args.worker)), args.profile, args.worker_report, args.worker_pass
+        )
         return 0
     from bench.accuracy_analysis import analyse, write_outputs
 
@@ -266,23 +320,41 @@ def main(argv: list[str] | None = None) -> int:
         profile_ref = measure_this_machine(args.measure_profile, args.out_dir, args.quick)
     else:
         profile_ref = _profile_ref(args.profile)
-    reports_dir = args.out_dir / (("link-" if args.link else "") + ("reports-quick" if args.quick else "reports"))
+    reports_dir = args.out_dir / (
+        ("link-" if args.link else "") + ("reports-quick" if args.quick else "reports")
+    )
     paths = run_all(configs, profile_ref, reports_dir, args.reuse, args.timeout_s)
     if not paths:
         print("no configuration ran; nothing to analyse", file=sys.stderr)
         return 1
-    command = "python -m bench.bench_accuracy" + (" --link" if args.link else "") + (" --quick" if args.quick else "") + (
-        f" --profile {args.profile}" if args.profile else "") + (
-        f" --measure-profile {args.measure_profile}" if args.measure_profile else "")
+    command = (
+        "python -m bench.bench_accuracy"
+        + (" --link" if args.link else "")
+        + (" --quick" if args.quick else "")
+        + (f" --profile {args.profile}" if args.profile else "")
+        + (f" --measure-profile {args.measure_profile}" if args.measure_profile else "")
+    )
     if args.link:
         from bench.link_accuracy import write_link_outputs
 
-        write_link_outputs(paths, args.out_dir.parent, command, machine,
-                           markdown_section=not (args.no_markdown or args.quick), quick=args.quick)
+        write_link_outputs(
+            paths,
+            args.out_dir.parent,
+            command,
+            machine,
+            markdown_section=not (args.no_markdown or args.quick),
+            quick=args.quick,
+        )
         return 0
     result = replace(analyse(paths, profile_ref), machine=machine)
-    write_outputs(result, args.out_dir, command, markdown_section=not (args.no_markdown or args.quick), quick=args.quick,
-                  results_dir=args.out_dir.parent)     # the CSV beside the reports' folder (default bench/results)
+    write_outputs(
+        result,
+        args.out_dir,
+        command,
+        markdown_section=not (args.no_markdown or args.quick),
+        quick=args.quick,
+        results_dir=args.out_dir.parent,
+    )  # the CSV beside the reports' folder (default bench/results)
     return 0
 
 

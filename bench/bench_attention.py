@@ -92,8 +92,15 @@ def dense_sdpa(case: DecodeCase):
 
 
 def bench_shape(shape: Shape, threads: int, block_size: int, repeats: int, clock=time.perf_counter) -> dict:
-    case = make_case(shape.layout, list(shape.context_lens), shape.heads, shape.kv_heads, shape.head_dim,
-                     torch.bfloat16, block_size)
+    case = make_case(
+        shape.layout,
+        list(shape.context_lens),
+        shape.heads,
+        shape.kv_heads,
+        shape.head_dim,
+        torch.bfloat16,
+        block_size,
+    )
     ours = case.run(threads).float().reshape(-1)  # appends this step's rows before the dense gather
     sdpa = dense_sdpa(case)
     theirs = torch.cat([o.float().reshape(len(o), -1) for o in sdpa()]).reshape(-1)
@@ -119,16 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     huge_gbps = read_bandwidth_gbps(args.repeats, huge_pages=True, clock=clock)
     read_gbps = max(plain_gbps, huge_gbps)
     timing = "CPU time of the calling thread" if args.cpu_time else "wall time"
-    print(f"CPU decode attention, {threads} threads ({timing}), block size {args.block_size}, kernel path: {isa}")
-    print(f"read bandwidth (sum over 1 GiB): {plain_gbps:.1f} GB/s on 4 KiB pages, {huge_gbps:.1f} GB/s on "
-          f"huge pages (as the KV cache); percentages below are of the higher, {read_gbps:.1f} GB/s")
+    print(
+        f"CPU decode attention, {threads} threads ({timing}), block size {args.block_size}, kernel path: {isa}"
+    )
+    print(
+        f"read bandwidth (sum over 1 GiB): {plain_gbps:.1f} GB/s on 4 KiB pages, {huge_gbps:.1f} GB/s on "
+        f"huge pages (as the KV cache); percentages below are of the higher, {read_gbps:.1f} GB/s"
+    )
     for shape in default_shapes():
         r = bench_shape(shape, threads, args.block_size, args.repeats, clock)
         gbps = r["bytes"] / r["kernel_s"] / 1e9
         sdpa_gbps = r["bytes"] / r["sdpa_s"] / 1e9
-        print(f"{shape.label}: {r['kernel_s'] * 1e3:.1f} ms, {gbps:.1f} GB/s KV read, "
-              f"{r['sdpa_s'] / r['kernel_s']:.1f}x SDPA ({sdpa_gbps:.1f} GB/s), "
-              f"{100 * gbps / read_gbps:.0f}% of read bandwidth (output vs SDPA rel diff {r['rel_diff']:.1e})")
+        print(
+            f"{shape.label}: {r['kernel_s'] * 1e3:.1f} ms, {gbps:.1f} GB/s KV read, "
+            f"{r['sdpa_s'] / r['kernel_s']:.1f}x SDPA ({sdpa_gbps:.1f} GB/s), "
+            f"{100 * gbps / read_gbps:.0f}% of read bandwidth (output vs SDPA rel diff {r['rel_diff']:.1e})"
+        )
     return 0
 
 

@@ -33,26 +33,46 @@ from bench.common import (
     update_section,
 )
 
-CONFIGS = {"execute (1 process)": [], "execute --workers 1": ["--workers", "1"],
-           "execute --workers 2": ["--workers", "2"]}
+CONFIGS = {
+    "execute (1 process)": [],
+    "execute --workers 1": ["--workers", "1"],
+    "execute --workers 2": ["--workers", "2"],
+}
 
 
 def prepare(work: Path, num_prompts: int, gen_len: int) -> tuple[Path, Path]:
-    from planner.perf_memory import Budgets
-    from planner.plan_build import make_plan
-    from planner.profile import find_profile_for_this_machine
-    from planner.spec import load_spec
-    from planner.workload import Workload
+    from planner.hardware.profile import find_profile_for_this_machine
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
+    from planner.plans.workload import Workload
+    from planner.specs.spec import load_spec
 
     checkpoint = ensure_checkpoint("qwen3-mini", layers=2)
     prompts = work / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": i, "prompt_token_ids": [1 + (i * 7 + j) % 3000 for j in range(16)],
-                                           "max_tokens": gen_len, "ignore_eos": True}) + "\n"
-                               for i in range(num_prompts)))
+    prompts.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": i,
+                    "prompt_token_ids": [1 + (i * 7 + j) % 3000 for j in range(16)],
+                    "max_tokens": gen_len,
+                    "ignore_eos": True,
+                }
+            )
+            + "\n"
+            for i in range(num_prompts)
+        )
+    )
     here = find_profile_for_this_machine()
     one_core = replace(here, machine=replace(here.machine, cores=1))
-    plan = make_plan(load_spec(checkpoint), one_core, Workload.fixed(16, gen_len, num_prompts),
-                     Budgets.from_args(one_core, 0.05), model_ref=str(checkpoint), profile_ref=here.name)
+    plan = make_plan(
+        load_spec(checkpoint),
+        one_core,
+        Workload.fixed(16, gen_len, num_prompts),
+        Budgets.from_args(one_core, 0.05),
+        model_ref=str(checkpoint),
+        profile_ref=here.name,
+    )
     return prompts, plan.save(work / "plan.yaml")
 
 
@@ -62,9 +82,27 @@ def run_once(name: str, plan: Path, prompts: Path, work: Path) -> dict:
         path.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE")
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "runtime", "execute", str(plan), "--input", str(prompts), "--output",
-                    str(output), "--report", str(report), "--quiet", *CONFIGS[name]], env=env, check=True,
-                   timeout=900, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "execute",
+            str(plan),
+            "--input",
+            str(prompts),
+            "--output",
+            str(output),
+            "--report",
+            str(report),
+            "--quiet",
+            *CONFIGS[name],
+        ],
+        env=env,
+        check=True,
+        timeout=900,
+        capture_output=True,
+    )
     wall_s = time.perf_counter() - began
     data = json.loads(report.read_text())
     generated = sum(json.loads(line)["completion_tokens"] for line in output.read_text().splitlines())
@@ -87,8 +125,15 @@ def summarise(runs: dict[str, list[dict]]) -> list[list]:
             achieved = statistics.median(r["workers"][i][1] for r in results)
             requests = statistics.median(r["workers"][i][2] for r in results)
             per_worker.append(f"{predicted:,.0f} / {achieved:,.0f} ({requests:.0f} req)")
-        rows.append([name, f"{wall:.1f}", f"{statistics.median(r['tok_s'] for r in results):,.1f}",
-                     "; ".join(per_worker), f"{wall / base:.2f}x"])
+        rows.append(
+            [
+                name,
+                f"{wall:.1f}",
+                f"{statistics.median(r['tok_s'] for r in results):,.1f}",
+                "; ".join(per_worker),
+                f"{wall / base:.2f}x",
+            ]
+        )
     return rows
 
 
@@ -106,20 +151,30 @@ def main(argv: list[str] | None = None) -> int:
     names = list(CONFIGS)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for round_index in range(args.rounds):
-        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+        for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
             runs[name].append(run_once(name, plan, prompts, work))
             print(f"round {round_index + 1} {name}: {runs[name][-1]['wall_s']:.1f} s", file=sys.stderr)
     rows = summarise(runs)
-    table = markdown_table(["command", "wall s", "generated tok/s (wall)", "per worker: predicted / achieved tok/s",
-                            "wall vs 1 process"], rows)
+    table = markdown_table(
+        [
+            "command",
+            "wall s",
+            "generated tok/s (wall)",
+            "per worker: predicted / achieved tok/s",
+            "wall vs 1 process",
+        ],
+        rows,
+    )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "cluster.json").write_text(json.dumps(runs, indent=1))
-    body = (f"## Ray cluster: `execute --workers N` against one process (`python -m bench.bench_cluster`)\n\n"
-            f"{machine}\n\nqwen3-mini truncated to 2 layers (bf16), {args.prompts} prompts of 16 tokens, "
-            f"{args.gen_len} generated each (ignore_eos); one plan solved for this machine's profile with one "
-            f"core (1 thread); medians of {args.rounds} rounds, the three commands run back to back in rotated "
-            f"order in each. Wall time is the whole command as a fresh process: for the Ray rows it includes "
-            f"starting a local Ray cluster and the actors (each loads torch and the checkpoint).\n\n{table}\n")
+    body = (
+        f"## Ray cluster: `execute --workers N` against one process (`python -m bench.bench_cluster`)\n\n"
+        f"{machine}\n\nqwen3-mini truncated to 2 layers (bf16), {args.prompts} prompts of 16 tokens, "
+        f"{args.gen_len} generated each (ignore_eos); one plan solved for this machine's profile with one "
+        f"core (1 thread); medians of {args.rounds} rounds, the three commands run back to back in rotated "
+        f"order in each. Wall time is the whole command as a fresh process: for the Ray rows it includes "
+        f"starting a local Ray cluster and the actors (each loads torch and the checkpoint).\n\n{table}\n"
+    )
     print(body)
     if not args.no_write:
         update_section("cluster", body)

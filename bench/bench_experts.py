@@ -8,7 +8,7 @@ routed experts (`runtime.engine.ffn.looped_experts` and `grouped_experts`, exper
 sizes and one prefill chunk, with torch's threads, each call with another of 4 routings (row counts change
 from call to call as from step to step); the two paths alternate, `--repeats` rounds, medians.
 Writes `bench/results/experts.json` and the `experts` section of BENCHMARKS.md; the CPU default of
-`planner.expert_kernels` follows from it.
+`planner.perf.expert_kernels` follows from it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 import torch
 
 from bench.common import RESULTS_DIR, machine_line, markdown_table, update_section
-from planner.spec import load_spec
+from planner.specs.spec import load_spec
 from runtime.engine.expert_stacks import stack_names
 from runtime.engine.ffn import grouped_experts, looped_experts
 
@@ -38,8 +38,10 @@ def layer_case(model: str, tokens: int, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     e, h, inter = spec.num_experts, spec.hidden_size, spec.moe_intermediate_size
     gate_up, down = stack_names(0, e)
-    w = {gate_up: (torch.randn(e, 2 * inter, h, generator=generator) / h ** 0.5).bfloat16(),
-         down: (torch.randn(e, h, inter, generator=generator) / inter ** 0.5).bfloat16()}
+    w = {
+        gate_up: (torch.randn(e, 2 * inter, h, generator=generator) / h**0.5).bfloat16(),
+        down: (torch.randn(e, h, inter, generator=generator) / inter**0.5).bfloat16(),
+    }
     x = torch.randn(tokens, h, generator=generator).bfloat16()
     routings = []
     for _ in range(ROUTINGS):
@@ -74,20 +76,45 @@ def main(argv: list[str] | None = None) -> int:
                     for name, path in paths.items():
                         times[name].append(seconds(path, x, routings, w, spec.num_experts))
                 looped, grouped = (statistics.median(times[n]) for n in ("looped", "grouped"))
-                rows.append({"model": model, "tokens": tokens, "looped_ms": 1e3 * looped,
-                             "grouped_ms": 1e3 * grouped, "grouped_over_looped": grouped / looped})
-                print(f"{model:13s} T={tokens:4d}: looped {1e3 * looped:8.2f} ms  grouped {1e3 * grouped:8.2f} ms  "
-                      f"grouped/looped {grouped / looped:.2f}", flush=True)
+                rows.append(
+                    {
+                        "model": model,
+                        "tokens": tokens,
+                        "looped_ms": 1e3 * looped,
+                        "grouped_ms": 1e3 * grouped,
+                        "grouped_over_looped": grouped / looped,
+                    }
+                )
+                print(
+                    f"{model:13s} T={tokens:4d}: looped {1e3 * looped:8.2f} ms  grouped {1e3 * grouped:8.2f} ms  "
+                    f"grouped/looped {grouped / looped:.2f}",
+                    flush=True,
+                )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "experts.json").write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads()}, indent=1))
+    (RESULTS_DIR / "experts.json").write_text(
+        json.dumps({"rows": rows, "threads": torch.get_num_threads()}, indent=1)
+    )
     if not args.no_markdown:
-        table = markdown_table(["model", "tokens", "looped ms", "grouped ms", "grouped / looped"],
-                               [[r["model"], r["tokens"], f"{r['looped_ms']:.2f}", f"{r['grouped_ms']:.2f}",
-                                 f"{r['grouped_over_looped']:.2f}"] for r in rows])
-        update_section("experts", "## Routed experts: looped against grouped GEMMs (`python -m bench.bench_experts`)\n\n"
-                       f"{machine_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads, bf16, one "
-                       f"layer's routed experts, uniform random routing, medians of {args.repeats} alternating "
-                       f"rounds.\n\n{table}\n")
+        table = markdown_table(
+            ["model", "tokens", "looped ms", "grouped ms", "grouped / looped"],
+            [
+                [
+                    r["model"],
+                    r["tokens"],
+                    f"{r['looped_ms']:.2f}",
+                    f"{r['grouped_ms']:.2f}",
+                    f"{r['grouped_over_looped']:.2f}",
+                ]
+                for r in rows
+            ],
+        )
+        update_section(
+            "experts",
+            "## Routed experts: looped against grouped GEMMs (`python -m bench.bench_experts`)\n\n"
+            f"{machine_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads, bf16, one "
+            f"layer's routed experts, uniform random routing, medians of {args.repeats} alternating "
+            f"rounds.\n\n{table}\n",
+        )
     return 0
 
 

@@ -43,7 +43,8 @@ TORN_TAIL = b'{"id": "p0", "text": "half a li'
 @dataclass(frozen=True)
 class FaultJob:
     """How to run one job: `argv(output)` is the `runtime` argv writing to `output`; `prompt_ids` its ids."""
-    argv: object            # Callable[[Path], list[str]]
+
+    argv: object  # Callable[[Path], list[str]]
     env: dict
     cwd: Path
     scratch: Path
@@ -53,7 +54,8 @@ class FaultJob:
 @dataclass(frozen=True)
 class Kill:
     """SIGKILL `delay_s` after the opening event: the process start, the job-state file, or `answers` answers."""
-    anchor: str             # "start" | "state" | "answers"
+
+    anchor: str  # "start" | "state" | "answers"
     delay_s: float
     answers: int = 0
 
@@ -61,6 +63,7 @@ class Kill:
 @dataclass(frozen=True)
 class Timeline:
     """Seconds from the start of an uninterrupted run: job state written, first answer, exit."""
+
     state_s: float
     first_answer_s: float
     end_s: float
@@ -98,8 +101,13 @@ def watch(job: FaultJob, output: Path, log: Path, kill: Kill | None = None) -> t
     state, marks = state_file(output), {"start": 0.0}
     began = time.perf_counter()
     with log.open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "runtime", *job.argv(output)], env=job.env, cwd=job.cwd,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runtime", *job.argv(output)],
+            env=job.env,
+            cwd=job.cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     hit, size = "finished first", -1
     try:
         while process.poll() is None:
@@ -152,8 +160,9 @@ def check_partial(output: Path, reference: dict[str, list[int]], case: str) -> i
     return len(done)
 
 
-def run_case(job: FaultJob, reference: dict[str, list[int]], timeline: Timeline, rng: random.Random,
-             index: int) -> dict:
+def run_case(
+    job: FaultJob, reference: dict[str, list[int]], timeline: Timeline, rng: random.Random, index: int
+) -> dict:
     window = WINDOWS[index % len(WINDOWS)]
     kill = draw_kill(rng, window, timeline, len(reference))
     output = job.scratch / f"case{index:03d}.jsonl"
@@ -172,30 +181,57 @@ def run_case(job: FaultJob, reference: dict[str, list[int]], timeline: Timeline,
     assert final == reference, f"{case}: answers differ from the uninterrupted run's after the rerun"
     state = json.loads(state_file(output).read_text())
     assert state["complete"] and state["done"] == len(reference), f"{case}: job state {state}"
-    return {"case": index, "window": window, "anchor": kill.anchor, "after_answers": kill.answers,
-            "delay_s": round(kill.delay_s, 3), "killed": killed, "hit": hit,
-            "answered_at_kill": answered_at_kill, "answered_after_rerun": len(final), "ok": True}
+    return {
+        "case": index,
+        "window": window,
+        "anchor": kill.anchor,
+        "after_answers": kill.answers,
+        "delay_s": round(kill.delay_s, 3),
+        "killed": killed,
+        "hit": hit,
+        "answered_at_kill": answered_at_kill,
+        "answered_after_rerun": len(final),
+        "ok": True,
+    }
 
 
-def run_campaign(job: FaultJob, cases: int, seed: int,
-                 reference: tuple[dict[str, list[int]], Timeline] | None = None) -> dict:
+def run_campaign(
+    job: FaultJob, cases: int, seed: int, reference: tuple[dict[str, list[int]], Timeline] | None = None
+) -> dict:
     """`cases` seeded cases against `reference` (an uninterrupted run's answers and timeline; run here if None)."""
     reference, timeline = reference or reference_run(job)
     rng = random.Random(seed)
     results = [run_case(job, reference, timeline, rng, i) for i in range(cases)]
-    return {"cases": cases, "seed": seed, "num_prompts": len(job.prompt_ids),
-            "timeline": {"state_s": timeline.state_s, "first_answer_s": timeline.first_answer_s,
-                         "end_s": timeline.end_s},
-            "killed": sum(r["killed"] for r in results), "passed": sum(r["ok"] for r in results),
-            "hits": dict(Counter(r["hit"] for r in results if r["killed"])), "results": results}
+    return {
+        "cases": cases,
+        "seed": seed,
+        "num_prompts": len(job.prompt_ids),
+        "timeline": {
+            "state_s": timeline.state_s,
+            "first_answer_s": timeline.first_answer_s,
+            "end_s": timeline.end_s,
+        },
+        "killed": sum(r["killed"] for r in results),
+        "passed": sum(r["ok"] for r in results),
+        "hits": dict(Counter(r["hit"] for r in results if r["killed"])),
+        "results": results,
+    }
 
 
 # ----- the full mode's own job -----
 def prompt_lines(count: int) -> list[dict]:
     """Greedy prompts of different lengths and max_tokens (ignore_eos): sequences finish and refill at different
     steps."""
-    return [{"id": f"p{i}", "prompt": f"Prompt number {i}: " + "tell me more " * (i % 4),
-             "max_tokens": 4 + (5 * i) % 9, "ignore_eos": True, "temperature": 0} for i in range(count)]
+    return [
+        {
+            "id": f"p{i}",
+            "prompt": f"Prompt number {i}: " + "tell me more " * (i % 4),
+            "max_tokens": 4 + (5 * i) % 9,
+            "ignore_eos": True,
+            "temperature": 0,
+        }
+        for i in range(count)
+    ]
 
 
 def write_job_files(directory: Path, count: int, in_flight: int, profile: str | None) -> tuple[Path, Path]:
@@ -217,22 +253,34 @@ def markdown(result: dict, command: str, machine: str) -> str:
     from bench.common import markdown_table
 
     t = result["timeline"]
-    rows = [[w, sum(r["window"] == w for r in result["results"]),
-             sum(r["window"] == w and r["killed"] for r in result["results"]),
-             sum(r["window"] == w and r["ok"] for r in result["results"])] for w in WINDOWS]
+    rows = [
+        [
+            w,
+            sum(r["window"] == w for r in result["results"]),
+            sum(r["window"] == w and r["killed"] for r in result["results"]),
+            sum(r["window"] == w and r["ok"] for r in result["results"]),
+        ]
+        for w in WINDOWS
+    ]
     hits = ", ".join(f"{name} {n}" for name, n in sorted(result["hits"].items()))
-    return "\n".join([
-        "## Fault campaign (`python -m bench.bench_faults`)", "",
-        f"`{command}`: {result['cases']} cases (seed {result['seed']}), each a fresh `runtime execute` of "
-        f"{result['num_prompts']} prompts (4 in flight, tiny 2-layer fp32 Mixtral) SIGKILLed at a random instant "
-        f"of one window (see the script's docstring), then rerun. Uninterrupted run: job state at {t['state_s']:.2f} s, first answer at "
-        f"{t['first_answer_s']:.2f} s, exit at {t['end_s']:.2f} s. {machine}", "",
-        markdown_table(["window", "cases", "killed", "passed"], rows), "",
-        f"**{result['passed']} of {result['cases']} cases passed**: after every rerun each prompt was answered exactly "
-        f"once and the greedy answers equal the uninterrupted run's. {result['killed']} runs were killed"
-        f"{'' if result['killed'] == result['cases'] else ' (the others had finished before their instant)'}; the "
-        f"kills landed in: {hits}. Quick mode (5 cases, same code): `tests/test_resume.py::test_fault_campaign_quick`.",
-        ""])
+    return "\n".join(
+        [
+            "## Fault campaign (`python -m bench.bench_faults`)",
+            "",
+            f"`{command}`: {result['cases']} cases (seed {result['seed']}), each a fresh `runtime execute` of "
+            f"{result['num_prompts']} prompts (4 in flight, tiny 2-layer fp32 Mixtral) SIGKILLed at a random instant "
+            f"of one window (see the script's docstring), then rerun. Uninterrupted run: job state at {t['state_s']:.2f} s, first answer at "
+            f"{t['first_answer_s']:.2f} s, exit at {t['end_s']:.2f} s. {machine}",
+            "",
+            markdown_table(["window", "cases", "killed", "passed"], rows),
+            "",
+            f"**{result['passed']} of {result['cases']} cases passed**: after every rerun each prompt was answered exactly "
+            f"once and the greedy answers equal the uninterrupted run's. {result['killed']} runs were killed"
+            f"{'' if result['killed'] == result['cases'] else ' (the others had finished before their instant)'}; the "
+            f"kills landed in: {hits}. Quick mode (5 cases, same code): `tests/test_resume.py::test_fault_campaign_quick`.",
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--profile", help="hardware profile to plan with (default: this machine's; implies --force)")
+    parser.add_argument(
+        "--profile", help="hardware profile to plan with (default: this machine's; implies --force)"
+    )
     parser.add_argument("--no-update", action="store_true", help="do not write BENCHMARKS.md / bench/results")
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.bench_faults", *(argv if argv is not None else sys.argv[1:])])
@@ -251,10 +301,22 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(scratch)
         plan, prompts = write_job_files(work, args.prompts, 4, args.profile)
         force = ["--force"] if args.profile else []
-        job = FaultJob(argv=lambda output: ["execute", str(plan), "--input", str(prompts), "--output", str(output),
-                                            "--quiet", *force],
-                       env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO, scratch=work,
-                       prompt_ids=tuple(p["id"] for p in prompt_lines(args.prompts)))
+        job = FaultJob(
+            argv=lambda output: [
+                "execute",
+                str(plan),
+                "--input",
+                str(prompts),
+                "--output",
+                str(output),
+                "--quiet",
+                *force,
+            ],
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            cwd=REPO,
+            scratch=work,
+            prompt_ids=tuple(p["id"] for p in prompt_lines(args.prompts)),
+        )
         result = run_campaign(job, args.cases, args.seed)
     print(markdown(result, command, machine))
     if not args.no_update:

@@ -3,7 +3,7 @@
     python -m bench.bench_link_batching [--profile P] [--model qwen3-mini] [--link-gbps 0.5] [--device-gb 0.14]
                                         [--num-prompts 1024] [--prompt-len 16] [--gen-len 8] [--passes 3]
 
-One engine, one checkpoint, one emulated link (`planner.emulated_link`: this CPU behind a link paced to
+One engine, one checkpoint, one emulated link (`planner.hardware.emulated_link`: this CPU behind a link paced to
 `--link-gbps`, `--device-gb` of device memory) and one workload of `--num-prompts` prompts. Module-based
 batching is the planner's plan (the KV cache in host memory, N as large as it allows, attention and experts
 each at their own batch). Model-based batching is what FlexGen-style and HF-offload users run: one batch size
@@ -40,23 +40,31 @@ SPEEDUP_TARGET = 2.0
 def plans(spec, profile, workload, host_kv_gb: float) -> dict:
     """The systems to compare: name -> plan (module batching; model batching at its largest N and at half)."""
     from bench.bench_accuracy import kv_gib_for
-    from planner.perf_memory import Budgets
-    from planner.plan_build import make_plan
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
 
     budgets = Budgets.from_args(profile, host_kv_gb)
     module = make_plan(spec, profile, workload, budgets)
     model = make_plan(spec, profile, workload, budgets, batching="model")
     half = max(model.num_seqs // 2, 1)
-    model_half = make_plan(spec, profile, workload, Budgets.from_args(profile, kv_gib_for(spec, workload, half)),
-                           batching="model")
-    return {"module batching": module, f"model batching N={model.num_seqs}": model,
-            f"model batching N={model_half.num_seqs}": model_half}
+    model_half = make_plan(
+        spec,
+        profile,
+        workload,
+        Budgets.from_args(profile, kv_gib_for(spec, workload, half)),
+        batching="model",
+    )
+    return {
+        "module batching": module,
+        f"model batching N={model.num_seqs}": model,
+        f"model batching N={model_half.num_seqs}": model_half,
+    }
 
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
-    from planner.emulated_link import emulate_link
-    from planner.profile import find_profile_for_this_machine, load_profile
-    from planner.workload import Workload
+    from planner.hardware.emulated_link import emulate_link
+    from planner.hardware.profile import find_profile_for_this_machine, load_profile
+    from planner.plans.workload import Workload
     from runtime.checkpoint import open_checkpoint
 
     cpu = load_profile(args.profile) if args.profile else find_profile_for_this_machine()
@@ -71,21 +79,33 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             began = time.perf_counter()
             report = run_engine(checkpoint, plan, profile, prompts, args.gen_len)
             e2e = report["throughput"]["end_to_end"]
-            print(f"[pass {pass_index + 1}/{args.passes}] {name}: N={plan.num_seqs} achieved {e2e['achieved']:.1f} "
-                  f"tok/s, plan {e2e['predicted']:.1f} ({time.perf_counter() - began:.0f} s)", flush=True)
+            print(
+                f"[pass {pass_index + 1}/{args.passes}] {name}: N={plan.num_seqs} achieved {e2e['achieved']:.1f} "
+                f"tok/s, plan {e2e['predicted']:.1f} ({time.perf_counter() - began:.0f} s)",
+                flush=True,
+            )
             runs[name].append(report)
     rows = []
     for name, plan in systems.items():
         achieved = [r["throughput"]["end_to_end"]["achieved"] for r in runs[name]]
         median = statistics.median(achieved)
         link = [r["utilisation"]["resources"]["link"]["achieved"] for r in runs[name]]
-        rows.append({"system": name, "batching": plan.batching, "num_seqs": plan.num_seqs,
-                     "kv_where": "device" if plan.batching == "model" else "host",
-                     "kv_mib": plan.kv_budget_bytes / float(1 << 20),
-                     "predicted_tok_s": plan.predicted.generated_tok_s, "achieved_tok_s": median,
-                     "error": (plan.predicted.generated_tok_s - median) / median,
-                     "passes_tok_s": " ".join(f"{v:.4g}" for v in achieved), "bottleneck": plan.bottleneck,
-                     "link_busy_plan": plan.utilisation.get("link"), "link_busy_measured": statistics.median(link)})
+        rows.append(
+            {
+                "system": name,
+                "batching": plan.batching,
+                "num_seqs": plan.num_seqs,
+                "kv_where": "device" if plan.batching == "model" else "host",
+                "kv_mib": plan.kv_budget_bytes / float(1 << 20),
+                "predicted_tok_s": plan.predicted.generated_tok_s,
+                "achieved_tok_s": median,
+                "error": (plan.predicted.generated_tok_s - median) / median,
+                "passes_tok_s": " ".join(f"{v:.4g}" for v in achieved),
+                "bottleneck": plan.bottleneck,
+                "link_busy_plan": plan.utilisation.get("link"),
+                "link_busy_measured": statistics.median(link),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -96,26 +116,56 @@ def markdown(frame: pd.DataFrame, args: argparse.Namespace, command: str, machin
     speedup = module["achieved_tok_s"] / best["achieved_tok_s"]
     predicted_speedup = module["predicted_tok_s"] / best["predicted_tok_s"]
     table = markdown_table(
-        ["system", "N", "KV in", "KV MiB", "predicted tok/s", "achieved tok/s (median)", "error", "passes tok/s",
-         "plan bottleneck", "link busy plan", "link busy measured"],
-        [[r.system, r.num_seqs, r.kv_where, r.kv_mib, r.predicted_tok_s, r.achieved_tok_s, f"{r.error:+.1%}",
-          r.passes_tok_s, r.bottleneck, f"{r.link_busy_plan:.0%}", f"{r.link_busy_measured:.0%}"]
-         for r in frame.itertuples()])
+        [
+            "system",
+            "N",
+            "KV in",
+            "KV MiB",
+            "predicted tok/s",
+            "achieved tok/s (median)",
+            "error",
+            "passes tok/s",
+            "plan bottleneck",
+            "link busy plan",
+            "link busy measured",
+        ],
+        [
+            [
+                r.system,
+                r.num_seqs,
+                r.kv_where,
+                r.kv_mib,
+                r.predicted_tok_s,
+                r.achieved_tok_s,
+                f"{r.error:+.1%}",
+                r.passes_tok_s,
+                r.bottleneck,
+                f"{r.link_busy_plan:.0%}",
+                f"{r.link_busy_measured:.0%}",
+            ]
+            for r in frame.itertuples()
+        ],
+    )
     within = bool((frame["error"].abs() <= ERROR_TARGET).all())
-    return "\n".join([
-        "## Module-based against model-based batching behind an emulated link", "",
-        f"Command: `flock /work/bench.lock {command}` ({args.passes} interleaved passes, median). {machine}",
-        f"{args.model}{f' ({args.layers} layers)' if args.layers else ''}, one checkpoint, one engine; this CPU "
-        f"behind an emulated {args.link_gbps:g} GB/s link with {args.device_gb:g} GiB of device memory; "
-        f"{args.num_prompts} prompts of {args.prompt_len} + {args.gen_len} tokens. Model-based batching keeps the "
-        "KV cache in device memory (so device memory bounds its batch) and runs one batch size through every "
-        "module; module-based batching keeps the KV cache in host memory and batches each module on its own.", "",
-        table, "",
-        f"Module batching {speedup:.2f}x model batching at its best batch size (N={best['num_seqs']}); the planner "
-        f"predicted {predicted_speedup:.2f}x. Target >= {SPEEDUP_TARGET:g}x: "
-        f"{'met' if speedup >= SPEEDUP_TARGET else 'not met'}; every prediction within {ERROR_TARGET:.0%}: "
-        f"{'yes' if within else 'no'}.",
-    ])
+    return "\n".join(
+        [
+            "## Module-based against model-based batching behind an emulated link",
+            "",
+            f"Command: `flock /work/bench.lock {command}` ({args.passes} interleaved passes, median). {machine}",
+            f"{args.model}{f' ({args.layers} layers)' if args.layers else ''}, one checkpoint, one engine; this CPU "
+            f"behind an emulated {args.link_gbps:g} GB/s link with {args.device_gb:g} GiB of device memory; "
+            f"{args.num_prompts} prompts of {args.prompt_len} + {args.gen_len} tokens. Model-based batching keeps the "
+            "KV cache in device memory (so device memory bounds its batch) and runs one batch size through every "
+            "module; module-based batching keeps the KV cache in host memory and batches each module on its own.",
+            "",
+            table,
+            "",
+            f"Module batching {speedup:.2f}x model batching at its best batch size (N={best['num_seqs']}); the planner "
+            f"predicted {predicted_speedup:.2f}x. Target >= {SPEEDUP_TARGET:g}x: "
+            f"{'met' if speedup >= SPEEDUP_TARGET else 'not met'}; every prediction within {ERROR_TARGET:.0%}: "
+            f"{'yes' if within else 'no'}.",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--link-gbps", type=float, default=0.5)
     parser.add_argument("--device-gb", type=float, default=0.14)
-    parser.add_argument("--host-kv-gb", type=float, default=1.0, help="host KV budget of module batching, GiB")
+    parser.add_argument(
+        "--host-kv-gb", type=float, default=1.0, help="host KV budget of module batching, GiB"
+    )
     parser.add_argument("--num-prompts", type=int, default=1024)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--gen-len", type=int, default=8)
@@ -137,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS_DIR / "link-batching.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False, float_format="%.6g")
-    print(frame[["system", "num_seqs", "predicted_tok_s", "achieved_tok_s", "error", "link_busy_measured"]]
-          .to_string(index=False))
+    print(
+        frame[
+            ["system", "num_seqs", "predicted_tok_s", "achieved_tok_s", "error", "link_busy_measured"]
+        ].to_string(index=False)
+    )
     command = "python -m bench.bench_link_batching " + " ".join(argv if argv is not None else sys.argv[1:])
     body = markdown(frame, args, command.strip(), machine)
     print(body.splitlines()[-1])

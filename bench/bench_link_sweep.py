@@ -24,7 +24,7 @@ LINKS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from planner.profile import find_profile_for_this_machine
+    from planner.hardware.profile import find_profile_for_this_machine
 
     parser = argparse.ArgumentParser(prog="bench.bench_link_sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", help="CPU profile to plan with (default: this machine's measured one)")
@@ -33,13 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile_ref = args.profile or find_profile_for_this_machine().name
     configs = [replace(SWEEP, name=f"link-sweep-{gbps:g}", link_gbps=gbps) for gbps in args.links]
-    paths = run_all(configs, profile_ref, RESULTS_DIR / "link-sweep" / "reports", reuse=False, timeout_s=1800,
-                    passes=args.passes)
+    paths = run_all(
+        configs,
+        profile_ref,
+        RESULTS_DIR / "link-sweep" / "reports",
+        reuse=False,
+        timeout_s=1800,
+        passes=args.passes,
+    )
     frame = link_frame(paths)
     out = RESULTS_DIR / "link-sweep.csv"
     frame.to_csv(out, index=False, float_format="%.6g")
-    print(frame[["config", "predicted_tok_s", "achieved_tok_s", "error", "bottleneck", "link_busy_measured"]]
-          .to_string(index=False))
+    print(
+        frame[
+            ["config", "predicted_tok_s", "achieved_tok_s", "error", "bottleneck", "link_busy_measured"]
+        ].to_string(index=False)
+    )
     print(f"wrote {out}")
     return 0
 

@@ -34,7 +34,7 @@ from bench.common import (
 )
 
 KV_GIB = 2.0
-WORKLOADS = {   # name: (model, layers, prompts, shortest, longest prompt, generated)
+WORKLOADS = {  # name: (model, layers, prompts, shortest, longest prompt, generated)
     "demo": ("mixtral-mini", None, 256, 32, 128, 64),
     "issue": ("mixtral-mini", 4, 128, 96, 96, 48),
 }
@@ -50,8 +50,11 @@ def measure_pair(round_index: int) -> dict:
     for sizing in ("quick", "full") if round_index % 2 == 0 else ("full", "quick"):
         print(f"round {round_index + 1}: measuring the {sizing} profile", flush=True)
         began = time.perf_counter()
-        profile = measure_profile(SIZINGS[sizing], command=f"bench_quick_profile ({sizing})",
-                                  log=lambda line, s=sizing: print(f"  [{s}] {line.strip()}", flush=True))
+        profile = measure_profile(
+            SIZINGS[sizing],
+            command=f"bench_quick_profile ({sizing})",
+            log=lambda line, s=sizing: print(f"  [{s}] {line.strip()}", flush=True),
+        )
         walls[sizing] = time.perf_counter() - began
         profile.save(PROFILES_DIR / f"{sizing}-{round_index + 1}.yaml")
         print(f"  {sizing}: {walls[sizing]:.0f} s", flush=True)
@@ -59,7 +62,7 @@ def measure_pair(round_index: int) -> dict:
 
 
 def workload_of(name: str):
-    from planner.workload import Workload
+    from planner.plans.workload import Workload
     from runtime.checkpoint import open_checkpoint
     from runtime.commands.demo import make_prompts
 
@@ -71,21 +74,31 @@ def workload_of(name: str):
 
 
 def plan_on(checkpoint, workload, profile):
-    from planner.perf_memory import Budgets
-    from planner.plan_build import make_plan
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
 
-    return make_plan(checkpoint.spec, profile, workload, Budgets.from_args(profile, KV_GIB),
-                     model_ref=str(checkpoint.dir), profile_ref=profile.name)
+    return make_plan(
+        checkpoint.spec,
+        profile,
+        workload,
+        Budgets.from_args(profile, KV_GIB),
+        model_ref=str(checkpoint.dir),
+        profile_ref=profile.name,
+    )
 
 
 def attribution(checkpoint, workload, quick, full) -> dict[str, float]:
     """Predicted tok/s of the full profile with each section taken from the quick one."""
-    return {section: plan_on(checkpoint, workload, replace(full, **{section: getattr(quick, section)}))
-            .predicted.generated_tok_s for section in SECTIONS}
+    return {
+        section: plan_on(
+            checkpoint, workload, replace(full, **{section: getattr(quick, section)})
+        ).predicted.generated_tok_s
+        for section in SECTIONS
+    }
 
 
 def compare(pair: tuple[Path, Path], execute: bool) -> dict:
-    from planner.profile import load_profile
+    from planner.hardware.profile import load_profile
 
     quick, full = (load_profile(p) for p in pair)
     out = {"profiles": [str(p) for p in pair]}
@@ -98,7 +111,10 @@ def compare(pair: tuple[Path, Path], execute: bool) -> dict:
             if execute and name == "demo":
                 report = run_engine(checkpoint, plan, profile, prompts, gen_len)
                 row[label]["achieved"] = report["throughput"]["end_to_end"]["achieved"]
-            print(f"  {name} on {label}: " + ", ".join(f"{k} {v:.4g}" for k, v in row[label].items()), flush=True)
+            print(
+                f"  {name} on {label}: " + ", ".join(f"{k} {v:.4g}" for k, v in row[label].items()),
+                flush=True,
+            )
         if name == "demo":
             row["attribution"] = attribution(checkpoint, workload, quick, full)
         out[name] = row
@@ -111,21 +127,44 @@ def report_markdown(walls: list[dict], comparisons: list[dict], command: str) ->
         wall = walls[i] if i < len(walls) else {}
         for name in WORKLOADS:
             q, f = c[name]["quick"], c[name]["full"]
-            rows.append([i + 1, name, f"{q['predicted']:.1f} / {q.get('achieved', float('nan')):.1f}",
-                         f"{f['predicted']:.1f} / {f.get('achieved', float('nan')):.1f}",
-                         f"{100 * (q['predicted'] / f['predicted'] - 1):+.1f}%",
-                         f"{wall['quick']:.0f} / {wall['full']:.0f} s" if wall else "-"])
-    table = markdown_table(["round", "workload", "quick: predicted / achieved tok/s",
-                            "full: predicted / achieved tok/s", "quick plan vs full plan", "wall quick / full"], rows)
+            rows.append(
+                [
+                    i + 1,
+                    name,
+                    f"{q['predicted']:.1f} / {q.get('achieved', float('nan')):.1f}",
+                    f"{f['predicted']:.1f} / {f.get('achieved', float('nan')):.1f}",
+                    f"{100 * (q['predicted'] / f['predicted'] - 1):+.1f}%",
+                    f"{wall['quick']:.0f} / {wall['full']:.0f} s" if wall else "-",
+                ]
+            )
+    table = markdown_table(
+        [
+            "round",
+            "workload",
+            "quick: predicted / achieved tok/s",
+            "full: predicted / achieved tok/s",
+            "quick plan vs full plan",
+            "wall quick / full",
+        ],
+        rows,
+    )
     ratios = [w["quick"] / w["full"] for w in walls]
     swap = comparisons[-1]["demo"]
     full_pred = swap["full"]["predicted"]
-    attribution_line = ", ".join(f"{k} {100 * (v / full_pred - 1):+.1f}%" for k, v in swap["attribution"].items())
-    return "\n".join([
-        f"`{command}`. {machine_line()}", "", table, "",
-        (f"Wall-time ratio quick / full: median {statistics.median(ratios):.2f}." if ratios else ""),
-        f"Attribution (last round, demo workload; the full profile's plan with one section from the quick "
-        f"profile, against the full plan): {attribution_line}."])
+    attribution_line = ", ".join(
+        f"{k} {100 * (v / full_pred - 1):+.1f}%" for k, v in swap["attribution"].items()
+    )
+    return "\n".join(
+        [
+            f"`{command}`. {machine_line()}",
+            "",
+            table,
+            "",
+            (f"Wall-time ratio quick / full: median {statistics.median(ratios):.2f}." if ratios else ""),
+            f"Attribution (last round, demo workload; the full profile's plan with one section from the quick "
+            f"profile, against the full plan): {attribution_line}.",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     walls, pairs = [], []
     if args.profiles:
-        pairs = list(zip(sorted(args.profiles.glob("quick-*.yaml")), sorted(args.profiles.glob("full-*.yaml"))))
+        pairs = list(
+            zip(sorted(args.profiles.glob("quick-*.yaml")), sorted(args.profiles.glob("full-*.yaml")))
+        )
     else:
         for r in range(args.rounds):
             walls.append(measure_pair(r))
@@ -147,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     comparisons = [compare(pair, execute=not args.no_execute) for pair in pairs]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "quick_profile.json").write_text(json.dumps({"walls": walls, "comparisons": comparisons}, indent=1))
+    (RESULTS_DIR / "quick_profile.json").write_text(
+        json.dumps({"walls": walls, "comparisons": comparisons}, indent=1)
+    )
     command = "python -m bench.bench_quick_profile " + " ".join(argv if argv is not None else sys.argv[1:])
     body = report_markdown(walls, comparisons, command.strip())
     print(body)

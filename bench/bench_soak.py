@@ -32,9 +32,21 @@ import yaml
 
 from bench.common import REPO, RESULTS_DIR, bench_dir, machine_line, markdown_table, update_section
 
-TINY_SPEC = {"name": "soak-tiny-mixtral", "family": "mixtral", "num_layers": 2, "hidden_size": 128,
-             "num_heads": 2, "num_kv_heads": 1, "head_dim": 64, "vocab_size": 512, "num_experts": 4, "top_k": 2,
-             "moe_intermediate_size": 64, "max_position_embeddings": 64, "dtype": "float32"}
+TINY_SPEC = {
+    "name": "soak-tiny-mixtral",
+    "family": "mixtral",
+    "num_layers": 2,
+    "hidden_size": 128,
+    "num_heads": 2,
+    "num_kv_heads": 1,
+    "head_dim": 64,
+    "vocab_size": 512,
+    "num_experts": 4,
+    "top_k": 2,
+    "moe_intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "dtype": "float32",
+}
 WINDOWS = 10
 SAMPLE_S = 0.2
 RSS_GROWTH_LIMIT = 0.05
@@ -47,22 +59,50 @@ def ensure_tiny_checkpoint() -> Path:
         directory.parent.mkdir(parents=True, exist_ok=True)
         spec_path = directory.parent / f"{TINY_SPEC['name']}.yaml"
         spec_path.write_text(yaml.safe_dump(TINY_SPEC, sort_keys=False))
-        subprocess.run([sys.executable, "-m", "runtime", "make-checkpoint", "--model", str(spec_path), "--dtype",
-                        "fp32", "--out", str(directory), "--quiet"], cwd=REPO, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runtime",
+                "make-checkpoint",
+                "--model",
+                str(spec_path),
+                "--dtype",
+                "fp32",
+                "--out",
+                str(directory),
+                "--quiet",
+            ],
+            cwd=REPO,
+            check=True,
+        )
     return directory
 
 
-def write_plan(checkpoint: Path, profile_name: str | None, num_prompts: int, max_tokens: int, kv_gb: float,
-               threads: int, path: Path) -> Path:
-    from planner.perf_memory import Budgets
-    from planner.plan_build import make_plan
-    from planner.profile import find_profile_for_this_machine, load_profile
-    from planner.spec import load_spec
-    from planner.workload import Workload
+def write_plan(
+    checkpoint: Path,
+    profile_name: str | None,
+    num_prompts: int,
+    max_tokens: int,
+    kv_gb: float,
+    threads: int,
+    path: Path,
+) -> Path:
+    from planner.hardware.profile import find_profile_for_this_machine, load_profile
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
+    from planner.plans.workload import Workload
+    from planner.specs.spec import load_spec
 
     profile = load_profile(profile_name) if profile_name else find_profile_for_this_machine()
-    plan = make_plan(load_spec(checkpoint), profile, Workload.fixed(8, max_tokens, num_prompts),
-                     Budgets.from_args(profile, kv_gb), model_ref=str(checkpoint), profile_ref=profile_name)
+    plan = make_plan(
+        load_spec(checkpoint),
+        profile,
+        Workload.fixed(8, max_tokens, num_prompts),
+        Budgets.from_args(profile, kv_gb),
+        model_ref=str(checkpoint),
+        profile_ref=profile_name,
+    )
     return replace(plan, attention_threads=threads, compute_threads=threads).save(path)
 
 
@@ -71,7 +111,9 @@ def write_prompts(path: Path, count: int, max_tokens: int) -> Path:
     with path.open("w") as f:
         for i in range(count):
             prompt = f"Item {i}: " + " ".join(words[(i + j) % len(words)] for j in range(i % 4 + 1))
-            f.write(json.dumps({"id": i, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}) + "\n")
+            f.write(
+                json.dumps({"id": i, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}) + "\n"
+            )
     return path
 
 
@@ -85,7 +127,7 @@ def count_new_lines(path: Path, offset: int) -> tuple[int, int]:
     return data.count(b"\n"), offset + len(data)
 
 
-Sample = tuple[float, int, int, float]   # seconds since start, answers written, RSS bytes, CPU seconds used
+Sample = tuple[float, int, int, float]  # seconds since start, answers written, RSS bytes, CPU seconds used
 
 
 def run_and_sample(command: list[str], output: Path) -> tuple[int, list[Sample]]:
@@ -129,9 +171,16 @@ def windows(samples: list[Sample], num_prompts: int, max_tokens: int) -> list[di
         in_window = [s[2] for s in samples if start <= s[0] <= end] or [samples[-1][2]]
         seconds, cpu_seconds = max(end - start, 1e-9), max(end_cpu - start_cpu, 1e-9)
         tokens = num_prompts / WINDOWS * max_tokens
-        rows.append({"window": k, "seconds": seconds, "answers_per_s": num_prompts / WINDOWS / seconds,
-                     "tokens_per_s": tokens / seconds, "tokens_per_cpu_s": tokens / cpu_seconds,
-                     "max_rss_bytes": max(in_window)})
+        rows.append(
+            {
+                "window": k,
+                "seconds": seconds,
+                "answers_per_s": num_prompts / WINDOWS / seconds,
+                "tokens_per_s": tokens / seconds,
+                "tokens_per_cpu_s": tokens / cpu_seconds,
+                "max_rss_bytes": max(in_window),
+            }
+        )
         start, start_cpu = end, end_cpu
     return rows
 
@@ -139,62 +188,124 @@ def windows(samples: list[Sample], num_prompts: int, max_tokens: int) -> list[di
 def summarise(rows: list[dict]) -> dict:
     warm_rss = rows[0]["max_rss_bytes"]
     later_rss = max(r["max_rss_bytes"] for r in rows[1:])
-    steady = rows[1:-1]   # after the warm-up window, before the last one (slots drain as the prompts run out)
+    steady = rows[1:-1]  # after the warm-up window, before the last one (slots drain as the prompts run out)
     per_cpu_s = [r["tokens_per_cpu_s"] for r in steady]
     median = statistics.median(per_cpu_s)
     spread = max(abs(t - median) / median for t in per_cpu_s)
-    return {"rss_after_warmup_bytes": warm_rss, "rss_peak_later_bytes": later_rss,
-            "rss_growth": later_rss / warm_rss - 1, "rss_flat": later_rss / warm_rss - 1 < RSS_GROWTH_LIMIT,
-            "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
-            "median_tokens_per_cpu_s": median, "largest_deviation_from_median": spread,
-            "throughput_steady": spread <= STEADY_TOLERANCE}
+    return {
+        "rss_after_warmup_bytes": warm_rss,
+        "rss_peak_later_bytes": later_rss,
+        "rss_growth": later_rss / warm_rss - 1,
+        "rss_flat": later_rss / warm_rss - 1 < RSS_GROWTH_LIMIT,
+        "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
+        "median_tokens_per_cpu_s": median,
+        "largest_deviation_from_median": spread,
+        "throughput_steady": spread <= STEADY_TOLERANCE,
+    }
 
 
 def markdown(result: dict) -> str:
     s = result["summary"]
-    table = markdown_table(["window (10% of prompts)", "seconds", "answers/s", "generated tok/s",
-                            "generated tok per CPU-s", "max RSS (MiB)"],
-                           [[r["window"], r["seconds"], r["answers_per_s"], r["tokens_per_s"], r["tokens_per_cpu_s"],
-                             r["max_rss_bytes"] / 2**20] for r in result["windows"]])
-    verdict = (f"RSS after warm-up {s['rss_after_warmup_bytes'] / 2**20:.0f} MiB, later peak "
-               f"{s['rss_peak_later_bytes'] / 2**20:.0f} MiB: growth {100 * s['rss_growth']:+.1f}% "
-               f"({'pass' if s['rss_flat'] else 'FAIL'}, limit +5%). Throughput over windows 2-9 (after warm-up, before "
-               f"the final drain): median "
-               f"{s['median_tokens_per_s']:.0f} generated tok/s by the wall clock, "
-               f"{s['median_tokens_per_cpu_s']:.0f} per CPU-second; largest deviation of the latter from its median "
-               f"{100 * s['largest_deviation_from_median']:.0f}% "
-               f"({'steady' if s['throughput_steady'] else 'NOT steady'}, tolerance 20%).")
-    return "\n".join([
-        "## Soak (`python -m bench.bench_soak`)", "",
-        f"`{result['command']}`: {result['num_prompts']:,} short prompts (5-12 tokens, `max_tokens` "
-        f"{result['max_tokens']}, `ignore_eos`) through `runtime execute` on a 2-layer random fp32 tiny Mixtral "
-        f"(hidden 128, 4 experts); plan N = {result['num_seqs']}, {result['threads']} thread(s). Wall {result['wall_s']:.0f} s, exit "
-        f"{result['exit_code']}. {result['machine']}", "", table, "", verdict, ""])
+    table = markdown_table(
+        [
+            "window (10% of prompts)",
+            "seconds",
+            "answers/s",
+            "generated tok/s",
+            "generated tok per CPU-s",
+            "max RSS (MiB)",
+        ],
+        [
+            [
+                r["window"],
+                r["seconds"],
+                r["answers_per_s"],
+                r["tokens_per_s"],
+                r["tokens_per_cpu_s"],
+                r["max_rss_bytes"] / 2**20,
+            ]
+            for r in result["windows"]
+        ],
+    )
+    verdict = (
+        f"RSS after warm-up {s['rss_after_warmup_bytes'] / 2**20:.0f} MiB, later peak "
+        f"{s['rss_peak_later_bytes'] / 2**20:.0f} MiB: growth {100 * s['rss_growth']:+.1f}% "
+        f"({'pass' if s['rss_flat'] else 'FAIL'}, limit +5%). Throughput over windows 2-9 (after warm-up, before "
+        f"the final drain): median "
+        f"{s['median_tokens_per_s']:.0f} generated tok/s by the wall clock, "
+        f"{s['median_tokens_per_cpu_s']:.0f} per CPU-second; largest deviation of the latter from its median "
+        f"{100 * s['largest_deviation_from_median']:.0f}% "
+        f"({'steady' if s['throughput_steady'] else 'NOT steady'}, tolerance 20%)."
+    )
+    return "\n".join(
+        [
+            "## Soak (`python -m bench.bench_soak`)",
+            "",
+            f"`{result['command']}`: {result['num_prompts']:,} short prompts (5-12 tokens, `max_tokens` "
+            f"{result['max_tokens']}, `ignore_eos`) through `runtime execute` on a 2-layer random fp32 tiny Mixtral "
+            f"(hidden 128, 4 experts); plan N = {result['num_seqs']}, {result['threads']} thread(s). Wall {result['wall_s']:.0f} s, exit "
+            f"{result['exit_code']}. {result['machine']}",
+            "",
+            table,
+            "",
+            verdict,
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.bench_soak", description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=20_000)
     parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--kv-gb", type=float, default=0.004,
-                        help="KV budget the plan is solved with (small: about 200 sequences in flight, so slots refill)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="attention and compute threads written into the plan (1: CPU time measures work done, "
-                             "without OpenMP spin-waits on a shared machine)")
-    parser.add_argument("--profile", help="hardware profile to plan with (default: this machine's; implies --force)")
+    parser.add_argument(
+        "--kv-gb",
+        type=float,
+        default=0.004,
+        help="KV budget the plan is solved with (small: about 200 sequences in flight, so slots refill)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="attention and compute threads written into the plan (1: CPU time measures work done, "
+        "without OpenMP spin-waits on a shared machine)",
+    )
+    parser.add_argument(
+        "--profile", help="hardware profile to plan with (default: this machine's; implies --force)"
+    )
     parser.add_argument("--no-update", action="store_true", help="do not write BENCHMARKS.md / bench/results")
     args = parser.parse_args(argv)
     machine = machine_line()
     checkpoint = ensure_tiny_checkpoint()
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
         work = Path(scratch)
-        plan = write_plan(checkpoint, args.profile, args.prompts, args.max_tokens, args.kv_gb, args.threads,
-                          work / "plan.yaml")
+        plan = write_plan(
+            checkpoint,
+            args.profile,
+            args.prompts,
+            args.max_tokens,
+            args.kv_gb,
+            args.threads,
+            work / "plan.yaml",
+        )
         prompts = write_prompts(work / "prompts.jsonl", args.prompts, args.max_tokens)
         output = work / "out.jsonl"
-        command = [sys.executable, "-m", "runtime", "execute", str(plan), "--input", str(prompts), "--output",
-                   str(output), "--quiet", "--report", str(work / "report.json"),
-                   *(["--force"] if args.profile else [])]
+        command = [
+            sys.executable,
+            "-m",
+            "runtime",
+            "execute",
+            str(plan),
+            "--input",
+            str(prompts),
+            "--output",
+            str(output),
+            "--quiet",
+            "--report",
+            str(work / "report.json"),
+            *(["--force"] if args.profile else []),
+        ]
         began = time.perf_counter()
         code, samples = run_and_sample(command, output)
         wall = time.perf_counter() - began
@@ -204,10 +315,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"execute exited {code} with {answered} of {args.prompts} answers", file=sys.stderr)
         return 1
     rows = windows(samples, args.prompts, args.max_tokens)
-    result = {"command": " ".join(["python -m bench.bench_soak", *(argv if argv is not None else sys.argv[1:])]),
-              "num_prompts": args.prompts, "max_tokens": args.max_tokens, "num_seqs": num_seqs, "threads": args.threads,
-              "wall_s": wall,
-              "exit_code": code, "machine": machine, "windows": rows, "summary": summarise(rows)}
+    result = {
+        "command": " ".join(["python -m bench.bench_soak", *(argv if argv is not None else sys.argv[1:])]),
+        "num_prompts": args.prompts,
+        "max_tokens": args.max_tokens,
+        "num_seqs": num_seqs,
+        "threads": args.threads,
+        "wall_s": wall,
+        "exit_code": code,
+        "machine": machine,
+        "windows": rows,
+        "summary": summarise(rows),
+    }
     print(markdown(result))
     if not args.no_update:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)

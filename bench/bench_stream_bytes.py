@@ -28,8 +28,10 @@ def workload(count: int, vocab: int, seed: int = 0) -> list[tuple[list[int], int
     import random
 
     rng = random.Random(seed)
-    return [([rng.randrange(3, vocab) for _ in range(rng.randint(16, 256))], rng.randint(8, 64))
-            for _ in range(count)]
+    return [
+        ([rng.randrange(3, vocab) for _ in range(rng.randint(16, 256))], rng.randint(8, 64))
+        for _ in range(count)
+    ]
 
 
 def worker(checkpoint: str, count: int) -> dict:
@@ -40,12 +42,19 @@ def worker(checkpoint: str, count: int) -> dict:
     from runtime.sampling import SamplingParams
 
     torch.manual_seed(0)
-    config = EngineConfig(num_seqs=NUM_SEQS, attn_batch=NUM_SEQS, kv_budget_bytes=512 << 20,
-                          prefill_chunk=PREFILL_CHUNK, force_streaming=True)
+    config = EngineConfig(
+        num_seqs=NUM_SEQS,
+        attn_batch=NUM_SEQS,
+        kv_budget_bytes=512 << 20,
+        prefill_chunk=PREFILL_CHUNK,
+        force_streaming=True,
+    )
     engine = Engine(checkpoint, config)
     jobs = workload(count, engine.spec.vocab_size)
-    requests = [Request(i, prompt, SamplingParams(max_tokens=gen, ignore_eos=True))
-                for i, (prompt, gen) in enumerate(jobs)]
+    requests = [
+        Request(i, prompt, SamplingParams(max_tokens=gen, ignore_eos=True))
+        for i, (prompt, gen) in enumerate(jobs)
+    ]
     stats = engine.run(requests)
     engine.close()
     streamer = engine.streamer
@@ -53,31 +62,47 @@ def worker(checkpoint: str, count: int) -> dict:
     counter = getattr(streamer, "copied_bytes", None)
     if counter is not None and counter != copied:
         raise RuntimeError(f"streamer counted {counter} bytes, its copy log says {copied}")
-    return {"streamed_bytes": copied, "generated_tokens": stats.generated_tokens, "copies": len(streamer.copy_log),
-            "layer_passes": len(streamer.copy_log) / len(engine.store.packed),
-            "decode_steps": stats.decode_steps, "prefill_forwards": stats.prefill_forwards,
-            "bytes_per_token": copied / stats.generated_tokens}
+    return {
+        "streamed_bytes": copied,
+        "generated_tokens": stats.generated_tokens,
+        "copies": len(streamer.copy_log),
+        "layer_passes": len(streamer.copy_log) / len(engine.store.packed),
+        "decode_steps": stats.decode_steps,
+        "prefill_forwards": stats.prefill_forwards,
+        "bytes_per_token": copied / stats.generated_tokens,
+    }
 
 
 def run_in(code: Path, checkpoint: Path, count: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(code), OMP_WAIT_POLICY="PASSIVE")
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(checkpoint),
-                          "--prompts", str(count)], env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", str(checkpoint), "--prompts", str(count)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         raise SystemExit(f"worker in {code} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def markdown(results: dict[str, dict], command: str, machine: str) -> str:
-    lines = [f"Command: `{command}` ({machine}). Forced streaming (CPU host slots, every routed expert streamed), "
-             f"{MODEL}, {NUM_SEQS} slots, prompts 16..256 tokens, generation "
-             "lengths drawn from 8..64, refill.", "",
-             "| code | streamed GB | generated tokens | layer passes | decode steps | prefill forwards | "
-             "MB streamed / token |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Command: `{command}` ({machine}). Forced streaming (CPU host slots, every routed expert streamed), "
+        f"{MODEL}, {NUM_SEQS} slots, prompts 16..256 tokens, generation "
+        "lengths drawn from 8..64, refill.",
+        "",
+        "| code | streamed GB | generated tokens | layer passes | decode steps | prefill forwards | "
+        "MB streamed / token |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['streamed_bytes'] / 1e9:.2f} | {r['generated_tokens']} | "
-                     f"{r['layer_passes']:.0f} | {r['decode_steps']} | {r['prefill_forwards']} | "
-                     f"{r['bytes_per_token'] / 1e6:.2f} |")
+        lines.append(
+            f"| {name} | {r['streamed_bytes'] / 1e9:.2f} | {r['generated_tokens']} | "
+            f"{r['layer_passes']:.0f} | {r['decode_steps']} | {r['prefill_forwards']} | "
+            f"{r['bytes_per_token'] / 1e6:.2f} |"
+        )
     if "before" in results and "after" in results:
         ratio = results["before"]["bytes_per_token"] / results["after"]["bytes_per_token"]
         lines += ["", f"Streamed bytes per generated token: {ratio:.2f}x lower with one layer pass per step."]
@@ -105,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     body = markdown(results, command.strip(), machine_line())
     print(body)
     if not args.no_markdown:
-        update_section("stream_bytes", "## Streamed weight bytes per generated token (merged pass)\n\n" + body)
+        update_section(
+            "stream_bytes", "## Streamed weight bytes per generated token (merged pass)\n\n" + body
+        )
     return 0
 
 

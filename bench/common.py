@@ -33,8 +33,8 @@ def bench_dir() -> Path:
 
 
 def ensure_checkpoint(model: str, layers: int | None = None, seed: int = 0) -> Path:
-    from planner.plan_build import spec_hash
-    from planner.spec import load_spec
+    from planner.plans.build import spec_hash
+    from planner.specs.spec import load_spec
     from runtime.checkpoint import open_checkpoint
     from runtime.checkpoint.writer import write_random_checkpoint
 
@@ -42,16 +42,20 @@ def ensure_checkpoint(model: str, layers: int | None = None, seed: int = 0) -> P
     if layers is not None and layers < spec.num_layers:
         spec = spec.with_layers(layers)
     directory = bench_dir() / spec.name
-    stamp = directory / "moelens-spec-hash"     # the spec it was written from: rewritten when models/ changes
+    stamp = directory / "moelens-spec-hash"  # the spec it was written from: rewritten when models/ changes
     if (directory / "config.json").is_file():
         try:
             open_checkpoint(directory)
             if stamp.is_file() and stamp.read_text().strip() == spec_hash(spec):
                 return directory
-            print(f"rewriting {directory}: written from another version of models/{model}.yaml", file=sys.stderr)
+            print(
+                f"rewriting {directory}: written from another version of models/{model}.yaml", file=sys.stderr
+            )
         except Exception as err:  # a half-written checkpoint: write it again
             print(f"rewriting {directory}: {err}", file=sys.stderr)
-    print(f"writing a random-weight {spec.name} checkpoint (bf16) to {directory}", file=sys.stderr, flush=True)
+    print(
+        f"writing a random-weight {spec.name} checkpoint (bf16) to {directory}", file=sys.stderr, flush=True
+    )
     write_random_checkpoint(spec, directory, dtype="bf16", seed=seed)
     stamp.write_text(spec_hash(spec) + "\n")
     return directory
@@ -63,8 +67,15 @@ def fixed_prompts(tokenizer: Any, count: int, length: int, seed: int = 0) -> lis
     return make_prompts(tokenizer, count, length, length, seed)
 
 
-def run_engine(checkpoint: Any, plan: Any, profile: Any, prompts: list[list[int]], gen_len: int,
-               warm_up_prompts: list[list[int]] | None = None, **engine_overrides: Any) -> dict[str, Any]:
+def run_engine(
+    checkpoint: Any,
+    plan: Any,
+    profile: Any,
+    prompts: list[list[int]],
+    gen_len: int,
+    warm_up_prompts: list[list[int]] | None = None,
+    **engine_overrides: Any,
+) -> dict[str, Any]:
     """Run the plan's engine over `prompts` and build the report. With `warm_up_prompts`, the same engine
     first runs those (unmeasured but for `report["cold"]`): what a long job has paid after its first seconds
     (oneDNN builds a kernel for each new GEMM shape, ~0.7 ms each here; first touches of the weights)."""
@@ -82,13 +93,20 @@ def run_engine(checkpoint: Any, plan: Any, profile: Any, prompts: list[list[int]
     engine = Engine(checkpoint, config)
     try:
         cold = engine.run(requests(warm_up_prompts)) if warm_up_prompts else None
-        stats = engine.run(requests(prompts), lambda done: tally.add(len(done.prompt_token_ids), len(done.token_ids)))
+        stats = engine.run(
+            requests(prompts), lambda done: tally.add(len(done.prompt_token_ids), len(done.token_ids))
+        )
     finally:
         engine.close()
     report = build_report(stats, plan, profile, checkpoint.spec, tally)
     if cold is not None:
-        report["cold"] = {"wall_s": cold.wall_seconds, "generated_tok_s": cold.generated_tokens / cold.wall_seconds}
-    report["engine_overrides"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in engine_overrides.items()}
+        report["cold"] = {
+            "wall_s": cold.wall_seconds,
+            "generated_tok_s": cold.generated_tokens / cold.wall_seconds,
+        }
+    report["engine_overrides"] = {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in engine_overrides.items()
+    }
     return report
 
 
@@ -117,21 +135,30 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
 
 
 def machine_line() -> str:
-    from planner.this_machine import this_machine
+    from planner.hardware.this_machine import this_machine
 
     here = this_machine()
     cpu, cores, device = here.cpu, here.cores, here.device
     load = os.getloadavg()[0]
-    shared = (f" **The machine was shared** (1-minute load average {load:.1f} on {cores} cores at the start): "
-              "these numbers are noisy and low; rerun on a quiet machine." if load > BUSY_LOAD_PER_CORE * cores
-              else f" 1-minute load average {load:.1f} at the start.")
+    shared = (
+        f" **The machine was shared** (1-minute load average {load:.1f} on {cores} cores at the start): "
+        "these numbers are noisy and low; rerun on a quiet machine."
+        if load > BUSY_LOAD_PER_CORE * cores
+        else f" 1-minute load average {load:.1f} at the start."
+    )
     return f"Machine: {cpu}, {cores} cores, {device or 'no GPU'}.{shared}"
 
 
 def git_revision() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out
@@ -150,4 +177,3 @@ def run_worker(module: str, job: dict, timeout_s: float) -> dict | None:
     result = json.loads(out.read_text())
     out.unlink()
     return result
-

@@ -50,12 +50,12 @@ class StageTimeout(Exception):
 
 @dataclass
 class Context:
-    device: object                  # torch.device
+    device: object  # torch.device
     dry_run: bool
     out: Path
     budget_s: float
     began: float = field(default_factory=time.perf_counter)
-    partial: dict = field(default_factory=dict)     # what the stage has so far (saved on a timeout)
+    partial: dict = field(default_factory=dict)  # what the stage has so far (saved on a timeout)
 
     def left(self) -> float:
         return self.budget_s - (time.perf_counter() - self.began)
@@ -72,17 +72,31 @@ def environment(ctx: Context) -> dict:
     import psutil
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cpu_cores": os.cpu_count(), "host_memory_gib": psutil.virtual_memory().total / GiB,
-            "host_available_gib": psutil.virtual_memory().available / GiB, "device": str(ctx.device)}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_cores": os.cpu_count(),
+        "host_memory_gib": psutil.virtual_memory().total / GiB,
+        "host_available_gib": psutil.virtual_memory().available / GiB,
+        "device": str(ctx.device),
+    }
     if ctx.device.type == "cuda":
         props = torch.cuda.get_device_properties(ctx.device)
-        info.update(device_name=props.name, device_memory_gib=props.total_memory / GiB,
-                    multiprocessors=props.multi_processor_count, capability=f"{props.major}.{props.minor}")
+        info.update(
+            device_name=props.name,
+            device_memory_gib=props.total_memory / GiB,
+            multiprocessors=props.multi_processor_count,
+            capability=f"{props.major}.{props.minor}",
+        )
         query = "pcie.link.gen.current,pcie.link.gen.max,pcie.link.width.current,driver_version"
         try:
-            line = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-                                  capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+            line = subprocess.run(
+                ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.splitlines()[0]
             gen, gen_max, width, driver = (v.strip() for v in line.split(","))
             info.update(pcie_gen=gen, pcie_gen_max=gen_max, pcie_width=width, driver=driver)
         except (OSError, IndexError, ValueError, subprocess.SubprocessError) as err:
@@ -109,14 +123,18 @@ def _pinning(ctx: Context) -> list[dict]:
         row = {"asked_bytes": nbytes, "exact_pinned_bytes": arena.nbytes, "exact_s": exact_s}
         arena.release()
         if ctx.device.type == "cuda":
-            before = torch.cuda.host_memory_stats().get("reserved_bytes.current", 0) \
-                if hasattr(torch.cuda, "host_memory_stats") else None
+            before = (
+                torch.cuda.host_memory_stats().get("reserved_bytes.current", 0)
+                if hasattr(torch.cuda, "host_memory_stats")
+                else None
+            )
             began = time.perf_counter()
             cached = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
             row["caching_allocator_s"] = time.perf_counter() - began
             if before is not None:
-                row["caching_allocator_reserved_bytes"] = \
+                row["caching_allocator_reserved_bytes"] = (
                     torch.cuda.host_memory_stats().get("reserved_bytes.current", 0) - before
+                )
             del cached
         rows.append(row)
         ctx.keep("pinning", rows)
@@ -167,8 +185,13 @@ def _h2d_beside_memory_traffic(ctx: Context, nbytes: int) -> dict:
     stop.set()
     for thread in threads:
         thread.join()
-    return {"bytes": nbytes, "h2d_alone_gbps": alone, "h2d_beside_traffic_gbps": beside,
-            "traffic_threads": len(threads), "traffic_gbps": copied[0] / seconds / 1e9}
+    return {
+        "bytes": nbytes,
+        "h2d_alone_gbps": alone,
+        "h2d_beside_traffic_gbps": beside,
+        "traffic_threads": len(threads),
+        "traffic_gbps": copied[0] / seconds / 1e9,
+    }
 
 
 def pinning_and_link(ctx: Context) -> dict:
@@ -180,12 +203,20 @@ def pinning_and_link(ctx: Context) -> dict:
         from runtime.profiler.links import measure_links
 
         links = measure_links(ctx.device, sizes, repeats=5, budget_per_point_s=0.5)
-        out["links"] = {name: {"sizes": list(sizes), "gbps": list(curve.gbps)} for name, curve in
-                        ((n, getattr(links, n)) for n in ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"))}
+        out["links"] = {
+            name: {"sizes": list(sizes), "gbps": list(curve.gbps)}
+            for name, curve in (
+                (n, getattr(links, n)) for n in ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable")
+            )
+        }
     else:
         src = torch.randint(0, 256, (max(sizes),), dtype=torch.uint8)
-        out["links"] = {"host_copy": {"sizes": list(sizes), "gbps": [
-            _copy_rate(ctx, src[:n], torch.empty(n, dtype=torch.uint8), 5) for n in sizes]}}
+        out["links"] = {
+            "host_copy": {
+                "sizes": list(sizes),
+                "gbps": [_copy_rate(ctx, src[:n], torch.empty(n, dtype=torch.uint8), 5) for n in sizes],
+            }
+        }
     ctx.keep("links", out["links"])
     out["beside_memory_traffic"] = _h2d_beside_memory_traffic(ctx, (8 << 20) if ctx.dry_run else (256 << 20))
     return out
@@ -195,10 +226,16 @@ def pinning_and_link(ctx: Context) -> dict:
 def stages() -> list[tuple[str, float, Callable[[Context], dict]]]:
     from bench import gpu_smoke_stages as s
 
-    return [("environment", 15, environment), ("pinning_and_link", 60, pinning_and_link), ("gemm", 60, s.gemm),
-            ("exactness", 60, s.exactness), ("sync_audit", 45, s.sync_audit),
-            ("predicted_mixtral", 110, s.predicted_mixtral), ("predicted_deepseek", 110, s.predicted_deepseek),
-            ("hf_offload", 75, s.hf_offload)]
+    return [
+        ("environment", 15, environment),
+        ("pinning_and_link", 60, pinning_and_link),
+        ("gemm", 60, s.gemm),
+        ("exactness", 60, s.exactness),
+        ("sync_audit", 45, s.sync_audit),
+        ("predicted_mixtral", 110, s.predicted_mixtral),
+        ("predicted_deepseek", 110, s.predicted_deepseek),
+        ("hf_offload", 75, s.hf_offload),
+    ]
 
 
 def _alarm(_signum, _frame):
@@ -215,7 +252,12 @@ def run_stage(name: str, budget_s: float, fn: Callable[[Context], dict], ctx: Co
     except StageTimeout:
         result = {"stage": name, "status": "timeout", **ctx.partial}
     except Exception as err:  # a failed stage is a result too; the next stages still run
-        result = {"stage": name, "status": "error", "error": f"{type(err).__name__}: {err}"[:2000], **ctx.partial}
+        result = {
+            "stage": name,
+            "status": "error",
+            "error": f"{type(err).__name__}: {err}"[:2000],
+            **ctx.partial,
+        }
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     result["seconds"] = time.perf_counter() - ctx.began
@@ -231,36 +273,59 @@ def save(out: Path, result: dict) -> None:
     lines = ["# gpu_smoke results", ""]
     for line in (out / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
-        lines.append(f"## {record['stage']}: {record['status']} ({record['seconds']:.1f} s of {record['budget_s']:g})")
-        lines += ["```json", json.dumps({k: v for k, v in record.items() if k not in ("stage", "status")},
-                                        indent=1, default=str)[:6000], "```", ""]
+        lines.append(
+            f"## {record['stage']}: {record['status']} ({record['seconds']:.1f} s of {record['budget_s']:g})"
+        )
+        lines += [
+            "```json",
+            json.dumps(
+                {k: v for k, v in record.items() if k not in ("stage", "status")}, indent=1, default=str
+            )[:6000],
+            "```",
+            "",
+        ]
     (out / "summary.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.gpu_smoke", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="directory for results.jsonl, summary.md, trace")
-    parser.add_argument("--dry-run", action="store_true", help="every stage's logic on the CPU at small shapes")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory for results.jsonl, summary.md, trace"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="every stage's logic on the CPU at small shapes"
+    )
     parser.add_argument("--budget-s", type=float, default=TOTAL_BUDGET_S, help="the whole run's budget")
     parser.add_argument("--only", nargs="+", help="run only these stages")
     args = parser.parse_args(argv)
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("gpu_smoke: no CUDA GPU here (torch.cuda.is_available() is False); pass --dry-run to check the "
-              "stages on the CPU")
+        print(
+            "gpu_smoke: no CUDA GPU here (torch.cuda.is_available() is False); pass --dry-run to check the "
+            "stages on the CPU"
+        )
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(device=torch.device("cpu" if args.dry_run else "cuda"), dry_run=args.dry_run, out=args.out,
-                  budget_s=0.0)
+    ctx = Context(
+        device=torch.device("cpu" if args.dry_run else "cuda"),
+        dry_run=args.dry_run,
+        out=args.out,
+        budget_s=0.0,
+    )
     began = time.perf_counter()
     for name, budget_s, fn in stages():
         if args.only and name not in args.only:
             continue
         left = args.budget_s - (time.perf_counter() - began)
         if name == "hf_offload" and left < budget_s or left < 5:
-            result = {"stage": name, "status": "skipped", "reason": f"{left:.0f} s left of the run's budget",
-                      "seconds": 0.0, "budget_s": budget_s}
+            result = {
+                "stage": name,
+                "status": "skipped",
+                "reason": f"{left:.0f} s left of the run's budget",
+                "seconds": 0.0,
+                "budget_s": budget_s,
+            }
         else:
             result = run_stage(name, min(budget_s, left), fn, ctx)
         save(args.out, result)

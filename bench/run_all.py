@@ -35,8 +35,10 @@ def commands(quick: bool) -> list[tuple[str, list[str]]]:
     def sized(args: list[str]) -> list[str]:
         return ["quick" if quick and arg == "full" else arg for arg in args]
 
-    return [(name, [sys.executable, *sized(args), *(["--quick"] if quick and takes_quick else [])])
-            for name, args, takes_quick in STEPS]
+    return [
+        (name, [sys.executable, *sized(args), *(["--quick"] if quick and takes_quick else [])])
+        for name, args, takes_quick in STEPS
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,11 +15,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from planner.emulated_link import emulate_link
-from planner.perf_memory import Budgets
-from planner.profile import load_profile
-from planner.sweep import Problem, run_sweep
-from planner.workload import Workload
+from planner.hardware.emulated_link import emulate_link
+from planner.hardware.profile import load_profile
+from planner.perf.memory import Budgets
+from planner.plans.sweep import Problem, run_sweep
+from planner.plans.workload import Workload
 
 
 def plot_throughput_vs_link(csv: Path, out_dir: Path, spec_of) -> Path | None:
@@ -31,22 +31,43 @@ def plot_throughput_vs_link(csv: Path, out_dir: Path, spec_of) -> Path | None:
     workload = Workload.fixed(int(first["prompt_len"]), int(first["gen_len"]), int(first["num_prompts"]))
     profile = emulate_link(load_profile(first["profile"]), 1.0, float(first["device_gib"]))
     values = list(np.geomspace(runs["link_gbps"].min() / 2, runs["link_gbps"].max() * 4, 24))
-    sweep = run_sweep(Problem(spec, profile, workload, Budgets.from_args(profile, float(first["kv_gib"]))),
-                      "link-gbps", values)
+    sweep = run_sweep(
+        Problem(spec, profile, workload, Budgets.from_args(profile, float(first["kv_gib"]))),
+        "link-gbps",
+        values,
+    )
     sweep = sweep[sweep["error"].fillna("") == ""]
     fig, ax = plt.subplots(figsize=(6.8, 4.8))
-    ax.plot(sweep["link-gbps"], sweep["generated_tok_s"], "-", marker=".", label="planner sweep --vary link-gbps")
-    ax.scatter(runs["link_gbps"], runs["achieved_tok_s"], s=60, color="tab:red", zorder=5,
-               label="measured (median of the passes)")
+    ax.plot(
+        sweep["link-gbps"], sweep["generated_tok_s"], "-", marker=".", label="planner sweep --vary link-gbps"
+    )
+    ax.scatter(
+        runs["link_gbps"],
+        runs["achieved_tok_s"],
+        s=60,
+        color="tab:red",
+        zorder=5,
+        label="measured (median of the passes)",
+    )
     unbound = sweep[sweep["bottleneck"] != "link"]
     if len(unbound):
         knee = float(unbound["link-gbps"].iloc[0])
         ax.axvline(knee, color="gray", ls=":", lw=1)
-        ax.annotate(f"link stops binding\n({unbound['bottleneck'].iloc[0]} binds)", (knee, ax.get_ylim()[0]),
-                    textcoords="offset points", xytext=(4, 10), fontsize=8)
-    ax.set(xscale="log", yscale="log", xlabel="emulated link (GB/s each way)", ylabel="generated tok/s",
-           title=f"{first['model']}: N={int(first['num_seqs'])}, {int(first['num_prompts'])} prompts of "
-                 f"{int(first['prompt_len'])}+{int(first['gen_len'])} tokens, {float(first['device_gib']):g} GiB device")
+        ax.annotate(
+            f"link stops binding\n({unbound['bottleneck'].iloc[0]} binds)",
+            (knee, ax.get_ylim()[0]),
+            textcoords="offset points",
+            xytext=(4, 10),
+            fontsize=8,
+        )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="emulated link (GB/s each way)",
+        ylabel="generated tok/s",
+        title=f"{first['model']}: N={int(first['num_seqs'])}, {int(first['num_prompts'])} prompts of "
+        f"{int(first['prompt_len'])}+{int(first['gen_len'])} tokens, {float(first['device_gib']):g} GiB device",
+    )
     ax.grid(True, which="both", lw=0.3)
     ax.legend(fontsize=8)
     path = out_dir / "throughput_vs_link.png"

@@ -3,7 +3,7 @@
     planner solve --model mixtral --kv-gb 128 [--profile NAME|PATH] [--device-gb G] [--host-gb H]
                   [--prompt-len P --gen-len G | --prompts FILE.jsonl] [--num-prompts N] [--dtype bf16]
                   [--checkpoint DIR] [--out plan.yaml]
-    planner solve ... --profile h100-sxm-lambda:4 --profile cpu-amd-epyc-2c:10     (a fleet: planner.fleet)
+    planner solve ... --profile h100-sxm-lambda:4 --profile cpu-amd-epyc-2c:10     (a fleet: planner.plans.fleet)
     planner explain plan.yaml [--no-what-if]
     planner sweep --model M --kv-gb 128 --profile P --vary kv-gb=16:512 [--steps K] --out sweep.csv
     planner bound --model M --kv-gb 128 [--profile P] ...
@@ -26,22 +26,22 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from planner import calibrate as calibration
-from planner.bound import compute_bound
+from planner.calibration import calibrate as calibration
 from planner.errors import UserError, exits_cleanly
-from planner.explain import explain, plan_device_words, resource_words, table
-from planner.fleet import fleet_summary, parse_member, solve_fleet
+from planner.hardware.profile import find_profile_for_this_machine, list_profiles, load_profile
 from planner.outputs import check_output_path, say_to, write_text_output
-from planner.perf_memory import Budgets, GiB
-from planner.perf_model import BATCHING_MODES, PerfModel
-from planner.plan import Plan
-from planner.plan_build import model_ref_of, plan_from_solution, profile_ref_of
-from planner.profile import find_profile_for_this_machine, list_profiles, load_profile
-from planner.solver import check_budgets, solve
-from planner.spec import DTYPE_BYTES, load_spec
-from planner.sweep import VARIABLE_INPUTS, Problem, parse_vary, run_sweep, sweep_values
+from planner.perf.bound import compute_bound
+from planner.perf.memory import Budgets, GiB
+from planner.perf.model import BATCHING_MODES, PerfModel
+from planner.plans.build import model_ref_of, plan_from_solution, profile_ref_of
+from planner.plans.explain import explain, plan_device_words, resource_words, table
+from planner.plans.fleet import fleet_summary, parse_member, solve_fleet
+from planner.plans.plan import Plan
+from planner.plans.solver import check_budgets, solve
+from planner.plans.sweep import VARIABLE_INPUTS, Problem, parse_vary, run_sweep, sweep_values
+from planner.plans.workload import Workload
+from planner.specs.spec import DTYPE_BYTES, load_spec
 from planner.version import add_version_flag
-from planner.workload import Workload
 
 DEFAULT_PROMPT_LEN = 512
 DEFAULT_GEN_LEN = 256
@@ -50,40 +50,71 @@ DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8"
 
 
 def _problem_arguments(parser: argparse.ArgumentParser, fleet: bool = False) -> None:
-    parser.add_argument("--model", help="model spec name (mixtral, qwen3-30b-a3b, ...), spec YAML, or checkpoint dir "
-                                        "(default: --checkpoint)")
+    parser.add_argument(
+        "--model",
+        help="model spec name (mixtral, qwen3-30b-a3b, ...), spec YAML, or checkpoint dir "
+        "(default: --checkpoint)",
+    )
     parser.add_argument("--kv-gb", type=float, required=True, help="most host memory for the KV cache, GiB")
     if fleet:
-        parser.add_argument("--profile", action="append", help="hardware profile name (user dir, then shipped) or a "
-                            "YAML path (default: this machine's measured profile); NAME:COUNT, repeatable, predicts a "
-                            "fleet")
+        parser.add_argument(
+            "--profile",
+            action="append",
+            help="hardware profile name (user dir, then shipped) or a "
+            "YAML path (default: this machine's measured profile); NAME:COUNT, repeatable, predicts a "
+            "fleet",
+        )
     else:
-        parser.add_argument("--profile", help="hardware profile name (user dir, then shipped) or a YAML path "
-                                              "(default: this machine's measured profile)")
+        parser.add_argument(
+            "--profile",
+            help="hardware profile name (user dir, then shipped) or a YAML path "
+            "(default: this machine's measured profile)",
+        )
     parser.add_argument("--device-gb", type=float, help="device memory to use, GiB (default: the profile's)")
     parser.add_argument("--host-gb", type=float, help="host memory to use, GiB (default: the profile's)")
     parser.add_argument("--prompt-len", type=int, help=f"tokens per prompt (default {DEFAULT_PROMPT_LEN})")
-    parser.add_argument("--gen-len", type=int, help=f"tokens generated per prompt, and max_tokens for prompts-file "
-                                                    f"lines without one (default {DEFAULT_GEN_LEN})")
+    parser.add_argument(
+        "--gen-len",
+        type=int,
+        help=f"tokens generated per prompt, and max_tokens for prompts-file "
+        f"lines without one (default {DEFAULT_GEN_LEN})",
+    )
     parser.add_argument("--prompts", help="prompts JSONL file: its length distribution is the workload")
-    parser.add_argument("--num-prompts", type=int, help=f"prompts in the job (default {DEFAULT_NUM_PROMPTS}, "
-                                                        f"or the lines of --prompts)")
-    parser.add_argument("--dtype", help="weight dtype to plan for: bf16, fp16, fp32, fp8 (default: the spec's)")
-    parser.add_argument("--batching", choices=BATCHING_MODES, default="module",
-                        help="module: the engine's module-based batching (default); model: one batch size for every "
-                             "module with the KV cache in device memory (FlexGen / HF-offload style, to compare)")
-    parser.add_argument("--checkpoint", help="checkpoint dir: its tokenizer.json counts --prompts tokens "
-                                             "(else bytes/4), and its config.json is the model if --model is absent")
+    parser.add_argument(
+        "--num-prompts",
+        type=int,
+        help=f"prompts in the job (default {DEFAULT_NUM_PROMPTS}, or the lines of --prompts)",
+    )
+    parser.add_argument(
+        "--dtype", help="weight dtype to plan for: bf16, fp16, fp32, fp8 (default: the spec's)"
+    )
+    parser.add_argument(
+        "--batching",
+        choices=BATCHING_MODES,
+        default="module",
+        help="module: the engine's module-based batching (default); model: one batch size for every "
+        "module with the KV cache in device memory (FlexGen / HF-offload style, to compare)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        help="checkpoint dir: its tokenizer.json counts --prompts tokens "
+        "(else bytes/4), and its config.json is the model if --model is absent",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="planner", description="Plan throughput-optimal offline MoE inference.")
+    parser = argparse.ArgumentParser(
+        prog="planner", description="Plan throughput-optimal offline MoE inference."
+    )
     add_version_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     solve_p = commands.add_parser("solve", help="solve for the throughput-optimal plan")
     _problem_arguments(solve_p, fleet=True)
-    solve_p.add_argument("--out", help="write the plan YAML here (- for standard output; a fleet: one plan per "
-                                       "profile, NAME-PROFILE.yaml)")
+    solve_p.add_argument(
+        "--out",
+        help="write the plan YAML here (- for standard output; a fleet: one plan per "
+        "profile, NAME-PROFILE.yaml)",
+    )
     explain_p = commands.add_parser("explain", help="explain a plan: tables, binding resource, what-ifs")
     explain_p.add_argument("plan")
     explain_p.add_argument("--no-what-if", action="store_true", help="skip re-solving with resources doubled")
@@ -94,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_p.add_argument("--out", required=True, help="CSV file to write (- for standard output)")
     bound_p = commands.add_parser("bound", help="the hardware upper bound alone, with its terms")
     _problem_arguments(bound_p)
-    calibrate_p = commands.add_parser("calibrate", help="fit the profile's efficiency constants to runtime reports")
+    calibrate_p = commands.add_parser(
+        "calibrate", help="fit the profile's efficiency constants to runtime reports"
+    )
     calibration.add_arguments(calibrate_p)
     return parser
 
@@ -106,8 +139,10 @@ def _profile(ref: str | None):
         profile = find_profile_for_this_machine()
     except UserError as err:
         shipped = ", ".join(list_profiles()) or "none"
-        raise UserError(f"{err.cause}; shipped profiles: {shipped}",
-                        "pass --profile NAME (one of those), or run `make profile` to measure this machine") from None
+        raise UserError(
+            f"{err.cause}; shipped profiles: {shipped}",
+            "pass --profile NAME (one of those), or run `make profile` to measure this machine",
+        ) from None
     return profile, profile.name
 
 
@@ -135,27 +170,39 @@ def problem_from_args(args: argparse.Namespace) -> Problem:
         prompt_len = DEFAULT_PROMPT_LEN if args.prompt_len is None else args.prompt_len
         workload = Workload.fixed(prompt_len, gen_len, args.num_prompts or DEFAULT_NUM_PROMPTS)
     if workload.max_sequence_len > spec.max_position_embeddings:
-        raise UserError(f"prompt + generation ({workload.max_sequence_len} tokens) exceeds {spec.name}'s context of "
-                        f"{spec.max_position_embeddings}", "shorten --prompt-len/--gen-len or the prompts' max_tokens")
+        raise UserError(
+            f"prompt + generation ({workload.max_sequence_len} tokens) exceeds {spec.name}'s context of "
+            f"{spec.max_position_embeddings}",
+            "shorten --prompt-len/--gen-len or the prompts' max_tokens",
+        )
     budgets = Budgets.from_args(profile, args.kv_gb, args.host_gb, args.device_gb)
-    return Problem(spec, profile, workload, budgets, model_ref=str(model_ref), profile_ref=str(profile_ref),
-                   batching=args.batching)
+    return Problem(
+        spec,
+        profile,
+        workload,
+        budgets,
+        model_ref=str(model_ref),
+        profile_ref=str(profile_ref),
+        batching=args.batching,
+    )
 
 
 def summary(plan: Plan) -> str:
     p, b = plan.predicted, plan.bound
-    lines = [f"plan for {plan.model.name} ({plan.model.dtype}) on {plan.profile.name} ({plan.profile.kind} profile, "
-             f"{plan_device_words(plan)}{', model-based batching' if plan.batching == 'model' else ''})",
-             f"  workload: {plan.workload.describe()}",
-             f"  generated {p.generated_tok_s:,.1f} tok/s end to end (decode {p.decode_tok_s:,.1f}, prefill "
-             f"{p.prefill_tok_s:,.0f} tok/s); wall time {p.wall_time_s / 3600:.2f} h",
-             f"  {plan.num_seqs} sequences in flight, attn_batch {plan.attn_batch}, expert_batch {plan.expert_batch}, "
-             f"prefill_chunk {plan.prefill_chunk}, KV {plan.kv_budget_bytes / GiB:.1f} GiB",
-             f"  on the device: {', '.join(plan.resident_modules) if plan.stream_weights else 'everything (no streaming)'}"
-             + (f"; {plan.resident_experts_per_layer} routed experts per layer" if plan.stream_weights else ""),
-             f"  bottleneck: {resource_words(plan, plan.bottleneck)} ({plan.utilisation[plan.bottleneck]:.0%} busy); bound {b.end_to_end_tok_s:,.1f} "
-             f"tok/s end to end (decode {b.tok_s:,.1f}, {b.binding}, plus the prompts' prefill at peak), the plan "
-             f"reaches {p.generated_tok_s / b.end_to_end_tok_s:.0%}"]
+    lines = [
+        f"plan for {plan.model.name} ({plan.model.dtype}) on {plan.profile.name} ({plan.profile.kind} profile, "
+        f"{plan_device_words(plan)}{', model-based batching' if plan.batching == 'model' else ''})",
+        f"  workload: {plan.workload.describe()}",
+        f"  generated {p.generated_tok_s:,.1f} tok/s end to end (decode {p.decode_tok_s:,.1f}, prefill "
+        f"{p.prefill_tok_s:,.0f} tok/s); wall time {p.wall_time_s / 3600:.2f} h",
+        f"  {plan.num_seqs} sequences in flight, attn_batch {plan.attn_batch}, expert_batch {plan.expert_batch}, "
+        f"prefill_chunk {plan.prefill_chunk}, KV {plan.kv_budget_bytes / GiB:.1f} GiB",
+        f"  on the device: {', '.join(plan.resident_modules) if plan.stream_weights else 'everything (no streaming)'}"
+        + (f"; {plan.resident_experts_per_layer} routed experts per layer" if plan.stream_weights else ""),
+        f"  bottleneck: {resource_words(plan, plan.bottleneck)} ({plan.utilisation[plan.bottleneck]:.0%} busy); bound {b.end_to_end_tok_s:,.1f} "
+        f"tok/s end to end (decode {b.tok_s:,.1f}, {b.binding}, plus the prompts' prefill at peak), the plan "
+        f"reaches {p.generated_tok_s / b.end_to_end_tok_s:.0%}",
+    ]
     if p.usd_per_million_tokens is not None:
         lines.append(f"  ${p.usd_per_million_tokens:.3f} per million generated tokens")
     return "\n".join(lines)
@@ -174,13 +221,19 @@ def cmd_solve(args: argparse.Namespace) -> int:
     if len(members) > 1 or (members and members[0][0] != texts[0]):
         return _solve_fleet(args, members)
     problem = problem_from_args(args)
-    model = PerfModel(problem.spec, problem.profile, problem.workload, problem.budgets, batching=problem.batching)
+    model = PerfModel(
+        problem.spec, problem.profile, problem.workload, problem.budgets, batching=problem.batching
+    )
     began = time.perf_counter()
     solution = solve(model)
     seconds = time.perf_counter() - began
-    plan = plan_from_solution(model, solution, model_ref_of(problem.spec, problem.model_ref),
-                              profile_ref_of(problem.profile, problem.profile_ref))
-    written = None if args.out is None else write_text_output(args.out, plan.to_yaml())   # before any print
+    plan = plan_from_solution(
+        model,
+        solution,
+        model_ref_of(problem.spec, problem.model_ref),
+        profile_ref_of(problem.profile, problem.profile_ref),
+    )
+    written = None if args.out is None else write_text_output(args.out, plan.to_yaml())  # before any print
     say = say_to(args.out)
     print(summary(plan), file=say)
     print(f"  solved in {seconds:.2f} s ({solution.evaluations} model evaluations)", file=say)
@@ -193,10 +246,18 @@ def _solve_fleet(args: argparse.Namespace, members: list[tuple[str, int]]) -> in
     problem = problem_from_args(args)
     profiles = [(problem.profile, members[0][0], members[0][1])]
     profiles += [(load_profile(ref), ref, count) for ref, count in members[1:]]
-    fleet = solve_fleet(problem.spec, profiles, problem.workload, args.kv_gb, args.host_gb, args.device_gb,
-                        problem.model_ref, problem.batching)
+    fleet = solve_fleet(
+        problem.spec,
+        profiles,
+        problem.workload,
+        args.kv_gb,
+        args.host_gb,
+        args.device_gb,
+        problem.model_ref,
+        problem.batching,
+    )
     written = []
-    if args.out:           # saved before anything is printed
+    if args.out:  # saved before anything is printed
         out = Path(args.out)
         for member in fleet.members:
             path = out.with_name(f"{out.stem}-{member.plan.profile.name}{out.suffix or '.yaml'}")
@@ -220,7 +281,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     frame = run_sweep(problem, name, sweep_values(name, lo, hi, args.steps))
     written = write_text_output(args.out, frame.to_csv(index=False))
     say = say_to(args.out)
-    shown = [c for c in (name, "generated_tok_s", "num_seqs", "bottleneck", "bound_tok_s", "error") if c in frame]
+    shown = [
+        c for c in (name, "generated_tok_s", "num_seqs", "bottleneck", "bound_tok_s", "error") if c in frame
+    ]
     print(frame[shown].to_string(index=False), file=say)
     print(f"wrote {written} ({len(frame)} rows)", file=say)
     return 0
@@ -233,8 +296,10 @@ def cmd_bound(args: argparse.Namespace) -> int:
     bound = compute_bound(model)
     print(f"upper bound for {problem.spec.name} on {problem.profile.name}: {problem.workload.describe()}")
     print(table(["term", "generated tok/s"], [[k, v] for k, v in bound.terms.items()]))
-    print(f"bound {bound.tok_s:,.1f} tok/s, set by {bound.binding}; KV capacity {bound.kv_capacity_tokens:,.0f} tokens, "
-          f"PME {bound.pme:.4g}" + (f", delta {bound.delta_s:.3g} s" if bound.delta_s is not None else ""))
+    print(
+        f"bound {bound.tok_s:,.1f} tok/s, set by {bound.binding}; KV capacity {bound.kv_capacity_tokens:,.0f} tokens, "
+        f"PME {bound.pme:.4g}" + (f", delta {bound.delta_s:.3g} s" if bound.delta_s is not None else "")
+    )
     return 0
 
 
@@ -243,8 +308,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return calibration.run_command(args, profile)
 
 
-COMMANDS = {"solve": cmd_solve, "explain": cmd_explain, "sweep": cmd_sweep, "bound": cmd_bound,
-            "calibrate": cmd_calibrate}
+COMMANDS = {
+    "solve": cmd_solve,
+    "explain": cmd_explain,
+    "sweep": cmd_sweep,
+    "bound": cmd_bound,
+    "calibrate": cmd_calibrate,
+}
 
 
 @exits_cleanly

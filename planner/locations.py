@@ -58,8 +58,13 @@ def search_dirs(kind: str) -> list[Traversable]:
 
 def names(kind: str) -> list[str]:
     """Every `kind` name (file stem) found in any search dir, sorted."""
-    found = {entry.name[:-len(".yaml")] for directory in search_dirs(kind) if directory.is_dir()
-             for entry in directory.iterdir() if entry.name.endswith(".yaml") and entry.is_file()}
+    found = {
+        entry.name[: -len(".yaml")]
+        for directory in search_dirs(kind)
+        if directory.is_dir()
+        for entry in directory.iterdir()
+        if entry.name.endswith(".yaml") and entry.is_file()
+    }
     return sorted(found)
 
 
@@ -90,6 +95,8 @@ def is_shipped(path: str | Path) -> bool:
 def refuse_shipped(path: str | Path, flag: str) -> None:
     """UserError when `path` (given with `flag`) would write into shipped data."""
     if is_shipped(path):
-        raise UserError(f"{flag} {path} is in moelens's shipped data, which is never overwritten",
-                        f"leave {flag} out to write to {user_dir('profiles')}, or pass a path outside "
-                        f"{Path(str(shipped_dir('profiles'))).parent}")
+        raise UserError(
+            f"{flag} {path} is in moelens's shipped data, which is never overwritten",
+            f"leave {flag} out to write to {user_dir('profiles')}, or pass a path outside "
+            f"{Path(str(shipped_dir('profiles'))).parent}",
+        )

@@ -49,10 +49,14 @@ def check_output_path(path: str | Path, flag: str, inputs: Iterable[str | Path |
         raise UserError(f"{flag} {path} is a directory", fix)
     for source in inputs:
         if source is not None and not is_stdout(source) and _same_file(path, Path(source)):
-            raise UserError(f"{flag} {path} is the input file {source}: writing it would destroy the input", fix)
+            raise UserError(
+                f"{flag} {path} is the input file {source}: writing it would destroy the input", fix
+            )
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise UserError(f"the output directory {parent} does not exist", f"create it first (mkdir -p {parent})")
+        raise UserError(
+            f"the output directory {parent} does not exist", f"create it first (mkdir -p {parent})"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"the output directory {parent} is not writable", fix)
     if path.exists() and not os.access(path, os.W_OK):
@@ -61,10 +65,14 @@ def check_output_path(path: str | Path, flag: str, inputs: Iterable[str | Path |
 
 def disk_full_error(path: str | Path, err: OSError, kept: str) -> UserError:
     """The message for a write refused by the disk or a file-size limit; `kept` says what is safe."""
-    reason = {errno.EFBIG: "the file-size limit (ulimit -f) was reached",
-              errno.EDQUOT: "the disk quota is exhausted"}.get(err.errno, "the disk is full")
-    return UserError(f"writing {path} failed: {reason} ({os.strerror(err.errno or 0)}); {kept}",
-                     "free space (or raise the limit) and rerun the same command")
+    reason = {
+        errno.EFBIG: "the file-size limit (ulimit -f) was reached",
+        errno.EDQUOT: "the disk quota is exhausted",
+    }.get(err.errno, "the disk is full")
+    return UserError(
+        f"writing {path} failed: {reason} ({os.strerror(err.errno or 0)}); {kept}",
+        "free space (or raise the limit) and rerun the same command",
+    )
 
 
 def write_text_output(path: str | Path, text: str) -> str:

@@ -23,27 +23,85 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-NATIVE_SAMPLING_FIELDS = ("max_tokens", "n", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
-                          "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty",
-                          "min_tokens", "logprobs", "include_stop_str_in_output")
+NATIVE_SAMPLING_FIELDS = (
+    "max_tokens",
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "min_tokens",
+    "logprobs",
+    "include_stop_str_in_output",
+)
 PROMPT_FIELDS = ("prompt", "prompt_token_ids", "messages")
 BATCH_FIELDS = ("custom_id", "method", "url", "body")
 BATCH_URLS = {"/v1/completions": "completions", "/v1/chat/completions": "chat.completions"}
 # Body fields shared by both endpoints that map one to one onto SamplingParams (OpenAI's, then vLLM's extras).
-BODY_SAMPLING_FIELDS = ("max_tokens", "n", "temperature", "top_p", "stop", "seed", "presence_penalty",
-                        "frequency_penalty", "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos",
-                        "stop_token_ids", "include_stop_str_in_output")
-BODY_IGNORED_FIELDS = ("model", "user", "stream", "stream_options", "store", "metadata", "service_tier",
-                       "parallel_tool_calls", "skip_special_tokens")
-CHAT_ONLY_FIELDS = ("messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "tools",
-                    "tool_choice")
+BODY_SAMPLING_FIELDS = (
+    "max_tokens",
+    "n",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "min_tokens",
+    "ignore_eos",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+)
+BODY_IGNORED_FIELDS = (
+    "model",
+    "user",
+    "stream",
+    "stream_options",
+    "store",
+    "metadata",
+    "service_tier",
+    "parallel_tool_calls",
+    "skip_special_tokens",
+)
+CHAT_ONLY_FIELDS = (
+    "messages",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+)
 COMPLETION_ONLY_FIELDS = ("prompt", "logprobs", "echo", "best_of", "suffix")
-UNSUPPORTED_BODY_FIELDS = ("logit_bias", "functions", "function_call", "audio", "modalities", "prediction",
-                           "web_search_options", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
-                           "structured_outputs", "prompt_logprobs", "reasoning_effort")
+UNSUPPORTED_BODY_FIELDS = (
+    "logit_bias",
+    "functions",
+    "function_call",
+    "audio",
+    "modalities",
+    "prediction",
+    "web_search_options",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+    "prompt_logprobs",
+    "reasoning_effort",
+)
 CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
-MAX_COMPLETION_LOGPROBS = 5            # OpenAI's limit for /v1/completions `logprobs`
-MAX_TOP_LOGPROBS = 20                  # and for chat `top_logprobs`
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions `logprobs`
+MAX_TOP_LOGPROBS = 20  # and for chat `top_logprobs`
 
 
 class LineError(Exception):
@@ -58,11 +116,11 @@ class LineError(Exception):
 @dataclass(frozen=True)
 class PromptLine:
     line_number: int
-    key: str                            # unique answer key: native_key(id) or batch_key(custom_id)
-    id: str | int                       # the id as given (native: id or line number; batch: custom_id)
-    api: str | None                     # None: native; "completions" | "chat.completions": Batch API line
-    prompt: str | list[int] | None      # text or token ids (None for chat)
-    messages: list[dict] | None         # chat messages, each content a string
+    key: str  # unique answer key: native_key(id) or batch_key(custom_id)
+    id: str | int  # the id as given (native: id or line number; batch: custom_id)
+    api: str | None  # None: native; "completions" | "chat.completions": Batch API line
+    prompt: str | list[int] | None  # text or token ids (None for chat)
+    messages: list[dict] | None  # chat messages, each content a string
     sampling: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -94,9 +152,10 @@ def decode_line(raw: bytes) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise LineError(f"malformed JSON: {err.msg} at column {err.colno}",
-                        "make the line one complete JSON object") from None
-    except ValueError as err:     # e.g. an integer beyond Python's digit limit
+        raise LineError(
+            f"malformed JSON: {err.msg} at column {err.colno}", "make the line one complete JSON object"
+        ) from None
+    except ValueError as err:  # e.g. an integer beyond Python's digit limit
         raise LineError(f"malformed JSON: {err}"[:200], "make the line one complete JSON object") from None
     except RecursionError:
         raise LineError("malformed JSON: nested too deeply", "make the line one flat JSON object") from None
@@ -110,12 +169,16 @@ def line_custom_id(obj: object) -> str | None:
 def _unknown_fields(obj: dict, allowed: tuple[str, ...], where: str) -> None:
     unsupported = [k for k in obj if k in UNSUPPORTED_BODY_FIELDS]
     if unsupported:
-        raise LineError(f"{', '.join(map(repr, unsupported))} in {where} is not supported by moelens",
-                        f"drop {', '.join(unsupported)}")
+        raise LineError(
+            f"{', '.join(map(repr, unsupported))} in {where} is not supported by moelens",
+            f"drop {', '.join(unsupported)}",
+        )
     unknown = [k for k in obj if k not in allowed]
     if unknown:
-        raise LineError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {where}",
-                        f"remove {'them' if len(unknown) > 1 else 'it'}; allowed fields: {', '.join(allowed)}")
+        raise LineError(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {where}",
+            f"remove {'them' if len(unknown) > 1 else 'it'}; allowed fields: {', '.join(allowed)}",
+        )
 
 
 def _check_counts(sampling: dict[str, Any]) -> dict[str, Any]:
@@ -128,8 +191,10 @@ def _check_counts(sampling: dict[str, Any]) -> dict[str, Any]:
 
 def _token_ids(value: Any, where: str) -> list[int]:
     if not isinstance(value, list) or not all(_is_int(t) for t in value):
-        raise LineError(f"{where} must be a list of integer token ids, got {type(value).__name__}",
-                        f"pass {where} as [int, ...]")
+        raise LineError(
+            f"{where} must be a list of integer token ids, got {type(value).__name__}",
+            f"pass {where} as [int, ...]",
+        )
     if not value:
         raise LineError(f"empty prompt ({where} is [])", "give at least one prompt token or drop the line")
     return value
@@ -137,34 +202,43 @@ def _token_ids(value: Any, where: str) -> list[int]:
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise LineError(f"{where} must be a string, got {type(value).__name__}",
-                        f"pass {where} as a string (or token ids)")
+        raise LineError(
+            f"{where} must be a string, got {type(value).__name__}",
+            f"pass {where} as a string (or token ids)",
+        )
     if not value:
-        raise LineError(f"empty prompt ({where} is \"\")", "give a non-empty prompt or drop the line")
+        raise LineError(f'empty prompt ({where} is "")', "give a non-empty prompt or drop the line")
     return value
 
 
 def _message_content(content: Any, index: int) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         and isinstance(p.get("text"), str) for p in content):
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
         return "".join(p["text"] for p in content)
-    raise LineError(f"messages[{index}].content must be a string or a list of text parts",
-                    'use {"role": "user", "content": "..."}')
+    raise LineError(
+        f"messages[{index}].content must be a string or a list of text parts",
+        'use {"role": "user", "content": "..."}',
+    )
 
 
 def _messages(value: Any) -> list[dict]:
     if not isinstance(value, list):
-        raise LineError(f"messages must be a list of {{role, content}} objects, got {type(value).__name__}",
-                        'pass "messages": [{"role": "user", "content": "..."}]')
+        raise LineError(
+            f"messages must be a list of {{role, content}} objects, got {type(value).__name__}",
+            'pass "messages": [{"role": "user", "content": "..."}]',
+        )
     if not value:
         raise LineError("empty prompt (messages is [])", "give at least one message or drop the line")
     messages = []
     for i, message in enumerate(value):
         if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES or "content" not in message:
-            raise LineError(f"messages[{i}] is not a {{role, content}} object with role in {list(CHAT_ROLES)}",
-                            'use {"role": "user", "content": "..."}')
+            raise LineError(
+                f"messages[{i}] is not a {{role, content}} object with role in {list(CHAT_ROLES)}",
+                'use {"role": "user", "content": "..."}',
+            )
         messages.append({**message, "content": _message_content(message["content"], i)})
     if not any(m["content"] for m in messages):
         raise LineError("empty prompt (every message content is empty)", "give a non-empty message")
@@ -175,13 +249,17 @@ def _native(obj: dict, line_number: int) -> PromptLine:
     _unknown_fields(obj, ("id",) + PROMPT_FIELDS + NATIVE_SAMPLING_FIELDS, "a prompt line")
     request_id = obj.get("id", line_number)
     if not (isinstance(request_id, str) or _is_int(request_id)):
-        raise LineError(f"id must be a string or an integer, got {type(request_id).__name__}",
-                        "use a string or integer id, or omit it (the line number is used)")
+        raise LineError(
+            f"id must be a string or an integer, got {type(request_id).__name__}",
+            "use a string or integer id, or omit it (the line number is used)",
+        )
     given = [f for f in PROMPT_FIELDS if f in obj]
     if len(given) != 1:
         cause = "no prompt" if not given else f"several prompt fields ({', '.join(given)})"
-        raise LineError(f"{cause}: a line needs exactly one of {', '.join(PROMPT_FIELDS)}",
-                        'add "prompt": "..." (or prompt_token_ids / messages), only one of them')
+        raise LineError(
+            f"{cause}: a line needs exactly one of {', '.join(PROMPT_FIELDS)}",
+            'add "prompt": "..." (or prompt_token_ids / messages), only one of them',
+        )
     prompt, messages = None, None
     if given[0] == "prompt":
         value = obj["prompt"]
@@ -198,23 +276,31 @@ def _chat_sampling(body: dict) -> dict[str, Any]:
     sampling = {}
     if body.get("max_completion_tokens") is not None:
         if body.get("max_tokens") is not None and body["max_tokens"] != body["max_completion_tokens"]:
-            raise LineError("body has both max_tokens and max_completion_tokens, with different values",
-                            "keep only max_completion_tokens")
+            raise LineError(
+                "body has both max_tokens and max_completion_tokens, with different values",
+                "keep only max_completion_tokens",
+            )
         sampling["max_tokens"] = body["max_completion_tokens"]
     top = body.get("top_logprobs")
     if top is not None and (not _is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS):
-        raise LineError(f"body.top_logprobs={top!r} must be an integer in [0, {MAX_TOP_LOGPROBS}]",
-                        "pass top_logprobs between 0 and 20")
+        raise LineError(
+            f"body.top_logprobs={top!r} must be an integer in [0, {MAX_TOP_LOGPROBS}]",
+            "pass top_logprobs between 0 and 20",
+        )
     if body.get("logprobs") not in (None, True, False):
-        raise LineError(f"body.logprobs={body['logprobs']!r} must be true or false for chat", "pass true or false")
+        raise LineError(
+            f"body.logprobs={body['logprobs']!r} must be true or false for chat", "pass true or false"
+        )
     if top is not None and not body.get("logprobs"):
         raise LineError("body.top_logprobs needs body.logprobs = true", 'add "logprobs": true')
     if body.get("logprobs"):
         sampling["logprobs"] = top or 0
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
-        raise LineError(f"body.response_format={response_format!r:.60} is not supported (only {{\"type\": \"text\"}})",
-                        "drop response_format or use {\"type\": \"text\"}")
+        raise LineError(
+            f'body.response_format={response_format!r:.60} is not supported (only {{"type": "text"}})',
+            'drop response_format or use {"type": "text"}',
+        )
     if body.get("tools") or body.get("tool_choice") not in (None, "none"):
         raise LineError("tools and tool_choice are not supported by moelens", "drop tools and tool_choice")
     return sampling
@@ -225,8 +311,10 @@ def _completion_sampling(body: dict) -> dict[str, Any]:
     logprobs = body.get("logprobs")
     if logprobs is not None:
         if not _is_int(logprobs) or not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS:
-            raise LineError(f"body.logprobs={logprobs!r} must be an integer in [0, {MAX_COMPLETION_LOGPROBS}]",
-                            "pass logprobs between 0 and 5, or omit it")
+            raise LineError(
+                f"body.logprobs={logprobs!r} must be an integer in [0, {MAX_COMPLETION_LOGPROBS}]",
+                "pass logprobs between 0 and 5, or omit it",
+            )
         sampling["logprobs"] = logprobs
     if body.get("echo") not in (None, False):
         raise LineError("body.echo is not supported by moelens", "drop echo")
@@ -247,7 +335,9 @@ def _batch(obj: dict, line_number: int) -> PromptLine:
     url = obj.get("url")
     api = BATCH_URLS.get(url) if isinstance(url, str) else None
     if api is None:
-        raise LineError(f"url={obj.get('url')!r} is not a supported endpoint", f"use one of {', '.join(BATCH_URLS)}")
+        raise LineError(
+            f"url={obj.get('url')!r} is not a supported endpoint", f"use one of {', '.join(BATCH_URLS)}"
+        )
     body = obj.get("body")
     if not isinstance(body, dict):
         raise LineError("a Batch API line needs a body object", 'add "body": {"prompt": "..."}')
@@ -264,21 +354,31 @@ def _batch(obj: dict, line_number: int) -> PromptLine:
     prompt, messages = None, None
     if chat:
         messages = _messages(body["messages"])
-    elif isinstance(body["prompt"], list) and body["prompt"] and all(isinstance(p, str) for p in body["prompt"]):
-        raise LineError("body.prompt holds several prompts; one prompt per line is supported",
-                        "split it into one line per prompt, each with its own custom_id")
+    elif (
+        isinstance(body["prompt"], list)
+        and body["prompt"]
+        and all(isinstance(p, str) for p in body["prompt"])
+    ):
+        raise LineError(
+            "body.prompt holds several prompts; one prompt per line is supported",
+            "split it into one line per prompt, each with its own custom_id",
+        )
     elif isinstance(body["prompt"], list):
         prompt = _token_ids(body["prompt"], "body.prompt")
     else:
         prompt = _text(body["prompt"], "body.prompt")
-    return PromptLine(line_number, batch_key(custom_id), custom_id, api, prompt, messages, _check_counts(sampling))
+    return PromptLine(
+        line_number, batch_key(custom_id), custom_id, api, prompt, messages, _check_counts(sampling)
+    )
 
 
 def parse_prompt_line(obj: Any, line_number: int) -> PromptLine:
     """Validate one decoded JSON line; LineError(cause, fix) when it is not a valid request."""
     if not isinstance(obj, dict):
-        raise LineError(f"a line must be a JSON object, got {type(obj).__name__}",
-                        'write one object per line: {"id": 1, "prompt": "..."}')
+        raise LineError(
+            f"a line must be a JSON object, got {type(obj).__name__}",
+            'write one object per line: {"id": 1, "prompt": "..."}',
+        )
     if "custom_id" in obj or "body" in obj:
         return _batch(obj, line_number)
     return _native(obj, line_number)

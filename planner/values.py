@@ -18,5 +18,5 @@ def is_finite_number(value: object) -> bool:
         return False
     try:
         return math.isfinite(value)
-    except OverflowError:          # an int beyond float range
+    except OverflowError:  # an int beyond float range
         return False

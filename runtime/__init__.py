@@ -16,8 +16,14 @@ if TYPE_CHECKING:
 
 __all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt"]
 
-_LAZY = {"LLM": "runtime.llm", "SamplingParams": "runtime.sampling",
-         **{name: "runtime.outputs" for name in ("CompletionOutput", "RequestOutput", "TextPrompt", "TokensPrompt")}}
+_LAZY = {
+    "LLM": "runtime.llm",
+    "SamplingParams": "runtime.sampling",
+    **{
+        name: "runtime.outputs"
+        for name in ("CompletionOutput", "RequestOutput", "TextPrompt", "TokensPrompt")
+    },
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -22,15 +22,15 @@ MIN_KV_GB = 0.001
 
 
 def guess_workload(max_len: int):
-    from planner.workload import Workload
+    from planner.plans.workload import Workload
 
     prompt_len = max(1, min(GUESS_PROMPT_LEN, max_len // 2))
     return Workload.fixed(prompt_len, max(1, min(GUESS_GEN_LEN, max_len - prompt_len)), GUESS_NUM_PROMPTS)
 
 
 def default_kv_gb(spec: Any, workload: Any, profile: Any) -> float:
-    from planner.costs import ModelCosts
-    from planner.perf_memory import GiB
+    from planner.perf.costs import ModelCosts
+    from planner.perf.memory import GiB
 
     wanted = DEFAULT_SLOTS * workload.max_sequence_len * ModelCosts(spec).kv_bytes_per_token() / GiB
     host = profile.machine.host_free_gib or profile.machine.host_memory_gib
@@ -38,32 +38,49 @@ def default_kv_gb(spec: Any, workload: Any, profile: Any) -> float:
 
 
 def load_machine_profile(profile: str | None):
-    from planner.profile import find_profile_for_this_machine, list_profiles, load_profile
+    from planner.hardware.profile import find_profile_for_this_machine, list_profiles, load_profile
 
     if profile:
         return load_profile(profile), str(profile)
     try:
         found = find_profile_for_this_machine()
     except UserError as err:
-        raise UserError(f"{err.cause}; shipped profiles: {', '.join(list_profiles()) or 'none'}",
-                        "run `runtime profile` once to measure this machine, or pass profile=NAME "
-                        "(--profile NAME) for a shipped one") from None
+        raise UserError(
+            f"{err.cause}; shipped profiles: {', '.join(list_profiles()) or 'none'}",
+            "run `runtime profile` once to measure this machine, or pass profile=NAME "
+            "(--profile NAME) for a shipped one",
+        ) from None
     return found, found.name
 
 
-def auto_plan(spec: Any, model_ref: str, workload: Any, kv_gb: float | None = None, profile: str | None = None,
-              max_num_seqs: int | None = None):
+def auto_plan(
+    spec: Any,
+    model_ref: str,
+    workload: Any,
+    kv_gb: float | None = None,
+    profile: str | None = None,
+    max_num_seqs: int | None = None,
+):
     import torch
 
-    from planner.perf_memory import Budgets
-    from planner.plan_build import make_plan
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
 
     hardware, profile_ref = load_machine_profile(profile)
     kv = kv_gb if kv_gb is not None else default_kv_gb(spec, workload, hardware)
-    plan = make_plan(spec, hardware, workload, Budgets.from_args(hardware, kv), model_ref=model_ref,
-                     profile_ref=profile_ref)
+    plan = make_plan(
+        spec,
+        hardware,
+        workload,
+        Budgets.from_args(hardware, kv),
+        model_ref=model_ref,
+        profile_ref=profile_ref,
+    )
     threads = torch.get_num_threads()
-    changes = {name: min(getattr(plan, name) or threads, threads) for name in ("attention_threads", "compute_threads")}
+    changes = {
+        name: min(getattr(plan, name) or threads, threads)
+        for name in ("attention_threads", "compute_threads")
+    }
     if max_num_seqs is not None:
         if max_num_seqs < 1:
             raise UserError(f"max_num_seqs={max_num_seqs} must be positive", "pass max_num_seqs >= 1")

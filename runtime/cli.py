@@ -17,7 +17,9 @@ from runtime.commands import COMMAND_MODULES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runtime", description="moelens runtime: run MoE models on this machine")
+    parser = argparse.ArgumentParser(
+        prog="runtime", description="moelens runtime: run MoE models on this machine"
+    )
     add_version_flag(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:

@@ -41,15 +41,21 @@ class CompletionOutput:
 
     @classmethod
     def of(cls, index: int, state: GenerationState) -> CompletionOutput:
-        return cls(index=index, text=state.text, token_ids=list(state.token_ids),
-                   cumulative_logprob=state.cumulative_logprob, logprobs=state.logprobs,
-                   finish_reason=state.finish_reason, stop_reason=state.stop_reason)
+        return cls(
+            index=index,
+            text=state.text,
+            token_ids=list(state.token_ids),
+            cumulative_logprob=state.cumulative_logprob,
+            logprobs=state.logprobs,
+            finish_reason=state.finish_reason,
+            stop_reason=state.stop_reason,
+        )
 
 
 @dataclass
 class RequestMetrics:
-    arrival_time: float             # time.time() when generate/chat was called
-    finished_time: float            # when the batch holding the request finished
+    arrival_time: float  # time.time() when generate/chat was called
+    finished_time: float  # when the batch holding the request finished
     num_generated_tokens: int = 0
 
 

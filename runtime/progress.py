@@ -29,17 +29,33 @@ def _clock(seconds: float) -> str:
 
 
 class JobProgress:
-    def __init__(self, total: int, predicted_tokens_per_s: float | None = None, already_done: int = 0,
-                 token_budget: int | None = None, in_flight_tokens: Callable[[], int] | None = None,
-                 enabled: bool | None = None, refresh_s: float = 0.5, desc: str = "execute"):
+    def __init__(
+        self,
+        total: int,
+        predicted_tokens_per_s: float | None = None,
+        already_done: int = 0,
+        token_budget: int | None = None,
+        in_flight_tokens: Callable[[], int] | None = None,
+        enabled: bool | None = None,
+        refresh_s: float = 0.5,
+        desc: str = "execute",
+    ):
         self.predicted_tokens_per_s = predicted_tokens_per_s
         self.token_budget = token_budget
         self.in_flight_tokens = in_flight_tokens or (lambda: 0)
         self.finished_tokens = 0
         self.started = time.perf_counter()
         disable = not sys.stderr.isatty() if enabled is None else not enabled
-        self.bar = tqdm(total=total, initial=already_done, unit="answer", desc=desc, dynamic_ncols=True,
-                        disable=disable, file=sys.stderr, bar_format=BAR_FORMAT)
+        self.bar = tqdm(
+            total=total,
+            initial=already_done,
+            unit="answer",
+            desc=desc,
+            dynamic_ncols=True,
+            disable=disable,
+            file=sys.stderr,
+            bar_format=BAR_FORMAT,
+        )
         self._stop = threading.Event()
         self._ticker = None
         if not disable:

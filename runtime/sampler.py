@@ -28,25 +28,25 @@ MASK32 = 0xFFFFFFFF
 
 @dataclass
 class Penalties:
-    presence: torch.Tensor          # [B] fp32
-    frequency: torch.Tensor         # [B] fp32
-    repetition: torch.Tensor        # [B] fp32
-    output_counts: torch.Tensor     # [B, V] fp32: times each token appears in the output so far
-    seen: torch.Tensor              # [B, V] bool: in the prompt or the output
+    presence: torch.Tensor  # [B] fp32
+    frequency: torch.Tensor  # [B] fp32
+    repetition: torch.Tensor  # [B] fp32
+    output_counts: torch.Tensor  # [B, V] fp32: times each token appears in the output so far
+    seen: torch.Tensor  # [B, V] bool: in the prompt or the output
 
 
 @dataclass
 class SamplingRows:
-    temperature: torch.Tensor       # [B] fp32 (1 on greedy rows)
-    greedy: torch.Tensor            # [B] bool
-    top_k: torch.Tensor             # [B] int64, V when off
-    top_p: torch.Tensor             # [B] fp32
-    min_p: torch.Tensor             # [B] fp32
-    seeds: torch.Tensor             # [B] int64 (63-bit)
-    counters: torch.Tensor          # [B] int64: tokens generated so far
+    temperature: torch.Tensor  # [B] fp32 (1 on greedy rows)
+    greedy: torch.Tensor  # [B] bool
+    top_k: torch.Tensor  # [B] int64, V when off
+    top_p: torch.Tensor  # [B] fp32
+    min_p: torch.Tensor  # [B] fp32
+    seeds: torch.Tensor  # [B] int64 (63-bit)
+    counters: torch.Tensor  # [B] int64: tokens generated so far
     penalties: Penalties | None
-    stop_mask: tuple[torch.Tensor, torch.Tensor] | None   # (rows, token ids) masked by min_tokens
-    logprobs: list[int | None]      # top logprobs asked per row (None: none)
+    stop_mask: tuple[torch.Tensor, torch.Tensor] | None  # (rows, token ids) masked by min_tokens
+    logprobs: list[int | None]  # top logprobs asked per row (None: none)
 
     @classmethod
     def of(cls, states: Sequence[GenerationState], vocab_size: int, device: torch.device) -> SamplingRows:
@@ -57,18 +57,32 @@ class SamplingRows:
 
         greedy = [p.is_greedy for p in params]
         top_k = [p.top_k if p.top_k and p.top_k > 0 and not g else vocab_size for p, g in zip(params, greedy)]
-        masked = [(row, token) for row, s in enumerate(states) if len(s.token_ids) < s.params.min_tokens
-                  for token in s.stop_ids if token < vocab_size]
+        masked = [
+            (row, token)
+            for row, s in enumerate(states)
+            if len(s.token_ids) < s.params.min_tokens
+            for token in s.stop_ids
+            if token < vocab_size
+        ]
         return cls(
             temperature=column([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
-            greedy=column(greedy, torch.bool), top_k=column(top_k, torch.int64),
-            top_p=column([p.top_p for p in params]), min_p=column([p.min_p for p in params]),
+            greedy=column(greedy, torch.bool),
+            top_k=column(top_k, torch.int64),
+            top_p=column([p.top_p for p in params]),
+            min_p=column([p.min_p for p in params]),
             seeds=column([s.seed & ((1 << 63) - 1) for s in states], torch.int64),
             counters=column([len(s.token_ids) for s in states], torch.int64),
-            penalties=_penalties(states, vocab_size, device) if any(p.has_penalties for p in params) else None,
-            stop_mask=(column([r for r, _ in masked], torch.int64), column([t for _, t in masked], torch.int64))
-            if masked else None,
-            logprobs=[p.logprobs for p in params])
+            penalties=_penalties(states, vocab_size, device)
+            if any(p.has_penalties for p in params)
+            else None,
+            stop_mask=(
+                column([r for r, _ in masked], torch.int64),
+                column([t for _, t in masked], torch.int64),
+            )
+            if masked
+            else None,
+            logprobs=[p.logprobs for p in params],
+        )
 
 
 def _penalties(states: Sequence[GenerationState], vocab_size: int, device: torch.device) -> Penalties:
@@ -88,7 +102,9 @@ def _penalties(states: Sequence[GenerationState], vocab_size: int, device: torch
         presence=torch.tensor([p.presence_penalty for p in params], device=device),
         frequency=torch.tensor([p.frequency_penalty for p in params], device=device),
         repetition=torch.tensor([p.repetition_penalty for p in params], device=device),
-        output_counts=counts, seen=seen | (counts > 0))
+        output_counts=counts,
+        seen=seen | (counts > 0),
+    )
 
 
 def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
@@ -131,10 +147,10 @@ def filtered_probs(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
         probs = probs * (probs >= rows.min_p[:, None] * probs.amax(dim=-1, keepdim=True))
     vocab = probs.shape[-1]
     if bool((rows.top_p < 1).any()):
-        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)      # [B, V]
+        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)  # [B, V]
         keep = torch.arange(vocab, device=probs.device)[None, :] < rows.top_k[:, None]
         sorted_probs = sorted_probs * keep
-        ahead = sorted_probs.cumsum(dim=-1) - sorted_probs          # mass of the more likely kept tokens
+        ahead = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely kept tokens
         keep &= ahead < rows.top_p[:, None] * sorted_probs.sum(dim=-1, keepdim=True)
         probs = probs * torch.zeros_like(keep).scatter_(1, order, keep)
     elif bool((rows.top_k < vocab).any()):
@@ -146,7 +162,7 @@ def filtered_probs(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
 
 def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF sampling: row i's token is where u[i] * (kept mass) falls in its cumulative sum."""
-    cdf = probs.double().cumsum(dim=-1)                              # [B, V]
+    cdf = probs.double().cumsum(dim=-1)  # [B, V]
     target = (u * cdf[:, -1])[:, None]
     return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
@@ -166,13 +182,14 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> tuple[torch.Tensor, torc
     return tokens, raw_logprobs
 
 
-def token_logprobs(raw: torch.Tensor, tokens: torch.Tensor, asked: list[int | None],
-                   decode=None) -> list[dict[int, Logprob] | None]:
+def token_logprobs(
+    raw: torch.Tensor, tokens: torch.Tensor, asked: list[int | None], decode=None
+) -> list[dict[int, Logprob] | None]:
     """vLLM-shaped logprobs per row: the sampled token first, then the top `asked[i]` tokens, with ranks."""
     rows = [i for i, n in enumerate(asked) if n is not None]
     index = torch.tensor(rows, device=raw.device)
     lp, chosen = raw[index], tokens[index]
-    chosen_lp = lp.gather(1, chosen[:, None])                                          # [R, 1]
+    chosen_lp = lp.gather(1, chosen[:, None])  # [R, 1]
     ranks = ((lp > chosen_lp).sum(dim=1) + 1).tolist()
     top = lp.topk(max(1, max(asked[i] for i in rows)), dim=-1)
     top_values, top_ids = top.values.tolist(), top.indices.tolist()
@@ -181,7 +198,7 @@ def token_logprobs(raw: torch.Tensor, tokens: torch.Tensor, asked: list[int | No
         token = int(chosen[j])
         text = (lambda t: decode([t])) if decode else (lambda t: None)
         entry = {token: Logprob(float(chosen_lp[j]), ranks[j], text(token))}
-        for rank, (tid, value) in enumerate(zip(top_ids[j][:asked[i]], top_values[j]), start=1):
+        for rank, (tid, value) in enumerate(zip(top_ids[j][: asked[i]], top_values[j]), start=1):
             entry.setdefault(tid, Logprob(value, rank, text(tid)))
         result[i] = entry
     return result

@@ -28,14 +28,25 @@ from typing import Any
 
 from planner.errors import UserError
 
-GREEDY_EPSILON = 1e-5           # vLLM: a temperature below this is greedy
-MAX_LOGPROBS = 20               # vLLM's default max_logprobs (OpenAI's top_logprobs limit too)
+GREEDY_EPSILON = 1e-5  # vLLM: a temperature below this is greedy
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs (OpenAI's top_logprobs limit too)
 GENERATION_CONFIG_FIELDS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p")
 # vLLM fields moelens does not implement: setting one to anything but its default is an error naming it.
-UNSUPPORTED_DEFAULTS = {"best_of": None, "prompt_logprobs": None, "logit_bias": None, "allowed_token_ids": None,
-                        "bad_words": None, "logits_processors": None, "truncate_prompt_tokens": None,
-                        "guided_decoding": None, "structured_outputs": None, "extra_args": None,
-                        "detokenize": True, "skip_special_tokens": True, "spaces_between_special_tokens": True}
+UNSUPPORTED_DEFAULTS = {
+    "best_of": None,
+    "prompt_logprobs": None,
+    "logit_bias": None,
+    "allowed_token_ids": None,
+    "bad_words": None,
+    "logits_processors": None,
+    "truncate_prompt_tokens": None,
+    "guided_decoding": None,
+    "structured_outputs": None,
+    "extra_args": None,
+    "detokenize": True,
+    "skip_special_tokens": True,
+    "spaces_between_special_tokens": True,
+}
 
 
 def _is_int(value: Any) -> bool:
@@ -43,8 +54,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value == value
         and abs(value) != float("inf")
+    )
 
 
 def _fail(cause: str, fix: str) -> UserError:
@@ -74,7 +89,7 @@ class SamplingParams:
     min_tokens: int = 0
     logprobs: int | None = None
     include_stop_str_in_output: bool = False
-    output_kind: Any = None                 # accepted for vLLM code; outputs are always final
+    output_kind: Any = None  # accepted for vLLM code; outputs are always final
     best_of: Any = field(default=None, repr=False)
     prompt_logprobs: Any = field(default=None, repr=False)
     logit_bias: Any = field(default=None, repr=False)
@@ -92,10 +107,12 @@ class SamplingParams:
     def __post_init__(self) -> None:
         for name, default in UNSUPPORTED_DEFAULTS.items():
             if getattr(self, name) != default:
-                raise _fail(f"{name}={getattr(self, name)!r:.60} is not supported by moelens",
-                            f"drop {name} (supported: n, temperature, top_p, top_k, min_p, the three penalties, "
-                            "seed, stop, stop_token_ids, ignore_eos, max_tokens, min_tokens, logprobs, "
-                            "include_stop_str_in_output)")
+                raise _fail(
+                    f"{name}={getattr(self, name)!r:.60} is not supported by moelens",
+                    f"drop {name} (supported: n, temperature, top_p, top_k, min_p, the three penalties, "
+                    "seed, stop, stop_token_ids, ignore_eos, max_tokens, min_tokens, logprobs, "
+                    "include_stop_str_in_output)",
+                )
         self._check_counts()
         self._check_rates()
         if self.seed is not None and not _is_int(self.seed):
@@ -103,38 +120,59 @@ class SamplingParams:
         for name in ("ignore_eos", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(f"{name}={getattr(self, name)!r} must be a bool", "pass True or False")
-        if self.stop is not None and not isinstance(self.stop, (str, list, tuple)) \
-                or any(not isinstance(s, str) or not s for s in self.stop_strings):
-            raise _fail(f"stop={self.stop!r} must be a non-empty string or a list of them", "fix the stop strings")
-        if self.stop_token_ids is not None and (not isinstance(self.stop_token_ids, (list, tuple))
-                                                or not all(_is_int(t) and t >= 0 for t in self.stop_token_ids)):
-            raise _fail(f"stop_token_ids={self.stop_token_ids!r} must be a list of token ids",
-                        "pass a list of non-negative integers")
+        if (
+            self.stop is not None
+            and not isinstance(self.stop, (str, list, tuple))
+            or any(not isinstance(s, str) or not s for s in self.stop_strings)
+        ):
+            raise _fail(
+                f"stop={self.stop!r} must be a non-empty string or a list of them", "fix the stop strings"
+            )
+        if self.stop_token_ids is not None and (
+            not isinstance(self.stop_token_ids, (list, tuple))
+            or not all(_is_int(t) and t >= 0 for t in self.stop_token_ids)
+        ):
+            raise _fail(
+                f"stop_token_ids={self.stop_token_ids!r} must be a list of token ids",
+                "pass a list of non-negative integers",
+            )
 
     def _check_counts(self) -> None:
         if not _is_int(self.n) or self.n < 1:
             raise _fail(f"n={self.n!r} must be a positive integer", "pass n >= 1")
         if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens <= 0):
-            raise _fail(f"max_tokens={self.max_tokens!r} must be a positive integer or None",
-                        "pass max_tokens >= 1 (None: up to the model's context)")
+            raise _fail(
+                f"max_tokens={self.max_tokens!r} must be a positive integer or None",
+                "pass max_tokens >= 1 (None: up to the model's context)",
+            )
         if not _is_int(self.min_tokens) or self.min_tokens < 0:
             raise _fail(f"min_tokens={self.min_tokens!r} must be an integer >= 0", "pass min_tokens >= 0")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise _fail(f"min_tokens={self.min_tokens} exceeds max_tokens={self.max_tokens}",
-                        "lower min_tokens or raise max_tokens")
+            raise _fail(
+                f"min_tokens={self.min_tokens} exceeds max_tokens={self.max_tokens}",
+                "lower min_tokens or raise max_tokens",
+            )
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < -1):
-            raise _fail(f"top_k={self.top_k!r} must be an integer >= 0 (0 or -1: off)", "pass top_k=0 to disable")
-        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS):
-            raise _fail(f"logprobs={self.logprobs!r} must be an integer in [0, {MAX_LOGPROBS}] or None",
-                        f"ask for at most {MAX_LOGPROBS} top logprobs")
+            raise _fail(
+                f"top_k={self.top_k!r} must be an integer >= 0 (0 or -1: off)", "pass top_k=0 to disable"
+            )
+        if self.logprobs is not None and (
+            not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise _fail(
+                f"logprobs={self.logprobs!r} must be an integer in [0, {MAX_LOGPROBS}] or None",
+                f"ask for at most {MAX_LOGPROBS} top logprobs",
+            )
 
     def _check_rates(self) -> None:
-        checks = (("temperature", lambda v: v >= 0, "a finite number >= 0", "0 for greedy, > 0 to sample"),
-                  ("top_p", lambda v: 0 < v <= 1, "in (0, 1]", "top_p=1.0 to disable nucleus sampling"),
-                  ("min_p", lambda v: 0 <= v <= 1, "in [0, 1]", "min_p=0 to disable"),
-                  ("presence_penalty", lambda v: -2 <= v <= 2, "in [-2, 2]", "0 to disable"),
-                  ("frequency_penalty", lambda v: -2 <= v <= 2, "in [-2, 2]", "0 to disable"),
-                  ("repetition_penalty", lambda v: v > 0, "> 0", "1.0 to disable"))
+        checks = (
+            ("temperature", lambda v: v >= 0, "a finite number >= 0", "0 for greedy, > 0 to sample"),
+            ("top_p", lambda v: 0 < v <= 1, "in (0, 1]", "top_p=1.0 to disable nucleus sampling"),
+            ("min_p", lambda v: 0 <= v <= 1, "in [0, 1]", "min_p=0 to disable"),
+            ("presence_penalty", lambda v: -2 <= v <= 2, "in [-2, 2]", "0 to disable"),
+            ("frequency_penalty", lambda v: -2 <= v <= 2, "in [-2, 2]", "0 to disable"),
+            ("repetition_penalty", lambda v: v > 0, "> 0", "1.0 to disable"),
+        )
         for name, ok, what, fix in checks:
             value = getattr(self, name)
             if not _is_number(value) or not ok(value):
@@ -154,7 +192,9 @@ class SamplingParams:
     def has_penalties(self) -> bool:
         return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1
 
-    def with_defaults(self, defaults: dict[str, Any], explicit: frozenset[str] = frozenset()) -> SamplingParams:
+    def with_defaults(
+        self, defaults: dict[str, Any], explicit: frozenset[str] = frozenset()
+    ) -> SamplingParams:
         """These params with `defaults` (generation_config.json's sampling fields, `max_tokens`) put in the
         fields not in `explicit` (the fields a request set)."""
         known = {f.name for f in fields(self)}
@@ -173,6 +213,7 @@ def generation_config_defaults(config: dict) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Logprob:
     """vLLM's Logprob: one token's log probability, its rank in the model's distribution and its text."""
+
     logprob: float
     rank: int | None = None
     decoded_token: str | None = None
@@ -184,25 +225,29 @@ class GenerationState:
     params: SamplingParams
     eos_token_ids: frozenset[int]
     detokenize: Callable[[Sequence[int]], str] | None = None
-    max_tokens: int | None = None           # None: params.max_tokens (the engine caps at its context)
-    seed: int | None = None                 # None: params.seed, else drawn from OS entropy
+    max_tokens: int | None = None  # None: params.max_tokens (the engine caps at its context)
+    seed: int | None = None  # None: params.seed, else drawn from OS entropy
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[dict[int, Logprob]] | None = None
     cumulative_logprob: float | None = None
-    pending_logprob: dict[int, Logprob] | None = None   # set by the sampler, taken by the next `append`
-    _stop_text_end: int | None = None       # where the text ends after a stop string
+    pending_logprob: dict[int, Logprob] | None = None  # set by the sampler, taken by the next `append`
+    _stop_text_end: int | None = None  # where the text ends after a stop string
     _stopped_by_token: bool = False
 
     def __post_init__(self) -> None:
         if self.params.stop_strings and self.detokenize is None:
-            raise UserError("stop strings need a tokenizer to detokenize the output",
-                            "use a checkpoint with tokenizer.json or drop `stop`")
+            raise UserError(
+                "stop strings need a tokenizer to detokenize the output",
+                "use a checkpoint with tokenizer.json or drop `stop`",
+            )
         if self.max_tokens is None:
             self.max_tokens = self.params.max_tokens
         if self.seed is None:
-            self.seed = self.params.seed if self.params.seed is not None else random.SystemRandom().getrandbits(63)
+            self.seed = (
+                self.params.seed if self.params.seed is not None else random.SystemRandom().getrandbits(63)
+            )
         if self.params.logprobs is not None:
             self.logprobs, self.cumulative_logprob = [], 0.0
         stop_ids = set(self.params.stop_token_ids or ())
@@ -224,7 +269,7 @@ class GenerationState:
         if self._stopped_by_token and not self.params.include_stop_str_in_output:
             ids = ids[:-1]
         text = self.detokenize(ids)
-        return text if self._stop_text_end is None else text[:self._stop_text_end]
+        return text if self._stop_text_end is None else text[: self._stop_text_end]
 
     def append(self, token: int) -> bool:
         if self.finished:

@@ -6,7 +6,7 @@ non-blocking when `src` is pinned, so the copy overlaps compute and the caller o
 no CUDA tensor involved the copy is a plain synchronous `dst.copy_(src)` (CPU-only runs, forced
 streaming in tests). Both return the CUDA event recorded on `stream` after the copy, or None.
 
-`PacedLink(gbps)` is the emulated accelerator link (`planner.emulated_link`): one link, one transfer at a
+`PacedLink(gbps)` is the emulated accelerator link (`planner.hardware.emulated_link`): one link, one transfer at a
 time, each taking nbytes / rate of wall time. `copy(dst, src)` copies at memory speed on the calling thread
 (the streamer's copy worker: a plain single-threaded memcpy, outside torch's OpenMP pool) and then sleeps out
 the remainder, holding no core; `occupy(nbytes)` books traffic the caller does not wait for (activations that
@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 
-def _copy(dst: torch.Tensor, src: torch.Tensor, stream: torch.cuda.Stream | None,
-          host: torch.Tensor) -> torch.cuda.Event | None:
+def _copy(
+    dst: torch.Tensor, src: torch.Tensor, stream: torch.cuda.Stream | None, host: torch.Tensor
+) -> torch.cuda.Event | None:
     on_cuda = dst.device.type == "cuda" or src.device.type == "cuda"
     if stream is None or not on_cuda:
         dst.copy_(src)
@@ -44,18 +45,21 @@ def _copy(dst: torch.Tensor, src: torch.Tensor, stream: torch.cuda.Stream | None
     return done
 
 
-def copy_to_device(dst: torch.Tensor, src: torch.Tensor,
-                   stream: torch.cuda.Stream | None = None) -> torch.cuda.Event | None:
+def copy_to_device(
+    dst: torch.Tensor, src: torch.Tensor, stream: torch.cuda.Stream | None = None
+) -> torch.cuda.Event | None:
     return _copy(dst, src, stream, host=src)
 
 
-def copy_to_host(dst: torch.Tensor, src: torch.Tensor,
-                 stream: torch.cuda.Stream | None = None) -> torch.cuda.Event | None:
+def copy_to_host(
+    dst: torch.Tensor, src: torch.Tensor, stream: torch.cuda.Stream | None = None
+) -> torch.cuda.Event | None:
     return _copy(dst, src, stream, host=dst)
 
-LATENESS_WEIGHT = 0.2           # of the newest wake-up in the running mean of sleep lateness
-QUEUED_S = 0.002                # a copy asked for this soon after the last returned was queued behind it
-MAX_LATENESS_S = 0.02           # a longer stall (the thread descheduled) is not a wake-up habit to learn
+
+LATENESS_WEIGHT = 0.2  # of the newest wake-up in the running mean of sleep lateness
+QUEUED_S = 0.002  # a copy asked for this soon after the last returned was queued behind it
+MAX_LATENESS_S = 0.02  # a longer stall (the thread descheduled) is not a wake-up habit to learn
 
 
 class PacedLink:
@@ -66,12 +70,12 @@ class PacedLink:
         self._clock = clock
         self._lock = threading.Lock()
         self._free_at = 0.0
-        self._starts: list[float] = []      # booked transfers, in time order and never overlapping
+        self._starts: list[float] = []  # booked transfers, in time order and never overlapping
         self._ends: list[float] = []
-        self._busy_before: list[float] = [0.0]   # busy seconds of all transfers before index i
+        self._busy_before: list[float] = [0.0]  # busy seconds of all transfers before index i
         self.bytes_moved = 0
-        self._lateness = self._measure_lateness()     # seconds a sleep overshoots its deadline, running mean
-        self._returned_at = -math.inf                 # when the last copy() returned to its caller
+        self._lateness = self._measure_lateness()  # seconds a sleep overshoots its deadline, running mean
+        self._returned_at = -math.inf  # when the last copy() returned to its caller
 
     @property
     def gbps(self) -> float:
@@ -84,7 +88,7 @@ class PacedLink:
     def _book(self, nbytes: int) -> tuple[float, float]:
         with self._lock:
             now = self._clock()
-            back_to_back = now - self._returned_at <= QUEUED_S     # the caller had it queued: no idle link
+            back_to_back = now - self._returned_at <= QUEUED_S  # the caller had it queued: no idle link
             start = self._free_at if back_to_back else max(now, self._free_at)
             self._returned_at = -math.inf
             end = start + nbytes / self.bytes_per_s
@@ -131,11 +135,11 @@ class PacedLink:
     def busy_between(self, t0: float, t1: float) -> float:
         """Seconds in [t0, t1] during which the link carried a booked transfer."""
         with self._lock:
-            first = bisect.bisect_right(self._ends, t0)       # transfers ending after t0
-            last = bisect.bisect_left(self._starts, t1)       # transfers starting before t1
+            first = bisect.bisect_right(self._ends, t0)  # transfers ending after t0
+            last = bisect.bisect_left(self._starts, t1)  # transfers starting before t1
             if first >= last:
                 return 0.0
             busy = self._busy_before[last] - self._busy_before[first]
-            busy -= max(t0 - self._starts[first], 0.0)        # clip the first and last to the window
+            busy -= max(t0 - self._starts[first], 0.0)  # clip the first and last to the window
             busy -= max(self._ends[last - 1] - t1, 0.0)
         return max(busy, 0.0)

@@ -50,57 +50,120 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # ----- a tiny checkpoint, a profile "of this machine" and a plan, for tests that run `runtime execute` -----
-TINY_SPEC = {"name": "tiny-mixtral", "family": "mixtral", "num_layers": 4, "hidden_size": 128, "num_heads": 2,
-             "num_kv_heads": 1, "head_dim": 64, "vocab_size": 512, "num_experts": 4, "top_k": 2,
-             "moe_intermediate_size": 64, "max_position_embeddings": 64, "dtype": "float32"}
+TINY_SPEC = {
+    "name": "tiny-mixtral",
+    "family": "mixtral",
+    "num_layers": 4,
+    "hidden_size": 128,
+    "num_heads": 2,
+    "num_kv_heads": 1,
+    "head_dim": 64,
+    "vocab_size": 512,
+    "num_experts": 4,
+    "top_k": 2,
+    "moe_intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "dtype": "float32",
+}
 
 
 @dataclass(frozen=True)
 class TinyJob:
     """`root` holds ckpt/ (2-layer fp32 checkpoint in 3 shards, made by the real CLI), profiles/<this machine>.yaml and
     plan.yaml; `env` is the environment a `python -m runtime` subprocess needs to find them."""
+
     root: Path
     checkpoint: Path
     plan: Path
     env: dict
 
     def runtime(self, *args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "runtime", *args], env=self.env, cwd=self.root,
-                              capture_output=True, text=True, timeout=timeout, **kwargs)
+        return subprocess.run(
+            [sys.executable, "-m", "runtime", *args],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )
 
     def execute_args(self, input: Path, output: Path, *extra: str, plan: Path | None = None) -> list[str]:
-        return ["execute", str(plan or self.plan), "--input", str(input), "--output", str(output), "--quiet",
-                *extra]
+        return [
+            "execute",
+            str(plan or self.plan),
+            "--input",
+            str(input),
+            "--output",
+            str(output),
+            "--quiet",
+            *extra,
+        ]
 
 
 @pytest.fixture(scope="session")
 def tiny_job(tmp_path_factory) -> TinyJob:
     import yaml
 
-    from planner.perf_memory import Budgets
-    from planner.plan_build import make_plan
-    from planner.profile import load_profile
-    from planner.spec import load_spec
-    from planner.this_machine import this_machine
-    from planner.workload import Workload
+    from planner.hardware.profile import load_profile
+    from planner.hardware.this_machine import this_machine
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
+    from planner.plans.workload import Workload
+    from planner.specs.spec import load_spec
 
     root = tmp_path_factory.mktemp("tiny-job")
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY_SPEC, sort_keys=False))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MOELENS_PROFILES_DIR=str(root / "profiles"))
-    subprocess.run([sys.executable, "-m", "runtime", "make-checkpoint", "--model", str(root / "tiny.yaml"),
-                    "--layers", "2", "--dtype", "fp32", "--max-shard-gb", "0.0006", "--out", str(root / "ckpt"),
-                    "--quiet"],
-                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "make-checkpoint",
+            "--model",
+            str(root / "tiny.yaml"),
+            "--layers",
+            "2",
+            "--dtype",
+            "fp32",
+            "--max-shard-gb",
+            "0.0006",
+            "--out",
+            str(root / "ckpt"),
+            "--quiet",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     here = this_machine()
     base = load_profile("a5000-epyc7453")
-    profile = replace(base, name=here.profile_name, links=None,
-                      machine=replace(base.machine, cpu=here.cpu, cores=here.cores, device=here.device, device_memory_gib=0,
-                                      host_memory_gib=8))
+    profile = replace(
+        base,
+        name=here.profile_name,
+        links=None,
+        machine=replace(
+            base.machine,
+            cpu=here.cpu,
+            cores=here.cores,
+            device=here.device,
+            device_memory_gib=0,
+            host_memory_gib=8,
+        ),
+    )
     profile_path = profile.save(root / "profiles" / f"{profile.name}.yaml")
     spec = load_spec(root / "ckpt")
-    plan = make_plan(spec, profile, Workload.fixed(12, 8, 64), Budgets.from_args(profile, 0.01),
-                     model_ref=str(root / "ckpt"), profile_ref=str(profile_path))
-    plan = replace(plan, attention_threads=1, compute_threads=1)   # 2 threads crawl on a shared 2-core machine
+    plan = make_plan(
+        spec,
+        profile,
+        Workload.fixed(12, 8, 64),
+        Budgets.from_args(profile, 0.01),
+        model_ref=str(root / "ckpt"),
+        profile_ref=str(profile_path),
+    )
+    plan = replace(plan, attention_threads=1, compute_threads=1)  # 2 threads crawl on a shared 2-core machine
     return TinyJob(root=root, checkpoint=root / "ckpt", plan=plan.save(root / "plan.yaml"), env=env)
 
 
@@ -117,14 +180,25 @@ def single_torch_thread():
 def relabelled_profile_for_this_machine(directory: Path) -> Path:
     """A shipped profile renamed as this machine's measured one (CPU only, 8 GiB), saved in `directory`: lets
     code that plans for "this machine" (`runtime.LLM(model=...)`, `runtime run-batch`) run anywhere."""
-    from planner.profile import load_profile
-    from planner.this_machine import this_machine
+    from planner.hardware.profile import load_profile
+    from planner.hardware.this_machine import this_machine
 
     here = this_machine()
     base = load_profile("a5000-epyc7453")
-    profile = replace(base, name=here.profile_name, links=None,
-                      machine=replace(base.machine, cpu=here.cpu, cores=here.cores, device=here.device,
-                                      device_memory_gib=0, host_memory_gib=8, host_free_gib=8))
+    profile = replace(
+        base,
+        name=here.profile_name,
+        links=None,
+        machine=replace(
+            base.machine,
+            cpu=here.cpu,
+            cores=here.cores,
+            device=here.device,
+            device_memory_gib=0,
+            host_memory_gib=8,
+            host_free_gib=8,
+        ),
+    )
     return profile.save(directory / f"{profile.name}.yaml")
 
 

@@ -43,7 +43,7 @@ def paged_tables(gen: torch.Generator, lens: list[int], block_size: int, spare_b
     tables = torch.full((len(lens), max(per_seq) + 1), -1, dtype=torch.int32)
     start = 0
     for b, count in enumerate(per_seq):
-        tables[b, :count] = order[start:start + count].to(torch.int32)
+        tables[b, :count] = order[start : start + count].to(torch.int32)
         start += count
     return tables, num_blocks
 
@@ -102,11 +102,24 @@ def gqa_inputs(seed, lens, hq, hkv, dim, dtype, block_size):
 
 
 def check_gqa(backend, threads, lens, hq, hkv, dim, dtype, block_size=16, window=None, seed=0):
-    q, k_new, v_new, k_cache, v_cache, tables, lens_t = gqa_inputs(seed, lens, hq, hkv, dim, dtype, block_size)
+    q, k_new, v_new, k_cache, v_cache, tables, lens_t = gqa_inputs(
+        seed, lens, hq, hkv, dim, dtype, block_size
+    )
     k_before, v_before = k_cache.clone(), v_cache.clone()
-    scale = dim ** -0.5
-    out = decode_attention(q, k_new, v_new, k_cache, v_cache, tables, lens_t, scale, sliding_window=window,
-                           num_threads=threads, backend=backend)
+    scale = dim**-0.5
+    out = decode_attention(
+        q,
+        k_new,
+        v_new,
+        k_cache,
+        v_cache,
+        tables,
+        lens_t,
+        scale,
+        sliding_window=window,
+        num_threads=threads,
+        backend=backend,
+    )
     assert out.shape == q.shape and out.dtype == q.dtype
     ref = reference_gqa(q, k_new, v_new, k_before, v_before, tables, lens, scale, window)
     assert max_row_error(out, ref) <= TOLERANCE[dtype]
@@ -170,13 +183,22 @@ def test_mla_latent_matches_float64(backend, dtype, heads):
     q_rope = torch.randn(len(lens), heads, 64, generator=gen).to(dtype)
     latent_new = torch.randn(len(lens), 576, generator=gen).to(dtype)
     lens_t = torch.tensor(lens, dtype=torch.int32)
-    scale = 192 ** -0.5
+    scale = 192**-0.5
     before = latent_cache.clone()
     ref = reference_mla(q_latent, q_rope, latent_new, before, tables, lens, scale)
     for threads in (1, 2):
         latent_cache.copy_(before)
-        out = mla_decode_attention(q_latent, q_rope, latent_new, latent_cache, tables, lens_t, scale,
-                                   num_threads=threads, backend=backend)
+        out = mla_decode_attention(
+            q_latent,
+            q_rope,
+            latent_new,
+            latent_cache,
+            tables,
+            lens_t,
+            scale,
+            num_threads=threads,
+            backend=backend,
+        )
         assert out.shape == q_latent.shape
         assert max_row_error(out, ref) <= TOLERANCE[dtype]
     changed = (latent_cache != before).any(dim=-1)  # [num_blocks, block_size]
@@ -187,14 +209,18 @@ def test_mla_latent_matches_float64(backend, dtype, heads):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("q_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize(
+    "q_dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"]
+)
 def test_query_dtype_differs_from_cache(backend, q_dtype):
     """q in any float dtype against a bf16 cache; the output comes back in q's dtype."""
     q, k_new, v_new, k_cache, v_cache, tables, lens = gqa_inputs(7, [1, 30, 70], 8, 2, 128, torch.float32, 16)
     k_cache, v_cache = k_cache.to(torch.bfloat16), v_cache.to(torch.bfloat16)
     k_before, v_before = k_cache.clone(), v_cache.clone()
     q = q.to(q_dtype)
-    out = decode_attention(q, k_new, v_new, k_cache, v_cache, tables, lens, 0.09, num_threads=2, backend=backend)
+    out = decode_attention(
+        q, k_new, v_new, k_cache, v_cache, tables, lens, 0.09, num_threads=2, backend=backend
+    )
     assert out.dtype == q_dtype
     ref = reference_gqa(q, k_new, v_new, k_before, v_before, tables, lens.tolist(), 0.09)
     assert max_row_error(out, ref) <= TOLERANCE[torch.bfloat16]
@@ -233,10 +259,13 @@ def test_missing_extension_warns_once_and_falls_back(monkeypatch):
     check_gqa(None, 1, [3, 33], 4, 2, 64, torch.bfloat16)
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("other torch", r"compiled for torch 1\.0\.0, but torch \S+ is running"),
-    ("bad binary", r"cannot be loaded \(_C\.so: undefined symbol: _ZN3c10"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("other torch", r"compiled for torch 1\.0\.0, but torch \S+ is running"),
+        ("bad binary", r"cannot be loaded \(_C\.so: undefined symbol: _ZN3c10"),
+    ],
+)
 def test_extension_for_another_torch_is_not_used(monkeypatch, problem, message):
     def load():
         if problem == "bad binary":
@@ -265,18 +294,30 @@ def test_bad_tables_are_rejected_before_anything_is_written():
     with pytest.raises(RuntimeError, match="not a block of the cache"):
         decode_attention(q, k_new, v_new, k_cache, v_cache, bad, lens, 0.1)
     with pytest.raises(RuntimeError, match="outside"):
-        decode_attention(q, k_new, v_new, k_cache, v_cache, tables, torch.tensor([0, 20], dtype=torch.int32), 0.1)
+        decode_attention(
+            q, k_new, v_new, k_cache, v_cache, tables, torch.tensor([0, 20], dtype=torch.int32), 0.1
+        )
     assert torch.equal(k_cache, before)
     with pytest.raises(ValueError, match="context_lens"):
         decode_attention(q, k_new, v_new, k_cache, v_cache, tables, lens.long(), 0.1)
 
 
 def test_bench_case_reports_bytes_of_kv_read():
-    seconds, nbytes = bench_case("gqa", batch=2, context=40, heads=4, kv_heads=2, head_dim=64,
-                                 dtype=torch.bfloat16, threads=1, repeats=1)
+    seconds, nbytes = bench_case(
+        "gqa",
+        batch=2,
+        context=40,
+        heads=4,
+        kv_heads=2,
+        head_dim=64,
+        dtype=torch.bfloat16,
+        threads=1,
+        repeats=1,
+    )
     assert seconds > 0
     assert nbytes == 2 * 40 * 2 * 64 * 2 * 2
     assert nbytes == gqa_bytes_read(torch.tensor([40, 40]), 2, 64, torch.bfloat16)
-    _, mla_bytes = bench_case("mla", batch=2, context=40, heads=4, head_dim=512, dtype=torch.float32,
-                              threads=1, repeats=1)
+    _, mla_bytes = bench_case(
+        "mla", batch=2, context=40, heads=4, head_dim=512, dtype=torch.float32, threads=1, repeats=1
+    )
     assert mla_bytes == 2 * 40 * 576 * 4

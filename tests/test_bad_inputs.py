@@ -35,10 +35,11 @@ PREVIOUS_OUTPUT = b'{"id": "earlier", "text": "kept"}\n'
 @dataclass
 class Case:
     """`build(job, case_dir) -> extra CLI args` prepares the case's files; `expect` are stderr fragments."""
+
     build: Callable[..., list[str]]
     expect: tuple[str, ...]
     lines: list = field(default_factory=lambda: [GOOD])
-    keep_existing_output: bool = False      # an output is already there and must stay unchanged
+    keep_existing_output: bool = False  # an output is already there and must stay unchanged
     exit_code: int = 2
 
 
@@ -70,6 +71,7 @@ def with_checkpoint(edit: Callable[[Path], None]) -> Callable[..., list[str]]:
         ckpt = copy_checkpoint(job, case_dir)
         edit(ckpt)
         return ["--checkpoint", str(ckpt)]
+
     return build
 
 
@@ -117,6 +119,7 @@ def with_plan(edit: Callable[[dict], None], *extra: str) -> Callable[..., list[s
         plan = case_dir / "plan.yaml"
         plan.write_text(yaml.safe_dump(data, sort_keys=False))
         return ["--plan-path", str(plan), "--checkpoint", str(job.checkpoint), *extra]
+
     return build
 
 
@@ -137,6 +140,7 @@ def output_at(relative: str, *extra: str, prepare: Callable[[Path], None] = lamb
     def build(job, case_dir: Path) -> list[str]:
         prepare(case_dir)
         return ["--output-path", str(case_dir / relative), *extra]
+
     return build
 
 
@@ -145,42 +149,75 @@ def no_args(job, case_dir: Path) -> list[str]:
 
 
 CASES = {
-    "malformed JSONL line": Case(no_args, ("line 2", "malformed JSON"), lines=[GOOD, '{"id": 2, "prompt": "x"']),
+    "malformed JSONL line": Case(
+        no_args, ("line 2", "malformed JSON"), lines=[GOOD, '{"id": 2, "prompt": "x"']
+    ),
     "prompt longer than the context": Case(
-        no_args, ("line 1", "prompt of 70 tokens does not fit the model's context of 64"),
-        lines=[{"prompt_token_ids": [5] * 70}]),
+        no_args,
+        ("line 1", "prompt of 70 tokens does not fit the model's context of 64"),
+        lines=[{"prompt_token_ids": [5] * 70}],
+    ),
     "empty prompt": Case(no_args, ("line 2", "empty prompt"), lines=[GOOD, {"id": 2, "prompt": ""}]),
-    "unknown field": Case(no_args, ("line 1", "unknown field 'colour'"),
-                          lines=[{"id": 1, "prompt": "x", "colour": "red"}]),
-    "max_tokens zero": Case(no_args, ("line 2", "max_tokens=0"), keep_existing_output=True,
-                            lines=[GOOD, {"id": 2, "prompt": "x", "max_tokens": 0}]),
-    "missing shard": Case(with_checkpoint(lambda c: shard_of(c, EXPERT).unlink()), ("does not exist",),
-                          keep_existing_output=True),
+    "unknown field": Case(
+        no_args, ("line 1", "unknown field 'colour'"), lines=[{"id": 1, "prompt": "x", "colour": "red"}]
+    ),
+    "max_tokens zero": Case(
+        no_args,
+        ("line 2", "max_tokens=0"),
+        keep_existing_output=True,
+        lines=[GOOD, {"id": 2, "prompt": "x", "max_tokens": 0}],
+    ),
+    "missing shard": Case(
+        with_checkpoint(lambda c: shard_of(c, EXPERT).unlink()),
+        ("does not exist",),
+        keep_existing_output=True,
+    ),
     "truncated shard": Case(with_checkpoint(truncate), ("truncated",)),
     "corrupt shard header": Case(with_checkpoint(garble_header), ("is corrupt", "not valid JSON")),
-    "tensor of the wrong shape": Case(with_checkpoint(lambda c: rewrite_tensor(c, EXPERT, lambda t: t.T.contiguous())),
-                                      ("mis-shaped", EXPERT)),
-    "tensor of another float dtype": Case(with_checkpoint(lambda c: rewrite_tensor(c, Q_PROJ, lambda t: t.half())),
-                                          ("of another dtype", Q_PROJ, "F16")),
-    "tensor of an unsupported dtype": Case(with_checkpoint(lambda c: rewrite_tensor(c, Q_PROJ, lambda t: t.double())),
-                                           ("dtype F64", "supported")),
-    "index naming a shard outside": Case(with_checkpoint(index_escapes), ("outside the checkpoint directory",)),
-    "unsupported architecture": Case(with_checkpoint(unsupported_architecture), ("unsupported model_type 'llama'",)),
+    "tensor of the wrong shape": Case(
+        with_checkpoint(lambda c: rewrite_tensor(c, EXPERT, lambda t: t.T.contiguous())),
+        ("mis-shaped", EXPERT),
+    ),
+    "tensor of another float dtype": Case(
+        with_checkpoint(lambda c: rewrite_tensor(c, Q_PROJ, lambda t: t.half())),
+        ("of another dtype", Q_PROJ, "F16"),
+    ),
+    "tensor of an unsupported dtype": Case(
+        with_checkpoint(lambda c: rewrite_tensor(c, Q_PROJ, lambda t: t.double())), ("dtype F64", "supported")
+    ),
+    "index naming a shard outside": Case(
+        with_checkpoint(index_escapes), ("outside the checkpoint directory",)
+    ),
+    "unsupported architecture": Case(
+        with_checkpoint(unsupported_architecture), ("unsupported model_type 'llama'",)
+    ),
     "plan for another model": Case(with_plan(other_model), ("solved for model some-other-model", "--force")),
     "plan for another machine": Case(with_plan(other_machine), ("fingerprint ffffffffffff", "--force")),
-    "plan needing more memory than is free": Case(with_plan(needs_an_exabyte), ("GiB of host memory", "in all", "even with --force")),
-    "output directory missing": Case(output_at("missing/out.jsonl", "--checkpoint", "/nonexistent"),
-                                     ("output directory", "does not exist")),
-    "output is a directory": Case(output_at("a-dir", "--checkpoint", "/nonexistent",
-                                            prepare=lambda d: (d / "a-dir").mkdir()), ("is a directory",)),
+    "plan needing more memory than is free": Case(
+        with_plan(needs_an_exabyte), ("GiB of host memory", "in all", "even with --force")
+    ),
+    "output directory missing": Case(
+        output_at("missing/out.jsonl", "--checkpoint", "/nonexistent"), ("output directory", "does not exist")
+    ),
+    "output is a directory": Case(
+        output_at("a-dir", "--checkpoint", "/nonexistent", prepare=lambda d: (d / "a-dir").mkdir()),
+        ("is a directory",),
+    ),
     "output is the input (through a link)": Case(
         output_at("alias.jsonl", prepare=lambda d: (d / "alias.jsonl").symlink_to(d / "in.jsonl")),
-        ("--output", "is the input file", "destroy the input"), keep_existing_output=True),
-    "report is the input": Case(lambda job, d: ["--report", str(d / "in.jsonl")], ("--report", "is the input file")),
-    "KV cache larger than this machine": Case(with_plan(lambda d: d.update(kv_budget_bytes=2**47), "--force"),
-                                              ("GiB of host memory", "in all", "even with --force")),
-    "plan larger than this machine, with --force": Case(with_plan(needs_an_exabyte, "--force"),
-                                                         ("GiB of host memory", "in all", "even with --force")),
+        ("--output", "is the input file", "destroy the input"),
+        keep_existing_output=True,
+    ),
+    "report is the input": Case(
+        lambda job, d: ["--report", str(d / "in.jsonl")], ("--report", "is the input file")
+    ),
+    "KV cache larger than this machine": Case(
+        with_plan(lambda d: d.update(kv_budget_bytes=2**47), "--force"),
+        ("GiB of host memory", "in all", "even with --force"),
+    ),
+    "plan larger than this machine, with --force": Case(
+        with_plan(needs_an_exabyte, "--force"), ("GiB of host memory", "in all", "even with --force")
+    ),
 }
 
 
@@ -218,8 +255,10 @@ def outcomes(tiny_job) -> dict[str, Outcome]:
         prepared[name] = (case_dir, *command(tiny_job, case_dir, case))
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(tiny_job.runtime, *args) for name, (_, args, _) in prepared.items()}
-        return {name: Outcome(prepared[name][0], prepared[name][2], future.result())
-                for name, future in futures.items()}
+        return {
+            name: Outcome(prepared[name][0], prepared[name][2], future.result())
+            for name, future in futures.items()
+        }
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -228,7 +267,7 @@ def test_bad_input_gives_one_clear_message_and_writes_nothing(outcomes, name):
     err = outcome.result.stderr
     assert outcome.result.returncode == case.exit_code, err
     assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if not line.startswith("warning: ")]   # spot check's
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning: ")]  # spot check's
     assert lines[0].startswith("error: ") and err.count("error:") == 1, err
     assert any(line.startswith("  fix: ") for line in lines[1:]), err
     for fragment in case.expect:
@@ -242,10 +281,23 @@ def test_bad_input_gives_one_clear_message_and_writes_nothing(outcomes, name):
 
 
 def test_on_error_skip_runs_the_good_lines_and_lists_the_bad(tiny_job, tmp_path):
-    lines = [GOOD, "{not json", {"id": "b", "prompt": "x", "max_tokens": 0}, {"id": "c", "prompt": "Bye", "max_tokens": 2}]
+    lines = [
+        GOOD,
+        "{not json",
+        {"id": "b", "prompt": "x", "max_tokens": 0},
+        {"id": "c", "prompt": "Bye", "max_tokens": 2},
+    ]
     (tmp_path / "in.jsonl").write_text(jsonl(lines))
-    result = tiny_job.runtime(*tiny_job.execute_args(tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--on-error",
-                                                     "skip", "--report", str(tmp_path / "report.json")))
+    result = tiny_job.runtime(
+        *tiny_job.execute_args(
+            tmp_path / "in.jsonl",
+            tmp_path / "out.jsonl",
+            "--on-error",
+            "skip",
+            "--report",
+            str(tmp_path / "report.json"),
+        )
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert [s["line"] for s in report["skipped_lines"]] == [2, 3]
@@ -259,8 +311,13 @@ def test_force_runs_a_plan_for_another_model_and_machine(tiny_job, tmp_path):
     other_machine(data)
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     (tmp_path / "in.jsonl").write_text(jsonl([GOOD]))
-    args = tiny_job.execute_args(tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--checkpoint",
-                                 str(tiny_job.checkpoint), plan=tmp_path / "plan.yaml")
+    args = tiny_job.execute_args(
+        tmp_path / "in.jsonl",
+        tmp_path / "out.jsonl",
+        "--checkpoint",
+        str(tiny_job.checkpoint),
+        plan=tmp_path / "plan.yaml",
+    )
     result = tiny_job.runtime(*args, "--force")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("warning (--force)") == 2 and "Traceback" not in result.stderr

@@ -9,40 +9,69 @@ import random
 import pytest
 import yaml
 
-from planner.calibrate import fit, run_errors
-from planner.calibrate_runs import load_run, predict_run, run_from_report
+from planner.calibration.calibrate import fit, run_errors
+from planner.calibration.runs import load_run, predict_run, run_from_report
 from planner.cli import main
 from planner.errors import UserError
-from planner.perf_memory import Budgets
-from planner.plan_build import make_plan
-from planner.profile import load_profile
-from planner.workload import Workload
+from planner.hardware.profile import load_profile
+from planner.perf.memory import Budgets
+from planner.plans.build import make_plan
+from planner.plans.workload import Workload
 from tests.planner_support import make_profile, small_spec
 
-TRUTH_CPU = {"gemm": 0.6, "gemm_small_m": 0.45, "attention": 0.8, "copy": 0.7, "step_overhead_s": 0.004,
-             "call_overhead_s": 0.0002}
+TRUTH_CPU = {
+    "gemm": 0.6,
+    "gemm_small_m": 0.45,
+    "attention": 0.8,
+    "copy": 0.7,
+    "step_overhead_s": 0.004,
+    "call_overhead_s": 0.0002,
+}
 
 
 def cpu_profile():
-    return make_profile(device=False, cores=4, host_gib=64.0, read_gbps=40.0, peak_tflops=2.0,
-                        attention_gbps_per_core=5.0, name="synthetic-cpu")
+    return make_profile(
+        device=False,
+        cores=4,
+        host_gib=64.0,
+        read_gbps=40.0,
+        peak_tflops=2.0,
+        attention_gbps_per_core=5.0,
+        name="synthetic-cpu",
+    )
 
 
-def synthetic_report(spec, profile, truth, kv_gb, workload, *, force_streaming=False, module_batching=True,
-                     noise=0.0, seed=0) -> dict:
+def synthetic_report(
+    spec, profile, truth, kv_gb, workload, *, force_streaming=False, module_batching=True, noise=0.0, seed=0
+) -> dict:
     """A report whose measurements are the model's prediction under `truth` (times (1 + noise) jitter)."""
     plan = make_plan(spec, profile, workload, Budgets.from_args(profile, kv_gb))
     steps = max(round(plan.predicted.decode_steps), 1)
     mean_batch = workload.generated_tokens / steps
     forwards = max(round(plan.predicted.prefill_time_s / plan.predicted.prefill_chunk_s), 1)
     streamed = 8 * spec.num_layers * 4_000_000 if force_streaming else 0
-    config = {"num_seqs": plan.num_seqs, "attn_batch": plan.attn_batch, "expert_batch": plan.expert_batch,
-              "prefill_chunk": plan.prefill_chunk, "attention_threads": plan.attention_threads,
-              "module_batching": module_batching, "force_streaming": force_streaming}
-    stats = {"config": config, "decode_steps": steps, "prefill_forwards": forwards, "wall_seconds": 1.0,
-             "decode_seconds": 1.0, "prefill_seconds": 1.0, "module_seconds": {"decode": {}, "prefill": {}},
-             "generated_tokens": int(workload.generated_tokens), "decode_batch_sizes_sum": round(mean_batch * steps),
-             "prefill_tokens": int(workload.prompt_tokens), "streamed_weight_bytes": streamed}
+    config = {
+        "num_seqs": plan.num_seqs,
+        "attn_batch": plan.attn_batch,
+        "expert_batch": plan.expert_batch,
+        "prefill_chunk": plan.prefill_chunk,
+        "attention_threads": plan.attention_threads,
+        "module_batching": module_batching,
+        "force_streaming": force_streaming,
+    }
+    stats = {
+        "config": config,
+        "decode_steps": steps,
+        "prefill_forwards": forwards,
+        "wall_seconds": 1.0,
+        "decode_seconds": 1.0,
+        "prefill_seconds": 1.0,
+        "module_seconds": {"decode": {}, "prefill": {}},
+        "generated_tokens": int(workload.generated_tokens),
+        "decode_batch_sizes_sum": round(mean_batch * steps),
+        "prefill_tokens": int(workload.prompt_tokens),
+        "streamed_weight_bytes": streamed,
+    }
     report = {"plan": plan.to_dict(), "spec": spec.to_dict(), "run_stats": stats}
     pred = predict_run(run_from_report(report), profile.with_efficiency(**truth))
     rng = random.Random(seed)
@@ -53,8 +82,10 @@ def synthetic_report(spec, profile, truth, kv_gb, workload, *, force_streaming=F
     stats["wall_seconds"] = jitter(stats["generated_tokens"] / pred.generated_tok_s)
     stats["decode_seconds"] = jitter(pred.decode_step_s) * steps
     stats["prefill_seconds"] = jitter(pred.prefill_forward_s) * forwards
-    stats["module_seconds"] = {"decode": {k: jitter(v) * steps for k, v in pred.decode_modules.items()},
-                               "prefill": {k: jitter(v) * forwards for k, v in pred.prefill_modules.items()}}
+    stats["module_seconds"] = {
+        "decode": {k: jitter(v) * steps for k, v in pred.decode_modules.items()},
+        "prefill": {k: jitter(v) * forwards for k, v in pred.prefill_modules.items()},
+    }
     return report
 
 
@@ -71,8 +102,16 @@ CONFIGS = [  # spec family, kv GiB, prompt, generated, prompts, forced streaming
 def write_reports(tmp_path, profile, truth, configs, noise=0.0):
     paths = []
     for i, (family, kv, p, g, n, streaming) in enumerate(configs):
-        report = synthetic_report(small_spec(family), profile, truth, kv, Workload.fixed(p, g, n),
-                                  force_streaming=streaming, noise=noise, seed=i)
+        report = synthetic_report(
+            small_spec(family),
+            profile,
+            truth,
+            kv,
+            Workload.fixed(p, g, n),
+            force_streaming=streaming,
+            noise=noise,
+            seed=i,
+        )
         path = tmp_path / f"report-{i}.json"
         path.write_text(json.dumps(report))
         paths.append(path)
@@ -83,7 +122,9 @@ def test_prediction_at_the_plans_own_constants_matches_the_plan():
     profile = cpu_profile()
     report = synthetic_report(small_spec(), profile, {}, 0.1, Workload.fixed(64, 32, 128))
     run = run_from_report(report)
-    assert predict_run(run, profile).generated_tok_s == pytest.approx(run.plan.predicted.generated_tok_s, rel=1e-9)
+    assert predict_run(run, profile).generated_tok_s == pytest.approx(
+        run.plan.predicted.generated_tok_s, rel=1e-9
+    )
 
 
 def test_fit_recovers_known_constants(tmp_path):
@@ -139,7 +180,9 @@ def test_cli_writes_a_calibrated_profile(tmp_path, capsys, monkeypatch):
     fitted = load_profile(out)
     assert fitted.name == "fitted" and fitted.provenance.kind == "calibrated"
     assert len(fitted.provenance.calibrated_from) == 3
-    assert all(str(p) in entry and "sha256:" in entry for p, entry in zip(paths, fitted.provenance.calibrated_from))
+    assert all(
+        str(p) in entry and "sha256:" in entry for p, entry in zip(paths, fitted.provenance.calibrated_from)
+    )
     assert fitted.efficiency.gemm == pytest.approx(TRUTH_CPU["gemm"], rel=0.05)
     assert fitted.gemm_curves == profile.gemm_curves
 
@@ -153,9 +196,14 @@ def _bad_report_cases(tmp_path):
     no_stats = {k: v for k, v in good.items() if k != "run_stats"}
     other_spec = json.loads(json.dumps(good))
     other_spec["spec"]["hidden_size"] = 1024
-    return {"not json": "{not json", "a list": "[1, 2]", "no run_stats": json.dumps(no_stats),
-            "no decode steps": json.dumps(no_steps), "mistyped": json.dumps(wrong_type),
-            "other spec": json.dumps(other_spec)}
+    return {
+        "not json": "{not json",
+        "a list": "[1, 2]",
+        "no run_stats": json.dumps(no_stats),
+        "no decode steps": json.dumps(no_steps),
+        "mistyped": json.dumps(wrong_type),
+        "other spec": json.dumps(other_spec),
+    }
 
 
 def test_bad_reports_raise_user_errors(tmp_path):
@@ -184,6 +232,9 @@ def test_cli_rejects_bad_out_path(tmp_path, capsys):
     paths = write_reports(tmp_path, cpu_profile(), TRUTH_CPU, CONFIGS[:1])
     profile_path = tmp_path / "p.yaml"
     cpu_profile().save(profile_path)
-    assert main(["calibrate", str(paths[0]), "--profile", str(profile_path), "--out", str(tmp_path / "x.txt")]) == 2
+    assert (
+        main(["calibrate", str(paths[0]), "--profile", str(profile_path), "--out", str(tmp_path / "x.txt")])
+        == 2
+    )
     assert ".yaml" in capsys.readouterr().err
     assert yaml.safe_load(profile_path.read_text())["provenance"]["kind"] == "measured"

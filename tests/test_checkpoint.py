@@ -25,26 +25,56 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from planner.costs import ModelCosts  # noqa: E402
 from planner.errors import UserError  # noqa: E402
-from planner.spec import RUNNABLE_FAMILIES, ModelSpec, list_specs, load_spec  # noqa: E402
+from planner.perf.costs import ModelCosts  # noqa: E402
+from planner.specs.spec import RUNNABLE_FAMILIES, ModelSpec, list_specs, load_spec  # noqa: E402
 from runtime.checkpoint import open_checkpoint  # noqa: E402
 from runtime.checkpoint.names import expected_tensors  # noqa: E402
 from runtime.checkpoint.tokenizer import CheckpointTokenizer  # noqa: E402
 from runtime.checkpoint.tokenizer_build import SPECIAL_TOKENS  # noqa: E402
 from runtime.cli import main as runtime_main  # noqa: E402
 
-COMMON = dict(vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-MLA = dict(num_hidden_layers=3, num_key_value_heads=4, moe_intermediate_size=16, intermediate_size=64,
-           n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=16,
-           qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8)
+COMMON = dict(
+    vocab_size=320,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+MLA = dict(
+    num_hidden_layers=3,
+    num_key_value_heads=4,
+    moe_intermediate_size=16,
+    intermediate_size=64,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    first_k_dense_replace=1,
+    kv_lora_rank=16,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=8,
+    v_head_dim=8,
+)
 FAMILY_CONFIGS = {
     "mixtral": dict(intermediate_size=48, num_local_experts=4, num_experts_per_tok=2),
-    "qwen2_moe": dict(intermediate_size=64, moe_intermediate_size=16, shared_expert_intermediate_size=48,
-                      num_experts=4, num_experts_per_tok=2),
-    "qwen3_moe": dict(intermediate_size=64, moe_intermediate_size=16, head_dim=8, num_experts=4,
-                      num_experts_per_tok=2, mlp_only_layers=[0]),
+    "qwen2_moe": dict(
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=48,
+        num_experts=4,
+        num_experts_per_tok=2,
+    ),
+    "qwen3_moe": dict(
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+        mlp_only_layers=[0],
+    ),
     "olmoe": dict(intermediate_size=24, num_experts=4, num_experts_per_tok=2),
     "deepseek_v2": dict(MLA, n_shared_experts=2, q_lora_rank=None),
     "deepseek_v3": dict(MLA, n_shared_experts=1, q_lora_rank=24, n_group=2, topk_group=1),
@@ -66,7 +96,11 @@ def hf_tensor(state: dict, spec: ModelSpec, canonical: str) -> torch.Tensor:
         if proj == "down_proj":
             return state[prefix + "down_proj"][expert]
         gate_up = state[prefix + "gate_up_proj"][expert]
-        return gate_up[: spec.moe_intermediate_size] if proj == "gate_proj" else gate_up[spec.moe_intermediate_size:]
+        return (
+            gate_up[: spec.moe_intermediate_size]
+            if proj == "gate_proj"
+            else gate_up[spec.moe_intermediate_size :]
+        )
     if canonical == "lm_head" and spec.tie_word_embeddings:
         canonical = "embed"
     disk = {t.canonical: t.disk_name for t in expected_tensors(spec)}[canonical]
@@ -78,8 +112,21 @@ def index_of(directory: Path) -> dict:
 
 
 def make_checkpoint(config_path: Path, out: Path, *extra: str) -> int:
-    return runtime_main(["make-checkpoint", "--model", str(config_path), "--out", str(out), "--quiet",
-                         "--dtype", "fp32", "--max-shard-gb", str(SHARD_BYTES / 1e9), *extra])
+    return runtime_main(
+        [
+            "make-checkpoint",
+            "--model",
+            str(config_path),
+            "--out",
+            str(out),
+            "--quiet",
+            "--dtype",
+            "fp32",
+            "--max-shard-gb",
+            str(SHARD_BYTES / 1e9),
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module", params=RUNNABLE_FAMILIES)
@@ -125,8 +172,9 @@ def test_make_checkpoint_loads_in_ours_and_transformers(family, tmp_path):
         assert checkpoint.spec.family == family
         state = model.state_dict()
         for name in checkpoint.weights:
-            torch.testing.assert_close(checkpoint.weights[name], hf_tensor(state, checkpoint.spec, name),
-                                       rtol=0, atol=0, msg=name)
+            torch.testing.assert_close(
+                checkpoint.weights[name], hf_tensor(state, checkpoint.spec, name), rtol=0, atol=0, msg=name
+            )
         assert torch.all(checkpoint.weights["final_norm"] == 1)
 
 
@@ -136,7 +184,9 @@ def test_random_model_generates_varied_tokens_and_spreads_routing(tmp_path):
     assert make_checkpoint(config_path, tmp_path / "ckpt", "--max-shard-gb", "1") == 0
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     chosen = []
-    model.model.layers[0].mlp.gate.register_forward_hook(lambda mod, inp, out: chosen.append(out[2].flatten()))
+    model.model.layers[0].mlp.gate.register_forward_hook(
+        lambda mod, inp, out: chosen.append(out[2].flatten())
+    )
     prompt = torch.tensor([[1, 40, 41, 42, 43]])
     generated = model.generate(prompt, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert len(set(generated[0, 5:].tolist())) >= 24
@@ -176,7 +226,9 @@ def test_generated_tokenizer(random_checkpoint):
     tokenizer = open_checkpoint(random_checkpoint).tokenizer
     text = "def f(x):\n    return x ** 2  # naïve 🙂"
     ids = tokenizer.encode(text)
-    assert ids[0] == tokenizer.bos_token_id == 1 and tokenizer.eos_token_id == 2 and tokenizer.pad_token_id == 0
+    assert (
+        ids[0] == tokenizer.bos_token_id == 1 and tokenizer.eos_token_id == 2 and tokenizer.pad_token_id == 0
+    )
     assert tokenizer.decode(ids) == text
     assert tokenizer.vocab_size == COMMON["vocab_size"]
     assert all(tokenizer.decode([i]) for i in range(len(SPECIAL_TOKENS), tokenizer.vocab_size))
@@ -186,8 +238,9 @@ def test_generated_tokenizer(random_checkpoint):
     assert chat_ids.count(tokenizer.bos_token_id) == 1
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(random_checkpoint)
     assert hf_tokenizer(text)["input_ids"] == ids
-    assert hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
-        tokenizer.apply_chat_template(messages)
+    assert hf_tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    ) == tokenizer.apply_chat_template(messages)
 
 
 def test_chat_template_runs_sandboxed(random_checkpoint):
@@ -206,7 +259,10 @@ def test_weight_metadata_needs_no_data(random_checkpoint, monkeypatch):
     weights = checkpoint.weights
     assert weights.shape("layers.1.moe.experts.3.down_proj") == (32, 48)
     assert weights.nbytes("embed") == 320 * 32 * 4 and weights.dtype("embed") == torch.float32
-    assert weights.disk_name("layers.0.moe.experts.0.up_proj") == "model.layers.0.block_sparse_moe.experts.0.w3.weight"
+    assert (
+        weights.disk_name("layers.0.moe.experts.0.up_proj")
+        == "model.layers.0.block_sparse_moe.experts.0.w3.weight"
+    )
     assert weights.total_nbytes() == index_of(random_checkpoint)["metadata"]["total_size"]
 
 
@@ -224,7 +280,10 @@ def test_make_checkpoint_refuses_foreign_directories(random_checkpoint, tmp_path
     assert make_checkpoint(random_checkpoint / "config.json", tmp_path) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
-    assert runtime_main(["make-checkpoint", "--model", "mixtral-mini", "--layers", "0", "--out", str(tmp_path)]) == 2
+    assert (
+        runtime_main(["make-checkpoint", "--model", "mixtral-mini", "--layers", "0", "--out", str(tmp_path)])
+        == 2
+    )
 
 
 def test_make_checkpoint_replaces_its_own_output(random_checkpoint, tmp_path):
@@ -245,18 +304,35 @@ def test_mixtral_8x7b_two_layers(tmp_path):
     """
     out = tmp_path / "mx2"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "runtime", "make-checkpoint", "--model", "mixtral-8x7b", "--layers", "2",
-                    "--out", str(out), "--quiet"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "make-checkpoint",
+            "--model",
+            "mixtral-8x7b",
+            "--layers",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        check=True,
+    )
     seconds = time.perf_counter() - start
     peak_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
     total_gb = sum(p.stat().st_size for p in out.glob("*.safetensors")) / 1e9
-    print(f"mixtral-8x7b-L2: {total_gb:.2f} GB on disk, {seconds:.0f} s, peak writer RSS {peak_rss_gb:.2f} GB")
+    print(
+        f"mixtral-8x7b-L2: {total_gb:.2f} GB on disk, {seconds:.0f} s, peak writer RSS {peak_rss_gb:.2f} GB"
+    )
     assert 6.2 < total_gb < 6.45
     assert peak_rss_gb < 1.5
     with open_checkpoint(out) as checkpoint:
         assert checkpoint.weights.shape("layers.1.moe.experts.7.down_proj") == (4096, 14336)
-    model, info = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16,
-                                                                    output_loading_info=True)
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        out, dtype=torch.bfloat16, output_loading_info=True
+    )
     assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
 
 
@@ -264,4 +340,6 @@ def test_expected_tensors_agree_with_the_planners_parameter_counts():
     specs = [spec for spec in map(load_spec, list_specs()) if spec.is_runnable]
     assert {spec.family for spec in specs} == set(RUNNABLE_FAMILIES)
     for spec in specs:
-        assert sum(prod(t.shape) for t in expected_tensors(spec)) == ModelCosts(spec).total_params(), spec.name
+        assert sum(prod(t.shape) for t in expected_tensors(spec)) == ModelCosts(spec).total_params(), (
+            spec.name
+        )

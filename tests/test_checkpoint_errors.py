@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 from test_checkpoint import hf_config, index_of, make_checkpoint, random_checkpoint  # noqa: E402, F401
 
 from planner.errors import UserError  # noqa: E402
-from planner.spec import load_spec  # noqa: E402
+from planner.specs.spec import load_spec  # noqa: E402
 from runtime.checkpoint import open_checkpoint  # noqa: E402
 
 
@@ -56,11 +56,21 @@ def test_missing_tensors_are_listed(broken):
     assert dropped[0] in str(err.value)
 
 
-@pytest.mark.parametrize("edit, pattern", [
-    (lambda t: {**t, "model.layers.0.extra.weight": torch.zeros(2)}, r"unexpected 1 \(model\.layers\.0\.extra"),
-    (lambda t: {**t, K_PROJ: t[K_PROJ].T.contiguous()}, r"k_proj\.weight is \[32, 16\], expected \[16, 32\]"),
-    (lambda t: {**t, K_PROJ: t[K_PROJ].to(torch.int32)}, r"dtype I32"),
-], ids=["unexpected", "wrong-shape", "wrong-dtype"])
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (
+            lambda t: {**t, "model.layers.0.extra.weight": torch.zeros(2)},
+            r"unexpected 1 \(model\.layers\.0\.extra",
+        ),
+        (
+            lambda t: {**t, K_PROJ: t[K_PROJ].T.contiguous()},
+            r"k_proj\.weight is \[32, 16\], expected \[16, 32\]",
+        ),
+        (lambda t: {**t, K_PROJ: t[K_PROJ].to(torch.int32)}, r"dtype I32"),
+    ],
+    ids=["unexpected", "wrong-shape", "wrong-dtype"],
+)
 def test_bad_tensor_is_named(broken, edit, pattern):
     rewrite_shard_of(broken, K_PROJ, edit)
     with pytest.raises(UserError, match=pattern):
@@ -78,15 +88,19 @@ def test_truncated_shard(broken):
         open_checkpoint(broken)
 
 
-@pytest.mark.parametrize("header, pattern", [
-    ((1 << 40).to_bytes(8, "little"), "header length"),
-    ((16).to_bytes(8, "little") + b"{not json,,,,,,", "not valid JSON"),
-    (b"\x01\x02", "fewer than the 8-byte header length"),
-], ids=["huge-length", "garbage-json", "too-short"])
+@pytest.mark.parametrize(
+    "header, pattern",
+    [
+        ((1 << 40).to_bytes(8, "little"), "header length"),
+        ((16).to_bytes(8, "little") + b"{not json,,,,,,", "not valid JSON"),
+        (b"\x01\x02", "fewer than the 8-byte header length"),
+    ],
+    ids=["huge-length", "garbage-json", "too-short"],
+)
 def test_corrupt_header(broken, header, pattern):
     shard = largest_shard(broken)
     data = shard.read_bytes()
-    shard.write_bytes(header if len(header) < 8 else header + data[len(header):])
+    shard.write_bytes(header if len(header) < 8 else header + data[len(header) :])
     with pytest.raises(UserError, match=f"{shard.name} is corrupt: .*{pattern}"):
         open_checkpoint(broken)
 

@@ -25,12 +25,16 @@ from tests.conftest import REPO_ROOT, relabelled_profile_for_this_machine
 ray = pytest.importorskip("ray")
 
 NUM_PROMPTS = 200
-NUM_KILL_PROMPTS = 80                   # the kill tests answer the first 80 prompts
+NUM_KILL_PROMPTS = 80  # the kill tests answer the first 80 prompts
 
 
 def prompt_line(i: int) -> dict:
-    return {"id": f"p{i}", "prompt": f"Prompt {i}: " + "tell me more " * (i % 5), "max_tokens": 2 + i % 4,
-            "ignore_eos": True}
+    return {
+        "id": f"p{i}",
+        "prompt": f"Prompt {i}: " + "tell me more " * (i % 5),
+        "max_tokens": 2 + i % 4,
+        "ignore_eos": True,
+    }
 
 
 def answers(path: Path) -> dict[str, list[int]]:
@@ -46,32 +50,68 @@ def answers(path: Path) -> dict[str, list[int]]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """(root, plan, checkpoint, env, single-process answers) with a 2-CPU Ray cluster running."""
-    from planner.perf_memory import Budgets
-    from planner.plan_build import make_plan
-    from planner.profile import find_profile_for_this_machine
-    from planner.spec import load_spec
-    from planner.workload import Workload
+    from planner.hardware.profile import find_profile_for_this_machine
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
+    from planner.plans.workload import Workload
+    from planner.specs.spec import load_spec
 
     root = tmp_path_factory.mktemp("cluster")
     relabelled_profile_for_this_machine(root / "profiles")
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MOELENS_PROFILES_DIR=str(root / "profiles"),
-               OMP_WAIT_POLICY="PASSIVE")
-    subprocess.run([sys.executable, "-m", "runtime", "make-checkpoint", "--model", "qwen3-mini", "--layers", "2",
-                    "--dtype", "fp32", "--out", str(root / "ckpt"), "--quiet"], env=env, check=True, timeout=300)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        MOELENS_PROFILES_DIR=str(root / "profiles"),
+        OMP_WAIT_POLICY="PASSIVE",
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "make-checkpoint",
+            "--model",
+            "qwen3-mini",
+            "--layers",
+            "2",
+            "--dtype",
+            "fp32",
+            "--out",
+            str(root / "ckpt"),
+            "--quiet",
+        ],
+        env=env,
+        check=True,
+        timeout=300,
+    )
     for name, count in (("prompts.jsonl", NUM_PROMPTS), ("kill.jsonl", NUM_KILL_PROMPTS)):
         (root / name).write_text("".join(json.dumps(prompt_line(i)) + "\n" for i in range(count)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MOELENS_PROFILES_DIR", env["MOELENS_PROFILES_DIR"])
         here = find_profile_for_this_machine()
-        one_core = replace(here, machine=replace(here.machine, cores=1))   # each worker has one CPU
-        plan = make_plan(load_spec(root / "ckpt"), one_core, Workload.fixed(16, 4, NUM_PROMPTS),
-                         Budgets.from_args(one_core, 0.002), model_ref=str(root / "ckpt"), profile_ref=here.name)
+        one_core = replace(here, machine=replace(here.machine, cores=1))  # each worker has one CPU
+        plan = make_plan(
+            load_spec(root / "ckpt"),
+            one_core,
+            Workload.fixed(16, 4, NUM_PROMPTS),
+            Budgets.from_args(one_core, 0.002),
+            model_ref=str(root / "ckpt"),
+            profile_ref=here.name,
+        )
         plan_path = plan.save(root / "plan.yaml")
-        execute_job(ExecuteOptions(plan=plan_path, input=root / "prompts.jsonl", output=root / "single.jsonl",
-                                   quiet=True))
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-                 runtime_env={"env_vars": {k: env[k] for k in ("PYTHONPATH", "MOELENS_PROFILES_DIR",
-                                                                 "OMP_WAIT_POLICY")}})
+        execute_job(
+            ExecuteOptions(
+                plan=plan_path, input=root / "prompts.jsonl", output=root / "single.jsonl", quiet=True
+            )
+        )
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            runtime_env={
+                "env_vars": {k: env[k] for k in ("PYTHONPATH", "MOELENS_PROFILES_DIR", "OMP_WAIT_POLICY")}
+            },
+        )
         try:
             yield root, plan_path, env, answers(root / "single.jsonl")
         finally:
@@ -79,8 +119,14 @@ def cluster(tmp_path_factory):
 
 
 def cluster_options(root: Path, plan: Path, output: str, input: str = "prompts.jsonl") -> ExecuteOptions:
-    return ExecuteOptions(plan=plan, input=root / input, output=root / output,
-                          report=root / f"{output}.report.json", quiet=True, workers=2)
+    return ExecuteOptions(
+        plan=plan,
+        input=root / input,
+        output=root / output,
+        report=root / f"{output}.report.json",
+        quiet=True,
+        workers=2,
+    )
 
 
 def test_two_workers_answer_every_prompt_once_as_one_process_does(cluster):
@@ -91,7 +137,9 @@ def test_two_workers_answer_every_prompt_once_as_one_process_does(cluster):
     workers = report["workers"]
     assert len(workers) == 2 and sum(w["requests"] for w in workers) == NUM_PROMPTS
     assert all(w["plan_source"] == "given" and w["threads"] == 1 and w["achieved_tok_s"] > 0 for w in workers)
-    assert report["total"]["generated_tok_s"]["predicted"] == pytest.approx(sum(w["predicted_tok_s"] for w in workers))
+    assert report["total"]["generated_tok_s"]["predicted"] == pytest.approx(
+        sum(w["predicted_tok_s"] for w in workers)
+    )
     assert json.loads((root / "two.jsonl.report.json").read_text())["num_requests"] == NUM_PROMPTS
 
 
@@ -118,7 +166,9 @@ def test_a_killed_worker_is_restarted_and_every_prompt_answered_once(cluster):
     while len(answers(root / "kill-worker.jsonl")) < 5 and job.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     pids = _engine_worker_pids()
-    assert len(answers(root / "kill-worker.jsonl")) < NUM_KILL_PROMPTS and pids, "the job ended before the kill"
+    assert len(answers(root / "kill-worker.jsonl")) < NUM_KILL_PROMPTS and pids, (
+        "the job ended before the kill"
+    )
     os.kill(pids[0], signal.SIGKILL)
     job.join(timeout=300)
     assert answers(root / "kill-worker.jsonl") == {f"p{i}": single[f"p{i}"] for i in range(NUM_KILL_PROMPTS)}
@@ -128,9 +178,25 @@ def test_a_killed_worker_is_restarted_and_every_prompt_answered_once(cluster):
 def test_a_killed_driver_resumes_on_rerun_with_nothing_answered_twice(cluster):
     root, plan, env, single = cluster
     address = ray.get_runtime_context().gcs_address
-    env = dict(env, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"))   # a cluster with a token wants it
-    args = [sys.executable, "-m", "runtime", "execute", str(plan), "--input", str(root / "kill.jsonl"),
-            "--output", str(root / "driver.jsonl"), "--quiet", "--workers", "2", "--ray-address", address]
+    env = dict(
+        env, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled")
+    )  # a cluster with a token wants it
+    args = [
+        sys.executable,
+        "-m",
+        "runtime",
+        "execute",
+        str(plan),
+        "--input",
+        str(root / "kill.jsonl"),
+        "--output",
+        str(root / "driver.jsonl"),
+        "--quiet",
+        "--workers",
+        "2",
+        "--ray-address",
+        address,
+    ]
     driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not answers(root / "driver.jsonl") and driver.poll() is None and time.monotonic() < deadline:
@@ -138,7 +204,9 @@ def test_a_killed_driver_resumes_on_rerun_with_nothing_answered_twice(cluster):
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=60)
     written = len(answers(root / "driver.jsonl"))
-    assert 0 < written < NUM_KILL_PROMPTS, f"kill missed the run ({written} answers): {driver.stderr.read()[-2000:]}"
+    assert 0 < written < NUM_KILL_PROMPTS, (
+        f"kill missed the run ({written} answers): {driver.stderr.read()[-2000:]}"
+    )
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert answers(root / "driver.jsonl") == {f"p{i}": single[f"p{i}"] for i in range(NUM_KILL_PROMPTS)}
@@ -149,10 +217,17 @@ def test_the_processor_maps_a_dataset_of_requests_to_completions(cluster):
 
     root, plan, _, single = cluster
     rows = [{"question": f"p{i}", "line": prompt_line(i)} for i in range(12)]
-    processor = build_processor(ProcessorConfig(plan=plan, concurrency=2, batch_size=4),
-                                preprocess=lambda row: {**row["line"], "id": row["question"]},
-                                postprocess=lambda row: {"question": row["id"], "tokens": row["token_ids"],
-                                                         "finish": row["finish_reason"]})
+    processor = build_processor(
+        ProcessorConfig(plan=plan, concurrency=2, batch_size=4),
+        preprocess=lambda row: {**row["line"], "id": row["question"]},
+        postprocess=lambda row: {
+            "question": row["id"],
+            "tokens": row["token_ids"],
+            "finish": row["finish_reason"],
+        },
+    )
     out = processor(ray.data.from_items(rows)).take_all()
-    assert sorted(r["question"] for r in out) == [r["question"] for r in sorted(rows, key=lambda r: r["question"])]
+    assert sorted(r["question"] for r in out) == [
+        r["question"] for r in sorted(rows, key=lambda r: r["question"])
+    ]
     assert all(list(r["tokens"]) == single[r["question"]] and r["finish"] == "length" for r in out)

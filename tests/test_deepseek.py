@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 
 from test_reference_forward import hf_greedy, randomize, relative_error  # noqa: E402
 
-from planner.spec import ModelSpec, load_spec  # noqa: E402
+from planner.specs.spec import ModelSpec, load_spec  # noqa: E402
 from runtime.checkpoint import open_checkpoint  # noqa: E402
 from runtime.checkpoint.writer import write_random_checkpoint  # noqa: E402
 from runtime.model import reference  # noqa: E402
@@ -32,24 +32,85 @@ from runtime.model.routing import route, router_logits  # noqa: E402
 VOCAB = 128
 TOLERANCE = 1e-4
 DECODE_STEPS = 32
-COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
-              num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=24,
-              n_routed_experts=8, num_experts_per_tok=3, max_position_embeddings=128, rms_norm_eps=1e-6,
-              attn_implementation="eager", bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
-YARN = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=32, beta_fast=32, beta_slow=1,
-            rope_theta=10000.0)
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    moe_intermediate_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    kv_lora_rank=32,
+    qk_rope_head_dim=16,
+    qk_nope_head_dim=16,
+    v_head_dim=24,
+    n_routed_experts=8,
+    num_experts_per_tok=3,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-6,
+    attn_implementation="eager",
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    tie_word_embeddings=False,
+)
+YARN = dict(
+    rope_type="yarn",
+    factor=4.0,
+    original_max_position_embeddings=32,
+    beta_fast=32,
+    beta_slow=1,
+    rope_theta=10000.0,
+)
 V2 = ("DeepseekV2Config", "DeepseekV2ForCausalLM")
 V3 = ("DeepseekV3Config", "DeepseekV3ForCausalLM")
 CASES = {
-    "v2_lite": (*V2, dict(q_lora_rank=None, topk_method="greedy", n_shared_experts=2, first_k_dense_replace=1,
-                          rope_parameters=dict(YARN, mscale=0.707, mscale_all_dim=0.707))),
-    "v2_qlora_group_limited": (*V2, dict(q_lora_rank=24, topk_method="group_limited_greedy", n_group=4, topk_group=2,
-                                         routed_scaling_factor=2.0, n_shared_experts=1, first_k_dense_replace=0)),
-    "v3_group_limited": (*V3, dict(q_lora_rank=24, n_group=4, topk_group=2, routed_scaling_factor=2.5,
-                                   norm_topk_prob=True, n_shared_experts=1, first_k_dense_replace=1,
-                                   rope_parameters=dict(YARN, mscale=1.0, mscale_all_dim=0.707))),
-    "v3_rotate_half": (*V3, dict(q_lora_rank=None, rope_interleave=False, n_group=2, topk_group=1,
-                                 n_shared_experts=1, first_k_dense_replace=1)),
+    "v2_lite": (
+        *V2,
+        dict(
+            q_lora_rank=None,
+            topk_method="greedy",
+            n_shared_experts=2,
+            first_k_dense_replace=1,
+            rope_parameters=dict(YARN, mscale=0.707, mscale_all_dim=0.707),
+        ),
+    ),
+    "v2_qlora_group_limited": (
+        *V2,
+        dict(
+            q_lora_rank=24,
+            topk_method="group_limited_greedy",
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.0,
+            n_shared_experts=1,
+            first_k_dense_replace=0,
+        ),
+    ),
+    "v3_group_limited": (
+        *V3,
+        dict(
+            q_lora_rank=24,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            norm_topk_prob=True,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            rope_parameters=dict(YARN, mscale=1.0, mscale_all_dim=0.707),
+        ),
+    ),
+    "v3_rotate_half": (
+        *V3,
+        dict(
+            q_lora_rank=None,
+            rope_interleave=False,
+            n_group=2,
+            topk_group=1,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+        ),
+    ),
 }
 NAMES = sorted(CASES)
 
@@ -86,7 +147,9 @@ def case(request, tmp_path_factory):
     return request.param, build_checkpoint(request.param, directory, NAMES.index(request.param)), directory
 
 
-def run_ours(model: ReferenceModel, prompt: list[int], tokens: list[int]) -> tuple[list[torch.Tensor], object]:
+def run_ours(
+    model: ReferenceModel, prompt: list[int], tokens: list[int]
+) -> tuple[list[torch.Tensor], object]:
     cache = model.new_cache()
     logits = [model.prefill(prompt, cache)]
     for token in tokens:
@@ -113,7 +176,11 @@ def test_checkpoint_is_sharded_and_spec_matches(case):
     assert len(set(index["weight_map"].values())) > 2
     spec = open_checkpoint(directory).spec
     config = hf_model.config
-    assert (spec.family, spec.attention, spec.q_lora_rank) == (config.model_type, "mla", config.q_lora_rank or 0)
+    assert (spec.family, spec.attention, spec.q_lora_rank) == (
+        config.model_type,
+        "mla",
+        config.q_lora_rank or 0,
+    )
     assert spec.first_dense_layers == config.first_k_dense_replace
 
 
@@ -160,7 +227,8 @@ def test_greedy_batch_through_llm_matches_transformers(case):
     generator = torch.Generator().manual_seed(11)
     prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in (2, 13)]
     outputs = LLM(directory, reference=True).generate(
-        prompts, SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True))
+        prompts, SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True)
+    )
     for prompt, output in zip(prompts, outputs):
         assert output.outputs[0].token_ids == hf_greedy(hf_model, prompt, DECODE_STEPS), name
 
@@ -168,8 +236,11 @@ def test_greedy_batch_through_llm_matches_transformers(case):
 @pytest.mark.parametrize("name", ["v2_qlora_group_limited", "v3_group_limited"])
 def test_routers_match_transformers_and_groups_bind(name):
     config = hf_config(name)
-    module = transformers.models.deepseek_v3.modeling_deepseek_v3 if name.startswith("v3") else \
-        transformers.models.deepseek_v2.modeling_deepseek_v2
+    module = (
+        transformers.models.deepseek_v3.modeling_deepseek_v3
+        if name.startswith("v3")
+        else transformers.models.deepseek_v2.modeling_deepseek_v2
+    )
     router = (module.DeepseekV3TopkRouter if name.startswith("v3") else module.DeepseekV2TopkRouter)(config)
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
@@ -201,9 +272,9 @@ def test_yarn_tables_and_softmax_scale_match_transformers(model):
     rope = mla_rope(spec)
     torch.testing.assert_close(rope.inv_freq, inv_freq, rtol=1e-6, atol=0)
     assert rope.attention_scaling == pytest.approx(attention_factor, rel=1e-12)
-    expected_scale = yarn_apply_mscale(config.rope_parameters, config.qk_head_dim ** -0.5)
+    expected_scale = yarn_apply_mscale(config.rope_parameters, config.qk_head_dim**-0.5)
     assert mla_softmax_scale(spec) == pytest.approx(expected_scale, rel=1e-12)
-    assert mla_softmax_scale(spec) > config.qk_head_dim ** -0.5
+    assert mla_softmax_scale(spec) > config.qk_head_dim**-0.5
 
 
 @pytest.mark.parametrize("model", ["deepseek-v2-lite-mini", "deepseek-v3-mini"])
@@ -236,7 +307,11 @@ def test_full_size_make_checkpoint_opens_and_routes(model, layers, tmp_path):
     assert spec.num_layers == (layers or load_spec(model).num_layers)
     moe_layer = spec.first_dense_layers
     w = {"moe.router": checkpoint.weights[f"layers.{moe_layer}.moe.router"]}
-    bias = checkpoint.weights[f"layers.{moe_layer}.moe.router_bias"] if spec.has_score_correction_bias else None
-    x = torch.randn(16, spec.hidden_size, generator=torch.Generator().manual_seed(0)).to(w["moe.router"].dtype)
+    bias = (
+        checkpoint.weights[f"layers.{moe_layer}.moe.router_bias"] if spec.has_score_correction_bias else None
+    )
+    x = torch.randn(16, spec.hidden_size, generator=torch.Generator().manual_seed(0)).to(
+        w["moe.router"].dtype
+    )
     ids, weights = route(router_logits(x, w, spec), spec, bias)
     assert ids.shape == (16, spec.top_k) and torch.isfinite(weights).all()

@@ -62,9 +62,19 @@ def reference_tokens(checkpoint, prompts):
 @pytest.mark.filterwarnings("ignore:CPU attention kernel does not cover:RuntimeWarning")
 @pytest.mark.parametrize("grouped", [False, True], ids=["looped", "grouped"])
 @pytest.mark.parametrize("force_streaming", [False, True])
-def test_engine_greedy_tokens_match_reference(checkpoint, prompts, reference_tokens, force_streaming, grouped):
-    config = EngineConfig(num_seqs=2, attn_batch=1, kv_budget_bytes=4 << 20, kv_block_size=4, prefill_chunk=8,
-                          force_streaming=force_streaming, overlap=force_streaming, grouped_experts=grouped)
+def test_engine_greedy_tokens_match_reference(
+    checkpoint, prompts, reference_tokens, force_streaming, grouped
+):
+    config = EngineConfig(
+        num_seqs=2,
+        attn_batch=1,
+        kv_budget_bytes=4 << 20,
+        kv_block_size=4,
+        prefill_chunk=8,
+        force_streaming=force_streaming,
+        overlap=force_streaming,
+        grouped_experts=grouped,
+    )
     engine = Engine(checkpoint, config)
     assert engine.kv.layout.kind == "mla"
     assert engine.kv.layout.head_dim == checkpoint.spec.kv_lora_rank + checkpoint.spec.qk_rope_head_dim

@@ -19,15 +19,15 @@ import time
 import numpy as np
 import pytest
 
-from planner.emulated_link import emulate_link
 from planner.errors import UserError
-from planner.perf_memory import Budgets
-from planner.plan import Plan
-from planner.plan_build import make_plan
-from planner.profile import HardwareProfile, load_profile
-from planner.spec import load_spec
-from planner.sweep import Problem, run_sweep
-from planner.workload import Workload
+from planner.hardware.emulated_link import emulate_link
+from planner.hardware.profile import HardwareProfile, load_profile
+from planner.perf.memory import Budgets
+from planner.plans.build import make_plan
+from planner.plans.plan import Plan
+from planner.plans.sweep import Problem, run_sweep
+from planner.plans.workload import Workload
+from planner.specs.spec import load_spec
 from runtime.transfer import PacedLink
 
 MiB = 1 << 20
@@ -44,10 +44,10 @@ class FakeClock:
 def test_paced_link_books_transfers_back_to_back_on_the_wall_clock():
     clock = FakeClock()
     link = PacedLink(2.0, clock=clock)
-    link.occupy(int(1e9))                        # 0.5 s of activation traffic, not waited for
-    link.occupy(int(2e9))                        # queued behind it: 100.5 .. 101.5
-    clock.now = 103.0                            # idle link: the next transfer starts now
-    link.occupy(int(1e9))                        # 103.0 .. 103.5
+    link.occupy(int(1e9))  # 0.5 s of activation traffic, not waited for
+    link.occupy(int(2e9))  # queued behind it: 100.5 .. 101.5
+    clock.now = 103.0  # idle link: the next transfer starts now
+    link.occupy(int(1e9))  # 103.0 .. 103.5
     assert link.busy_seconds == pytest.approx(2.0)
     assert link.bytes_moved == int(4e9)
     assert link.busy_between(100.25, 101.0) == pytest.approx(0.75)
@@ -61,8 +61,8 @@ def test_paced_link_achieves_the_requested_rate_for_8_to_64_mib_copies():
     for size in (8 * MiB, 16 * MiB, 32 * MiB, 64 * MiB):
         src = np.ones(size, dtype=np.uint8)
         dst = np.empty_like(src)
-        np.copyto(dst, src)                      # warm, as the streamer's reused slots are
-        copies = 256 * MiB // size               # back to back, as the copy worker streams layers: 0.54 s each
+        np.copyto(dst, src)  # warm, as the streamer's reused slots are
+        copies = 256 * MiB // size  # back to back, as the copy worker streams layers: 0.54 s each
         began = time.perf_counter()
         busy = sum(link.copy(dst, src) for _ in range(copies))
         achieved = copies * size / (time.perf_counter() - began) / 1e9
@@ -73,8 +73,19 @@ def test_paced_link_achieves_the_requested_rate_for_8_to_64_mib_copies():
 
 
 # ----- the engine under an emulated link -----
-TINY = dict(name="emulated-tiny", num_layers=2, hidden_size=128, num_heads=4, num_kv_heads=2, head_dim=64,
-            vocab_size=320, num_experts=6, top_k=2, moe_intermediate_size=48, max_position_embeddings=256)
+TINY = dict(
+    name="emulated-tiny",
+    num_layers=2,
+    hidden_size=128,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=64,
+    vocab_size=320,
+    num_experts=6,
+    top_k=2,
+    moe_intermediate_size=48,
+    max_position_embeddings=256,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +93,9 @@ def checkpoint(tmp_path_factory):
     from runtime.checkpoint import open_checkpoint, write_random_checkpoint
 
     directory = tmp_path_factory.mktemp("emulated")
-    write_random_checkpoint(dataclasses.replace(load_spec("mixtral-mini"), **TINY), directory, dtype="fp32", seed=3)
+    write_random_checkpoint(
+        dataclasses.replace(load_spec("mixtral-mini"), **TINY), directory, dtype="fp32", seed=3
+    )
     return open_checkpoint(directory)
 
 
@@ -91,8 +104,14 @@ def _greedy_tokens(checkpoint, config) -> tuple[dict, object]:
     from runtime.sampling import SamplingParams
 
     rng = np.random.default_rng(0)
-    requests = [Request(id=i, prompt_token_ids=rng.integers(3, 320, size=5 + i).tolist(),
-                        params=SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)) for i in range(6)]
+    requests = [
+        Request(
+            id=i,
+            prompt_token_ids=rng.integers(3, 320, size=5 + i).tolist(),
+            params=SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
+        )
+        for i in range(6)
+    ]
     out = {}
     engine = Engine(checkpoint, config)
     try:
@@ -106,8 +125,9 @@ def _greedy_tokens(checkpoint, config) -> tuple[dict, object]:
 def test_emulated_link_gives_the_same_greedy_tokens_with_every_stream_copy_paced(checkpoint):
     from runtime.engine import EngineConfig
 
-    base = EngineConfig(num_seqs=4, attn_batch=4, expert_batch=8, kv_budget_bytes=1 << 20, kv_block_size=4,
-                        prefill_chunk=16)
+    base = EngineConfig(
+        num_seqs=4, attn_batch=4, expert_batch=8, kv_budget_bytes=1 << 20, kv_block_size=4, prefill_chunk=16
+    )
     plain, _ = _greedy_tokens(checkpoint, base)
     emulated = base.with_(stream_weights=True, link_gbps=0.2, device_memory_bytes=64 * MiB)
     assert emulated.streams and emulated.emulated
@@ -115,8 +135,8 @@ def test_emulated_link_gives_the_same_greedy_tokens_with_every_stream_copy_paced
     assert paced == plain
     link = engine.emulated.link
     streamed = engine.store.streamed_bytes
-    assert streamed > 0 and link.bytes_moved >= streamed       # every streamed byte crossed the link
-    assert engine.streamer.copy_log                             # through the streamer's copy worker
+    assert streamed > 0 and link.bytes_moved >= streamed  # every streamed byte crossed the link
+    assert engine.streamer.copy_log  # through the streamer's copy worker
     assert 0 < stats.link_busy_seconds <= stats.decode_seconds
     assert stats.peak_device_bytes == engine.emulated.device_bytes > 0
 
@@ -125,8 +145,9 @@ def test_emulated_link_gives_the_same_greedy_tokens_with_every_stream_copy_paced
 def test_a_device_set_larger_than_the_emulated_memory_is_refused(checkpoint):
     from runtime.engine import Engine, EngineConfig
 
-    config = EngineConfig(num_seqs=4, kv_budget_bytes=1 << 20, stream_weights=True, link_gbps=1.0,
-                          device_memory_bytes=64 << 10)
+    config = EngineConfig(
+        num_seqs=4, kv_budget_bytes=1 << 20, stream_weights=True, link_gbps=1.0, device_memory_bytes=64 << 10
+    )
     with pytest.raises(UserError, match="exceeds the emulated device memory") as err:
         Engine(checkpoint, config)
     assert "resident weights" in err.value.cause and "stream buffers" in err.value.cause
@@ -155,8 +176,9 @@ def test_emulated_profile_round_trips_and_keeps_the_cpu_measurements(emulated, t
 
 def _plan(profile, batching="module", num_prompts=256):
     spec = load_spec("mixtral-mini").with_layers(4)
-    return make_plan(spec, profile, Workload.fixed(64, 32, num_prompts), Budgets.from_args(profile, 4.0),
-                     batching=batching)
+    return make_plan(
+        spec, profile, Workload.fixed(64, 32, num_prompts), Budgets.from_args(profile, 4.0), batching=batching
+    )
 
 
 def test_emulated_link_plans_like_a_device_and_names_the_link(emulated):
@@ -168,7 +190,7 @@ def test_emulated_link_plans_like_a_device_and_names_the_link(emulated):
     assert plan.memory["device"]["reserve"] == 0.0
     assert Plan.from_yaml(plan.to_yaml()) == plan
     from planner.cli import summary
-    from planner.explain import explain
+    from planner.plans.explain import explain
 
     assert "emulated link" in summary(plan) and "emulated link" in explain(plan, what_if=False)
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planner.errors import UserError
-from planner.spec import load_spec
+from planner.specs.spec import load_spec
 from runtime.engine.config import EngineConfig
 from runtime.engine.expert_stacks import expert_weights, is_stack_name, stack_names
 from runtime.engine.host_arena import CudaHostRegister, HostArena, PinRecorder, aligned
@@ -27,8 +27,19 @@ from runtime.sampling import GenerationState, SamplingParams
 
 def tiny_spec(**changes):
     spec = load_spec("mixtral-mini")
-    base = dict(name="mixtral-tiny", num_layers=3, hidden_size=32, num_heads=4, num_kv_heads=2, head_dim=8,
-                vocab_size=300, num_experts=4, top_k=2, moe_intermediate_size=16, max_position_embeddings=512)
+    base = dict(
+        name="mixtral-tiny",
+        num_layers=3,
+        hidden_size=32,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        vocab_size=300,
+        num_experts=4,
+        top_k=2,
+        moe_intermediate_size=16,
+        max_position_embeddings=512,
+    )
     return dataclasses.replace(spec, **{**base, **changes})
 
 
@@ -89,13 +100,21 @@ def test_slot_block_tables_rows():
 
 
 # ----- scheduler -----
-def make_scheduler(prompt_lens, max_tokens, num_slots, num_blocks, block_size=4, prefill_chunk=16, max_len=10**6):
+def make_scheduler(
+    prompt_lens, max_tokens, num_slots, num_blocks, block_size=4, prefill_chunk=16, max_len=10**6
+):
     allocator = BlockAllocator(num_blocks)
     tables = SlotBlockTables(num_slots, blocks_for(min(max_len, num_blocks * block_size), block_size))
-    seqs = [Sequence(Request(i, [3] * n, SamplingParams(temperature=0, max_tokens=g, ignore_eos=True)),
-                     GenerationState([3] * n, SamplingParams(temperature=0, max_tokens=g, ignore_eos=True), frozenset({2})),
-                     arrival=i)
-            for i, (n, g) in enumerate(zip(prompt_lens, max_tokens))]
+    seqs = [
+        Sequence(
+            Request(i, [3] * n, SamplingParams(temperature=0, max_tokens=g, ignore_eos=True)),
+            GenerationState(
+                [3] * n, SamplingParams(temperature=0, max_tokens=g, ignore_eos=True), frozenset({2})
+            ),
+            arrival=i,
+        )
+        for i, (n, g) in enumerate(zip(prompt_lens, max_tokens))
+    ]
     return Scheduler(iter(seqs), num_slots, allocator, tables, block_size, prefill_chunk, max_len), seqs
 
 
@@ -131,12 +150,16 @@ def test_scheduler_runs_every_request_with_bounded_kv_and_slots(num_blocks):
             assert len(seq.blocks) == blocks_for(seq.num_cached + 1, 4)
             assert seq.status == RUNNING and seq.num_cached == seq.num_tokens - 1
         for chunk in plan.prefill:
-            assert chunk.start == chunk.seq.num_cached and len(chunk.seq.blocks) == blocks_for(chunk.seq.prefill_target, 4)
+            assert chunk.start == chunk.seq.num_cached and len(chunk.seq.blocks) == blocks_for(
+                chunk.seq.prefill_target, 4
+            )
 
     finished = drive(scheduler, check)
     assert sorted(s.request.id for s in finished) == list(range(23))
     for seq in seqs:
-        assert seq.state.token_ids == [7] * seq.request.params.max_tokens and seq.state.finish_reason == "length"
+        assert (
+            seq.state.token_ids == [7] * seq.request.params.max_tokens and seq.state.finish_reason == "length"
+        )
     assert scheduler.allocator.num_used == 0
     if num_blocks == 8:
         assert scheduler.num_preemptions > 0
@@ -187,31 +210,63 @@ def test_scheduler_stops_at_the_longest_length():
 
 # ----- config and weight placement -----
 def test_engine_config_from_plan_reads_the_decisions():
-    from planner.plan import Plan
+    from planner.plans.plan import Plan
 
     plan_fields = {f.name for f in dataclasses.fields(Plan)}
-    decisions = dict(num_seqs=64, attn_batch=16, expert_batch=256, kv_budget_bytes=1 << 30, kv_block_size=16,
-                     resident_modules=["qkv_proj"], resident_experts_per_layer=2, stream_weights=True,
-                     prefill_chunk=1024, attention_threads=2, compute_threads=2, token_groups=2)
+    decisions = dict(
+        num_seqs=64,
+        attn_batch=16,
+        expert_batch=256,
+        kv_budget_bytes=1 << 30,
+        kv_block_size=16,
+        resident_modules=["qkv_proj"],
+        resident_experts_per_layer=2,
+        stream_weights=True,
+        prefill_chunk=1024,
+        attention_threads=2,
+        compute_threads=2,
+        token_groups=2,
+    )
     assert set(decisions) <= plan_fields
     config = EngineConfig.from_plan(SimpleNamespace(**decisions), device="cpu")
-    assert (config.num_seqs, config.attn_batch, config.expert_batch, config.prefill_chunk) == (64, 16, 256, 1024)
+    assert (config.num_seqs, config.attn_batch, config.expert_batch, config.prefill_chunk) == (
+        64,
+        16,
+        256,
+        1024,
+    )
     assert config.resident_modules == ("qkv_proj",) and config.overlap and config.stream_weights
     assert not config.streams  # no device: weights in place unless forced
     forced = config.with_(force_streaming=True)
-    assert forced.is_resident("qkv_proj") and forced.is_resident("experts", 1) and not forced.is_resident("experts", 2)
+    assert (
+        forced.is_resident("qkv_proj")
+        and forced.is_resident("experts", 1)
+        and not forced.is_resident("experts", 2)
+    )
     with pytest.raises(UserError, match="lacks"):
         EngineConfig.from_plan(SimpleNamespace(num_seqs=1))
     with pytest.raises(UserError, match="unknown modules"):
         EngineConfig(resident_modules=("attention_core",))
 
 
-@pytest.mark.parametrize("name, module", [
-    ("embed", "embed"), ("lm_head", "lm_head"), ("final_norm", "lm_head"),
-    ("layers.0.attn_norm", "qkv_proj"), ("layers.3.attn.k_norm", "qkv_proj"), ("layers.1.attn.kv_b_proj", "qkv_proj"),
-    ("layers.2.attn.o_proj", "o_proj"), ("layers.0.mlp_norm", "router"), ("layers.0.moe.router_bias", "router"),
-    ("layers.5.moe.experts.12.down_proj", "experts"), ("layers.0.moe.shared.up_proj", "shared_experts"),
-    ("layers.0.moe.shared_gate", "shared_experts"), ("layers.0.mlp.gate_proj", "dense_mlp")])
+@pytest.mark.parametrize(
+    "name, module",
+    [
+        ("embed", "embed"),
+        ("lm_head", "lm_head"),
+        ("final_norm", "lm_head"),
+        ("layers.0.attn_norm", "qkv_proj"),
+        ("layers.3.attn.k_norm", "qkv_proj"),
+        ("layers.1.attn.kv_b_proj", "qkv_proj"),
+        ("layers.2.attn.o_proj", "o_proj"),
+        ("layers.0.mlp_norm", "router"),
+        ("layers.0.moe.router_bias", "router"),
+        ("layers.5.moe.experts.12.down_proj", "experts"),
+        ("layers.0.moe.shared.up_proj", "shared_experts"),
+        ("layers.0.moe.shared_gate", "shared_experts"),
+        ("layers.0.mlp.gate_proj", "dense_mlp"),
+    ],
+)
 def test_module_of_canonical_names(name, module):
     assert module_of(name) == module
 
@@ -229,17 +284,20 @@ def test_weight_store_places_resident_and_packs_streamed():
     in_place = WeightStore(weights, spec, EngineConfig())
     assert in_place.packed is None and in_place.arena is None
     assert in_place.layers[1]["attn.q_proj"] is weights["layers.1.attn.q_proj"]
-    gate, up, down = expert_weights(in_place.layers[1], 3)    # experts stacked: [E, 2I, h] and [E, h, I]
+    gate, up, down = expert_weights(in_place.layers[1], 3)  # experts stacked: [E, 2I, h] and [E, h, I]
     assert torch.equal(gate, weights["layers.1.moe.experts.3.gate_proj"])
     assert torch.equal(up, weights["layers.1.moe.experts.3.up_proj"])
     assert torch.equal(down, weights["layers.1.moe.experts.3.down_proj"])
     assert set(in_place.layers[1]) >= set(stack_names(0, 4))
     recorder = PinRecorder()
-    config = EngineConfig(force_streaming=True, resident_modules=("qkv_proj", "router"), resident_experts_per_layer=1)
+    config = EngineConfig(
+        force_streaming=True, resident_modules=("qkv_proj", "router"), resident_experts_per_layer=1
+    )
     store = WeightStore(weights, spec, config, pinner=recorder)
     assert "attn.q_proj" in store.layers[2] and set(stack_names(0, 1)) <= set(store.layers[2])
-    assert "attn.o_proj" not in store.layers[2] and not any(is_stack_name(n) for n in store.layers[2]
-                                                             if n not in stack_names(0, 1))
+    assert "attn.o_proj" not in store.layers[2] and not any(
+        is_stack_name(n) for n in store.layers[2] if n not in stack_names(0, 1)
+    )
     views = store.packed[2].views(store.packed[2].host)
     assert set(views) == {"attn.o_proj", *stack_names(1, 4)}
     assert views[stack_names(1, 4)[1]].shape == (3, 32, 16)
@@ -250,7 +308,8 @@ def test_weight_store_places_resident_and_packs_streamed():
     assert torch.equal(store.globals["lm_head"], weights["lm_head"])
     assert recorder.pinned == [store.arena.nbytes] and store.pinned_bytes == store.arena.nbytes
     assert store.arena.nbytes == sum(aligned(layer.nbytes) for layer in store.packed) + sum(
-        aligned(weights[n].numel() * 4) for n in ("embed", "lm_head"))
+        aligned(weights[n].numel() * 4) for n in ("embed", "lm_head")
+    )
     store.close()
     assert recorder.pinned == [] and store.pinned_bytes == 0
     assert expert_of("layers.2.moe.experts.11.up_proj") == 11 and expert_of("layers.2.moe.router") is None
@@ -259,7 +318,7 @@ def test_weight_store_places_resident_and_packs_streamed():
 def test_failed_pin_is_a_user_error_with_a_smaller_budget(monkeypatch):
     class FailingCudart:
         def cudaHostRegister(self, ptr, size, flags):
-            return 2      # cudaErrorMemoryAllocation
+            return 2  # cudaErrorMemoryAllocation
 
     monkeypatch.setattr(torch.cuda, "cudart", lambda: FailingCudart())
     with pytest.raises(UserError, match="page-lock .* GiB") as error:
@@ -270,8 +329,10 @@ def test_failed_pin_is_a_user_error_with_a_smaller_budget(monkeypatch):
 # ----- streamer -----
 def packed_layers(num_layers):
     generator = torch.Generator().manual_seed(num_layers)
-    layers = [{"a": torch.randn(5, 3, generator=generator), "b": torch.randn(7, generator=generator).bfloat16()}
-              for _ in range(num_layers)]
+    layers = [
+        {"a": torch.randn(5, 3, generator=generator), "b": torch.randn(7, generator=generator).bfloat16()}
+        for _ in range(num_layers)
+    ]
     return layers, [PackedLayer.pack(layer) for layer in layers]
 
 
@@ -279,13 +340,20 @@ def packed_layers(num_layers):
 def test_streamer_copies_in_cyclic_order_into_its_slots(pipelined, slots):
     layers, packed = packed_layers(5)
     copied = []
-    streamer = LayerStreamer(packed, torch.device("cpu"), slots, booking=lambda: "issued",
-                             on_copy_seconds=lambda seconds, booking: copied.append(booking))
+    streamer = LayerStreamer(
+        packed,
+        torch.device("cpu"),
+        slots,
+        booking=lambda: "issued",
+        on_copy_seconds=lambda seconds, booking: copied.append(booking),
+    )
     for _ in range(3):
         if pipelined:  # next layer acquired before the current is released, as the two-group pipeline does
             held = streamer.acquire(0)
             for layer in range(5):
-                assert torch.equal(held["a"], layers[layer]["a"]) and torch.equal(held["b"], layers[layer]["b"])
+                assert torch.equal(held["a"], layers[layer]["a"]) and torch.equal(
+                    held["b"], layers[layer]["b"]
+                )
                 nxt = streamer.acquire(layer + 1) if layer + 1 < 5 else None
                 streamer.release(layer)
                 held = nxt
@@ -318,15 +386,15 @@ class GatedStreamer(LayerStreamer):
 def test_streamer_waits_only_when_a_streamed_tensor_is_first_read():
     layers, packed = packed_layers(3)
     streamer = GatedStreamer(packed, torch.device("cpu"))
-    held = streamer.acquire(0)                    # returns while no copy has run
+    held = streamer.acquire(0)  # returns while no copy has run
     assert "a" in held and "missing" not in held and not streamer._ready_flags[0].is_set()
     reader = threading.Thread(target=lambda: torch.equal(held["a"], layers[0]["a"]))
     reader.start()
     reader.join(timeout=0.2)
-    assert reader.is_alive()                      # the first read waits for the copy ...
+    assert reader.is_alive()  # the first read waits for the copy ...
     streamer.gate.set()
     reader.join(timeout=10)
-    assert not reader.is_alive() and torch.equal(held["b"], layers[0]["b"])   # ... and ends when it lands
+    assert not reader.is_alive() and torch.equal(held["b"], layers[0]["b"])  # ... and ends when it lands
     streamer.release(0)
     streamer.close()
 
@@ -350,13 +418,13 @@ def test_a_slot_released_unread_does_not_signal_its_next_copy(monkeypatch):
         @staticmethod
         def copyto(dst, src):
             if dst.nbytes == slow_bytes:
-                time.sleep(0.3)               # layer 2's copy lands late
+                time.sleep(0.3)  # layer 2's copy lands late
             np.copyto(dst, src)
 
     monkeypatch.setattr(streamer_module, "np", SlowNumpy())
     streamer = LayerStreamer(packed, torch.device("cpu"))
-    streamer.acquire(0)                       # nothing of layer 0 is read
-    streamer.release(0)                       # slot 0 gets layer 2 next
+    streamer.acquire(0)  # nothing of layer 0 is read
+    streamer.release(0)  # slot 0 gets layer 2 next
     held = streamer.acquire(1)
     assert torch.equal(held["a"], layers[1]["a"])
     streamer.release(1)

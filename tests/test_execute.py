@@ -20,30 +20,54 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner.perf_memory import Budgets
-from planner.plan_build import make_plan
-from planner.profile import load_profile
-from planner.spec import ModelSpec
-from planner.this_machine import this_machine
-from planner.workload import Workload
+from planner.hardware.profile import load_profile
+from planner.hardware.this_machine import this_machine
+from planner.perf.memory import Budgets
+from planner.plans.build import make_plan
+from planner.plans.workload import Workload
+from planner.specs.spec import ModelSpec
 from runtime.checkpoint import open_checkpoint
 from runtime.checkpoint.writer import write_random_checkpoint
 from runtime.cli import main
 from runtime.jobio import state_path
 
-TINY = ModelSpec(name="tiny-mixtral", family="mixtral", num_layers=2, hidden_size=128, num_heads=2, num_kv_heads=1,
-                 head_dim=64, vocab_size=512, num_experts=4, top_k=2, moe_intermediate_size=64,
-                 max_position_embeddings=64)
+TINY = ModelSpec(
+    name="tiny-mixtral",
+    family="mixtral",
+    num_layers=2,
+    hidden_size=128,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=64,
+    vocab_size=512,
+    num_experts=4,
+    top_k=2,
+    moe_intermediate_size=64,
+    max_position_embeddings=64,
+)
 LINES = [
     {"id": "text", "prompt": "Hello there, how are you?", "max_tokens": 6, "ignore_eos": True},
     {"prompt_token_ids": [1, 5, 9, 200], "max_tokens": 5, "ignore_eos": True, "temperature": 0},
-    {"id": "chat", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4, "temperature": 0.8,
-     "seed": 1},
+    {
+        "id": "chat",
+        "messages": [{"role": "user", "content": "Say hi"}],
+        "max_tokens": 4,
+        "temperature": 0.8,
+        "seed": 1,
+    },
     "{broken json",
-    {"custom_id": "b1", "method": "POST", "url": "/v1/completions",
-     "body": {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 5, "ignore_eos": True}},
-    {"custom_id": "b2", "method": "POST", "url": "/v1/chat/completions",
-     "body": {"messages": [{"role": "user", "content": "Why?"}], "max_completion_tokens": 3}},
+    {
+        "custom_id": "b1",
+        "method": "POST",
+        "url": "/v1/completions",
+        "body": {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 5, "ignore_eos": True},
+    },
+    {
+        "custom_id": "b2",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user", "content": "Why?"}], "max_completion_tokens": 3},
+    },
     {"id": 7, "prompt_token_ids": [3, 4], "max_tokens": 4, "ignore_eos": True, "temperature": 0},
 ]
 NUM_VALID = len(LINES) - 1
@@ -61,12 +85,28 @@ def job(tmp_path_factory):
     checkpoint = open_checkpoint(root / "ckpt")
     base = load_profile("a5000-epyc7453")
     here = this_machine()
-    profile = replace(base, name=here.profile_name, links=None,
-                      machine=replace(base.machine, cpu=here.cpu, cores=here.cores, device=here.device, device_memory_gib=0,
-                                      host_memory_gib=8))
+    profile = replace(
+        base,
+        name=here.profile_name,
+        links=None,
+        machine=replace(
+            base.machine,
+            cpu=here.cpu,
+            cores=here.cores,
+            device=here.device,
+            device_memory_gib=0,
+            host_memory_gib=8,
+        ),
+    )
     profile_path = profile.save(root / "profiles" / f"{profile.name}.yaml")
-    plan = make_plan(checkpoint.spec, profile, Workload.fixed(12, 6, NUM_VALID), Budgets.from_args(profile, 0.01),
-                     model_ref=str(root / "ckpt"), profile_ref=str(profile_path))
+    plan = make_plan(
+        checkpoint.spec,
+        profile,
+        Workload.fixed(12, 6, NUM_VALID),
+        Budgets.from_args(profile, 0.01),
+        model_ref=str(root / "ckpt"),
+        profile_ref=str(profile_path),
+    )
     plan.save(root / "plan.yaml")
     write_jsonl(root / "in.jsonl", LINES)
     with pytest.MonkeyPatch.context() as patch:
@@ -75,8 +115,18 @@ def job(tmp_path_factory):
 
 
 def execute(root: Path, *extra: str, output: str = "out.jsonl", input: str = "in.jsonl") -> int:
-    return main(["execute", str(root / "plan.yaml"), "--input", str(root / input), "--output",
-                 str(root / output), "--quiet", *extra])
+    return main(
+        [
+            "execute",
+            str(root / "plan.yaml"),
+            "--input",
+            str(root / input),
+            "--output",
+            str(root / output),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def records(path: Path) -> dict:
@@ -90,7 +140,11 @@ def records(path: Path) -> dict:
 
 
 def token_ids(record: dict) -> list[int]:
-    return record["response"]["body"]["choices"][0]["token_ids"] if "custom_id" in record else record["token_ids"]
+    return (
+        record["response"]["body"]["choices"][0]["token_ids"]
+        if "custom_id" in record
+        else record["token_ids"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +175,7 @@ def test_greedy_answers_match_the_reference_forward(job, full_run):
 
 
 def test_report_has_vllm_keys_and_predictions(job, full_run):
-    from planner.calibrate_runs import load_run
+    from planner.calibration.runs import load_run
 
     answers, report = full_run
     assert report["num_requests"] == NUM_VALID
@@ -137,7 +191,7 @@ def test_report_has_vllm_keys_and_predictions(job, full_run):
     assert {"qkv_proj", "attention", "experts", "prefill"} <= modules
     assert report["utilisation"]["s_mbu"]["achieved"] > 0 and report["utilisation"]["s_mfu"]["achieved"] > 0
     assert report["memory"]["host"]["peak_bytes"] > 0
-    run = load_run(job / "report.json")          # what `planner calibrate` reads
+    run = load_run(job / "report.json")  # what `planner calibrate` reads
     assert run.spec.name == TINY.name and run.measured.decode_step_s > 0
 
 
@@ -145,24 +199,36 @@ def test_resume_after_a_crash_mid_write(job, full_run):
     answers, _ = full_run
     lines = (job / "out.jsonl").read_text().splitlines(keepends=True)
     shutil.copy(state_path(job / "out.jsonl"), state_path(job / "resumed.jsonl"))
-    (job / "resumed.jsonl").write_text("".join(lines[:2]) + lines[2][:17])   # torn third line
+    (job / "resumed.jsonl").write_text("".join(lines[:2]) + lines[2][:17])  # torn third line
     assert execute(job, "--on-error", "skip", output="resumed.jsonl") == 0
     resumed = records(job / "resumed.jsonl")
     assert set(resumed) == set(answers)
     assert {k: token_ids(r) for k, r in resumed.items()} == {k: token_ids(r) for k, r in answers.items()}
-    assert execute(job, "--on-error", "skip", output="resumed.jsonl") == 0       # nothing left to do
+    assert execute(job, "--on-error", "skip", output="resumed.jsonl") == 0  # nothing left to do
     assert records(job / "resumed.jsonl").keys() == answers.keys()
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_finishes_identically(job):
     """A real process killed while answers are being written; the rerun completes the job exactly once."""
-    lines = [{"id": i, "prompt_token_ids": [7 + i, 40 + 3 * i, 5], "max_tokens": 2 + i, "ignore_eos": True}
-             for i in range(12)]
+    lines = [
+        {"id": i, "prompt_token_ids": [7 + i, 40 + 3 * i, 5], "max_tokens": 2 + i, "ignore_eos": True}
+        for i in range(12)
+    ]
     write_jsonl(job / "kill.jsonl", lines)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    command = [sys.executable, "-m", "runtime", "execute", str(job / "plan.yaml"), "--input", str(job / "kill.jsonl"),
-               "--output", str(job / "killed.jsonl"), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "runtime",
+        "execute",
+        str(job / "plan.yaml"),
+        "--input",
+        str(job / "kill.jsonl"),
+        "--output",
+        str(job / "killed.jsonl"),
+        "--quiet",
+    ]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     out = job / "killed.jsonl"
@@ -208,13 +274,43 @@ def edited_plan(job: Path, name: str, edit) -> str:
 
 
 def test_plan_for_another_model_or_machine_is_refused(job, capsys):
-    other_model = edited_plan(job, "other-model.yaml", lambda d: d["model"].update(hash="0" * 12, ref="nowhere"))
-    assert main(["execute", other_model, "--checkpoint", str(job / "ckpt"), "--input", str(job / "in.jsonl"),
-                 "--output", str(job / "x.jsonl"), "--quiet"]) == 2
+    other_model = edited_plan(
+        job, "other-model.yaml", lambda d: d["model"].update(hash="0" * 12, ref="nowhere")
+    )
+    assert (
+        main(
+            [
+                "execute",
+                other_model,
+                "--checkpoint",
+                str(job / "ckpt"),
+                "--input",
+                str(job / "in.jsonl"),
+                "--output",
+                str(job / "x.jsonl"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "solved for model tiny-mixtral" in capsys.readouterr().err
-    other_machine = edited_plan(job, "other-machine.yaml", lambda d: d["profile"].update(fingerprint="f" * 12))
-    assert main(["execute", other_machine, "--input", str(job / "in.jsonl"), "--output", str(job / "x.jsonl"),
-                 "--quiet"]) == 2
+    other_machine = edited_plan(
+        job, "other-machine.yaml", lambda d: d["profile"].update(fingerprint="f" * 12)
+    )
+    assert (
+        main(
+            [
+                "execute",
+                other_machine,
+                "--input",
+                str(job / "in.jsonl"),
+                "--output",
+                str(job / "x.jsonl"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "fingerprint ffffffffffff" in err and "--force" in err
     assert not (job / "x.jsonl").exists()
@@ -222,8 +318,10 @@ def test_plan_for_another_model_or_machine_is_refused(job, capsys):
 
 def test_plan_needing_more_memory_than_free_is_refused(job, capsys):
     huge = edited_plan(job, "huge.yaml", lambda d: d["memory"]["host"].update(total=2.0**60))
-    assert main(["execute", huge, "--input", str(job / "in.jsonl"), "--output", str(job / "x.jsonl"),
-                 "--quiet"]) == 2
+    assert (
+        main(["execute", huge, "--input", str(job / "in.jsonl"), "--output", str(job / "x.jsonl"), "--quiet"])
+        == 2
+    )
     assert "GiB of host memory" in capsys.readouterr().err
 
 
@@ -231,7 +329,7 @@ def test_output_checks_happen_before_any_work(job, capsys, full_run):
     assert execute(job, output="missing-dir/out.jsonl") == 2
     assert "does not exist" in capsys.readouterr().err
     write_jsonl(job / "other.jsonl", [{"id": "z", "prompt": "other input"}])
-    assert execute(job, input="other.jsonl") == 2                 # out.jsonl belongs to the first job
+    assert execute(job, input="other.jsonl") == 2  # out.jsonl belongs to the first job
     err = capsys.readouterr().err
     assert "different input file" in err and "--overwrite" in err
     assert records(job / "out.jsonl").keys() == full_run[0].keys()
@@ -241,8 +339,15 @@ def test_progress_counts_running_and_finished_tokens():
     from runtime.progress import JobProgress
 
     running = [5]
-    progress = JobProgress(4, predicted_tokens_per_s=10.0, already_done=1, token_budget=100,
-                           in_flight_tokens=lambda: running[0], enabled=True, refresh_s=0.01)
+    progress = JobProgress(
+        4,
+        predicted_tokens_per_s=10.0,
+        already_done=1,
+        token_budget=100,
+        in_flight_tokens=lambda: running[0],
+        enabled=True,
+        refresh_s=0.01,
+    )
     progress.sequence_finished(3)
     running[0] = 2
     assert progress.generated_tokens == 5 and progress.bar.n == 2
@@ -250,7 +355,7 @@ def test_progress_counts_running_and_finished_tokens():
     assert text.startswith("gen ") and "(plan 10.0)" in text and "ETA <= " in text
     progress.bar.set_postfix_str(text, refresh=False)
     line = str(progress.bar)
-    assert line.count("ETA") == 1 and "<" not in line.replace("ETA <=", "")    # tqdm's own estimate is left out
+    assert line.count("ETA") == 1 and "<" not in line.replace("ETA <=", "")  # tqdm's own estimate is left out
     progress.close()
 
 
@@ -267,9 +372,31 @@ def test_demo_prompts_are_distinct_seeded_and_sized(job):
 def test_demo_end_to_end_on_a_tiny_model(job, tmp_path, capsys):
     spec_path = tmp_path / "tiny.yaml"
     spec_path.write_text(yaml.safe_dump(TINY.to_dict()))
-    profile = job / "profiles" / f"{this_machine().profile_name}.yaml"   # rates from a datasheet: not re-measured
-    assert main(["demo", "--model", str(spec_path), "--dir", str(tmp_path / "demo"), "--num-prompts", "6",
-                 "--min-prompt-tokens", "4", "--max-prompt-tokens", "8", "--gen-len", "3", "--profile", str(profile)]) == 0
+    profile = (
+        job / "profiles" / f"{this_machine().profile_name}.yaml"
+    )  # rates from a datasheet: not re-measured
+    assert (
+        main(
+            [
+                "demo",
+                "--model",
+                str(spec_path),
+                "--dir",
+                str(tmp_path / "demo"),
+                "--num-prompts",
+                "6",
+                "--min-prompt-tokens",
+                "4",
+                "--max-prompt-tokens",
+                "8",
+                "--gen-len",
+                "3",
+                "--profile",
+                str(profile),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "Throughput:" in out.out and "predicted" in out.err
     answers = records(tmp_path / "demo" / "outputs.jsonl")

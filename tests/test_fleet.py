@@ -7,13 +7,13 @@ import pytest
 
 from planner.cli import main
 from planner.errors import UserError
-from planner.fleet import parse_member, solve_fleet
-from planner.perf_memory import Budgets
-from planner.plan import Plan
-from planner.plan_build import make_plan
-from planner.profile import load_profile
-from planner.spec import load_spec
-from planner.workload import Workload
+from planner.hardware.profile import load_profile
+from planner.perf.memory import Budgets
+from planner.plans.build import make_plan
+from planner.plans.fleet import parse_member, solve_fleet
+from planner.plans.plan import Plan
+from planner.plans.workload import Workload
+from planner.specs.spec import load_spec
 
 GPU, CPU = "h100-sxm-lambda", "cpu-amd-epyc-2c"
 
@@ -29,7 +29,9 @@ def test_fleet_throughput_is_the_sum_of_its_machines_and_the_split_follows_it():
     spec, workload = load_spec("olmoe-1b-7b"), Workload.fixed(256, 64, 1001)
     members = [(load_profile(GPU), GPU, 4), (load_profile(CPU), CPU, 10)]
     fleet = solve_fleet(spec, members, workload, 8, None, None, "olmoe-1b-7b")
-    alone = [make_plan(spec, p, workload, Budgets.from_args(p, 8)).predicted.generated_tok_s for p, _, _ in members]
+    alone = [
+        make_plan(spec, p, workload, Budgets.from_args(p, 8)).predicted.generated_tok_s for p, _, _ in members
+    ]
     assert fleet.tok_s == pytest.approx(4 * alone[0] + 10 * alone[1])
     split = fleet.prompts_per_member()
     assert sum(split) == 1001
@@ -39,8 +41,23 @@ def test_fleet_throughput_is_the_sum_of_its_machines_and_the_split_follows_it():
 
 
 def test_solve_with_a_fleet_prints_it_and_writes_a_plan_per_profile(capsys, tmp_path):
-    code = main(["solve", "--model", "olmoe-1b-7b", "--kv-gb", "8", "--num-prompts", "5000", "--profile", f"{GPU}:4",
-                 "--profile", f"{CPU}:10", "--out", str(tmp_path / "plan.yaml")])
+    code = main(
+        [
+            "solve",
+            "--model",
+            "olmoe-1b-7b",
+            "--kv-gb",
+            "8",
+            "--num-prompts",
+            "5000",
+            "--profile",
+            f"{GPU}:4",
+            "--profile",
+            f"{CPU}:10",
+            "--out",
+            str(tmp_path / "plan.yaml"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "fleet of 14 machines" in out and GPU in out and CPU in out
     assert Plan.load(tmp_path / f"plan-{GPU}.yaml").profile.name == GPU
@@ -48,6 +65,8 @@ def test_solve_with_a_fleet_prints_it_and_writes_a_plan_per_profile(capsys, tmp_
 
 
 def test_a_fleet_member_that_cannot_hold_the_model_is_named(capsys):
-    code = main(["solve", "--model", "mixtral", "--kv-gb", "128", "--profile", f"{GPU}:4", "--profile", f"{CPU}:10"])
+    code = main(
+        ["solve", "--model", "mixtral", "--kv-gb", "128", "--profile", f"{GPU}:4", "--profile", f"{CPU}:10"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"fleet member {CPU}" in err and "Traceback" not in err

@@ -26,38 +26,96 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.errors import UserError
-from planner.perf_memory import Budgets
-from planner.plan import Plan
-from planner.plan_build import make_plan
-from planner.profile import HardwareProfile, load_profile
-from planner.spec import ModelSpec, load_spec
-from planner.workload import Workload
+from planner.hardware.profile import HardwareProfile, load_profile
+from planner.perf.memory import Budgets
+from planner.plans.build import make_plan
+from planner.plans.plan import Plan
+from planner.plans.workload import Workload
+from planner.specs.spec import ModelSpec, load_spec
 from runtime.jobio import LineError, ParseContext, parse_line, scan_input
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES = int(os.environ.get("MOELENS_FUZZ_EXAMPLES", "2500"))
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 HALF = settings(FUZZ, max_examples=max(1, FUZZ_EXAMPLES // 2))
-FILE_ROUTE = 3   # a route drawn away from the ends, which hypothesis favours
+FILE_ROUTE = 3  # a route drawn away from the ends, which hypothesis favours
 
 # ----- value strategies -----
-SPECIAL_VALUES = [0, -1, 1, -(2**63), 2**63, 2**64 + 1, 10**400, -(10**400), 1e308, -1e308, 5e-324, 0.5,
-                  math.nan, math.inf, -math.inf, True, False, None, "", "0", "1", "nan", "inf", "-1", "1e999",
-                  [], {}, [None], {"": None}]
-STRANGE_TEXT = ["", " ", "\x00", "\ud800", "a\udfffb", "\u202eevil", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "日本語", "\n\r\t", "é" * 50,
-                "../../etc/passwd", "{{ 7*7 }}", "{% for x in range(10**9) %}{% endfor %}", "<|user|>", "</s>"]
+SPECIAL_VALUES = [
+    0,
+    -1,
+    1,
+    -(2**63),
+    2**63,
+    2**64 + 1,
+    10**400,
+    -(10**400),
+    1e308,
+    -1e308,
+    5e-324,
+    0.5,
+    math.nan,
+    math.inf,
+    -math.inf,
+    True,
+    False,
+    None,
+    "",
+    "0",
+    "1",
+    "nan",
+    "inf",
+    "-1",
+    "1e999",
+    [],
+    {},
+    [None],
+    {"": None},
+]
+STRANGE_TEXT = [
+    "",
+    " ",
+    "\x00",
+    "\ud800",
+    "a\udfffb",
+    "\u202eevil",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "日本語",
+    "\n\r\t",
+    "é" * 50,
+    "../../etc/passwd",
+    "{{ 7*7 }}",
+    "{% for x in range(10**9) %}{% endfor %}",
+    "<|user|>",
+    "</s>",
+]
 texts = st.one_of(st.text(max_size=16), st.sampled_from(STRANGE_TEXT))
-numbers = st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-                    st.sampled_from(SPECIAL_VALUES[:17]))
+numbers = st.one_of(
+    st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(SPECIAL_VALUES[:17])
+)
 json_leaves = st.one_of(st.none(), st.booleans(), numbers, texts)
 yaml_leaves = st.one_of(json_leaves, st.dates(), st.datetimes(), st.binary(max_size=8))
-json_values = st.recursive(json_leaves, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(texts, inner, max_size=4)), max_leaves=12)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(texts, inner, max_size=4)),
+    max_leaves=12,
+)
 yaml_keys = st.one_of(texts, st.integers(-2, 2), st.booleans(), st.none(), st.floats(allow_nan=False))
-yaml_values = st.recursive(yaml_leaves, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(yaml_keys, inner, max_size=4)), max_leaves=12)
+yaml_values = st.recursive(
+    yaml_leaves,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(yaml_keys, inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def nested(depth: int, leaf: object, as_dict: bool) -> object:
@@ -85,7 +143,7 @@ def at(doc: object, path: tuple) -> object:
 
 def replacement(draw, kind: str, target: object, values) -> object:
     if kind == "special":
-        return copy.deepcopy(draw(st.sampled_from(SPECIAL_VALUES)))   # the list's own [] / {} stay pristine
+        return copy.deepcopy(draw(st.sampled_from(SPECIAL_VALUES)))  # the list's own [] / {} stay pristine
     if kind == "wrap":
         return [target]
     if kind == "stringify":
@@ -155,12 +213,16 @@ HF_SEEDS = [ModelSpec.from_dict(d).to_hf_config() for d in SPEC_SEEDS]
 
 def _plan_seeds() -> list[dict]:
     cpu_profile = HardwareProfile.from_dict(
-        next(p for p in PROFILE_SEEDS if p["links"] is None), "cpu profile")
+        next(p for p in PROFILE_SEEDS if p["links"] is None), "cpu profile"
+    )
     gpu_profile = HardwareProfile.from_dict(
-        next(p for p in PROFILE_SEEDS if p["links"] is not None), "gpu profile")
+        next(p for p in PROFILE_SEEDS if p["links"] is not None), "gpu profile"
+    )
     spec = ModelSpec.from_dict(next(d for d in SPEC_SEEDS if d["name"] == "qwen2-moe-mini"))
-    return [make_plan(spec, profile, Workload.fixed(64, 32, 100), Budgets.from_args(profile, 1.0)).to_dict()
-            for profile in (cpu_profile, gpu_profile)]
+    return [
+        make_plan(spec, profile, Workload.fixed(64, 32, 100), Budgets.from_args(profile, 1.0)).to_dict()
+        for profile in (cpu_profile, gpu_profile)
+    ]
 
 
 PLAN_SEEDS = _plan_seeds()
@@ -175,7 +237,7 @@ def check_plan(plan: Plan | None, via_yaml: bool) -> None:
 @FUZZ
 @given(doc=mutated(PLAN_SEEDS), route=st.integers(0, 24))
 def test_plan_parser(scratch, doc, route):
-    if route == FILE_ROUTE:   # the file entry point (pure-Python YAML is slow: a few cases)
+    if route == FILE_ROUTE:  # the file entry point (pure-Python YAML is slow: a few cases)
         check_plan(expect_clean(Plan.load, write_yaml(scratch / "plan.yaml", doc)), via_yaml=True)
     else:
         check_plan(expect_clean(Plan.from_dict, doc), via_yaml=False)
@@ -184,7 +246,9 @@ def test_plan_parser(scratch, doc, route):
 # ----- hardware profile -----
 def check_profile(profile: HardwareProfile | None, via_yaml: bool) -> None:
     if profile is not None:
-        again = HardwareProfile.from_dict(yaml.safe_load(profile.to_yaml()) if via_yaml else profile.to_dict())
+        again = HardwareProfile.from_dict(
+            yaml.safe_load(profile.to_yaml()) if via_yaml else profile.to_dict()
+        )
         assert again == profile and again.fingerprint() == profile.fingerprint()
 
 
@@ -200,8 +264,10 @@ def test_profile_parser(scratch, doc, route):
 # ----- model spec: YAML and config.json -----
 def check_spec(spec: ModelSpec | None) -> None:
     if spec is not None:
-        again = ModelSpec.from_dict(yaml.safe_load(yaml.dump(spec.to_dict(), Dumper=yaml.CSafeDumper, sort_keys=False)))
-        assert repr(again) == repr(spec)   # repr: `extra` is free-form and may hold NaN
+        again = ModelSpec.from_dict(
+            yaml.safe_load(yaml.dump(spec.to_dict(), Dumper=yaml.CSafeDumper, sort_keys=False))
+        )
+        assert repr(again) == repr(spec)  # repr: `extra` is free-form and may hold NaN
 
 
 @HALF
@@ -230,23 +296,47 @@ def test_hf_config_parser(scratch, doc, route):
         spec = expect_clean(load_spec, write_json(directory / "config.json", doc))
     else:
         spec = expect_clean(ModelSpec.from_hf_config, doc) if isinstance(doc, dict) else None
-    if spec is not None:   # what make-checkpoint would write from it reads back as the same model
+    if spec is not None:  # what make-checkpoint would write from it reads back as the same model
         again = ModelSpec.from_hf_config(spec.to_hf_config())
-        assert (again.name, again.family, again.num_layers, again.num_experts) == \
-            (spec.name, spec.family, spec.num_layers, spec.num_experts)
+        assert (again.name, again.family, again.num_layers, again.num_experts) == (
+            spec.name,
+            spec.family,
+            spec.num_layers,
+            spec.num_experts,
+        )
 
 
 # ----- JSONL request lines -----
 LINE_SEEDS = [
     {"id": 1, "prompt": "Hello there", "max_tokens": 8},
-    {"id": "a", "prompt_token_ids": [1, 5, 9], "max_tokens": 4, "temperature": 0.7, "top_p": 0.9, "top_k": 5,
-     "seed": 3, "stop": ["\n"], "ignore_eos": True},
+    {
+        "id": "a",
+        "prompt_token_ids": [1, 5, 9],
+        "max_tokens": 4,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 5,
+        "seed": 3,
+        "stop": ["\n"],
+        "ignore_eos": True,
+    },
     {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
-    {"custom_id": "r1", "method": "POST", "url": "/v1/completions",
-     "body": {"model": "m", "prompt": "Once", "max_tokens": 5, "n": 1, "stream": False}},
-    {"custom_id": "r2", "method": "POST", "url": "/v1/chat/completions",
-     "body": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Why?"}]}],
-              "max_completion_tokens": 3, "temperature": 0}},
+    {
+        "custom_id": "r1",
+        "method": "POST",
+        "url": "/v1/completions",
+        "body": {"model": "m", "prompt": "Once", "max_tokens": 5, "n": 1, "stream": False},
+    },
+    {
+        "custom_id": "r2",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Why?"}]}],
+            "max_completion_tokens": 3,
+            "temperature": 0,
+        },
+    },
 ]
 
 
@@ -270,11 +360,11 @@ def raw_line(doc: object, mangle: int, cut: int) -> bytes:
         raw = raw[: cut % len(raw)]
     elif mangle == 2 and raw:
         i = cut % len(raw)
-        raw = raw[:i] + bytes([raw[i] ^ 0x80 | 0x20]) + raw[i + 1:]
+        raw = raw[:i] + bytes([raw[i] ^ 0x80 | 0x20]) + raw[i + 1 :]
     elif mangle == 3:
         raw = b"[" * (cut % 100_000) + b"]" * (cut % 100_000)
     elif mangle == 4:
-        raw = b"1" * (cut % 10_000)   # an integer longer than Python's int parsing limit
+        raw = b"1" * (cut % 10_000)  # an integer longer than Python's int parsing limit
     return raw
 
 
@@ -285,8 +375,12 @@ def check_request(request, context: ParseContext) -> None:
 
 
 @FUZZ
-@given(doc=mutated(LINE_SEEDS, values=json_values, keys=texts), route=st.integers(0, 4),
-       mangle=st.integers(0, 6), cut=st.integers(0, 1 << 20))
+@given(
+    doc=mutated(LINE_SEEDS, values=json_values, keys=texts),
+    route=st.integers(0, 4),
+    mangle=st.integers(0, 6),
+    cut=st.integers(0, 1 << 20),
+)
 def test_jsonl_request_parser(scratch, line_context, doc, route, mangle, cut):
     if route == FILE_ROUTE:
         path = scratch / "in.jsonl"
@@ -354,14 +448,52 @@ def test_yaml_seeds_parse():
 # to those only from undecodable bytes, which the real standard error prints escaped (pytest's capture would not).
 CLI_EXAMPLES = max(40, FUZZ_EXAMPLES // 20)
 CLI_FUZZ = settings(FUZZ, max_examples=CLI_EXAMPLES)
-COMMON_WORDS = ["", " ", "-", "--", "0", "1", "-1", "3", "64", "1e9", "1e400", "nan", "inf", "-inf", "0.5",
-                "/nonexistent/file.yaml", "missing.jsonl", "out.yaml", "out.csv", "x.txt", "bf16", "fp32", "fp8",
-                "\u202eevil", "日本語", "../../etc/passwd"]
-PLANNER_WORDS = COMMON_WORDS + ["mixtral", "qwen2-moe-mini", "deepseek-v3", "h100-sxm-lambda", "cpu-amd-epyc-2c",
-                                "kv-gb=16:64", "host-gb=1:0", "speed=1:2", "kv-gb=nan:inf", "float16", "fp4"]
-PLANNER_HINTS = {"--model": ["mixtral", "qwen2-moe-mini", "deepseek-v3", "qwen3-30b-a3b"],   # flags drawn often,
-                 "--profile": ["h100-sxm-lambda", "cpu-amd-epyc-2c", "a5000-epyc7453"],     # from these words
-                 "--vary": ["kv-gb=16:64", "host-gb=64:128", "prompt-len=64:512", "kv-gb=64:16", "kv-gb=0:1"]}
+COMMON_WORDS = [
+    "",
+    " ",
+    "-",
+    "--",
+    "0",
+    "1",
+    "-1",
+    "3",
+    "64",
+    "1e9",
+    "1e400",
+    "nan",
+    "inf",
+    "-inf",
+    "0.5",
+    "/nonexistent/file.yaml",
+    "missing.jsonl",
+    "out.yaml",
+    "out.csv",
+    "x.txt",
+    "bf16",
+    "fp32",
+    "fp8",
+    "\u202eevil",
+    "日本語",
+    "../../etc/passwd",
+]
+PLANNER_WORDS = COMMON_WORDS + [
+    "mixtral",
+    "qwen2-moe-mini",
+    "deepseek-v3",
+    "h100-sxm-lambda",
+    "cpu-amd-epyc-2c",
+    "kv-gb=16:64",
+    "host-gb=1:0",
+    "speed=1:2",
+    "kv-gb=nan:inf",
+    "float16",
+    "fp4",
+]
+PLANNER_HINTS = {
+    "--model": ["mixtral", "qwen2-moe-mini", "deepseek-v3", "qwen3-30b-a3b"],  # flags drawn often,
+    "--profile": ["h100-sxm-lambda", "cpu-amd-epyc-2c", "a5000-epyc7453"],  # from these words
+    "--vary": ["kv-gb=16:64", "host-gb=64:128", "prompt-len=64:512", "kv-gb=64:16", "kv-gb=0:1"],
+}
 RUNTIME_WORDS = COMMON_WORDS + ["no-such-model", "/nonexistent/ckpt", "full", "quick", "tiny", "skip", "fail"]
 argv_texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=16)
 
@@ -373,7 +505,23 @@ def subcommands(parser) -> dict:
     return dict(action.choices)
 
 
-NUMBER_WORDS = ["0", "1", "-1", "2", "8", "16", "64", "0.5", "1e-9", "1e9", "1e308", "nan", "inf", "-inf", "1_0"]
+NUMBER_WORDS = [
+    "0",
+    "1",
+    "-1",
+    "2",
+    "8",
+    "16",
+    "64",
+    "0.5",
+    "1e-9",
+    "1e9",
+    "1e308",
+    "nan",
+    "inf",
+    "-inf",
+    "1_0",
+]
 
 
 def flag_value(draw, action, words: list[str], hints: dict[str, list[str]]) -> str:
@@ -388,14 +536,18 @@ def flag_value(draw, action, words: list[str], hints: dict[str, list[str]]) -> s
 
 
 @st.composite
-def cli_argv(draw, parser, words: list[str], stoppers: dict[str, list[str]],
-             hints: dict[str, list[str]] | None = None) -> list[str]:
+def cli_argv(
+    draw, parser, words: list[str], stoppers: dict[str, list[str]], hints: dict[str, list[str]] | None = None
+) -> list[str]:
     hints = hints or {}
     commands = subcommands(parser)
     if draw(st.integers(0, 24)) == 0:
         return [draw(st.sampled_from(["--version", "--help", "--bogus", "", "-"]))]
-    name = draw(st.one_of(st.sampled_from(sorted(commands)), argv_texts)) if draw(st.integers(0, 9)) == 0 else \
-        draw(st.sampled_from(sorted(commands)))
+    name = (
+        draw(st.one_of(st.sampled_from(sorted(commands)), argv_texts))
+        if draw(st.integers(0, 9)) == 0
+        else draw(st.sampled_from(sorted(commands)))
+    )
     sub = commands.get(name)
     groups: list[list[str]] = []
     if sub is not None:
@@ -404,7 +556,11 @@ def cli_argv(draw, parser, words: list[str], stoppers: dict[str, list[str]],
                 count = draw(st.integers(1, 2)) if action.nargs in ("+", "*") else 1
                 groups.append([flag_value(draw, action, words, hints) for _ in range(count)])
         options = [a for a in sub._actions if a.option_strings]
-        hinted = [a for a in options if (a.required or set(a.option_strings) & set(hints)) and draw(st.integers(0, 9))]
+        hinted = [
+            a
+            for a in options
+            if (a.required or set(a.option_strings) & set(hints)) and draw(st.integers(0, 9))
+        ]
         for action in hinted + draw(st.lists(st.sampled_from(options), max_size=6)):
             if "--help" in action.option_strings and draw(st.integers(0, 4)):
                 continue
@@ -419,7 +575,7 @@ def cli_argv(draw, parser, words: list[str], stoppers: dict[str, list[str]],
 def run_cli(main, argv: list[str], capsys) -> None:
     try:
         code = main(argv)
-    except SystemExit as exited:   # argparse: --help / --version (0) or a bad flag (2)
+    except SystemExit as exited:  # argparse: --help / --version (0) or a bad flag (2)
         code = exited.code
     err = capsys.readouterr().err
     assert code in (0, 2), f"{argv!r} exited {code}: {err[-2000:]}"
@@ -432,7 +588,7 @@ def test_planner_cli_argv(tmp_path, monkeypatch, capsys, data):
     from planner.cli import build_parser, main
 
     monkeypatch.chdir(tmp_path)
-    stoppers = {"sweep": ["--steps", "2"]}                   # a sweep solves once per step
+    stoppers = {"sweep": ["--steps", "2"]}  # a sweep solves once per step
     run_cli(main, data.draw(cli_argv(build_parser(), PLANNER_WORDS, stoppers, PLANNER_HINTS)), capsys)
 
 
@@ -442,6 +598,8 @@ def test_runtime_cli_argv(tmp_path, monkeypatch, capsys, data):
     from runtime.cli import build_parser, main
 
     monkeypatch.chdir(tmp_path)
-    stoppers = {"profile": ["--out", str(tmp_path)],        # a directory: refused before measuring anything
-                "demo": ["--num-prompts", "0"]}            # refused before the demo writes its checkpoint
+    stoppers = {
+        "profile": ["--out", str(tmp_path)],  # a directory: refused before measuring anything
+        "demo": ["--num-prompts", "0"],
+    }  # refused before the demo writes its checkpoint
     run_cli(main, data.draw(cli_argv(build_parser(), RUNTIME_WORDS, stoppers)), capsys)

@@ -17,13 +17,19 @@ def test_dry_run_runs_every_stage_and_saves_each_result(tmp_path):
     assert gpu_smoke.main(["--dry-run", "--out", str(tmp_path)]) == 0
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in results] == [name for name, _, _ in gpu_smoke.stages()]
-    assert all(r["status"] in ("ok", "skipped") for r in results), [(r["stage"], r.get("error")) for r in results]
+    assert all(r["status"] in ("ok", "skipped") for r in results), [
+        (r["stage"], r.get("error")) for r in results
+    ]
     by_stage = {r["stage"]: r for r in results}
     assert by_stage["exactness"]["all_identical"]
-    assert set(by_stage["exactness"]["variants"]) == {"resident", "streamed", "streamed_three_slots",
-                                                       "streamed_delayed"}
+    assert set(by_stage["exactness"]["variants"]) == {
+        "resident",
+        "streamed",
+        "streamed_three_slots",
+        "streamed_delayed",
+    }
     pins = by_stage["pinning_and_link"]["pinning"]
-    assert all(p["exact_pinned_bytes"] == p["asked_bytes"] for p in pins)          # pinned exactly what was asked
+    assert all(p["exact_pinned_bytes"] == p["asked_bytes"] for p in pins)  # pinned exactly what was asked
     assert all(r["grouped_s"] and r["looped_s"] > 0 for r in by_stage["gemm"]["experts"].values())
     assert (tmp_path / "trace.json").stat().st_size > 0 and by_stage["sync_audit"]["trace"]["steps"] == 3
     for stage in ("predicted_mixtral", "predicted_deepseek"):

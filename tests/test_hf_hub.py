@@ -7,9 +7,9 @@ import json
 import pytest
 
 from planner.errors import UserError
-from planner.hf_hub import is_hub_id, local_snapshot, shipped_spec_name
-from planner.spec import load_spec
-from planner.workload import Workload
+from planner.plans.workload import Workload
+from planner.specs.hf_hub import is_hub_id, local_snapshot, shipped_spec_name
+from planner.specs.spec import load_spec
 
 
 def fake_snapshot(cache, repo_id: str, revision: str = "abc123", config: dict | None = None):
@@ -23,7 +23,9 @@ def fake_snapshot(cache, repo_id: str, revision: str = "abc123", config: dict | 
 
 def test_ids_map_to_shipped_specs_without_a_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    assert is_hub_id("mistralai/Mixtral-8x7B-v0.1") and not is_hub_id("mixtral") and not is_hub_id(str(tmp_path))
+    assert (
+        is_hub_id("mistralai/Mixtral-8x7B-v0.1") and not is_hub_id("mixtral") and not is_hub_id(str(tmp_path))
+    )
     assert shipped_spec_name("mistralai/Mixtral-8x7B-v0.1") == "mixtral-8x7b"
     assert load_spec("mistralai/Mixtral-8x7B-v0.1").name == "mixtral-8x7b"
     assert load_spec("Qwen/Qwen3-30B-A3B").name == "qwen3-30b-a3b"
@@ -46,7 +48,7 @@ def test_cached_snapshot_wins_and_hf_home_is_honoured(tmp_path, monkeypatch):
     (snapshot / "tokenizer.json").write_text("not a tokenizer")
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"prompt": "hi"}) + "\n")
-    with pytest.raises(UserError, match="cannot read tokenizer"):    # found in the snapshot, then read
+    with pytest.raises(UserError, match="cannot read tokenizer"):  # found in the snapshot, then read
         Workload.from_file(path, 4, tokenizer_path="allenai/OLMoE-1B-7B-0924")
 
 
@@ -54,7 +56,9 @@ def test_planner_and_runtime_read_a_line_the_same_way(tmp_path):
     from runtime.jobio import ParseContext, scan_input
 
     path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"prompt": [1, 2, 3]}) + "\n" + json.dumps({"id": 2, "prompt": "x", "tools": []}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": [1, 2, 3]}) + "\n" + json.dumps({"id": 2, "prompt": "x", "tools": []}) + "\n"
+    )
     context = ParseContext(tokenizer=None, max_context=64, vocab_size=100)
     with pytest.raises(UserError) as planner_error:
         Workload.from_file(path, 4)

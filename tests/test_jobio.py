@@ -60,17 +60,36 @@ def requests_of(tmp_path: Path, lines: list, context: ParseContext = CONTEXT):
 
 # ---- input forms -------------------------------------------------------------------------------------
 def test_native_forms_and_defaults(tmp_path):
-    scan, reqs = requests_of(tmp_path, [
-        {"id": "a", "prompt": "hello big world", "max_tokens": 4, "temperature": 0.7, "top_p": 0.9,
-         "top_k": 5, "seed": 3, "stop": ["\n"], "ignore_eos": True},
-        {"prompt_token_ids": [1, 2, 3]},
-        {"id": 7, "messages": [{"role": "user", "content": "hi there"}]},
-    ])
+    scan, reqs = requests_of(
+        tmp_path,
+        [
+            {
+                "id": "a",
+                "prompt": "hello big world",
+                "max_tokens": 4,
+                "temperature": 0.7,
+                "top_p": 0.9,
+                "top_k": 5,
+                "seed": 3,
+                "stop": ["\n"],
+                "ignore_eos": True,
+            },
+            {"prompt_token_ids": [1, 2, 3]},
+            {"id": 7, "messages": [{"role": "user", "content": "hi there"}]},
+        ],
+    )
     assert [r.id for r in reqs] == ["a", 2, 7]
     assert reqs[0].prompt_token_ids == [15, 13, 15]
     p = reqs[0].sampling
-    assert (p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed, p.stop, p.ignore_eos) == \
-        (4, 0.7, 0.9, 5, 3, ["\n"], True)
+    assert (p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed, p.stop, p.ignore_eos) == (
+        4,
+        0.7,
+        0.9,
+        5,
+        3,
+        ["\n"],
+        True,
+    )
     assert reqs[1].prompt_token_ids == [1, 2, 3] and reqs[1].sampling.max_tokens == 8
     assert reqs[2].prompt_token_ids == WordTokenizer().encode("<user> hi there <assistant>")
     assert scan.num_requests == 3 and scan.prompt_tokens == 3 + 3 + 4 and not scan.skipped
@@ -83,17 +102,36 @@ def test_max_tokens_capped_to_context(tmp_path):
 
 
 def test_batch_api_forms(tmp_path):
-    _, reqs = requests_of(tmp_path, [
-        {"custom_id": "r1", "method": "POST", "url": "/v1/completions",
-         "body": {"model": "m", "prompt": "one two", "max_tokens": 5, "temperature": 0}},
-        {"custom_id": "r2", "method": "POST", "url": "/v1/completions", "body": {"prompt": [4, 5]}},
-        {"custom_id": "r3", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"messages": [{"role": "system", "content": "be brief"},
-                               {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-                  "max_completion_tokens": 6, "n": 1}},
-    ])
-    assert [(r.id, r.api) for r in reqs] == [("r1", "completions"), ("r2", "completions"),
-                                             ("r3", "chat.completions")]
+    _, reqs = requests_of(
+        tmp_path,
+        [
+            {
+                "custom_id": "r1",
+                "method": "POST",
+                "url": "/v1/completions",
+                "body": {"model": "m", "prompt": "one two", "max_tokens": 5, "temperature": 0},
+            },
+            {"custom_id": "r2", "method": "POST", "url": "/v1/completions", "body": {"prompt": [4, 5]}},
+            {
+                "custom_id": "r3",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "messages": [
+                        {"role": "system", "content": "be brief"},
+                        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                    ],
+                    "max_completion_tokens": 6,
+                    "n": 1,
+                },
+            },
+        ],
+    )
+    assert [(r.id, r.api) for r in reqs] == [
+        ("r1", "completions"),
+        ("r2", "completions"),
+        ("r3", "chat.completions"),
+    ]
     assert reqs[0].sampling.max_tokens == 5 and reqs[1].prompt_token_ids == [4, 5]
     assert reqs[2].sampling.max_tokens == 6
 
@@ -123,11 +161,25 @@ BAD_LINES = [
     ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": "x", "logprobs": 9}}, "logprobs=9"),
     ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": "x", "logit_bias": {}}}, "logit_bias"),
     ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": "x", "echo": True}}, "echo"),
-    ({"custom_id": "c", "url": "/v1/chat/completions",
-      "body": {"messages": [{"role": "user", "content": "q"}], "response_format": {"type": "json_object"}}},
-     "response_format"),
-    ({"custom_id": "c", "url": "/v1/chat/completions",
-      "body": {"messages": [{"role": "user", "content": "q"}], "top_logprobs": 2}}, "logprobs = true"),
+    (
+        {
+            "custom_id": "c",
+            "url": "/v1/chat/completions",
+            "body": {
+                "messages": [{"role": "user", "content": "q"}],
+                "response_format": {"type": "json_object"},
+            },
+        },
+        "response_format",
+    ),
+    (
+        {
+            "custom_id": "c",
+            "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": "q"}], "top_logprobs": 2},
+        },
+        "logprobs = true",
+    ),
     ({"id": 1, "prompt": "x", "presence_penalty": 5}, "presence_penalty"),
     ({"custom_id": "c", "url": "/v1/completions", "body": {"prompt": ["a", "b"]}}, "several prompts"),
     ({"custom_id": 5, "url": "/v1/completions", "body": {"prompt": "x"}}, "custom_id"),
@@ -144,8 +196,9 @@ def test_each_bad_line_names_line_and_cause(tmp_path, line, message):
 
 
 def test_duplicate_ids(tmp_path):
-    path = write_lines(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x"}, {"prompt": "y"},
-                                               {"id": "a", "prompt": "z"}])
+    path = write_lines(
+        tmp_path / "in.jsonl", [{"id": "a", "prompt": "x"}, {"prompt": "y"}, {"id": "a", "prompt": "z"}]
+    )
     with pytest.raises(UserError, match=r"line 3: duplicate id 'a' \(first on line 1\)"):
         scan_input(path, CONTEXT)
 
@@ -167,9 +220,17 @@ def test_empty_file_and_missing_file(tmp_path):
 
 
 def test_on_error_skip_collects_bad_lines(tmp_path):
-    path = write_lines(tmp_path / "in.jsonl", [
-        {"id": 1, "prompt": "a b"}, "{not json", {"id": 3, "prompt": ""}, {"id": 1, "prompt": "dup"},
-        "", {"id": 6, "prompt": "c"}])
+    path = write_lines(
+        tmp_path / "in.jsonl",
+        [
+            {"id": 1, "prompt": "a b"},
+            "{not json",
+            {"id": 3, "prompt": ""},
+            {"id": 1, "prompt": "dup"},
+            "",
+            {"id": 6, "prompt": "c"},
+        ],
+    )
     scan = scan_input(path, CONTEXT, on_error="skip")
     assert [s.line_number for s in scan.skipped] == [2, 3, 4]
     assert "malformed JSON" in scan.skipped[0].reason and "duplicate id 1" in scan.skipped[2].reason
@@ -190,9 +251,17 @@ def lines_of(path: Path) -> list[dict]:
 
 
 def test_writer_records_and_state(tmp_path):
-    scan, reqs = requests_of(tmp_path, [{"id": "n", "prompt": "a b"},
-                                        {"custom_id": "c", "url": "/v1/chat/completions",
-                                         "body": {"messages": [{"role": "user", "content": "q"}]}}])
+    scan, reqs = requests_of(
+        tmp_path,
+        [
+            {"id": "n", "prompt": "a b"},
+            {
+                "custom_id": "c",
+                "url": "/v1/chat/completions",
+                "body": {"messages": [{"role": "user", "content": "q"}]},
+            },
+        ],
+    )
     out = tmp_path / "out.jsonl"
     identity = JobIdentity(scan.sha256, "plan-hash", scan.num_requests)
     with JobOutput.open(out, identity, model_name="tiny") as job:
@@ -201,15 +270,25 @@ def test_writer_records_and_state(tmp_path):
         with pytest.raises(RuntimeError):
             job.write(reqs[0], [finished(reqs[0], [1], "stop")])
     native, batch = lines_of(out)
-    assert native == {"id": "n", "text": "a b", "token_ids": [1, 2], "finish_reason": "length", "stop_reason": None,
-                      "prompt_tokens": 2, "completion_tokens": 2}
+    assert native == {
+        "id": "n",
+        "text": "a b",
+        "token_ids": [1, 2],
+        "finish_reason": "length",
+        "stop_reason": None,
+        "prompt_tokens": 2,
+        "completion_tokens": 2,
+    }
     assert batch["custom_id"] == "c" and batch["error"] is None
     body = batch["response"]["body"]
     assert body["object"] == "chat.completion" and body["model"] == "tiny"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "c", "refusal": None}
     assert body["id"].startswith("chatcmpl-") and batch["id"].startswith("batch_req_")
-    assert body["usage"] == {"prompt_tokens": len(reqs[1].prompt_token_ids), "completion_tokens": 1,
-                             "total_tokens": len(reqs[1].prompt_token_ids) + 1}
+    assert body["usage"] == {
+        "prompt_tokens": len(reqs[1].prompt_token_ids),
+        "completion_tokens": 1,
+        "total_tokens": len(reqs[1].prompt_token_ids) + 1,
+    }
     state = json.loads(state_path(out).read_text())
     assert state["done"] == 2 and state["complete"] and state["input_sha256"] == scan.sha256
 
@@ -222,9 +301,9 @@ def test_resume_after_torn_line_answers_each_id_once(tmp_path):
     for r in reqs[:4]:
         job.write(r, [finished(r, [1], "length")])
     job.sync()
-    with out.open("ab") as f:          # the process died inside its fifth write
+    with out.open("ab") as f:  # the process died inside its fifth write
         f.write(b'{"id": 4, "text": "x", "tok')
-    del job                             # no close: a crash
+    del job  # no close: a crash
 
     job = JobOutput.open(out, identity)
     assert job.done_keys == {r.key for r in reqs[:4]} and job.resumed_count == 4
@@ -289,13 +368,28 @@ def _fuzz_strategies():
 
     from planner.prompts_file import BATCH_FIELDS, NATIVE_SAMPLING_FIELDS, PROMPT_FIELDS
 
-    scalars = st.none() | st.booleans() | st.integers(-5, 120) | st.floats(allow_nan=True) | st.text(max_size=12)
-    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
-                          | st.dictionaries(st.sampled_from(["role", "content", "prompt", "messages", "type",
-                                                             "text", "max_tokens", "n"]), inner, max_size=4),
-                          max_leaves=12)
-    keys = st.sampled_from(("id",) + PROMPT_FIELDS + NATIVE_SAMPLING_FIELDS + BATCH_FIELDS
-                           + ("max_completion_tokens", "model", "extra", "top_logprobs", "response_format"))
+    scalars = (
+        st.none() | st.booleans() | st.integers(-5, 120) | st.floats(allow_nan=True) | st.text(max_size=12)
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=5)
+            | st.dictionaries(
+                st.sampled_from(["role", "content", "prompt", "messages", "type", "text", "max_tokens", "n"]),
+                inner,
+                max_size=4,
+            )
+        ),
+        max_leaves=12,
+    )
+    keys = st.sampled_from(
+        ("id",)
+        + PROMPT_FIELDS
+        + NATIVE_SAMPLING_FIELDS
+        + BATCH_FIELDS
+        + ("max_completion_tokens", "model", "extra", "top_logprobs", "response_format")
+    )
     urls = st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/other"])
     lines = st.dictionaries(keys, values | urls, max_size=6) | values
     return lines
@@ -308,8 +402,9 @@ def test_fuzzed_lines_parse_or_fail_cleanly():
 
     from runtime.jobio import LineError, parse_line
 
-    @settings(max_examples=int(os.environ.get("MOELENS_FUZZ_EXAMPLES", "400")), deadline=None,
-              derandomize=True)
+    @settings(
+        max_examples=int(os.environ.get("MOELENS_FUZZ_EXAMPLES", "400")), deadline=None, derandomize=True
+    )
     @given(_fuzz_strategies())
     def check(obj):
         try:

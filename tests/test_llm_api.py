@@ -63,15 +63,28 @@ def test_prompt_forms_agree(llm):
 
 def test_default_params_are_vllms():
     params = SamplingParams()
-    assert (params.n, params.temperature, params.top_p, params.top_k, params.min_p, params.max_tokens,
-            params.presence_penalty, params.frequency_penalty, params.repetition_penalty, params.min_tokens,
-            params.logprobs, params.seed) == (1, 1.0, 1.0, 0, 0.0, 16, 0.0, 0.0, 1.0, 0, None, None)
+    assert (
+        params.n,
+        params.temperature,
+        params.top_p,
+        params.top_k,
+        params.min_p,
+        params.max_tokens,
+        params.presence_penalty,
+        params.frequency_penalty,
+        params.repetition_penalty,
+        params.min_tokens,
+        params.logprobs,
+        params.seed,
+    ) == (1, 1.0, 1.0, 0, 0.0, 16, 0.0, 0.0, 1.0, 0, None, None)
     assert not params.is_greedy and SamplingParams(temperature=0).is_greedy
 
 
 def test_max_tokens_and_length_finish(llm):
     for max_tokens in (1, 5):
-        ((output,),) = (o.outputs for o in llm.generate("abc", SamplingParams(max_tokens=max_tokens, ignore_eos=True)))
+        ((output,),) = (
+            o.outputs for o in llm.generate("abc", SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+        )
         assert len(output.token_ids) == max_tokens
         assert output.finish_reason == "length"
 
@@ -82,10 +95,14 @@ def first_ids(outputs) -> list[list[int]]:
 
 def test_sampling_is_deterministic_per_seed_and_varies_across_seeds(llm):
     prompts = ["The quick", "brown fox jumps"]
-    sample = [SamplingParams(temperature=1.5, max_tokens=16, ignore_eos=True, seed=seed) for seed in (0, 0, 1)]
+    sample = [
+        SamplingParams(temperature=1.5, max_tokens=16, ignore_eos=True, seed=seed) for seed in (0, 0, 1)
+    ]
     first, repeat, other = (first_ids(llm.generate(prompts, params)) for params in sample)
     assert first == repeat and first != other
-    assert first != first_ids(llm.generate(prompts, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)))
+    assert first != first_ids(
+        llm.generate(prompts, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
+    )
 
 
 def test_n_gives_n_distinct_seeded_completions(llm):
@@ -100,9 +117,11 @@ def test_n_gives_n_distinct_seeded_completions(llm):
 def test_top_k_1_and_tiny_top_p_reduce_to_greedy(llm):
     prompts = ["greedy?", [9, 10, 11, 12]]
     greedy = first_ids(llm.generate(prompts, GREEDY_LONG))
-    for params in (SamplingParams(temperature=2.0, top_k=1, max_tokens=24, ignore_eos=True, seed=3),
-                   SamplingParams(temperature=2.0, top_p=1e-6, max_tokens=24, ignore_eos=True, seed=3),
-                   SamplingParams(temperature=2.0, min_p=1.0, max_tokens=24, ignore_eos=True, seed=3)):
+    for params in (
+        SamplingParams(temperature=2.0, top_k=1, max_tokens=24, ignore_eos=True, seed=3),
+        SamplingParams(temperature=2.0, top_p=1e-6, max_tokens=24, ignore_eos=True, seed=3),
+        SamplingParams(temperature=2.0, min_p=1.0, max_tokens=24, ignore_eos=True, seed=3),
+    ):
         assert first_ids(llm.generate(prompts, params)) == greedy
 
 
@@ -111,11 +130,12 @@ def test_logprobs_are_vllm_shaped(llm):
     completion = output.outputs[0]
     assert len(completion.logprobs) == 5
     for token, entry in zip(completion.token_ids, completion.logprobs):
-        assert entry[token].rank == 1 and len(entry) == 3          # greedy: the chosen token is the top one
+        assert entry[token].rank == 1 and len(entry) == 3  # greedy: the chosen token is the top one
         assert sorted(e.rank for e in entry.values()) == [1, 2, 3]
         assert all(e.logprob <= 0 and isinstance(e.decoded_token, str) for e in entry.values())
-    assert completion.cumulative_logprob == pytest.approx(sum(e[t].logprob for t, e in
-                                                              zip(completion.token_ids, completion.logprobs)))
+    assert completion.cumulative_logprob == pytest.approx(
+        sum(e[t].logprob for t, e in zip(completion.token_ids, completion.logprobs))
+    )
 
 
 def test_stop_strings_truncate_text(llm):
@@ -123,29 +143,49 @@ def test_stop_strings_truncate_text(llm):
     assert len(full.text) >= 6, full.text
     stop = full.text[4:6]
     cut = full.text.find(stop)
-    (stopped,) = (o.outputs[0] for o in llm.generate(
-        "stop here", SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=["\x7f", stop])))
+    (stopped,) = (
+        o.outputs[0]
+        for o in llm.generate(
+            "stop here", SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=["\x7f", stop])
+        )
+    )
     assert stopped.finish_reason == "stop" and stopped.stop_reason == stop
     assert stopped.text == full.text[:cut]
     assert full.token_ids[: len(stopped.token_ids)] == stopped.token_ids
     assert len(stopped.token_ids) < len(full.token_ids)
-    (kept,) = (o.outputs[0] for o in llm.generate("stop here", SamplingParams(
-        temperature=0, max_tokens=24, ignore_eos=True, stop=stop, include_stop_str_in_output=True)))
-    assert kept.text == full.text[:cut + len(stop)]
+    (kept,) = (
+        o.outputs[0]
+        for o in llm.generate(
+            "stop here",
+            SamplingParams(
+                temperature=0, max_tokens=24, ignore_eos=True, stop=stop, include_stop_str_in_output=True
+            ),
+        )
+    )
+    assert kept.text == full.text[: cut + len(stop)]
 
 
 def test_stop_token_ids_and_min_tokens(llm):
     (full,) = (o.outputs[0] for o in llm.generate([[30, 31, 32]], GREEDY_LONG))
     stop_id = full.token_ids[3]
     first = full.token_ids.index(stop_id)
-    (stopped,) = (o.outputs[0] for o in llm.generate([[30, 31, 32]], SamplingParams(
-        temperature=0, max_tokens=24, stop_token_ids=[stop_id])))
-    assert stopped.token_ids == full.token_ids[:first + 1]
+    (stopped,) = (
+        o.outputs[0]
+        for o in llm.generate(
+            [[30, 31, 32]], SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[stop_id])
+        )
+    )
+    assert stopped.token_ids == full.token_ids[: first + 1]
     assert (stopped.finish_reason, stopped.stop_reason) == ("stop", stop_id)
     assert stopped.text == llm.tokenizer.decode(full.token_ids[:first])
-    (late,) = (o.outputs[0] for o in llm.generate([[30, 31, 32]], SamplingParams(
-        temperature=0, max_tokens=24, stop_token_ids=[stop_id], min_tokens=first + 2)))
-    assert len(late.token_ids) >= first + 2 and stop_id not in late.token_ids[:first + 1]
+    (late,) = (
+        o.outputs[0]
+        for o in llm.generate(
+            [[30, 31, 32]],
+            SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[stop_id], min_tokens=first + 2),
+        )
+    )
+    assert len(late.token_ids) >= first + 2 and stop_id not in late.token_ids[: first + 1]
 
 
 def test_eos_stops_unless_ignored(llm, checkpoint_dir):
@@ -161,7 +201,9 @@ def test_eos_stops_unless_ignored(llm, checkpoint_dir):
         generation_config.write_text(saved)
     assert eos in with_eos.eos_token_ids
     first_eos = next(i for i, t in enumerate(full.token_ids) if t in with_eos.eos_token_ids)
-    (stopped,) = (o.outputs[0] for o in with_eos.generate([prompt], SamplingParams(temperature=0, max_tokens=24)))
+    (stopped,) = (
+        o.outputs[0] for o in with_eos.generate([prompt], SamplingParams(temperature=0, max_tokens=24))
+    )
     assert (stopped.finish_reason, stopped.stop_reason) == ("stop", None)
     assert stopped.token_ids == full.token_ids[: first_eos + 1]
     (ignored,) = (o.outputs[0] for o in with_eos.generate([prompt], GREEDY_LONG))
@@ -171,8 +213,9 @@ def test_eos_stops_unless_ignored(llm, checkpoint_dir):
 def test_generation_config_defaults_apply_unless_switched_off(checkpoint_dir):
     generation_config = checkpoint_dir / "generation_config.json"
     saved = generation_config.read_text()
-    generation_config.write_text(json.dumps({**json.loads(saved), "temperature": 0.6, "top_p": 0.9,
-                                             "max_new_tokens": 7}))
+    generation_config.write_text(
+        json.dumps({**json.loads(saved), "temperature": 0.6, "top_p": 0.9, "max_new_tokens": 7})
+    )
     try:
         auto = LLM(checkpoint_dir, reference=True)
         plain = LLM(checkpoint_dir, reference=True, generation_config="vllm")
@@ -205,12 +248,29 @@ def test_unsupported_engine_args_name_themselves(checkpoint_dir):
         LLM(checkpoint_dir, quantizatio="awq")
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(max_tokens=0), dict(max_tokens=-3), dict(max_tokens=2.5), dict(temperature=-0.1),
-    dict(temperature=float("nan")), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-2), dict(seed="7"),
-    dict(stop=""), dict(stop=["ok", 3]), dict(n=0), dict(min_p=1.5), dict(presence_penalty=3),
-    dict(repetition_penalty=0), dict(min_tokens=20, max_tokens=4), dict(logprobs=21), dict(stop_token_ids=[-1]),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(max_tokens=0),
+        dict(max_tokens=-3),
+        dict(max_tokens=2.5),
+        dict(temperature=-0.1),
+        dict(temperature=float("nan")),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_k=-2),
+        dict(seed="7"),
+        dict(stop=""),
+        dict(stop=["ok", 3]),
+        dict(n=0),
+        dict(min_p=1.5),
+        dict(presence_penalty=3),
+        dict(repetition_penalty=0),
+        dict(min_tokens=20, max_tokens=4),
+        dict(logprobs=21),
+        dict(stop_token_ids=[-1]),
+    ],
+)
 def test_invalid_sampling_params_raise_user_error(kwargs):
     with pytest.raises(UserError):
         SamplingParams(**kwargs)

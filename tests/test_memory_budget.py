@@ -19,12 +19,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from planner.perf_memory import HOST_RESERVE_BYTES, HOST_RESERVE_FRACTION, Budgets
-from planner.plan import Plan
-from planner.plan_build import make_plan
-from planner.profile import load_profile
-from planner.spec import load_spec
-from planner.workload import Workload
+from planner.hardware.profile import load_profile
+from planner.perf.memory import HOST_RESERVE_BYTES, HOST_RESERVE_FRACTION, Budgets
+from planner.plans.build import make_plan
+from planner.plans.plan import Plan
+from planner.plans.workload import Workload
+from planner.specs.spec import load_spec
 
 GiB = float(1 << 30)
 NUM_PROMPTS = 24
@@ -36,21 +36,34 @@ def smallest_host_budget_plan(job, workload: Workload) -> Plan:
     spec = load_spec(job.checkpoint)
 
     def solve(host_gb: float | None) -> Plan:
-        return make_plan(spec, profile, workload, Budgets.from_args(profile, 0.05, host_gb=host_gb),
-                         model_ref=str(job.checkpoint), profile_ref=plan.profile.ref)
+        return make_plan(
+            spec,
+            profile,
+            workload,
+            Budgets.from_args(profile, 0.05, host_gb=host_gb),
+            model_ref=str(job.checkpoint),
+            profile_ref=plan.profile.ref,
+        )
 
     roomy = solve(None).memory["host"]
     needed = roomy["total"] - roomy["reserve"]
     small = solve(1.02 * (HOST_RESERVE_BYTES + needed) / (1 - HOST_RESERVE_FRACTION) / GiB)
-    return replace(small, attention_threads=1, compute_threads=1)   # as tiny_job's plan: fast on a shared machine
+    return replace(
+        small, attention_threads=1, compute_threads=1
+    )  # as tiny_job's plan: fast on a shared machine
 
 
 def run_measuring_peak_rss(job, args: list[str]) -> tuple[int, int, str]:
     """(exit code, peak RSS in bytes, stderr) of one `python -m runtime` run."""
     log = job.root / "memory-budget.log"
     with log.open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "runtime", *args], env=job.env, cwd=job.root,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runtime", *args],
+            env=job.env,
+            cwd=job.root,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     return process.returncode, usage.ru_maxrss * 1024, log.read_text()
@@ -59,18 +72,27 @@ def run_measuring_peak_rss(job, args: list[str]) -> tuple[int, int, str]:
 def test_peak_rss_stays_within_a_small_host_budget(tiny_job, tmp_path):
     plan = smallest_host_budget_plan(tiny_job, Workload.fixed(24, 16, NUM_PROMPTS))
     budget = plan.budgets.host_gib * GiB
-    assert plan.memory["host"]["total"] <= budget < 1.05 * plan.memory["host"]["total"]   # really small
+    assert plan.memory["host"]["total"] <= budget < 1.05 * plan.memory["host"]["total"]  # really small
     plan.save(tmp_path / "plan.yaml")
-    lines = [{"id": i, "prompt": f"Request {i}: " + "more words " * (i % 5), "max_tokens": 16, "ignore_eos": True}
-             for i in range(NUM_PROMPTS)]
+    lines = [
+        {"id": i, "prompt": f"Request {i}: " + "more words " * (i % 5), "max_tokens": 16, "ignore_eos": True}
+        for i in range(NUM_PROMPTS)
+    ]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    args = tiny_job.execute_args(tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--report",
-                                 str(tmp_path / "report.json"), plan=tmp_path / "plan.yaml")
+    args = tiny_job.execute_args(
+        tmp_path / "in.jsonl",
+        tmp_path / "out.jsonl",
+        "--report",
+        str(tmp_path / "report.json"),
+        plan=tmp_path / "plan.yaml",
+    )
     code, peak_rss, err = run_measuring_peak_rss(tiny_job, args)
     assert code == 0, err
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == NUM_PROMPTS
-    print(f"peak RSS {peak_rss / GiB:.2f} GiB, host budget {budget / GiB:.2f} GiB, "
-          f"plan {plan.memory['host']['total'] / GiB:.2f} GiB")
+    print(
+        f"peak RSS {peak_rss / GiB:.2f} GiB, host budget {budget / GiB:.2f} GiB, "
+        f"plan {plan.memory['host']['total'] / GiB:.2f} GiB"
+    )
     assert peak_rss <= 1.10 * budget
     reported = json.loads((tmp_path / "report.json").read_text())["memory"]["host"]
     # the engine's own sampled peak agrees (the kernel's high-water mark is updated lazily, hence 2%)
@@ -78,7 +100,9 @@ def test_peak_rss_stays_within_a_small_host_budget(tiny_job, tmp_path):
 
 
 def raise_device_oom(*args, **kwargs):
-    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.6 GiB total capacity)")
+    raise torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.6 GiB total capacity)"
+    )
 
 
 @pytest.mark.parametrize("where", ["__init__", "run"])
@@ -92,9 +116,9 @@ def test_device_out_of_memory_is_one_clear_message(tiny_job, tmp_path, monkeypat
     code = main(tiny_job.execute_args(tmp_path / "in.jsonl", tmp_path / "out.jsonl"))
     err = capsys.readouterr().err
     assert code == 2
-    message = "\n".join(line for line in err.splitlines() if not line.startswith("warning: "))   # spot check
+    message = "\n".join(line for line in err.splitlines() if not line.startswith("warning: "))  # spot check
     assert message.startswith("error: the device ran out of memory") and err.count("error:") == 1
     assert "Tried to allocate 2.00 GiB" in err
     assert "fix: re-solve the plan with a smaller --device-gb" in err and "rerun to resume" in err
     out = tmp_path / "out.jsonl"
-    assert not out.exists() or out.read_text() == ""     # nothing half-written (a fresh empty output is removed)
+    assert not out.exists() or out.read_text() == ""  # nothing half-written (a fresh empty output is removed)

@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 import yaml
 
-from planner.calibrate import fit
-from planner.calibrate_runs import load_run
+from planner.calibration.calibrate import fit
+from planner.calibration.runs import load_run
 from planner.errors import UserError
-from planner.perf_memory import Budgets
-from planner.perf_model import DECODE_MODULES, PREFILL_MODULES, Candidates, PerfModel
-from planner.profile import CALL_OVERHEADS, ELEMENTWISE_COSTS, HardwareProfile, Overheads, load_profile
-from planner.workload import Workload
+from planner.hardware.profile import (
+    CALL_OVERHEADS,
+    ELEMENTWISE_COSTS,
+    HardwareProfile,
+    Overheads,
+    load_profile,
+)
+from planner.perf.memory import Budgets
+from planner.perf.model import DECODE_MODULES, PREFILL_MODULES, Candidates, PerfModel
+from planner.plans.workload import Workload
 from tests.planner_support import profile_dict, small_spec
 from tests.test_calibrate import CONFIGS, write_reports
 
@@ -28,8 +34,16 @@ def with_overheads(data: dict, call_s=CALL_S, elementwise_ns=ELEMENT_NS) -> dict
 
 
 def cpu_dict(**kwargs) -> dict:
-    return profile_dict(device=False, cores=4, host_gib=64.0, read_gbps=40.0, peak_tflops=2.0,
-                        attention_gbps_per_core=5.0, name="synthetic-cpu", **kwargs)
+    return profile_dict(
+        device=False,
+        cores=4,
+        host_gib=64.0,
+        read_gbps=40.0,
+        peak_tflops=2.0,
+        attention_gbps_per_core=5.0,
+        name="synthetic-cpu",
+        **kwargs,
+    )
 
 
 # ---- schema ----------------------------------------------------------------------------------------
@@ -52,22 +66,26 @@ def test_absent_section_is_zero_and_not_written():
 
 def test_fingerprint_changes_only_when_measured():
     plain = HardwareProfile.from_dict(cpu_dict())
-    zeros = HardwareProfile.from_dict(with_overheads(cpu_dict(), dict.fromkeys(CALL_S, 0.0),
-                                                     dict.fromkeys(ELEMENT_NS, 0.0)))
+    zeros = HardwareProfile.from_dict(
+        with_overheads(cpu_dict(), dict.fromkeys(CALL_S, 0.0), dict.fromkeys(ELEMENT_NS, 0.0))
+    )
     measured = HardwareProfile.from_dict(with_overheads(cpu_dict()))
     assert zeros.fingerprint() == plain.fingerprint() != measured.fingerprint()
     assert plain.with_efficiency(overhead=1.0).fingerprint() == plain.fingerprint()
     assert plain.with_efficiency(overhead=2.0).fingerprint() != plain.fingerprint()
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("call_s", "expert", -1e-6, "overheads.call_s.expert: expected a non-negative number"),
-    ("call_s", "router", float("nan"), "overheads.call_s.router: expected a non-negative number"),
-    ("call_s", "qkv_proj", float("inf"), "overheads.call_s.qkv_proj: expected a non-negative number"),
-    ("elementwise_ns", "norm", "fast", "overheads.elementwise_ns.norm: expected a non-negative number"),
-    ("elementwise_ns", "softmax", 1.0, "overheads.elementwise_ns: unknown field(s) softmax"),
-    ("call_s", "experts", 1e-6, "overheads.call_s: unknown field(s) experts"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("call_s", "expert", -1e-6, "overheads.call_s.expert: expected a non-negative number"),
+        ("call_s", "router", float("nan"), "overheads.call_s.router: expected a non-negative number"),
+        ("call_s", "qkv_proj", float("inf"), "overheads.call_s.qkv_proj: expected a non-negative number"),
+        ("elementwise_ns", "norm", "fast", "overheads.elementwise_ns.norm: expected a non-negative number"),
+        ("elementwise_ns", "softmax", 1.0, "overheads.elementwise_ns: unknown field(s) softmax"),
+        ("call_s", "experts", 1e-6, "overheads.call_s: unknown field(s) experts"),
+    ],
+)
 def test_bad_values_name_their_field(tmp_path, section, key, value, message):
     data = with_overheads(cpu_dict())
     data["overheads"][section][key] = value
@@ -93,12 +111,20 @@ PROMPT, GEN = 64, 32
 
 def model_for(data: dict, family: str = "mixtral") -> PerfModel:
     profile = HardwareProfile.from_dict(data)
-    return PerfModel(small_spec(family), profile, Workload.fixed(PROMPT, GEN, 128), Budgets.from_args(profile, 1.0))
+    return PerfModel(
+        small_spec(family), profile, Workload.fixed(PROMPT, GEN, 128), Budgets.from_args(profile, 1.0)
+    )
 
 
 def candidates() -> Candidates:
-    return Candidates.of(residency=[0], attn_batch=[B_A], expert_batch=[B_E], prefill_chunk=[CHUNK],
-                         attention_threads=[4], num_seqs=[N])
+    return Candidates.of(
+        residency=[0],
+        attn_batch=[B_A],
+        expert_batch=[B_E],
+        prefill_chunk=[CHUNK],
+        attention_threads=[4],
+        num_seqs=[N],
+    )
 
 
 @pytest.mark.parametrize("multiplier", [1.0, 2.5])
@@ -106,20 +132,24 @@ def test_decode_terms_grow_by_calls_times_costs(multiplier):
     base = cpu_dict()
     old = model_for(base).decode_step(candidates(), np.array([N]))
     new = model_for(with_overheads({**base, "efficiency": {"overhead": multiplier}})).decode_step(
-        candidates(), np.array([N]))
-    spec = small_spec()                      # 4 MoE layers, h 512, 8 q / 2 kv heads of 64, 8 experts top-2
+        candidates(), np.array([N])
+    )
+    spec = small_spec()  # 4 MoE layers, h 512, 8 q / 2 kv heads of 64, 8 experts top-2
     layers, h, ns = spec.num_layers, spec.hidden_size, {k: v * 1e-9 for k, v in ELEMENT_NS.items()}
     c = CALL_S
-    micro_batches = N / B_A                  # one token group without a device
-    windows = -(-N * 2 // B_E)               # grouped experts (planner.expert_kernels): a call per b_e routed rows
+    micro_batches = N / B_A  # one token group without a device
+    windows = -(-N * 2 // B_E)  # grouped experts (planner.perf.expert_kernels): a call per b_e routed rows
     expected = {
         "embed": c["embed"],
-        "qkv_proj": layers * (micro_batches * c["qkv_proj"] + N * (h * ns["norm"] + (8 + 2) * 64 * ns["rope"])),
+        "qkv_proj": layers
+        * (micro_batches * c["qkv_proj"] + N * (h * ns["norm"] + (8 + 2) * 64 * ns["rope"])),
         "attention": layers * micro_batches * c["attention"],
         "o_proj": layers * (micro_batches * c["o_proj"] + N * h * ns["add"]),
         "router": layers * (c["router"] + N * h * ns["norm"]),
         "experts": layers * (c["expert_grouping"] + windows * c["expert"]),
-        "shared_experts": 0.0, "dense_mlp": 0.0, "weight_copy": 0.0,
+        "shared_experts": 0.0,
+        "dense_mlp": 0.0,
+        "weight_copy": 0.0,
         "lm_head": c["lm_head"] + N * h * ns["norm"],
         "sampling": c["sampling"] + N * spec.vocab_size * ns["sampling"],
     }
@@ -127,25 +157,32 @@ def test_decode_terms_grow_by_calls_times_costs(multiplier):
     by_bandwidth = {"sampling": N * spec.vocab_size * 4 * 3 / 40e9}
     for module in DECODE_MODULES:
         assert new[module][0] - old[module][0] == pytest.approx(
-            multiplier * expected[module] - by_bandwidth.get(module, 0.0), rel=1e-9, abs=1e-15), module
+            multiplier * expected[module] - by_bandwidth.get(module, 0.0), rel=1e-9, abs=1e-15
+        ), module
 
 
 def test_prefill_terms_grow_by_segments_and_score_elements():
     base = cpu_dict()
-    old, new = model_for(base).prefill_chunk(candidates()), model_for(with_overheads(base)).prefill_chunk(candidates())
+    old, new = (
+        model_for(base).prefill_chunk(candidates()),
+        model_for(with_overheads(base)).prefill_chunk(candidates()),
+    )
     spec = small_spec()
     layers, h, ns = spec.num_layers, spec.hidden_size, {k: v * 1e-9 for k, v in ELEMENT_NS.items()}
     c = CALL_S
-    segments = CHUNK / PROMPT                # equal prompts: every query scores PROMPT keys
-    windows = -(-CHUNK * 2 // B_E)           # grouped experts: a call per b_e routed rows
+    segments = CHUNK / PROMPT  # equal prompts: every query scores PROMPT keys
+    windows = -(-CHUNK * 2 // B_E)  # grouped experts: a call per b_e routed rows
     expected = {
         "embed": c["embed"],
         "qkv_proj": layers * (c["qkv_proj"] + CHUNK * (h * ns["norm"] + (8 + 2) * 64 * ns["rope"])),
-        "attention": layers * (segments * c["prefill_attention"] + CHUNK * 8 * PROMPT * ns["attention_score"]),
+        "attention": layers
+        * (segments * c["prefill_attention"] + CHUNK * 8 * PROMPT * ns["attention_score"]),
         "o_proj": layers * (c["o_proj"] + CHUNK * h * ns["add"]),
         "router": layers * (c["router"] + CHUNK * h * ns["norm"]),
         "experts": layers * (c["expert_grouping"] + windows * c["expert"]),
-        "shared_experts": 0.0, "dense_mlp": 0.0, "weight_copy": 0.0,
+        "shared_experts": 0.0,
+        "dense_mlp": 0.0,
+        "weight_copy": 0.0,
         "lm_head": c["lm_head"] + segments * h * ns["norm"],
     }
     for module in PREFILL_MODULES:
@@ -159,13 +196,21 @@ def test_shared_experts_qk_norm_and_dense_layers_are_priced():
         new = model_for(with_overheads(base), family).decode_step(candidates(), np.array([N]))
         assert new[module][0] > old[module][0], (family, module)
     qk = {"qk_norm": "per_head"}
-    plain = PerfModel(small_spec(), HardwareProfile.from_dict(with_overheads(base)), Workload.fixed(PROMPT, GEN, 128),
-                      Budgets.from_args(HardwareProfile.from_dict(base), 1.0))
+    plain = PerfModel(
+        small_spec(),
+        HardwareProfile.from_dict(with_overheads(base)),
+        Workload.fixed(PROMPT, GEN, 128),
+        Budgets.from_args(HardwareProfile.from_dict(base), 1.0),
+    )
     normed = PerfModel(small_spec(**qk), plain.profile, plain.workload, plain.budgets)
-    gap = normed.decode_step(candidates(), np.array([N]))["qkv_proj"][0] - plain.decode_step(
-        candidates(), np.array([N]))["qkv_proj"][0]
+    gap = (
+        normed.decode_step(candidates(), np.array([N]))["qkv_proj"][0]
+        - plain.decode_step(candidates(), np.array([N]))["qkv_proj"][0]
+    )
     extra_norm = N * (8 + 2) * 64 * ELEMENT_NS["norm"] * 1e-9
-    assert gap == pytest.approx(small_spec().num_layers * (N / B_A * CALL_S["qk_norm"] + extra_norm), rel=1e-9)
+    assert gap == pytest.approx(
+        small_spec().num_layers * (N / B_A * CALL_S["qk_norm"] + extra_norm), rel=1e-9
+    )
 
 
 MLA_CALL_S = {"qkv_proj": 4e-4, "attention": 7e-5, "o_proj": 3e-4, "prefill_attention": 6e-4}
@@ -173,7 +218,10 @@ MLA_CALL_S = {"qkv_proj": 4e-4, "attention": 7e-5, "o_proj": 3e-4, "prefill_atte
 
 def test_mla_path_costs_round_trip_and_price_mla_models_only(tmp_path):
     base = with_overheads(cpu_dict())
-    mla = {**base, "overheads": {**base["overheads"], "mla_call_s": MLA_CALL_S, "mla_attention_score_ns": 4.0}}
+    mla = {
+        **base,
+        "overheads": {**base["overheads"], "mla_call_s": MLA_CALL_S, "mla_attention_score_ns": 4.0},
+    }
     profile = HardwareProfile.from_dict(mla)
     assert profile.overheads.mla_call_s == MLA_CALL_S
     assert profile.overheads.elementwise_for("mla").attention_score == 4.0
@@ -185,7 +233,9 @@ def test_mla_path_costs_round_trip_and_price_mla_models_only(tmp_path):
     assert calls["qkv_proj"] == 4e-4 and calls["qk_norm"] == 0.0 and calls["expert"] == CALL_S["expert"]
     assert profile.overheads.calls_for("gqa") == CALL_S
     with pytest.raises(UserError, match="overheads.mla_call_s: unknown field"):
-        HardwareProfile.from_dict({**base, "overheads": {**base["overheads"], "mla_call_s": {"router": 1e-5}}})
+        HardwareProfile.from_dict(
+            {**base, "overheads": {**base["overheads"], "mla_call_s": {"router": 1e-5}}}
+        )
     n = np.array([N])
     for family, changed in (("deepseek_v2", True), ("mixtral", False)):
         with_mla, without = model_for(mla, family), model_for(base, family)
@@ -194,15 +244,24 @@ def test_mla_path_costs_round_trip_and_price_mla_models_only(tmp_path):
             assert (new[module][0] != old[module][0]) == changed, (family, module)
         assert new["experts"][0] == old["experts"][0]
     spec = small_spec("deepseek_v2")
-    gap = model_for(mla, "deepseek_v2").decode_step(candidates(), n)["attention"][0] - model_for(
-        base, "deepseek_v2").decode_step(candidates(), n)["attention"][0]
-    assert gap == pytest.approx(spec.num_layers * N / B_A * (MLA_CALL_S["attention"] - CALL_S["attention"]), rel=1e-9)
+    gap = (
+        model_for(mla, "deepseek_v2").decode_step(candidates(), n)["attention"][0]
+        - model_for(base, "deepseek_v2").decode_step(candidates(), n)["attention"][0]
+    )
+    assert gap == pytest.approx(
+        spec.num_layers * N / B_A * (MLA_CALL_S["attention"] - CALL_S["attention"]), rel=1e-9
+    )
     with_mla, without = model_for(mla, "deepseek_v2"), model_for(base, "deepseek_v2")
     segments = CHUNK / PROMPT
     scores = CHUNK * spec.num_heads * PROMPT
-    gap = with_mla.prefill_chunk(candidates())["attention"][0] - without.prefill_chunk(candidates())["attention"][0]
-    per_layer = (segments * (MLA_CALL_S["prefill_attention"] - CALL_S["prefill_attention"])
-                 + scores * (4.0 - ELEMENT_NS["attention_score"]) * 1e-9)
+    gap = (
+        with_mla.prefill_chunk(candidates())["attention"][0]
+        - without.prefill_chunk(candidates())["attention"][0]
+    )
+    per_layer = (
+        segments * (MLA_CALL_S["prefill_attention"] - CALL_S["prefill_attention"])
+        + scores * (4.0 - ELEMENT_NS["attention_score"]) * 1e-9
+    )
     assert gap == pytest.approx(spec.num_layers * per_layer, rel=1e-9)
 
 
@@ -210,8 +269,9 @@ def test_without_the_section_the_multiplier_changes_nothing():
     base = cpu_dict()
     plain = model_for(base).evaluate(candidates())
     scaled = model_for({**base, "efficiency": {"overhead": 7.0}}).evaluate(candidates())
-    zeros = model_for(with_overheads(base, dict.fromkeys(CALL_S, 0.0), dict.fromkeys(ELEMENT_NS, 0.0))).evaluate(
-        candidates())
+    zeros = model_for(
+        with_overheads(base, dict.fromkeys(CALL_S, 0.0), dict.fromkeys(ELEMENT_NS, 0.0))
+    ).evaluate(candidates())
     for other in (scaled, zeros):
         assert other.generated_tok_s[0] == plain.generated_tok_s[0]
         assert all(other.decode_modules[k][0] == plain.decode_modules[k][0] for k in plain.decode_modules)
@@ -237,16 +297,21 @@ def test_tiny_sizing_measures_the_section():
     from runtime.profiler.measure import TINY
     from runtime.profiler.overheads import measure_overheads
 
-    overheads = measure_overheads(torch.device("cpu"), TINY.overhead_budget_s, TINY.elementwise_rows,
-                                  repeats=TINY.repeats, decode_tokens=TINY.probe_decode_tokens,
-                                  engine_runs=TINY.probe_runs)
+    overheads = measure_overheads(
+        torch.device("cpu"),
+        TINY.overhead_budget_s,
+        TINY.elementwise_rows,
+        repeats=TINY.repeats,
+        decode_tokens=TINY.probe_decode_tokens,
+        engine_runs=TINY.probe_runs,
+    )
     elementwise = overheads.elementwise_ns.to_dict()
     by_size = elementwise.pop("by_size")
     values = {**overheads.call_s.to_dict(), **elementwise}
     assert set(values) == set(CALL_OVERHEADS) | set(ELEMENTWISE_COSTS)
     assert all(math.isfinite(v) and v >= 0 for v in values.values()), values
     assert overheads.measured
-    assert overheads.call_s.qkv_proj > 0 and overheads.call_s.decode_step > 0   # norm + RoPE; scheduling
+    assert overheads.call_s.qkv_proj > 0 and overheads.call_s.decode_step > 0  # norm + RoPE; scheduling
     assert set(overheads.mla_call_s) == {"qkv_proj", "attention", "o_proj", "prefill_attention"}
     assert overheads.mla_attention_score_ns is not None and overheads.mla_attention_score_ns >= 0
     assert all(math.isfinite(v) and v >= 0 for v in overheads.mla_call_s.values())
@@ -255,27 +320,49 @@ def test_tiny_sizing_measures_the_section():
     sizes = by_size.pop("elements")
     assert sizes == sorted(sizes) and set(by_size) == {"norm", "rope", "add"}
     assert all(len(v) == len(sizes) and min(v) > 0 for v in by_size.values())
-    assert overheads.elementwise_ns.ns("norm", sizes[-1]) == pytest.approx(overheads.elementwise_ns.norm, rel=1e-2)
-    HardwareProfile.from_dict(with_overheads(cpu_dict(), overheads.call_s.to_dict(),
-                                             overheads.elementwise_ns.to_dict()))   # passes validation
+    assert overheads.elementwise_ns.ns("norm", sizes[-1]) == pytest.approx(
+        overheads.elementwise_ns.norm, rel=1e-2
+    )
+    HardwareProfile.from_dict(
+        with_overheads(cpu_dict(), overheads.call_s.to_dict(), overheads.elementwise_ns.to_dict())
+    )  # passes validation
 
 
 def test_rounds_keep_each_costs_median():
     from runtime.profiler.overheads import median_overheads
 
     def measured(scale: float) -> Overheads:
-        return HardwareProfile.from_dict({**with_overheads(cpu_dict(), {k: v * scale for k, v in CALL_S.items()},
-                                                             {k: v * scale for k, v in ELEMENT_NS.items()})}).overheads
+        return HardwareProfile.from_dict(
+            {
+                **with_overheads(
+                    cpu_dict(),
+                    {k: v * scale for k, v in CALL_S.items()},
+                    {k: v * scale for k, v in ELEMENT_NS.items()},
+                )
+            }
+        ).overheads
 
     quiet, slow, quick = measured(1.0), measured(2.0), measured(0.9)
-    slow = Overheads(call_s=slow.call_s, elementwise_ns=slow.elementwise_ns, mla_call_s={"qkv_proj": 4e-4},
-                     mla_attention_score_ns=3.0)
-    quiet = Overheads(call_s=quiet.call_s, elementwise_ns=quiet.elementwise_ns, mla_call_s={"qkv_proj": 2e-4},
-                      mla_attention_score_ns=1.0)
-    quick = Overheads(call_s=quick.call_s, elementwise_ns=quick.elementwise_ns, mla_call_s={"qkv_proj": 1e-4},
-                      mla_attention_score_ns=2.0)
+    slow = Overheads(
+        call_s=slow.call_s,
+        elementwise_ns=slow.elementwise_ns,
+        mla_call_s={"qkv_proj": 4e-4},
+        mla_attention_score_ns=3.0,
+    )
+    quiet = Overheads(
+        call_s=quiet.call_s,
+        elementwise_ns=quiet.elementwise_ns,
+        mla_call_s={"qkv_proj": 2e-4},
+        mla_attention_score_ns=1.0,
+    )
+    quick = Overheads(
+        call_s=quick.call_s,
+        elementwise_ns=quick.elementwise_ns,
+        mla_call_s={"qkv_proj": 1e-4},
+        mla_attention_score_ns=2.0,
+    )
     median = median_overheads([slow, quiet, quick])
-    assert median.call_s.to_dict() == pytest.approx(CALL_S, rel=1e-3)       # kept to 3 significant digits
+    assert median.call_s.to_dict() == pytest.approx(CALL_S, rel=1e-3)  # kept to 3 significant digits
     assert median.elementwise_ns.norm == ELEMENT_NS["norm"]
     assert median.mla_call_s == {"qkv_proj": 2e-4} and median.mla_attention_score_ns == 2.0
     assert median_overheads([slow]) is slow
@@ -286,12 +373,14 @@ BY_SIZE = {"elements": [1024, 65536, 4194304], "norm": [2.0, 0.5, 4.0], "rope": 
 
 
 def test_elementwise_by_size_round_trips_and_interpolates(tmp_path):
-    profile = HardwareProfile.from_dict(with_overheads(cpu_dict(), elementwise_ns={**ELEMENT_NS, "by_size": BY_SIZE}))
+    profile = HardwareProfile.from_dict(
+        with_overheads(cpu_dict(), elementwise_ns={**ELEMENT_NS, "by_size": BY_SIZE})
+    )
     costs = profile.overheads.elementwise_ns
     assert load_profile(profile.save(tmp_path / "p.yaml")) == profile
     assert costs.ns("norm", 65536) == pytest.approx(0.5) and costs.ns("norm", 10) == pytest.approx(2.0)
-    assert costs.ns("norm", 8192) == pytest.approx(2.0 ** (1 - 2 * 0.5))       # log-log halfway: 2 -> 0.5
-    assert costs.ns("add", 10) == ELEMENT_NS["add"]                              # no curve: the scalar
+    assert costs.ns("norm", 8192) == pytest.approx(2.0 ** (1 - 2 * 0.5))  # log-log halfway: 2 -> 0.5
+    assert costs.ns("add", 10) == ELEMENT_NS["add"]  # no curve: the scalar
     bad = {**BY_SIZE, "rope": [1.0, 2.0]}
     with pytest.raises(UserError, match="rope: has 2 values but elements has 3"):
         HardwareProfile.from_dict(with_overheads(cpu_dict(), elementwise_ns={**ELEMENT_NS, "by_size": bad}))
@@ -300,23 +389,40 @@ def test_elementwise_by_size_round_trips_and_interpolates(tmp_path):
 def test_perf_model_prices_elementwise_work_at_the_size_of_each_call():
     spec, workload = small_spec(), Workload.fixed(100, 10, 1000)
     curve = {"elements": [1024, 1 << 30], "norm": [1.0, 1.0], "rope": [1.0, 1.0], "add": [1.0, 1.0]}
-    flat = HardwareProfile.from_dict(with_overheads(cpu_dict(), elementwise_ns={**ELEMENT_NS, "by_size": curve}))
-    curve_small = {**curve, "norm": [1.0, 9.0]}    # calls of more elements cost more per element
-    steep = HardwareProfile.from_dict(with_overheads(cpu_dict(),
-                                                     elementwise_ns={**ELEMENT_NS, "by_size": curve_small}))
-    c = Candidates.of(residency=[PerfModel(spec, flat, workload, Budgets(1 << 34, 1 << 36, 0)).layout.max_residency],
-                      attn_batch=[8], expert_batch=[256], prefill_chunk=[1024], attention_threads=[4], num_seqs=[64])
+    flat = HardwareProfile.from_dict(
+        with_overheads(cpu_dict(), elementwise_ns={**ELEMENT_NS, "by_size": curve})
+    )
+    curve_small = {**curve, "norm": [1.0, 9.0]}  # calls of more elements cost more per element
+    steep = HardwareProfile.from_dict(
+        with_overheads(cpu_dict(), elementwise_ns={**ELEMENT_NS, "by_size": curve_small})
+    )
+    c = Candidates.of(
+        residency=[PerfModel(spec, flat, workload, Budgets(1 << 34, 1 << 36, 0)).layout.max_residency],
+        attn_batch=[8],
+        expert_batch=[256],
+        prefill_chunk=[1024],
+        attention_threads=[4],
+        num_seqs=[64],
+    )
     budgets = Budgets(1 << 34, 1 << 36, 0)
     one = PerfModel(spec, flat, workload, budgets).decode_step(c, np.array([64.0]))
     two = PerfModel(spec, steep, workload, budgets).decode_step(c, np.array([64.0]))
     assert two["router"][0] > one["router"][0] and two["qkv_proj"][0] > one["qkv_proj"][0]
-    assert two["o_proj"][0] == pytest.approx(one["o_proj"][0])                  # adds: the same curve in both
+    assert two["o_proj"][0] == pytest.approx(one["o_proj"][0])  # adds: the same curve in both
 
 
 def test_expert_rows_are_bucketed_to_a_bounded_set_of_gemm_shapes():
-    from planner.row_buckets import EXACT_ROWS, bucket_rows, expected_padding
+    from planner.perf.row_buckets import EXACT_ROWS, bucket_rows, expected_padding
 
-    assert [bucket_rows(m) for m in (1, EXACT_ROWS, 65, 100, 128, 129, 1000)] == [1, 64, 72, 104, 128, 144, 1024]
+    assert [bucket_rows(m) for m in (1, EXACT_ROWS, 65, 100, 128, 129, 1000)] == [
+        1,
+        64,
+        72,
+        104,
+        128,
+        144,
+        1024,
+    ]
     assert all(m <= bucket_rows(m) <= 1.125 * m for m in range(1, 5000))
     assert len({bucket_rows(m) for m in range(1, 1025)}) < 100
     assert expected_padding(np.array([10.0, 1000.0])).tolist() == [1.0, pytest.approx(1 + np.log(2) / 16)]

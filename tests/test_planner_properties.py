@@ -8,15 +8,19 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from planner.errors import UserError
-from planner.perf_memory import Budgets
-from planner.perf_model import PerfModel
-from planner.plan_build import model_ref_of, plan_from_solution, profile_ref_of
-from planner.rates import RateScale
-from planner.solver import solve
+from planner.perf.memory import Budgets
+from planner.perf.model import PerfModel
+from planner.perf.rates import RateScale
+from planner.plans.build import model_ref_of, plan_from_solution, profile_ref_of
+from planner.plans.solver import solve
 from tests.planner_support import profiles, specs, workloads
 
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+SETTINGS = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 TOLERANCE = 1e-9
 
 
@@ -26,7 +30,9 @@ def solve_or_skip(spec, profile, workload, budgets: Budgets, scale: RateScale | 
         solution = solve(model)
     except UserError:
         assume(False)
-    return plan_from_solution(model, solution, model_ref_of(spec, spec.name), profile_ref_of(profile, profile.name))
+    return plan_from_solution(
+        model, solution, model_ref_of(spec, spec.name), profile_ref_of(profile, profile.name)
+    )
 
 
 def budgets_for(profile, kv_fraction: float) -> Budgets:
@@ -49,7 +55,7 @@ def test_plans_fit_budgets_stay_under_the_bound_and_are_deterministic(spec, prof
         assert plan.module_times["decode_step"]["weight_copy"] == 0
         assert plan.module_times["prefill_chunk"]["weight_copy"] == 0
     p = plan.predicted
-    g = workload.gen_len_mean           # each sequence's first token comes from its prefill, not a decode step
+    g = workload.gen_len_mean  # each sequence's first token comes from its prefill, not a decode step
     assert 0 < p.generated_tok_s <= p.decode_tok_s * g / (g - 1) * (1 + TOLERANCE)
     assert p.decode_tok_s <= plan.bound.tok_s * (1 + TOLERANCE)
     assert 0 < p.s_mbu < 1e3 and 0 < p.s_mfu < 1e3

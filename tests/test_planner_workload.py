@@ -7,7 +7,7 @@ import json
 import pytest
 
 from planner.errors import UserError
-from planner.workload import Workload
+from planner.plans.workload import Workload
 
 
 def write_jsonl(path, records) -> str:
@@ -39,16 +39,30 @@ def test_sliding_window_reads():
 
 
 def test_prompts_file_in_every_form(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [
-        {"prompt": "x" * 40, "max_tokens": 7},
-        {"prompt_token_ids": [1, 2, 3]},
-        {"messages": [{"role": "user", "content": "y" * 8}, {"role": "assistant", "content": ""}]},
-        {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"messages": [{"role": "user", "content": [{"type": "text", "text": "z" * 4}]}],
-                  "max_completion_tokens": 5}},
-        {"custom_id": "b", "method": "POST", "url": "/v1/completions", "body": {"prompt": "w" * 9, "max_tokens": 3}},
-        "",
-    ])
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "x" * 40, "max_tokens": 7},
+            {"prompt_token_ids": [1, 2, 3]},
+            {"messages": [{"role": "user", "content": "y" * 8}, {"role": "assistant", "content": ""}]},
+            {
+                "custom_id": "a",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "z" * 4}]}],
+                    "max_completion_tokens": 5,
+                },
+            },
+            {
+                "custom_id": "b",
+                "method": "POST",
+                "url": "/v1/completions",
+                "body": {"prompt": "w" * 9, "max_tokens": 3},
+            },
+            "",
+        ],
+    )
     w = Workload.from_file(path, default_max_tokens=11)
     # bytes/4: 10; 3 ids; chat 3 + (4 + 2) + (4 + 0); chat 3 + 4 + 1; 3
     assert w.num_prompts == 5 and w.token_count == "bytes/4"
@@ -68,16 +82,19 @@ def test_tokenizer_counts_tokens(tmp_path):
     assert w.token_count == "tokenizer" and w.prompt_len_max == 6
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "malformed JSON"),
-    ({"text": "hi"}, "unknown field .text."),
-    ({"id": 3}, "exactly one of"),
-    ({"prompt": "hi", "messages": []}, "exactly one of"),
-    ({"prompt": ""}, "empty prompt"),
-    ({"prompt_token_ids": []}, "empty prompt"),
-    ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
-    ({"messages": [{"role": "user"}]}, "messages\\[0\\]"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "malformed JSON"),
+        ({"text": "hi"}, "unknown field .text."),
+        ({"id": 3}, "exactly one of"),
+        ({"prompt": "hi", "messages": []}, "exactly one of"),
+        ({"prompt": ""}, "empty prompt"),
+        ({"prompt_token_ids": []}, "empty prompt"),
+        ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "user"}]}, "messages\\[0\\]"),
+    ],
+)
 def test_bad_lines_name_the_line(tmp_path, line, message):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "fine"}, line])
     with pytest.raises(UserError, match=f"p.jsonl, line 2: .*{message}"):
@@ -87,8 +104,10 @@ def test_bad_lines_name_the_line(tmp_path, line, message):
 
 
 def test_n_counts_each_completion_and_the_context_caps_generation(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt_token_ids": [1] * 10, "n": 3, "max_tokens": 50},
-                                              {"prompt_token_ids": [1] * 40}])
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt_token_ids": [1] * 10, "n": 3, "max_tokens": 50}, {"prompt_token_ids": [1] * 40}],
+    )
     w = Workload.from_file(path, 16, on_error="skip", max_context=32)
     assert w.num_prompts == 3 and w.gen_len_max == 22
 
@@ -119,6 +138,6 @@ def test_dict_round_trip():
 def test_kv_held_per_slot_is_the_full_length_when_sequences_grow_in_lockstep():
     equal = Workload.from_lengths([100, 300], [50, 50])
     assert equal.finishes_in_waves and equal.kv_held_tokens_per_slot == 200 + 50
-    assert equal.kv_tokens_per_slot == pytest.approx(200 + 25)      # what a decode step reads on average
+    assert equal.kv_tokens_per_slot == pytest.approx(200 + 25)  # what a decode step reads on average
     varied = Workload.from_lengths([100, 300], [10, 90])
     assert not varied.finishes_in_waves and varied.kv_held_tokens_per_slot == varied.kv_tokens_per_slot

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.spec import load_spec
+from planner.specs.spec import load_spec
 from runtime.checkpoint import write_random_checkpoint
 
 PROMPT_TOKENS = 8000
@@ -49,8 +49,15 @@ def test_an_8000_token_prefill_peaks_under_3_gib(tmp_path):
     spec = load_spec("qwen3-mini").with_layers(2)
     write_random_checkpoint(spec, tmp_path / "ckpt", dtype="bf16", seed=1)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_WAIT_POLICY="PASSIVE")
-    done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "ckpt"), str(PROMPT_TOKENS)], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path / "ckpt"), str(PROMPT_TOKENS)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     peak = result.pop("peak_rss_bytes")

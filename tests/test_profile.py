@@ -10,17 +10,25 @@ import yaml
 
 from planner import locations
 from planner.errors import UserError
-from planner.profile import (
+from planner.hardware.profile import (
     HardwareProfile,
     find_profile_for_this_machine,
     list_profiles,
     load_profile,
 )
-from planner.this_machine import MachineIdentity, this_machine
+from planner.hardware.this_machine import MachineIdentity, this_machine
 
-DATASHEET_NAMES = {"a5000-epyc7453", "a40-xeon8380", "l4-aws-g6-16xlarge", "t4-aws-g4dn-8xlarge",
-                   "a100-pcie-80gb-azure-nc24ads", "h100-pcie-lambda", "h100-sxm-lambda", "h200-sxm-hgx",
-                   "rtx4090-ryzen7950x"}
+DATASHEET_NAMES = {
+    "a5000-epyc7453",
+    "a40-xeon8380",
+    "l4-aws-g6-16xlarge",
+    "t4-aws-g4dn-8xlarge",
+    "a100-pcie-80gb-azure-nc24ads",
+    "h100-pcie-lambda",
+    "h100-sxm-lambda",
+    "h200-sxm-hgx",
+    "rtx4090-ryzen7950x",
+}
 
 
 def _curve(rows, tflops, n=1024, k=1024, shape="expert_ffn test"):
@@ -37,21 +45,57 @@ def _profile_dict(device: bool = True) -> dict:
         "schema_version": 1,
         "name": "synthetic",
         "provenance": {"kind": "measured", "date": "2025-01-01", "command": "test"},
-        "machine": {"cpu": "Test CPU", "cores": 8, "host_memory_gib": 64,
-                    "device": "Test GPU" if device else None, "device_memory_gib": 16 if device else 0},
-        "links": {"h2d_pinned": _rate(sizes, [10, 20, 25]), "h2d_pageable": _rate(sizes, [5, 8, 9]),
-                  "d2h_pinned": _rate(sizes, [11, 21, 26]), "d2h_pageable": _rate(sizes, [4, 7, 8])}
-        if device else None,
+        "machine": {
+            "cpu": "Test CPU",
+            "cores": 8,
+            "host_memory_gib": 64,
+            "device": "Test GPU" if device else None,
+            "device_memory_gib": 16 if device else 0,
+        },
+        "links": {
+            "h2d_pinned": _rate(sizes, [10, 20, 25]),
+            "h2d_pageable": _rate(sizes, [5, 8, 9]),
+            "d2h_pinned": _rate(sizes, [11, 21, 26]),
+            "d2h_pageable": _rate(sizes, [4, 7, 8]),
+        }
+        if device
+        else None,
         "memory": {"read_gbps": 40, "copy_gbps": 15},
-        "gemm": {"dtype": "bfloat16", "curves": [
-            _curve([1, 16, 256, 4096], [1, 16, 100, 120], n=1000, k=1000),
-            _curve([1, 16, 256, 4096], [2, 30, 200, 240], n=4000, k=4000, shape="linear big"),
-        ]},
-        "attention": {"curves": [
-            {"layout": "gqa", "batch": 64, "context": 2048, "group": 4, "threads": [1, 2, 8], "gbps": [5, 10, 30]},
-            {"layout": "gqa", "batch": 8, "context": 256, "group": 4, "threads": [1, 2, 8], "gbps": [3, 6, 12]},
-            {"layout": "mla", "batch": 64, "context": 2048, "group": 16, "threads": [1, 8], "gbps": [2, 12]},
-        ]},
+        "gemm": {
+            "dtype": "bfloat16",
+            "curves": [
+                _curve([1, 16, 256, 4096], [1, 16, 100, 120], n=1000, k=1000),
+                _curve([1, 16, 256, 4096], [2, 30, 200, 240], n=4000, k=4000, shape="linear big"),
+            ],
+        },
+        "attention": {
+            "curves": [
+                {
+                    "layout": "gqa",
+                    "batch": 64,
+                    "context": 2048,
+                    "group": 4,
+                    "threads": [1, 2, 8],
+                    "gbps": [5, 10, 30],
+                },
+                {
+                    "layout": "gqa",
+                    "batch": 8,
+                    "context": 256,
+                    "group": 4,
+                    "threads": [1, 2, 8],
+                    "gbps": [3, 6, 12],
+                },
+                {
+                    "layout": "mla",
+                    "batch": 64,
+                    "context": 2048,
+                    "group": 16,
+                    "threads": [1, 8],
+                    "gbps": [2, 12],
+                },
+            ]
+        },
     }
 
 
@@ -87,7 +131,7 @@ def test_datasheet_curves_are_physical():
             assert all(b >= a for a, b in zip(curve.tflops, curve.tflops[1:])), curve.shape
         for link in (p.links.h2d_pinned, p.links.h2d_pageable, p.links.d2h_pinned):
             assert all(b >= a for a, b in zip(link.gbps, link.gbps[1:]))
-            assert link.gbps[-1] / link.gbps[-2] < 1.05                    # saturated by 1 GiB
+            assert link.gbps[-1] / link.gbps[-2] < 1.05  # saturated by 1 GiB
         assert p.h2d_gbps(1 << 30, pinned=False) < p.h2d_gbps(1 << 30)
         assert p.attention_gbps(p.max_threads, "mla") <= p.attention_gbps(p.max_threads, "gqa")
 
@@ -178,7 +222,7 @@ def test_datasheet_profile_must_name_sources():
 def test_truncated_file_names_a_missing_field(tmp_path):
     text = HardwareProfile.from_dict(_profile_dict()).to_yaml()
     lines = text.splitlines()
-    in_attention = lines.index("attention:") + 4                           # inside the first curve
+    in_attention = lines.index("attention:") + 4  # inside the first curve
     for cut in (len(lines) // 3, len(lines) // 2, in_attention):
         file = tmp_path / "partial.yaml"
         file.write_text("\n".join(lines[:cut]) + "\n")
@@ -207,9 +251,9 @@ def test_gemm_interpolation_monotone_and_clamped():
     small = [p.gemm_tflops(m, 1000, 1000) for m in (1, 2, 5, 16, 50, 256, 1000, 4096)]
     assert small == sorted(small)
     assert p.gemm_tflops(16, 1000, 1000) == pytest.approx(16)
-    assert p.gemm_tflops(4, 1000, 1000) == pytest.approx(4)              # log-log linear: 1 -> 16
-    assert p.gemm_tflops(0.5, 1000, 1000) == pytest.approx(1)             # clamped below
-    assert p.gemm_tflops(1e6, 1000, 1000) == pytest.approx(120)           # clamped above
+    assert p.gemm_tflops(4, 1000, 1000) == pytest.approx(4)  # log-log linear: 1 -> 16
+    assert p.gemm_tflops(0.5, 1000, 1000) == pytest.approx(1)  # clamped below
+    assert p.gemm_tflops(1e6, 1000, 1000) == pytest.approx(120)  # clamped above
     # unmeasured shapes: seconds = a + b * elements fitted at m; two curves pin a and b exactly
     t_small, t_big = 2e6 * 256 / 100e12, 2 * 1.6e7 * 256 / 200e12
     b = (t_big - t_small) / 1.5e7
@@ -217,9 +261,9 @@ def test_gemm_interpolation_monotone_and_clamped():
     assert p.gemm_time_model(256) == (pytest.approx(a), pytest.approx(b))
     assert p.gemm_tflops(256, 2000, 2000) == pytest.approx(2 * 4e6 * 256 / (a + b * 4e6) / 1e12)
     assert 100 < p.gemm_tflops(256, 2000, 2000) < 200
-    assert p.gemm_tflops(256, 10, 10) < 0.1                               # a tiny shape pays the fixed cost
-    assert p.gemm_tflops(256, 10**5, 10**5) == pytest.approx(2 * 256 / b / 1e12, rel=1e-3)   # bytes/FLOPs only
-    assert p.gemm_tflops(256, 1000, 1000, matrices=3) == pytest.approx(100)   # three such GEMMs: the same rate
+    assert p.gemm_tflops(256, 10, 10) < 0.1  # a tiny shape pays the fixed cost
+    assert p.gemm_tflops(256, 10**5, 10**5) == pytest.approx(2 * 256 / b / 1e12, rel=1e-3)  # bytes/FLOPs only
+    assert p.gemm_tflops(256, 1000, 1000, matrices=3) == pytest.approx(100)  # three such GEMMs: the same rate
 
 
 def test_link_and_attention_interpolation():
@@ -229,22 +273,26 @@ def test_link_and_attention_interpolation():
     assert rates == sorted(rates) and rates[0] == 10 and rates[-1] == 25
     assert p.h2d_gbps(1 << 28, pinned=False) == 9
     assert p.d2h_gbps(1 << 28) == 26 and p.d2h_gbps(1 << 28, pinned=False) == 8
-    assert p.attention_gbps(1) == 5 and p.attention_gbps(8) == 30         # largest batch x context
-    assert p.attention_gbps(5) == pytest.approx(20)                        # linear in threads
-    assert p.attention_gbps(64) == 30                                      # clamped
-    assert p.attention_gbps(8, batch=8, context=300) == 12                 # nearest operating point
+    assert p.attention_gbps(1) == 5 and p.attention_gbps(8) == 30  # largest batch x context
+    assert p.attention_gbps(5) == pytest.approx(20)  # linear in threads
+    assert p.attention_gbps(64) == 30  # clamped
+    assert p.attention_gbps(8, batch=8, context=300) == 12  # nearest operating point
     assert p.attention_gbps(8, "mla") == 12
     cpu_only = HardwareProfile.from_dict(_profile_dict(device=False))
-    assert not cpu_only.has_device and cpu_only.h2d_gbps(1 << 30) == 15    # host copy rate
+    assert not cpu_only.has_device and cpu_only.h2d_gbps(1 << 30) == 15  # host copy rate
     data = _profile_dict()
     data["attention"]["curves"] = data["attention"]["curves"][:1]
     assert HardwareProfile.from_dict(data).attention_gbps(8, "mla") == 30  # falls back to another layout
 
 
 def test_machine_profile_names():
-    assert MachineIdentity("Intel(R) Xeon(R) Platinum 8380 CPU @ 2.30GHz", 80, "NVIDIA A40").profile_name == \
-        "nvidia-a40-intel-xeon-platinum-8380-80c"
-    assert MachineIdentity("AMD EPYC 7453 28-Core Processor", 56, None).profile_name == "cpu-amd-epyc-7453-56c"
+    assert (
+        MachineIdentity("Intel(R) Xeon(R) Platinum 8380 CPU @ 2.30GHz", 80, "NVIDIA A40").profile_name
+        == "nvidia-a40-intel-xeon-platinum-8380-80c"
+    )
+    assert (
+        MachineIdentity("AMD EPYC 7453 28-Core Processor", 56, None).profile_name == "cpu-amd-epyc-7453-56c"
+    )
 
 
 def test_find_profile_for_this_machine(only_user_data, tmp_path, monkeypatch):
@@ -261,7 +309,7 @@ def test_planner_profile_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, planner.profile; planner.profile.list_profiles(); sys.exit('torch' in sys.modules)"
+    code = "import sys, planner.hardware.profile; planner.hardware.profile.list_profiles(); sys.exit('torch' in sys.modules)"
     repo_root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=str(repo_root)).returncode == 0
 
@@ -287,13 +335,13 @@ def test_tiny_profile_measures_this_machine(tmp_path, capsys, monkeypatch):
     out = tmp_path / "measured.yaml"
     assert main(["--sizing", "tiny", "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
-    profile = load_profile(out)                                            # validation: all rates positive
+    profile = load_profile(out)  # validation: all rates positive
     assert profile.provenance.kind == "measured" and profile.machine.cores >= 1
     assert profile.name == this_machine().profile_name
-    assert profile.machine.fingerprint is not None        # the spot check's figures, stored
+    assert profile.machine.fingerprint is not None  # the spot check's figures, stored
     for curve in profile.gemm_curves:
         assert len(curve.rows) >= 2
-        assert curve.tflops[-1] > 2 * curve.tflops[0], curve               # 64 rows >> 1 row
+        assert curve.tflops[-1] > 2 * curve.tflops[0], curve  # 64 rows >> 1 row
         assert _roughly_non_decreasing(curve.tflops), curve
     assert {c.layout for c in profile.attention_curves} == {"gqa", "mla"}
     assert all(c.threads == thread_grid(profile.machine.cores) for c in profile.attention_curves)

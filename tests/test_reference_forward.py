@@ -23,30 +23,76 @@ from runtime.model.reference import ReferenceModel  # noqa: E402
 from runtime.model.routing import route, router_logits  # noqa: E402
 
 VOCAB = 128
-COMMON = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-              max_position_embeddings=256, attn_implementation="eager", bos_token_id=1, eos_token_id=2,
-              pad_token_id=0, tie_word_embeddings=False)
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=256,
+    attn_implementation="eager",
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    tie_word_embeddings=False,
+)
 
 # Each family with the features that set it apart switched on.
 CONFIGS = {
     # sliding window shorter than prompt + 32 steps, so the window mask is exercised
-    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
-                dict(intermediate_size=48, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                     sliding_window=16)),
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        dict(
+            intermediate_size=48,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=16,
+        ),
+    ),
     # q/k/v biases, shared expert with sigmoid gate, no renormalisation of the top-k weights
-    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
-                  dict(intermediate_size=96, moe_intermediate_size=48, shared_expert_intermediate_size=80,
-                       num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
-                       qkv_bias=True)),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        dict(
+            intermediate_size=96,
+            moe_intermediate_size=48,
+            shared_expert_intermediate_size=80,
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
+            qkv_bias=True,
+        ),
+    ),
     # per-head q/k norm, head_dim != hidden/heads, norm_topk_prob, linear RoPE scaling
-    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
-                  dict(intermediate_size=96, moe_intermediate_size=48, num_key_value_heads=2, head_dim=24,
-                       num_experts=6, num_experts_per_tok=2, norm_topk_prob=True,
-                       rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        dict(
+            intermediate_size=96,
+            moe_intermediate_size=48,
+            num_key_value_heads=2,
+            head_dim=24,
+            num_experts=6,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        ),
+    ),
     # q/k norm over the whole projection, clip_qkv active at these activation scales
-    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM",
-              dict(intermediate_size=48, num_key_value_heads=4, num_experts=4, num_experts_per_tok=2,
-                   norm_topk_prob=False, clip_qkv=2.0)),
+    "olmoe": (
+        "OlmoeConfig",
+        "OlmoeForCausalLM",
+        dict(
+            intermediate_size=48,
+            num_key_value_heads=4,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
+            clip_qkv=2.0,
+        ),
+    ),
 }
 FAMILIES = sorted(CONFIGS)
 TOLERANCE = 1e-4
@@ -82,8 +128,9 @@ def write_char_tokenizer(directory: Path) -> None:
     tokenizer.decoder = decoders.Fuse()
     tokenizer.add_special_tokens(["<pad>", "<s>", "</s>", "<unk>"])
     tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"})
+    )
 
 
 def build_hf_checkpoint(family: str, directory: Path, seed: int = 0, with_tokenizer: bool = False):
@@ -170,7 +217,8 @@ def test_greedy_batch_of_different_lengths_matches_transformers(family_checkpoin
     generator = torch.Generator().manual_seed(11)
     prompts = [torch.randint(0, VOCAB, (n,), generator=generator).tolist() for n in (3, 9, 17)]
     outputs = LLM(directory, reference=True).generate(
-        prompts, SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True))
+        prompts, SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True)
+    )
     for prompt, output in zip(prompts, outputs):
         assert output.prompt_token_ids == prompt
         assert output.outputs[0].finish_reason == "length"
@@ -179,7 +227,7 @@ def test_greedy_batch_of_different_lengths_matches_transformers(family_checkpoin
 
 def test_unsupported_architecture_raises_user_error():
     from planner.errors import UserError
-    from planner.spec import load_spec
+    from planner.specs.spec import load_spec
 
     with pytest.raises(UserError, match="does not implement"):
         ReferenceModel(load_spec("gpt-oss-20b"), {})

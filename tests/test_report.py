@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from planner.costs import ModelCosts
-from planner.profile import load_profile
-from planner.spec import ModelSpec
+from planner.hardware.profile import load_profile
+from planner.perf.costs import ModelCosts
+from planner.specs.spec import ModelSpec
 from runtime.report.metrics import (
     ContextTally,
     decode_bytes,
@@ -21,8 +21,19 @@ from runtime.report.metrics import (
 # 2 layers, h 4, 2 heads / 1 KV head of dim 2, 4 experts top-2 of width 3, vocab 10, bf16.
 # Per layer: qkv 4*(4+2*2)=32, o 2*2*4=16, norms 8, router 16, one expert 3*4*3=36 params.
 # Per decode step, everything but experts and embed: 2*(32+16+8+16) + lm_head 40 + final norm 4 = 188 params.
-TINY = ModelSpec(name="tiny", family="mixtral", num_layers=2, hidden_size=4, num_heads=2, num_kv_heads=1,
-                 head_dim=2, vocab_size=10, num_experts=4, top_k=2, moe_intermediate_size=3)
+TINY = ModelSpec(
+    name="tiny",
+    family="mixtral",
+    num_layers=2,
+    hidden_size=4,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=2,
+    vocab_size=10,
+    num_experts=4,
+    top_k=2,
+    moe_intermediate_size=3,
+)
 COSTS = ModelCosts(TINY)
 
 
@@ -35,31 +46,31 @@ def test_range_sums():
 
 def test_context_tally_one_request():
     tally = ContextTally()
-    tally.add(prompt_len=3, generated=3)       # decode steps attend over 4 and 5 tokens
+    tally.add(prompt_len=3, generated=3)  # decode steps attend over 4 and 5 tokens
     assert (tally.decode_tokens, tally.decode_context) == (2, 9)
     assert (tally.prefill_tokens, tally.prefill_context) == (3, 6)
-    tally.add(prompt_len=2, generated=1)       # first token comes from prefill: no decode step
+    tally.add(prompt_len=2, generated=1)  # first token comes from prefill: no decode step
     assert (tally.decode_tokens, tally.decode_context, tally.prefill_context) == (2, 9, 9)
     windowed = ContextTally(window=4)
-    windowed.add(prompt_len=3, generated=4)    # contexts 4, 5, 6 -> capped 4, 4, 4
+    windowed.add(prompt_len=3, generated=4)  # contexts 4, 5, 6 -> capped 4, 4, 4
     assert (windowed.decode_context, windowed.decode_window_context) == (15, 12)
 
 
 def test_decode_bytes_hand_computed():
     # 2 steps, 2 tokens, 5 distinct experts over steps x layers, contexts summing to 9
     got = decode_bytes(COSTS, steps=2, tokens=2, activated_experts=5, context=9, window_context=9)
-    assert got["weights"] == 2 * 188 * 2 + 2 * 4 * 2       # weights per step + embedding rows
+    assert got["weights"] == 2 * 188 * 2 + 2 * 4 * 2  # weights per step + embedding rows
     assert got["experts"] == 5 * 36 * 2
-    assert got["kv"] == 2 * (2 * 1 * 2 * 2) * 9             # layers x KV bytes per token per layer x context
+    assert got["kv"] == 2 * (2 * 1 * 2 * 2) * 9  # layers x KV bytes per token per layer x context
 
 
 def test_flops_count_k_experts_and_attention_once():
     got = token_flops(COSTS, tokens=2, context=9, window_context=9)
-    per_token = 2 * (2 * (32 + 16 + 16 + 2 * 36)) + 2 * 10 * 4    # layers (qkv, o, router, 2 experts) + lm_head
+    per_token = 2 * (2 * (32 + 16 + 16 + 2 * 36)) + 2 * 10 * 4  # layers (qkv, o, router, 2 experts) + lm_head
     assert got["matmul"] == 2 * per_token
-    assert got["attention"] == 2 * (4 * 2 * 2) * 9                 # layers x 4 H d_h x context, once
+    assert got["attention"] == 2 * (4 * 2 * 2) * 9  # layers x 4 H d_h x context, once
     top1 = token_flops(ModelCosts(ModelSpec(**{**TINY.__dict__, "top_k": 1})), 2, 9, 9)
-    assert got["matmul"] - top1["matmul"] == 2 * 2 * 2 * 36          # tokens x layers x 2 x one expert
+    assert got["matmul"] - top1["matmul"] == 2 * 2 * 2 * 36  # tokens x layers x 2 x one expert
     # two sequences attending over 4 and 5 tokens cost the sum, not the sum times the batch
     one, two = token_flops(COSTS, 1, 4, 4), token_flops(COSTS, 1, 5, 5)
     assert got["attention"] == one["attention"] + two["attention"]
@@ -85,8 +96,9 @@ def test_sparse_utilisation_against_measured_peaks():
     tally.add(prompt_len=3, generated=3)
     total_bytes = (2 * 188 * 2 + 16) + 5 * 72 + 144
     total_flops = 2 * 624 + 288
-    util = sparse_utilisation(COSTS, profile, tally, decode_steps=2, activated_experts=5,
-                              decode_seconds=0.5, prefill_seconds=0.25)
+    util = sparse_utilisation(
+        COSTS, profile, tally, decode_steps=2, activated_experts=5, decode_seconds=0.5, prefill_seconds=0.25
+    )
     assert util.s_mbu == pytest.approx(total_bytes / 0.5 / (profile.memory.read_gbps * 1e9))
     assert util.s_mfu == pytest.approx(total_flops / 0.5 / peak_flops)
     assert util.prefill_s_mfu == pytest.approx((3 * 624 + 2 * 16 * 6) / 0.25 / peak_flops)
@@ -98,9 +110,9 @@ def test_sparse_utilisation_against_measured_peaks():
 # ---- the report built from a run's stats and a plan --------------------------------------------------------
 @pytest.fixture(scope="module")
 def plan_and_profile():
-    from planner.perf_memory import Budgets
-    from planner.plan_build import make_plan
-    from planner.workload import Workload
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
+    from planner.plans.workload import Workload
 
     profile = cpu_only(load_profile("a5000-epyc7453"))
     plan = make_plan(TINY, profile, Workload.fixed(10, 5, 4), Budgets.from_args(profile, 0.01, host_gb=8))
@@ -110,11 +122,22 @@ def plan_and_profile():
 def run_stats():
     from runtime.engine.stats import RunStats
 
-    return RunStats(wall_seconds=2.0, prefill_seconds=0.5, decode_seconds=1.5, num_requests=4, prompt_tokens=40,
-                    generated_tokens=20, prefill_tokens=40, decode_tokens=16, decode_steps=8, prefill_forwards=2,
-                    decode_batch_sizes_sum=16, module_seconds={"decode": {"attention": 0.4, "experts": 0.8},
-                                                               "prefill": {"experts": 0.2}},
-                    activated_experts_sum=[12, 10], peak_host_bytes=3 << 30)
+    return RunStats(
+        wall_seconds=2.0,
+        prefill_seconds=0.5,
+        decode_seconds=1.5,
+        num_requests=4,
+        prompt_tokens=40,
+        generated_tokens=20,
+        prefill_tokens=40,
+        decode_tokens=16,
+        decode_steps=8,
+        prefill_forwards=2,
+        decode_batch_sizes_sum=16,
+        module_seconds={"decode": {"attention": 0.4, "experts": 0.8}, "prefill": {"experts": 0.2}},
+        activated_experts_sum=[12, 10],
+        peak_host_bytes=3 << 30,
+    )
 
 
 def test_report_figures(plan_and_profile):
@@ -125,14 +148,23 @@ def test_report_figures(plan_and_profile):
     tally = ContextTally()
     for _ in range(4):
         tally.add(prompt_len=10, generated=5)
-    report = build_report(run_stats(), plan, profile, TINY, tally, [SkippedLine(3, "malformed JSON")], resumed=1)
+    report = build_report(
+        run_stats(), plan, profile, TINY, tally, [SkippedLine(3, "malformed JSON")], resumed=1
+    )
     assert (report["elapsed_time"], report["num_requests"], report["total_num_tokens"]) == (2.0, 4, 60)
-    assert (report["requests_per_second"], report["tokens_per_second"], report["output_tokens_per_second"]) == \
-        (2.0, 30.0, 10.0)
+    assert (
+        report["requests_per_second"],
+        report["tokens_per_second"],
+        report["output_tokens_per_second"],
+    ) == (2.0, 30.0, 10.0)
     e2e = report["throughput"]["end_to_end"]
-    assert e2e == {"achieved": 10.0, "predicted": plan.predicted.generated_tok_s,
-                   "relative_error": pytest.approx((10.0 - plan.predicted.generated_tok_s)
-                                                   / plan.predicted.generated_tok_s)}
+    assert e2e == {
+        "achieved": 10.0,
+        "predicted": plan.predicted.generated_tok_s,
+        "relative_error": pytest.approx(
+            (10.0 - plan.predicted.generated_tok_s) / plan.predicted.generated_tok_s
+        ),
+    }
     assert report["throughput"]["decode"]["achieved"] == pytest.approx(16 / 1.5)
     assert report["throughput"]["prefill"]["achieved"] == 80.0
     rows = {r["module"]: r for r in report["decode_step_modules"]}
@@ -148,7 +180,10 @@ def test_report_figures(plan_and_profile):
     assert report["utilisation"]["decode_bytes"]["kv"] == 4 * (11 + 12 + 13 + 14) * 2 * 8
     assert report["memory"]["host"]["peak_bytes"] == 3 << 30
     assert report["memory"]["host"]["plan_bytes"] == plan.memory["host"]["total"]
-    assert report["skipped_lines"] == [{"line": 3, "reason": "malformed JSON"}] and report["resumed_requests"] == 1
+    assert (
+        report["skipped_lines"] == [{"line": 3, "reason": "malformed JSON"}]
+        and report["resumed_requests"] == 1
+    )
     text = format_report(report)
     assert text.startswith("Throughput: 2.00 requests/s, 30.00 total tokens/s, 10.00 output tokens/s")
     assert "experts" in text and "line 3: malformed JSON" in text and "S-MBU" in text

@@ -48,8 +48,13 @@ def prompts() -> list[dict]:
 def run_until(job, args: list[str], stop: Callable[[], bool], log: Path) -> int:
     """Run the CLI; SIGKILL it as soon as `stop()` holds. Returns the exit status (-9 when killed)."""
     with log.open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "runtime", *args], env=job.env, cwd=job.root,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runtime", *args],
+            env=job.env,
+            cwd=job.root,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         while process.poll() is None:
             if stop():
@@ -78,8 +83,13 @@ def execute_args(tiny_job, root: Path, output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fault_job(tiny_job, resume_job) -> FaultJob:
-    return FaultJob(argv=lambda output: execute_args(tiny_job, resume_job, output.name), env=tiny_job.env,
-                    cwd=tiny_job.root, scratch=resume_job, prompt_ids=tuple(p["id"] for p in prompts()))
+    return FaultJob(
+        argv=lambda output: execute_args(tiny_job, resume_job, output.name),
+        env=tiny_job.env,
+        cwd=tiny_job.root,
+        scratch=resume_job,
+        prompt_ids=tuple(p["id"] for p in prompts()),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +115,7 @@ def test_killed_job_resumes_to_the_same_answers(tiny_job, resume_job, uninterrup
     for i, (name, stop, torn) in enumerate(kill_points):
         status = run_until(tiny_job, args, stop, resume_job / f"killed{i}.log")
         assert status == -signal.SIGKILL, f"{name}: the job was not killed (status {status})"
-        done = answers_by_id(output)              # no duplicates so far
+        done = answers_by_id(output)  # no duplicates so far
         assert set(done) <= set(uninterrupted), name
         if torn:
             with output.open("ab") as f:
@@ -116,14 +126,14 @@ def test_killed_job_resumes_to_the_same_answers(tiny_job, resume_job, uninterrup
     assert answers_by_id(output) == uninterrupted
     job_state = json.loads(state.read_text())
     assert job_state["complete"] and job_state["done"] == NUM_PROMPTS
-    status = run_until(tiny_job, args, lambda: False, resume_job / "again.log")   # nothing left to do
+    status = run_until(tiny_job, args, lambda: False, resume_job / "again.log")  # nothing left to do
     assert status == 0 and answers_by_id(output) == uninterrupted
 
 
 def test_fault_campaign_quick(fault_job, reference):
     result = run_campaign(fault_job, QUICK_CASES, seed=0, reference=reference)
-    assert result["passed"] == QUICK_CASES        # each case asserts exactly-once and equal greedy answers
-    assert result["killed"] >= QUICK_CASES - 2, result   # nearly every instant lands before the run ends
+    assert result["passed"] == QUICK_CASES  # each case asserts exactly-once and equal greedy answers
+    assert result["killed"] >= QUICK_CASES - 2, result  # nearly every instant lands before the run ends
 
 
 def wait_for_answers(process: subprocess.Popen, output: Path, count: int) -> None:
@@ -134,8 +144,14 @@ def wait_for_answers(process: subprocess.Popen, output: Path, count: int) -> Non
 def test_sigterm_stops_like_ctrl_c_and_the_rerun_completes(tiny_job, resume_job, uninterrupted):
     output = resume_job / "terminated.jsonl"
     args = execute_args(tiny_job, resume_job, output.name)
-    process = subprocess.Popen([sys.executable, "-m", "runtime", *args], env=tiny_job.env, cwd=tiny_job.root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runtime", *args],
+        env=tiny_job.env,
+        cwd=tiny_job.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_answers(process, output, 2)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
@@ -144,28 +160,36 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_completes(tiny_job, resume_job,
     done = answers_by_id(output)
     assert 2 <= len(done) < NUM_PROMPTS and all(uninterrupted[k] == v for k, v in done.items())
     assert f"{len(done)} of {NUM_PROMPTS} requests are answered" in err
-    assert json.loads(output.with_name(output.name + ".state.json").read_text())["done"] == len(done)  # synced
+    assert json.loads(output.with_name(output.name + ".state.json").read_text())["done"] == len(
+        done
+    )  # synced
     assert run_until(tiny_job, args, lambda: False, resume_job / "terminated-rerun.log") == 0
     assert answers_by_id(output) == uninterrupted
 
 
 def test_file_size_limit_mid_run_keeps_every_answer_and_resumes(tiny_job, resume_job, uninterrupted):
     output = resume_job / "limited.jsonl"
-    limit = len((resume_job / "reference.jsonl").read_bytes()) // 2   # about half the answers fit
+    limit = len((resume_job / "reference.jsonl").read_bytes()) // 2  # about half the answers fit
 
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
     args = execute_args(tiny_job, resume_job, output.name)
-    result = subprocess.run([sys.executable, "-m", "runtime", *args], cwd=tiny_job.root, capture_output=True,
-                            text=True, timeout=300, preexec_fn=limit_file_size,
-                            env=dict(tiny_job.env, PYTHONDONTWRITEBYTECODE="1"))
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime", *args],
+        cwd=tiny_job.root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+        env=dict(tiny_job.env, PYTHONDONTWRITEBYTECODE="1"),
+    )
     err = result.stderr
     assert result.returncode == 2, err
     assert "Traceback" not in err and err.count("error:") == 1, err
     assert "file-size limit" in err and "are kept" in err and "rerun the same command" in err, err
     data = output.read_bytes()
-    assert len(data) <= limit and data.endswith(b"\n")           # the partial line was cut off
+    assert len(data) <= limit and data.endswith(b"\n")  # the partial line was cut off
     done = answers_by_id(output)
     assert 0 < len(done) < NUM_PROMPTS and all(uninterrupted[k] == v for k, v in done.items())
     assert f"({len(done)} of {NUM_PROMPTS})" in err

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.checkpoint.writer import write_random_checkpoint
 from runtime.cli import main
 
@@ -17,14 +17,29 @@ from openai.types.chat import ChatCompletion  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-TINY = ModelSpec(name="tiny-mixtral", family="mixtral", num_layers=2, hidden_size=128, num_heads=2, num_kv_heads=1,
-                 head_dim=64, vocab_size=512, num_experts=4, top_k=2, moe_intermediate_size=64,
-                 max_position_embeddings=96)
+TINY = ModelSpec(
+    name="tiny-mixtral",
+    family="mixtral",
+    num_layers=2,
+    hidden_size=128,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=64,
+    vocab_size=512,
+    num_experts=4,
+    top_k=2,
+    moe_intermediate_size=64,
+    max_position_embeddings=96,
+)
 
 
 def chat(custom_id: str, content: str, **body) -> dict:
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "tiny", "messages": [{"role": "user", "content": content}], **body}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "tiny", "messages": [{"role": "user", "content": content}], **body},
+    }
 
 
 LINES = [
@@ -48,8 +63,18 @@ def job(tmp_path_factory, machine_profiles_dir):
 
 def run_batch(root, model, monkeypatch, machine_profiles_dir) -> list[dict]:
     monkeypatch.setenv("MOELENS_PROFILES_DIR", str(machine_profiles_dir))
-    code = main(["run-batch", "-i", str(root / "in.jsonl"), "-o", str(root / "out.jsonl"), "--model", str(model),
-                 "--quiet"])
+    code = main(
+        [
+            "run-batch",
+            "-i",
+            str(root / "in.jsonl"),
+            "-o",
+            str(root / "out.jsonl"),
+            "--model",
+            str(model),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return [json.loads(line) for line in (root / "out.jsonl").read_text().splitlines()]
 
@@ -70,7 +95,9 @@ def test_every_line_gets_one_openai_batch_record(job, monkeypatch, machine_profi
         assert record["response"]["status_code"] == 200
         body = ChatCompletion.model_validate(record["response"]["body"])
         assert body.object == "chat.completion" and body.id.startswith("chatcmpl-")
-        assert body.usage.completion_tokens == sum(len(c["token_ids"]) for c in record["response"]["body"]["choices"])
+        assert body.usage.completion_tokens == sum(
+            len(c["token_ids"]) for c in record["response"]["body"]["choices"]
+        )
         bodies[custom_id] = body
     assert len({b.id for b in bodies.values()}) == 6
     assert [c.index for c in bodies["two"].choices] == [0, 1]
@@ -79,8 +106,9 @@ def test_every_line_gets_one_openai_batch_record(job, monkeypatch, machine_profi
     assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == t.logprob for t in logprobs)
     assert bodies["plain"].choices[0].logprobs is None
     stopped = bodies["stop"].choices[0]
-    assert stopped.finish_reason == "length" or ("e" not in stopped.message.content
-                                                  and " " not in stopped.message.content)
+    assert stopped.finish_reason == "length" or (
+        "e" not in stopped.message.content and " " not in stopped.message.content
+    )
     assert bodies["vllm-extras"].usage.completion_tokens >= 2
 
 
@@ -91,10 +119,20 @@ def test_a_rerun_resumes_and_writes_nothing_twice(job, monkeypatch, machine_prof
 
 
 def test_completions_bodies_validate(tmp_path, job, monkeypatch, machine_profiles_dir):
-    lines = [{"custom_id": "c1", "method": "POST", "url": "/v1/completions",
-              "body": {"prompt": "Once upon", "max_tokens": 4, "logprobs": 2, "seed": 3}},
-             {"custom_id": "c2", "method": "POST", "url": "/v1/completions",
-              "body": {"prompt": [5, 6, 7], "max_tokens": 3, "logit_bias": {"5": 1}}}]
+    lines = [
+        {
+            "custom_id": "c1",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": "Once upon", "max_tokens": 4, "logprobs": 2, "seed": 3},
+        },
+        {
+            "custom_id": "c2",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": [5, 6, 7], "max_tokens": 3, "logit_bias": {"5": 1}},
+        },
+    ]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     records = run_batch(tmp_path, job / "ckpt", monkeypatch, machine_profiles_dir)
     by_id = {r["custom_id"]: r for r in records}

@@ -23,10 +23,30 @@ from runtime.checkpoint.safetensors_io import INDEX_FILE, read_entries, read_sha
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("planner", "runtime", "bench")
 PICKLE_MODULES = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
-FORBIDDEN_CALLS = {"torch.load", "torch.jit.load", "torch.serialization.load", "np.load", "numpy.load",
-                   "pd.read_pickle", "pandas.read_pickle", "torch.hub.load"}
-UNSAFE_YAML = {"load", "load_all", "full_load", "full_load_all", "unsafe_load", "unsafe_load_all", "Loader",
-               "FullLoader", "UnsafeLoader", "CLoader", "CFullLoader", "CUnsafeLoader"}
+FORBIDDEN_CALLS = {
+    "torch.load",
+    "torch.jit.load",
+    "torch.serialization.load",
+    "np.load",
+    "numpy.load",
+    "pd.read_pickle",
+    "pandas.read_pickle",
+    "torch.hub.load",
+}
+UNSAFE_YAML = {
+    "load",
+    "load_all",
+    "full_load",
+    "full_load_all",
+    "unsafe_load",
+    "unsafe_load_all",
+    "Loader",
+    "FullLoader",
+    "UnsafeLoader",
+    "CLoader",
+    "CFullLoader",
+    "CUnsafeLoader",
+}
 FORBIDDEN_WORDS = {"trust_remote_code", "allow_pickle"}
 
 
@@ -99,7 +119,7 @@ def scanned_files() -> list[Path]:
 
 def test_no_unsafe_deserialisation_in_the_code():
     files = scanned_files()
-    assert any(p.parts[-2:] == ("checkpoint", "loader.py") for p in files)   # the scan sees the loader
+    assert any(p.parts[-2:] == ("checkpoint", "loader.py") for p in files)  # the scan sees the loader
     problems = [hit for path in files for hit in unsafe_uses(path.read_text(), str(path.relative_to(ROOT)))]
     assert problems == []
 
@@ -128,9 +148,11 @@ def test_the_scan_catches_each_unsafe_construct(source, what):
 
 
 def test_the_scan_allows_safe_yaml_and_prose():
-    source = ('"""Never torch.load, pickle or trust_remote_code: safetensors and yaml.safe_load only."""\n'
-              "import yaml\n# torch.load is forbidden\n"
-              "data = yaml.safe_load('a: 1')\ntext = yaml.safe_dump(data)\n")
+    source = (
+        '"""Never torch.load, pickle or trust_remote_code: safetensors and yaml.safe_load only."""\n'
+        "import yaml\n# torch.load is forbidden\n"
+        "data = yaml.safe_load('a: 1')\ntext = yaml.safe_dump(data)\n"
+    )
     assert unsafe_uses(source) == []
 
 
@@ -140,7 +162,10 @@ def shard_bytes(header: object, data: bytes = b"", header_len: int | None = None
     return struct.pack("<Q", len(raw) if header_len is None else header_len) + raw + data
 
 
-GOOD_HEADER = {"__metadata__": {"format": "pt"}, "w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
+GOOD_HEADER = {
+    "__metadata__": {"format": "pt"},
+    "w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+}
 BAD_SHARDS = {
     "shorter than the length field": (b"\x01\x02\x03", "fewer than the 8-byte header length"),
     "header length past the end": (shard_bytes(GOOD_HEADER, bytes(16), header_len=10_000), "does not fit"),
@@ -151,19 +176,35 @@ BAD_SHARDS = {
     "header not UTF-8": (shard_bytes(b'{"\xff\xfe": 1}'), "not valid JSON"),
     "header not an object": (shard_bytes([1, 2, 3]), "not a JSON object"),
     "tensor entry not an object": (shard_bytes({"w": [0, 16]}), "lacks dtype"),
-    "deeply nested header": (shard_bytes(b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "not valid JSON"),
+    "deeply nested header": (
+        shard_bytes(b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        "not valid JSON",
+    ),
     "integer of 5000 digits in the header": (shard_bytes(b'{"w": ' + b"9" * 5000 + b"}"), "not valid JSON"),
-    "offsets beyond EOF": (shard_bytes({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, bytes(8)),
-                           "truncated"),
-    "huge offsets": (shard_bytes({"w": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 1 << 42]}}),
-                     "truncated"),
+    "offsets beyond EOF": (
+        shard_bytes({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, bytes(8)),
+        "truncated",
+    ),
+    "huge offsets": (
+        shard_bytes({"w": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 1 << 42]}}),
+        "truncated",
+    ),
     "offsets disagree with shape": (
-        shard_bytes({"w": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, 16]}}, bytes(16)), "needs 36"),
-    "reversed offsets": (shard_bytes({"w": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}, bytes(8)),
-                         "malformed"),
-    "negative shape": (shard_bytes({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 0]}}), "malformed"),
-    "unsupported dtype": (shard_bytes({"w": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}, bytes(8)),
-                          "dtype I64"),
+        shard_bytes({"w": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, 16]}}, bytes(16)),
+        "needs 36",
+    ),
+    "reversed offsets": (
+        shard_bytes({"w": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}, bytes(8)),
+        "malformed",
+    ),
+    "negative shape": (
+        shard_bytes({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 0]}}),
+        "malformed",
+    ),
+    "unsupported dtype": (
+        shard_bytes({"w": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}, bytes(8)),
+        "dtype I64",
+    ),
 }
 
 
@@ -205,9 +246,16 @@ def test_header_length_is_checked_before_reading(tmp_path, monkeypatch):
     assert requested and max(requested) <= path.stat().st_size
 
 
-@pytest.mark.parametrize("index", ['{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}", "\udcff",
-                                   '{"weight_map": {"w": "/etc/passwd"}}', '{"weight_map": {"w": "a/../../b"}}'],
-                         ids=["deeply nested", "not UTF-8", "absolute shard path", "shard path leaving"])
+@pytest.mark.parametrize(
+    "index",
+    [
+        '{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "\udcff",
+        '{"weight_map": {"w": "/etc/passwd"}}',
+        '{"weight_map": {"w": "a/../../b"}}',
+    ],
+    ids=["deeply nested", "not UTF-8", "absolute shard path", "shard path leaving"],
+)
 def test_bad_index_is_a_user_error(tmp_path, index):
     (tmp_path / INDEX_FILE).write_bytes(index.encode("utf-8", "surrogateescape"))
     with pytest.raises(UserError):

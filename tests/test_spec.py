@@ -11,17 +11,36 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner.costs import ModelCosts
 from planner.errors import UserError
-from planner.spec import ALIASES, ALL_FAMILIES, RUNNABLE_FAMILIES, ModelSpec, list_specs, load_spec
+from planner.perf.costs import ModelCosts
+from planner.specs.spec import ALIASES, ALL_FAMILIES, RUNNABLE_FAMILIES, ModelSpec, list_specs, load_spec
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
 
-PUBLISHED_MODELS = ["mixtral-8x7b", "mixtral-8x22b", "deepseek-v2-lite", "deepseek-v2", "deepseek-v3",
-                    "qwen1.5-moe-a2.7b", "qwen2-57b-a14b", "qwen3-30b-a3b", "qwen3-235b-a22b", "olmoe-1b-7b",
-                    "dbrx", "phi-3.5-moe", "gpt-oss-20b", "gpt-oss-120b"]
-MINI_BY_FAMILY = {"mixtral": "mixtral-mini", "qwen2_moe": "qwen2-moe-mini", "qwen3_moe": "qwen3-mini",
-                  "olmoe": "olmoe-mini", "deepseek_v2": "deepseek-v2-lite-mini", "deepseek_v3": "deepseek-v3-mini"}
+PUBLISHED_MODELS = [
+    "mixtral-8x7b",
+    "mixtral-8x22b",
+    "deepseek-v2-lite",
+    "deepseek-v2",
+    "deepseek-v3",
+    "qwen1.5-moe-a2.7b",
+    "qwen2-57b-a14b",
+    "qwen3-30b-a3b",
+    "qwen3-235b-a22b",
+    "olmoe-1b-7b",
+    "dbrx",
+    "phi-3.5-moe",
+    "gpt-oss-20b",
+    "gpt-oss-120b",
+]
+MINI_BY_FAMILY = {
+    "mixtral": "mixtral-mini",
+    "qwen2_moe": "qwen2-moe-mini",
+    "qwen3_moe": "qwen3-mini",
+    "olmoe": "olmoe-mini",
+    "deepseek_v2": "deepseek-v2-lite-mini",
+    "deepseek_v3": "deepseek-v3-mini",
+}
 
 # (total, active) in billions as published; DeepSeek and OpenAI count active parameters without the
 # input embedding, the others with it.
@@ -42,10 +61,22 @@ PUBLISHED_COUNTS = {
     "gpt-oss-120b": (116.8, 5.13, False),
 }
 # KV bytes per token (bf16, all layers) from shared/reference/moe-models.md, in KiB.
-KV_KIB = {"mixtral-8x7b": 128, "mixtral-8x22b": 224, "deepseek-v2-lite": 30.4, "deepseek-v2": 67.5,
-          "deepseek-v3": 68.6, "qwen1.5-moe-a2.7b": 192, "qwen2-57b-a14b": 56, "qwen3-30b-a3b": 96,
-          "qwen3-235b-a22b": 188, "olmoe-1b-7b": 128, "dbrx": 160, "phi-3.5-moe": 128, "gpt-oss-20b": 48,
-          "gpt-oss-120b": 72}
+KV_KIB = {
+    "mixtral-8x7b": 128,
+    "mixtral-8x22b": 224,
+    "deepseek-v2-lite": 30.4,
+    "deepseek-v2": 67.5,
+    "deepseek-v3": 68.6,
+    "qwen1.5-moe-a2.7b": 192,
+    "qwen2-57b-a14b": 56,
+    "qwen3-30b-a3b": 96,
+    "qwen3-235b-a22b": 188,
+    "olmoe-1b-7b": 128,
+    "dbrx": 160,
+    "phi-3.5-moe": 128,
+    "gpt-oss-20b": 48,
+    "gpt-oss-120b": 72,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_COUNTS))
@@ -55,7 +86,9 @@ def test_parameter_counts_match_published(name):
     assert costs.total_params() / 1e9 == pytest.approx(total, rel=0.02)
     # DeepSeek-V2-Lite's exact count is 2.451B (hand-checked layer by layer); its card rounds it down to 2.4B.
     active_tolerance = 0.025 if name == "deepseek-v2-lite" else 0.02
-    assert costs.active_params(include_embed=include_embed) / 1e9 == pytest.approx(active, rel=active_tolerance)
+    assert costs.active_params(include_embed=include_embed) / 1e9 == pytest.approx(
+        active, rel=active_tolerance
+    )
 
 
 @pytest.mark.parametrize("name", sorted(KV_KIB))
@@ -83,14 +116,28 @@ def test_every_yaml_loads_and_round_trips_through_hf_config(name):
 
 def test_mixtral_mini_size():
     spec = load_spec("mixtral-mini")
-    assert (spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim) == (8, 1024, 16, 4, 64)
+    assert (spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim) == (
+        8,
+        1024,
+        16,
+        4,
+        64,
+    )
     assert ModelCosts(spec).total_params() / 1e9 == pytest.approx(0.79, rel=0.05)
 
 
-@pytest.mark.parametrize("ref, expected", [("mixtral", "mixtral-8x7b"), ("MIXTRAL", "mixtral-8x7b"),
-                                           ("deepseek-v3", "deepseek-v3"), ("qwen3", "qwen3-30b-a3b"),
-                                           ("olmoe", "olmoe-1b-7b"), ("qwen2-moe", "qwen1.5-moe-a2.7b"),
-                                           ("mixtral-8x22b", "mixtral-8x22b")])
+@pytest.mark.parametrize(
+    "ref, expected",
+    [
+        ("mixtral", "mixtral-8x7b"),
+        ("MIXTRAL", "mixtral-8x7b"),
+        ("deepseek-v3", "deepseek-v3"),
+        ("qwen3", "qwen3-30b-a3b"),
+        ("olmoe", "olmoe-1b-7b"),
+        ("qwen2-moe", "qwen1.5-moe-a2.7b"),
+        ("mixtral-8x22b", "mixtral-8x22b"),
+    ],
+)
 def test_short_and_full_names(ref, expected):
     assert load_spec(ref).name == expected
 
@@ -117,29 +164,84 @@ def test_specs_from_the_user_dir(only_user_data):
 
 
 PUBLISHED_DEEPSEEK_V3_CONFIG = {
-    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "auto_map": {"AutoConfig": "x"},
-    "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
-    "num_hidden_layers": 61, "num_nextn_predict_layers": 1, "num_attention_heads": 128,
-    "num_key_value_heads": 128, "n_shared_experts": 1, "n_routed_experts": 256, "ep_size": 1,
-    "routed_scaling_factor": 2.5, "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64,
-    "v_head_dim": 128, "qk_nope_head_dim": 128, "topk_method": "noaux_tc", "n_group": 8, "topk_group": 4,
-    "num_experts_per_tok": 8, "moe_layer_freq": 1, "first_k_dense_replace": 3, "norm_topk_prob": True,
-    "scoring_func": "sigmoid", "hidden_act": "silu", "max_position_embeddings": 163840, "rms_norm_eps": 1e-06,
-    "rope_theta": 10000, "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
-                                          "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
-                                          "type": "yarn"},
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 0, "eos_token_id": 1,
-    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                            "weight_block_size": [128, 128]},
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "model_type": "deepseek_v3",
+    "auto_map": {"AutoConfig": "x"},
+    "vocab_size": 129280,
+    "hidden_size": 7168,
+    "intermediate_size": 18432,
+    "moe_intermediate_size": 2048,
+    "num_hidden_layers": 61,
+    "num_nextn_predict_layers": 1,
+    "num_attention_heads": 128,
+    "num_key_value_heads": 128,
+    "n_shared_experts": 1,
+    "n_routed_experts": 256,
+    "ep_size": 1,
+    "routed_scaling_factor": 2.5,
+    "kv_lora_rank": 512,
+    "q_lora_rank": 1536,
+    "qk_rope_head_dim": 64,
+    "v_head_dim": 128,
+    "qk_nope_head_dim": 128,
+    "topk_method": "noaux_tc",
+    "n_group": 8,
+    "topk_group": 4,
+    "num_experts_per_tok": 8,
+    "moe_layer_freq": 1,
+    "first_k_dense_replace": 3,
+    "norm_topk_prob": True,
+    "scoring_func": "sigmoid",
+    "hidden_act": "silu",
+    "max_position_embeddings": 163840,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000,
+    "rope_scaling": {
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "factor": 40,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "original_max_position_embeddings": 4096,
+        "type": "yarn",
+    },
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "quantization_config": {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "quant_method": "fp8",
+        "weight_block_size": [128, 128],
+    },
 }
 PUBLISHED_MIXTRAL_CONFIG = {
-    "architectures": ["MixtralForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2,
-    "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336,
-    "max_position_embeddings": 32768, "model_type": "mixtral", "num_attention_heads": 32,
-    "num_experts_per_tok": 2, "num_hidden_layers": 32, "num_key_value_heads": 8, "num_local_experts": 8,
-    "output_router_logits": False, "rms_norm_eps": 1e-05, "rope_theta": 1e6, "router_aux_loss_coef": 0.02,
-    "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-    "transformers_version": "4.36.0.dev0", "use_cache": True, "vocab_size": 32000,
+    "architectures": ["MixtralForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 32768,
+    "model_type": "mixtral",
+    "num_attention_heads": 32,
+    "num_experts_per_tok": 2,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "num_local_experts": 8,
+    "output_router_logits": False,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 1e6,
+    "router_aux_loss_coef": 0.02,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.36.0.dev0",
+    "use_cache": True,
+    "vocab_size": 32000,
 }
 
 
@@ -165,8 +267,11 @@ def test_transformers_5_rope_parameters_style():
     cfg = dict(PUBLISHED_DEEPSEEK_V3_CONFIG)
     scaling = cfg.pop("rope_scaling")
     del cfg["rope_theta"]
-    cfg["rope_parameters"] = {**{k: v for k, v in scaling.items() if k != "type"}, "rope_type": "yarn",
-                              "rope_theta": 10000.0}
+    cfg["rope_parameters"] = {
+        **{k: v for k, v in scaling.items() if k != "type"},
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+    }
     assert ModelSpec.from_hf_config(cfg) == ModelSpec.from_hf_config(PUBLISHED_DEEPSEEK_V3_CONFIG)
 
 
@@ -187,15 +292,18 @@ def test_unknown_name_lists_available_specs():
     assert "no-such-model" in str(err.value) and "mixtral-8x7b" in str(err.value)
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"hidden_size": None}, "missing spec fields"),
-    ({"num_experts": -8}, "num_experts"),
-    ({"top_k": 9}, "top_k exceeds num_experts"),
-    ({"family": "gpt2"}, "family"),
-    ({"bogus_field": 1}, "unknown spec fields"),
-    ({"tie_word_embeddings": "no"}, "true or false"),
-    ({"rope_theta": -1.0}, "positive number"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"hidden_size": None}, "missing spec fields"),
+        ({"num_experts": -8}, "num_experts"),
+        ({"top_k": 9}, "top_k exceeds num_experts"),
+        ({"family": "gpt2"}, "family"),
+        ({"bogus_field": 1}, "unknown spec fields"),
+        ({"tie_word_embeddings": "no"}, "true or false"),
+        ({"rope_theta": -1.0}, "positive number"),
+    ],
+)
 def test_bad_yaml_raises_user_error(tmp_path, change, needle):
     data = load_spec("mixtral-8x7b").to_dict()
     data.update(change)
@@ -210,7 +318,9 @@ def test_bad_config_json_raises_user_error(tmp_path):
     with pytest.raises(UserError, match="unsupported model_type"):
         ModelSpec.from_hf_config({"model_type": "llama", "hidden_size": 8})
     with pytest.raises(UserError, match="lacks"):
-        ModelSpec.from_hf_config({k: v for k, v in PUBLISHED_MIXTRAL_CONFIG.items() if k != "num_local_experts"})
+        ModelSpec.from_hf_config(
+            {k: v for k, v in PUBLISHED_MIXTRAL_CONFIG.items() if k != "num_local_experts"}
+        )
     with pytest.raises(UserError, match="without config.json"):
         load_spec(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
@@ -244,19 +354,36 @@ def test_dense_layers_and_sliding_windows():
 
 
 def _tiny(spec: ModelSpec) -> ModelSpec:
-    return dataclasses.replace(spec.with_layers(min(spec.num_layers, 3)), vocab_size=512, extra={},
-                               moe_intermediate_size=min(spec.moe_intermediate_size, 256))
+    return dataclasses.replace(
+        spec.with_layers(min(spec.num_layers, 3)),
+        vocab_size=512,
+        extra={},
+        moe_intermediate_size=min(spec.moe_intermediate_size, 256),
+    )
 
 
 def _tiny_planning_only(name: str) -> ModelSpec:
-    return dataclasses.replace(load_spec(name), name=f"{name}-tiny", num_layers=2, hidden_size=256,
-                               num_heads=4, num_kv_heads=2, head_dim=64, vocab_size=512,
-                               moe_intermediate_size=128, num_experts=4, top_k=2, extra={})
+    return dataclasses.replace(
+        load_spec(name),
+        name=f"{name}-tiny",
+        num_layers=2,
+        hidden_size=256,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        vocab_size=512,
+        moe_intermediate_size=128,
+        num_experts=4,
+        top_k=2,
+        extra={},
+    )
 
 
-TINY_SPECS = [_tiny(load_spec(MINI_BY_FAMILY[f])) for f in RUNNABLE_FAMILIES] + [
-    _tiny_planning_only(n) for n in ("phi-3.5-moe", "dbrx", "gpt-oss-20b")
-] + [dataclasses.replace(_tiny(load_spec("qwen3-mini")), tie_word_embeddings=True, name="qwen3-tied")]
+TINY_SPECS = (
+    [_tiny(load_spec(MINI_BY_FAMILY[f])) for f in RUNNABLE_FAMILIES]
+    + [_tiny_planning_only(n) for n in ("phi-3.5-moe", "dbrx", "gpt-oss-20b")]
+    + [dataclasses.replace(_tiny(load_spec("qwen3-mini")), tie_word_embeddings=True, name="qwen3-tied")]
+)
 
 
 @pytest.mark.parametrize("spec", TINY_SPECS, ids=lambda s: s.name)
@@ -264,7 +391,9 @@ def test_transformers_builds_the_same_shapes(spec):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     hf = spec.to_hf_config()
-    config = transformers.AutoConfig.for_model(hf["model_type"], **{k: v for k, v in hf.items() if k != "model_type"})
+    config = transformers.AutoConfig.for_model(
+        hf["model_type"], **{k: v for k, v in hf.items() if k != "model_type"}
+    )
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
     state = model.state_dict()

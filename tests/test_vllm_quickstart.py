@@ -12,17 +12,28 @@ import textwrap
 
 import pytest
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.checkpoint.writer import write_random_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-TINY = ModelSpec(name="tiny-mixtral", family="mixtral", num_layers=2, hidden_size=128, num_heads=2, num_kv_heads=1,
-                 head_dim=64, vocab_size=512, num_experts=4, top_k=2, moe_intermediate_size=32,
-                 max_position_embeddings=256)
+TINY = ModelSpec(
+    name="tiny-mixtral",
+    family="mixtral",
+    num_layers=2,
+    hidden_size=128,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=64,
+    vocab_size=512,
+    num_experts=4,
+    top_k=2,
+    moe_intermediate_size=32,
+    max_position_embeddings=256,
+)
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
-GENERATE = '''
+GENERATE = """
 from vllm import LLM, SamplingParams
 
 # Sample prompts.
@@ -45,9 +56,9 @@ for output in outputs:
     prompt = output.prompt
     generated_text = output.outputs[0].text
     print(f"Prompt: {prompt!r}, Generated text: {generated_text!r}")
-'''
+"""
 
-CHAT = '''
+CHAT = """
 from vllm import LLM, SamplingParams
 
 llm = LLM(model="meta-llama/Meta-Llama-3-8B-Instruct")
@@ -74,9 +85,9 @@ print_outputs(outputs)
 conversations = [conversation for _ in range(10)]
 outputs = llm.chat(messages=conversations, sampling_params=sampling_params, use_tqdm=True)
 print_outputs(outputs)
-'''
+"""
 
-TOKEN_IDS = '''
+TOKEN_IDS = """
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
@@ -86,10 +97,12 @@ prompt_token_ids = [[0, 414, 232, 328, 240], [0, 209, 16, 10, 34]]
 outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids], sampling_params)
 for output in outputs:
     print(output.prompt_token_ids, output.outputs[0].token_ids, output.outputs[0].finish_reason)
-'''
+"""
 
-IMPORTS = {"from vllm import LLM, SamplingParams": "from runtime import LLM, SamplingParams",
-           "from vllm.inputs import TokensPrompt": "from runtime import TokensPrompt"}
+IMPORTS = {
+    "from vllm import LLM, SamplingParams": "from runtime import LLM, SamplingParams",
+    "from vllm.inputs import TokensPrompt": "from runtime import TokensPrompt",
+}
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +122,9 @@ def run_example(code: str, hub_cache, machine_profiles_dir, monkeypatch, capsys)
     changed = textwrap.dedent(code)
     for theirs, ours in IMPORTS.items():
         changed = changed.replace(theirs, ours)
-    assert [line for line in changed.splitlines() if line.strip() and line not in code.splitlines()] \
-        == [ours for theirs, ours in IMPORTS.items() if theirs in code]       # only import lines changed
+    assert [line for line in changed.splitlines() if line.strip() and line not in code.splitlines()] == [
+        ours for theirs, ours in IMPORTS.items() if theirs in code
+    ]  # only import lines changed
     exec(compile(changed, "<vllm example>", "exec"), {"__name__": "__example__"})
     return capsys.readouterr().out
 
@@ -130,7 +144,9 @@ def test_chat(hub_cache, machine_profiles_dir, monkeypatch, capsys):
 def test_token_id_prompts(hub_cache, machine_profiles_dir, monkeypatch, capsys):
     out = run_example(TOKEN_IDS, hub_cache, machine_profiles_dir, monkeypatch, capsys)
     lines = out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("[0, 414, 232, 328, 240] [") and lines[0].endswith("length")
+    assert (
+        len(lines) == 2 and lines[0].startswith("[0, 414, 232, 328, 240] [") and lines[0].endswith("length")
+    )
 
 
 def test_llm_uses_the_batched_engine_and_resolves_the_hub_id(hub_cache, machine_profiles_dir, monkeypatch):

@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 
 from planner.errors import UserError
-from planner.perf_memory import Budgets
-from planner.plan_build import make_plan
-from planner.profile import find_profile_for_this_machine, load_profile
-from planner.spec import load_spec
-from planner.workload import Workload
+from planner.hardware.profile import find_profile_for_this_machine, load_profile
+from planner.perf.memory import Budgets
+from planner.plans.build import make_plan
+from planner.plans.workload import Workload
+from planner.specs.spec import load_spec
 from runtime.cluster.worker_plan import plan_for_worker
 from tests.conftest import REPO_ROOT, relabelled_profile_for_this_machine
 
@@ -71,7 +71,7 @@ def test_a_worker_machine_without_a_profile_is_a_user_error_unless_forced(monkey
 def test_a_workers_user_error_is_found_inside_rays_exception_chain():
     from runtime.cluster.job import user_error_in
 
-    class RayTaskError(Exception):          # Ray keeps the worker's exception as `.cause`
+    class RayTaskError(Exception):  # Ray keeps the worker's exception as `.cause`
         def __init__(self, cause):
             super().__init__("task failed")
             self.cause = cause

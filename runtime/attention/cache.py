@@ -38,15 +38,25 @@ def empty_host(shape: tuple[int, ...], dtype: torch.dtype, huge_pages: bool = Tr
     return tensor
 
 
-def allocate_kv_cache(num_blocks: int, num_kv_heads: int, block_size: int, head_dim: int,
-                      dtype: torch.dtype = torch.bfloat16,
-                      huge_pages: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def allocate_kv_cache(
+    num_blocks: int,
+    num_kv_heads: int,
+    block_size: int,
+    head_dim: int,
+    dtype: torch.dtype = torch.bfloat16,
+    huge_pages: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (num_blocks, num_kv_heads, block_size, head_dim)
     return empty_host(shape, dtype, huge_pages), empty_host(shape, dtype, huge_pages)
 
 
-def allocate_latent_cache(num_blocks: int, block_size: int, latent_dim: int,
-                          dtype: torch.dtype = torch.bfloat16, huge_pages: bool = True) -> torch.Tensor:
+def allocate_latent_cache(
+    num_blocks: int,
+    block_size: int,
+    latent_dim: int,
+    dtype: torch.dtype = torch.bfloat16,
+    huge_pages: bool = True,
+) -> torch.Tensor:
     return empty_host((num_blocks, block_size, latent_dim), dtype, huge_pages)
 
 
@@ -57,8 +67,13 @@ def attended_tokens(context_lens: torch.Tensor, sliding_window: int | None = Non
     return int(lens.sum())
 
 
-def gqa_bytes_read(context_lens: torch.Tensor, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
-                   sliding_window: int | None = None) -> int:
+def gqa_bytes_read(
+    context_lens: torch.Tensor,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    sliding_window: int | None = None,
+) -> int:
     """Bytes of K and V one decode_attention call reads (every attended token, every kv head)."""
     elem = torch.tensor([], dtype=dtype).element_size()
     return attended_tokens(context_lens, sliding_window) * num_kv_heads * head_dim * 2 * elem

@@ -14,8 +14,10 @@ import warnings
 from types import ModuleType
 
 MODULE_NAME = "runtime.attention._C"
-REBUILD_HINT = ("rebuild it with `make install` in a checkout (or `python setup.py build_ext --inplace` there), "
-                "or `pip install --no-build-isolation --force-reinstall --no-deps .` in the moelens source tree")
+REBUILD_HINT = (
+    "rebuild it with `make install` in a checkout (or `python setup.py build_ext --inplace` there), "
+    "or `pip install --no-build-isolation --force-reinstall --no-deps .` in the moelens source tree"
+)
 
 _module: ModuleType | None = None
 _failed: str | None = None
@@ -30,7 +32,11 @@ def _mismatch(module: ModuleType) -> str | None:
 
     built_for = getattr(module, "torch_version", "an unknown version")
     running = torch.__version__.split("+")[0]
-    return None if built_for == running else f"was compiled for torch {built_for}, but torch {running} is running"
+    return (
+        None
+        if built_for == running
+        else f"was compiled for torch {built_for}, but torch {running} is running"
+    )
 
 
 def _why_unavailable() -> tuple[ModuleType | None, str | None]:
@@ -40,7 +46,7 @@ def _why_unavailable() -> tuple[ModuleType | None, str | None]:
         if err.name != MODULE_NAME:
             raise
         return None, "is not built"
-    except (ImportError, OSError) as err:      # e.g. undefined symbols: built against another torch
+    except (ImportError, OSError) as err:  # e.g. undefined symbols: built against another torch
         return None, f"cannot be loaded ({str(err).strip().splitlines()[-1][:200]})"
     reason = _mismatch(module)
     return (None, reason) if reason else (module, None)
@@ -53,8 +59,12 @@ def load_extension() -> ModuleType | None:
         return _module
     _module, _failed = _why_unavailable()
     if _failed is not None:
-        warnings.warn(f"moelens CPU attention extension {_failed}; using the slower torch fallback. "
-                      f"To fix: {REBUILD_HINT}", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"moelens CPU attention extension {_failed}; using the slower torch fallback. "
+            f"To fix: {REBUILD_HINT}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return _module
 
 
@@ -64,5 +74,7 @@ def describe() -> str:
     if module is None:
         return f"attention extension {_failed}: the torch fallback is used ({REBUILD_HINT})"
     supported = list(module.supported_isas())
-    return (f"attention extension for torch {module.torch_version}: ISA paths {', '.join(module.compiled_isas())}, "
-            f"this CPU uses {supported[0]}")
+    return (
+        f"attention extension for torch {module.torch_version}: ISA paths {', '.join(module.compiled_isas())}, "
+        f"this CPU uses {supported[0]}"
+    )

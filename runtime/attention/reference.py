@@ -11,8 +11,14 @@ from __future__ import annotations
 import torch
 
 
-def append_slot(cache: torch.Tensor, rows: torch.Tensor, block_tables: torch.Tensor,
-                context_lens: torch.Tensor, block_axis_size: int, has_heads: bool) -> None:
+def append_slot(
+    cache: torch.Tensor,
+    rows: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_axis_size: int,
+    has_heads: bool,
+) -> None:
     """Write rows [B, (Hkv,) D] at position context_lens-1 of each sequence's block list."""
     positions = context_lens.long() - 1
     batch = torch.arange(block_tables.shape[0])
@@ -29,10 +35,18 @@ def _attended_range(length: int, sliding_window: int | None) -> tuple[int, int]:
     return start, length
 
 
-def decode_attention_reference(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-                               k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                               context_lens: torch.Tensor, scale: float, sliding_window: int | None = None,
-                               compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def decode_attention_reference(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     num_seqs, num_q_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
     group = num_q_heads // num_kv_heads
@@ -52,10 +66,16 @@ def decode_attention_reference(q: torch.Tensor, k_new: torch.Tensor, v_new: torc
     return out.to(q.dtype) if compute_dtype == torch.float32 else out
 
 
-def mla_decode_attention_reference(q_latent: torch.Tensor, q_rope: torch.Tensor, latent_new: torch.Tensor,
-                                   latent_cache: torch.Tensor, block_tables: torch.Tensor,
-                                   context_lens: torch.Tensor, scale: float,
-                                   compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def mla_decode_attention_reference(
+    q_latent: torch.Tensor,
+    q_rope: torch.Tensor,
+    latent_new: torch.Tensor,
+    latent_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    compute_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     num_seqs, num_heads, rank = q_latent.shape
     _, block_size, width = latent_cache.shape
     append_slot(latent_cache, latent_new, block_tables, context_lens, block_size, has_heads=False)

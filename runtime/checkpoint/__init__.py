@@ -11,5 +11,14 @@ from runtime.checkpoint.names import ExpectedTensor, expected_tensors
 from runtime.checkpoint.tokenizer import CheckpointTokenizer, load_tokenizer
 from runtime.checkpoint.writer import WrittenCheckpoint, write_random_checkpoint
 
-__all__ = ["Checkpoint", "CheckpointTokenizer", "ExpectedTensor", "LazyWeights", "WrittenCheckpoint",
-           "expected_tensors", "load_tokenizer", "open_checkpoint", "write_random_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointTokenizer",
+    "ExpectedTensor",
+    "LazyWeights",
+    "WrittenCheckpoint",
+    "expected_tensors",
+    "load_tokenizer",
+    "open_checkpoint",
+    "write_random_checkpoint",
+]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.checkpoint.names import expected_tensors
 from runtime.checkpoint.random_init import generate_chunks, init_rule
 from runtime.checkpoint.writer import parse_dtype
@@ -31,7 +31,7 @@ class InMemoryCheckpoint:
     dir: Path | None = None
 
 
-FAST_ELEMENTS = 1 << 20        # tensors above this many values come from the pool with fast=True
+FAST_ELEMENTS = 1 << 20  # tensors above this many values come from the pool with fast=True
 
 
 def _from_pool(pool: torch.Tensor, shape: tuple[int, ...], offset: int) -> torch.Tensor:
@@ -41,15 +41,17 @@ def _from_pool(pool: torch.Tensor, shape: tuple[int, ...], offset: int) -> torch
     for start in range(0, flat.numel(), size):
         count = min(size, flat.numel() - start)
         shift = (offset + start) % (size - count + 1)
-        flat[start:start + count] = pool[shift:shift + count]
+        flat[start : start + count] = pool[shift : shift + count]
     return out
 
 
-def random_checkpoint(spec: ModelSpec, dtype: str = "bf16", seed: int = 0, fast: bool = False) -> InMemoryCheckpoint:
+def random_checkpoint(
+    spec: ModelSpec, dtype: str = "bf16", seed: int = 0, fast: bool = False
+) -> InMemoryCheckpoint:
     torch_dtype = parse_dtype(dtype)
     spec = replace(spec, dtype=str(torch_dtype).removeprefix("torch."))
     pool = torch.randn(2 * FAST_ELEMENTS, generator=torch.Generator().manual_seed(seed)) if fast else None
-    scaled: dict[float, torch.Tensor] = {}       # the pool at each std, in the checkpoint's dtype
+    scaled: dict[float, torch.Tensor] = {}  # the pool at each std, in the checkpoint's dtype
     weights = {}
     for index, tensor in enumerate(expected_tensors(spec)):
         rule = init_rule(spec, tensor.canonical, tensor.shape)

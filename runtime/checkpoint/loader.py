@@ -25,8 +25,8 @@ import torch
 from safetensors import safe_open
 
 from planner.errors import UserError
-from planner.hf_hub import is_hub_id, require_snapshot
-from planner.spec import ModelSpec
+from planner.specs.hf_hub import is_hub_id, require_snapshot
+from planner.specs.spec import ModelSpec
 from runtime.checkpoint.names import expected_tensors, is_ignored
 from runtime.checkpoint.safetensors_io import TensorEntry, read_entries
 from runtime.checkpoint.tokenizer import CheckpointTokenizer, load_tokenizer
@@ -95,8 +95,8 @@ class Checkpoint:
     dir: Path
     spec: ModelSpec
     weights: LazyWeights
-    tokenizer: CheckpointTokenizer | None   # None when the directory has no tokenizer.json
-    config: dict                             # config.json as read
+    tokenizer: CheckpointTokenizer | None  # None when the directory has no tokenizer.json
+    config: dict  # config.json as read
 
     def close(self) -> None:
         self.weights.close()
@@ -111,10 +111,14 @@ class Checkpoint:
 def read_config(directory: Path) -> dict:
     path = directory / "config.json"
     if not directory.is_dir():
-        raise UserError(f"checkpoint directory {directory} does not exist", "pass an existing checkpoint directory")
+        raise UserError(
+            f"checkpoint directory {directory} does not exist", "pass an existing checkpoint directory"
+        )
     if not path.is_file():
-        raise UserError(f"{directory} has no config.json",
-                        "pass a HF checkpoint directory, or write one with `runtime make-checkpoint`")
+        raise UserError(
+            f"{directory} has no config.json",
+            "pass a HF checkpoint directory, or write one with `runtime make-checkpoint`",
+        )
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON
@@ -135,12 +139,16 @@ def _mistyped_matrices(matched: dict[str, TensorEntry]) -> list[str]:
     if len(counts) < 2:
         return []
     usual = counts.most_common(1)[0][0]
-    return [f"{entry.name} is {entry.dtype}, the other matrices {usual}" for entry in matched.values()
-            if len(entry.shape) >= 2 and entry.dtype != usual]
+    return [
+        f"{entry.name} is {entry.dtype}, the other matrices {usual}"
+        for entry in matched.values()
+        if len(entry.shape) >= 2 and entry.dtype != usual
+    ]
 
 
-def match_tensors(spec: ModelSpec, stored: dict[str, TensorEntry], num_extra_layers: int = 0,
-                  where: str = "checkpoint") -> dict[str, TensorEntry]:
+def match_tensors(
+    spec: ModelSpec, stored: dict[str, TensorEntry], num_extra_layers: int = 0, where: str = "checkpoint"
+) -> dict[str, TensorEntry]:
     """Canonical name -> stored entry, or one UserError listing every mismatch."""
     expected = expected_tensors(spec)
     matched, missing, misshaped = {}, [], []
@@ -154,13 +162,22 @@ def match_tensors(spec: ModelSpec, stored: dict[str, TensorEntry], num_extra_lay
             matched[tensor.canonical] = entry
     known = {tensor.disk_name for tensor in expected}
     unexpected = sorted(n for n in stored if n not in known and not is_ignored(spec, n, num_extra_layers))
-    problems = [f"{kind} {_listing(items)}" for kind, items in
-                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
-                 ("of another dtype", _mistyped_matrices(matched))) if items]
+    problems = [
+        f"{kind} {_listing(items)}"
+        for kind, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("mis-shaped", misshaped),
+            ("of another dtype", _mistyped_matrices(matched)),
+        )
+        if items
+    ]
     if problems:
-        raise UserError(f"{where} does not match its config.json ({spec.family}, {spec.num_layers} layers): "
-                        + "; ".join(problems),
-                        "use the config.json that belongs to these weights, or regenerate the checkpoint")
+        raise UserError(
+            f"{where} does not match its config.json ({spec.family}, {spec.num_layers} layers): "
+            + "; ".join(problems),
+            "use the config.json that belongs to these weights, or regenerate the checkpoint",
+        )
     return matched
 
 
@@ -172,11 +189,19 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
         name, directory = str(directory).split("/")[-1].lower(), require_snapshot(str(directory))
     directory = Path(directory)
     config = read_config(directory)
-    spec = ModelSpec.from_hf_config(config, name=None if isinstance(config.get("moelens"), dict)
-                                    else name or directory.resolve().name)
+    spec = ModelSpec.from_hf_config(
+        config, name=None if isinstance(config.get("moelens"), dict) else name or directory.resolve().name
+    )
     stored = read_entries(directory)
     extra_layers = config.get("num_nextn_predict_layers") or 0
-    matched = match_tensors(spec, stored, extra_layers if isinstance(extra_layers, int) else 0, str(directory))
+    matched = match_tensors(
+        spec, stored, extra_layers if isinstance(extra_layers, int) else 0, str(directory)
+    )
     aliases = {"lm_head": "embed"} if spec.tie_word_embeddings else {}
-    return Checkpoint(dir=directory, spec=spec, weights=LazyWeights(matched, aliases),
-                      tokenizer=load_tokenizer(directory), config=config)
+    return Checkpoint(
+        dir=directory,
+        spec=spec,
+        weights=LazyWeights(matched, aliases),
+        tokenizer=load_tokenizer(directory),
+        config=config,
+    )

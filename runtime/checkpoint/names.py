@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from planner.errors import UserError
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 
 GLOBAL_NAMES = {
     "embed": "model.embed_tokens.weight",
@@ -90,16 +90,18 @@ IGNORED_DISK_NAMES = re.compile(r".*\.rotary_emb\.inv_freq$")
 
 @dataclass(frozen=True)
 class ExpectedTensor:
-    canonical: str              # e.g. "layers.3.moe.experts.5.up_proj"
-    disk_name: str              # e.g. "model.layers.3.block_sparse_moe.experts.5.w3.weight"
+    canonical: str  # e.g. "layers.3.moe.experts.5.up_proj"
+    disk_name: str  # e.g. "model.layers.3.block_sparse_moe.experts.5.w3.weight"
     shape: tuple[int, ...]
 
 
 def check_supported(spec: ModelSpec) -> None:
     """Raise UserError for families or options the loader has no names for."""
     if spec.family not in MOE_NAMES:
-        raise UserError(f"architecture {spec.family!r} ({spec.name}) has no checkpoint name map",
-                        f"use a checkpoint of one of {list(MOE_NAMES)}")
+        raise UserError(
+            f"architecture {spec.family!r} ({spec.name}) has no checkpoint name map",
+            f"use a checkpoint of one of {list(MOE_NAMES)}",
+        )
     unsupported = {
         "attention_bias": spec.attention_bias and spec.family != "qwen2_moe",
         "router_linear_bias": spec.router_linear_bias,
@@ -110,8 +112,10 @@ def check_supported(spec: ModelSpec) -> None:
     }
     bad = [option for option, present in unsupported.items() if present]
     if bad:
-        raise UserError(f"{spec.family} checkpoint ({spec.name}) uses {bad}, which the runtime does not load",
-                        "use a checkpoint without these options")
+        raise UserError(
+            f"{spec.family} checkpoint ({spec.name}) uses {bad}, which the runtime does not load",
+            "use a checkpoint without these options",
+        )
 
 
 def _attention_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -120,20 +124,34 @@ def _attention_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         q_dim = spec.num_heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
         shapes: dict[str, tuple[int, ...]] = {}
         if spec.q_lora_rank:
-            shapes.update({"attn.q_a_proj": (spec.q_lora_rank, h), "attn.q_a_norm": (spec.q_lora_rank,),
-                           "attn.q_b_proj": (q_dim, spec.q_lora_rank)})
+            shapes.update(
+                {
+                    "attn.q_a_proj": (spec.q_lora_rank, h),
+                    "attn.q_a_norm": (spec.q_lora_rank,),
+                    "attn.q_b_proj": (q_dim, spec.q_lora_rank),
+                }
+            )
         else:
             shapes["attn.q_proj"] = (q_dim, h)
-        shapes.update({
-            "attn.kv_a_proj": (spec.kv_lora_rank + spec.qk_rope_head_dim, h),
-            "attn.kv_a_norm": (spec.kv_lora_rank,),
-            "attn.kv_b_proj": (spec.num_heads * (spec.qk_nope_head_dim + spec.v_head_dim), spec.kv_lora_rank),
-            "attn.o_proj": (h, spec.num_heads * spec.v_head_dim),
-        })
+        shapes.update(
+            {
+                "attn.kv_a_proj": (spec.kv_lora_rank + spec.qk_rope_head_dim, h),
+                "attn.kv_a_norm": (spec.kv_lora_rank,),
+                "attn.kv_b_proj": (
+                    spec.num_heads * (spec.qk_nope_head_dim + spec.v_head_dim),
+                    spec.kv_lora_rank,
+                ),
+                "attn.o_proj": (h, spec.num_heads * spec.v_head_dim),
+            }
+        )
         return shapes
     q_dim, kv_dim = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-    shapes = {"attn.q_proj": (q_dim, h), "attn.k_proj": (kv_dim, h), "attn.v_proj": (kv_dim, h),
-              "attn.o_proj": (h, q_dim)}
+    shapes = {
+        "attn.q_proj": (q_dim, h),
+        "attn.k_proj": (kv_dim, h),
+        "attn.v_proj": (kv_dim, h),
+        "attn.o_proj": (h, q_dim),
+    }
     if spec.attention_bias:
         shapes.update({"attn.q_bias": (q_dim,), "attn.k_bias": (kv_dim,), "attn.v_bias": (kv_dim,)})
     if spec.qk_norm == "per_head":
@@ -144,8 +162,11 @@ def _attention_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 
 def _mlp_shapes(prefix: str, intermediate: int, hidden: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.gate_proj": (intermediate, hidden), f"{prefix}.up_proj": (intermediate, hidden),
-            f"{prefix}.down_proj": (hidden, intermediate)}
+    return {
+        f"{prefix}.gate_proj": (intermediate, hidden),
+        f"{prefix}.up_proj": (intermediate, hidden),
+        f"{prefix}.down_proj": (hidden, intermediate),
+    }
 
 
 def _feed_forward_shapes(spec: ModelSpec, layer: int) -> dict[str, tuple[int, ...]]:
@@ -179,8 +200,10 @@ def disk_suffix(family: str, canonical_suffix: str) -> str:
             return template.format(expert=match.group(1))
     elif canonical_suffix in table:
         return table[canonical_suffix]
-    raise UserError(f"{family} has no on-disk name for {canonical_suffix!r}",
-                    "the spec asks for a tensor this architecture does not store")
+    raise UserError(
+        f"{family} has no on-disk name for {canonical_suffix!r}",
+        "the spec asks for a tensor this architecture does not store",
+    )
 
 
 def expected_tensors(spec: ModelSpec) -> list[ExpectedTensor]:
@@ -189,7 +212,12 @@ def expected_tensors(spec: ModelSpec) -> list[ExpectedTensor]:
     h = spec.hidden_size
     tensors = [ExpectedTensor("embed", GLOBAL_NAMES["embed"], (spec.vocab_size, h))]
     for layer in range(spec.num_layers):
-        shapes = {"attn_norm": (h,), "mlp_norm": (h,), **_attention_shapes(spec), **_feed_forward_shapes(spec, layer)}
+        shapes = {
+            "attn_norm": (h,),
+            "mlp_norm": (h,),
+            **_attention_shapes(spec),
+            **_feed_forward_shapes(spec, layer),
+        }
         for suffix, shape in shapes.items():
             disk = f"model.layers.{layer}.{disk_suffix(spec.family, suffix)}"
             tensors.append(ExpectedTensor(f"layers.{layer}.{suffix}", disk, shape))

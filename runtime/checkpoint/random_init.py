@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.checkpoint.names import ExpectedTensor
 
-CHUNK_ELEMENTS = 1 << 24     # 64 MB of fp32 per generated block
+CHUNK_ELEMENTS = 1 << 24  # 64 MB of fp32 per generated block
 EMBED_STD = 1.0
 TIED_EMBED_STD = 0.02
 ROUTER_GAIN = 1.0
@@ -36,7 +36,7 @@ BIAS_STD = 0.02
 
 @dataclass(frozen=True)
 class InitRule:
-    kind: str        # "normal" | "ones" | "zeros"
+    kind: str  # "normal" | "ones" | "zeros"
     std: float = 0.0
 
 
@@ -68,8 +68,9 @@ def tensor_seed(seed: int, disk_name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def generate_chunks(tensor: ExpectedTensor, rule: InitRule, seed: int,
-                    dtype: torch.dtype) -> Iterator[torch.Tensor]:
+def generate_chunks(
+    tensor: ExpectedTensor, rule: InitRule, seed: int, dtype: torch.dtype
+) -> Iterator[torch.Tensor]:
     """The tensor's values as consecutive row blocks (dim 0), each at most CHUNK_ELEMENTS values."""
     shape = tensor.shape
     row_elements = math.prod(shape[1:]) if len(shape) > 1 else 1

@@ -39,7 +39,7 @@ class TensorEntry:
 
     name: str
     shard: Path
-    dtype: str                  # safetensors dtype code: F32 | F16 | BF16
+    dtype: str  # safetensors dtype code: F32 | F16 | BF16
     shape: tuple[int, ...]
 
     @property
@@ -52,15 +52,19 @@ class TensorEntry:
 
 
 def _corrupt(path: Path, what: str) -> UserError:
-    return UserError(f"safetensors shard {path} is corrupt: {what}",
-                     "re-download or regenerate the checkpoint (runtime make-checkpoint)")
+    return UserError(
+        f"safetensors shard {path} is corrupt: {what}",
+        "re-download or regenerate the checkpoint (runtime make-checkpoint)",
+    )
 
 
 def read_shard_header(path: Path) -> dict[str, TensorEntry]:
     """Parse and validate one shard's header; raises UserError on any inconsistency."""
     if not path.is_file():
-        raise UserError(f"checkpoint shard {path} does not exist",
-                        "re-download the checkpoint; every shard named in the index must be present")
+        raise UserError(
+            f"checkpoint shard {path} does not exist",
+            "re-download the checkpoint; every shard named in the index must be present",
+        )
     file_size = path.stat().st_size
     with open(path, "rb") as f:
         prefix = f.read(8)
@@ -90,22 +94,32 @@ def _parse_entry(path: Path, name: str, info: object, data_size: int) -> TensorE
         raise _corrupt(path, f"tensor {name!r} lacks dtype, shape or data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if dtype not in DTYPE_CODES:
-        raise UserError(f"tensor {name!r} in {path} has dtype {dtype}; supported: {sorted(DTYPE_CODES)}",
-                        "convert the checkpoint to bf16, fp16 or fp32 (quantized checkpoints are not supported)")
+        raise UserError(
+            f"tensor {name!r} in {path} has dtype {dtype}; supported: {sorted(DTYPE_CODES)}",
+            "convert the checkpoint to bf16, fp16 or fp32 (quantized checkpoints are not supported)",
+        )
     valid_shape = isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
-    valid_offsets = (isinstance(offsets, list) and len(offsets) == 2
-                     and all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1])
+    valid_offsets = (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    )
     if not (valid_shape and valid_offsets):
         raise _corrupt(path, f"tensor {name!r} has a malformed shape {shape!r} or data_offsets {offsets!r}")
     begin, end = offsets
     if end > data_size:
-        raise UserError(f"safetensors shard {path} is truncated: tensor {name!r} ends at data byte {end} "
-                        f"but the file holds only {data_size} data bytes",
-                        "the file was cut short (interrupted download or copy); fetch or regenerate it")
+        raise UserError(
+            f"safetensors shard {path} is truncated: tensor {name!r} ends at data byte {end} "
+            f"but the file holds only {data_size} data bytes",
+            "the file was cut short (interrupted download or copy); fetch or regenerate it",
+        )
     entry = TensorEntry(name=name, shard=path, dtype=dtype, shape=tuple(shape))
     if end - begin != entry.nbytes:
-        raise _corrupt(path, f"tensor {name!r} spans {end - begin} bytes, but shape {shape} of {dtype} "
-                             f"needs {entry.nbytes}")
+        raise _corrupt(
+            path,
+            f"tensor {name!r} spans {end - begin} bytes, but shape {shape} of {dtype} needs {entry.nbytes}",
+        )
     return entry
 
 
@@ -116,12 +130,16 @@ def _shard_path(directory: Path, shard_name: object) -> Path:
     store, which is legitimate.
     """
     if not isinstance(shard_name, str) or not shard_name:
-        raise UserError(f"{directory / INDEX_FILE} names a shard {shard_name!r} that is not a file name",
-                        "fix the index: weight_map values are shard file names")
+        raise UserError(
+            f"{directory / INDEX_FILE} names a shard {shard_name!r} that is not a file name",
+            "fix the index: weight_map values are shard file names",
+        )
     parts = Path(shard_name).parts
     if Path(shard_name).is_absolute() or ".." in parts or os.path.normpath(shard_name).startswith(".."):
-        raise UserError(f"{directory / INDEX_FILE} names shard {shard_name!r} outside the checkpoint directory",
-                        "shard names in weight_map must be files inside the checkpoint directory")
+        raise UserError(
+            f"{directory / INDEX_FILE} names shard {shard_name!r} outside the checkpoint directory",
+            "shard names in weight_map must be files inside the checkpoint directory",
+        )
     return directory / shard_name
 
 
@@ -132,7 +150,9 @@ def locate_tensors(directory: Path) -> dict[str, Path]:
         try:
             index = json.loads(index_path.read_text())
         except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON
-            raise UserError(f"cannot read {index_path}: {err}", "re-download or regenerate the checkpoint") from err
+            raise UserError(
+                f"cannot read {index_path}: {err}", "re-download or regenerate the checkpoint"
+            ) from err
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise UserError(f"{index_path} has no weight_map", "re-download or regenerate the checkpoint")
@@ -140,8 +160,10 @@ def locate_tensors(directory: Path) -> dict[str, Path]:
     single = directory / SINGLE_FILE
     if single.is_file():
         return {name: single for name in read_shard_header(single)}
-    raise UserError(f"{directory} has no {SINGLE_FILE} and no {INDEX_FILE}",
-                    "pass a HF checkpoint directory with safetensors weights (pytorch .bin files are not read)")
+    raise UserError(
+        f"{directory} has no {SINGLE_FILE} and no {INDEX_FILE}",
+        "pass a HF checkpoint directory with safetensors weights (pytorch .bin files are not read)",
+    )
 
 
 def read_entries(directory: Path) -> dict[str, TensorEntry]:
@@ -153,8 +175,10 @@ def read_entries(directory: Path) -> dict[str, TensorEntry]:
         if shard not in headers:
             headers[shard] = read_shard_header(shard)
         if name not in headers[shard]:
-            raise UserError(f"{directory / INDEX_FILE} puts {name!r} in {shard.name}, which does not contain it",
-                            "re-download or regenerate the checkpoint (index and shards disagree)")
+            raise UserError(
+                f"{directory / INDEX_FILE} puts {name!r} in {shard.name}, which does not contain it",
+                "re-download or regenerate the checkpoint (index and shards disagree)",
+            )
         entries[name] = headers[shard][name]
     return entries
 

@@ -63,21 +63,32 @@ def _raise_template_error(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _json_filter(value: object, ensure_ascii: bool = False, indent: int | None = None,
-                 separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+def _json_filter(
+    value: object,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def compile_chat_template(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = _json_filter
     env.globals["raise_exception"] = _raise_template_error
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
         return env.from_string(template)
     except jinja2.exceptions.TemplateSyntaxError as err:
-        raise UserError(f"the checkpoint's chat_template does not parse: {err}",
-                        "fix chat_template in tokenizer_config.json") from err
+        raise UserError(
+            f"the checkpoint's chat_template does not parse: {err}",
+            "fix chat_template in tokenizer_config.json",
+        ) from err
 
 
 @dataclass
@@ -87,7 +98,7 @@ class CheckpointTokenizer:
     eos_token: str | None = None
     pad_token: str | None = None
     chat_template: str | None = None
-    add_bos_token: bool | None = None      # tokenizer_config's explicit request, if any
+    add_bos_token: bool | None = None  # tokenizer_config's explicit request, if any
     extra_eos_token_ids: list[int] = field(default_factory=list)
 
     def _id(self, token: str | None) -> int | None:
@@ -131,20 +142,28 @@ class CheckpointTokenizer:
     @cached_property
     def _compiled_template(self) -> jinja2.Template:
         if self.chat_template is None:
-            raise UserError("this checkpoint has no chat template",
-                            "pass plain prompts, or add chat_template to tokenizer_config.json")
+            raise UserError(
+                "this checkpoint has no chat template",
+                "pass plain prompts, or add chat_template to tokenizer_config.json",
+            )
         return compile_chat_template(self.chat_template)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            tokenize: bool = False) -> str | list[int]:
+    def apply_chat_template(
+        self, messages: list[dict], add_generation_prompt: bool = True, tokenize: bool = False
+    ) -> str | list[int]:
         """Render `messages` ([{"role", "content"}, ...]); token ids when `tokenize` (no extra specials)."""
         try:
             text = self._compiled_template.render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "",
+                eos_token=self.eos_token or "",
+            )
         except jinja2.exceptions.TemplateError as err:
-            raise UserError(f"the chat template rejected the messages: {err}",
-                            "pass messages in the roles and order the model's template expects") from err
+            raise UserError(
+                f"the chat template rejected the messages: {err}",
+                "pass messages in the roles and order the model's template expects",
+            ) from err
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
 
@@ -157,8 +176,9 @@ def load_tokenizer(directory: Path) -> CheckpointTokenizer | None:
     except Exception as err:  # the tokenizers library raises plain Exceptions on malformed files
         raise UserError(f"cannot load {path}: {err}", "re-download or regenerate tokenizer.json") from err
     config = _read_json(directory / "tokenizer_config.json")
-    extra_eos = (_as_id_list(_read_json(directory / "generation_config.json").get("eos_token_id"))
-                 + _as_id_list(_read_json(directory / "config.json").get("eos_token_id")))
+    extra_eos = _as_id_list(
+        _read_json(directory / "generation_config.json").get("eos_token_id")
+    ) + _as_id_list(_read_json(directory / "config.json").get("eos_token_id"))
     add_bos = config.get("add_bos_token")
     return CheckpointTokenizer(
         backend=backend,

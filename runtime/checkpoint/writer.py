@@ -22,16 +22,29 @@ from pathlib import Path
 import torch
 
 from planner.errors import UserError
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.checkpoint.names import ExpectedTensor, expected_tensors
 from runtime.checkpoint.random_init import generate_chunks, init_rule
 from runtime.checkpoint.safetensors_io import CODE_OF_DTYPE, INDEX_FILE, SINGLE_FILE, ShardWriter
 from runtime.checkpoint.tokenizer_build import write_tokenizer_files
 
-DTYPE_ALIASES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-                 "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
-OUR_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-             "chat_template.jinja", SINGLE_FILE, INDEX_FILE)
+DTYPE_ALIASES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+OUR_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    SINGLE_FILE,
+    INDEX_FILE,
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +52,7 @@ class WrittenCheckpoint:
     dir: Path
     spec: ModelSpec
     num_shards: int
-    total_bytes: int          # tensor data bytes (the index's total_size)
+    total_bytes: int  # tensor data bytes (the index's total_size)
     num_parameters: int
     seconds: float
 
@@ -64,15 +77,19 @@ def prepare_output_dir(out: Path) -> None:
         raise UserError(f"--out {out} is a file", "pass a directory path")
     if out.is_dir() and any(out.iterdir()):
         if not is_moelens_checkpoint(out):
-            raise UserError(f"{out} is not empty and is not a moelens checkpoint; refusing to overwrite it",
-                            "pass a new or empty directory")
+            raise UserError(
+                f"{out} is not empty and is not a moelens checkpoint; refusing to overwrite it",
+                "pass a new or empty directory",
+            )
         for path in out.iterdir():
             if path.name in OUR_FILES or (path.name.startswith("model-") and path.suffix == ".safetensors"):
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
-def plan_shards(tensors: list[ExpectedTensor], itemsize: int, max_shard_bytes: int) -> list[list[ExpectedTensor]]:
+def plan_shards(
+    tensors: list[ExpectedTensor], itemsize: int, max_shard_bytes: int
+) -> list[list[ExpectedTensor]]:
     """Consecutive groups of at most `max_shard_bytes` (a larger tensor gets a shard of its own)."""
     shards: list[list[ExpectedTensor]] = [[]]
     size = 0
@@ -92,8 +109,11 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _write_configs(spec: ModelSpec, out: Path, dtype: torch.dtype, seed: int) -> None:
     ids = write_tokenizer_files(out, spec.vocab_size, spec.max_position_embeddings)
-    token_ids = {"bos_token_id": ids.bos_token_id, "eos_token_id": ids.eos_token_id,
-                 "pad_token_id": ids.pad_token_id}
+    token_ids = {
+        "bos_token_id": ids.bos_token_id,
+        "eos_token_id": ids.eos_token_id,
+        "pad_token_id": ids.pad_token_id,
+    }
     dtype_name = str(dtype).removeprefix("torch.")
     config = spec.to_hf_config()
     config.update(token_ids, dtype=dtype_name)
@@ -102,9 +122,14 @@ def _write_configs(spec: ModelSpec, out: Path, dtype: torch.dtype, seed: int) ->
     _write_json(out / "generation_config.json", {"_from_model_config": True, **token_ids})
 
 
-def write_random_checkpoint(spec: ModelSpec, out: str | Path, dtype: str | torch.dtype = "bf16", seed: int = 0,
-                            max_shard_bytes: int = 2 * 10**9,
-                            on_tensor: Callable[[ExpectedTensor], None] | None = None) -> WrittenCheckpoint:
+def write_random_checkpoint(
+    spec: ModelSpec,
+    out: str | Path,
+    dtype: str | torch.dtype = "bf16",
+    seed: int = 0,
+    max_shard_bytes: int = 2 * 10**9,
+    on_tensor: Callable[[ExpectedTensor], None] | None = None,
+) -> WrittenCheckpoint:
     """Write the checkpoint; `on_tensor` is called after each tensor (progress reporting)."""
     start = time.perf_counter()
     out = Path(out)
@@ -117,8 +142,11 @@ def write_random_checkpoint(spec: ModelSpec, out: str | Path, dtype: str | torch
     _write_configs(spec, out, torch_dtype, seed)
     itemsize = torch.empty((), dtype=torch_dtype).element_size()
     shards = plan_shards(tensors, itemsize, max_shard_bytes)
-    names = ([SINGLE_FILE] if len(shards) == 1
-             else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = (
+        [SINGLE_FILE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     weight_map = {}
     for shard_name, shard in zip(names, shards):
         code = CODE_OF_DTYPE[torch_dtype]
@@ -133,8 +161,18 @@ def write_random_checkpoint(spec: ModelSpec, out: str | Path, dtype: str | torch
         writer.close()
     num_parameters = sum(prod(t.shape) for t in tensors)
     if len(shards) > 1:
-        _write_json(out / INDEX_FILE, {"metadata": {"total_size": num_parameters * itemsize,
-                                                    "total_parameters": num_parameters},
-                                       "weight_map": dict(sorted(weight_map.items()))})
-    return WrittenCheckpoint(dir=out, spec=spec, num_shards=len(shards), total_bytes=num_parameters * itemsize,
-                             num_parameters=num_parameters, seconds=time.perf_counter() - start)
+        _write_json(
+            out / INDEX_FILE,
+            {
+                "metadata": {"total_size": num_parameters * itemsize, "total_parameters": num_parameters},
+                "weight_map": dict(sorted(weight_map.items())),
+            },
+        )
+    return WrittenCheckpoint(
+        dir=out,
+        spec=spec,
+        num_shards=len(shards),
+        total_bytes=num_parameters * itemsize,
+        num_parameters=num_parameters,
+        seconds=time.perf_counter() - start,
+    )

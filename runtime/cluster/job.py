@@ -22,8 +22,8 @@ from typing import Any
 
 from planner.errors import UserError
 
-BATCHES_PER_WORKER = 4          # at least this many batches per worker: balance, and little lost to a crash
-MAX_BATCH_IN_FLIGHTS = 4        # a batch holds at most this many times the plan's sequences in flight
+BATCHES_PER_WORKER = 4  # at least this many batches per worker: balance, and little lost to a crash
+MAX_BATCH_IN_FLIGHTS = 4  # a batch holds at most this many times the plan's sequences in flight
 
 
 def _request_rows(path: Any, pending: dict) -> list[dict]:
@@ -35,7 +35,9 @@ def _request_rows(path: Any, pending: dict) -> list[dict]:
 
 
 def batch_size_for(num_pending: int, num_workers: int, num_seqs: int) -> int:
-    return max(1, min(MAX_BATCH_IN_FLIGHTS * num_seqs, math.ceil(num_pending / (BATCHES_PER_WORKER * num_workers))))
+    return max(
+        1, min(MAX_BATCH_IN_FLIGHTS * num_seqs, math.ceil(num_pending / (BATCHES_PER_WORKER * num_workers)))
+    )
 
 
 def user_error_in(err: BaseException) -> UserError | None:
@@ -52,7 +54,7 @@ def user_error_in(err: BaseException) -> UserError | None:
 
 
 def execute_on_cluster(options: Any) -> dict | None:
-    from planner.plan import Plan
+    from planner.plans.plan import Plan
     from runtime.checkpoint import open_checkpoint
     from runtime.cluster.worker import WorkerOptions
     from runtime.commands.execute import _checkpoint_dir, _sha256
@@ -80,8 +82,13 @@ def execute_on_cluster(options: Any) -> dict | None:
     spec = checkpoint.spec
     check_plan_model(plan, spec, options.force)
     default_max_tokens = options.max_tokens or max(1, round(plan.workload.gen_len_max))
-    context = ParseContext(checkpoint.tokenizer, spec.max_position_embeddings, spec.vocab_size, default_max_tokens,
-                           read_generation_config(options.generation_config, checkpoint_dir))
+    context = ParseContext(
+        checkpoint.tokenizer,
+        spec.max_position_embeddings,
+        spec.vocab_size,
+        default_max_tokens,
+        read_generation_config(options.generation_config, checkpoint_dir),
+    )
     scan = scan_input(options.input, context, options.on_error)
     recorded = scan.skipped if options.on_error == "record" else []
     identity = JobIdentity(scan.sha256, _sha256(options.plan), scan.num_requests + len(recorded))
@@ -91,7 +98,9 @@ def execute_on_cluster(options: Any) -> dict | None:
         say(f"{verb} {options.input}, line {skipped.line_number}: {skipped.reason}")
     with JobOutput.open(options.output, identity, overwrite=options.overwrite, model_name=spec.name) as job:
         if job.num_done:
-            say(f"resuming {options.output}: {job.num_done} of {identity.num_requests} lines already answered")
+            say(
+                f"resuming {options.output}: {job.num_done} of {identity.num_requests} lines already answered"
+            )
         for skipped in recorded:
             if skipped.key not in job.done_keys:
                 job.write_error(skipped)
@@ -99,12 +108,19 @@ def execute_on_cluster(options: Any) -> dict | None:
             say(f"nothing to do: every request in {options.input} is answered in {options.output}")
             return None
         pending = {r.key: r for r in iter_requests(options.input, context, scan, skip_keys=job.done_keys)}
-        worker = WorkerOptions(str(checkpoint_dir), options.plan.read_text(), default_max_tokens, options.force,
-                               options.generation_config)
+        worker = WorkerOptions(
+            str(checkpoint_dir),
+            options.plan.read_text(),
+            default_max_tokens,
+            options.force,
+            options.generation_config,
+        )
         began = time.perf_counter()
         tally, duplicates = _run_pipeline(options, plan, worker, pending, job)
         wall_s = time.perf_counter() - began
-    return _finish_report(tally, wall_s, len(pending), scan, duplicates, job.resumed_count, spec.name, options)
+    return _finish_report(
+        tally, wall_s, len(pending), scan, duplicates, job.resumed_count, spec.name, options
+    )
 
 
 def _run_pipeline(options: Any, plan: Any, worker: Any, pending: dict, job: Any):
@@ -113,8 +129,12 @@ def _run_pipeline(options: Any, plan: Any, worker: Any, pending: dict, job: Any)
     from runtime.progress import JobProgress
 
     tally, duplicates = WorkerTally(), 0
-    progress = JobProgress(len(pending) + job.num_done, plan.predicted.generated_tok_s * options.workers,
-                           already_done=job.num_done, enabled=False if options.quiet else None)
+    progress = JobProgress(
+        len(pending) + job.num_done,
+        plan.predicted.generated_tok_s * options.workers,
+        already_done=job.num_done,
+        enabled=False if options.quiet else None,
+    )
     try:
         with ray_session(options.ray_address or "local") as ray:
             for batch in _answers(ray, options, plan, worker, pending):
@@ -138,8 +158,10 @@ def _run_pipeline(options: Any, plan: Any, worker: Any, pending: dict, job: Any)
         progress.close()
     missing = [key for key in pending if key not in job.done_keys]
     if missing:
-        raise UserError(f"the cluster returned no answer for {len(missing)} requests (first: {missing[0]})",
-                        "rerun the same command to resume; it sends only the requests still missing")
+        raise UserError(
+            f"the cluster returned no answer for {len(missing)} requests (first: {missing[0]})",
+            "rerun the same command to resume; it sends only the requests still missing",
+        )
     return tally, duplicates
 
 
@@ -151,8 +173,10 @@ def _answers(ray: Any, options: Any, plan: Any, worker: Any, pending: dict):
 
     total_cpus = int(ray.cluster_resources().get("CPU", 0))
     if options.workers > total_cpus:
-        raise UserError(f"--workers {options.workers} needs at least that many CPUs, the Ray cluster has "
-                        f"{total_cpus}", f"pass --workers {max(1, total_cpus)} or fewer, or add nodes")
+        raise UserError(
+            f"--workers {options.workers} needs at least that many CPUs, the Ray cluster has {total_cpus}",
+            f"pass --workers {max(1, total_cpus)} or fewer, or add nodes",
+        )
     cpus_per_worker = total_cpus // options.workers
     context = DataContext.get_current()
     context.enable_progress_bars = False
@@ -160,16 +184,31 @@ def _answers(ray: Any, options: Any, plan: Any, worker: Any, pending: dict):
     batch_size = batch_size_for(len(pending), options.workers, plan.num_seqs)
     rows = _request_rows(options.input, pending)
     if len(rows) != len(pending):
-        raise UserError(f"{options.input} changed while the job ran", "do not edit the input during a job; rerun")
+        raise UserError(
+            f"{options.input} changed while the job ran", "do not edit the input during a job; rerun"
+        )
     dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch_size))
-    answered = dataset.map_batches(EngineWorker, fn_constructor_kwargs={"options": worker}, batch_size=batch_size,
-                                   batch_format="numpy", compute=ActorPoolStrategy(size=options.workers),
-                                   num_cpus=cpus_per_worker)
+    answered = dataset.map_batches(
+        EngineWorker,
+        fn_constructor_kwargs={"options": worker},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=options.workers),
+        num_cpus=cpus_per_worker,
+    )
     yield from answered.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
 
 
-def _finish_report(tally: Any, wall_s: float, num_answered: int, scan: Any, duplicates: int, resumed: int,
-                   model: str, options: Any) -> dict:
+def _finish_report(
+    tally: Any,
+    wall_s: float,
+    num_answered: int,
+    scan: Any,
+    duplicates: int,
+    resumed: int,
+    model: str,
+    options: Any,
+) -> dict:
     from runtime.cluster.report import cluster_report, format_cluster_report
     from runtime.report import write_report
 

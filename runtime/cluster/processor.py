@@ -33,13 +33,13 @@ REQUEST_FIELDS = ("id",) + PROMPT_FIELDS + NATIVE_SAMPLING_FIELDS + BATCH_FIELDS
 
 @dataclass(frozen=True)
 class ProcessorConfig:
-    plan: str | Path                            # plan YAML (`planner solve --out`)
-    checkpoint: str | Path | None = None        # default: the plan's model, when it is a checkpoint directory
-    concurrency: int = 1                        # engine actors
-    num_cpus: float = 1                         # CPUs per actor (the actor plans its threads for these)
-    batch_size: int | None = None               # requests per engine call (default: 4 x the plan's num_seqs)
-    max_tokens: int | None = None               # for rows without max_tokens (default: the plan's longest)
-    force: bool = False                         # run the given plan on workers whose machine has no profile
+    plan: str | Path  # plan YAML (`planner solve --out`)
+    checkpoint: str | Path | None = None  # default: the plan's model, when it is a checkpoint directory
+    concurrency: int = 1  # engine actors
+    num_cpus: float = 1  # CPUs per actor (the actor plans its threads for these)
+    batch_size: int | None = None  # requests per engine call (default: 4 x the plan's num_seqs)
+    max_tokens: int | None = None  # for rows without max_tokens (default: the plan's longest)
+    force: bool = False  # run the given plan on workers whose machine has no profile
 
 
 def _plain(value: Any) -> Any:
@@ -56,8 +56,10 @@ def _plain(value: Any) -> Any:
 def request_row(row: dict[str, Any]) -> dict[str, str]:
     fields = {k: _plain(row[k]) for k in REQUEST_FIELDS if k in row and row[k] is not None}
     if "id" not in fields and "custom_id" not in fields:
-        raise UserError(f"a request row has no id (columns: {', '.join(row)})",
-                        "give each row an id (or a Batch API custom_id), e.g. with preprocess")
+        raise UserError(
+            f"a request row has no id (columns: {', '.join(row)})",
+            "give each row an id (or a Batch API custom_id), e.g. with preprocess",
+        )
     return {"request": json.dumps(fields)}
 
 
@@ -88,9 +90,10 @@ class ProcessorWorker:
 class Processor:
     """`processor(dataset) -> dataset`: one lazy Ray Data stage of `concurrency` engine actors."""
 
-    def __init__(self, config: ProcessorConfig, preprocess: Callable | None = None,
-                 postprocess: Callable | None = None):
-        from planner.plan import Plan
+    def __init__(
+        self, config: ProcessorConfig, preprocess: Callable | None = None, postprocess: Callable | None = None
+    ):
+        from planner.plans.plan import Plan
         from runtime.checkpoint import open_checkpoint
         from runtime.cluster.worker import WorkerOptions
         from runtime.commands.execute import _checkpoint_dir
@@ -103,20 +106,29 @@ class Processor:
         checkpoint_dir = _checkpoint_dir(self.plan, Path(config.checkpoint) if config.checkpoint else None)
         check_plan_model(self.plan, open_checkpoint(checkpoint_dir).spec, config.force)
         default_max_tokens = config.max_tokens or max(1, round(self.plan.workload.gen_len_max))
-        self.worker = WorkerOptions(str(checkpoint_dir.resolve()), plan_path.read_text(), default_max_tokens,
-                                    config.force)
+        self.worker = WorkerOptions(
+            str(checkpoint_dir.resolve()), plan_path.read_text(), default_max_tokens, config.force
+        )
         self.config, self.preprocess, self.postprocess = config, preprocess, postprocess
 
     def __call__(self, dataset: Any) -> Any:
         from ray.data import ActorPoolStrategy
 
         return dataset.map_batches(
-            ProcessorWorker, fn_constructor_kwargs={"options": self.worker, "preprocess": self.preprocess,
-                                                    "postprocess": self.postprocess},
-            batch_size=self.config.batch_size or 4 * self.plan.num_seqs, batch_format="pandas",
-            compute=ActorPoolStrategy(size=self.config.concurrency), num_cpus=self.config.num_cpus)
+            ProcessorWorker,
+            fn_constructor_kwargs={
+                "options": self.worker,
+                "preprocess": self.preprocess,
+                "postprocess": self.postprocess,
+            },
+            batch_size=self.config.batch_size or 4 * self.plan.num_seqs,
+            batch_format="pandas",
+            compute=ActorPoolStrategy(size=self.config.concurrency),
+            num_cpus=self.config.num_cpus,
+        )
 
 
-def build_processor(config: ProcessorConfig, preprocess: Callable | None = None,
-                    postprocess: Callable | None = None) -> Processor:
+def build_processor(
+    config: ProcessorConfig, preprocess: Callable | None = None, postprocess: Callable | None = None
+) -> Processor:
     return Processor(config, preprocess, postprocess)

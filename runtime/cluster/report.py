@@ -25,10 +25,28 @@ class WorkerTally:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, stats: dict[str, Any]) -> None:
-        row = self.workers.setdefault(stats["worker"], {
-            "worker": stats["worker"], "pids": [], "requests": 0, "prompt_tokens": 0, "generated_tokens": 0,
-            "busy_s": 0.0, "batches": 0, "restarted": False})
-        for name in ("machine", "profile", "plan_source", "plan_reason", "num_seqs", "threads", "predicted_tok_s"):
+        row = self.workers.setdefault(
+            stats["worker"],
+            {
+                "worker": stats["worker"],
+                "pids": [],
+                "requests": 0,
+                "prompt_tokens": 0,
+                "generated_tokens": 0,
+                "busy_s": 0.0,
+                "batches": 0,
+                "restarted": False,
+            },
+        )
+        for name in (
+            "machine",
+            "profile",
+            "plan_source",
+            "plan_reason",
+            "num_seqs",
+            "threads",
+            "predicted_tok_s",
+        ):
             row[name] = stats[name]
         if stats["pid"] not in row["pids"]:
             row["pids"].append(stats["pid"])
@@ -51,23 +69,43 @@ def _worker_row(w: dict[str, Any]) -> dict[str, Any]:
     achieved = w["generated_tokens"] / w["busy_s"] if w["busy_s"] else None
     row = {k: v for k, v in w.items() if k != "pids"}
     row["restarts"] = max(len(w["pids"]) - 1, int(w["restarted"]))
-    row.update(achieved_tok_s=achieved, relative_error=compared(achieved, w["predicted_tok_s"])["relative_error"])
+    row.update(
+        achieved_tok_s=achieved, relative_error=compared(achieved, w["predicted_tok_s"])["relative_error"]
+    )
     return row
 
 
-def cluster_report(tally: WorkerTally, wall_s: float, num_requests: int, duplicates: int, resumed: int,
-                   skipped: list[Any], model: str) -> dict[str, Any]:
+def cluster_report(
+    tally: WorkerTally,
+    wall_s: float,
+    num_requests: int,
+    duplicates: int,
+    resumed: int,
+    skipped: list[Any],
+    model: str,
+) -> dict[str, Any]:
     workers = [_worker_row(w) for w in sorted(tally.workers.values(), key=lambda w: w["worker"])]
     generated, total_tokens = tally.generated_tokens, tally.generated_tokens + tally.prompt_tokens
     predicted = sum(w["predicted_tok_s"] for w in workers) or None
     per_s = (lambda n: n / wall_s) if wall_s > 0 else (lambda n: None)
-    return {"elapsed_time": wall_s, "num_requests": num_requests, "total_num_tokens": total_tokens,
-            "requests_per_second": per_s(num_requests), "tokens_per_second": per_s(total_tokens),
-            "output_tokens_per_second": per_s(generated), "model": model, "workers": workers,
-            "total": {"generated_tok_s": compared(per_s(generated), predicted), "num_workers": len(workers),
-                      "generated_tokens": generated},
-            "duplicates_dropped": duplicates, "resumed_requests": resumed,
-            "skipped_lines": [{"line": s.line_number, "reason": s.reason} for s in skipped]}
+    return {
+        "elapsed_time": wall_s,
+        "num_requests": num_requests,
+        "total_num_tokens": total_tokens,
+        "requests_per_second": per_s(num_requests),
+        "tokens_per_second": per_s(total_tokens),
+        "output_tokens_per_second": per_s(generated),
+        "model": model,
+        "workers": workers,
+        "total": {
+            "generated_tok_s": compared(per_s(generated), predicted),
+            "num_workers": len(workers),
+            "generated_tokens": generated,
+        },
+        "duplicates_dropped": duplicates,
+        "resumed_requests": resumed,
+        "skipped_lines": [{"line": s.line_number, "reason": s.reason} for s in skipped],
+    }
 
 
 def _num(value: float | None, fmt: str = ",.1f") -> str:
@@ -76,16 +114,21 @@ def _num(value: float | None, fmt: str = ",.1f") -> str:
 
 def format_cluster_report(report: dict[str, Any]) -> str:
     total = report["total"]["generated_tok_s"]
-    lines = [f"Throughput: {_num(report['requests_per_second'], '.2f')} requests/s, "
-             f"{_num(report['output_tokens_per_second'])} output tokens/s over {report['total']['num_workers']} "
-             f"workers in {_num(report['elapsed_time'], '.1f')} s",
-             f"fleet: achieved {_num(total['achieved'])} tok/s against the sum of the workers' predictions "
-             f"{_num(total['predicted'])} ({_num(100 * total['relative_error'] if total['relative_error'] is not None else None, '+.1f')}%)",
-             "", "worker  machine / plan                                   requests  predicted  achieved  restarts"]
+    lines = [
+        f"Throughput: {_num(report['requests_per_second'], '.2f')} requests/s, "
+        f"{_num(report['output_tokens_per_second'])} output tokens/s over {report['total']['num_workers']} "
+        f"workers in {_num(report['elapsed_time'], '.1f')} s",
+        f"fleet: achieved {_num(total['achieved'])} tok/s against the sum of the workers' predictions "
+        f"{_num(total['predicted'])} ({_num(100 * total['relative_error'] if total['relative_error'] is not None else None, '+.1f')}%)",
+        "",
+        "worker  machine / plan                                   requests  predicted  achieved  restarts",
+    ]
     for i, w in enumerate(report["workers"]):
         plan = f"{w['profile']} ({w['plan_source']}, {w['num_seqs']} seqs, {w['threads']} thr)"
-        lines.append(f"{i:>6}  {w['machine'][:48]:<48} {w['requests']:>8}  {_num(w['predicted_tok_s']):>9}  "
-                     f"{_num(w['achieved_tok_s']):>8}  {w['restarts']:>8}")
+        lines.append(
+            f"{i:>6}  {w['machine'][:48]:<48} {w['requests']:>8}  {_num(w['predicted_tok_s']):>9}  "
+            f"{_num(w['achieved_tok_s']):>8}  {w['restarts']:>8}"
+        )
         lines.append(f"{'':>6}  {plan}" + (f": {w['plan_reason']}" if w["plan_reason"] else ""))
     if report["duplicates_dropped"]:
         lines.append(f"{report['duplicates_dropped']} answers from retried batches dropped (already written)")

@@ -23,8 +23,10 @@ def _import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise UserError("--workers needs Ray Data, which is not installed",
-                        "install it: pip install 'ray[data]' (make install does)") from None
+        raise UserError(
+            "--workers needs Ray Data, which is not installed",
+            "install it: pip install 'ray[data]' (make install does)",
+        ) from None
     return ray
 
 
@@ -42,9 +44,11 @@ def ray_session(address: str, num_cpus: int | None = None) -> Iterator[object]:
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise UserError(f"cannot connect to the Ray cluster at {address!r}: {str(err).splitlines()[0]}",
-                        "start one (ray start --head) and pass its address (with RAY_AUTH_MODE=token set if the "
-                        "cluster uses token authentication), or use --ray-address local") from None
+        raise UserError(
+            f"cannot connect to the Ray cluster at {address!r}: {str(err).splitlines()[0]}",
+            "start one (ray start --head) and pass its address (with RAY_AUTH_MODE=token set if the "
+            "cluster uses token authentication), or use --ray-address local",
+        ) from None
     try:
         yield ray
     finally:

@@ -31,7 +31,7 @@ from planner.errors import UserError
 @dataclass(frozen=True)
 class WorkerOptions:
     checkpoint: str
-    plan: str                           # plan YAML text (workers need not share the driver's files)
+    plan: str  # plan YAML text (workers need not share the driver's files)
     default_max_tokens: int
     force: bool = False
     generation_config: str | None = "auto"  # sampling defaults (`runtime.llm.read_generation_config`)
@@ -39,12 +39,12 @@ class WorkerOptions:
 
 @dataclass(frozen=True)
 class BatchStats:
-    worker: str                         # Ray actor id (kept across restarts)
+    worker: str  # Ray actor id (kept across restarts)
     pid: int
-    restarted: bool                     # this actor process is a restart (Ray reconstructed it)
+    restarted: bool  # this actor process is a restart (Ray reconstructed it)
     machine: str
     profile: str
-    plan_source: str                    # given | re-solved
+    plan_source: str  # given | re-solved
     plan_reason: str
     num_seqs: int
     threads: int
@@ -66,7 +66,7 @@ def _was_restarted() -> bool:
 
     import ray
 
-    with warnings.catch_warnings():     # Ray 2.60's property trips its own deprecation warning (actor_id)
+    with warnings.catch_warnings():  # Ray 2.60's property trips its own deprecation warning (actor_id)
         warnings.simplefilter("ignore")
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
@@ -81,7 +81,7 @@ class EngineWorker:
     def __init__(self, options: WorkerOptions):
         import yaml
 
-        from planner.plan import Plan
+        from planner.plans.plan import Plan
         from runtime.checkpoint import open_checkpoint
         from runtime.cluster.worker_plan import plan_for_worker
         from runtime.engine import Engine, EngineConfig
@@ -92,14 +92,21 @@ class EngineWorker:
         given = Plan.from_dict(yaml.safe_load(options.plan))
         self.chosen = plan_for_worker(given, checkpoint.spec, _assigned_cpus(), options.force)
         plan = self.chosen.plan
-        print(f"moelens worker {_actor_id()} on {self.chosen.machine}: {self.chosen.source} plan for "
-              f"{plan.profile.name} ({plan.num_seqs} in flight, {plan.compute_threads} threads, predicted "
-              f"{plan.predicted.generated_tok_s:,.1f} tok/s)"
-              + (f"; re-solved because {self.chosen.reason}" if self.chosen.reason else ""), file=sys.stderr)
+        print(
+            f"moelens worker {_actor_id()} on {self.chosen.machine}: {self.chosen.source} plan for "
+            f"{plan.profile.name} ({plan.num_seqs} in flight, {plan.compute_threads} threads, predicted "
+            f"{plan.predicted.generated_tok_s:,.1f} tok/s)"
+            + (f"; re-solved because {self.chosen.reason}" if self.chosen.reason else ""),
+            file=sys.stderr,
+        )
         spec = checkpoint.spec
-        self.context = ParseContext(checkpoint.tokenizer, spec.max_position_embeddings, spec.vocab_size,
-                                    options.default_max_tokens,
-                                    read_generation_config(options.generation_config, Path(options.checkpoint)))
+        self.context = ParseContext(
+            checkpoint.tokenizer,
+            spec.max_position_embeddings,
+            spec.vocab_size,
+            options.default_max_tokens,
+            read_generation_config(options.generation_config, Path(options.checkpoint)),
+        )
         self.engine = Engine(checkpoint, EngineConfig.from_plan(plan))
         self.model_name = spec.name
 
@@ -121,29 +128,56 @@ class EngineWorker:
         run = self.engine.run(self._engine_requests(requests, states))
         wall_s = time.perf_counter() - began
         plan = self.chosen.plan
-        stats = BatchStats(worker=_actor_id(), pid=os.getpid(), restarted=_was_restarted(),
-                           machine=self.chosen.machine, profile=plan.profile.name, plan_source=self.chosen.source,
-                           plan_reason=self.chosen.reason, num_seqs=plan.num_seqs, threads=plan.compute_threads,
-                           predicted_tok_s=plan.predicted.generated_tok_s, requests=len(requests),
-                           prompt_tokens=run.prompt_tokens, generated_tokens=run.generated_tokens, wall_s=wall_s)
-        records = [json.dumps(answer_record(r, states[r.key], self.model_name), ensure_ascii=False) for r in requests]
-        return {"key": np.array([r.key for r in requests]), "id": np.array([json.dumps(r.id) for r in requests]),
-                "record": np.array(records),
-                "stats": np.array([json.dumps(asdict(stats))] + [""] * (len(requests) - 1))}
+        stats = BatchStats(
+            worker=_actor_id(),
+            pid=os.getpid(),
+            restarted=_was_restarted(),
+            machine=self.chosen.machine,
+            profile=plan.profile.name,
+            plan_source=self.chosen.source,
+            plan_reason=self.chosen.reason,
+            num_seqs=plan.num_seqs,
+            threads=plan.compute_threads,
+            predicted_tok_s=plan.predicted.generated_tok_s,
+            requests=len(requests),
+            prompt_tokens=run.prompt_tokens,
+            generated_tokens=run.generated_tokens,
+            wall_s=wall_s,
+        )
+        records = [
+            json.dumps(answer_record(r, states[r.key], self.model_name), ensure_ascii=False) for r in requests
+        ]
+        return {
+            "key": np.array([r.key for r in requests]),
+            "id": np.array([json.dumps(r.id) for r in requests]),
+            "record": np.array(records),
+            "stats": np.array([json.dumps(asdict(stats))] + [""] * (len(requests) - 1)),
+        }
 
     def _states(self, request: Any) -> list:
         """The request's n generation states, seeded as `runtime execute` seeds them."""
         from runtime.sampling import GenerationState
 
-        return [GenerationState(list(request.prompt_token_ids), request.sampling, self.engine.eos_token_ids,
-                                self.engine.detokenize, seed=request.sampling.seed + i)
-                for i in range(request.sampling.n)]
+        return [
+            GenerationState(
+                list(request.prompt_token_ids),
+                request.sampling,
+                self.engine.eos_token_ids,
+                self.engine.detokenize,
+                seed=request.sampling.seed + i,
+            )
+            for i in range(request.sampling.n)
+        ]
 
     @staticmethod
     def _engine_requests(requests: list, states: dict):
         from runtime.engine import Request as EngineRequest
 
         for request in requests:
-            for i, state in enumerate(states[request.key]):     # n completions: n sequences, one answer
-                yield EngineRequest(id=(request.key, i), prompt_token_ids=request.prompt_token_ids,
-                                    params=request.sampling, state=state)
+            for i, state in enumerate(states[request.key]):  # n completions: n sequences, one answer
+                yield EngineRequest(
+                    id=(request.key, i),
+                    prompt_token_ids=request.prompt_token_ids,
+                    params=request.sampling,
+                    state=state,
+                )

@@ -13,19 +13,19 @@ import socket
 from dataclasses import dataclass, replace
 
 from planner.errors import UserError
-from planner.perf_memory import Budgets
-from planner.plan import Plan
-from planner.plan_build import make_plan
-from planner.profile import HardwareProfile, find_profile_for_this_machine
-from planner.spec import ModelSpec
+from planner.hardware.profile import HardwareProfile, find_profile_for_this_machine
+from planner.perf.memory import Budgets
+from planner.plans.build import make_plan
+from planner.plans.plan import Plan
+from planner.specs.spec import ModelSpec
 
 
 @dataclass(frozen=True)
 class WorkerPlan:
     plan: Plan
-    source: str             # "given" | "re-solved"
-    reason: str             # why re-solved (empty when given)
-    machine: str            # "host: cpu, N cores[, device]" as this worker sees it
+    source: str  # "given" | "re-solved"
+    reason: str  # why re-solved (empty when given)
+    machine: str  # "host: cpu, N cores[, device]" as this worker sees it
 
 
 def _describe(profile: HardwareProfile) -> str:
@@ -52,9 +52,11 @@ def plan_for_worker(plan: Plan, spec: ModelSpec, cpus: int, force: bool = False)
     except UserError as err:
         if force:
             return WorkerPlan(plan, "given", f"--force: {err.cause}", f"{socket.gethostname()}: unprofiled")
-        raise UserError(f"worker on {socket.gethostname()}: {err.cause}",
-                        "run `runtime profile` on every node of the cluster (or pass --force to run the given "
-                        "plan everywhere)") from None
+        raise UserError(
+            f"worker on {socket.gethostname()}: {err.cause}",
+            "run `runtime profile` on every node of the cluster (or pass --force to run the given "
+            "plan everywhere)",
+        ) from None
     cpus = max(1, min(int(cpus), here.machine.cores))
     profile = replace(here, machine=replace(here.machine, cores=cpus))
     machine = _describe(profile)
@@ -65,6 +67,13 @@ def plan_for_worker(plan: Plan, spec: ModelSpec, cpus: int, force: bool = False)
         reason = f"the plan's profile is {plan.profile.name}, this machine's is {here.name}"
     else:
         reason = f"the plan uses {threads} threads, this worker has {cpus} CPU{'s' * (cpus > 1)}"
-    solved = make_plan(spec, profile, plan.workload, _budgets_for(plan, profile), model_ref=plan.model.ref,
-                       profile_ref=here.name, batching=plan.batching)
+    solved = make_plan(
+        spec,
+        profile,
+        plan.workload,
+        _budgets_for(plan, profile),
+        model_ref=plan.model.ref,
+        profile_ref=here.name,
+        batching=plan.batching,
+    )
     return WorkerPlan(solved, "re-solved", reason, machine)

@@ -33,29 +33,60 @@ from planner.errors import UserError
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "execute", help="run a plan over a prompts JSONL file (resumable), report predicted vs achieved",
-        description=__doc__.splitlines()[0].split(": ", 1)[1])
+        "execute",
+        help="run a plan over a prompts JSONL file (resumable), report predicted vs achieved",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+    )
     parser.add_argument("plan", help="plan YAML written by `planner solve --out`")
-    parser.add_argument("--checkpoint", help="checkpoint directory (default: the plan's model, if a directory)")
-    parser.add_argument("--input", required=True,
-                        help='prompts JSONL: {"id", "prompt" | "prompt_token_ids" | "messages", max_tokens, '
-                             "temperature, top_p, top_k, seed, stop, ignore_eos} or OpenAI Batch API lines")
-    parser.add_argument("--output", required=True, help="answers JSONL (appended as sequences finish; resumable); "
-                                                        "- for standard output")
-    parser.add_argument("--report", help="write the report JSON here as well as printing it (- for standard output)")
-    parser.add_argument("--on-error", choices=("fail", "skip", "record"), default="fail",
-                        help="bad input lines: fail before any work (default), skip them (listed in the report) "
-                             "or answer each with an error record")
-    parser.add_argument("--max-tokens", type=int, default=None,
-                        help="max_tokens of lines without one (default: the plan's longest generation)")
-    parser.add_argument("--force", action="store_true",
-                        help="run a plan solved for another model, machine profile or more free memory")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming")
+    parser.add_argument(
+        "--checkpoint", help="checkpoint directory (default: the plan's model, if a directory)"
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        help='prompts JSONL: {"id", "prompt" | "prompt_token_ids" | "messages", max_tokens, '
+        "temperature, top_p, top_k, seed, stop, ignore_eos} or OpenAI Batch API lines",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="answers JSONL (appended as sequences finish; resumable); - for standard output",
+    )
+    parser.add_argument(
+        "--report", help="write the report JSON here as well as printing it (- for standard output)"
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=("fail", "skip", "record"),
+        default="fail",
+        help="bad input lines: fail before any work (default), skip them (listed in the report) "
+        "or answer each with an error record",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="max_tokens of lines without one (default: the plan's longest generation)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run a plan solved for another model, machine profile or more free memory",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output instead of resuming"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no printed report")
-    parser.add_argument("--workers", type=int, help="run on a Ray cluster: N engine actors, each planned for its "
-                                                    "machine (runtime.cluster)")
-    parser.add_argument("--ray-address", default="local",
-                        help="with --workers: local (start Ray on this machine, default), auto, or HOST:PORT")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="run on a Ray cluster: N engine actors, each planned for its machine (runtime.cluster)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default="local",
+        help="with --workers: local (start Ray on this machine, default), auto, or HOST:PORT",
+    )
     return parser
 
 
@@ -71,18 +102,28 @@ class ExecuteOptions:
     force: bool = False
     overwrite: bool = False
     quiet: bool = False
-    generation_config: str = "auto"     # sampling defaults: runtime.llm.read_generation_config
-    workers: int | None = None          # set: run on a Ray cluster (`runtime.cluster.job`)
+    generation_config: str = "auto"  # sampling defaults: runtime.llm.read_generation_config
+    workers: int | None = None  # set: run on a Ray cluster (`runtime.cluster.job`)
     ray_address: str = "local"
 
 
 def run(args: argparse.Namespace) -> int:
-    execute_job(ExecuteOptions(
-        plan=Path(args.plan), input=Path(args.input), output=Path(args.output),
-        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-        report=Path(args.report) if args.report is not None else None, on_error=args.on_error,
-        max_tokens=args.max_tokens, force=args.force, overwrite=args.overwrite, quiet=args.quiet, workers=args.workers,
-        ray_address=args.ray_address))
+    execute_job(
+        ExecuteOptions(
+            plan=Path(args.plan),
+            input=Path(args.input),
+            output=Path(args.output),
+            checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+            report=Path(args.report) if args.report is not None else None,
+            on_error=args.on_error,
+            max_tokens=args.max_tokens,
+            force=args.force,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+            workers=args.workers,
+            ray_address=args.ray_address,
+        )
+    )
     return 0
 
 
@@ -92,8 +133,9 @@ def _checkpoint_dir(plan: Any, given: Path | None) -> Path:
     ref = Path(plan.model.ref)
     if (ref / "config.json").is_file():
         return ref
-    raise UserError(f"the plan's model {plan.model.ref!r} is not a checkpoint directory",
-                    "pass --checkpoint DIR")
+    raise UserError(
+        f"the plan's model {plan.model.ref!r} is not a checkpoint directory", "pass --checkpoint DIR"
+    )
 
 
 def _check_outputs(options: ExecuteOptions) -> None:
@@ -105,8 +147,9 @@ def _check_outputs(options: ExecuteOptions) -> None:
         return
     check_output_path(options.report, "--report", (options.input, options.plan, options.output))
     if is_stdout(options.report) and is_stdout(options.output):
-        raise UserError("--output - and --report - would both write to standard output",
-                        "send one of them to a file")
+        raise UserError(
+            "--output - and --report - would both write to standard output", "send one of them to a file"
+        )
     if not is_stdout(options.report) and Path(options.report).resolve() == Path(options.output).resolve():
         raise UserError(f"--report {options.report} is the --output file", "pass --report another path")
 
@@ -124,7 +167,7 @@ def _sha256(path: Path) -> str:
 
 def execute_job(options: ExecuteOptions) -> dict | None:
     from planner.outputs import is_stdout
-    from planner.plan import Plan
+    from planner.plans.plan import Plan
     from runtime.checkpoint import open_checkpoint
     from runtime.commands.execute_checks import check_plan_fits_memory, check_plan_machine, check_plan_model
     from runtime.jobio import JobIdentity, JobOutput, ParseContext, scan_input
@@ -144,9 +187,14 @@ def execute_job(options: ExecuteOptions) -> dict | None:
     profile = check_plan_machine(plan, options.force)
     check_plan_fits_memory(plan, options.force)
     default_max_tokens = options.max_tokens or max(1, round(plan.workload.gen_len_max))
-    context = ParseContext(checkpoint.tokenizer, spec.max_position_embeddings, spec.vocab_size, default_max_tokens,
-                           read_generation_config(options.generation_config, Path(checkpoint.dir)),
-                           kv_capacity_tokens=_token_limit(checkpoint, plan))
+    context = ParseContext(
+        checkpoint.tokenizer,
+        spec.max_position_embeddings,
+        spec.vocab_size,
+        default_max_tokens,
+        read_generation_config(options.generation_config, Path(checkpoint.dir)),
+        kv_capacity_tokens=_token_limit(checkpoint, plan),
+    )
     scan = scan_input(options.input, context, options.on_error)
     recorded = scan.skipped if options.on_error == "record" else []
     identity = JobIdentity(scan.sha256, _sha256(options.plan), scan.num_requests + len(recorded))
@@ -155,12 +203,17 @@ def execute_job(options: ExecuteOptions) -> dict | None:
         verb = "answering with an error record" if recorded else "skipping"
         say(f"{verb} {options.input}, line {skipped.line_number}: {skipped.reason}")
     if scan.capped_requests:
-        print(f"warning: {scan.capped_requests} of {scan.num_requests} requests ask for more tokens than "
-              f"{context.token_limit_text} can hold; their max_tokens is capped to fit and they end with "
-              "finish_reason \"length\" (capped_requests in the report)", file=sys.stderr)
+        print(
+            f"warning: {scan.capped_requests} of {scan.num_requests} requests ask for more tokens than "
+            f"{context.token_limit_text} can hold; their max_tokens is capped to fit and they end with "
+            'finish_reason "length" (capped_requests in the report)',
+            file=sys.stderr,
+        )
     with JobOutput.open(options.output, identity, overwrite=options.overwrite, model_name=spec.name) as job:
         if job.num_done:
-            say(f"resuming {options.output}: {job.num_done} of {identity.num_requests} lines already answered")
+            say(
+                f"resuming {options.output}: {job.num_done} of {identity.num_requests} lines already answered"
+            )
         for skipped in recorded:
             if skipped.key not in job.done_keys:
                 job.write_error(skipped)
@@ -172,8 +225,11 @@ def execute_job(options: ExecuteOptions) -> dict | None:
             stats, tally = _run_engine(checkpoint, plan, options, context, scan, job)
         except KeyboardInterrupt:
             if not is_stdout(options.output):
-                print(f"stopped: {job.num_done} of {identity.num_requests} requests are answered in "
-                      f"{options.output}; rerun the same command to resume", file=sys.stderr)
+                print(
+                    f"stopped: {job.num_done} of {identity.num_requests} requests are answered in "
+                    f"{options.output}; rerun the same command to resume",
+                    file=sys.stderr,
+                )
             raise
     return _finish_report(stats, plan, profile, report_spec, tally, scan, job.resumed_count, options)
 
@@ -183,7 +239,11 @@ def _spot_check(plan: Any, profile: Any) -> None:
     from runtime.profiler.spot_check import measure_rates, spot_check_warnings
     from runtime.profiler.timing import default_device
 
-    name = "the plan's profile" if profile.fingerprint() == plan.profile.fingerprint else f"profile {profile.name}"
+    name = (
+        "the plan's profile"
+        if profile.fingerprint() == plan.profile.fingerprint
+        else f"profile {profile.name}"
+    )
     for warning in spot_check_warnings(measure_rates(default_device()), profile, name):
         print(f"warning: {warning}", file=sys.stderr)
 
@@ -203,26 +263,44 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
     tokenizer = checkpoint.tokenizer
     detokenize = (lambda ids: tokenizer.decode(list(ids))) if tokenizer is not None else None
     eos = eos_token_ids(checkpoint)
-    pending: dict[str, tuple[Any, list[GenerationState]]] = {}   # pulled by the engine, not answered yet
-    unanswered: dict[str, int] = {}                                 # completions of a request still running
+    pending: dict[str, tuple[Any, list[GenerationState]]] = {}  # pulled by the engine, not answered yet
+    unanswered: dict[str, int] = {}  # completions of a request still running
 
     def requests():
         for request in iter_requests(options.input, context, scan, skip_keys=job.done_keys):
-            states = [GenerationState(list(request.prompt_token_ids), request.sampling, eos, detokenize,
-                                      seed=request.sampling.seed + i) for i in range(request.sampling.n)]
+            states = [
+                GenerationState(
+                    list(request.prompt_token_ids),
+                    request.sampling,
+                    eos,
+                    detokenize,
+                    seed=request.sampling.seed + i,
+                )
+                for i in range(request.sampling.n)
+            ]
             pending[request.key] = (request, states)
-            for i, state in enumerate(states):    # n completions: n sequences, one answer
-                yield EngineRequest(id=(request.key, i), prompt_token_ids=request.prompt_token_ids,
-                                    params=request.sampling, state=state)
+            for i, state in enumerate(states):  # n completions: n sequences, one answer
+                yield EngineRequest(
+                    id=(request.key, i),
+                    prompt_token_ids=request.prompt_token_ids,
+                    params=request.sampling,
+                    state=state,
+                )
 
     remaining = scan.num_requests - (job.num_done - job.num_errors)
-    progress = JobProgress(job.identity.num_requests, plan.predicted.generated_tok_s, already_done=job.num_done,
-                           token_budget=scan.requested_output_tokens * remaining // max(scan.num_requests, 1),
-                           in_flight_tokens=lambda: sum(len(s.token_ids) for _, states in list(pending.values())
-                                                        for s in states if not s.finished),
-                           enabled=False if options.quiet else None,
-                           desc="execute" if plan.emulated_link_gbps is None
-                           else f"execute (emulated link, {plan.emulated_link_gbps:g} GB/s)")
+    progress = JobProgress(
+        job.identity.num_requests,
+        plan.predicted.generated_tok_s,
+        already_done=job.num_done,
+        token_budget=scan.requested_output_tokens * remaining // max(scan.num_requests, 1),
+        in_flight_tokens=lambda: sum(
+            len(s.token_ids) for _, states in list(pending.values()) for s in states if not s.finished
+        ),
+        enabled=False if options.quiet else None,
+        desc="execute"
+        if plan.emulated_link_gbps is None
+        else f"execute (emulated link, {plan.emulated_link_gbps:g} GB/s)",
+    )
 
     def on_finish(completion) -> None:
         key, _ = completion.id
@@ -230,7 +308,7 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
         tally.add(len(completion.prompt_token_ids), len(completion.token_ids), completion.finish_reason)
         progress.tokens_done(len(completion.token_ids))
         unanswered[key] = unanswered.get(key, len(states)) - 1
-        if unanswered[key] == 0:            # the last of the request's n completions
+        if unanswered[key] == 0:  # the last of the request's n completions
             del pending[key], unanswered[key]
             job.write(request, states)
             progress.answer_written()
@@ -240,14 +318,18 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
         engine = Engine(checkpoint, EngineConfig.from_plan(plan))
         stats = engine.run(requests(), on_finish)
     except torch.cuda.OutOfMemoryError as err:
-        raise UserError(f"the device ran out of memory running the plan: {str(err).splitlines()[0]}",
-                        "re-solve the plan with a smaller --device-gb (planner solve), then rerun to resume") from None
+        raise UserError(
+            f"the device ran out of memory running the plan: {str(err).splitlines()[0]}",
+            "re-solve the plan with a smaller --device-gb (planner solve), then rerun to resume",
+        ) from None
     except (RuntimeError, MemoryError) as err:
         if not _is_host_allocation_failure(err):
             raise
-        raise UserError(f"this machine could not allocate the host memory the plan needs ({_allocation_detail(err)})",
-                        "free memory, or re-solve the plan with a smaller --kv-gb / --host-gb for this machine "
-                        "(planner solve); then rerun the same command to resume") from None
+        raise UserError(
+            f"this machine could not allocate the host memory the plan needs ({_allocation_detail(err)})",
+            "free memory, or re-solve the plan with a smaller --kv-gb / --host-gb for this machine "
+            "(planner solve); then rerun the same command to resume",
+        ) from None
     finally:
         progress.close()
         if engine is not None:
@@ -265,8 +347,16 @@ def _allocation_detail(err: BaseException) -> str:
     return text[start:].split(". ")[0].rstrip(".") if start >= 0 else "out of memory"
 
 
-def _finish_report(stats: Any, plan: Any, profile: Any, spec: Any, tally: Any, scan: Any, resumed: int,
-                   options: ExecuteOptions) -> dict:
+def _finish_report(
+    stats: Any,
+    plan: Any,
+    profile: Any,
+    spec: Any,
+    tally: Any,
+    scan: Any,
+    resumed: int,
+    options: ExecuteOptions,
+) -> dict:
     from planner.outputs import is_stdout, say_to
     from runtime.report import build_report, format_report, write_report
 
@@ -283,9 +373,13 @@ def _finish_report(stats: Any, plan: Any, profile: Any, spec: Any, tally: Any, s
     return report
 
 
-def written_summary(completions: int, finish_reasons: dict[str, int], skipped: list, options: ExecuteOptions) -> str:
+def written_summary(
+    completions: int, finish_reasons: dict[str, int], skipped: list, options: ExecuteOptions
+) -> str:
     """The first line of the printed summary: what was written where."""
     reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(finish_reasons.items())) or "none"
     bad = "answered with error records" if options.on_error == "record" else "skipped"
-    return (f"wrote {completions} completions to {options.output} (finish reasons: {reasons}); "
-            f"{len(skipped)} bad input lines {bad}")
+    return (
+        f"wrote {completions} completions to {options.output} (finish reasons: {reasons}); "
+        f"{len(skipped)} bad input lines {bad}"
+    )

@@ -20,15 +20,15 @@ import sys
 from dataclasses import fields
 
 from planner.errors import UserError
-from planner.plan import Plan
-from planner.plan_build import spec_hash
-from planner.profile import (
+from planner.hardware.profile import (
     HardwareProfile,
     find_profile_for_this_machine,
     load_profile,
 )
-from planner.spec import ModelSpec, load_spec
-from planner.this_machine import MachineIdentity, this_machine
+from planner.hardware.this_machine import MachineIdentity, this_machine
+from planner.plans.build import spec_hash
+from planner.plans.plan import Plan
+from planner.specs.spec import ModelSpec, load_spec
 
 IDENTITY_FIELDS = ("name", "source", "extra")
 GiB = float(1 << 30)
@@ -41,8 +41,11 @@ def _warn_or_raise(force: bool, err: UserError) -> None:
 
 
 def architecture_differences(planned: ModelSpec, actual: ModelSpec) -> list[str]:
-    return [f"{f.name} {getattr(planned, f.name)!r} != {getattr(actual, f.name)!r}" for f in fields(ModelSpec)
-            if f.name not in IDENTITY_FIELDS and getattr(planned, f.name) != getattr(actual, f.name)]
+    return [
+        f"{f.name} {getattr(planned, f.name)!r} != {getattr(actual, f.name)!r}"
+        for f in fields(ModelSpec)
+        if f.name not in IDENTITY_FIELDS and getattr(planned, f.name) != getattr(actual, f.name)
+    ]
 
 
 def _planned_spec(plan: Plan) -> ModelSpec | None:
@@ -61,19 +64,29 @@ def check_plan_model(plan: Plan, spec: ModelSpec, force: bool = False) -> ModelS
         differences = architecture_differences(planned, spec)
         if not differences:
             return planned
-        cause = (f"the plan was solved for model {plan.model.name}, whose architecture differs from the "
-                 f"checkpoint's {spec.name}: {'; '.join(differences[:4])}")
+        cause = (
+            f"the plan was solved for model {plan.model.name}, whose architecture differs from the "
+            f"checkpoint's {spec.name}: {'; '.join(differences[:4])}"
+        )
     else:
-        cause = (f"the plan was solved for model {plan.model.name} (spec hash {plan.model.hash}), not for the "
-                 f"checkpoint's {spec.name} (spec hash {spec_hash(spec)})")
-    _warn_or_raise(force, UserError(cause, "re-solve the plan for this checkpoint (planner solve --checkpoint DIR), "
-                                           "or pass --force to run it anyway"))
+        cause = (
+            f"the plan was solved for model {plan.model.name} (spec hash {plan.model.hash}), not for the "
+            f"checkpoint's {spec.name} (spec hash {spec_hash(spec)})"
+        )
+    _warn_or_raise(
+        force,
+        UserError(
+            cause,
+            "re-solve the plan for this checkpoint (planner solve --checkpoint DIR), "
+            "or pass --force to run it anyway",
+        ),
+    )
     return spec
 
 
 def _describes_this_machine(profile: HardwareProfile) -> bool:
     m = profile.machine
-    device = None if profile.emulated_link is not None else m.device    # emulated: this CPU is the device
+    device = None if profile.emulated_link is not None else m.device  # emulated: this CPU is the device
     return MachineIdentity(m.cpu, m.cores, device) == this_machine()
 
 
@@ -97,17 +110,25 @@ def check_plan_machine(plan: Plan, force: bool = False) -> HardwareProfile:
         return planned
     fix = "re-solve the plan with this machine's profile (planner solve), or pass --force to run it anyway"
     if here is None:
-        err = UserError(f"cannot check the plan's hardware profile {plan.profile.name} "
-                        f"(fingerprint {plan.profile.fingerprint}) against this machine: it has no measured profile",
-                        "run `runtime profile` and re-solve the plan, or pass --force to run it anyway")
+        err = UserError(
+            f"cannot check the plan's hardware profile {plan.profile.name} "
+            f"(fingerprint {plan.profile.fingerprint}) against this machine: it has no measured profile",
+            "run `runtime profile` and re-solve the plan, or pass --force to run it anyway",
+        )
     else:
-        err = UserError(f"the plan was solved for hardware profile {plan.profile.name} (fingerprint "
-                        f"{plan.profile.fingerprint}), not this machine's {here.name} ({here.fingerprint()})", fix)
+        err = UserError(
+            f"the plan was solved for hardware profile {plan.profile.name} (fingerprint "
+            f"{plan.profile.fingerprint}), not this machine's {here.name} ({here.fingerprint()})",
+            fix,
+        )
     _warn_or_raise(force, err)
     profile = here or planned
     if profile is None:
-        raise UserError(f"no hardware profile to report against: {plan.profile.ref} does not load with the plan's "
-                        "fingerprint and this machine has none", "run `runtime profile` to measure this machine")
+        raise UserError(
+            f"no hardware profile to report against: {plan.profile.ref} does not load with the plan's "
+            "fingerprint and this machine has none",
+            "run `runtime profile` to measure this machine",
+        )
     return profile
 
 
@@ -118,13 +139,19 @@ def check_plan_fits_memory(plan: Plan, force: bool = False) -> None:
     needed = max(host.get("total", 0.0) - host.get("reserve", 0.0), float(plan.kv_budget_bytes))
     memory = psutil.virtual_memory()
     if needed > memory.total:
-        raise UserError(f"the plan needs {needed / GiB:.1f} GiB of host memory (weights, KV cache, buffers) but this "
-                        f"machine has {memory.total / GiB:.1f} GiB in all, so it cannot run here even with --force",
-                        "re-solve the plan for this machine (planner solve with its profile, or a smaller --kv-gb / "
-                        "--host-gb)")
+        raise UserError(
+            f"the plan needs {needed / GiB:.1f} GiB of host memory (weights, KV cache, buffers) but this "
+            f"machine has {memory.total / GiB:.1f} GiB in all, so it cannot run here even with --force",
+            "re-solve the plan for this machine (planner solve with its profile, or a smaller --kv-gb / "
+            "--host-gb)",
+        )
     available = float(memory.available)
     if needed > available:
-        _warn_or_raise(force, UserError(
-            f"the plan needs {needed / GiB:.1f} GiB of host memory (weights, KV cache, buffers) but only "
-            f"{available / GiB:.1f} GiB is free", "re-solve with a smaller --kv-gb / --host-gb, free memory, "
-                                                 "or pass --force"))
+        _warn_or_raise(
+            force,
+            UserError(
+                f"the plan needs {needed / GiB:.1f} GiB of host memory (weights, KV cache, buffers) but only "
+                f"{available / GiB:.1f} GiB is free",
+                "re-solve with a smaller --kv-gb / --host-gb, free memory, or pass --force",
+            ),
+        )

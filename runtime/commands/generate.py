@@ -18,15 +18,21 @@ import warnings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("generate", help="generate text from a checkpoint",
-                                   description="Generate text from a HF checkpoint directory.")
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate text from a checkpoint",
+        description="Generate text from a HF checkpoint directory.",
+    )
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json, safetensors)")
-    parser.add_argument("--prompt", action="append", required=True,
-                        help="prompt text; repeat for a batch of prompts")
+    parser.add_argument(
+        "--prompt", action="append", required=True, help="prompt text; repeat for a batch of prompts"
+    )
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens to generate per prompt")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+    parser.add_argument(
+        "--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="sampling seed")
     parser.add_argument("--stop", action="append", default=None, help="stop string; repeatable")
     parser.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
@@ -40,10 +46,18 @@ def run(args: argparse.Namespace) -> int:
     from runtime import LLM, SamplingParams
     from runtime.llm import CappedMaxTokensWarning
 
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, seed=args.seed,
-                            stop=args.stop)
-    llm = LLM(args.checkpoint, reference=True) if args.reference else LLM(args.checkpoint, profile=args.profile)
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        ignore_eos=args.ignore_eos,
+        seed=args.seed,
+        stop=args.stop,
+    )
+    llm = (
+        LLM(args.checkpoint, reference=True) if args.reference else LLM(args.checkpoint, profile=args.profile)
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CappedMaxTokensWarning)
         outputs = llm.generate(args.prompt, params)
@@ -52,8 +66,16 @@ def run(args: argparse.Namespace) -> int:
     for output in outputs:
         completion = output.outputs[0]
         if args.json:
-            print(json.dumps({"prompt": output.prompt, "text": completion.text, "token_ids": completion.token_ids,
-                              "finish_reason": completion.finish_reason}))
+            print(
+                json.dumps(
+                    {
+                        "prompt": output.prompt,
+                        "text": completion.text,
+                        "token_ids": completion.token_ids,
+                        "finish_reason": completion.finish_reason,
+                    }
+                )
+            )
         else:
             print(f"{output.prompt}{completion.text}")
     return 0

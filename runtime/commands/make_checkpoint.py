@@ -12,10 +12,14 @@ import sys
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "make-checkpoint", help="write a random-weight checkpoint with a model's real shapes",
+        "make-checkpoint",
+        help="write a random-weight checkpoint with a model's real shapes",
         description="Write a random-weight HF checkpoint (sharded safetensors, config.json, tokenizer) "
-                    "with the real tensor shapes of a model, without downloading anything.")
-    parser.add_argument("--model", required=True, help="model spec: short or full name, YAML path, or config.json")
+        "with the real tensor shapes of a model, without downloading anything.",
+    )
+    parser.add_argument(
+        "--model", required=True, help="model spec: short or full name, YAML path, or config.json"
+    )
     parser.add_argument("--layers", type=int, default=None, help="keep only the first N layers")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="weight dtype")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
@@ -28,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from planner.spec import load_spec
+    from planner.specs.spec import load_spec
     from runtime.checkpoint.names import expected_tensors
     from runtime.checkpoint.writer import write_random_checkpoint
 
@@ -37,10 +41,17 @@ def run(args: argparse.Namespace) -> int:
         spec = spec.with_layers(args.layers)
     total = len(expected_tensors(spec))
     with tqdm(total=total, unit="tensor", disable=args.quiet, file=sys.stderr) as bar:
-        written = write_random_checkpoint(spec, args.out, dtype=args.dtype, seed=args.seed,
-                                          max_shard_bytes=int(args.max_shard_gb * 1e9),
-                                          on_tensor=lambda _: bar.update())
-    print(f"wrote {written.dir}: {written.spec.name} ({written.spec.family}, {written.spec.num_layers} layers), "
-          f"{written.num_parameters / 1e9:.3f} B parameters, {written.total_bytes / 1e9:.2f} GB {args.dtype} "
-          f"in {written.num_shards} shard(s), seed {args.seed}, {written.seconds:.1f} s")
+        written = write_random_checkpoint(
+            spec,
+            args.out,
+            dtype=args.dtype,
+            seed=args.seed,
+            max_shard_bytes=int(args.max_shard_gb * 1e9),
+            on_tensor=lambda _: bar.update(),
+        )
+    print(
+        f"wrote {written.dir}: {written.spec.name} ({written.spec.family}, {written.spec.num_layers} layers), "
+        f"{written.num_parameters / 1e9:.3f} B parameters, {written.total_bytes / 1e9:.2f} GB {args.dtype} "
+        f"in {written.num_shards} shard(s), seed {args.seed}, {written.seconds:.1f} s"
+    )
     return 0

@@ -1,13 +1,13 @@
 """`runtime profile [--out PATH] [--quick]`: measure this machine into a hardware profile YAML.
 
 Writes `<user dir>/profiles/<machine name>.yaml` by default (planner.locations: `$MOELENS_HOME` or the
-per-user data directory; never a shipped profile; `planner.profile.path_for_this_machine`: the name
+per-user data directory; never a shipped profile; `planner.hardware.profile.path_for_this_machine`: the name
 `find_profile_for_this_machine` looks for, with a tag of the machine's rates when a profile of another machine
 with the same CPU and cores holds that name), prints the path and a one-line summary. `--quick` measures
 fewer, smaller points (~1.5 min with the probe jobs); `--sizing tiny` is for tests.
 `--emulate-link GBPS --emulate-device-gb G` writes the profile of an emulated accelerator instead: this CPU
 (its measurements, or those of the CPU profile `--from P` without measuring again) behind a link paced to
-GBPS with G GiB of device memory (`planner.emulated_link`); plan with it and `runtime execute` emulates it.
+GBPS with G GiB of device memory (`planner.hardware.emulated_link`); plan with it and `runtime execute` emulates it.
 """
 
 from __future__ import annotations
@@ -22,31 +22,53 @@ from planner.outputs import check_output_path, say_to, write_text_output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("profile", help="measure this machine into a profile in the user dir",
-                                   description=__doc__.splitlines()[0])
+    parser = subparsers.add_parser(
+        "profile",
+        help="measure this machine into a profile in the user dir",
+        description=__doc__.splitlines()[0],
+    )
     _add_arguments(parser)
     return parser
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the profile (default: <user dir>/profiles/<machine name>.yaml; "
-                             "see MOELENS_HOME; - for standard output)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the profile (default: <user dir>/profiles/<machine name>.yaml; "
+        "see MOELENS_HOME; - for standard output)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer and smaller measurements (~1.5 min)")
-    parser.add_argument("--sizing", choices=("full", "quick", "tiny"), default=None,
-                        help="explicit sizing (overrides --quick); tiny is for tests")
+    parser.add_argument(
+        "--sizing",
+        choices=("full", "quick", "tiny"),
+        default=None,
+        help="explicit sizing (overrides --quick); tiny is for tests",
+    )
     _add_emulation_arguments(parser)
 
 
 def _add_emulation_arguments(parser: argparse.ArgumentParser) -> None:
     emulation = parser.add_argument_group("emulated accelerator (the link-bound regime on a CPU)")
-    emulation.add_argument("--emulate-link", type=float, metavar="GBPS",
-                           help="the device is this CPU behind a link paced to GBPS GB/s each way")
-    emulation.add_argument("--emulate-device-gb", type=float, metavar="G",
-                           help="device memory of the emulated accelerator, GiB (with --emulate-link)")
-    emulation.add_argument("--from", dest="from_profile", metavar="PROFILE",
-                           help="take the CPU measurements from this profile instead of measuring (with "
-                                "--emulate-link)")
+    emulation.add_argument(
+        "--emulate-link",
+        type=float,
+        metavar="GBPS",
+        help="the device is this CPU behind a link paced to GBPS GB/s each way",
+    )
+    emulation.add_argument(
+        "--emulate-device-gb",
+        type=float,
+        metavar="G",
+        help="device memory of the emulated accelerator, GiB (with --emulate-link)",
+    )
+    emulation.add_argument(
+        "--from",
+        dest="from_profile",
+        metavar="PROFILE",
+        help="take the CPU measurements from this profile instead of measuring (with --emulate-link)",
+    )
 
 
 def _emulation(args: argparse.Namespace):
@@ -54,12 +76,16 @@ def _emulation(args: argparse.Namespace):
     given = (args.emulate_link is not None, args.emulate_device_gb is not None)
     if given == (False, False):
         if args.from_profile:
-            raise UserError("--from is only for an emulated link", "add --emulate-link GBPS --emulate-device-gb G")
+            raise UserError(
+                "--from is only for an emulated link", "add --emulate-link GBPS --emulate-device-gb G"
+            )
         return None
     if not all(given):
-        raise UserError("--emulate-link and --emulate-device-gb go together",
-                        "pass both, e.g. --emulate-link 1.0 --emulate-device-gb 0.4")
-    from planner.emulated_link import check_link_args
+        raise UserError(
+            "--emulate-link and --emulate-device-gb go together",
+            "pass both, e.g. --emulate-link 1.0 --emulate-device-gb 0.4",
+        )
+    from planner.hardware.emulated_link import check_link_args
 
     check_link_args(args.emulate_link, args.emulate_device_gb)
     return args.emulate_link, args.emulate_device_gb
@@ -67,8 +93,8 @@ def _emulation(args: argparse.Namespace):
 
 def _emulated(args: argparse.Namespace, emulation, measure):
     """The profile with the emulated link on top: of this CPU measured now, or of the `--from` profile."""
-    from planner.emulated_link import emulate_link
-    from planner.profile import load_profile
+    from planner.hardware.emulated_link import emulate_link
+    from planner.hardware.profile import load_profile
 
     return emulate_link(load_profile(args.from_profile) if args.from_profile else measure(), *emulation)
 
@@ -96,9 +122,11 @@ def run(args: argparse.Namespace) -> int:
     if profile.emulated_link is not None:
         link = f"{profile.machine.device}, "
     print(path, file=say_to(args.out))
-    print(f"{profile.name}: {link}GEMM up to {gemm_peak:.3g} TFLOP/s, attention {attention:.1f} GB/s, "
-          f"memory read {profile.memory.read_gbps:.1f} GB/s (fingerprint {profile.fingerprint()})",
-          file=sys.stderr)
+    print(
+        f"{profile.name}: {link}GEMM up to {gemm_peak:.3g} TFLOP/s, attention {attention:.1f} GB/s, "
+        f"memory read {profile.memory.read_gbps:.1f} GB/s (fingerprint {profile.fingerprint()})",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -11,4 +11,12 @@ from runtime.engine.engine import Engine, EngineBackend, engine_config_for
 from runtime.engine.scheduler import Request
 from runtime.engine.stats import Completion, RunStats
 
-__all__ = ["Completion", "Engine", "EngineBackend", "EngineConfig", "Request", "RunStats", "engine_config_for"]
+__all__ = [
+    "Completion",
+    "Engine",
+    "EngineBackend",
+    "EngineConfig",
+    "Request",
+    "RunStats",
+    "engine_config_for",
+]

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import torch
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.engine.kv_cache import HostKVCache
 from runtime.engine.prefill_attention import causal_attention
 from runtime.engine.staging import HostTensors, Staging
@@ -53,7 +53,9 @@ class PrefillKVWriter:
     def send(self, layer: int, blocks: torch.Tensor, start: int, *values: torch.Tensor) -> None:
         self._pending.append((layer, blocks, start, self.staging.to_host(*values)))
 
-    def read_prefix(self, layer: int, blocks: torch.Tensor, count: int, like: torch.Tensor) -> list[torch.Tensor]:
+    def read_prefix(
+        self, layer: int, blocks: torch.Tensor, count: int, like: torch.Tensor
+    ) -> list[torch.Tensor]:
         return [self.staging.to_device(t).to(like.dtype) for t in self.kv.read_tokens(layer, blocks, count)]
 
     def store(self, through_layer: int) -> None:
@@ -69,8 +71,14 @@ class PrefillKVWriter:
 
 
 class GQABackend:
-    def __init__(self, spec: ModelSpec, kv: HostKVCache, device: torch.device, attention_threads: int | None,
-                 staging: Staging):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        kv: HostKVCache,
+        device: torch.device,
+        attention_threads: int | None,
+        staging: Staging,
+    ):
         from runtime.attention import decode_attention
 
         self.spec = spec
@@ -80,7 +88,7 @@ class GQABackend:
         self.staging = staging
         self.writer = PrefillKVWriter(kv, staging)
         self.rope = rope_on(ROPE_BUILDERS[spec.attention](spec), device)
-        self.scale = spec.head_dim ** -0.5
+        self.scale = spec.head_dim**-0.5
         self._decode_attention = decode_attention
 
     def _window(self, layer: int) -> int | None:
@@ -96,13 +104,23 @@ class GQABackend:
     def to_host(self, proj) -> HostTensors:
         return self.staging.to_host(*proj)
 
-    def decode(self, layer: int, host_proj: HostTensors, block_tables: torch.Tensor,
-               context_lens: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, layer: int, host_proj: HostTensors, block_tables: torch.Tensor, context_lens: torch.Tensor
+    ) -> torch.Tensor:
         q, k, v = host_proj.ready()
         cache_dtype = self.kv.layout.dtype
-        o = self._decode_attention(q.to(cache_dtype), k.to(cache_dtype), v.to(cache_dtype), self.kv.k[layer],
-                                   self.kv.v[layer], block_tables, context_lens, self.scale,
-                                   sliding_window=self._window(layer), num_threads=self.threads)
+        o = self._decode_attention(
+            q.to(cache_dtype),
+            k.to(cache_dtype),
+            v.to(cache_dtype),
+            self.kv.k[layer],
+            self.kv.v[layer],
+            block_tables,
+            context_lens,
+            self.scale,
+            sliding_window=self._window(layer),
+            num_threads=self.threads,
+        )
         return o.to(q.dtype)  # [B, Hq, D]
 
     def prefill(self, layer: int, proj, blocks: torch.Tensor, start: int) -> torch.Tensor:

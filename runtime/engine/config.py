@@ -17,64 +17,113 @@ from dataclasses import dataclass, field, replace
 from planner.errors import UserError
 
 # Module names shared with the planner's predicted terms (docs/contracts.md "Plan").
-MODULE_NAMES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts",
-                "dense_mlp", "lm_head", "weight_copy", "sampling", "prefill")
+MODULE_NAMES = (
+    "embed",
+    "qkv_proj",
+    "attention",
+    "o_proj",
+    "router",
+    "experts",
+    "shared_experts",
+    "dense_mlp",
+    "lm_head",
+    "weight_copy",
+    "sampling",
+    "prefill",
+)
 # Modules that own weights (the others are pure compute or bookkeeping).
-WEIGHT_MODULES = ("embed", "qkv_proj", "o_proj", "router", "experts", "shared_experts", "dense_mlp", "lm_head")
+WEIGHT_MODULES = (
+    "embed",
+    "qkv_proj",
+    "o_proj",
+    "router",
+    "experts",
+    "shared_experts",
+    "dense_mlp",
+    "lm_head",
+)
 DEFAULT_RESIDENT = ("embed", "qkv_proj", "o_proj", "router", "shared_experts", "dense_mlp", "lm_head")
 
 GROUPED_ENV = "MOELENS_GROUPED_EXPERTS"
-_PLAN_FIELDS = ("num_seqs", "attn_batch", "expert_batch", "kv_budget_bytes", "kv_block_size",
-                "resident_modules", "resident_experts_per_layer", "stream_weights", "prefill_chunk",
-                "attention_threads", "compute_threads")
+_PLAN_FIELDS = (
+    "num_seqs",
+    "attn_batch",
+    "expert_batch",
+    "kv_budget_bytes",
+    "kv_block_size",
+    "resident_modules",
+    "resident_experts_per_layer",
+    "stream_weights",
+    "prefill_chunk",
+    "attention_threads",
+    "compute_threads",
+)
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    num_seqs: int = 16                      # N: sequences in flight
-    attn_batch: int = 16                    # b_a: attention micro-batch (sequences)
-    expert_batch: int = 1024                # b_e: most tokens one expert GEMM sees at once
-    kv_budget_bytes: int = 256 << 20        # host KV cache, all layers
-    kv_block_size: int = 16                 # tokens per KV block
+    num_seqs: int = 16  # N: sequences in flight
+    attn_batch: int = 16  # b_a: attention micro-batch (sequences)
+    expert_batch: int = 1024  # b_e: most tokens one expert GEMM sees at once
+    kv_budget_bytes: int = 256 << 20  # host KV cache, all layers
+    kv_block_size: int = 16  # tokens per KV block
     resident_modules: tuple[str, ...] = field(default=DEFAULT_RESIDENT)  # modules kept on the device
-    resident_experts_per_layer: int = 0     # routed experts 0..k-1 of every MoE layer also kept there
-    stream_weights: bool = False            # stream non-resident modules to the device each step
-    stream_slots: int = 2                   # device slots of streamed layers (3 when the plan has room)
-    prefill_chunk: int = 512                # most prompt tokens per prefill forward
-    attention_threads: int | None = None    # CPU threads of the decode-attention kernel (None: torch's)
-    compute_threads: int | None = None      # torch intra-op threads for GEMMs (None: unchanged)
-    module_batching: bool = True            # False: one batch size (N) through the whole forward
-    force_streaming: bool = False           # stream even without a device (CPU tests of the streamer)
-    overlap: bool | None = None             # two-group CPU-attention/device overlap; None: on with CUDA
-    device: str = "cpu"                     # "cpu" or "cuda[:i]"
-    max_model_len: int | None = None        # longest prompt + generation; None: the model's maximum
-    link_gbps: float | None = None          # the device is the CPU behind a link paced to this (emulated)
+    resident_experts_per_layer: int = 0  # routed experts 0..k-1 of every MoE layer also kept there
+    stream_weights: bool = False  # stream non-resident modules to the device each step
+    stream_slots: int = 2  # device slots of streamed layers (3 when the plan has room)
+    prefill_chunk: int = 512  # most prompt tokens per prefill forward
+    attention_threads: int | None = None  # CPU threads of the decode-attention kernel (None: torch's)
+    compute_threads: int | None = None  # torch intra-op threads for GEMMs (None: unchanged)
+    module_batching: bool = True  # False: one batch size (N) through the whole forward
+    force_streaming: bool = False  # stream even without a device (CPU tests of the streamer)
+    overlap: bool | None = None  # two-group CPU-attention/device overlap; None: on with CUDA
+    device: str = "cpu"  # "cpu" or "cuda[:i]"
+    max_model_len: int | None = None  # longest prompt + generation; None: the model's maximum
+    link_gbps: float | None = None  # the device is the CPU behind a link paced to this (emulated)
     device_memory_bytes: int | None = None  # emulated device memory the device-side allocations are held to
-    device_activation_bytes: int = 0        # of which the plan gives activations and workspace
-    grouped_experts: bool | None = None     # routed experts as grouped GEMMs; None: MOELENS_GROUPED_EXPERTS
-                                            # (1 / 0) if set, else grouped wherever torch._grouped_mm runs
+    device_activation_bytes: int = 0  # of which the plan gives activations and workspace
+    grouped_experts: bool | None = None  # routed experts as grouped GEMMs; None: MOELENS_GROUPED_EXPERTS
+    # (1 / 0) if set, else grouped wherever torch._grouped_mm runs
 
     def __post_init__(self) -> None:
-        for name in ("num_seqs", "attn_batch", "expert_batch", "kv_block_size", "prefill_chunk", "stream_slots"):
+        for name in (
+            "num_seqs",
+            "attn_batch",
+            "expert_batch",
+            "kv_block_size",
+            "prefill_chunk",
+            "stream_slots",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise UserError(f"engine setting {name}={value!r} must be a positive integer",
-                                f"set {name} >= 1 in the plan")
+                raise UserError(
+                    f"engine setting {name}={value!r} must be a positive integer",
+                    f"set {name} >= 1 in the plan",
+                )
         if self.resident_experts_per_layer < 0:
-            raise UserError(f"resident_experts_per_layer={self.resident_experts_per_layer} is negative",
-                            "set it to 0 or more")
+            raise UserError(
+                f"resident_experts_per_layer={self.resident_experts_per_layer} is negative",
+                "set it to 0 or more",
+            )
         if self.link_gbps is not None and not self.link_gbps > 0:
-            raise UserError(f"emulated link speed {self.link_gbps!r} GB/s is not positive",
-                            "re-create the profile with `runtime profile --emulate-link GBPS`")
+            raise UserError(
+                f"emulated link speed {self.link_gbps!r} GB/s is not positive",
+                "re-create the profile with `runtime profile --emulate-link GBPS`",
+            )
         if self.link_gbps is not None and self.device != "cpu":
-            raise UserError(f"an emulated link runs on the CPU, not on {self.device}",
-                            "run the emulated-link plan with device cpu, or plan for the real device")
+            raise UserError(
+                f"an emulated link runs on the CPU, not on {self.device}",
+                "run the emulated-link plan with device cpu, or plan for the real device",
+            )
         if self.kv_budget_bytes <= 0:
-            raise UserError(f"KV budget {self.kv_budget_bytes} bytes is not positive", "give the plan a KV budget")
+            raise UserError(
+                f"KV budget {self.kv_budget_bytes} bytes is not positive", "give the plan a KV budget"
+            )
         unknown = sorted(set(self.resident_modules) - set(WEIGHT_MODULES))
         if unknown:
-            raise UserError(f"resident_modules names unknown modules {unknown}",
-                            f"use names from {list(WEIGHT_MODULES)}")
+            raise UserError(
+                f"resident_modules names unknown modules {unknown}", f"use names from {list(WEIGHT_MODULES)}"
+            )
         object.__setattr__(self, "resident_modules", tuple(self.resident_modules))
         if self.grouped_experts is None and os.environ.get(GROUPED_ENV, "") != "":
             object.__setattr__(self, "grouped_experts", os.environ[GROUPED_ENV] == "1")
@@ -118,8 +167,10 @@ class EngineConfig:
         """Copy the Plan's decisions; `overrides` set engine switches (device, module_batching, ...)."""
         missing = [name for name in _PLAN_FIELDS if not hasattr(plan, name)]
         if missing:
-            raise UserError(f"the plan lacks the decision fields {missing}",
-                            "re-solve it with `planner solve` from this version")
+            raise UserError(
+                f"the plan lacks the decision fields {missing}",
+                "re-solve it with `planner solve` from this version",
+            )
         values = {name: getattr(plan, name) for name in _PLAN_FIELDS}
         values["stream_slots"] = getattr(plan, "stream_slots", 2)
         values["resident_modules"] = tuple(values["resident_modules"] or ())
@@ -131,10 +182,14 @@ class EngineConfig:
         gbps = getattr(plan, "emulated_link_gbps", None)
         if gbps is not None:
             device = plan.memory.get("device", {})
-            values.update(link_gbps=gbps, device_memory_bytes=int(plan.budgets.device_gib * (1 << 30)),
-                          device_activation_bytes=int(max(device.get("decode_activations", 0.0),
-                                                          device.get("prefill_workspace", 0.0))))
-            overrides.setdefault("device", "cpu")      # the emulated device is this CPU
+            values.update(
+                link_gbps=gbps,
+                device_memory_bytes=int(plan.budgets.device_gib * (1 << 30)),
+                device_activation_bytes=int(
+                    max(device.get("decode_activations", 0.0), device.get("prefill_workspace", 0.0))
+                ),
+            )
+            overrides.setdefault("device", "cpu")  # the emulated device is this CPU
         if "device" not in overrides:
             overrides["device"] = _default_device()
         return cls(**values, **overrides)

@@ -50,8 +50,10 @@ class Engine:
         self.spec = checkpoint.spec
         self.config = config
         if self.spec.attention not in ATTENTION_BACKENDS:
-            raise UserError(f"{self.spec.name}: the engine has no {self.spec.attention!r} attention backend",
-                            f"use a model whose attention is one of {sorted(ATTENTION_BACKENDS)}")
+            raise UserError(
+                f"{self.spec.name}: the engine has no {self.spec.attention!r} attention backend",
+                f"use a model whose attention is one of {sorted(ATTENTION_BACKENDS)}",
+            )
         if config.compute_threads:
             torch.set_num_threads(config.compute_threads)
         self.device = torch.device(config.device)
@@ -61,34 +63,57 @@ class Engine:
         self.emulated = EmulatedDevice(self.spec, config) if config.emulated else None
         if self.store.packed is not None:
             # a step's copies serve its prefill and its decode tokens alike: booked "shared" at its share
-            self.streamer = LayerStreamer(self.store.packed, self.device, config.stream_slots,
-                                          on_copy_seconds=lambda s, b: self.timer.add("weight_copy", s, *b),
-                                          booking=lambda: ("shared", self.timer.prefill_share),
-                                          link=self.emulated.link if self.emulated else None)
-        if self.emulated is not None:       # before the KV cache is allocated: a refused plan allocates nothing
-            self.emulated.check_memory(self.store.resident_bytes, self.streamer.buffer_bytes if self.streamer else 0,
-                                       0 if config.module_batching else config.kv_budget_bytes)
-        self.kv = HostKVCache(self.spec, kv_dtype_for(self.store.dtype), config.kv_budget_bytes, config.kv_block_size)
+            self.streamer = LayerStreamer(
+                self.store.packed,
+                self.device,
+                config.stream_slots,
+                on_copy_seconds=lambda s, b: self.timer.add("weight_copy", s, *b),
+                booking=lambda: ("shared", self.timer.prefill_share),
+                link=self.emulated.link if self.emulated else None,
+            )
+        if self.emulated is not None:  # before the KV cache is allocated: a refused plan allocates nothing
+            self.emulated.check_memory(
+                self.store.resident_bytes,
+                self.streamer.buffer_bytes if self.streamer else 0,
+                0 if config.module_batching else config.kv_budget_bytes,
+            )
+        self.kv = HostKVCache(
+            self.spec, kv_dtype_for(self.store.dtype), config.kv_budget_bytes, config.kv_block_size
+        )
         self.max_len = min(config.max_model_len or self.spec.max_position_embeddings, self.kv.capacity_tokens)
         self.tables = SlotBlockTables(config.num_seqs, blocks_for(self.max_len, config.kv_block_size))
         staging = Staging(self.device)
-        backend = ATTENTION_BACKENDS[self.spec.attention](self.spec, self.kv, self.device, config.attention_threads,
-                                                          staging)
+        backend = ATTENTION_BACKENDS[self.spec.attention](
+            self.spec, self.kv, self.device, config.attention_threads, staging
+        )
         self.stack = LayerStack(self.spec, self.store, self.streamer, backend, self.timer, config, staging)
         self.eos_token_ids = eos_token_ids(checkpoint)
         tokenizer = getattr(checkpoint, "tokenizer", None)
         self.detokenize = (lambda ids: tokenizer.decode(list(ids))) if tokenizer is not None else None
 
     # ----- public API -----
-    def run(self, requests: Iterable[Request], on_finish: Callable[[Completion], None] | None = None) -> RunStats:
-        stats = RunStats(kv_cache_bytes=self.kv.nbytes, kv_capacity_tokens=self.kv.capacity_tokens,
-                         resident_weight_bytes=self.store.resident_bytes,
-                         streamed_weight_bytes=self.store.streamed_bytes, config=asdict(self.config))
+    def run(
+        self, requests: Iterable[Request], on_finish: Callable[[Completion], None] | None = None
+    ) -> RunStats:
+        stats = RunStats(
+            kv_cache_bytes=self.kv.nbytes,
+            kv_capacity_tokens=self.kv.capacity_tokens,
+            resident_weight_bytes=self.store.resident_bytes,
+            streamed_weight_bytes=self.store.streamed_bytes,
+            config=asdict(self.config),
+        )
         stats.activated_experts_sum = [0] * self.spec.num_layers
         self.timer.reset()
         memory = MemoryPeaks(self.device)
-        scheduler = Scheduler(self._sequences(requests), self.config.num_seqs, self.kv.allocator, self.tables,
-                              self.config.kv_block_size, self.config.prefill_chunk, self.max_len)
+        scheduler = Scheduler(
+            self._sequences(requests),
+            self.config.num_seqs,
+            self.kv.allocator,
+            self.tables,
+            self.config.kv_block_size,
+            self.config.prefill_chunk,
+            self.max_len,
+        )
         began = time.perf_counter()
         try:
             self._loop(scheduler, stats, on_finish, memory)
@@ -105,11 +130,16 @@ class Engine:
         self.stack.close()
         if self.streamer is not None:
             self.streamer.close()
-        self.store.close()   # unpins the arena once no copy reads it
+        self.store.close()  # unpins the arena once no copy reads it
 
     # ----- internals -----
-    def _loop(self, scheduler: Scheduler, stats: RunStats, on_finish: Callable[[Completion], None] | None,
-              memory: MemoryPeaks) -> None:
+    def _loop(
+        self,
+        scheduler: Scheduler,
+        stats: RunStats,
+        on_finish: Callable[[Completion], None] | None,
+        memory: MemoryPeaks,
+    ) -> None:
         with torch.inference_mode():
             while not scheduler.done:
                 plan = scheduler.schedule()
@@ -127,10 +157,13 @@ class Engine:
 
     def _sequences(self, requests: Iterable[Request]) -> Iterator[EngineSequence]:
         for arrival, request in enumerate(requests):
-            state = request.state or GenerationState(list(request.prompt_token_ids), request.params,
-                                                     self.eos_token_ids, self.detokenize)
+            state = request.state or GenerationState(
+                list(request.prompt_token_ids), request.params, self.eos_token_ids, self.detokenize
+            )
             if not state.prompt_token_ids:
-                raise UserError(f"request {request.id!r} has an empty prompt", "give every request prompt tokens")
+                raise UserError(
+                    f"request {request.id!r} has an empty prompt", "give every request prompt tokens"
+                )
             yield EngineSequence(request=request, state=state, arrival=arrival)
 
     def _step(self, plan, sampled: dict, stats: RunStats) -> None:
@@ -140,10 +173,13 @@ class Engine:
         token_ids, positions, segments, logit_rows, completing = [], [], [], [], []
         for chunk in plan.prefill:
             row, count = len(token_ids), chunk.end - chunk.start
-            token_ids.extend(chunk.seq.tokens[chunk.start:chunk.end])
+            token_ids.extend(chunk.seq.tokens[chunk.start : chunk.end])
             positions.extend(range(chunk.start, chunk.end))
-            segments.append(PrefillSegment(slice(row, row + count), torch.tensor(chunk.seq.blocks, dtype=torch.int32),
-                                           chunk.start))
+            segments.append(
+                PrefillSegment(
+                    slice(row, row + count), torch.tensor(chunk.seq.blocks, dtype=torch.int32), chunk.start
+                )
+            )
             if chunk.completes_prompt:
                 logit_rows.append(row + count - 1)
                 completing.append(chunk.seq)
@@ -153,10 +189,15 @@ class Engine:
         positions.extend(cached)
         width = blocks_for(max(cached, default=0) + 1, self.config.kv_block_size)
         batch = StepBatch(
-            token_ids=torch.tensor(token_ids, dtype=torch.long), positions=torch.tensor(positions, dtype=torch.long),
-            segments=segments, num_prefill=num_prefill,
-            block_tables=self.tables.rows(torch.tensor([seq.slot for seq in seqs], dtype=torch.long), width=width),
-            context_lens=torch.tensor(cached, dtype=torch.int32) + 1)
+            token_ids=torch.tensor(token_ids, dtype=torch.long),
+            positions=torch.tensor(positions, dtype=torch.long),
+            segments=segments,
+            num_prefill=num_prefill,
+            block_tables=self.tables.rows(
+                torch.tensor([seq.slot for seq in seqs], dtype=torch.long), width=width
+            ),
+            context_lens=torch.tensor(cached, dtype=torch.int32) + 1,
+        )
         self.timer.prefill_share = num_prefill / len(token_ids)
         if self.emulated is not None:
             self.emulated.step_traffic(num_prefill, len(seqs))
@@ -166,7 +207,7 @@ class Engine:
         self.timer.flush()
         decode_before, ended = stats.decode_seconds, time.perf_counter()
         self._book_wall(ended - began, before, stats)
-        if self.emulated is not None:       # the link's busy time, split between the phases as the wall time is
+        if self.emulated is not None:  # the link's busy time, split between the phases as the wall time is
             decode_share = (stats.decode_seconds - decode_before) / max(ended - began, 1e-12)
             stats.link_busy_seconds += self.emulated.link.busy_between(began, ended) * decode_share
         stats.steps += 1
@@ -192,32 +233,42 @@ class Engine:
         stats.prefill_seconds += wall * share
         stats.decode_seconds += wall * (1.0 - share)
 
-    def _sample_rows(self, hidden: torch.Tensor, rows: list[int], seqs: Sequence[EngineSequence], phase: str,
-                     sampled: dict) -> None:
+    def _sample_rows(
+        self, hidden: torch.Tensor, rows: list[int], seqs: Sequence[EngineSequence], phase: str, sampled: dict
+    ) -> None:
         """lm_head and sampling one micro-batch of rows at a time: logits never exist for all rows at once."""
         step = self.config.effective_attn_batch
         for first in range(0, len(rows), step):
-            chunk = rows[first:first + step]
+            chunk = rows[first : first + step]
             if chunk[-1] - chunk[0] == len(chunk) - 1:
-                states = hidden[chunk[0]:chunk[-1] + 1]
+                states = hidden[chunk[0] : chunk[-1] + 1]
             else:
                 states = hidden[self.stack.staging.to_device(torch.tensor(chunk, dtype=torch.long))]
-            chunk_seqs = seqs[first:first + step]
+            chunk_seqs = seqs[first : first + step]
             logits = self.stack.logits(states, phase)
             with self.timer.host("sampling", phase):
                 for seq, token in zip(chunk_seqs, sample_states(logits, [seq.state for seq in chunk_seqs])):
                     sampled[seq] = token
 
-    def _finish(self, seq: EngineSequence, stats: RunStats, on_finish: Callable[[Completion], None] | None) -> None:
+    def _finish(
+        self, seq: EngineSequence, stats: RunStats, on_finish: Callable[[Completion], None] | None
+    ) -> None:
         state = seq.state
         stats.num_requests += 1
         stats.prompt_tokens += len(state.prompt_token_ids)
         stats.generated_tokens += len(state.token_ids)
         if on_finish is not None:
-            on_finish(Completion(id=seq.request.id, prompt_token_ids=state.prompt_token_ids,
-                                 token_ids=list(state.token_ids), finish_reason=state.finish_reason,
-                                 text=state.text if self.detokenize else "", num_preemptions=seq.num_preemptions,
-                                 state=state))
+            on_finish(
+                Completion(
+                    id=seq.request.id,
+                    prompt_token_ids=state.prompt_token_ids,
+                    token_ids=list(state.token_ids),
+                    finish_reason=state.finish_reason,
+                    text=state.text if self.detokenize else "",
+                    num_preemptions=seq.num_preemptions,
+                    state=state,
+                )
+            )
 
 
 def request_token_limit(checkpoint: Any, config: EngineConfig) -> int:
@@ -239,8 +290,10 @@ class EngineBackend:
         return self.engine.max_len
 
     def run(self, states: Sequence[GenerationState]) -> None:
-        requests = (Request(id=i, prompt_token_ids=state.prompt_token_ids, params=state.params, state=state)
-                    for i, state in enumerate(states))
+        requests = (
+            Request(id=i, prompt_token_ids=state.prompt_token_ids, params=state.params, state=state)
+            for i, state in enumerate(states)
+        )
         self.last_stats = self.engine.run(requests)
 
 

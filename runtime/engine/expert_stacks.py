@@ -51,13 +51,18 @@ def fill_down(dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int
 
 def stack_ranges(names) -> list[tuple[int, int]]:
     """The (lo, hi) expert ranges of the stacks among a layer's names, in expert order."""
-    ranges = [tuple(int(v) for v in name.split(".")[2].split("-")) for name in names
-              if is_stack_name(name) and name.endswith(".gate_up")]
+    ranges = [
+        tuple(int(v) for v in name.split(".")[2].split("-"))
+        for name in names
+        if is_stack_name(name) and name.endswith(".gate_up")
+    ]
     return sorted(ranges)
 
 
-def layer_stacks(w: Mapping[str, torch.Tensor], ranges: list[tuple[int, int]] | None = None,
-                 ) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+def layer_stacks(
+    w: Mapping[str, torch.Tensor],
+    ranges: list[tuple[int, int]] | None = None,
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """(lo, gate_up, down) of each stack; `ranges` (the store's `expert_ranges`) names them without listing w,
     whose streamed tensors may only be looked up (a lookup waits for their copy)."""
     stacks = []
@@ -67,7 +72,9 @@ def layer_stacks(w: Mapping[str, torch.Tensor], ranges: list[tuple[int, int]] | 
     return stacks
 
 
-def expert_weights(w: Mapping[str, torch.Tensor], expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def expert_weights(
+    w: Mapping[str, torch.Tensor], expert: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     for lo, gate_up, down in layer_stacks(w):
         if lo <= expert < lo + gate_up.shape[0]:
             inter = gate_up.shape[1] // 2

@@ -10,10 +10,10 @@ dtype, each token's experts in ascending order), so results match the reference:
   whatever the experts hit, and no host synchronisation (windows of at most `expert_batch` rows bound the
   activations). `torch._grouped_mm` where it runs (`grouped_mm_supported`).
 - `looped_experts`: one expert at a time over its tokens (host counts, one sync), in chunks of at most
-  `expert_batch` rows padded to their row bucket (`planner.row_buckets`: a bounded set of GEMM shapes, so
+  `expert_batch` rows padded to their row bucket (`planner.perf.row_buckets`: a bounded set of GEMM shapes, so
   oneDNN stops building new kernels): where `torch._grouped_mm` does not run, or when asked for.
 `use_grouped(choice, device, dtype, spec)` picks the path (`EngineConfig.grouped_experts`; auto: grouped
-wherever it runs, `planner.expert_kernels`; on the CPU it measured faster too, BENCHMARKS.md "experts"). Both return the routed output and a bool mask [E] of the experts
+wherever it runs, `planner.perf.expert_kernels`; on the CPU it measured faster too, BENCHMARKS.md "experts"). Both return the routed output and a bool mask [E] of the experts
 the router activated (on the device; callers count it once per step).
 `ffn_block(x, w, spec, layer, expert_batch, timer, grouped, ranges)` (`ranges`: the store's `expert_ranges`): residual branch input (post `mlp_norm`) to
 output, timed per module (`router`, `experts`, `shared_experts`, `dense_mlp`).
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from planner.errors import UserError
-from planner.expert_kernels import GROUPED_BY_DEFAULT
-from planner.row_buckets import bucket_rows
-from planner.spec import ModelSpec
+from planner.perf.expert_kernels import GROUPED_BY_DEFAULT
+from planner.perf.row_buckets import bucket_rows
+from planner.specs.spec import ModelSpec
 from runtime.engine.expert_stacks import layer_stacks
 from runtime.engine.instrumentation import ModuleTimer
 from runtime.model.layers import dense_mlp
@@ -55,8 +55,10 @@ def use_grouped(choice: bool | None, device: torch.device, dtype: torch.dtype, s
     if choice is None:
         return supported and GROUPED_BY_DEFAULT
     if choice and not supported:
-        raise UserError(f"grouped experts need torch._grouped_mm, which does not run {dtype} on {device}",
-                        "set grouped_experts to false (or leave it unset) for this device")
+        raise UserError(
+            f"grouped experts need torch._grouped_mm, which does not run {dtype} on {device}",
+            "set grouped_experts to false (or leave it unset) for this device",
+        )
     return choice
 
 
@@ -68,38 +70,52 @@ def _expert_rows(topk_ids: torch.Tensor, topk_weights: torch.Tensor):
     return flat, topk_weights.reshape(-1), token_of
 
 
-def grouped_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                    w: Mapping[str, torch.Tensor], num_experts: int, expert_batch: int,
-                    ranges: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_experts(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    w: Mapping[str, torch.Tensor],
+    num_experts: int,
+    expert_batch: int,
+    ranges: list[tuple[int, int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     flat, weights, token_of = _expert_rows(topk_ids, topk_weights)
     out = torch.zeros_like(x)
     for lo, gate_up, down in layer_stacks(w, ranges):
         count, inter = gate_up.shape[0], gate_up.shape[1] // 2
         local = flat - lo
-        key = torch.where((local >= 0) & (local < count), local, count)   # rows of other stacks sort last
-        sorted_key, order = torch.sort(key, stable=True)                   # token-major within each expert
-        ends = torch.searchsorted(sorted_key, torch.arange(count, device=key.device), right=True).to(torch.int32)
+        key = torch.where((local >= 0) & (local < count), local, count)  # rows of other stacks sort last
+        sorted_key, order = torch.sort(key, stable=True)  # token-major within each expert
+        ends = torch.searchsorted(sorted_key, torch.arange(count, device=key.device), right=True).to(
+            torch.int32
+        )
         rows, row_weights = token_of[order], weights[order]
         for start in range(0, flat.numel(), expert_batch):
             stop = min(start + expert_batch, flat.numel())
-            offs = (ends - start).clamp_(0, stop - start)                  # [n] group ends within the window
+            offs = (ends - start).clamp_(0, stop - start)  # [n] group ends within the window
             tokens = rows[start:stop]
-            h = torch._grouped_mm(x.index_select(0, tokens), gate_up.transpose(1, 2), offs=offs)   # [m, 2I]
+            h = torch._grouped_mm(x.index_select(0, tokens), gate_up.transpose(1, 2), offs=offs)  # [m, 2I]
             act = F.silu(h[:, :inter]).mul_(h[:, inter:])
-            y = torch._grouped_mm(act, down.transpose(1, 2), offs=offs)                           # [m, h]
-            weighted = y * row_weights[start:stop, None]                                          # fp32
-            if count < num_experts:   # rows past the last group belong to another stack: add nothing
+            y = torch._grouped_mm(act, down.transpose(1, 2), offs=offs)  # [m, h]
+            weighted = y * row_weights[start:stop, None]  # fp32
+            if count < num_experts:  # rows past the last group belong to another stack: add nothing
                 weighted = torch.where((sorted_key[start:stop] < count)[:, None], weighted, 0.0)
             out.index_add_(0, tokens, weighted.to(out.dtype))
     hit = torch.zeros(num_experts, dtype=torch.bool, device=x.device).index_fill_(0, flat, True)
     return out, hit
 
 
-def looped_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                   w: Mapping[str, torch.Tensor], num_experts: int, expert_batch: int,
-                   ranges: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def looped_experts(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    w: Mapping[str, torch.Tensor],
+    num_experts: int,
+    expert_batch: int,
+    ranges: list[tuple[int, int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     flat, weights, token_of = _expert_rows(topk_ids, topk_weights)
-    order = torch.argsort(flat, stable=True)          # token-major within each expert
+    order = torch.argsort(flat, stable=True)  # token-major within each expert
     counts = torch.bincount(flat, minlength=num_experts).tolist()
     tokens_sorted, weights_sorted = token_of[order], weights[order]
     out = torch.zeros_like(x)
@@ -116,16 +132,23 @@ def looped_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.
                 padded = bucket_rows(rows)
                 gather = tokens if padded == rows else torch.cat((tokens, tokens[:1].expand(padded - rows)))
                 xs = x.index_select(0, gather)
-                y = F.linear(F.silu(F.linear(xs, gate)) * F.linear(xs, up), down_e)[:rows]   # [m, h]
+                y = F.linear(F.silu(F.linear(xs, gate)) * F.linear(xs, up), down_e)[:rows]  # [m, h]
                 out.index_add_(0, tokens, (y * weights_sorted[chunk:end, None]).to(out.dtype))
             begin += count
     hit = torch.tensor([count > 0 for count in counts], device=x.device)
     return out, hit
 
 
-def ffn_block(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec, layer: int, expert_batch: int,
-              timer: ModuleTimer, grouped: bool = False, ranges: list[tuple[int, int]] | None = None,
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def ffn_block(
+    x: torch.Tensor,
+    w: Mapping[str, torch.Tensor],
+    spec: ModelSpec,
+    layer: int,
+    expert_batch: int,
+    timer: ModuleTimer,
+    grouped: bool = False,
+    ranges: list[tuple[int, int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The MoE (or dense MLP) output for normed x [T,h], and the activated-expert mask [E] (None if dense)."""
     if not spec.is_moe_layer(layer):
         with timer.device_work("dense_mlp"):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.engine.attention_backend import tables_rows
 from runtime.engine.config import EngineConfig
 from runtime.engine.ffn import ffn_block, use_grouped
@@ -44,19 +44,19 @@ from runtime.model.layers import rms_norm
 
 @dataclass
 class PrefillSegment:
-    rows: slice                   # rows of the packed batch
-    blocks: torch.Tensor          # [n] int32: the sequence's KV blocks
-    start: int                    # position of its first token
+    rows: slice  # rows of the packed batch
+    blocks: torch.Tensor  # [n] int32: the sequence's KV blocks
+    start: int  # position of its first token
 
 
 @dataclass
 class StepBatch:
-    token_ids: torch.Tensor       # [P+D] int64, host: prefill rows first, then decode rows
-    positions: torch.Tensor       # [P+D] int64, host
+    token_ids: torch.Tensor  # [P+D] int64, host: prefill rows first, then decode rows
+    positions: torch.Tensor  # [P+D] int64, host
     segments: list[PrefillSegment]
-    num_prefill: int              # P
-    block_tables: torch.Tensor    # [D, M] int32, host: the decode rows' block tables
-    context_lens: torch.Tensor    # [D] int32, host: cached tokens including the one appended
+    num_prefill: int  # P
+    block_tables: torch.Tensor  # [D, M] int32, host: the decode rows' block tables
+    context_lens: torch.Tensor  # [D] int32, host: cached tokens including the one appended
 
     @property
     def num_rows(self) -> int:
@@ -64,8 +64,16 @@ class StepBatch:
 
 
 class LayerStack:
-    def __init__(self, spec: ModelSpec, store: WeightStore, streamer: LayerStreamer | None, backend,
-                 timer: ModuleTimer, config: EngineConfig, staging: Staging):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        store: WeightStore,
+        streamer: LayerStreamer | None,
+        backend,
+        timer: ModuleTimer,
+        config: EngineConfig,
+        staging: Staging,
+    ):
         self.spec = spec
         self.store = store
         self.streamer = streamer
@@ -103,7 +111,9 @@ class LayerStack:
 
     def _project(self, x: torch.Tensor, rows: slice, w, tables):
         with self.timer.device_work("qkv_proj", "decode"):
-            proj = self.backend.project(rms_norm(x[rows], w["attn_norm"], self.eps), w, tables_rows(tables, rows))
+            proj = self.backend.project(
+                rms_norm(x[rows], w["attn_norm"], self.eps), w, tables_rows(tables, rows)
+            )
             return self.backend.to_host(proj)
 
     def _attend(self, layer: int, pending: list, batch: StepBatch) -> list:
@@ -111,8 +121,12 @@ class LayerStack:
             out = []
             for rows, host in pending:
                 seqs = slice(rows.start - batch.num_prefill, rows.stop - batch.num_prefill)
-                out.append((rows, self.backend.decode(layer, host, batch.block_tables[seqs],
-                                                      batch.context_lens[seqs])))
+                out.append(
+                    (
+                        rows,
+                        self.backend.decode(layer, host, batch.block_tables[seqs], batch.context_lens[seqs]),
+                    )
+                )
             return out
 
     def _attention_out(self, x: torch.Tensor, w, attended: list) -> None:
@@ -125,10 +139,16 @@ class LayerStack:
         if not batch.num_prefill:
             return
         with self.timer.device_work("qkv_proj", "prefill"):
-            proj = self.backend.project(rms_norm(x[rows], w["attn_norm"], self.eps), w, tables_rows(tables, rows))
+            proj = self.backend.project(
+                rms_norm(x[rows], w["attn_norm"], self.eps), w, tables_rows(tables, rows)
+            )
         with self.timer.device_work("attention", "prefill"):
-            o = torch.cat([self.backend.prefill(layer, tuple(t[seg.rows] for t in proj), seg.blocks, seg.start)
-                           for seg in batch.segments])
+            o = torch.cat(
+                [
+                    self.backend.prefill(layer, tuple(t[seg.rows] for t in proj), seg.blocks, seg.start)
+                    for seg in batch.segments
+                ]
+            )
         with self.timer.device_work("o_proj", "prefill"):
             x[rows] += self.backend.output(o, w)
 
@@ -138,15 +158,26 @@ class LayerStack:
         try:
             with self.timer.device_work("router"):
                 normed = rms_norm(x[rows], w["mlp_norm"], self.eps)
-            out, hit = ffn_block(normed, w, self.spec, layer, self.expert_batch, self.timer, self.grouped,
-                                 self.store.expert_ranges)
+            out, hit = ffn_block(
+                normed,
+                w,
+                self.spec,
+                layer,
+                self.expert_batch,
+                self.timer,
+                self.grouped,
+                self.store.expert_ranges,
+            )
         finally:
             self.timer.phase = "decode"
         x[rows] += out
         return hit
 
     def _micro_batches(self, rows: slice) -> list[slice]:
-        return [slice(s, min(s + self.attn_batch, rows.stop)) for s in range(rows.start, rows.stop, self.attn_batch)]
+        return [
+            slice(s, min(s + self.attn_batch, rows.stop))
+            for s in range(rows.start, rows.stop, self.attn_batch)
+        ]
 
     # ----- the step -----
     def forward(self, batch: StepBatch) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
@@ -174,7 +205,7 @@ class LayerStack:
         first = batch.num_prefill
         half = first + (batch.num_rows - first) // 2
         groups = (slice(first, half), slice(half, batch.num_rows))
-        ffn_rows = (slice(0, half), groups[1])        # group 0's FFN takes the prefill rows too
+        ffn_rows = (slice(0, half), groups[1])  # group 0's FFN takes the prefill rows too
 
         def stage_a(group: int, w) -> list:
             return [(rows, self._project(x, rows, w, tables)) for rows in self._micro_batches(groups[group])]

@@ -33,7 +33,7 @@ class PinRecorder:
     """Records what would be page-locked (CPU runs and tests)."""
 
     def __init__(self):
-        self.pinned: list[int] = []       # bytes per pin request, in order
+        self.pinned: list[int] = []  # bytes per pin request, in order
 
     @property
     def pinned_bytes(self) -> int:
@@ -58,8 +58,11 @@ class CudaHostRegister:
         cudart = torch.cuda.cudart()
         error = cudart.cudaHostRegister(tensor.data_ptr(), nbytes, 0)
         if int(error) != 0:
-            raise UserError(f"could not page-lock {nbytes / GiB:.2f} GiB of host memory for the streamed weights "
-                            f"(cudaHostRegister: {_error_name(error)})", _smaller_budget_hint(nbytes))
+            raise UserError(
+                f"could not page-lock {nbytes / GiB:.2f} GiB of host memory for the streamed weights "
+                f"(cudaHostRegister: {_error_name(error)})",
+                _smaller_budget_hint(nbytes),
+            )
         self.pinned_bytes += nbytes
 
     def unpin(self, tensor: torch.Tensor) -> None:
@@ -86,12 +89,16 @@ def _available_host_bytes() -> float | None:
 def _smaller_budget_hint(nbytes: int) -> str:
     available = _available_host_bytes()
     if available is None:
-        return ("re-plan with a smaller --host-gb (or more device-resident experts), or raise the locked-memory "
-                "limit (ulimit -l)")
+        return (
+            "re-plan with a smaller --host-gb (or more device-resident experts), or raise the locked-memory "
+            "limit (ulimit -l)"
+        )
     suggest = max(0.9 * available / GiB, 1.0)
-    return (f"this machine has {available / GiB:.1f} GiB available: re-plan with `planner solve ... --host-gb "
-            f"{suggest:.0f}` (the planner then keeps more weights on the device or a smaller KV cache), or raise "
-            f"the locked-memory limit (ulimit -l)")
+    return (
+        f"this machine has {available / GiB:.1f} GiB available: re-plan with `planner solve ... --host-gb "
+        f"{suggest:.0f}` (the planner then keeps more weights on the device or a smaller KV cache), or raise "
+        f"the locked-memory limit (ulimit -l)"
+    )
 
 
 def default_pinner(device: torch.device):
@@ -105,7 +112,7 @@ class HostArena:
             self.offsets.append(offset)
             offset += aligned(size)
         self.sizes = list(sizes)
-        self.buffer = torch.empty(offset, dtype=torch.uint8)   # ordinary memory, pinned in place by pin()
+        self.buffer = torch.empty(offset, dtype=torch.uint8)  # ordinary memory, pinned in place by pin()
         self.pinner = pinner
         self.is_pinned = False
 
@@ -115,7 +122,7 @@ class HostArena:
 
     def region(self, index: int) -> torch.Tensor:
         start = self.offsets[index]
-        return self.buffer[start:start + self.sizes[index]]
+        return self.buffer[start : start + self.sizes[index]]
 
     def pin(self) -> None:
         if not self.is_pinned and self.nbytes:

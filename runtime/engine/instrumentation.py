@@ -32,8 +32,10 @@ class ModuleTimer:
 
     def reset(self) -> None:
         with self._lock:
-            self.seconds: dict[str, dict[str, float]] = {"decode": defaultdict(float),
-                                                         "prefill": defaultdict(float)}
+            self.seconds: dict[str, dict[str, float]] = {
+                "decode": defaultdict(float),
+                "prefill": defaultdict(float),
+            }
             self.phase = "decode"
             self.prefill_share = 0.0
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from planner.errors import UserError
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.attention.cache import allocate_kv_cache, allocate_latent_cache
 
 
@@ -64,9 +64,9 @@ def blocks_for(tokens: int, block_size: int) -> int:
 class KVLayout:
     """Shape facts of one layer's cache for a spec (GQA pair or MLA latent)."""
 
-    kind: str                    # "gqa" | "mla"
+    kind: str  # "gqa" | "mla"
     num_kv_heads: int
-    head_dim: int                # GQA head dim; MLA: kv_lora_rank + qk_rope_head_dim
+    head_dim: int  # GQA head dim; MLA: kv_lora_rank + qk_rope_head_dim
     dtype: torch.dtype
 
     @classmethod
@@ -106,19 +106,23 @@ class HostKVCache:
             raise UserError(
                 f"KV budget {budget_bytes / 2**20:.1f} MiB holds {self.num_blocks} blocks of {block_size} tokens "
                 f"({bytes_per_block / 2**20:.2f} MiB each over {spec.num_layers} layers)",
-                "raise the KV budget (planner solve --kv-gb) or lower kv_block_size")
+                "raise the KV budget (planner solve --kv-gb) or lower kv_block_size",
+            )
         self.capacity_tokens = self.num_blocks * block_size
         self.allocator = BlockAllocator(self.num_blocks)
         heads, dim = self.layout.num_kv_heads, self.layout.head_dim
         if self.layout.kind == "gqa":
-            pairs = [allocate_kv_cache(self.num_blocks, heads, block_size, dim, dtype)
-                     for _ in range(spec.num_layers)]
+            pairs = [
+                allocate_kv_cache(self.num_blocks, heads, block_size, dim, dtype)
+                for _ in range(spec.num_layers)
+            ]
             self.k = [k for k, _ in pairs]
             self.v = [v for _, v in pairs]
             self.latent: list[torch.Tensor] = []
         else:
-            self.latent = [allocate_latent_cache(self.num_blocks, block_size, dim, dtype)
-                           for _ in range(spec.num_layers)]
+            self.latent = [
+                allocate_latent_cache(self.num_blocks, block_size, dim, dtype) for _ in range(spec.num_layers)
+            ]
             self.k, self.v = [], []
         self.nbytes = bytes_per_block * self.num_blocks
 
@@ -155,8 +159,10 @@ class SlotBlockTables:
         if first_index + len(blocks) > self.max_blocks_per_seq:
             raise RuntimeError("sequence outgrew its block table row")
         if blocks:
-            self.table[slot, first_index:first_index + len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+            self.table[slot, first_index : first_index + len(blocks)] = torch.tensor(
+                blocks, dtype=torch.int32
+            )
 
     def rows(self, slots: torch.Tensor, width: int | None = None) -> torch.Tensor:
         """The slots' rows [B, width]: only the first `width` block columns (default: all)."""
-        return self.table[slots, :width or self.max_blocks_per_seq]
+        return self.table[slots, : width or self.max_blocks_per_seq]

@@ -8,7 +8,7 @@ Same interface as `attention_backend.GQABackend` (registered there as `ATTENTION
   context_lens-1 and attends over the cached rows [R+P] (R + P values read per cached token) -> [B,H,R];
 - `prefill(...)` on the device: the same absorbed attention over the cached prefix plus the chunk (one-KV-head
   MQA through `prefill_attention.causal_attention`), with the chunk's latent rows sent to the cache; no K/V is
-  expanded, so prefill costs what the planner counts (planner.costs: MLA attention in absorbed form);
+  expanded, so prefill costs what the planner counts (planner.perf.costs: MLA attention in absorbed form);
 - `output(o_latent, w) -> [T,h]`: W_UV (`mla_output_from_latent`) then o_proj, on the device.
 The cache holds exactly the rows the reference forward caches (normed latent + rotated rope key).
 """
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import torch
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.engine.attention_backend import PrefillKVWriter, rope_on
 from runtime.engine.kv_cache import HostKVCache
 from runtime.engine.prefill_attention import causal_attention
@@ -35,8 +35,14 @@ from runtime.model.mla import (
 
 
 class MLABackend:
-    def __init__(self, spec: ModelSpec, kv: HostKVCache, device: torch.device, attention_threads: int | None,
-                 staging: Staging):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        kv: HostKVCache,
+        device: torch.device,
+        attention_threads: int | None,
+        staging: Staging,
+    ):
         from runtime.attention import mla_decode_attention
 
         self.spec = spec
@@ -60,11 +66,20 @@ class MLABackend:
     def to_host(self, proj) -> HostTensors:
         return self.staging.to_host(*proj)
 
-    def decode(self, layer: int, host_proj: HostTensors, block_tables: torch.Tensor,
-               context_lens: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, layer: int, host_proj: HostTensors, block_tables: torch.Tensor, context_lens: torch.Tensor
+    ) -> torch.Tensor:
         q_latent, q_rope, latent = host_proj.ready()
-        o = self._decode_attention(q_latent, q_rope, latent.to(self.kv.layout.dtype), self.kv.latent[layer],
-                                   block_tables, context_lens, self.scale, num_threads=self.threads)
+        o = self._decode_attention(
+            q_latent,
+            q_rope,
+            latent.to(self.kv.layout.dtype),
+            self.kv.latent[layer],
+            block_tables,
+            context_lens,
+            self.scale,
+            num_threads=self.threads,
+        )
         return o.to(q_latent.dtype)  # [B, H, R]
 
     def prefill(self, layer: int, proj, blocks: torch.Tensor, start: int) -> torch.Tensor:
@@ -72,10 +87,12 @@ class MLABackend:
         rows = latent
         if start > 0:
             (prior,) = self.writer.read_prefix(layer, blocks, start, latent)
-            rows = torch.cat((prior, latent))                            # [start+T, R+P]
+            rows = torch.cat((prior, latent))  # [start+T, R+P]
         self.writer.send(layer, blocks, start, latent)
-        query = torch.cat((q_latent, q_rope), dim=-1)                    # [T, H, R+P]
-        return causal_attention(query, rows[:, None, :], rows[:, None, :q_latent.shape[-1]], self.scale)  # [T,H,R]
+        query = torch.cat((q_latent, q_rope), dim=-1)  # [T, H, R+P]
+        return causal_attention(
+            query, rows[:, None, :], rows[:, None, : q_latent.shape[-1]], self.scale
+        )  # [T,H,R]
 
     def store_prefill_kv(self, through_layer: int) -> None:
         self.writer.store(through_layer)

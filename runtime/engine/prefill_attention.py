@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from runtime.model.attention import causal_mask
 
-SCORES_BYTES = 256 << 20        # fp32 scores one query block may need on a fallback path
+SCORES_BYTES = 256 << 20  # fp32 scores one query block may need on a fallback path
 MIN_QUERY_BLOCK = 64
 
 
@@ -25,23 +25,25 @@ def query_block(num_keys: int, num_heads: int) -> int:
     return max(MIN_QUERY_BLOCK, SCORES_BYTES // max(num_keys * num_heads * 4, 1))
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                     sliding_window: int | None = None) -> torch.Tensor:
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, sliding_window: int | None = None
+) -> torch.Tensor:
     num_queries, num_heads, dim = q.shape
     num_keys, value_dim = k.shape[0], v.shape[-1]
     group = num_heads // k.shape[1]
     if value_dim < dim:
         v = F.pad(v, (0, dim - value_dim))
-    queries = q.transpose(0, 1)[None]                                   # [1, Hq, T, D]
-    keys = k.transpose(0, 1).repeat_interleave(group, dim=0)[None]      # [1, Hq, S, D]
-    values = v.transpose(0, 1).repeat_interleave(group, dim=0)[None]    # [1, Hq, S, D]
+    queries = q.transpose(0, 1)[None]  # [1, Hq, T, D]
+    keys = k.transpose(0, 1).repeat_interleave(group, dim=0)[None]  # [1, Hq, S, D]
+    values = v.transpose(0, 1).repeat_interleave(group, dim=0)[None]  # [1, Hq, S, D]
     block = query_block(num_keys, num_heads)
     outputs = []
     for first_query in range(0, num_queries, block):
         last_query = min(first_query + block, num_queries)
-        key_end = num_keys - num_queries + last_query                   # keys the block's last query sees
-        key_start = 0 if sliding_window is None else max(0, key_end - (last_query - first_query)
-                                                         - sliding_window + 1)
+        key_end = num_keys - num_queries + last_query  # keys the block's last query sees
+        key_start = (
+            0 if sliding_window is None else max(0, key_end - (last_query - first_query) - sliding_window + 1)
+        )
         count, span = last_query - first_query, key_end - key_start
         qb = queries[:, :, first_query:last_query]
         kb, vb = keys[:, :, key_start:key_end], values[:, :, key_start:key_end]
@@ -50,5 +52,5 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         else:
             mask = causal_mask(count, span, sliding_window, q.device)  # [count, span] bool, bottom-right
             out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
-        outputs.append(out[0, :, :, :value_dim])                        # [Hq, count, Dv]
-    return torch.cat(outputs, dim=1).transpose(0, 1)                    # [T, Hq, Dv]
+        outputs.append(out[0, :, :, :value_dim])  # [Hq, count, Dv]
+    return torch.cat(outputs, dim=1).transpose(0, 1)  # [T, Hq, Dv]

@@ -35,7 +35,7 @@ class Request:
     id: Any
     prompt_token_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
-    state: GenerationState | None = None   # given by callers that track progress themselves (runtime.LLM)
+    state: GenerationState | None = None  # given by callers that track progress themselves (runtime.LLM)
 
 
 @dataclass(eq=False)
@@ -46,8 +46,8 @@ class Sequence:
     status: str = WAITING
     slot: int = -1
     blocks: list[int] = field(default_factory=list)
-    num_cached: int = 0         # tokens whose K/V are in the cache
-    prefill_target: int = 0     # tokens to prefill in the current admission
+    num_cached: int = 0  # tokens whose K/V are in the cache
+    prefill_target: int = 0  # tokens to prefill in the current admission
     num_preemptions: int = 0
 
     @property
@@ -81,8 +81,16 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, requests: Iterator[Sequence], num_slots: int, allocator: BlockAllocator,
-                 tables: SlotBlockTables, block_size: int, prefill_chunk: int, max_len: int):
+    def __init__(
+        self,
+        requests: Iterator[Sequence],
+        num_slots: int,
+        allocator: BlockAllocator,
+        tables: SlotBlockTables,
+        block_size: int,
+        prefill_chunk: int,
+        max_len: int,
+    ):
         self._source = requests
         self._source_done = False
         self.waiting: deque[Sequence] = deque()
@@ -167,9 +175,11 @@ class Scheduler:
     def _admit(self, seq: Sequence) -> bool:
         num_tokens = seq.num_tokens
         if num_tokens >= self.max_len:
-            raise UserError(f"request {seq.request.id!r}: {num_tokens} prompt tokens leave no room to generate "
-                            f"within {self.max_len} tokens (the model's positions or the whole KV cache)",
-                            "shorten the prompt or raise the KV budget")
+            raise UserError(
+                f"request {seq.request.id!r}: {num_tokens} prompt tokens leave no room to generate "
+                f"within {self.max_len} tokens (the model's positions or the whole KV cache)",
+                "shorten the prompt or raise the KV budget",
+            )
         if not self.allocator.can_allocate(blocks_for(num_tokens + 1, self.block_size)):
             return False
         self.waiting.popleft()

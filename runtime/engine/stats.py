@@ -22,8 +22,8 @@ class Completion:
     id: Any
     prompt_token_ids: list[int]
     token_ids: list[int]
-    finish_reason: str            # "stop" (EOS or a stop string) | "length"
-    text: str                     # "" when the checkpoint has no tokenizer
+    finish_reason: str  # "stop" (EOS or a stop string) | "length"
+    text: str  # "" when the checkpoint has no tokenizer
     num_preemptions: int
     state: GenerationState
 
@@ -31,20 +31,20 @@ class Completion:
 @dataclass
 class RunStats:
     wall_seconds: float = 0.0
-    prefill_seconds: float = 0.0          # wall time inside prefill forwards (sampling included)
-    decode_seconds: float = 0.0           # wall time inside decode steps (sampling included)
+    prefill_seconds: float = 0.0  # wall time inside prefill forwards (sampling included)
+    decode_seconds: float = 0.0  # wall time inside decode steps (sampling included)
     num_requests: int = 0
-    prompt_tokens: int = 0                # of finished requests
-    generated_tokens: int = 0             # of finished requests
-    prefill_tokens: int = 0               # tokens prefilled, recomputation after preemption included
-    decode_tokens: int = 0                # tokens decoded (one per sequence per step)
-    decode_steps: int = 0                 # steps that decoded at least one sequence
-    prefill_forwards: int = 0             # steps that prefilled at least one chunk
-    steps: int = 0                        # passes over the layers (a step may both prefill and decode)
+    prompt_tokens: int = 0  # of finished requests
+    generated_tokens: int = 0  # of finished requests
+    prefill_tokens: int = 0  # tokens prefilled, recomputation after preemption included
+    decode_tokens: int = 0  # tokens decoded (one per sequence per step)
+    decode_steps: int = 0  # steps that decoded at least one sequence
+    prefill_forwards: int = 0  # steps that prefilled at least one chunk
+    steps: int = 0  # passes over the layers (a step may both prefill and decode)
     decode_batch_sizes_sum: int = 0
     num_preemptions: int = 0
     module_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
-    activated_experts_sum: list[int] = field(default_factory=list)   # per layer, over decode steps
+    activated_experts_sum: list[int] = field(default_factory=list)  # per layer, over decode steps
     activated_experts_per_step: list[float] = field(default_factory=list)  # mean over MoE layers, per step
     peak_host_bytes: int = 0
     peak_device_bytes: int = 0
@@ -52,7 +52,7 @@ class RunStats:
     kv_capacity_tokens: int = 0
     resident_weight_bytes: int = 0
     streamed_weight_bytes: int = 0
-    link_busy_seconds: float = 0.0        # emulated link: seconds it carried traffic inside decode steps
+    link_busy_seconds: float = 0.0  # emulated link: seconds it carried traffic inside decode steps
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -80,8 +80,10 @@ class RunStats:
         """Mean measured seconds per decode step by module; `prefill` is prefill time amortised per step."""
         if not self.decode_steps:
             return {}
-        per_step = {module: seconds / self.decode_steps
-                    for module, seconds in self.module_seconds.get("decode", {}).items()}
+        per_step = {
+            module: seconds / self.decode_steps
+            for module, seconds in self.module_seconds.get("decode", {}).items()
+        }
         per_step["prefill"] = self.prefill_seconds / self.decode_steps
         return per_step
 
@@ -89,17 +91,22 @@ class RunStats:
         """Mean measured seconds per prefill forward (one packed chunk) by module, and in all (`prefill`)."""
         if not self.prefill_forwards:
             return {}
-        per_chunk = {module: seconds / self.prefill_forwards
-                     for module, seconds in self.module_seconds.get("prefill", {}).items()}
+        per_chunk = {
+            module: seconds / self.prefill_forwards
+            for module, seconds in self.module_seconds.get("prefill", {}).items()
+        }
         per_chunk["prefill"] = self.prefill_seconds / self.prefill_forwards
         return per_chunk
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(output_tokens_per_second=self.output_tokens_per_second,
-                    total_tokens_per_second=self.total_tokens_per_second,
-                    requests_per_second=self.requests_per_second,
-                    mean_decode_batch=self.mean_decode_batch,
-                    activated_experts_per_layer=self.activated_experts_per_layer,
-                    per_decode_step=self.per_decode_step(), per_prefill_chunk=self.per_prefill_chunk())
+        data.update(
+            output_tokens_per_second=self.output_tokens_per_second,
+            total_tokens_per_second=self.total_tokens_per_second,
+            requests_per_second=self.requests_per_second,
+            mean_decode_batch=self.mean_decode_batch,
+            activated_experts_per_layer=self.activated_experts_per_layer,
+            per_decode_step=self.per_decode_step(),
+            per_prefill_chunk=self.per_prefill_chunk(),
+        )
         return data

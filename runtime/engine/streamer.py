@@ -60,16 +60,24 @@ class SlotWeights(Mapping):
 
 
 class LayerStreamer:
-    def __init__(self, packed: list[PackedLayer], device: torch.device, num_slots: int = 2,
-                 on_copy_seconds: Callable[[float, Any], None] | None = None,
-                 booking: Callable[[], Any] = lambda: None, link: PacedLink | None = None):
+    def __init__(
+        self,
+        packed: list[PackedLayer],
+        device: torch.device,
+        num_slots: int = 2,
+        on_copy_seconds: Callable[[float, Any], None] | None = None,
+        booking: Callable[[], Any] = lambda: None,
+        link: PacedLink | None = None,
+    ):
         self.packed = packed
         self.device = device
         self.num_layers = len(packed)
         self.num_slots = min(num_slots, self.num_layers)
         self.cyclic = self.num_layers > self.num_slots
         slot_bytes = max(layer.nbytes for layer in packed)
-        self._slots = [torch.empty(slot_bytes, dtype=torch.uint8, device=device) for _ in range(self.num_slots)]
+        self._slots = [
+            torch.empty(slot_bytes, dtype=torch.uint8, device=device) for _ in range(self.num_slots)
+        ]
         self._slot_of: dict[int, int] = {}
         self._views: list[dict[str, torch.Tensor]] = [{} for _ in range(self.num_slots)]
         self._in_use: set[int] = set()
@@ -110,7 +118,7 @@ class LayerStreamer:
             raise RuntimeError(f"layer {layer} acquired out of the streamer's order")
         self._in_use.add(slot)
         self.max_slots_in_use = max(self.max_slots_in_use, len(self._in_use))
-        ready = self._ready[slot] if self._cuda else self._ready_flags[slot]   # this copy's, not a later one's
+        ready = self._ready[slot] if self._cuda else self._ready_flags[slot]  # this copy's, not a later one's
         return SlotWeights(self._views[slot], lambda: self._wait(ready))
 
     def _wait(self, ready) -> None:
@@ -146,9 +154,9 @@ class LayerStreamer:
             stream.wait_event(self._free[slot])
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record(stream)
-            copy_to_device(self._slots[slot][:packed.nbytes], packed.host, stream)
+            copy_to_device(self._slots[slot][: packed.nbytes], packed.host, stream)
             end.record(stream)
-            self._ready[slot] = torch.cuda.Event()      # this copy's own event, as on the CPU
+            self._ready[slot] = torch.cuda.Event()  # this copy's own event, as on the CPU
             self._ready[slot].record(stream)
             self._copy_timings.append((start, end, booking))
         else:
@@ -166,7 +174,7 @@ class LayerStreamer:
             try:
                 began = time.perf_counter()
                 packed = self.packed[layer]
-                dst, src = self._slots[slot][:packed.nbytes].numpy(), packed.host.numpy()
+                dst, src = self._slots[slot][: packed.nbytes].numpy(), packed.host.numpy()
                 # one thread, outside torch's OpenMP pool: a second pool would fight compute for the cores
                 if self.link is not None:
                     self._on_copy_seconds(self.link.copy(dst, src), booking)

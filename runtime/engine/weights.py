@@ -25,7 +25,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.engine.config import EngineConfig
 from runtime.engine.expert_stacks import expert_names, fill_down, fill_gate_up, stack_names
 from runtime.engine.host_arena import HostArena, aligned, default_pinner, packing_threads
@@ -34,7 +34,9 @@ from runtime.engine.host_arena import HostArena, aligned, default_pinner, packin
 def expert_of(name: str) -> int | None:
     """The routed-expert index of `layers.{l}.moe.experts.{e}.*`, else None."""
     parts = name.split(".")
-    return int(parts[4]) if len(parts) > 5 and parts[2:4] == ["moe", "experts"] and parts[4].isdigit() else None
+    return (
+        int(parts[4]) if len(parts) > 5 and parts[2:4] == ["moe", "experts"] and parts[4].isdigit() else None
+    )
 
 
 def module_of(name: str) -> str:
@@ -43,7 +45,9 @@ def module_of(name: str) -> str:
     if name in ("lm_head", "final_norm"):
         return "lm_head"
     local = name.split(".", 2)[2] if name.startswith("layers.") else name
-    if local == "attn_norm" or (local.startswith("attn.") and local != "attn.o_proj" and local != "attn.o_bias"):
+    if local == "attn_norm" or (
+        local.startswith("attn.") and local != "attn.o_proj" and local != "attn.o_bias"
+    ):
         return "qkv_proj"
     if local in ("attn.o_proj", "attn.o_bias"):
         return "o_proj"
@@ -61,11 +65,12 @@ def module_of(name: str) -> str:
 @dataclass(frozen=True)
 class Source:
     """One tensor the store holds: its name in the store, shape, dtype, and how to fill it from the checkpoint."""
+
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
     fill: Callable[[torch.Tensor], None]
-    read: Callable[[], torch.Tensor] | None = None    # a checkpoint tensor usable as is (None: a stack)
+    read: Callable[[], torch.Tensor] | None = None  # a checkpoint tensor usable as is (None: a stack)
 
     @property
     def nbytes(self) -> int:
@@ -82,13 +87,19 @@ def _meta(weights: Mapping[str, torch.Tensor], name: str) -> tuple[tuple[int, ..
 
 def _source(weights: Mapping[str, torch.Tensor], name: str, local: str) -> Source:
     shape, dtype = _meta(weights, name)
-    return Source(local, shape, dtype, fill=lambda dst: dst.copy_(weights[name]), read=partial(weights.__getitem__, name))
+    return Source(
+        local,
+        shape,
+        dtype,
+        fill=lambda dst: dst.copy_(weights[name]),
+        read=partial(weights.__getitem__, name),
+    )
 
 
 @dataclass(frozen=True)
 class PackedEntry:
-    name: str               # the store's name without the `layers.{l}.` prefix
-    offset: int             # bytes
+    name: str  # the store's name without the `layers.{l}.` prefix
+    offset: int  # bytes
     dtype: torch.dtype
     shape: tuple[int, ...]
 
@@ -102,14 +113,16 @@ class PackedLayer:
     """One layer's streamed tensors in one contiguous uint8 host region."""
 
     entries: tuple[PackedEntry, ...]
-    host: torch.Tensor      # uint8 [nbytes]
+    host: torch.Tensor  # uint8 [nbytes]
 
     @property
     def nbytes(self) -> int:
         return self.host.numel()
 
     def views(self, buffer: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {e.name: buffer[e.offset:e.offset + e.nbytes].view(e.dtype).view(e.shape) for e in self.entries}
+        return {
+            e.name: buffer[e.offset : e.offset + e.nbytes].view(e.dtype).view(e.shape) for e in self.entries
+        }
 
     @staticmethod
     def layout(sources: list[Source]) -> tuple[tuple[PackedEntry, ...], int]:
@@ -122,8 +135,10 @@ class PackedLayer:
     @classmethod
     def pack(cls, tensors: Mapping[str, torch.Tensor]) -> PackedLayer:
         """Pack named tensors into a new ordinary host region (tests and tools; the store packs into its arena)."""
-        sources = [Source(name, tuple(t.shape), t.dtype, fill=lambda dst, t=t: dst.copy_(t))
-                   for name, t in tensors.items()]
+        sources = [
+            Source(name, tuple(t.shape), t.dtype, fill=lambda dst, t=t: dst.copy_(t))
+            for name, t in tensors.items()
+        ]
         entries, nbytes = cls.layout(sources)
         layer = cls(entries, torch.empty(nbytes, dtype=torch.uint8))
         for view, source in zip(layer.views(layer.host).values(), sources):
@@ -134,7 +149,9 @@ class PackedLayer:
 class WeightStore:
     """Global tensors, per-layer resident tensors, and per-layer packed streamed tensors in one host arena."""
 
-    def __init__(self, weights: Mapping[str, torch.Tensor], spec: ModelSpec, config: EngineConfig, pinner=None):
+    def __init__(
+        self, weights: Mapping[str, torch.Tensor], spec: ModelSpec, config: EngineConfig, pinner=None
+    ):
         self.spec = spec
         self.config = config
         self.device = torch.device(config.device)
@@ -146,17 +163,21 @@ class WeightStore:
             if name.startswith("layers."):
                 names_by_layer[int(name.split(".", 2)[1])].append(name)
         streamed_layers, streamed_globals = [], []
-        self.expert_ranges: list[tuple[int, int]] = []    # the (lo, hi) experts of each stack, same in every MoE layer
+        self.expert_ranges: list[
+            tuple[int, int]
+        ] = []  # the (lo, hi) experts of each stack, same in every MoE layer
         self.layers: list[dict[str, torch.Tensor]] = []
         for layer, names in enumerate(names_by_layer):
             resident, streamed = self._layer_sources(weights, layer, names)
             self.layers.append({source.name: self._place(source) for source in resident})
             streamed_layers.append(streamed)
-        self.globals: dict[str, torch.Tensor] = {"final_norm": self._place(_source(weights, "final_norm", "final_norm"))}
+        self.globals: dict[str, torch.Tensor] = {
+            "final_norm": self._place(_source(weights, "final_norm", "final_norm"))
+        }
         embed_on_device, head_on_device = config.is_resident("embed"), config.is_resident("lm_head")
         for name, on_device in (("embed", embed_on_device), ("lm_head", head_on_device)):
             if name == "lm_head" and spec.tie_word_embeddings and head_on_device == embed_on_device:
-                self.globals["lm_head"] = self.globals["embed"]   # tied: one copy
+                self.globals["lm_head"] = self.globals["embed"]  # tied: one copy
             elif on_device:
                 self.globals[name] = self._place(_source(weights, name, name))
             else:
@@ -178,17 +199,32 @@ class WeightStore:
             (resident if self.config.is_resident(module_of(name)) else streamed).append(source)
         if has_experts:
             num_experts = self.spec.num_experts
-            kept = num_experts if self.config.is_resident("experts") else min(
-                self.config.resident_experts_per_layer, num_experts)
+            kept = (
+                num_experts
+                if self.config.is_resident("experts")
+                else min(self.config.resident_experts_per_layer, num_experts)
+            )
             (inter, hidden), dtype = _meta(weights, expert_names(layer, 0)[0])
             self.expert_ranges = [(lo, hi) for lo, hi in ((0, kept), (kept, num_experts)) if hi > lo]
             for lo, hi, sources in ((0, kept, resident), (kept, num_experts, streamed)):
                 if hi > lo:
                     gate_up, down = stack_names(lo, hi)
-                    sources.append(Source(gate_up, (hi - lo, 2 * inter, hidden), dtype,
-                                          fill=partial(fill_gate_up, weights=weights, layer=layer, lo=lo)))
-                    sources.append(Source(down, (hi - lo, hidden, inter), dtype,
-                                          fill=partial(fill_down, weights=weights, layer=layer, lo=lo)))
+                    sources.append(
+                        Source(
+                            gate_up,
+                            (hi - lo, 2 * inter, hidden),
+                            dtype,
+                            fill=partial(fill_gate_up, weights=weights, layer=layer, lo=lo),
+                        )
+                    )
+                    sources.append(
+                        Source(
+                            down,
+                            (hi - lo, hidden, inter),
+                            dtype,
+                            fill=partial(fill_down, weights=weights, layer=layer, lo=lo),
+                        )
+                    )
         return resident, streamed
 
     def _place(self, source: Source) -> torch.Tensor:
@@ -205,12 +241,15 @@ class WeightStore:
         layouts = [PackedLayer.layout(sources) for sources in layers]
         self.arena = HostArena([nbytes for _, nbytes in layouts] + [s.nbytes for s in globals_], pinner)
         self.packed = [PackedLayer(entries, self.arena.region(i)) for i, (entries, _) in enumerate(layouts)]
-        jobs = [(list(packed.views(packed.host).values()), sources) for packed, sources in zip(self.packed, layers)]
+        jobs = [
+            (list(packed.views(packed.host).values()), sources)
+            for packed, sources in zip(self.packed, layers)
+        ]
         for i, source in enumerate(globals_, start=len(layers)):
             view = self.arena.region(i).view(source.dtype).view(source.shape)
             self.globals[source.name] = view
             jobs.append(([view], [source]))
-        self.streamed_bytes = sum(s.nbytes for sources in layers for s in sources)   # per pass over the layers
+        self.streamed_bytes = sum(s.nbytes for sources in layers for s in sources)  # per pass over the layers
 
         def fill(job) -> None:
             for view, source in zip(*job):

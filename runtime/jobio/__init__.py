@@ -10,5 +10,17 @@ from runtime.jobio.input_file import InputScan, SkippedLine, iter_requests, scan
 from runtime.jobio.requests import LineError, ParseContext, Request, parse_line
 from runtime.jobio.writer import JobIdentity, JobOutput, check_output_writable, state_path
 
-__all__ = ["InputScan", "JobIdentity", "JobOutput", "LineError", "ParseContext", "Request", "SkippedLine",
-           "check_output_writable", "iter_requests", "parse_line", "scan_input", "state_path"]
+__all__ = [
+    "InputScan",
+    "JobIdentity",
+    "JobOutput",
+    "LineError",
+    "ParseContext",
+    "Request",
+    "SkippedLine",
+    "check_output_writable",
+    "iter_requests",
+    "parse_line",
+    "scan_input",
+    "state_path",
+]

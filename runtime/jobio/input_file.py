@@ -29,7 +29,7 @@ ON_ERROR_CHOICES = ("fail", "skip", "record")
 class SkippedLine:
     line_number: int
     reason: str
-    custom_id: str | None = None    # the line's custom_id when it has one (for its error record)
+    custom_id: str | None = None  # the line's custom_id when it has one (for its error record)
 
     @property
     def key(self) -> str:
@@ -45,8 +45,8 @@ class InputScan:
     num_lines: int = 0
     prompt_tokens: int = 0
     max_prompt_tokens: int = 0
-    requested_output_tokens: int = 0   # sum of n x max_tokens after capping to the token limit
-    capped_requests: int = 0           # lines whose explicit max_tokens was capped to the token limit
+    requested_output_tokens: int = 0  # sum of n x max_tokens after capping to the token limit
+    capped_requests: int = 0  # lines whose explicit max_tokens was capped to the token limit
     skipped: list[SkippedLine] = field(default_factory=list)
 
     @property
@@ -59,8 +59,10 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         with path.open("rb") as f:
             yield from enumerate(f, start=1)
     except OSError as err:
-        raise UserError(f"cannot read the input file {path}: {err.strerror or err}",
-                        "pass --input an existing, readable JSONL file") from None
+        raise UserError(
+            f"cannot read the input file {path}: {err.strerror or err}",
+            "pass --input an existing, readable JSONL file",
+        ) from None
 
 
 def _parse(raw: bytes, line_number: int, context: ParseContext) -> Request | None:
@@ -83,8 +85,9 @@ def _line_error(path: Path, line_number: int, err: LineError) -> UserError:
 def scan_input(path: str | Path, context: ParseContext, on_error: str = "fail") -> InputScan:
     """Validate the whole file; see the module docstring."""
     if on_error not in ON_ERROR_CHOICES:
-        raise UserError(f"--on-error {on_error!r} is not one of {list(ON_ERROR_CHOICES)}",
-                        "pass fail, skip or record")
+        raise UserError(
+            f"--on-error {on_error!r} is not one of {list(ON_ERROR_CHOICES)}", "pass fail, skip or record"
+        )
     path = Path(path)
     if not path.is_file():
         raise UserError(f"the input file {path} does not exist", "pass --input an existing JSONL file")
@@ -100,8 +103,10 @@ def scan_input(path: str | Path, context: ParseContext, on_error: str = "fail") 
                 continue
             if request.key in seen:
                 name = "custom_id" if request.is_batch_api else "id"
-                raise LineError(f"duplicate {name} {request.id!r} (first on line {seen[request.key]})",
-                                f"give every line a unique {name}")
+                raise LineError(
+                    f"duplicate {name} {request.id!r} (first on line {seen[request.key]})",
+                    f"give every line a unique {name}",
+                )
         except LineError as err:
             if on_error == "fail":
                 raise _line_error(path, line_number, err) from None
@@ -116,13 +121,19 @@ def scan_input(path: str | Path, context: ParseContext, on_error: str = "fail") 
     scan.sha256 = digest.hexdigest()
     if scan.num_requests == 0 and not (on_error == "record" and scan.skipped):
         reason = f" ({len(scan.skipped)} bad lines skipped)" if scan.skipped else ""
-        raise UserError(f"the input file {path} holds no valid prompts{reason}",
-                        'write one JSON object per line, e.g. {"id": 1, "prompt": "Hello"}')
+        raise UserError(
+            f"the input file {path} holds no valid prompts{reason}",
+            'write one JSON object per line, e.g. {"id": 1, "prompt": "Hello"}',
+        )
     return scan
 
 
-def iter_requests(path: str | Path, context: ParseContext, scan: InputScan,
-                  skip_keys: frozenset[str] | set[str] = frozenset()) -> Iterator[Request]:
+def iter_requests(
+    path: str | Path,
+    context: ParseContext,
+    scan: InputScan,
+    skip_keys: frozenset[str] | set[str] = frozenset(),
+) -> Iterator[Request]:
     """Yield the scan's valid requests in file order, leaving out `skip_keys`."""
     path = Path(path)
     skipped = scan.skipped_line_numbers
@@ -132,7 +143,9 @@ def iter_requests(path: str | Path, context: ParseContext, scan: InputScan,
         try:
             request = _parse(raw, line_number, context)
         except LineError as err:
-            raise UserError(f"{path} changed while the job ran (line {line_number}: {err.cause})",
-                            "do not edit the input during a job; rerun the command to resume") from None
+            raise UserError(
+                f"{path} changed while the job ran (line {line_number}: {err.cause})",
+                "do not edit the input during a job; rerun the command to resume",
+            ) from None
         if request is not None and request.key not in skip_keys:
             yield request

@@ -30,12 +30,12 @@ __all__ = ["LineError", "ParseContext", "Request", "batch_key", "native_key", "p
 
 @dataclass(frozen=True)
 class ParseContext:
-    tokenizer: Any                  # CheckpointTokenizer or None (then only prompt_token_ids work)
-    max_context: int                # spec.max_position_embeddings
+    tokenizer: Any  # CheckpointTokenizer or None (then only prompt_token_ids work)
+    max_context: int  # spec.max_position_embeddings
     vocab_size: int
     default_max_tokens: int = 16
-    generation_defaults: dict = field(default_factory=dict)   # generation_config.json's sampling defaults
-    kv_capacity_tokens: int | None = None   # the plan's whole KV cache in tokens (None: not limiting)
+    generation_defaults: dict = field(default_factory=dict)  # generation_config.json's sampling defaults
+    kv_capacity_tokens: int | None = None  # the plan's whole KV cache in tokens (None: not limiting)
 
     @property
     def token_limit(self) -> int:
@@ -50,13 +50,13 @@ class ParseContext:
 
 @dataclass(frozen=True)
 class Request:
-    key: str                        # unique answer key, see module docstring
-    id: str | int                   # the id as given (native: id or line number; batch: custom_id)
+    key: str  # unique answer key, see module docstring
+    id: str | int  # the id as given (native: id or line number; batch: custom_id)
     line_number: int
     prompt_token_ids: list[int]
     sampling: SamplingParams
-    api: str | None = None          # None: native; "completions" | "chat.completions": Batch API line
-    asked_max_tokens: int | None = None   # the line's max_tokens when it was capped to the token limit
+    api: str | None = None  # None: native; "completions" | "chat.completions": Batch API line
+    asked_max_tokens: int | None = None  # the line's max_tokens when it was capped to the token limit
 
     @property
     def is_batch_api(self) -> bool:
@@ -73,32 +73,41 @@ def _sampling(line: PromptLine, context: ParseContext, prompt_len: int) -> tuple
     values = {**context.generation_defaults, **line.sampling}
     values.setdefault("seed", stable_seed(line.key))
     given = line.sampling.get("max_tokens")
-    values["max_tokens"] = cap_max_tokens(values.get("max_tokens") or context.default_max_tokens, prompt_len,
-                                          context.token_limit)
+    values["max_tokens"] = cap_max_tokens(
+        values.get("max_tokens") or context.default_max_tokens, prompt_len, context.token_limit
+    )
     asked = given if isinstance(given, int) and given > values["max_tokens"] else None
     if values.get("stop") and context.tokenizer is None:
-        raise LineError("stop strings need a tokenizer but the checkpoint has no tokenizer.json",
-                        "drop stop, or add tokenizer.json to the checkpoint")
+        raise LineError(
+            "stop strings need a tokenizer but the checkpoint has no tokenizer.json",
+            "drop stop, or add tokenizer.json to the checkpoint",
+        )
     try:
         return SamplingParams(**values), asked
     except UserError as err:
-        raise LineError(err.cause.removeprefix("SamplingParams: "), err.fix or "fix the sampling fields") from None
-    except TypeError as err:        # a value of a type SamplingParams cannot even compare
+        raise LineError(
+            err.cause.removeprefix("SamplingParams: "), err.fix or "fix the sampling fields"
+        ) from None
+    except TypeError as err:  # a value of a type SamplingParams cannot even compare
         raise LineError(f"a sampling field has the wrong type ({err})", "fix the sampling fields") from None
 
 
 def _checked_ids(ids: list[int], context: ParseContext, where: str) -> list[int]:
     bad = [t for t in ids if not 0 <= t < context.vocab_size]
     if bad:
-        raise LineError(f"{where} has ids outside the vocabulary [0, {context.vocab_size}): {bad[:5]}",
-                        "pass ids made by this checkpoint's tokenizer")
+        raise LineError(
+            f"{where} has ids outside the vocabulary [0, {context.vocab_size}): {bad[:5]}",
+            "pass ids made by this checkpoint's tokenizer",
+        )
     return ids
 
 
 def _need_tokenizer(context: ParseContext, what: str) -> Any:
     if context.tokenizer is None:
-        raise LineError(f"{what} needs a tokenizer but the checkpoint has no tokenizer.json",
-                        "pass prompt_token_ids, or add tokenizer.json to the checkpoint")
+        raise LineError(
+            f"{what} needs a tokenizer but the checkpoint has no tokenizer.json",
+            "pass prompt_token_ids, or add tokenizer.json to the checkpoint",
+        )
     return context.tokenizer
 
 
@@ -112,8 +121,10 @@ def _text_ids(text: str, context: ParseContext) -> list[int]:
 def _chat_ids(messages: list[dict], context: ParseContext) -> list[int]:
     tokenizer = _need_tokenizer(context, "a chat prompt (messages)")
     if getattr(tokenizer, "chat_template", None) is None:
-        raise LineError("messages need a chat template, but this checkpoint's tokenizer has none",
-                        "pass a plain prompt, or add chat_template to the checkpoint's tokenizer_config.json")
+        raise LineError(
+            "messages need a chat template, but this checkpoint's tokenizer has none",
+            "pass a plain prompt, or add chat_template to the checkpoint's tokenizer_config.json",
+        )
     try:
         ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
     except UserError as err:
@@ -125,9 +136,11 @@ def _chat_ids(messages: list[dict], context: ParseContext) -> list[int]:
 
 def _check_context(ids: list[int], context: ParseContext) -> None:
     if len(ids) >= context.token_limit:
-        raise LineError(f"prompt of {len(ids)} tokens does not fit {context.token_limit_text} "
-                        "(at least one must be left to generate)",
-                        f"shorten the prompt to at most {context.token_limit - 1} tokens")
+        raise LineError(
+            f"prompt of {len(ids)} tokens does not fit {context.token_limit_text} "
+            "(at least one must be left to generate)",
+            f"shorten the prompt to at most {context.token_limit - 1} tokens",
+        )
 
 
 def parse_line(obj: Any, line_number: int, context: ParseContext) -> Request:

@@ -59,7 +59,9 @@ def check_output_writable(path: str | Path, inputs: tuple = ()) -> None:
         return
     target = state_path(path)
     if target.exists() and not os.access(target, os.W_OK):
-        raise UserError(f"{target} exists and is not writable", "pass --output a path in a writable directory")
+        raise UserError(
+            f"{target} exists and is not writable", "pass --output a path in a writable directory"
+        )
 
 
 def _read_state(path: Path) -> dict | None:
@@ -114,7 +116,9 @@ def read_done_keys(path: Path) -> set[str]:
             try:
                 key = record_key(json.loads(raw))
             except (ValueError, KeyError, TypeError):
-                raise UserError(f"{path}, line {line_number}, is not an output line of this job", fix) from None
+                raise UserError(
+                    f"{path}, line {line_number}, is not an output line of this job", fix
+                ) from None
             if key in done:
                 raise UserError(f"{path}, line {line_number}, answers {key} a second time", fix)
             done.add(key)
@@ -122,8 +126,9 @@ def read_done_keys(path: Path) -> set[str]:
 
 
 class JobOutput:
-    def __init__(self, path: Path, identity: JobIdentity, done_keys: set[str], model_name: str,
-                 fsync_interval_s: float):
+    def __init__(
+        self, path: Path, identity: JobIdentity, done_keys: set[str], model_name: str, fsync_interval_s: float
+    ):
         self.path = path
         self._fresh = not is_stdout(path) and not path.exists()
         self.identity = identity
@@ -140,8 +145,15 @@ class JobOutput:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     @classmethod
-    def open(cls, path: str | Path, identity: JobIdentity, *, overwrite: bool = False, model_name: str = "",
-             fsync_interval_s: float = 1.0) -> JobOutput:
+    def open(
+        cls,
+        path: str | Path,
+        identity: JobIdentity,
+        *,
+        overwrite: bool = False,
+        model_name: str = "",
+        fsync_interval_s: float = 1.0,
+    ) -> JobOutput:
         if is_stdout(path):
             return StdoutJobOutput(Path(path), identity, set(), model_name, fsync_interval_s)
         path = Path(path)
@@ -160,11 +172,16 @@ class JobOutput:
         fix = "pass --overwrite to replace it, or choose a new --output path"
         state = _read_state(state_path(path))
         if state is None:
-            raise UserError(f"{path} already exists and has no readable job state ({state_path(path).name})", fix)
+            raise UserError(
+                f"{path} already exists and has no readable job state ({state_path(path).name})", fix
+            )
         for name, label in (("input_sha256", "input file"), ("plan_sha256", "plan")):
             if state.get(name) != getattr(identity, name):
-                raise UserError(f"{path} holds the output of a job with a different {label} "
-                                f"({name} {str(state.get(name))[:12]} != {getattr(identity, name)[:12]})", fix)
+                raise UserError(
+                    f"{path} holds the output of a job with a different {label} "
+                    f"({name} {str(state.get(name))[:12]} != {getattr(identity, name)[:12]})",
+                    fix,
+                )
 
     @property
     def num_done(self) -> int:
@@ -209,15 +226,19 @@ class JobOutput:
         try:
             truncate_torn_tail(self.path)
         except OSError:
-            pass   # the next run cuts it instead
+            pass  # the next run cuts it instead
 
     def _write_error(self, err: OSError) -> UserError:
-        kept = (f"the {self.num_done} answers finished before it are kept in {self.path} "
-                f"({self.num_done} of {self.identity.num_requests})")
+        kept = (
+            f"the {self.num_done} answers finished before it are kept in {self.path} "
+            f"({self.num_done} of {self.identity.num_requests})"
+        )
         if err.errno in DISK_FULL_ERRNOS:
             return disk_full_error(self.path, err, kept)
-        return UserError(f"writing {self.path} failed: {err.strerror or err}; {kept}",
-                         "fix the cause and rerun the same command to resume")
+        return UserError(
+            f"writing {self.path} failed: {err.strerror or err}; {kept}",
+            "fix the cause and rerun the same command to resume",
+        )
 
     def _guarded(self, action) -> None:
         try:
@@ -237,10 +258,15 @@ class JobOutput:
         self._write_state()
 
     def _write_state(self) -> None:
-        state = {"schema_version": STATE_SCHEMA_VERSION, "input_sha256": self.identity.input_sha256,
-                 "plan_sha256": self.identity.plan_sha256, "num_requests": self.identity.num_requests,
-                 "done": self.num_done, "complete": self.num_done >= self.identity.num_requests,
-                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        state = {
+            "schema_version": STATE_SCHEMA_VERSION,
+            "input_sha256": self.identity.input_sha256,
+            "plan_sha256": self.identity.plan_sha256,
+            "num_requests": self.identity.num_requests,
+            "done": self.num_done,
+            "complete": self.num_done >= self.identity.num_requests,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         _write_state_atomically(state_path(self.path), state)
 
     def close(self) -> None:
@@ -262,7 +288,7 @@ class JobOutput:
         try:
             self.close()
         except (OSError, UserError):
-            pass   # the error already on its way out is the one to report
+            pass  # the error already on its way out is the one to report
         if self._fresh and not self.done_keys:
             self.path.unlink(missing_ok=True)
             state_path(self.path).unlink(missing_ok=True)

@@ -17,14 +17,15 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.model.kv_cache import LayerKV
 from runtime.model.layers import rms_norm
 from runtime.model.rope import Rope, apply_rope
 
 
-def qkv_projection(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec,
-                   cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv_projection(
+    x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     num_tokens = x.shape[0]
     q = F.linear(x, w["attn.q_proj"], w.get("attn.q_bias"))  # [T, Hq*D]
     k = F.linear(x, w["attn.k_proj"], w.get("attn.k_bias"))  # [T, Hkv*D]
@@ -43,8 +44,9 @@ def qkv_projection(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSp
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
-def causal_mask(num_queries: int, num_keys: int, sliding_window: int | None,
-                device: torch.device | None = None) -> torch.Tensor:
+def causal_mask(
+    num_queries: int, num_keys: int, sliding_window: int | None, device: torch.device | None = None
+) -> torch.Tensor:
     """[T, S] bool, True where query i (at position S-T+i) may attend key j."""
     query_pos = torch.arange(num_keys - num_queries, num_keys, device=device)[:, None]
     key_pos = torch.arange(num_keys, device=device)[None, :]
@@ -54,11 +56,12 @@ def causal_mask(num_queries: int, num_keys: int, sliding_window: int | None,
     return visible
 
 
-def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                   sliding_window: int | None = None) -> torch.Tensor:
+def attention_core(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, sliding_window: int | None = None
+) -> torch.Tensor:
     num_queries, num_heads, _ = q.shape
     group = num_heads // k.shape[1]
-    keys = k.repeat_interleave(group, dim=1).transpose(0, 1)    # [Hq, S, D]
+    keys = k.repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, S, D]
     values = v.repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, S, Dv]
     scores = torch.matmul(q.transpose(0, 1), keys.transpose(1, 2)) * scale  # [Hq, T, S]
     mask = causal_mask(num_queries, keys.shape[1], sliding_window, q.device)
@@ -71,11 +74,18 @@ def o_projection(o: torch.Tensor, w: Mapping[str, torch.Tensor]) -> torch.Tensor
     return F.linear(o.reshape(o.shape[0], -1), w["attn.o_proj"], w.get("attn.o_bias"))
 
 
-def gqa_attention(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec, layer: int, rope: Rope,
-                  positions: torch.Tensor, kv: LayerKV) -> torch.Tensor:
+def gqa_attention(
+    x: torch.Tensor,
+    w: Mapping[str, torch.Tensor],
+    spec: ModelSpec,
+    layer: int,
+    rope: Rope,
+    positions: torch.Tensor,
+    kv: LayerKV,
+) -> torch.Tensor:
     cos, sin = rope.cos_sin(positions, x.dtype)
     q, k, v = qkv_projection(x, w, spec, cos, sin)
     cached = kv.append(k=k, v=v)
     window = spec.sliding_window if spec.is_sliding_layer(layer) else None
-    o = attention_core(q, cached["k"], cached["v"], spec.head_dim ** -0.5, window)
+    o = attention_core(q, cached["k"], cached["v"], spec.head_dim**-0.5, window)
     return o_projection(o, w)

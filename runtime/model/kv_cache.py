@@ -24,12 +24,13 @@ class LayerKV:
         for name, tensor in new.items():
             buffer = self._buffers.get(name)
             if buffer is None or buffer.shape[0] < end:
-                grown = tensor.new_empty((max(end, 2 * (0 if buffer is None else buffer.shape[0])),
-                                          *tensor.shape[1:]))
+                grown = tensor.new_empty(
+                    (max(end, 2 * (0 if buffer is None else buffer.shape[0])), *tensor.shape[1:])
+                )
                 if buffer is not None:
                     grown[: self.length] = buffer[: self.length]
                 buffer = self._buffers[name] = grown
-            buffer[self.length:end] = tensor
+            buffer[self.length : end] = tensor
         self.length = end
         return {name: buffer[:end] for name, buffer in self._buffers.items()}
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.model.attention import attention_core, o_projection
 from runtime.model.kv_cache import LayerKV
 from runtime.model.layers import rms_norm
@@ -74,8 +74,9 @@ def _query(x: torch.Tensor, w: Weights, spec: ModelSpec) -> torch.Tensor:
     return F.linear(x, w["attn.q_proj"])
 
 
-def mla_project(x: torch.Tensor, w: Weights, spec: ModelSpec, cos: torch.Tensor,
-                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mla_project(
+    x: torch.Tensor, w: Weights, spec: ModelSpec, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     num_tokens = x.shape[0]
     rank, rope_dim = spec.kv_lora_rank, spec.qk_rope_head_dim
     q = _query(x, w, spec).view(num_tokens, spec.num_heads, spec.qk_nope_head_dim + rope_dim)
@@ -101,8 +102,10 @@ def mla_expand_latent(latent: torch.Tensor, w: Weights, spec: ModelSpec) -> tupl
 
 def kv_b_heads(w: Weights, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """W_UK [H, N, R] and W_UV [H, V, R]: views of kv_b_proj per head."""
-    per_head = w["attn.kv_b_proj"].view(spec.num_heads, spec.qk_nope_head_dim + spec.v_head_dim, spec.kv_lora_rank)
-    return per_head[:, : spec.qk_nope_head_dim], per_head[:, spec.qk_nope_head_dim:]
+    per_head = w["attn.kv_b_proj"].view(
+        spec.num_heads, spec.qk_nope_head_dim + spec.v_head_dim, spec.kv_lora_rank
+    )
+    return per_head[:, : spec.qk_nope_head_dim], per_head[:, spec.qk_nope_head_dim :]
 
 
 def mla_absorb_query(q_nope: torch.Tensor, w: Weights, spec: ModelSpec) -> torch.Tensor:
@@ -115,23 +118,36 @@ def mla_output_from_latent(o_latent: torch.Tensor, w: Weights, spec: ModelSpec) 
     return torch.bmm(o_latent.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)  # [T, H, V]
 
 
-def mla_latent_attention(q_latent: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor,
-                         scale: float) -> torch.Tensor:
+def mla_latent_attention(
+    q_latent: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Causal attention of T queries (the last T positions) over S latent rows, as one-KV-head MQA."""
     query = torch.cat((q_latent, q_rope), dim=-1)  # [T, H, R+P]
-    keys = latent[:, None, :]                      # [S, 1, R+P]
+    keys = latent[:, None, :]  # [S, 1, R+P]
     values = latent[:, None, : q_latent.shape[-1]]  # [S, 1, R]
     return attention_core(query, keys, values, scale)
 
 
-def mla_expanded_attention(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, w: Weights,
-                           spec: ModelSpec, scale: float) -> torch.Tensor:
+def mla_expanded_attention(
+    q_nope: torch.Tensor,
+    q_rope: torch.Tensor,
+    latent: torch.Tensor,
+    w: Weights,
+    spec: ModelSpec,
+    scale: float,
+) -> torch.Tensor:
     k, v = mla_expand_latent(latent, w, spec)
     return attention_core(torch.cat((q_nope, q_rope), dim=-1), k, v, scale)  # [T, H, V]
 
 
-def mla_absorbed_attention(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, w: Weights,
-                           spec: ModelSpec, scale: float) -> torch.Tensor:
+def mla_absorbed_attention(
+    q_nope: torch.Tensor,
+    q_rope: torch.Tensor,
+    latent: torch.Tensor,
+    w: Weights,
+    spec: ModelSpec,
+    scale: float,
+) -> torch.Tensor:
     o_latent = mla_latent_attention(mla_absorb_query(q_nope, w, spec), q_rope, latent, scale)
     return mla_output_from_latent(o_latent, w, spec)  # [T, H, V]
 
@@ -144,8 +160,15 @@ def make_mla_attention(decode_form: str = "absorbed") -> AttentionFn:
         raise ValueError(f"decode_form {decode_form!r} is not one of {DECODE_FORMS}")
     decode = mla_absorbed_attention if decode_form == "absorbed" else mla_expanded_attention
 
-    def mla_layer_attention(x: torch.Tensor, w: Weights, spec: ModelSpec, layer: int, rope: Rope,
-                            positions: torch.Tensor, kv: LayerKV) -> torch.Tensor:
+    def mla_layer_attention(
+        x: torch.Tensor,
+        w: Weights,
+        spec: ModelSpec,
+        layer: int,
+        rope: Rope,
+        positions: torch.Tensor,
+        kv: LayerKV,
+    ) -> torch.Tensor:
         cos, sin = rope.cos_sin(positions, torch.float32)
         q_nope, q_rope, latent = mla_project(x, w, spec, cos, sin)
         cached = kv.append(latent=latent)["latent"]  # [S, R+P]

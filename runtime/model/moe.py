@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.model.layers import dense_mlp, expert_ffn
 from runtime.model.routing import route, router_logits
 
@@ -29,8 +29,9 @@ def group_by_expert(topk_ids: torch.Tensor) -> list[tuple[int, torch.Tensor, tor
     return groups
 
 
-def routed_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                   w: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def routed_experts(
+    x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, w: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
     out = torch.zeros_like(x)
     for expert, token_idx, slot in group_by_expert(topk_ids):
         prefix = f"moe.experts.{expert}."

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from planner.errors import UserError
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.model.attention import gqa_attention
 from runtime.model.kv_cache import LayerKV, SequenceCache
 from runtime.model.layers import dense_mlp, rms_norm
@@ -27,7 +27,9 @@ from runtime.model.rope import Rope, rope_from_spec
 from runtime.model.routing import ROUTERS, routing_key
 
 LayerWeights = Mapping[str, torch.Tensor]
-AttentionFn = Callable[[torch.Tensor, LayerWeights, ModelSpec, int, Rope, torch.Tensor, LayerKV], torch.Tensor]
+AttentionFn = Callable[
+    [torch.Tensor, LayerWeights, ModelSpec, int, Rope, torch.Tensor, LayerKV], torch.Tensor
+]
 
 ATTENTION: dict[str, AttentionFn] = {
     "gqa": gqa_attention,
@@ -54,8 +56,15 @@ def ffn_block(x: torch.Tensor, w: LayerWeights, spec: ModelSpec, layer: int) -> 
     return moe_block(x, w, spec) if spec.is_moe_layer(layer) else dense_mlp(x, w, prefix="mlp.")
 
 
-def decoder_layer(x: torch.Tensor, w: LayerWeights, spec: ModelSpec, layer: int, rope: Rope,
-                  positions: torch.Tensor, kv: LayerKV) -> torch.Tensor:
+def decoder_layer(
+    x: torch.Tensor,
+    w: LayerWeights,
+    spec: ModelSpec,
+    layer: int,
+    rope: Rope,
+    positions: torch.Tensor,
+    kv: LayerKV,
+) -> torch.Tensor:
     attend = ATTENTION[spec.attention]
     x = x + attend(rms_norm(x, w["attn_norm"], spec.rms_norm_eps), w, spec, layer, rope, positions, kv)
     return x + ffn_block(rms_norm(x, w["mlp_norm"], spec.rms_norm_eps), w, spec, layer)
@@ -73,9 +82,10 @@ def check_supported(spec: ModelSpec) -> None:
         if getattr(spec, flag):
             problems.append(flag)
     if problems:
-        raise UserError(f"{spec.name} ({spec.family}): the reference forward does not implement "
-                        f"{', '.join(problems)}",
-                        "use a model of a runnable family (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek)")
+        raise UserError(
+            f"{spec.name} ({spec.family}): the reference forward does not implement {', '.join(problems)}",
+            "use a model of a runnable family (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek)",
+        )
 
 
 class ReferenceModel:
@@ -96,8 +106,9 @@ class ReferenceModel:
         return SequenceCache(self.spec.num_layers)
 
     @torch.inference_mode()
-    def forward(self, tokens: Sequence[int] | torch.Tensor, cache: SequenceCache,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, tokens: Sequence[int] | torch.Tensor, cache: SequenceCache, last_only: bool = False
+    ) -> torch.Tensor:
         """Logits [T, V] (or [1, V] with last_only) for T new tokens appended to the sequence in `cache`."""
         token_ids = torch.as_tensor(tokens, dtype=torch.long, device=self.embed.device).reshape(-1)
         positions = torch.arange(cache.length, cache.length + token_ids.numel(), device=token_ids.device)
@@ -108,8 +119,9 @@ class ReferenceModel:
             x = x[-1:]
         return F.linear(rms_norm(x, self.final_norm, self.spec.rms_norm_eps), self.lm_head)
 
-    def prefill(self, tokens: Sequence[int] | torch.Tensor, cache: SequenceCache,
-                last_only: bool = False) -> torch.Tensor:
+    def prefill(
+        self, tokens: Sequence[int] | torch.Tensor, cache: SequenceCache, last_only: bool = False
+    ) -> torch.Tensor:
         return self.forward(tokens, cache, last_only)
 
     def decode(self, token: int, cache: SequenceCache) -> torch.Tensor:

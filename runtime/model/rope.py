@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from planner.errors import UserError
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.model.rope_yarn import yarn_inv_freq
 
 RopeInit = Callable[[int, float, dict, ModelSpec], tuple[torch.Tensor, float]]
@@ -44,7 +44,7 @@ def rope_type(spec: ModelSpec) -> str:
 
 @dataclass(frozen=True)
 class Rope:
-    inv_freq: torch.Tensor          # [dim/2] fp32
+    inv_freq: torch.Tensor  # [dim/2] fp32
     attention_scaling: float = 1.0
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +60,10 @@ def rope_from_spec(spec: ModelSpec, dim: int | None = None) -> Rope:
     kind = rope_type(spec)
     init = ROPE_VARIANTS.get(kind)
     if init is None:
-        raise UserError(f"{spec.name}: RoPE variant {kind!r} is not implemented",
-                        f"use a checkpoint whose rope_scaling type is one of {sorted(ROPE_VARIANTS)}")
+        raise UserError(
+            f"{spec.name}: RoPE variant {kind!r} is not implemented",
+            f"use a checkpoint whose rope_scaling type is one of {sorted(ROPE_VARIANTS)}",
+        )
     inv_freq, attention_scaling = init(dim or spec.head_dim, spec.rope_theta, spec.rope_scaling or {}, spec)
     return Rope(inv_freq=inv_freq, attention_scaling=attention_scaling)
 

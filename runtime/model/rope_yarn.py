@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
@@ -59,7 +59,7 @@ def yarn_inv_freq(dim: int, theta: float, scaling: dict, spec: ModelSpec) -> tup
 
 
 def yarn_softmax_scale(head_dim: int, scaling: dict | None) -> float:
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     scaling = scaling or {}
     if (scaling.get("rope_type") or scaling.get("type") or "default") != "default":
         mscale_all_dim = scaling.get("mscale_all_dim") or 0

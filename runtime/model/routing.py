@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from planner.errors import UserError
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 from runtime.model.routing_deepseek import sigmoid_noaux_tc, softmax_group_limited
 
 RouterFn = Callable[[torch.Tensor, ModelSpec, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
@@ -29,14 +29,17 @@ RouterFn = Callable[[torch.Tensor, ModelSpec, "torch.Tensor | None"], tuple[torc
 FP32_ROUTER_FAMILIES = ("deepseek_v2", "deepseek_v3")
 
 
-def router_logits(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec | None = None) -> torch.Tensor:
+def router_logits(
+    x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec | None = None
+) -> torch.Tensor:
     if spec is not None and spec.family in FP32_ROUTER_FAMILIES:
         return F.linear(x.float(), w["moe.router"].float())
     return F.linear(x, w["moe.router"])
 
 
-def softmax_topk(logits: torch.Tensor, spec: ModelSpec,
-                 router_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def softmax_topk(
+    logits: torch.Tensor, spec: ModelSpec, router_bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     probs = torch.softmax(logits.float(), dim=-1)
     topk_weights, topk_ids = torch.topk(probs, spec.top_k, dim=-1)
     if spec.norm_topk_prob:
@@ -57,10 +60,13 @@ def routing_key(spec: ModelSpec) -> tuple[str, str]:
     return spec.scoring, spec.topk_method
 
 
-def route(logits: torch.Tensor, spec: ModelSpec,
-          router_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def route(
+    logits: torch.Tensor, spec: ModelSpec, router_bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     router = ROUTERS.get(routing_key(spec))
     if router is None:
-        raise UserError(f"{spec.name}: routing {routing_key(spec)} (scoring, topk_method) is not implemented",
-                        f"use a model whose routing is one of {sorted(ROUTERS)}")
+        raise UserError(
+            f"{spec.name}: routing {routing_key(spec)} (scoring, topk_method) is not implemented",
+            f"use a model whose routing is one of {sorted(ROUTERS)}",
+        )
     return router(logits, spec, router_bias)

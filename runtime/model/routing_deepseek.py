@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 
 
 def _keep_top_groups(group_scores: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -34,8 +34,9 @@ def _finish(topk_weights: torch.Tensor, spec: ModelSpec, eps: float = 0.0) -> to
     return topk_weights * spec.routed_scaling_factor
 
 
-def softmax_group_limited(logits: torch.Tensor, spec: ModelSpec,
-                          router_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def softmax_group_limited(
+    logits: torch.Tensor, spec: ModelSpec, router_bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     scores = torch.softmax(logits.float(), dim=-1)  # [T, E]
     grouped = scores.view(scores.shape[0], spec.n_group, -1)  # [T, G, E/G]
     keep = _keep_top_groups(grouped.max(dim=-1).values, spec)
@@ -44,8 +45,9 @@ def softmax_group_limited(logits: torch.Tensor, spec: ModelSpec,
     return topk_ids, _finish(topk_weights, spec)
 
 
-def sigmoid_noaux_tc(logits: torch.Tensor, spec: ModelSpec,
-                     router_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sigmoid_noaux_tc(
+    logits: torch.Tensor, spec: ModelSpec, router_bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     scores = torch.sigmoid(logits.float())  # [T, E]
     choice = scores if router_bias is None else scores + router_bias.float()
     grouped = choice.view(choice.shape[0], spec.n_group, -1)  # [T, G, E/G]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from planner.profile import AttentionCurve
+from planner.hardware.profile import AttentionCurve
 from runtime.profiler.grids import AttentionPoint
 from runtime.profiler.timing import median_seconds, significant
 
@@ -33,19 +33,39 @@ def _case(point: AttentionPoint):
 
     lens = [point.context] * point.batch
     if point.layout == "gqa":
-        return make_case("gqa", lens, heads=point.kv_heads * point.group, kv_heads=point.kv_heads,
-                         head_dim=point.head_dim, dtype=DTYPE, block_size=BLOCK_SIZE)
-    return make_case("mla", lens, heads=point.group, head_dim=point.kv_lora_rank, dtype=DTYPE,
-                     block_size=BLOCK_SIZE, rope_dim=point.rope_dim)
+        return make_case(
+            "gqa",
+            lens,
+            heads=point.kv_heads * point.group,
+            kv_heads=point.kv_heads,
+            head_dim=point.head_dim,
+            dtype=DTYPE,
+            block_size=BLOCK_SIZE,
+        )
+    return make_case(
+        "mla",
+        lens,
+        heads=point.group,
+        head_dim=point.kv_lora_rank,
+        dtype=DTYPE,
+        block_size=BLOCK_SIZE,
+        rope_dim=point.rope_dim,
+    )
 
 
-def measure_attention_curve(point: AttentionPoint, threads: tuple[int, ...], budget_s: float,
-                            repeats: int = 5) -> AttentionCurve:
+def measure_attention_curve(
+    point: AttentionPoint, threads: tuple[int, ...], budget_s: float, repeats: int = 5
+) -> AttentionCurve:
     """Every thread count gets at least one timed sample; the budget cuts repeats, not thread counts."""
     case = _case(point)
     cpu = torch.device("cpu")
     per_count_s = budget_s / len(threads)
-    gbps = [significant(case.bytes_read / median_seconds(lambda t=t: case.run(t), cpu, warmup=1,
-                                                           repeats=repeats, budget_s=per_count_s) / 1e9)
-            for t in threads]
+    gbps = [
+        significant(
+            case.bytes_read
+            / median_seconds(lambda t=t: case.run(t), cpu, warmup=1, repeats=repeats, budget_s=per_count_s)
+            / 1e9
+        )
+        for t in threads
+    ]
     return AttentionCurve(point.layout, point.batch, point.context, point.group, threads, tuple(gbps))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner import locations
-from planner.profile import (
+from planner.hardware.profile import (
     AttentionCurve,
     Efficiency,
     GemmCurve,
@@ -53,10 +53,10 @@ LAUNCH_S = 6e-6
 @dataclass(frozen=True)
 class Gpu:
     name: str
-    memory_gib: float           # as the driver reports it (total_memory)
-    bf16_tflops: float          # dense tensor-core peak (no sparsity) in the GEMM dtype below
+    memory_gib: float  # as the driver reports it (total_memory)
+    bf16_tflops: float  # dense tensor-core peak (no sparsity) in the GEMM dtype below
     hbm_gbps: float
-    pcie: str                   # generation of the host link
+    pcie: str  # generation of the host link
     dtype: str = "bfloat16"
     source: str = ""
 
@@ -67,10 +67,10 @@ class Host:
     physical_cores: int
     logical_cpus: int
     ghz: float
-    fp32_flops_per_cycle: int   # per core: 2 FMA pipes x lanes x 2
+    fp32_flops_per_cycle: int  # per core: 2 FMA pipes x lanes x 2
     channels: int
-    mts: int                    # DDR transfers per second (millions)
-    per_core_read_gbps: float   # one core streaming from DRAM
+    mts: int  # DDR transfers per second (millions)
+    per_core_read_gbps: float  # one core streaming from DRAM
     memory_gib: float
     flags: tuple[str, ...]
     source: str = ""
@@ -89,7 +89,7 @@ class DatasheetMachine:
 def gemm_curve(gpu: Gpu, shape: GemmShape) -> GemmCurve:
     weights = shape.weight_elems
     eff = 0.75 if weights >= 16e6 else 0.55 if weights >= 2e6 else 0.4
-    launch = LAUNCH_S * (5 if shape.kind == "expert_ffn" else 1)      # 3 GEMMs, silu, multiply
+    launch = LAUNCH_S * (5 if shape.kind == "expert_ffn" else 1)  # 3 GEMMs, silu, multiply
     tflops = []
     for m in GEMM_ROWS:
         flops = shape.flops_per_row * m
@@ -130,16 +130,33 @@ def build(m: DatasheetMachine, today: str) -> HardwareProfile:
     attention = tuple(attention_curve(h, point, threads) for point in ATTENTION_POINTS)
     return HardwareProfile(
         name=m.name,
-        provenance=Provenance(kind="datasheet", date=today, command="python -m runtime.profiler.datasheet",
-                              sources=tuple(s for s in (g.source, h.source, m.price_source) if s)),
-        machine=Machine(cpu=h.cpu, cores=h.logical_cpus, host_memory_gib=h.memory_gib, device=g.name,
-                        device_memory_gib=g.memory_gib, cpu_flags=h.flags,
-                        interconnect=f"PCIe {g.pcie} x16"),
+        provenance=Provenance(
+            kind="datasheet",
+            date=today,
+            command="python -m runtime.profiler.datasheet",
+            sources=tuple(s for s in (g.source, h.source, m.price_source) if s),
+        ),
+        machine=Machine(
+            cpu=h.cpu,
+            cores=h.logical_cpus,
+            host_memory_gib=h.memory_gib,
+            device=g.name,
+            device_memory_gib=g.memory_gib,
+            cpu_flags=h.flags,
+            interconnect=f"PCIe {g.pcie} x16",
+        ),
         price=Price(usd_per_hour=m.usd_per_hour, purchase_usd=m.purchase_usd, sources=(m.price_source,)),
-        links=Links(h2d_pinned=saturating(pinned), h2d_pageable=saturating(pageable),
-                    d2h_pinned=saturating(pinned * 1.04), d2h_pageable=saturating(pageable * 0.9)),
+        links=Links(
+            h2d_pinned=saturating(pinned),
+            h2d_pageable=saturating(pageable),
+            d2h_pinned=saturating(pinned * 1.04),
+            d2h_pageable=saturating(pageable * 0.9),
+        ),
         memory=Memory(read_gbps=round(read, 2), copy_gbps=round(0.4 * read, 2)),
-        gemm_dtype=g.dtype, gemm_curves=curves, attention_curves=attention, efficiency=Efficiency(),
+        gemm_dtype=g.dtype,
+        gemm_curves=curves,
+        attention_curves=attention,
+        efficiency=Efficiency(),
         notes=notes_for(m, pinned, pageable, read),
     )
 
@@ -158,8 +175,11 @@ def notes_for(m: DatasheetMachine, pinned: float, pageable: float, read: float) 
         f"{h.physical_cores} cores x {h.per_core_read_gbps} GB/s) = {read:.1f} GB/s; copy = 0.4 x read.\n"
         f"Attention: per core min(0.8 x {h.per_core_read_gbps} GB/s, 0.4 x {h.ghz} GHz x "
         f"{h.fp32_flops_per_cycle} flop/cycle / flops per KV byte), hyperthreads +15%, cap 0.7 x channel peak."
-        + ("\nT4 has no bf16 tensor cores: the rates are float16; bf16 checkpoints must run as float16."
-           if g.dtype == "float16" else "")
+        + (
+            "\nT4 has no bf16 tensor cores: the rates are float16; bf16 checkpoints must run as float16."
+            if g.dtype == "float16"
+            else ""
+        )
     )
 
 
@@ -172,8 +192,12 @@ def write_all(out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None,
-                        help="directory (default: the checkout's profiles/, which ships them)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory (default: the checkout's profiles/, which ships them)",
+    )
     args = parser.parse_args(argv)
     for path in write_all(args.out or Path(str(locations.shipped_dir("profiles")))):
         print(path)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from planner.profile import GemmCurve
+from planner.hardware.profile import GemmCurve
 from runtime.profiler.grids import GemmShape
 from runtime.profiler.timing import median_seconds, significant
 
@@ -32,8 +32,9 @@ def _expert_ffn() -> Callable[..., torch.Tensor]:
     return expert_ffn
 
 
-def _weight_sets(shape: GemmShape, device: torch.device, dtype: torch.dtype,
-                 cache_bytes: int) -> list[tuple[torch.Tensor, ...]]:
+def _weight_sets(
+    shape: GemmShape, device: torch.device, dtype: torch.dtype, cache_bytes: int
+) -> list[tuple[torch.Tensor, ...]]:
     weight_bytes = shape.weight_elems * torch.finfo(dtype).bits // 8
     copies = max(1, min(math.ceil(4 * cache_bytes / weight_bytes), MAX_ROTATION_BYTES // weight_bytes))
     std = 1.0 / math.sqrt(shape.k)
@@ -42,13 +43,23 @@ def _weight_sets(shape: GemmShape, device: torch.device, dtype: torch.dtype,
         return (torch.randn(rows, cols, device=device, dtype=torch.float32) * std).to(dtype)
 
     if shape.kind == "expert_ffn":
-        return [(random(shape.n, shape.k), random(shape.n, shape.k), random(shape.k, shape.n))
-                for _ in range(copies)]
+        return [
+            (random(shape.n, shape.k), random(shape.n, shape.k), random(shape.k, shape.n))
+            for _ in range(copies)
+        ]
     return [(random(shape.n, shape.k),) for _ in range(copies)]
 
 
-def measure_gemm_curve(shape: GemmShape, rows: tuple[int, ...], device: torch.device, dtype: torch.dtype,
-                       cache_bytes: int, budget_s: float, max_call_s: float, repeats: int = 5) -> GemmCurve:
+def measure_gemm_curve(
+    shape: GemmShape,
+    rows: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+    cache_bytes: int,
+    budget_s: float,
+    max_call_s: float,
+    repeats: int = 5,
+) -> GemmCurve:
     """The curve over the leading rows that fit the budgets (at least the first row)."""
     weights = _weight_sets(shape, device, dtype, cache_bytes)
     began = time.perf_counter()
@@ -59,10 +70,10 @@ def measure_gemm_curve(shape: GemmShape, rows: tuple[int, ...], device: torch.de
     last_s = 0.0
     for m in rows:
         left = budget_s - (time.perf_counter() - began)
-        predicted_s = 3 * last_s * m / measured_rows[-1] if measured_rows else 0.0   # 2 warm-ups + 1 sample
+        predicted_s = 3 * last_s * m / measured_rows[-1] if measured_rows else 0.0  # 2 warm-ups + 1 sample
         if measured_rows and (left <= 0 or predicted_s > left):
             break
-        x = torch.randn(m, shape.k, device=device, dtype=torch.float32).to(dtype)   # [m, k]
+        x = torch.randn(m, shape.k, device=device, dtype=torch.float32).to(dtype)  # [m, k]
 
         def call(x: torch.Tensor = x) -> torch.Tensor:
             w = weights[next(calls) % len(weights)]

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.profile_schema import steady_state_order
+from planner.hardware.profile_schema import steady_state_order
 
 MIB = 1 << 20
-GEMM_ROWS: tuple[int, ...] = tuple(2 ** i for i in range(15))            # 1 .. 16384
-QUICK_GEMM_ROWS: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)     # to where the full curves level off
-LINK_SIZES: tuple[int, ...] = tuple(MIB * 4 ** i for i in range(6))      # 1 MiB .. 1 GiB
+GEMM_ROWS: tuple[int, ...] = tuple(2**i for i in range(15))  # 1 .. 16384
+QUICK_GEMM_ROWS: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)  # to where the full curves level off
+LINK_SIZES: tuple[int, ...] = tuple(MIB * 4**i for i in range(6))  # 1 MiB .. 1 GiB
 QUICK_LINK_SIZES: tuple[int, ...] = (MIB, 16 * MIB, 64 * MIB)
 
 
 @dataclass(frozen=True)
 class GemmShape:
     label: str
-    kind: str           # "expert_ffn" | "linear"
-    n: int              # output features (expert: intermediate size)
-    k: int              # input features (expert: hidden size)
+    kind: str  # "expert_ffn" | "linear"
+    n: int  # output features (expert: intermediate size)
+    k: int  # input features (expert: hidden size)
 
     @property
     def flops_per_row(self) -> int:
@@ -45,7 +45,7 @@ def _linear(label: str, n: int, k: int) -> GemmShape:
 
 
 EXPERT_SHAPES = (
-    _expert("small", 512, 256),         # the smallest experts (the test minis): fixed costs dominate
+    _expert("small", 512, 256),  # the smallest experts (the test minis): fixed costs dominate
     _expert("qwen3-moe", 2048, 768),
     _expert("deepseek-v2-lite", 2048, 1408),
     _expert("mixtral-mini", 1024, 3584),
@@ -58,15 +58,19 @@ LINEAR_SHAPES = (
     _linear("q/o_proj", 4096, 4096),
 )
 ALL_GEMM_SHAPES = EXPERT_SHAPES + LINEAR_SHAPES
-QUICK_GEMM_SHAPES = (EXPERT_SHAPES[1], LINEAR_SHAPES[1], LINEAR_SHAPES[3])   # an expert, a small and a big linear
+QUICK_GEMM_SHAPES = (
+    EXPERT_SHAPES[1],
+    LINEAR_SHAPES[1],
+    LINEAR_SHAPES[3],
+)  # an expert, a small and a big linear
 
 
 @dataclass(frozen=True)
 class AttentionPoint:
-    layout: str         # gqa | mla
+    layout: str  # gqa | mla
     batch: int
     context: int
-    group: int          # query heads per KV head (MLA: heads sharing one latent)
+    group: int  # query heads per KV head (MLA: heads sharing one latent)
     kv_heads: int = 8
     head_dim: int = 128
     kv_lora_rank: int = 512
@@ -76,7 +80,7 @@ class AttentionPoint:
     def flops_per_kv_byte(self) -> float:
         """FLOPs per byte of bf16 KV read: the arithmetic intensity that decides compute- vs memory-bound."""
         if self.layout == "gqa":
-            return float(self.group)                 # g heads x 4D flops / (4D bytes of K+V)
+            return float(self.group)  # g heads x 4D flops / (4D bytes of K+V)
         latent = self.kv_lora_rank + self.rope_dim
         return self.group * 2 * (latent + self.kv_lora_rank) / (2 * latent)
 

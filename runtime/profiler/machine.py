@@ -1,7 +1,7 @@
 """What this machine is: CPU model, usable cores, CPU flags, host and device memory, software versions.
 
-`describe_machine(device, fingerprint)` returns a `planner.profile.Machine`: CPU, cores and device name from
-`planner.this_machine.this_machine()` (the identity profiles are named and found by; torch's device name only
+`describe_machine(device, fingerprint)` returns a `planner.hardware.profile.Machine`: CPU, cores and device name from
+`planner.hardware.this_machine.this_machine()` (the identity profiles are named and found by; torch's device name only
 when no NVIDIA tool names the device). `last_level_cache_bytes(device)` sizes the buffers that must not fit in
 caches.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from planner.profile import Machine
-from planner.this_machine import MachineRates, this_machine
+from planner.hardware.profile import Machine
+from planner.hardware.this_machine import MachineRates, this_machine
 
 GIB = 1 << 30
 INTERESTING_FLAGS = re.compile(r"^(avx2|fma|avx512\w*|amx\w*|avx_vnni|sve\w*|neon|asimd\w*)$")
@@ -41,10 +41,20 @@ def describe_machine(device: torch.device, fingerprint: MachineRates | None = No
         free_b, total_b = torch.cuda.mem_get_info(device)
         total, free = round(total_b / GIB, 2), round(free_b / GIB, 2)
         interconnect = _pcie_link(device)
-    return Machine(cpu=identity.cpu, cores=identity.cores, host_memory_gib=round(vm.total / GIB, 2), device=name,
-                   device_memory_gib=total, cpu_flags=cpu_flags(), host_free_gib=round(vm.available / GIB, 2),
-                   device_free_gib=free, interconnect=interconnect, torch=str(torch.__version__),
-                   cuda=torch.version.cuda if device.type == "cuda" else None, fingerprint=fingerprint)
+    return Machine(
+        cpu=identity.cpu,
+        cores=identity.cores,
+        host_memory_gib=round(vm.total / GIB, 2),
+        device=name,
+        device_memory_gib=total,
+        cpu_flags=cpu_flags(),
+        host_free_gib=round(vm.available / GIB, 2),
+        device_free_gib=free,
+        interconnect=interconnect,
+        torch=str(torch.__version__),
+        cuda=torch.version.cuda if device.type == "cuda" else None,
+        fingerprint=fingerprint,
+    )
 
 
 def _pcie_link(device: torch.device) -> str | None:

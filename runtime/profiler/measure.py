@@ -2,7 +2,7 @@
 
 `measure_profile(sizing, device=None, command=...)` runs, in order: the machine's fingerprint rates
 (`runtime.profiler.spot_check.measure_rates`, stored as `machine.fingerprint`; with `this_machine()` they
-name the profile, `planner.profile.path_for_this_machine`), host memory read/copy, host<->device
+name the profile, `planner.hardware.profile.path_for_this_machine`), host memory read/copy, host<->device
 copy curves (CUDA only; CPU-only profiles have `links: null`), GEMM curves on the device in bf16, CPU
 decode-attention curves over 1..cores threads, the per-call and elementwise costs of the engine's own code
 paths (`runtime.profiler.overheads`: the profile's `overheads` section; `FULL` measures it in three rounds,
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from planner.profile import (
+from planner.hardware.profile import (
     ELEMENTWISE_COSTS,
     Efficiency,
     HardwareProfile,
@@ -38,7 +38,7 @@ from planner.profile import (
     Provenance,
     path_for_this_machine,
 )
-from planner.this_machine import usable_cores
+from planner.hardware.this_machine import usable_cores
 from runtime.profiler.attention import attention_backend, measure_attention_curve
 from runtime.profiler.gemm import measure_gemm_curve
 from runtime.profiler.grids import (
@@ -76,26 +76,76 @@ class Sizing:
     memory_bytes: int
     gemm_shapes: tuple[GemmShape, ...]
     gemm_rows: tuple[int, ...]
-    gemm_budget_s: float            # all shapes together
-    max_call_s: float               # stop a GEMM curve's rows after a call this long
+    gemm_budget_s: float  # all shapes together
+    max_call_s: float  # stop a GEMM curve's rows after a call this long
     attention_points: tuple[AttentionPoint, ...]
     attention_budget_s: float
     repeats: int
-    overhead_budget_s: float        # the overheads' micro-benchmarks (the probe engine's jobs come on top)
-    elementwise_rows: int           # [rows, 1024] bf16 tensors for the elementwise ns per element
-    probe_decode_tokens: int        # tokens each probe-engine job generates
-    probe_runs: int                 # probe-engine jobs per measurement, after one warm-up job
-    probe_jobs: ProbeBudget | None  # engine jobs the efficiency constants are fitted to (None: keep the defaults)
-    overhead_rounds: int = 1        # `overheads` measured this many times, spread over the run; the median kept
+    overhead_budget_s: float  # the overheads' micro-benchmarks (the probe engine's jobs come on top)
+    elementwise_rows: int  # [rows, 1024] bf16 tensors for the elementwise ns per element
+    probe_decode_tokens: int  # tokens each probe-engine job generates
+    probe_runs: int  # probe-engine jobs per measurement, after one warm-up job
+    probe_jobs: (
+        ProbeBudget | None
+    )  # engine jobs the efficiency constants are fitted to (None: keep the defaults)
+    overhead_rounds: int = 1  # `overheads` measured this many times, spread over the run; the median kept
 
 
-FULL = Sizing("full", LINK_SIZES, 1 << 30, ALL_GEMM_SHAPES, GEMM_ROWS, 120.0, 1.0, ATTENTION_POINTS, 45.0, 5,
-              10.0, 8192, 48, 5, FULL_PROBES, overhead_rounds=3)   # medians of 5 jobs, of 3 rounds
-QUICK = Sizing("quick", QUICK_LINK_SIZES, 256 * MIB, QUICK_GEMM_SHAPES, QUICK_GEMM_ROWS, 15.0, 0.25,
-               QUICK_ATTENTION_POINTS, 10.0, 3, 3.0, 8192, 32, 3, QUICK_PROBES)
-TINY = Sizing("tiny", (MIB, 4 * MIB), 64 * MIB, QUICK_GEMM_SHAPES[:1], (1, 4, 16, 64), 6.0, 0.5,
-              (AttentionPoint("gqa", batch=4, context=256, group=4),
-               AttentionPoint("mla", batch=4, context=256, group=16)), 3.0, 5, 1.0, 256, 6, 1, TINY_PROBES)
+FULL = Sizing(
+    "full",
+    LINK_SIZES,
+    1 << 30,
+    ALL_GEMM_SHAPES,
+    GEMM_ROWS,
+    120.0,
+    1.0,
+    ATTENTION_POINTS,
+    45.0,
+    5,
+    10.0,
+    8192,
+    48,
+    5,
+    FULL_PROBES,
+    overhead_rounds=3,
+)  # medians of 5 jobs, of 3 rounds
+QUICK = Sizing(
+    "quick",
+    QUICK_LINK_SIZES,
+    256 * MIB,
+    QUICK_GEMM_SHAPES,
+    QUICK_GEMM_ROWS,
+    15.0,
+    0.25,
+    QUICK_ATTENTION_POINTS,
+    10.0,
+    3,
+    3.0,
+    8192,
+    32,
+    3,
+    QUICK_PROBES,
+)
+TINY = Sizing(
+    "tiny",
+    (MIB, 4 * MIB),
+    64 * MIB,
+    QUICK_GEMM_SHAPES[:1],
+    (1, 4, 16, 64),
+    6.0,
+    0.5,
+    (
+        AttentionPoint("gqa", batch=4, context=256, group=4),
+        AttentionPoint("mla", batch=4, context=256, group=16),
+    ),
+    3.0,
+    5,
+    1.0,
+    256,
+    6,
+    1,
+    TINY_PROBES,
+)
 SIZINGS = {s.name: s for s in (FULL, QUICK, TINY)}
 GEMM_DTYPE = torch.bfloat16
 
@@ -105,88 +155,134 @@ def _moelens_version() -> str:
         from importlib.metadata import version
 
         return version("moelens")
-    except Exception:       # not installed (run from a checkout): the version is unknown, not an error
+    except Exception:  # not installed (run from a checkout): the version is unknown, not an error
         return ""
 
 
-def measure_profile(sizing: Sizing = FULL, device: torch.device | None = None, command: str = "runtime profile",
-                    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> HardwareProfile:
+def measure_profile(
+    sizing: Sizing = FULL,
+    device: torch.device | None = None,
+    command: str = "runtime profile",
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> HardwareProfile:
     device = device or default_device()
     cores = usable_cores()
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     log(f"profiling ({sizing.name}) on {device}, {cores} cores, load average {load_at_start:.1f}")
 
     rounds: list[Overheads] = []
-    spots = ("memory", "gemm", "attention")[-sizing.overhead_rounds:]     # after which stage a round runs
+    spots = ("memory", "gemm", "attention")[-sizing.overhead_rounds :]  # after which stage a round runs
 
     def overhead_round(after: str) -> None:
         if after in spots:
-            rounds.append(measure_overheads(device, sizing.overhead_budget_s, sizing.elementwise_rows,
-                                            repeats=sizing.repeats, decode_tokens=sizing.probe_decode_tokens,
-                                            engine_runs=sizing.probe_runs))
+            rounds.append(
+                measure_overheads(
+                    device,
+                    sizing.overhead_budget_s,
+                    sizing.elementwise_rows,
+                    repeats=sizing.repeats,
+                    decode_tokens=sizing.probe_decode_tokens,
+                    engine_runs=sizing.probe_runs,
+                )
+            )
 
     fingerprint = measure_rates(device)
-    log(f"  fingerprint: memory read {fingerprint.memory_read_gbps:.3g} GB/s, spot GEMM "
-        f"{fingerprint.gemm_tflops:.3g} TFLOP/s")
+    log(
+        f"  fingerprint: memory read {fingerprint.memory_read_gbps:.3g} GB/s, spot GEMM "
+        f"{fingerprint.gemm_tflops:.3g} TFLOP/s"
+    )
     memory = measure_host_memory(sizing.memory_bytes, repeats=sizing.repeats)
     log(f"  host memory: read {memory.read_gbps:.1f} GB/s, copy {memory.copy_gbps:.1f} GB/s")
     overhead_round("memory")
     links = None
     if device.type == "cuda":
         links = measure_links(device, sizing.link_sizes, repeats=sizing.repeats)
-        log(f"  h2d pinned at {links.h2d_pinned.sizes[-1] / MIB:.0f} MiB: {links.h2d_pinned.gbps[-1]:.1f} GB/s")
+        log(
+            f"  h2d pinned at {links.h2d_pinned.sizes[-1] / MIB:.0f} MiB: {links.h2d_pinned.gbps[-1]:.1f} GB/s"
+        )
 
     cache = last_level_cache_bytes(device)
     deadline = Deadline(sizing.gemm_budget_s)
     gemm_curves = []
     for i, shape in enumerate(sizing.gemm_shapes):
-        curve = measure_gemm_curve(shape, sizing.gemm_rows, device, GEMM_DTYPE, cache,
-                                   budget_s=deadline.share(len(sizing.gemm_shapes) - i),
-                                   max_call_s=sizing.max_call_s, repeats=sizing.repeats)
+        curve = measure_gemm_curve(
+            shape,
+            sizing.gemm_rows,
+            device,
+            GEMM_DTYPE,
+            cache,
+            budget_s=deadline.share(len(sizing.gemm_shapes) - i),
+            max_call_s=sizing.max_call_s,
+            repeats=sizing.repeats,
+        )
         gemm_curves.append(curve)
-        log(f"  {shape.label}: {curve.tflops[0]:.3g} TFLOP/s at m={curve.rows[0]}, "
-            f"{max(curve.tflops):.3g} max (rows up to {curve.rows[-1]})")
+        log(
+            f"  {shape.label}: {curve.tflops[0]:.3g} TFLOP/s at m={curve.rows[0]}, "
+            f"{max(curve.tflops):.3g} max (rows up to {curve.rows[-1]})"
+        )
 
     overhead_round("gemm")
     threads = thread_grid(cores)
     deadline = Deadline(sizing.attention_budget_s)
     attention_curves = []
     for i, point in enumerate(sizing.attention_points):
-        curve = measure_attention_curve(point, threads, budget_s=deadline.share(len(sizing.attention_points) - i),
-                                        repeats=sizing.repeats)
+        curve = measure_attention_curve(
+            point, threads, budget_s=deadline.share(len(sizing.attention_points) - i), repeats=sizing.repeats
+        )
         attention_curves.append(curve)
-        log(f"  attention {point.layout} b{point.batch} ctx{point.context} g{point.group}: "
-            + ", ".join(f"{t}t {g:.3g} GB/s" for t, g in zip(curve.threads, curve.gbps)))
+        log(
+            f"  attention {point.layout} b{point.batch} ctx{point.context} g{point.group}: "
+            + ", ".join(f"{t}t {g:.3g} GB/s" for t, g in zip(curve.threads, curve.gbps))
+        )
 
     overhead_round("attention")
     overheads = median_overheads(rounds)
-    log(f"  overheads per call (median of {len(rounds)} rounds): "
+    log(
+        f"  overheads per call (median of {len(rounds)} rounds): "
         + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in overheads.call_s.to_dict().items())
-        + "; MLA path: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in (overheads.mla_call_s or {}).items())
-        + "; per element: " + ", ".join(f"{k} {getattr(overheads.elementwise_ns, k):.2g} ns" for k in ELEMENTWISE_COSTS))
+        + "; MLA path: "
+        + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in (overheads.mla_call_s or {}).items())
+        + "; per element: "
+        + ", ".join(f"{k} {getattr(overheads.elementwise_ns, k):.2g} ns" for k in ELEMENTWISE_COSTS)
+    )
 
     machine = describe_machine(device, fingerprint)
-    notes = (f"Measured by `{command}` ({sizing.name} sizing): medians of up to {sizing.repeats} repeats after "
-             f"warm-up; GEMM weights rotate over buffers > 4x the {cache / MIB:.0f} MiB last-level cache; "
-             f"GEMM rows stop once a call exceeds {sizing.max_call_s} s (clamped beyond); attention KV "
-             f"in bf16, block size 16, {attention_backend()}; overheads from a probe engine on a tiny random checkpoint and "
-             f"[{sizing.elementwise_rows}, 1024] elementwise tensors, the median of {len(rounds)} rounds spread over "
-             f"the run; {cores} usable cores; 1-minute load average "
-             f"{load_at_start:.1f} at the start (above the core count means other work shared the cores and "
-             f"the rates are low).")
+    notes = (
+        f"Measured by `{command}` ({sizing.name} sizing): medians of up to {sizing.repeats} repeats after "
+        f"warm-up; GEMM weights rotate over buffers > 4x the {cache / MIB:.0f} MiB last-level cache; "
+        f"GEMM rows stop once a call exceeds {sizing.max_call_s} s (clamped beyond); attention KV "
+        f"in bf16, block size 16, {attention_backend()}; overheads from a probe engine on a tiny random checkpoint and "
+        f"[{sizing.elementwise_rows}, 1024] elementwise tensors, the median of {len(rounds)} rounds spread over "
+        f"the run; {cores} usable cores; 1-minute load average "
+        f"{load_at_start:.1f} at the start (above the core count means other work shared the cores and "
+        f"the rates are low)."
+    )
     profile = HardwareProfile(
         name=path_for_this_machine(fingerprint).stem,
-        provenance=Provenance(kind="measured", date=datetime.datetime.now().isoformat(timespec="seconds"),
-                              command=command, moelens_version=_moelens_version()),
-        machine=machine, memory=memory, gemm_dtype="bfloat16", gemm_curves=tuple(gemm_curves),
-        attention_curves=tuple(attention_curves), links=links, efficiency=Efficiency(), overheads=overheads,
-        notes=notes)
+        provenance=Provenance(
+            kind="measured",
+            date=datetime.datetime.now().isoformat(timespec="seconds"),
+            command=command,
+            moelens_version=_moelens_version(),
+        ),
+        machine=machine,
+        memory=memory,
+        gemm_dtype="bfloat16",
+        gemm_curves=tuple(gemm_curves),
+        attention_curves=tuple(attention_curves),
+        links=links,
+        efficiency=Efficiency(),
+        overheads=overheads,
+        notes=notes,
+    )
     if sizing.probe_jobs is None:
         return profile
     began = time.perf_counter()
     fitted = calibrate_on_probes(profile, device, sizing.probe_jobs, log=log)
     before = asdict(profile.efficiency)
     changed = {k: v for k, v in asdict(fitted.efficiency).items() if v != before[k]}
-    log(f"  efficiency fitted to the probe jobs ({time.perf_counter() - began:.0f} s): "
-        + (", ".join(f"{k} {v:.3g}" for k, v in changed.items()) or "nothing changed"))
+    log(
+        f"  efficiency fitted to the probe jobs ({time.perf_counter() - began:.0f} s): "
+        + (", ".join(f"{k} {v:.3g}" for k, v in changed.items()) or "nothing changed")
+    )
     return fitted

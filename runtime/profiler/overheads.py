@@ -35,24 +35,52 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from planner.profile import ELEMENTWISE_COSTS, CallOverheads, ElementwiseBySize, ElementwiseCosts, Overheads
-from planner.spec import ModelSpec
+from planner.hardware.profile import (
+    ELEMENTWISE_COSTS,
+    CallOverheads,
+    ElementwiseBySize,
+    ElementwiseCosts,
+    Overheads,
+)
+from planner.specs.spec import ModelSpec
 from runtime.profiler.timing import Deadline, median_seconds, significant
 
-PROBE_SPEC = ModelSpec(name="overhead-probe", family="mixtral", num_layers=2, hidden_size=256, num_heads=8,
-                       num_kv_heads=2, head_dim=64, vocab_size=512, num_experts=8, top_k=2,
-                       moe_intermediate_size=64, max_position_embeddings=4096)
-MLA_PROBE_SPEC = replace(PROBE_SPEC, name="overhead-probe-mla", family="deepseek_v2", num_kv_heads=8, head_dim=128,
-                         attention="mla", q_lora_rank=0, kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=64,
-                         v_head_dim=64, norm_topk_prob=False)
+PROBE_SPEC = ModelSpec(
+    name="overhead-probe",
+    family="mixtral",
+    num_layers=2,
+    hidden_size=256,
+    num_heads=8,
+    num_kv_heads=2,
+    head_dim=64,
+    vocab_size=512,
+    num_experts=8,
+    top_k=2,
+    moe_intermediate_size=64,
+    max_position_embeddings=4096,
+)
+MLA_PROBE_SPEC = replace(
+    PROBE_SPEC,
+    name="overhead-probe-mla",
+    family="deepseek_v2",
+    num_kv_heads=8,
+    head_dim=128,
+    attention="mla",
+    q_lora_rank=0,
+    kv_lora_rank=512,
+    qk_rope_head_dim=64,
+    qk_nope_head_dim=64,
+    v_head_dim=64,
+    norm_topk_prob=False,
+)
 DECODE_PROMPT, SHORT_PROMPT, LONG_PROMPT = 8, 16, 256
 PREFILL_PROMPTS = 4
-EXPERT_PROBE_SEQS = 8                   # ~7.2 of the 8 experts hit per layer, against 2 at one sequence
-ELEMENTWISE_WIDTH = 1024                # [rows, 1024]; RoPE as [rows, 8 heads, 128]
+EXPERT_PROBE_SEQS = 8  # ~7.2 of the 8 experts hit per layer, against 2 at one sequence
+ELEMENTWISE_WIDTH = 1024  # [rows, 1024]; RoPE as [rows, 8 heads, 128]
 ROPE_HEADS = 8
 SAMPLING_ROWS, SAMPLING_VOCAB = 64, 32768
-NUM_TIMINGS = 17 + 3 * 8             # module paths, then 3 elementwise ops at up to 8 sizes
-MIN_ELEMENT_NS = 1e-3                # a floor: marginal costs below timing noise still price as positive
+NUM_TIMINGS = 17 + 3 * 8  # module paths, then 3 elementwise ops at up to 8 sizes
+MIN_ELEMENT_NS = 1e-3  # a floor: marginal costs below timing noise still price as positive
 MIN_SAMPLE_S = 0.01
 DTYPE = torch.bfloat16
 
@@ -68,8 +96,9 @@ class _Clock:
     def __call__(self, fn: Callable[[], object]) -> float:
         budget = self.deadline.share(self.left)
         self.left = max(self.left - 1, 1)
-        return median_seconds(fn, self.device, warmup=2, repeats=self.repeats, budget_s=budget,
-                              min_sample_s=MIN_SAMPLE_S)
+        return median_seconds(
+            fn, self.device, warmup=2, repeats=self.repeats, budget_s=budget, min_sample_s=MIN_SAMPLE_S
+        )
 
 
 def _random(device: torch.device, *shape: int) -> torch.Tensor:
@@ -79,45 +108,56 @@ def _random(device: torch.device, *shape: int) -> torch.Tensor:
 @dataclass
 class _EngineRun:
     """Module seconds per call of one engine job at N sequences (one micro-batch, one token group)."""
-    per_layer: dict[str, float]         # decode module seconds per step and layer
-    per_step: dict[str, float]          # decode module seconds per step
-    experts_per_layer: float            # activated experts per step and MoE layer
-    untimed_step: float                 # seconds per decode step outside every module timer
-    untimed_forward: float              # seconds per prefill forward outside every module timer
-    per_segment: dict[str, float]       # prefill module seconds per prompt and layer (one forward per job)
+
+    per_layer: dict[str, float]  # decode module seconds per step and layer
+    per_step: dict[str, float]  # decode module seconds per step
+    experts_per_layer: float  # activated experts per step and MoE layer
+    untimed_step: float  # seconds per decode step outside every module timer
+    untimed_forward: float  # seconds per prefill forward outside every module timer
+    per_segment: dict[str, float]  # prefill module seconds per prompt and layer (one forward per job)
 
 
-def _engine_run(engine, num_seqs: int, max_tokens: int, runs: int, prompt_len: int = DECODE_PROMPT) -> _EngineRun:
+def _engine_run(
+    engine, num_seqs: int, max_tokens: int, runs: int, prompt_len: int = DECODE_PROMPT
+) -> _EngineRun:
     """The median over `runs` jobs of the engine, after one more that warms every shape up."""
     from runtime.engine import Request
     from runtime.sampling import SamplingParams
 
-    layers, params = engine.spec.num_layers, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    layers, params = (
+        engine.spec.num_layers,
+        SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True),
+    )
     samples = []
     for _ in range(runs + 1):
         prompts = [[1 + i] + [2 + t % 500 for t in range(prompt_len - 1)] for i in range(num_seqs)]
         stats = engine.run([Request(id=i, prompt_token_ids=p, params=params) for i, p in enumerate(prompts)])
         decode, prefill = stats.module_seconds["decode"], stats.module_seconds["prefill"]
         steps, forwards = max(stats.decode_steps, 1), max(stats.prefill_forwards, 1)
-        samples.append(_EngineRun(
-            per_layer={k: v / steps / layers for k, v in decode.items()},
-            per_step={k: v / steps for k, v in decode.items()},
-            experts_per_layer=sum(stats.activated_experts_sum) / steps / layers,
-            untimed_step=(stats.wall_seconds - stats.prefill_seconds - sum(decode.values())) / steps,
-            untimed_forward=(stats.prefill_seconds - sum(prefill.values())) / forwards,
-            per_segment={k: v / num_seqs / layers for k, v in prefill.items()}))
+        samples.append(
+            _EngineRun(
+                per_layer={k: v / steps / layers for k, v in decode.items()},
+                per_step={k: v / steps for k, v in decode.items()},
+                experts_per_layer=sum(stats.activated_experts_sum) / steps / layers,
+                untimed_step=(stats.wall_seconds - stats.prefill_seconds - sum(decode.values())) / steps,
+                untimed_forward=(stats.prefill_seconds - sum(prefill.values())) / forwards,
+                per_segment={k: v / num_seqs / layers for k, v in prefill.items()},
+            )
+        )
     kept = samples[1:]
 
     def median(get: Callable[[_EngineRun], float]) -> float:
         return statistics.median(get(run) for run in kept)
 
     modules = set().union(*(run.per_step for run in kept), *(run.per_segment for run in kept))
-    return _EngineRun(per_layer={m: median(lambda r, m=m: r.per_layer.get(m, 0.0)) for m in modules},
-                      per_step={m: median(lambda r, m=m: r.per_step.get(m, 0.0)) for m in modules},
-                      experts_per_layer=median(lambda r: r.experts_per_layer),
-                      untimed_step=median(lambda r: r.untimed_step),
-                      untimed_forward=median(lambda r: r.untimed_forward),
-                      per_segment={m: median(lambda r, m=m: r.per_segment.get(m, 0.0)) for m in modules})
+    return _EngineRun(
+        per_layer={m: median(lambda r, m=m: r.per_layer.get(m, 0.0)) for m in modules},
+        per_step={m: median(lambda r, m=m: r.per_step.get(m, 0.0)) for m in modules},
+        experts_per_layer=median(lambda r: r.experts_per_layer),
+        untimed_step=median(lambda r: r.untimed_step),
+        untimed_forward=median(lambda r: r.untimed_forward),
+        per_segment={m: median(lambda r, m=m: r.per_segment.get(m, 0.0)) for m in modules},
+    )
 
 
 def _tiny_gemms(engine, clock: _Clock) -> dict[str, float]:
@@ -130,20 +170,26 @@ def _tiny_gemms(engine, clock: _Clock) -> dict[str, float]:
     o_in = _random(device, 1, engine.spec.num_heads * engine.spec.head_dim)
     ffn = expert_weights(w, 0)
     head = engine.store.global_on_device("lm_head")
-    return {"qkv_proj": clock(lambda: [F.linear(x, w[f"attn.{m}_proj"]) for m in "qkv"]),
-            "o_proj": clock(lambda: F.linear(o_in, w["attn.o_proj"])),
-            "router": clock(lambda: F.linear(x, w["moe.router"])),
-            "expert": clock(lambda: expert_ffn(x, *ffn)),
-            "lm_head": clock(lambda: F.linear(x, head))}
+    return {
+        "qkv_proj": clock(lambda: [F.linear(x, w[f"attn.{m}_proj"]) for m in "qkv"]),
+        "o_proj": clock(lambda: F.linear(o_in, w["attn.o_proj"])),
+        "router": clock(lambda: F.linear(x, w["moe.router"])),
+        "expert": clock(lambda: expert_ffn(x, *ffn)),
+        "lm_head": clock(lambda: F.linear(x, head)),
+    }
 
 
 def _engine_calls(engine, qk_engine, clock: _Clock, max_tokens: int, runs: int) -> dict[str, float]:
     """Per-call costs from the engine's own module timers, less the tiny GEMMs timed alone."""
     gemm = _tiny_gemms(engine, clock)
-    one, many = _engine_run(engine, 1, max_tokens, runs), _engine_run(engine, EXPERT_PROBE_SEQS, max_tokens, runs)
+    one, many = (
+        _engine_run(engine, 1, max_tokens, runs),
+        _engine_run(engine, EXPERT_PROBE_SEQS, max_tokens, runs),
+    )
     with_qk_norm = _engine_run(qk_engine, 1, max_tokens, runs)
     per_expert = (many.per_layer["experts"] - one.per_layer["experts"]) / max(
-        many.experts_per_layer - one.experts_per_layer, 1e-9)
+        many.experts_per_layer - one.experts_per_layer, 1e-9
+    )
     return {
         "embed": one.per_step["embed"],
         "qkv_proj": one.per_layer["qkv_proj"] - gemm["qkv_proj"],
@@ -166,14 +212,19 @@ def _mla_calls(engine, clock: _Clock, max_tokens: int, runs: int) -> dict[str, f
     x = _random(device, 1, spec.hidden_size)
     latent = _random(device, 1, spec.kv_lora_rank)
     o_in = _random(device, 1, spec.num_heads * spec.v_head_dim)
-    kv_b = w["attn.kv_b_proj"]          # its rows as matrices of the w_uk and w_uv halves' shapes
-    w_uk = kv_b[:spec.num_heads * spec.qk_nope_head_dim].contiguous()
-    w_uv = kv_b[:spec.num_heads * spec.v_head_dim].contiguous()
-    qkv = clock(lambda: (F.linear(x, w["attn.q_proj"]), F.linear(x, w["attn.kv_a_proj"]), F.linear(latent, w_uk)))
+    kv_b = w["attn.kv_b_proj"]  # its rows as matrices of the w_uk and w_uv halves' shapes
+    w_uk = kv_b[: spec.num_heads * spec.qk_nope_head_dim].contiguous()
+    w_uv = kv_b[: spec.num_heads * spec.v_head_dim].contiguous()
+    qkv = clock(
+        lambda: (F.linear(x, w["attn.q_proj"]), F.linear(x, w["attn.kv_a_proj"]), F.linear(latent, w_uk))
+    )
     out = clock(lambda: (F.linear(latent, w_uv), F.linear(o_in, w["attn.o_proj"])))
     one = _engine_run(engine, 1, max_tokens, runs)
-    return {"qkv_proj": one.per_layer["qkv_proj"] - qkv, "attention": one.per_layer["attention"],
-            "o_proj": one.per_layer["o_proj"] - out}
+    return {
+        "qkv_proj": one.per_layer["qkv_proj"] - qkv,
+        "attention": one.per_layer["attention"],
+        "o_proj": one.per_layer["o_proj"] - out,
+    }
 
 
 def _prefill_attention(engine, clock: _Clock, runs: int) -> dict[str, float]:
@@ -182,21 +233,28 @@ def _prefill_attention(engine, clock: _Clock, runs: int) -> dict[str, float]:
     (heads x prompt^2) is `attention_score`, the rest `prefill_attention`."""
     spec, device = engine.spec, engine.device
     seconds, elements = {}, {}
-    if spec.attention == "mla":     # queries score latent rows (R + P wide) and read back their first R
+    if spec.attention == "mla":  # queries score latent rows (R + P wide) and read back their first R
         qk_dim, v_dim = spec.kv_lora_rank + spec.qk_rope_head_dim, spec.kv_lora_rank
     else:
         qk_dim = v_dim = spec.head_dim
     for length in (SHORT_PROMPT, LONG_PROMPT):
         run = _engine_run(engine, PREFILL_PROMPTS, 1, runs, prompt_len=length)
-        heads_q = _random(device, spec.num_heads, length, qk_dim)           # [H, T, D]
+        heads_q = _random(device, spec.num_heads, length, qk_dim)  # [H, T, D]
         heads_k = _random(device, spec.num_heads, qk_dim, length)
         values = _random(device, spec.num_heads, length, v_dim)
-        probs = _random(device, spec.num_heads, length, length)             # [H, T, T]
-        matmuls = clock(lambda q=heads_q, k=heads_k, p=probs, v=values: (torch.matmul(q, k), torch.matmul(p, v)))
+        probs = _random(device, spec.num_heads, length, length)  # [H, T, T]
+        matmuls = clock(
+            lambda q=heads_q, k=heads_k, p=probs, v=values: (torch.matmul(q, k), torch.matmul(p, v))
+        )
         seconds[length] = run.per_segment["attention"] - matmuls
         elements[length] = spec.num_heads * length * length
-    score = max((seconds[LONG_PROMPT] - seconds[SHORT_PROMPT]) / (elements[LONG_PROMPT] - elements[SHORT_PROMPT]), 0.0)
-    return {"attention_score": score, "prefill_attention": seconds[SHORT_PROMPT] - score * elements[SHORT_PROMPT]}
+    score = max(
+        (seconds[LONG_PROMPT] - seconds[SHORT_PROMPT]) / (elements[LONG_PROMPT] - elements[SHORT_PROMPT]), 0.0
+    )
+    return {
+        "attention_score": score,
+        "prefill_attention": seconds[SHORT_PROMPT] - score * elements[SHORT_PROMPT],
+    }
 
 
 def _microbenchmarks(engine, clock: _Clock) -> dict[str, float]:
@@ -209,18 +267,25 @@ def _microbenchmarks(engine, clock: _Clock) -> dict[str, float]:
     x = _random(device, 1, spec.hidden_size)
     ffn = dict(zip(("gate_proj", "up_proj", "down_proj"), expert_weights(w, 0)))
     t_ffn = clock(lambda: expert_ffn(x, *ffn.values()))
-    shared_spec = replace(spec, num_shared_experts=1, shared_intermediate_size=spec.moe_intermediate_size,
-                          has_shared_expert_gate=True)
+    shared_spec = replace(
+        spec,
+        num_shared_experts=1,
+        shared_intermediate_size=spec.moe_intermediate_size,
+        has_shared_expert_gate=True,
+    )
     shared_w = {f"moe.shared.{name}": t for name, t in ffn.items()} | {"moe.shared_gate": x.clone()}
     routed = torch.zeros_like(x)
     dense_w = {f"mlp.{name}": t for name, t in ffn.items()}
-    return {"shared_experts": clock(lambda: routed + shared_experts(x, shared_w, shared_spec)) - t_ffn,
-            "dense_mlp": clock(lambda: dense_mlp(x, dense_w, prefix="mlp.")) - t_ffn}
+    return {
+        "shared_experts": clock(lambda: routed + shared_experts(x, shared_w, shared_spec)) - t_ffn,
+        "dense_mlp": clock(lambda: dense_mlp(x, dense_w, prefix="mlp.")) - t_ffn,
+    }
 
 
 def _sampling_ns(device: torch.device, clock: _Clock) -> float:
     """Marginal ns per logit of the engine's greedy selection (`Engine._sample`: fp32 copy + argmax) between
     one row and `SAMPLING_ROWS` rows of a `SAMPLING_VOCAB`-wide vocabulary."""
+
     def seconds(rows: int) -> float:
         logits = _random(device, rows, SAMPLING_VOCAB)
         return clock(lambda: torch.argmax(logits.float(), dim=-1).tolist())
@@ -231,11 +296,13 @@ def _sampling_ns(device: torch.device, clock: _Clock) -> float:
 
 def _elementwise_rows(max_rows: int) -> tuple[int, ...]:
     """1, 4, 16, ... rows below `max_rows`, then `max_rows`: calls from one token to a big prefill chunk."""
-    rows = [r for r in (4 ** i for i in range(12)) if r < max_rows]
+    rows = [r for r in (4**i for i in range(12)) if r < max_rows]
     return tuple(rows + [max_rows])
 
 
-def _elementwise_ns(device: torch.device, max_rows: int, clock: _Clock) -> tuple[dict[str, float], ElementwiseBySize]:
+def _elementwise_ns(
+    device: torch.device, max_rows: int, clock: _Clock
+) -> tuple[dict[str, float], ElementwiseBySize]:
     """Marginal ns per element of RMSNorm, RoPE and a residual add on [rows, 1024] bf16 tensors at each size of
     `_elementwise_rows` (time less the one-row time, over the elements beyond one row: the fixed part of a
     call is in `call_s`); the scalars are the values at the largest size."""
@@ -249,15 +316,25 @@ def _elementwise_ns(device: torch.device, max_rows: int, clock: _Clock) -> tuple
         x, y = _random(device, rows, ELEMENTWISE_WIDTH), _random(device, rows, ELEMENTWISE_WIDTH)
         heads = x.view(rows, ROPE_HEADS, head_dim)  # [rows, H, D]
         cos, sin = _random(device, rows, head_dim), _random(device, rows, head_dim)
-        return {"norm": clock(lambda: rms_norm(x, weight, 1e-5)), "rope": clock(lambda: apply_rope(heads, cos, sin)),
-                "add": clock(lambda: x.add_(y))}
+        return {
+            "norm": clock(lambda: rms_norm(x, weight, 1e-5)),
+            "rope": clock(lambda: apply_rope(heads, cos, sin)),
+            "add": clock(lambda: x.add_(y)),
+        }
 
     rows = _elementwise_rows(max_rows)
     times = {r: seconds(r) for r in rows}
     sizes = [r for r in rows if r > 1]
-    ns = {name: tuple(significant(max((times[r][name] - times[1][name]) / ((r - 1) * ELEMENTWISE_WIDTH) * 1e9,
-                                      MIN_ELEMENT_NS), 3) for r in sizes)
-          for name in ("norm", "rope", "add")}
+    ns = {
+        name: tuple(
+            significant(
+                max((times[r][name] - times[1][name]) / ((r - 1) * ELEMENTWISE_WIDTH) * 1e9, MIN_ELEMENT_NS),
+                3,
+            )
+            for r in sizes
+        )
+        for name in ("norm", "rope", "add")
+    }
     curve = ElementwiseBySize(elements=tuple(r * ELEMENTWISE_WIDTH for r in sizes), ns=ns)
     return {name: values[-1] for name, values in ns.items()}, curve
 
@@ -267,19 +344,34 @@ def _open_probe(spec: ModelSpec, directory: str, device: torch.device):
     from runtime.engine import Engine, EngineConfig
 
     write_random_checkpoint(spec, directory)
-    return Engine(directory, EngineConfig(num_seqs=EXPERT_PROBE_SEQS, attn_batch=EXPERT_PROBE_SEQS, kv_budget_bytes=8 << 20,
-                                          prefill_chunk=PREFILL_PROMPTS * LONG_PROMPT,
-                                          device=str(device), overlap=False))
+    return Engine(
+        directory,
+        EngineConfig(
+            num_seqs=EXPERT_PROBE_SEQS,
+            attn_batch=EXPERT_PROBE_SEQS,
+            kv_budget_bytes=8 << 20,
+            prefill_chunk=PREFILL_PROMPTS * LONG_PROMPT,
+            device=str(device),
+            overlap=False,
+        ),
+    )
 
 
-def measure_overheads(device: torch.device, budget_s: float, elementwise_rows: int, repeats: int = 5,
-                      decode_tokens: int = 48, engine_runs: int = 2) -> Overheads:
+def measure_overheads(
+    device: torch.device,
+    budget_s: float,
+    elementwise_rows: int,
+    repeats: int = 5,
+    decode_tokens: int = 48,
+    engine_runs: int = 2,
+) -> Overheads:
     """The `overheads` section for `device`; `decode_tokens` per probe job, `engine_runs` jobs after a warm-up."""
     clock = _Clock(device, budget_s, repeats)
     with tempfile.TemporaryDirectory(prefix="moelens-overheads-") as directory:
         engine = _open_probe(PROBE_SPEC, f"{directory}/plain", device)
-        qk_engine = _open_probe(replace(PROBE_SPEC, family="qwen3_moe", qk_norm="per_head"), f"{directory}/qk",
-                                device)
+        qk_engine = _open_probe(
+            replace(PROBE_SPEC, family="qwen3_moe", qk_norm="per_head"), f"{directory}/qk", device
+        )
         mla_engine = _open_probe(MLA_PROBE_SPEC, f"{directory}/mla", device)
         try:
             with torch.inference_mode():
@@ -296,12 +388,18 @@ def measure_overheads(device: torch.device, budget_s: float, elementwise_rows: i
             mla_engine.close()
     score_ns = calls.pop("attention_score") * 1e9
     mla_score_ns = mla.pop("attention_score") * 1e9
-    return Overheads(call_s=CallOverheads(**{k: significant(max(v, 0.0), 3) for k, v in calls.items()}),
-                     mla_call_s={k: significant(max(v, 0.0), 3) for k, v in mla.items()},
-                     mla_attention_score_ns=significant(max(mla_score_ns, 0.0), 3),
-                     elementwise_ns=ElementwiseCosts(**{k: significant(max(v, 0.0), 3)
-                                                        for k, v in {**elementwise, "attention_score": score_ns}.items()},
-                                                     by_size=by_size))
+    return Overheads(
+        call_s=CallOverheads(**{k: significant(max(v, 0.0), 3) for k, v in calls.items()}),
+        mla_call_s={k: significant(max(v, 0.0), 3) for k, v in mla.items()},
+        mla_attention_score_ns=significant(max(mla_score_ns, 0.0), 3),
+        elementwise_ns=ElementwiseCosts(
+            **{
+                k: significant(max(v, 0.0), 3)
+                for k, v in {**elementwise, "attention_score": score_ns}.items()
+            },
+            by_size=by_size,
+        ),
+    )
 
 
 def median_overheads(rounds: list[Overheads]) -> Overheads:
@@ -317,18 +415,28 @@ def median_overheads(rounds: list[Overheads]) -> Overheads:
     first = rounds[0].elementwise_ns
     by_size = None
     if first.by_size is not None:
-        by_size = ElementwiseBySize(elements=first.by_size.elements, ns={
-            name: tuple(median(r.elementwise_ns.by_size.ns[name][i] for r in rounds) for i in range(len(values)))
-            for name, values in first.by_size.ns.items()})
+        by_size = ElementwiseBySize(
+            elements=first.by_size.elements,
+            ns={
+                name: tuple(
+                    median(r.elementwise_ns.by_size.ns[name][i] for r in rounds) for i in range(len(values))
+                )
+                for name, values in first.by_size.ns.items()
+            },
+        )
     mla = None
     if all(r.mla_call_s is not None for r in rounds):
         mla = {k: median(r.mla_call_s[k] for r in rounds) for k in rounds[0].mla_call_s}
     scores = [r.mla_attention_score_ns for r in rounds if r.mla_attention_score_ns is not None]
     return Overheads(
         call_s=CallOverheads(**{k: median(c[k] for c in calls) for k in calls[0]}),
-        elementwise_ns=ElementwiseCosts(**{k: median(getattr(r.elementwise_ns, k) for r in rounds)
-                                           for k in ELEMENTWISE_COSTS}, by_size=by_size),
-        mla_call_s=mla, mla_attention_score_ns=median(scores) if len(scores) == len(rounds) else None)
+        elementwise_ns=ElementwiseCosts(
+            **{k: median(getattr(r.elementwise_ns, k) for r in rounds) for k in ELEMENTWISE_COSTS},
+            by_size=by_size,
+        ),
+        mla_call_s=mla,
+        mla_attention_score_ns=median(scores) if len(scores) == len(rounds) else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,18 +445,26 @@ def main(argv: list[str] | None = None) -> int:
     import datetime
     import os
 
-    from planner.profile import load_profile
+    from planner.hardware.profile import load_profile
     from runtime.profiler.measure import SIZINGS
     from runtime.profiler.timing import default_device
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--sizing", choices=sorted(SIZINGS), default="full")
-    parser.add_argument("--into", help="a profile YAML whose `overheads` section to replace (a note is added)")
+    parser.add_argument(
+        "--into", help="a profile YAML whose `overheads` section to replace (a note is added)"
+    )
     args = parser.parse_args(argv)
     sizing, device = SIZINGS[args.sizing], default_device()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    overheads = measure_overheads(device, sizing.overhead_budget_s, sizing.elementwise_rows, repeats=sizing.repeats,
-                                  decode_tokens=sizing.probe_decode_tokens, engine_runs=sizing.probe_runs)
+    overheads = measure_overheads(
+        device,
+        sizing.overhead_budget_s,
+        sizing.elementwise_rows,
+        repeats=sizing.repeats,
+        decode_tokens=sizing.probe_decode_tokens,
+        engine_runs=sizing.probe_runs,
+    )
     for name, seconds in overheads.call_s.to_dict().items():
         print(f"call_s.{name:<18} {seconds * 1e6:9.1f} us")
     for name, seconds in (overheads.mla_call_s or {}).items():
@@ -358,11 +474,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"elementwise_ns.{name:<11} {getattr(overheads.elementwise_ns, name):9.3g} ns")
     by_size = overheads.elementwise_ns.by_size
     for name, values in by_size.ns.items():
-        print(f"elementwise_ns.by_size.{name:<4} " + " ".join(f"{e}:{v:.3g}" for e, v in zip(by_size.elements, values)))
+        print(
+            f"elementwise_ns.by_size.{name:<4} "
+            + " ".join(f"{e}:{v:.3g}" for e, v in zip(by_size.elements, values))
+        )
     if args.into:
         profile = load_profile(args.into)
-        note = (f"overheads measured alone by `python -m runtime.profiler.overheads --sizing {sizing.name}` on "
-                f"{datetime.date.today().isoformat()} ({device}, 1-minute load average {load:.1f}).")
+        note = (
+            f"overheads measured alone by `python -m runtime.profiler.overheads --sizing {sizing.name}` on "
+            f"{datetime.date.today().isoformat()} ({device}, 1-minute load average {load:.1f})."
+        )
         notes = f"{profile.notes}\n{note}" if profile.notes else note
         print(f"wrote {replace(profile, overheads=overheads, notes=notes).save(args.into)}")
     return 0

@@ -2,13 +2,13 @@
 
 `calibrate_on_probes(profile, device, budget: ProbeBudget, log=...) -> HardwareProfile` writes a random-weight
 bf16 checkpoint of each probe model a job needs (into a TemporaryDirectory), and for each `ProbeJob` of the
-budget, in order: plans it with `planner.plan_build.make_plan` on `profile` with exactly the KV budget that
+budget, in order: plans it with `planner.plans.build.make_plan` on `profile` with exactly the KV budget that
 lets the planner's memory model run `num_seqs` sequences (`kv_budget_gib`), opens the `Engine` with the plan's
 decisions on `device`, runs one unmeasured warm-up job on other prompts of the same sizes, then the measured
 job `budget.repeats` times (`2 * num_seqs` distinct random prompts of `prompt_len` tokens each time,
 `gen_len` generated, ignore_eos), builds the median run's report with `runtime.report.build_report` (plan and
-spec embedded), writes it to a temporary file and reads it back with `planner.calibrate_runs.load_run`.
-`planner.calibrate.fit(runs, profile, only=PROBE_FITTED)` then fits the GEMM, per-step and attention
+spec embedded), writes it to a temporary file and reads it back with `planner.calibration.runs.load_run`.
+`planner.calibration.calibrate.fit(runs, profile, only=PROBE_FITTED)` then fits the GEMM, per-step and attention
 constants (`PROBE_FITTED`, see there; not `copy`: nothing streams); the result is
 the fitted profile, provenance unchanged (still "measured"), its notes extended by one sentence naming the
 jobs and the fitted constants.
@@ -39,16 +39,16 @@ from pathlib import Path
 
 import torch
 
-from planner.calibrate import Calibration, fit
-from planner.calibrate_runs import MeasuredRun, load_run
-from planner.model_layout import ModelLayout
-from planner.perf_memory import Budgets
-from planner.perf_model import DEFAULT_BLOCK_SIZE
-from planner.plan import Plan
-from planner.plan_build import make_plan
-from planner.profile import HardwareProfile
-from planner.spec import ModelSpec
-from planner.workload import Workload
+from planner.calibration.calibrate import Calibration, fit
+from planner.calibration.runs import MeasuredRun, load_run
+from planner.hardware.profile import HardwareProfile
+from planner.perf.layout import ModelLayout
+from planner.perf.memory import Budgets
+from planner.perf.model import DEFAULT_BLOCK_SIZE
+from planner.plans.build import make_plan
+from planner.plans.plan import Plan
+from planner.plans.workload import Workload
+from planner.specs.spec import ModelSpec
 
 GiB = float(1 << 30)
 # What the probes fit: GEMMs in the engine against the curves' GEMMs timed alone, the engine's costs per step
@@ -57,33 +57,74 @@ GiB = float(1 << 30)
 # calls too high (BENCHMARKS.md, accuracy notes: over four profiles, mean error before calibration 13.2%
 # with the multiplier fitted, 10.5% without).
 PROBE_FITTED = ("gemm", "attention", "step_overhead_s")
-IMPLAUSIBLE_GEMM = 1.5                  # a fitted gemm above this: the stages were measured under different loads
-FIRST_TOKEN_ID = 3                      # prompts stay clear of ids 0-2 (pad / bos / eos of the random checkpoints)
+IMPLAUSIBLE_GEMM = 1.5  # a fitted gemm above this: the stages were measured under different loads
+FIRST_TOKEN_ID = 3  # prompts stay clear of ids 0-2 (pad / bos / eos of the random checkpoints)
 
-PROBE_GQA = ModelSpec(name="probe-gqa", family="mixtral", num_layers=4, hidden_size=768, num_heads=12,
-                      num_kv_heads=4, head_dim=64, vocab_size=8192, num_experts=16, top_k=2,
-                      moe_intermediate_size=768, max_position_embeddings=4096)
-PROBE_MLA = ModelSpec(name="probe-mla", family="deepseek_v2", num_layers=3, hidden_size=768, num_heads=8,
-                      num_kv_heads=8, head_dim=128, vocab_size=8192, num_experts=16, top_k=4,
-                      moe_intermediate_size=384, num_shared_experts=1, shared_intermediate_size=384,
-                      first_dense_layers=1, dense_intermediate_size=1536, norm_topk_prob=False, attention="mla",
-                      q_lora_rank=0, kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=64, v_head_dim=64,
-                      max_position_embeddings=4096)
-PROBE_TINY = ModelSpec(name="probe-tiny", family="mixtral", num_layers=2, hidden_size=128, num_heads=4,
-                       num_kv_heads=2, head_dim=64, vocab_size=512, num_experts=4, top_k=2,
-                       moe_intermediate_size=128, max_position_embeddings=1024)
+PROBE_GQA = ModelSpec(
+    name="probe-gqa",
+    family="mixtral",
+    num_layers=4,
+    hidden_size=768,
+    num_heads=12,
+    num_kv_heads=4,
+    head_dim=64,
+    vocab_size=8192,
+    num_experts=16,
+    top_k=2,
+    moe_intermediate_size=768,
+    max_position_embeddings=4096,
+)
+PROBE_MLA = ModelSpec(
+    name="probe-mla",
+    family="deepseek_v2",
+    num_layers=3,
+    hidden_size=768,
+    num_heads=8,
+    num_kv_heads=8,
+    head_dim=128,
+    vocab_size=8192,
+    num_experts=16,
+    top_k=4,
+    moe_intermediate_size=384,
+    num_shared_experts=1,
+    shared_intermediate_size=384,
+    first_dense_layers=1,
+    dense_intermediate_size=1536,
+    norm_topk_prob=False,
+    attention="mla",
+    q_lora_rank=0,
+    kv_lora_rank=512,
+    qk_rope_head_dim=64,
+    qk_nope_head_dim=64,
+    v_head_dim=64,
+    max_position_embeddings=4096,
+)
+PROBE_TINY = ModelSpec(
+    name="probe-tiny",
+    family="mixtral",
+    num_layers=2,
+    hidden_size=128,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=64,
+    vocab_size=512,
+    num_experts=4,
+    top_k=2,
+    moe_intermediate_size=128,
+    max_position_embeddings=1024,
+)
 
 
 @dataclass(frozen=True)
 class ProbeJob:
     spec: ModelSpec
-    num_seqs: int                       # sequences in flight (the plan's N)
+    num_seqs: int  # sequences in flight (the plan's N)
     prompt_len: int
     gen_len: int
 
     @property
     def num_prompts(self) -> int:
-        return 2 * self.num_seqs        # every slot is refilled once
+        return 2 * self.num_seqs  # every slot is refilled once
 
     @property
     def label(self) -> str:
@@ -97,19 +138,25 @@ class ProbeJob:
 class ProbeBudget:
     name: str
     jobs: tuple[ProbeJob, ...]
-    repeats: int                        # measured runs per job after its warm-up; the median one is fitted
-    seconds: float                      # no job starts that would likely end beyond this (the first always runs)
+    repeats: int  # measured runs per job after its warm-up; the median one is fitted
+    seconds: float  # no job starts that would likely end beyond this (the first always runs)
 
 
-FOUR_JOBS = (ProbeJob(PROBE_GQA, 8, 48, 16), ProbeJob(PROBE_MLA, 8, 48, 16), ProbeJob(PROBE_GQA, 32, 48, 16),
-             ProbeJob(PROBE_MLA, 32, 48, 16))
+FOUR_JOBS = (
+    ProbeJob(PROBE_GQA, 8, 48, 16),
+    ProbeJob(PROBE_MLA, 8, 48, 16),
+    ProbeJob(PROBE_GQA, 32, 48, 16),
+    ProbeJob(PROBE_MLA, 32, 48, 16),
+)
 FULL_PROBES = ProbeBudget("full", FOUR_JOBS, repeats=3, seconds=60.0)
 QUICK_PROBES = ProbeBudget("quick", FOUR_JOBS, repeats=1, seconds=FULL_PROBES.seconds)
 TINY_PROBES = ProbeBudget("tiny", (ProbeJob(PROBE_TINY, 4, 16, 8),), repeats=1, seconds=10.0)
 PROBE_BUDGETS = {b.name: b for b in (FULL_PROBES, QUICK_PROBES, TINY_PROBES)}
 
 
-def kv_budget_gib(spec: ModelSpec, workload: Workload, num_seqs: int, block_size: int = DEFAULT_BLOCK_SIZE) -> float:
+def kv_budget_gib(
+    spec: ModelSpec, workload: Workload, num_seqs: int, block_size: int = DEFAULT_BLOCK_SIZE
+) -> float:
     """The KV budget (GiB) with which the planner's memory model allows exactly `num_seqs` sequences: one
     longest sequence whole plus `num_seqs + 0.5` slots (the half slot keeps the floor at `num_seqs`)."""
     layout = ModelLayout.build(spec, workload, block_size)
@@ -120,17 +167,28 @@ def plan_probe(job: ProbeJob, spec: ModelSpec, profile: HardwareProfile, checkpo
     """The plan of `job` for `spec`, the checkpoint's own (the writer records its dtype and token ids)."""
     workload = job.workload()
     budgets = Budgets.from_args(profile, kv_budget_gib(spec, workload, job.num_seqs))
-    return make_plan(spec, profile, workload, budgets, model_ref=str(checkpoint_dir), profile_ref=profile.name)
+    return make_plan(
+        spec, profile, workload, budgets, model_ref=str(checkpoint_dir), profile_ref=profile.name
+    )
 
 
 def _prompts(job: ProbeJob, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
-    return [[rng.randrange(FIRST_TOKEN_ID, job.spec.vocab_size) for _ in range(job.prompt_len)]
-            for _ in range(job.num_prompts)]
+    return [
+        [rng.randrange(FIRST_TOKEN_ID, job.spec.vocab_size) for _ in range(job.prompt_len)]
+        for _ in range(job.num_prompts)
+    ]
 
 
-def run_probe(job: ProbeJob, profile: HardwareProfile, checkpoint_dir: Path, device: torch.device,
-              report_path: Path, seed: int, repeats: int = 1) -> MeasuredRun:
+def run_probe(
+    job: ProbeJob,
+    profile: HardwareProfile,
+    checkpoint_dir: Path,
+    device: torch.device,
+    report_path: Path,
+    seed: int,
+    repeats: int = 1,
+) -> MeasuredRun:
     """Plan one probe job, warm its engine up, run it `repeats` times on distinct prompts; write the report of
     the median run (by generated tok/s) to `report_path` and read it back."""
     from runtime.checkpoint import open_checkpoint
@@ -151,8 +209,10 @@ def run_probe(job: ProbeJob, profile: HardwareProfile, checkpoint_dir: Path, dev
         engine.run(requests(_prompts(job, seed)))
         for repeat in range(1, repeats + 1):
             tally = ContextTally(window=spec.sliding_window)
-            stats = engine.run(requests(_prompts(job, seed + repeat)),
-                               lambda done, tally=tally: tally.add(len(done.prompt_token_ids), len(done.token_ids)))
+            stats = engine.run(
+                requests(_prompts(job, seed + repeat)),
+                lambda done, tally=tally: tally.add(len(done.prompt_token_ids), len(done.token_ids)),
+            )
             measured.append((stats.generated_tokens / stats.wall_seconds, stats, tally))
     finally:
         engine.close()
@@ -161,30 +221,40 @@ def run_probe(job: ProbeJob, profile: HardwareProfile, checkpoint_dir: Path, dev
     return load_run(report_path)
 
 
-def _fitted_sentence(calibration: Calibration, jobs: list[ProbeJob], budget: ProbeBudget, once: list[str]) -> str:
+def _fitted_sentence(
+    calibration: Calibration, jobs: list[ProbeJob], budget: ProbeBudget, once: list[str]
+) -> str:
     fitted = ", ".join(f"{name} {calibration.after[name]:.4g}" for name in calibration.fitted) or "nothing"
-    errors = [[abs(e.end_to_end) for e in errs] for errs in (calibration.errors_before, calibration.errors_after)]
+    errors = [
+        [abs(e.end_to_end) for e in errs] for errs in (calibration.errors_before, calibration.errors_after)
+    ]
     sizes = sorted({(j.prompt_len, j.gen_len) for j in jobs})
     cut = f" (one run for {', '.join(once)}: time budget)" if once else ""
-    return (f"Efficiency constants fitted by `planner.calibrate.fit` on {datetime.date.today().isoformat()} to "
-            f"{len(jobs)} probe jobs of the engine on random-weight checkpoints ({budget.name} probes: "
-            f"{', '.join(j.label for j in jobs)}; 2N prompts of "
-            f"{' / '.join(f'{p}+{g}' for p, g in sizes)} tokens, ignore_eos, after a warm-up job each, the median of "
-            f"{budget.repeats} runs{cut}): {fitted}; "
-            f"mean |error| of end-to-end tok/s on those jobs {100 * sum(errors[0]) / len(jobs):.1f}% before, "
-            f"{100 * sum(errors[1]) / len(jobs):.1f}% after.")
+    return (
+        f"Efficiency constants fitted by `planner.calibration.calibrate.fit` on {datetime.date.today().isoformat()} to "
+        f"{len(jobs)} probe jobs of the engine on random-weight checkpoints ({budget.name} probes: "
+        f"{', '.join(j.label for j in jobs)}; 2N prompts of "
+        f"{' / '.join(f'{p}+{g}' for p, g in sizes)} tokens, ignore_eos, after a warm-up job each, the median of "
+        f"{budget.repeats} runs{cut}): {fitted}; "
+        f"mean |error| of end-to-end tok/s on those jobs {100 * sum(errors[0]) / len(jobs):.1f}% before, "
+        f"{100 * sum(errors[1]) / len(jobs):.1f}% after."
+    )
 
 
-def calibrate_on_probes(profile: HardwareProfile, device: torch.device, budget: ProbeBudget = FULL_PROBES,
-                        log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> HardwareProfile:
+def calibrate_on_probes(
+    profile: HardwareProfile,
+    device: torch.device,
+    budget: ProbeBudget = FULL_PROBES,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> HardwareProfile:
     """`profile` with its efficiency constants fitted to the budget's probe jobs run on `device`."""
     from runtime.checkpoint.writer import write_random_checkpoint
 
     began, longest = time.perf_counter(), 0.0
     runs: list[MeasuredRun] = []
     done: list[ProbeJob] = []
-    once: list[str] = []                   # jobs cut to one run by the time budget
-    threads = torch.get_num_threads()      # the engine sets the plan's compute threads; put them back after
+    once: list[str] = []  # jobs cut to one run by the time budget
+    threads = torch.get_num_threads()  # the engine sets the plan's compute threads; put them back after
     with tempfile.TemporaryDirectory(prefix="moelens-probes-") as tmp:
         root = Path(tmp)
         for i, job in enumerate(budget.jobs):
@@ -193,26 +263,39 @@ def calibrate_on_probes(profile: HardwareProfile, device: torch.device, budget: 
             if runs and elapsed + longest > budget.seconds and repeats > 1:
                 repeats = 1
                 once.append(job.label)
-                log(f"  probe {job.label}: one run, not {budget.repeats}, past the {budget.seconds:.0f} s budget")
+                log(
+                    f"  probe {job.label}: one run, not {budget.repeats}, past the {budget.seconds:.0f} s budget"
+                )
             checkpoint_dir = root / job.spec.name
             if not (checkpoint_dir / "config.json").is_file():
                 write_random_checkpoint(job.spec, checkpoint_dir, dtype="bf16", seed=i)
             try:
-                run = run_probe(job, profile, checkpoint_dir, device, root / f"{job.spec.name}-n{job.num_seqs}.json",
-                                seed=1000 * i, repeats=repeats)
+                run = run_probe(
+                    job,
+                    profile,
+                    checkpoint_dir,
+                    device,
+                    root / f"{job.spec.name}-n{job.num_seqs}.json",
+                    seed=1000 * i,
+                    repeats=repeats,
+                )
             finally:
                 torch.set_num_threads(threads)
             runs.append(run)
             done.append(job)
             job_s = time.perf_counter() - began - elapsed
             longest = max(longest, job_s)
-            log(f"  probe {job.label}: {run.measured.generated_tok_s:.4g} tok/s achieved, "
-                f"{run.plan.predicted.generated_tok_s:.4g} planned ({job_s:.1f} s)")
+            log(
+                f"  probe {job.label}: {run.measured.generated_tok_s:.4g} tok/s achieved, "
+                f"{run.plan.predicted.generated_tok_s:.4g} planned ({job_s:.1f} s)"
+            )
         calibration = fit(runs, profile, only=PROBE_FITTED)
     note = _fitted_sentence(calibration, done, budget, once)
     if calibration.after["gemm"] > IMPLAUSIBLE_GEMM:
-        warning = (f"The fitted gemm {calibration.after['gemm']:.3g} says the engine's GEMMs ran faster than the same "
-                   "GEMMs timed alone: the machine's load changed during profiling; re-profile on a quiet machine.")
+        warning = (
+            f"The fitted gemm {calibration.after['gemm']:.3g} says the engine's GEMMs ran faster than the same "
+            "GEMMs timed alone: the machine's load changed during profiling; re-profile on a quiet machine."
+        )
         log(f"  warning: {warning}")
         note = f"{note} {warning}"
     notes = f"{profile.notes}\n{note}" if profile.notes else note

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from planner.profile import HardwareProfile
-from planner.this_machine import SPOT_GEMM, TOLERANCE, MachineRates, rate_differences
+from planner.hardware.profile import HardwareProfile
+from planner.hardware.this_machine import SPOT_GEMM, TOLERANCE, MachineRates, rate_differences
 from runtime.profiler.gemm import measure_gemm_curve
 from runtime.profiler.grids import MIB, GemmShape
 from runtime.profiler.links import measure_host_memory
@@ -26,13 +26,26 @@ FIX = "re-profile with `runtime profile` and re-plan"
 def measure_rates(device: torch.device) -> MachineRates:
     nbytes = max(64 * MIB, 4 * last_level_cache_bytes(torch.device("cpu")))
     memory = measure_host_memory(nbytes, repeats=3, budget_s=0.3)
-    curve = measure_gemm_curve(SPOT_SHAPE, (SPOT_GEMM.rows,), device, torch.bfloat16, cache_bytes=0,
-                               budget_s=0.3, max_call_s=0.3, repeats=3)
+    curve = measure_gemm_curve(
+        SPOT_SHAPE,
+        (SPOT_GEMM.rows,),
+        device,
+        torch.bfloat16,
+        cache_bytes=0,
+        budget_s=0.3,
+        max_call_s=0.3,
+        repeats=3,
+    )
     return MachineRates(memory_read_gbps=memory.read_gbps, gemm_tflops=curve.tflops[0])
 
 
-def spot_check_warnings(measured: MachineRates, profile: HardwareProfile, profile_name: str = "the plan's profile",
-                        tolerance: float = TOLERANCE) -> list[str]:
-    return [f"{sentence}: {FIX}"
-            for sentence in rate_differences(measured, profile.machine_rates(), profile_name, tolerance)]
-
+def spot_check_warnings(
+    measured: MachineRates,
+    profile: HardwareProfile,
+    profile_name: str = "the plan's profile",
+    tolerance: float = TOLERANCE,
+) -> list[str]:
+    return [
+        f"{sentence}: {FIX}"
+        for sentence in rate_differences(measured, profile.machine_rates(), profile_name, tolerance)
+    ]

@@ -24,7 +24,11 @@ MAX_GROUP = 100
 
 def default_device() -> torch.device:
     """The device the profiler and the engine use: the current CUDA device, else the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
 
 
 def synchronize(device: torch.device) -> None:
@@ -32,8 +36,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_cuda(fn: Callable[[], object], calls: int, stream: torch.cuda.Stream | None,
-               device: torch.device) -> float:
+def _time_cuda(
+    fn: Callable[[], object], calls: int, stream: torch.cuda.Stream | None, device: torch.device
+) -> float:
     stream = stream or torch.cuda.current_stream(device)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record(stream)
@@ -51,9 +56,16 @@ def _time_cpu(fn: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - began) / calls
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, *, warmup: int = 2, repeats: int = 5,
-                   budget_s: float = float("inf"), stream: torch.cuda.Stream | None = None,
-                   min_sample_s: float = 0.02) -> float:
+def median_seconds(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup: int = 2,
+    repeats: int = 5,
+    budget_s: float = float("inf"),
+    stream: torch.cuda.Stream | None = None,
+    min_sample_s: float = 0.02,
+) -> float:
     """Median seconds per call; calls shorter than `min_sample_s` are timed in back-to-back groups."""
     on_cuda = device.type == "cuda"
 
@@ -82,6 +94,7 @@ def significant(value: float, digits: int = 4) -> float:
 @dataclass
 class Deadline:
     """A time budget shared by the steps of one measurement."""
+
     budget_s: float
     started: float = field(default_factory=time.perf_counter)
 

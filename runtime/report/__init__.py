@@ -18,8 +18,15 @@ from runtime.report.build import build_report, relative_error
 from runtime.report.metrics import ContextTally, sparse_utilisation
 from runtime.report.table import format_report, throughput_line
 
-__all__ = ["ContextTally", "build_report", "format_report", "relative_error", "sparse_utilisation",
-           "throughput_line", "write_report"]
+__all__ = [
+    "ContextTally",
+    "build_report",
+    "format_report",
+    "relative_error",
+    "sparse_utilisation",
+    "throughput_line",
+    "write_report",
+]
 
 
 def _strict_json(value: Any) -> Any:

@@ -8,7 +8,7 @@ Definitions (shared/reference/prior-art.md), over all decode steps of a run:
 - S-MFU = FLOPs of the activated parameters / decode seconds / peak dense FLOP rate: 2 x weights of every
   matmul a token passes through, with top_k routed experts per token (not one), plus attention score and
   value FLOPs against the token's context, counted once per token (not multiplied by the batch again).
-Peaks are this machine's measured ones, taken as the planner takes them (`planner.rates.Rates`, so achieved
+Peaks are this machine's measured ones, taken as the planner takes them (`planner.perf.rates.Rates`, so achieved
 and predicted S-MBU / S-MFU share a denominator): the bandwidth of the memory the GEMMs read from (the
 profile's host memory read rate; with a device, its memory rate estimated from the measured GEMV end of the
 GEMM curves) and the highest measured dense GEMM rate (never a sparse datasheet figure). Prefill S-MFU uses
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.costs import ModelCosts
-from planner.profile import HardwareProfile
-from planner.rates import Rates
+from planner.hardware.profile import HardwareProfile
+from planner.perf.costs import ModelCosts
+from planner.perf.rates import Rates
 
 
 def sum_of_range(first: int, last: int) -> int:
@@ -44,14 +44,14 @@ def sum_of_capped_range(first: int, last: int, cap: int | None) -> int:
 
 @dataclass
 class ContextTally:
-    window: int | None = None           # the spec's sliding window (None: no sliding layers)
-    decode_tokens: int = 0              # tokens produced by decode steps (all but each first token)
-    decode_context: int = 0             # sum over decode tokens of the context they attend over
-    decode_window_context: int = 0      # the same, capped at the window
+    window: int | None = None  # the spec's sliding window (None: no sliding layers)
+    decode_tokens: int = 0  # tokens produced by decode steps (all but each first token)
+    decode_context: int = 0  # sum over decode tokens of the context they attend over
+    decode_window_context: int = 0  # the same, capped at the window
     prefill_tokens: int = 0
-    prefill_context: int = 0            # sum over prompt tokens of their causal context (1..p)
+    prefill_context: int = 0  # sum over prompt tokens of their causal context (1..p)
     prefill_window_context: int = 0
-    finish_reasons: dict[str, int] = field(default_factory=dict)   # completions per finish reason
+    finish_reasons: dict[str, int] = field(default_factory=dict)  # completions per finish reason
 
     def add(self, prompt_len: int, generated: int, finish_reason: str | None = None) -> None:
         if finish_reason is not None:
@@ -68,18 +68,21 @@ class ContextTally:
 def _context_weighted(costs: ModelCosts, full: int, windowed: int, per_layer) -> float:
     """sum over layers of per_layer(layer) x (the full or the windowed context sum)."""
     spec = costs.spec
-    return sum(per_layer(layer) * (windowed if spec.is_sliding_layer(layer) else full)
-               for layer in range(spec.num_layers))
+    return sum(
+        per_layer(layer) * (windowed if spec.is_sliding_layer(layer) else full)
+        for layer in range(spec.num_layers)
+    )
 
 
-def decode_bytes(costs: ModelCosts, steps: int, tokens: int, activated_experts: float,
-                 context: int, window_context: int) -> dict[str, float]:
+def decode_bytes(
+    costs: ModelCosts, steps: int, tokens: int, activated_experts: float, context: int, window_context: int
+) -> dict[str, float]:
     """Bytes read by `steps` decode steps of `tokens` tokens in all; `activated_experts` is the sum over
     steps and MoE layers of the distinct experts hit."""
     spec, by_module = costs.spec, costs.module_bytes()
     shared = sum(v for m, v in by_module.items() if m not in ("experts", "embed"))
     if spec.tie_word_embeddings:
-        shared += by_module["embed"]    # the tied table is read whole as the lm_head
+        shared += by_module["embed"]  # the tied table is read whole as the lm_head
     kv_per_token = costs.kv_bytes_per_token_per_layer()
     return {
         "weights": float(steps * shared + tokens * spec.hidden_size * spec.dtype_bytes),
@@ -91,9 +94,10 @@ def decode_bytes(costs: ModelCosts, steps: int, tokens: int, activated_experts: 
 def token_flops(costs: ModelCosts, tokens: int, context: int, window_context: int) -> dict[str, float]:
     """FLOPs of `tokens` tokens whose contexts sum to `context` (`window_context` capped at the window)."""
     return {
-        "matmul": tokens * costs.flops_per_token(0),     # attention term is 0 at context 0
-        "attention": _context_weighted(costs, context, window_context,
-                                       lambda layer: costs.attention_flops_per_token(1, layer)),
+        "matmul": tokens * costs.flops_per_token(0),  # attention term is 0 at context 0
+        "attention": _context_weighted(
+            costs, context, window_context, lambda layer: costs.attention_flops_per_token(1, layer)
+        ),
     }
 
 
@@ -122,23 +126,45 @@ class SparseUtilisation:
     peak_dense_tflops: float
 
     def to_dict(self) -> dict:
-        return {"s_mbu": self.s_mbu, "s_mfu": self.s_mfu, "prefill_s_mfu": self.prefill_s_mfu,
-                "decode_bytes": self.decode_bytes, "decode_flops": self.decode_flops,
-                "prefill_flops": self.prefill_flops, "peak_memory_gbps": self.peak_memory_gbps,
-                "peak_dense_tflops": self.peak_dense_tflops}
+        return {
+            "s_mbu": self.s_mbu,
+            "s_mfu": self.s_mfu,
+            "prefill_s_mfu": self.prefill_s_mfu,
+            "decode_bytes": self.decode_bytes,
+            "decode_flops": self.decode_flops,
+            "prefill_flops": self.prefill_flops,
+            "peak_memory_gbps": self.peak_memory_gbps,
+            "peak_dense_tflops": self.peak_dense_tflops,
+        }
 
 
-def sparse_utilisation(costs: ModelCosts, profile: HardwareProfile, tally: ContextTally, decode_steps: int,
-                       activated_experts: float, decode_seconds: float, prefill_seconds: float,
-                       ) -> SparseUtilisation:
+def sparse_utilisation(
+    costs: ModelCosts,
+    profile: HardwareProfile,
+    tally: ContextTally,
+    decode_steps: int,
+    activated_experts: float,
+    decode_seconds: float,
+    prefill_seconds: float,
+) -> SparseUtilisation:
     bytes_per_s, flops_per_s = machine_peaks(profile, costs)
-    read = decode_bytes(costs, decode_steps, tally.decode_tokens, activated_experts,
-                        tally.decode_context, tally.decode_window_context)
+    read = decode_bytes(
+        costs,
+        decode_steps,
+        tally.decode_tokens,
+        activated_experts,
+        tally.decode_context,
+        tally.decode_window_context,
+    )
     flops = token_flops(costs, tally.decode_tokens, tally.decode_context, tally.decode_window_context)
     prefill = token_flops(costs, tally.prefill_tokens, tally.prefill_context, tally.prefill_window_context)
     return SparseUtilisation(
-        decode_bytes=read, decode_flops=flops, prefill_flops=prefill,
+        decode_bytes=read,
+        decode_flops=flops,
+        prefill_flops=prefill,
         s_mbu=utilisation(sum(read.values()), decode_seconds, bytes_per_s),
         s_mfu=utilisation(sum(flops.values()), decode_seconds, flops_per_s),
         prefill_s_mfu=utilisation(sum(prefill.values()), prefill_seconds, flops_per_s),
-        peak_memory_gbps=bytes_per_s / 1e9, peak_dense_tflops=flops_per_s / 1e12)
+        peak_memory_gbps=bytes_per_s / 1e9,
+        peak_dense_tflops=flops_per_s / 1e12,
+    )

@@ -29,52 +29,82 @@ def _gib(value: float | None) -> str:
 
 
 def throughput_line(report: dict[str, Any]) -> str:
-    return (f"Throughput: {_num(report['requests_per_second'], '.2f')} requests/s, "
-            f"{_num(report['tokens_per_second'], '.2f')} total tokens/s, "
-            f"{_num(report['output_tokens_per_second'], '.2f')} output tokens/s")
+    return (
+        f"Throughput: {_num(report['requests_per_second'], '.2f')} requests/s, "
+        f"{_num(report['tokens_per_second'], '.2f')} total tokens/s, "
+        f"{_num(report['output_tokens_per_second'], '.2f')} output tokens/s"
+    )
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        )
+
     return [line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)]
 
 
 def _module_table(title: str, rows: list[dict], unit: str) -> list[str]:
-    body = [(r["module"], _num(r["predicted_s"] and r["predicted_s"] * 1e3, ".3g"),
-             _num(r["measured_s"] and r["measured_s"] * 1e3, ".3g"), _pct(r["relative_error"])) for r in rows]
+    body = [
+        (
+            r["module"],
+            _num(r["predicted_s"] and r["predicted_s"] * 1e3, ".3g"),
+            _num(r["measured_s"] and r["measured_s"] * 1e3, ".3g"),
+            _pct(r["relative_error"]),
+        )
+        for r in rows
+    ]
     return ["", title, *_table(("module", f"predicted {unit}", f"measured {unit}", "error"), body)]
 
 
 def format_report(report: dict[str, Any]) -> str:
     device = report.get("profile", {}).get("device")
     out = [throughput_line(report)] + ([f"device: {device}"] if device else []) + [""]
-    names = {"end_to_end": "generated tok/s (end to end)", "decode": "decode tok/s", "prefill": "prefill tok/s"}
-    rows = [(names[k], _num(v["predicted"], ".1f"), _num(v["achieved"], ".1f"), _pct(v["relative_error"]))
-            for k, v in report["throughput"].items()]
+    names = {
+        "end_to_end": "generated tok/s (end to end)",
+        "decode": "decode tok/s",
+        "prefill": "prefill tok/s",
+    }
+    rows = [
+        (names[k], _num(v["predicted"], ".1f"), _num(v["achieved"], ".1f"), _pct(v["relative_error"]))
+        for k, v in report["throughput"].items()
+    ]
     out += _table(("", "predicted", "achieved", "error"), rows)
     out += _module_table("per decode step (prefill: amortised per step)", report["decode_step_modules"], "ms")
     out += _module_table("prefill, per 1000 prompt tokens", report["prefill_modules"], "ms")
     u = report["utilisation"]
-    out += ["", f"S-MBU {_share(u['s_mbu']['achieved'])} (plan {_share(u['s_mbu']['predicted'])}), "
-                f"S-MFU {_share(u['s_mfu']['achieved'])} (plan {_share(u['s_mfu']['predicted'])}) "
-                f"of {u['peak_memory_gbps']:.1f} GB/s and {u['peak_dense_tflops']:.3g} TFLOP/s measured peaks"]
-    busy = ", ".join(f"{name} {_share(v['achieved'])} (plan {_share(v['predicted'])})"
-                     for name, v in u["resources"].items())
+    out += [
+        "",
+        f"S-MBU {_share(u['s_mbu']['achieved'])} (plan {_share(u['s_mbu']['predicted'])}), "
+        f"S-MFU {_share(u['s_mfu']['achieved'])} (plan {_share(u['s_mfu']['predicted'])}) "
+        f"of {u['peak_memory_gbps']:.1f} GB/s and {u['peak_dense_tflops']:.3g} TFLOP/s measured peaks",
+    ]
+    busy = ", ".join(
+        f"{name} {_share(v['achieved'])} (plan {_share(v['predicted'])})"
+        for name, v in u["resources"].items()
+    )
     out.append(f"busy share of decode time: {busy}")
     attention = u["attention_kv_gbps"]
-    out.append(f"CPU attention KV read {_num(attention['achieved'], '.2f')} GB/s "
-               f"(profile {_num(attention['profile'], '.2f')} GB/s)")
+    out.append(
+        f"CPU attention KV read {_num(attention['achieved'], '.2f')} GB/s "
+        f"(profile {_num(attention['profile'], '.2f')} GB/s)"
+    )
     experts = report["activated_experts"]
-    out.append(f"activated experts per MoE layer per step {_num(experts['per_moe_layer_per_step'], '.2f')} "
-               f"(uniform routing at the mean batch of {experts['mean_decode_batch']:.1f}: "
-               f"{_num(experts['uniform_expectation'], '.2f')})")
+    out.append(
+        f"activated experts per MoE layer per step {_num(experts['per_moe_layer_per_step'], '.2f')} "
+        f"(uniform routing at the mean batch of {experts['mean_decode_batch']:.1f}: "
+        f"{_num(experts['uniform_expectation'], '.2f')})"
+    )
     for side in ("host", "device"):
         m = report["memory"][side]
         if m["peak_bytes"] or m["plan_bytes"]:
-            out.append(f"peak {side} memory {_gib(m['peak_bytes'])} (plan {_gib(m['plan_bytes'])}, "
-                       f"budget {_gib(m['budget_bytes'])})")
+            out.append(
+                f"peak {side} memory {_gib(m['peak_bytes'])} (plan {_gib(m['plan_bytes'])}, "
+                f"budget {_gib(m['budget_bytes'])})"
+            )
     if report["resumed_requests"]:
         out.append(f"resumed: {report['resumed_requests']} requests were already answered and not rerun")
     skipped = report["skipped_lines"]

@@ -15,7 +15,7 @@ machine sizes as defaults and rejects absurd values with a `UserError`.
   fused kernels, lm_head logits and sampling of at most one micro-batch of completed prompts) together, since
   one pass carries both (`runtime.engine.forward`) + a reserve (CUDA context, allocator slack).
   `stream_slots(c, N)` is 3 when a third slot fits beside all of that, else 2.
-- emulated link (`planner.emulated_link`): as with a device, but no reserve (the engine counts exactly what it
+- emulated link (`planner.hardware.emulated_link`): as with a device, but no reserve (the engine counts exactly what it
   allocates), no pinned staging, one token group.
 - model-based batching (`kv_on_device`): the KV cache is in device memory beside the weights, and the
   attention and expert transients grow with N (one batch everywhere).
@@ -30,41 +30,58 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.errors import UserError
-from planner.model_layout import ModelLayout
-from planner.profile import HardwareProfile
-from planner.workload import Workload
+from planner.hardware.profile import HardwareProfile
+from planner.perf.layout import ModelLayout
+from planner.plans.workload import Workload
 
 GiB = float(1 << 30)
 HOST_RESERVE_BYTES = 2 * GiB
-SAMPLING_BYTES_PER_LOGIT = 16.0   # the on-device sampler per logit: fp32 probabilities, sorted fp32 and int64 ids
+SAMPLING_BYTES_PER_LOGIT = (
+    16.0  # the on-device sampler per logit: fp32 probabilities, sorted fp32 and int64 ids
+)
 HOST_RESERVE_FRACTION = 0.05
 DEVICE_RESERVE_BYTES = 1 * GiB
 DEVICE_RESERVE_FRACTION = 0.05
-MAX_MEMORY_GIB = 1 << 20            # 1 PiB: anything above is a typo
+MAX_MEMORY_GIB = 1 << 20  # 1 PiB: anything above is a typo
 
 
 @dataclass(frozen=True)
 class Budgets:
     kv_bytes: float
     host_bytes: float
-    device_bytes: float             # 0 without a device
+    device_bytes: float  # 0 without a device
 
     @classmethod
-    def from_args(cls, profile: HardwareProfile, kv_gb: float, host_gb: float | None = None,
-                  device_gb: float | None = None) -> Budgets:
+    def from_args(
+        cls,
+        profile: HardwareProfile,
+        kv_gb: float,
+        host_gb: float | None = None,
+        device_gb: float | None = None,
+    ) -> Budgets:
         m = profile.machine
         if device_gb is not None and not profile.has_device:
-            raise UserError(f"--device-gb {device_gb} given but profile {profile.name} has no device",
-                            "drop --device-gb or pick a profile with a device")
+            raise UserError(
+                f"--device-gb {device_gb} given but profile {profile.name} has no device",
+                "drop --device-gb or pick a profile with a device",
+            )
         host = m.host_memory_gib if host_gb is None else host_gb
         device = (m.device_free_gib or m.device_memory_gib) if device_gb is None else device_gb
-        for flag, value in (("--kv-gb", kv_gb), ("--host-gb", host), ("--device-gb", device if profile.has_device
-                                                                       else 1.0)):
+        for flag, value in (
+            ("--kv-gb", kv_gb),
+            ("--host-gb", host),
+            ("--device-gb", device if profile.has_device else 1.0),
+        ):
             if not isinstance(value, (int, float)) or not 0 < value <= MAX_MEMORY_GIB:
-                raise UserError(f"{flag} {value!r} is not a plausible size in GiB",
-                                f"pass {flag} between 0 and {MAX_MEMORY_GIB}")
-        return cls(kv_bytes=kv_gb * GiB, host_bytes=host * GiB,
-                   device_bytes=device * GiB if profile.has_device else 0.0)
+                raise UserError(
+                    f"{flag} {value!r} is not a plausible size in GiB",
+                    f"pass {flag} between 0 and {MAX_MEMORY_GIB}",
+                )
+        return cls(
+            kv_bytes=kv_gb * GiB,
+            host_bytes=host * GiB,
+            device_bytes=device * GiB if profile.has_device else 0.0,
+        )
 
     def scaled(self, kv: float = 1.0, host: float = 1.0, device: float = 1.0) -> Budgets:
         return Budgets(self.kv_bytes * kv, self.host_bytes * host, self.device_bytes * device)
@@ -72,13 +89,21 @@ class Budgets:
 
 class _PerToken:
     """Decisions of one token per attention micro-batch and expert chunk: the transients per batch row."""
+
     attn_batch = 1.0
     expert_batch = 1.0
 
 
 class MemoryModel:
-    def __init__(self, layout: ModelLayout, workload: Workload, budgets: Budgets, has_device: bool,
-                 emulated: bool = False, kv_on_device: bool = False):
+    def __init__(
+        self,
+        layout: ModelLayout,
+        workload: Workload,
+        budgets: Budgets,
+        has_device: bool,
+        emulated: bool = False,
+        kv_on_device: bool = False,
+    ):
         self.layout, self.workload, self.budgets, self.has_device = layout, workload, budgets, has_device
         self.kv_on_device = kv_on_device and has_device
         spec, bp = layout.spec, layout.spec.dtype_bytes
@@ -86,8 +111,9 @@ class MemoryModel:
         self.real_device = real_device
         self.groups = 2 if real_device else 1
         self.host_reserve = HOST_RESERVE_BYTES + HOST_RESERVE_FRACTION * budgets.host_bytes
-        self.device_reserve = DEVICE_RESERVE_BYTES + DEVICE_RESERVE_FRACTION * budgets.device_bytes if real_device \
-            else 0.0
+        self.device_reserve = (
+            DEVICE_RESERVE_BYTES + DEVICE_RESERVE_FRACTION * budgets.device_bytes if real_device else 0.0
+        )
         self.per_seq_activations = spec.hidden_size * (2 * bp + 4) + 8 * spec.top_k + 8
         self.per_seq_staging = (layout.qkv_out_dim + layout.attn_out_dim) * bp if real_device else 0.0
         self.router_per_token = spec.num_experts * 4.0
@@ -123,8 +149,11 @@ class MemoryModel:
     def transients(self, c) -> np.ndarray:
         s, lay, bp = self.layout.spec, self.layout, self.layout.spec.dtype_bytes
         h = s.hidden_size
-        parts = [c.attn_batch * (lay.qkv_out_dim + lay.attn_out_dim) * bp, self.logits_bytes(c.attn_batch),
-                 c.expert_batch * (2 * s.moe_intermediate_size + 2 * h) * bp]
+        parts = [
+            c.attn_batch * (lay.qkv_out_dim + lay.attn_out_dim) * bp,
+            self.logits_bytes(c.attn_batch),
+            c.expert_batch * (2 * s.moe_intermediate_size + 2 * h) * bp,
+        ]
         if s.shared_intermediate_size:
             parts.append(c.expert_batch * (2 * s.shared_intermediate_size + 2 * h) * bp)
         if lay.num_dense_layers:
@@ -138,9 +167,12 @@ class MemoryModel:
         s, lay, w, bp = self.layout.spec, self.layout, self.workload, self.layout.spec.dtype_bytes
         tokens = self.prefill_tokens(c)
         h = s.hidden_size
-        parts = [c.expert_batch * (2 * s.moe_intermediate_size + 2 * h) * bp, tokens * self.router_per_token,
-                 self.prefill_attention_bytes(tokens + w.prompt_len_max),
-                 self.logits_bytes(np.minimum(tokens / w.prompt_len_mean + 1, c.attn_batch))]
+        parts = [
+            c.expert_batch * (2 * s.moe_intermediate_size + 2 * h) * bp,
+            tokens * self.router_per_token,
+            self.prefill_attention_bytes(tokens + w.prompt_len_max),
+            self.logits_bytes(np.minimum(tokens / w.prompt_len_mean + 1, c.attn_batch)),
+        ]
         if s.shared_intermediate_size:
             parts.append(c.expert_batch * (2 * s.shared_intermediate_size + 2 * h) * bp)
         if lay.num_dense_layers:
@@ -150,19 +182,25 @@ class MemoryModel:
 
     def decode_activations(self, c, num_seqs) -> np.ndarray:
         return num_seqs * self.per_seq_activations + np.maximum(
-            self.transients(c), num_seqs / self.groups * self.router_per_token)
+            self.transients(c), num_seqs / self.groups * self.router_per_token
+        )
 
     def stream_buffers(self, c, slots: int = 2) -> np.ndarray:
         lay, rho = self.layout, c.residency.astype(int)
-        return slots * np.maximum(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho]) \
+        return (
+            slots * np.maximum(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho])
             + lay.streamed_per_step[rho]
+        )
 
     def device_fixed(self, c, slots: int = 2) -> np.ndarray:
         """Device bytes that do not depend on N: weights, stream buffers, reserve."""
         if not self.has_device:
             return np.zeros(np.shape(c.residency))
-        return self.layout.resident_bytes[c.residency.astype(int)] + self.stream_buffers(c, slots) \
+        return (
+            self.layout.resident_bytes[c.residency.astype(int)]
+            + self.stream_buffers(c, slots)
             + self.device_reserve
+        )
 
     def pass_workspace(self, c) -> np.ndarray:
         """Transients of the merged pass: decode micro-batch and FFN transients beside the prefill chunk's."""
@@ -176,8 +214,11 @@ class MemoryModel:
         slot = max(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho])
         if slot <= 0 or self.layout.spec.num_layers <= 2:
             return 2
-        used = float(np.ravel(self.device_fixed(c) + self.decode_activations(c, num_seqs)
-                              + self.prefill_workspace(c))[0])
+        used = float(
+            np.ravel(self.device_fixed(c) + self.decode_activations(c, num_seqs) + self.prefill_workspace(c))[
+                0
+            ]
+        )
         return 3 if used + slot <= self.budgets.device_bytes else 2
 
     # ----- capacity -----
@@ -188,7 +229,7 @@ class MemoryModel:
         n_kv = (b.kv_bytes - kv_one) / kv_slot
         host_left = b.host_bytes - self.host_weights(c) - self.host_reserve - kv_one
         a, r = self.per_seq_activations, self.router_per_token / self.groups
-        if self.kv_on_device:       # one batch everywhere: KV and transients on the device grow with N
+        if self.kv_on_device:  # one batch everywhere: KV and transients on the device grow with N
             work = self.prefill_workspace(c)
             a = a + kv_slot + self.transients(_PerToken)
             dev_left = b.device_bytes - self.device_fixed(c) - kv_one
@@ -217,22 +258,35 @@ class MemoryModel:
         decode = float(np.ravel(self.decode_activations(c, num_seqs))[0])
         prefill = float(np.ravel(self.prefill_workspace(c))[0])
         kv = float(np.ravel(self.kv_budget_bytes(num_seqs))[0])
-        host = {"weights": float(np.ravel(self.host_weights(c))[0]), "kv_cache": 0.0 if self.kv_on_device else kv,
-                "staging_buffers": num_seqs * self.per_seq_staging,
-                "activations": 0.0 if self.has_device else decode + prefill,
-                "reserve": self.host_reserve}
+        host = {
+            "weights": float(np.ravel(self.host_weights(c))[0]),
+            "kv_cache": 0.0 if self.kv_on_device else kv,
+            "staging_buffers": num_seqs * self.per_seq_staging,
+            "activations": 0.0 if self.has_device else decode + prefill,
+            "reserve": self.host_reserve,
+        }
         host["total"] = sum(host.values())
         host["budget"] = b.host_bytes
-        host["pinned_weights"] = float(np.ravel(self.pinned_weights(c))[0])   # part of `weights`
+        host["pinned_weights"] = float(np.ravel(self.pinned_weights(c))[0])  # part of `weights`
         if not self.has_device:
             return host, {}
         rho = int(np.ravel(c.residency)[0])
-        device = {"resident_weights": float(lay.resident_bytes[rho]),
-                  "stream_buffers": float(np.ravel(self.stream_buffers(c, slots))[0]),
-                  "decode_activations": decode, "prefill_workspace": prefill, "reserve": self.device_reserve}
+        device = {
+            "resident_weights": float(lay.resident_bytes[rho]),
+            "stream_buffers": float(np.ravel(self.stream_buffers(c, slots))[0]),
+            "decode_activations": decode,
+            "prefill_workspace": prefill,
+            "reserve": self.device_reserve,
+        }
         if self.kv_on_device:
             device["kv_cache"] = kv
-        device["total"] = (device["resident_weights"] + device["stream_buffers"] + decode + prefill
-                           + device["reserve"] + device.get("kv_cache", 0.0))
+        device["total"] = (
+            device["resident_weights"]
+            + device["stream_buffers"]
+            + decode
+            + prefill
+            + device["reserve"]
+            + device.get("kv_cache", 0.0)
+        )
         device["budget"] = b.device_bytes
         return host, device

@@ -28,9 +28,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.spec import ModelSpec
+from planner.specs.spec import ModelSpec
 
-LAYER_MODULES = ("qkv_proj", "attention", "o_proj", "norms", "router", "experts", "shared_experts", "dense_mlp")
+LAYER_MODULES = (
+    "qkv_proj",
+    "attention",
+    "o_proj",
+    "norms",
+    "router",
+    "experts",
+    "shared_experts",
+    "dense_mlp",
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,9 @@ class ModelCosts:
 
     def router_params(self) -> int:
         s = self.spec
-        extra = (s.num_experts if s.router_linear_bias else 0) + (s.num_experts if s.has_score_correction_bias else 0)
+        extra = (s.num_experts if s.router_linear_bias else 0) + (
+            s.num_experts if s.has_score_correction_bias else 0
+        )
         return s.num_experts * s.hidden_size + extra
 
     def shared_expert_params(self) -> int:
@@ -158,7 +169,9 @@ class ModelCosts:
     def layer_flops_per_token(self, layer: int, context_len: int) -> dict[str, float]:
         s = self.spec
         moe = s.is_moe_layer(layer)
-        shared_weights = 3 * s.hidden_size * s.shared_intermediate_size + (s.hidden_size if s.has_shared_expert_gate else 0)
+        shared_weights = 3 * s.hidden_size * s.shared_intermediate_size + (
+            s.hidden_size if s.has_shared_expert_gate else 0
+        )
         return {
             "qkv_proj": 2.0 * self._qkv_weights_and_extras()[0],
             "attention": self.attention_flops_per_token(context_len, layer),
@@ -173,8 +186,10 @@ class ModelCosts:
         return 2.0 * self.spec.vocab_size * self.spec.hidden_size
 
     def flops_per_token(self, context_len: int) -> float:
-        layers = sum(sum(self.layer_flops_per_token(layer, context_len).values())
-                     for layer in range(self.spec.num_layers))
+        layers = sum(
+            sum(self.layer_flops_per_token(layer, context_len).values())
+            for layer in range(self.spec.num_layers)
+        )
         return layers + self.lm_head_flops_per_token()
 
     # ----- KV cache -----
@@ -189,8 +204,10 @@ class ModelCosts:
 
     def kv_bytes_for_context(self, context_len: int) -> int:
         s = self.spec
-        tokens = sum(min(context_len, s.sliding_window) if s.is_sliding_layer(layer) else context_len
-                     for layer in range(s.num_layers))
+        tokens = sum(
+            min(context_len, s.sliding_window) if s.is_sliding_layer(layer) else context_len
+            for layer in range(s.num_layers)
+        )
         return tokens * self.kv_bytes_per_token_per_layer()
 
     # ----- routing -----

@@ -1,15 +1,15 @@
 """Model specs: the architecture hyperparameters of one MoE model, torch-free.
 
 `ModelSpec` is the single source of architectural truth for the whole project: the planner derives bytes,
-FLOPs and KV sizes from it (`planner.costs.ModelCosts`); the runtime builds its layers from it;
+FLOPs and KV sizes from it (`planner.perf.costs.ModelCosts`); the runtime builds its layers from it;
 `runtime make-checkpoint` writes its config.json from it.
 
 - `load_spec(ref) -> ModelSpec`: `ref` is a short name (`mixtral` -> mixtral-8x7b, see `ALIASES`), a full
   name (the stem of a YAML in the user dir or the shipped specs, planner.locations), a path to such a YAML, a checkpoint directory (its
-  `config.json`), a `config.json` path or a Hugging Face id `org/name` (`planner.hf_hub`: the cached
+  `config.json`), a `config.json` path or a Hugging Face id `org/name` (`planner.specs.hf_hub`: the cached
   snapshot's config.json, else the shipped spec of that model). Unknown names raise `UserError` listing `list_specs()`.
 - `ModelSpec.from_hf_config(cfg, name=None)` / `spec.to_hf_config()`: HF config.json dicts, both rope styles
-  read (`rope_theta`/`rope_scaling` and transformers 5.x `rope_parameters`); see `planner.hf_config`.
+  read (`rope_theta`/`rope_scaling` and transformers 5.x `rope_parameters`); see `planner.specs.hf_config`.
 - `spec.with_layers(n)`: a copy truncated to the first n layers, named `<name>-L{n}`.
 - `spec.to_dict()` / `ModelSpec.from_dict(d, origin)`: the YAML form (a flat mapping of the fields).
 Invalid values (unknown family, negative sizes, top_k > num_experts, ...) raise `UserError`.
@@ -27,7 +27,7 @@ import yaml
 
 from planner import locations
 from planner.errors import UserError
-from planner.hf_hub import download_hint, hub_cache_dir, is_hub_id, local_snapshot, shipped_spec_name
+from planner.specs.hf_hub import download_hint, hub_cache_dir, is_hub_id, local_snapshot, shipped_spec_name
 from planner.values import is_int
 
 if TYPE_CHECKING:
@@ -68,48 +68,67 @@ _CHOICES = {
     "sliding_window_layers": ("all", "even"),
     "dtype": tuple(DTYPE_BYTES),
 }
-_POSITIVE = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size",
-             "num_experts", "top_k", "moe_intermediate_size", "n_group", "topk_group",
-             "max_position_embeddings")
-_NON_NEGATIVE = ("num_shared_experts", "shared_intermediate_size", "first_dense_layers",
-                 "dense_intermediate_size", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
-                 "qk_nope_head_dim", "v_head_dim")
+_POSITIVE = (
+    "num_layers",
+    "hidden_size",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "vocab_size",
+    "num_experts",
+    "top_k",
+    "moe_intermediate_size",
+    "n_group",
+    "topk_group",
+    "max_position_embeddings",
+)
+_NON_NEGATIVE = (
+    "num_shared_experts",
+    "shared_intermediate_size",
+    "first_dense_layers",
+    "dense_intermediate_size",
+    "q_lora_rank",
+    "kv_lora_rank",
+    "qk_rope_head_dim",
+    "qk_nope_head_dim",
+    "v_head_dim",
+)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str                       # e.g. "mixtral-8x7b"
-    family: str                     # one of ALL_FAMILIES
+    name: str  # e.g. "mixtral-8x7b"
+    family: str  # one of ALL_FAMILIES
     num_layers: int
     hidden_size: int
     num_heads: int
-    num_kv_heads: int               # == num_heads for MHA and for MLA
-    head_dim: int                   # GQA head dim (MLA: qk_nope + qk_rope, informational)
+    num_kv_heads: int  # == num_heads for MHA and for MLA
+    head_dim: int  # GQA head dim (MLA: qk_nope + qk_rope, informational)
     vocab_size: int
-    num_experts: int                # routed experts per MoE layer
+    num_experts: int  # routed experts per MoE layer
     top_k: int
-    moe_intermediate_size: int      # per routed expert
+    moe_intermediate_size: int  # per routed expert
     num_shared_experts: int = 0
-    shared_intermediate_size: int = 0   # total intermediate width of the shared-expert MLP (0 if none)
+    shared_intermediate_size: int = 0  # total intermediate width of the shared-expert MLP (0 if none)
     has_shared_expert_gate: bool = False  # Qwen2-MoE: shared output scaled by sigmoid(gate(x))
-    first_dense_layers: int = 0     # DeepSeek first_k_dense_replace (Qwen: mlp_only_layers = a prefix)
-    dense_intermediate_size: int = 0    # HF intermediate_size where it differs from the expert size
+    first_dense_layers: int = 0  # DeepSeek first_k_dense_replace (Qwen: mlp_only_layers = a prefix)
+    dense_intermediate_size: int = 0  # HF intermediate_size where it differs from the expert size
     # routing
-    scoring: str = "softmax"        # "softmax" | "sigmoid" (DeepSeek-V3)
-    norm_topk_prob: bool = True     # renormalise the k weights
+    scoring: str = "softmax"  # "softmax" | "sigmoid" (DeepSeek-V3)
+    norm_topk_prob: bool = True  # renormalise the k weights
     routed_scaling_factor: float = 1.0
-    n_group: int = 1                # group-limited routing (DeepSeek); 1 = off
+    n_group: int = 1  # group-limited routing (DeepSeek); 1 = off
     topk_group: int = 1
-    topk_method: str = "greedy"     # "greedy" | "group_limited_greedy" | "noaux_tc" (adds a correction bias)
+    topk_method: str = "greedy"  # "greedy" | "group_limited_greedy" | "noaux_tc" (adds a correction bias)
     router_linear_bias: bool = False  # gpt-oss: the router Linear has a bias
-    expert_bias: bool = False       # gpt-oss: expert projections have biases
+    expert_bias: bool = False  # gpt-oss: expert projections have biases
     # attention
-    attention: str = "gqa"          # "gqa" | "mla"
-    attention_bias: bool = False    # q/k/v biases (Qwen2-MoE: q/k/v only; other families also o_proj)
-    qk_norm: str = "none"           # "none" | "per_head" (Qwen3) | "full" (OLMoE: over the whole projection)
-    clip_qkv: float | None = None   # OLMoE / DBRX clamp of q, k, v
-    attention_sinks: bool = False   # gpt-oss: one learned sink logit per head
-    q_lora_rank: int = 0            # MLA; 0 = no q compression
+    attention: str = "gqa"  # "gqa" | "mla"
+    attention_bias: bool = False  # q/k/v biases (Qwen2-MoE: q/k/v only; other families also o_proj)
+    qk_norm: str = "none"  # "none" | "per_head" (Qwen3) | "full" (OLMoE: over the whole projection)
+    clip_qkv: float | None = None  # OLMoE / DBRX clamp of q, k, v
+    attention_sinks: bool = False  # gpt-oss: one learned sink logit per head
+    q_lora_rank: int = 0  # MLA; 0 = no q compression
     kv_lora_rank: int = 0
     qk_rope_head_dim: int = 0
     qk_nope_head_dim: int = 0
@@ -118,14 +137,14 @@ class ModelSpec:
     sliding_window_layers: str = "all"  # "all" | "even" (gpt-oss: layers 0, 2, 4, ... slide)
     # misc
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None    # {"rope_type": "yarn", "factor": ...}; None = plain RoPE
+    rope_scaling: dict | None = None  # {"rope_type": "yarn", "factor": ...}; None = plain RoPE
     max_position_embeddings: int = 4096
     rms_norm_eps: float = 1e-5
-    norm_type: str = "rms"          # "rms" | "layernorm" (Phi-3.5-MoE) | "layernorm_no_bias" (DBRX)
-    lm_head_bias: bool = False      # Phi-3.5-MoE
+    norm_type: str = "rms"  # "rms" | "layernorm" (Phi-3.5-MoE) | "layernorm_no_bias" (DBRX)
+    lm_head_bias: bool = False  # Phi-3.5-MoE
     tie_word_embeddings: bool = False
     dtype: str = "bfloat16"
-    source: str = ""                # where the facts came from (URL / "config.json at <path>")
+    source: str = ""  # where the facts came from (URL / "config.json at <path>")
     extra: dict = field(default_factory=dict)  # family-specific leftovers kept for to_hf_config
 
     def __post_init__(self) -> None:
@@ -137,8 +156,10 @@ class ModelSpec:
     def _validate(self) -> None:
         for key, allowed in _CHOICES.items():
             if getattr(self, key) not in allowed:
-                raise self._fail(f"{key}={getattr(self, key)!r} is not one of {list(allowed)}",
-                                 f"set {key} to one of {list(allowed)}")
+                raise self._fail(
+                    f"{key}={getattr(self, key)!r} is not one of {list(allowed)}",
+                    f"set {key} to one of {list(allowed)}",
+                )
         for key in _POSITIVE + _NON_NEGATIVE:
             value = getattr(self, key)
             low = 1 if key in _POSITIVE else 0
@@ -152,40 +173,61 @@ class ModelSpec:
         for key in ("rope_theta", "rms_norm_eps", "routed_scaling_factor", "clip_qkv"):
             value = getattr(self, key)
             if not (value is None and key == "clip_qkv") and not _is_positive_number(value):
-                raise self._fail(f"{key}={value!r} must be a finite, positive number", f"fix {key} in the spec")
+                raise self._fail(
+                    f"{key}={value!r} must be a finite, positive number", f"fix {key} in the spec"
+                )
         if self.sliding_window is not None and not (is_int(self.sliding_window) and self.sliding_window > 0):
-            raise self._fail(f"sliding_window={self.sliding_window!r} must be a positive integer or null",
-                             "fix sliding_window in the spec")
+            raise self._fail(
+                f"sliding_window={self.sliding_window!r} must be a positive integer or null",
+                "fix sliding_window in the spec",
+            )
         checks = [
             (self.top_k <= self.num_experts, "top_k exceeds num_experts"),
             (self.num_heads % self.num_kv_heads == 0, "num_heads is not a multiple of num_kv_heads"),
             (self.first_dense_layers <= self.num_layers, "first_dense_layers exceeds num_layers"),
-            (self.first_dense_layers == 0 or self.dense_intermediate_size > 0,
-             "dense layers need dense_intermediate_size > 0"),
-            ((self.num_shared_experts > 0) == (self.shared_intermediate_size > 0),
-             "num_shared_experts and shared_intermediate_size must be both zero or both positive"),
+            (
+                self.first_dense_layers == 0 or self.dense_intermediate_size > 0,
+                "dense layers need dense_intermediate_size > 0",
+            ),
+            (
+                (self.num_shared_experts > 0) == (self.shared_intermediate_size > 0),
+                "num_shared_experts and shared_intermediate_size must be both zero or both positive",
+            ),
             (self.num_experts % self.n_group == 0, "num_experts is not a multiple of n_group"),
             (self.topk_group <= self.n_group, "topk_group exceeds n_group"),
-            (self.rope_scaling is None or isinstance(self.rope_scaling, dict), "rope_scaling must be a mapping"),
+            (
+                self.rope_scaling is None or isinstance(self.rope_scaling, dict),
+                "rope_scaling must be a mapping",
+            ),
             (isinstance(self.extra, dict), "extra must be a mapping"),
         ]
         if self.attention == "mla":
             checks += [
-                (min(self.kv_lora_rank, self.qk_rope_head_dim, self.qk_nope_head_dim, self.v_head_dim) > 0,
-                 "MLA needs kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim and v_head_dim > 0"),
+                (
+                    min(self.kv_lora_rank, self.qk_rope_head_dim, self.qk_nope_head_dim, self.v_head_dim) > 0,
+                    "MLA needs kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim and v_head_dim > 0",
+                ),
                 (self.num_kv_heads == self.num_heads, "MLA needs num_kv_heads == num_heads"),
             ]
         if self.family.startswith("deepseek"):
-            checks.append((self.shared_intermediate_size == self.num_shared_experts * self.moe_intermediate_size,
-                           "DeepSeek needs shared_intermediate_size == num_shared_experts * moe_intermediate_size"))
+            checks.append(
+                (
+                    self.shared_intermediate_size == self.num_shared_experts * self.moe_intermediate_size,
+                    "DeepSeek needs shared_intermediate_size == num_shared_experts * moe_intermediate_size",
+                )
+            )
         if self.family in ("olmoe", "dbrx"):
-            checks.append((self.num_heads * self.head_dim == self.hidden_size,
-                           f"{self.family} needs num_heads * head_dim == hidden_size"))
+            checks.append(
+                (
+                    self.num_heads * self.head_dim == self.hidden_size,
+                    f"{self.family} needs num_heads * head_dim == hidden_size",
+                )
+            )
         for ok, cause in checks:
             if not ok:
                 raise self._fail(cause, "fix the spec's hyperparameters")
 
-    # ----- derived shape facts (costs live in planner.costs) -----
+    # ----- derived shape facts (costs live in planner.perf.costs) -----
     @property
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
@@ -214,10 +256,16 @@ class ModelSpec:
     # ----- conversions -----
     def with_layers(self, num_layers: int) -> ModelSpec:
         if not 1 <= num_layers <= self.num_layers:
-            raise UserError(f"cannot truncate {self.name} ({self.num_layers} layers) to {num_layers} layers",
-                            f"pass a layer count between 1 and {self.num_layers}")
-        return replace(self, name=f"{self.name}-L{num_layers}", num_layers=num_layers,
-                       first_dense_layers=min(self.first_dense_layers, num_layers))
+            raise UserError(
+                f"cannot truncate {self.name} ({self.num_layers} layers) to {num_layers} layers",
+                f"pass a layer count between 1 and {self.num_layers}",
+            )
+        return replace(
+            self,
+            name=f"{self.name}-L{num_layers}",
+            num_layers=num_layers,
+            first_dense_layers=min(self.first_dense_layers, num_layers),
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -225,25 +273,32 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict, origin: str = "spec") -> ModelSpec:
         if not isinstance(data, dict):
-            raise UserError(f"{origin}: a model spec must be a mapping of fields", "see models/mixtral-8x7b.yaml")
+            raise UserError(
+                f"{origin}: a model spec must be a mapping of fields", "see models/mixtral-8x7b.yaml"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(map(str, set(data) - known))
         if unknown:
-            raise UserError(f"{origin}: unknown spec fields {unknown}", f"use only the fields of ModelSpec: {sorted(known)}")
+            raise UserError(
+                f"{origin}: unknown spec fields {unknown}",
+                f"use only the fields of ModelSpec: {sorted(known)}",
+            )
         missing = [k for k in _required_fields() if k not in data]
         if missing:
-            raise UserError(f"{origin}: missing spec fields {missing}", "add them (see models/mixtral-8x7b.yaml)")
+            raise UserError(
+                f"{origin}: missing spec fields {missing}", "add them (see models/mixtral-8x7b.yaml)"
+            )
         _check_plain(data, origin)
         return cls(**data)
 
     @classmethod
     def from_hf_config(cls, cfg: dict, name: str | None = None) -> ModelSpec:
-        from planner.hf_config import spec_from_hf_config
+        from planner.specs.hf_config import spec_from_hf_config
 
         return spec_from_hf_config(cfg, name)
 
     def to_hf_config(self) -> dict:
-        from planner.hf_config import spec_to_hf_config
+        from planner.specs.hf_config import spec_to_hf_config
 
         return spec_to_hf_config(self)
 
@@ -256,7 +311,7 @@ def _is_positive_number(value: object) -> bool:
         return False
     try:
         return math.isfinite(value) and value > 0
-    except OverflowError:          # an int beyond float range
+    except OverflowError:  # an int beyond float range
         return False
 
 
@@ -273,8 +328,9 @@ def _load_yaml(path: Path | Traversable) -> ModelSpec:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError, RecursionError) as err:  # ValueError: not UTF-8, huge int
-        raise UserError(f"cannot read model spec {path}: {str(err)[:300]}", "pass a readable YAML model spec") \
-            from None
+        raise UserError(
+            f"cannot read model spec {path}: {str(err)[:300]}", "pass a readable YAML model spec"
+        ) from None
     return ModelSpec.from_dict(data, origin=str(path))
 
 
@@ -282,7 +338,9 @@ def _load_config_json(path: Path) -> ModelSpec:
     try:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON
-        raise UserError(f"cannot read {path}: {err}", "pass a checkpoint directory with a valid config.json") from err
+        raise UserError(
+            f"cannot read {path}: {err}", "pass a checkpoint directory with a valid config.json"
+        ) from err
     if not isinstance(cfg, dict):
         raise UserError(f"{path} is not a JSON object", "pass a HF config.json")
     written_by_us = isinstance(cfg.get("moelens"), dict)
@@ -299,8 +357,10 @@ def _load_hub_id(repo_id: str) -> ModelSpec:
     shipped = shipped_spec_name(repo_id)
     if shipped is not None:
         return _load_yaml(locations.find("models", shipped))
-    raise UserError(f"{repo_id} is neither in the local Hugging Face cache ({hub_cache_dir()}) nor a shipped spec",
-                    download_hint(repo_id))
+    raise UserError(
+        f"{repo_id} is neither in the local Hugging Face cache ({hub_cache_dir()}) nor a shipped spec",
+        download_hint(repo_id),
+    )
 
 
 def load_spec(ref: str | Path | ModelSpec) -> ModelSpec:
@@ -314,8 +374,10 @@ def load_spec(ref: str | Path | ModelSpec) -> ModelSpec:
     if path.exists() or "/" in text or path.suffix in (".yaml", ".yml", ".json"):
         if path.is_dir():
             if not (path / "config.json").is_file():
-                raise UserError(f"{path} is a directory without config.json",
-                                "pass a checkpoint directory (with config.json) or a model spec name")
+                raise UserError(
+                    f"{path} is a directory without config.json",
+                    "pass a checkpoint directory (with config.json) or a model spec name",
+                )
             return _load_config_json(path / "config.json")
         if not path.is_file():
             raise UserError(f"model spec file {path} does not exist", "check the path")
@@ -326,8 +388,10 @@ def load_spec(ref: str | Path | ModelSpec) -> ModelSpec:
     if candidate is not None:
         return _load_yaml(candidate)
     available = list_specs()
-    raise UserError(f"unknown model {text!r}",
-                    f"use one of {available} (short names: {sorted(ALIASES)}), a YAML path or a checkpoint directory")
+    raise UserError(
+        f"unknown model {text!r}",
+        f"use one of {available} (short names: {sorted(ALIASES)}), a YAML path or a checkpoint directory",
+    )
 
 
 def _check_plain(value: object, origin: str) -> None:
@@ -343,7 +407,11 @@ def _check_plain(value: object, origin: str) -> None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise UserError(f"{origin}: text {value!r} is not valid UTF-8", "write the spec as UTF-8 text") from None
+            raise UserError(
+                f"{origin}: text {value!r} is not valid UTF-8", "write the spec as UTF-8 text"
+            ) from None
     elif value is not None and not isinstance(value, bool | int | float):
-        raise UserError(f"{origin}: {value!r} ({type(value).__name__}) is not a number, text or list",
-                        "write plain numbers and quoted text in the spec (YAML reads unquoted dates as dates)")
+        raise UserError(
+            f"{origin}: {value!r} ({type(value).__name__}) is not a number, text or list",
+            "write plain numbers and quoted text in the spec (YAML reads unquoted dates as dates)",
+        )

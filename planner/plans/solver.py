@@ -1,10 +1,10 @@
 """The solver: the throughput-optimal decisions for one model, machine, workload and set of budgets.
 
 Decision variables: residency index (dense/attention modules first, then routed experts per layer, see
-`planner.model_layout`), expert batch b_e, attention micro-batch b_a, prefill chunk, CPU attention threads,
+`planner.perf.layout`), expert batch b_e, attention micro-batch b_a, prefill chunk, CPU attention threads,
 sequences in flight N and the KV budget. Structure used:
 - N is the largest count every memory budget allows (`MemoryModel.max_num_seqs`): with rates cleaned to be
-  monotone (`planner.rates`) more sequences never lower the modelled throughput, and the KV budget is the
+  monotone (`planner.perf.rates`) more sequences never lower the modelled throughput, and the KV budget is the
   one those N need (<= --kv-gb).
 - Attention threads: the fewest reaching 99.5% of the best measured attention bandwidth, leaving at least
   one core for the driver thread when there is a device (every thread when there is none: the same cores
@@ -25,15 +25,16 @@ import numpy as np
 from scipy.optimize import differential_evolution
 
 from planner.errors import UserError
-from planner.perf_model import Candidates, PerfModel
+from planner.perf.model import Candidates, PerfModel
 
-ATTN_BATCHES = 2.0 ** np.arange(0, 17)          # 1 .. 65536 sequences
-EXPERT_BATCHES_LOG2 = (0, 16)                   # b_e = 1 .. 65536 tokens
-PREFILL_CHUNKS = 2.0 ** np.arange(7, 18)        # 128 .. 131072 tokens
+ATTN_BATCHES = 2.0 ** np.arange(0, 17)  # 1 .. 65536 sequences
+EXPERT_BATCHES_LOG2 = (0, 16)  # b_e = 1 .. 65536 tokens
+PREFILL_CHUNKS = 2.0 ** np.arange(7, 18)  # 128 .. 131072 tokens
 ATTENTION_SATURATION = 0.995
 SEED = 0
 
-PLATEAU = 1e-3                      # emulated link: throughputs this close are one plateau (largest batches win)
+PLATEAU = 1e-3  # emulated link: throughputs this close are one plateau (largest batches win)
+
 
 @dataclass(frozen=True)
 class Solution:
@@ -49,17 +50,22 @@ class Solution:
     solve_seconds: float
 
     def candidates(self) -> Candidates:
-        return Candidates.of(residency=[self.residency], attn_batch=[self.attn_batch],
-                             expert_batch=[self.expert_batch], prefill_chunk=[self.prefill_chunk],
-                             attention_threads=[self.attention_threads], num_seqs=[self.num_seqs])
+        return Candidates.of(
+            residency=[self.residency],
+            attn_batch=[self.attn_batch],
+            expert_batch=[self.expert_batch],
+            prefill_chunk=[self.prefill_chunk],
+            attention_threads=[self.attention_threads],
+            num_seqs=[self.num_seqs],
+        )
 
 
 def choose_threads(model: PerfModel) -> tuple[int, int]:
     """(attention threads, compute threads)."""
     cores = model.rates.cores
-    if model.groups == 1 or cores == 1:        # compute and attention share the cores (CPU, emulated link)
+    if model.groups == 1 or cores == 1:  # compute and attention share the cores (CPU, emulated link)
         return cores, cores
-    bps = model.rates.attention_bps[1:cores]          # leave one core for the driver thread
+    bps = model.rates.attention_bps[1:cores]  # leave one core for the driver thread
     attention = int(np.argmax(bps >= ATTENTION_SATURATION * bps.max())) + 1
     return attention, cores - attention
 
@@ -73,17 +79,25 @@ class Solver:
         self._cache: dict[tuple[int, int], tuple[float, int, int]] = {}
 
     # ----- objective -----
-    def _inner(self, residency: np.ndarray, expert_log2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _inner(
+        self, residency: np.ndarray, expert_log2: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Best generated tok/s over (b_a, chunk) for each (residency, b_e); also the argmax indices."""
         k = residency.size
-        c = Candidates.of(residency=residency.reshape(k, 1, 1), expert_batch=(2.0 ** expert_log2).reshape(k, 1, 1),
-                          attn_batch=ATTN_BATCHES.reshape(1, -1, 1), prefill_chunk=PREFILL_CHUNKS.reshape(1, 1, -1),
-                          attention_threads=self.attention_threads)
+        c = Candidates.of(
+            residency=residency.reshape(k, 1, 1),
+            expert_batch=(2.0**expert_log2).reshape(k, 1, 1),
+            attn_batch=ATTN_BATCHES.reshape(1, -1, 1),
+            prefill_chunk=PREFILL_CHUNKS.reshape(1, 1, -1),
+            attention_threads=self.attention_threads,
+        )
         value = self.model.evaluate(c).generated_tok_s.reshape(k, -1)
         self.evaluations += value.size
         best = np.argmax(value, axis=1)
-        if self.model.emulated:     # on a plateau (compute hidden under the link) the largest batches: least
-            near = value >= value[np.arange(k), best][:, None] * (1 - PLATEAU)   # compute, most margin on shared cores
+        if self.model.emulated:  # on a plateau (compute hidden under the link) the largest batches: least
+            near = value >= value[np.arange(k), best][:, None] * (
+                1 - PLATEAU
+            )  # compute, most margin on shared cores
             best = value.shape[1] - 1 - np.argmax(near[:, ::-1], axis=1)
         a_idx, c_idx = np.unravel_index(best, (ATTN_BATCHES.size, PREFILL_CHUNKS.size))
         return value[np.arange(k), best], a_idx, c_idx
@@ -106,32 +120,63 @@ class Solver:
     def solve(self) -> Solution:
         began = time.perf_counter()
         rho_lo = self.min_residency
-        bounds = [(rho_lo, self.max_residency + 0.999), (EXPERT_BATCHES_LOG2[0], EXPERT_BATCHES_LOG2[1] + 0.999)]
+        bounds = [
+            (rho_lo, self.max_residency + 0.999),
+            (EXPERT_BATCHES_LOG2[0], EXPERT_BATCHES_LOG2[1] + 0.999),
+        ]
 
-        def objective(x: np.ndarray) -> np.ndarray:        # x: [2, population]
-            points = [self._clip(np.floor(r), np.floor(e)) for r, e in zip(np.atleast_1d(x[0]), np.atleast_1d(x[1]))]
+        def objective(x: np.ndarray) -> np.ndarray:  # x: [2, population]
+            points = [
+                self._clip(np.floor(r), np.floor(e)) for r, e in zip(np.atleast_1d(x[0]), np.atleast_1d(x[1]))
+            ]
             return -np.array(self._values(points))
 
         if rho_lo < self.max_residency:
-            result = differential_evolution(objective, bounds, seed=SEED, popsize=8, maxiter=40, tol=1e-6,
-                                            polish=False, updating="deferred", vectorized=True)
+            result = differential_evolution(
+                objective,
+                bounds,
+                seed=SEED,
+                popsize=8,
+                maxiter=40,
+                tol=1e-6,
+                polish=False,
+                updating="deferred",
+                vectorized=True,
+            )
             start = self._clip(np.floor(result.x[0]), np.floor(result.x[1]))
         else:
-            values = self._values([(rho_lo, e) for e in range(EXPERT_BATCHES_LOG2[0], EXPERT_BATCHES_LOG2[1] + 1)])
+            values = self._values(
+                [(rho_lo, e) for e in range(EXPERT_BATCHES_LOG2[0], EXPERT_BATCHES_LOG2[1] + 1)]
+            )
             start = (rho_lo, EXPERT_BATCHES_LOG2[0] + int(np.argmax(values)))
         best = self._smallest_equivalent(self._local_search(start, rho_lo), rho_lo)
         value, a_idx, c_idx = self._cache[best]
         if value <= 0:
-            raise UserError("no configuration fits the memory budgets",
-                            "raise --kv-gb, --host-gb or --device-gb, or use a smaller model")
+            raise UserError(
+                "no configuration fits the memory budgets",
+                "raise --kv-gb, --host-gb or --device-gb, or use a smaller model",
+            )
         rho, e = best
-        c = Candidates.of(residency=[rho], attn_batch=[ATTN_BATCHES[a_idx]], expert_batch=[2.0 ** e],
-                          prefill_chunk=[PREFILL_CHUNKS[c_idx]], attention_threads=[self.attention_threads])
+        c = Candidates.of(
+            residency=[rho],
+            attn_batch=[ATTN_BATCHES[a_idx]],
+            expert_batch=[2.0**e],
+            prefill_chunk=[PREFILL_CHUNKS[c_idx]],
+            attention_threads=[self.attention_threads],
+        )
         num_seqs = int(self.model.evaluate(c).num_seqs[0])
-        return Solution(residency=rho, attn_batch=int(ATTN_BATCHES[a_idx]), expert_batch=int(2 ** e),
-                        prefill_chunk=int(PREFILL_CHUNKS[c_idx]), attention_threads=self.attention_threads,
-                        compute_threads=self.compute_threads, num_seqs=num_seqs, generated_tok_s=value,
-                        evaluations=self.evaluations, solve_seconds=time.perf_counter() - began)
+        return Solution(
+            residency=rho,
+            attn_batch=int(ATTN_BATCHES[a_idx]),
+            expert_batch=int(2**e),
+            prefill_chunk=int(PREFILL_CHUNKS[c_idx]),
+            attention_threads=self.attention_threads,
+            compute_threads=self.compute_threads,
+            num_seqs=num_seqs,
+            generated_tok_s=value,
+            evaluations=self.evaluations,
+            solve_seconds=time.perf_counter() - began,
+        )
 
     def _local_search(self, start: tuple[int, int], rho_lo: int) -> tuple[int, int]:
         best = start
@@ -139,7 +184,9 @@ class Solver:
         steps = [1 << i for i in range(int(np.log2(max(self.max_residency, 1))) + 1)]
         while True:
             rho, e = best
-            neighbours = {self._clip(rho + sign * s, e + de) for s in steps for sign in (-1, 1) for de in (-1, 0, 1)}
+            neighbours = {
+                self._clip(rho + sign * s, e + de) for s in steps for sign in (-1, 1) for de in (-1, 0, 1)
+            }
             neighbours |= {self._clip(rho, e + de) for de in (-1, 1)}
             neighbours = sorted(p for p in neighbours if p[0] >= rho_lo and p != best)
             values = self._values(neighbours)
@@ -148,7 +195,6 @@ class Solver:
                 return best
             best, best_value = neighbours[i], values[i]
 
-
     def _smallest_equivalent(self, best: tuple[int, int], rho_lo: int) -> tuple[int, int]:
         """Among points as good as `best` (to 1e-9), the least residency, then the smallest b_e: the same
         throughput for less device memory, and one answer however the search reached the plateau."""
@@ -156,7 +202,7 @@ class Solver:
         rho, e = best
         while rho > rho_lo and self._values([(rho - 1, e)])[0] >= target:
             rho -= 1
-        if self.model.emulated:     # the largest b_e instead: the cap is fixed, the cores are shared
+        if self.model.emulated:  # the largest b_e instead: the cap is fixed, the cores are shared
             while e < EXPERT_BATCHES_LOG2[1] and self._values([(rho, e + 1)])[0] >= target:
                 e += 1
             return rho, e
@@ -175,40 +221,57 @@ def check_budgets(model: PerfModel) -> None:
     mem, lay, b, w = model.memory, model.layout, model.budgets, model.workload
     gib = float(1 << 30)
     # the fewest weight bytes the host must keep: with a device, all but the most that fits there
-    lowest = Candidates.of(residency=np.arange(lay.max_residency + 1), attn_batch=1, expert_batch=1,
-                           prefill_chunk=PREFILL_CHUNKS[0], attention_threads=1)
+    lowest = Candidates.of(
+        residency=np.arange(lay.max_residency + 1),
+        attn_batch=1,
+        expert_batch=1,
+        prefill_chunk=PREFILL_CHUNKS[0],
+        attention_threads=1,
+    )
     fits = mem.fixed_parts_fit(lowest)
     host_weights = float(mem.host_weights(lowest)[fits].min()) if fits.any() else lay.total_bytes
     if host_weights + mem.host_reserve > b.host_bytes:
-        raise UserError(f"the weights of {model.spec.name} kept on the host ({host_weights / gib:.1f} GiB) plus a "
-                        f"{mem.host_reserve / gib:.1f} GiB reserve exceed host memory ({b.host_bytes / gib:.1f} GiB)",
-                        "use a machine with more memory, pass --host-gb if the profile understates it, or plan "
-                        "a smaller dtype (--dtype fp8)")
+        raise UserError(
+            f"the weights of {model.spec.name} kept on the host ({host_weights / gib:.1f} GiB) plus a "
+            f"{mem.host_reserve / gib:.1f} GiB reserve exceed host memory ({b.host_bytes / gib:.1f} GiB)",
+            "use a machine with more memory, pass --host-gb if the profile understates it, or plan "
+            "a smaller dtype (--dtype fp8)",
+        )
     if lay.kv_bytes_one_sequence > b.kv_bytes:
-        raise UserError(f"a KV budget of {b.kv_bytes / gib:.2f} GiB cannot hold one sequence of "
-                        f"{w.max_sequence_len} tokens ({lay.kv_bytes_one_sequence / gib:.2f} GiB)",
-                        f"raise --kv-gb to at least {lay.kv_bytes_one_sequence / gib:.2f} or shorten the sequences")
+        raise UserError(
+            f"a KV budget of {b.kv_bytes / gib:.2f} GiB cannot hold one sequence of "
+            f"{w.max_sequence_len} tokens ({lay.kv_bytes_one_sequence / gib:.2f} GiB)",
+            f"raise --kv-gb to at least {lay.kv_bytes_one_sequence / gib:.2f} or shorten the sequences",
+        )
     host_left = b.host_bytes - host_weights - mem.host_reserve
     if lay.kv_bytes_one_sequence > host_left:
-        raise UserError(f"after the weights and reserve, host memory has {host_left / gib:.2f} GiB left, less than "
-                        f"one sequence's KV ({lay.kv_bytes_one_sequence / gib:.2f} GiB)",
-                        "use a machine with more memory or shorter sequences")
+        raise UserError(
+            f"after the weights and reserve, host memory has {host_left / gib:.2f} GiB left, less than "
+            f"one sequence's KV ({lay.kv_bytes_one_sequence / gib:.2f} GiB)",
+            "use a machine with more memory or shorter sequences",
+        )
     if model.has_device:
         rho = model.residency_range[0]
-        smallest = Candidates.of(residency=rho, attn_batch=1, expert_batch=1, prefill_chunk=PREFILL_CHUNKS[0],
-                                 attention_threads=1)
-        need = float(mem.device_fixed(smallest) + np.maximum(mem.transients(smallest), mem.prefill_workspace(smallest)))
+        smallest = Candidates.of(
+            residency=rho, attn_batch=1, expert_batch=1, prefill_chunk=PREFILL_CHUNKS[0], attention_threads=1
+        )
+        need = float(
+            mem.device_fixed(smallest) + np.maximum(mem.transients(smallest), mem.prefill_workspace(smallest))
+        )
         kv = lay.kv_bytes_one_sequence + lay.kv_bytes_per_slot if mem.kv_on_device else 0.0
         if need + kv > b.device_bytes:
             resident = f"{lay.resident_bytes[rho] / gib:.2f} GiB of resident weights, " if rho else ""
             words = "the emulated device" if model.emulated else "device memory"
-            raise UserError(f"{words} ({b.device_bytes / gib:.2f} GiB) cannot hold {resident}two layers of stream "
-                            f"buffers ({2 * lay.streamed_moe_layer[rho] / gib:.2f} GiB), the smallest activations"
-                            + (f", one sequence's KV cache ({kv / gib:.2f} GiB)" if kv else "")
-                            + (f" and a {mem.device_reserve / gib:.1f} GiB reserve" if mem.device_reserve else "")
-                            + f": {(need + kv) / gib:.2f} GiB in all",
-                            "give it more device memory (--emulate-device-gb when profiling, or --device-gb)"
-                            if model.emulated else "use a device with more memory or a CPU-only profile")
+            raise UserError(
+                f"{words} ({b.device_bytes / gib:.2f} GiB) cannot hold {resident}two layers of stream "
+                f"buffers ({2 * lay.streamed_moe_layer[rho] / gib:.2f} GiB), the smallest activations"
+                + (f", one sequence's KV cache ({kv / gib:.2f} GiB)" if kv else "")
+                + (f" and a {mem.device_reserve / gib:.1f} GiB reserve" if mem.device_reserve else "")
+                + f": {(need + kv) / gib:.2f} GiB in all",
+                "give it more device memory (--emulate-device-gb when profiling, or --device-gb)"
+                if model.emulated
+                else "use a device with more memory or a CPU-only profile",
+            )
 
 
 def grid_search(model: PerfModel) -> tuple[float, tuple[int, int, int, int]]:
@@ -218,11 +281,18 @@ def grid_search(model: PerfModel) -> tuple[float, tuple[int, int, int, int]]:
     best = (-1.0, (0, 0, 0, 0))
     expert_batches = 2.0 ** np.arange(EXPERT_BATCHES_LOG2[0], EXPERT_BATCHES_LOG2[1] + 1)
     for rho in range(rho_lo, rho_hi + 1):
-        c = Candidates.of(residency=rho, attn_batch=ATTN_BATCHES.reshape(-1, 1, 1),
-                          expert_batch=expert_batches.reshape(1, -1, 1), prefill_chunk=PREFILL_CHUNKS.reshape(1, 1, -1),
-                          attention_threads=attention_threads)
+        c = Candidates.of(
+            residency=rho,
+            attn_batch=ATTN_BATCHES.reshape(-1, 1, 1),
+            expert_batch=expert_batches.reshape(1, -1, 1),
+            prefill_chunk=PREFILL_CHUNKS.reshape(1, 1, -1),
+            attention_threads=attention_threads,
+        )
         value = model.evaluate(c).generated_tok_s
         i = np.unravel_index(int(np.argmax(value)), value.shape)
         if value[i] > best[0]:
-            best = (float(value[i]), (rho, int(ATTN_BATCHES[i[0]]), int(expert_batches[i[1]]), int(PREFILL_CHUNKS[i[2]])))
+            best = (
+                float(value[i]),
+                (rho, int(ATTN_BATCHES[i[0]]), int(expert_batches[i[1]]), int(PREFILL_CHUNKS[i[2]])),
+            )
     return best

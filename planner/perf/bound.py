@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from planner.perf_model import PerfModel
+from planner.perf.model import PerfModel
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,9 @@ class Bound:
     pme: float
     kv_capacity_tokens: float
     max_seqs: float
-    delta_s: float | None                    # seconds to stream what the device cannot hold (None: no link)
+    delta_s: float | None  # seconds to stream what the device cannot hold (None: no link)
     moe_lens_processed_tok_s: float | None
-    end_to_end_tok_s: float = math.inf       # the bound with the prompts' prefill FLOPs at peak on top
+    end_to_end_tok_s: float = math.inf  # the bound with the prompts' prefill FLOPs at peak on top
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -72,7 +72,9 @@ def prefill_flops_per_prompt_token(model: PerfModel) -> float:
 def compute_bound(model: PerfModel) -> Bound:
     lay, rates, w, mem, b = model.layout, model.rates, model.workload, model.memory, model.budgets
     # weights the host keeps: those the device cannot hold (the engine frees host copies of resident ones)
-    must_stream = max(lay.total_bytes - (b.device_bytes - mem.device_reserve), 0.0) if model.has_device else None
+    must_stream = (
+        max(lay.total_bytes - (b.device_bytes - mem.device_reserve), 0.0) if model.has_device else None
+    )
     host_weights = lay.total_bytes if must_stream is None else must_stream
     kv_avail = max(min(b.kv_bytes, b.host_bytes - host_weights - mem.host_reserve), 0.0)
     capacity = kv_avail / lay.kv_bytes_per_token
@@ -89,19 +91,37 @@ def compute_bound(model: PerfModel) -> Bound:
     if model.has_device and not model.emulated:
         terms["device_compute"] = rates.peak_flops / flops
         terms["cpu_attention"] = min(attention_bps, rates.host_read_bps) / kv_read_per_token
-        per_step_modules = sum(lay.step_bytes.values())     # embed and lm_head copies bypass the layer pipeline
+        per_step_modules = sum(lay.step_bytes.values())  # embed and lm_head copies bypass the layer pipeline
         layers_stream = max(must_stream - per_step_modules, 0.0)
         terms["host_memory"] = max_seqs * rates.host_read_bps / (max_seqs * kv_read_per_token + layers_stream)
     else:
         gb = lay.group_bytes
-        per_moe = gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] + gb["moe"]["shared_experts"]
+        per_moe = (
+            gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] + gb["moe"]["shared_experts"]
+        )
         per_dense = gb["dense"]["qkv_proj"] + gb["dense"]["o_proj"] + gb["dense"]["dense_mlp"]
-        weights = lay.num_moe_layers * (per_moe + float(lay.expected_experts(max_seqs)) * lay.expert_bytes) \
+        weights = (
+            lay.num_moe_layers * (per_moe + float(lay.expected_experts(max_seqs)) * lay.expert_bytes)
             + lay.num_dense_layers * per_dense
+        )
         terms["host_memory"] = max_seqs * rates.host_read_bps / (weights + max_seqs * kv_read_per_token)
         terms["cpu_compute"] = 1.0 / (flops / rates.peak_flops + kv_read_per_token / attention_bps)
     binding = min(terms, key=terms.get)
-    prefill_s = w.prompt_len_mean / max(w.gen_len_mean, 1.0) * prefill_flops_per_prompt_token(model) / rates.peak_flops
+    prefill_s = (
+        w.prompt_len_mean
+        / max(w.gen_len_mean, 1.0)
+        * prefill_flops_per_prompt_token(model)
+        / rates.peak_flops
+    )
     end_to_end = 1.0 / (1.0 / terms[binding] + prefill_s)
-    return Bound(tok_s=terms[binding], binding=binding, terms=terms, pme=w.pme, kv_capacity_tokens=capacity,
-                 max_seqs=max_seqs, delta_s=delta, moe_lens_processed_tok_s=processed, end_to_end_tok_s=end_to_end)
+    return Bound(
+        tok_s=terms[binding],
+        binding=binding,
+        terms=terms,
+        pme=w.pme,
+        kv_capacity_tokens=capacity,
+        max_seqs=max_seqs,
+        delta_s=delta,
+        moe_lens_processed_tok_s=processed,
+        end_to_end_tok_s=end_to_end,
+    )

@@ -2,21 +2,21 @@
 
 - `spec_from_hf_config(cfg, name=None) -> ModelSpec` reads published config.json files (old rope style:
   `rope_theta` + `rope_scaling` with `type`) and those transformers 5.x saves (`rope_parameters`, renamed
-  attributes such as Qwen3's `num_local_experts`), for the families in `planner.spec.ALL_FAMILIES`. It first
+  attributes such as Qwen3's `num_local_experts`), for the families in `planner.specs.spec.ALL_FAMILIES`. It first
   checks the JSON type of every known field, then reads the common fields here and the family-specific ones
-  through `planner.hf_families`. Wrong types, missing keys and unsupported layouts (sliding-window Qwen,
+  through `planner.specs.hf_families`. Wrong types, missing keys and unsupported layouts (sliding-window Qwen,
   sparse-step MoE layers, ...) raise `UserError`. Keys listed in `PRESERVED_KEYS` survive in `spec.extra`;
   other unknown keys are dropped.
 - `spec_to_hf_config(spec) -> dict` writes a dict that transformers 5.23 `AutoConfig.for_model(model_type, **d)`
   accepts and whose model has exactly the spec's shapes; it carries a `moelens` block (name, source) so that
   `spec_from_hf_config(spec_to_hf_config(s)) == s`.
-`ARCHITECTURES`, `DEFAULT_ROPE_THETA` and `DEFAULT_EPS` (defined in `planner.hf_families`) are importable here too.
+`ARCHITECTURES`, `DEFAULT_ROPE_THETA` and `DEFAULT_EPS` (defined in `planner.specs.hf_families`) are importable here too.
 """
 
 from __future__ import annotations
 
 from planner.errors import UserError
-from planner.hf_families import (
+from planner.specs.hf_families import (
     ARCHITECTURES,
     DEFAULT_EPS,
     DEFAULT_ROPE_THETA,
@@ -26,22 +26,61 @@ from planner.hf_families import (
     nest_dbrx,
     require_keys,
 )
-from planner.spec import ALL_FAMILIES, ModelSpec
+from planner.specs.spec import ALL_FAMILIES, ModelSpec
 from planner.values import is_finite_number, is_int
 
-PRESERVED_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "rope_interleave", "swiglu_alpha", "swiglu_limit")
+PRESERVED_KEYS = (
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "rope_interleave",
+    "swiglu_alpha",
+    "swiglu_limit",
+)
 
 
 _FIELD_KINDS = {
-    "an integer": ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-                   "vocab_size", "max_position_embeddings", "intermediate_size", "moe_intermediate_size",
-                   "num_local_experts", "num_experts", "num_experts_per_tok", "n_routed_experts",
-                   "n_shared_experts", "shared_expert_intermediate_size", "first_k_dense_replace", "moe_layer_freq",
-                   "decoder_sparse_step", "n_group", "topk_group", "q_lora_rank", "kv_lora_rank",
-                   "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "sliding_window", "d_model", "n_layers",
-                   "n_heads", "max_seq_len"),
+    "an integer": (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "max_position_embeddings",
+        "intermediate_size",
+        "moe_intermediate_size",
+        "num_local_experts",
+        "num_experts",
+        "num_experts_per_tok",
+        "n_routed_experts",
+        "n_shared_experts",
+        "shared_expert_intermediate_size",
+        "first_k_dense_replace",
+        "moe_layer_freq",
+        "decoder_sparse_step",
+        "n_group",
+        "topk_group",
+        "q_lora_rank",
+        "kv_lora_rank",
+        "qk_rope_head_dim",
+        "qk_nope_head_dim",
+        "v_head_dim",
+        "sliding_window",
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "max_seq_len",
+    ),
     "a finite number": ("rope_theta", "rms_norm_eps", "routed_scaling_factor", "clip_qkv"),
-    "an object": ("rope_parameters", "rope_scaling", "quantization_config", "attn_config", "ffn_config", "moelens"),
+    "an object": (
+        "rope_parameters",
+        "rope_scaling",
+        "quantization_config",
+        "attn_config",
+        "ffn_config",
+        "moelens",
+    ),
     "a string": ("_name_or_path",),
     "a list of strings": ("architectures", "layer_types"),
     "a list of integers": ("mlp_only_layers",),
@@ -64,8 +103,10 @@ def _check_field_types(cfg: dict) -> None:
         for key in keys:
             value = cfg.get(key)
             if value is not None and not _KIND_CHECKS[kind](value):
-                raise UserError(f"config.json field {key}={value!r}"[:200] + f" is not {kind}",
-                                f"fix {key} in config.json")
+                raise UserError(
+                    f"config.json field {key}={value!r}"[:200] + f" is not {kind}",
+                    f"fix {key} in config.json",
+                )
 
 
 def _family(cfg: dict) -> str:
@@ -74,8 +115,10 @@ def _family(cfg: dict) -> str:
         by_arch = {arch: fam for fam, arch in ARCHITECTURES.items()}
         family = next((by_arch[a] for a in cfg.get("architectures") or [] if a in by_arch), None)
     if family not in ALL_FAMILIES:
-        raise UserError(f"unsupported model_type {family!r} in config.json",
-                        f"use a checkpoint of one of the families {list(ALL_FAMILIES)}")
+        raise UserError(
+            f"unsupported model_type {family!r} in config.json",
+            f"use a checkpoint of one of the families {list(ALL_FAMILIES)}",
+        )
     return family
 
 
@@ -95,7 +138,9 @@ def _read_rope(cfg: dict, family: str) -> tuple[float, dict | None]:
     if set(rest) <= {"rope_type"} and rest.get("rope_type", "default") == "default":
         rest = {}
     if theta is not None and not is_finite_number(theta):
-        raise UserError(f"config.json rope_theta={theta!r} is not a finite number"[:200], "fix rope_theta in config.json")
+        raise UserError(
+            f"config.json rope_theta={theta!r} is not a finite number"[:200], "fix rope_theta in config.json"
+        )
     return float(theta if theta is not None else DEFAULT_ROPE_THETA.get(family, 10000.0)), rest or None
 
 
@@ -118,9 +163,11 @@ def spec_from_hf_config(cfg: dict, name: str | None = None) -> ModelSpec:
     default_name = (cfg.get("_name_or_path") or "").rstrip("/").split("/")[-1].lower() or f"{family}-custom"
     theta, rope_scaling = _read_rope(cfg, family)
     num_heads = cfg["num_attention_heads"]
-    if num_heads <= 0:     # dbrx's n_heads reaches here through the family key map, before the spec's checks
-        raise UserError(f"config.json num_attention_heads={num_heads!r} must be positive",
-                        "fix num_attention_heads (n_heads) in config.json")
+    if num_heads <= 0:  # dbrx's n_heads reaches here through the family key map, before the spec's checks
+        raise UserError(
+            f"config.json num_attention_heads={num_heads!r} must be positive",
+            "fix num_attention_heads (n_heads) in config.json",
+        )
     common = dict(
         name=name or ours.get("name") or default_name,
         family=family,
@@ -173,4 +220,3 @@ def spec_to_hf_config(spec: ModelSpec) -> dict:
     out.update({k: v for k, v in spec.extra.items() if k not in out})
     out["moelens"] = {"name": spec.name, "source": spec.source}
     return out
-

@@ -6,7 +6,7 @@ prices it).
   hit, each expert's GEMM at its own row count, unpadded. The engine runs it wherever `torch._grouped_mm`
   does (the CPU, where it also measured faster than the loop: BENCHMARKS.md "experts"; CUDA from sm90 in bf16).
 - looped (the engine's fallback elsewhere, or `grouped_experts=False`): one call per activated expert and
-  chunk of at most b_e rows, each chunk padded to its row bucket (`planner.row_buckets`). The planner prices
+  chunk of at most b_e rows, each chunk padded to its row bucket (`planner.perf.row_buckets`). The planner prices
   the grouped path; a looped run's per-expert launches are what the profile's per-expert call cost and the
   GEMM curves' launch term hold.
 """

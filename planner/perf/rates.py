@@ -25,20 +25,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from planner.costs import ModelCosts
-from planner.profile import ElementwiseCosts, HardwareProfile
-from planner.row_buckets import expected_padding
+from planner.hardware.profile import ElementwiseCosts, HardwareProfile
+from planner.perf.costs import ModelCosts
+from planner.perf.row_buckets import expected_padding
 
-ROW_GRID = 2.0 ** np.arange(0, 21)          # 1 .. 1,048,576 rows
-SIZE_GRID = 2.0 ** np.arange(10, 41)        # 1 KiB .. 1 TiB transfers
-SMALL_M_FADE_ROWS = 128.0                   # efficiency.gemm_small_m applies fully at 1 row, not at all from here
+ROW_GRID = 2.0 ** np.arange(0, 21)  # 1 .. 1,048,576 rows
+SIZE_GRID = 2.0 ** np.arange(10, 41)  # 1 KiB .. 1 TiB transfers
+SMALL_M_FADE_ROWS = 128.0  # efficiency.gemm_small_m applies fully at 1 row, not at all from here
 
 
 def gemm_efficiency(rows, gemm: float, gemm_small_m: float) -> np.ndarray:
     """gemm x gemm_small_m^w(m), w falling log-linearly from 1 at one row to 0 at SMALL_M_FADE_ROWS rows."""
     log_m = np.log(np.maximum(np.asarray(rows, dtype=np.float64), 1.0))
     weight = np.clip(1.0 - log_m / np.log(SMALL_M_FADE_ROWS), 0.0, 1.0)
-    return gemm * gemm_small_m ** weight
+    return gemm * gemm_small_m**weight
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,16 @@ class RateScale:
 @dataclass(frozen=True)
 class GemmTable:
     """Rate F(m) of one [n, k] weight (or a whole expert FFN) against rows m, monotone-cleaned."""
+
     flops_per_row: float
     log_rows: np.ndarray
     log_flops_per_s: np.ndarray
 
     @classmethod
-    def sample(cls, profile: HardwareProfile, n: int, k: int, flops_per_row: float,
-               speed: float | np.ndarray) -> GemmTable:
-        matrices = max(int(round(flops_per_row / (2.0 * n * k))), 1)     # an expert FFN: 3
+    def sample(
+        cls, profile: HardwareProfile, n: int, k: int, flops_per_row: float, speed: float | np.ndarray
+    ) -> GemmTable:
+        matrices = max(int(round(flops_per_row / (2.0 * n * k))), 1)  # an expert FFN: 3
         rates = np.array([profile.gemm_tflops(float(m), n, k, matrices) for m in ROW_GRID]) * 1e12 * speed
         rates = np.maximum.accumulate(rates)
         per_row = np.minimum.accumulate(rates / ROW_GRID)
@@ -85,6 +87,7 @@ class GemmTable:
 @dataclass(frozen=True)
 class ModuleGemm:
     """All the matrices one module multiplies its tokens by, one after another, plus a fixed cost per call."""
+
     tables: tuple[GemmTable, ...]
     call_s: float = 0.0
 
@@ -105,10 +108,11 @@ class ModuleGemm:
         for table in self.tables:
             total = total + table.seconds(rows / pieces)
         return np.asarray(groups, dtype=np.float64) * pieces * total + (
-            np.asarray(calls) * self.call_s if self.tables else 0.0)
+            np.asarray(calls) * self.call_s if self.tables else 0.0
+        )
 
     def chunked_seconds(self, rows, chunk, padded: bool = False) -> np.ndarray:
-        """`padded`: each chunk's rows rounded up to its GEMM row bucket (`planner.row_buckets`), as the
+        """`padded`: each chunk's rows rounded up to its GEMM row bucket (`planner.perf.row_buckets`), as the
         engine does for routed experts."""
         rows = np.asarray(rows, dtype=np.float64)
         chunks = np.maximum(rows / np.maximum(chunk, 1.0), 1.0)
@@ -133,7 +137,11 @@ def module_matrices(costs: ModelCosts) -> dict[str, list[tuple[int, int, float]]
         o_in = s.num_heads * s.v_head_dim
         out = [(o_in, s.kv_lora_rank), (h, o_in)]
     else:
-        qkv = [(s.num_heads * s.head_dim, h), (s.num_kv_heads * s.head_dim, h), (s.num_kv_heads * s.head_dim, h)]
+        qkv = [
+            (s.num_heads * s.head_dim, h),
+            (s.num_kv_heads * s.head_dim, h),
+            (s.num_kv_heads * s.head_dim, h),
+        ]
         out = [(h, s.num_heads * s.head_dim)]
     linear = {
         "qkv_proj": [(n, k, 2.0 * n * k) for n, k in qkv],
@@ -161,8 +169,11 @@ class OverheadCosts:
     def of(cls, profile: HardwareProfile, attention: str = "gqa") -> OverheadCosts:
         scale = profile.efficiency.overhead
         measured = profile.overheads
-        return cls(call_s={k: v * scale for k, v in measured.calls_for(attention).items()},
-                   elementwise=measured.elementwise_for(attention), scale=scale)
+        return cls(
+            call_s={k: v * scale for k, v in measured.calls_for(attention).items()},
+            elementwise=measured.elementwise_for(attention),
+            scale=scale,
+        )
 
     def element_seconds(self, name: str, elements, calls=1.0) -> np.ndarray:
         """Seconds for `elements` elements of `name` work done in `calls` equal calls."""
@@ -174,7 +185,7 @@ class OverheadCosts:
 @dataclass(frozen=True)
 class Rates:
     gemm: dict[str, ModuleGemm]
-    attention_bps: np.ndarray            # index = threads (0 .. cores)
+    attention_bps: np.ndarray  # index = threads (0 .. cores)
     host_read_bps: float
     device_read_bps: float
     peak_flops: float
@@ -182,7 +193,7 @@ class Rates:
     step_overhead_s: float
     call_overhead_s: float = 0.0
     overheads: OverheadCosts | None = None
-    host_copy_bps: float = 0.0           # host-to-host copies (forced streaming without a device)
+    host_copy_bps: float = 0.0  # host-to-host copies (forced streaming without a device)
     link_log_sizes: np.ndarray = field(default_factory=lambda: np.log(SIZE_GRID))
     h2d_log_bps: np.ndarray | None = None
     d2h_log_bps: np.ndarray | None = None
@@ -192,12 +203,17 @@ class Rates:
         scale = scale or RateScale()
         eff = profile.efficiency
         has_device = profile.has_device
-        on_host = profile.computes_on_host        # no device, or the CPU behind an emulated link
+        on_host = profile.computes_on_host  # no device, or the CPU behind an emulated link
         compute_speed = gemm_efficiency(ROW_GRID, eff.gemm, eff.gemm_small_m) * (
-            scale.cpu if on_host else scale.device_compute)
-        gemm = {module: ModuleGemm(tuple(GemmTable.sample(profile, n, k, fpr, compute_speed)
-                                         for n, k, fpr in mats), eff.call_overhead_s)
-                for module, mats in module_matrices(costs).items()}
+            scale.cpu if on_host else scale.device_compute
+        )
+        gemm = {
+            module: ModuleGemm(
+                tuple(GemmTable.sample(profile, n, k, fpr, compute_speed) for n, k, fpr in mats),
+                eff.call_overhead_s,
+            )
+            for module, mats in module_matrices(costs).items()
+        }
         tables = [t for g in gemm.values() for t in g.tables]
         layout = "mla" if costs.spec.attention == "mla" else "gqa"
         cores = profile.machine.cores
@@ -205,20 +221,35 @@ class Rates:
         attention = np.maximum.accumulate(attention * 1e9 * eff.attention * scale.cpu)
         dtype_bytes = costs.spec.dtype_bytes
         host_read = profile.memory.read_gbps * 1e9 * scale.host_memory
-        gemv_flops = max(curve.tflops_at(1.0) for curve in profile.gemm_curves) * 1e12 * float(compute_speed[0])
+        gemv_flops = (
+            max(curve.tflops_at(1.0) for curve in profile.gemm_curves) * 1e12 * float(compute_speed[0])
+        )
         device_read = host_read if on_host else gemv_flops * dtype_bytes / 2
         link = {}
         if has_device:
             for name, fn in (("h2d", profile.h2d_gbps), ("d2h", profile.d2h_gbps)):
-                bps = np.array([fn(float(size), pinned=True) for size in SIZE_GRID]) * 1e9 * eff.copy * scale.link
+                bps = (
+                    np.array([fn(float(size), pinned=True) for size in SIZE_GRID])
+                    * 1e9
+                    * eff.copy
+                    * scale.link
+                )
                 link[name] = np.log(bps)
         host_copy = profile.memory.copy_gbps * 1e9 * eff.copy * scale.host_memory
-        return cls(gemm=gemm, attention_bps=attention, host_read_bps=host_read, device_read_bps=device_read,
-                   host_copy_bps=host_copy,
-                   peak_flops=max(t.peak_flops_per_s for t in tables), has_device=has_device,
-                   step_overhead_s=eff.step_overhead_s, call_overhead_s=eff.call_overhead_s,
-                   overheads=OverheadCosts.of(profile, costs.spec.attention), h2d_log_bps=link.get("h2d"),
-                   d2h_log_bps=link.get("d2h"))
+        return cls(
+            gemm=gemm,
+            attention_bps=attention,
+            host_read_bps=host_read,
+            device_read_bps=device_read,
+            host_copy_bps=host_copy,
+            peak_flops=max(t.peak_flops_per_s for t in tables),
+            has_device=has_device,
+            step_overhead_s=eff.step_overhead_s,
+            call_overhead_s=eff.call_overhead_s,
+            overheads=OverheadCosts.of(profile, costs.spec.attention),
+            h2d_log_bps=link.get("h2d"),
+            d2h_log_bps=link.get("d2h"),
+        )
 
     def h2d_bps(self, nbytes) -> np.ndarray:
         return self._link(self.h2d_log_bps, nbytes)

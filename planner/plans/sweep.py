@@ -16,21 +16,25 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from planner.emulated_link import emulate_link
 from planner.errors import UserError
-from planner.perf_memory import Budgets, GiB
-from planner.perf_model import PerfModel
-from planner.plan_build import model_ref_of, plan_from_solution, profile_ref_of
-from planner.profile import HardwareProfile
-from planner.rates import RateScale
-from planner.solver import solve
-from planner.spec import ModelSpec
-from planner.workload import Workload
+from planner.hardware.emulated_link import emulate_link
+from planner.hardware.profile import HardwareProfile
+from planner.perf.memory import Budgets, GiB
+from planner.perf.model import PerfModel
+from planner.perf.rates import RateScale
+from planner.plans.build import model_ref_of, plan_from_solution, profile_ref_of
+from planner.plans.solver import solve
+from planner.plans.workload import Workload
+from planner.specs.spec import ModelSpec
 
 BUDGET_INPUTS = {"kv-gb": "kv_bytes", "host-gb": "host_bytes", "device-gb": "device_bytes"}
 WORKLOAD_INPUTS = ("prompt-len", "gen-len", "num-prompts")
-SCALE_INPUTS = {"link-scale": "link", "cpu-scale": "cpu", "device-compute-scale": "device_compute",
-                "host-memory-scale": "host_memory"}
+SCALE_INPUTS = {
+    "link-scale": "link",
+    "cpu-scale": "cpu",
+    "device-compute-scale": "device_compute",
+    "host-memory-scale": "host_memory",
+}
 LINK_INPUT = "link-gbps"
 VARIABLE_INPUTS = tuple(BUDGET_INPUTS) + WORKLOAD_INPUTS + tuple(SCALE_INPUTS) + (LINK_INPUT,)
 
@@ -44,7 +48,7 @@ class Problem:
     scale: RateScale = RateScale()
     model_ref: str = ""
     profile_ref: str = ""
-    batching: str = "module"        # module | model (`planner.perf_model.BATCHING_MODES`)
+    batching: str = "module"  # module | model (`planner.perf.model.BATCHING_MODES`)
 
 
 def parse_vary(text: str) -> tuple[str, float, float]:
@@ -75,9 +79,11 @@ def vary(problem: Problem, name: str, value: float) -> Problem:
     if name == LINK_INPUT:
         emulated = problem.profile.emulated_link
         if emulated is None:
-            raise UserError(f"--vary {LINK_INPUT} needs a profile of an emulated link; {problem.profile.name} has none",
-                            "make one with `runtime profile --emulate-link GBPS --emulate-device-gb G`, or vary "
-                            "link-scale")
+            raise UserError(
+                f"--vary {LINK_INPUT} needs a profile of an emulated link; {problem.profile.name} has none",
+                "make one with `runtime profile --emulate-link GBPS --emulate-device-gb G`, or vary "
+                "link-scale",
+            )
         return replace(problem, profile=emulate_link(problem.profile, value, emulated.device_memory_gib))
     if name in BUDGET_INPUTS:
         return replace(problem, budgets=replace(problem.budgets, **{BUDGET_INPUTS[name]: value * GiB}))
@@ -92,16 +98,26 @@ def vary(problem: Problem, name: str, value: float) -> Problem:
 
 
 def solve_problem(problem: Problem):
-    model = PerfModel(problem.spec, problem.profile, problem.workload, problem.budgets, problem.scale,
-                      batching=problem.batching)
-    return plan_from_solution(model, solve(model), model_ref_of(problem.spec, problem.model_ref or problem.spec.name),
-                              profile_ref_of(problem.profile, problem.profile_ref or problem.profile.name))
+    model = PerfModel(
+        problem.spec,
+        problem.profile,
+        problem.workload,
+        problem.budgets,
+        problem.scale,
+        batching=problem.batching,
+    )
+    return plan_from_solution(
+        model,
+        solve(model),
+        model_ref_of(problem.spec, problem.model_ref or problem.spec.name),
+        profile_ref_of(problem.profile, problem.profile_ref or problem.profile.name),
+    )
 
 
 def run_sweep(problem: Problem, name: str, values: list[float]) -> pd.DataFrame:
     rows = []
     if name == LINK_INPUT:
-        vary(problem, name, values[0])          # a profile without an emulated link stops here, not per row
+        vary(problem, name, values[0])  # a profile without an emulated link stops here, not per row
     for value in values:
         row: dict = {name: value}
         try:
@@ -111,13 +127,26 @@ def run_sweep(problem: Problem, name: str, values: list[float]) -> pd.DataFrame:
             rows.append(row)
             continue
         p = plan.predicted
-        row.update(generated_tok_s=p.generated_tok_s, decode_tok_s=p.decode_tok_s, prefill_tok_s=p.prefill_tok_s,
-                   wall_time_s=p.wall_time_s, num_seqs=plan.num_seqs, attn_batch=plan.attn_batch,
-                   expert_batch=plan.expert_batch, prefill_chunk=plan.prefill_chunk,
-                   resident_experts_per_layer=plan.resident_experts_per_layer,
-                   kv_budget_gib=plan.kv_budget_bytes / GiB, bottleneck=plan.bottleneck,
-                   bound_tok_s=plan.bound.tok_s, bound_binding=plan.bound.binding, s_mbu=p.s_mbu, s_mfu=p.s_mfu,
-                   usd_per_million_tokens=p.usd_per_million_tokens, link_busy=plan.utilisation.get("link"),
-                   batching=plan.batching, error="")
+        row.update(
+            generated_tok_s=p.generated_tok_s,
+            decode_tok_s=p.decode_tok_s,
+            prefill_tok_s=p.prefill_tok_s,
+            wall_time_s=p.wall_time_s,
+            num_seqs=plan.num_seqs,
+            attn_batch=plan.attn_batch,
+            expert_batch=plan.expert_batch,
+            prefill_chunk=plan.prefill_chunk,
+            resident_experts_per_layer=plan.resident_experts_per_layer,
+            kv_budget_gib=plan.kv_budget_bytes / GiB,
+            bottleneck=plan.bottleneck,
+            bound_tok_s=plan.bound.tok_s,
+            bound_binding=plan.bound.binding,
+            s_mbu=p.s_mbu,
+            s_mfu=p.s_mfu,
+            usd_per_million_tokens=p.usd_per_million_tokens,
+            link_busy=plan.utilisation.get("link"),
+            batching=plan.batching,
+            error="",
+        )
         rows.append(row)
     return pd.DataFrame(rows)

@@ -27,6 +27,7 @@ TOLERANCE = 0.2
 @dataclass(frozen=True)
 class SpotGemm:
     """The GEMM whose rate fingerprints a machine: `matrices` [n, k] weights times `rows` rows in a row."""
+
     rows: int
     n: int
     k: int
@@ -37,14 +38,16 @@ class SpotGemm:
         return f"an expert FFN of {self.k}x{self.n} at {self.rows} rows in bf16"
 
 
-SPOT_GEMM = SpotGemm(rows=256, n=768, k=2048, matrices=3)    # measured by every profile sizing (clamped in tiny)
+SPOT_GEMM = SpotGemm(
+    rows=256, n=768, k=2048, matrices=3
+)  # measured by every profile sizing (clamped in tiny)
 
 
 @dataclass(frozen=True)
 class MachineIdentity:
     cpu: str
-    cores: int                      # usable logical CPUs
-    device: str | None              # None: CPU only
+    cores: int  # usable logical CPUs
+    device: str | None  # None: CPU only
 
     @property
     def profile_name(self) -> str:
@@ -55,8 +58,8 @@ class MachineIdentity:
 
 @dataclass(frozen=True)
 class MachineRates:
-    memory_read_gbps: float         # host memory read (a sum over a buffer much larger than the caches)
-    gemm_tflops: float              # SPOT_GEMM on the device (the CPU when there is none)
+    memory_read_gbps: float  # host memory read (a sum over a buffer much larger than the caches)
+    gemm_tflops: float  # SPOT_GEMM on the device (the CPU when there is none)
 
     def to_dict(self) -> dict:
         return {"memory_read_gbps": self.memory_read_gbps, "gemm_tflops": self.gemm_tflops}
@@ -67,17 +70,24 @@ class MachineRates:
         return f"mem{self.memory_read_gbps:.0f}-gemm{1000 * self.gemm_tflops:.0f}"
 
 
-def rate_differences(measured: MachineRates, reference: MachineRates, reference_name: str = "the profile",
-                     tolerance: float = TOLERANCE) -> list[str]:
+def rate_differences(
+    measured: MachineRates,
+    reference: MachineRates,
+    reference_name: str = "the profile",
+    tolerance: float = TOLERANCE,
+) -> list[str]:
     """Sentences for each figure of `measured` more than `tolerance` away from `reference`'s."""
     out = []
     for what, unit, mine, theirs in (
-            ("reads memory at", "GB/s", measured.memory_read_gbps, reference.memory_read_gbps),
-            (f"runs {SPOT_GEMM.label} at", "TFLOP/s", measured.gemm_tflops, reference.gemm_tflops)):
+        ("reads memory at", "GB/s", measured.memory_read_gbps, reference.memory_read_gbps),
+        (f"runs {SPOT_GEMM.label} at", "TFLOP/s", measured.gemm_tflops, reference.gemm_tflops),
+    ):
         change = mine / theirs - 1
         if abs(change) > tolerance:
-            out.append(f"this machine {what} {mine:.3g} {unit}, {reference_name} says {theirs:.3g} {unit} "
-                       f"({100 * change:+.0f}%)")
+            out.append(
+                f"this machine {what} {mine:.3g} {unit}, {reference_name} says {theirs:.3g} {unit} "
+                f"({100 * change:+.0f}%)"
+            )
     return out
 
 
@@ -87,13 +97,14 @@ def this_machine() -> MachineIdentity:
 
 def _slug(text: str) -> str:
     text = re.sub(r"\((r|tm|c)\)", " ", text.lower())
-    text = re.sub(r"@.*$", " ", text)                       # clock speed
+    text = re.sub(r"@.*$", " ", text)  # clock speed
     text = re.sub(r"\b\d+-core\b|\bprocessor\b|\bcpu\b", " ", text)
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
 
 
 def _cpu_model() -> str:
     import platform
+
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith(("model name", "hardware")):
@@ -117,8 +128,13 @@ def _device_name() -> str | None:
     names: list[str] = []
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10, check=True).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
             names = [line.strip() for line in out.splitlines() if line.strip()]
         except (OSError, subprocess.SubprocessError):
             names = []

@@ -1,7 +1,7 @@
 """Hardware-profile schema: the nested frozen dataclasses of a profile and the curve interpolation.
 
 Each dataclass has `to_dict()` (the YAML form, docs/contracts.md "Hardware profile"); parsing and strict
-validation of that form live in `planner.profile_parse`. Curves interpolate log-log (GEMM rows, copy
+validation of that form live in `planner.hardware.profile_parse`. Curves interpolate log-log (GEMM rows, copy
 sizes) or linearly (attention threads), clamped to their end values outside the measured range.
 
 `Overheads` (the optional `overheads` section; absent = all zero, as in datasheet profiles) holds what the
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from planner.this_machine import MachineRates
+from planner.hardware.this_machine import MachineRates
 
 SCHEMA_VERSION = 1
 PROVENANCE_KINDS = ("measured", "datasheet", "calibrated")
@@ -75,41 +75,54 @@ def steady_state_order(curve) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Provenance:
-    kind: str                                   # measured | datasheet | calibrated
+    kind: str  # measured | datasheet | calibrated
     date: str = ""
     command: str = ""
     moelens_version: str = ""
-    sources: tuple[str, ...] = ()               # datasheets, papers, price pages
-    calibrated_from: tuple[str, ...] = ()       # report.json files a calibrated profile was fitted to
+    sources: tuple[str, ...] = ()  # datasheets, papers, price pages
+    calibrated_from: tuple[str, ...] = ()  # report.json files a calibrated profile was fitted to
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "date": self.date, "command": self.command,
-                "moelens_version": self.moelens_version, "sources": list(self.sources),
-                "calibrated_from": list(self.calibrated_from)}
+        return {
+            "kind": self.kind,
+            "date": self.date,
+            "command": self.command,
+            "moelens_version": self.moelens_version,
+            "sources": list(self.sources),
+            "calibrated_from": list(self.calibrated_from),
+        }
 
 
 @dataclass(frozen=True)
 class Machine:
     cpu: str
-    cores: int                                  # usable logical CPUs
+    cores: int  # usable logical CPUs
     host_memory_gib: float
-    device: str | None = None                   # None: CPU only
+    device: str | None = None  # None: CPU only
     device_memory_gib: float = 0.0
-    cpu_flags: tuple[str, ...] = ()             # the interesting ones: avx2, avx512*, amx*
+    cpu_flags: tuple[str, ...] = ()  # the interesting ones: avx2, avx512*, amx*
     host_free_gib: float | None = None
     device_free_gib: float | None = None
-    interconnect: str | None = None             # "PCIe 4.0 x16"
+    interconnect: str | None = None  # "PCIe 4.0 x16"
     torch: str | None = None
     cuda: str | None = None
-    fingerprint: MachineRates | None = None     # measured by `runtime profile` (planner.this_machine)
+    fingerprint: MachineRates | None = None  # measured by `runtime profile` (planner.hardware.this_machine)
 
     def to_dict(self) -> dict:
-        return {"cpu": self.cpu, "cores": self.cores, "cpu_flags": list(self.cpu_flags),
-                "host_memory_gib": self.host_memory_gib, "host_free_gib": self.host_free_gib,
-                "device": self.device, "device_memory_gib": self.device_memory_gib,
-                "device_free_gib": self.device_free_gib, "interconnect": self.interconnect,
-                "torch": self.torch, "cuda": self.cuda,
-                **({"fingerprint": self.fingerprint.to_dict()} if self.fingerprint is not None else {})}
+        return {
+            "cpu": self.cpu,
+            "cores": self.cores,
+            "cpu_flags": list(self.cpu_flags),
+            "host_memory_gib": self.host_memory_gib,
+            "host_free_gib": self.host_free_gib,
+            "device": self.device,
+            "device_memory_gib": self.device_memory_gib,
+            "device_free_gib": self.device_free_gib,
+            "interconnect": self.interconnect,
+            "torch": self.torch,
+            "cuda": self.cuda,
+            **({"fingerprint": self.fingerprint.to_dict()} if self.fingerprint is not None else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -119,13 +132,17 @@ class Price:
     sources: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"usd_per_hour": self.usd_per_hour, "purchase_usd": self.purchase_usd,
-                "sources": list(self.sources)}
+        return {
+            "usd_per_hour": self.usd_per_hour,
+            "purchase_usd": self.purchase_usd,
+            "sources": list(self.sources),
+        }
 
 
 @dataclass(frozen=True)
 class RateCurve:
     """Bandwidth (GB/s) against transfer size (bytes)."""
+
     sizes: tuple[float, ...]
     gbps: tuple[float, ...]
 
@@ -153,9 +170,10 @@ LINK_CURVES = ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable")
 @dataclass(frozen=True)
 class GemmCurve:
     """F(m): rate of an [m, k] x [k, n] GEMM against m (rows)."""
-    shape: str                                  # "expert h4096 i14336 gate/up"
-    n: int                                      # output features
-    k: int                                      # input features
+
+    shape: str  # "expert h4096 i14336 gate/up"
+    n: int  # output features
+    k: int  # input features
     rows: tuple[int, ...]
     tflops: tuple[float, ...]
 
@@ -163,17 +181,23 @@ class GemmCurve:
         return _interp_loglog(self.rows, self.tflops, m)
 
     def to_dict(self) -> dict:
-        return {"shape": self.shape, "n": self.n, "k": self.k, "rows": list(self.rows),
-                "tflops": list(self.tflops)}
+        return {
+            "shape": self.shape,
+            "n": self.n,
+            "k": self.k,
+            "rows": list(self.rows),
+            "tflops": list(self.tflops),
+        }
 
 
 @dataclass(frozen=True)
 class AttentionCurve:
     """CPU decode attention: KV bytes read per second against thread count, at one operating point."""
-    layout: str                                 # gqa | mla
+
+    layout: str  # gqa | mla
     batch: int
     context: int
-    group: int                                  # query heads per KV head (MLA: heads sharing the latent)
+    group: int  # query heads per KV head (MLA: heads sharing the latent)
     threads: tuple[int, ...]
     gbps: tuple[float, ...]
 
@@ -181,15 +205,22 @@ class AttentionCurve:
         return _interp_linear(self.threads, self.gbps, threads)
 
     def to_dict(self) -> dict:
-        return {"layout": self.layout, "batch": self.batch, "context": self.context, "group": self.group,
-                "threads": list(self.threads), "gbps": list(self.gbps)}
+        return {
+            "layout": self.layout,
+            "batch": self.batch,
+            "context": self.context,
+            "group": self.group,
+            "threads": list(self.threads),
+            "gbps": list(self.gbps),
+        }
 
 
 @dataclass(frozen=True)
 class EmulatedLink:
-    """The device is this machine's CPU behind an emulated link (`planner.emulated_link`): copies across it
+    """The device is this machine's CPU behind an emulated link (`planner.hardware.emulated_link`): copies across it
     are paced to `gbps` (each direction, one copy at a time) and device-side memory is held to
     `device_memory_gib`. The profile's `links` curves are flat at `gbps`; compute and attention are the CPU's."""
+
     gbps: float
     device_memory_gib: float
 
@@ -199,8 +230,8 @@ class EmulatedLink:
 
 @dataclass(frozen=True)
 class Memory:
-    read_gbps: float                            # host memory, one sweep reading a large buffer, all cores
-    copy_gbps: float                            # host in-memory copy (bytes copied per second)
+    read_gbps: float  # host memory, one sweep reading a large buffer, all cores
+    copy_gbps: float  # host in-memory copy (bytes copied per second)
 
     def to_dict(self) -> dict:
         return {"read_gbps": self.read_gbps, "copy_gbps": self.copy_gbps}
@@ -208,27 +239,35 @@ class Memory:
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Multipliers on the measured rates and fixed costs, fitted by calibration (`planner.rates`).
+    """Multipliers on the measured rates and fixed costs, fitted by calibration (`planner.perf.rates`).
     `gemm_small_m` multiplies GEMM rates at one row on top of `gemm`, fading out by 128 rows; `call_overhead_s`
     is added to every module call (each expert, each micro-batch, ...); `step_overhead_s` to every decode step
     and prefill forward."""
+
     gemm: float = 1.0
     attention: float = 1.0
     copy: float = 1.0
     step_overhead_s: float = 0.0
     gemm_small_m: float = 1.0
     call_overhead_s: float = 0.0
-    overhead: float = 1.0           # multiplies every measured cost of the `overheads` section
+    overhead: float = 1.0  # multiplies every measured cost of the `overheads` section
 
     def to_dict(self) -> dict:
-        return {"gemm": self.gemm, "gemm_small_m": self.gemm_small_m, "attention": self.attention,
-                "copy": self.copy, "step_overhead_s": self.step_overhead_s, "call_overhead_s": self.call_overhead_s,
-                "overhead": self.overhead}
+        return {
+            "gemm": self.gemm,
+            "gemm_small_m": self.gemm_small_m,
+            "attention": self.attention,
+            "copy": self.copy,
+            "step_overhead_s": self.step_overhead_s,
+            "call_overhead_s": self.call_overhead_s,
+            "overhead": self.overhead,
+        }
 
 
 @dataclass(frozen=True)
 class CallOverheads:
     """Fixed seconds per call of each engine code path, beyond the GEMM time the curves give (module docstring)."""
+
     embed: float = 0.0
     qkv_proj: float = 0.0
     qk_norm: float = 0.0
@@ -253,6 +292,7 @@ class CallOverheads:
 class ElementwiseBySize:
     """Marginal nanoseconds per element against the elements one call touches (`elements`, ascending), for
     some of `ELEMENTWISE_COSTS`; interpolated log-log, clamped to the end values."""
+
     elements: tuple[int, ...]
     ns: dict[str, tuple[float, ...]]
 
@@ -269,6 +309,7 @@ class ElementwiseBySize:
 class ElementwiseCosts:
     """Nanoseconds per element of the elementwise work: at large sizes (memory-bound, the scalars) and, when
     measured, against the size of one call (`by_size`: small tensors stay in cache and cost less)."""
+
     norm: float = 0.0
     rope: float = 0.0
     add: float = 0.0
@@ -296,8 +337,8 @@ ELEMENTWISE_COSTS = tuple(f.name for f in fields(ElementwiseCosts) if f.name != 
 class Overheads:
     call_s: CallOverheads = field(default_factory=CallOverheads)
     elementwise_ns: ElementwiseCosts = field(default_factory=ElementwiseCosts)
-    mla_call_s: dict[str, float] | None = None      # MLA_CALL_OVERHEADS; None: MLA priced with call_s
-    mla_attention_score_ns: float | None = None     # None: MLA priced with elementwise_ns.attention_score
+    mla_call_s: dict[str, float] | None = None  # MLA_CALL_OVERHEADS; None: MLA priced with call_s
+    mla_attention_score_ns: float | None = None  # None: MLA priced with elementwise_ns.attention_score
 
     def calls_for(self, attention: str) -> dict[str, float]:
         """Seconds per call for a model of this attention kind (`gqa` / `mla`)."""
@@ -314,8 +355,9 @@ class Overheads:
     @property
     def measured(self) -> bool:
         """False when every cost is zero (the section was absent)."""
-        return any(self.call_s.to_dict().values()) or any(getattr(self.elementwise_ns, name)
-                                                          for name in ELEMENTWISE_COSTS)
+        return any(self.call_s.to_dict().values()) or any(
+            getattr(self.elementwise_ns, name) for name in ELEMENTWISE_COSTS
+        )
 
     def to_dict(self) -> dict:
         mla = {"mla_call_s": dict(self.mla_call_s)} if self.mla_call_s is not None else {}

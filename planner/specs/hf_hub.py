@@ -26,13 +26,19 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def hub_cache_dir() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = Path(os.environ["HF_HOME"]).expanduser() if os.environ.get("HF_HOME") else Path.home() / ".cache/huggingface"
+    home = (
+        Path(os.environ["HF_HOME"]).expanduser()
+        if os.environ.get("HF_HOME")
+        else Path.home() / ".cache/huggingface"
+    )
     return home / "hub"
 
 
 def is_hub_id(ref: str | Path) -> bool:
     text = str(ref)
-    return bool(HUB_ID.match(text)) and not Path(text).exists() and not text.endswith((".yaml", ".yml", ".json"))
+    return (
+        bool(HUB_ID.match(text)) and not Path(text).exists() and not text.endswith((".yaml", ".yml", ".json"))
+    )
 
 
 def local_snapshot(repo_id: str) -> Path | None:
@@ -60,13 +66,18 @@ def shipped_spec_name(repo_id: str) -> str | None:
 
 
 def download_hint(repo_id: str) -> str:
-    return (f"download it first (`huggingface-cli download {repo_id}`, into {hub_cache_dir()}; set HF_HUB_CACHE "
-            "or HF_HOME if your cache lives elsewhere), or pass a local checkpoint directory")
+    return (
+        f"download it first (`huggingface-cli download {repo_id}`, into {hub_cache_dir()}; set HF_HUB_CACHE "
+        "or HF_HOME if your cache lives elsewhere), or pass a local checkpoint directory"
+    )
 
 
 def require_snapshot(repo_id: str) -> Path:
     snapshot = local_snapshot(repo_id)
     if snapshot is None:
-        raise UserError(f"{repo_id} is not in the local Hugging Face cache ({hub_cache_dir()}) and moelens "
-                        "never downloads", download_hint(repo_id))
+        raise UserError(
+            f"{repo_id} is not in the local Hugging Face cache ({hub_cache_dir()}) and moelens "
+            "never downloads",
+            download_hint(repo_id),
+        )
     return snapshot

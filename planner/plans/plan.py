@@ -5,7 +5,7 @@ every decision the runtime reads (top-level fields; names in docs/contracts.md "
 predicts: tokens/s (prefill, decode, end to end), wall time, seconds per module per decode step and per
 prefill chunk (module names shared with the runtime's measurements; `decode_step.prefill` is prefill time
 amortised per decode step), utilisation of each resource, the bottleneck, memory by category on host and
-device, the upper bound (`planner.bound`), S-MBU / S-MFU and $ per million generated tokens.
+device, the upper bound (`planner.perf.bound`), S-MBU / S-MFU and $ per million generated tokens.
 
 Residency: `resident_modules` lists weight modules kept on the device (runtime module names); routed
 experts 0 .. `resident_experts_per_layer`-1 of every MoE layer stay on the device too ("experts" is listed when
@@ -28,12 +28,21 @@ from pathlib import Path
 
 import yaml
 
-from planner.bound import Bound
 from planner.errors import UserError
-from planner.workload import Workload
+from planner.perf.bound import Bound
+from planner.plans.workload import Workload
 
 SCHEMA_VERSION = 1
-WEIGHT_MODULES = ("embed", "qkv_proj", "o_proj", "router", "experts", "shared_experts", "dense_mlp", "lm_head")
+WEIGHT_MODULES = (
+    "embed",
+    "qkv_proj",
+    "o_proj",
+    "router",
+    "experts",
+    "shared_experts",
+    "dense_mlp",
+    "lm_head",
+)
 RESOURCES = ("device", "cpu_attention", "link", "host_memory", "cpu")
 SCHEDULING = ("refill",)
 BATCHING = ("module", "model")
@@ -43,39 +52,39 @@ OPTIONAL_FIELDS = {"batching": "module", "emulated_link_gbps": None, "stream_slo
 @dataclass(frozen=True)
 class ModelRef:
     name: str
-    hash: str                       # sha256 (12 hex) of the spec's fields
+    hash: str  # sha256 (12 hex) of the spec's fields
     dtype: str
-    ref: str                        # what `load_spec` was given (a name, YAML path or checkpoint dir)
+    ref: str  # what `load_spec` was given (a name, YAML path or checkpoint dir)
 
 
 @dataclass(frozen=True)
 class ProfileRef:
     name: str
     fingerprint: str
-    kind: str                       # measured | datasheet | calibrated
-    ref: str                        # what `load_profile` was given
+    kind: str  # measured | datasheet | calibrated
+    ref: str  # what `load_profile` was given
 
 
 @dataclass(frozen=True)
 class BudgetsGiB:
     kv_gib: float
     host_gib: float
-    device_gib: float               # 0 without a device
+    device_gib: float  # 0 without a device
 
 
 @dataclass(frozen=True)
 class Prediction:
-    generated_tok_s: float          # end to end: generated tokens / wall time
-    decode_tok_s: float             # steady state at N in flight
+    generated_tok_s: float  # end to end: generated tokens / wall time
+    decode_tok_s: float  # steady state at N in flight
     prefill_tok_s: float
     wall_time_s: float
     prefill_time_s: float
     decode_steps: float
     decode_step_s: float
     prefill_chunk_s: float
-    static_batches_tok_s: float     # the same decisions with static batches (no refill), for comparison
-    s_mbu: float                    # MoE-CAP sparse memory-bandwidth utilisation of a decode step
-    s_mfu: float                    # MoE-CAP sparse FLOP utilisation of a decode step
+    static_batches_tok_s: float  # the same decisions with static batches (no refill), for comparison
+    s_mbu: float  # MoE-CAP sparse memory-bandwidth utilisation of a decode step
+    s_mfu: float  # MoE-CAP sparse FLOP utilisation of a decode step
     usd_per_million_tokens: float | None
 
 
@@ -99,16 +108,20 @@ class Plan:
     compute_threads: int
     token_groups: int
     scheduling: str
-    batching: str                   # module (the engine's module-based batching) | model (one batch everywhere)
-    emulated_link_gbps: float | None    # the device is the CPU behind a link paced to this (`planner.emulated_link`)
+    batching: str  # module (the engine's module-based batching) | model (one batch everywhere)
+    emulated_link_gbps: (
+        float | None
+    )  # the device is the CPU behind a link paced to this (`planner.hardware.emulated_link`)
     predicted: Prediction
-    module_times: dict[str, dict[str, float]]   # decode_step / prefill_chunk -> module -> seconds
-    utilisation: dict[str, float]               # resource -> busy fraction of a decode step
+    module_times: dict[str, dict[str, float]]  # decode_step / prefill_chunk -> module -> seconds
+    utilisation: dict[str, float]  # resource -> busy fraction of a decode step
     bottleneck: str
-    memory: dict[str, dict[str, float]]         # host / device -> category -> bytes
+    memory: dict[str, dict[str, float]]  # host / device -> category -> bytes
     bound: Bound
-    solver: dict[str, float]                    # evaluations, lattice sizes (never timings: plans are deterministic)
-    stream_slots: int = OPTIONAL_FIELDS["stream_slots"]   # device slots of streamed layers: 3 when the device has room
+    solver: dict[str, float]  # evaluations, lattice sizes (never timings: plans are deterministic)
+    stream_slots: int = OPTIONAL_FIELDS[
+        "stream_slots"
+    ]  # device slots of streamed layers: 3 when the device has room
 
     def __post_init__(self) -> None:
         _check_decisions(self)
@@ -137,30 +150,41 @@ class Plan:
         if not isinstance(data, dict):
             raise UserError(f"{source}: a plan must be a YAML mapping", "re-create it with `planner solve`")
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise UserError(f"{source}: schema_version {data.get('schema_version')!r} is not supported "
-                            f"(this moelens reads {SCHEMA_VERSION})", "re-create the plan with `planner solve`")
-        data = {**OPTIONAL_FIELDS, **data}      # plans written before these fields existed
+            raise UserError(
+                f"{source}: schema_version {data.get('schema_version')!r} is not supported "
+                f"(this moelens reads {SCHEMA_VERSION})",
+                "re-create the plan with `planner solve`",
+            )
+        data = {**OPTIONAL_FIELDS, **data}  # plans written before these fields existed
         return _from_plain(cls, data, source, "")
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "plan") -> Plan:
         try:
             data = yaml.safe_load(text)
-        except (yaml.YAMLError, ValueError, RecursionError) as err:  # ValueError: e.g. an int over 4300 digits
-            raise UserError(f"{source} is not valid YAML: {str(err)[:300]}",
-                            "re-create it with `planner solve`") from None
+        except (
+            yaml.YAMLError,
+            ValueError,
+            RecursionError,
+        ) as err:  # ValueError: e.g. an int over 4300 digits
+            raise UserError(
+                f"{source} is not valid YAML: {str(err)[:300]}", "re-create it with `planner solve`"
+            ) from None
         return cls.from_dict(data, source)
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"plan file {path} does not exist", "pass a plan written by `planner solve --out`")
+            raise UserError(
+                f"plan file {path} does not exist", "pass a plan written by `planner solve --out`"
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, ValueError) as err:  # ValueError: not UTF-8
-            raise UserError(f"cannot read plan file {path}: {err}", "pass a plan written by `planner solve --out`") \
-                from None
+            raise UserError(
+                f"cannot read plan file {path}: {err}", "pass a plan written by `planner solve --out`"
+            ) from None
         return cls.from_yaml(text, str(path))
 
 
@@ -168,8 +192,17 @@ def _check_decisions(plan: Plan) -> None:
     def fail(name: str, why: str) -> UserError:
         return UserError(f"plan field {name}: {why}", "re-create the plan with `planner solve`")
 
-    for name in ("num_seqs", "attn_batch", "expert_batch", "kv_budget_bytes", "kv_block_size", "prefill_chunk",
-                 "attention_threads", "compute_threads", "token_groups"):
+    for name in (
+        "num_seqs",
+        "attn_batch",
+        "expert_batch",
+        "kv_budget_bytes",
+        "kv_block_size",
+        "prefill_chunk",
+        "attention_threads",
+        "compute_threads",
+        "token_groups",
+    ):
         if getattr(plan, name) < 1:
             raise fail(name, f"{getattr(plan, name)} must be at least 1")
     unknown = sorted(set(plan.resident_modules) - set(WEIGHT_MODULES))
@@ -218,21 +251,27 @@ def _from_plain(cls, data: dict, source: str, path: str):
         return f"{path}.{name}" if path else name
 
     if not isinstance(data, dict):
-        raise UserError(f"{source}: {path or 'plan'}: expected a mapping", "re-create the plan with `planner solve`")
+        raise UserError(
+            f"{source}: {path or 'plan'}: expected a mapping", "re-create the plan with `planner solve`"
+        )
     names = [f.name for f in fields(cls)]
     unknown, missing = sorted(map(str, set(data) - set(names))), [n for n in names if n not in data]
     if unknown or missing:
         bad = where(unknown[0] if unknown else missing[0])
-        raise UserError(f"{source}: {bad}: {'unknown field' if unknown else 'missing (required)'}",
-                        "re-create the plan with `planner solve`")
+        raise UserError(
+            f"{source}: {bad}: {'unknown field' if unknown else 'missing (required)'}",
+            "re-create the plan with `planner solve`",
+        )
     hints = typing.get_type_hints(cls)
     return cls(**{name: _convert(data[name], hints[name], source, where(name)) for name in names})
 
 
 def _convert(value, hint, source: str, path: str):
     def fail(expected: str) -> UserError:
-        return UserError(f"{source}: {path}: expected {expected}, got {value!r}"[:300],
-                         "re-create the plan with `planner solve`")
+        return UserError(
+            f"{source}: {path}: expected {expected}, got {value!r}"[:300],
+            "re-create the plan with `planner solve`",
+        )
 
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Workload:
@@ -241,7 +280,7 @@ def _convert(value, hint, source: str, path: str):
         if not isinstance(value, dict):
             raise fail("a mapping")
         value = dict(value)
-        value.setdefault("end_to_end_tok_s", None)      # plans written before it was part of the bound
+        value.setdefault("end_to_end_tok_s", None)  # plans written before it was part of the bound
         if isinstance(value.get("terms"), dict):
             value["terms"] = {k: (math.inf if v is None else v) for k, v in value["terms"].items()}
         return _from_plain(Bound, value, source, path)
@@ -274,7 +313,7 @@ def _convert(value, hint, source: str, path: str):
             raise fail("a non-negative number")
         try:
             number = float(value)
-        except OverflowError:          # an int beyond float range
+        except OverflowError:  # an int beyond float range
             raise fail("a non-negative number") from None
         if math.isnan(number):
             raise fail("a non-negative number")

@@ -1,7 +1,7 @@
 """The measured fixed and elementwise costs of each module, in the engine's module names (torch-free).
 
 `OverheadTerms.build(spec, rates.overheads)` turns a profile's `overheads` section (already times
-`efficiency.overhead`, see `planner.rates.OverheadCosts`) into seconds the performance model adds to its GEMM
+`efficiency.overhead`, see `planner.perf.rates.OverheadCosts`) into seconds the performance model adds to its GEMM
 and bandwidth terms. Counts follow the engine (`runtime.engine.forward`, `runtime.engine.ffn`):
 - decode, per layer: `qkv_proj` = per attention micro-batch (`groups * max(n / b_a, 1)` calls, n = N / groups)
   call_s.qkv_proj (+ call_s.qk_norm for models with norms inside attention) plus N x (normed widths x
@@ -9,7 +9,7 @@ and bandwidth terms. Counts follow the engine (`runtime.engine.forward`, `runtim
   micro-batch call_s.o_proj plus N h residual-add elements; `router` = per group call_s.router (MoE layers)
   plus N h norm elements (the mlp norm, which the engine times as `router` in every layer); `experts` = per
   group call_s.expert_grouping plus call_s.expert per activated expert and chunk (the grouped path,
-  `planner.expert_kernels`: per window of b_e routed rows instead); `shared_experts`,
+  `planner.perf.expert_kernels`: per window of b_e routed rows instead); `shared_experts`,
   `dense_mlp` = per group; `residual` = N h add elements of the FFN output (untimed by the engine, in the
   step only).
 - decode, per step: `embed`, `lm_head` (one call over all N: call + N h norm elements), `sampling` (call +
@@ -30,18 +30,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.expert_kernels import grouped_calls
-from planner.rates import OverheadCosts
-from planner.spec import ModelSpec
+from planner.perf.expert_kernels import grouped_calls
+from planner.perf.rates import OverheadCosts
+from planner.specs.spec import ModelSpec
 
 
 @dataclass(frozen=True)
 class OverheadTerms:
-    call: dict[str, float]          # seconds per call
-    costs: OverheadCosts            # elementwise seconds by size of call
+    call: dict[str, float]  # seconds per call
+    costs: OverheadCosts  # elementwise seconds by size of call
     hidden: float
-    qkv_norm_width: float           # elements normed per token before the attention kernel
-    rope_width: float               # q/k elements rotated per token
+    qkv_norm_width: float  # elements normed per token before the attention kernel
+    rope_width: float  # q/k elements rotated per token
     has_qk_norm: bool
     has_shared: bool
     score_heads: float
@@ -66,34 +66,49 @@ class OverheadTerms:
             rope_width = (spec.num_heads + spec.num_kv_heads) * spec.head_dim
             has_qk_norm = spec.qk_norm != "none"
             norm_width = spec.hidden_size + (rope_width if has_qk_norm else 0)
-        return cls(call=costs.call_s, costs=costs, hidden=float(spec.hidden_size),
-                   qkv_norm_width=float(norm_width), rope_width=float(rope_width), has_qk_norm=has_qk_norm,
-                   has_shared=spec.num_shared_experts > 0, score_heads=float(spec.num_heads),
-                   vocab=float(spec.vocab_size), top_k=float(spec.top_k))
+        return cls(
+            call=costs.call_s,
+            costs=costs,
+            hidden=float(spec.hidden_size),
+            qkv_norm_width=float(norm_width),
+            rope_width=float(rope_width),
+            has_qk_norm=has_qk_norm,
+            has_shared=spec.num_shared_experts > 0,
+            score_heads=float(spec.num_heads),
+            vocab=float(spec.vocab_size),
+            top_k=float(spec.top_k),
+        )
 
-    def _layer(self, tokens, qkv_calls, ffn_calls, hit, rows_per_expert, expert_batch, grouped) -> dict[str, np.ndarray]:
+    def _layer(
+        self, tokens, qkv_calls, ffn_calls, hit, rows_per_expert, expert_batch, grouped
+    ) -> dict[str, np.ndarray]:
         c, ew, h = self.call, self._ew, self.hidden
         tokens = np.asarray(tokens, dtype=np.float64)
-        if grouped:   # per token group: one grouped call per window of b_e routed rows, whatever the experts hit
+        if (
+            grouped
+        ):  # per token group: one grouped call per window of b_e routed rows, whatever the experts hit
             expert_calls = grouped_calls(tokens / ffn_calls * self.top_k, expert_batch)
-        else:         # per activated expert and chunk
+        else:  # per activated expert and chunk
             expert_calls = hit * np.maximum(rows_per_expert / np.maximum(expert_batch, 1.0), 1.0)
         qkv_call = c["qkv_proj"] + (c["qk_norm"] if self.has_qk_norm else 0.0)
         return {
-            "qkv_proj": qkv_calls * qkv_call + ew("norm", tokens * self.qkv_norm_width, qkv_calls)
+            "qkv_proj": qkv_calls * qkv_call
+            + ew("norm", tokens * self.qkv_norm_width, qkv_calls)
             + ew("rope", tokens * self.rope_width, qkv_calls),
             "o_proj": qkv_calls * c["o_proj"] + ew("add", tokens * h, qkv_calls),
             "mlp_norm": ew("norm", tokens * h, ffn_calls),
             "router": ffn_calls * c["router"],
             "experts": ffn_calls * (c["expert_grouping"] + expert_calls * c["expert"]),
-            "shared_experts": (ffn_calls * c["shared_experts"] + ew("add", tokens * h, ffn_calls)) if self.has_shared
+            "shared_experts": (ffn_calls * c["shared_experts"] + ew("add", tokens * h, ffn_calls))
+            if self.has_shared
             else np.zeros_like(tokens),
             "dense_mlp": ffn_calls * c["dense_mlp"],
             "residual": ew("add", tokens * h, ffn_calls),
         }
 
-    def decode_layer(self, num_seqs, groups: int, attn_batch, expert_batch, hit, rows_per_expert,
-                     grouped: bool = False) -> dict:
+    def decode_layer(
+        self, num_seqs, groups: int, attn_batch, expert_batch, hit, rows_per_expert, grouped: bool = False
+    ) -> dict:
         """Seconds per layer of a decode step of `num_seqs` sequences; `hit` and `rows_per_expert` per group."""
         micro_batches = groups * np.maximum(np.asarray(num_seqs) / groups / np.maximum(attn_batch, 1.0), 1.0)
         out = self._layer(num_seqs, micro_batches, float(groups), hit, rows_per_expert, expert_batch, grouped)
@@ -104,22 +119,38 @@ class OverheadTerms:
         c = self.call
         num_seqs = np.asarray(num_seqs, dtype=np.float64)
         ones = np.ones_like(num_seqs)
-        return {"embed": c["embed"] * ones, "lm_head": c["lm_head"] + self._ew("norm", num_seqs * self.hidden),
-                "sampling": c["sampling"] + self._ew("sampling", num_seqs * self.vocab),
-                "step": c["decode_step"] * ones}
+        return {
+            "embed": c["embed"] * ones,
+            "lm_head": c["lm_head"] + self._ew("norm", num_seqs * self.hidden),
+            "sampling": c["sampling"] + self._ew("sampling", num_seqs * self.vocab),
+            "step": c["decode_step"] * ones,
+        }
 
-    def prefill_layer(self, tokens, segments, score_context: float, hit, rows_per_expert, expert_batch,
-                      grouped: bool = False) -> dict:
+    def prefill_layer(
+        self,
+        tokens,
+        segments,
+        score_context: float,
+        hit,
+        rows_per_expert,
+        expert_batch,
+        grouped: bool = False,
+    ) -> dict:
         """Seconds per layer of a prefill chunk: `segments` prompt pieces whose queries see `score_context` keys
         on average (attention_core scores every query against every key of its segment, masked after)."""
         out = self._layer(tokens, 1.0, 1.0, hit, rows_per_expert, expert_batch, grouped)
         scores = np.asarray(tokens, dtype=np.float64) * self.score_heads * score_context
-        out["attention"] = segments * self.call["prefill_attention"] + self._ew("attention_score", scores, segments)
+        out["attention"] = segments * self.call["prefill_attention"] + self._ew(
+            "attention_score", scores, segments
+        )
         return out
 
     def prefill_chunk(self, tokens, segments) -> dict[str, np.ndarray]:
         c = self.call
         ones = np.ones_like(np.asarray(tokens, dtype=np.float64))
-        return {"embed": c["embed"] * ones, "lm_head": c["lm_head"] + self._ew("norm", segments * self.hidden),
-                "forward": (c["prefill_forward"] + c["sampling"]) * ones
-                + self._ew("sampling", segments * self.vocab * ones)}
+        return {
+            "embed": c["embed"] * ones,
+            "lm_head": c["lm_head"] + self._ew("norm", segments * self.hidden),
+            "forward": (c["prefill_forward"] + c["sampling"]) * ones
+            + self._ew("sampling", segments * self.vocab * ones),
+        }

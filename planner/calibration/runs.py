@@ -29,15 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from planner.errors import UserError
-from planner.perf_memory import Budgets, GiB
-from planner.perf_model import DECODE_MODULES, PREFILL_MODULES, Candidates, PerfModel
-from planner.plan import Plan
-from planner.plan_build import spec_hash
-from planner.profile import HardwareProfile, load_profile
-from planner.spec import ModelSpec, load_spec
+from planner.hardware.profile import HardwareProfile, load_profile
+from planner.perf.memory import Budgets, GiB
+from planner.perf.model import DECODE_MODULES, PREFILL_MODULES, Candidates, PerfModel
+from planner.plans.build import spec_hash
+from planner.plans.plan import Plan
+from planner.specs.spec import ModelSpec, load_spec
 
-UNCHUNKED = float(1 << 20)          # b_e with module batching off: one GEMM per expert per step
-STREAM_SLOTS = 2                    # the engine's streamer buffers: a model of <= 2 layers is copied once, kept
+UNCHUNKED = float(1 << 20)  # b_e with module batching off: one GEMM per expert per step
+STREAM_SLOTS = 2  # the engine's streamer buffers: a model of <= 2 layers is copied once, kept
 REPORT_FIX = "pass report.json files written by `runtime execute --report` of this moelens version"
 MEASUREMENT_KEYS = ("links", "memory", "gemm", "attention")
 
@@ -56,12 +56,12 @@ class EngineDecisions:
 class Measured:
     generated_tok_s: float
     decode_step_s: float
-    decode_modules: dict[str, float]        # seconds per decode step
+    decode_modules: dict[str, float]  # seconds per decode step
     mean_decode_batch: float
-    prefill_forward_s: float | None         # None: the run had no prefill forward
-    prefill_modules: dict[str, float]       # seconds per prefill forward
+    prefill_forward_s: float | None  # None: the run had no prefill forward
+    prefill_modules: dict[str, float]  # seconds per prefill forward
     prefill_tokens_per_forward: float
-    streamed_bytes: float                   # bytes one pass over the layers streams (0: none)
+    streamed_bytes: float  # bytes one pass over the layers streams (0: none)
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,16 @@ def _spec_of(report: dict, plan: Plan, where: str) -> ModelSpec:
         try:
             spec = load_spec(plan.model.ref)
         except UserError:
-            raise UserError(f"{where}: has no 'spec' and its plan's model {plan.model.ref!r} cannot be loaded",
-                            "run calibrate where the checkpoint is, or use a report that embeds its spec") from None
+            raise UserError(
+                f"{where}: has no 'spec' and its plan's model {plan.model.ref!r} cannot be loaded",
+                "run calibrate where the checkpoint is, or use a report that embeds its spec",
+            ) from None
     if spec_hash(spec) != plan.model.hash:
-        raise UserError(f"{where}: the model spec (hash {spec_hash(spec)}) is not the one its plan was solved for "
-                        f"({plan.model.hash})", REPORT_FIX)
+        raise UserError(
+            f"{where}: the model spec (hash {spec_hash(spec)}) is not the one its plan was solved for "
+            f"({plan.model.hash})",
+            REPORT_FIX,
+        )
     return spec
 
 
@@ -124,8 +129,10 @@ def _engine_decisions(stats: dict, plan: Plan, where: str) -> EngineDecisions:
         num_seqs=num_seqs,
         attn_batch=float(_get(config, "attn_batch", cw, int)) if batching else float(num_seqs),
         expert_batch=float(_get(config, "expert_batch", cw, int)) if batching else UNCHUNKED,
-        prefill_chunk=_get(config, "prefill_chunk", cw, int), attention_threads=int(threads),
-        force_streaming=_get(config, "force_streaming", cw, bool))
+        prefill_chunk=_get(config, "prefill_chunk", cw, int),
+        attention_threads=int(threads),
+        force_streaming=_get(config, "force_streaming", cw, bool),
+    )
 
 
 def _measured(stats: dict, where: str) -> Measured:
@@ -133,19 +140,23 @@ def _measured(stats: dict, where: str) -> Measured:
     steps, forwards = _get(stats, "decode_steps", w, int), _get(stats, "prefill_forwards", w, int)
     wall = _get(stats, "wall_seconds", w)
     if steps < 1 or wall <= 0:
-        raise UserError(f"{where}: the run has no decode steps, nothing to calibrate against",
-                        "calibrate with reports of runs that generated more than one token per request")
+        raise UserError(
+            f"{where}: the run has no decode steps, nothing to calibrate against",
+            "calibrate with reports of runs that generated more than one token per request",
+        )
     seconds = _get(stats, "module_seconds", w, dict)
     per_step = {m: float(s) / steps for m, s in _get(seconds, "decode", f"{w}.module_seconds", dict).items()}
-    per_forward = ({m: float(s) / forwards for m, s in seconds.get("prefill", {}).items()} if forwards else {})
+    per_forward = {m: float(s) / forwards for m, s in seconds.get("prefill", {}).items()} if forwards else {}
     return Measured(
         generated_tok_s=_get(stats, "generated_tokens", w, int) / wall,
-        decode_step_s=_get(stats, "decode_seconds", w) / steps, decode_modules=per_step,
+        decode_step_s=_get(stats, "decode_seconds", w) / steps,
+        decode_modules=per_step,
         mean_decode_batch=_get(stats, "decode_batch_sizes_sum", w, int) / steps,
         prefill_forward_s=_get(stats, "prefill_seconds", w) / forwards if forwards else None,
         prefill_modules=per_forward,
         prefill_tokens_per_forward=_get(stats, "prefill_tokens", w, int) / forwards if forwards else 0.0,
-        streamed_bytes=float(stats.get("streamed_weight_bytes") or 0.0))
+        streamed_bytes=float(stats.get("streamed_weight_bytes") or 0.0),
+    )
 
 
 def run_from_report(report: object, path: str = "report", sha256: str = "") -> MeasuredRun:
@@ -154,8 +165,14 @@ def run_from_report(report: object, path: str = "report", sha256: str = "") -> M
         raise UserError(f"{path}: a report must be a JSON object", REPORT_FIX)
     plan = Plan.from_dict(_get(report, "plan", path, dict), f"{path}: plan")
     stats = _get(report, "run_stats", path, dict)
-    return MeasuredRun(path=path, sha256=sha256, plan=plan, spec=_spec_of(report, plan, path),
-                       engine=_engine_decisions(stats, plan, path), measured=_measured(stats, path))
+    return MeasuredRun(
+        path=path,
+        sha256=sha256,
+        plan=plan,
+        spec=_spec_of(report, plan, path),
+        engine=_engine_decisions(stats, plan, path),
+        measured=_measured(stats, path),
+    )
 
 
 def load_run(path: str | Path) -> MeasuredRun:
@@ -188,9 +205,11 @@ def check_profile_matches(run: MeasuredRun, profile: HardwareProfile) -> None:
         return
     if planned is None and ref.name == profile.name:
         return
-    raise UserError(f"{run.path}: its plan was solved with profile {ref.name} (fingerprint {ref.fingerprint}), whose "
-                    f"measurements are not those of {profile.name}",
-                    "pass --profile with the profile the runs' plans were solved with")
+    raise UserError(
+        f"{run.path}: its plan was solved with profile {ref.name} (fingerprint {ref.fingerprint}), whose "
+        f"measurements are not those of {profile.name}",
+        "pass --profile with the profile the runs' plans were solved with",
+    )
 
 
 # ----- predicting a run -----
@@ -203,8 +222,10 @@ def _residency(plan: Plan, model: PerfModel) -> int:
         groups, experts = layout.resident_groups(rho)
         if (set(groups), experts) == wanted:
             return rho
-    raise UserError(f"plan residency {sorted(wanted[0])} + {wanted[1]} experts is not one the planner makes",
-                    "re-solve the plan with `planner solve`")
+    raise UserError(
+        f"plan residency {sorted(wanted[0])} + {wanted[1]} experts is not one the planner makes",
+        "re-solve the plan with `planner solve`",
+    )
 
 
 def budgets_of(plan: Plan) -> Budgets:
@@ -214,14 +235,26 @@ def budgets_of(plan: Plan) -> Budgets:
 
 def predict_run(run: MeasuredRun, profile: HardwareProfile) -> RunPrediction:
     plan, e, m = run.plan, run.engine, run.measured
-    model = PerfModel(run.spec, profile, plan.workload, budgets_of(plan), block_size=plan.kv_block_size,
-                      stream_on_host=bool(plan.stream_weights), batching=plan.batching)
+    model = PerfModel(
+        run.spec,
+        profile,
+        plan.workload,
+        budgets_of(plan),
+        block_size=plan.kv_block_size,
+        stream_on_host=bool(plan.stream_weights),
+        batching=plan.batching,
+    )
     threads = int(np.clip(e.attention_threads, 1, model.rates.cores))
 
     def candidates(chunk: float, num_seqs: float | None = None) -> Candidates:
-        return Candidates.of(residency=[_residency(plan, model)], attn_batch=[e.attn_batch],
-                             expert_batch=[e.expert_batch], prefill_chunk=[chunk], attention_threads=[threads],
-                             num_seqs=None if num_seqs is None else [num_seqs])
+        return Candidates.of(
+            residency=[_residency(plan, model)],
+            attn_batch=[e.attn_batch],
+            expert_batch=[e.expert_batch],
+            prefill_chunk=[chunk],
+            attention_threads=[threads],
+            num_seqs=None if num_seqs is None else [num_seqs],
+        )
 
     decode = model.decode_step(candidates(e.prefill_chunk), np.array([max(m.mean_decode_batch, 1.0)]))
     prefill = model.prefill_chunk(candidates(max(m.prefill_tokens_per_forward, 1.0)))
@@ -229,7 +262,12 @@ def predict_run(run: MeasuredRun, profile: HardwareProfile) -> RunPrediction:
     decode_modules = {k: float(decode[k][0]) for k in DECODE_MODULES}
     prefill_modules = {k: float(prefill[k][0]) for k in PREFILL_MODULES}
     step, forward, wall = float(decode["step"][0]), float(prefill["chunk"][0]), float(whole.wall_time_s[0])
-    if e.force_streaming and not profile.has_device and m.streamed_bytes > 0 and run.spec.num_layers > STREAM_SLOTS:
+    if (
+        e.force_streaming
+        and not profile.has_device
+        and m.streamed_bytes > 0
+        and run.spec.num_layers > STREAM_SLOTS
+    ):
         per_layer = m.streamed_bytes / run.spec.num_layers
         copy = m.streamed_bytes / (profile.h2d_gbps(per_layer) * 1e9 * profile.efficiency.copy)
         share = 1.0 / model.rates.cores
@@ -243,5 +281,10 @@ def predict_run(run: MeasuredRun, profile: HardwareProfile) -> RunPrediction:
         steps, chunk_s = float(whole.decode_steps[0]), float(whole.prefill_chunk_s[0])
         prefill_s = float(whole.prefill_time_s[0])
         wall = prefill_s / chunk_s * beside(chunk_s) + steps * beside((wall - prefill_s) / steps)
-    return RunPrediction(generated_tok_s=plan.workload.generated_tokens / wall, decode_step_s=step,
-                         decode_modules=decode_modules, prefill_forward_s=forward, prefill_modules=prefill_modules)
+    return RunPrediction(
+        generated_tok_s=plan.workload.generated_tokens / wall,
+        decode_step_s=step,
+        decode_modules=decode_modules,
+        prefill_forward_s=forward,
+        prefill_modules=prefill_modules,
+    )

@@ -25,7 +25,7 @@ COMPUTE_RESOURCES = ("device", "cpu")
 def riding_fraction(model, tokens: np.ndarray, num_seqs: np.ndarray, decode_steps: np.ndarray) -> np.ndarray:
     w = model.workload
     forwards = max(w.prompt_tokens, 1.0) / np.maximum(tokens, 1.0)
-    most = np.minimum(decode_steps / forwards, 1.0)       # at most one chunk rides in each decode step
+    most = np.minimum(decode_steps / forwards, 1.0)  # at most one chunk rides in each decode step
     if not w.finishes_in_waves:
         return most
     forwards_per_wave = np.maximum(num_seqs * w.prompt_len_mean / np.maximum(tokens, 1.0), 1.0)
@@ -56,15 +56,17 @@ def merged_prefill(model, c, pre: dict, decode: dict, num_seqs: np.ndarray, deco
         if kind == "moe":
             compute = next(k for k in COMPUTE_RESOURCES if k in ride)
             ride[compute] = ride[compute] - saved
-            if not model.has_device:     # the experts both hit are read from host memory once
-                ride["host_memory"] = ride["host_memory"] + (hit_both - hit_group) * lay.expert_bytes / r.host_read_bps
+            if not model.has_device:  # the experts both hit are read from host memory once
+                ride["host_memory"] = (
+                    ride["host_memory"] + (hit_both - hit_group) * lay.expert_bytes / r.host_read_bps
+                )
         keys = set(dec) | set(ride)
         merged = np.maximum.reduce([dec.get(k, 0.0) + ride.get(k, 0.0) for k in keys])
         alone = np.maximum.reduce(list(dec.values()))
         marginal[kind] = np.maximum(merged - alone, 0.0)
     n_moe, n_dense = lay.num_moe_layers, lay.num_dense_layers
     per_layer_alone = n_moe * pre["alone"]["moe"] + n_dense * pre["alone"]["dense"]
-    rest = pre["chunk"] - per_layer_alone - pre["alone"]["step"]     # embed, lm_head, the forward's bookkeeping
+    rest = pre["chunk"] - per_layer_alone - pre["alone"]["step"]  # embed, lm_head, the forward's bookkeeping
     riding = n_moe * marginal["moe"] + n_dense * marginal["dense"] + rest
     share = riding_fraction(model, tokens, num_seqs, decode_steps)
     out = dict(pre)

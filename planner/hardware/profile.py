@@ -2,8 +2,8 @@
 
 A profile is a frozen `HardwareProfile` that round-trips through YAML (`<name>.yaml`, found by name in the
 user dir, then shipped data: planner.locations; schema in
-docs/contracts.md; dataclasses in `planner.profile_schema`, validation in
-`planner.profile_parse`). `load_profile(name_or_path)` reads and strictly validates one: any broken or partial
+docs/contracts.md; dataclasses in `planner.hardware.profile_schema`, validation in
+`planner.hardware.profile_parse`). `load_profile(name_or_path)` reads and strictly validates one: any broken or partial
 file raises `UserError` naming the field path (`gemm.curves[2].tflops: ...`). Interpolators return the
 rates as measured; the performance model multiplies them by the `efficiency` constants that calibration
 fits (`gemm_tflops(...) * profile.efficiency.gemm`, and so on; the `overheads` costs by `efficiency.overhead`).
@@ -32,8 +32,8 @@ import yaml
 
 from planner import locations
 from planner.errors import UserError
-from planner.profile_parse import parse_profile_dict
-from planner.profile_schema import (
+from planner.hardware.profile_parse import parse_profile_dict
+from planner.hardware.profile_schema import (
     CALL_OVERHEADS,
     ELEMENTWISE_COSTS,
     SCHEMA_VERSION,
@@ -53,16 +53,42 @@ from planner.profile_schema import (
     RateCurve,
     steady_state_order,
 )
-from planner.this_machine import SPOT_GEMM, MachineIdentity, MachineRates, rate_differences, this_machine
+from planner.hardware.this_machine import (
+    SPOT_GEMM,
+    MachineIdentity,
+    MachineRates,
+    rate_differences,
+    this_machine,
+)
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 __all__ = [
-    "CALL_OVERHEADS", "ELEMENTWISE_COSTS", "SCHEMA_VERSION", "AttentionCurve", "CallOverheads", "Efficiency", "EmulatedLink", "ElementwiseBySize", "ElementwiseCosts", "GemmCurve",
-    "HardwareProfile", "Links", "Machine", "Memory", "Overheads", "Price", "Provenance", "RateCurve", "find_profile_for_this_machine", "list_profiles",
-    "load_profile", "path_for_this_machine",
+    "CALL_OVERHEADS",
+    "ELEMENTWISE_COSTS",
+    "SCHEMA_VERSION",
+    "AttentionCurve",
+    "CallOverheads",
+    "Efficiency",
+    "EmulatedLink",
+    "ElementwiseBySize",
+    "ElementwiseCosts",
+    "GemmCurve",
+    "HardwareProfile",
+    "Links",
+    "Machine",
+    "Memory",
+    "Overheads",
+    "Price",
+    "Provenance",
+    "RateCurve",
+    "find_profile_for_this_machine",
+    "list_profiles",
+    "load_profile",
+    "path_for_this_machine",
 ]
+
 
 @dataclass(frozen=True)
 class HardwareProfile:
@@ -73,13 +99,15 @@ class HardwareProfile:
     gemm_dtype: str
     gemm_curves: tuple[GemmCurve, ...]
     attention_curves: tuple[AttentionCurve, ...]
-    links: Links | None = None      # None: no separate device (CPU-only)
+    links: Links | None = None  # None: no separate device (CPU-only)
     price: Price = field(default_factory=Price)
     efficiency: Efficiency = field(default_factory=Efficiency)
-    overheads: Overheads = field(default_factory=Overheads)     # all zero: not measured (section absent)
+    overheads: Overheads = field(default_factory=Overheads)  # all zero: not measured (section absent)
     notes: str = ""
     schema_version: int = SCHEMA_VERSION
-    emulated_link: EmulatedLink | None = None   # the device is the CPU behind a paced link (`planner.emulated_link`)
+    emulated_link: EmulatedLink | None = (
+        None  # the device is the CPU behind a paced link (`planner.hardware.emulated_link`)
+    )
 
     # ---- (de)serialisation -------------------------------------------------------------------------
     @classmethod
@@ -106,8 +134,9 @@ class HardwareProfile:
         }
 
     def to_yaml(self) -> str:
-        return yaml.dump(self.to_dict(), Dumper=_ProfileDumper, sort_keys=False, width=110,
-                         allow_unicode=True)
+        return yaml.dump(
+            self.to_dict(), Dumper=_ProfileDumper, sort_keys=False, width=110, allow_unicode=True
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -119,9 +148,13 @@ class HardwareProfile:
         """Short stable hash of the measured content (curves, rates, overheads when measured, non-default
         efficiency), not names or prices."""
         d = self.to_dict()
-        content = {k: d[k] for k in ("links", "emulated_link", "memory", "gemm", "attention", "overheads") if k in d}
-        defaults = Efficiency().to_dict()       # constants at their default leave the hash unchanged, so
-        content["efficiency"] = {k: v for k, v in d["efficiency"].items() if v != defaults[k]}  # adding one is safe
+        content = {
+            k: d[k] for k in ("links", "emulated_link", "memory", "gemm", "attention", "overheads") if k in d
+        }
+        defaults = Efficiency().to_dict()  # constants at their default leave the hash unchanged, so
+        content["efficiency"] = {
+            k: v for k, v in d["efficiency"].items() if v != defaults[k]
+        }  # adding one is safe
         blob = json.dumps(_floats(content), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -195,8 +228,15 @@ class HardwareProfile:
             return self.memory.copy_gbps
         return (self.links.d2h_pinned if pinned else self.links.d2h_pageable).gbps_at(nbytes)
 
-    def attention_gbps(self, threads: float, layout: str = "gqa", *, batch: int | None = None,
-                       context: int | None = None, group: int | None = None) -> float:
+    def attention_gbps(
+        self,
+        threads: float,
+        layout: str = "gqa",
+        *,
+        batch: int | None = None,
+        context: int | None = None,
+        group: int | None = None,
+    ) -> float:
         """KV bytes read per second by CPU decode attention with `threads` threads.
 
         Picks the curve of this layout (or, if the profile has none, of any layout) nearest in log scale
@@ -208,9 +248,12 @@ class HardwareProfile:
         if all(v is None for v in wanted.values()):
             curve = max(curves, key=steady_state_order)
         else:
+
             def distance(c: AttentionCurve) -> float:
-                return sum(abs(math.log(max(v, 1) / getattr(c, key))) for key, v in wanted.items()
-                           if v is not None)
+                return sum(
+                    abs(math.log(max(v, 1) / getattr(c, key))) for key, v in wanted.items() if v is not None
+                )
+
             curve = min(curves, key=distance)
         return curve.gbps_at_threads(threads)
 
@@ -232,8 +275,9 @@ class _ProfileDumper(yaml.SafeDumper):
 
 
 def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
-    flow = all(isinstance(x, (int, float)) for x in data) or all(isinstance(x, str) and len(x) < 24
-                                                                  for x in data)
+    flow = all(isinstance(x, (int, float)) for x in data) or all(
+        isinstance(x, str) and len(x) < 24 for x in data
+    )
     return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 
 
@@ -261,14 +305,18 @@ def _resolve(name_or_path: str | Path) -> Path | Traversable:
     candidate = Path(text).expanduser()
     if candidate.suffix in (".yaml", ".yml") or "/" in text or os.sep in text:
         if not candidate.is_file():
-            raise UserError(f"hardware profile file {text} does not exist",
-                            "pass an existing profile YAML or a known profile name")
+            raise UserError(
+                f"hardware profile file {text} does not exist",
+                "pass an existing profile YAML or a known profile name",
+            )
         return candidate
     path = locations.find("profiles", text)
     if path is None:
         known = ", ".join(list_profiles()) or "none"
-        raise UserError(f"no hardware profile named {text!r} in {_where()} (known: {known})",
-                        "run `make profile` to measure this machine, or pass a known name or a YAML path")
+        raise UserError(
+            f"no hardware profile named {text!r} in {_where()} (known: {known})",
+            "run `make profile` to measure this machine, or pass a known name or a YAML path",
+        )
     return path
 
 
@@ -277,8 +325,10 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError, RecursionError) as err:  # ValueError: not UTF-8, huge int
-        raise UserError(f"hardware profile {path} is not valid YAML: {str(err)[:300]}",
-                        "fix the file or re-create it with `runtime profile`") from None
+        raise UserError(
+            f"hardware profile {path} is not valid YAML: {str(err)[:300]}",
+            "fix the file or re-create it with `runtime profile`",
+        ) from None
     return HardwareProfile.from_dict(data, source=str(path))
 
 
@@ -290,8 +340,11 @@ def _profiles_of(identity: MachineIdentity) -> list[HardwareProfile]:
     found: list[HardwareProfile] = []
     for directory in locations.search_dirs("profiles"):
         entries = directory.iterdir() if directory.is_dir() else ()
-        paths = [e for e in entries if e.name == f"{name}.yaml" or (e.name.startswith(f"{name}-")
-                                                                     and e.name.endswith(".yaml"))]
+        paths = [
+            e
+            for e in entries
+            if e.name == f"{name}.yaml" or (e.name.startswith(f"{name}-") and e.name.endswith(".yaml"))
+        ]
         found += sorted((load_profile(p) for p in paths), key=lambda p: p.provenance.date, reverse=True)
     return found
 
@@ -302,17 +355,21 @@ def find_profile_for_this_machine(rates: MachineRates | None = None) -> Hardware
     identity = this_machine()
     candidates = _profiles_of(identity)
     if not candidates:
-        raise UserError(f"no hardware profile for this machine ({identity.profile_name}) in {_where()}",
-                        "run `make profile` (or `runtime profile`) to measure it, or pass --profile NAME")
+        raise UserError(
+            f"no hardware profile for this machine ({identity.profile_name}) in {_where()}",
+            "run `make profile` (or `runtime profile`) to measure it, or pass --profile NAME",
+        )
     if rates is None:
         return candidates[0]
     for profile in candidates:
         if not rate_differences(rates, profile.machine_rates()):
             return profile
     newest = candidates[0]
-    raise UserError(f"no hardware profile in {_where()} describes this machine as it measures now: "
-                    + "; ".join(rate_differences(rates, newest.machine_rates(), f"profile {newest.name}")),
-                    "run `runtime profile` to measure this machine, or pass --profile NAME")
+    raise UserError(
+        f"no hardware profile in {_where()} describes this machine as it measures now: "
+        + "; ".join(rate_differences(rates, newest.machine_rates(), f"profile {newest.name}")),
+        "run `runtime profile` to measure this machine, or pass --profile NAME",
+    )
 
 
 def path_for_this_machine(rates: MachineRates) -> Path:
@@ -323,7 +380,7 @@ def path_for_this_machine(rates: MachineRates) -> Path:
     path = locations.user_file("profiles", name)
     try:
         taken = path.is_file() and bool(rate_differences(rates, load_profile(path).machine_rates()))
-    except UserError:           # a broken file there: replace it
+    except UserError:  # a broken file there: replace it
         taken = False
     return locations.user_file("profiles", f"{name}-{rates.tag}") if taken else path
 

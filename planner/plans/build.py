@@ -17,14 +17,22 @@ import math
 
 import numpy as np
 
-from planner.bound import compute_bound, gemm_flops_per_token
-from planner.perf_memory import Budgets, GiB
-from planner.perf_model import Candidates, PerfModel
-from planner.plan import SCHEMA_VERSION, WEIGHT_MODULES, BudgetsGiB, ModelRef, Plan, Prediction, ProfileRef
-from planner.profile import HardwareProfile
-from planner.solver import ATTN_BATCHES, EXPERT_BATCHES_LOG2, PREFILL_CHUNKS, Solution, solve
-from planner.spec import ModelSpec
-from planner.workload import Workload
+from planner.hardware.profile import HardwareProfile
+from planner.perf.bound import compute_bound, gemm_flops_per_token
+from planner.perf.memory import Budgets, GiB
+from planner.perf.model import Candidates, PerfModel
+from planner.plans.plan import (
+    SCHEMA_VERSION,
+    WEIGHT_MODULES,
+    BudgetsGiB,
+    ModelRef,
+    Plan,
+    Prediction,
+    ProfileRef,
+)
+from planner.plans.solver import ATTN_BATCHES, EXPERT_BATCHES_LOG2, PREFILL_CHUNKS, Solution, solve
+from planner.plans.workload import Workload
+from planner.specs.spec import ModelSpec
 
 
 def spec_hash(spec: ModelSpec) -> str:
@@ -37,29 +45,49 @@ def model_ref_of(spec: ModelSpec, ref: str) -> ModelRef:
 
 
 def profile_ref_of(profile: HardwareProfile, ref: str) -> ProfileRef:
-    return ProfileRef(name=profile.name, fingerprint=profile.fingerprint(), kind=profile.provenance.kind, ref=str(ref))
+    return ProfileRef(
+        name=profile.name, fingerprint=profile.fingerprint(), kind=profile.provenance.kind, ref=str(ref)
+    )
 
 
-def make_plan(spec: ModelSpec, profile: HardwareProfile, workload: Workload, budgets: Budgets,
-              model_ref: str | None = None, profile_ref: str | None = None, stream_on_host: bool = False,
-              batching: str = "module") -> Plan:
+def make_plan(
+    spec: ModelSpec,
+    profile: HardwareProfile,
+    workload: Workload,
+    budgets: Budgets,
+    model_ref: str | None = None,
+    profile_ref: str | None = None,
+    stream_on_host: bool = False,
+    batching: str = "module",
+) -> Plan:
     """Solve and build the plan; `stream_on_host` plans the engine's forced-streaming mode on a CPU-only
     profile (routed experts streamed host to host; for benchmarks of the streamer without a device);
     `batching="model"` plans model-based batching (one batch size everywhere, KV in device memory)."""
     model = PerfModel(spec, profile, workload, budgets, stream_on_host=stream_on_host, batching=batching)
-    return plan_from_solution(model, solve(model), model_ref_of(spec, model_ref or spec.name),
-                              profile_ref_of(profile, profile_ref or profile.name))
+    return plan_from_solution(
+        model,
+        solve(model),
+        model_ref_of(spec, model_ref or spec.name),
+        profile_ref_of(profile, profile_ref or profile.name),
+    )
 
 
-def plan_from_solution(model: PerfModel, solution: Solution, model_ref: ModelRef, profile_ref: ProfileRef) -> Plan:
+def plan_from_solution(
+    model: PerfModel, solution: Solution, model_ref: ModelRef, profile_ref: ProfileRef
+) -> Plan:
     spec, lay, w, b = model.spec, model.layout, model.workload, model.budgets
     n = solution.num_seqs
     attn_batch = min(solution.attn_batch, math.ceil(n / model.groups))
-    c = Candidates.of(residency=[solution.residency], attn_batch=[attn_batch], expert_batch=[solution.expert_batch],
-                      prefill_chunk=[solution.prefill_chunk], attention_threads=[solution.attention_threads],
-                      num_seqs=[n])
+    c = Candidates.of(
+        residency=[solution.residency],
+        attn_batch=[attn_batch],
+        expert_batch=[solution.expert_batch],
+        prefill_chunk=[solution.prefill_chunk],
+        attention_threads=[solution.attention_threads],
+        num_seqs=[n],
+    )
     ev = model.evaluate(c)
-    c = model.batched(c, np.array([float(n)]))     # model-based batching: one batch of N through every module
+    c = model.batched(c, np.array([float(n)]))  # model-based batching: one batch of N through every module
     attn_batch, expert_batch = int(c.attn_batch[0]), int(c.expert_batch[0])
     step = float(ev.decode_step_s[0])
     busy = {k: float(v[0]) for k, v in ev.busy.items()}
@@ -74,30 +102,64 @@ def plan_from_solution(model: PerfModel, solution: Solution, model_ref: ModelRef
         resident, experts_resident = WEIGHT_MODULES, spec.num_experts
     price = model.profile.price.usd_per_hour
     predicted = Prediction(
-        generated_tok_s=float(ev.generated_tok_s[0]), decode_tok_s=float(ev.decode_tok_s[0]),
-        prefill_tok_s=float(ev.prefill_tok_s[0]), wall_time_s=float(ev.wall_time_s[0]),
-        prefill_time_s=float(ev.prefill_time_s[0]), decode_steps=float(ev.decode_steps[0]), decode_step_s=step,
-        prefill_chunk_s=float(ev.prefill_chunk_s[0]), static_batches_tok_s=static_batches_tok_s(model, c, ev),
-        s_mbu=s_mbu(model, n, step), s_mfu=s_mfu(model, n, step),
-        usd_per_million_tokens=None if price is None else price * float(ev.wall_time_s[0]) / 3600
-        / w.generated_tokens * 1e6)
+        generated_tok_s=float(ev.generated_tok_s[0]),
+        decode_tok_s=float(ev.decode_tok_s[0]),
+        prefill_tok_s=float(ev.prefill_tok_s[0]),
+        wall_time_s=float(ev.wall_time_s[0]),
+        prefill_time_s=float(ev.prefill_time_s[0]),
+        decode_steps=float(ev.decode_steps[0]),
+        decode_step_s=step,
+        prefill_chunk_s=float(ev.prefill_chunk_s[0]),
+        static_batches_tok_s=static_batches_tok_s(model, c, ev),
+        s_mbu=s_mbu(model, n, step),
+        s_mfu=s_mfu(model, n, step),
+        usd_per_million_tokens=None
+        if price is None
+        else price * float(ev.wall_time_s[0]) / 3600 / w.generated_tokens * 1e6,
+    )
     return Plan(
-        schema_version=SCHEMA_VERSION, model=model_ref, profile=profile_ref,
-        budgets=BudgetsGiB(kv_gib=b.kv_bytes / GiB, host_gib=b.host_bytes / GiB, device_gib=b.device_bytes / GiB),
-        workload=w, num_seqs=n, attn_batch=attn_batch, expert_batch=expert_batch,
-        kv_budget_bytes=int(host["kv_cache"] or device.get("kv_cache", 0.0)), kv_block_size=lay.block_size, resident_modules=tuple(resident),
-        resident_experts_per_layer=experts_resident, stream_weights=streams, prefill_chunk=solution.prefill_chunk,
-        attention_threads=solution.attention_threads, compute_threads=solution.compute_threads,
-        token_groups=model.groups, scheduling="refill", batching=model.batching,
+        schema_version=SCHEMA_VERSION,
+        model=model_ref,
+        profile=profile_ref,
+        budgets=BudgetsGiB(
+            kv_gib=b.kv_bytes / GiB, host_gib=b.host_bytes / GiB, device_gib=b.device_bytes / GiB
+        ),
+        workload=w,
+        num_seqs=n,
+        attn_batch=attn_batch,
+        expert_batch=expert_batch,
+        kv_budget_bytes=int(host["kv_cache"] or device.get("kv_cache", 0.0)),
+        kv_block_size=lay.block_size,
+        resident_modules=tuple(resident),
+        resident_experts_per_layer=experts_resident,
+        stream_weights=streams,
+        prefill_chunk=solution.prefill_chunk,
+        attention_threads=solution.attention_threads,
+        compute_threads=solution.compute_threads,
+        token_groups=model.groups,
+        scheduling="refill",
+        batching=model.batching,
         emulated_link_gbps=None if model.profile.emulated_link is None else model.profile.emulated_link.gbps,
         predicted=predicted,
-        module_times={"decode_step": {k: float(v[0]) for k, v in ev.decode_modules.items()},
-                      "prefill_chunk": {k: float(v[0]) for k, v in ev.prefill_modules.items()}},
-        utilisation=utilisation, bottleneck=max(utilisation, key=utilisation.get),
-        memory={"host": host, "device": device}, bound=bound, stream_slots=slots,
-        solver={"evaluations": float(solution.evaluations),
-                "lattice_points": float((lay.max_residency + 1) * ATTN_BATCHES.size * PREFILL_CHUNKS.size
-                                        * (EXPERT_BATCHES_LOG2[1] - EXPERT_BATCHES_LOG2[0] + 1))})
+        module_times={
+            "decode_step": {k: float(v[0]) for k, v in ev.decode_modules.items()},
+            "prefill_chunk": {k: float(v[0]) for k, v in ev.prefill_modules.items()},
+        },
+        utilisation=utilisation,
+        bottleneck=max(utilisation, key=utilisation.get),
+        memory={"host": host, "device": device},
+        bound=bound,
+        stream_slots=slots,
+        solver={
+            "evaluations": float(solution.evaluations),
+            "lattice_points": float(
+                (lay.max_residency + 1)
+                * ATTN_BATCHES.size
+                * PREFILL_CHUNKS.size
+                * (EXPERT_BATCHES_LOG2[1] - EXPERT_BATCHES_LOG2[0] + 1)
+            ),
+        },
+    )
 
 
 def static_batches_tok_s(model: PerfModel, c: Candidates, ev) -> float:
@@ -118,7 +180,12 @@ def _activated_weight_bytes(model: PerfModel, num_seqs: float) -> float:
     per_moe = sum(gb["moe"].values()) + float(lay.expected_experts(num_seqs)) * lay.expert_bytes
     per_dense = sum(gb["dense"].values())
     embed_rows = num_seqs * model.spec.hidden_size * model.spec.dtype_bytes
-    return lay.num_moe_layers * per_moe + lay.num_dense_layers * per_dense + lay.step_bytes["lm_head"] + embed_rows
+    return (
+        lay.num_moe_layers * per_moe
+        + lay.num_dense_layers * per_dense
+        + lay.step_bytes["lm_head"]
+        + embed_rows
+    )
 
 
 def s_mbu(model: PerfModel, num_seqs: float, step_s: float) -> float:

@@ -9,11 +9,11 @@ per layer, qkv_proj and o_proj on the device in micro-batches of b_a; CPU attent
 attention bandwidth at the chosen thread count; router over the group; experts: the expected distinct
 experts hit by the group's n tokens, E(1-(1-k/E)^n), each at m = n k / hit rows, as grouped GEMMs (one call
 per window of b_e routed rows; looped: in chunks of at most b_e padded to their row buckets;
-`planner.expert_kernels`; every GEMM module call and attention micro-batch also costs the profile's
+`planner.perf.expert_kernels`; every GEMM module call and attention micro-batch also costs the profile's
 `efficiency.call_overhead_s`);
 shared experts and dense MLP layers in chunks of b_e; weight_copy = bytes streamed / pinned link rate.
 Every module also gets the profile's measured per-call and elementwise costs (`overheads` section, times
-`efficiency.overhead`; `planner.perf_overheads`): fixed seconds per engine call (per micro-batch, per token
+`efficiency.overhead`; `planner.perf.overheads`): fixed seconds per engine call (per micro-batch, per token
 group, per activated expert and chunk, per prompt segment of prefill attention, per step) and nanoseconds per
 normed, rotated, added or attention-score element; what the GEMM curves cannot see. A profile without the
 section predicts exactly as before.
@@ -26,11 +26,11 @@ Per step: embed, lm_head, sampling, non-resident embed/lm_head copies and the pr
 Prefill: forwards of `prefill_chunk` tokens at most (fewer when the free slots admit fewer prompts at once,
 `prefill_tokens`) through every layer on the device (device attention FLOPs at the
 o_proj GEMM rate, K/V written back over the link); a forward that rides a decode step's pass (the engine runs
-one pass per step) costs only what it adds to that step's layers (`planner.perf_merged`). Time for the workload: prefill time plus decode steps
+one pass per step) costs only what it adds to that step's layers (`planner.perf.merged`). Time for the workload: prefill time plus decode steps
 with sequence-level refill: each sequence decodes g - 1 tokens (its first comes from its prefill forward),
 S = P (g-1) / N + ((g-1)/2)(1 - N/P) steps at the average occupancy P (g-1) / S; the drain term only when
-generation lengths differ (equal ones finish together, in whole waves). Memory and the largest feasible N live in `planner.perf_memory`.
-Emulated link (`planner.emulated_link`): memory, residency and streaming as with a device (the routed experts
+generation lengths differ (equal ones finish together, in whole waves). Memory and the largest feasible N live in `planner.perf.memory`.
+Emulated link (`planner.hardware.emulated_link`): memory, residency and streaming as with a device (the routed experts
 stream, everything else stays resident), compute as without one (one token group; GEMMs and attention add on
 the host cores), and the link as one paced copy worker that carries the streamed weights and the activations
 that would cross it (decode: q/k/v out and attention back; prefill: the K/V written to the host cache), in
@@ -46,35 +46,56 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from planner.errors import UserError
-from planner.expert_kernels import GROUPED_BY_DEFAULT, grouped_calls
-from planner.model_layout import RESIDENCY_ORDER, ModelLayout
-from planner.perf_memory import Budgets, MemoryModel
-from planner.perf_merged import merged_prefill
-from planner.perf_overheads import OverheadTerms
-from planner.profile import HardwareProfile
-from planner.rates import Rates, RateScale
-from planner.spec import ModelSpec
-from planner.workload import Workload
+from planner.hardware.profile import HardwareProfile
+from planner.perf.expert_kernels import GROUPED_BY_DEFAULT, grouped_calls
+from planner.perf.layout import RESIDENCY_ORDER, ModelLayout
+from planner.perf.memory import Budgets, MemoryModel
+from planner.perf.merged import merged_prefill
+from planner.perf.overheads import OverheadTerms
+from planner.perf.rates import Rates, RateScale
+from planner.plans.workload import Workload
+from planner.specs.spec import ModelSpec
 
 DEFAULT_BLOCK_SIZE = 16
-DECODE_MODULES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts",
-                  "dense_mlp", "lm_head", "weight_copy", "sampling")
-PREFILL_MODULES = ("embed", "qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts",
-                   "dense_mlp", "lm_head", "weight_copy")
-STREAM_AHEAD = 2                    # layers the streamer copies ahead of compute (its two slots)
-BATCHING_MODES = ("module", "model")   # module-based batching (the engine's), or one batch size everywhere
-SAMPLING_PASSES = 3                 # logits read by softmax / top-p / argmax over the fp32 row (when the
-                                    # profile has no measured sampling cost per logit)
+DECODE_MODULES = (
+    "embed",
+    "qkv_proj",
+    "attention",
+    "o_proj",
+    "router",
+    "experts",
+    "shared_experts",
+    "dense_mlp",
+    "lm_head",
+    "weight_copy",
+    "sampling",
+)
+PREFILL_MODULES = (
+    "embed",
+    "qkv_proj",
+    "attention",
+    "o_proj",
+    "router",
+    "experts",
+    "shared_experts",
+    "dense_mlp",
+    "lm_head",
+    "weight_copy",
+)
+STREAM_AHEAD = 2  # layers the streamer copies ahead of compute (its two slots)
+BATCHING_MODES = ("module", "model")  # module-based batching (the engine's), or one batch size everywhere
+SAMPLING_PASSES = 3  # logits read by softmax / top-p / argmax over the fp32 row (when the
+# profile has no measured sampling cost per logit)
 
 
 @dataclass(frozen=True)
 class Candidates:
-    residency: np.ndarray           # index into ModelLayout residency levels
+    residency: np.ndarray  # index into ModelLayout residency levels
     attn_batch: np.ndarray
     expert_batch: np.ndarray
     prefill_chunk: np.ndarray
     attention_threads: np.ndarray
-    num_seqs: np.ndarray | None = None   # None: the largest N every memory budget allows
+    num_seqs: np.ndarray | None = None  # None: the largest N every memory budget allows
 
     @classmethod
     def of(cls, **values) -> Candidates:
@@ -87,7 +108,7 @@ class Candidates:
 class Evaluation:
     feasible: np.ndarray
     num_seqs: np.ndarray
-    generated_tok_s: np.ndarray     # end to end, the objective
+    generated_tok_s: np.ndarray  # end to end, the objective
     decode_tok_s: np.ndarray
     prefill_tok_s: np.ndarray
     wall_time_s: np.ndarray
@@ -95,15 +116,23 @@ class Evaluation:
     decode_step_s: np.ndarray
     prefill_chunk_s: np.ndarray
     prefill_time_s: np.ndarray
-    decode_modules: dict[str, np.ndarray]    # seconds per decode step (at N), per module
-    prefill_modules: dict[str, np.ndarray]   # seconds per prefill chunk, per module
-    busy: dict[str, np.ndarray]              # seconds per decode step each resource is busy
+    decode_modules: dict[str, np.ndarray]  # seconds per decode step (at N), per module
+    prefill_modules: dict[str, np.ndarray]  # seconds per prefill chunk, per module
+    busy: dict[str, np.ndarray]  # seconds per decode step each resource is busy
 
 
 class PerfModel:
-    def __init__(self, spec: ModelSpec, profile: HardwareProfile, workload: Workload, budgets: Budgets,
-                 scale: RateScale | None = None, block_size: int = DEFAULT_BLOCK_SIZE, stream_on_host: bool = False,
-                 batching: str = "module"):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        profile: HardwareProfile,
+        workload: Workload,
+        budgets: Budgets,
+        scale: RateScale | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        stream_on_host: bool = False,
+        batching: str = "module",
+    ):
         if batching not in BATCHING_MODES:
             raise UserError(f"unknown batching {batching!r}", f"use one of {list(BATCHING_MODES)}")
         self.spec, self.profile, self.workload, self.budgets = spec, profile, workload, budgets
@@ -114,18 +143,24 @@ class PerfModel:
         self.emulated = profile.emulated_link is not None
         self.model_batching = batching == "model"
         self.batching = batching
-        self.memory = MemoryModel(self.layout, workload, budgets, profile.has_device, emulated=self.emulated,
-                                  kv_on_device=self.model_batching)
+        self.memory = MemoryModel(
+            self.layout,
+            workload,
+            budgets,
+            profile.has_device,
+            emulated=self.emulated,
+            kv_on_device=self.model_batching,
+        )
         self.streams_on_host = stream_on_host and not self.has_device
         self.groups = 2 if self.has_device and not self.emulated else 1
-        self.grouped_experts = GROUPED_BY_DEFAULT          # the engine's expert path (planner.expert_kernels)
+        self.grouped_experts = GROUPED_BY_DEFAULT  # the engine's expert path (planner.perf.expert_kernels)
 
     @property
     def residency_range(self) -> tuple[int, int]:
         """Residency indices the solver may choose: any with a device; with streaming on the host (the engine's
         forced-streaming mode) every layer group resident and the routed experts streamed; else everything."""
         top = self.layout.max_residency
-        if self.emulated:       # the engine paces what the streamer copies: the routed experts
+        if self.emulated:  # the engine paces what the streamer copies: the routed experts
             return len(RESIDENCY_ORDER), top
         if self.has_device:
             return 0, top
@@ -137,18 +172,27 @@ class PerfModel:
         """Seconds to stream one MoE layer, one dense layer and the per-step modules at residency rho."""
         lay = self.layout
         if self.has_device:
-            return tuple(self._copy_seconds(b[rho] + 0 * like)
-                         for b in (lay.streamed_moe_layer, lay.streamed_dense_layer, lay.streamed_per_step))
+            return tuple(
+                self._copy_seconds(b[rho] + 0 * like)
+                for b in (lay.streamed_moe_layer, lay.streamed_dense_layer, lay.streamed_per_step)
+            )
         if not self.streams_on_host:
             return (np.zeros_like(like, dtype=np.float64),) * 3
-        return tuple((b[rho] + 0 * like) / self.rates.host_copy_bps
-                     for b in (lay.streamed_moe_layer, lay.streamed_dense_layer, lay.streamed_per_step))
+        return tuple(
+            (b[rho] + 0 * like) / self.rates.host_copy_bps
+            for b in (lay.streamed_moe_layer, lay.streamed_dense_layer, lay.streamed_per_step)
+        )
 
     def _weights_read(self, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Weight bytes a MoE layer (with `hit` experts activated) and a dense layer read from host memory."""
         gb, lay = self.layout.group_bytes, self.layout
-        moe = gb["moe"]["qkv_proj"] + gb["moe"]["o_proj"] + gb["moe"]["router"] + hit * lay.expert_bytes \
+        moe = (
+            gb["moe"]["qkv_proj"]
+            + gb["moe"]["o_proj"]
+            + gb["moe"]["router"]
+            + hit * lay.expert_bytes
             + gb["moe"]["shared_experts"]
+        )
         return moe, gb["dense"]["qkv_proj"] + gb["dense"]["o_proj"] + gb["dense"]["dense_mlp"]
 
     # ----- decode -----
@@ -162,49 +206,69 @@ class PerfModel:
         o = self.groups * g["o_proj"].chunked_seconds(n, c.attn_batch)
         hit = lay.expected_experts(n)
         rows_per_expert = n * spec.top_k / np.maximum(hit, 1e-12)
-        ov = self.overheads.decode_layer(num_seqs, self.groups, c.attn_batch, c.expert_batch, hit, rows_per_expert,
-                                         self.grouped_experts)
+        ov = self.overheads.decode_layer(
+            num_seqs, self.groups, c.attn_batch, c.expert_batch, hit, rows_per_expert, self.grouped_experts
+        )
         qkv, o = qkv + ov["qkv_proj"], o + ov["o_proj"]
         router = self.groups * g["router"].seconds(n) + ov["router"] + ov["mlp_norm"]
         experts = self.groups * self._expert_seconds(hit, rows_per_expert, n, c.expert_batch) + ov["experts"]
         shared = self.groups * g["shared_experts"].chunked_seconds(n, c.expert_batch) + ov["shared_experts"]
         dense = self.groups * g["dense_mlp"].chunked_seconds(n, c.expert_batch) + ov["dense_mlp"]
         kv_read = num_seqs * lay.kv_read_bytes_per_seq_layer
-        calls = self.groups * np.maximum(n / np.maximum(c.attn_batch, 1.0), 1.0)   # one kernel call per micro-batch
-        attention = kv_read / r.attention_bps[c.attention_threads.astype(int)] + calls * r.call_overhead_s \
+        calls = self.groups * np.maximum(
+            n / np.maximum(c.attn_batch, 1.0), 1.0
+        )  # one kernel call per micro-batch
+        attention = (
+            kv_read / r.attention_bps[c.attention_threads.astype(int)]
+            + calls * r.call_overhead_s
             + ov["attention"]
-        dense_norm = ov["mlp_norm"]                  # timed as `router` in dense layers too
+        )
+        dense_norm = ov["mlp_norm"]  # timed as `router` in dense layers too
         dev_moe = qkv + o + router + experts + shared + ov["residual"]
         dev_dense = qkv + o + dense + dense_norm + ov["residual"]
         copy_moe, copy_dense, step_copy = self._copies(rho, num_seqs)
         if self.emulated:
-            act = num_seqs * (lay.qkv_out_dim + lay.attn_out_dim) * spec.dtype_bytes / r.h2d_bps(
-                np.maximum(num_seqs * lay.qkv_out_dim * spec.dtype_bytes, 1.0))
+            act = (
+                num_seqs
+                * (lay.qkv_out_dim + lay.attn_out_dim)
+                * spec.dtype_bytes
+                / r.h2d_bps(np.maximum(num_seqs * lay.qkv_out_dim * spec.dtype_bytes, 1.0))
+            )
             link_moe, link_dense = copy_moe + act, copy_dense + act
             read_moe, read_dense = self._weights_read(hit)
             host_moe = (kv_read + read_moe) / r.host_read_bps
             host_dense = (kv_read + read_dense) / r.host_read_bps
             cpu_moe = dev_moe + attention + self._copy_cpu_seconds(lay.streamed_moe_layer[rho])
             cpu_dense = dev_dense + attention + self._copy_cpu_seconds(lay.streamed_dense_layer[rho])
-            resources = {"moe": {"cpu": cpu_moe, "host_memory": host_moe, "link": link_moe},
-                         "dense": {"cpu": cpu_dense, "host_memory": host_dense, "link": link_dense}}
+            resources = {
+                "moe": {"cpu": cpu_moe, "host_memory": host_moe, "link": link_moe},
+                "dense": {"cpu": cpu_dense, "host_memory": host_dense, "link": link_dense},
+            }
             serial = {"moe": 0.0, "dense": 0.0}
             copy_moe, copy_dense = link_moe, link_dense
             device_bps = r.host_read_bps
         elif self.has_device:
             host_moe = (kv_read + lay.streamed_moe_layer[rho]) / r.host_read_bps
             host_dense = (kv_read + lay.streamed_dense_layer[rho]) / r.host_read_bps
-            resources = {"moe": {"device": dev_moe, "cpu": attention, "link": copy_moe, "host_memory": host_moe},
-                         "dense": {"device": dev_dense, "cpu": attention, "link": copy_dense,
-                                   "host_memory": host_dense}}
+            resources = {
+                "moe": {"device": dev_moe, "cpu": attention, "link": copy_moe, "host_memory": host_moe},
+                "dense": {
+                    "device": dev_dense,
+                    "cpu": attention,
+                    "link": copy_dense,
+                    "host_memory": host_dense,
+                },
+            }
             serial = {"moe": 0.0, "dense": 0.0}
             device_bps = r.device_read_bps
         else:
             read_moe, read_dense = self._weights_read(hit)
             host_moe = (kv_read + read_moe) / r.host_read_bps
             host_dense = (kv_read + read_dense) / r.host_read_bps
-            resources = {"moe": {"cpu": dev_moe + attention, "host_memory": host_moe},
-                         "dense": {"cpu": dev_dense + attention, "host_memory": host_dense}}
+            resources = {
+                "moe": {"cpu": dev_moe + attention, "host_memory": host_moe},
+                "dense": {"cpu": dev_dense + attention, "host_memory": host_dense},
+            }
             serial = {"moe": copy_moe, "dense": copy_dense}
             device_bps = r.host_read_bps
         layer_moe = np.maximum.reduce(list(resources["moe"].values())) + serial["moe"]
@@ -213,8 +277,9 @@ class PerfModel:
         embed = num_seqs * spec.hidden_size * spec.dtype_bytes / device_bps + per_step["embed"]
         lm_head = self.groups * g["lm_head"].chunked_seconds(n, c.attn_batch) + per_step["lm_head"]
         logits = num_seqs * spec.vocab_size
-        sampling = per_step["sampling"] + (0.0 if self.overheads.prices_sampling
-                                           else logits * 4 * SAMPLING_PASSES / device_bps)
+        sampling = per_step["sampling"] + (
+            0.0 if self.overheads.prices_sampling else logits * 4 * SAMPLING_PASSES / device_bps
+        )
         serial = embed + lm_head + sampling + step_copy + r.step_overhead_s + per_step["step"]
         n_moe, n_dense, n_all = lay.num_moe_layers, lay.num_dense_layers, spec.num_layers
         step = n_moe * layer_moe + n_dense * layer_dense + serial
@@ -222,18 +287,31 @@ class PerfModel:
             step = step - self._serial_under_link(resources, serial)
         device_busy = n_moe * dev_moe + n_dense * dev_dense + embed + lm_head + sampling
         out = {
-            "embed": embed, "qkv_proj": n_all * qkv, "attention": n_all * attention, "o_proj": n_all * o,
-            "router": n_moe * router + n_dense * dense_norm, "experts": n_moe * experts,
-            "shared_experts": n_moe * shared, "dense_mlp": n_dense * dense, "lm_head": lm_head,
-            "weight_copy": n_moe * copy_moe + n_dense * copy_dense + step_copy, "sampling": sampling,
+            "embed": embed,
+            "qkv_proj": n_all * qkv,
+            "attention": n_all * attention,
+            "o_proj": n_all * o,
+            "router": n_moe * router + n_dense * dense_norm,
+            "experts": n_moe * experts,
+            "shared_experts": n_moe * shared,
+            "dense_mlp": n_dense * dense,
+            "lm_head": lm_head,
+            "weight_copy": n_moe * copy_moe + n_dense * copy_dense + step_copy,
+            "sampling": sampling,
             "step": step,
             "busy_host_memory": n_moe * host_moe + n_dense * host_dense,
-            "layer": {"resources": resources, "serial": serial, "group_tokens": n},   # for `planner.perf_merged`
+            "layer": {
+                "resources": resources,
+                "serial": serial,
+                "group_tokens": n,
+            },  # for `planner.perf.merged`
         }
         if self.emulated:
             out.update(busy_cpu=device_busy + n_all * attention, busy_link=out["weight_copy"])
         elif self.has_device:
-            out.update(busy_device=device_busy, busy_cpu_attention=n_all * attention, busy_link=out["weight_copy"])
+            out.update(
+                busy_device=device_busy, busy_cpu_attention=n_all * attention, busy_link=out["weight_copy"]
+            )
         else:
             out.update(busy_cpu=device_busy + n_all * attention)
         return out
@@ -247,19 +325,22 @@ class PerfModel:
         layers = max(lay.num_moe_layers + lay.num_dense_layers, 1)
 
         def mean(name_of) -> np.ndarray:
-            return (lay.num_moe_layers * name_of(resources["moe"])
-                    + lay.num_dense_layers * name_of(resources["dense"])) / layers
+            return (
+                lay.num_moe_layers * name_of(resources["moe"])
+                + lay.num_dense_layers * name_of(resources["dense"])
+            ) / layers
 
         link = mean(lambda r: r["link"])
         compute = mean(lambda r: np.maximum(r["cpu"], r["host_memory"]))
         return np.minimum(serial, STREAM_AHEAD * np.maximum(link - compute, 0.0))
 
     def _expert_seconds(self, hit, rows_per_expert, tokens, expert_batch) -> np.ndarray:
-        """GEMM seconds of one token group's routed experts on the engine's path (`planner.expert_kernels`)."""
+        """GEMM seconds of one token group's routed experts on the engine's path (`planner.perf.expert_kernels`)."""
         gemm = self.rates.gemm["experts"]
         if self.grouped_experts:
-            return gemm.grouped_seconds(rows_per_expert, hit, grouped_calls(tokens * self.spec.top_k, expert_batch),
-                                        expert_batch)
+            return gemm.grouped_seconds(
+                rows_per_expert, hit, grouped_calls(tokens * self.spec.top_k, expert_batch), expert_batch
+            )
         return hit * gemm.chunked_seconds(rows_per_expert, expert_batch, padded=True)
 
     def _copy_seconds(self, nbytes: np.ndarray) -> np.ndarray:
@@ -299,15 +380,24 @@ class PerfModel:
         sequences = np.maximum(tokens / w.prompt_len_mean, 1.0)
         hit = lay.expected_experts(tokens)
         rows_per_expert = tokens * spec.top_k / np.maximum(hit, 1e-12)
-        ov = self.overheads.prefill_layer(tokens, sequences, 2.0 * (w.prefill_context - 0.5), hit, rows_per_expert,
-                                          c.expert_batch, self.grouped_experts)
+        ov = self.overheads.prefill_layer(
+            tokens,
+            sequences,
+            2.0 * (w.prefill_context - 0.5),
+            hit,
+            rows_per_expert,
+            c.expert_batch,
+            self.grouped_experts,
+        )
         qkv, o = g["qkv_proj"].seconds(tokens) + ov["qkv_proj"], g["o_proj"].seconds(tokens) + ov["o_proj"]
         router = g["router"].seconds(tokens) + ov["router"] + ov["mlp_norm"]
         experts = self._expert_seconds(hit, rows_per_expert, tokens, c.expert_batch) + ov["experts"]
         shared = g["shared_experts"].chunked_seconds(tokens, c.expert_batch) + ov["shared_experts"]
         dense = g["dense_mlp"].chunked_seconds(tokens, c.expert_batch) + ov["dense_mlp"]
-        attention = tokens * w.prefill_context * lay.prefill_pair_flops / g["o_proj"].tables[-1].flops_per_s(tokens) \
+        attention = (
+            tokens * w.prefill_context * lay.prefill_pair_flops / g["o_proj"].tables[-1].flops_per_s(tokens)
             + ov["attention"]
+        )
         dense_norm = ov["mlp_norm"]
         dev_moe = qkv + o + router + experts + shared + attention + ov["residual"]
         dev_dense = qkv + o + dense + dense_norm + attention + ov["residual"]
@@ -320,13 +410,26 @@ class PerfModel:
             cpu_moe = dev_moe + self._copy_cpu_seconds(lay.streamed_moe_layer[rho])
             cpu_dense = dev_dense + self._copy_cpu_seconds(lay.streamed_dense_layer[rho])
             layer_moe = np.maximum.reduce([cpu_moe, (2 * kv_bytes + read_moe) / r.host_read_bps, copy_moe])
-            layer_dense = np.maximum.reduce([cpu_dense, (2 * kv_bytes + read_dense) / r.host_read_bps, copy_dense])
-            hide = {"moe": {"link": copy_moe, "cpu": cpu_moe, "host_memory": (2 * kv_bytes + read_moe) / r.host_read_bps},
-                    "dense": {"link": copy_dense, "cpu": cpu_dense,
-                              "host_memory": (2 * kv_bytes + read_dense) / r.host_read_bps}}
-            kv_host = 2 * kv_bytes / r.host_read_bps      # riding a decode step: no weight copy or read again
-            ride = {"moe": {"cpu": dev_moe, "host_memory": kv_host, "link": kv_out},
-                    "dense": {"cpu": dev_dense, "host_memory": kv_host, "link": kv_out}}
+            layer_dense = np.maximum.reduce(
+                [cpu_dense, (2 * kv_bytes + read_dense) / r.host_read_bps, copy_dense]
+            )
+            hide = {
+                "moe": {
+                    "link": copy_moe,
+                    "cpu": cpu_moe,
+                    "host_memory": (2 * kv_bytes + read_moe) / r.host_read_bps,
+                },
+                "dense": {
+                    "link": copy_dense,
+                    "cpu": cpu_dense,
+                    "host_memory": (2 * kv_bytes + read_dense) / r.host_read_bps,
+                },
+            }
+            kv_host = 2 * kv_bytes / r.host_read_bps  # riding a decode step: no weight copy or read again
+            ride = {
+                "moe": {"cpu": dev_moe, "host_memory": kv_host, "link": kv_out},
+                "dense": {"cpu": dev_dense, "host_memory": kv_host, "link": kv_out},
+            }
             device_bps = r.host_read_bps
         elif self.has_device:
             kv_out = kv_bytes / r.d2h_bps(kv_bytes)
@@ -335,17 +438,23 @@ class PerfModel:
             layer_moe = np.maximum.reduce([dev_moe, copy_moe, kv_out, host_moe])
             layer_dense = np.maximum.reduce([dev_dense, copy_dense, kv_out, host_dense])
             kv_host = kv_bytes / r.host_read_bps
-            ride = {"moe": {"device": dev_moe, "d2h": kv_out, "host_memory": kv_host},
-                    "dense": {"device": dev_dense, "d2h": kv_out, "host_memory": kv_host}}
+            ride = {
+                "moe": {"device": dev_moe, "d2h": kv_out, "host_memory": kv_host},
+                "dense": {"device": dev_dense, "d2h": kv_out, "host_memory": kv_host},
+            }
             device_bps = r.device_read_bps
         else:
             read_moe, read_dense = self._weights_read(hit)
             layer_moe = np.maximum(dev_moe, (2 * kv_bytes + read_moe) / r.host_read_bps) + copy_moe
             layer_dense = np.maximum(dev_dense, (2 * kv_bytes + read_dense) / r.host_read_bps) + copy_dense
-            attn_bytes = {kind: lay.group_bytes[kind]["qkv_proj"] + lay.group_bytes[kind]["o_proj"]
-                          for kind in ("moe", "dense")}  # the FFN's weights are read once for both
-            ride = {kind: {"cpu": dev, "host_memory": (2 * kv_bytes + attn_bytes[kind]) / r.host_read_bps}
-                    for kind, dev in (("moe", dev_moe), ("dense", dev_dense))}
+            attn_bytes = {
+                kind: lay.group_bytes[kind]["qkv_proj"] + lay.group_bytes[kind]["o_proj"]
+                for kind in ("moe", "dense")
+            }  # the FFN's weights are read once for both
+            ride = {
+                kind: {"cpu": dev, "host_memory": (2 * kv_bytes + attn_bytes[kind]) / r.host_read_bps}
+                for kind, dev in (("moe", dev_moe), ("dense", dev_dense))
+            }
             device_bps = r.host_read_bps
         per_chunk = self.overheads.prefill_chunk(tokens, sequences)
         embed = tokens * spec.hidden_size * spec.dtype_bytes / device_bps + per_chunk["embed"]
@@ -356,26 +465,34 @@ class PerfModel:
         if self.emulated:
             chunk = chunk - self._serial_under_link(hide, tail)
         return {
-            "embed": embed, "qkv_proj": n_all * qkv, "attention": n_all * attention, "o_proj": n_all * o,
-            "router": n_moe * router + n_dense * dense_norm, "experts": n_moe * experts, "shared_experts": n_moe * shared,
-            "dense_mlp": n_dense * dense, "lm_head": lm_head,
+            "embed": embed,
+            "qkv_proj": n_all * qkv,
+            "attention": n_all * attention,
+            "o_proj": n_all * o,
+            "router": n_moe * router + n_dense * dense_norm,
+            "experts": n_moe * experts,
+            "shared_experts": n_moe * shared,
+            "dense_mlp": n_dense * dense,
+            "lm_head": lm_head,
             "weight_copy": n_moe * copy_moe + n_dense * copy_dense + step_copy,
-            "chunk": chunk, "tokens": tokens,
+            "chunk": chunk,
+            "tokens": tokens,
             "alone": {"moe": layer_moe, "dense": layer_dense, "step": step_copy + r.step_overhead_s},
-            "ride": ride, "hit": hit,
+            "ride": ride,
+            "hit": hit,
         }
 
     # ----- the whole job -----
     def evaluate(self, c: Candidates) -> Evaluation:
         w = self.workload
-        sized = self.batched(c, 1.0)       # model-based batching: prefill experts unchunked (N's share apart)
+        sized = self.batched(c, 1.0)  # model-based batching: prefill experts unchunked (N's share apart)
         n_max = self.memory.max_num_seqs(sized)
         num_seqs = np.floor(n_max) if c.num_seqs is None else np.asarray(c.num_seqs, dtype=np.float64)
         feasible = (num_seqs >= 1) & (num_seqs <= n_max + 1e-9) & self.memory.fixed_parts_fit(sized)
         n = np.clip(num_seqs, 1.0, float(w.num_prompts))
         at_n = self.decode_step(c, n)
         p = float(w.num_prompts)
-        decoded = max(w.gen_len_mean - 1.0, 0.0)    # a sequence's first token comes from its prefill forward
+        decoded = max(w.gen_len_mean - 1.0, 0.0)  # a sequence's first token comes from its prefill forward
         staggered = 0.0 if w.finishes_in_waves else 1.0
         steps = np.maximum(p * decoded / n + staggered * (decoded / 2) * (1 - n / p), 1e-9)
         occupancy = np.maximum(p * decoded / steps, 1.0)
@@ -390,7 +507,17 @@ class PerfModel:
         decode_modules = {k: at_n[k] for k in DECODE_MODULES}
         decode_modules["prefill"] = prefill_time / np.maximum(steps, 1.0)
         return Evaluation(
-            feasible=feasible, num_seqs=n, generated_tok_s=generated, decode_tok_s=n / at_n["step"],
-            prefill_tok_s=prefill_tok_s, wall_time_s=wall, decode_steps=steps, decode_step_s=at_n["step"],
-            prefill_chunk_s=pre["chunk"], prefill_time_s=prefill_time, decode_modules=decode_modules,
-            prefill_modules={k: pre[k] for k in PREFILL_MODULES}, busy=busy)
+            feasible=feasible,
+            num_seqs=n,
+            generated_tok_s=generated,
+            decode_tok_s=n / at_n["step"],
+            prefill_tok_s=prefill_tok_s,
+            wall_time_s=wall,
+            decode_steps=steps,
+            decode_step_s=at_n["step"],
+            prefill_chunk_s=pre["chunk"],
+            prefill_time_s=prefill_time,
+            decode_modules=decode_modules,
+            prefill_modules={k: pre[k] for k in PREFILL_MODULES},
+            busy=busy,
+        )

@@ -7,7 +7,7 @@ at one row, fading out by 128 rows), `attention` (CPU decode attention), `copy` 
 `step_overhead_s` (fixed seconds per decode step and prefill forward), `call_overhead_s` (fixed seconds per
 module call: each expert, each micro-batch; added to the measured ones) and `overhead` (multiplier on every
 cost of the profile's measured `overheads` section) with `scipy.optimize.least_squares` (soft L1 loss) on
-relative errors, predicted / measured - 1, of each run's (`planner.calibrate_runs`): end-to-end generated
+relative errors, predicted / measured - 1, of each run's (`planner.calibration.runs`): end-to-end generated
 tok/s, decode step, prefill forward, and every module taking at least 2% of the decode step or prefill
 forward. Multipliers are fitted in log space within [1/50, 50], the overheads within [0, 10] s; a constant
 the runs carry no information on (no streaming: `copy`; no measured overheads: `overhead`) keeps the
@@ -29,26 +29,36 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from planner import locations
-from planner.calibrate_runs import MeasuredRun, RunPrediction, check_profile_matches, load_run, predict_run
+from planner.calibration.runs import MeasuredRun, RunPrediction, check_profile_matches, load_run, predict_run
 from planner.errors import UserError
+from planner.hardware.profile import HardwareProfile
 from planner.outputs import check_output_path, is_stdout, say_to, write_text_output
-from planner.profile import HardwareProfile
 
 CONSTANTS = ("gemm", "gemm_small_m", "attention", "copy", "step_overhead_s", "call_overhead_s", "overhead")
-OVERHEADS = ("step_overhead_s", "call_overhead_s")      # fitted in milliseconds; the others in log space
+OVERHEADS = ("step_overhead_s", "call_overhead_s")  # fitted in milliseconds; the others in log space
 MULTIPLIER_RANGE = (1 / 50, 50.0)
 OVERHEAD_RANGE_MS = (0.0, 10_000.0)
-FIT_MODULES = ("qkv_proj", "attention", "o_proj", "router", "experts", "shared_experts", "dense_mlp", "lm_head",
-               "weight_copy")
+FIT_MODULES = (
+    "qkv_proj",
+    "attention",
+    "o_proj",
+    "router",
+    "experts",
+    "shared_experts",
+    "dense_mlp",
+    "lm_head",
+    "weight_copy",
+)
 MIN_MODULE_SHARE = 0.02
 WEIGHTS = {"end_to_end": 1.0, "decode_step": 1.0, "prefill_forward": 0.5, "modules": 1.0}
 SOFT_L1_SCALE = 0.1
-INSIDE_BOUNDS = 0.01            # start strictly inside the bounds (trf cannot leave a bound it starts on)
+INSIDE_BOUNDS = 0.01  # start strictly inside the bounds (trf cannot leave a bound it starts on)
 
 
 @dataclass(frozen=True)
 class RunErrors:
     """Relative errors (predicted - measured) / measured of one run."""
+
     label: str
     end_to_end: float
     decode_step: float
@@ -92,14 +102,22 @@ def _shown_modules(measured: dict[str, float], total: float) -> list[str]:
 
 def _residuals(run: MeasuredRun, pred: RunPrediction) -> list[float]:
     m = run.measured
-    terms = [WEIGHTS["end_to_end"] * _rel(pred.generated_tok_s, m.generated_tok_s),
-             WEIGHTS["decode_step"] * _rel(pred.decode_step_s, m.decode_step_s)]
+    terms = [
+        WEIGHTS["end_to_end"] * _rel(pred.generated_tok_s, m.generated_tok_s),
+        WEIGHTS["decode_step"] * _rel(pred.decode_step_s, m.decode_step_s),
+    ]
     if m.prefill_forward_s:
         terms.append(WEIGHTS["prefill_forward"] * _rel(pred.prefill_forward_s, m.prefill_forward_s))
-    pairs = [(pred.decode_modules[k], m.decode_modules[k]) for k in _shown_modules(m.decode_modules, m.decode_step_s)]
+    pairs = [
+        (pred.decode_modules[k], m.decode_modules[k])
+        for k in _shown_modules(m.decode_modules, m.decode_step_s)
+    ]
     if m.prefill_forward_s:
-        pairs += [(pred.prefill_modules[k], m.prefill_modules[k])
-                  for k in _shown_modules(m.prefill_modules, m.prefill_forward_s) if k in pred.prefill_modules]
+        pairs += [
+            (pred.prefill_modules[k], m.prefill_modules[k])
+            for k in _shown_modules(m.prefill_modules, m.prefill_forward_s)
+            if k in pred.prefill_modules
+        ]
     weight = WEIGHTS["modules"] / math.sqrt(max(len(pairs), 1))
     terms += [weight * _rel(p, meas) for p, meas in pairs]
     return terms
@@ -109,13 +127,22 @@ def run_errors(runs: list[MeasuredRun], profile: HardwareProfile) -> list[RunErr
     out = []
     for run in runs:
         pred, m = predict_run(run, profile), run.measured
-        out.append(RunErrors(
-            label=run.label, end_to_end=_rel(pred.generated_tok_s, m.generated_tok_s),
-            decode_step=_rel(pred.decode_step_s, m.decode_step_s),
-            prefill_forward=_rel(pred.prefill_forward_s, m.prefill_forward_s) if m.prefill_forward_s else None,
-            decode_modules={k: _rel(pred.decode_modules[k], m.decode_modules[k])
-                            for k in _shown_modules(m.decode_modules, m.decode_step_s)},
-            predicted_tok_s=pred.generated_tok_s, achieved_tok_s=m.generated_tok_s))
+        out.append(
+            RunErrors(
+                label=run.label,
+                end_to_end=_rel(pred.generated_tok_s, m.generated_tok_s),
+                decode_step=_rel(pred.decode_step_s, m.decode_step_s),
+                prefill_forward=_rel(pred.prefill_forward_s, m.prefill_forward_s)
+                if m.prefill_forward_s
+                else None,
+                decode_modules={
+                    k: _rel(pred.decode_modules[k], m.decode_modules[k])
+                    for k in _shown_modules(m.decode_modules, m.decode_step_s)
+                },
+                predicted_tok_s=pred.generated_tok_s,
+                achieved_tok_s=m.generated_tok_s,
+            )
+        )
     return out
 
 
@@ -142,37 +169,58 @@ def fit(runs: list[MeasuredRun], profile: HardwareProfile, only: tuple[str, ...]
         probe[i] += 0.5
         if np.max(np.abs(residuals(probe) - base)) > 1e-9:
             free.append(i)
-    lows = np.array([OVERHEAD_RANGE_MS[0] if n in OVERHEADS else math.log(MULTIPLIER_RANGE[0]) for n in CONSTANTS])
-    highs = np.array([OVERHEAD_RANGE_MS[1] if n in OVERHEADS else math.log(MULTIPLIER_RANGE[1]) for n in CONSTANTS])
+    lows = np.array(
+        [OVERHEAD_RANGE_MS[0] if n in OVERHEADS else math.log(MULTIPLIER_RANGE[0]) for n in CONSTANTS]
+    )
+    highs = np.array(
+        [OVERHEAD_RANGE_MS[1] if n in OVERHEADS else math.log(MULTIPLIER_RANGE[1]) for n in CONSTANTS]
+    )
     x = x0.copy()
-    cost = float(0.5 * np.sum(base ** 2))
+    cost = float(0.5 * np.sum(base**2))
     if free:
+
         def free_residuals(v: np.ndarray) -> np.ndarray:
             full = x.copy()
             full[free] = v
             return residuals(full)
 
         start = np.clip(x[free], lows[free] + INSIDE_BOUNDS, highs[free] - INSIDE_BOUNDS)
-        result = least_squares(free_residuals, start, bounds=(lows[free], highs[free]), loss="soft_l1",
-                               f_scale=SOFT_L1_SCALE)
+        result = least_squares(
+            free_residuals, start, bounds=(lows[free], highs[free]), loss="soft_l1", f_scale=SOFT_L1_SCALE
+        )
         x[free] = result.x
         cost = float(result.cost)
     after = _from_vector(x)
     calibrated = profile.with_efficiency(**after)
-    return Calibration(profile=calibrated, before=before, after=after, fitted=tuple(CONSTANTS[i] for i in free),
-                       errors_before=run_errors(runs, profile), errors_after=run_errors(runs, calibrated), cost=cost)
+    return Calibration(
+        profile=calibrated,
+        before=before,
+        after=after,
+        fitted=tuple(CONSTANTS[i] for i in free),
+        errors_before=run_errors(runs, profile),
+        errors_after=run_errors(runs, calibrated),
+        cost=cost,
+    )
 
 
-def calibrated_profile(calibration: Calibration, runs: list[MeasuredRun], name: str, command: str) -> HardwareProfile:
+def calibrated_profile(
+    calibration: Calibration, runs: list[MeasuredRun], name: str, command: str
+) -> HardwareProfile:
     """The fitted profile, renamed and marked calibrated, naming the reports it came from."""
     base = calibration.profile
     mean_before = float(np.mean([abs(e.end_to_end) for e in calibration.errors_before]))
     mean_after = float(np.mean([abs(e.end_to_end) for e in calibration.errors_after]))
-    provenance = replace(base.provenance, kind="calibrated", command=command,
-                         date=datetime.datetime.now().isoformat(timespec="seconds"),
-                         calibrated_from=tuple(f"{r.path} sha256:{r.sha256}" for r in runs))
-    note = (f"calibrated from {len(runs)} runs ({', '.join(calibration.fitted) or 'nothing fitted'}): mean |error| "
-            f"of end-to-end tok/s {100 * mean_before:.1f}% before, {100 * mean_after:.1f}% after, on those runs")
+    provenance = replace(
+        base.provenance,
+        kind="calibrated",
+        command=command,
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        calibrated_from=tuple(f"{r.path} sha256:{r.sha256}" for r in runs),
+    )
+    note = (
+        f"calibrated from {len(runs)} runs ({', '.join(calibration.fitted) or 'nothing fitted'}): mean |error| "
+        f"of end-to-end tok/s {100 * mean_before:.1f}% before, {100 * mean_after:.1f}% after, on those runs"
+    )
     notes = f"{base.notes}\n{note}" if base.notes else note
     return replace(base, name=name, provenance=provenance, notes=notes)
 
@@ -189,21 +237,33 @@ def summary(calibration: Calibration) -> str:
     lines.append("")
     lines.append("run                              tok/s achieved  error before  error after")
     for b, a in zip(calibration.errors_before, calibration.errors_after):
-        lines.append(f"{b.label[:32]:<32}{b.achieved_tok_s:>15.3g}  {_pct(b.end_to_end):>12}  {_pct(a.end_to_end):>11}")
-    mean = [float(np.mean([abs(e.end_to_end) for e in errs]))
-            for errs in (calibration.errors_before, calibration.errors_after)]
+        lines.append(
+            f"{b.label[:32]:<32}{b.achieved_tok_s:>15.3g}  {_pct(b.end_to_end):>12}  {_pct(a.end_to_end):>11}"
+        )
+    mean = [
+        float(np.mean([abs(e.end_to_end) for e in errs]))
+        for errs in (calibration.errors_before, calibration.errors_after)
+    ]
     lines.append(f"mean |error| of end-to-end tok/s: {100 * mean[0]:.1f}% before, {100 * mean[1]:.1f}% after")
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reports", nargs="+", help="report.json files of `runtime execute --report`")
-    parser.add_argument("--profile", help="the profile the runs' plans were solved with (name or YAML; default: "
-                                          "this machine's measured profile)")
-    parser.add_argument("--out", help="write the calibrated profile YAML here, - for standard output (default: the "
-                                      "user dir's profiles/<name>.yaml, so --profile <name> finds it)")
-    parser.add_argument("--name", help="name of the calibrated profile (default: the --out file's stem, or "
-                                       "<profile>-calibrated)")
+    parser.add_argument(
+        "--profile",
+        help="the profile the runs' plans were solved with (name or YAML; default: "
+        "this machine's measured profile)",
+    )
+    parser.add_argument(
+        "--out",
+        help="write the calibrated profile YAML here, - for standard output (default: the "
+        "user dir's profiles/<name>.yaml, so --profile <name> finds it)",
+    )
+    parser.add_argument(
+        "--name",
+        help="name of the calibrated profile (default: the --out file's stem, or <profile>-calibrated)",
+    )
 
 
 def run_command(args: argparse.Namespace, profile: HardwareProfile) -> int:
@@ -218,7 +278,11 @@ def run_command(args: argparse.Namespace, profile: HardwareProfile) -> int:
     check_output_path(out, "--out", [*args.reports, args.profile])
     runs = [load_run(path) for path in args.reports]
     calibration = fit(runs, profile)
-    command = "planner calibrate " + " ".join(str(p) for p in args.reports) + f" --profile {profile.name} --out {out}"
+    command = (
+        "planner calibrate "
+        + " ".join(str(p) for p in args.reports)
+        + f" --profile {profile.name} --out {out}"
+    )
     name = args.name or (f"{profile.name}-calibrated" if is_stdout(out) else out.stem)
     written = write_text_output(out, calibrated_profile(calibration, runs, name, command).to_yaml())
     print(summary(calibration), file=say_to(out))

@@ -1,6 +1,6 @@
 """Where a model's bytes are, per layer kind and per residency choice: the static half of the performance model.
 
-`ModelLayout(spec, workload, block_size)` turns `planner.costs.ModelCosts` into the constants the model needs:
+`ModelLayout(spec, workload, block_size)` turns `planner.perf.costs.ModelCosts` into the constants the model needs:
 bytes of each weight group per MoE layer and per dense layer, KV bytes per token and per slot, activation
 sizes per token, and, for every residency index `rho` (0 .. len(RESIDENCY_ORDER) + num_experts), the bytes
 resident on the device, streamed per MoE / dense layer and streamed once per step (embed, lm_head).
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.costs import ModelCosts
-from planner.spec import ModelSpec
-from planner.workload import Workload
+from planner.perf.costs import ModelCosts
+from planner.plans.workload import Workload
+from planner.specs.spec import ModelSpec
 
 RESIDENCY_ORDER = ("router", "qkv_proj", "o_proj", "shared_experts", "dense_mlp", "lm_head", "embed")
 LAYER_GROUPS = ("router", "qkv_proj", "o_proj", "shared_experts", "dense_mlp")
@@ -31,8 +31,12 @@ def activation_dims(spec: ModelSpec) -> tuple[int, int]:
     queries, the new latent row and the absorbed query) and the attention output (MLA: in the latent space)."""
     if spec.attention == "mla":
         h = spec.num_heads
-        qkv_out = h * (spec.qk_nope_head_dim + spec.qk_rope_head_dim) + spec.kv_lora_rank + spec.qk_rope_head_dim \
+        qkv_out = (
+            h * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
+            + spec.kv_lora_rank
+            + spec.qk_rope_head_dim
             + h * spec.kv_lora_rank
+        )
         return qkv_out, h * max(spec.kv_lora_rank, spec.v_head_dim)
     return (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim, spec.num_heads * spec.head_dim
 
@@ -44,24 +48,24 @@ class ModelLayout:
     block_size: int
     num_moe_layers: int
     num_dense_layers: int
-    group_bytes: dict[str, dict[str, float]]     # layer kind ("moe" | "dense") -> group -> bytes per layer
-    step_bytes: dict[str, float]                 # lm_head (with the final norm), embed
+    group_bytes: dict[str, dict[str, float]]  # layer kind ("moe" | "dense") -> group -> bytes per layer
+    step_bytes: dict[str, float]  # lm_head (with the final norm), embed
     expert_bytes: float
     total_bytes: float
-    resident_bytes: np.ndarray                   # [rho]
-    streamed_moe_layer: np.ndarray               # [rho]
-    streamed_dense_layer: np.ndarray             # [rho]
-    streamed_per_step: np.ndarray                # [rho]
+    resident_bytes: np.ndarray  # [rho]
+    streamed_moe_layer: np.ndarray  # [rho]
+    streamed_dense_layer: np.ndarray  # [rho]
+    streamed_per_step: np.ndarray  # [rho]
     kv_bytes_per_token_layer: float
     kv_bytes_per_token: float
-    kv_read_bytes_per_seq_layer: float           # per decode step, averaged over layers
-    kv_bytes_per_slot: float                     # host KV one slot must hold (block-rounded; see Workload)
-    kv_bytes_one_sequence: float                 # the longest sequence, whole
+    kv_read_bytes_per_seq_layer: float  # per decode step, averaged over layers
+    kv_bytes_per_slot: float  # host KV one slot must hold (block-rounded; see Workload)
+    kv_bytes_one_sequence: float  # the longest sequence, whole
     qkv_out_dim: int
     attn_out_dim: int
-    prefill_kv_bytes_per_token_layer: float      # K/V as prefill attention reads them (MLA expanded)
-    prefill_pair_flops: float                    # score + value FLOPs per (query, key) pair per layer
-    decode_attention_flops_per_ctx: float        # per query token per cached token, all layers
+    prefill_kv_bytes_per_token_layer: float  # K/V as prefill attention reads them (MLA expanded)
+    prefill_pair_flops: float  # score + value FLOPs per (query, key) pair per layer
+    decode_attention_flops_per_ctx: float  # per query token per cached token, all layers
 
     @classmethod
     def build(cls, spec: ModelSpec, workload: Workload, block_size: int) -> ModelLayout:
@@ -78,22 +82,31 @@ class ModelLayout:
                 "dense_mlp": float(raw.get("dense_mlp", 0)),
             }
         whole = costs.module_bytes()
-        step_bytes = {"lm_head": float(whole["lm_head"]) + spec.hidden_size * spec.dtype_bytes,
-                      "embed": float(whole["embed"])}
+        step_bytes = {
+            "lm_head": float(whole["lm_head"]) + spec.hidden_size * spec.dtype_bytes,
+            "embed": float(whole["embed"]),
+        }
         n_moe, n_dense = spec.num_moe_layers, spec.first_dense_layers
         expert = float(costs.expert_bytes())
         levels = len(RESIDENCY_ORDER)
         rho = np.arange(levels + spec.num_experts + 1)
         resident, s_moe, s_dense, s_step = (np.zeros(rho.size) for _ in range(4))
         for i in rho:
-            kept = set(RESIDENCY_ORDER[:min(i, levels)])
+            kept = set(RESIDENCY_ORDER[: min(i, levels)])
             experts_kept = max(i - levels, 0)
-            resident[i] = (sum(n_moe * group_bytes["moe"][g] + n_dense * group_bytes["dense"][g]
-                               for g in LAYER_GROUPS if g in kept)
-                           + sum(step_bytes[g] for g in STEP_GROUPS if g in kept)
-                           + experts_kept * expert * n_moe)
-            s_moe[i] = sum(b for g, b in group_bytes["moe"].items() if g not in kept) + (
-                spec.num_experts - experts_kept) * expert
+            resident[i] = (
+                sum(
+                    n_moe * group_bytes["moe"][g] + n_dense * group_bytes["dense"][g]
+                    for g in LAYER_GROUPS
+                    if g in kept
+                )
+                + sum(step_bytes[g] for g in STEP_GROUPS if g in kept)
+                + experts_kept * expert * n_moe
+            )
+            s_moe[i] = (
+                sum(b for g, b in group_bytes["moe"].items() if g not in kept)
+                + (spec.num_experts - experts_kept) * expert
+            )
             s_dense[i] = sum(b for g, b in group_bytes["dense"].items() if g not in kept)
             s_step[i] = sum(step_bytes[g] for g in STEP_GROUPS if g not in kept)
         if n_dense == 0:
@@ -107,24 +120,42 @@ class ModelLayout:
         qkv_out, attn_out = activation_dims(spec)
         if spec.attention == "mla":
             h_ = spec.num_heads
-            prefill_kv = h_ * (spec.qk_nope_head_dim + spec.qk_rope_head_dim + spec.v_head_dim) * spec.dtype_bytes
+            prefill_kv = (
+                h_ * (spec.qk_nope_head_dim + spec.qk_rope_head_dim + spec.v_head_dim) * spec.dtype_bytes
+            )
             pair = 2.0 * h_ * (spec.qk_nope_head_dim + spec.qk_rope_head_dim + spec.v_head_dim)
         else:
             prefill_kv = kv_layer
             pair = 4.0 * spec.num_heads * spec.head_dim
         return cls(
-            spec=spec, costs=costs, block_size=block_size, num_moe_layers=n_moe, num_dense_layers=n_dense,
-            group_bytes=group_bytes, step_bytes=step_bytes, expert_bytes=expert, total_bytes=float(costs.total_bytes()),
-            resident_bytes=resident, streamed_moe_layer=s_moe, streamed_dense_layer=s_dense,
-            streamed_per_step=s_step, kv_bytes_per_token_layer=kv_layer,
+            spec=spec,
+            costs=costs,
+            block_size=block_size,
+            num_moe_layers=n_moe,
+            num_dense_layers=n_dense,
+            group_bytes=group_bytes,
+            step_bytes=step_bytes,
+            expert_bytes=expert,
+            total_bytes=float(costs.total_bytes()),
+            resident_bytes=resident,
+            streamed_moe_layer=s_moe,
+            streamed_dense_layer=s_dense,
+            streamed_per_step=s_step,
+            kv_bytes_per_token_layer=kv_layer,
             kv_bytes_per_token=kv_layer * spec.num_layers,
             kv_read_bytes_per_seq_layer=kv_layer * read_tokens,
-            kv_bytes_per_slot=(workload.kv_held_tokens_per_slot + block_size / 2) * kv_layer * spec.num_layers,
+            kv_bytes_per_slot=(workload.kv_held_tokens_per_slot + block_size / 2)
+            * kv_layer
+            * spec.num_layers,
             kv_bytes_one_sequence=(workload.max_sequence_len + block_size) * kv_layer * spec.num_layers,
-            qkv_out_dim=qkv_out, attn_out_dim=attn_out, prefill_kv_bytes_per_token_layer=float(prefill_kv),
+            qkv_out_dim=qkv_out,
+            attn_out_dim=attn_out,
+            prefill_kv_bytes_per_token_layer=float(prefill_kv),
             prefill_pair_flops=pair,
-            decode_attention_flops_per_ctx=sum(costs.attention_flops_per_token(1, layer)
-                                               for layer in range(spec.num_layers)))
+            decode_attention_flops_per_ctx=sum(
+                costs.attention_flops_per_token(1, layer) for layer in range(spec.num_layers)
+            ),
+        )
 
     @property
     def max_residency(self) -> int:
@@ -133,7 +164,7 @@ class ModelLayout:
     def resident_groups(self, rho: int) -> tuple[tuple[str, ...], int]:
         """(weight modules kept on the device, routed experts kept per MoE layer) for residency index rho."""
         levels = len(RESIDENCY_ORDER)
-        groups = list(RESIDENCY_ORDER[:min(rho, levels)])
+        groups = list(RESIDENCY_ORDER[: min(rho, levels)])
         experts = max(rho - levels, 0)
         if experts == self.spec.num_experts:
             groups.append("experts")

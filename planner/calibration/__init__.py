@@ -1,0 +1,1 @@
+"""Calibration: fitting a profile's corrections from runs' predicted-against-achieved reports."""
