@@ -151,7 +151,7 @@ def markdown(frame: pd.DataFrame, args: argparse.Namespace, command: str, machin
         [
             "## Module-based against model-based batching behind an emulated link",
             "",
-            f"Command: `flock /work/bench.lock {command}` ({args.passes} interleaved passes, median). {machine}",
+            f"Command: `/work/bin/cpu-exclusive {command}` ({args.passes} interleaved passes, median). {machine}",
             f"{args.model}{f' ({args.layers} layers)' if args.layers else ''}, one checkpoint, one engine; this CPU "
             f"behind an emulated {args.link_gbps:g} GB/s link with {args.device_gb:g} GiB of device memory; "
             f"{args.num_prompts} prompts of {args.prompt_len} + {args.gen_len} tokens. Model-based batching keeps the "

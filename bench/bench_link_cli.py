@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     "## The emulated link through the CLI: profile, solve, execute",
                     "",
-                    f"Command: `flock /work/bench.lock {command.strip()}`. {machine}",
+                    f"Command: `/work/bin/cpu-exclusive {command.strip()}`. {machine}",
                     f"{args.model} truncated to {args.layers} layers (random bf16 weights), {args.num_prompts} prompts of "
                     f"{args.prompt_len} + {args.gen_len} tokens, this CPU behind an emulated {args.link_gbps:g} GB/s link "
                     f"(`runtime profile --quick --emulate-link {args.link_gbps:g} --emulate-device-gb G`, then `planner "

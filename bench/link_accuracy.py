@@ -102,7 +102,7 @@ def markdown(frame: pd.DataFrame, command: str, machine: str, csv_path: Path) ->
         [
             "## Prediction accuracy in the link-bound regime (emulated link)",
             "",
-            f"Command: `flock /work/bench.lock {command}` (3 interleaved passes, each config's median pass). {machine}",
+            f"Command: `/work/bin/cpu-exclusive {command}` (3 interleaved passes, each config's median pass). {machine}",
             "Each config plans and runs on this CPU behind an emulated link (`runtime profile --emulate-link`; copies "
             "paced on the wall clock by the streamer's copy worker, device memory capped); the routed experts cross "
             "it every step. Error = (predicted - achieved) / achieved of end-to-end generated tok/s; link busy = the "

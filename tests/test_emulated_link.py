@@ -142,6 +142,31 @@ def test_emulated_link_gives_the_same_greedy_tokens_with_every_stream_copy_paced
 
 
 @pytest.mark.usefixtures("single_torch_thread")
+@pytest.mark.parametrize("parts", [2, 4])
+def test_layers_streamed_in_parts_give_the_same_tokens_in_smaller_slots(checkpoint, parts):
+    from runtime.engine import EngineConfig
+
+    base = EngineConfig(
+        num_seqs=4, attn_batch=4, expert_batch=8, kv_budget_bytes=1 << 20, kv_block_size=4, prefill_chunk=16
+    )
+    plain, _ = _greedy_tokens(checkpoint, base)
+    emulated = base.with_(
+        stream_weights=True, link_gbps=50.0, device_memory_bytes=64 * MiB, resident_experts_per_layer=1
+    )
+    whole, (engine, _) = _greedy_tokens(checkpoint, emulated)
+    in_parts, (parted, _) = _greedy_tokens(checkpoint, emulated.with_(stream_parts=parts))
+    assert in_parts == whole == plain
+    assert parted.store.expert_ranges[0] == (0, 1) and len(parted.store.expert_ranges) == 1 + parts
+    assert len(parted.streamer.copy_log) > len(engine.streamer.copy_log)
+    assert parted.streamer.buffer_bytes < engine.streamer.buffer_bytes * (2 / parts + 0.1)
+    assert parted.streamer.max_slots_in_use == 1  # each part handed back before the next is read
+    with pytest.raises(UserError, match="token groups"):
+        emulated.with_(stream_parts=2, overlap=True)
+    with pytest.raises(UserError, match="every module but the routed"):
+        _greedy_tokens(checkpoint, emulated.with_(stream_parts=2, resident_modules=("embed", "lm_head")))
+
+
+@pytest.mark.usefixtures("single_torch_thread")
 def test_a_device_set_larger_than_the_emulated_memory_is_refused(checkpoint):
     from runtime.engine import Engine, EngineConfig
 
@@ -208,15 +233,29 @@ def test_model_based_batching_keeps_kv_on_the_device_and_is_bounded_by_it(emulat
 
 def test_too_small_an_emulated_device_is_refused_with_the_reason(emulated):
     with pytest.raises(UserError, match="emulated device .* cannot hold") as err:
-        _plan(emulate_link(emulated, 1.0, 0.2))
+        _plan(emulate_link(emulated, 1.0, 0.15))
     assert "--emulate-device-gb" in err.value.fix
+
+
+def test_a_device_too_small_for_two_whole_layers_streams_them_in_parts(emulated):
+    tight = _plan(emulate_link(emulated, 1.0, 0.4))
+    assert tight.stream_parts > 1 and tight.bottleneck == "link"
+    assert _plan(load_profile("a5000-epyc7453")).stream_parts == 1  # two token groups: whole layers
+    device = tight.memory["device"]
+    assert device["total"] <= device["budget"] and device["stream_buffers"] < 2 * 176e6
+    assert Plan.from_yaml(tight.to_yaml()) == tight
+    from runtime.engine import EngineConfig
+
+    assert EngineConfig.from_plan(tight).stream_parts == tight.stream_parts
+    with pytest.raises(UserError, match="parts"):
+        _plan(emulate_link(emulated, 1.0, 0.15))
 
 
 def test_plans_without_the_new_fields_still_load(emulated):
     data = _plan(emulated).to_dict()
-    del data["batching"], data["emulated_link_gbps"]
+    del data["batching"], data["emulated_link_gbps"], data["stream_parts"]
     plan = Plan.from_dict(data)
-    assert plan.batching == "module" and plan.emulated_link_gbps is None
+    assert plan.batching == "module" and plan.emulated_link_gbps is None and plan.stream_parts == 1
 
 
 def test_sweep_over_link_speed_finds_where_the_link_stops_binding(emulated):

@@ -170,6 +170,30 @@ class ModelLayout:
             groups.append("experts")
         return tuple(groups), experts
 
+    def stream_slot_bytes(self, rho, parts) -> np.ndarray:
+        """Bytes of the largest stream unit at residency rho, a layer's streamed experts split into `parts`
+        (near-equal stacks of whole experts, `runtime.engine.weights.stream_part_ranges`)."""
+        rho = np.asarray(rho, dtype=int)
+        streamed = self.spec.num_experts - np.maximum(rho - len(RESIDENCY_ORDER), 0)
+        experts = streamed * self.expert_bytes
+        per_part = np.ceil(streamed / np.maximum(parts, 1)) * self.expert_bytes
+        moe = np.where(
+            np.asarray(parts) > 1,
+            self.streamed_moe_layer[rho] - experts + per_part,
+            self.streamed_moe_layer[rho],
+        )
+        return np.maximum(moe, self.streamed_dense_layer[rho])
+
+    def splits_in_parts(self, rho) -> np.ndarray:
+        """Whether residency rho streams nothing per layer but routed experts (so a layer can stream in parts)."""
+        rho = np.asarray(rho, dtype=int)
+        experts = (self.spec.num_experts - np.maximum(rho - len(RESIDENCY_ORDER), 0)) * self.expert_bytes
+        return (
+            (self.streamed_dense_layer[rho] == 0)
+            & np.isclose(self.streamed_moe_layer[rho], experts)
+            & (experts > 0)
+        )
+
     def expected_experts(self, tokens) -> np.ndarray:
         """E(1-(1-k/E)^m): distinct experts hit by m tokens under uniform routing (an upper bound)."""
         e, k = self.spec.num_experts, self.spec.top_k

@@ -9,7 +9,7 @@ machine sizes as defaults and rejects absurd values with a `UserError`.
   of headroom, block-rounded) + pinned attention staging (q/k/v out, attention back: with a device) +
   activations and prefill workspace (CPU-only: the device is the host) + a reserve (OS, Python, torch).
 - device: resident weights + stream buffers (`slots` layers of streamed modules, 2 or 3, plus non-resident
-  embed / lm_head) + the decode activations (hidden states of all N tokens, one attention micro-batch, one
+  embed / lm_head; a layer's experts in `stream_parts` parts, a slot each, where two whole layers do not fit) + the decode activations (hidden states of all N tokens, one attention micro-batch, one
   expert chunk, router logits, lm_head logits of a micro-batch with the on-device sampler's workspace) and the
   prefill workspace (a chunk's activations, one layer's K/V for attention with the K/V heads expanded for the
   fused kernels, lm_head logits and sampling of at most one micro-batch of completed prompts) together, since
@@ -43,6 +43,7 @@ HOST_RESERVE_FRACTION = 0.05
 DEVICE_RESERVE_BYTES = 1 * GiB
 DEVICE_RESERVE_FRACTION = 0.05
 MAX_MEMORY_GIB = 1 << 20  # 1 PiB: anything above is a typo
+STREAM_PARTS = (1, 2, 4, 8)  # the parts a streamed layer's experts may split into (emulated link)
 
 
 @dataclass(frozen=True)
@@ -185,12 +186,34 @@ class MemoryModel:
             self.transients(c), num_seqs / self.groups * self.router_per_token
         )
 
+    def stream_parts(self, c) -> np.ndarray:
+        """Parts each streamed layer's experts stream in (`EngineConfig.stream_parts`): 1 where two whole layers
+        fit beside everything else with one sequence; else the fewest of `STREAM_PARTS` that fit, or the most
+        when none does (one token group only, and only when nothing but routed experts streams per layer: the engine hands each part back
+        after its experts ran)."""
+        lay, rho = self.layout, c.residency.astype(int)
+        parts = np.ones(np.shape(rho))
+        if self.real_device or not self.has_device:
+            return parts
+        rest = (
+            lay.resident_bytes[rho]
+            + lay.streamed_per_step[rho]
+            + self.pass_workspace(c)
+            + self.decode_activations(c, 1.0)
+            + (lay.kv_bytes_one_sequence + lay.kv_bytes_per_slot if self.kv_on_device else 0.0)
+        )
+        split = lay.splits_in_parts(rho) & (
+            rest + 2 * lay.stream_slot_bytes(rho, 1) > self.budgets.device_bytes
+        )
+        parts = np.where(split, STREAM_PARTS[-1], parts)  # none fits: the finest (the refusal names it)
+        for p in reversed(STREAM_PARTS[1:]):  # the fewest parts that fit wins
+            fits = rest + 2 * lay.stream_slot_bytes(rho, p) <= self.budgets.device_bytes
+            parts = np.where(split & fits, p, parts)
+        return parts
+
     def stream_buffers(self, c, slots: int = 2) -> np.ndarray:
         lay, rho = self.layout, c.residency.astype(int)
-        return (
-            slots * np.maximum(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho])
-            + lay.streamed_per_step[rho]
-        )
+        return slots * lay.stream_slot_bytes(rho, self.stream_parts(c)) + lay.streamed_per_step[rho]
 
     def device_fixed(self, c, slots: int = 2) -> np.ndarray:
         """Device bytes that do not depend on N: weights, stream buffers, reserve."""
@@ -211,7 +234,7 @@ class MemoryModel:
         if not self.has_device or self.kv_on_device:
             return 2
         lay, rho = self.layout, int(np.ravel(c.residency)[0])
-        slot = max(lay.streamed_moe_layer[rho], lay.streamed_dense_layer[rho])
+        slot = float(np.ravel(lay.stream_slot_bytes(rho, self.stream_parts(c)))[0])
         if slot <= 0 or self.layout.spec.num_layers <= 2:
             return 2
         used = float(

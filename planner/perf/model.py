@@ -284,7 +284,7 @@ class PerfModel:
         n_moe, n_dense, n_all = lay.num_moe_layers, lay.num_dense_layers, spec.num_layers
         step = n_moe * layer_moe + n_dense * layer_dense + serial
         if self.emulated:
-            step = step - self._serial_under_link(resources, serial)
+            step = step - self._serial_under_link(resources, serial, self.memory.stream_parts(c))
         device_busy = n_moe * dev_moe + n_dense * dev_dense + embed + lm_head + sampling
         out = {
             "embed": embed,
@@ -316,11 +316,12 @@ class PerfModel:
             out.update(busy_cpu=device_busy + n_all * attention)
         return out
 
-    def _serial_under_link(self, resources: dict, serial: np.ndarray) -> np.ndarray:
+    def _serial_under_link(self, resources: dict, serial: np.ndarray, parts) -> np.ndarray:
         """Emulated link: seconds of the step's serial tail (embed, lm_head, sampling, bookkeeping) the link
         hides. Layers are released as compute leaves them, so the copy worker streams the next step's first
         layers into the free slots meanwhile: when a layer copies in x and computes in c < x, compute can fall
-        behind by up to STREAM_AHEAD (x - c) before the link waits for a slot."""
+        behind by up to STREAM_AHEAD (x - c) before the link waits for a slot (STREAM_AHEAD parts of a layer
+        when layers stream in `parts`)."""
         lay = self.layout
         layers = max(lay.num_moe_layers + lay.num_dense_layers, 1)
 
@@ -332,7 +333,7 @@ class PerfModel:
 
         link = mean(lambda r: r["link"])
         compute = mean(lambda r: np.maximum(r["cpu"], r["host_memory"]))
-        return np.minimum(serial, STREAM_AHEAD * np.maximum(link - compute, 0.0))
+        return np.minimum(serial, STREAM_AHEAD / parts * np.maximum(link - compute, 0.0))
 
     def _expert_seconds(self, hit, rows_per_expert, tokens, expert_batch) -> np.ndarray:
         """GEMM seconds of one token group's routed experts on the engine's path (`planner.perf.expert_kernels`)."""
@@ -463,7 +464,7 @@ class PerfModel:
         tail = embed + lm_head + step_copy + r.step_overhead_s + per_chunk["forward"]
         chunk = n_moe * layer_moe + n_dense * layer_dense + tail
         if self.emulated:
-            chunk = chunk - self._serial_under_link(hide, tail)
+            chunk = chunk - self._serial_under_link(hide, tail, self.memory.stream_parts(c))
         return {
             "embed": embed,
             "qkv_proj": n_all * qkv,

@@ -95,6 +95,7 @@ def plan_from_solution(
     bound = compute_bound(model)
     streams = (model.has_device or model.streams_on_host) and solution.residency < lay.max_residency
     slots = model.memory.stream_slots(c, float(n)) if streams else 2
+    parts = int(np.ravel(model.memory.stream_parts(c))[0]) if streams else 1
     host, device = model.memory.breakdown(c, float(n), slots)
     if streams:
         resident, experts_resident = lay.resident_groups(solution.residency)
@@ -150,6 +151,7 @@ def plan_from_solution(
         memory={"host": host, "device": device},
         bound=bound,
         stream_slots=slots,
+        stream_parts=parts,
         solver={
             "evaluations": float(solution.evaluations),
             "lattice_points": float(

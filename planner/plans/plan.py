@@ -11,7 +11,8 @@ Residency: `resident_modules` lists weight modules kept on the device (runtime m
 experts 0 .. `resident_experts_per_layer`-1 of every MoE layer stay on the device too ("experts" is listed when
 all of them do). `plan.is_resident(module, expert)` answers for one tensor. With `stream_weights` false
 (no device) every module is used in place.
-`stream_slots` (2 or 3) is how many device slots the streamer rings through. `Plan.load(path)` /
+`stream_slots` (2 or 3) is how many device slots the streamer rings through; `stream_parts` (1 unless two
+whole layers do not fit) how many parts, a slot each, a layer's streamed experts cross in. `Plan.load(path)` /
 `plan.save(path)`; a missing, mistyped, unknown or out-of-range field raises `UserError` naming it
 (`plan.yaml: predicted.decode_tok_s: expected a number`); the fields of `OPTIONAL_FIELDS` (added after plans
 were written) may be absent.
@@ -46,7 +47,7 @@ WEIGHT_MODULES = (
 RESOURCES = ("device", "cpu_attention", "link", "host_memory", "cpu")
 SCHEDULING = ("refill",)
 BATCHING = ("module", "model")
-OPTIONAL_FIELDS = {"batching": "module", "emulated_link_gbps": None, "stream_slots": 2}
+OPTIONAL_FIELDS = {"batching": "module", "emulated_link_gbps": None, "stream_slots": 2, "stream_parts": 1}
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,9 @@ class Plan:
     stream_slots: int = OPTIONAL_FIELDS[
         "stream_slots"
     ]  # device slots of streamed layers: 3 when the device has room
+    stream_parts: int = OPTIONAL_FIELDS[
+        "stream_parts"
+    ]  # a streamed layer's experts in this many parts (slots)
 
     def __post_init__(self) -> None:
         _check_decisions(self)
@@ -214,6 +218,8 @@ def _check_decisions(plan: Plan) -> None:
         raise fail("token_groups", "must be 1 or 2")
     if plan.stream_slots not in (2, 3):
         raise fail("stream_slots", "must be 2 or 3")
+    if plan.stream_parts < 1:
+        raise fail("stream_parts", "must be at least 1")
     if plan.scheduling not in SCHEDULING:
         raise fail("scheduling", f"must be one of {list(SCHEDULING)}")
     if plan.batching not in BATCHING:

@@ -262,9 +262,11 @@ def check_budgets(model: PerfModel) -> None:
         if need + kv > b.device_bytes:
             resident = f"{lay.resident_bytes[rho] / gib:.2f} GiB of resident weights, " if rho else ""
             words = "the emulated device" if model.emulated else "device memory"
+            parts = int(mem.stream_parts(smallest))
+            unit = "layers" if parts == 1 else f"parts (each layer's experts in {parts})"
             raise UserError(
-                f"{words} ({b.device_bytes / gib:.2f} GiB) cannot hold {resident}two layers of stream "
-                f"buffers ({2 * lay.streamed_moe_layer[rho] / gib:.2f} GiB), the smallest activations"
+                f"{words} ({b.device_bytes / gib:.2f} GiB) cannot hold {resident}two {unit} of stream "
+                f"buffers ({float(mem.stream_buffers(smallest)) / gib:.2f} GiB), the smallest activations"
                 + (f", one sequence's KV cache ({kv / gib:.2f} GiB)" if kv else "")
                 + (f" and a {mem.device_reserve / gib:.1f} GiB reserve" if mem.device_reserve else "")
                 + f": {(need + kv) / gib:.2f} GiB in all",

@@ -71,6 +71,7 @@ class EngineConfig:
     resident_experts_per_layer: int = 0  # routed experts 0..k-1 of every MoE layer also kept there
     stream_weights: bool = False  # stream non-resident modules to the device each step
     stream_slots: int = 2  # device slots of streamed layers (3 when the plan has room)
+    stream_parts: int = 1  # each streamed layer's experts in this many parts, a slot each (one token group)
     prefill_chunk: int = 512  # most prompt tokens per prefill forward
     attention_threads: int | None = None  # CPU threads of the decode-attention kernel (None: torch's)
     compute_threads: int | None = None  # torch intra-op threads for GEMMs (None: unchanged)
@@ -93,6 +94,7 @@ class EngineConfig:
             "kv_block_size",
             "prefill_chunk",
             "stream_slots",
+            "stream_parts",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -114,6 +116,12 @@ class EngineConfig:
             raise UserError(
                 f"an emulated link runs on the CPU, not on {self.device}",
                 "run the emulated-link plan with device cpu, or plan for the real device",
+            )
+        if self.stream_parts > 1 and self.uses_overlap:
+            raise UserError(
+                f"stream_parts={self.stream_parts} hands each part back after its experts ran, which two "
+                "token groups (overlap) cannot do: their FFNs both read every part",
+                "plan one token group (emulated link) or stream whole layers (stream_parts 1)",
             )
         if self.kv_budget_bytes <= 0:
             raise UserError(
@@ -173,6 +181,7 @@ class EngineConfig:
             )
         values = {name: getattr(plan, name) for name in _PLAN_FIELDS}
         values["stream_slots"] = getattr(plan, "stream_slots", 2)
+        values["stream_parts"] = getattr(plan, "stream_parts", 1)
         values["resident_modules"] = tuple(values["resident_modules"] or ())
         values["stream_weights"] = bool(values["stream_weights"])
         if "overlap" not in overrides and hasattr(plan, "token_groups"):

@@ -4,18 +4,19 @@ A layer's routed experts lo..hi-1 form one stack of two tensors (weights [out, i
   `moe.experts.{lo}-{hi}.gate_up`  [n, 2I, h]: each expert's gate rows, then its up rows
   `moe.experts.{lo}-{hi}.down`     [n, h, I]
 A layer has one stack (its experts all on the device, or all streamed) or two (experts 0..r-1 resident,
-r..E-1 streamed: `EngineConfig.resident_experts_per_layer`). The checkpoint keeps its per-expert names; a
+r..E-1 streamed: `EngineConfig.resident_experts_per_layer`); streamed experts split into `stream_parts`
+stacks when the plan streams a layer in parts (`EngineConfig.stream_parts`). The checkpoint keeps its per-expert names; a
 stack is filled expert by expert at store-build time (`fill_gate_up`, `fill_down`), so memory never holds a
 second copy of a layer's experts.
 - `stack_names(lo, hi)` -> (gate_up name, down name); `is_stack_name(local)`.
-- `layer_stacks(w, ranges=None) -> [(lo, gate_up, down)]` in expert order (`ranges`: the store's
+- `layer_stacks(w, ranges=None)` yields (lo, gate_up, down) in expert order (`ranges`: the store's
   `expert_ranges`; None: read from w's names); `stack_ranges(names)`.
 - `expert_weights(w, e) -> (gate [I,h], up [I,h], down [h,I])`: views of expert e (profiler, tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -62,14 +63,17 @@ def stack_ranges(names) -> list[tuple[int, int]]:
 def layer_stacks(
     w: Mapping[str, torch.Tensor],
     ranges: list[tuple[int, int]] | None = None,
-) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-    """(lo, gate_up, down) of each stack; `ranges` (the store's `expert_ranges`) names them without listing w,
-    whose streamed tensors may only be looked up (a lookup waits for their copy)."""
-    stacks = []
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(lo, gate_up, down) of each stack, looked up one stack at a time as the caller reaches it (a streamed
+    stack's lookup waits for its copy); `ranges` (the store's `expert_ranges`) names them without listing w.
+    A stack the caller is done with is handed back through `w.done_with(name)` where w has it (streamed in
+    parts: `runtime.engine.streamer.StreamParts`), so its slot can take the next copy."""
+    done_with = getattr(w, "done_with", None)
     for lo, hi in stack_ranges(w) if ranges is None else ranges:
         gate_up, down = stack_names(lo, hi)
-        stacks.append((lo, w[gate_up], w[down]))
-    return stacks
+        yield lo, w[gate_up], w[down]
+        if done_with is not None:
+            done_with(gate_up)
 
 
 def expert_weights(

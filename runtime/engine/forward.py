@@ -37,7 +37,7 @@ from runtime.engine.config import EngineConfig
 from runtime.engine.ffn import ffn_block, use_grouped
 from runtime.engine.instrumentation import ModuleTimer
 from runtime.engine.staging import Staging
-from runtime.engine.streamer import LayerStreamer
+from runtime.engine.streamer import LayerStreamer, StreamParts
 from runtime.engine.weights import WeightStore
 from runtime.model.layers import rms_norm
 
@@ -87,17 +87,27 @@ class LayerStack:
         self.grouped = use_grouped(config.grouped_experts, self.device, store.dtype, spec)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="cpu-attention") if self.overlap else None
         self.eps = spec.rms_norm_eps
+        self._parts_held: dict[int, StreamParts] = {}  # layers streamed in parts, acquired and not released
 
     # ----- weights -----
     def _acquire(self, layer: int):
         if self.streamer is None:
             return self.store.layers[layer]
-        return LayerWeights(self.store.layers[layer], self.streamer.acquire(layer))
+        parts = self.store.stream_parts
+        if parts == 1:
+            return LayerWeights(self.store.layers[layer], self.streamer.acquire(layer))
+        streamed = StreamParts(self.streamer, layer, parts, self.store.part_of[layer])
+        self._parts_held[layer] = streamed
+        return LayerWeights(self.store.layers[layer], streamed)
 
     def _release(self, layer: int) -> None:
         self.backend.store_prefill_kv(layer)
-        if self.streamer is not None:
+        if self.streamer is None:
+            return
+        if self.store.stream_parts == 1:
             self.streamer.release(layer)
+        else:
+            self._parts_held.pop(layer).finish()
 
     # ----- pieces -----
     def _embed(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -262,3 +272,9 @@ class LayerWeights(dict):
 
     def get(self, name: str, default=None):
         return self[name] if name in self else default
+
+    def done_with(self, name: str) -> None:
+        """The FFN is done with a streamed tensor's part (streamed in parts); resident ones stay."""
+        done = getattr(self.streamed, "done_with", None)
+        if done is not None and not super().__contains__(name):
+            done(name)

@@ -15,6 +15,8 @@ the next layer in the cycle into it. With L <= num_slots every layer is copied o
   single-threaded memcpy, not torch's OpenMP pool); compute waits on the copy's own `threading.Event` (a new
   one per copy: a slot released unread must not let its stale copy signal the next). With an
   emulated link (`link`, a `runtime.transfer.PacedLink`) the worker copies through it: paced to its rate.
+With `stream_parts` p > 1 the units are parts of layers (a layer's experts in p stacks, one per unit) and
+`StreamParts` hands each back once its experts ran, so p-times smaller slots keep the link as busy.
 `copy_log` records (layer, slot) in the order copies were issued, `copied_bytes` the bytes they moved,
 `max_slots_in_use` the most slots held by compute at once. Copy seconds are reported through
 `on_copy_seconds(seconds, booking)` with the `booking()` taken when the copy was issued (the engine books
@@ -57,6 +59,52 @@ class SlotWeights(Mapping):
 
     def __len__(self) -> int:
         return len(self._views)
+
+
+class StreamParts(Mapping):
+    """One layer streamed in `parts` units (`packed[layer * parts + part]`, `EngineConfig.stream_parts`): a
+    part is acquired when one of its tensors is first read and handed back by `done_with(name)` (the FFN, after
+    that part's experts ran) or `finish()` (the layer's end), always in order, so the slots hold parts of a
+    layer rather than whole layers and the next copy starts as soon as one part is done."""
+
+    def __init__(self, streamer: LayerStreamer, layer: int, parts: int, part_of: dict[str, int]):
+        self._streamer, self._first, self._parts, self._part_of = streamer, layer * parts, parts, part_of
+        self._held: dict[int, SlotWeights] = {}
+        self._taken = self._released = 0
+
+    def _take(self, part: int) -> None:
+        while self._taken <= part:
+            self._held[self._taken] = self._streamer.acquire(self._first + self._taken)
+            self._taken += 1
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        part = self._part_of[name]
+        if part < self._released:
+            raise RuntimeError(f"{name} read after its stream part was handed back")
+        self._take(part)
+        return self._held[part][name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._part_of
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._part_of)
+
+    def __len__(self) -> int:
+        return len(self._part_of)
+
+    def done_with(self, name: str) -> None:
+        self._release_through(self._part_of[name])
+
+    def finish(self) -> None:
+        self._release_through(self._parts - 1)
+
+    def _release_through(self, part: int) -> None:
+        while self._released <= part:
+            self._take(self._released)
+            self._held.pop(self._released)
+            self._streamer.release(self._first + self._released)
+            self._released += 1
 
 
 class LayerStreamer:

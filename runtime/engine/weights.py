@@ -10,7 +10,8 @@
   copies are dropped), and each layer's other tensors, and embed / lm_head when not resident, are packed by
   several threads into one host arena (`runtime.engine.host_arena`) that is then page-locked exactly, by
   `pinner` (default: cudaHostRegister with CUDA, a recorder on the CPU). The streamer copies each layer's
-  region in one transfer; `PackedLayer.views(buffer)` rebuilds the named tensors over a device slot.
+  region in one transfer (with `stream_parts` p > 1, each layer's streamed experts are p stacks in p regions,
+  `packed[layer * p + part]`, each its own transfer and slot); `PackedLayer.views(buffer)` rebuilds the named tensors over a device slot.
   `store.arena.nbytes` / `store.pinned_bytes` are what the planner's memory model counts (`memory.host.weights`,
   `pinned_weights`); `close()` unpins.
 """
@@ -25,10 +26,18 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from planner.errors import UserError
 from planner.specs.spec import ModelSpec
 from runtime.engine.config import EngineConfig
 from runtime.engine.expert_stacks import expert_names, fill_down, fill_gate_up, stack_names
 from runtime.engine.host_arena import HostArena, aligned, default_pinner, packing_threads
+
+
+def stream_part_ranges(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    """Experts lo..hi-1 in `parts` contiguous ranges of near-equal size (the larger ones first)."""
+    parts = max(min(parts, hi - lo), 1)
+    bounds = [lo + -(-(i * (hi - lo)) // parts) for i in range(parts)] + [hi]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def expert_of(name: str) -> int | None:
@@ -162,15 +171,18 @@ class WeightStore:
         for name in weights:
             if name.startswith("layers."):
                 names_by_layer[int(name.split(".", 2)[1])].append(name)
-        streamed_layers, streamed_globals = [], []
+        self.stream_parts = config.stream_parts if config.streams else 1
+        streamed_units, streamed_globals = [], []
         self.expert_ranges: list[
             tuple[int, int]
         ] = []  # the (lo, hi) experts of each stack, same in every MoE layer
         self.layers: list[dict[str, torch.Tensor]] = []
+        self.part_of: list[dict[str, int]] = []  # per layer: streamed tensor name -> its stream part
         for layer, names in enumerate(names_by_layer):
-            resident, streamed = self._layer_sources(weights, layer, names)
+            resident, units = self._layer_sources(weights, layer, names)
             self.layers.append({source.name: self._place(source) for source in resident})
-            streamed_layers.append(streamed)
+            streamed_units.extend(units)
+            self.part_of.append({source.name: part for part, unit in enumerate(units) for source in unit})
         self.globals: dict[str, torch.Tensor] = {
             "final_norm": self._place(_source(weights, "final_norm", "final_norm"))
         }
@@ -185,11 +197,14 @@ class WeightStore:
         self.arena: HostArena | None = None
         self.packed: list[PackedLayer] | None = None
         if self.streams:
-            self._pack(streamed_layers, streamed_globals, pinner or default_pinner(self.device))
+            self._pack(streamed_units, streamed_globals, pinner or default_pinner(self.device))
 
     # ----- building -----
-    def _layer_sources(self, weights, layer: int, names: list[str]) -> tuple[list[Source], list[Source]]:
-        """(resident, streamed) sources of one layer: plain tensors by module, routed experts as stacks."""
+    def _layer_sources(
+        self, weights, layer: int, names: list[str]
+    ) -> tuple[list[Source], list[list[Source]]]:
+        """(resident sources, streamed sources per stream part) of one layer: plain tensors by module, routed
+        experts as stacks; with `stream_parts` p > 1 the streamed experts form p stacks, one per part."""
         resident, streamed, has_experts = [], [], False
         for name in names:
             if expert_of(name) is not None:
@@ -205,8 +220,17 @@ class WeightStore:
                 else min(self.config.resident_experts_per_layer, num_experts)
             )
             (inter, hidden), dtype = _meta(weights, expert_names(layer, 0)[0])
-            self.expert_ranges = [(lo, hi) for lo, hi in ((0, kept), (kept, num_experts)) if hi > lo]
-            for lo, hi, sources in ((0, kept, resident), (kept, num_experts, streamed)):
+            self.expert_ranges = [(0, kept)] if kept else []
+            self.expert_ranges += stream_part_ranges(kept, num_experts, self.stream_parts)
+            units: list[list[Source]] = [streamed] + [[] for _ in range(self.stream_parts - 1)]
+            if self.stream_parts > 1 and streamed:
+                raise UserError(
+                    f"streaming layers in {self.stream_parts} parts needs every module but the routed "
+                    f"experts resident; layer {layer} streams {[s.name for s in streamed]}",
+                    "re-solve the plan with `planner solve` (it streams in parts only then)",
+                )
+            for i, (lo, hi) in enumerate(self.expert_ranges):
+                sources = resident if lo < kept else units[i - (1 if kept else 0)]
                 if hi > lo:
                     gate_up, down = stack_names(lo, hi)
                     sources.append(
@@ -225,7 +249,8 @@ class WeightStore:
                             fill=partial(fill_down, weights=weights, layer=layer, lo=lo),
                         )
                     )
-        return resident, streamed
+            return resident, units
+        return resident, [streamed] + [[] for _ in range(self.stream_parts - 1)]
 
     def _place(self, source: Source) -> torch.Tensor:
         """A resident tensor: on the device, filled once; with no device a checkpoint tensor is used in place."""
@@ -237,7 +262,8 @@ class WeightStore:
         return tensor
 
     def _pack(self, layers: list[list[Source]], globals_: list[Source], pinner) -> None:
-        """Lay every streamed tensor out in one arena, fill it with several threads, then page-lock it."""
+        """Lay every streamed unit (a layer, or one part of a layer: `stream_parts`) out in one arena, fill it
+        with several threads, then page-lock it."""
         layouts = [PackedLayer.layout(sources) for sources in layers]
         self.arena = HostArena([nbytes for _, nbytes in layouts] + [s.nbytes for s in globals_], pinner)
         self.packed = [PackedLayer(entries, self.arena.region(i)) for i, (entries, _) in enumerate(layouts)]
