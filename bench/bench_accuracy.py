@@ -41,11 +41,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bench.common import REPO, RESULTS_DIR, ensure_checkpoint, fixed_prompts, machine_line, run_engine
+from planner.modules import DEFAULT_RESIDENT
 
 STREAMING_OVERRIDES = {
     "force_streaming": True,
     "resident_experts_per_layer": 0,
-    "resident_modules": ("embed", "qkv_proj", "o_proj", "router", "shared_experts", "dense_mlp", "lm_head"),
+    "resident_modules": DEFAULT_RESIDENT,
 }
 ACCURACY_DIR = RESULTS_DIR / "accuracy"
 PASSES = 3  # measured runs per config, one per pass over the matrix; the report is the median

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from planner.errors import UserError
+from planner.modules import ALL_MODULES
 from planner.specs.spec import load_spec
 from runtime.checkpoint import open_checkpoint, write_random_checkpoint
 from runtime.engine import Engine, EngineBackend, EngineConfig, Request
-from runtime.engine.config import MODULE_NAMES
 from runtime.model.generation import ReferenceBackend
 from runtime.model.reference import ReferenceModel
 from runtime.sampling import GenerationState, SamplingParams
@@ -167,7 +167,7 @@ def test_engine_greedy_tokens_match_reference(checkpoint, workload, reference_to
         "lm_head",
         "sampling",
     } <= measured
-    assert measured <= set(MODULE_NAMES)
+    assert measured <= set(ALL_MODULES)
     assert ("shared_experts" in measured) == (spec.num_shared_experts > 0)
     assert all(1 <= mean <= spec.num_experts for mean in stats.activated_experts_per_layer)
     assert set(stats.per_decode_step()) >= {"experts", "prefill"} and "prefill" in stats.per_prefill_chunk()

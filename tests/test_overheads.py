@@ -19,8 +19,9 @@ from planner.hardware.profile import (
     Overheads,
     load_profile,
 )
+from planner.modules import DECODE_MODULES, PREFILL_MODULES
 from planner.perf.memory import Budgets
-from planner.perf.model import DECODE_MODULES, PREFILL_MODULES, Candidates, PerfModel
+from planner.perf.model import Candidates, PerfModel
 from planner.plans.workload import Workload
 from tests.planner_support import profile_dict, small_spec
 from tests.test_calibrate import CONFIGS, write_reports

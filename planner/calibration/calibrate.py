@@ -32,23 +32,13 @@ from planner import locations
 from planner.calibration.runs import MeasuredRun, RunPrediction, check_profile_matches, load_run, predict_run
 from planner.errors import UserError
 from planner.hardware.profile import HardwareProfile
+from planner.modules import FIT_MODULES
 from planner.outputs import check_output_path, is_stdout, say_to, write_text_output
 
 CONSTANTS = ("gemm", "gemm_small_m", "attention", "copy", "step_overhead_s", "call_overhead_s", "overhead")
 OVERHEADS = ("step_overhead_s", "call_overhead_s")  # fitted in milliseconds; the others in log space
 MULTIPLIER_RANGE = (1 / 50, 50.0)
 OVERHEAD_RANGE_MS = (0.0, 10_000.0)
-FIT_MODULES = (
-    "qkv_proj",
-    "attention",
-    "o_proj",
-    "router",
-    "experts",
-    "shared_experts",
-    "dense_mlp",
-    "lm_head",
-    "weight_copy",
-)
 MIN_MODULE_SHARE = 0.02
 WEIGHTS = {"end_to_end": 1.0, "decode_step": 1.0, "prefill_forward": 0.5, "modules": 1.0}
 SOFT_L1_SCALE = 0.1

@@ -30,8 +30,9 @@ import numpy as np
 
 from planner.errors import UserError
 from planner.hardware.profile import HardwareProfile, load_profile
+from planner.modules import DECODE_MODULES, PREFILL_MODULES, Module
 from planner.perf.memory import Budgets, GiB
-from planner.perf.model import DECODE_MODULES, PREFILL_MODULES, Candidates, PerfModel
+from planner.perf.model import Candidates, PerfModel
 from planner.plans.build import spec_hash
 from planner.plans.plan import Plan
 from planner.specs.spec import ModelSpec, load_spec
@@ -275,8 +276,8 @@ def predict_run(run: MeasuredRun, profile: HardwareProfile) -> RunPrediction:
         def beside(compute: float) -> float:
             return max(compute + copy * share, copy)
 
-        decode_modules["weight_copy"] += copy
-        prefill_modules["weight_copy"] += copy
+        decode_modules[Module.WEIGHT_COPY] += copy
+        prefill_modules[Module.WEIGHT_COPY] += copy
         step, forward = beside(step), beside(forward)
         steps, chunk_s = float(whole.decode_steps[0]), float(whole.prefill_chunk_s[0])
         prefill_s = float(whole.prefill_time_s[0])

@@ -28,18 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.modules import LAYER_MODULES
 from planner.specs.spec import ModelSpec
-
-LAYER_MODULES = (
-    "qkv_proj",
-    "attention",
-    "o_proj",
-    "norms",
-    "router",
-    "experts",
-    "shared_experts",
-    "dense_mlp",
-)
 
 
 @dataclass(frozen=True)
@@ -127,7 +117,7 @@ class ModelCosts:
         }
 
     def params_by_module(self) -> dict[str, int]:
-        totals = {"embed": self.embed_params(), **dict.fromkeys(LAYER_MODULES, 0)}
+        totals = {"embed": self.embed_params(), **dict.fromkeys(LAYER_MODULES, 0), "norms": 0}
         for layer in range(self.spec.num_layers):
             for module, count in self.layer_params(layer).items():
                 totals[module] += count

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.modules import Module as M
 from planner.perf.costs import ModelCosts
 from planner.plans.workload import Workload
 from planner.specs.spec import ModelSpec
 
-RESIDENCY_ORDER = ("router", "qkv_proj", "o_proj", "shared_experts", "dense_mlp", "lm_head", "embed")
-LAYER_GROUPS = ("router", "qkv_proj", "o_proj", "shared_experts", "dense_mlp")
-STEP_GROUPS = ("lm_head", "embed")
+LAYER_GROUPS = (M.ROUTER, M.QKV_PROJ, M.O_PROJ, M.SHARED_EXPERTS, M.DENSE_MLP)
+STEP_GROUPS = (M.LM_HEAD, M.EMBED)
+RESIDENCY_ORDER = LAYER_GROUPS + STEP_GROUPS  # read by every token, so kept on the device first
 
 
 def activation_dims(spec: ModelSpec) -> tuple[int, int]:

@@ -47,6 +47,7 @@ import numpy as np
 
 from planner.errors import UserError
 from planner.hardware.profile import HardwareProfile
+from planner.modules import DECODE_MODULES, PREFILL_MODULES, micro_batches
 from planner.perf.expert_kernels import GROUPED_BY_DEFAULT, grouped_calls
 from planner.perf.layout import RESIDENCY_ORDER, ModelLayout
 from planner.perf.memory import Budgets, MemoryModel
@@ -57,31 +58,6 @@ from planner.plans.workload import Workload
 from planner.specs.spec import ModelSpec
 
 DEFAULT_BLOCK_SIZE = 16
-DECODE_MODULES = (
-    "embed",
-    "qkv_proj",
-    "attention",
-    "o_proj",
-    "router",
-    "experts",
-    "shared_experts",
-    "dense_mlp",
-    "lm_head",
-    "weight_copy",
-    "sampling",
-)
-PREFILL_MODULES = (
-    "embed",
-    "qkv_proj",
-    "attention",
-    "o_proj",
-    "router",
-    "experts",
-    "shared_experts",
-    "dense_mlp",
-    "lm_head",
-    "weight_copy",
-)
 STREAM_AHEAD = 2  # layers the streamer copies ahead of compute (its two slots)
 BATCHING_MODES = ("module", "model")  # module-based batching (the engine's), or one batch size everywhere
 SAMPLING_PASSES = 3  # logits read by softmax / top-p / argmax over the fp32 row (when the
@@ -215,9 +191,7 @@ class PerfModel:
         shared = self.groups * g["shared_experts"].chunked_seconds(n, c.expert_batch) + ov["shared_experts"]
         dense = self.groups * g["dense_mlp"].chunked_seconds(n, c.expert_batch) + ov["dense_mlp"]
         kv_read = num_seqs * lay.kv_read_bytes_per_seq_layer
-        calls = self.groups * np.maximum(
-            n / np.maximum(c.attn_batch, 1.0), 1.0
-        )  # one kernel call per micro-batch
+        calls = micro_batches(num_seqs, self.groups, c.attn_batch)  # one kernel call per micro-batch
         attention = (
             kv_read / r.attention_bps[c.attention_threads.astype(int)]
             + calls * r.call_overhead_s

@@ -2,7 +2,7 @@
 
 `OverheadTerms.build(spec, rates.overheads)` turns a profile's `overheads` section (already times
 `efficiency.overhead`, see `planner.perf.rates.OverheadCosts`) into seconds the performance model adds to its GEMM
-and bandwidth terms. Counts follow the engine (`runtime.engine.forward`, `runtime.engine.ffn`):
+and bandwidth terms. Calls per decode step: `planner.modules.DECODE_CALLS`. Counts follow the engine (`runtime.engine.forward`, `runtime.engine.ffn`):
 - decode, per layer: `qkv_proj` = per attention micro-batch (`groups * max(n / b_a, 1)` calls, n = N / groups)
   call_s.qkv_proj (+ call_s.qk_norm for models with norms inside attention) plus N x (normed widths x
   norm ns + rotated q/k widths x rope ns); `attention` = per micro-batch call_s.attention; `o_proj` = per
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.modules import DECODE_CALLS, LAYER_MODULES, calls_per, micro_batches
+from planner.modules import Module as M
 from planner.perf.expert_kernels import grouped_calls
 from planner.perf.rates import OverheadCosts
 from planner.specs.spec import ModelSpec
@@ -90,19 +92,24 @@ class OverheadTerms:
             expert_calls = grouped_calls(tokens / ffn_calls * self.top_k, expert_batch)
         else:  # per activated expert and chunk
             expert_calls = hit * np.maximum(rows_per_expert / np.maximum(expert_batch, 1.0), 1.0)
+        per = {"micro_batch": qkv_calls, "group": ffn_calls}
+        calls = {m: per[DECODE_CALLS[m].per] for m in LAYER_MODULES}
         qkv_call = c["qkv_proj"] + (c["qk_norm"] if self.has_qk_norm else 0.0)
         return {
-            "qkv_proj": qkv_calls * qkv_call
+            "qkv_proj": calls[M.QKV_PROJ] * qkv_call
             + ew("norm", tokens * self.qkv_norm_width, qkv_calls)
             + ew("rope", tokens * self.rope_width, qkv_calls),
-            "o_proj": qkv_calls * c["o_proj"] + ew("add", tokens * h, qkv_calls),
+            "attention": calls[M.ATTENTION],  # calls: the callers price them
+            "o_proj": calls[M.O_PROJ] * c["o_proj"] + ew("add", tokens * h, qkv_calls),
             "mlp_norm": ew("norm", tokens * h, ffn_calls),
-            "router": ffn_calls * c["router"],
-            "experts": ffn_calls * (c["expert_grouping"] + expert_calls * c["expert"]),
-            "shared_experts": (ffn_calls * c["shared_experts"] + ew("add", tokens * h, ffn_calls))
+            "router": calls[M.ROUTER] * c["router"],
+            "experts": calls[M.EXPERTS] * (c["expert_grouping"] + expert_calls * c["expert"]),
+            "shared_experts": (
+                calls[M.SHARED_EXPERTS] * c["shared_experts"] + ew("add", tokens * h, ffn_calls)
+            )
             if self.has_shared
             else np.zeros_like(tokens),
-            "dense_mlp": ffn_calls * c["dense_mlp"],
+            "dense_mlp": calls[M.DENSE_MLP] * c["dense_mlp"],
             "residual": ew("add", tokens * h, ffn_calls),
         }
 
@@ -110,19 +117,20 @@ class OverheadTerms:
         self, num_seqs, groups: int, attn_batch, expert_batch, hit, rows_per_expert, grouped: bool = False
     ) -> dict:
         """Seconds per layer of a decode step of `num_seqs` sequences; `hit` and `rows_per_expert` per group."""
-        micro_batches = groups * np.maximum(np.asarray(num_seqs) / groups / np.maximum(attn_batch, 1.0), 1.0)
-        out = self._layer(num_seqs, micro_batches, float(groups), hit, rows_per_expert, expert_batch, grouped)
-        out["attention"] = micro_batches * self.call["attention"]
+        calls = micro_batches(num_seqs, groups, attn_batch)
+        out = self._layer(num_seqs, calls, float(groups), hit, rows_per_expert, expert_batch, grouped)
+        out["attention"] = out["attention"] * self.call["attention"]
         return out
 
     def decode_step(self, num_seqs) -> dict[str, np.ndarray]:
         c = self.call
         num_seqs = np.asarray(num_seqs, dtype=np.float64)
         ones = np.ones_like(num_seqs)
+        calls = {m: calls_per(DECODE_CALLS[m], num_seqs, 1, 1.0) for m in (M.EMBED, M.LM_HEAD, M.SAMPLING)}
         return {
-            "embed": c["embed"] * ones,
-            "lm_head": c["lm_head"] + self._ew("norm", num_seqs * self.hidden),
-            "sampling": c["sampling"] + self._ew("sampling", num_seqs * self.vocab),
+            "embed": c["embed"] * calls[M.EMBED] * ones,
+            "lm_head": c["lm_head"] * calls[M.LM_HEAD] + self._ew("norm", num_seqs * self.hidden),
+            "sampling": c["sampling"] * calls[M.SAMPLING] + self._ew("sampling", num_seqs * self.vocab),
             "step": c["decode_step"] * ones,
         }
 

@@ -18,12 +18,12 @@ import math
 import numpy as np
 
 from planner.hardware.profile import HardwareProfile
+from planner.modules import WEIGHT_MODULES
 from planner.perf.bound import compute_bound, gemm_flops_per_token
 from planner.perf.memory import Budgets, GiB
 from planner.perf.model import Candidates, PerfModel
 from planner.plans.plan import (
     SCHEMA_VERSION,
-    WEIGHT_MODULES,
     BudgetsGiB,
     ModelRef,
     Plan,

@@ -30,20 +30,11 @@ from pathlib import Path
 import yaml
 
 from planner.errors import UserError
+from planner.modules import WEIGHT_MODULES, names
 from planner.perf.bound import Bound
 from planner.plans.workload import Workload
 
 SCHEMA_VERSION = 1
-WEIGHT_MODULES = (
-    "embed",
-    "qkv_proj",
-    "o_proj",
-    "router",
-    "experts",
-    "shared_experts",
-    "dense_mlp",
-    "lm_head",
-)
 RESOURCES = ("device", "cpu_attention", "link", "host_memory", "cpu")
 SCHEDULING = ("refill",)
 BATCHING = ("module", "model")
@@ -211,7 +202,7 @@ def _check_decisions(plan: Plan) -> None:
             raise fail(name, f"{getattr(plan, name)} must be at least 1")
     unknown = sorted(set(plan.resident_modules) - set(WEIGHT_MODULES))
     if unknown:
-        raise fail("resident_modules", f"unknown modules {unknown} (known: {list(WEIGHT_MODULES)})")
+        raise fail("resident_modules", f"unknown modules {unknown} (known: {names(WEIGHT_MODULES)})")
     if plan.resident_experts_per_layer < 0:
         raise fail("resident_experts_per_layer", "must not be negative")
     if plan.token_groups not in (1, 2):

@@ -15,34 +15,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from planner.errors import UserError
-
-# Module names shared with the planner's predicted terms (docs/contracts.md "Plan").
-MODULE_NAMES = (
-    "embed",
-    "qkv_proj",
-    "attention",
-    "o_proj",
-    "router",
-    "experts",
-    "shared_experts",
-    "dense_mlp",
-    "lm_head",
-    "weight_copy",
-    "sampling",
-    "prefill",
-)
-# Modules that own weights (the others are pure compute or bookkeeping).
-WEIGHT_MODULES = (
-    "embed",
-    "qkv_proj",
-    "o_proj",
-    "router",
-    "experts",
-    "shared_experts",
-    "dense_mlp",
-    "lm_head",
-)
-DEFAULT_RESIDENT = ("embed", "qkv_proj", "o_proj", "router", "shared_experts", "dense_mlp", "lm_head")
+from planner.modules import DEFAULT_RESIDENT, WEIGHT_MODULES, names
 
 GROUPED_ENV = "MOELENS_GROUPED_EXPERTS"
 _PLAN_FIELDS = (
@@ -130,7 +103,7 @@ class EngineConfig:
         unknown = sorted(set(self.resident_modules) - set(WEIGHT_MODULES))
         if unknown:
             raise UserError(
-                f"resident_modules names unknown modules {unknown}", f"use names from {list(WEIGHT_MODULES)}"
+                f"resident_modules names unknown modules {unknown}", f"use names from {names(WEIGHT_MODULES)}"
             )
         object.__setattr__(self, "resident_modules", tuple(self.resident_modules))
         if self.grouped_experts is None and os.environ.get(GROUPED_ENV, "") != "":

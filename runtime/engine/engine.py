@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from planner.errors import UserError
+from planner.modules import Module
 from runtime.engine.attention_backend import ATTENTION_BACKENDS
 from runtime.engine.config import EngineConfig
 from runtime.engine.emulated_device import EmulatedDevice
@@ -67,7 +68,7 @@ class Engine:
                 self.store.packed,
                 self.device,
                 config.stream_slots,
-                on_copy_seconds=lambda s, b: self.timer.add("weight_copy", s, *b),
+                on_copy_seconds=lambda s, b: self.timer.add(Module.WEIGHT_COPY, s, *b),
                 booking=lambda: ("shared", self.timer.prefill_share),
                 link=self.emulated.link if self.emulated else None,
             )
@@ -246,7 +247,7 @@ class Engine:
                 states = hidden[self.stack.staging.to_device(torch.tensor(chunk, dtype=torch.long))]
             chunk_seqs = seqs[first : first + step]
             logits = self.stack.logits(states, phase)
-            with self.timer.host("sampling", phase):
+            with self.timer.host(Module.SAMPLING, phase):
                 for seq, token in zip(chunk_seqs, sample_states(logits, [seq.state for seq in chunk_seqs])):
                     sampled[seq] = token
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from planner.errors import UserError
+from planner.modules import Module
 from planner.perf.expert_kernels import GROUPED_BY_DEFAULT
 from planner.perf.row_buckets import bucket_rows
 from planner.specs.spec import ModelSpec
@@ -151,14 +152,14 @@ def ffn_block(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The MoE (or dense MLP) output for normed x [T,h], and the activated-expert mask [E] (None if dense)."""
     if not spec.is_moe_layer(layer):
-        with timer.device_work("dense_mlp"):
+        with timer.device_work(Module.DENSE_MLP):
             return dense_mlp(x, w, prefix="mlp."), None
-    with timer.device_work("router"):
+    with timer.device_work(Module.ROUTER):
         topk_ids, topk_weights = route(router_logits(x, w, spec), spec, w.get("moe.router_bias"))
-    with timer.device_work("experts"):
+    with timer.device_work(Module.EXPERTS):
         experts = grouped_experts if grouped else looped_experts
         out, hit = experts(x, topk_ids, topk_weights, w, spec.num_experts, expert_batch, ranges)
     if spec.num_shared_experts:
-        with timer.device_work("shared_experts"):
+        with timer.device_work(Module.SHARED_EXPERTS):
             out = out + shared_experts(x, w, spec)
     return out, hit

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from planner.modules import Module
 from planner.specs.spec import ModelSpec
 from runtime.engine.attention_backend import tables_rows
 from runtime.engine.config import EngineConfig
@@ -111,62 +112,59 @@ class LayerStack:
 
     # ----- pieces -----
     def _embed(self, token_ids: torch.Tensor) -> torch.Tensor:
-        with self.timer.device_work("embed", "shared"):
+        with self.timer.device_work(Module.EMBED, "shared"):
             return self.store.embed_tokens(self.staging.to_device(token_ids))  # [T, h]
 
     def logits(self, x: torch.Tensor, phase: str) -> torch.Tensor:
-        with self.timer.device_work("lm_head", phase):
+        with self.timer.device_work(Module.LM_HEAD, phase):
             normed = rms_norm(x, self.store.global_on_device("final_norm"), self.eps)
             return F.linear(normed, self.store.global_on_device("lm_head"))  # [rows, V]
 
     def _project(self, x: torch.Tensor, rows: slice, w, tables):
-        with self.timer.device_work("qkv_proj", "decode"):
+        with self.timer.device_work(Module.QKV_PROJ, "decode"):
             proj = self.backend.project(
                 rms_norm(x[rows], w["attn_norm"], self.eps), w, tables_rows(tables, rows)
             )
             return self.backend.to_host(proj)
 
     def _attend(self, layer: int, pending: list, batch: StepBatch) -> list:
-        with torch.inference_mode(), self.timer.host("attention", "decode"):
-            out = []
-            for rows, host in pending:
-                seqs = slice(rows.start - batch.num_prefill, rows.stop - batch.num_prefill)
-                out.append(
-                    (
-                        rows,
-                        self.backend.decode(layer, host, batch.block_tables[seqs], batch.context_lens[seqs]),
-                    )
-                )
-            return out
+        """Decode attention of each micro-batch, timed per call (`planner.modules.DECODE_CALLS`)."""
+        out = []
+        for rows, host in pending:
+            seqs = slice(rows.start - batch.num_prefill, rows.stop - batch.num_prefill)
+            with torch.inference_mode(), self.timer.host(Module.ATTENTION, "decode"):
+                o = self.backend.decode(layer, host, batch.block_tables[seqs], batch.context_lens[seqs])
+            out.append((rows, o))
+        return out
 
     def _attention_out(self, x: torch.Tensor, w, attended: list) -> None:
-        with self.timer.device_work("o_proj", "decode"):
-            for rows, o in attended:
+        for rows, o in attended:
+            with self.timer.device_work(Module.O_PROJ, "decode"):
                 x[rows] += self.backend.output(self.staging.to_device(o), w)
 
     def _prefill_attention(self, x: torch.Tensor, layer: int, w, batch: StepBatch, tables) -> None:
         rows = slice(0, batch.num_prefill)
         if not batch.num_prefill:
             return
-        with self.timer.device_work("qkv_proj", "prefill"):
+        with self.timer.device_work(Module.QKV_PROJ, "prefill"):
             proj = self.backend.project(
                 rms_norm(x[rows], w["attn_norm"], self.eps), w, tables_rows(tables, rows)
             )
-        with self.timer.device_work("attention", "prefill"):
+        with self.timer.device_work(Module.ATTENTION, "prefill"):
             o = torch.cat(
                 [
                     self.backend.prefill(layer, tuple(t[seg.rows] for t in proj), seg.blocks, seg.start)
                     for seg in batch.segments
                 ]
             )
-        with self.timer.device_work("o_proj", "prefill"):
+        with self.timer.device_work(Module.O_PROJ, "prefill"):
             x[rows] += self.backend.output(o, w)
 
     def _ffn(self, x: torch.Tensor, rows: slice, w, layer: int) -> torch.Tensor | None:
         """Adds the FFN output to x[rows]; returns the activated-expert mask [E] (None for a dense layer)."""
         self.timer.phase = "shared"
         try:
-            with self.timer.device_work("router"):
+            with self.timer.device_work(Module.ROUTER):
                 normed = rms_norm(x[rows], w["mlp_norm"], self.eps)
             out, hit = ffn_block(
                 normed,
@@ -195,7 +193,7 @@ class LayerStack:
         layer's FFN activated over all its tokens (None for dense layers; `activated_counts` counts them)."""
         x = self._embed(batch.token_ids)
         positions = self.staging.to_device(batch.positions)
-        with self.timer.device_work("qkv_proj", "shared"):
+        with self.timer.device_work(Module.QKV_PROJ, "shared"):
             tables = self.backend.rope_tables(positions, x.dtype)  # once per step, every row
         if self.overlap and batch.num_rows - batch.num_prefill >= 2:
             return x, self._forward_pipelined(x, batch, tables)

@@ -36,6 +36,7 @@ class ModuleTimer:
                 "decode": defaultdict(float),
                 "prefill": defaultdict(float),
             }
+            self.calls: dict[str, int] = defaultdict(int)  # timed blocks per module, all phases
             self.phase = "decode"
             self.prefill_share = 0.0
 
@@ -45,6 +46,7 @@ class ModuleTimer:
 
     def add(self, module: str, seconds: float, phase: str | None = None, share: float | None = None) -> None:
         with self._lock:
+            self.calls[module] += 1
             phase = phase or self.phase
             if phase != "shared":
                 self.seconds[phase][module] += seconds

@@ -25,13 +25,13 @@ from typing import Any
 
 from planner.hardware.emulated_link import describe_device
 from planner.hardware.profile import HardwareProfile
+from planner.modules import WEIGHT_MODULES, Module
 from planner.perf.costs import ModelCosts
 from planner.plans.plan import Plan
 from planner.specs.spec import ModelSpec
 from runtime.report.metrics import ContextTally, sparse_utilisation
 
 REPORT_SCHEMA_VERSION = 1
-GEMM_MODULES = ("embed", "qkv_proj", "o_proj", "router", "experts", "shared_experts", "dense_mlp", "lm_head")
 
 
 def relative_error(achieved: float | None, predicted: float | None) -> float | None:
@@ -109,20 +109,20 @@ def _busy(stats: Any, profile: HardwareProfile, decode_bytes: dict[str, float]) 
         streamed = stats.streamed_weight_bytes * stats.decode_steps
         host_bytes = sum(decode_bytes.values())
         busy = {
-            "cpu": share([m for m in decode if m != "weight_copy"]),
+            "cpu": share([m for m in decode if m != Module.WEIGHT_COPY]),
             "link": _ratio(stats.link_busy_seconds, seconds),
         }
     elif profile.has_device:
         streamed = stats.streamed_weight_bytes * stats.decode_steps
         host_bytes = decode_bytes["kv"] + streamed
         busy = {
-            "device": share(GEMM_MODULES),
-            "cpu_attention": share(("attention",)),
-            "link": share(("weight_copy",)),
+            "device": share(WEIGHT_MODULES),  # the device's GEMMs
+            "cpu_attention": share((Module.ATTENTION,)),
+            "link": share((Module.WEIGHT_COPY,)),
         }
     else:
         host_bytes = sum(decode_bytes.values())
-        busy = {"cpu": share([m for m in decode if m != "weight_copy"])}
+        busy = {"cpu": share([m for m in decode if m != Module.WEIGHT_COPY])}
     busy["host_memory"] = _ratio(host_bytes, seconds * profile.memory.read_gbps * 1e9)
     return busy
 
@@ -144,8 +144,8 @@ def _utilisation(
         r: {"achieved": busy.get(r), "predicted": plan.utilisation.get(r)}
         for r in list(plan.utilisation) + [r for r in busy if r not in plan.utilisation]
     }
-    attention_s = stats.module_seconds.get("decode", {}).get("attention", 0.0)
-    copy_s = sum(s.get("weight_copy", 0.0) for s in stats.module_seconds.values())
+    attention_s = stats.module_seconds.get("decode", {}).get(Module.ATTENTION, 0.0)
+    copy_s = sum(s.get(Module.WEIGHT_COPY, 0.0) for s in stats.module_seconds.values())
     layout = "mla" if costs.spec.attention == "mla" else "gqa"
     streamed = stats.streamed_weight_bytes * (stats.decode_steps + stats.prefill_forwards)
     return {
