@@ -29,7 +29,8 @@ o_proj GEMM rate, K/V written back over the link); a forward that rides a decode
 one pass per step) costs only what it adds to that step's layers (`planner.perf.merged`). Time for the workload: prefill time plus decode steps
 with sequence-level refill: each sequence decodes g - 1 tokens (its first comes from its prefill forward),
 S = P (g-1) / N + ((g-1)/2)(1 - N/P) steps at the average occupancy P (g-1) / S; the drain term only when
-generation lengths differ (equal ones finish together, in whole waves). Memory and the largest feasible N live in `planner.perf.memory`.
+generation lengths differ (equal ones finish together, in whole waves; then each of the P / N waves adds F - 1
+steps, F its prefill forwards, whose prompts start decoding one forward apart). Memory and the largest feasible N live in `planner.perf.memory`.
 Emulated link (`planner.hardware.emulated_link`): memory, residency and streaming as with a device (the routed experts
 stream, everything else stays resident), compute as without one (one token group; GEMMs and attention add on
 the host cores), and the link as one paced copy worker that carries the streamed weights and the activations
@@ -469,7 +470,11 @@ class PerfModel:
         p = float(w.num_prompts)
         decoded = max(w.gen_len_mean - 1.0, 0.0)  # a sequence's first token comes from its prefill forward
         staggered = 0.0 if w.finishes_in_waves else 1.0
-        steps = np.maximum(p * decoded / n + staggered * (decoded / 2) * (1 - n / p), 1e-9)
+        # in waves, a wave's later prefill forwards each take a step of their own (their prompts join the decode
+        # batch one forward apart), so a wave spans its forwards - 1 extra steps at a partial decode batch
+        forwards = np.maximum(n * w.prompt_len_mean / self.prefill_tokens(c, n), 1.0)
+        ramp = (1.0 - staggered) * (p / n) * (forwards - 1.0) * (decoded > 0)
+        steps = np.maximum(p * decoded / n + staggered * (decoded / 2) * (1 - n / p) + ramp, 1e-9)
         occupancy = np.maximum(p * decoded / steps, 1.0)
         at_mean = at_n if w.num_prompts == 1 else self.decode_step(c, occupancy)
         decode_time = steps * at_mean["step"]
