@@ -3,7 +3,8 @@
     python -m bench.bench_quick_profile [--rounds R] [--profiles DIR] [--no-execute] [--no-markdown]
 
 Each round measures the quick and the full profile in this process (`measure_profile`, the order alternating
-by round so a load trend does not favour one), timing each, and saves them under `bench/results/quick-profile/`;
+by round so a load trend does not favour one), timing each, and saves them under `--save-dir` (default
+`bench/results/quick-profile/`);
 `--profiles DIR` reuses the `quick-*.yaml` / `full-*.yaml` found there instead. For each pair it solves two
 workloads on both profiles: the demo's (`runtime demo`'s first rung: 256 distinct prompts of 32-128 tokens, 64
 generated, mixtral-mini bf16, 2 GiB of KV) and the issue's (4-layer mixtral-mini, 128 prompts of 96 tokens, 48
@@ -42,10 +43,10 @@ SECTIONS = ("memory", "gemm_curves", "attention_curves", "overheads", "efficienc
 PROFILES_DIR = RESULTS_DIR / "quick-profile"
 
 
-def measure_pair(round_index: int) -> dict:
+def measure_pair(round_index: int, save_dir: Path = PROFILES_DIR) -> dict:
     from runtime.profiler.measure import SIZINGS, measure_profile
 
-    PROFILES_DIR.mkdir(parents=True, exist_ok=True)
+    save_dir.mkdir(parents=True, exist_ok=True)
     walls = {}
     for sizing in ("quick", "full") if round_index % 2 == 0 else ("full", "quick"):
         print(f"round {round_index + 1}: measuring the {sizing} profile", flush=True)
@@ -56,7 +57,7 @@ def measure_pair(round_index: int) -> dict:
             log=lambda line, s=sizing: print(f"  [{s}] {line.strip()}", flush=True),
         )
         walls[sizing] = time.perf_counter() - began
-        profile.save(PROFILES_DIR / f"{sizing}-{round_index + 1}.yaml")
+        profile.save(save_dir / f"{sizing}-{round_index + 1}.yaml")
         print(f"  {sizing}: {walls[sizing]:.0f} s", flush=True)
     return walls
 
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="quick + full measurements (default 1)")
     parser.add_argument("--profiles", type=Path, help="reuse quick-*.yaml / full-*.yaml in this directory")
+    parser.add_argument("--first-round", type=int, default=1, help="number of the first round (its order)")
+    parser.add_argument("--save-dir", type=Path, default=PROFILES_DIR, help="where measured profiles go")
     parser.add_argument("--no-execute", action="store_true", help="plans only, no engine runs")
     parser.add_argument("--no-markdown", action="store_true", help="do not update BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -180,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             zip(sorted(args.profiles.glob("quick-*.yaml")), sorted(args.profiles.glob("full-*.yaml")))
         )
     else:
-        for r in range(args.rounds):
-            walls.append(measure_pair(r))
-            pairs.append((PROFILES_DIR / f"quick-{r + 1}.yaml", PROFILES_DIR / f"full-{r + 1}.yaml"))
+        for r in range(args.first_round - 1, args.first_round - 1 + args.rounds):
+            walls.append(measure_pair(r, args.save_dir))
+            pairs.append((args.save_dir / f"quick-{r + 1}.yaml", args.save_dir / f"full-{r + 1}.yaml"))
     if not pairs:
         print("no profiles to compare", file=sys.stderr)
         return 2

@@ -146,6 +146,8 @@ def measure(job: dict, timeout_s: float) -> dict | None:
 
 
 def best_batch(system: str, batches: list[int], base: dict, timeout_s: float) -> tuple[int, list[dict]]:
+    if len(batches) == 1:  # nothing to choose: no probe run
+        return batches[0], []
     probes = []
     for b in batches:
         result = measure(
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         args.timeout_s,
     )
     systems["hf"]["batch"], systems["engine-off"]["batch"] = hf_batch, off_batch
-    command = "python -m bench.bench_throughput" + (" --quick" if args.quick else "")
+    command = "python -m bench.bench_throughput " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {
         "command": command,
         "machine": machine,

@@ -200,7 +200,7 @@ def summary(plan: Plan) -> str:
         f"  on the device: {', '.join(plan.resident_modules) if plan.stream_weights else 'everything (no streaming)'}"
         + (f"; {plan.resident_experts_per_layer} routed experts per layer" if plan.stream_weights else ""),
         f"  bottleneck: {resource_words(plan, plan.bottleneck)} ({plan.utilisation[plan.bottleneck]:.0%} busy); bound {b.end_to_end_tok_s:,.1f} "
-        f"tok/s end to end (decode {b.tok_s:,.1f}, {b.binding}, plus the prompts' prefill at peak), the plan "
+        f"tok/s end to end (decode {b.tok_s:,.1f}, {b.binding}; the prompts' prefill at peak loads the compute term), the plan "
         f"reaches {p.generated_tok_s / b.end_to_end_tok_s:.0%}",
     ]
     if p.usd_per_million_tokens is not None:

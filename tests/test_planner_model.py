@@ -254,15 +254,18 @@ def test_streaming_on_the_host_adds_expert_copies_at_the_memory_copy_rate():
     assert not make_plan(spec, profile, workload, budgets).stream_weights
 
 
-def test_end_to_end_bound_adds_the_prompts_prefill_at_peak():
+def test_end_to_end_bound_adds_the_prompts_prefill_at_peak_to_the_compute_term():
     spec, workload = small_spec(), Workload.fixed(300, 200, 1000)
     model = PerfModel(spec, flat_profile(False), workload, Budgets(8 * GiB, 512 * GiB, 0))
     bound = compute_bound(model)
     from planner.perf.bound import prefill_flops_per_prompt_token
 
     prefill_s = 300 / 200 * prefill_flops_per_prompt_token(model) / model.rates.peak_flops
-    assert bound.end_to_end_tok_s == pytest.approx(1 / (1 / bound.tok_s + prefill_s))
-    assert bound.end_to_end_tok_s < bound.tok_s
+    decoded = 199 / 200  # each sequence's first token comes from its prefill
+    compute = 1 / (decoded / bound.terms["cpu_compute"] + prefill_s)
+    memory = bound.terms["host_memory"] / decoded
+    assert bound.end_to_end_tok_s == pytest.approx(min(compute, memory))
+    assert compute < bound.terms["cpu_compute"]
     plan = make_plan(spec, flat_profile(False), workload, Budgets(8 * GiB, 512 * GiB, 0))
     assert plan.predicted.generated_tok_s <= plan.bound.end_to_end_tok_s
 

@@ -58,6 +58,7 @@ def test_plans_fit_budgets_stay_under_the_bound_and_are_deterministic(spec, prof
     g = workload.gen_len_mean  # each sequence's first token comes from its prefill, not a decode step
     assert 0 < p.generated_tok_s <= p.decode_tok_s * g / (g - 1) * (1 + TOLERANCE)
     assert p.decode_tok_s <= plan.bound.tok_s * (1 + TOLERANCE)
+    assert p.generated_tok_s <= plan.bound.end_to_end_tok_s * (1 + TOLERANCE)
     assert 0 < p.s_mbu < 1e3 and 0 < p.s_mfu < 1e3
     again = solve_or_skip(spec, profile, workload, budgets)
     assert again.to_yaml() == plan.to_yaml()

@@ -15,9 +15,11 @@ so a plan's prediction never exceeds the bound (a property test checks it):
 - CPU-only (no link), and the CPU behind an emulated link (`kv_link` as above, then): `host_memory` = read bandwidth over the activated weights (expected distinct experts
   at the most sequences that fit) plus KV, and `cpu_compute` = GEMM FLOPs at peak plus attention at the best
   attention bandwidth, one after the other on the same cores.
-These bound decode (`tok_s`, named by `binding`). `end_to_end_tok_s` adds what no schedule avoids either:
-each generated token's share of the prompts' prefill FLOPs (p/g prompt tokens: every layer's GEMMs, causal
-attention, one lm_head row per prompt) at the peak GEMM rate.
+These bound decode (`tok_s`, named by `binding`). `end_to_end_tok_s` is the least of the same terms over
+the whole job (`end_to_end_terms`): the first token of each sequence comes from its prefill, and the prompts'
+prefill FLOPs (p/g prompt tokens per generated token: every layer's GEMMs, causal attention, one lm_head row
+per prompt) at the peak GEMM rate are added to the compute term only, as the merged pass overlaps prefill
+with decode on every other resource.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Bound:
     max_seqs: float
     delta_s: float | None  # seconds to stream what the device cannot hold (None: no link)
     moe_lens_processed_tok_s: float | None
-    end_to_end_tok_s: float = math.inf  # the bound with the prompts' prefill FLOPs at peak on top
+    end_to_end_tok_s: float = math.inf  # over the job: the prompts' prefill FLOPs at peak on the compute term
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -107,13 +109,6 @@ def compute_bound(model: PerfModel) -> Bound:
         terms["host_memory"] = max_seqs * rates.host_read_bps / (weights + max_seqs * kv_read_per_token)
         terms["cpu_compute"] = 1.0 / (flops / rates.peak_flops + kv_read_per_token / attention_bps)
     binding = min(terms, key=terms.get)
-    prefill_s = (
-        w.prompt_len_mean
-        / max(w.gen_len_mean, 1.0)
-        * prefill_flops_per_prompt_token(model)
-        / rates.peak_flops
-    )
-    end_to_end = 1.0 / (1.0 / terms[binding] + prefill_s)
     return Bound(
         tok_s=terms[binding],
         binding=binding,
@@ -123,5 +118,28 @@ def compute_bound(model: PerfModel) -> Bound:
         max_seqs=max_seqs,
         delta_s=delta,
         moe_lens_processed_tok_s=processed,
-        end_to_end_tok_s=end_to_end,
+        end_to_end_tok_s=min(end_to_end_terms(model, terms).values()),
     )
+
+
+def end_to_end_terms(model: PerfModel, terms: dict[str, float]) -> dict[str, float]:
+    """Each decode term over the whole job: a sequence's first token comes from its prefill (g - 1 decode
+    tokens per g generated), and the prompts' prefill FLOPs at peak load the compute resource only, since
+    the merged pass overlaps prefill with decode on every other resource."""
+    w, rates = model.workload, model.rates
+    decoded_share = max(w.gen_len_mean - 1.0, 0.0) / max(w.gen_len_mean, 1.0)
+    prefill_s = (
+        w.prompt_len_mean
+        / max(w.gen_len_mean, 1.0)
+        * prefill_flops_per_prompt_token(model)
+        / rates.peak_flops
+    )
+    compute = "device_compute" if "device_compute" in terms else "cpu_compute"
+    out = {}
+    for name, tok_s in terms.items():
+        if tok_s <= 0:
+            out[name] = 0.0
+            continue
+        seconds = decoded_share / tok_s + (prefill_s if name == compute else 0.0)
+        out[name] = 1.0 / seconds if seconds > 0 else math.inf
+    return out

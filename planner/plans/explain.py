@@ -206,7 +206,7 @@ def explain(plan: Plan, what_if: bool = True) -> str:
         "",
         table(["upper bound term", "generated tok/s"], [[k, v] for k, v in bound.terms.items()]),
         f"bound {bound.tok_s:.4g} tok/s in decode, set by {bound.binding}, {bound.end_to_end_tok_s:.4g} end to "
-        f"end (prefill at peak on top); the plan reaches {p.generated_tok_s / bound.end_to_end_tok_s:.0%} of "
+        f"end (the prompts' prefill at peak on the compute term); the plan reaches {p.generated_tok_s / bound.end_to_end_tok_s:.0%} of "
         f"it end to end, {p.decode_tok_s / bound.tok_s:.0%} in decode",
     ]
     if what_if:
