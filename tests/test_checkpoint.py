@@ -78,6 +78,9 @@ FAMILY_CONFIGS = {
     "olmoe": dict(intermediate_size=24, num_experts=4, num_experts_per_tok=2),
     "deepseek_v2": dict(MLA, n_shared_experts=2, q_lora_rank=None),
     "deepseek_v3": dict(MLA, n_shared_experts=1, q_lora_rank=24, n_group=2, topk_group=1),
+    "gpt_oss": dict(
+        intermediate_size=16, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=8
+    ),
 }
 SHARD_BYTES = 20_000
 EXPERT = re.compile(r"^layers\.(\d+)\.moe\.experts\.(\d+)\.(\w+)$")

@@ -93,6 +93,21 @@ CONFIGS = {
             clip_qkv=2.0,
         ),
     ),
+    # sinks, sliding window on even layers shorter than prompt + 32 steps, biases everywhere, clamped SwiGLU
+    # with a limit the activations reach, router bias, YaRN (the config's default rope)
+    "gpt_oss": (
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        dict(
+            intermediate_size=48,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=8,
+            swiglu_limit=1.5,
+        ),
+    ),
 }
 FAMILIES = sorted(CONFIGS)
 TOLERANCE = 1e-4
@@ -108,13 +123,16 @@ def randomize(model: torch.nn.Module, seed: int, router_scale: float = 3.0) -> N
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
-            if param.dim() == 1:
+            if name.endswith("sinks"):
+                param.copy_(noise)
+            elif param.dim() == 1:
                 param.copy_(1 + 0.2 * noise if "norm" in name else 0.1 * noise)
             elif "embed_tokens" in name:
                 param.copy_(noise)
             else:
-                scale = router_scale if name.endswith("mlp.gate.weight") else 1.0
-                param.copy_(noise * scale / param.shape[-1] ** 0.5)
+                scale = router_scale if name.endswith(("mlp.gate.weight", "mlp.router.weight")) else 1.0
+                fan_in = param.shape[-2] if param.dim() == 3 else param.shape[-1]  # gpt-oss: [E, in, out]
+                param.copy_(noise * scale / fan_in**0.5)
 
 
 def write_char_tokenizer(directory: Path) -> None:
@@ -193,7 +211,11 @@ def test_routing_is_not_degenerate(family_checkpoint):
     checkpoint = open_checkpoint(directory)
     spec = checkpoint.spec
     x = torch.randn(64, spec.hidden_size, generator=torch.Generator().manual_seed(3))
-    layer = {"moe.router": checkpoint.weights["layers.0.moe.router"]}
+    layer = {
+        name: checkpoint.weights[f"layers.0.{name}"]
+        for name in ("moe.router", "moe.router_linear_bias")
+        if f"layers.0.{name}" in checkpoint.weights
+    }
     topk_ids, topk_weights = route(router_logits(x, layer), spec)
     assert torch.unique(topk_ids).numel() == spec.num_experts
     assert float((topk_weights[:, 0] - topk_weights[:, 1]).mean()) > 0.05
@@ -230,4 +252,4 @@ def test_unsupported_architecture_raises_user_error():
     from planner.specs.spec import load_spec
 
     with pytest.raises(UserError, match="does not implement"):
-        ReferenceModel(load_spec("gpt-oss-20b"), {})
+        ReferenceModel(load_spec("phi-3.5-moe"), {})

@@ -40,6 +40,7 @@ MINI_BY_FAMILY = {
     "olmoe": "olmoe-mini",
     "deepseek_v2": "deepseek-v2-lite-mini",
     "deepseek_v3": "deepseek-v3-mini",
+    "gpt_oss": "gpt-oss-mini",
 }
 
 # (total, active) in billions as published; DeepSeek and OpenAI count active parameters without the
@@ -381,7 +382,7 @@ def _tiny_planning_only(name: str) -> ModelSpec:
 
 TINY_SPECS = (
     [_tiny(load_spec(MINI_BY_FAMILY[f])) for f in RUNNABLE_FAMILIES]
-    + [_tiny_planning_only(n) for n in ("phi-3.5-moe", "dbrx", "gpt-oss-20b")]
+    + [_tiny_planning_only(n) for n in ("phi-3.5-moe", "dbrx")]
     + [dataclasses.replace(_tiny(load_spec("qwen3-mini")), tie_word_embeddings=True, name="qwen3-tied")]
 )
 

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 # Families whose forward the runtime implements; the others have specs (planning) only.
-RUNNABLE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
-ALL_FAMILIES = RUNNABLE_FAMILIES + ("phimoe", "dbrx", "gpt_oss")
+RUNNABLE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss")
+ALL_FAMILIES = RUNNABLE_FAMILIES + ("phimoe", "dbrx")
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
@@ -247,6 +247,16 @@ class ModelSpec:
         if self.sliding_window is None:
             return False
         return self.sliding_window_layers == "all" or layer % 2 == 0
+
+    def keeps_window_only(self, layer: int) -> bool:
+        """The KV cache keeps only the window's tokens for this layer (a per-sequence ring): sliding layers
+        of models that also have full-attention layers (gpt-oss); where every layer slides, KV stays paged."""
+        return self.is_sliding_layer(layer) and self.sliding_window_layers == "even"
+
+    @property
+    def swiglu_alpha_limit(self) -> tuple[float, float]:
+        """gpt-oss clamped SwiGLU constants (config.json `swiglu_alpha`, `swiglu_limit`)."""
+        return float(self.extra.get("swiglu_alpha", 1.702)), float(self.extra.get("swiglu_limit", 7.0))
 
     @property
     def has_score_correction_bias(self) -> bool:

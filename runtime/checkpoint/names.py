@@ -29,6 +29,8 @@ COMMON_LAYER_NAMES = {
     "attn.k_proj": "self_attn.k_proj.weight",
     "attn.v_proj": "self_attn.v_proj.weight",
     "attn.o_proj": "self_attn.o_proj.weight",
+    "attn.o_bias": "self_attn.o_proj.bias",
+    "attn.sinks": "self_attn.sinks",
     "attn.q_bias": "self_attn.q_proj.bias",
     "attn.k_bias": "self_attn.k_proj.bias",
     "attn.v_bias": "self_attn.v_proj.bias",
@@ -82,7 +84,17 @@ MOE_NAMES = {
         "moe.shared.up_proj": "mlp.shared_experts.up_proj.weight",
         "moe.shared.down_proj": "mlp.shared_experts.down_proj.weight",
     },
+    # gpt-oss stores each layer's experts fused, [E, in, out] (gate and up columns interleaved)
+    "gpt_oss": {
+        "moe.router": "mlp.router.weight",
+        "moe.router_linear_bias": "mlp.router.bias",
+        "moe.experts.gate_up_proj": "mlp.experts.gate_up_proj",
+        "moe.experts.gate_up_bias": "mlp.experts.gate_up_proj_bias",
+        "moe.experts.down_proj": "mlp.experts.down_proj",
+        "moe.experts.down_bias": "mlp.experts.down_proj_bias",
+    },
 }
+FUSED_EXPERT_FAMILIES = ("gpt_oss",)
 
 # On-disk tensors that carry no weights the model uses (stale rotary buffers in old exports).
 IGNORED_DISK_NAMES = re.compile(r".*\.rotary_emb\.inv_freq$")
@@ -102,12 +114,13 @@ def check_supported(spec: ModelSpec) -> None:
             f"architecture {spec.family!r} ({spec.name}) has no checkpoint name map",
             f"use a checkpoint of one of {list(MOE_NAMES)}",
         )
+    oss = spec.family == "gpt_oss"
     unsupported = {
-        "attention_bias": spec.attention_bias and spec.family != "qwen2_moe",
-        "router_linear_bias": spec.router_linear_bias,
-        "expert_bias": spec.expert_bias,
+        "attention_bias": spec.attention_bias and spec.family not in ("qwen2_moe", "gpt_oss"),
+        "router_linear_bias": spec.router_linear_bias and not oss,
+        "expert_bias": spec.expert_bias != oss,
         "lm_head_bias": spec.lm_head_bias,
-        "attention_sinks": spec.attention_sinks,
+        "attention_sinks": spec.attention_sinks and not oss,
         f"norm_type={spec.norm_type}": spec.norm_type != "rms",
     }
     bad = [option for option, present in unsupported.items() if present]
@@ -154,6 +167,10 @@ def _attention_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     }
     if spec.attention_bias:
         shapes.update({"attn.q_bias": (q_dim,), "attn.k_bias": (kv_dim,), "attn.v_bias": (kv_dim,)})
+        if spec.family == "gpt_oss":
+            shapes["attn.o_bias"] = (h,)
+    if spec.attention_sinks:
+        shapes["attn.sinks"] = (spec.num_heads,)
     if spec.qk_norm == "per_head":
         shapes.update({"attn.q_norm": (spec.head_dim,), "attn.k_norm": (spec.head_dim,)})
     elif spec.qk_norm == "full":
@@ -173,11 +190,24 @@ def _feed_forward_shapes(spec: ModelSpec, layer: int) -> dict[str, tuple[int, ..
     h = spec.hidden_size
     if not spec.is_moe_layer(layer):
         return _mlp_shapes("mlp", spec.dense_intermediate_size, h)
-    shapes: dict[str, tuple[int, ...]] = {"moe.router": (spec.num_experts, h)}
+    e, inter = spec.num_experts, spec.moe_intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {"moe.router": (e, h)}
     if spec.has_score_correction_bias:
-        shapes["moe.router_bias"] = (spec.num_experts,)
+        shapes["moe.router_bias"] = (e,)
+    if spec.router_linear_bias:
+        shapes["moe.router_linear_bias"] = (e,)
+    if spec.family in FUSED_EXPERT_FAMILIES:
+        shapes.update(
+            {
+                "moe.experts.gate_up_proj": (e, h, 2 * inter),
+                "moe.experts.gate_up_bias": (e, 2 * inter),
+                "moe.experts.down_proj": (e, inter, h),
+                "moe.experts.down_bias": (e, h),
+            }
+        )
+        return shapes
     for expert in range(spec.num_experts):
-        shapes.update(_mlp_shapes(f"moe.experts.{expert}", spec.moe_intermediate_size, h))
+        shapes.update(_mlp_shapes(f"moe.experts.{expert}", inter, h))
     if spec.num_shared_experts:
         shapes.update(_mlp_shapes("moe.shared", spec.shared_intermediate_size, h))
     if spec.has_shared_expert_gate:

@@ -1,8 +1,9 @@
 """Random weights with sane activations, generated tensor by tensor in bounded chunks.
 
 `init_rule(spec, canonical_name, shape) -> InitRule` says how one tensor is drawn:
-- norms: ones; DeepSeek-V3 router correction bias: zeros; q/k/v biases: normal(0, 0.02);
-- linear layers [out, in]: normal(0, 1/sqrt(in)), so each projection keeps the scale of its input;
+- norms: ones; DeepSeek-V3 router correction bias: zeros; other biases: normal(0, 0.02); gpt-oss attention
+  sinks: normal(0, 1);
+- linear layers [out, in] (gpt-oss fused experts [E, in, out]): normal(0, 1/sqrt(in)), so each projection keeps the scale of its input;
 - output projections (attention o_proj, every down_proj) are further scaled by 1/sqrt(2 * num_layers), so the
   residual stream grows slowly with depth;
 - the router: normal(0, ROUTER_GAIN/sqrt(h)), logits of order one, so routing spreads over the experts;
@@ -32,6 +33,7 @@ EMBED_STD = 1.0
 TIED_EMBED_STD = 0.02
 ROUTER_GAIN = 1.0
 BIAS_STD = 0.02
+SINK_STD = 1.0
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,13 @@ def init_rule(spec: ModelSpec, canonical: str, shape: tuple[int, ...]) -> InitRu
         return InitRule("ones")
     if leaf == "router_bias":
         return InitRule("zeros")
+    if leaf == "sinks":
+        return InitRule("normal", SINK_STD)
     if leaf.endswith("_bias"):
         return InitRule("normal", BIAS_STD)
     if canonical == "embed":
         return InitRule("normal", TIED_EMBED_STD if spec.tie_word_embeddings else EMBED_STD)
-    fan_in = shape[-1]
+    fan_in = shape[-2] if len(shape) == 3 else shape[-1]  # fused experts (gpt-oss) are [E, in, out]
     if leaf == "router":
         return InitRule("normal", ROUTER_GAIN / math.sqrt(fan_in))
     std = 1.0 / math.sqrt(fan_in)

@@ -3,9 +3,10 @@
 - `qkv_projection(x [T,h], w, spec, cos, sin) -> q [T,Hq,D], k [T,Hkv,D], v [T,Hkv,D]`: projections with the
   optional q/k/v biases, qk-norm (`per_head`: over D, Qwen3; `full`: over the whole projection, OLMoE),
   OLMoE's clip_qkv, then RoPE at the positions cos/sin [T,D] were built for.
-- `attention_core(q [T,Hq,D], k [S,Hkv,D], v [S,Hkv,D], scale, sliding_window) -> [T,Hq,D]`: causal
-  attention of T queries at positions S-T..S-1 over S keys (fp32 softmax, like transformers' eager path).
-- `o_projection(o [T,Hq,D], w) -> [T,h]`.
+- `attention_core(q [T,Hq,D], k [S,Hkv,D], v [S,Hkv,D], scale, sliding_window, sinks) -> [T,Hq,D]`: causal
+  attention of T queries at positions S-T..S-1 over S keys (fp32 softmax, like transformers' eager path);
+  `sinks` [Hq] (gpt-oss): one learned logit per head joins each softmax and attends to nothing.
+- `o_projection(o [T,Hq,D], w) -> [T,h]` (with `attn.o_bias` when present).
 - `gqa_attention(x, w, spec, layer, rope, positions, kv)`: the three composed over a per-sequence `LayerKV`.
 `w` is one layer's weight dict keyed by canonical names without the `layers.{l}.` prefix (`attn.q_proj`, ...).
 """
@@ -57,7 +58,12 @@ def causal_mask(
 
 
 def attention_core(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, sliding_window: int | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     num_queries, num_heads, _ = q.shape
     group = num_heads // k.shape[1]
@@ -66,7 +72,12 @@ def attention_core(
     scores = torch.matmul(q.transpose(0, 1), keys.transpose(1, 2)) * scale  # [Hq, T, S]
     mask = causal_mask(num_queries, keys.shape[1], sliding_window, q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    if sinks is not None:
+        sink = sinks.to(scores.dtype)[:, None, None].expand(-1, num_queries, 1)
+        probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1, dtype=torch.float32)[..., :-1]
+    else:
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    probs = probs.to(q.dtype)
     return torch.matmul(probs, values).transpose(0, 1)  # [T, Hq, Dv]
 
 
@@ -87,5 +98,5 @@ def gqa_attention(
     q, k, v = qkv_projection(x, w, spec, cos, sin)
     cached = kv.append(k=k, v=v)
     window = spec.sliding_window if spec.is_sliding_layer(layer) else None
-    o = attention_core(q, cached["k"], cached["v"], spec.head_dim**-0.5, window)
+    o = attention_core(q, cached["k"], cached["v"], spec.head_dim**-0.5, window, w.get("attn.sinks"))
     return o_projection(o, w)

@@ -3,6 +3,7 @@
 - `rms_norm(x, weight, eps)`: RMSNorm with fp32 accumulation, result in x's dtype (as transformers does).
 - `expert_ffn(x [m,h], gate [I,h], up [I,h], down [h,I]) -> [m,h]`: `down(silu(gate x) * up x)`; the one
   expert-FFN function the reference forward, the engine and the profiler's GEMM measurement all call.
+- `clamped_swiglu(gate, up, alpha, limit)`: gpt-oss's expert activation, (clamp(up) + 1) * glu(clamp(gate)).
 - `dense_mlp(x, w, prefix)`: the same SwiGLU MLP read from a layer's weight dict (`mlp.*`, `moe.shared.*`).
 Weights are [out_features, in_features] as on disk; nothing here knows about devices or offloading.
 """
@@ -24,6 +25,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def expert_ffn(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
     return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+
+
+def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    gate = gate.clamp(max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    return (up + 1) * (gate * torch.sigmoid(gate * alpha))
 
 
 def dense_mlp(x: torch.Tensor, w: Mapping[str, torch.Tensor], prefix: str = "mlp.") -> torch.Tensor:

@@ -4,6 +4,9 @@
   the position in the token's top-k list (to pick its weight).
 - `routed_experts(x [T,h], topk_ids, topk_weights, w) -> [T,h]`: sum over each token's k experts of
   weight * expert_ffn(x); the product is taken in fp32 and added in x's dtype (as transformers does).
+- `fused_routed_experts(x, topk_ids, topk_weights, w, spec)`: the same sum over gpt-oss's fused expert
+  tensors (`moe.experts.gate_up_proj` [E,h,2I] with gate/up columns interleaved, `down_proj` [E,I,h], their
+  biases) with its clamped SwiGLU.
 - `shared_experts(x, w, spec) -> [T,h] | None`: the shared-expert MLP (`moe.shared.*`), scaled by
   sigmoid(`moe.shared_gate` x) when `spec.has_shared_expert_gate` (Qwen2-MoE).
 - `moe_block(x, w, spec) -> [T,h]`: routed + shared.
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from planner.specs.spec import ModelSpec
-from runtime.model.layers import dense_mlp, expert_ffn
+from runtime.model.layers import clamped_swiglu, dense_mlp, expert_ffn
 from runtime.model.routing import route, router_logits
 
 
@@ -41,6 +44,24 @@ def routed_experts(
     return out
 
 
+def fused_routed_experts(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    w: Mapping[str, torch.Tensor],
+    spec: ModelSpec,
+) -> torch.Tensor:
+    alpha, limit = spec.swiglu_alpha_limit
+    gate_up, gate_up_bias = w["moe.experts.gate_up_proj"], w["moe.experts.gate_up_bias"]
+    down, down_bias = w["moe.experts.down_proj"], w["moe.experts.down_bias"]
+    out = torch.zeros_like(x)
+    for expert, token_idx, slot in group_by_expert(topk_ids):
+        h = x[token_idx] @ gate_up[expert] + gate_up_bias[expert]  # [m, 2I]
+        y = clamped_swiglu(h[:, 0::2], h[:, 1::2], alpha, limit) @ down[expert] + down_bias[expert]
+        out.index_add_(0, token_idx, (y * topk_weights[token_idx, slot, None]).to(out.dtype))
+    return out
+
+
 def shared_experts(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec) -> torch.Tensor | None:
     if spec.num_shared_experts == 0:
         return None
@@ -52,6 +73,9 @@ def shared_experts(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSp
 
 def moe_block(x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec) -> torch.Tensor:
     topk_ids, topk_weights = route(router_logits(x, w, spec), spec, w.get("moe.router_bias"))
-    out = routed_experts(x, topk_ids, topk_weights, w)
+    if "moe.experts.gate_up_proj" in w:
+        out = fused_routed_experts(x, topk_ids, topk_weights, w, spec)
+    else:
+        out = routed_experts(x, topk_ids, topk_weights, w)
     shared = shared_experts(x, w, spec)
     return out if shared is None else out + shared

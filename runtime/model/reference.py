@@ -78,13 +78,14 @@ def check_supported(spec: ModelSpec) -> None:
         problems.append(f"routing {routing_key(spec)}")
     if spec.norm_type != "rms":
         problems.append(f"norm_type {spec.norm_type!r}")
-    for flag in ("attention_sinks", "router_linear_bias", "expert_bias", "lm_head_bias"):
-        if getattr(spec, flag):
+    gpt_oss_only = ("attention_sinks", "router_linear_bias", "expert_bias")
+    for flag in gpt_oss_only + ("lm_head_bias",):
+        if getattr(spec, flag) and not (spec.family == "gpt_oss" and flag in gpt_oss_only):
             problems.append(flag)
     if problems:
         raise UserError(
             f"{spec.name} ({spec.family}): the reference forward does not implement {', '.join(problems)}",
-            "use a model of a runnable family (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek)",
+            "use a model of a runnable family (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek, gpt_oss)",
         )
 
 

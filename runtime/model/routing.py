@@ -1,6 +1,7 @@
 """Routing: router logits -> (topk_ids, topk_weights), as pure functions selected by the spec.
 
-- `router_logits(x [T,h], w, spec=None) -> [T,E]` in the activations' dtype (`moe.router`), in fp32 for
+- `router_logits(x [T,h], w, spec=None) -> [T,E]` in the activations' dtype (`moe.router`, plus gpt-oss's
+  `moe.router_linear_bias`), in fp32 for
   the families whose transformers router upcasts (`FP32_ROUTER_FAMILIES`: DeepSeek) when `spec` is given.
 - `route(logits [T,E], spec, router_bias=None) -> (topk_ids [T,k] int64, topk_weights [T,k] fp32)`.
 `ROUTERS` maps `routing_key(spec) = (spec.scoring, spec.topk_method)` to a router function with the same
@@ -34,7 +35,7 @@ def router_logits(
 ) -> torch.Tensor:
     if spec is not None and spec.family in FP32_ROUTER_FAMILIES:
         return F.linear(x.float(), w["moe.router"].float())
-    return F.linear(x, w["moe.router"])
+    return F.linear(x, w["moe.router"], w.get("moe.router_linear_bias"))
 
 
 def softmax_topk(
