@@ -57,7 +57,9 @@ def gather_tokens(cache: torch.Tensor, table: torch.Tensor, length: int, block_a
     return rows.double()
 
 
-def reference_gqa(q, k_new, v_new, k_before, v_before, tables, lens, scale, window=None) -> torch.Tensor:
+def reference_gqa(
+    q, k_new, v_new, k_before, v_before, tables, lens, scale, window=None, sinks=None
+) -> torch.Tensor:
     out = torch.empty(q.shape, dtype=torch.float64)
     num_kv_heads = k_before.shape[1]
     for b, n in enumerate(lens):
@@ -68,7 +70,12 @@ def reference_gqa(q, k_new, v_new, k_before, v_before, tables, lens, scale, wind
         start = max(0, n - window) if window else 0
         keys, values = keys[start:], values[start:]
         queries = q[b].double().view(num_kv_heads, -1, q.shape[-1])  # [Hkv, G, D]
-        probs = torch.softmax(torch.einsum("hgd,nhd->hgn", queries, keys) * scale, dim=-1)
+        scores = torch.einsum("hgd,nhd->hgn", queries, keys) * scale
+        if sinks is not None:  # one more logit per head, attending to nothing
+            sink = sinks.double().view(num_kv_heads, -1, 1)
+            probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
+        else:
+            probs = torch.softmax(scores, dim=-1)
         out[b] = torch.einsum("hgn,nhd->hgd", probs, values).reshape(q.shape[1:])
     return out
 
@@ -101,10 +108,11 @@ def gqa_inputs(seed, lens, hq, hkv, dim, dtype, block_size):
     return q, k_new, v_new, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32)
 
 
-def check_gqa(backend, threads, lens, hq, hkv, dim, dtype, block_size=16, window=None, seed=0):
-    q, k_new, v_new, k_cache, v_cache, tables, lens_t = gqa_inputs(
-        seed, lens, hq, hkv, dim, dtype, block_size
-    )
+def check_gqa(
+    backend, threads, lens, hq, hkv, dim, dtype, block_size=16, window=None, seed=0, sinks=None, tables=None
+):
+    q, k_new, v_new, k_cache, v_cache, paged, lens_t = gqa_inputs(seed, lens, hq, hkv, dim, dtype, block_size)
+    tables = paged if tables is None else tables
     k_before, v_before = k_cache.clone(), v_cache.clone()
     scale = dim**-0.5
     out = decode_attention(
@@ -119,9 +127,10 @@ def check_gqa(backend, threads, lens, hq, hkv, dim, dtype, block_size=16, window
         sliding_window=window,
         num_threads=threads,
         backend=backend,
+        sinks=sinks,
     )
     assert out.shape == q.shape and out.dtype == q.dtype
-    ref = reference_gqa(q, k_new, v_new, k_before, v_before, tables, lens, scale, window)
+    ref = reference_gqa(q, k_new, v_new, k_before, v_before, tables, lens, scale, window, sinks)
     assert max_row_error(out, ref) <= TOLERANCE[dtype]
     return k_before, v_before, k_cache, v_cache, k_new, v_new, tables
 
@@ -144,6 +153,45 @@ def test_odd_block_size_and_sliding_window(backend, dtype):
     for threads in (1, 2):
         check_gqa(backend, threads, lens, 6, 2, 64, dtype, block_size=7, window=37, seed=3)
         check_gqa(backend, threads, lens, 4, 1, 128, dtype, block_size=16, window=20, seed=4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_sinks_with_and_without_a_window(backend, dtype):
+    """gpt-oss: a learned logit per query head joins its softmax (large sinks take most of the mass)."""
+    sinks = 3 * torch.randn(8, generator=torch.Generator().manual_seed(9))
+    lens = [1, 6, 7, 8, 36, 37, 38, 150]
+    for threads in (1, 2):
+        check_gqa(backend, threads, lens, 8, 2, 64, dtype, block_size=7, window=37, seed=3, sinks=sinks)
+        check_gqa(backend, threads, lens, 8, 1, 128, dtype, seed=4, sinks=sinks)
+    check_gqa(backend, 2, [1100, 3], 8, 2, 64, dtype, window=600, seed=6, sinks=sinks)  # split and merged
+    check_gqa(backend, 2, [900, 2], 8, 1, 64, dtype, seed=7, sinks=sinks)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_window_reads_only_its_blocks_through_a_ring_table(backend, dtype):
+    """The engine keeps a windowed layer's KV in a ring of R blocks per sequence (column j -> ring[j % R]);
+    blocks before the window are never read: poisoned with NaN, they leave the output finite and exact."""
+    block_size, window, lens = 16, 40, [300, 41, 5]
+    ring = -(-window // block_size) + 1
+    gen = torch.Generator().manual_seed(12)
+    q, k_new, v_new, k_cache, v_cache, _, lens_t = gqa_inputs(12, lens, 8, 2, 64, dtype, block_size)
+    num_blocks = len(lens) * ring + 1
+    k_cache = torch.randn(num_blocks, 2, block_size, 64, generator=gen).to(dtype)
+    v_cache = torch.randn(num_blocks, 2, block_size, 64, generator=gen).to(dtype)
+    k_cache[-1], v_cache[-1] = float("nan"), float("nan")
+    columns = torch.arange(-(-max(lens) // block_size), dtype=torch.int32)
+    tables = torch.arange(len(lens), dtype=torch.int32)[:, None] * ring + columns % ring
+    for b, n in enumerate(lens):  # columns wholly before the window point at the poisoned block
+        tables[b, : max(0, n - window) // block_size] = num_blocks - 1
+    k_before, v_before = k_cache.clone(), v_cache.clone()
+    out = decode_attention(
+        q, k_new, v_new, k_cache, v_cache, tables, lens_t, 0.125, sliding_window=window, backend=backend
+    )
+    assert torch.isfinite(out).all()
+    ref = reference_gqa(q, k_new, v_new, k_before, v_before, tables, lens, 0.125, window)
+    assert max_row_error(out, ref) <= TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -276,6 +324,15 @@ def test_extension_for_another_torch_is_not_used(monkeypatch, problem, message):
     with pytest.warns(RuntimeWarning, match=message + ".*--no-build-isolation"):
         assert extension.load_extension() is None
     assert kernel.active_backend() == (None, "")
+
+
+def test_extension_from_older_sources_is_not_used(monkeypatch):
+    import torch as torch_module
+
+    version = torch_module.__version__.split("+")[0]
+    _unusable_extension(monkeypatch, lambda: types.SimpleNamespace(torch_version=version))
+    with pytest.warns(RuntimeWarning, match=r"older sources \(interface 1, this code needs 2\)"):
+        assert extension.load_extension() is None
 
 
 def test_head_dim_without_kernel_uses_fallback():

@@ -4,7 +4,8 @@ Nothing here compiles: setup.py builds the binary (`pip install .`, `pip wheel .
 user command ever waits on a compiler or on a lock a killed build left behind. One binary holds the AVX-512
 (+bf16), AVX-512, AVX2 and scalar paths; the best one this CPU supports is chosen at run time.
 `load_extension()` returns the module, or None after one warning that says why (not built, cannot be loaded,
-compiled against another torch) and how to rebuild; the caller then uses the torch fallback.
+compiled against another torch, or older than this source's `INTERFACE_VERSION`) and how to rebuild; the
+caller then uses the torch fallback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ REBUILD_HINT = (
     "or `pip install --no-build-isolation --force-reinstall --no-deps .` in the moelens source tree"
 )
 
+INTERFACE_VERSION = 2  # bindings.cpp `interface_version`; 2: decode_gqa takes sinks
+
 _module: ModuleType | None = None
 _failed: str | None = None
 
@@ -32,11 +35,12 @@ def _mismatch(module: ModuleType) -> str | None:
 
     built_for = getattr(module, "torch_version", "an unknown version")
     running = torch.__version__.split("+")[0]
-    return (
-        None
-        if built_for == running
-        else f"was compiled for torch {built_for}, but torch {running} is running"
-    )
+    if built_for != running:
+        return f"was compiled for torch {built_for}, but torch {running} is running"
+    interface = getattr(module, "interface_version", 1)
+    if interface != INTERFACE_VERSION:
+        return f"was built from older sources (interface {interface}, this code needs {INTERFACE_VERSION})"
+    return None
 
 
 def _why_unavailable() -> tuple[ModuleType | None, str | None]:

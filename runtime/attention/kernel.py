@@ -80,8 +80,10 @@ def decode_attention(
     sliding_window: int | None = None,
     num_threads: int | None = None,
     backend: str | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Append k_new/v_new [B,Hkv,D] at context_lens-1, attend, return [B,Hq,D] in q's dtype."""
+    """Append k_new/v_new [B,Hkv,D] at context_lens-1, attend, return [B,Hq,D] in q's dtype.
+    `sinks` [Hq] (gpt-oss): one logit per query head that joins the softmax and attends to nothing."""
     num_seqs, num_q_heads, head_dim = q.shape
     if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or k_cache.shape[3] != head_dim:
         raise ValueError(
@@ -94,6 +96,8 @@ def decode_attention(
     if k_new.shape != (num_seqs, num_kv_heads, head_dim) or v_new.shape != k_new.shape:
         raise ValueError(f"k_new/v_new must be [{num_seqs}, {num_kv_heads}, {head_dim}]")
     _check_tables(block_tables, context_lens, num_seqs)
+    if sinks is not None and tuple(sinks.shape) != (num_q_heads,):
+        raise ValueError(f"sinks must be [{num_q_heads}], got {tuple(sinks.shape)}")
     window = int(sliding_window) if sliding_window else 0
     if window < 0:
         raise ValueError(f"sliding_window must be positive or None, got {sliding_window}")
@@ -103,7 +107,7 @@ def decode_attention(
         module = None
     if module is None:
         return reference.decode_attention_reference(
-            q, k_new, v_new, k_cache, v_cache, block_tables, context_lens, scale, window or None
+            q, k_new, v_new, k_cache, v_cache, block_tables, context_lens, scale, window or None, sinks=sinks
         )
     return module.decode_gqa(
         q,
@@ -115,6 +119,7 @@ def decode_attention(
         context_lens,
         float(scale),
         window,
+        sinks,
         _threads(num_threads),
         isa,
     )

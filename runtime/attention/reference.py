@@ -2,7 +2,7 @@
 
 Same contract as `runtime.attention.decode_attention` / `mla_decode_attention` (see docs/contracts.md):
 append this step's K/V (or latent) at position context_lens-1 of each sequence, then attend to the last
-`sliding_window` (or all) cached tokens. Computes in `compute_dtype` (fp32 by default); one sequence at a
+`sliding_window` (or all) cached tokens, with `sinks` [Hq] (one extra logit per head in each softmax). Computes in `compute_dtype` (fp32 by default); one sequence at a
 time, gathering its blocks, so it is simple rather than fast. `num_threads` is not used here.
 """
 
@@ -46,6 +46,7 @@ def decode_attention_reference(
     scale: float,
     sliding_window: int | None = None,
     compute_dtype: torch.dtype = torch.float32,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     num_seqs, num_q_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
@@ -61,7 +62,11 @@ def decode_attention_reference(
         values = v_cache[ids].permute(1, 0, 2, 3).reshape(num_kv_heads, -1, head_dim)[:, start:end]
         queries = q[b].to(compute_dtype).view(num_kv_heads, group, head_dim)
         scores = queries @ keys.to(compute_dtype).transpose(1, 2) * scale  # [Hkv, G, n]
-        probs = torch.softmax(scores, dim=-1)
+        if sinks is not None:
+            sink = sinks.to(compute_dtype).view(num_kv_heads, group, 1)
+            probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
+        else:
+            probs = torch.softmax(scores, dim=-1)
         out[b] = (probs @ values.to(compute_dtype)).reshape(num_q_heads, head_dim)
     return out.to(q.dtype) if compute_dtype == torch.float32 else out
 

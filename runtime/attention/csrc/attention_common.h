@@ -54,7 +54,14 @@ struct Problem {
   int block_size;
   float scale_log2;            // softmax scale * log2(e): the kernels work in base 2
   bool v_is_k;
+  const float* sinks_log2;     // [num_q_heads] learned sink logits * log2(e) (gpt-oss), or null: each joins
+                               // its head's softmax denominator and attends to nothing
 };
+
+// The softmax denominator of one query head given its running max m and sum l (base 2), with its sink.
+inline float denominator(const Problem& p, int head, float m, float l) {
+  return p.sinks_log2 ? l + std::exp2(p.sinks_log2[head] - m) : l;
+}
 
 // Tokens [begin, end) of one (sequence, kv head). partial < 0: the item covers the whole attended range
 // and writes the output; otherwise it writes (max, sum, unnormalised acc) into partial slot `partial`.

@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 #include <torch/version.h>
 
+#include <optional>
 #include <vector>
 
 #include "attention_common.h"
@@ -88,7 +89,8 @@ void check_tables_or_throw(const at::Tensor& block_tables, const at::Tensor& con
 
 at::Tensor decode_gqa(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new, at::Tensor k_cache,
                       at::Tensor v_cache, const at::Tensor& block_tables, const at::Tensor& context_lens,
-                      double scale, int64_t sliding_window, int64_t threads, const std::string& isa) {
+                      double scale, int64_t sliding_window, const std::optional<at::Tensor>& sinks,
+                      int64_t threads, const std::string& isa) {
   TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() && v_cache.strides() == k_cache.strides(),
               "k_cache and v_cache must be [num_blocks, num_kv_heads, block_size, head_dim] with equal strides");
   TORCH_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), "k_cache and v_cache dtypes differ");
@@ -127,6 +129,12 @@ at::Tensor decode_gqa(const at::Tensor& q, const at::Tensor& k_new, const at::Te
   p.block_size = int(bs);
   p.scale_log2 = float(scale * M_LOG2E);
   p.v_is_k = false;
+  at::Tensor sinks_log2;
+  if (sinks.has_value()) {
+    TORCH_CHECK(sinks->dim() == 1 && sinks->size(0) == Hq, "sinks must be [num_q_heads]");
+    sinks_log2 = (sinks->to(at::kFloat) * M_LOG2E).contiguous();
+  }
+  p.sinks_log2 = sinks_log2.defined() ? sinks_log2.data_ptr<float>() : nullptr;
   const ItemFn fn = dtype == at::kFloat ? table.gqa_f32[d_index] : table.gqa_bf16[d_index];
   const int32_t* lens = context_lens.data_ptr<int32_t>();
   const int elem = int(k_cache.element_size());
@@ -184,6 +192,7 @@ at::Tensor decode_mla(const at::Tensor& q_latent, const at::Tensor& q_rope, cons
   p.block_size = int(bs);
   p.scale_log2 = float(scale * M_LOG2E);
   p.v_is_k = true;
+  p.sinks_log2 = nullptr;
   const ItemFn fn = dtype == at::kFloat ? table.mla_f32 : table.mla_bf16;
   const int32_t* lens = context_lens.data_ptr<int32_t>();
   {
@@ -205,4 +214,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("compiled_isas", &moelens_attn::compiled_isas);
   m.def("supported_isas", &moelens_attn::supported_isas);
   m.attr("torch_version") = TORCH_VERSION;  // the torch this binary was compiled against
+  m.attr("interface_version") = 2;          // runtime.attention.extension.INTERFACE_VERSION (2: sinks)
 }

@@ -39,7 +39,8 @@ void merge_group(const Problem& p, const SplitGroup& sg, const float* partials, 
       const float* acc = slot + 2 * G + int64_t(g) * DV;
       for (int d = 0; d < DV; ++d) merged[d] += acc[d] * w;
     }
-    store_output(p, sg.seq, int64_t(sg.kv_head) * G + g, merged, 1.0f / total);
+    const int head = sg.kv_head * G + g;
+    store_output(p, sg.seq, head, merged, 1.0f / denominator(p, head, global_max, total));
   }
 }
 

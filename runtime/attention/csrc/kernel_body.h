@@ -283,7 +283,9 @@ void attend_item(const Problem& P, const WorkItem& it, Scratch& S, float* partia
   if constexpr (PairPV<T>::value)
     for (int g = 0; g < G; ++g) PairPV<T>::unpermute(S.acc + int64_t(g) * DV, DV);
   if (it.partial < 0) {
-    for (int g = 0; g < G; ++g) store_output(P, it.seq, q_head0 + g, S.acc + int64_t(g) * DV, 1.0f / S.l[g]);
+    for (int g = 0; g < G; ++g)
+      store_output(P, it.seq, q_head0 + g, S.acc + int64_t(g) * DV,
+                   1.0f / denominator(P, q_head0 + g, S.m[g], S.l[g]));
   } else {
     float* slot = partials + int64_t(it.partial) * partial_slot_floats(G, DV);
     std::memcpy(slot, S.m, sizeof(float) * G);
