@@ -1,4 +1,5 @@
-"""The engine end to end on tiny fp32 checkpoints of every GQA family: greedy output token-identical to the
+"""The engine end to end on tiny fp32 checkpoints of every GQA family (gpt-oss: sinks, windowed layers
+keeping only a ring of KV blocks per slot, biased clamped-SwiGLU experts): greedy output token-identical to the
 reference forward, with refills (more prompts than slots), chunked prefill (prompts longer than the chunk),
 preemption (a KV budget smaller than the sequences in flight need), expert chunks smaller than the tokens
 routed, streaming forced on and off, module batching on and off, the two-group overlap pipeline, and routed experts
@@ -19,6 +20,7 @@ from planner.modules import ALL_MODULES
 from planner.specs.spec import load_spec
 from runtime.checkpoint import open_checkpoint, write_random_checkpoint
 from runtime.engine import Engine, EngineBackend, EngineConfig, Request
+from runtime.engine.kv_cache import ring_blocks
 from runtime.model.generation import ReferenceBackend
 from runtime.model.reference import ReferenceModel
 from runtime.sampling import GenerationState, SamplingParams
@@ -28,6 +30,7 @@ FAMILY_SPECS = {
     "qwen2_moe": "qwen2-moe-mini",
     "qwen3_moe": "qwen3-mini",
     "olmoe": "olmoe-mini",
+    "gpt_oss": "gpt-oss-mini",
 }
 BLOCK_SIZE = 4
 CONFIGS = {
@@ -58,7 +61,7 @@ def tiny_spec(family: str):
     )
     if family == "olmoe":  # needs heads * head_dim == hidden
         changes.update(num_heads=2, num_kv_heads=2)
-    if family == "mixtral":
+    if family in ("mixtral", "gpt_oss"):  # gpt-oss: layers 0 and 2 keep a ring of 4 blocks per slot
         changes.update(sliding_window=9)
     if spec.num_shared_experts:
         changes.update(shared_intermediate_size=80)
@@ -101,8 +104,13 @@ def reference_tokens(checkpoint, workload):
     return [state.token_ids for state in states]
 
 
-def kv_budget(spec, blocks: int) -> int:
-    return blocks * BLOCK_SIZE * spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 4
+def kv_budget(spec, blocks: int, slots: int = 3) -> int:
+    """Bytes for `blocks` paged blocks of every full-attention layer plus `slots` rings of windowed layers."""
+    per_layer_block = BLOCK_SIZE * 2 * spec.num_kv_heads * spec.head_dim * 4
+    windowed = sum(spec.keeps_window_only(layer) for layer in range(spec.num_layers))
+    return per_layer_block * (
+        blocks * (spec.num_layers - windowed) + slots * windowed * ring_blocks(spec, BLOCK_SIZE)
+    )
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["looped", "grouped"])

@@ -20,7 +20,8 @@ Counts match the tensors a transformers 5.23 model holds (its state_dict, dedupl
   2*H*(kv_lora+rope)*ctx for scores plus 2*H*kv_lora*ctx for values.
 - KV: `kv_bytes_per_token_per_layer()` (GQA 2*H_kv*d_h*bytes; MLA (kv_lora+rope)*bytes),
   `kv_bytes_per_token()` (all layers), `kv_bytes_for_context(context_len)` (one sequence, sliding-window
-  layers capped at their window).
+  layers capped at their window), `window_only_layers()` (layers whose cache keeps only the window: a ring
+  of `kv_ring_blocks(window, block_size)` blocks per slot in the engine, `spec.keeps_window_only`).
 - routing: `expected_distinct_experts(num_tokens)` = E(1-(1-k/E)^m), an upper bound under uniform routing.
 """
 
@@ -192,6 +193,9 @@ class ModelCosts:
     def kv_bytes_per_token(self) -> int:
         return self.spec.num_layers * self.kv_bytes_per_token_per_layer()
 
+    def window_only_layers(self) -> int:
+        return sum(self.spec.keeps_window_only(layer) for layer in range(self.spec.num_layers))
+
     def kv_bytes_for_context(self, context_len: int) -> int:
         s = self.spec
         tokens = sum(
@@ -204,3 +208,9 @@ class ModelCosts:
     def expected_distinct_experts(self, num_tokens: float) -> float:
         s = self.spec
         return s.num_experts * (1.0 - (1.0 - s.top_k / s.num_experts) ** num_tokens)
+
+
+def kv_ring_blocks(sliding_window: int | None, block_size: int) -> int:
+    """Blocks a window-only layer keeps per sequence: any `sliding_window` consecutive positions span at most
+    this many minus one, so the position written next never overwrites one the window still reads."""
+    return -(-sliding_window // block_size) + 1 if sliding_window else 0

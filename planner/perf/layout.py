@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.modules import Module as M
-from planner.perf.costs import ModelCosts
+from planner.perf.costs import ModelCosts, kv_ring_blocks
 from planner.plans.workload import Workload
 from planner.specs.spec import ModelSpec
 
@@ -114,6 +114,9 @@ class ModelLayout:
             s_dense[:] = 0.0
 
         kv_layer = float(costs.kv_bytes_per_token_per_layer())
+        windowed = costs.window_only_layers()  # their KV is a ring per slot, whatever the context
+        paged = spec.num_layers - windowed
+        ring_tokens = kv_ring_blocks(spec.sliding_window, block_size) * block_size * windowed
         slot_tokens = workload.kv_tokens_per_slot
         window_tokens = min(slot_tokens, workload.window_read_tokens(spec.sliding_window))
         sliding = sum(spec.is_sliding_layer(layer) for layer in range(spec.num_layers))
@@ -145,10 +148,9 @@ class ModelLayout:
             kv_bytes_per_token_layer=kv_layer,
             kv_bytes_per_token=kv_layer * spec.num_layers,
             kv_read_bytes_per_seq_layer=kv_layer * read_tokens,
-            kv_bytes_per_slot=(workload.kv_held_tokens_per_slot + block_size / 2)
-            * kv_layer
-            * spec.num_layers,
-            kv_bytes_one_sequence=(workload.max_sequence_len + block_size) * kv_layer * spec.num_layers,
+            kv_bytes_per_slot=((workload.kv_held_tokens_per_slot + block_size / 2) * paged + ring_tokens)
+            * kv_layer,
+            kv_bytes_one_sequence=((workload.max_sequence_len + block_size) * paged + ring_tokens) * kv_layer,
             qkv_out_dim=qkv_out,
             attn_out_dim=attn_out,
             prefill_kv_bytes_per_token_layer=float(prefill_kv),

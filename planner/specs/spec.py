@@ -251,7 +251,7 @@ class ModelSpec:
     def keeps_window_only(self, layer: int) -> bool:
         """The KV cache keeps only the window's tokens for this layer (a per-sequence ring): sliding layers
         of models that also have full-attention layers (gpt-oss); where every layer slides, KV stays paged."""
-        return self.is_sliding_layer(layer) and self.sliding_window_layers == "even"
+        return self.is_sliding_layer(layer) and self.sliding_window_layers == "even" and self.num_layers > 1
 
     @property
     def swiglu_alpha_limit(self) -> tuple[float, float]:

@@ -9,7 +9,7 @@ No tensor data is read at open time.
 `Checkpoint.weights` is a read-only mapping canonical name -> torch.Tensor. Each `weights[name]` reads that
 tensor from its shard (safe_open, one handle per shard, opened on first use); nothing is cached, so the
 caller (the weight store) owns the only resident copy. `shape`, `dtype`, `nbytes`, `disk_name` answer from
-the headers without reading data. Tied models: `lm_head` reads the `embed` tensor (`weights.aliases`).
+the headers without reading data; `rows(name, lo, hi)` reads a slice of rows. Tied models: `lm_head` reads the `embed` tensor (`weights.aliases`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ class LazyWeights(Mapping):
     def __getitem__(self, name: str) -> torch.Tensor:
         entry = self._entry(name)
         return self._handle(entry.shard).get_tensor(entry.name)
+
+    def rows(self, name: str, lo: int, hi: int) -> torch.Tensor:
+        """Rows lo..hi-1 (first dimension) of a tensor, reading only those."""
+        entry = self._entry(name)
+        return self._handle(entry.shard).get_slice(entry.name)[lo:hi]
 
     def __iter__(self) -> Iterator[str]:
         yield from self._entries

@@ -14,7 +14,10 @@ backend has:
   their K/V leave for the host cache on the copy stream and are written by `store_prefill_kv(layer)`, which
   the layer loop calls once the layer's FFN is queued (nothing reads them before the next step);
 - `output(o, w) -> [T,h]`: the output projection on the device.
-The GQA backend composes the model's own functions (`qkv_projection`, `o_projection`); the MLA backend
+Windowed layers (`spec.keeps_window_only`) get their slot's ring rows as blocks / block tables. gpt-oss's
+sinks [Hq] ride in the projection as a fourth tensor expanded over the rows (a view), so every row slice
+and host copy carries them. The GQA backend composes the model's own functions (`qkv_projection`,
+`o_projection`); the MLA backend
 (DeepSeek, `runtime.engine.mla_layer`) has the same interface.
 """
 
@@ -99,7 +102,10 @@ class GQABackend:
 
     def project(self, x: torch.Tensor, w: Mapping[str, torch.Tensor], tables):
         cos, sin = tables
-        return qkv_projection(x, w, self.spec, cos, sin)  # q [T,Hq,D], k, v [T,Hkv,D]
+        q, k, v = qkv_projection(x, w, self.spec, cos, sin)  # q [T,Hq,D], k, v [T,Hkv,D]
+        if self.spec.attention_sinks:
+            return q, k, v, w["attn.sinks"].float().expand(q.shape[0], -1)  # [T, Hq]
+        return q, k, v
 
     def to_host(self, proj) -> HostTensors:
         return self.staging.to_host(*proj)
@@ -107,7 +113,7 @@ class GQABackend:
     def decode(
         self, layer: int, host_proj: HostTensors, block_tables: torch.Tensor, context_lens: torch.Tensor
     ) -> torch.Tensor:
-        q, k, v = host_proj.ready()
+        q, k, v, *sinks = host_proj.ready()
         cache_dtype = self.kv.layout.dtype
         o = self._decode_attention(
             q.to(cache_dtype),
@@ -120,17 +126,19 @@ class GQABackend:
             self.scale,
             sliding_window=self._window(layer),
             num_threads=self.threads,
+            sinks=sinks[0][0].contiguous() if sinks and q.shape[0] else None,
         )
         return o.to(q.dtype)  # [B, Hq, D]
 
     def prefill(self, layer: int, proj, blocks: torch.Tensor, start: int) -> torch.Tensor:
-        q, k, v = proj
+        q, k, v, *sinks = proj
         keys, values = k, v
         if start > 0:
             prior_k, prior_v = self.writer.read_prefix(layer, blocks, start, k)
             keys, values = torch.cat((prior_k, k)), torch.cat((prior_v, v))
         self.writer.send(layer, blocks, start, k, v)
-        return causal_attention(q, keys, values, self.scale, self._window(layer))  # [T, Hq, D]
+        sink = sinks[0][0] if sinks else None
+        return causal_attention(q, keys, values, self.scale, self._window(layer), sink)  # [T, Hq, D]
 
     def store_prefill_kv(self, through_layer: int) -> None:
         self.writer.store(through_layer)

@@ -79,7 +79,11 @@ class Engine:
                 0 if config.module_batching else config.kv_budget_bytes,
             )
         self.kv = HostKVCache(
-            self.spec, kv_dtype_for(self.store.dtype), config.kv_budget_bytes, config.kv_block_size
+            self.spec,
+            kv_dtype_for(self.store.dtype),
+            config.kv_budget_bytes,
+            config.kv_block_size,
+            config.num_seqs,
         )
         self.max_len = min(config.max_model_len or self.spec.max_position_embeddings, self.kv.capacity_tokens)
         self.tables = SlotBlockTables(config.num_seqs, blocks_for(self.max_len, config.kv_block_size))
@@ -176,9 +180,15 @@ class Engine:
             row, count = len(token_ids), chunk.end - chunk.start
             token_ids.extend(chunk.seq.tokens[chunk.start : chunk.end])
             positions.extend(range(chunk.start, chunk.end))
+            ring = self.kv.ring_rows(
+                torch.tensor([chunk.seq.slot]), blocks_for(chunk.end, self.kv.block_size)
+            )
             segments.append(
                 PrefillSegment(
-                    slice(row, row + count), torch.tensor(chunk.seq.blocks, dtype=torch.int32), chunk.start
+                    slice(row, row + count),
+                    torch.tensor(chunk.seq.blocks, dtype=torch.int32),
+                    chunk.start,
+                    ring[0],
                 )
             )
             if chunk.completes_prompt:
@@ -189,15 +199,15 @@ class Engine:
         token_ids.extend(seq.state.token_ids[-1] for seq in seqs)
         positions.extend(cached)
         width = blocks_for(max(cached, default=0) + 1, self.config.kv_block_size)
+        slots = torch.tensor([seq.slot for seq in seqs], dtype=torch.long)
         batch = StepBatch(
             token_ids=torch.tensor(token_ids, dtype=torch.long),
             positions=torch.tensor(positions, dtype=torch.long),
             segments=segments,
             num_prefill=num_prefill,
-            block_tables=self.tables.rows(
-                torch.tensor([seq.slot for seq in seqs], dtype=torch.long), width=width
-            ),
+            block_tables=self.tables.rows(slots, width=width),
             context_lens=torch.tensor(cached, dtype=torch.int32) + 1,
+            ring_tables=self.kv.ring_rows(slots, width),
         )
         self.timer.prefill_share = num_prefill / len(token_ids)
         if self.emulated is not None:
@@ -275,7 +285,7 @@ class Engine:
 def request_token_limit(checkpoint: Any, config: EngineConfig) -> int:
     spec = checkpoint.spec
     dtype = kv_dtype_for(checkpoint.weights.dtype("embed"))
-    kv_tokens = kv_capacity_tokens(spec, dtype, config.kv_budget_bytes, config.kv_block_size)
+    kv_tokens = kv_capacity_tokens(spec, dtype, config.kv_budget_bytes, config.kv_block_size, config.num_seqs)
     return min(config.max_model_len or spec.max_position_embeddings, kv_tokens)
 
 

@@ -8,7 +8,10 @@ r..E-1 streamed: `EngineConfig.resident_experts_per_layer`); streamed experts sp
 stacks when the plan streams a layer in parts (`EngineConfig.stream_parts`). The checkpoint keeps its per-expert names; a
 stack is filled expert by expert at store-build time (`fill_gate_up`, `fill_down`), so memory never holds a
 second copy of a layer's experts.
-- `stack_names(lo, hi)` -> (gate_up name, down name); `is_stack_name(local)`.
+gpt-oss stores a layer's experts fused ([E, in, out], gate and up columns interleaved, `FUSED_NAMES`); its
+stacks are filled from row slices of those (`fill_fused_*`, transposed and de-interleaved into the layout
+above) and have two more tensors, `moe.experts.{lo}-{hi}.gate_up_bias` [n, 2I] and `.down_bias` [n, h].
+- `stack_names(lo, hi)` -> (gate_up name, down name); `bias_names(lo, hi)`; `is_stack_name(local)`.
 - `layer_stacks(w, ranges=None)` yields (lo, gate_up, down) in expert order (`ranges`: the store's
   `expert_ranges`; None: read from w's names); `stack_ranges(names)`.
 - `expert_weights(w, e) -> (gate [I,h], up [I,h], down [h,I])`: views of expert e (profiler, tests).
@@ -23,12 +26,59 @@ import torch
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
+FUSED_NAMES = (
+    "moe.experts.gate_up_proj",
+    "moe.experts.gate_up_bias",
+    "moe.experts.down_proj",
+    "moe.experts.down_bias",
+)
+
+
 def stack_names(lo: int, hi: int) -> tuple[str, str]:
     return f"moe.experts.{lo}-{hi}.gate_up", f"moe.experts.{lo}-{hi}.down"
 
 
+def bias_names(lo: int, hi: int) -> tuple[str, str]:
+    return f"moe.experts.{lo}-{hi}.gate_up_bias", f"moe.experts.{lo}-{hi}.down_bias"
+
+
 def is_stack_name(local: str) -> bool:
-    return local.startswith("moe.experts.") and local.endswith((".gate_up", ".down")) and "-" in local
+    suffixes = (".gate_up", ".down", ".gate_up_bias", ".down_bias")
+    return local.startswith("moe.experts.") and local.endswith(suffixes) and "-" in local
+
+
+def _rows(weights: Mapping[str, torch.Tensor], name: str, lo: int, hi: int) -> torch.Tensor:
+    """Rows lo..hi-1 of a tensor, read alone where the mapping can (the checkpoint's `rows`)."""
+    reader = getattr(weights, "rows", None)
+    return reader(name, lo, hi) if callable(reader) else weights[name][lo:hi]
+
+
+def fill_fused_gate_up(dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int) -> None:
+    """dst [n, 2I, h] <- `gate_up_proj` [E, h, 2I] (gate columns even, up columns odd), one expert at a time."""
+    inter, name = dst.shape[1] // 2, f"layers.{layer}.moe.experts.gate_up_proj"
+    for j in range(dst.shape[0]):
+        src = _rows(weights, name, lo + j, lo + j + 1)[0]
+        dst[j, :inter].copy_(src[:, 0::2].T)
+        dst[j, inter:].copy_(src[:, 1::2].T)
+
+
+def fill_fused_down(dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int) -> None:
+    """dst [n, h, I] <- `down_proj` [E, I, h]."""
+    for j in range(dst.shape[0]):
+        dst[j].copy_(_rows(weights, f"layers.{layer}.moe.experts.down_proj", lo + j, lo + j + 1)[0].T)
+
+
+def fill_fused_gate_up_bias(
+    dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int
+) -> None:
+    inter = dst.shape[1] // 2
+    src = _rows(weights, f"layers.{layer}.moe.experts.gate_up_bias", lo, lo + dst.shape[0])
+    dst[:, :inter].copy_(src[:, 0::2])
+    dst[:, inter:].copy_(src[:, 1::2])
+
+
+def fill_fused_down_bias(dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int) -> None:
+    dst.copy_(_rows(weights, f"layers.{layer}.moe.experts.down_bias", lo, lo + dst.shape[0]))
 
 
 def expert_names(layer: int, expert: int) -> tuple[str, str, str]:

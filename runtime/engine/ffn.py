@@ -15,6 +15,8 @@ dtype, each token's experts in ascending order), so results match the reference:
 `use_grouped(choice, device, dtype, spec)` picks the path (`EngineConfig.grouped_experts`; auto: grouped
 wherever it runs, `planner.perf.expert_kernels`; on the CPU it measured faster too, BENCHMARKS.md "experts"). Both return the routed output and a bool mask [E] of the experts
 the router activated (on the device; callers count it once per step).
+gpt-oss (`swiglu` = (alpha, limit)): each stack's biases (`bias_names`) are added after each GEMM and the
+clamped SwiGLU (`runtime.model.layers.clamped_swiglu`) replaces SiLU-multiply, on both paths.
 `ffn_block(x, w, spec, layer, expert_batch, timer, grouped, ranges)` (`ranges`: the store's `expert_ranges`): residual branch input (post `mlp_norm`) to
 output, timed per module (`router`, `experts`, `shared_experts`, `dense_mlp`).
 """
@@ -31,9 +33,9 @@ from planner.modules import Module
 from planner.perf.expert_kernels import GROUPED_BY_DEFAULT
 from planner.perf.row_buckets import bucket_rows
 from planner.specs.spec import ModelSpec
-from runtime.engine.expert_stacks import layer_stacks
+from runtime.engine.expert_stacks import bias_names, layer_stacks
 from runtime.engine.instrumentation import ModuleTimer
-from runtime.model.layers import dense_mlp
+from runtime.model.layers import clamped_swiglu, dense_mlp
 from runtime.model.moe import shared_experts
 from runtime.model.routing import route, router_logits
 
@@ -71,6 +73,16 @@ def _expert_rows(topk_ids: torch.Tensor, topk_weights: torch.Tensor):
     return flat, topk_weights.reshape(-1), token_of
 
 
+def _activation(h: torch.Tensor, inter: int, swiglu: tuple[float, float] | None) -> torch.Tensor:
+    if swiglu is None:
+        return F.silu(h[:, :inter]).mul_(h[:, inter:])
+    return clamped_swiglu(h[:, :inter], h[:, inter:], *swiglu)
+
+
+def _biases(w, lo: int, count: int, swiglu) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    return (None, None) if swiglu is None else tuple(w[name] for name in bias_names(lo, lo + count))
+
+
 def grouped_experts(
     x: torch.Tensor,
     topk_ids: torch.Tensor,
@@ -79,11 +91,13 @@ def grouped_experts(
     num_experts: int,
     expert_batch: int,
     ranges: list[tuple[int, int]] | None = None,
+    swiglu: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     flat, weights, token_of = _expert_rows(topk_ids, topk_weights)
     out = torch.zeros_like(x)
     for lo, gate_up, down in layer_stacks(w, ranges):
         count, inter = gate_up.shape[0], gate_up.shape[1] // 2
+        gate_up_bias, down_bias = _biases(w, lo, count, swiglu)
         local = flat - lo
         key = torch.where((local >= 0) & (local < count), local, count)  # rows of other stacks sort last
         sorted_key, order = torch.sort(key, stable=True)  # token-major within each expert
@@ -96,8 +110,13 @@ def grouped_experts(
             offs = (ends - start).clamp_(0, stop - start)  # [n] group ends within the window
             tokens = rows[start:stop]
             h = torch._grouped_mm(x.index_select(0, tokens), gate_up.transpose(1, 2), offs=offs)  # [m, 2I]
-            act = F.silu(h[:, :inter]).mul_(h[:, inter:])
+            if gate_up_bias is not None:
+                expert_of_row = sorted_key[start:stop].clamp(max=count - 1)
+                h = h + gate_up_bias.index_select(0, expert_of_row)
+            act = _activation(h, inter, swiglu)
             y = torch._grouped_mm(act, down.transpose(1, 2), offs=offs)  # [m, h]
+            if down_bias is not None:
+                y = y + down_bias.index_select(0, expert_of_row)
             weighted = y * row_weights[start:stop, None]  # fp32
             if count < num_experts:  # rows past the last group belong to another stack: add nothing
                 weighted = torch.where((sorted_key[start:stop] < count)[:, None], weighted, 0.0)
@@ -114,6 +133,7 @@ def looped_experts(
     num_experts: int,
     expert_batch: int,
     ranges: list[tuple[int, int]] | None = None,
+    swiglu: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     flat, weights, token_of = _expert_rows(topk_ids, topk_weights)
     order = torch.argsort(flat, stable=True)  # token-major within each expert
@@ -123,9 +143,12 @@ def looped_experts(
     begin = 0
     for lo, gate_up, down in layer_stacks(w, ranges):
         inter = gate_up.shape[1] // 2
+        gate_up_bias, down_bias = _biases(w, lo, gate_up.shape[0], swiglu)
         for expert in range(lo, lo + gate_up.shape[0]):
             count = counts[expert]
-            gate, up, down_e = gate_up[expert - lo, :inter], gate_up[expert - lo, inter:], down[expert - lo]
+            gate_up_e, down_e = gate_up[expert - lo], down[expert - lo]
+            bias_in = None if gate_up_bias is None else gate_up_bias[expert - lo]
+            bias_out = None if down_bias is None else down_bias[expert - lo]
             for chunk in range(begin, begin + count, expert_batch):
                 end = min(chunk + expert_batch, begin + count)
                 tokens = tokens_sorted[chunk:end]
@@ -133,7 +156,11 @@ def looped_experts(
                 padded = bucket_rows(rows)
                 gather = tokens if padded == rows else torch.cat((tokens, tokens[:1].expand(padded - rows)))
                 xs = x.index_select(0, gather)
-                y = F.linear(F.silu(F.linear(xs, gate)) * F.linear(xs, up), down_e)[:rows]  # [m, h]
+                if swiglu is None:
+                    act = F.silu(F.linear(xs, gate_up_e[:inter])) * F.linear(xs, gate_up_e[inter:])
+                else:
+                    act = _activation(F.linear(xs, gate_up_e, bias_in), inter, swiglu)
+                y = F.linear(act, down_e, bias_out)[:rows]  # [m, h]
                 out.index_add_(0, tokens, (y * weights_sorted[chunk:end, None]).to(out.dtype))
             begin += count
     hit = torch.tensor([count > 0 for count in counts], device=x.device)
@@ -158,7 +185,8 @@ def ffn_block(
         topk_ids, topk_weights = route(router_logits(x, w, spec), spec, w.get("moe.router_bias"))
     with timer.device_work(Module.EXPERTS):
         experts = grouped_experts if grouped else looped_experts
-        out, hit = experts(x, topk_ids, topk_weights, w, spec.num_experts, expert_batch, ranges)
+        swiglu = spec.swiglu_alpha_limit if spec.expert_bias else None
+        out, hit = experts(x, topk_ids, topk_weights, w, spec.num_experts, expert_batch, ranges, swiglu)
     if spec.num_shared_experts:
         with timer.device_work(Module.SHARED_EXPERTS):
             out = out + shared_experts(x, w, spec)

@@ -48,6 +48,7 @@ class PrefillSegment:
     rows: slice  # rows of the packed batch
     blocks: torch.Tensor  # [n] int32: the sequence's KV blocks
     start: int  # position of its first token
+    ring: torch.Tensor  # [n] int32: its slot's ring row (windowed layers, `HostKVCache.ring_rows`)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class StepBatch:
     num_prefill: int  # P
     block_tables: torch.Tensor  # [D, M] int32, host: the decode rows' block tables
     context_lens: torch.Tensor  # [D] int32, host: cached tokens including the one appended
+    ring_tables: torch.Tensor  # [D, M] int32, host: the decode rows' ring rows (windowed layers)
 
     @property
     def num_rows(self) -> int:
@@ -132,8 +134,9 @@ class LayerStack:
         out = []
         for rows, host in pending:
             seqs = slice(rows.start - batch.num_prefill, rows.stop - batch.num_prefill)
+            tables = batch.ring_tables if self.spec.keeps_window_only(layer) else batch.block_tables
             with torch.inference_mode(), self.timer.host(Module.ATTENTION, "decode"):
-                o = self.backend.decode(layer, host, batch.block_tables[seqs], batch.context_lens[seqs])
+                o = self.backend.decode(layer, host, tables[seqs], batch.context_lens[seqs])
             out.append((rows, o))
         return out
 
@@ -153,7 +156,12 @@ class LayerStack:
         with self.timer.device_work(Module.ATTENTION, "prefill"):
             o = torch.cat(
                 [
-                    self.backend.prefill(layer, tuple(t[seg.rows] for t in proj), seg.blocks, seg.start)
+                    self.backend.prefill(
+                        layer,
+                        tuple(t[seg.rows] for t in proj),
+                        seg.ring if self.spec.keeps_window_only(layer) else seg.blocks,
+                        seg.start,
+                    )
                     for seg in batch.segments
                 ]
             )

@@ -7,8 +7,12 @@ A sequence owns a list of block ids from `BlockAllocator` (allocated as it grows
 or is preempted); `SlotBlockTables` keeps each in-flight slot's blocks as one int32 row so a step's
 `block_tables` [B, max_blocks_per_seq] is a single row gather. `write_tokens` / `read_tokens` move a
 range of positions of one sequence (prefill writes, and reads for chunked prefill) by block arithmetic.
-`kv_dtype_for(weight_dtype)` and `kv_capacity_tokens(spec, dtype, budget_bytes, block_size)` say, before
-anything is allocated, what the cache will hold (the same arithmetic `HostKVCache` uses).
+Windowed layers (`spec.keeps_window_only`, gpt-oss's sliding layers) keep only the window: per slot a ring of
+`ring_blocks(spec, block_size)` blocks (window + one block), allocated once for `num_slots`; position p
+lives in ring block (p // block_size) % ring, so `ring_rows(slots, width)` is a block table the kernel reads
+unchanged (it reads only the window's positions). The rest of the budget is paged blocks of the other layers.
+`kv_dtype_for(weight_dtype)` and `kv_capacity_tokens(spec, dtype, budget_bytes, block_size, num_slots)` say,
+before anything is allocated, what the cache will hold (the same arithmetic `HostKVCache` uses).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from planner.errors import UserError
+from planner.perf.costs import ModelCosts, kv_ring_blocks
 from planner.specs.spec import ModelSpec
 from runtime.attention.cache import allocate_kv_cache, allocate_latent_cache
 
@@ -85,23 +90,47 @@ def kv_dtype_for(weight_dtype: torch.dtype) -> torch.dtype:
     return weight_dtype if weight_dtype in (torch.bfloat16, torch.float32) else torch.float32
 
 
+def ring_blocks(spec: ModelSpec, block_size: int) -> int:
+    """Blocks a windowed layer keeps per sequence (`planner.perf.costs.kv_ring_blocks`, the planner's figure)."""
+    return kv_ring_blocks(spec.sliding_window, block_size)
+
+
+def _windowed_layers(spec: ModelSpec) -> int:
+    return ModelCosts(spec).window_only_layers()
+
+
 def _bytes_per_block(spec: ModelSpec, dtype: torch.dtype, block_size: int) -> int:
-    return KVLayout.for_spec(spec, dtype).bytes_per_token_layer() * block_size * spec.num_layers
+    paged_layers = spec.num_layers - _windowed_layers(spec)
+    return KVLayout.for_spec(spec, dtype).bytes_per_token_layer() * block_size * paged_layers
 
 
-def kv_capacity_tokens(spec: ModelSpec, dtype: torch.dtype, budget_bytes: int, block_size: int) -> int:
-    return budget_bytes // _bytes_per_block(spec, dtype, block_size) * block_size
+def ring_bytes(spec: ModelSpec, dtype: torch.dtype, block_size: int, num_slots: int) -> int:
+    per_block = KVLayout.for_spec(spec, dtype).bytes_per_token_layer() * block_size
+    return per_block * ring_blocks(spec, block_size) * num_slots * _windowed_layers(spec)
+
+
+def kv_capacity_tokens(
+    spec: ModelSpec, dtype: torch.dtype, budget_bytes: int, block_size: int, num_slots: int = 1
+) -> int:
+    paged = budget_bytes - ring_bytes(spec, dtype, block_size, num_slots)
+    return max(paged, 0) // _bytes_per_block(spec, dtype, block_size) * block_size
 
 
 class HostKVCache:
     """All layers' paged KV tensors in host memory, sized once from `budget_bytes`."""
 
-    def __init__(self, spec: ModelSpec, dtype: torch.dtype, budget_bytes: int, block_size: int):
+    def __init__(
+        self, spec: ModelSpec, dtype: torch.dtype, budget_bytes: int, block_size: int, num_slots: int = 1
+    ):
         self.layout = KVLayout.for_spec(spec, dtype)
         self.block_size = block_size
         self.num_layers = spec.num_layers
+        self.windowed = [spec.keeps_window_only(layer) for layer in range(spec.num_layers)]
+        self.window = spec.sliding_window
+        self.ring = ring_blocks(spec, block_size) if any(self.windowed) else 0
+        ring_total = ring_bytes(spec, dtype, block_size, num_slots) if self.ring else 0
         bytes_per_block = _bytes_per_block(spec, dtype, block_size)
-        self.num_blocks = budget_bytes // bytes_per_block
+        self.num_blocks = max(budget_bytes - ring_total, 0) // bytes_per_block
         if self.num_blocks < 2:
             raise UserError(
                 f"KV budget {budget_bytes / 2**20:.1f} MiB holds {self.num_blocks} blocks of {block_size} tokens "
@@ -113,8 +142,10 @@ class HostKVCache:
         heads, dim = self.layout.num_kv_heads, self.layout.head_dim
         if self.layout.kind == "gqa":
             pairs = [
-                allocate_kv_cache(self.num_blocks, heads, block_size, dim, dtype)
-                for _ in range(spec.num_layers)
+                allocate_kv_cache(
+                    num_slots * self.ring if windowed else self.num_blocks, heads, block_size, dim, dtype
+                )
+                for windowed in self.windowed
             ]
             self.k = [k for k, _ in pairs]
             self.v = [v for _, v in pairs]
@@ -124,14 +155,23 @@ class HostKVCache:
                 allocate_latent_cache(self.num_blocks, block_size, dim, dtype) for _ in range(spec.num_layers)
             ]
             self.k, self.v = [], []
-        self.nbytes = bytes_per_block * self.num_blocks
+        self.nbytes = bytes_per_block * self.num_blocks + ring_total
+
+    def ring_rows(self, slots: torch.Tensor, width: int) -> torch.Tensor:
+        """int32 [B, width] block tables of the slots' rings (windowed layers)."""
+        columns = torch.arange(width, dtype=torch.int32) % max(self.ring, 1)
+        return slots.to(torch.int32)[:, None] * self.ring + columns
 
     def _slots(self, blocks: torch.Tensor, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         positions = torch.arange(start, start + count)
         return blocks[positions // self.block_size].long(), positions % self.block_size
 
     def write_tokens(self, layer: int, blocks: torch.Tensor, start: int, *values: torch.Tensor) -> None:
-        """Store positions [start, start+T) of one sequence: GQA (k, v) [T,Hkv,D]; MLA (latent,) [T,R+P]."""
+        """Store positions [start, start+T) of one sequence: GQA (k, v) [T,Hkv,D]; MLA (latent,) [T,R+P].
+        A windowed layer (`blocks`: the slot's ring row) stores only the last positions its ring holds."""
+        if self.windowed[layer]:
+            skip = max(values[0].shape[0] - self.ring * self.block_size, 0)
+            start, values = start + skip, tuple(v[skip:] for v in values)
         block_ids, offsets = self._slots(blocks, start, values[0].shape[0])
         if self.layout.kind == "gqa":
             k, v = values
@@ -141,8 +181,10 @@ class HostKVCache:
             self.latent[layer][block_ids, offsets] = values[0].to(self.layout.dtype)
 
     def read_tokens(self, layer: int, blocks: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]:
-        """Positions [0, count) of one sequence: GQA (k, v) [count,Hkv,D]; MLA (latent,) [count,R+P]."""
-        block_ids, offsets = self._slots(blocks, 0, count)
+        """Positions [0, count) of one sequence: GQA (k, v) [count,Hkv,D]; MLA (latent,) [count,R+P]; a
+        windowed layer returns only the last `window` of them (all a later query can see)."""
+        first = max(count - self.window, 0) if self.windowed[layer] else 0
+        block_ids, offsets = self._slots(blocks, first, count - first)
         if self.layout.kind == "gqa":
             return self.k[layer][block_ids, :, offsets], self.v[layer][block_ids, :, offsets]
         return (self.latent[layer][block_ids, offsets],)

@@ -1,13 +1,14 @@
 """Prefill attention on the device through `scaled_dot_product_attention`: never a materialised [T, T].
 
-`causal_attention(q [T,Hq,D], k [S,Hkv,D], v [S,Hkv,Dv], scale, sliding_window) -> [T,Hq,Dv]` is causal
+`causal_attention(q [T,Hq,D], k [S,Hkv,D], v [S,Hkv,Dv], scale, sliding_window, sinks) -> [T,Hq,Dv]` is causal
 attention of T queries at positions S-T..S-1 over S keys (the cached prefix plus the chunk), the same
 function as `runtime.model.attention.attention_core` computed by fused kernels (flash or memory-efficient on
 CUDA, the flash kernel on the CPU). Queries run in blocks sized so that even a kernel that falls back to
 materialising scores holds at most `SCORES_BYTES` of them; each block sees only the keys it may attend
 (a sliding window drops the older ones), with a plain causal flag where block and keys align and a
 bottom-right causal boolean mask of [block, keys] otherwise. Values narrower than the keys (MLA's latent
-attention: keys R+P wide, values R) are zero-padded so the fused kernels accept them.
+attention: keys R+P wide, values R) are zero-padded so the fused kernels accept them. Sinks [Hq] (gpt-oss)
+join as one more key and value of zeros whose additive mask entry is the head's sink logit.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ def query_block(num_keys: int, num_heads: int) -> int:
 
 
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, sliding_window: int | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     num_queries, num_heads, dim = q.shape
     num_keys, value_dim = k.shape[0], v.shape[-1]
@@ -47,10 +53,31 @@ def causal_attention(
         count, span = last_query - first_query, key_end - key_start
         qb = queries[:, :, first_query:last_query]
         kb, vb = keys[:, :, key_start:key_end], values[:, :, key_start:key_end]
-        if sliding_window is None and count == span:
+        if sinks is not None:
+            out = _with_sinks(qb, kb, vb, scale, causal_mask(count, span, sliding_window, q.device), sinks)
+        elif sliding_window is None and count == span:
             out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale)
         else:
             mask = causal_mask(count, span, sliding_window, q.device)  # [count, span] bool, bottom-right
             out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
         outputs.append(out[0, :, :, :value_dim])  # [Hq, count, Dv]
     return torch.cat(outputs, dim=1).transpose(0, 1)  # [T, Hq, Dv]
+
+
+def _with_sinks(
+    qb: torch.Tensor,
+    kb: torch.Tensor,
+    vb: torch.Tensor,
+    scale: float,
+    visible: torch.Tensor,
+    sinks: torch.Tensor,
+) -> torch.Tensor:
+    """SDPA over the block's keys plus a zero key/value whose score is each head's sink."""
+    heads, count = qb.shape[1], qb.shape[2]
+    zero = kb.new_zeros(1, heads, 1, kb.shape[-1])
+    mask = torch.zeros(visible.shape, dtype=qb.dtype, device=qb.device).masked_fill_(~visible, float("-inf"))
+    sink = sinks.to(qb.dtype)[None, :, None, None].expand(1, heads, count, 1)
+    mask = torch.cat((mask[None, None].expand(1, heads, -1, -1), sink), dim=-1)
+    return F.scaled_dot_product_attention(
+        qb, torch.cat((kb, zero), dim=2), torch.cat((vb, zero), dim=2), attn_mask=mask, scale=scale
+    )

@@ -29,7 +29,18 @@ import torch.nn.functional as F
 from planner.errors import UserError
 from planner.specs.spec import ModelSpec
 from runtime.engine.config import EngineConfig
-from runtime.engine.expert_stacks import expert_names, fill_down, fill_gate_up, stack_names
+from runtime.engine.expert_stacks import (
+    FUSED_NAMES,
+    bias_names,
+    expert_names,
+    fill_down,
+    fill_fused_down,
+    fill_fused_down_bias,
+    fill_fused_gate_up,
+    fill_fused_gate_up_bias,
+    fill_gate_up,
+    stack_names,
+)
 from runtime.engine.host_arena import HostArena, aligned, default_pinner, packing_threads
 
 
@@ -60,7 +71,7 @@ def module_of(name: str) -> str:
         return "qkv_proj"
     if local in ("attn.o_proj", "attn.o_bias"):
         return "o_proj"
-    if local in ("mlp_norm", "moe.router", "moe.router_bias"):
+    if local in ("mlp_norm", "moe.router", "moe.router_bias", "moe.router_linear_bias"):
         return "router"
     if local.startswith("moe.experts."):
         return "experts"
@@ -207,7 +218,7 @@ class WeightStore:
         experts as stacks; with `stream_parts` p > 1 the streamed experts form p stacks, one per part."""
         resident, streamed, has_experts = [], [], False
         for name in names:
-            if expert_of(name) is not None:
+            if expert_of(name) is not None or name.split(".", 2)[2] in FUSED_NAMES:
                 has_experts = True
                 continue
             source = _source(weights, name, name.split(".", 2)[2])
@@ -219,7 +230,6 @@ class WeightStore:
                 if self.config.is_resident("experts")
                 else min(self.config.resident_experts_per_layer, num_experts)
             )
-            (inter, hidden), dtype = _meta(weights, expert_names(layer, 0)[0])
             self.expert_ranges = [(0, kept)] if kept else []
             self.expert_ranges += stream_part_ranges(kept, num_experts, self.stream_parts)
             units: list[list[Source]] = [streamed] + [[] for _ in range(self.stream_parts - 1)]
@@ -232,25 +242,27 @@ class WeightStore:
             for i, (lo, hi) in enumerate(self.expert_ranges):
                 sources = resident if lo < kept else units[i - (1 if kept else 0)]
                 if hi > lo:
-                    gate_up, down = stack_names(lo, hi)
-                    sources.append(
-                        Source(
-                            gate_up,
-                            (hi - lo, 2 * inter, hidden),
-                            dtype,
-                            fill=partial(fill_gate_up, weights=weights, layer=layer, lo=lo),
-                        )
-                    )
-                    sources.append(
-                        Source(
-                            down,
-                            (hi - lo, hidden, inter),
-                            dtype,
-                            fill=partial(fill_down, weights=weights, layer=layer, lo=lo),
-                        )
-                    )
+                    sources.extend(self._stack_sources(weights, layer, lo, hi))
             return resident, units
         return resident, [streamed] + [[] for _ in range(self.stream_parts - 1)]
+
+    def _stack_sources(self, weights, layer: int, lo: int, hi: int) -> list[Source]:
+        """The stack of experts lo..hi-1: gate_up [n, 2I, h], down [n, h, I] (gpt-oss: and their biases)."""
+        fused = f"layers.{layer}.moe.experts.gate_up_proj" in weights
+        if fused:
+            (_, hidden, inter2), dtype = _meta(weights, f"layers.{layer}.moe.experts.gate_up_proj")
+            inter = inter2 // 2
+            fills = (fill_fused_gate_up, fill_fused_down, fill_fused_gate_up_bias, fill_fused_down_bias)
+        else:
+            (inter, hidden), dtype = _meta(weights, expert_names(layer, 0)[0])
+            fills = (fill_gate_up, fill_down)
+        n = hi - lo
+        names = stack_names(lo, hi) + (bias_names(lo, hi) if fused else ())
+        shapes = ((n, 2 * inter, hidden), (n, hidden, inter), (n, 2 * inter), (n, hidden))
+        return [
+            Source(name, shape, dtype, fill=partial(fill, weights=weights, layer=layer, lo=lo))
+            for name, shape, fill in zip(names, shapes, fills)
+        ]
 
     def _place(self, source: Source) -> torch.Tensor:
         """A resident tensor: on the device, filled once; with no device a checkpoint tensor is used in place."""
