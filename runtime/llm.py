@@ -75,7 +75,9 @@ def make_backend(checkpoint: Any, plan: Any = None, max_model_len: int | None = 
         from runtime.model.generation import ReferenceBackend
         from runtime.model.reference import ReferenceModel
 
-        return ReferenceBackend(ReferenceModel(checkpoint.spec, checkpoint.weights))
+        weights = checkpoint.weights
+        dequantized = getattr(weights, "dequantized", None)  # quantized weights: float on access
+        return ReferenceBackend(ReferenceModel(checkpoint.spec, dequantized() if dequantized else weights))
     from runtime.engine import Engine, EngineBackend, engine_config_for
 
     if isinstance(plan, (str, Path)):

@@ -4,7 +4,9 @@
 every shard header (see `safetensors_io`), and compares the stored tensors with the names and shapes the
 spec implies (`names.expected_tensors`): missing, unexpected and mis-shaped tensors, and matrices whose dtype
 differs from the others (the engine multiplies them together), are reported together in one `UserError`.
-No tensor data is read at open time.
+No tensor data is read at open time. A `quantization_config` (`runtime.quant.config`) makes each quantized
+weight two entries, `name` (codes) and `name@scales`, and `weights.quant` maps `name` to its `QuantLayout`;
+`weights.dequantized(dtype)` is the same mapping with those tensors dequantized on access (the reference).
 
 `Checkpoint.weights` is a read-only mapping canonical name -> torch.Tensor. Each `weights[name]` reads that
 tensor from its shard (safe_open, one handle per shard, opened on first use); nothing is cached, so the
@@ -28,8 +30,10 @@ from planner.errors import UserError
 from planner.specs.hf_hub import is_hub_id, require_snapshot
 from planner.specs.spec import ModelSpec
 from runtime.checkpoint.names import expected_tensors, is_ignored
-from runtime.checkpoint.safetensors_io import TensorEntry, read_entries
+from runtime.checkpoint.safetensors_io import FLOAT_CODES, TensorEntry, read_entries
 from runtime.checkpoint.tokenizer import CheckpointTokenizer, load_tokenizer
+from runtime.quant.config import SCALES, QuantConfig, QuantLayout
+from runtime.quant.tensor import QuantView
 
 LISTED = 5  # names quoted per kind of mismatch in the error message
 
@@ -37,9 +41,15 @@ LISTED = 5  # names quoted per kind of mismatch in the error message
 class LazyWeights(Mapping):
     """Canonical name -> tensor, read from disk on each access."""
 
-    def __init__(self, entries: dict[str, TensorEntry], aliases: dict[str, str]):
+    def __init__(
+        self,
+        entries: dict[str, TensorEntry],
+        aliases: dict[str, str],
+        quant: dict[str, QuantLayout] | None = None,
+    ):
         self._entries = entries
         self.aliases = dict(aliases)
+        self.quant = dict(quant or {})
         self._handles: dict[Path, object] = {}
         self._lock = threading.Lock()
 
@@ -89,6 +99,10 @@ class LazyWeights(Mapping):
     def total_nbytes(self) -> int:
         """Bytes stored on disk (aliases counted once)."""
         return sum(entry.nbytes for entry in self._entries.values())
+
+    def dequantized(self, dtype: torch.dtype | None = None) -> Mapping[str, torch.Tensor]:
+        """Every tensor in a float dtype (quantized ones dequantized on access to `dtype`, default embed's)."""
+        return QuantView(self, self.quant, dtype or self.dtype("embed")) if self.quant else self
 
     def close(self) -> None:
         with self._lock:
@@ -140,6 +154,8 @@ def _listing(items: list[str]) -> str:
 
 def _mistyped_matrices(matched: dict[str, TensorEntry]) -> list[str]:
     """Matrices whose dtype differs from the checkpoint's usual one (vectors such as norms may be fp32)."""
+    quantized = {name for name in matched if name.endswith(SCALES) or name + SCALES in matched}
+    matched = {name: entry for name, entry in matched.items() if name not in quantized}
     counts = Counter(entry.dtype for entry in matched.values() if len(entry.shape) >= 2)
     if len(counts) < 2:
         return []
@@ -151,21 +167,40 @@ def _mistyped_matrices(matched: dict[str, TensorEntry]) -> list[str]:
     ]
 
 
+def _stored_forms(
+    tensor, quant: QuantConfig | None
+) -> list[tuple[str, str, tuple[str, ...], tuple[int, ...]]]:
+    """(canonical name, disk name, allowed dtype codes, shape) of each stored part of an expected tensor."""
+    if quant is None or not quant.quantizes(tensor.canonical, tensor.disk_name):
+        return [(tensor.canonical, tensor.disk_name, FLOAT_CODES, tensor.shape)]
+    return [
+        (tensor.canonical + part.suffix, part.disk_name, (part.dtype,), part.shape)
+        for part in quant.stored_parts(tensor.disk_name, tensor.shape)
+    ]
+
+
 def match_tensors(
-    spec: ModelSpec, stored: dict[str, TensorEntry], num_extra_layers: int = 0, where: str = "checkpoint"
+    spec: ModelSpec,
+    stored: dict[str, TensorEntry],
+    num_extra_layers: int = 0,
+    where: str = "checkpoint",
+    quant: QuantConfig | None = None,
 ) -> dict[str, TensorEntry]:
-    """Canonical name -> stored entry, or one UserError listing every mismatch."""
+    """Canonical name (quantized: and `name@scales`) -> stored entry, or one UserError listing every mismatch."""
     expected = expected_tensors(spec)
-    matched, missing, misshaped = {}, [], []
+    matched, missing, misshaped, mistyped, known = {}, [], [], [], set()
     for tensor in expected:
-        entry = stored.get(tensor.disk_name)
-        if entry is None:
-            missing.append(tensor.disk_name)
-        elif entry.shape != tensor.shape:
-            misshaped.append(f"{tensor.disk_name} is {list(entry.shape)}, expected {list(tensor.shape)}")
-        else:
-            matched[tensor.canonical] = entry
-    known = {tensor.disk_name for tensor in expected}
+        for canonical, disk_name, dtypes, shape in _stored_forms(tensor, quant):
+            known.add(disk_name)
+            entry = stored.get(disk_name)
+            if entry is None:
+                missing.append(disk_name)
+            elif entry.shape != shape:
+                misshaped.append(f"{disk_name} is {list(entry.shape)}, expected {list(shape)}")
+            elif entry.dtype not in dtypes:
+                mistyped.append(f"{disk_name} is {entry.dtype}, expected {' or '.join(dtypes)}")
+            else:
+                matched[canonical] = entry
     unexpected = sorted(n for n in stored if n not in known and not is_ignored(spec, n, num_extra_layers))
     problems = [
         f"{kind} {_listing(items)}"
@@ -173,7 +208,7 @@ def match_tensors(
             ("missing", missing),
             ("unexpected", unexpected),
             ("mis-shaped", misshaped),
-            ("of another dtype", _mistyped_matrices(matched)),
+            ("of another dtype", mistyped + _mistyped_matrices(matched)),
         )
         if items
     ]
@@ -199,14 +234,18 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
     )
     stored = read_entries(directory)
     extra_layers = config.get("num_nextn_predict_layers") or 0
+    quant = QuantConfig.from_hf(config)
     matched = match_tensors(
-        spec, stored, extra_layers if isinstance(extra_layers, int) else 0, str(directory)
+        spec, stored, extra_layers if isinstance(extra_layers, int) else 0, str(directory), quant
     )
+    layouts = {
+        t.canonical: quant.layout(t.shape) for t in expected_tensors(spec) if t.canonical + SCALES in matched
+    }
     aliases = {"lm_head": "embed"} if spec.tie_word_embeddings else {}
     return Checkpoint(
         dir=directory,
         spec=spec,
-        weights=LazyWeights(matched, aliases),
+        weights=LazyWeights(matched, aliases, layouts),
         tokenizer=load_tokenizer(directory),
         config=config,
     )

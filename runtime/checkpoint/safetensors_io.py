@@ -2,7 +2,7 @@
 
 - `read_shard_header(path) -> dict[name, TensorEntry]` reads only the header and checks it before any data
   is touched: the file exists, the 8-byte little-endian header length is sane and inside the file, the
-  header is a JSON object, every dtype is supported (F32, F16, BF16), and every tensor's data offsets lie
+  header is a JSON object, every dtype is supported (F32, F16, BF16; F8_E4M3 and U8 for quantized weights), and every tensor's data offsets lie
   inside the file and match its shape. A bad shard raises `UserError` naming the file (truncated, corrupt).
 - `locate_tensors(dir) -> dict[disk_name, Path]`: from `model.safetensors.index.json` (whose shard names
   must stay inside the directory) or a single `model.safetensors`.
@@ -28,9 +28,16 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 
-DTYPE_CODES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+FLOAT_CODES = ("F32", "F16", "BF16")  # what an unquantized weight may be
+DTYPE_CODES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,  # fp8 codes (runtime.quant)
+    "U8": torch.uint8,  # mxfp4 blocks and E8M0 scales
+}
 CODE_OF_DTYPE = {dtype: code for code, dtype in DTYPE_CODES.items()}
-ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
+ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "U8": 1}
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class TensorEntry:
 
     name: str
     shard: Path
-    dtype: str  # safetensors dtype code: F32 | F16 | BF16
+    dtype: str  # safetensors dtype code: a key of DTYPE_CODES
     shape: tuple[int, ...]
 
     @property
@@ -96,7 +103,7 @@ def _parse_entry(path: Path, name: str, info: object, data_size: int) -> TensorE
     if dtype not in DTYPE_CODES:
         raise UserError(
             f"tensor {name!r} in {path} has dtype {dtype}; supported: {sorted(DTYPE_CODES)}",
-            "convert the checkpoint to bf16, fp16 or fp32 (quantized checkpoints are not supported)",
+            "convert the checkpoint to bf16, fp16 or fp32, or to a supported quantized format (runtime.quant)",
         )
     valid_shape = isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
     valid_offsets = (

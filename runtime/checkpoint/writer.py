@@ -7,7 +7,9 @@ that marks the directory as ours), `generation_config.json`, `tokenizer.json` / 
 than one), then `model.safetensors.index.json`. Tensors are generated and streamed to disk in bounded
 chunks (see `random_init`), so memory stays near one chunk whatever the model size. Same spec, dtype and
 seed give byte-identical files. A non-empty `out` that is not a moelens checkpoint is refused
-(`UserError`); an earlier moelens checkpoint there is replaced.
+(`UserError`); an earlier moelens checkpoint there is replaced. `quant="fp8"|"mxfp4"` stores the weights a
+`quantization_config` quantizes (`runtime.quant.config.make_quant_config`) in that format's on-disk layout,
+each quantized from the bf16 values the unquantized checkpoint would hold.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from math import prod
 from pathlib import Path
 
@@ -25,8 +28,10 @@ from planner.errors import UserError
 from planner.specs.spec import ModelSpec
 from runtime.checkpoint.names import ExpectedTensor, expected_tensors
 from runtime.checkpoint.random_init import generate_chunks, init_rule
-from runtime.checkpoint.safetensors_io import CODE_OF_DTYPE, INDEX_FILE, SINGLE_FILE, ShardWriter
+from runtime.checkpoint.safetensors_io import CODE_OF_DTYPE, INDEX_FILE, ITEMSIZE, SINGLE_FILE, ShardWriter
 from runtime.checkpoint.tokenizer_build import write_tokenizer_files
+from runtime.quant.config import QuantConfig, make_quant_config
+from runtime.quant.formats import quantize_fp8, quantize_mxfp4
 
 DTYPE_ALIASES = {
     "bf16": torch.bfloat16,
@@ -87,14 +92,35 @@ def prepare_output_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def plan_shards(
-    tensors: list[ExpectedTensor], itemsize: int, max_shard_bytes: int
-) -> list[list[ExpectedTensor]]:
+def stored_forms(
+    tensor: ExpectedTensor, dtype: torch.dtype, quant: QuantConfig | None
+) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(disk name, dtype code, shape) of what one expected tensor is stored as."""
+    if quant is not None and quant.quantizes(tensor.canonical, tensor.disk_name):
+        return [(p.disk_name, p.dtype, p.shape) for p in quant.stored_parts(tensor.disk_name, tensor.shape)]
+    return [(tensor.disk_name, CODE_OF_DTYPE[dtype], tensor.shape)]
+
+
+def _stored_bytes(tensor: ExpectedTensor, dtype: torch.dtype, quant: QuantConfig | None) -> int:
+    return sum(prod(shape) * ITEMSIZE[code] for _, code, shape in stored_forms(tensor, dtype, quant))
+
+
+def _stored_data(tensor: ExpectedTensor, values: list[torch.Tensor], quant: QuantConfig | None):
+    """The tensor's stored tensors, in `stored_forms` order."""
+    if quant is None or not quant.quantizes(tensor.canonical, tensor.disk_name):
+        return values
+    whole = torch.cat(values)
+    if quant.method == "fp8":
+        return list(quantize_fp8(whole, quant.block))
+    return list(quantize_mxfp4(whole))
+
+
+def plan_shards(tensors: list[ExpectedTensor], nbytes_of, max_shard_bytes: int) -> list[list[ExpectedTensor]]:
     """Consecutive groups of at most `max_shard_bytes` (a larger tensor gets a shard of its own)."""
     shards: list[list[ExpectedTensor]] = [[]]
     size = 0
     for tensor in tensors:
-        nbytes = prod(tensor.shape) * itemsize
+        nbytes = nbytes_of(tensor)
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
@@ -107,7 +133,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _write_configs(spec: ModelSpec, out: Path, dtype: torch.dtype, seed: int) -> None:
+def _write_configs(spec: ModelSpec, out: Path, dtype: torch.dtype, seed: int, quant: dict | None) -> None:
     ids = write_tokenizer_files(out, spec.vocab_size, spec.max_position_embeddings)
     token_ids = {
         "bos_token_id": ids.bos_token_id,
@@ -118,6 +144,8 @@ def _write_configs(spec: ModelSpec, out: Path, dtype: torch.dtype, seed: int) ->
     config = spec.to_hf_config()
     config.update(token_ids, dtype=dtype_name)
     config["moelens"] = {**config["moelens"], "random_seed": seed}
+    if quant is not None:
+        config["quantization_config"] = quant
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", {"_from_model_config": True, **token_ids})
 
@@ -129,6 +157,7 @@ def write_random_checkpoint(
     seed: int = 0,
     max_shard_bytes: int = 2 * 10**9,
     on_tensor: Callable[[ExpectedTensor], None] | None = None,
+    quant: str | None = None,
 ) -> WrittenCheckpoint:
     """Write the checkpoint; `on_tensor` is called after each tensor (progress reporting)."""
     start = time.perf_counter()
@@ -138,10 +167,12 @@ def write_random_checkpoint(
         raise UserError(f"max shard size {max_shard_bytes} bytes must be positive", "pass --max-shard-gb > 0")
     spec = replace(spec, dtype=str(torch_dtype).removeprefix("torch."))
     tensors = expected_tensors(spec)
+    quant_dict = make_quant_config(quant, tensors) if quant else None
+    quant_config = QuantConfig.from_hf({"quantization_config": quant_dict}) if quant_dict else None
     prepare_output_dir(out)
-    _write_configs(spec, out, torch_dtype, seed)
-    itemsize = torch.empty((), dtype=torch_dtype).element_size()
-    shards = plan_shards(tensors, itemsize, max_shard_bytes)
+    _write_configs(spec, out, torch_dtype, seed, quant_dict)
+    nbytes_of = partial(_stored_bytes, dtype=torch_dtype, quant=quant_config)
+    shards = plan_shards(tensors, nbytes_of, max_shard_bytes)
     names = (
         [SINGLE_FILE]
         if len(shards) == 1
@@ -149,22 +180,30 @@ def write_random_checkpoint(
     )
     weight_map = {}
     for shard_name, shard in zip(names, shards):
-        code = CODE_OF_DTYPE[torch_dtype]
-        writer = ShardWriter(out / shard_name, [(t.disk_name, code, t.shape) for t in shard])
+        forms = {t.disk_name: stored_forms(t, torch_dtype, quant_config) for t in shard}
+        writer = ShardWriter(out / shard_name, [form for t in shard for form in forms[t.disk_name]])
         for tensor in shard:
             rule = init_rule(spec, tensor.canonical, tensor.shape)
-            for chunk in generate_chunks(tensor, rule, seed, torch_dtype):
-                writer.write(tensor.disk_name, chunk)
-            weight_map[tensor.disk_name] = shard_name
+            chunks = generate_chunks(tensor, rule, seed, torch_dtype)
+            if len(forms[tensor.disk_name]) == 1:
+                for chunk in chunks:
+                    writer.write(tensor.disk_name, chunk)
+            else:
+                for (name, _, _), data in zip(
+                    forms[tensor.disk_name], _stored_data(tensor, list(chunks), quant_config)
+                ):
+                    writer.write(name, data)
+            weight_map.update((name, shard_name) for name, _, _ in forms[tensor.disk_name])
             if on_tensor:
                 on_tensor(tensor)
         writer.close()
     num_parameters = sum(prod(t.shape) for t in tensors)
+    total_bytes = sum(nbytes_of(t) for t in tensors)
     if len(shards) > 1:
         _write_json(
             out / INDEX_FILE,
             {
-                "metadata": {"total_size": num_parameters * itemsize, "total_parameters": num_parameters},
+                "metadata": {"total_size": total_bytes, "total_parameters": num_parameters},
                 "weight_map": dict(sorted(weight_map.items())),
             },
         )
@@ -172,7 +211,7 @@ def write_random_checkpoint(
         dir=out,
         spec=spec,
         num_shards=len(shards),
-        total_bytes=num_parameters * itemsize,
+        total_bytes=total_bytes,
         num_parameters=num_parameters,
         seconds=time.perf_counter() - start,
     )

@@ -15,6 +15,9 @@ above) and have two more tensors, `moe.experts.{lo}-{hi}.gate_up_bias` [n, 2I] a
 - `layer_stacks(w, ranges=None)` yields (lo, gate_up, down) in expert order (`ranges`: the store's
   `expert_ranges`; None: read from w's names); `stack_ranges(names)`.
 - `expert_weights(w, e) -> (gate [I,h], up [I,h], down [h,I])`: views of expert e (profiler, tests).
+Quantized experts (`runtime.quant`) stack their codes and their scales the same way (`suffix` "@scales" for the
+latter), so a stack stays quantized in the store and across the link; `dense_stacks(stacks, dtype)` turns a
+layer's stacks into float ones, dequantizing a quantized stack `DEQUANT_CHUNK_BYTES` of experts at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Iterator, Mapping
 import torch
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+DEQUANT_CHUNK_BYTES = 64 << 20  # dequantized experts alive at once (a whole float layer never is)
 
 
 FUSED_NAMES = (
@@ -86,18 +90,22 @@ def expert_names(layer: int, expert: int) -> tuple[str, str, str]:
     return tuple(f"layers.{layer}.moe.experts.{expert}.{p}" for p in PROJECTIONS)
 
 
-def fill_gate_up(dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int) -> None:
+def fill_gate_up(
+    dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int, suffix: str = ""
+) -> None:
     """dst [n, 2I, h] <- experts lo..lo+n-1's gate and up rows, one expert read at a time."""
     inter = dst.shape[1] // 2
     for j in range(dst.shape[0]):
         gate, up, _ = expert_names(layer, lo + j)
-        dst[j, :inter].copy_(weights[gate])
-        dst[j, inter:].copy_(weights[up])
+        dst[j, :inter].copy_(weights[gate + suffix])
+        dst[j, inter:].copy_(weights[up + suffix])
 
 
-def fill_down(dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int) -> None:
+def fill_down(
+    dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int, suffix: str = ""
+) -> None:
     for j in range(dst.shape[0]):
-        dst[j].copy_(weights[expert_names(layer, lo + j)[2]])
+        dst[j].copy_(weights[expert_names(layer, lo + j)[2] + suffix])
 
 
 def stack_ranges(names) -> list[tuple[int, int]]:
@@ -124,6 +132,27 @@ def layer_stacks(
         yield lo, w[gate_up], w[down]
         if done_with is not None:
             done_with(gate_up)
+
+
+def dense_stacks(stacks, dtype: torch.dtype, chunk_bytes: int = DEQUANT_CHUNK_BYTES):
+    """Yield (lo, gate_up, down) float stacks: float ones as they are, quantized ones dequantized in chunks of
+    experts (each chunk's tensors exist only until the caller asks for the next)."""
+    for lo, gate_up, down in stacks:
+        if isinstance(gate_up, torch.Tensor):
+            yield lo, gate_up, down
+            continue
+        count, rows, cols = gate_up.shape
+        per_expert = (rows * cols + down.shape[1] * down.shape[2]) * torch.empty(
+            (), dtype=dtype
+        ).element_size()
+        step = max(1, chunk_bytes // per_expert)
+        for start in range(0, count, step):
+            stop = min(start + step, count)
+            yield (
+                lo + start,
+                gate_up.experts(start, stop).dequantize(dtype),
+                down.experts(start, stop).dequantize(dtype),
+            )
 
 
 def expert_weights(

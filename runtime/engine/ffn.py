@@ -17,6 +17,8 @@ wherever it runs, `planner.perf.expert_kernels`; on the CPU it measured faster t
 the router activated (on the device; callers count it once per step).
 gpt-oss (`swiglu` = (alpha, limit)): each stack's biases (`bias_names`) are added after each GEMM and the
 clamped SwiGLU (`runtime.model.layers.clamped_swiglu`) replaces SiLU-multiply, on both paths.
+Quantized stacks (`runtime.quant`) are dequantized to x's dtype a chunk of experts at a time
+(`expert_stacks.dense_stacks`), inside the `experts` time, so a layer's float experts never exist at once.
 `ffn_block(x, w, spec, layer, expert_batch, timer, grouped, ranges)` (`ranges`: the store's `expert_ranges`): residual branch input (post `mlp_norm`) to
 output, timed per module (`router`, `experts`, `shared_experts`, `dense_mlp`).
 """
@@ -33,7 +35,7 @@ from planner.modules import Module
 from planner.perf.expert_kernels import GROUPED_BY_DEFAULT
 from planner.perf.row_buckets import bucket_rows
 from planner.specs.spec import ModelSpec
-from runtime.engine.expert_stacks import bias_names, layer_stacks
+from runtime.engine.expert_stacks import bias_names, dense_stacks, layer_stacks
 from runtime.engine.instrumentation import ModuleTimer
 from runtime.model.layers import clamped_swiglu, dense_mlp
 from runtime.model.moe import shared_experts
@@ -95,7 +97,7 @@ def grouped_experts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     flat, weights, token_of = _expert_rows(topk_ids, topk_weights)
     out = torch.zeros_like(x)
-    for lo, gate_up, down in layer_stacks(w, ranges):
+    for lo, gate_up, down in dense_stacks(layer_stacks(w, ranges), x.dtype):
         count, inter = gate_up.shape[0], gate_up.shape[1] // 2
         gate_up_bias, down_bias = _biases(w, lo, count, swiglu)
         local = flat - lo
@@ -141,7 +143,7 @@ def looped_experts(
     tokens_sorted, weights_sorted = token_of[order], weights[order]
     out = torch.zeros_like(x)
     begin = 0
-    for lo, gate_up, down in layer_stacks(w, ranges):
+    for lo, gate_up, down in dense_stacks(layer_stacks(w, ranges), x.dtype):
         inter = gate_up.shape[1] // 2
         gate_up_bias, down_bias = _biases(w, lo, gate_up.shape[0], swiglu)
         for expert in range(lo, lo + gate_up.shape[0]):

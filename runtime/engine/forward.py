@@ -95,13 +95,14 @@ class LayerStack:
     # ----- weights -----
     def _acquire(self, layer: int):
         if self.streamer is None:
-            return self.store.layers[layer]
+            return self.store.layer_view(layer, self.store.layers[layer])
         parts = self.store.stream_parts
         if parts == 1:
-            return LayerWeights(self.store.layers[layer], self.streamer.acquire(layer))
-        streamed = StreamParts(self.streamer, layer, parts, self.store.part_of[layer])
-        self._parts_held[layer] = streamed
-        return LayerWeights(self.store.layers[layer], streamed)
+            streamed = self.streamer.acquire(layer)
+        else:
+            streamed = StreamParts(self.streamer, layer, parts, self.store.part_of[layer])
+            self._parts_held[layer] = streamed
+        return self.store.layer_view(layer, LayerWeights(self.store.layers[layer], streamed))
 
     def _release(self, layer: int) -> None:
         self.backend.store_prefill_kv(layer)

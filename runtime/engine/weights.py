@@ -14,6 +14,10 @@
   `packed[layer * p + part]`, each its own transfer and slot); `PackedLayer.views(buffer)` rebuilds the named tensors over a device slot.
   `store.arena.nbytes` / `store.pinned_bytes` are what the planner's memory model counts (`memory.host.weights`,
   `pinned_weights`); `close()` unpins.
+- Quantized checkpoints (`weights.quant`, `runtime.quant`): a quantized tensor is two store tensors, its codes
+  and `@scales`, placed, packed and streamed as stored; `layer_view(layer, w)` reads a layer through
+  `runtime.quant.tensor.QuantView`: expert stacks come back as QuantTensors (the FFN dequantizes them a chunk
+  of experts at a time), other quantized tensors dequantized on the device at their use.
 """
 
 from __future__ import annotations
@@ -39,9 +43,12 @@ from runtime.engine.expert_stacks import (
     fill_fused_gate_up,
     fill_fused_gate_up_bias,
     fill_gate_up,
+    is_stack_name,
     stack_names,
 )
 from runtime.engine.host_arena import HostArena, aligned, default_pinner, packing_threads
+from runtime.quant.config import SCALES, QuantLayout
+from runtime.quant.tensor import QuantView
 
 
 def stream_part_ranges(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
@@ -60,6 +67,7 @@ def expert_of(name: str) -> int | None:
 
 
 def module_of(name: str) -> str:
+    name = name.removesuffix(SCALES)
     if name == "embed":
         return "embed"
     if name in ("lm_head", "final_norm"):
@@ -189,6 +197,11 @@ class WeightStore:
         ] = []  # the (lo, hi) experts of each stack, same in every MoE layer
         self.layers: list[dict[str, torch.Tensor]] = []
         self.part_of: list[dict[str, int]] = []  # per layer: streamed tensor name -> its stream part
+        quant = getattr(weights, "quant", {})
+        self.quant_layouts: list[dict[str, QuantLayout]] = [
+            {n.split(".", 2)[2]: layout for n in names if (layout := quant.get(n)) is not None}
+            for names in names_by_layer
+        ]
         for layer, names in enumerate(names_by_layer):
             resident, units = self._layer_sources(weights, layer, names)
             self.layers.append({source.name: self._place(source) for source in resident})
@@ -247,22 +260,33 @@ class WeightStore:
         return resident, [streamed] + [[] for _ in range(self.stream_parts - 1)]
 
     def _stack_sources(self, weights, layer: int, lo: int, hi: int) -> list[Source]:
-        """The stack of experts lo..hi-1: gate_up [n, 2I, h], down [n, h, I] (gpt-oss: and their biases)."""
-        fused = f"layers.{layer}.moe.experts.gate_up_proj" in weights
-        if fused:
+        """The stack of experts lo..hi-1: gate_up [n, 2I, h], down [n, h, I] (gpt-oss: and their biases;
+        quantized: the codes and the scales of each)."""
+        n = hi - lo
+        if f"layers.{layer}.moe.experts.gate_up_proj" in weights:  # gpt-oss: fused on disk
             (_, hidden, inter2), dtype = _meta(weights, f"layers.{layer}.moe.experts.gate_up_proj")
             inter = inter2 // 2
             fills = (fill_fused_gate_up, fill_fused_down, fill_fused_gate_up_bias, fill_fused_down_bias)
-        else:
-            (inter, hidden), dtype = _meta(weights, expert_names(layer, 0)[0])
-            fills = (fill_gate_up, fill_down)
-        n = hi - lo
-        names = stack_names(lo, hi) + (bias_names(lo, hi) if fused else ())
-        shapes = ((n, 2 * inter, hidden), (n, hidden, inter), (n, 2 * inter), (n, hidden))
-        return [
-            Source(name, shape, dtype, fill=partial(fill, weights=weights, layer=layer, lo=lo))
-            for name, shape, fill in zip(names, shapes, fills)
-        ]
+            names = stack_names(lo, hi) + bias_names(lo, hi)
+            shapes = ((n, 2 * inter, hidden), (n, hidden, inter), (n, 2 * inter), (n, hidden))
+            return [
+                Source(name, shape, dtype, fill=partial(fill, weights=weights, layer=layer, lo=lo))
+                for name, shape, fill in zip(names, shapes, fills)
+            ]
+        gate, _, down = expert_names(layer, 0)
+        layout = getattr(weights, "quant", {}).get(gate)
+        sources = []
+        for suffix in ("", SCALES) if layout is not None else ("",):
+            for name, first, rows, fill in zip(
+                stack_names(lo, hi), (gate, down), (2, 1), (fill_gate_up, fill_down)
+            ):
+                (per_expert, *rest), dtype = _meta(weights, first + suffix)
+                fill = partial(fill, weights=weights, layer=layer, lo=lo, suffix=suffix)
+                sources.append(Source(name + suffix, (n, rows * per_expert, *rest), dtype, fill=fill))
+        if layout is not None:
+            stacked = (layout.stacked(n, 2), weights.quant[down].stacked(n))
+            self.quant_layouts[layer].update(zip(stack_names(lo, hi), stacked))
+        return sources
 
     def _place(self, source: Source) -> torch.Tensor:
         """A resident tensor: on the device, filled once; with no device a checkpoint tensor is used in place."""
@@ -316,6 +340,11 @@ class WeightStore:
         """A global tensor on the device: resident ones as they are, host ones copied for this use."""
         tensor = self.globals[name]
         return tensor if tensor.device == self.device else tensor.to(self.device, non_blocking=True)
+
+    def layer_view(self, layer: int, w: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """Layer `layer`'s tensors `w` as the model reads them (see the module docstring)."""
+        layouts = self.quant_layouts[layer]
+        return QuantView(w, layouts, self.dtype, keep=is_stack_name) if layouts else w
 
     @property
     def max_packed_bytes(self) -> int:
