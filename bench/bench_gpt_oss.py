@@ -1,0 +1,155 @@
+"""gpt-oss-20b shapes truncated to 4 layers on this CPU: the planner's prediction against the engine's run.
+
+    /work/bin/cpu-exclusive python -m bench.bench_gpt_oss [--quant bf16|mxfp4] [--profile P] [--passes 3]
+                                                          [--model gpt-oss-20b] [--no-markdown]
+
+Writes (or reuses) the random-weight checkpoint `gpt-oss-20b-L4` (bf16, or `--quant mxfp4` experts where
+`runtime make-checkpoint` supports it), measures this machine with `runtime profile --sizing quick` unless
+`--profile` is given (inside the same exclusive hold, so profile and runs see the same machine), solves a
+plan for `NUM_SEQS` sequences (the KV budget that allows exactly them), then runs the engine `--passes`
+times on distinct prompts after one unmeasured warm-up each. Reports go to `bench/results/gpt_oss/`; the
+BENCHMARKS.md section `gpt-oss` holds the median pass's predicted and achieved tok/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import (
+    REPO,
+    RESULTS_DIR,
+    ensure_checkpoint,
+    fixed_prompts,
+    git_revision,
+    machine_line,
+    markdown_table,
+    run_engine,
+    update_section,
+)
+
+OUT_DIR = RESULTS_DIR / "gpt_oss"
+LAYERS = 4
+NUM_SEQS, NUM_PROMPTS, PROMPT_LEN, GEN_LEN = 8, 16, 48, 32
+
+
+def checkpoint_dir(model: str, quant: str) -> Path:
+    if quant == "bf16":
+        return ensure_checkpoint(model, LAYERS)
+    out = ensure_checkpoint(model, LAYERS).parent / f"{model}-L{LAYERS}-{quant}"
+    if not (out / "config.json").is_file():
+        command = ["make-checkpoint", "--model", model, "--layers", str(LAYERS), "--quant", quant]
+        subprocess.run([sys.executable, "-m", "runtime", *command, "--out", str(out)], cwd=REPO, check=True)
+    return out
+
+
+def measure_profile() -> str:
+    path = OUT_DIR / "profile-quick.yaml"
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "runtime", "profile", "--sizing", "quick", "--out", str(path)]
+    subprocess.run(command, cwd=REPO, check=True)
+    return str(path)
+
+
+def solve(checkpoint, profile, directory: Path, profile_ref: str):
+    from bench.bench_accuracy import kv_gib_for
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
+    from planner.plans.workload import Workload
+
+    workload = Workload.fixed(PROMPT_LEN, GEN_LEN, NUM_PROMPTS)
+    budgets = Budgets.from_args(profile, kv_gib_for(checkpoint.spec, workload, NUM_SEQS))
+    return make_plan(
+        checkpoint.spec, profile, workload, budgets, model_ref=str(directory), profile_ref=profile_ref
+    )
+
+
+def run(model: str, quant: str, profile_ref: str, passes: int) -> list[dict]:
+    from planner.hardware.profile import load_profile
+    from runtime.checkpoint import open_checkpoint
+    from runtime.report import write_report
+
+    directory = checkpoint_dir(model, quant)
+    checkpoint = open_checkpoint(directory)
+    profile = load_profile(profile_ref)
+    plan = solve(checkpoint, profile, directory, profile_ref)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    reports = []
+    for index in range(passes):
+        began = time.perf_counter()
+        warm_up = fixed_prompts(checkpoint.tokenizer, NUM_PROMPTS, PROMPT_LEN, seed=1000 + index)
+        prompts = fixed_prompts(checkpoint.tokenizer, NUM_PROMPTS, PROMPT_LEN, seed=index)
+        report = run_engine(checkpoint, plan, profile, prompts, GEN_LEN, warm_up_prompts=warm_up)
+        report["bench_seconds"] = time.perf_counter() - began
+        report["num_seqs_planned"] = plan.num_seqs
+        write_report(OUT_DIR / f"{quant}-pass{index}.json", report)
+        reports.append(report)
+        end_to_end = report["throughput"]["end_to_end"]
+        print(
+            f"{quant} pass {index}: {end_to_end['achieved']:.2f} tok/s, predicted {end_to_end['predicted']:.2f}"
+        )
+    return reports
+
+
+def _percent(value: float | None) -> str | None:
+    return None if value is None else f"{value:+.1%}"
+
+
+def section(quant: str, profile_ref: str, reports: list[dict], command: str) -> str:
+    median = sorted(reports, key=lambda r: r["throughput"]["end_to_end"]["achieved"])[len(reports) // 2]
+    rows = []
+    for key in ("end_to_end", "decode", "prefill"):
+        entry = median["throughput"][key]
+        error = entry["relative_error"]
+        rows.append([key, entry["predicted"], entry["achieved"], _percent(error)])
+    passes = [round(r["throughput"]["end_to_end"]["achieved"], 2) for r in reports]
+    spread = max(passes) / min(passes) - 1 if min(passes) > 0 else None
+    return "\n".join(
+        [
+            f"## gpt-oss-20b-shaped, {LAYERS} layers, {quant} experts: predicted vs achieved on the CPU",
+            "",
+            f"`{command}` (revision {git_revision()}). {machine_line()}",
+            f"Profile `{profile_ref}` measured in the same exclusive hold. Workload: {NUM_PROMPTS} prompts of "
+            f"{PROMPT_LEN} tokens, {GEN_LEN} generated each (ignore_eos), the KV budget for {NUM_SEQS} "
+            f"sequences (plan: N = {median['num_seqs_planned']}); sliding layers keep a 9-block ring per "
+            f"sequence. Median of {len(reports)} passes (end-to-end tok/s per pass: {passes}, spread "
+            f"{spread:.0%}), each after an unmeasured warm-up run.",
+            "",
+            markdown_table(["tok/s", "predicted", "achieved", "error"], rows),
+            "",
+            "Decode step, seconds per module (median pass):",
+            "",
+            markdown_table(
+                ["module", "predicted s", "measured s", "error"],
+                [
+                    [row["module"], row["predicted_s"], row["measured_s"], _percent(row["relative_error"])]
+                    for row in median["decode_step_modules"]
+                ],
+            ),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quant", choices=("bf16", "mxfp4"), default="bf16")
+    parser.add_argument("--profile", help="a profile name or path (default: measure this machine, quick)")
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument(
+        "--model", default="gpt-oss-20b", help="another gpt-oss spec (gpt-oss-mini: a smoke run)"
+    )
+    parser.add_argument("--no-markdown", action="store_true")
+    args = parser.parse_args(argv)
+    profile_ref = args.profile or measure_profile()
+    reports = run(args.model, args.quant, profile_ref, args.passes)
+    if not args.no_markdown:
+        command = "/work/bin/cpu-exclusive python -m bench.bench_gpt_oss " + " ".join(argv or sys.argv[1:])
+        update_section(f"gpt-oss-{args.quant}", section(args.quant, profile_ref, reports, command.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
