@@ -12,7 +12,9 @@ sequences in flight N and the KV budget. Structure used:
 - b_a and the prefill chunk are searched exactly (powers of two) inside the objective.
 - Residency and b_e: `scipy.optimize.differential_evolution` over their integer lattice (vectorised,
   fixed seed, so deterministic), then a local integer search around its best point (steps of 1, 2, 4, ...
-  in residency and one power of two in b_e) until nothing improves.
+  in residency and one power of two in b_e) until nothing improves; a second local search starts from the
+  best point of a coarse lattice, and the better end wins (the evolution alone can settle in another basin:
+  then a faster link predicted less).
 `grid_search` evaluates the whole lattice; tests check the solver lands within 2% of it.
 """
 
@@ -32,6 +34,7 @@ EXPERT_BATCHES_LOG2 = (0, 16)  # b_e = 1 .. 65536 tokens
 PREFILL_CHUNKS = 2.0 ** np.arange(7, 18)  # 128 .. 131072 tokens
 ATTENTION_SATURATION = 0.995
 SEED = 0
+COARSE_RESIDENCIES = 33  # the second start's lattice (the local search refines it)
 
 PLATEAU = 1e-3  # emulated link: throughputs this close are one plateau (largest batches win)
 
@@ -149,7 +152,8 @@ class Solver:
                 [(rho_lo, e) for e in range(EXPERT_BATCHES_LOG2[0], EXPERT_BATCHES_LOG2[1] + 1)]
             )
             start = (rho_lo, EXPERT_BATCHES_LOG2[0] + int(np.argmax(values)))
-        best = self._smallest_equivalent(self._local_search(start, rho_lo), rho_lo)
+        ends = {self._local_search(p, rho_lo) for p in sorted({start, self._coarse_best(rho_lo)})}
+        best = self._smallest_equivalent(max(sorted(ends), key=lambda p: self._values([p])[0]), rho_lo)
         value, a_idx, c_idx = self._cache[best]
         if value <= 0:
             raise UserError(
@@ -177,6 +181,15 @@ class Solver:
             evaluations=self.evaluations,
             solve_seconds=time.perf_counter() - began,
         )
+
+    def _coarse_best(self, rho_lo: int) -> tuple[int, int]:
+        """The best point of a coarse lattice (COARSE_RESIDENCIES residencies, every b_e): a second start for
+        the local search where the evolution settles on another basin."""
+        rhos = np.unique(np.linspace(rho_lo, self.max_residency, COARSE_RESIDENCIES).round().astype(int))
+        lo, hi = EXPERT_BATCHES_LOG2
+        points = [(int(r), e) for r in rhos for e in range(lo, hi + 1)]
+        values = self._values(points)
+        return points[int(np.argmax(values))]
 
     def _local_search(self, start: tuple[int, int], rho_lo: int) -> tuple[int, int]:
         best = start

@@ -3,8 +3,9 @@
 GEMM shapes are those of the shipped model specs that matter here: the expert FFN (three GEMMs through
 `runtime.model.layers.expert_ffn`; curve n = intermediate, k = hidden, rate counted over all three) and
 the attention projections (one `F.linear`). Torch-free. The quick grids are subsets that keep what the
-planner reads unbiased: rows up to where the curves level off, both kinds of GEMM at a small and a large
-size, and the attention points whose curves the planner uses (`planner_read_points`).
+planner reads unbiased: rows up to where the curves level off, both kinds of GEMM from the smallest size
+(the probe jobs' shapes, which the efficiency fit reads) to a large one, and the attention points whose
+curves the planner uses (`planner_read_points`).
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ LINEAR_SHAPES = (
 )
 ALL_GEMM_SHAPES = EXPERT_SHAPES + LINEAR_SHAPES
 QUICK_GEMM_SHAPES = (
+    EXPERT_SHAPES[0],
     EXPERT_SHAPES[1],
+    EXPERT_SHAPES[3],
+    LINEAR_SHAPES[0],
     LINEAR_SHAPES[1],
     LINEAR_SHAPES[3],
-)  # an expert, a small and a big linear
+)  # experts and linears small (the probe models' sizes: their fit sets `efficiency`), mid and large
 
 
 @dataclass(frozen=True)

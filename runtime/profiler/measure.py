@@ -15,7 +15,8 @@ calibrate`; provenance stays "measured" and the notes name the jobs and the fitt
 the grids and time budgets: `FULL` (< 5 min on a small machine, probe jobs ~30-60 s of it), `QUICK` (subsets
 of the full grids that keep what the planner reads unbiased, `runtime.profiler.grids`; one overheads round;
 the same probe jobs run once each) and `TINY` (a few seconds, for tests; one tiny probe job whose fit means
-little). Every curve gets at least its first point; budgets then cut GEMM rows (clamped beyond) and attention repeats (every thread count is
+little). Every curve gets at least its first point; budgets then cut GEMM rows (clamped beyond; each shape
+has at least half an even share of the GEMM budget, as weight set-up spends the shared deadline) and attention repeats (every thread count is
 measured), so a loaded machine gives shorter curves, never none. The notes record the load average.
 """
 
@@ -115,7 +116,7 @@ QUICK = Sizing(
     256 * MIB,
     QUICK_GEMM_SHAPES,
     QUICK_GEMM_ROWS,
-    15.0,
+    20.0,
     0.25,
     QUICK_ATTENTION_POINTS,
     10.0,
@@ -203,6 +204,9 @@ def measure_profile(
 
     cache = last_level_cache_bytes(device)
     deadline = Deadline(sizing.gemm_budget_s)
+    least_share = (
+        sizing.gemm_budget_s / len(sizing.gemm_shapes) / 2
+    )  # the weights' set-up spends the deadline
     gemm_curves = []
     for i, shape in enumerate(sizing.gemm_shapes):
         curve = measure_gemm_curve(
@@ -211,7 +215,7 @@ def measure_profile(
             device,
             GEMM_DTYPE,
             cache,
-            budget_s=deadline.share(len(sizing.gemm_shapes) - i),
+            budget_s=max(deadline.share(len(sizing.gemm_shapes) - i), least_share),
             max_call_s=sizing.max_call_s,
             repeats=sizing.repeats,
         )
