@@ -428,6 +428,7 @@ def hf_offload(ctx) -> dict:
     import transformers
 
     from planner.perf.costs import ModelCosts
+    from planner.specs.hf_config import spec_to_hf_config
     from planner.specs.spec import load_spec
 
     spec = (
@@ -435,7 +436,7 @@ def hf_offload(ctx) -> dict:
         if ctx.dry_run
         else load_spec("deepseek-v2-lite").with_layers(4)
     )
-    config = transformers.AutoConfig.for_model(**spec.to_hf_config())
+    config = transformers.AutoConfig.for_model(**spec_to_hf_config(spec))
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     cap_gib = max(0.5 * ModelCosts(spec).total_bytes() / GiB, 0.01)
     device = 0 if ctx.device.type == "cuda" else "cpu"

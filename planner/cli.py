@@ -21,7 +21,6 @@ the human-readable lines to standard error.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -321,7 +320,3 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return COMMANDS[args.command](args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,6 @@ max_tokens was capped.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import time
 import warnings
@@ -33,7 +32,7 @@ from typing import Any
 
 from planner.errors import UserError
 from runtime.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from runtime.sampling import GenerationState, SamplingParams, cap_max_tokens, generation_config_defaults
+from runtime.sampling import GenerationState, SamplingParams, cap_max_tokens
 
 IGNORED_ENGINE_ARGS = {
     "gpu_memory_utilization",
@@ -86,43 +85,6 @@ def make_backend(checkpoint: Any, plan: Any = None, max_model_len: int | None = 
         plan = Plan.load(plan)
     overrides = {"max_model_len": max_model_len} if max_model_len else {}
     return EngineBackend(Engine(checkpoint, engine_config_for(plan, overrides)))
-
-
-def eos_token_ids(checkpoint: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    tokenizer = getattr(checkpoint, "tokenizer", None)
-    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    directory = getattr(checkpoint, "dir", None)  # None: weights built in memory, no files
-    for filename in ("config.json", "generation_config.json") if directory is not None else ():
-        path = Path(directory) / filename
-        if not path.is_file():
-            continue
-        value = json.loads(path.read_text()).get("eos_token_id")
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(int(v) for v in value)
-    return frozenset(ids)
-
-
-def read_generation_config(source: str | Path | None, checkpoint_dir: Path) -> dict:
-    if source in (None, "vllm"):
-        return {}
-    directory = checkpoint_dir if source == "auto" else Path(source)
-    path = directory / "generation_config.json"
-    if source != "auto" and not path.is_file():
-        raise UserError(
-            f"generation_config={source!r}: no generation_config.json there",
-            'pass "auto" (the checkpoint\'s), "vllm" (no defaults) or a directory holding one',
-        )
-    try:
-        config = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"cannot read {path}: {err}", "fix the file or pass generation_config='vllm'"
-        ) from None
-    return generation_config_defaults(config if isinstance(config, dict) else {})
 
 
 def _is_token_list(value: Any) -> bool:
@@ -178,7 +140,8 @@ class LLM:
         reference: bool = False,
         **engine_args: Any,
     ):
-        from runtime.checkpoint import open_checkpoint
+        from runtime.checkpoint import CheckpointGeneration, open_checkpoint
+        from runtime.checkpoint.generation import read_generation_config
 
         _check_engine_args(engine_args)
         self.checkpoint = open_checkpoint(model)
@@ -187,7 +150,8 @@ class LLM:
         self.max_model_len = min(
             max_model_len or self.spec.max_position_embeddings, self.spec.max_position_embeddings
         )
-        self.eos_token_ids = eos_token_ids(self.checkpoint)
+        self.generation = CheckpointGeneration.of(self.checkpoint)
+        self.eos_token_ids = self.generation.eos_token_ids
         self.generation_defaults = read_generation_config(generation_config, Path(self.checkpoint.dir))
         self._seeds = random.Random(seed) if seed is not None else random.SystemRandom()
         self._request_counter = itertools.count()
@@ -334,18 +298,15 @@ class LLM:
         return text, list(ids)
 
     def _states(self, ids: list[int], params: SamplingParams) -> list[GenerationState]:
-        detokenize = self.tokenizer.decode if self.tokenizer is not None else None
         max_tokens = (
             self.token_limit - len(ids)
             if params.max_tokens is None
             else cap_max_tokens(params.max_tokens, len(ids), self.token_limit)
         )
         return [
-            GenerationState(
+            self.generation.state(
                 ids,
                 params,
-                self.eos_token_ids,
-                detokenize,
                 max_tokens=max_tokens,
                 seed=params.seed + i if params.seed is not None else self._seeds.getrandbits(63),
             )

@@ -1,5 +1,6 @@
 """The batched sampler: logits [B, V] plus per-row parameter tensors -> next tokens [B], on the logits' device.
 
+`sample_states(logits, states) -> [B] token ids` for engine and reference alike.
 `SamplingRows.of(states, vocab_size, device)` gathers the rows' parameters once per step; `sample(logits, rows)
 -> (tokens [B] int64, logprobs [B] or None)`. Order, as vLLM's sampler (all rows at once, no per-row loop):
 1. raw logprobs = log_softmax(logits) for the rows that asked for them (vLLM's default "raw" logprobs);
@@ -204,8 +205,8 @@ def token_logprobs(
     return result
 
 
-def sample_for_states(logits: torch.Tensor, states: Sequence[GenerationState]) -> list[int]:
-    """Sample every state's next token; each state's logprobs wait in `pending_logprob` for its `append`."""
+def sample_states(logits: torch.Tensor, states: Sequence[GenerationState]) -> list[int]:
+    """Next token of each state from its row of `logits` [B, V]; logprobs wait in `pending_logprob` for `append`."""
     rows = SamplingRows.of(states, logits.shape[-1], logits.device)
     tokens, raw = sample(logits, rows)
     if raw is not None:

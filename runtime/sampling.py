@@ -12,8 +12,6 @@
   `stop_token_ids` ("stop", stop_reason the id; the token stays in token_ids, its text is left out unless
   include_stop_str_in_output), stop strings ("stop", text cut before the string, or after it with
   include_stop_str_in_output; stop_reason the string), then max_tokens ("length").
-- `sample_states(logits [B, V], states) -> [B] token ids`: the batched device sampler over these states,
-  recording each token's logprobs on its state when asked; `state.next_token(logits [V])` for one row.
 - `cap_max_tokens(max_tokens, prompt_len, token_limit)`: the one rule for a max_tokens beyond what one
   request can hold (the model's positions, or the plan's whole KV cache when smaller): it is capped to fit,
   the request ends with "length", and every caller warns and counts the requests it capped.
@@ -253,10 +251,6 @@ class GenerationState:
         stop_ids = set(self.params.stop_token_ids or ())
         self.stop_ids = frozenset(stop_ids if self.params.ignore_eos else stop_ids | set(self.eos_token_ids))
 
-    def next_token(self, logits) -> int:
-        """Sample one token from this request's logits [V] (the reference backend's per-request path)."""
-        return sample_states(logits.reshape(1, -1), [self])[0]
-
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
@@ -300,10 +294,3 @@ class GenerationState:
         self._stop_text_end = start + len(stop) if self.params.include_stop_str_in_output else start
         self.stop_reason = stop
         return True
-
-
-def sample_states(logits, states: Sequence[GenerationState]) -> list[int]:
-    """Next token of each state from its row of `logits` [B, V]; logprobs recorded for `append`."""
-    from runtime.sampler import sample_for_states
-
-    return sample_for_states(logits, states)

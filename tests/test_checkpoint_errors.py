@@ -20,6 +20,7 @@ pytest.importorskip("transformers")
 from test_checkpoint import hf_config, index_of, make_checkpoint, random_checkpoint  # noqa: E402, F401
 
 from planner.errors import UserError  # noqa: E402
+from planner.specs.hf_config import spec_to_hf_config  # noqa: E402
 from planner.specs.spec import load_spec  # noqa: E402
 from runtime.checkpoint import open_checkpoint  # noqa: E402
 
@@ -128,6 +129,6 @@ def test_unsupported_architectures(broken):
     (broken / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     with pytest.raises(UserError, match="unsupported model_type 'llama'"):
         open_checkpoint(broken)
-    (broken / "config.json").write_text(json.dumps(load_spec("phi-3.5-moe").to_hf_config()))
+    (broken / "config.json").write_text(json.dumps(spec_to_hf_config(load_spec("phi-3.5-moe"))))
     with pytest.raises(UserError, match="'phimoe' .* has no checkpoint name map"):
         open_checkpoint(broken)

@@ -21,7 +21,8 @@ transformers = pytest.importorskip("transformers")
 
 from test_reference_forward import hf_greedy, randomize, relative_error  # noqa: E402
 
-from planner.specs.spec import ModelSpec, load_spec  # noqa: E402
+from planner.specs.hf_config import spec_from_hf_config, spec_to_hf_config  # noqa: E402
+from planner.specs.spec import load_spec  # noqa: E402
 from runtime.checkpoint import open_checkpoint  # noqa: E402
 from runtime.checkpoint.writer import write_random_checkpoint  # noqa: E402
 from runtime.model import reference  # noqa: E402
@@ -250,7 +251,7 @@ def test_routers_match_transformers_and_groups_bind(name):
             bias.copy_(0.3 * torch.randn(bias.shape, generator=generator))
         x = torch.randn(256, config.hidden_size, generator=generator)
         _, hf_weights, hf_ids = router(x)
-    spec = ModelSpec.from_hf_config(config.to_dict())
+    spec = spec_from_hf_config(config.to_dict())
     w = {"moe.router": router.weight.detach()}
     ids, weights = route(router_logits(x, w, spec), spec, bias)
     order, hf_order = ids.argsort(dim=-1), hf_ids.argsort(dim=-1)
@@ -267,7 +268,7 @@ def test_yarn_tables_and_softmax_scale_match_transformers(model):
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import yarn_apply_mscale
 
     spec = load_spec(model)
-    config = transformers.AutoConfig.for_model(**spec.to_hf_config())
+    config = transformers.AutoConfig.for_model(**spec_to_hf_config(spec))
     inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](config)
     rope = mla_rope(spec)
     torch.testing.assert_close(rope.inv_freq, inv_freq, rtol=1e-6, atol=0)

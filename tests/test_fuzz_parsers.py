@@ -31,6 +31,7 @@ from planner.perf.memory import Budgets
 from planner.plans.build import make_plan
 from planner.plans.plan import Plan
 from planner.plans.workload import Workload
+from planner.specs.hf_config import spec_from_hf_config, spec_to_hf_config
 from planner.specs.spec import ModelSpec, load_spec
 from runtime.jobio import LineError, ParseContext, parse_line, scan_input
 
@@ -208,7 +209,7 @@ def _yaml_files(directory: Path) -> list[dict]:
 
 PROFILE_SEEDS = _yaml_files(ROOT / "profiles")
 SPEC_SEEDS = _yaml_files(ROOT / "models")
-HF_SEEDS = [ModelSpec.from_dict(d).to_hf_config() for d in SPEC_SEEDS]
+HF_SEEDS = [spec_to_hf_config(ModelSpec.from_dict(d)) for d in SPEC_SEEDS]
 
 
 def _plan_seeds() -> list[dict]:
@@ -295,9 +296,9 @@ def test_hf_config_parser(scratch, doc, route):
         directory.mkdir(exist_ok=True)
         spec = expect_clean(load_spec, write_json(directory / "config.json", doc))
     else:
-        spec = expect_clean(ModelSpec.from_hf_config, doc) if isinstance(doc, dict) else None
+        spec = expect_clean(spec_from_hf_config, doc) if isinstance(doc, dict) else None
     if spec is not None:  # what make-checkpoint would write from it reads back as the same model
-        again = ModelSpec.from_hf_config(spec.to_hf_config())
+        again = spec_from_hf_config(spec_to_hf_config(spec))
         assert (again.name, again.family, again.num_layers, again.num_experts) == (
             spec.name,
             spec.family,

@@ -8,6 +8,7 @@ import pytest
 
 from planner.errors import UserError
 from planner.plans.workload import Workload
+from planner.specs.hf_config import spec_to_hf_config
 from planner.specs.hf_hub import is_hub_id, local_snapshot, shipped_spec_name
 from planner.specs.spec import load_spec
 
@@ -40,7 +41,7 @@ def test_unknown_id_says_how_to_download(tmp_path, monkeypatch):
 def test_cached_snapshot_wins_and_hf_home_is_honoured(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    config = load_spec("olmoe-1b-7b").to_hf_config()
+    config = spec_to_hf_config(load_spec("olmoe-1b-7b"))
     snapshot = fake_snapshot(tmp_path / "hub", "allenai/OLMoE-1B-7B-0924", config=config)
     assert local_snapshot("allenai/OLMoE-1B-7B-0924") == snapshot
     spec = load_spec("allenai/OLMoE-1B-7B-0924")

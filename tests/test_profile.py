@@ -328,12 +328,12 @@ def _roughly_non_decreasing(values, tolerance=0.5) -> bool:
 @pytest.mark.slow
 def test_tiny_profile_measures_this_machine(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
-    from runtime.commands.profile import main
+    from runtime.cli import main
     from runtime.profiler.grids import thread_grid
 
     monkeypatch.setenv("MOELENS_PROFILES_DIR", str(tmp_path / "profiles"))
     out = tmp_path / "measured.yaml"
-    assert main(["--sizing", "tiny", "--out", str(out)]) == 0
+    assert main(["profile", "--sizing", "tiny", "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     profile = load_profile(out)  # validation: all rates positive
     assert profile.provenance.kind == "measured" and profile.machine.cores >= 1

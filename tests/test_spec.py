@@ -13,6 +13,7 @@ import yaml
 
 from planner.errors import UserError
 from planner.perf.costs import ModelCosts
+from planner.specs.hf_config import spec_from_hf_config, spec_to_hf_config
 from planner.specs.spec import ALIASES, ALL_FAMILIES, RUNNABLE_FAMILIES, ModelSpec, list_specs, load_spec
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -110,8 +111,8 @@ def test_every_yaml_loads_and_round_trips_through_hf_config(name):
     assert spec.name == name
     assert spec.family in ALL_FAMILIES
     assert spec.source
-    hf = json.loads(json.dumps(spec.to_hf_config()))  # plain JSON, as written to config.json
-    assert ModelSpec.from_hf_config(hf) == spec
+    hf = json.loads(json.dumps(spec_to_hf_config(spec)))  # plain JSON, as written to config.json
+    assert spec_from_hf_config(hf) == spec
     assert ModelSpec.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict()))) == spec
 
 
@@ -151,7 +152,7 @@ def test_yaml_path_checkpoint_dir_and_config_json(tmp_path):
     assert load_spec(str(yaml_path)) == spec
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
-    (checkpoint / "config.json").write_text(json.dumps(spec.to_hf_config()))
+    (checkpoint / "config.json").write_text(json.dumps(spec_to_hf_config(spec)))
     assert load_spec(checkpoint) == spec
     assert load_spec(checkpoint / "config.json") == spec
 
@@ -253,7 +254,7 @@ def _same_architecture(a: ModelSpec, b: ModelSpec) -> dict:
 
 
 def test_published_old_style_configs(tmp_path):
-    v3 = ModelSpec.from_hf_config(PUBLISHED_DEEPSEEK_V3_CONFIG, name="deepseek-v3")
+    v3 = spec_from_hf_config(PUBLISHED_DEEPSEEK_V3_CONFIG, name="deepseek-v3")
     assert _same_architecture(v3, load_spec("deepseek-v3")) == {}
     assert v3.dtype == "float8_e4m3fn" and v3.rope_scaling["rope_type"] == "yarn"
     checkpoint = tmp_path / "Mixtral-8x7B-v0.1"
@@ -273,7 +274,7 @@ def test_transformers_5_rope_parameters_style():
         "rope_type": "yarn",
         "rope_theta": 10000.0,
     }
-    assert ModelSpec.from_hf_config(cfg) == ModelSpec.from_hf_config(PUBLISHED_DEEPSEEK_V3_CONFIG)
+    assert spec_from_hf_config(cfg) == spec_from_hf_config(PUBLISHED_DEEPSEEK_V3_CONFIG)
 
 
 def test_with_layers_truncates_and_keeps_dense_prefix():
@@ -317,11 +318,9 @@ def test_bad_yaml_raises_user_error(tmp_path, change, needle):
 
 def test_bad_config_json_raises_user_error(tmp_path):
     with pytest.raises(UserError, match="unsupported model_type"):
-        ModelSpec.from_hf_config({"model_type": "llama", "hidden_size": 8})
+        spec_from_hf_config({"model_type": "llama", "hidden_size": 8})
     with pytest.raises(UserError, match="lacks"):
-        ModelSpec.from_hf_config(
-            {k: v for k, v in PUBLISHED_MIXTRAL_CONFIG.items() if k != "num_local_experts"}
-        )
+        spec_from_hf_config({k: v for k, v in PUBLISHED_MIXTRAL_CONFIG.items() if k != "num_local_experts"})
     with pytest.raises(UserError, match="without config.json"):
         load_spec(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
@@ -391,7 +390,7 @@ TINY_SPECS = (
 def test_transformers_builds_the_same_shapes(spec):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    hf = spec.to_hf_config()
+    hf = spec_to_hf_config(spec)
     config = transformers.AutoConfig.for_model(
         hf["model_type"], **{k: v for k, v in hf.items() if k != "model_type"}
     )

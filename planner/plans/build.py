@@ -11,8 +11,6 @@ experts per token (not one), attention FLOPs counted once, over the dense measur
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 
 import numpy as np
@@ -36,8 +34,7 @@ from planner.specs.spec import ModelSpec
 
 
 def spec_hash(spec: ModelSpec) -> str:
-    blob = json.dumps(spec.to_dict(), sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return spec.fingerprint()
 
 
 def model_ref_of(spec: ModelSpec, ref: str) -> ModelRef:

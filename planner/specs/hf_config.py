@@ -2,7 +2,7 @@
 
 - `spec_from_hf_config(cfg, name=None) -> ModelSpec` reads published config.json files (old rope style:
   `rope_theta` + `rope_scaling` with `type`) and those transformers 5.x saves (`rope_parameters`, renamed
-  attributes such as Qwen3's `num_local_experts`), for the families in `planner.specs.spec.ALL_FAMILIES`. It first
+  attributes such as Qwen3's `num_local_experts`), for the families in `planner.specs.model_spec.ALL_FAMILIES`. It first
   checks the JSON type of every known field, then reads the common fields here and the family-specific ones
   through `planner.specs.hf_families`. Wrong types, missing keys and unsupported layouts (sliding-window Qwen,
   sparse-step MoE layers, ...) raise `UserError`. Keys listed in `PRESERVED_KEYS` survive in `spec.extra`;
@@ -10,10 +10,16 @@
 - `spec_to_hf_config(spec) -> dict` writes a dict that transformers 5.23 `AutoConfig.for_model(model_type, **d)`
   accepts and whose model has exactly the spec's shapes; it carries a `moelens` block (name, source) so that
   `spec_from_hf_config(spec_to_hf_config(s)) == s`.
+- `read_config_json(path) -> dict` and `spec_from_config_json(path, name=None) -> ModelSpec`: the one reader of a
+  config.json file (checkpoint loader and `load_spec` alike); a file we wrote keeps its own name and source.
 `ARCHITECTURES`, `DEFAULT_ROPE_THETA` and `DEFAULT_EPS` (defined in `planner.specs.hf_families`) are importable here too.
 """
 
 from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
 
 from planner.errors import UserError
 from planner.specs.hf_families import (
@@ -26,7 +32,7 @@ from planner.specs.hf_families import (
     nest_dbrx,
     require_keys,
 )
-from planner.specs.spec import ALL_FAMILIES, ModelSpec
+from planner.specs.model_spec import ALL_FAMILIES, ModelSpec
 from planner.values import is_finite_number, is_int
 
 PRESERVED_KEYS = (
@@ -220,3 +226,24 @@ def spec_to_hf_config(spec: ModelSpec) -> dict:
     out.update({k: v for k, v in spec.extra.items() if k not in out})
     out["moelens"] = {"name": spec.name, "source": spec.source}
     return out
+
+
+def read_config_json(path: Path) -> dict:
+    """The JSON object in a config.json file; UserError when unreadable or not an object."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON
+        raise UserError(f"cannot read {path}: {err}", "fix config.json (it must be a JSON object)") from err
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a JSON object", "fix config.json")
+    return config
+
+
+def spec_from_config_json(path: Path, name: str | None = None, config: dict | None = None) -> ModelSpec:
+    """The spec of a config.json (`config`: its contents, already read); named `name` or after its directory."""
+    path = Path(path)
+    config = read_config_json(path) if config is None else config
+    if isinstance(config.get("moelens"), dict):  # written by us: the block holds name and source
+        return spec_from_hf_config(config)
+    spec = spec_from_hf_config(config, name=name or path.resolve().parent.name)
+    return replace(spec, source=f"config.json at {path}")

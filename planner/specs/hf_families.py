@@ -1,6 +1,6 @@
 """Per-family key maps between HF `config.json` and `ModelSpec` fields, torch-free.
 
-For each HF `model_type` in `planner.specs.spec.ALL_FAMILIES`: its architecture class name (`ARCHITECTURES`), the
+For each HF `model_type` in `planner.specs.model_spec.ALL_FAMILIES`: its architecture class name (`ARCHITECTURES`), the
 defaults its config.json may omit (`DEFAULT_ROPE_THETA`, `DEFAULT_EPS`), a reader
 `FAMILY_READERS[family](cfg) -> dict` of the family-specific `ModelSpec` fields (raises `UserError` for
 missing keys or layouts the runtime does not support), and a writer `FAMILY_WRITERS[family](spec) -> dict`
@@ -12,7 +12,7 @@ Fields common to all families, and type checking, live in `planner.specs.hf_conf
 from __future__ import annotations
 
 from planner.errors import UserError
-from planner.specs.spec import ModelSpec
+from planner.specs.model_spec import ModelSpec
 
 ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM",

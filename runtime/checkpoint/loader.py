@@ -1,6 +1,6 @@
 """Open a HF checkpoint directory: spec, lazily read weights under canonical names, tokenizer.
 
-`open_checkpoint(dir) -> Checkpoint` reads `config.json` (through `ModelSpec.from_hf_config`), validates
+`open_checkpoint(dir) -> Checkpoint` reads `config.json` (through `planner.specs.hf_config.spec_from_config_json`), validates
 every shard header (see `safetensors_io`), and compares the stored tensors with the names and shapes the
 spec implies (`names.expected_tensors`): missing, unexpected and mis-shaped tensors, and matrices whose dtype
 differs from the others (the engine multiplies them together), are reported together in one `UserError`.
@@ -16,7 +16,6 @@ the headers without reading data; `rows(name, lo, hi)` reads a slice of rows. Ti
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -27,8 +26,9 @@ import torch
 from safetensors import safe_open
 
 from planner.errors import UserError
+from planner.specs.hf_config import read_config_json, spec_from_config_json
 from planner.specs.hf_hub import is_hub_id, require_snapshot
-from planner.specs.spec import ModelSpec
+from planner.specs.model_spec import ModelSpec
 from runtime.checkpoint.names import expected_tensors, is_ignored
 from runtime.checkpoint.safetensors_io import FLOAT_CODES, TensorEntry, read_entries
 from runtime.checkpoint.tokenizer import CheckpointTokenizer, load_tokenizer
@@ -128,23 +128,16 @@ class Checkpoint:
 
 
 def read_config(directory: Path) -> dict:
-    path = directory / "config.json"
     if not directory.is_dir():
         raise UserError(
             f"checkpoint directory {directory} does not exist", "pass an existing checkpoint directory"
         )
-    if not path.is_file():
+    if not (directory / "config.json").is_file():
         raise UserError(
             f"{directory} has no config.json",
             "pass a HF checkpoint directory, or write one with `runtime make-checkpoint`",
         )
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON
-        raise UserError(f"cannot read {path}: {err}", "fix config.json (it must be a JSON object)") from err
-    if not isinstance(config, dict):
-        raise UserError(f"{path} is not a JSON object", "fix config.json")
-    return config
+    return read_config_json(directory / "config.json")
 
 
 def _listing(items: list[str]) -> str:
@@ -229,9 +222,7 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
         name, directory = str(directory).split("/")[-1].lower(), require_snapshot(str(directory))
     directory = Path(directory)
     config = read_config(directory)
-    spec = ModelSpec.from_hf_config(
-        config, name=None if isinstance(config.get("moelens"), dict) else name or directory.resolve().name
-    )
+    spec = spec_from_config_json(directory / "config.json", name, config)
     stored = read_entries(directory)
     extra_layers = config.get("num_nextn_predict_layers") or 0
     quant = QuantConfig.from_hf(config)

@@ -1,7 +1,7 @@
 """Write a random-weight checkpoint with a model's real shapes in its family's on-disk HF layout.
 
 `write_random_checkpoint(spec, out, dtype, seed, max_shard_bytes) -> WrittenCheckpoint` writes, in order:
-`config.json` (from `spec.to_hf_config()`, special token ids of the generated tokenizer, a `moelens` block
+`config.json` (from `spec_to_hf_config(spec)`, special token ids of the generated tokenizer, a `moelens` block
 that marks the directory as ours), `generation_config.json`, `tokenizer.json` / `tokenizer_config.json`
 (see `tokenizer_build`), the shards (`model.safetensors`, or `model-0000i-of-0000n.safetensors` when more
 than one), then `model.safetensors.index.json`. Tensors are generated and streamed to disk in bounded
@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from planner.errors import UserError
+from planner.specs.hf_config import spec_to_hf_config
 from planner.specs.spec import ModelSpec
 from runtime.checkpoint.names import ExpectedTensor, expected_tensors
 from runtime.checkpoint.random_init import generate_chunks, init_rule
@@ -141,7 +142,7 @@ def _write_configs(spec: ModelSpec, out: Path, dtype: torch.dtype, seed: int, qu
         "pad_token_id": ids.pad_token_id,
     }
     dtype_name = str(dtype).removeprefix("torch.")
-    config = spec.to_hf_config()
+    config = spec_to_hf_config(spec)
     config.update(token_ids, dtype=dtype_name)
     config["moelens"] = {**config["moelens"], "random_seed": seed}
     if quant is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from typing import Any
 
@@ -56,18 +55,10 @@ def user_error_in(err: BaseException) -> UserError | None:
 def execute_on_cluster(options: Any) -> dict | None:
     from planner.plans.plan import Plan
     from runtime.checkpoint import open_checkpoint
+    from runtime.checkpoint.generation import read_generation_config
     from runtime.cluster.worker import WorkerOptions
-    from runtime.commands.execute import _checkpoint_dir, _sha256
-    from runtime.commands.execute_checks import check_plan_model
-    from runtime.jobio import (
-        JobIdentity,
-        JobOutput,
-        ParseContext,
-        check_output_writable,
-        iter_requests,
-        scan_input,
-    )
-    from runtime.llm import read_generation_config
+    from runtime.commands.execute_checks import check_plan_model, checkpoint_dir_of
+    from runtime.jobio import ParseContext, check_output_writable, iter_requests, open_job
 
     if options.workers < 1:
         raise UserError(f"--workers {options.workers} must be positive", "pass --workers >= 1")
@@ -77,7 +68,7 @@ def execute_on_cluster(options: Any) -> dict | None:
         check_output_writable(options.report)
     if options.max_tokens is not None and options.max_tokens < 1:
         raise UserError(f"--max-tokens {options.max_tokens} must be positive", "pass --max-tokens >= 1")
-    checkpoint_dir = _checkpoint_dir(plan, options.checkpoint).resolve()
+    checkpoint_dir = checkpoint_dir_of(plan, options.checkpoint).resolve()
     checkpoint = open_checkpoint(checkpoint_dir)
     spec = checkpoint.spec
     check_plan_model(plan, spec, options.force)
@@ -89,23 +80,8 @@ def execute_on_cluster(options: Any) -> dict | None:
         default_max_tokens,
         read_generation_config(options.generation_config, checkpoint_dir),
     )
-    scan = scan_input(options.input, context, options.on_error)
-    recorded = scan.skipped if options.on_error == "record" else []
-    identity = JobIdentity(scan.sha256, _sha256(options.plan), scan.num_requests + len(recorded))
-    say = (lambda *_: None) if options.quiet else (lambda text: print(text, file=sys.stderr))
-    for skipped in scan.skipped:
-        verb = "answering with an error record" if recorded else "skipping"
-        say(f"{verb} {options.input}, line {skipped.line_number}: {skipped.reason}")
-    with JobOutput.open(options.output, identity, overwrite=options.overwrite, model_name=spec.name) as job:
-        if job.num_done:
-            say(
-                f"resuming {options.output}: {job.num_done} of {identity.num_requests} lines already answered"
-            )
-        for skipped in recorded:
-            if skipped.key not in job.done_keys:
-                job.write_error(skipped)
-        if job.num_done >= identity.num_requests:
-            say(f"nothing to do: every request in {options.input} is answered in {options.output}")
+    with open_job(options, context, spec.name) as (job, scan):
+        if job is None:
             return None
         pending = {r.key: r for r in iter_requests(options.input, context, scan, skip_keys=job.done_keys)}
         worker = WorkerOptions(

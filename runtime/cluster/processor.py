@@ -96,14 +96,13 @@ class Processor:
         from planner.plans.plan import Plan
         from runtime.checkpoint import open_checkpoint
         from runtime.cluster.worker import WorkerOptions
-        from runtime.commands.execute import _checkpoint_dir
-        from runtime.commands.execute_checks import check_plan_model
+        from runtime.commands.execute_checks import check_plan_model, checkpoint_dir_of
 
         if config.concurrency < 1:
             raise UserError(f"concurrency={config.concurrency} must be positive", "pass concurrency >= 1")
         plan_path = Path(config.plan)
         self.plan = Plan.load(plan_path)
-        checkpoint_dir = _checkpoint_dir(self.plan, Path(config.checkpoint) if config.checkpoint else None)
+        checkpoint_dir = checkpoint_dir_of(self.plan, Path(config.checkpoint) if config.checkpoint else None)
         check_plan_model(self.plan, open_checkpoint(checkpoint_dir).spec, config.force)
         default_max_tokens = config.max_tokens or max(1, round(self.plan.workload.gen_len_max))
         self.worker = WorkerOptions(

@@ -34,7 +34,9 @@ class WorkerOptions:
     plan: str  # plan YAML text (workers need not share the driver's files)
     default_max_tokens: int
     force: bool = False
-    generation_config: str | None = "auto"  # sampling defaults (`runtime.llm.read_generation_config`)
+    generation_config: str | None = (
+        "auto"  # sampling defaults (`runtime.checkpoint.generation.read_generation_config`)
+    )
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,10 @@ class EngineWorker:
 
         from planner.plans.plan import Plan
         from runtime.checkpoint import open_checkpoint
+        from runtime.checkpoint.generation import read_generation_config
         from runtime.cluster.worker_plan import plan_for_worker
         from runtime.engine import Engine, EngineConfig
         from runtime.jobio import ParseContext
-        from runtime.llm import read_generation_config
 
         checkpoint = open_checkpoint(Path(options.checkpoint))
         given = Plan.from_dict(yaml.safe_load(options.plan))
@@ -156,15 +158,9 @@ class EngineWorker:
 
     def _states(self, request: Any) -> list:
         """The request's n generation states, seeded as `runtime execute` seeds them."""
-        from runtime.sampling import GenerationState
-
         return [
-            GenerationState(
-                list(request.prompt_token_ids),
-                request.sampling,
-                self.engine.eos_token_ids,
-                self.engine.detokenize,
-                seed=request.sampling.seed + i,
+            self.engine.generation.state(
+                request.prompt_token_ids, request.sampling, seed=request.sampling.seed + i
             )
             for i in range(request.sampling.n)
         ]

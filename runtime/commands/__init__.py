@@ -10,6 +10,8 @@ from __future__ import annotations
 COMMAND_MODULES = [
     "runtime.commands.make_checkpoint",
     "runtime.commands.profile",
+    "runtime.commands.profile_overheads",
+    "runtime.commands.datasheet_profiles",
     "runtime.commands.generate",
     "runtime.commands.execute",
     "runtime.commands.run_batch",

@@ -22,7 +22,6 @@ With `--workers N` the job runs on a Ray cluster instead (`runtime.cluster.job`)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +101,7 @@ class ExecuteOptions:
     force: bool = False
     overwrite: bool = False
     quiet: bool = False
-    generation_config: str = "auto"  # sampling defaults: runtime.llm.read_generation_config
+    generation_config: str = "auto"  # sampling defaults: runtime.checkpoint.generation.read_generation_config
     workers: int | None = None  # set: run on a Ray cluster (`runtime.cluster.job`)
     ray_address: str = "local"
 
@@ -125,17 +124,6 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def _checkpoint_dir(plan: Any, given: Path | None) -> Path:
-    if given is not None:
-        return given
-    ref = Path(plan.model.ref)
-    if (ref / "config.json").is_file():
-        return ref
-    raise UserError(
-        f"the plan's model {plan.model.ref!r} is not a checkpoint directory", "pass --checkpoint DIR"
-    )
 
 
 def _check_outputs(options: ExecuteOptions) -> None:
@@ -161,17 +149,18 @@ def _token_limit(checkpoint: Any, plan: Any) -> int:
     return request_token_limit(checkpoint, EngineConfig.from_plan(plan))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def execute_job(options: ExecuteOptions) -> dict | None:
     from planner.outputs import is_stdout
     from planner.plans.plan import Plan
     from runtime.checkpoint import open_checkpoint
-    from runtime.commands.execute_checks import check_plan_fits_memory, check_plan_machine, check_plan_model
-    from runtime.jobio import JobIdentity, JobOutput, ParseContext, scan_input
-    from runtime.llm import read_generation_config
+    from runtime.checkpoint.generation import read_generation_config
+    from runtime.commands.execute_checks import (
+        check_plan_fits_memory,
+        check_plan_machine,
+        check_plan_model,
+        checkpoint_dir_of,
+    )
+    from runtime.jobio import ParseContext, open_job
 
     _check_outputs(options)
     if options.workers is not None:
@@ -181,7 +170,7 @@ def execute_job(options: ExecuteOptions) -> dict | None:
     plan = Plan.load(options.plan)
     if options.max_tokens is not None and options.max_tokens < 1:
         raise UserError(f"--max-tokens {options.max_tokens} must be positive", "pass --max-tokens >= 1")
-    checkpoint = open_checkpoint(_checkpoint_dir(plan, options.checkpoint))
+    checkpoint = open_checkpoint(checkpoint_dir_of(plan, options.checkpoint))
     spec = checkpoint.spec
     report_spec = check_plan_model(plan, spec, options.force)
     profile = check_plan_machine(plan, options.force)
@@ -195,30 +184,8 @@ def execute_job(options: ExecuteOptions) -> dict | None:
         read_generation_config(options.generation_config, Path(checkpoint.dir)),
         kv_capacity_tokens=_token_limit(checkpoint, plan),
     )
-    scan = scan_input(options.input, context, options.on_error)
-    recorded = scan.skipped if options.on_error == "record" else []
-    identity = JobIdentity(scan.sha256, _sha256(options.plan), scan.num_requests + len(recorded))
-    say = (lambda *_: None) if options.quiet else (lambda text: print(text, file=sys.stderr))
-    for skipped in scan.skipped:
-        verb = "answering with an error record" if recorded else "skipping"
-        say(f"{verb} {options.input}, line {skipped.line_number}: {skipped.reason}")
-    if scan.capped_requests:
-        print(
-            f"warning: {scan.capped_requests} of {scan.num_requests} requests ask for more tokens than "
-            f"{context.token_limit_text} can hold; their max_tokens is capped to fit and they end with "
-            'finish_reason "length" (capped_requests in the report)',
-            file=sys.stderr,
-        )
-    with JobOutput.open(options.output, identity, overwrite=options.overwrite, model_name=spec.name) as job:
-        if job.num_done:
-            say(
-                f"resuming {options.output}: {job.num_done} of {identity.num_requests} lines already answered"
-            )
-        for skipped in recorded:
-            if skipped.key not in job.done_keys:
-                job.write_error(skipped)
-        if job.num_done >= identity.num_requests:
-            say(f"nothing to do: every request in {options.input} is answered in {options.output}")
+    with open_job(options, context, spec.name, warn_capped=True) as (job, scan):
+        if job is None:
             return None
         _spot_check(plan, profile)
         try:
@@ -226,7 +193,7 @@ def execute_job(options: ExecuteOptions) -> dict | None:
         except KeyboardInterrupt:
             if not is_stdout(options.output):
                 print(
-                    f"stopped: {job.num_done} of {identity.num_requests} requests are answered in "
+                    f"stopped: {job.num_done} of {job.identity.num_requests} requests are answered in "
                     f"{options.output}; rerun the same command to resume",
                     file=sys.stderr,
                 )
@@ -251,31 +218,23 @@ def _spot_check(plan: Any, profile: Any) -> None:
 def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: Any, scan: Any, job: Any):
     import torch
 
+    from runtime.checkpoint import CheckpointGeneration
     from runtime.engine import Engine, EngineConfig
     from runtime.engine import Request as EngineRequest
     from runtime.jobio import iter_requests
-    from runtime.llm import eos_token_ids
     from runtime.progress import JobProgress
     from runtime.report import ContextTally
     from runtime.sampling import GenerationState
 
     tally = ContextTally(window=checkpoint.spec.sliding_window)
-    tokenizer = checkpoint.tokenizer
-    detokenize = (lambda ids: tokenizer.decode(list(ids))) if tokenizer is not None else None
-    eos = eos_token_ids(checkpoint)
+    generation = CheckpointGeneration.of(checkpoint)
     pending: dict[str, tuple[Any, list[GenerationState]]] = {}  # pulled by the engine, not answered yet
     unanswered: dict[str, int] = {}  # completions of a request still running
 
     def requests():
         for request in iter_requests(options.input, context, scan, skip_keys=job.done_keys):
             states = [
-                GenerationState(
-                    list(request.prompt_token_ids),
-                    request.sampling,
-                    eos,
-                    detokenize,
-                    seed=request.sampling.seed + i,
-                )
+                generation.state(request.prompt_token_ids, request.sampling, seed=request.sampling.seed + i)
                 for i in range(request.sampling.n)
             ]
             pending[request.key] = (request, states)

@@ -1,9 +1,9 @@
 """Checks `runtime execute` makes on a plan before any work: right model, right machine, memory free (torch-free).
 
-- `check_plan_model(plan, spec, force) -> ModelSpec`: the plan's spec hash equals the checkpoint spec's;
-  failing that, the plan's model reference still loads to the spec it was solved for and that spec has the
-  checkpoint's architecture (every field but name, source and extra). Otherwise UserError naming the
-  differences. Returns the spec to report (the one the plan was solved for, when known).
+- `checkpoint_dir_of(plan, given) -> Path`: `--checkpoint`, else the plan's model reference if a checkpoint.
+- `check_plan_model(plan, spec, force) -> ModelSpec`: the plan's spec hash (`ModelSpec.fingerprint`, over the
+  architecture fields) equals the checkpoint spec's; otherwise UserError naming the differences. Returns the
+  spec to report (the one the plan was solved for, when its reference still loads).
 - `check_plan_machine(plan, force) -> HardwareProfile`: the plan's profile fingerprint equals this machine's
   measured profile (`<this machine>.yaml`, user dir then shipped profiles), or the plan's own profile file still has that
   fingerprint and describes this machine (CPU model, cores, device), as a calibrated profile does.
@@ -17,7 +17,7 @@ than this machine has in all (RAM) is refused even with `force`, since nothing c
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
+from pathlib import Path
 
 from planner.errors import UserError
 from planner.hardware.profile import (
@@ -30,8 +30,19 @@ from planner.plans.build import spec_hash
 from planner.plans.plan import Plan
 from planner.specs.spec import ModelSpec, load_spec
 
-IDENTITY_FIELDS = ("name", "source", "extra")
 GiB = float(1 << 30)
+
+
+def checkpoint_dir_of(plan: Plan, given: Path | None) -> Path:
+    """The checkpoint to run: `given`, else the plan's model reference when it is a checkpoint directory."""
+    if given is not None:
+        return given
+    ref = Path(plan.model.ref)
+    if (ref / "config.json").is_file():
+        return ref
+    raise UserError(
+        f"the plan's model {plan.model.ref!r} is not a checkpoint directory", "pass --checkpoint DIR"
+    )
 
 
 def _warn_or_raise(force: bool, err: UserError) -> None:
@@ -41,11 +52,8 @@ def _warn_or_raise(force: bool, err: UserError) -> None:
 
 
 def architecture_differences(planned: ModelSpec, actual: ModelSpec) -> list[str]:
-    return [
-        f"{f.name} {getattr(planned, f.name)!r} != {getattr(actual, f.name)!r}"
-        for f in fields(ModelSpec)
-        if f.name not in IDENTITY_FIELDS and getattr(planned, f.name) != getattr(actual, f.name)
-    ]
+    theirs = actual.architecture()
+    return [f"{k} {v!r} != {theirs[k]!r}" for k, v in planned.architecture().items() if v != theirs[k]]
 
 
 def _planned_spec(plan: Plan) -> ModelSpec | None:
@@ -57,13 +65,11 @@ def _planned_spec(plan: Plan) -> ModelSpec | None:
 
 
 def check_plan_model(plan: Plan, spec: ModelSpec, force: bool = False) -> ModelSpec:
-    if spec_hash(spec) == plan.model.hash:
-        return spec
     planned = _planned_spec(plan)
+    if spec_hash(spec) == plan.model.hash:
+        return planned or spec
     if planned is not None:
         differences = architecture_differences(planned, spec)
-        if not differences:
-            return planned
         cause = (
             f"the plan was solved for model {plan.model.name}, whose architecture differs from the "
             f"checkpoint's {spec.name}: {'; '.join(differences[:4])}"

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from planner import locations
-from planner.errors import UserError, exits_cleanly
+from planner.errors import UserError
 from planner.outputs import check_output_path, say_to, write_text_output
 
 
@@ -128,14 +128,3 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-@exits_cleanly
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="runtime profile", description=__doc__.splitlines()[0])
-    _add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -64,9 +64,9 @@ def plan_path_for(output: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from runtime.checkpoint import open_checkpoint
+    from runtime.checkpoint.generation import read_generation_config
     from runtime.commands.execute import ExecuteOptions, execute_job
     from runtime.jobio import check_output_writable
-    from runtime.llm import read_generation_config
 
     output, input_file = Path(args.output_file), Path(args.input_file)
     check_output_writable(output, (input_file,))

@@ -1,7 +1,7 @@
 """Attention as the engine runs it: device projections, CPU paged decode attention, device prefill attention.
 
-`ATTENTION_BACKENDS` maps `spec.attention` to a backend class built as `cls(spec, kv_cache, device,
-attention_threads, staging)` (`runtime.engine.staging.Staging`: the step's copies without host syncs). A
+`runtime.engine.attention_registry.ATTENTION_BACKENDS` maps `spec.attention` to a backend class built as
+`cls(spec, kv_cache, device, attention_threads, staging)` (`runtime.engine.staging.Staging`: the step's copies without host syncs). A
 backend has:
 - `rope_tables(positions [T] on the device, dtype) -> tables`: cos/sin of every token of the step, built once
   per step on the device; `tables_rows(tables, rows)` selects the rows of one micro-batch;
@@ -145,11 +145,3 @@ class GQABackend:
 
     def output(self, o: torch.Tensor, w: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return o_projection(o, w)
-
-
-from runtime.engine.mla_layer import MLABackend  # noqa: E402  (it builds on the helpers above)
-
-ATTENTION_BACKENDS: dict[str, type] = {
-    "gqa": GQABackend,
-    "mla": MLABackend,
-}

@@ -25,7 +25,7 @@ import torch
 
 from planner.errors import UserError
 from planner.modules import Module
-from runtime.engine.attention_backend import ATTENTION_BACKENDS
+from runtime.engine.attention_registry import ATTENTION_BACKENDS
 from runtime.engine.config import EngineConfig
 from runtime.engine.emulated_device import EmulatedDevice
 from runtime.engine.forward import LayerStack, PrefillSegment, StepBatch, activated_counts
@@ -37,13 +37,13 @@ from runtime.engine.staging import Staging
 from runtime.engine.stats import Completion, RunStats
 from runtime.engine.streamer import LayerStreamer
 from runtime.engine.weights import WeightStore
-from runtime.sampling import GenerationState, sample_states
+from runtime.sampler import sample_states
+from runtime.sampling import GenerationState
 
 
 class Engine:
     def __init__(self, checkpoint: Any, config: EngineConfig):
-        from runtime.checkpoint import open_checkpoint
-        from runtime.llm import eos_token_ids
+        from runtime.checkpoint import CheckpointGeneration, open_checkpoint
 
         if isinstance(checkpoint, (str, Path)):
             checkpoint = open_checkpoint(checkpoint)
@@ -92,9 +92,7 @@ class Engine:
             self.spec, self.kv, self.device, config.attention_threads, staging
         )
         self.stack = LayerStack(self.spec, self.store, self.streamer, backend, self.timer, config, staging)
-        self.eos_token_ids = eos_token_ids(checkpoint)
-        tokenizer = getattr(checkpoint, "tokenizer", None)
-        self.detokenize = (lambda ids: tokenizer.decode(list(ids))) if tokenizer is not None else None
+        self.generation = CheckpointGeneration.of(checkpoint)  # states for requests that bring none
 
     # ----- public API -----
     def run(
@@ -162,9 +160,7 @@ class Engine:
 
     def _sequences(self, requests: Iterable[Request]) -> Iterator[EngineSequence]:
         for arrival, request in enumerate(requests):
-            state = request.state or GenerationState(
-                list(request.prompt_token_ids), request.params, self.eos_token_ids, self.detokenize
-            )
+            state = request.state or self.generation.state(request.prompt_token_ids, request.params)
             if not state.prompt_token_ids:
                 raise UserError(
                     f"request {request.id!r} has an empty prompt", "give every request prompt tokens"
@@ -275,7 +271,6 @@ class Engine:
                     prompt_token_ids=state.prompt_token_ids,
                     token_ids=list(state.token_ids),
                     finish_reason=state.finish_reason,
-                    text=state.text if self.detokenize else "",
                     num_preemptions=seq.num_preemptions,
                     state=state,
                 )

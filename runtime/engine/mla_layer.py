@@ -1,6 +1,6 @@
 """The engine's MLA attention backend (DeepSeek-V2/V3): latent KV cache, absorbed attention everywhere.
 
-Same interface as `attention_backend.GQABackend` (registered there as `ATTENTION_BACKENDS["mla"]`):
+Same interface as `attention_backend.GQABackend` (registered as `ATTENTION_BACKENDS["mla"]`):
 - `rope_tables(positions, dtype)`: fp32 cos/sin of the rope dims, once per step;
 - `project(x, w, tables) -> (q_latent [T,H,R], q_rope [T,H,P], latent [T,R+P])` on the device:
   `runtime.model.mla.mla_project`, then W_UK folded into the query (`mla_absorb_query`);

@@ -23,7 +23,6 @@ class Completion:
     prompt_token_ids: list[int]
     token_ids: list[int]
     finish_reason: str  # "stop" (EOS or a stop string) | "length"
-    text: str  # "" when the checkpoint has no tokenizer
     num_preemptions: int
     state: GenerationState
 

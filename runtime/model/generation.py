@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from runtime.model.reference import ReferenceModel
+from runtime.sampler import sample_states
 from runtime.sampling import GenerationState
 
 
@@ -21,5 +22,5 @@ class ReferenceBackend:
         for state in states:
             cache = self.model.new_cache()
             logits = self.model.prefill(state.prompt_token_ids, cache, last_only=True)[-1]
-            while not state.append(state.next_token(logits)):
+            while not state.append(sample_states(logits.reshape(1, -1), [state])[0]):
                 logits = self.model.decode(state.token_ids[-1], cache)

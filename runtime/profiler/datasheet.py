@@ -1,7 +1,7 @@
 """Datasheet-derived hardware profiles: published peak figures turned into the curves a profile holds.
 
-`python -m runtime.profiler.datasheet [--out DIR]` (re)writes `profiles/<name>.yaml` for every machine in
-`MACHINES`, each marked `provenance.kind: datasheet` with its sources. Torch-free. The derivations (also
+`build(machine, date) -> HardwareProfile`; `runtime datasheet-profiles [--out DIR]` (re)writes
+`profiles/<name>.yaml` for every machine in `datasheet_machines.MACHINES`, each marked `provenance.kind: datasheet` with its sources. Torch-free. The derivations (also
 written into each file's `notes`):
 - GEMM F(m): time = max(flops / (peak * gemm_eff), bytes / (hbm * mem_eff)) + launch, bytes counting the
   weight and the activations; so F(m) = min(peak * eff, ~m * memory-bound rate) with a launch cost that
@@ -17,12 +17,8 @@ written into each file's `notes`):
 
 from __future__ import annotations
 
-import argparse
-import datetime
 from dataclasses import dataclass
-from pathlib import Path
 
-from planner import locations
 from planner.hardware.profile import (
     AttentionCurve,
     Efficiency,
@@ -133,7 +129,7 @@ def build(m: DatasheetMachine, today: str) -> HardwareProfile:
         provenance=Provenance(
             kind="datasheet",
             date=today,
-            command="python -m runtime.profiler.datasheet",
+            command="runtime datasheet-profiles",
             sources=tuple(s for s in (g.source, h.source, m.price_source) if s),
         ),
         machine=Machine(
@@ -181,28 +177,3 @@ def notes_for(m: DatasheetMachine, pinned: float, pageable: float, read: float) 
             else ""
         )
     )
-
-
-def write_all(out_dir: Path) -> list[Path]:
-    from runtime.profiler.datasheet_machines import MACHINES
-
-    today = datetime.date.today().isoformat()
-    return [build(m, today).save(out_dir / f"{m.name}.yaml") for m in MACHINES]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="directory (default: the checkout's profiles/, which ships them)",
-    )
-    args = parser.parse_args(argv)
-    for path in write_all(args.out or Path(str(locations.shipped_dir("profiles")))):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

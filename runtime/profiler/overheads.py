@@ -21,8 +21,7 @@ zero. `mla_call_s` (qkv_proj, attention, o_proj, prefill_attention on the MLA pa
 `mla_attention_score_ns` come the same way from a third copy with MLA attention (`MLA_PROBE_SPEC`: latent
 512 + 64 as the C++ kernel takes it), less its bare GEMMs as the planner prices them (q, kv_a, the w_uk half
 of kv_b; the w_uv half and o; the attention matmuls over latent rows).
-`python -m runtime.profiler.overheads --into P.yaml`
-measures only this section and writes it into a profile.
+`runtime profile-overheads --into P.yaml` measures only this section and writes it into a profile.
 """
 
 from __future__ import annotations
@@ -437,57 +436,3 @@ def median_overheads(rounds: list[Overheads]) -> Overheads:
         mla_call_s=mla,
         mla_attention_score_ns=median(scores) if len(scores) == len(rounds) else None,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m runtime.profiler.overheads [--sizing S] [--into PROFILE.yaml]`: measure only this section."""
-    import argparse
-    import datetime
-    import os
-
-    from planner.hardware.profile import load_profile
-    from runtime.profiler.measure import SIZINGS
-    from runtime.profiler.timing import default_device
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--sizing", choices=sorted(SIZINGS), default="full")
-    parser.add_argument(
-        "--into", help="a profile YAML whose `overheads` section to replace (a note is added)"
-    )
-    args = parser.parse_args(argv)
-    sizing, device = SIZINGS[args.sizing], default_device()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    overheads = measure_overheads(
-        device,
-        sizing.overhead_budget_s,
-        sizing.elementwise_rows,
-        repeats=sizing.repeats,
-        decode_tokens=sizing.probe_decode_tokens,
-        engine_runs=sizing.probe_runs,
-    )
-    for name, seconds in overheads.call_s.to_dict().items():
-        print(f"call_s.{name:<18} {seconds * 1e6:9.1f} us")
-    for name, seconds in (overheads.mla_call_s or {}).items():
-        print(f"mla_call_s.{name:<14} {seconds * 1e6:9.1f} us")
-    print(f"mla_attention_score_ns {overheads.mla_attention_score_ns:9.3g} ns")
-    for name in ELEMENTWISE_COSTS:
-        print(f"elementwise_ns.{name:<11} {getattr(overheads.elementwise_ns, name):9.3g} ns")
-    by_size = overheads.elementwise_ns.by_size
-    for name, values in by_size.ns.items():
-        print(
-            f"elementwise_ns.by_size.{name:<4} "
-            + " ".join(f"{e}:{v:.3g}" for e, v in zip(by_size.elements, values))
-        )
-    if args.into:
-        profile = load_profile(args.into)
-        note = (
-            f"overheads measured alone by `python -m runtime.profiler.overheads --sizing {sizing.name}` on "
-            f"{datetime.date.today().isoformat()} ({device}, 1-minute load average {load:.1f})."
-        )
-        notes = f"{profile.notes}\n{note}" if profile.notes else note
-        print(f"wrote {replace(profile, overheads=overheads, notes=notes).save(args.into)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
