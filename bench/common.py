@@ -79,23 +79,15 @@ def run_engine(
     """Run the plan's engine over `prompts` and build the report. With `warm_up_prompts`, the same engine
     first runs those (unmeasured but for `report["cold"]`): what a long job has paid after its first seconds
     (oneDNN builds a kernel for each new GEMM shape, ~0.7 ms each here; first touches of the weights)."""
-    from runtime.engine import Engine, EngineConfig, Request
-    from runtime.report import ContextTally, build_report
-    from runtime.sampling import SamplingParams
+    from runtime.engine import Engine, EngineConfig
+    from runtime.report import build_report
+    from runtime.report.job_run import fixed_length_requests, run_tallied
 
     config = EngineConfig.from_plan(plan).with_(**engine_overrides)
-    tally = ContextTally(window=checkpoint.spec.sliding_window)
-    params = SamplingParams(temperature=0, max_tokens=gen_len, ignore_eos=True)
-
-    def requests(batch: list[list[int]]) -> list[Any]:
-        return [Request(id=i, prompt_token_ids=list(p), params=params) for i, p in enumerate(batch)]
-
     engine = Engine(checkpoint, config)
     try:
-        cold = engine.run(requests(warm_up_prompts)) if warm_up_prompts else None
-        stats = engine.run(
-            requests(prompts), lambda done: tally.add(len(done.prompt_token_ids), len(done.token_ids))
-        )
+        cold = engine.run(fixed_length_requests(warm_up_prompts, gen_len)) if warm_up_prompts else None
+        stats, tally = run_tallied(engine, fixed_length_requests(prompts, gen_len))
     finally:
         engine.close()
     report = build_report(stats, plan, profile, checkpoint.spec, tally)

@@ -1,21 +1,6 @@
 """The `planner` command (also `python -m planner`): solve, explain, sweep, bound, calibrate.
 
-    planner solve --model mixtral --kv-gb 128 [--profile NAME|PATH] [--device-gb G] [--host-gb H]
-                  [--prompt-len P --gen-len G | --prompts FILE.jsonl] [--num-prompts N] [--dtype bf16]
-                  [--checkpoint DIR] [--out plan.yaml]
-    planner solve ... --profile h100-sxm-lambda:4 --profile cpu-amd-epyc-2c:10     (a fleet: planner.plans.fleet)
-    planner explain plan.yaml [--no-what-if]
-    planner sweep --model M --kv-gb 128 --profile P --vary kv-gb=16:512 [--steps K] --out sweep.csv
-    planner bound --model M --kv-gb 128 [--profile P] ...
-    planner calibrate report.json [report.json ...] [--profile P] [--out P2.yaml]
-    planner --version
-
-Without --profile the profile of this machine is used (found by name in the user dir, then the shipped ones:
-planner.locations); if there is none the error lists the known profiles. Every user error prints one message
-and exits with code 2.
-Outputs (`--out`) are checked before any work (`planner.outputs`: not a directory, not an input file, in an
-existing directory) and written before anything is printed; `--out -` writes to standard output and moves
-the human-readable lines to standard error.
+How it works: docs/design.md, `planner/cli.py`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """User-facing errors: one message naming the cause and the fix; the CLIs turn them into exit code 2.
 
-Anything a user can cause (a bad file, flag, plan, checkpoint or budget) raises `UserError`; bugs raise
-anything else and keep their traceback. `exits_cleanly` wraps both CLIs' `main`:
-- UserError: `error: <cause>` and `  fix: <fix>` on standard error, exit 2;
-- Ctrl-C (SIGINT) and SIGTERM alike raise `KeyboardInterrupt` in the main thread (SIGTERM as its subclass
-  `Terminated`), so every `finally` and `with` block runs (a job's finished answers are synced) and the
-  command exits 130 or 143 with one line;
-- SIGXFSZ is ignored, so a write past the file-size limit raises EFBIG (a message) instead of killing;
-- standard output closed by the reader (`| head`): output ends quietly, exit 141 as if killed by SIGPIPE.
+How it works: docs/design.md, `planner/errors.py`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """Where moelens finds and keeps its data files: the one home of every path to model specs and profiles.
 
-Shipped data, read-only: model specs (`models/*.yaml`) and datasheet profiles (`profiles/*.yaml`). In an
-installed wheel they are package data, `planner/data/<kind>/`, read through importlib.resources; in a
-checkout (or an editable install) they are the repository's top-level `models/` and `profiles/` folders.
-
-User data, writable: measured and calibrated profiles and the user's own model specs, in `<user dir>/<kind>/`,
-where the user dir is `$MOELENS_HOME` or the platform's per-user data directory (platformdirs, e.g.
-`~/.local/share/moelens`); `$MOELENS_PROFILES_DIR` / `$MOELENS_MODELS_DIR` name one folder directly. A name
-is looked up in the user dir first, then in shipped data. Nothing is ever written to shipped data: writers
-default to the user dir and `refuse_shipped` rejects an explicit path there.
+How it works: docs/design.md, `planner/locations.py`.
 """
 
 from __future__ import annotations

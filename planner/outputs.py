@@ -1,14 +1,6 @@
 """Where a command writes its results: checked before any work; `-` means standard output (torch-free).
 
-- `is_stdout(path)`: the path is `-`.
-- `check_output_path(path, flag, inputs)`: UserError, before any work, when the output is empty or a directory, lies
-  in a directory that is missing or not writable, exists and is not writable, or is the same file (same
-  device and inode, so links and `./x` spellings count) as one of the command's `inputs`. `-` passes.
-- `write_text_output(path, text) -> str`: `text` to standard output for `-`, else to the file whole (a temp
-  file beside it, then a rename: a failure never leaves half a file). Returns where it went, for messages.
-- `say_to(path)`: the stream for human-readable lines: standard error when the results themselves go to
-  standard output (so a pipe receives only the results), else standard output.
-A write that fails for lack of space or a file-size limit is a `UserError` (`disk_full_error`).
+How it works: docs/design.md, `planner/outputs.py`.
 """
 
 from __future__ import annotations

@@ -1,20 +1,7 @@
 """The one parser of prompts JSONL files, torch-free: the planner's workload reader and the runtime's job input
 both read lines through it (the runtime adds tokenisation, chat templates and context checks on top).
 
-Two line forms:
-- native: `{"id": ..., "prompt": "..."}` (a string or token ids, as OpenAI's), `"prompt_token_ids": [...]` or
-  chat `"messages": [...]` (exactly one),
-  plus vLLM SamplingParams fields (`NATIVE_SAMPLING_FIELDS`). A missing id becomes the line number.
-- OpenAI Batch API: `{"custom_id", "method": "POST", "url": "/v1/completions" | "/v1/chat/completions",
-  "body"}`. The body holds `prompt` (a string or token ids) or `messages`, OpenAI's fields (max_tokens,
-  max_completion_tokens, temperature, top_p, n, stop, seed, presence/frequency_penalty, logprobs,
-  top_logprobs, response_format text, ...) and vLLM's extra ones (top_k, min_p, repetition_penalty, ...).
-  OpenAI fields moelens does not implement (logit_bias, tools, ...) are a LineError naming the field.
-`decode_line(raw) -> object` (LineError on bad UTF-8 or JSON); `parse_prompt_line(obj, line_number) ->
-PromptLine` (LineError(cause, fix) for any bad line); `line_custom_id(obj)`: the custom_id of a line when it
-has one, even a bad line (for its error record). `PromptLine.sampling` holds the vLLM SamplingParams fields
-the line sets, under vLLM's names (values type-checked by SamplingParams in the runtime; max_tokens and n here).
-`native_key(id)` / `batch_key(custom_id)`: an answer's unique key.
+How it works: docs/design.md, `planner/prompts_file.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from planner.values import is_int
 
 NATIVE_SAMPLING_FIELDS = (
     "max_tokens",
@@ -140,10 +129,6 @@ def batch_key(custom_id: str) -> str:
     return "custom_id:" + json.dumps(custom_id)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def decode_line(raw: bytes) -> object:
     try:
         text = raw.decode("utf-8")
@@ -184,30 +169,29 @@ def _unknown_fields(obj: dict, allowed: tuple[str, ...], where: str) -> None:
 def _check_counts(sampling: dict[str, Any]) -> dict[str, Any]:
     for name in ("max_tokens", "n"):
         value = sampling.get(name)
-        if value is not None and (not _is_int(value) or value <= 0):
+        if value is not None and (not is_int(value) or value <= 0):
             raise LineError(f"{name}={value!r} must be a positive integer", f"set {name} >= 1 or omit it")
     return {k: v for k, v in sampling.items() if v is not None}
 
 
 def _token_ids(value: Any, where: str) -> list[int]:
-    if not isinstance(value, list) or not all(_is_int(t) for t in value):
-        raise LineError(
-            f"{where} must be a list of integer token ids, got {type(value).__name__}",
-            f"pass {where} as [int, ...]",
-        )
-    if not value:
-        raise LineError(f"empty prompt ({where} is [])", "give at least one prompt token or drop the line")
-    return value
+    valid = isinstance(value, list) and all(is_int(t) for t in value)
+    return _prompt(
+        value, where, valid, "a list of integer token ids", "[int, ...]", "[]", "at least one prompt token"
+    )
 
 
 def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise LineError(
-            f"{where} must be a string, got {type(value).__name__}",
-            f"pass {where} as a string (or token ids)",
-        )
+    valid = isinstance(value, str)
+    return _prompt(value, where, valid, "a string", "a string (or token ids)", '""', "a non-empty prompt")
+
+
+def _prompt(value: Any, where: str, valid: bool, kind: str, form: str, empty: str, least: str) -> Any:
+    """`value` when of its kind and not empty; a LineError naming `where` otherwise."""
+    if not valid:
+        raise LineError(f"{where} must be {kind}, got {type(value).__name__}", f"pass {where} as {form}")
     if not value:
-        raise LineError(f'empty prompt ({where} is "")', "give a non-empty prompt or drop the line")
+        raise LineError(f"empty prompt ({where} is {empty})", f"give {least} or drop the line")
     return value
 
 
@@ -248,7 +232,7 @@ def _messages(value: Any) -> list[dict]:
 def _native(obj: dict, line_number: int) -> PromptLine:
     _unknown_fields(obj, ("id",) + PROMPT_FIELDS + NATIVE_SAMPLING_FIELDS, "a prompt line")
     request_id = obj.get("id", line_number)
-    if not (isinstance(request_id, str) or _is_int(request_id)):
+    if not (isinstance(request_id, str) or is_int(request_id)):
         raise LineError(
             f"id must be a string or an integer, got {type(request_id).__name__}",
             "use a string or integer id, or omit it (the line number is used)",
@@ -282,7 +266,7 @@ def _chat_sampling(body: dict) -> dict[str, Any]:
             )
         sampling["max_tokens"] = body["max_completion_tokens"]
     top = body.get("top_logprobs")
-    if top is not None and (not _is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS):
+    if top is not None and (not is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS):
         raise LineError(
             f"body.top_logprobs={top!r} must be an integer in [0, {MAX_TOP_LOGPROBS}]",
             "pass top_logprobs between 0 and 20",
@@ -310,7 +294,7 @@ def _completion_sampling(body: dict) -> dict[str, Any]:
     sampling = {}
     logprobs = body.get("logprobs")
     if logprobs is not None:
-        if not _is_int(logprobs) or not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS:
+        if not is_int(logprobs) or not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS:
             raise LineError(
                 f"body.logprobs={logprobs!r} must be an integer in [0, {MAX_COMPLETION_LOGPROBS}]",
                 "pass logprobs between 0 and 5, or omit it",

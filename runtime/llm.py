@@ -1,22 +1,6 @@
 """The Python API, vLLM's offline one: `LLM(model=...).generate(prompts, SamplingParams(...))` and `.chat(...)`.
 
-`LLM(model, *, plan=None, profile=None, kv_gb=None, max_num_seqs=None, max_model_len=None, seed=None,
-generation_config="auto", reference=False, **vllm_engine_args)`: `model` is a checkpoint directory or a
-Hugging Face id in the local cache. With no plan it solves one for this machine (`runtime.auto_plan`) and
-runs the batched engine; `plan` (Plan, plan.yaml path or EngineConfig) runs that one; `reference=True`
-runs the unbatched reference forward (a test oracle). vLLM engine arguments that change nothing here
-(gpu_memory_utilization, enforce_eager, ...) are accepted; those that would (tensor_parallel_size > 1,
-quantization, ...) and unknown ones raise a UserError naming them.
-Prompts: a string, token ids, `{"prompt": str}` / `{"prompt_token_ids": [...]}` (TextPrompt, TokensPrompt)
-or a list of those; `chat` takes one conversation ([{"role", "content"}, ...]) or a list of them.
-`sampling_params`: one for all prompts, a list with one per prompt, or None: `get_default_sampling_params()`,
-vLLM's defaults overridden by the checkpoint's generation_config.json (`generation_config="auto"`; "vllm":
-vLLM's defaults only; a directory: that directory's file). Returns one `RequestOutput` per prompt, in order,
-request ids counting up across calls. Token limit (`LLM.token_limit`): the context (`max_model_len`), or the
-engine's whole KV cache when it holds fewer. A prompt must leave at least one token of it; max_tokens (None: up
-to the limit) follows the one rule of `runtime execute` (`runtime.sampling.cap_max_tokens`): capped at what
-is left ("length"), with one `CappedMaxTokensWarning` per call counting the requests whose explicit
-max_tokens was capped.
+How it works: docs/design.md, `runtime/llm.py`.
 """
 
 from __future__ import annotations
@@ -31,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import UserError
+from planner.values import is_int
 from runtime.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from runtime.sampling import GenerationState, SamplingParams, cap_max_tokens
 
@@ -88,11 +73,7 @@ def make_backend(checkpoint: Any, plan: Any = None, max_model_len: int | None = 
 
 
 def _is_token_list(value: Any) -> bool:
-    return (
-        isinstance(value, (list, tuple))
-        and len(value) > 0
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
-    )
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(is_int(t) for t in value)
 
 
 def _as_prompt_list(prompts: Any) -> list[Any]:

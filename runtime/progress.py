@@ -1,13 +1,6 @@
 """The progress bar of `runtime execute`: sequences done, generated tokens/s achieved beside the plan's, ETA.
 
-`JobProgress(total, predicted_tokens_per_s, already_done, token_budget, in_flight_tokens)` wraps tqdm (on
-stderr; off when stderr is not a terminal unless `enabled=True`); the bar counts answers (output lines).
-`tokens_done(n)` adds a finished sequence's tokens, `answer_written()` advances the bar by one answer
-(`sequence_finished(n)` does both). Tokens of sequences still running count too: `in_flight_tokens()` (called
-from a refresh thread every `refresh_s`) returns how many they have generated so far, so the rate moves even
-when a whole batch finishes at once. The rate is generated tokens since the bar opened over wall time since
-then; the one ETA shown (tqdm's own is left out) is the tokens still to generate (`token_budget`, the sum of
-max_tokens: an upper bound when sequences stop early) at that rate.
+How it works: docs/design.md, `runtime/progress.py`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """The batched sampler: logits [B, V] plus per-row parameter tensors -> next tokens [B], on the logits' device.
 
-`sample_states(logits, states) -> [B] token ids` for engine and reference alike.
-`SamplingRows.of(states, vocab_size, device)` gathers the rows' parameters once per step; `sample(logits, rows)
--> (tokens [B] int64, logprobs [B] or None)`. Order, as vLLM's sampler (all rows at once, no per-row loop):
-1. raw logprobs = log_softmax(logits) for the rows that asked for them (vLLM's default "raw" logprobs);
-2. penalties: repetition r on every token seen in prompt or output (logit / r if > 0, else * r), then
-   frequency f * count and presence p * [count > 0] subtracted, counts over the output tokens;
-3. min_tokens: stop ids (EOS unless ignore_eos, stop_token_ids) masked while fewer than min_tokens are out;
-4. greedy rows (temperature < 1e-5): argmax;
-5. sampled rows: softmax(logits / T); min-p drops tokens below min_p * max prob; top-k keeps the k most
-   likely; top-p keeps the smallest most-likely set whose renormalised mass reaches p (a token stays when the
-   mass ahead of it is below p); one uniform per row, inverted through the CDF of the kept tokens.
-The uniform is counter-based: a hash of (row seed, tokens generated so far), so a seeded completion draws
-the same numbers whatever batch or device it runs on, without one generator per request.
+How it works: docs/design.md, `runtime/sampler.py`.
 """
 
 from __future__ import annotations

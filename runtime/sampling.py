@@ -1,20 +1,6 @@
 """Sampling parameters (vLLM's names, defaults and meanings) and one request's progress, torch-free.
 
-- `SamplingParams`: vLLM's fields with vLLM's defaults (temperature 1.0, top_p 1.0, top_k 0 = off, min_p 0,
-  penalties off, max_tokens 16, n 1), validated on construction (UserError). temperature below 1e-5 is greedy.
-  vLLM fields moelens does not implement (`logit_bias`, `prompt_logprobs`, ...) raise a UserError naming
-  the field when set. `with_defaults(generation_config)` fills unset fields from generation_config.json.
-- `GenerationState(prompt_token_ids, params, eos_token_ids, detokenize, max_tokens=None, seed=None)`: one
-  completion's progress. Its seed is the request's seed (plus the completion's index for n > 1), or one drawn
-  from OS entropy; with the count of tokens generated it keys the sampler's random numbers
-  (`runtime.sampler`), so a seeded completion is the same whatever batch it runs in.
-  `append(token) -> finished` applies, once `min_tokens` are out: EOS (unless ignore_eos) and
-  `stop_token_ids` ("stop", stop_reason the id; the token stays in token_ids, its text is left out unless
-  include_stop_str_in_output), stop strings ("stop", text cut before the string, or after it with
-  include_stop_str_in_output; stop_reason the string), then max_tokens ("length").
-- `cap_max_tokens(max_tokens, prompt_len, token_limit)`: the one rule for a max_tokens beyond what one
-  request can hold (the model's positions, or the plan's whole KV cache when smaller): it is capped to fit,
-  the request ends with "length", and every caller warns and counts the requests it capped.
+How it works: docs/design.md, `runtime/sampling.py`.
 """
 
 from __future__ import annotations
@@ -25,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from planner.errors import UserError
+from planner.values import is_int
 
 GREEDY_EPSILON = 1e-5  # vLLM: a temperature below this is greedy
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs (OpenAI's top_logprobs limit too)
@@ -45,10 +32,6 @@ UNSUPPORTED_DEFAULTS = {
     "skip_special_tokens": True,
     "spaces_between_special_tokens": True,
 }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
@@ -113,7 +96,7 @@ class SamplingParams:
                 )
         self._check_counts()
         self._check_rates()
-        if self.seed is not None and not _is_int(self.seed):
+        if self.seed is not None and not is_int(self.seed):
             raise _fail(f"seed={self.seed!r} must be an integer or None", "pass an integer seed")
         for name in ("ignore_eos", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
@@ -128,7 +111,7 @@ class SamplingParams:
             )
         if self.stop_token_ids is not None and (
             not isinstance(self.stop_token_ids, (list, tuple))
-            or not all(_is_int(t) and t >= 0 for t in self.stop_token_ids)
+            or not all(is_int(t) and t >= 0 for t in self.stop_token_ids)
         ):
             raise _fail(
                 f"stop_token_ids={self.stop_token_ids!r} must be a list of token ids",
@@ -136,26 +119,26 @@ class SamplingParams:
             )
 
     def _check_counts(self) -> None:
-        if not _is_int(self.n) or self.n < 1:
+        if not is_int(self.n) or self.n < 1:
             raise _fail(f"n={self.n!r} must be a positive integer", "pass n >= 1")
-        if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens <= 0):
+        if self.max_tokens is not None and (not is_int(self.max_tokens) or self.max_tokens <= 0):
             raise _fail(
                 f"max_tokens={self.max_tokens!r} must be a positive integer or None",
                 "pass max_tokens >= 1 (None: up to the model's context)",
             )
-        if not _is_int(self.min_tokens) or self.min_tokens < 0:
+        if not is_int(self.min_tokens) or self.min_tokens < 0:
             raise _fail(f"min_tokens={self.min_tokens!r} must be an integer >= 0", "pass min_tokens >= 0")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise _fail(
                 f"min_tokens={self.min_tokens} exceeds max_tokens={self.max_tokens}",
                 "lower min_tokens or raise max_tokens",
             )
-        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < -1):
+        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < -1):
             raise _fail(
                 f"top_k={self.top_k!r} must be an integer >= 0 (0 or -1: off)", "pass top_k=0 to disable"
             )
         if self.logprobs is not None and (
-            not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
+            not is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):
             raise _fail(
                 f"logprobs={self.logprobs!r} must be an integer in [0, {MAX_LOGPROBS}] or None",
@@ -203,7 +186,7 @@ class SamplingParams:
 def generation_config_defaults(config: dict) -> dict[str, Any]:
     """The sampling defaults vLLM reads from generation_config.json (`max_new_tokens` -> max_tokens)."""
     defaults = {k: config[k] for k in GENERATION_CONFIG_FIELDS if config.get(k) is not None}
-    if _is_int(config.get("max_new_tokens")):
+    if is_int(config.get("max_new_tokens")):
         defaults["max_tokens"] = config["max_new_tokens"]
     return defaults
 

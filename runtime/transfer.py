@@ -1,23 +1,6 @@
 """Host <-> device copies: the one copy path the weight streamer uses and the profiler measures.
 
-`copy_to_device(dst, src, stream)` copies host `src` into device `dst` on `stream` (a CUDA copy stream),
-non-blocking when `src` is pinned, so the copy overlaps compute and the caller orders it with events;
-`copy_to_host(dst, src, stream)` is the reverse (non-blocking into pinned `dst`). With `stream=None` or
-no CUDA tensor involved the copy is a plain synchronous `dst.copy_(src)` (CPU-only runs, forced
-streaming in tests). Both return the CUDA event recorded on `stream` after the copy, or None.
-
-`PacedLink(gbps)` is the emulated accelerator link (`planner.hardware.emulated_link`): one link, one transfer at a
-time, each taking nbytes / rate of wall time. `copy(dst, src)` copies at memory speed on the calling thread
-(the streamer's copy worker: a plain single-threaded memcpy, outside torch's OpenMP pool) and then sleeps out
-the remainder, holding no core; `occupy(nbytes)` books traffic the caller does not wait for (activations that
-would cross the link), which delays the copies after it. The schedule is kept on the wall clock (each
-transfer starts when the link is free and ends at start + nbytes / rate), so a late wake-up never makes the
-link faster than asked, and load on the machine does not change the rate. A sleeping thread wakes late on a
-busy host (a scheduler time slice, milliseconds); the link learns how late (a running mean, seeded by a few
-short sleeps) and sleeps that much less, so each transfer still ends on time; what a wake-up still overshoots,
-the next transfer asked for at once (the copy worker's next queued layer, as a DMA engine queues copies) takes
-back, so a stream of copies keeps the rate exactly. `busy_seconds` and `bytes_moved`
-count what the link carried; `busy_between(t0, t1)` is its busy time inside a window (the run's decode time).
+How it works: docs/design.md, `runtime/transfer.py`.
 """
 
 from __future__ import annotations

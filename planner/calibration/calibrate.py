@@ -1,20 +1,6 @@
 """`planner calibrate`: fit a profile's efficiency constants to measured runs and write a calibrated profile.
 
-    planner calibrate report.json [report.json ...] [--profile P] [--out P2.yaml] [--name NAME]
-
-`fit(runs, profile) -> Calibration` fits `efficiency.gemm` (GEMM rates at large m), `gemm_small_m` (extra factor
-at one row, fading out by 128 rows), `attention` (CPU decode attention), `copy` (weight streaming),
-`step_overhead_s` (fixed seconds per decode step and prefill forward), `call_overhead_s` (fixed seconds per
-module call: each expert, each micro-batch; added to the measured ones) and `overhead` (multiplier on every
-cost of the profile's measured `overheads` section) with `scipy.optimize.least_squares` (soft L1 loss) on
-relative errors, predicted / measured - 1, of each run's (`planner.calibration.runs`): end-to-end generated
-tok/s, decode step, prefill forward, and every module taking at least 2% of the decode step or prefill
-forward. Multipliers are fitted in log space within [1/50, 50], the overheads within [0, 10] s; a constant
-the runs carry no information on (no streaming: `copy`; no measured overheads: `overhead`) keeps the
-profile's value. Each run counts equally whatever its number of modules. `run_errors(runs, profile)` gives the per-run relative errors that
-the command prints before and after, and the benchmarks use for held-out runs. The written profile is the
-input's measurements with the fitted constants, `provenance.kind: calibrated` and `calibrated_from` listing
-each report's path and sha256.
+How it works: docs/design.md, `planner/calibration/calibrate.py`.
 """
 
 from __future__ import annotations

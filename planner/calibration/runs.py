@@ -1,21 +1,6 @@
 """Measured runs for calibration: read `report.json` files and predict each run with the performance model.
 
-`load_run(path) -> MeasuredRun` reads a report written by `runtime execute --report` (or the benches): its
-`plan` (the Plan it ran, as a mapping), `spec` (the ModelSpec as a mapping; else the plan's model reference is
-loaded and its hash checked) and `run_stats` (the engine's RunStats: wall / decode / prefill seconds and
-counts, `module_seconds`, `decode_batch_sizes_sum`, `streamed_weight_bytes` and the engine `config` it ran).
-Anything missing or mistyped raises one UserError naming the file and the key.
-
-`predict_run(run, profile) -> RunPrediction` is the performance model at the decisions the engine actually
-ran (N, b_a, b_e, prefill chunk, attention threads; module batching off = b_a = N and unchunked experts):
-- decode modules and the decode step at the run's mean decode batch (the run's steps averaged over refills
-  and the final drain), and a prefill forward at the run's mean tokens per forward;
-- end-to-end generated tok/s as the planner predicts it at the engine's N (`PerfModel.evaluate`; the plan's
-  own prediction when the engine ran the plan as solved);
-- forced streaming with no device (the engine's CPU test path): each decode step and prefill forward also
-  copies the streamed bytes (K seconds at the profile's copy rate times `efficiency.copy`) on a worker thread
-  beside the compute threads (C seconds) on the same c cores: max(C + K / c, K) (nothing when the model has
-  no more layers than the streamer has slots: then every layer is copied once and kept).
+How it works: docs/design.md, `planner/calibration/runs.py`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """The emulated accelerator: this machine's CPU behind a link paced to a given GB/s, with a capped device memory.
 
-`emulate_link(profile, gbps, device_gib)` returns a copy of a CPU profile (its measured GEMM, attention,
-memory and overhead numbers kept as they are) whose device is "the CPU behind an emulated link": flat
-`links` curves at `gbps` in both directions, `machine.device_memory_gib = device_gib`, and the
-`emulated_link` section that marks it. The planner then plans for it like for a GPU (resident set, stream
-buffers, device memory limit), pricing compute and attention on the host cores as in CPU mode
-(`HardwareProfile.computes_on_host`); `runtime execute` paces every copy across the link to `gbps` and holds
-device-side allocations to `device_gib` (`runtime.transfer.PacedLink`, `runtime.engine.device_memory`).
-A profile of a real accelerator cannot be emulated (its compute numbers are not the CPU's).
+How it works: docs/design.md, `planner/hardware/emulated_link.py`.
 """
 
 from __future__ import annotations

@@ -1,21 +1,6 @@
 """Hardware profiles: the measured (or datasheet-derived) rates the performance model runs on, torch-free.
 
-A profile is a frozen `HardwareProfile` that round-trips through YAML (`<name>.yaml`, found by name in the
-user dir, then shipped data: planner.locations; schema in
-docs/contracts.md; dataclasses in `planner.hardware.profile_schema`, validation in
-`planner.hardware.profile_parse`). `load_profile(name_or_path)` reads and strictly validates one: any broken or partial
-file raises `UserError` naming the field path (`gemm.curves[2].tflops: ...`). Interpolators return the
-rates as measured; the performance model multiplies them by the `efficiency` constants that calibration
-fits (`gemm_tflops(...) * profile.efficiency.gemm`, and so on; the `overheads` costs by `efficiency.overhead`).
-
-- `gemm_tflops(m, n, k, matrices)`: device GEMM rate at m rows for `matrices` [n, k] weights in a row:
-  log-log linear in m, clamped at the measured ends; a shape that was not measured from a time model fitted
-  at m over all curves, seconds = a(m) per matrix call + b(m) per weight element (fixed costs dominate
-  small shapes, bytes or FLOPs large ones); `curve_matrices(curve)` is 3 for expert FFN curves, else 1.
-- `h2d_gbps(nbytes, pinned)`, `d2h_gbps(...)`: log-log linear in the transfer size, clamped; with no
-  separate device, the host in-memory copy rate.
-- `attention_gbps(threads, layout, ...)`: CPU decode-attention KV read rate, linear in threads, clamped.
-Units: GB/s (1e9 B/s), TFLOP/s, sizes in bytes, memory in GiB.
+How it works: docs/design.md, `planner/hardware/profile.py`.
 """
 
 from __future__ import annotations
@@ -60,6 +45,7 @@ from planner.hardware.this_machine import (
     rate_differences,
     this_machine,
 )
+from planner.values import is_int
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -264,7 +250,7 @@ def _floats(value: object) -> object:
         return {k: _floats(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_floats(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_int(value):
         return float(value)
     return value
 

@@ -39,7 +39,7 @@ from planner.hardware.profile_schema import (
     RateCurve,
 )
 from planner.hardware.this_machine import MachineRates
-from planner.values import is_finite_number
+from planner.values import is_finite_number, is_int
 
 
 @dataclass
@@ -98,7 +98,7 @@ class _Fields:
 
     def integer(self, key: str) -> int:
         value = self.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        if not is_int(value) or value <= 0:
             raise self.fail(key, f"expected a positive integer, got {value!r}")
         return value
 

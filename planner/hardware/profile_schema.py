@@ -1,32 +1,6 @@
 """Hardware-profile schema: the nested frozen dataclasses of a profile and the curve interpolation.
 
-Each dataclass has `to_dict()` (the YAML form, docs/contracts.md "Hardware profile"); parsing and strict
-validation of that form live in `planner.hardware.profile_parse`. Curves interpolate log-log (GEMM rows, copy
-sizes) or linearly (attention threads), clamped to their end values outside the measured range.
-
-`Overheads` (the optional `overheads` section; absent = all zero, as in datasheet profiles) holds what the
-GEMM curves cannot see, measured by `runtime.profiler.overheads` on the engine's own code paths:
-- `call_s.<name>`: fixed seconds per call beyond the GEMMs the curves price, for `CALL_OVERHEADS`:
-  `embed` (per forward), `qkv_proj` (attention norm + q/k/v + RoPE + copy to host, per attention
-  micro-batch), `qk_norm` (extra per qkv_proj call of a model with norms inside attention: q/k norms, MLA
-  latent norms), `attention` (decode kernel call, per micro-batch), `o_proj` (output projection + residual
-  add, per micro-batch), `router` (mlp norm + router + top-k, per token group), `expert_grouping` (sort and
-  scatter of the routed tokens, per token group), `expert` (one activated expert's gather, FFN and weighted
-  scatter-add, per chunk), `shared_experts` / `dense_mlp` (per token group), `lm_head` (final norm + lm_head,
-  per call), `sampling` (per step), `prefill_attention` (one prompt segment of one layer: causal attention +
-  K/V write), `decode_step` / `prefill_forward` (untimed bookkeeping: scheduling, batch tensors).
-- `mla_call_s.<name>` (optional), for `MLA_CALL_OVERHEADS`: the same costs on the MLA path, which replace
-  `call_s` for MLA models: `qkv_proj` (attention norm + q / latent projections + latent norm + RoPE + the
-  per-head `w_uk` absorb + copy to host; `qk_norm` is inside it), `attention` (latent decode kernel call),
-  `o_proj` (per-head `w_uv` + output projection + residual add), `prefill_attention` (one prompt segment of
-  one layer: latent attention + latent write); and `mla_attention_score_ns` (optional) replaces
-  `elementwise_ns.attention_score`; absent: the GQA values.
-- `elementwise_ns.<name>`: nanoseconds per element at large sizes (memory-bound), for `ELEMENTWISE_COSTS`:
-  `norm` (RMSNorm input element), `rope` (rotated q/k element), `add` (residual add element),
-  `attention_score` (one head's query-key score element of prefill attention: scale, mask, softmax),
-  `sampling` (one logit of greedy token selection: fp32 copy of the row + argmax);
-  optional `elementwise_ns.by_size`: `elements` (per call, ascending) and, for some names, the marginal ns
-  per element at each size (beyond the call's fixed cost, which `call_s` holds).
+How it works: docs/design.md, `planner/hardware/profile_schema.py`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """Which machine this is, torch-free: one identity for naming profiles and finding them, and a fingerprint.
 
-- `MachineIdentity(cpu, cores, device)`: what the OS reports (CPU model, usable cores, the first visible
-  NVIDIA GPU by nvidia-smi or the driver, never torch); `this_machine()` reads it. Its `profile_name` is the
-  file stem a measured profile gets (`nvidia-h100-80gb-hbm3-xeon-8480-16c`) and the stem lookup searches:
-  both call `this_machine()`, so the two cannot disagree.
-- `MachineRates(memory_read_gbps, gemm_tflops)`: two measured figures, host memory read rate and one device
-  GEMM rate (`SPOT_GEMM`: a Qwen3-MoE-sized expert FFN at 256 rows, bf16). With the identity they form the
-  machine fingerprint: machines of the same CPU and cores with other memory channels or clocks differ here.
-  `runtime.profiler.spot_check` measures them; profiles store them as `machine.fingerprint`.
-- `rate_differences(measured, reference, tolerance)`: one sentence per figure off by more than `tolerance`
-  (20%): relative difference = measured / reference - 1.
+How it works: docs/design.md, `planner/hardware/this_machine.py`.
 """
 
 from __future__ import annotations

@@ -1,25 +1,6 @@
 """Upper bound on generated tokens per second, MoE-Lens style, with the binding term named.
 
-All terms are in generated tokens/s for the model's workload, budgets and (efficiency-scaled) profile rates,
-so a plan's prediction never exceeds the bound (a property test checks it):
-- with a device:
-  - `kv_link`: PME * M / delta restated in generated tokens: at most M / s sequences fit (M = KV capacity in
-    tokens, s = KV tokens a refilled slot holds, p + g/2 for fixed lengths; no more than the prompts), and a
-    step streams at least the bytes the device cannot hold, delta = (model bytes - device memory) / fastest
-    link rate. MoE-Lens' PME * M / delta counts prompt plus generated tokens; it is reported beside
-    (`moe_lens_processed_tok_s`).
-  - `device_compute`: peak measured GEMM rate / GEMM FLOPs per generated token (k experts per token).
-  - `cpu_attention`: min(best attention bandwidth, host read bandwidth) / KV bytes read per token.
-  - `host_memory`: host read bandwidth over the KV reads plus the least bytes the layers stream per step
-    (embed and lm_head copies aside), at the most sequences in flight.
-- CPU-only (no link), and the CPU behind an emulated link (`kv_link` as above, then): `host_memory` = read bandwidth over the activated weights (expected distinct experts
-  at the most sequences that fit) plus KV, and `cpu_compute` = GEMM FLOPs at peak plus attention at the best
-  attention bandwidth, one after the other on the same cores.
-These bound decode (`tok_s`, named by `binding`). `end_to_end_tok_s` is the least of the same terms over
-the whole job (`end_to_end_terms`): the first token of each sequence comes from its prefill, and the prompts'
-prefill FLOPs (p/g prompt tokens per generated token: every layer's GEMMs, causal attention, one lm_head row
-per prompt) at the peak GEMM rate are added to the compute term only, as the merged pass overlaps prefill
-with decode on every other resource.
+How it works: docs/design.md, `planner/perf/bound.py`.
 """
 
 from __future__ import annotations

@@ -1,28 +1,6 @@
 """Derived sizes and costs of a `ModelSpec`: parameters, bytes, FLOPs and KV bytes per module, torch-free.
 
-Module names are those of docs/contracts.md: `embed`, `qkv_proj`, `attention`, `o_proj`, `router`,
-`experts`, `shared_experts`, `dense_mlp`, `lm_head`, plus `norms` (RMS/LayerNorm weights) for bytes.
-`qkv_proj` holds everything before the attention kernel (q/k/v projections and biases, q/k norms; MLA: the
-q_a/q_b or q projection, kv_a_proj, kv_b_proj and their norms); `attention` holds gpt-oss sinks only.
-Counts match the tensors a transformers 5.23 model holds (its state_dict, deduplicated when tied).
-
-`ModelCosts(spec)`:
-- parameter counts: `embed_params()`, `lm_head_params()` (0 when tied), `layer_params(layer) -> {module: n}`,
-  `expert_params()` (one routed expert), `params_by_module() -> {module: n}` (whole model),
-  `total_params()`, `active_params(include_embed=True)` (per token: all but the E-k unused routed experts
-  per MoE layer).
-- bytes at the spec dtype: `module_bytes(layer=None) -> {module: bytes}` (one layer, or the whole model
-  when layer is None), `expert_bytes()`, `layer_bytes(layer)`, `total_bytes()`.
-- FLOPs per token: `layer_flops_per_token(layer, context_len) -> {module: flops}` (2 x weights for
-  matmuls; routed experts count top_k experts; `attention` = score and value FLOPs of one query against
-  context_len cached tokens), `lm_head_flops_per_token()`, `flops_per_token(context_len)` (whole model).
-  MLA attention is counted in the absorbed (latent) form the CPU kernel uses:
-  2*H*(kv_lora+rope)*ctx for scores plus 2*H*kv_lora*ctx for values.
-- KV: `kv_bytes_per_token_per_layer()` (GQA 2*H_kv*d_h*bytes; MLA (kv_lora+rope)*bytes),
-  `kv_bytes_per_token()` (all layers), `kv_bytes_for_context(context_len)` (one sequence, sliding-window
-  layers capped at their window), `window_only_layers()` (layers whose cache keeps only the window: a ring
-  of `kv_ring_blocks(window, block_size)` blocks per slot in the engine, `spec.keeps_window_only`).
-- routing: `expected_distinct_experts(num_tokens)` = E(1-(1-k/E)^m), an upper bound under uniform routing.
+How it works: docs/design.md, `planner/perf/costs.py`.
 """
 
 from __future__ import annotations

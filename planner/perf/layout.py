@@ -1,14 +1,6 @@
 """Where a model's bytes are, per layer kind and per residency choice: the static half of the performance model.
 
-`ModelLayout(spec, workload, block_size)` turns `planner.perf.costs.ModelCosts` into the constants the model needs:
-bytes of each weight group per MoE layer and per dense layer, KV bytes per token and per slot, activation
-sizes per token, and, for every residency index `rho` (0 .. len(RESIDENCY_ORDER) + num_experts), the bytes
-resident on the device, streamed per MoE / dense layer and streamed once per step (embed, lm_head).
-
-Residency index: the first `min(rho, 7)` groups of `RESIDENCY_ORDER` (read by every token, so kept first) are
-resident; beyond that `rho - 7` routed experts of every MoE layer (experts 0 .. r-1) are resident too.
-Norms and gpt-oss sinks ride with `qkv_proj`, the final norm with `lm_head`. Group names are the runtime's
-weight-module names (docs/contracts.md, `resident_modules`).
+How it works: docs/design.md, `planner/perf/layout.py`.
 """
 
 from __future__ import annotations

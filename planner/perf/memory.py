@@ -1,26 +1,6 @@
 """Memory budgets and the memory model: what each decision costs on the host and on the device.
 
-`Budgets.from_args(profile, kv_gb, host_gb, device_gb)` reads the user's limits (GiB) with the profile's
-machine sizes as defaults and rejects absurd values with a `UserError`.
-`MemoryModel` (vectorised like the performance model):
-- host: the weights the engine keeps there (with a device: the streamed ones, page-locked in one arena; the
-  host copies of device-resident weights are freed; without a device, or behind an emulated link, where the
-  device is the host: every weight) + KV cache (N slots at `kv_bytes_per_slot` plus one longest sequence
-  of headroom, block-rounded) + pinned attention staging (q/k/v out, attention back: with a device) +
-  activations and prefill workspace (CPU-only: the device is the host) + a reserve (OS, Python, torch).
-- device: resident weights + stream buffers (`slots` layers of streamed modules, 2 or 3, plus non-resident
-  embed / lm_head; a layer's experts in `stream_parts` parts, a slot each, where two whole layers do not fit) + the decode activations (hidden states of all N tokens, one attention micro-batch, one
-  expert chunk, router logits, lm_head logits of a micro-batch with the on-device sampler's workspace) and the
-  prefill workspace (a chunk's activations, one layer's K/V for attention with the K/V heads expanded for the
-  fused kernels, lm_head logits and sampling of at most one micro-batch of completed prompts) together, since
-  one pass carries both (`runtime.engine.forward`) + a reserve (CUDA context, allocator slack).
-  `stream_slots(c, N)` is 3 when a third slot fits beside all of that, else 2.
-- emulated link (`planner.hardware.emulated_link`): as with a device, but no reserve (the engine counts exactly what it
-  allocates), no pinned staging, one token group.
-- model-based batching (`kv_on_device`): the KV cache is in device memory beside the weights, and the
-  attention and expert transients grow with N (one batch everywhere).
-`max_num_seqs(candidates)` is the largest N (real-valued) all of that allows, with the KV cache inside
-`kv_bytes`; `breakdown(...)` gives the bytes by category for the plan.
+How it works: docs/design.md, `planner/perf/memory.py`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """The merged pass: a prefill chunk that rides in a decode step's pass over the layers (torch-free).
 
-The engine runs one pass per step (`runtime.engine.forward`): the chunk's attention joins the step's layers and
-its tokens join the step's FFN, so the layer's streamed weights are copied (and read) once for both, and the
-experts see the decode and prefill tokens of group 0 in one batch. A riding chunk therefore costs what it
-adds to the decode layer's busiest resource, not a pass of its own:
-
-    marginal = max_r(decode[r] + ride[r]) + decode serial - decode layer, per MoE and dense layer,
-
-where `ride` is the chunk's work per resource without the weight copy (`PerfModel.prefill_chunk`), less the
-expert-batching saving E(g) + E(T) - E(g + T) on the compute resource (E: a token group's expert seconds,
-g = N / groups decode tokens, T = the chunk's tokens; CPU-only, the experts both hit are read once too).
-The fraction of prefill forwards that ride: every one with staggered generation lengths (refill admits into
-running steps); in waves all but the first forward of each wave; never more than one per decode step. Chunk seconds blend the two, and the chunk's
-`weight_copy` is booked as the engine books it (by token share on a riding step).
+How it works: docs/design.md, `planner/perf/merged.py`.
 """
 
 from __future__ import annotations

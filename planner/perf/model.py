@@ -1,43 +1,6 @@
 """The performance model: time of every module, memory, and throughput as functions of the decision variables.
 
-`PerfModel(spec, profile, workload, budgets)` is vectorised: `evaluate(Candidates)` takes numpy arrays of
-decisions (any common shape) and returns an `Evaluation` of arrays. Module names are those of
-docs/contracts.md so the runtime's measured times line up one to one with the predicted terms.
-
-Decode step (N sequences in flight, two token groups of N/2 when there is a device, one without):
-per layer, qkv_proj and o_proj on the device in micro-batches of b_a; CPU attention = KV bytes read /
-attention bandwidth at the chosen thread count; router over the group; experts: the expected distinct
-experts hit by the group's n tokens, E(1-(1-k/E)^n), each at m = n k / hit rows, as grouped GEMMs (one call
-per window of b_e routed rows; looped: in chunks of at most b_e padded to their row buckets;
-`planner.perf.expert_kernels`; every GEMM module call and attention micro-batch also costs the profile's
-`efficiency.call_overhead_s`);
-shared experts and dense MLP layers in chunks of b_e; weight_copy = bytes streamed / pinned link rate.
-Every module also gets the profile's measured per-call and elementwise costs (`overheads` section, times
-`efficiency.overhead`; `planner.perf.overheads`): fixed seconds per engine call (per micro-batch, per token
-group, per activated expert and chunk, per prompt segment of prefill attention, per step) and nanoseconds per
-normed, rotated, added or attention-score element; what the GEMM curves cannot see. A profile without the
-section predicts exactly as before.
-Independent resources overlap (device, CPU, copy engine: the layer takes the longest), the shared one adds:
-host memory bandwidth carries both the KV reads and the streamed weights. Without a device the same cores
-run GEMMs and attention (they add) and host memory carries weights read + KV; nothing streams, except in the
-engine's forced-streaming mode (`stream_on_host`: routed experts copied host to host by a worker thread at the
-profile's memory copy rate, which takes a core and memory bandwidth from compute, so the copy time adds).
-Per step: embed, lm_head, sampling, non-resident embed/lm_head copies and the profile's step overhead.
-Prefill: forwards of `prefill_chunk` tokens at most (fewer when the free slots admit fewer prompts at once,
-`prefill_tokens`) through every layer on the device (device attention FLOPs at the
-o_proj GEMM rate, K/V written back over the link); a forward that rides a decode step's pass (the engine runs
-one pass per step) costs only what it adds to that step's layers (`planner.perf.merged`). Time for the workload: prefill time plus decode steps
-with sequence-level refill: each sequence decodes g - 1 tokens (its first comes from its prefill forward),
-S = P (g-1) / N + ((g-1)/2)(1 - N/P) steps at the average occupancy P (g-1) / S; the drain term only when
-generation lengths differ (equal ones finish together, in whole waves; then each of the P / N waves adds F - 1
-steps, F its prefill forwards, whose prompts start decoding one forward apart). Memory and the largest feasible N live in `planner.perf.memory`.
-Emulated link (`planner.hardware.emulated_link`): memory, residency and streaming as with a device (the routed experts
-stream, everything else stays resident), compute as without one (one token group; GEMMs and attention add on
-the host cores), and the link as one paced copy worker that carries the streamed weights and the activations
-that would cross it (decode: q/k/v out and attention back; prefill: the K/V written to the host cache), in
-parallel with compute, whose cores it takes only for the memory-speed copy itself.
-`batching="model"` predicts model-based batching as FlexGen-style and HF-offload users run it: one batch of N
-through every module (attention and experts unchunked), the KV cache in device memory (N bounded by it).
+How it works: docs/design.md, `planner/perf/model.py`.
 """
 
 from __future__ import annotations

@@ -1,27 +1,6 @@
 """The measured fixed and elementwise costs of each module, in the engine's module names (torch-free).
 
-`OverheadTerms.build(spec, rates.overheads)` turns a profile's `overheads` section (already times
-`efficiency.overhead`, see `planner.perf.rates.OverheadCosts`) into seconds the performance model adds to its GEMM
-and bandwidth terms. Calls per decode step: `planner.modules.DECODE_CALLS`. Counts follow the engine (`runtime.engine.forward`, `runtime.engine.ffn`):
-- decode, per layer: `qkv_proj` = per attention micro-batch (`groups * max(n / b_a, 1)` calls, n = N / groups)
-  call_s.qkv_proj (+ call_s.qk_norm for models with norms inside attention) plus N x (normed widths x
-  norm ns + rotated q/k widths x rope ns); `attention` = per micro-batch call_s.attention; `o_proj` = per
-  micro-batch call_s.o_proj plus N h residual-add elements; `router` = per group call_s.router (MoE layers)
-  plus N h norm elements (the mlp norm, which the engine times as `router` in every layer); `experts` = per
-  group call_s.expert_grouping plus call_s.expert per activated expert and chunk (the grouped path,
-  `planner.perf.expert_kernels`: per window of b_e routed rows instead); `shared_experts`,
-  `dense_mlp` = per group; `residual` = N h add elements of the FFN output (untimed by the engine, in the
-  step only).
-- decode, per step: `embed`, `lm_head` (one call over all N: call + N h norm elements), `sampling` (call +
-  N x vocab logits x sampling ns), and
-  `step` = call_s.decode_step (scheduling and batch-building bookkeeping).
-- prefill, per layer of a chunk of T tokens in S prompt segments: the same with one call each over all T
-  tokens, and `attention` = S x call_s.prefill_attention plus score elements (T x heads x E[p^2]/E[p]) x
-  attention_score ns; per chunk: `embed`, `lm_head` (S rows), `forward` = call_s.prefill_forward + sampling
-  of S rows.
-MLA models take qkv_proj, attention and o_proj from the section's `mla_call_s` when measured
-(`Overheads.calls_for`). All terms are zero for a profile without the section, so its predictions are
-unchanged.
+How it works: docs/design.md, `planner/perf/overheads.py`.
 """
 
 from __future__ import annotations

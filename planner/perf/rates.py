@@ -1,22 +1,6 @@
 """Vectorised rate tables built once from a `HardwareProfile` for one model: what the performance model reads.
 
-`Rates.build(profile, costs, scale)` samples the profile's scalar interpolators on fixed grids and returns
-numpy-vectorised lookups, each already multiplied by the profile's `efficiency` constants (GEMMs by
-`gemm_efficiency(m)`: `gemm`, times `gemm_small_m` at one row fading out by 128 rows):
-- `gemm[module].seconds(rows)`: time of that module's GEMMs (all its matrices) for `rows` tokens, plus
-  `efficiency.call_overhead_s` per call (dispatch, gathers: what a GEMM micro-benchmark does not see). The GEMM
-  rate F(m) is made non-decreasing in m and F(m)/m non-increasing (running max, then running min of F/m)
-  before interpolating log-log, so a module's time never falls when rows grow and its time per row never
-  rises: measurement noise otherwise makes the solver's optimum jitter. `chunked_seconds(rows, chunk)`
-  prices rows in chunks of at most `chunk` (the remainder chunk pro rata: rows are expectations).
-- `h2d_bps(nbytes)`, `d2h_bps(nbytes)`: pinned link bytes/s for one transfer of that size.
-- `attention_bps[threads]`: CPU decode-attention KV bytes/s for 0..cores threads (index = threads).
-- `overheads`: the profile's measured `overheads` section times `efficiency.overhead`, as seconds per call
-  (`call_s[name]`) and seconds per element (`element_s[name]`); all zero when the profile has none.
-- `host_read_bps`, `device_read_bps` (estimated from the GEMV end of the profile's fastest GEMM curve at one
-  row, whatever the model: bytes/2 per FLOP), `peak_flops` (largest measured GEMM rate: the dense peak for S-MFU and the bound).
-`RateScale` multiplies resources for what-if questions (`planner explain`): link, CPU (attention bandwidth
-and, with no device, CPU GEMMs), host memory bandwidth, device compute.
+How it works: docs/design.md, `planner/perf/rates.py`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `make_plan(spec, profile, workload, budgets, model_ref, profile_ref)` builds the performance model, solves
 it and returns the Plan; `plan_from_solution(model, solution, model_ref, profile_ref)` does the second half.
-S-MBU / S-MFU follow MoE-CAP with the defects of its public code fixed (../shared/reference/prior-art.md):
+S-MBU / S-MFU follow MoE-CAP (Jiang et al., 2024) with the defects of its public code fixed:
 bytes read per decode step = weights of the modules every token uses + the expected distinct experts hit
 (not all experts) + KV read, over the step time and the peak bandwidth of the memory the device computes
 from (device memory, estimated from the measured GEMV rate; host memory without a device); FLOPs = top-k

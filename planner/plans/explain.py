@@ -21,6 +21,7 @@ from planner.plans.build import spec_hash
 from planner.plans.plan import Plan
 from planner.plans.sweep import Problem, solve_problem
 from planner.specs.spec import load_spec
+from planner.tables import text_table
 
 RESOURCE_WORDS = {
     "device": "device compute",
@@ -32,14 +33,7 @@ RESOURCE_WORDS = {
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        for r in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(text_table(headers, [[_cell(v) for v in row] for row in rows]))
 
 
 def _cell(value) -> str:

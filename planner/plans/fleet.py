@@ -1,13 +1,6 @@
 """A fleet: several hardware profiles, each with a machine count, sharing one job (torch-free).
 
-`parse_member(text) -> (profile_ref, count)` reads `NAME|PATH[:COUNT]` (count 1 when absent).
-`solve_fleet(spec, members, workload, kv_gb, host_gb, device_gb, model_ref, batching) -> Fleet` solves one plan per
-profile with the same model, workload and KV budget (host and device budgets: the flags where given, else
-each profile's own; a device budget only for profiles with a device). The fleet's throughput is the sum over
-machines of their plans' predicted generated tok/s; prompts are split in proportion to each machine's
-throughput (largest remainder over the members), so every machine is predicted to finish at about the same time.
-This is what `runtime execute --workers N` schedules dynamically; the split says what to expect of it, or
-how to cut the prompts file by hand.
+How it works: docs/design.md, `planner/plans/fleet.py`.
 """
 
 from __future__ import annotations

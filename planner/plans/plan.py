@@ -1,21 +1,6 @@
 """The Plan: a frozen dataclass that round-trips through YAML (`yaml.safe_load`), strictly validated on load.
 
-A plan names what it was solved for (model spec name + hash, profile name + fingerprint, budgets, workload),
-every decision the runtime reads (top-level fields; names in docs/contracts.md "Plan"), and what the planner
-predicts: tokens/s (prefill, decode, end to end), wall time, seconds per module per decode step and per
-prefill chunk (module names shared with the runtime's measurements; `decode_step.prefill` is prefill time
-amortised per decode step), utilisation of each resource, the bottleneck, memory by category on host and
-device, the upper bound (`planner.perf.bound`), S-MBU / S-MFU and $ per million generated tokens.
-
-Residency: `resident_modules` lists weight modules kept on the device (runtime module names); routed
-experts 0 .. `resident_experts_per_layer`-1 of every MoE layer stay on the device too ("experts" is listed when
-all of them do). `plan.is_resident(module, expert)` answers for one tensor. With `stream_weights` false
-(no device) every module is used in place.
-`stream_slots` (2 or 3) is how many device slots the streamer rings through; `stream_parts` (1 unless two
-whole layers do not fit) how many parts, a slot each, a layer's streamed experts cross in. `Plan.load(path)` /
-`plan.save(path)`; a missing, mistyped, unknown or out-of-range field raises `UserError` naming it
-(`plan.yaml: predicted.decode_tok_s: expected a number`); the fields of `OPTIONAL_FIELDS` (added after plans
-were written) may be absent.
+How it works: docs/design.md, `planner/plans/plan.py`.
 """
 
 from __future__ import annotations
@@ -33,6 +18,7 @@ from planner.errors import UserError
 from planner.modules import WEIGHT_MODULES, names
 from planner.perf.bound import Bound
 from planner.plans.workload import Workload
+from planner.values import is_int
 
 SCHEMA_VERSION = 1
 RESOURCES = ("device", "cpu_attention", "link", "host_memory", "cpu")
@@ -300,7 +286,7 @@ def _convert(value, hint, source: str, path: str):
             raise fail("true or false")
         return value
     if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not is_int(value):
             raise fail("an integer")
         return value
     if hint is float:

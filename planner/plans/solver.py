@@ -1,21 +1,6 @@
 """The solver: the throughput-optimal decisions for one model, machine, workload and set of budgets.
 
-Decision variables: residency index (dense/attention modules first, then routed experts per layer, see
-`planner.perf.layout`), expert batch b_e, attention micro-batch b_a, prefill chunk, CPU attention threads,
-sequences in flight N and the KV budget. Structure used:
-- N is the largest count every memory budget allows (`MemoryModel.max_num_seqs`): with rates cleaned to be
-  monotone (`planner.perf.rates`) more sequences never lower the modelled throughput, and the KV budget is the
-  one those N need (<= --kv-gb).
-- Attention threads: the fewest reaching 99.5% of the best measured attention bandwidth, leaving at least
-  one core for the driver thread when there is a device (every thread when there is none: the same cores
-  run everything). The rest are `compute_threads`.
-- b_a and the prefill chunk are searched exactly (powers of two) inside the objective.
-- Residency and b_e: `scipy.optimize.differential_evolution` over their integer lattice (vectorised,
-  fixed seed, so deterministic), then a local integer search around its best point (steps of 1, 2, 4, ...
-  in residency and one power of two in b_e) until nothing improves; a second local search starts from the
-  best point of a coarse lattice, and the better end wins (the evolution alone can settle in another basin:
-  then a faster link predicted less).
-`grid_search` evaluates the whole lattice; tests check the solver lands within 2% of it.
+How it works: docs/design.md, `planner/plans/solver.py`.
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """Workload: the length distribution of an offline job, summarised for the performance model.
 
-`Workload` is a frozen dataclass of summary statistics (never the prompts themselves):
-- `Workload.fixed(prompt_len, gen_len, num_prompts)`: every prompt the same length (`--prompt-len/--gen-len`).
-- `Workload.from_lengths(prompt_lens, gen_lens, source, token_count)`: any distribution.
-- `Workload.from_file(path, default_max_tokens, tokenizer_path=None, num_prompts=None, on_error="fail",
-  max_context=None)`: a prompts JSONL file, read by the parser the runtime uses too (`planner.prompts_file`:
-  native lines and OpenAI Batch lines; each line's max_tokens / max_completion_tokens and n).
-  Tokens are counted with the checkpoint's `tokenizer.json` (the torch-free `tokenizers` package) when given,
-  else estimated as UTF-8 bytes / 4. `num_prompts` scales the job (the file is then a length sample).
-Generation lengths are each prompt's max_tokens (the planner assumes no early EOS, an upper bound on work).
-Derived figures the model uses: means and maxima, `kv_tokens_per_slot` = E[g (p + g/2)] / E[g] (KV a refilled
-slot holds on average; longer generations hold a slot longer; also the mean context a decode step reads),
-`kv_held_tokens_per_slot` (what the cache must hold per slot: that mean, or E[p] + g when generation lengths
-are equal, since sequences admitted together then grow together and reach their full length at once), `prefill_context` = E[p^2] / (2 E[p]) + 1/2
-(average causal context of a prompt token), `window_read_tokens(w)` (mean KV tokens read per decode step
-by a sliding-window layer) and `finishes_in_waves` (equal generation lengths). Bad input raises `UserError` naming the line.
+How it works: docs/design.md, `planner/plans/workload.py`.
 """
 
 from __future__ import annotations

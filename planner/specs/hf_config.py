@@ -1,18 +1,6 @@
 """Conversion between `ModelSpec` and HF `config.json` dicts, torch-free: fields common to all families.
 
-- `spec_from_hf_config(cfg, name=None) -> ModelSpec` reads published config.json files (old rope style:
-  `rope_theta` + `rope_scaling` with `type`) and those transformers 5.x saves (`rope_parameters`, renamed
-  attributes such as Qwen3's `num_local_experts`), for the families in `planner.specs.model_spec.ALL_FAMILIES`. It first
-  checks the JSON type of every known field, then reads the common fields here and the family-specific ones
-  through `planner.specs.hf_families`. Wrong types, missing keys and unsupported layouts (sliding-window Qwen,
-  sparse-step MoE layers, ...) raise `UserError`. Keys listed in `PRESERVED_KEYS` survive in `spec.extra`;
-  other unknown keys are dropped.
-- `spec_to_hf_config(spec) -> dict` writes a dict that transformers 5.23 `AutoConfig.for_model(model_type, **d)`
-  accepts and whose model has exactly the spec's shapes; it carries a `moelens` block (name, source) so that
-  `spec_from_hf_config(spec_to_hf_config(s)) == s`.
-- `read_config_json(path) -> dict` and `spec_from_config_json(path, name=None) -> ModelSpec`: the one reader of a
-  config.json file (checkpoint loader and `load_spec` alike); a file we wrote keeps its own name and source.
-`ARCHITECTURES`, `DEFAULT_ROPE_THETA` and `DEFAULT_EPS` (defined in `planner.specs.hf_families`) are importable here too.
+How it works: docs/design.md, `planner/specs/hf_config.py`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """Hugging Face model ids (`org/name`) resolved from the local Hugging Face cache, never from the network.
 
-The cache layout is huggingface_hub's: `$HF_HUB_CACHE` (else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`)
-holds `models--org--name/` with `refs/main` (a revision hash) and `snapshots/<revision>/` (the files).
-- `is_hub_id(ref)`: `org/name` that is not an existing path.
-- `local_snapshot(repo_id) -> Path | None`: the snapshot refs/main names, else the newest snapshot holding a
-  config.json; None when the model is not in the cache.
-- `shipped_spec_name(repo_id) -> str | None`: the models/ spec made from that model's config.json (its
-  `source` names the id), so `mistralai/Mixtral-8x7B-v0.1` plans as `mixtral-8x7b` without any download.
-- `require_snapshot(repo_id) -> Path`: the snapshot, else a UserError saying how to download it.
+How it works: docs/design.md, `planner/specs/hf_hub.py`.
 """
 
 from __future__ import annotations

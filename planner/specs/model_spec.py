@@ -132,7 +132,7 @@ class ModelSpec:
         for key in _POSITIVE + _NON_NEGATIVE:
             value = getattr(self, key)
             low = 1 if key in _POSITIVE else 0
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            if not is_int(value) or value < low:
                 raise self._fail(f"{key}={value!r} must be an integer >= {low}", f"fix {key} in the spec")
         if not isinstance(self.name, str) or not self.name:
             raise self._fail("name must be a non-empty string", "set name to the YAML file's stem")

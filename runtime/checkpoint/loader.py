@@ -1,17 +1,6 @@
 """Open a HF checkpoint directory: spec, lazily read weights under canonical names, tokenizer.
 
-`open_checkpoint(dir) -> Checkpoint` reads `config.json` (through `planner.specs.hf_config.spec_from_config_json`), validates
-every shard header (see `safetensors_io`), and compares the stored tensors with the names and shapes the
-spec implies (`names.expected_tensors`): missing, unexpected and mis-shaped tensors, and matrices whose dtype
-differs from the others (the engine multiplies them together), are reported together in one `UserError`.
-No tensor data is read at open time. A `quantization_config` (`runtime.quant.config`) makes each quantized
-weight two entries, `name` (codes) and `name@scales`, and `weights.quant` maps `name` to its `QuantLayout`;
-`weights.dequantized(dtype)` is the same mapping with those tensors dequantized on access (the reference).
-
-`Checkpoint.weights` is a read-only mapping canonical name -> torch.Tensor. Each `weights[name]` reads that
-tensor from its shard (safe_open, one handle per shard, opened on first use); nothing is cached, so the
-caller (the weight store) owns the only resident copy. `shape`, `dtype`, `nbytes`, `disk_name` answer from
-the headers without reading data; `rows(name, lo, hi)` reads a slice of rows. Tied models: `lm_head` reads the `embed` tensor (`weights.aliases`).
+How it works: docs/design.md, `runtime/checkpoint/loader.py`.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """Random weights with sane activations, generated tensor by tensor in bounded chunks.
 
-`init_rule(spec, canonical_name, shape) -> InitRule` says how one tensor is drawn:
-- norms: ones; DeepSeek-V3 router correction bias: zeros; other biases: normal(0, 0.02); gpt-oss attention
-  sinks: normal(0, 1);
-- linear layers [out, in] (gpt-oss fused experts [E, in, out]): normal(0, 1/sqrt(in)), so each projection keeps the scale of its input;
-- output projections (attention o_proj, every down_proj) are further scaled by 1/sqrt(2 * num_layers), so the
-  residual stream grows slowly with depth;
-- the router: normal(0, ROUTER_GAIN/sqrt(h)), logits of order one, so routing spreads over the experts;
-- the embedding: normal(0, 1): the current token's embedding stays a large part of the residual stream, so
-  greedy generation keeps producing different tokens instead of settling into a repeated one (measured on
-  mixtral-mini: 40 distinct tokens out of 40 against about 17 with a small embedding). Tied models use a small
-  embedding instead (normal(0, TIED_EMBED_STD)), since a large one would make every token predict itself.
-`generate_chunks(tensor, rule, seed, dtype)` yields the tensor as row blocks of at most `CHUNK_ELEMENTS`
-values; each tensor has its own generator seeded from (seed, on-disk name), so values do not depend on
-sharding or on which other tensors exist.
+How it works: docs/design.md, `runtime/checkpoint/random_init.py`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """Safetensors shards: validated headers, the shard list of a checkpoint, and a streaming shard writer.
 
-- `read_shard_header(path) -> dict[name, TensorEntry]` reads only the header and checks it before any data
-  is touched: the file exists, the 8-byte little-endian header length is sane and inside the file, the
-  header is a JSON object, every dtype is supported (F32, F16, BF16; F8_E4M3 and U8 for quantized weights), and every tensor's data offsets lie
-  inside the file and match its shape. A bad shard raises `UserError` naming the file (truncated, corrupt).
-- `locate_tensors(dir) -> dict[disk_name, Path]`: from `model.safetensors.index.json` (whose shard names
-  must stay inside the directory) or a single `model.safetensors`.
-- `ShardWriter` writes one shard with a precomputed header, tensor by tensor, so a writer never holds more
-  than one tensor (or one chunk of it) in memory.
-Tensor data is read elsewhere, lazily, with `safetensors.safe_open`.
+How it works: docs/design.md, `runtime/checkpoint/safetensors_io.py`.
 """
 
 from __future__ import annotations

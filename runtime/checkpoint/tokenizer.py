@@ -21,6 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from planner.errors import UserError
+from planner.values import is_int
 
 
 def _read_json(path: Path) -> dict:
@@ -41,10 +42,10 @@ def _token_text(value: object) -> str | None:
 
 
 def _as_id_list(value: object) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_int(value):
         return [value]
     if isinstance(value, list):
-        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+        return [v for v in value if is_int(v)]
     return []
 
 

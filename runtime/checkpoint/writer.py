@@ -1,15 +1,6 @@
 """Write a random-weight checkpoint with a model's real shapes in its family's on-disk HF layout.
 
-`write_random_checkpoint(spec, out, dtype, seed, max_shard_bytes) -> WrittenCheckpoint` writes, in order:
-`config.json` (from `spec_to_hf_config(spec)`, special token ids of the generated tokenizer, a `moelens` block
-that marks the directory as ours), `generation_config.json`, `tokenizer.json` / `tokenizer_config.json`
-(see `tokenizer_build`), the shards (`model.safetensors`, or `model-0000i-of-0000n.safetensors` when more
-than one), then `model.safetensors.index.json`. Tensors are generated and streamed to disk in bounded
-chunks (see `random_init`), so memory stays near one chunk whatever the model size. Same spec, dtype and
-seed give byte-identical files. A non-empty `out` that is not a moelens checkpoint is refused
-(`UserError`); an earlier moelens checkpoint there is replaced. `quant="fp8"|"mxfp4"` stores the weights a
-`quantization_config` quantizes (`runtime.quant.config.make_quant_config`) in that format's on-disk layout,
-each quantized from the bf16 values the unquantized checkpoint would hold.
+How it works: docs/design.md, `runtime/checkpoint/writer.py`.
 """
 
 from __future__ import annotations

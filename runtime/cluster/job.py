@@ -1,15 +1,6 @@
 """`runtime execute ... --workers N`: the job as a Ray Data pipeline of N engine actors, written exactly once.
 
-Order: the checks `runtime execute` makes before any work (plan, output paths, checkpoint, the plan's model,
-the whole input file) except the machine check, which each worker makes for its own machine
-(`worker_plan`); then the output is opened as `runtime.jobio.JobOutput` (same input and plan: resume, the ids
-already written are not sent again), the pending requests become a Ray dataset (each row one input line
-and its number; workers parse it as this process did), `map_batches(EngineWorker, compute=ActorPoolStrategy(size=N))` runs
-them, and this process, the only writer, appends each answer as its batch arrives. Exactly once: an answer
-whose id is already in the output (a batch Ray ran again after a worker died) is dropped and counted; Ray
-restarts a dead actor and retries its batch (an actor pool's default `max_restarts` and `max_task_retries`
-are -1: unlimited); a killed driver leaves
-whole lines plus at most one torn tail, which the rerun cuts off.
+How it works: docs/design.md, `runtime/cluster/job.py`.
 """
 
 from __future__ import annotations

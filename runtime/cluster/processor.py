@@ -1,20 +1,6 @@
 """A Ray Data processor: a dataset of requests in, a dataset of completions out (for existing pipelines).
 
-    from runtime.cluster.processor import ProcessorConfig, build_processor
-    processor = build_processor(ProcessorConfig(plan="plan.yaml", concurrency=4),
-                                preprocess=lambda row: {"id": row["key"], "prompt": row["question"]},
-                                postprocess=lambda row: {"key": row["id"], "answer": row["text"]})
-    answers = processor(ray.data.read_json("questions.jsonl"))      # lazy, like any Dataset
-
-Rows going into the engine stage carry the fields of a `runtime execute` prompts line (`id` with one of
-`prompt` / `prompt_token_ids` / `messages`, and the sampling fields; or an OpenAI Batch API line); other
-columns are dropped, so `preprocess` maps a row to those fields. Rows coming out are the lines `execute`
-writes (`runtime.jobio.records.answer_record`): `id`, `text`, `token_ids`, `finish_reason`, `stop_reason`,
-`prompt_tokens`, `completion_tokens` (and `outputs`, `logprobs` when asked), or OpenAI's batch output form for
-Batch API rows; `postprocess` maps them further. The whole is one `map_batches(ProcessorWorker)` stage
-over `concurrency` actors of `num_cpus` CPUs each (pre- and postprocess run inside the actors), every actor
-an `EngineWorker` planned for its machine (`worker_plan`).
-Unlike `runtime execute --workers`, nothing is written or resumed here: the dataset's consumer decides.
+How it works: docs/design.md, `runtime/cluster/processor.py`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """The cluster run report: per worker what it ran and achieved beside its plan, and the fleet in total.
 
-`WorkerTally` folds the workers' `BatchStats` (one per batch that reached the driver; a batch retried after a
-crash counts where it finished). `cluster_report(tally, wall_s, ...)` returns (JSON-able):
-- vLLM's benchmark keys over the driver's wall time: `elapsed_time`, `num_requests`, `total_num_tokens`,
-  `requests_per_second`, `tokens_per_second`, `output_tokens_per_second`;
-- `workers`: per worker (Ray actor) its machine, plan (profile, given or re-solved and why, sequences in
-  flight, threads), `requests`, `generated_tokens`, `busy_s` (engine time), `predicted_tok_s` and
-  `achieved_tok_s` (generated tokens / busy seconds) with `relative_error`, and `restarts` (processes Ray
-  started again after a crash, at least 1 when the reporting process is itself a restart);
-- `total`: achieved generated tok/s over the wall time against the sum of the workers' predictions;
-- `duplicates_dropped`, `resumed_requests`, `skipped_lines`.
+How it works: docs/design.md, `runtime/cluster/report.py`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """`EngineWorker`: the Ray Data actor class that answers requests with the moelens engine.
 
-One instance lives in each actor of a `map_batches(EngineWorker, compute=ActorPoolStrategy(size=N))` stage:
-it opens the checkpoint, picks its plan (`worker_plan.plan_for_worker`, for the CPUs Ray gave it) and builds
-the engine once; each call then runs the engine over one batch of requests (all of them in flight together,
-refilling as they finish) and returns one row per request.
-Batch columns in: `request`, one prompts-file line as JSON, parsed here as `runtime execute` parses it
-(`runtime.jobio.parse_line`: same key, sampling defaults and seed), and optionally `line_number`. Columns
-out: `key` (the answer key), `id` (JSON of the id or custom_id as given), `record` (the output line as JSON,
-`runtime.jobio.records.answer_record`: what `runtime execute` writes) and `stats` (JSON `BatchStats` on the
-batch's first row, "" on the others).
-A worker that dies loses only its current batch: Ray restarts the actor and runs the batch again; the driver
-keeps the first answer per id.
+How it works: docs/design.md, `runtime/cluster/worker.py`.
 """
 
 from __future__ import annotations

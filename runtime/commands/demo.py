@@ -1,17 +1,6 @@
 """`runtime demo` (`make demo`): the whole loop on this machine in a few minutes, predicted against achieved.
 
-Steps, in `--dir` (default ./demo-out/): make a random-weight `mixtral-mini` checkpoint in bf16 (reused
-when already there); use this machine's measured profile whose fingerprint matches the rates the machine
-shows now, or measure one quickly (`runtime profile --quick`, saved in the user dir) when there is none; write
-`--num-prompts` (256) distinct prompts, varied sentences from a seeded generator (identical prompts would
-route to the same experts and flatter the expert batching), each asking for a fixed number of tokens with
-ignore_eos so every sequence does the work the plan assumes; solve a plan for exactly that workload with the planner API (`--kv-gb` 2 GiB of KV); run
-`runtime execute` on it and print the report.
-
-Lengths: prompts of 32..128 tokens with 64 generated each, unless the plan predicts the execute step would
-take longer than `--time-budget-s` (300 s); then the first of 32..96/48, 24..64/32, 16..48/24, 16..32/16
-that the plan says fits (a 2-core CPU needs the shorter ones; the whole demo stays under 10 minutes).
-`--min-prompt-tokens`, `--max-prompt-tokens` or `--gen-len` fix the lengths instead.
+How it works: docs/design.md, `runtime/commands/demo.py`.
 """
 
 from __future__ import annotations

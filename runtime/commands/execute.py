@@ -1,22 +1,6 @@
 """`runtime execute plan.yaml --input prompts.jsonl --output out.jsonl`: run a plan over a prompts file.
 
-Order (nothing is written before every check passes): load the plan; check the output (and report) paths
-are writable and are none of the inputs (same file by inode: the prompts, the plan, each other); open the checkpoint (`--checkpoint`, else the plan's model reference when it is a checkpoint
-directory); check the plan was solved for this model (spec hash, or the same architecture) and this machine
-(profile fingerprint) and that its host memory fits what is free (`--force` skips these three); validate the
-whole input file (`runtime.jobio`, `--on-error fail|skip`); then open the output (resuming a job of the same
-input and plan, `--overwrite` to start again); when there is work left, spot-check this machine's memory and
-GEMM rates against the profile (`runtime.profiler.spot_check`, under a second: a warning with the figures
-when one is off by more than 20%), build the engine from the plan, run it with a progress bar,
-write each answer as its sequence finishes, and print and write the report (`runtime.report`).
-`--output -` streams the answers to standard output (the report is then printed to standard error; there is
-nothing to resume); `--report -` prints the report JSON to standard output. Ctrl-C or SIGTERM stops the job
-with every finished answer kept and says how to resume; so does a full disk or a file-size limit. A plan
-needing more memory than this machine has is refused even with `--force`; a failed host allocation is one
-message. Requests asking for more tokens than one can hold are capped (`runtime.jobio.requests`), counted
-(`capped_requests` in the report) and warned about.
-`execute_job(ExecuteOptions) -> dict | None` is the same as a function (None when nothing was left to do).
-With `--workers N` the job runs on a Ray cluster instead (`runtime.cluster.job`), with the same output and resume.
+How it works: docs/design.md, `runtime/commands/execute.py`.
 """
 
 from __future__ import annotations
@@ -223,10 +207,9 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
     from runtime.engine import Request as EngineRequest
     from runtime.jobio import iter_requests
     from runtime.progress import JobProgress
-    from runtime.report import ContextTally
+    from runtime.report.job_run import run_tallied
     from runtime.sampling import GenerationState
 
-    tally = ContextTally(window=checkpoint.spec.sliding_window)
     generation = CheckpointGeneration.of(checkpoint)
     pending: dict[str, tuple[Any, list[GenerationState]]] = {}  # pulled by the engine, not answered yet
     unanswered: dict[str, int] = {}  # completions of a request still running
@@ -264,7 +247,6 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
     def on_finish(completion) -> None:
         key, _ = completion.id
         request, states = pending[key]
-        tally.add(len(completion.prompt_token_ids), len(completion.token_ids), completion.finish_reason)
         progress.tokens_done(len(completion.token_ids))
         unanswered[key] = unanswered.get(key, len(states)) - 1
         if unanswered[key] == 0:  # the last of the request's n completions
@@ -275,7 +257,7 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
     engine = None
     try:
         engine = Engine(checkpoint, EngineConfig.from_plan(plan))
-        stats = engine.run(requests(), on_finish)
+        stats, tally = run_tallied(engine, requests(), on_finish)
     except torch.cuda.OutOfMemoryError as err:
         raise UserError(
             f"the device ran out of memory running the plan: {str(err).splitlines()[0]}",

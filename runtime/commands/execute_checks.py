@@ -1,17 +1,6 @@
 """Checks `runtime execute` makes on a plan before any work: right model, right machine, memory free (torch-free).
 
-- `checkpoint_dir_of(plan, given) -> Path`: `--checkpoint`, else the plan's model reference if a checkpoint.
-- `check_plan_model(plan, spec, force) -> ModelSpec`: the plan's spec hash (`ModelSpec.fingerprint`, over the
-  architecture fields) equals the checkpoint spec's; otherwise UserError naming the differences. Returns the
-  spec to report (the one the plan was solved for, when its reference still loads).
-- `check_plan_machine(plan, force) -> HardwareProfile`: the plan's profile fingerprint equals this machine's
-  measured profile (`<this machine>.yaml`, user dir then shipped profiles), or the plan's own profile file still has that
-  fingerprint and describes this machine (CPU model, cores, device), as a calibrated profile does.
-  Returns the profile to report against.
-- `check_plan_fits_memory(plan, force)`: the plan's host memory (weights, KV, buffers, activations; not its
-  reserve; at least its KV budget) fits the memory available now (psutil).
-With `force` each check prints a warning instead of raising, except one: a plan needing more host memory
-than this machine has in all (RAM) is refused even with `force`, since nothing could make it fit.
+How it works: docs/design.md, `runtime/commands/execute_checks.py`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """`runtime profile [--out PATH] [--quick]`: measure this machine into a hardware profile YAML.
 
-Writes `<user dir>/profiles/<machine name>.yaml` by default (planner.locations: `$MOELENS_HOME` or the
-per-user data directory; never a shipped profile; `planner.hardware.profile.path_for_this_machine`: the name
-`find_profile_for_this_machine` looks for, with a tag of the machine's rates when a profile of another machine
-with the same CPU and cores holds that name), prints the path and a one-line summary. `--quick` measures
-fewer, smaller points (~1.5 min with the probe jobs); `--sizing tiny` is for tests.
-`--emulate-link GBPS --emulate-device-gb G` writes the profile of an emulated accelerator instead: this CPU
-(its measurements, or those of the CPU profile `--from P` without measuring again) behind a link paced to
-GBPS with G GiB of device memory (`planner.hardware.emulated_link`); plan with it and `runtime execute` emulates it.
+How it works: docs/design.md, `runtime/commands/profile.py`.
 """
 
 from __future__ import annotations

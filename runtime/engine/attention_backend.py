@@ -1,24 +1,6 @@
 """Attention as the engine runs it: device projections, CPU paged decode attention, device prefill attention.
 
-`runtime.engine.attention_registry.ATTENTION_BACKENDS` maps `spec.attention` to a backend class built as
-`cls(spec, kv_cache, device, attention_threads, staging)` (`runtime.engine.staging.Staging`: the step's copies without host syncs). A
-backend has:
-- `rope_tables(positions [T] on the device, dtype) -> tables`: cos/sin of every token of the step, built once
-  per step on the device; `tables_rows(tables, rows)` selects the rows of one micro-batch;
-- `project(x [T,h], w, tables) -> proj`: projections on the device (opaque per backend);
-- `to_host(proj) -> HostTensors`: start the device-to-host copy of what decode attention reads;
-- `decode(layer, host_proj, block_tables [B,M] int32, context_lens [B] int32) -> o` on the host: appends
-  the new K/V (or latent) at position context_lens-1 and attends (the paged CPU kernel);
-- `prefill(layer, proj, blocks [n] int32, start) -> o` on the device: causal attention of T prompt tokens at
-  positions start..start+T-1 over the cached prefix plus themselves (`prefill_attention.causal_attention`);
-  their K/V leave for the host cache on the copy stream and are written by `store_prefill_kv(layer)`, which
-  the layer loop calls once the layer's FFN is queued (nothing reads them before the next step);
-- `output(o, w) -> [T,h]`: the output projection on the device.
-Windowed layers (`spec.keeps_window_only`) get their slot's ring rows as blocks / block tables. gpt-oss's
-sinks [Hq] ride in the projection as a fourth tensor expanded over the rows (a view), so every row slice
-and host copy carries them. The GQA backend composes the model's own functions (`qkv_projection`,
-`o_projection`); the MLA backend
-(DeepSeek, `runtime.engine.mla_layer`) has the same interface.
+How it works: docs/design.md, `runtime/engine/attention_backend.py`.
 """
 
 from __future__ import annotations

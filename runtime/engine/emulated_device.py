@@ -1,15 +1,6 @@
 """The emulated device of an emulated-link plan (`planner.hardware.emulated_link`): the paced link and the memory cap.
 
-`EmulatedDevice(spec, config)` holds
-- `link`: the `runtime.transfer.PacedLink` (paced to `config.link_gbps`) that the streamer's copy worker
-  copies every streamed layer through;
-- `step_traffic(prefill_tokens, decode_seqs)`: book on that link the activations of one step that would cross
-  it, as the planner prices them (decode: q/k/v to the host's attention and its output back, every layer;
-  prefill: the K/V each layer writes to the host cache), without making compute wait for them;
-- `check_memory(...)`: the device-side allocations (resident weights, stream buffers, the KV cache when it is
-  in device memory as model-based batching keeps it, and the plan's activation allowance) against
-  `config.device_memory_bytes`; a plan whose device set exceeds it is refused with a `UserError`.
-Compute and attention run on the host cores as in CPU mode; only the link and the cap are emulated.
+How it works: docs/design.md, `runtime/engine/emulated_device.py`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """The module-based batching engine: `Engine(checkpoint, config).run(requests, on_finish) -> RunStats`.
 
-`Engine` owns the weight store (and streamer), the host KV cache sized from the config's budget, and the
-layer stack. `run` pulls `Request`s lazily, and per iteration asks the scheduler for a plan and runs one
-pass over the layers for it (`LayerStack.forward`: the packed prefill chunks of new prompts and the decode
-token of every running sequence share each layer's weights), then runs lm_head and samples one micro-batch
-of rows at a time (`runtime.sampler`, batched on the logits' device; logits never exist for all rows at
-once), and calls `on_finish(Completion)` as each sequence finishes. The step's wall time is
-split between `prefill_seconds` and `decode_seconds` as its timed module seconds split. One engine can run
-several batches of requests in turn.
-`EngineBackend` adapts it to `runtime.llm`'s backend interface (`run(states)`, `token_limit`).
-`request_token_limit(checkpoint, config)`: the most tokens one request may span (prompt + generation), known
-before the engine is built: the model's positions (or `max_model_len`), or the whole KV cache when smaller.
+How it works: docs/design.md, `runtime/engine/engine.py`.
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
 """Routed experts stacked per MoE layer: the weight store's layout and the names the FFN reads.
 
-A layer's routed experts lo..hi-1 form one stack of two tensors (weights [out, in] as on disk):
-  `moe.experts.{lo}-{hi}.gate_up`  [n, 2I, h]: each expert's gate rows, then its up rows
-  `moe.experts.{lo}-{hi}.down`     [n, h, I]
-A layer has one stack (its experts all on the device, or all streamed) or two (experts 0..r-1 resident,
-r..E-1 streamed: `EngineConfig.resident_experts_per_layer`); streamed experts split into `stream_parts`
-stacks when the plan streams a layer in parts (`EngineConfig.stream_parts`). The checkpoint keeps its per-expert names; a
-stack is filled expert by expert at store-build time (`fill_gate_up`, `fill_down`), so memory never holds a
-second copy of a layer's experts.
-gpt-oss stores a layer's experts fused ([E, in, out], gate and up columns interleaved, `FUSED_NAMES`); its
-stacks are filled from row slices of those (`fill_fused_*`, transposed and de-interleaved into the layout
-above) and have two more tensors, `moe.experts.{lo}-{hi}.gate_up_bias` [n, 2I] and `.down_bias` [n, h].
-- `stack_names(lo, hi)` -> (gate_up name, down name); `bias_names(lo, hi)`; `is_stack_name(local)`.
-- `layer_stacks(w, ranges=None)` yields (lo, gate_up, down) in expert order (`ranges`: the store's
-  `expert_ranges`; None: read from w's names); `stack_ranges(names)`.
-- `expert_weights(w, e) -> (gate [I,h], up [I,h], down [h,I])`: views of expert e (profiler, tests).
-Quantized experts (`runtime.quant`) stack their codes and their scales the same way (`suffix` "@scales" for the
-latter), so a stack stays quantized in the store and across the link; `dense_stacks(stacks, dtype)` turns a
-layer's stacks into float ones, dequantizing a quantized stack `DEQUANT_CHUNK_BYTES` of experts at a time.
+How it works: docs/design.md, `runtime/engine/expert_stacks.py`.
 """
 
 from __future__ import annotations

@@ -1,26 +1,6 @@
 """The feed-forward half of a layer over a whole token batch: router, routed experts, shared experts, dense MLP.
 
-Routed experts read the layer's expert stacks (`runtime.engine.expert_stacks`: gate_up [n, 2I, h], down
-[n, h, I]) and run one of two ways, both the model's routed-expert sum in the same precision as
-`runtime.model.moe.routed_experts` (expert output in x's dtype, times the fp32 routing weight, added in x's
-dtype, each token's experts in ascending order), so results match the reference:
-- `grouped_experts`: per stack, one stable sort of the (token, slot) rows by expert, offsets from a
-  `searchsorted` on the device, one gather, one grouped GEMM for gate_up, SiLU-multiply, one grouped GEMM
-  for down, the routing weights folded in and one `index_add_`: a constant number of kernels per layer
-  whatever the experts hit, and no host synchronisation (windows of at most `expert_batch` rows bound the
-  activations). `torch._grouped_mm` where it runs (`grouped_mm_supported`).
-- `looped_experts`: one expert at a time over its tokens (host counts, one sync), in chunks of at most
-  `expert_batch` rows padded to their row bucket (`planner.perf.row_buckets`: a bounded set of GEMM shapes, so
-  oneDNN stops building new kernels): where `torch._grouped_mm` does not run, or when asked for.
-`use_grouped(choice, device, dtype, spec)` picks the path (`EngineConfig.grouped_experts`; auto: grouped
-wherever it runs, `planner.perf.expert_kernels`; on the CPU it measured faster too, BENCHMARKS.md "experts"). Both return the routed output and a bool mask [E] of the experts
-the router activated (on the device; callers count it once per step).
-gpt-oss (`swiglu` = (alpha, limit)): each stack's biases (`bias_names`) are added after each GEMM and the
-clamped SwiGLU (`runtime.model.layers.clamped_swiglu`) replaces SiLU-multiply, on both paths.
-Quantized stacks (`runtime.quant`) are dequantized to x's dtype a chunk of experts at a time
-(`expert_stacks.dense_stacks`), inside the `experts` time, so a layer's float experts never exist at once.
-`ffn_block(x, w, spec, layer, expert_batch, timer, grouped, ranges)` (`ranges`: the store's `expert_ranges`): residual branch input (post `mlp_norm`) to
-output, timed per module (`router`, `experts`, `shared_experts`, `dense_mlp`).
+How it works: docs/design.md, `runtime/engine/ffn.py`.
 """
 
 from __future__ import annotations

@@ -1,26 +1,6 @@
 """One pass over the layers per engine step: a packed prefill chunk and every decode token share each layer.
 
-Model math comes from `runtime.model`; this module only orders it. A `StepBatch` holds P prefill rows (chunks
-of new prompts, packed) followed by D decode rows (one token per running sequence). Per layer, with its
-weights acquired once:
-- prefill attention (device): norm + QKV of the P rows, per prompt segment causal attention over the cached
-  prefix plus the chunk (`backend.prefill`), O projection; the chunk's K/V leave for the host cache;
-- decode attention (module-based batching) in micro-batches of `attn_batch` sequences: norm + QKV on the
-  device, the new K/V appended and attended by the CPU kernel, O projection back on the device;
-- one FFN (router, experts over every token routed to them, shared experts) over prefill and decode rows
-  together, so the layer's streamed weights cross the link once per step and experts see larger batches.
-With `overlap` and D >= 2 the decode rows split into two token groups and the layer loop is
-software-pipelined so the CPU attends one group (worker thread) while the device runs the other's
-projections and experts; prefill rides with group 0:
-  A(g, l): norm + QKV of group g at layer l;  C(g, l): CPU attention;  P(l): prefill attention;
-  B(g, l): O projection + FFN (group 0's FFN also takes the prefill rows).
-  order: A(0,0) C(0,0)* P(0) | per l: A(1,l), C(1,l)*, B(0,l), A(0,l+1), C(0,l+1)*, P(l+1), B(1,l)
-  (* = worker)
-Layer weights are acquired from the streamer in layer order and released when both groups are done, so at
-most two layers' streamed weights are held. Positions go to the device and RoPE tables are built once per
-step; every host <-> device copy goes through `Staging` (no host synchronisation on CUDA). Timer phases:
-prefill attention "prefill", decode attention "decode", embedding and FFN "shared"
-(`ModuleTimer.prefill_share`).
+How it works: docs/design.md, `runtime/engine/forward.py`.
 """
 
 from __future__ import annotations

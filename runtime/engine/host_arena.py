@@ -1,16 +1,6 @@
 """One host region for all the weights a store streams, page-locked exactly (no allocator rounding).
 
-`HostArena(sizes, pinner)` allocates one ordinary uint8 tensor holding every region in `sizes` (each aligned
-to `ALIGN` bytes), and `arena.pin()` page-locks exactly those bytes in place once they are filled (pinning
-after filling lets several packing threads fault the pages in in parallel). `arena.region(i)` is region i.
-PyTorch's `pin_memory=True` / `.pin_memory()` go through its caching host allocator, which rounds every block
-up to a power of two (a 2.3 GiB layer pins 4 GiB); registering ordinary memory pins what was asked.
-
-Pinners (`pin(tensor)` / `unpin(tensor)`), injectable so that tests see exactly what would be pinned:
-- `CudaHostRegister`: `cudaHostRegister` through `torch.cuda.cudart()`; a failure ends in a `UserError` that
-  names the bytes and a smaller host budget to re-plan with.
-- `PinRecorder`: pins nothing and records each request's bytes (the CPU, where page-locking buys nothing).
-`default_pinner(device)` picks one.
+How it works: docs/design.md, `runtime/engine/host_arena.py`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """Measured seconds per module, activated experts and memory peaks, collected while the engine runs.
 
-`ModuleTimer` times a block under a module name (docs/contracts.md names) for one phase ("decode" or
-"prefill"): `perf_counter` on the host, CUDA events on the device, read once per step by `flush()`
-(never a device-wide synchronise: it waits on the step's own last event). `add()` is thread-safe so
-the copy worker and the attention worker can report too; they pass their phase explicitly (`phase=None`
-means `timer.phase`, which only the engine's thread sets). The phase "shared" is work of the merged pass
-that serves both phases at once (the FFN over prefill and decode tokens, the embedding, weight copies): its
-seconds are split between them by the step's `prefill_share` (its prefill tokens over all its tokens). `MemoryPeaks` samples host RSS (psutil) and
-device memory per step.
+How it works: docs/design.md, `runtime/engine/instrumentation.py`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """Host KV cache in the CPU attention kernel's paged layout, plus its block allocator.
 
-The cache is allocated once from the byte budget and never reallocated or copied:
-- GQA: per layer `k_cache`, `v_cache` [num_blocks, num_kv_heads, block_size, head_dim];
-- MLA: per layer `latent_cache` [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim].
-A sequence owns a list of block ids from `BlockAllocator` (allocated as it grows, freed when it finishes
-or is preempted); `SlotBlockTables` keeps each in-flight slot's blocks as one int32 row so a step's
-`block_tables` [B, max_blocks_per_seq] is a single row gather. `write_tokens` / `read_tokens` move a
-range of positions of one sequence (prefill writes, and reads for chunked prefill) by block arithmetic.
-Windowed layers (`spec.keeps_window_only`, gpt-oss's sliding layers) keep only the window: per slot a ring of
-`ring_blocks(spec, block_size)` blocks (window + one block), allocated once for `num_slots`; position p
-lives in ring block (p // block_size) % ring, so `ring_rows(slots, width)` is a block table the kernel reads
-unchanged (it reads only the window's positions). The rest of the budget is paged blocks of the other layers.
-`kv_dtype_for(weight_dtype)` and `kv_capacity_tokens(spec, dtype, budget_bytes, block_size, num_slots)` say,
-before anything is allocated, what the cache will hold (the same arithmetic `HostKVCache` uses).
+How it works: docs/design.md, `runtime/engine/kv_cache.py`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """The engine's MLA attention backend (DeepSeek-V2/V3): latent KV cache, absorbed attention everywhere.
 
-Same interface as `attention_backend.GQABackend` (registered as `ATTENTION_BACKENDS["mla"]`):
-- `rope_tables(positions, dtype)`: fp32 cos/sin of the rope dims, once per step;
-- `project(x, w, tables) -> (q_latent [T,H,R], q_rope [T,H,P], latent [T,R+P])` on the device:
-  `runtime.model.mla.mla_project`, then W_UK folded into the query (`mla_absorb_query`);
-- `decode(...)` on the host: `runtime.attention.mla_decode_attention` appends the latent row at
-  context_lens-1 and attends over the cached rows [R+P] (R + P values read per cached token) -> [B,H,R];
-- `prefill(...)` on the device: the same absorbed attention over the cached prefix plus the chunk (one-KV-head
-  MQA through `prefill_attention.causal_attention`), with the chunk's latent rows sent to the cache; no K/V is
-  expanded, so prefill costs what the planner counts (planner.perf.costs: MLA attention in absorbed form);
-- `output(o_latent, w) -> [T,h]`: W_UV (`mla_output_from_latent`) then o_proj, on the device.
-The cache holds exactly the rows the reference forward caches (normed latent + rotated rope key).
+How it works: docs/design.md, `runtime/engine/mla_layer.py`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """Prefill attention on the device through `scaled_dot_product_attention`: never a materialised [T, T].
 
-`causal_attention(q [T,Hq,D], k [S,Hkv,D], v [S,Hkv,Dv], scale, sliding_window, sinks) -> [T,Hq,Dv]` is causal
-attention of T queries at positions S-T..S-1 over S keys (the cached prefix plus the chunk), the same
-function as `runtime.model.attention.attention_core` computed by fused kernels (flash or memory-efficient on
-CUDA, the flash kernel on the CPU). Queries run in blocks sized so that even a kernel that falls back to
-materialising scores holds at most `SCORES_BYTES` of them; each block sees only the keys it may attend
-(a sliding window drops the older ones), with a plain causal flag where block and keys align and a
-bottom-right causal boolean mask of [block, keys] otherwise. Values narrower than the keys (MLA's latent
-attention: keys R+P wide, values R) are zero-padded so the fused kernels accept them. Sinks [Hq] (gpt-oss)
-join as one more key and value of zeros whose additive mask entry is the head's sink logit.
+How it works: docs/design.md, `runtime/engine/prefill_attention.py`.
 """
 
 from __future__ import annotations

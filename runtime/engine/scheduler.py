@@ -1,19 +1,6 @@
 """Sequence-level scheduling: which sequences decode, which prompt chunks prefill, who holds KV blocks.
 
-Requests are pulled lazily from an iterator, so a dataset is never materialised. Up to `num_slots`
-sequences are in flight; each owns a slot (its row in `SlotBlockTables`) and KV blocks. Every engine
-iteration `schedule()` returns a `StepPlan`:
-- decode: every running sequence, after growing its blocks for the token it appends this step. When no
-  block is free, the youngest sequence in flight (latest arrival) is preempted: its blocks are freed and it
-  goes back to the front of the queue to be recomputed later (prompt plus the tokens it has generated, so
-  greedy outputs are unchanged). KV is thus allocated on growth: held KV averages about p + g/2 tokens per
-  sequence instead of a p + g reservation.
-- prefill: chunks of at most `prefill_chunk` tokens in all, first continuing sequences already prefilling,
-  then admitting queued ones (FIFO) while a slot is free and the free blocks cover the prompt plus one
-  step's growth. Prompts keep their own lengths; nothing is padded.
-`commit(plan, sampled)` records what the forward computed and the tokens sampled, and returns the
-sequences that finished (EOS, stop string or max_tokens via `GenerationState`; or the longest length the
-model or the whole KV cache allows: "length"); their slots and blocks are free for the next `schedule()`.
+How it works: docs/design.md, `runtime/engine/scheduler.py`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """The step's small host <-> device copies without host synchronisation: pinned staging and side streams.
 
-`Staging(device)`:
-- `to_device(t) -> tensor`: a host tensor on the device. CUDA: staged through pinned memory (the caching
-  host allocator's blocks, reused once their copy has finished), copied on the host-to-device side stream;
-  the compute stream waits on the copy's event. CPU: the tensor itself.
-- `to_host(*tensors) -> HostTensors`: device tensors copied into pinned host memory on the device-to-host
-  side stream once the compute stream has produced them (an event); `ready()` waits on that copy's event
-  only, never on the device. CPU: the tensors themselves.
-Every tensor that crosses streams is recorded on the stream that uses it last, so the caching allocator never
-hands its memory out while a copy or a kernel still reads it. On the CPU both calls return at once: the
-engine's code path is the same on either device.
+How it works: docs/design.md, `runtime/engine/staging.py`.
 """
 
 from __future__ import annotations

@@ -1,26 +1,6 @@
 """Layer weight streamer: packed host layers -> a bounded ring of device slots, one or two layers ahead.
 
-Every forward pass acquires layers 0..L-1 in order, so the streamer copies layers in that cyclic order
-(0, 1, ..., L-1, 0, ...) into `num_slots` slots (2, or 3 when the plan's device memory allows:
-`stream_slots`). `start()` fills the slots with the first layers; `acquire(l)` returns layer l's tensors
-as a mapping that waits for the copy only when a streamed tensor is first read (so work that needs only
-resident weights, or the previous layer, never waits for it); `release(l)` hands the slot back and queues
-the next layer in the cycle into it. With L <= num_slots every layer is copied once and kept.
-
-- CUDA: copies run on a separate copy stream from pinned host memory through
-  `runtime.transfer.copy_to_device` (the copy path the profiler measures, non-blocking when pinned); the compute
-  stream waits on the copy's own "ready" CUDA event, and the copy stream waits on the slot's "free" event,
-  so neither side ever synchronises the whole device.
-- CPU (forced streaming, for tests): slots are host buffers filled by one copy worker thread (a plain
-  single-threaded memcpy, not torch's OpenMP pool); compute waits on the copy's own `threading.Event` (a new
-  one per copy: a slot released unread must not let its stale copy signal the next). With an
-  emulated link (`link`, a `runtime.transfer.PacedLink`) the worker copies through it: paced to its rate.
-With `stream_parts` p > 1 the units are parts of layers (a layer's experts in p stacks, one per unit) and
-`StreamParts` hands each back once its experts ran, so p-times smaller slots keep the link as busy.
-`copy_log` records (layer, slot) in the order copies were issued, `copied_bytes` the bytes they moved,
-`max_slots_in_use` the most slots held by compute at once. Copy seconds are reported through
-`on_copy_seconds(seconds, booking)` with the `booking()` taken when the copy was issued (the engine books
-them to the phase of the step that issued them).
+How it works: docs/design.md, `runtime/engine/streamer.py`.
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
 """Host weight store and device placement: which tensors live where, decided once from the EngineConfig.
 
-- `module_of(name)` maps a canonical weight name (docs/contracts.md) to its planner module
-  (`embed`, `qkv_proj`, `o_proj`, `router`, `experts`, `shared_experts`, `dense_mlp`, `lm_head`); norms ride
-  with the module that reads them.
-- `WeightStore(weights, spec, config, pinner=None)` reads every canonical tensor once from the checkpoint's
-  lazy mapping (dtype as on disk, no conversion). Routed experts are stacked per layer
-  (`runtime.engine.expert_stacks`; on-disk names stay per expert). Without streaming (CPU-only mode) every
-  other tensor is used in place. With streaming, resident tensors are copied to the device once (their host
-  copies are dropped), and each layer's other tensors, and embed / lm_head when not resident, are packed by
-  several threads into one host arena (`runtime.engine.host_arena`) that is then page-locked exactly, by
-  `pinner` (default: cudaHostRegister with CUDA, a recorder on the CPU). The streamer copies each layer's
-  region in one transfer (with `stream_parts` p > 1, each layer's streamed experts are p stacks in p regions,
-  `packed[layer * p + part]`, each its own transfer and slot); `PackedLayer.views(buffer)` rebuilds the named tensors over a device slot.
-  `store.arena.nbytes` / `store.pinned_bytes` are what the planner's memory model counts (`memory.host.weights`,
-  `pinned_weights`); `close()` unpins.
-- Quantized checkpoints (`weights.quant`, `runtime.quant`): a quantized tensor is two store tensors, its codes
-  and `@scales`, placed, packed and streamed as stored; `layer_view(layer, w)` reads a layer through
-  `runtime.quant.tensor.QuantView`: expert stacks come back as QuantTensors (the FFN dequantizes them a chunk
-  of experts at a time), other quantized tensors dequantized on the device at their use.
+How it works: docs/design.md, `runtime/engine/weights.py`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """A prompts JSONL file, validated whole before any work starts, then streamed into the engine.
 
-`scan_input(path, context, on_error)` streams through the file once: hashes its bytes (sha256, the job's
-input identity), parses and validates every line (`requests.parse_line`), checks ids are unique, and keeps
-only ids, counts and skipped lines, never the prompts. `on_error="fail"` raises one `UserError` naming the
-path, the line number, the cause and the fix at the first bad line; `"skip"` records each bad line
-(`SkippedLine(line_number, reason, custom_id)`) for the report; `"record"` does the same and the job answers
-each with an error record (`runtime run-batch`: every input line gets one output line). Blank lines are
-ignored.
-`iter_requests(path, context, scan, skip_keys)` reads the file again lazily and yields the valid requests
-whose key is not in `skip_keys` (answers already in the output), so prompt text is held once, briefly.
+How it works: docs/design.md, `runtime/jobio/input_file.py`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """Output lines of a job: one per input line, as JSON-ready dicts.
 
-- `answer_record(request, states, model_name)`: a request's answer from its n finished `GenerationState`s.
-  Batch API requests get OpenAI's batch output line `{"id": "batch_req_...", "custom_id", "response":
-  {"status_code": 200, "request_id": "req_...", "body"}, "error": null}` whose body is a `chat.completion`
-  (id `chatcmpl-...`) or `text_completion` (id `cmpl-...`) object: one choice per completion (`index`,
-  `message` or `text`, `finish_reason`, `logprobs` in that endpoint's form when asked, plus vLLM's
-  `stop_reason` and moelens's `token_ids`), and `usage`. Ids are random (uuid4), unique per answer.
-  Native requests get `{"id", "text", "token_ids", "finish_reason", "stop_reason", "prompt_tokens",
-  "completion_tokens"}` (the first completion), with `"outputs"` (every completion) when n > 1 and
-  `"logprobs"` / `"cumulative_logprob"` when asked.
-- `error_record(skipped)`: a bad input line's answer, `{"id": "batch_req_...", "custom_id", "response": null,
-  "error": {"code": "invalid_request", "message", "line", "param": null}}` (custom_id null when the line had
-  none); its key is `line:<n>`.
-- `record_key(record)`: the answer key of an output line (`Request.key`, or `line:<n>` for an error record).
+How it works: docs/design.md, `runtime/jobio/records.py`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """One input line of a prompts JSONL file -> one validated `Request`: the planner's parser plus tokens.
 
-`planner.prompts_file.parse_prompt_line` reads the line (native or OpenAI Batch API form, see there); this adds
-what needs the checkpoint: text prompts encoded, chat messages rendered with the chat template, token ids
-checked against the vocabulary, the prompt checked against the context, and the sampling fields turned into a
-`SamplingParams`: the line's fields over the checkpoint's generation_config.json defaults (`ParseContext.
-generation_defaults`), over vLLM's. A request that gives no seed gets one fixed by its key (`stable_seed`),
-so a resumed job samples what it would have.
-`parse_line(obj, line_number, context) -> Request` raises `LineError(cause, fix)` for any bad line: unknown
-field, wrong type, empty prompt, prompt at or beyond the token limit, max_tokens <= 0, bad sampling value.
-Token limit (`ParseContext.token_limit`): the model's context, or the plan's whole KV cache when it holds fewer
-tokens. The one rule for `max_tokens` beyond it, on every path (docs/contracts.md): the request is capped so
-that prompt + generation fits (finish reason "length"), and an explicit `max_tokens` that was capped is
-recorded (`Request.asked_max_tokens`) so the caller warns and counts it (`runtime.sampling.cap_max_tokens`).
-`Request.key` is unique per answer: `id:<json id>` or `custom_id:<json custom_id>`.
+How it works: docs/design.md, `runtime/jobio/requests.py`.
 """
 
 from __future__ import annotations

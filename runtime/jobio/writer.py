@@ -1,22 +1,6 @@
 """The job's output JSONL and its state file: every answer written whole, once, and resumable after a crash.
 
-`check_output_writable(path, inputs)` fails early (UserError) when the output cannot be created or appended
-to, or is one of `inputs` (`planner.outputs.check_output_path`).
-`JobOutput.open(path, identity, overwrite=...)` prepares `path` and `<path>.state.json`:
-- no output yet (or an empty one), or `overwrite`: a fresh job;
-- an output with a state file of the same identity (input sha256, plan sha256): resume. A torn last line
-  (no trailing newline: the process died inside a write) is cut off by truncating back to the last newline,
-  and the keys already answered (`done_keys`) are read so the caller skips them;
-- any other existing output: UserError suggesting --overwrite or a new path.
-`write(request, states)` (an answer, `records.answer_record`) and `write_error(skipped)` (a bad line's error
-record, `records.error_record`) append one complete line with one `os.write` on an O_APPEND descriptor (no
-user-space buffering, so a crash leaves whole lines plus at most one torn tail), fsyncs at most every `fsync_interval_s` and then rewrites the state file atomically (temp file, fsync,
-os.replace). `close()` fsyncs and marks the state complete when every request is answered.
-A write refused by the disk (ENOSPC, EDQUOT) or the file-size limit (EFBIG) cuts off the part of the line it
-wrote and raises a UserError saying every finished answer is kept and the same command resumes.
-A fresh job that fails or is interrupted before its first answer removes its (empty) output and state file.
-`--output -` (`StdoutJobOutput`): answers go to standard output as they finish; no state file, no resume.
-The lines' forms: `runtime.jobio.records`.
+How it works: docs/design.md, `runtime/jobio/writer.py`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """Grouped-query attention as separate pieces the reference decoder and the engine both call.
 
-- `qkv_projection(x [T,h], w, spec, cos, sin) -> q [T,Hq,D], k [T,Hkv,D], v [T,Hkv,D]`: projections with the
-  optional q/k/v biases, qk-norm (`per_head`: over D, Qwen3; `full`: over the whole projection, OLMoE),
-  OLMoE's clip_qkv, then RoPE at the positions cos/sin [T,D] were built for.
-- `attention_core(q [T,Hq,D], k [S,Hkv,D], v [S,Hkv,D], scale, sliding_window, sinks) -> [T,Hq,D]`: causal
-  attention of T queries at positions S-T..S-1 over S keys (fp32 softmax, like transformers' eager path);
-  `sinks` [Hq] (gpt-oss): one learned logit per head joins each softmax and attends to nothing.
-- `o_projection(o [T,Hq,D], w) -> [T,h]` (with `attn.o_bias` when present).
-- `gqa_attention(x, w, spec, layer, rope, positions, kv)`: the three composed over a per-sequence `LayerKV`.
-`w` is one layer's weight dict keyed by canonical names without the `layers.{l}.` prefix (`attn.q_proj`, ...).
+How it works: docs/design.md, `runtime/model/attention.py`.
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
 """Multi-head latent attention (DeepSeek-V2/V3) as pieces the reference decoder and the engine both call.
 
-Per token the cache holds one latent row [R+P] (R = kv_lora_rank, P = qk_rope_head_dim): the normed
-compressed KV `c` followed by the rotated shared rope key. Pieces (`w`: one layer's weights, canonical
-names without `layers.{l}.`; N = qk_nope_head_dim, V = v_head_dim, H = num_heads):
-- `mla_project(x [T,h], w, spec, cos, sin) -> (q_nope [T,H,N], q_rope [T,H,P], latent [T,R+P])`: the query
-  (through q_a/q_b with q_lora, else q_proj), `kv_a_proj` split into c (RMS-normed) and the rope key, RoPE
-  on q_rope and the rope key (interleaved pairs for V2 and V3 with `rope_interleave`, rotate-half otherwise;
-  both write the rotated pairs as [evens | odds], the same inner products as transformers' layouts).
-- Expanded form: `mla_expand_latent(latent [S,R+P], w, spec) -> k [S,H,N+P], v [S,H,V]` (kv_b_proj), then
-  `attention_core` over them; the prefill form, and transformers' only form.
-- Absorbed form: `mla_absorb_query(q_nope, w, spec) -> q_latent [T,H,R]` (W_UK folded into the query),
-  `mla_latent_attention(q_latent, q_rope, latent [S,R+P], scale) -> [T,H,R]` (MQA over the cached rows:
-  what the CPU kernel `runtime.attention.mla_decode_attention` computes), `mla_output_from_latent(o_latent,
-  w, spec) -> [T,H,V]` (W_UV).
-- `mla_softmax_scale(spec)` ((N+P)^-0.5 with YaRN's mscale_all_dim correction), `mla_rope(spec)` (the
-  `Rope` over P dims, YaRN included), `rope_is_interleaved(spec)`.
-- `make_mla_attention(decode_form)` -> the layer function with `reference.ATTENTION`'s signature: prefill
-  (T > 1) expanded, single-token decode in `decode_form` ("absorbed" or "expanded"); `mla_attention` is
-  the absorbed one, registered as `ATTENTION["mla"]`.
+How it works: docs/design.md, `runtime/model/mla.py`.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """The MoE block: router, grouping of tokens by expert, `expert_ffn` per expert, shared expert, combine.
 
-- `group_by_expert(topk_ids [T,k]) -> [(expert, token_idx [m], slot [m])]`, experts ascending; `slot` is
-  the position in the token's top-k list (to pick its weight).
-- `routed_experts(x [T,h], topk_ids, topk_weights, w) -> [T,h]`: sum over each token's k experts of
-  weight * expert_ffn(x); the product is taken in fp32 and added in x's dtype (as transformers does).
-- `fused_routed_experts(x, topk_ids, topk_weights, w, spec)`: the same sum over gpt-oss's fused expert
-  tensors (`moe.experts.gate_up_proj` [E,h,2I] with gate/up columns interleaved, `down_proj` [E,I,h], their
-  biases) with its clamped SwiGLU.
-- `shared_experts(x, w, spec) -> [T,h] | None`: the shared-expert MLP (`moe.shared.*`), scaled by
-  sigmoid(`moe.shared_gate` x) when `spec.has_shared_expert_gate` (Qwen2-MoE).
-- `moe_block(x, w, spec) -> [T,h]`: routed + shared.
+How it works: docs/design.md, `runtime/model/moe.py`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """YaRN rotary scaling (DeepSeek-V2/V3 and any config with `rope_scaling.rope_type: yarn`), torch only.
 
-`yarn_inv_freq(dim, theta, scaling, spec) -> (inv_freq [dim/2] fp32, attention_factor)` follows transformers
-5.23 `_compute_yarn_parameters`: interpolated frequencies (divided by `factor`) blended with the original
-ones by a linear ramp between the correction dims of `beta_fast` / `beta_slow` rotations over
-`original_max_position_embeddings` (floored / ceiled unless `truncate: false`); `attention_factor` scales
-cos and sin: the config's `attention_factor`, else mscale(factor, mscale) / mscale(factor, mscale_all_dim)
-when both are given, else mscale(factor). `factor` missing means max_position_embeddings / original.
-`yarn_softmax_scale(head_dim, scaling)`: DeepSeek MLA's softmax scale, head_dim^-0.5 times
-mscale(factor, mscale_all_dim)^2 for any non-default rope type with a non-zero `mscale_all_dim`.
+How it works: docs/design.md, `runtime/model/rope_yarn.py`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """Routing: router logits -> (topk_ids, topk_weights), as pure functions selected by the spec.
 
-- `router_logits(x [T,h], w, spec=None) -> [T,E]` in the activations' dtype (`moe.router`, plus gpt-oss's
-  `moe.router_linear_bias`), in fp32 for
-  the families whose transformers router upcasts (`FP32_ROUTER_FAMILIES`: DeepSeek) when `spec` is given.
-- `route(logits [T,E], spec, router_bias=None) -> (topk_ids [T,k] int64, topk_weights [T,k] fp32)`.
-`ROUTERS` maps `routing_key(spec) = (spec.scoring, spec.topk_method)` to a router function with the same
-signature as `route`; a new scheme (DeepSeek's group-limited or sigmoid + correction-bias routing)
-registers a function there. Implemented here:
-- ("softmax", "greedy"): fp32 softmax over E, top-k, renormalised when `spec.norm_topk_prob`
-  (Mixtral and Qwen3/OLMoE with norm_topk_prob: renormalised; Qwen2-MoE: not), times
-  `spec.routed_scaling_factor` (1 except for DeepSeek-V2).
-DeepSeek's group-limited and sigmoid + correction-bias routers live in `runtime.model.routing_deepseek`.
+How it works: docs/design.md, `runtime/model/routing.py`.
 """
 
 from __future__ import annotations

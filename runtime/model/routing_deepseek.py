@@ -1,16 +1,6 @@
 """DeepSeek routing as pure functions `(logits [T,E], spec, router_bias) -> (topk_ids [T,k], topk_weights [T,k])`.
 
-Registered in `runtime.model.routing.ROUTERS` under (scoring, topk_method); scores are fp32 throughout, as
-transformers 5.23 computes them (`DeepseekV2TopkRouter`, `DeepseekV3TopkRouter`):
-- ("softmax", "group_limited_greedy") — DeepSeek-V2: softmax over E; experts split into `n_group` groups,
-  a group ranked by its best expert; only the `topk_group` best groups stay (others' scores set to 0);
-  top-k of what is left. ("softmax", "greedy") is the plain top-k in `routing.softmax_topk`.
-- ("sigmoid", "noaux_tc") — DeepSeek-V3: sigmoid scores; the choice uses scores + `router_bias`
-  (`e_score_correction_bias`); a group is ranked by the sum of its two best biased scores; `topk_group`
-  groups stay (others -inf); top-k experts chosen on biased scores, weighted by their unbiased scores.
-Weights are renormalised over the k when `spec.norm_topk_prob` (V3 adds 1e-20 to the sum), then multiplied
-by `spec.routed_scaling_factor`. transformers ignores `norm_topk_prob` for V2; every published V2 config has
-it false, where both agree.
+How it works: docs/design.md, `runtime/model/routing_deepseek.py`.
 """
 
 from __future__ import annotations

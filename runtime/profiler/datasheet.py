@@ -1,18 +1,6 @@
 """Datasheet-derived hardware profiles: published peak figures turned into the curves a profile holds.
 
-`build(machine, date) -> HardwareProfile`; `runtime datasheet-profiles [--out DIR]` (re)writes
-`profiles/<name>.yaml` for every machine in `datasheet_machines.MACHINES`, each marked `provenance.kind: datasheet` with its sources. Torch-free. The derivations (also
-written into each file's `notes`):
-- GEMM F(m): time = max(flops / (peak * gemm_eff), bytes / (hbm * mem_eff)) + launch, bytes counting the
-  weight and the activations; so F(m) = min(peak * eff, ~m * memory-bound rate) with a launch cost that
-  hurts small shapes; gemm_eff is lower for small weight shapes (fewer thread blocks than SMs).
-- links: saturating curve gbps(s) = peak * s / (s + peak * latency), peak from the PCIe generation
-  (pinned ~12 / 25 / 50 GB/s on 3.0 / 4.0 / 5.0 x16; pageable at 45% of pinned, capped by a one-thread
-  memcpy), latency 10 us.
-- host memory: read = channels x MT/s x 8 B x 0.75, capped by cores x per-core streaming rate; copy = 40%
-  of read (bytes copied per second).
-- CPU decode attention: per core min(0.8 x per-core read rate, 0.4 x fp32 FMA peak / flops-per-KV-byte),
-  summed over physical cores (hyperthreads add 15%), capped at 70% of the channels' peak.
+How it works: docs/design.md, `runtime/profiler/datasheet.py`.
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
 """Measure this machine into a `HardwareProfile`: the orchestration behind `runtime profile`.
 
-`measure_profile(sizing, device=None, command=...)` runs, in order: the machine's fingerprint rates
-(`runtime.profiler.spot_check.measure_rates`, stored as `machine.fingerprint`; with `this_machine()` they
-name the profile, `planner.hardware.profile.path_for_this_machine`), host memory read/copy, host<->device
-copy curves (CUDA only; CPU-only profiles have `links: null`), GEMM curves on the device in bf16, CPU
-decode-attention curves over 1..cores threads, the per-call and elementwise costs of the engine's own code
-paths (`runtime.profiler.overheads`: the profile's `overheads` section; `FULL` measures it in three rounds,
-after the memory, GEMM and attention stages, and keeps each cost's median, so one slow minute of a shared
-machine does not set it), then describes the machine (after the copies, so the PCIe
-link is trained up when its speed is read), and last fits the efficiency constants to short jobs of the real
-engine on random-weight probe models (`runtime.profiler.probe_jobs.calibrate_on_probes`; `Sizing.probe_jobs`
-picks the jobs, None skips the step), so the profile predicts the engine in place before any `planner
-calibrate`; provenance stays "measured" and the notes name the jobs and the fitted constants. `Sizing` sets
-the grids and time budgets: `FULL` (< 5 min on a small machine, probe jobs ~30-60 s of it), `QUICK` (subsets
-of the full grids that keep what the planner reads unbiased, `runtime.profiler.grids`; one overheads round;
-the same probe jobs run once each) and `TINY` (a few seconds, for tests; one tiny probe job whose fit means
-little). Every curve gets at least its first point; budgets then cut GEMM rows (clamped beyond; each shape
-has at least half an even share of the GEMM budget, as weight set-up spends the shared deadline) and attention repeats (every thread count is
-measured), so a loaded machine gives shorter curves, never none. The notes record the load average.
+How it works: docs/design.md, `runtime/profiler/measure.py`.
 """
 
 from __future__ import annotations

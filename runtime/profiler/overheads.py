@@ -1,27 +1,6 @@
 """Per-call fixed costs and elementwise costs of the engine's own code paths: a profile's `overheads` section.
 
-`measure_overheads(device, budget_s, elementwise_rows, repeats, decode_tokens, engine_runs) -> Overheads`
-writes a tiny random checkpoint (`PROBE_SPEC`: h=256, 8 query / 2 KV heads of 64, 8 experts top-2 of width
-64, 2 layers) and a copy with Qwen3 q/k norms, opens the `Engine` on each and reads the engine's own module
-timers (so the costs follow the engine's code, measured in place, between the other modules as in a real
-step, which costs more than the same call in a tight loop) over short jobs, the first of each kind a
-warm-up: per call at one sequence (one micro-batch, one token group) for embed, qkv_proj, attention,
-o_proj, router, lm_head and sampling; `qk_norm` as the q/k-norm copy's extra qkv_proj time; `expert` as the
-slope of the experts time over activated experts between one and eight sequences, `expert_grouping` the
-rest; `prefill_attention` and `attention_score` as intercept and slope of prefill attention per prompt and
-layer over score elements (heads x prompt^2) between 16- and 256-token prompts; `decode_step` /
-`prefill_forward` as the job time no module timer covers, per decode step / prefill forward. The bare
-GEMMs of the same tiny shapes (`F.linear`, `expert_ffn`, the two attention matmuls), timed alone with
-`runtime.profiler.timing.median_seconds`, are subtracted: the GEMM curves price them. `shared_experts` and
-`dense_mlp` (the probe has neither) are `shared_experts` / `dense_mlp` timed alone less `expert_ffn`.
-Elementwise ns per element: `rms_norm`, `apply_rope` and an in-place residual add over [rows, 1024] bf16
-tensors (large: the memory-bound regime of prefill chunks); `sampling` per logit of greedy selection
-between 1 and 64 rows of a 32,768-token vocabulary. Differences below zero (noise) are clamped to
-zero. `mla_call_s` (qkv_proj, attention, o_proj, prefill_attention on the MLA path) and
-`mla_attention_score_ns` come the same way from a third copy with MLA attention (`MLA_PROBE_SPEC`: latent
-512 + 64 as the C++ kernel takes it), less its bare GEMMs as the planner prices them (q, kv_a, the w_uk half
-of kv_b; the w_uv half and o; the attention matmuls over latent rows).
-`runtime profile-overheads --into P.yaml` measures only this section and writes it into a profile.
+How it works: docs/design.md, `runtime/profiler/overheads.py`.
 """
 
 from __future__ import annotations
@@ -120,17 +99,13 @@ def _engine_run(
     engine, num_seqs: int, max_tokens: int, runs: int, prompt_len: int = DECODE_PROMPT
 ) -> _EngineRun:
     """The median over `runs` jobs of the engine, after one more that warms every shape up."""
-    from runtime.engine import Request
-    from runtime.sampling import SamplingParams
+    from runtime.report.job_run import fixed_length_requests
 
-    layers, params = (
-        engine.spec.num_layers,
-        SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True),
-    )
+    layers = engine.spec.num_layers
     samples = []
     for _ in range(runs + 1):
         prompts = [[1 + i] + [2 + t % 500 for t in range(prompt_len - 1)] for i in range(num_seqs)]
-        stats = engine.run([Request(id=i, prompt_token_ids=p, params=params) for i, p in enumerate(prompts)])
+        stats = engine.run(fixed_length_requests(prompts, max_tokens))
         decode, prefill = stats.module_seconds["decode"], stats.module_seconds["prefill"]
         steps, forwards = max(stats.decode_steps, 1), max(stats.prefill_forwards, 1)
         samples.append(

@@ -1,29 +1,6 @@
 """Fit a measured profile's efficiency constants to short jobs of the real engine: the last step of `runtime profile`.
 
-`calibrate_on_probes(profile, device, budget: ProbeBudget, log=...) -> HardwareProfile` writes a random-weight
-bf16 checkpoint of each probe model a job needs (into a TemporaryDirectory), and for each `ProbeJob` of the
-budget, in order: plans it with `planner.plans.build.make_plan` on `profile` with exactly the KV budget that
-lets the planner's memory model run `num_seqs` sequences (`kv_budget_gib`), opens the `Engine` with the plan's
-decisions on `device`, runs one unmeasured warm-up job on other prompts of the same sizes, then the measured
-job `budget.repeats` times (`2 * num_seqs` distinct random prompts of `prompt_len` tokens each time,
-`gen_len` generated, ignore_eos), builds the median run's report with `runtime.report.build_report` (plan and
-spec embedded), writes it to a temporary file and reads it back with `planner.calibration.runs.load_run`.
-`planner.calibration.calibrate.fit(runs, profile, only=PROBE_FITTED)` then fits the GEMM, per-step and attention
-constants (`PROBE_FITTED`, see there; not `copy`: nothing streams); the result is
-the fitted profile, provenance unchanged (still "measured"), its notes extended by one sentence naming the
-jobs and the fitted constants.
-
-Probe models (`PROBE_GQA`, `PROBE_MLA`) are defined here, apart from `models/` and from the shapes of the
-test minis the accuracy benchmark evaluates on: a GQA model (h=768, 12/4 heads of 64, 16 experts top-2 of
-768, 4 layers) and a DeepSeek-V2-like MLA model (512 + 64 latent, the one the C++ kernel covers; 8 heads,
-16 experts top-4 of 384, one shared expert, first layer dense, 3 layers). Budgets: `FULL_PROBES` (N = 8 and
-32 on each model, 48-token prompts, 16 generated, median of 3 runs: ~25 s on 2 cores; past 60 s, one run),
-`QUICK_PROBES` (the same jobs, one run each: ~13 s) and `TINY_PROBES` (one short job of a tiny
-GQA model, `PROBE_TINY`, in a few seconds: it exercises the whole path in tests; one noisy run cannot pin
-the constants down, so its fit means little). Every job runs, so the fit always sees the same jobs (fitted to
-the first ones alone, on a loaded machine, the constants extrapolated wildly: gemm 3.3 with 0.54 s per step);
-a job gets its `budget.repeats` runs only while the elapsed time plus the longest job so far stays within
-`budget.seconds`, one run otherwise.
+How it works: docs/design.md, `runtime/profiler/probe_jobs.py`.
 """
 
 from __future__ import annotations
@@ -192,26 +169,19 @@ def run_probe(
     """Plan one probe job, warm its engine up, run it `repeats` times on distinct prompts; write the report of
     the median run (by generated tok/s) to `report_path` and read it back."""
     from runtime.checkpoint import open_checkpoint
-    from runtime.engine import Engine, EngineConfig, Request
-    from runtime.report import ContextTally, build_report, write_report
-    from runtime.sampling import SamplingParams
+    from runtime.engine import Engine, EngineConfig
+    from runtime.report import build_report, write_report
+    from runtime.report.job_run import fixed_length_requests, run_tallied
 
     spec = open_checkpoint(checkpoint_dir).spec
     plan = plan_probe(job, spec, profile, checkpoint_dir)
-    params = SamplingParams(temperature=0.0, max_tokens=job.gen_len, ignore_eos=True)
-
-    def requests(prompts: list[list[int]]) -> list[Request]:
-        return [Request(id=i, prompt_token_ids=p, params=params) for i, p in enumerate(prompts)]
-
     measured = []
     engine = Engine(str(checkpoint_dir), EngineConfig.from_plan(plan, device=str(device)))
     try:
-        engine.run(requests(_prompts(job, seed)))
+        engine.run(fixed_length_requests(_prompts(job, seed), job.gen_len))
         for repeat in range(1, repeats + 1):
-            tally = ContextTally(window=spec.sliding_window)
-            stats = engine.run(
-                requests(_prompts(job, seed + repeat)),
-                lambda done, tally=tally: tally.add(len(done.prompt_token_ids), len(done.token_ids)),
+            stats, tally = run_tallied(
+                engine, fixed_length_requests(_prompts(job, seed + repeat), job.gen_len)
             )
             measured.append((stats.generated_tokens / stats.wall_seconds, stats, tally))
     finally:

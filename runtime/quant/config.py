@@ -1,14 +1,6 @@
 """A checkpoint's `quantization_config`: its format, which tensors it quantizes, and their on-disk parts.
 
-`QuantConfig.from_hf(config) -> QuantConfig | None` (None: no quantization_config) accepts:
-- `fp8`: `fmt: e4m3`, `weight_block_size: [br, bc]`, `activation_scheme: dynamic`, float scales (DeepSeek-V3,
-  Qwen3-FP8): `X.weight` float8_e4m3fn [R, C] + `X.weight_scale_inv` fp32 [ceil(R/br), ceil(C/bc)];
-- `mxfp4` (gpt-oss): `X_blocks` uint8 [..., ceil(C/32), 16] + `X_scales` uint8 [..., ceil(C/32)].
-Anything else is one UserError naming it and the supported ones. Quantized are the weights of linear layers
-(attention projections, experts, shared experts, dense MLPs: `QUANTIZABLE`), as transformers converts every
-nn.Linear, except modules matched by `modules_to_not_convert` (transformers' rule: a prefix up to a module
-boundary, a regex with that boundary, or a suffix) and lm_head; embeddings, norms and routers never are.
-In the runtime a quantized tensor `name` is stored as parts `name` (codes) and `name@scales` (`SCALES`).
+How it works: docs/design.md, `runtime/quant/config.py`.
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
 """The run report: what `runtime execute` achieved beside what its plan predicted, as one JSON-able dict.
 
-`build_report(stats, plan, profile, spec, tally, skipped, resumed)` returns (keys, in order):
-- vLLM's benchmark keys: `elapsed_time` (s, the engine's run), `num_requests`, `total_num_tokens` (prompt +
-  generated), `requests_per_second`, `tokens_per_second` (total), plus `output_tokens_per_second`;
-- `throughput`: tokens/s `end_to_end` (generated / wall), `decode` (decode tokens / decode seconds) and
-  `prefill` (prompt tokens / prefill seconds), each `{achieved, predicted, relative_error}`;
-- `decode_step_modules`: seconds per decode step per module, measured beside the plan's term of the same
-  name (`prefill` = prefill seconds amortised per decode step, as the plan defines it);
-  `prefill_modules`: seconds per 1000 prompt tokens per module;
-- `utilisation`: S-MBU / S-MFU achieved and predicted (`runtime.report.metrics`), busy fraction of decode
-  time per resource (device GEMMs, CPU attention, weight copy) beside the plan's, achieved attention KV
-  read and weight-copy bandwidths beside the profile's;
-- `activated_experts`: mean distinct experts per MoE layer per decode step (router outputs) beside the
-  uniform-routing expectation at the mean decode batch;
-- `memory`: peak host RSS and device memory beside the plan's totals and budgets;
-- `skipped_lines`, `resumed_requests`, `model` / `profile` identity; for `planner calibrate`: `plan` (the
-  Plan as a mapping), `spec` (the ModelSpec the plan was solved for) and `run_stats` (RunStats.to_dict()).
-`relative_error` is (achieved - predicted) / predicted, None when either side is missing or zero.
+How it works: docs/design.md, `runtime/report/build.py`.
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
 """Sparse utilisation of a run, MoE-CAP's S-MBU and S-MFU with its public code's defects fixed (torch-free).
 
-Definitions (shared/reference/prior-art.md), over all decode steps of a run:
-- S-MBU = bytes the decode steps truly read / decode seconds / peak memory bandwidth. Bytes per step: every
-  weight except the routed experts and the embedding table (all of them are read once per step), the
-  embedding rows of the step's tokens, the routed experts the router actually activated (distinct experts
-  per MoE layer per step, counted from the router's outputs), and the KV cache each token attends over.
-- S-MFU = FLOPs of the activated parameters / decode seconds / peak dense FLOP rate: 2 x weights of every
-  matmul a token passes through, with top_k routed experts per token (not one), plus attention score and
-  value FLOPs against the token's context, counted once per token (not multiplied by the batch again).
-Peaks are this machine's measured ones, taken as the planner takes them (`planner.perf.rates.Rates`, so achieved
-and predicted S-MBU / S-MFU share a denominator): the bandwidth of the memory the GEMMs read from (the
-profile's host memory read rate; with a device, its memory rate estimated from the measured GEMV end of the
-GEMM curves) and the highest measured dense GEMM rate (never a sparse datasheet figure). Prefill S-MFU uses
-the same FLOP count over the prompts.
-
-`ContextTally` accumulates, from each finished request's prompt and generated lengths, the context sums the
-KV and attention terms need (decode step j of a request with prompt p attends over p + j tokens, j = 1..g-1;
-sliding-window layers over min(p + j, window)).
+How it works: docs/design.md, `runtime/report/metrics.py`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from planner.tables import text_table
+
 GiB = float(1 << 30)
 
 
@@ -36,17 +38,6 @@ def throughput_line(report: dict[str, Any]) -> str:
     )
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(r: tuple[str, ...]) -> str:
-        return "  ".join(
-            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))
-        )
-
-    return [line(header), line(tuple("-" * w for w in widths)), *(line(r) for r in rows)]
-
-
 def _module_table(title: str, rows: list[dict], unit: str) -> list[str]:
     body = [
         (
@@ -57,7 +48,7 @@ def _module_table(title: str, rows: list[dict], unit: str) -> list[str]:
         )
         for r in rows
     ]
-    return ["", title, *_table(("module", f"predicted {unit}", f"measured {unit}", "error"), body)]
+    return ["", title, *text_table(("module", f"predicted {unit}", f"measured {unit}", "error"), body)]
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -72,7 +63,7 @@ def format_report(report: dict[str, Any]) -> str:
         (names[k], _num(v["predicted"], ".1f"), _num(v["achieved"], ".1f"), _pct(v["relative_error"]))
         for k, v in report["throughput"].items()
     ]
-    out += _table(("", "predicted", "achieved", "error"), rows)
+    out += text_table(("", "predicted", "achieved", "error"), rows)
     out += _module_table("per decode step (prefill: amortised per step)", report["decode_step_modules"], "ms")
     out += _module_table("prefill, per 1000 prompt tokens", report["prefill_modules"], "ms")
     u = report["utilisation"]

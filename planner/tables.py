@@ -1,0 +1,16 @@
+"""The one plain-text table renderer (explain, the run report, the cluster report): a header, a rule of
+dashes, then the rows; the first column left-aligned, the others right-aligned, two spaces between."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def text_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> list[str]:
+    cells = [[str(c) for c in header], *([str(c) for c in row] for row in rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    return [line(cells[0]), line(["-" * w for w in widths]), *(line(r) for r in cells[1:])]
