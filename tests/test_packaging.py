@@ -26,7 +26,7 @@ import yaml
 
 from planner import locations
 from planner.cli import main as planner_main
-from runtime.commands.profile import main as profile_main
+from runtime.cli import main as runtime_main
 from tests.conftest import TINY_SPEC
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_a_build_killed_mid_compile_leaves_nothing_a_later_run_waits_on(tmp_path
 def test_runtime_profile_refuses_to_write_into_shipped_data(capsys, target):
     path = Path(str(locations.shipped_dir("profiles"))).parent / target
     before = path.read_bytes() if path.exists() else None
-    assert profile_main(["--sizing", "tiny", "--out", str(path)]) == 2  # refused before measuring
+    assert runtime_main(["profile", "--sizing", "tiny", "--out", str(path)]) == 2  # refused before measuring
     assert "shipped data, which is never overwritten" in capsys.readouterr().err
     assert (path.read_bytes() if path.exists() else None) == before
 
