@@ -1,4 +1,5 @@
 """The batched sampler: logits [B, V] plus per-row parameter tensors -> next tokens [B], on the logits' device.
+A seeded completion draws the same random numbers whatever batch or device it runs on.
 
 How it works: docs/design.md, `runtime/sampler.py`.
 """

@@ -1,4 +1,5 @@
 """The Plan: a frozen dataclass that round-trips through YAML (`yaml.safe_load`), strictly validated on load.
+Strictly validated on load (UserError naming the field); the runtime reads its decisions, never re-derives them.
 
 How it works: docs/design.md, `planner/plans/plan.py`.
 """

@@ -1,4 +1,6 @@
 """Open a HF checkpoint directory: spec, lazily read weights under canonical names, tokenizer.
+Every mismatch with the spec is reported together in one UserError; no tensor data is read at open time
+and nothing is cached (the weight store holds the only resident copy).
 
 How it works: docs/design.md, `runtime/checkpoint/loader.py`.
 """

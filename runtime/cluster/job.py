@@ -1,4 +1,5 @@
 """`runtime execute ... --workers N`: the job as a Ray Data pipeline of N engine actors, written exactly once.
+This process is the only writer; an answer already in the output is dropped, so each is written exactly once.
 
 How it works: docs/design.md, `runtime/cluster/job.py`.
 """

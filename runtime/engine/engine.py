@@ -1,4 +1,6 @@
 """The module-based batching engine: `Engine(checkpoint, config).run(requests, on_finish) -> RunStats`.
+It runs the config's decisions as given (never re-derived) and receives generation states: it never
+detokenizes. Logits never exist for all rows at once.
 
 How it works: docs/design.md, `runtime/engine/engine.py`.
 """

@@ -1,4 +1,5 @@
 """Host weight store and device placement: which tensors live where, decided once from the EngineConfig.
+Each tensor is read from the checkpoint once; what it holds is what the planner's memory model counts.
 
 How it works: docs/design.md, `runtime/engine/weights.py`.
 """

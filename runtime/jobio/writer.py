@@ -1,4 +1,6 @@
 """The job's output JSONL and its state file: every answer written whole, once, and resumable after a crash.
+Each answer is one complete line written with one `os.write`; a crash leaves whole lines plus at most one torn
+tail, which a resume (same input and plan) cuts off.
 
 How it works: docs/design.md, `runtime/jobio/writer.py`.
 """
