@@ -11,12 +11,13 @@ for every module, the KV cache held in device memory beside the resident weights
 streamed every forward; it runs at the planner's largest N that device memory allows (`planner solve
 --batching model`) and at half of it, and its best is the comparison. Every system is planned (the
 prediction) and run (achieved) in `--passes` interleaved passes; the median pass is reported. Writes
-`bench/results/link-batching.csv` and the `link-batching` section of BENCHMARKS.md.
+each run's report to `bench/results/link-batching/`, `bench/results/link-batching.csv` and the `link-batching` section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -85,6 +86,9 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                 flush=True,
             )
             runs[name].append(report)
+            saved = RESULTS_DIR / "link-batching" / f"{name.replace(' ', '-')}-pass{pass_index + 1}.json"
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(report, indent=1, default=str))
     rows = []
     for name, plan in systems.items():
         achieved = [r["throughput"]["end_to_end"]["achieved"] for r in runs[name]]
