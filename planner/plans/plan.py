@@ -273,7 +273,10 @@ def _convert(value, hint, source: str, path: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _convert(value, next(a for a in args if a is not type(None)), source, path)
+        inner = next(a for a in args if a is not type(None))
+        if inner is float and isinstance(value, float) and math.isinf(value):
+            raise fail("a finite number or null")  # null already means 'none'; inf would read back as null
+        return _convert(value, inner, source, path)
     if origin is tuple:
         if not isinstance(value, list):
             raise fail("a list")
