@@ -33,8 +33,8 @@ from planner.calibration.calibrate import (
 )
 from planner.calibration.runs import load_run
 from planner.hardware.profile import HardwareProfile, load_profile
+from planner.units import GiB
 
-GiB = float(1 << 30)
 TARGETS = {"held_out_mean_after": 0.05, "held_out_max_after": 0.12, "mean_before": 0.10}
 
 

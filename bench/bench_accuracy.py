@@ -42,6 +42,7 @@ from pathlib import Path
 
 from bench.common import REPO, RESULTS_DIR, ensure_checkpoint, fixed_prompts, machine_line, run_engine
 from planner.modules import DEFAULT_RESIDENT
+from planner.perf.memory import kv_budget_gib
 
 STREAMING_OVERRIDES = {
     "force_streaming": True,
@@ -123,21 +124,13 @@ def profile_for(config: AccuracyConfig, profile):
     return emulate_link(profile, config.link_gbps, config.device_gb)
 
 
-def kv_gib_for(spec, workload, num_seqs: int, block_size: int = 16) -> float:
-    """The KV budget (GiB) with which the CPU memory model allows exactly `num_seqs` sequences."""
-    from planner.perf.layout import ModelLayout
-
-    layout = ModelLayout.build(spec, workload, block_size)
-    return (layout.kv_bytes_one_sequence + (num_seqs + 0.5) * layout.kv_bytes_per_slot) / float(1 << 30)
-
-
 def plan_for(config: AccuracyConfig, spec, profile, checkpoint_dir: Path, profile_ref: str):
     from planner.perf.memory import Budgets
     from planner.plans.build import make_plan
     from planner.plans.workload import Workload
 
     workload = Workload.fixed(config.prompt_len, config.gen_len, config.num_prompts)
-    kv_gib = kv_gib_for(spec, workload, config.num_seqs)
+    kv_gib = kv_budget_gib(spec, workload, config.num_seqs)
     return make_plan(
         spec,
         profile,

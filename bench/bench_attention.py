@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from planner.units import GiB
 from runtime.attention import active_backend, make_case
 from runtime.attention.cache import empty_host
 from runtime.attention.timing import DecodeCase, time_call
-
-GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,9 @@ def default_shapes(seed: int = 0) -> list[Shape]:
 
 def read_bandwidth_gbps(repeats: int, huge_pages: bool, clock=time.perf_counter) -> float:
     """Host read bandwidth: a plain sum over a 1 GiB fp32 tensor (optionally on huge pages, like the cache)."""
-    data = empty_host((GIB // 4,), torch.float32, huge_pages).fill_(1.0)
+    data = empty_host((GiB // 4,), torch.float32, huge_pages).fill_(1.0)
     seconds = time_call(lambda: data.sum(), repeats=repeats, clock=clock)
-    return GIB / seconds / 1e9
+    return GiB / seconds / 1e9
 
 
 def dense_sdpa(case: DecodeCase):

@@ -40,8 +40,7 @@ SPEEDUP_TARGET = 2.0
 
 def plans(spec, profile, workload, host_kv_gb: float) -> dict:
     """The systems to compare: name -> plan (module batching; model batching at its largest N and at half)."""
-    from bench.bench_accuracy import kv_gib_for
-    from planner.perf.memory import Budgets
+    from planner.perf.memory import Budgets, kv_budget_gib
     from planner.plans.build import make_plan
 
     budgets = Budgets.from_args(profile, host_kv_gb)
@@ -52,7 +51,7 @@ def plans(spec, profile, workload, host_kv_gb: float) -> dict:
         spec,
         profile,
         workload,
-        Budgets.from_args(profile, kv_gib_for(spec, workload, half)),
+        Budgets.from_args(profile, kv_budget_gib(spec, workload, half)),
         batching="model",
     )
     return {

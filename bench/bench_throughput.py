@@ -34,6 +34,7 @@ from bench.common import (
     run_worker,
     update_section,
 )
+from planner.units import GiB
 
 FULL = {
     "num_prompts": 256,
@@ -52,7 +53,6 @@ QUICK = {
     "repeats": 1,
 }
 KV_GIB = 4.0
-GiB = float(1 << 30)
 
 
 def make_plan_for(checkpoint, checkpoint_dir: Path, profile, profile_ref: str, sizes: dict):

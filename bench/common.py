@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from planner import settings
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
@@ -29,7 +31,7 @@ BUSY_LOAD_PER_CORE = 1.5
 
 
 def bench_dir() -> Path:
-    return Path(os.environ.get("MOELENS_BENCH_DIR") or REPO / "bench" / ".checkpoints")
+    return Path(settings.setting(settings.BENCH_DIR) or REPO / "bench" / ".checkpoints")
 
 
 def ensure_checkpoint(model: str, layers: int | None = None, seed: int = 0) -> Path:

@@ -40,7 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GiB = float(1 << 30)
+from planner.units import GiB
+
 TOTAL_BUDGET_S = 540.0
 
 

@@ -11,7 +11,8 @@ import dataclasses
 import time
 import warnings
 
-GiB = float(1 << 30)
+from planner.units import KV_BLOCK_SIZE, GiB
+
 # hidden, expert intermediate, experts, top-k: the real shapes, and small ones for the dry run
 EXPERT_SHAPES = {"mixtral-8x7b": (4096, 14336, 8, 2), "deepseek-v2-lite": (2048, 1408, 64, 6)}
 DRY_EXPERT_SHAPES = {"mixtral-like": (256, 512, 8, 2), "deepseek-like": (128, 96, 16, 4)}
@@ -254,7 +255,7 @@ def sync_audit(ctx) -> dict:
         num_seqs=8,
         attn_batch=4,
         kv_budget_bytes=64 << 20,
-        kv_block_size=16,
+        kv_block_size=KV_BLOCK_SIZE,
         prefill_chunk=64,
         device=str(ctx.device),
         force_streaming=True,

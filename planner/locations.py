@@ -5,24 +5,24 @@ How it works: docs/design.md, `planner/locations.py`.
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from planner import settings
 from planner.errors import UserError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 KINDS = ("models", "profiles")
-HOME_VARIABLE = "MOELENS_HOME"
-FOLDER_VARIABLES = {"models": "MOELENS_MODELS_DIR", "profiles": "MOELENS_PROFILES_DIR"}
+HOME_VARIABLE = settings.HOME
+FOLDER_VARIABLES = {"models": settings.MODELS_DIR, "profiles": settings.PROFILES_DIR}
 
 
 def user_home() -> Path:
     """The per-user data directory (`$MOELENS_HOME` overrides the platform's default)."""
-    override = os.environ.get(HOME_VARIABLE)
+    override = settings.setting(HOME_VARIABLE)
     if override:
         return Path(override).expanduser()
     import platformdirs
@@ -32,7 +32,7 @@ def user_home() -> Path:
 
 def user_dir(kind: str) -> Path:
     """The writable folder of `kind` files: `$MOELENS_<KIND>_DIR`, else `<user home>/<kind>`."""
-    override = os.environ.get(FOLDER_VARIABLES[kind])
+    override = settings.setting(FOLDER_VARIABLES[kind])
     return Path(override).expanduser() if override else user_home() / kind
 
 

@@ -41,7 +41,9 @@ def only_user_data(tmp_path, monkeypatch) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("MOELENS_BIG") == "1":
+    from planner import settings
+
+    if settings.big_tests():
         return
     skip_big = pytest.mark.skip(reason="big test: set MOELENS_BIG=1 to run it")
     for item in items:

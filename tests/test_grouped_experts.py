@@ -154,7 +154,7 @@ def test_expert_paths_equal_the_reference_sum(path, split, window):
 
 
 def test_grouped_path_is_forced_by_the_config_or_the_environment(monkeypatch):
-    from runtime.engine.config import GROUPED_ENV
+    from planner.settings import GROUPED_EXPERTS as GROUPED_ENV
     from runtime.engine.ffn import use_grouped
 
     spec, cpu = many_expert_spec(), torch.device("cpu")

@@ -11,7 +11,7 @@ import pytest
 
 from planner.calibration.calibrate import CONSTANTS
 from planner.hardware.profile import Efficiency, load_profile
-from planner.perf.memory import Budgets
+from planner.perf.memory import Budgets, kv_budget_gib
 from planner.perf.model import Candidates, PerfModel
 from planner.plans.build import make_plan
 from planner.specs.spec import load_spec
@@ -26,7 +26,6 @@ from runtime.profiler.probe_jobs import (  # noqa: E402  (needs torch)
     ProbeBudget,
     ProbeJob,
     calibrate_on_probes,
-    kv_budget_gib,
 )
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"

@@ -13,8 +13,8 @@ from planner.errors import UserError
 from planner.hardware.profile import HardwareProfile
 from planner.perf.layout import ModelLayout
 from planner.plans.workload import Workload
+from planner.units import KV_BLOCK_SIZE, GiB
 
-GiB = float(1 << 30)
 HOST_RESERVE_BYTES = 2 * GiB
 SAMPLING_BYTES_PER_LOGIT = (
     16.0  # the on-device sampler per logit: fp32 probabilities, sorted fp32 and int64 ids
@@ -293,3 +293,10 @@ class MemoryModel:
         )
         device["budget"] = b.device_bytes
         return host, device
+
+
+def kv_budget_gib(spec, workload: Workload, num_seqs: int, block_size: int = KV_BLOCK_SIZE) -> float:
+    """The KV budget (GiB) with which `MemoryModel.max_num_seqs` allows exactly `num_seqs` sequences: one
+    longest sequence whole plus `num_seqs + 0.5` slots (the half slot keeps the floor at `num_seqs`)."""
+    layout = ModelLayout.build(spec, workload, block_size)
+    return (layout.kv_bytes_one_sequence + (num_seqs + 0.5) * layout.kv_bytes_per_slot) / GiB

@@ -20,8 +20,8 @@ from planner.perf.overheads import OverheadTerms
 from planner.perf.rates import Rates, RateScale
 from planner.plans.workload import Workload
 from planner.specs.spec import ModelSpec
+from planner.units import KV_BLOCK_SIZE
 
-DEFAULT_BLOCK_SIZE = 16
 STREAM_AHEAD = 2  # layers the streamer copies ahead of compute (its two slots)
 BATCHING_MODES = ("module", "model")  # module-based batching (the engine's), or one batch size everywhere
 SAMPLING_PASSES = 3  # logits read by softmax / top-p / argmax over the fp32 row (when the
@@ -69,7 +69,7 @@ class PerfModel:
         workload: Workload,
         budgets: Budgets,
         scale: RateScale | None = None,
-        block_size: int = DEFAULT_BLOCK_SIZE,
+        block_size: int = KV_BLOCK_SIZE,
         stream_on_host: bool = False,
         batching: str = "module",
     ):

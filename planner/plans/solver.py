@@ -13,6 +13,7 @@ from scipy.optimize import differential_evolution
 
 from planner.errors import UserError
 from planner.perf.model import Candidates, PerfModel
+from planner.units import GiB
 
 ATTN_BATCHES = 2.0 ** np.arange(0, 17)  # 1 .. 65536 sequences
 EXPERT_BATCHES_LOG2 = (0, 16)  # b_e = 1 .. 65536 tokens
@@ -217,7 +218,6 @@ def solve(model: PerfModel) -> Solution:
 def check_budgets(model: PerfModel) -> None:
     """Name the budget that rules out every plan, before searching."""
     mem, lay, b, w = model.memory, model.layout, model.budgets, model.workload
-    gib = float(1 << 30)
     # the fewest weight bytes the host must keep: with a device, all but the most that fits there
     lowest = Candidates.of(
         residency=np.arange(lay.max_residency + 1),
@@ -230,22 +230,22 @@ def check_budgets(model: PerfModel) -> None:
     host_weights = float(mem.host_weights(lowest)[fits].min()) if fits.any() else lay.total_bytes
     if host_weights + mem.host_reserve > b.host_bytes:
         raise UserError(
-            f"the weights of {model.spec.name} kept on the host ({host_weights / gib:.1f} GiB) plus a "
-            f"{mem.host_reserve / gib:.1f} GiB reserve exceed host memory ({b.host_bytes / gib:.1f} GiB)",
+            f"the weights of {model.spec.name} kept on the host ({host_weights / GiB:.1f} GiB) plus a "
+            f"{mem.host_reserve / GiB:.1f} GiB reserve exceed host memory ({b.host_bytes / GiB:.1f} GiB)",
             "use a machine with more memory, pass --host-gb if the profile understates it, or plan "
             "a smaller dtype (--dtype fp8)",
         )
     if lay.kv_bytes_one_sequence > b.kv_bytes:
         raise UserError(
-            f"a KV budget of {b.kv_bytes / gib:.2f} GiB cannot hold one sequence of "
-            f"{w.max_sequence_len} tokens ({lay.kv_bytes_one_sequence / gib:.2f} GiB)",
-            f"raise --kv-gb to at least {lay.kv_bytes_one_sequence / gib:.2f} or shorten the sequences",
+            f"a KV budget of {b.kv_bytes / GiB:.2f} GiB cannot hold one sequence of "
+            f"{w.max_sequence_len} tokens ({lay.kv_bytes_one_sequence / GiB:.2f} GiB)",
+            f"raise --kv-gb to at least {lay.kv_bytes_one_sequence / GiB:.2f} or shorten the sequences",
         )
     host_left = b.host_bytes - host_weights - mem.host_reserve
     if lay.kv_bytes_one_sequence > host_left:
         raise UserError(
-            f"after the weights and reserve, host memory has {host_left / gib:.2f} GiB left, less than "
-            f"one sequence's KV ({lay.kv_bytes_one_sequence / gib:.2f} GiB)",
+            f"after the weights and reserve, host memory has {host_left / GiB:.2f} GiB left, less than "
+            f"one sequence's KV ({lay.kv_bytes_one_sequence / GiB:.2f} GiB)",
             "use a machine with more memory or shorter sequences",
         )
     if model.has_device:
@@ -258,16 +258,16 @@ def check_budgets(model: PerfModel) -> None:
         )
         kv = lay.kv_bytes_one_sequence + lay.kv_bytes_per_slot if mem.kv_on_device else 0.0
         if need + kv > b.device_bytes:
-            resident = f"{lay.resident_bytes[rho] / gib:.2f} GiB of resident weights, " if rho else ""
+            resident = f"{lay.resident_bytes[rho] / GiB:.2f} GiB of resident weights, " if rho else ""
             words = "the emulated device" if model.emulated else "device memory"
             parts = int(mem.stream_parts(smallest))
             unit = "layers" if parts == 1 else f"parts (each layer's experts in {parts})"
             raise UserError(
-                f"{words} ({b.device_bytes / gib:.2f} GiB) cannot hold {resident}two {unit} of stream "
-                f"buffers ({float(mem.stream_buffers(smallest)) / gib:.2f} GiB), the smallest activations"
-                + (f", one sequence's KV cache ({kv / gib:.2f} GiB)" if kv else "")
-                + (f" and a {mem.device_reserve / gib:.1f} GiB reserve" if mem.device_reserve else "")
-                + f": {(need + kv) / gib:.2f} GiB in all",
+                f"{words} ({b.device_bytes / GiB:.2f} GiB) cannot hold {resident}two {unit} of stream "
+                f"buffers ({float(mem.stream_buffers(smallest)) / GiB:.2f} GiB), the smallest activations"
+                + (f", one sequence's KV cache ({kv / GiB:.2f} GiB)" if kv else "")
+                + (f" and a {mem.device_reserve / GiB:.1f} GiB reserve" if mem.device_reserve else "")
+                + f": {(need + kv) / GiB:.2f} GiB in all",
                 "give it more device memory (--emulate-device-gb when profiling, or --device-gb)"
                 if model.emulated
                 else "use a device with more memory or a CPU-only profile",

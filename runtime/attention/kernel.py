@@ -9,12 +9,12 @@ torch.get_num_threads().
 
 from __future__ import annotations
 
-import os
 import warnings
 from types import ModuleType
 
 import torch
 
+from planner import settings
 from runtime.attention import extension, reference
 
 ISA_BACKENDS = ("avx512bf16", "avx512", "avx2", "scalar")
@@ -25,7 +25,7 @@ _warned_shapes: set[str] = set()
 
 
 def resolve_backend(backend: str | None) -> str:
-    name = backend or os.environ.get("MOELENS_ATTENTION_BACKEND") or "auto"
+    name = backend or settings.attention_backend() or "auto"
     if name not in ("auto", "reference", *ISA_BACKENDS):
         raise ValueError(f"unknown attention backend {name!r}; use auto, reference or one of {ISA_BACKENDS}")
     return name

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from planner.units import KV_BLOCK_SIZE
 from runtime.attention.cache import (
     allocate_kv_cache,
     allocate_latent_cache,
@@ -71,7 +72,7 @@ def make_case(
     kv_heads: int = 1,
     head_dim: int = 128,
     dtype: torch.dtype = torch.bfloat16,
-    block_size: int = 16,
+    block_size: int = KV_BLOCK_SIZE,
     rope_dim: int = 64,
     seed: int = 0,
 ) -> DecodeCase:
@@ -150,7 +151,7 @@ def bench_case(
     head_dim: int = 128,
     dtype: torch.dtype = torch.bfloat16,
     threads: int | None = None,
-    block_size: int = 16,
+    block_size: int = KV_BLOCK_SIZE,
     repeats: int = 7,
     backend: str | None = None,
 ) -> tuple[float, int]:

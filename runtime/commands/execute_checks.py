@@ -18,8 +18,7 @@ from planner.hardware.this_machine import MachineIdentity, this_machine
 from planner.plans.build import spec_hash
 from planner.plans.plan import Plan
 from planner.specs.spec import ModelSpec, load_spec
-
-GiB = float(1 << 30)
+from planner.units import GiB
 
 
 def checkpoint_dir_of(plan: Plan, given: Path | None) -> Path:

@@ -11,13 +11,13 @@ device memory the engine holds its device-side allocations to, `runtime.engine.e
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 
+from planner import settings
 from planner.errors import UserError
 from planner.modules import DEFAULT_RESIDENT, WEIGHT_MODULES, names
+from planner.units import KV_BLOCK_SIZE, GiB
 
-GROUPED_ENV = "MOELENS_GROUPED_EXPERTS"
 _PLAN_FIELDS = (
     "num_seqs",
     "attn_batch",
@@ -39,7 +39,7 @@ class EngineConfig:
     attn_batch: int = 16  # b_a: attention micro-batch (sequences)
     expert_batch: int = 1024  # b_e: most tokens one expert GEMM sees at once
     kv_budget_bytes: int = 256 << 20  # host KV cache, all layers
-    kv_block_size: int = 16  # tokens per KV block
+    kv_block_size: int = KV_BLOCK_SIZE  # tokens per KV block
     resident_modules: tuple[str, ...] = field(default=DEFAULT_RESIDENT)  # modules kept on the device
     resident_experts_per_layer: int = 0  # routed experts 0..k-1 of every MoE layer also kept there
     stream_weights: bool = False  # stream non-resident modules to the device each step
@@ -106,8 +106,8 @@ class EngineConfig:
                 f"resident_modules names unknown modules {unknown}", f"use names from {names(WEIGHT_MODULES)}"
             )
         object.__setattr__(self, "resident_modules", tuple(self.resident_modules))
-        if self.grouped_experts is None and os.environ.get(GROUPED_ENV, "") != "":
-            object.__setattr__(self, "grouped_experts", os.environ[GROUPED_ENV] == "1")
+        if self.grouped_experts is None:
+            object.__setattr__(self, "grouped_experts", settings.grouped_experts())
 
     @property
     def streams(self) -> bool:
@@ -166,7 +166,7 @@ class EngineConfig:
             device = plan.memory.get("device", {})
             values.update(
                 link_gbps=gbps,
-                device_memory_bytes=int(plan.budgets.device_gib * (1 << 30)),
+                device_memory_bytes=int(plan.budgets.device_gib * GiB),
                 device_activation_bytes=int(
                     max(device.get("decode_activations", 0.0), device.get("prefill_workspace", 0.0))
                 ),

@@ -10,9 +10,9 @@ import os
 import torch
 
 from planner.errors import UserError
+from planner.units import GiB
 
 ALIGN = 256  # bytes; keeps every region and packed tensor aligned for vector loads and any dtype view
-GiB = float(1 << 30)
 
 
 def aligned(nbytes: int) -> int:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from planner.hardware.profile import AttentionCurve
+from planner.units import KV_BLOCK_SIZE
 from runtime.profiler.grids import AttentionPoint
 from runtime.profiler.timing import median_seconds, significant
 
-BLOCK_SIZE = 16
 DTYPE = torch.bfloat16
 
 
@@ -40,7 +40,7 @@ def _case(point: AttentionPoint):
             kv_heads=point.kv_heads,
             head_dim=point.head_dim,
             dtype=DTYPE,
-            block_size=BLOCK_SIZE,
+            block_size=KV_BLOCK_SIZE,
         )
     return make_case(
         "mla",
@@ -48,7 +48,7 @@ def _case(point: AttentionPoint):
         heads=point.group,
         head_dim=point.kv_lora_rank,
         dtype=DTYPE,
-        block_size=BLOCK_SIZE,
+        block_size=KV_BLOCK_SIZE,
         rope_dim=point.rope_dim,
     )
 

@@ -16,8 +16,8 @@ import torch
 
 from planner.hardware.profile import Machine
 from planner.hardware.this_machine import MachineRates, this_machine
+from planner.units import GiB
 
-GIB = 1 << 30
 INTERESTING_FLAGS = re.compile(r"^(avx2|fma|avx512\w*|amx\w*|avx_vnni|sve\w*|neon|asimd\w*)$")
 
 
@@ -39,16 +39,16 @@ def describe_machine(device: torch.device, fingerprint: MachineRates | None = No
     if device.type == "cuda":
         name = identity.device or torch.cuda.get_device_name(device)
         free_b, total_b = torch.cuda.mem_get_info(device)
-        total, free = round(total_b / GIB, 2), round(free_b / GIB, 2)
+        total, free = round(total_b / GiB, 2), round(free_b / GiB, 2)
         interconnect = _pcie_link(device)
     return Machine(
         cpu=identity.cpu,
         cores=identity.cores,
-        host_memory_gib=round(vm.total / GIB, 2),
+        host_memory_gib=round(vm.total / GiB, 2),
         device=name,
         device_memory_gib=total,
         cpu_flags=cpu_flags(),
-        host_free_gib=round(vm.available / GIB, 2),
+        host_free_gib=round(vm.available / GiB, 2),
         device_free_gib=free,
         interconnect=interconnect,
         torch=str(torch.__version__),

@@ -53,7 +53,7 @@ from runtime.profiler.spot_check import measure_rates
 from runtime.profiler.timing import Deadline, default_device
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sizing:
     name: str
     link_sizes: tuple[int, ...]
@@ -76,59 +76,59 @@ class Sizing:
 
 
 FULL = Sizing(
-    "full",
-    LINK_SIZES,
-    1 << 30,
-    ALL_GEMM_SHAPES,
-    GEMM_ROWS,
-    120.0,
-    1.0,
-    ATTENTION_POINTS,
-    45.0,
-    5,
-    10.0,
-    8192,
-    48,
-    5,
-    FULL_PROBES,
+    name="full",
+    link_sizes=LINK_SIZES,
+    memory_bytes=1 << 30,
+    gemm_shapes=ALL_GEMM_SHAPES,
+    gemm_rows=GEMM_ROWS,
+    gemm_budget_s=120.0,
+    max_call_s=1.0,
+    attention_points=ATTENTION_POINTS,
+    attention_budget_s=45.0,
+    repeats=5,
+    overhead_budget_s=10.0,
+    elementwise_rows=8192,
+    probe_decode_tokens=48,
+    probe_runs=5,
+    probe_jobs=FULL_PROBES,
     overhead_rounds=3,
 )  # medians of 5 jobs, of 3 rounds
 QUICK = Sizing(
-    "quick",
-    QUICK_LINK_SIZES,
-    256 * MIB,
-    QUICK_GEMM_SHAPES,
-    QUICK_GEMM_ROWS,
-    20.0,
-    0.25,
-    QUICK_ATTENTION_POINTS,
-    10.0,
-    3,
-    3.0,
-    8192,
-    32,
-    3,
-    QUICK_PROBES,
+    name="quick",
+    link_sizes=QUICK_LINK_SIZES,
+    memory_bytes=256 * MIB,
+    gemm_shapes=QUICK_GEMM_SHAPES,
+    gemm_rows=QUICK_GEMM_ROWS,
+    gemm_budget_s=20.0,
+    max_call_s=0.25,
+    attention_points=QUICK_ATTENTION_POINTS,
+    attention_budget_s=10.0,
+    repeats=3,
+    overhead_budget_s=3.0,
+    elementwise_rows=8192,
+    probe_decode_tokens=32,
+    probe_runs=3,
+    probe_jobs=QUICK_PROBES,
 )
 TINY = Sizing(
-    "tiny",
-    (MIB, 4 * MIB),
-    64 * MIB,
-    QUICK_GEMM_SHAPES[:1],
-    (1, 4, 16, 64),
-    6.0,
-    0.5,
-    (
+    name="tiny",
+    link_sizes=(MIB, 4 * MIB),
+    memory_bytes=64 * MIB,
+    gemm_shapes=QUICK_GEMM_SHAPES[:1],
+    gemm_rows=(1, 4, 16, 64),
+    gemm_budget_s=6.0,
+    max_call_s=0.5,
+    attention_points=(
         AttentionPoint("gqa", batch=4, context=256, group=4),
         AttentionPoint("mla", batch=4, context=256, group=16),
     ),
-    3.0,
-    5,
-    1.0,
-    256,
-    6,
-    1,
-    TINY_PROBES,
+    attention_budget_s=3.0,
+    repeats=5,
+    overhead_budget_s=1.0,
+    elementwise_rows=256,
+    probe_decode_tokens=6,
+    probe_runs=1,
+    probe_jobs=TINY_PROBES,
 )
 SIZINGS = {s.name: s for s in (FULL, QUICK, TINY)}
 GEMM_DTYPE = torch.bfloat16

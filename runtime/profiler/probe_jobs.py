@@ -19,15 +19,12 @@ import torch
 from planner.calibration.calibrate import Calibration, fit
 from planner.calibration.runs import MeasuredRun, load_run
 from planner.hardware.profile import HardwareProfile
-from planner.perf.layout import ModelLayout
-from planner.perf.memory import Budgets
-from planner.perf.model import DEFAULT_BLOCK_SIZE
+from planner.perf.memory import Budgets, kv_budget_gib
 from planner.plans.build import make_plan
 from planner.plans.plan import Plan
 from planner.plans.workload import Workload
 from planner.specs.spec import ModelSpec
 
-GiB = float(1 << 30)
 # What the probes fit: GEMMs in the engine against the curves' GEMMs timed alone, the engine's costs per step
 # and CPU attention in place. Not an extra fixed cost per call, nor a multiplier on the measured per-call
 # costs: fitted to these short, small-batch jobs, both priced the accuracy matrix's tiny-expert models'
@@ -129,15 +126,6 @@ FULL_PROBES = ProbeBudget("full", FOUR_JOBS, repeats=3, seconds=60.0)
 QUICK_PROBES = ProbeBudget("quick", FOUR_JOBS, repeats=1, seconds=FULL_PROBES.seconds)
 TINY_PROBES = ProbeBudget("tiny", (ProbeJob(PROBE_TINY, 4, 16, 8),), repeats=1, seconds=10.0)
 PROBE_BUDGETS = {b.name: b for b in (FULL_PROBES, QUICK_PROBES, TINY_PROBES)}
-
-
-def kv_budget_gib(
-    spec: ModelSpec, workload: Workload, num_seqs: int, block_size: int = DEFAULT_BLOCK_SIZE
-) -> float:
-    """The KV budget (GiB) with which the planner's memory model allows exactly `num_seqs` sequences: one
-    longest sequence whole plus `num_seqs + 0.5` slots (the half slot keeps the floor at `num_seqs`)."""
-    layout = ModelLayout.build(spec, workload, block_size)
-    return (layout.kv_bytes_one_sequence + (num_seqs + 0.5) * layout.kv_bytes_per_slot) / GiB
 
 
 def plan_probe(job: ProbeJob, spec: ModelSpec, profile: HardwareProfile, checkpoint_dir: str | Path) -> Plan:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from planner.tables import text_table
-
-GiB = float(1 << 30)
+from planner.units import GiB
 
 
 def _num(value: float | None, fmt: str = ".4g") -> str:
