@@ -55,13 +55,12 @@ def measure_profile() -> str:
 
 
 def solve(checkpoint, profile, directory: Path, profile_ref: str):
-    from bench.bench_accuracy import kv_gib_for
-    from planner.perf.memory import Budgets
+    from planner.perf.memory import Budgets, kv_budget_gib
     from planner.plans.build import make_plan
     from planner.plans.workload import Workload
 
     workload = Workload.fixed(PROMPT_LEN, GEN_LEN, NUM_PROMPTS)
-    budgets = Budgets.from_args(profile, kv_gib_for(checkpoint.spec, workload, NUM_SEQS))
+    budgets = Budgets.from_args(profile, kv_budget_gib(checkpoint.spec, workload, NUM_SEQS))
     return make_plan(
         checkpoint.spec, profile, workload, budgets, model_ref=str(directory), profile_ref=profile_ref
     )
