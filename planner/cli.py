@@ -25,12 +25,14 @@ from planner.plans.solver import check_budgets, solve
 from planner.plans.sweep import VARIABLE_INPUTS, Problem, parse_vary, run_sweep, sweep_values
 from planner.plans.workload import Workload
 from planner.specs.spec import DTYPE_BYTES, load_spec
+from planner.specs.weight_formats import QUANT_MODULES
 from planner.version import add_version_flag
 
 DEFAULT_PROMPT_LEN = 512
 DEFAULT_GEN_LEN = 256
 DEFAULT_NUM_PROMPTS = 10_000
-DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "float8_e4m3fn"}
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+WEIGHT_FORMATS = {"fp8": QUANT_MODULES, "mxfp4": ("experts",)}  # --dtype fp8|mxfp4: what is stored so
 
 
 def _problem_arguments(parser: argparse.ArgumentParser, fleet: bool = False) -> None:
@@ -70,7 +72,9 @@ def _problem_arguments(parser: argparse.ArgumentParser, fleet: bool = False) -> 
         help=f"prompts in the job (default {DEFAULT_NUM_PROMPTS}, or the lines of --prompts)",
     )
     parser.add_argument(
-        "--dtype", help="weight dtype to plan for: bf16, fp16, fp32, fp8 (default: the spec's)"
+        "--dtype",
+        help="weights to plan for: bf16, fp16, fp32, or fp8 / mxfp4 stored weights computed in the spec dtype "
+        "(fp8: every linear layer, mxfp4: the routed experts; default: the spec or checkpoint)",
     )
     parser.add_argument(
         "--batching",
@@ -135,10 +139,15 @@ def problem_from_args(args: argparse.Namespace) -> Problem:
     if not model_ref:
         raise UserError("no model given", "pass --model NAME (e.g. mixtral) or --checkpoint DIR")
     spec = load_spec(model_ref)
-    if args.dtype:
+    if (
+        args.dtype in WEIGHT_FORMATS
+    ):  # stored quantized, computed in the spec's dtype (as the runtime runs it)
+        spec = spec.with_weight_formats(dict.fromkeys(WEIGHT_FORMATS[args.dtype], args.dtype))
+    elif args.dtype:
         dtype = DTYPE_ALIASES.get(args.dtype, args.dtype)
         if dtype not in DTYPE_BYTES:
-            raise UserError(f"unknown --dtype {args.dtype!r}", f"use one of {sorted(DTYPE_ALIASES)}")
+            choices = sorted([*DTYPE_ALIASES, *WEIGHT_FORMATS])
+            raise UserError(f"unknown --dtype {args.dtype!r}", f"use one of {choices}")
         spec = replace(spec, dtype=dtype)
     profile, profile_ref = _profile(args.profile)
     if args.num_prompts is not None and args.num_prompts < 1:
@@ -174,7 +183,7 @@ def problem_from_args(args: argparse.Namespace) -> Problem:
 def summary(plan: Plan) -> str:
     p, b = plan.predicted, plan.bound
     lines = [
-        f"plan for {plan.model.name} ({plan.model.dtype}) on {plan.profile.name} ({plan.profile.kind} profile, "
+        f"plan for {plan.model.name} (weights {plan.model.weights_label}) on {plan.profile.name} ({plan.profile.kind} profile, "
         f"{plan_device_words(plan)}{', model-based batching' if plan.batching == 'model' else ''})",
         f"  workload: {plan.workload.describe()}",
         f"  generated {p.generated_tok_s:,.1f} tok/s end to end (decode {p.decode_tok_s:,.1f}, prefill "

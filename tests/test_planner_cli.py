@@ -165,7 +165,9 @@ def test_dtype_changes_bytes(capsys, tmp_path):
         str(path),
     )
     assert code == 0, err
-    assert Plan.load(path).model.dtype == "float8_e4m3fn"
+    model = Plan.load(path).model  # fp8 stored, computed in the spec dtype (what the runtime runs)
+    assert model.dtype == "bfloat16" and set(model.weight_formats.values()) == {"fp8"}
+    assert "experts" in model.weight_formats and "fp8 (" in model.weights_label
 
 
 @pytest.mark.parametrize(

@@ -248,7 +248,7 @@ PUBLISHED_MIXTRAL_CONFIG = {
 
 
 def _same_architecture(a: ModelSpec, b: ModelSpec) -> dict:
-    ignore = {"name", "source", "extra", "dtype"}
+    ignore = {"name", "source", "extra", "dtype", "weight_formats"}
     da, db = a.to_dict(), b.to_dict()
     return {k: (da[k], db[k]) for k in da if k not in ignore and da[k] != db[k]}
 
@@ -256,7 +256,10 @@ def _same_architecture(a: ModelSpec, b: ModelSpec) -> dict:
 def test_published_old_style_configs(tmp_path):
     v3 = spec_from_hf_config(PUBLISHED_DEEPSEEK_V3_CONFIG, name="deepseek-v3")
     assert _same_architecture(v3, load_spec("deepseek-v3")) == {}
-    assert v3.dtype == "float8_e4m3fn" and v3.rope_scaling["rope_type"] == "yarn"
+    assert v3.dtype == "bfloat16" and v3.rope_scaling["rope_type"] == "yarn"
+    assert v3.weight_formats == dict.fromkeys(
+        ("qkv_proj", "o_proj", "experts", "shared_experts", "dense_mlp"), "fp8"
+    )
     checkpoint = tmp_path / "Mixtral-8x7B-v0.1"
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text(json.dumps(PUBLISHED_MIXTRAL_CONFIG))

@@ -116,16 +116,16 @@ class ModelCosts:
     # ----- bytes -----
     def module_bytes(self, layer: int | None = None) -> dict[str, int]:
         counts = self.params_by_module() if layer is None else self.layer_params(layer)
-        return {module: count * self.spec.dtype_bytes for module, count in counts.items()}
+        return {module: round(count * self.spec.weight_bytes(module)) for module, count in counts.items()}
 
     def expert_bytes(self) -> int:
-        return self.expert_params() * self.spec.dtype_bytes
+        return round(self.expert_params() * self.spec.weight_bytes("experts"))
 
     def layer_bytes(self, layer: int) -> int:
         return sum(self.module_bytes(layer).values())
 
     def total_bytes(self) -> int:
-        return self.total_params() * self.spec.dtype_bytes
+        return sum(self.module_bytes().values())
 
     # ----- FLOPs per token -----
     def attention_flops_per_token(self, context_len: int, layer: int = 0) -> float:

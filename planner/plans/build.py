@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from planner.errors import UserError
 from planner.hardware.profile import HardwareProfile
 from planner.modules import WEIGHT_MODULES
 from planner.perf.bound import compute_bound, gemm_flops_per_token
@@ -30,7 +31,7 @@ from planner.plans.plan import (
 )
 from planner.plans.solver import ATTN_BATCHES, EXPERT_BATCHES_LOG2, PREFILL_CHUNKS, Solution, solve
 from planner.plans.workload import Workload
-from planner.specs.spec import ModelSpec
+from planner.specs.spec import COMPUTE_DTYPES, ModelSpec
 
 
 def spec_hash(spec: ModelSpec) -> str:
@@ -38,7 +39,13 @@ def spec_hash(spec: ModelSpec) -> str:
 
 
 def model_ref_of(spec: ModelSpec, ref: str) -> ModelRef:
-    return ModelRef(name=spec.name, hash=spec_hash(spec), dtype=spec.dtype, ref=str(ref))
+    return ModelRef(
+        name=spec.name,
+        hash=spec_hash(spec),
+        dtype=spec.dtype,
+        ref=str(ref),
+        weight_formats=dict(spec.weight_formats),
+    )
 
 
 def profile_ref_of(profile: HardwareProfile, ref: str) -> ProfileRef:
@@ -60,6 +67,12 @@ def make_plan(
     """Solve and build the plan; `stream_on_host` plans the engine's forced-streaming mode on a CPU-only
     profile (routed experts streamed host to host; for benchmarks of the streamer without a device);
     `batching="model"` plans model-based batching (one batch size everywhere, KV in device memory)."""
+    if spec.dtype not in COMPUTE_DTYPES:  # a plan the runtime could not execute is not offered
+        raise UserError(
+            f"model {spec.name} computes in {spec.dtype}; the runtime computes in {', '.join(COMPUTE_DTYPES)}",
+            "plan fp8 or mxfp4 weights as stored formats (`planner solve --dtype fp8`, or a checkpoint whose "
+            "quantization_config says so); they are dequantized to the compute dtype at each GEMM",
+        )
     model = PerfModel(spec, profile, workload, budgets, stream_on_host=stream_on_host, batching=batching)
     return plan_from_solution(
         model,

@@ -44,8 +44,8 @@ def _cell(value) -> str:
 
 def problem_from_plan(plan: Plan) -> Problem:
     spec = load_spec(plan.model.ref)
-    if spec.dtype != plan.model.dtype:
-        spec = replace(spec, dtype=plan.model.dtype)
+    if (spec.dtype, spec.weight_formats) != (plan.model.dtype, plan.model.weight_formats):
+        spec = replace(spec, dtype=plan.model.dtype, weight_formats=plan.model.weight_formats)
     if spec_hash(spec) != plan.model.hash:
         raise UserError(
             f"model spec {plan.model.ref} changed since the plan was solved",
@@ -126,7 +126,7 @@ def explain(plan: Plan, what_if: bool = True) -> str:
         else "module-based batching"
     )
     out = [
-        f"plan: {plan.model.name} ({plan.model.dtype}) on {plan.profile.name} ({plan.profile.kind} profile)",
+        f"plan: {plan.model.name} (weights {plan.model.weights_label}) on {plan.profile.name} ({plan.profile.kind} profile)",
         f"device: {plan_device_words(plan)}; {batching}",
         f"workload: {w.describe()}",
         "",

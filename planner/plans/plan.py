@@ -19,6 +19,7 @@ from planner.errors import UserError
 from planner.modules import WEIGHT_MODULES, names
 from planner.perf.bound import Bound
 from planner.plans.workload import Workload
+from planner.specs.weight_formats import weights_label
 from planner.values import is_int
 
 SCHEMA_VERSION = 1
@@ -34,6 +35,11 @@ class ModelRef:
     hash: str  # sha256 (12 hex) of the spec's fields
     dtype: str
     ref: str  # what `load_spec` was given (a name, YAML path or checkpoint dir)
+    weight_formats: dict[str, str]  # ModelSpec.weight_formats: modules whose weights are stored quantized
+
+    @property
+    def weights_label(self) -> str:
+        return weights_label(self.dtype, self.weight_formats)
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,8 @@ class Plan:
                 "re-create the plan with `planner solve`",
             )
         data = {**OPTIONAL_FIELDS, **data}  # plans written before these fields existed
+        if isinstance(data.get("model"), dict):
+            data["model"] = {"weight_formats": {}, **data["model"]}
         return _from_plain(cls, data, source, "")
 
     @classmethod

@@ -21,6 +21,7 @@ from planner.specs.hf_families import (
     require_keys,
 )
 from planner.specs.model_spec import ALL_FAMILIES, ModelSpec
+from planner.specs.weight_formats import weight_formats_from_hf
 from planner.values import is_finite_number, is_int
 
 PRESERVED_KEYS = (
@@ -139,9 +140,7 @@ def _read_rope(cfg: dict, family: str) -> tuple[float, dict | None]:
 
 
 def _read_dtype(cfg: dict) -> str:
-    quant = cfg.get("quantization_config") or {}
-    if quant.get("quant_method") == "fp8":
-        return "float8_e4m3fn"
+    """The compute dtype (quantized weights: `weight_formats_from_hf`)."""
     dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16"
     return "bfloat16" if dtype == "auto" else str(dtype)
 
@@ -180,7 +179,9 @@ def spec_from_hf_config(cfg: dict, name: str | None = None) -> ModelSpec:
         source=ours.get("source") or "HF config.json",
         extra={k: cfg[k] for k in PRESERVED_KEYS if cfg.get(k) is not None},
     )
-    return ModelSpec(**{**common, **FAMILY_READERS[family](cfg)})
+    spec = ModelSpec(**{**common, **FAMILY_READERS[family](cfg)})
+    formats = weight_formats_from_hf(cfg, family)
+    return spec.with_weight_formats(formats) if formats else spec
 
 
 def _rope_parameters(spec: ModelSpec) -> dict:

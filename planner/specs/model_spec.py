@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from planner.errors import UserError
+from planner.specs.weight_formats import QUANT_MODULES, WEIGHT_FORMAT_BYTES, weights_label
 from planner.values import is_int
 
 # Families whose forward the runtime implements; the others have specs (planning) only.
@@ -23,6 +24,7 @@ RUNNABLE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2"
 ALL_FAMILIES = RUNNABLE_FAMILIES + ("phimoe", "dbrx")
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")  # what the runtime computes in (fp8: `weight_formats`)
 
 # Fields that say where a spec came from, not what the model is: outside its fingerprint.
 IDENTITY_FIELDS = ("name", "source", "extra")
@@ -113,6 +115,7 @@ class ModelSpec:
     lm_head_bias: bool = False  # Phi-3.5-MoE
     tie_word_embeddings: bool = False
     dtype: str = "bfloat16"
+    weight_formats: dict = field(default_factory=dict)  # {module: fp8 | mxfp4}: weights stored quantized
     source: str = ""  # where the facts came from (URL / "config.json at <path>")
     extra: dict = field(default_factory=dict)  # family-specific leftovers kept for to_hf_config
 
@@ -169,6 +172,12 @@ class ModelSpec:
                 "rope_scaling must be a mapping",
             ),
             (isinstance(self.extra, dict), "extra must be a mapping"),
+            (
+                isinstance(self.weight_formats, dict)
+                and set(self.weight_formats) <= set(QUANT_MODULES)
+                and set(self.weight_formats.values()) <= set(WEIGHT_FORMAT_BYTES),
+                f"weight_formats maps modules {list(QUANT_MODULES)} to {list(WEIGHT_FORMAT_BYTES)}",
+            ),
         ]
         if self.attention == "mla":
             checks += [
@@ -200,6 +209,24 @@ class ModelSpec:
     @property
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    def weight_bytes(self, module: str) -> float:
+        """Stored bytes per parameter of a module's weights (its storage format's, else the dtype's)."""
+        fmt = self.weight_formats.get(module)
+        return WEIGHT_FORMAT_BYTES[fmt] if fmt else self.dtype_bytes
+
+    def with_weight_formats(self, formats: dict[str, str]) -> ModelSpec:
+        """A copy storing `formats` for the modules this model has (no shared experts: none listed)."""
+        has = {
+            "shared_experts": self.num_shared_experts > 0,
+            "dense_mlp": not all(self.is_moe_layer(layer) for layer in range(self.num_layers)),
+        }
+        return replace(self, weight_formats={m: f for m, f in formats.items() if has.get(m, True)})
+
+    @property
+    def weights_label(self) -> str:
+        """The weights' storage format(s) in words: `bfloat16`, `fp8 (experts), bfloat16 elsewhere`."""
+        return weights_label(self.dtype, self.weight_formats)
 
     @property
     def is_runnable(self) -> bool:
@@ -251,7 +278,10 @@ class ModelSpec:
 
     def architecture(self) -> dict:
         """The fields that say what the model is (all but `IDENTITY_FIELDS`)."""
-        return {k: v for k, v in asdict(self).items() if k not in IDENTITY_FIELDS}
+        fields_ = {k: v for k, v in asdict(self).items() if k not in IDENTITY_FIELDS}
+        if not fields_["weight_formats"]:  # unquantized specs keep the fingerprint they had before it
+            del fields_["weight_formats"]
+        return fields_
 
     def fingerprint(self) -> str:
         """12 hex digits over the architecture fields: equal for the same model however it was read."""

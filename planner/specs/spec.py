@@ -19,6 +19,7 @@ from planner.specs.hf_config import spec_from_config_json
 from planner.specs.hf_hub import download_hint, hub_cache_dir, is_hub_id, local_snapshot, shipped_spec_name
 from planner.specs.model_spec import (  # noqa: F401  (re-exported: the names callers import from here)
     ALL_FAMILIES,
+    COMPUTE_DTYPES,
     DTYPE_BYTES,
     IDENTITY_FIELDS,
     RUNNABLE_FAMILIES,

@@ -9,17 +9,19 @@ import re
 from dataclasses import dataclass
 from math import prod
 
-from planner.errors import UserError
-
-FP8_BLOCK = 128  # DeepSeek-V3's weight_block_size
-MX_GROUP = 32  # values per E8M0 scale (OCP MX)
+from planner.specs.weight_formats import (
+    FP8_BLOCK,
+    MX_GROUP,
+    QuantSettings,
+    excluded,
+    parse_quantization_config,
+    unsupported_quantization,
+)
 
 SCALES = "@scales"
-SUPPORTED = "fp8 (fmt e4m3, weight_block_size [128, 128] or other blocks, activation_scheme dynamic), mxfp4"
 QUANTIZABLE = re.compile(
     r"(attn\.(q|k|v|o|q_a|q_b|kv_a|kv_b)_proj|mlp\.\w+_proj|moe\.experts\.\d+\.\w+|moe\.shared\.\w+_proj)$"
 )
-_BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"
 
 
 @dataclass(frozen=True)
@@ -63,60 +65,18 @@ def part_bytes(dtype: str, shape: tuple[int, ...]) -> int:
     return prod(shape) * (4 if dtype == "F32" else 1)
 
 
-def _unsupported(what: str) -> UserError:
-    return UserError(
-        f"config.json quantization_config: {what} is not supported; supported: {SUPPORTED}",
-        "use a checkpoint in one of the supported formats, or a bf16/fp16/fp32 one",
-    )
-
-
 @dataclass(frozen=True)
-class QuantConfig:
-    method: str
-    block: tuple[int, int]
-    not_convert: tuple[str, ...]
-
+class QuantConfig(QuantSettings):
     @classmethod
     def from_hf(cls, config: dict) -> QuantConfig | None:
-        quant = config.get("quantization_config")
-        if quant is None:
-            return None
-        if not isinstance(quant, dict):
-            raise _unsupported(f"{quant!r}")
-        method = quant.get("quant_method")
-        skip = quant.get("modules_to_not_convert") or []
-        if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
-            raise _unsupported(f"modules_to_not_convert {skip!r} (a list of module names is)")
-        if method == "mxfp4":
-            return cls("mxfp4", (1, MX_GROUP), tuple(skip))
-        if method != "fp8":
-            raise _unsupported(f"quant_method {method!r}")
-        block = quant.get("weight_block_size")
-        checks = (
-            (quant.get("fmt", "e4m3") == "e4m3", f"fmt {quant.get('fmt')!r}"),
-            (
-                isinstance(block, list)
-                and len(block) == 2
-                and all(isinstance(b, int) and b > 0 for b in block),
-                f"weight_block_size {block!r} (per-tensor or per-channel fp8)",
-            ),
-            (quant.get("activation_scheme", "dynamic") == "dynamic", "activation_scheme 'static'"),
-            (quant.get("scale_fmt", "float") == "float", f"scale_fmt {quant.get('scale_fmt')!r}"),
-        )
-        for ok, what in checks:
-            if not ok:
-                raise _unsupported(f"fp8 with {what}")
-        return cls("fp8", tuple(block), tuple(skip))
+        settings = parse_quantization_config(config)
+        return None if settings is None else cls(settings.method, settings.block, settings.not_convert)
 
     def quantizes(self, canonical: str, disk_name: str) -> bool:
         local = canonical.split(".", 2)[2] if canonical.startswith("layers.") else canonical
         if not QUANTIZABLE.match(local) or not disk_name.endswith(".weight"):
             return False
-        module = disk_name.removesuffix(".weight")
-        return not any(
-            re.match(rf"(?:{pattern}){_BOUNDARY}", module) or module.endswith(pattern)
-            for pattern in self.not_convert
-        )
+        return not excluded(disk_name.removesuffix(".weight"), self.not_convert)
 
     def layout(self, shape: tuple[int, ...]) -> QuantLayout:
         return QuantLayout(self.method, tuple(shape), self.block)
@@ -151,7 +111,7 @@ def make_quant_config(method: str, tensors) -> dict:
             "modules_to_not_convert": ["lm_head"],
         }
     if method != "mxfp4":
-        raise _unsupported(f"quant_method {method!r}")
+        raise unsupported_quantization(f"quant_method {method!r}")
     everything = QuantConfig("mxfp4", (1, MX_GROUP), ())
     kept = {
         _layer_pattern(t.disk_name.removesuffix(".weight"))
