@@ -81,6 +81,23 @@ FAMILY_CONFIGS = {
     "gpt_oss": dict(
         intermediate_size=16, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=8
     ),
+    "glm4_moe": dict(
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        head_dim=8,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+        attention_bias=True,
+        use_qk_norm=True,
+    ),
+    "phimoe": dict(
+        intermediate_size=48,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        attention_bias=True,
+        lm_head_bias=True,
+    ),
 }
 SHARD_BYTES = 20_000
 EXPERT = re.compile(r"^layers\.(\d+)\.moe\.experts\.(\d+)\.(\w+)$")
@@ -107,7 +124,10 @@ def hf_tensor(state: dict, spec: ModelSpec, canonical: str) -> torch.Tensor:
     if canonical == "lm_head" and spec.tie_word_embeddings:
         canonical = "embed"
     disk = {t.canonical: t.disk_name for t in expected_tensors(spec)}[canonical]
-    return state[disk.replace(".block_sparse_moe.", ".mlp.")]
+    in_memory = disk.replace(".block_sparse_moe.", ".mlp.")
+    if spec.family == "phimoe":  # Phi's router is `mlp.router` in memory, `block_sparse_moe.gate` on disk
+        in_memory = in_memory.replace(".mlp.gate.", ".mlp.router.")
+    return state[in_memory]
 
 
 def index_of(directory: Path) -> dict:

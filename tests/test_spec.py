@@ -33,6 +33,9 @@ PUBLISHED_MODELS = [
     "phi-3.5-moe",
     "gpt-oss-20b",
     "gpt-oss-120b",
+    "glm-4.5",
+    "glm-4.5-air",
+    "kimi-k2",
 ]
 MINI_BY_FAMILY = {
     "mixtral": "mixtral-mini",
@@ -42,6 +45,8 @@ MINI_BY_FAMILY = {
     "deepseek_v2": "deepseek-v2-lite-mini",
     "deepseek_v3": "deepseek-v3-mini",
     "gpt_oss": "gpt-oss-mini",
+    "glm4_moe": "glm-4.5-mini",
+    "phimoe": "phi-3.5-moe-mini",
 }
 
 # (total, active) in billions as published; DeepSeek and OpenAI count active parameters without the
@@ -61,7 +66,13 @@ PUBLISHED_COUNTS = {
     "phi-3.5-moe": (41.9, 6.6, True),
     "gpt-oss-20b": (20.9, 3.61, False),
     "gpt-oss-120b": (116.8, 5.13, False),
+    "kimi-k2": (1040.0, 32.0, False),
+    # GLM publishes active parameters without the input embedding and the output head: see below
+    "glm-4.5": (355.0, None, False),
+    "glm-4.5-air": (106.0, None, False),
 }
+# Active parameters published without the embedding and lm_head (GLM-4.5 355B-A32B, GLM-4.5-Air 106B-A12B).
+ACTIVE_WITHOUT_EMBED_AND_HEAD = {"glm-4.5": 32.0, "glm-4.5-air": 12.0}
 # KV bytes per token (bf16, all layers) from shared/reference/moe-models.md, in KiB.
 KV_KIB = {
     "mixtral-8x7b": 128,
@@ -88,6 +99,12 @@ def test_parameter_counts_match_published(name):
     assert costs.total_params() / 1e9 == pytest.approx(total, rel=0.02)
     # DeepSeek-V2-Lite's exact count is 2.451B (hand-checked layer by layer); its card rounds it down to 2.4B.
     active_tolerance = 0.025 if name == "deepseek-v2-lite" else 0.02
+    if name in ACTIVE_WITHOUT_EMBED_AND_HEAD:
+        active = ACTIVE_WITHOUT_EMBED_AND_HEAD[name]
+        assert (costs.active_params(include_embed=False) - costs.lm_head_params()) / 1e9 == pytest.approx(
+            active, rel=active_tolerance
+        )
+        return
     assert costs.active_params(include_embed=include_embed) / 1e9 == pytest.approx(
         active, rel=active_tolerance
     )

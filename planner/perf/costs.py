@@ -58,7 +58,7 @@ class ModelCosts:
 
     def _o_bias(self) -> int:
         s = self.spec
-        return s.hidden_size if s.attention_bias and s.family != "qwen2_moe" else 0
+        return s.hidden_size if s.has_o_bias else 0
 
     def expert_params(self) -> int:
         s = self.spec

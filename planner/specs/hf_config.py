@@ -29,6 +29,7 @@ PRESERVED_KEYS = (
     "eos_token_id",
     "pad_token_id",
     "rope_interleave",
+    "router_jitter_noise",
     "swiglu_alpha",
     "swiglu_limit",
 )
@@ -67,7 +68,14 @@ _FIELD_KINDS = {
         "n_heads",
         "max_seq_len",
     ),
-    "a finite number": ("rope_theta", "rms_norm_eps", "routed_scaling_factor", "clip_qkv"),
+    "a finite number": (
+        "rope_theta",
+        "rms_norm_eps",
+        "routed_scaling_factor",
+        "clip_qkv",
+        "partial_rotary_factor",
+        "router_jitter_noise",
+    ),
     "an object": (
         "rope_parameters",
         "rope_scaling",
@@ -127,6 +135,7 @@ def _read_rope(cfg: dict, family: str) -> tuple[float, dict | None]:
     else:
         theta = cfg.get("rope_theta") or (cfg.get("attn_config") or {}).get("rope_theta")
         rest = dict(cfg.get("rope_scaling") or {})
+    rest.pop("partial_rotary_factor", None)  # a spec field of its own (GLM-4.5), not a scaling
     if "type" in rest:
         kind = rest.pop("type")
         rest.setdefault("rope_type", kind)
@@ -187,6 +196,8 @@ def spec_from_hf_config(cfg: dict, name: str | None = None) -> ModelSpec:
 def _rope_parameters(spec: ModelSpec) -> dict:
     scaling = dict(spec.rope_scaling or {})
     scaling.setdefault("rope_type", "default")
+    if spec.partial_rotary_factor != 1.0 or spec.family == "glm4_moe":
+        scaling["partial_rotary_factor"] = spec.partial_rotary_factor
     return {**scaling, "rope_theta": spec.rope_theta}
 
 

@@ -24,6 +24,7 @@ ARCHITECTURES = {
     "phimoe": "PhimoeForCausalLM",
     "dbrx": "DbrxForCausalLM",
     "gpt_oss": "GptOssForCausalLM",
+    "glm4_moe": "Glm4MoeForCausalLM",
 }
 DEFAULT_ROPE_THETA = {"mixtral": 1e6, "phimoe": 1e6, "gpt_oss": 150000.0, "dbrx": 500000.0}
 DEFAULT_EPS = {"qwen2_moe": 1e-6, "qwen3_moe": 1e-6, "deepseek_v2": 1e-6, "deepseek_v3": 1e-6}
@@ -63,6 +64,7 @@ def _read_phimoe(cfg: dict) -> dict:
         attention_bias=bool(cfg.get("attention_bias", False)),
         lm_head_bias=bool(cfg.get("lm_head_bias", False)),
         norm_type="layernorm",
+        topk_method="sparsemixer",
     )
 
 
@@ -109,50 +111,56 @@ def _read_olmoe(cfg: dict) -> dict:
     )
 
 
-def _read_deepseek(cfg: dict, family: str) -> dict:
-    require_keys(
-        cfg,
-        family,
-        (
-            "n_routed_experts",
-            "num_experts_per_tok",
-            "moe_intermediate_size",
-            "kv_lora_rank",
-            "qk_rope_head_dim",
-            "qk_nope_head_dim",
-            "v_head_dim",
-        ),
-    )
-    if cfg.get("moe_layer_freq", 1) != 1:
-        raise UserError(
-            f"{family} with moe_layer_freq={cfg['moe_layer_freq']} is not supported",
-            "use a checkpoint with moe_layer_freq=1",
-        )
-    v3 = family == "deepseek_v3"
+def _sigmoid_or_softmax_moe(cfg: dict, family: str, sigmoid: bool, dense_default: int) -> dict:
+    """The MoE fields DeepSeek-V2/V3 and GLM-4.5 share: routed + shared experts, dense prefix, routing."""
+    require_keys(cfg, family, ("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size"))
     shared = cfg.get("n_shared_experts") or 0
     return dict(
-        num_kv_heads=cfg["num_attention_heads"],
-        head_dim=cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"],
         num_experts=cfg["n_routed_experts"],
         top_k=cfg["num_experts_per_tok"],
         moe_intermediate_size=cfg["moe_intermediate_size"],
         num_shared_experts=shared,
         shared_intermediate_size=shared * cfg["moe_intermediate_size"],
-        first_dense_layers=cfg.get("first_k_dense_replace") or 0,
+        first_dense_layers=cfg.get("first_k_dense_replace", dense_default) or 0,
         dense_intermediate_size=cfg.get("intermediate_size") or 0,
-        scoring=cfg.get("scoring_func") or ("sigmoid" if v3 else "softmax"),
-        topk_method=cfg.get("topk_method") or ("noaux_tc" if v3 else "greedy"),
-        norm_topk_prob=bool(cfg.get("norm_topk_prob", v3)),
+        scoring=cfg.get("scoring_func") or ("sigmoid" if sigmoid else "softmax"),
+        topk_method=cfg.get("topk_method") or ("noaux_tc" if sigmoid else "greedy"),
+        norm_topk_prob=bool(cfg.get("norm_topk_prob", sigmoid)),
         routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
         n_group=cfg.get("n_group") or 1,
         topk_group=cfg.get("topk_group") or 1,
-        attention="mla",
         attention_bias=bool(cfg.get("attention_bias", False)),
+    )
+
+
+def _read_deepseek(cfg: dict, family: str) -> dict:
+    require_keys(cfg, family, ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"))
+    if cfg.get("moe_layer_freq", 1) != 1:
+        raise UserError(
+            f"{family} with moe_layer_freq={cfg['moe_layer_freq']} is not supported",
+            "use a checkpoint with moe_layer_freq=1",
+        )
+    return dict(
+        _sigmoid_or_softmax_moe(cfg, family, sigmoid=family == "deepseek_v3", dense_default=0),
+        num_kv_heads=cfg["num_attention_heads"],
+        head_dim=cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"],
+        attention="mla",
         q_lora_rank=cfg.get("q_lora_rank") or 0,
         kv_lora_rank=cfg["kv_lora_rank"],
         qk_rope_head_dim=cfg["qk_rope_head_dim"],
         qk_nope_head_dim=cfg["qk_nope_head_dim"],
         v_head_dim=cfg["v_head_dim"],
+    )
+
+
+def _read_glm4_moe(cfg: dict) -> dict:
+    """GLM-4.5: GQA with q/k/v biases, optional per-head q/k norm, partial RoPE (default half the head)."""
+    rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else {}
+    factor = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 0.5))
+    return dict(
+        _sigmoid_or_softmax_moe(cfg, "glm4_moe", sigmoid=True, dense_default=1),
+        qk_norm="per_head" if cfg.get("use_qk_norm") else "none",
+        partial_rotary_factor=float(factor) if isinstance(factor, int | float) else factor,
     )
 
 
@@ -226,6 +234,7 @@ FAMILY_READERS = {
     "deepseek_v3": lambda cfg: _read_deepseek(cfg, "deepseek_v3"),
     "gpt_oss": _read_gpt_oss,
     "dbrx": _read_dbrx,
+    "glm4_moe": _read_glm4_moe,
 }
 
 
@@ -297,6 +306,23 @@ def _write_deepseek(spec: ModelSpec) -> dict:
     }
 
 
+def _write_glm4_moe(spec: ModelSpec) -> dict:
+    return {
+        "intermediate_size": spec.dense_intermediate_size or spec.moe_intermediate_size,
+        "moe_intermediate_size": spec.moe_intermediate_size,
+        "n_routed_experts": spec.num_experts,
+        "num_experts_per_tok": spec.top_k,
+        "n_shared_experts": spec.num_shared_experts,
+        "first_k_dense_replace": spec.first_dense_layers,
+        "norm_topk_prob": spec.norm_topk_prob,
+        "routed_scaling_factor": spec.routed_scaling_factor,
+        "n_group": spec.n_group,
+        "topk_group": spec.topk_group,
+        "attention_bias": spec.attention_bias,
+        "use_qk_norm": spec.qk_norm == "per_head",
+    }
+
+
 def _write_gpt_oss(spec: ModelSpec) -> dict:
     layer_types = [
         "sliding_attention" if spec.is_sliding_layer(layer) else "full_attention"
@@ -353,4 +379,5 @@ FAMILY_WRITERS = {
     "deepseek_v3": _write_deepseek,
     "gpt_oss": _write_gpt_oss,
     "dbrx": _write_dbrx,
+    "glm4_moe": _write_glm4_moe,
 }

@@ -20,8 +20,20 @@ from planner.specs.weight_formats import QUANT_MODULES, WEIGHT_FORMAT_BYTES, wei
 from planner.values import is_int
 
 # Families whose forward the runtime implements; the others have specs (planning) only.
-RUNNABLE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss")
-ALL_FAMILIES = RUNNABLE_FAMILIES + ("phimoe", "dbrx")
+RUNNABLE_FAMILIES = (
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "gpt_oss",
+    "glm4_moe",
+    "phimoe",
+)
+ALL_FAMILIES = RUNNABLE_FAMILIES + ("dbrx",)
+# Families whose attention_bias covers q/k/v only (the others also bias o_proj).
+QKV_ONLY_BIAS_FAMILIES = ("qwen2_moe", "glm4_moe")
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")  # what the runtime computes in (fp8: `weight_formats`)
@@ -32,7 +44,7 @@ IDENTITY_FIELDS = ("name", "source", "extra")
 _CHOICES = {
     "family": ALL_FAMILIES,
     "scoring": ("softmax", "sigmoid"),
-    "topk_method": ("greedy", "group_limited_greedy", "noaux_tc"),
+    "topk_method": ("greedy", "group_limited_greedy", "noaux_tc", "sparsemixer"),
     "attention": ("gqa", "mla"),
     "qk_norm": ("none", "per_head", "full"),
     "norm_type": ("rms", "layernorm", "layernorm_no_bias"),
@@ -90,7 +102,8 @@ class ModelSpec:
     routed_scaling_factor: float = 1.0
     n_group: int = 1  # group-limited routing (DeepSeek); 1 = off
     topk_group: int = 1
-    topk_method: str = "greedy"  # "greedy" | "group_limited_greedy" | "noaux_tc" (adds a correction bias)
+    # "greedy" | "group_limited_greedy" | "noaux_tc" (adds a correction bias) | "sparsemixer" (Phi-3.5-MoE, top-2)
+    topk_method: str = "greedy"
     router_linear_bias: bool = False  # gpt-oss: the router Linear has a bias
     expert_bias: bool = False  # gpt-oss: expert projections have biases
     # attention
@@ -109,6 +122,7 @@ class ModelSpec:
     # misc
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # {"rope_type": "yarn", "factor": ...}; None = plain RoPE
+    partial_rotary_factor: float = 1.0  # GLM-4.5: RoPE rotates the first head_dim * factor dims of q and k
     max_position_embeddings: int = 4096
     rms_norm_eps: float = 1e-5
     norm_type: str = "rms"  # "rms" | "layernorm" (Phi-3.5-MoE) | "layernorm_no_bias" (DBRX)
@@ -142,7 +156,13 @@ class ModelSpec:
         for f in fields(self):
             if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
                 raise self._fail(f"{f.name}={getattr(self, f.name)!r} must be true or false", f"fix {f.name}")
-        for key in ("rope_theta", "rms_norm_eps", "routed_scaling_factor", "clip_qkv"):
+        for key in (
+            "rope_theta",
+            "rms_norm_eps",
+            "routed_scaling_factor",
+            "clip_qkv",
+            "partial_rotary_factor",
+        ):
             value = getattr(self, key)
             if not (value is None and key == "clip_qkv") and not _is_positive_number(value):
                 raise self._fail(
@@ -178,6 +198,11 @@ class ModelSpec:
                 and set(self.weight_formats.values()) <= set(WEIGHT_FORMAT_BYTES),
                 f"weight_formats maps modules {list(QUANT_MODULES)} to {list(WEIGHT_FORMAT_BYTES)}",
             ),
+            (
+                self.partial_rotary_factor <= 1 and self.rotary_dim > 0 and self.rotary_dim % 2 == 0,
+                "partial_rotary_factor must leave an even, positive number of rotary dims (factor <= 1)",
+            ),
+            (self.topk_method != "sparsemixer" or self.top_k == 2, "sparsemixer routing picks top_k = 2"),
         ]
         if self.attention == "mla":
             checks += [
@@ -187,11 +212,11 @@ class ModelSpec:
                 ),
                 (self.num_kv_heads == self.num_heads, "MLA needs num_kv_heads == num_heads"),
             ]
-        if self.family.startswith("deepseek"):
+        if self.family.startswith("deepseek") or self.family == "glm4_moe":
             checks.append(
                 (
                     self.shared_intermediate_size == self.num_shared_experts * self.moe_intermediate_size,
-                    "DeepSeek needs shared_intermediate_size == num_shared_experts * moe_intermediate_size",
+                    f"{self.family} needs shared_intermediate_size == num_shared_experts * moe_intermediate_size",
                 )
             )
         if self.family in ("olmoe", "dbrx"):
@@ -238,6 +263,15 @@ class ModelSpec:
 
     def is_moe_layer(self, layer: int) -> bool:
         return layer >= self.first_dense_layers
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dims of each GQA head that RoPE rotates (the first ones; the rest pass through)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def has_o_bias(self) -> bool:
+        return self.attention_bias and self.family not in QKV_ONLY_BIAS_FAMILIES
 
     def is_sliding_layer(self, layer: int) -> bool:
         if self.sliding_window is None:

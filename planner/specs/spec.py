@@ -46,6 +46,11 @@ ALIASES = {
     "phimoe": "phi-3.5-moe",
     "phi-moe": "phi-3.5-moe",
     "gpt-oss": "gpt-oss-20b",
+    "glm": "glm-4.5",
+    "glm4-moe": "glm-4.5",
+    "glm-air": "glm-4.5-air",
+    "kimi": "kimi-k2",
+    "kimi-k2-instruct": "kimi-k2",
 }
 
 

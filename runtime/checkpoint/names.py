@@ -18,13 +18,17 @@ from planner.specs.spec import ModelSpec
 GLOBAL_NAMES = {
     "embed": "model.embed_tokens.weight",
     "final_norm": "model.norm.weight",
+    "final_norm_bias": "model.norm.bias",
     "lm_head": "lm_head.weight",
+    "lm_head_bias": "lm_head.bias",
 }
 
 # Canonical per-layer suffix -> on-disk suffix after `model.layers.{layer}.`, shared by all families.
 COMMON_LAYER_NAMES = {
     "attn_norm": "input_layernorm.weight",
+    "attn_norm_bias": "input_layernorm.bias",
     "mlp_norm": "post_attention_layernorm.weight",
+    "mlp_norm_bias": "post_attention_layernorm.bias",
     "attn.q_proj": "self_attn.q_proj.weight",
     "attn.k_proj": "self_attn.k_proj.weight",
     "attn.v_proj": "self_attn.v_proj.weight",
@@ -54,14 +58,24 @@ _EXPERTS_MLP = {
     "moe.experts.{expert}.down_proj": "mlp.experts.{expert}.down_proj.weight",
 }
 
+_BLOCK_SPARSE_MOE = {
+    "moe.router": "block_sparse_moe.gate.weight",
+    "moe.experts.{expert}.gate_proj": "block_sparse_moe.experts.{expert}.w1.weight",
+    "moe.experts.{expert}.up_proj": "block_sparse_moe.experts.{expert}.w3.weight",
+    "moe.experts.{expert}.down_proj": "block_sparse_moe.experts.{expert}.w2.weight",
+}
+_SHARED_EXPERTS_WITH_BIAS = {
+    **_EXPERTS_MLP,
+    "moe.router_bias": "mlp.gate.e_score_correction_bias",
+    "moe.shared.gate_proj": "mlp.shared_experts.gate_proj.weight",
+    "moe.shared.up_proj": "mlp.shared_experts.up_proj.weight",
+    "moe.shared.down_proj": "mlp.shared_experts.down_proj.weight",
+}
+
 # Canonical MoE suffix -> on-disk suffix, per family.
 MOE_NAMES = {
-    "mixtral": {
-        "moe.router": "block_sparse_moe.gate.weight",
-        "moe.experts.{expert}.gate_proj": "block_sparse_moe.experts.{expert}.w1.weight",
-        "moe.experts.{expert}.up_proj": "block_sparse_moe.experts.{expert}.w3.weight",
-        "moe.experts.{expert}.down_proj": "block_sparse_moe.experts.{expert}.w2.weight",
-    },
+    "mixtral": _BLOCK_SPARSE_MOE,
+    "phimoe": _BLOCK_SPARSE_MOE,
     "qwen2_moe": {
         **_EXPERTS_MLP,
         "moe.shared.gate_proj": "mlp.shared_expert.gate_proj.weight",
@@ -77,13 +91,8 @@ MOE_NAMES = {
         "moe.shared.up_proj": "mlp.shared_experts.up_proj.weight",
         "moe.shared.down_proj": "mlp.shared_experts.down_proj.weight",
     },
-    "deepseek_v3": {
-        **_EXPERTS_MLP,
-        "moe.router_bias": "mlp.gate.e_score_correction_bias",
-        "moe.shared.gate_proj": "mlp.shared_experts.gate_proj.weight",
-        "moe.shared.up_proj": "mlp.shared_experts.up_proj.weight",
-        "moe.shared.down_proj": "mlp.shared_experts.down_proj.weight",
-    },
+    "deepseek_v3": _SHARED_EXPERTS_WITH_BIAS,
+    "glm4_moe": _SHARED_EXPERTS_WITH_BIAS,
     # gpt-oss stores each layer's experts fused, [E, in, out] (gate and up columns interleaved)
     "gpt_oss": {
         "moe.router": "mlp.router.weight",
@@ -116,12 +125,11 @@ def check_supported(spec: ModelSpec) -> None:
         )
     oss = spec.family == "gpt_oss"
     unsupported = {
-        "attention_bias": spec.attention_bias and spec.family not in ("qwen2_moe", "gpt_oss"),
+        "attention_bias": spec.attention_bias and spec.attention == "mla",
         "router_linear_bias": spec.router_linear_bias and not oss,
         "expert_bias": spec.expert_bias != oss,
-        "lm_head_bias": spec.lm_head_bias,
         "attention_sinks": spec.attention_sinks and not oss,
-        f"norm_type={spec.norm_type}": spec.norm_type != "rms",
+        f"norm_type={spec.norm_type}": spec.norm_type not in ("rms", "layernorm"),
     }
     bad = [option for option, present in unsupported.items() if present]
     if bad:
@@ -167,8 +175,8 @@ def _attention_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     }
     if spec.attention_bias:
         shapes.update({"attn.q_bias": (q_dim,), "attn.k_bias": (kv_dim,), "attn.v_bias": (kv_dim,)})
-        if spec.family == "gpt_oss":
-            shapes["attn.o_bias"] = (h,)
+    if spec.has_o_bias:
+        shapes["attn.o_bias"] = (h,)
     if spec.attention_sinks:
         shapes["attn.sinks"] = (spec.num_heads,)
     if spec.qk_norm == "per_head":
@@ -240,20 +248,22 @@ def expected_tensors(spec: ModelSpec) -> list[ExpectedTensor]:
     """Every stored tensor of a checkpoint of `spec`, in transformers' on-disk order."""
     check_supported(spec)
     h = spec.hidden_size
+    norm_biases = spec.norm_type == "layernorm"
     tensors = [ExpectedTensor("embed", GLOBAL_NAMES["embed"], (spec.vocab_size, h))]
     for layer in range(spec.num_layers):
-        shapes = {
-            "attn_norm": (h,),
-            "mlp_norm": (h,),
-            **_attention_shapes(spec),
-            **_feed_forward_shapes(spec, layer),
-        }
+        shapes: dict[str, tuple[int, ...]] = {}
+        for norm in ("attn_norm", "mlp_norm"):
+            shapes.update({norm: (h,), **({f"{norm}_bias": (h,)} if norm_biases else {})})
+        shapes.update({**_attention_shapes(spec), **_feed_forward_shapes(spec, layer)})
         for suffix, shape in shapes.items():
             disk = f"model.layers.{layer}.{disk_suffix(spec.family, suffix)}"
             tensors.append(ExpectedTensor(f"layers.{layer}.{suffix}", disk, shape))
-    tensors.append(ExpectedTensor("final_norm", GLOBAL_NAMES["final_norm"], (h,)))
+    globals_ = {"final_norm": (h,), **({"final_norm_bias": (h,)} if norm_biases else {})}
     if not spec.tie_word_embeddings:
-        tensors.append(ExpectedTensor("lm_head", GLOBAL_NAMES["lm_head"], (spec.vocab_size, h)))
+        globals_["lm_head"] = (spec.vocab_size, h)
+        if spec.lm_head_bias:
+            globals_["lm_head_bias"] = (spec.vocab_size,)
+    tensors += [ExpectedTensor(name, GLOBAL_NAMES[name], shape) for name, shape in globals_.items()]
     return tensors
 
 

@@ -20,7 +20,7 @@ from runtime.engine.instrumentation import ModuleTimer
 from runtime.engine.staging import Staging
 from runtime.engine.streamer import LayerStreamer, StreamParts
 from runtime.engine.weights import WeightStore
-from runtime.model.layers import rms_norm
+from runtime.model.layers import norm
 
 
 @dataclass
@@ -69,7 +69,6 @@ class LayerStack:
         self.overlap = config.uses_overlap
         self.grouped = use_grouped(config.grouped_experts, self.device, store.dtype, spec)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="cpu-attention") if self.overlap else None
-        self.eps = spec.rms_norm_eps
         self._parts_held: dict[int, StreamParts] = {}  # layers streamed in parts, acquired and not released
 
     # ----- weights -----
@@ -100,13 +99,14 @@ class LayerStack:
 
     def logits(self, x: torch.Tensor, phase: str) -> torch.Tensor:
         with self.timer.device_work(Module.LM_HEAD, phase):
-            normed = rms_norm(x, self.store.global_on_device("final_norm"), self.eps)
-            return F.linear(normed, self.store.global_on_device("lm_head"))  # [rows, V]
+            head = self.store.head_on_device()
+            normed = norm(x, head, "final_norm", self.spec)
+            return F.linear(normed, head["lm_head"], head.get("lm_head_bias"))  # [rows, V]
 
     def _project(self, x: torch.Tensor, rows: slice, w, tables):
         with self.timer.device_work(Module.QKV_PROJ, "decode"):
             proj = self.backend.project(
-                rms_norm(x[rows], w["attn_norm"], self.eps), w, tables_rows(tables, rows)
+                norm(x[rows], w, "attn_norm", self.spec), w, tables_rows(tables, rows)
             )
             return self.backend.to_host(proj)
 
@@ -132,7 +132,7 @@ class LayerStack:
             return
         with self.timer.device_work(Module.QKV_PROJ, "prefill"):
             proj = self.backend.project(
-                rms_norm(x[rows], w["attn_norm"], self.eps), w, tables_rows(tables, rows)
+                norm(x[rows], w, "attn_norm", self.spec), w, tables_rows(tables, rows)
             )
         with self.timer.device_work(Module.ATTENTION, "prefill"):
             o = torch.cat(
@@ -154,7 +154,7 @@ class LayerStack:
         self.timer.phase = "shared"
         try:
             with self.timer.device_work(Module.ROUTER):
-                normed = rms_norm(x[rows], w["mlp_norm"], self.eps)
+                normed = norm(x[rows], w, "mlp_norm", self.spec)
             out, hit = ffn_block(
                 normed,
                 w,

@@ -31,6 +31,7 @@ from runtime.engine.expert_stacks import (
     stack_names,
 )
 from runtime.engine.host_arena import HostArena, aligned, default_pinner, packing_threads
+from runtime.model.reference import HEAD_NAMES
 from runtime.quant.config import SCALES, QuantLayout
 from runtime.quant.tensor import QuantView
 
@@ -54,16 +55,16 @@ def module_of(name: str) -> str:
     name = name.removesuffix(SCALES)
     if name == "embed":
         return "embed"
-    if name in ("lm_head", "final_norm"):
+    if name in HEAD_NAMES:
         return "lm_head"
     local = name.split(".", 2)[2] if name.startswith("layers.") else name
-    if local == "attn_norm" or (
+    if local in ("attn_norm", "attn_norm_bias") or (
         local.startswith("attn.") and local != "attn.o_proj" and local != "attn.o_bias"
     ):
         return "qkv_proj"
     if local in ("attn.o_proj", "attn.o_bias"):
         return "o_proj"
-    if local in ("mlp_norm", "moe.router", "moe.router_bias", "moe.router_linear_bias"):
+    if local in ("mlp_norm", "mlp_norm_bias", "moe.router", "moe.router_bias", "moe.router_linear_bias"):
         return "router"
     if local.startswith("moe.experts."):
         return "experts"
@@ -192,7 +193,9 @@ class WeightStore:
             streamed_units.extend(units)
             self.part_of.append({source.name: part for part, unit in enumerate(units) for source in unit})
         self.globals: dict[str, torch.Tensor] = {
-            "final_norm": self._place(_source(weights, "final_norm", "final_norm"))
+            name: self._place(_source(weights, name, name))
+            for name in ("final_norm", "final_norm_bias", "lm_head_bias")
+            if name in weights
         }
         embed_on_device, head_on_device = config.is_resident("embed"), config.is_resident("lm_head")
         for name, on_device in (("embed", embed_on_device), ("lm_head", head_on_device)):
@@ -319,6 +322,10 @@ class WeightStore:
         table = self.globals["embed"]
         rows = F.embedding(token_ids.to(table.device), table)
         return rows if rows.device == self.device else rows.to(self.device, non_blocking=True)
+
+    def head_on_device(self) -> dict[str, torch.Tensor]:
+        """The final norm and lm_head (with their biases where the model has them) on the device."""
+        return {name: self.global_on_device(name) for name in HEAD_NAMES if name in self.globals}
 
     def global_on_device(self, name: str) -> torch.Tensor:
         """A global tensor on the device: resident ones as they are, host ones copied for this use."""

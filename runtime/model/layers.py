@@ -1,6 +1,8 @@
 """Elementwise and feed-forward building blocks shared by every architecture, the engine and the profiler.
 
 - `rms_norm(x, weight, eps)`: RMSNorm with fp32 accumulation, result in x's dtype (as transformers does).
+- `norm(x, w, name, spec)`: the model's own norm read from a weight dict (`attn_norm`, `mlp_norm`,
+  `final_norm`): RMSNorm, or LayerNorm (Phi-3.5-MoE) with the bias `<name>_bias` when stored.
 - `expert_ffn(x [m,h], gate [I,h], up [I,h], down [h,I]) -> [m,h]`: `down(silu(gate x) * up x)`; the one
   expert-FFN function the reference forward, the engine and the profiler's GEMM measurement all call.
 - `clamped_swiglu(gate, up, alpha, limit)`: gpt-oss's expert activation, (clamp(up) + 1) * glu(clamp(gate)).
@@ -15,12 +17,20 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from planner.specs.spec import ModelSpec
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     input_dtype = x.dtype
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(input_dtype)
+
+
+def norm(x: torch.Tensor, w: Mapping[str, torch.Tensor], name: str, spec: ModelSpec) -> torch.Tensor:
+    if spec.norm_type == "rms":
+        return rms_norm(x, w[name], spec.rms_norm_eps)
+    return F.layer_norm(x, (x.shape[-1],), w[name], w.get(f"{name}_bias"), spec.rms_norm_eps)
 
 
 def expert_ffn(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:

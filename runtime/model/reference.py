@@ -20,13 +20,14 @@ from planner.errors import UserError
 from planner.specs.spec import ModelSpec
 from runtime.model.attention import gqa_attention
 from runtime.model.kv_cache import LayerKV, SequenceCache
-from runtime.model.layers import dense_mlp, rms_norm
+from runtime.model.layers import dense_mlp, norm
 from runtime.model.mla import mla_attention, mla_rope
 from runtime.model.moe import moe_block
 from runtime.model.rope import Rope, rope_from_spec
 from runtime.model.routing import ROUTERS, routing_key
 
 LayerWeights = Mapping[str, torch.Tensor]
+HEAD_NAMES = ("final_norm", "final_norm_bias", "lm_head", "lm_head_bias")
 AttentionFn = Callable[
     [torch.Tensor, LayerWeights, ModelSpec, int, Rope, torch.Tensor, LayerKV], torch.Tensor
 ]
@@ -66,8 +67,8 @@ def decoder_layer(
     kv: LayerKV,
 ) -> torch.Tensor:
     attend = ATTENTION[spec.attention]
-    x = x + attend(rms_norm(x, w["attn_norm"], spec.rms_norm_eps), w, spec, layer, rope, positions, kv)
-    return x + ffn_block(rms_norm(x, w["mlp_norm"], spec.rms_norm_eps), w, spec, layer)
+    x = x + attend(norm(x, w, "attn_norm", spec), w, spec, layer, rope, positions, kv)
+    return x + ffn_block(norm(x, w, "mlp_norm", spec), w, spec, layer)
 
 
 def check_supported(spec: ModelSpec) -> None:
@@ -76,16 +77,17 @@ def check_supported(spec: ModelSpec) -> None:
         problems.append(f"attention {spec.attention!r}")
     if routing_key(spec) not in ROUTERS:
         problems.append(f"routing {routing_key(spec)}")
-    if spec.norm_type != "rms":
+    if spec.norm_type not in ("rms", "layernorm"):
         problems.append(f"norm_type {spec.norm_type!r}")
     gpt_oss_only = ("attention_sinks", "router_linear_bias", "expert_bias")
-    for flag in gpt_oss_only + ("lm_head_bias",):
-        if getattr(spec, flag) and not (spec.family == "gpt_oss" and flag in gpt_oss_only):
+    for flag in gpt_oss_only:
+        if getattr(spec, flag) and spec.family != "gpt_oss":
             problems.append(flag)
     if problems:
         raise UserError(
             f"{spec.name} ({spec.family}): the reference forward does not implement {', '.join(problems)}",
-            "use a model of a runnable family (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek, gpt_oss)",
+            "use a model of a runnable family (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek, gpt_oss, glm4_moe, "
+            "phimoe)",
         )
 
 
@@ -94,8 +96,7 @@ class ReferenceModel:
         check_supported(spec)
         self.spec = spec
         self.embed = weights["embed"]
-        self.final_norm = weights["final_norm"]
-        self.lm_head = weights["lm_head"]
+        self.head = {name: weights[name] for name in HEAD_NAMES if name in weights}  # final norm, lm_head
         self.layers = layer_weights(weights, spec.num_layers)
         self.rope = ROPE_BUILDERS[spec.attention](spec)
 
@@ -118,7 +119,9 @@ class ReferenceModel:
             x = decoder_layer(x, w, self.spec, layer, self.rope, positions, kv)
         if last_only:
             x = x[-1:]
-        return F.linear(rms_norm(x, self.final_norm, self.spec.rms_norm_eps), self.lm_head)
+        return F.linear(
+            norm(x, self.head, "final_norm", self.spec), self.head["lm_head"], self.head.get("lm_head_bias")
+        )
 
     def prefill(
         self, tokens: Sequence[int] | torch.Tensor, cache: SequenceCache, last_only: bool = False

@@ -3,7 +3,8 @@
 `ROPE_VARIANTS` maps a `rope_type` (from `spec.rope_scaling`, None/"default" = plain RoPE) to a function
 `(dim, theta, scaling, spec) -> (inv_freq [dim/2] fp32, attention_scaling)`; new variants (DeepSeek's YaRN)
 register there. `Rope.cos_sin(positions, dtype)` builds the tables like transformers (fp32 angles, cast to
-the activation dtype); `apply_rope(x [T,H,D], cos [T,D], sin [T,D])` uses the rotate-half layout.
+the activation dtype); `apply_rope(x [T,H,D], cos [T,R], sin [T,R])` uses the rotate-half layout on the
+first R dims (R = `spec.rotary_dim`: all of D but for GLM-4.5's partial rotary); the rest pass through.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def rope_from_spec(spec: ModelSpec, dim: int | None = None) -> Rope:
             f"{spec.name}: RoPE variant {kind!r} is not implemented",
             f"use a checkpoint whose rope_scaling type is one of {sorted(ROPE_VARIANTS)}",
         )
-    inv_freq, attention_scaling = init(dim or spec.head_dim, spec.rope_theta, spec.rope_scaling or {}, spec)
+    inv_freq, attention_scaling = init(dim or spec.rotary_dim, spec.rope_theta, spec.rope_scaling or {}, spec)
     return Rope(inv_freq=inv_freq, attention_scaling=attention_scaling)
 
 
@@ -74,6 +75,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] rotated at the positions cos/sin [T, D] were built for."""
+    """x [T, H, D] rotated at the positions cos/sin [T, R] were built for (its first R <= D dims)."""
+    rotary = cos.shape[-1]
+    if rotary < x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :rotary], cos, sin), x[..., rotary:]), dim=-1)
     cos, sin = cos[:, None, :], sin[:, None, :]
     return x * cos + rotate_half(x) * sin

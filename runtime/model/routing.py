@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from planner.errors import UserError
 from planner.specs.spec import ModelSpec
 from runtime.model.routing_deepseek import sigmoid_noaux_tc, softmax_group_limited
+from runtime.model.routing_sparsemixer import sparsemixer_top2
 
 RouterFn = Callable[[torch.Tensor, ModelSpec, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
 
 
-FP32_ROUTER_FAMILIES = ("deepseek_v2", "deepseek_v3")
+FP32_ROUTER_FAMILIES = ("deepseek_v2", "deepseek_v3", "glm4_moe")
 
 
 def router_logits(
@@ -44,6 +45,7 @@ ROUTERS: dict[tuple[str, str], RouterFn] = {
     ("softmax", "greedy"): softmax_topk,
     ("softmax", "group_limited_greedy"): softmax_group_limited,
     ("sigmoid", "noaux_tc"): sigmoid_noaux_tc,
+    ("softmax", "sparsemixer"): sparsemixer_top2,
 }
 
 
