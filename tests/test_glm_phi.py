@@ -7,7 +7,8 @@ transformers' greedy decoding. Cases: GLM with per-head q/k norm, q/k/v biases, 
 group-limited sigmoid routing with a random correction bias, a shared expert and a dense first layer; a
 GLM-4.5-Air-like one (no q/k norm, half-rotary, no groups, no dense layer); Phi with LayerNorm biases,
 q/k/v/o and lm_head biases, a sliding window shorter than the run and a wide sparsemixer margin (so the
-top-2 weights are not all 1); Phi with the published margin. The routers are also compared with
+top-2 weights are not all 1); Phi with longrope (short and long mscales differing, decoding past the
+original positions); Phi with the published margin. The routers are also compared with
 transformers' own router modules.
 """
 
@@ -90,6 +91,25 @@ CASES = {
             router_jitter_noise=0.4,
         ),
     ),
+    # longrope: short-factor frequencies, the long mscale once decoding passes the original 16 positions
+    "phi_longrope": (
+        *PHI,
+        dict(
+            intermediate_size=48,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            router_jitter_noise=0.3,
+            rope_parameters=dict(
+                rope_type="longrope",
+                rope_theta=10000.0,
+                short_factor=[1.0, 1.3, 1.9, 2.6, 3.1, 4.0, 5.2, 6.0],
+                long_factor=[1.5, 2.0, 3.0, 4.5, 6.0, 8.0, 10.0, 12.0],
+                short_mscale=1.1,
+                long_mscale=1.3,
+                original_max_position_embeddings=16,
+            ),
+        ),
+    ),
     "phi_published_margin": (
         *PHI,
         dict(intermediate_size=48, num_local_experts=4, num_experts_per_tok=2, attention_bias=True),
@@ -167,7 +187,10 @@ def test_greedy_batch_through_llm_matches_transformers(case):
 
     name, hf_model, directory = case
     generator = torch.Generator().manual_seed(11)
-    prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in (2, 13, 20)]
+    # transformers scales a longrope prefill past the original positions by long_mscale throughout (it decides
+    # per call); ours decides per position, as transformers does for every token decoded one at a time
+    lengths = (2, 13) if name == "phi_longrope" else (2, 13, 20)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in lengths]
     outputs = LLM(directory, reference=True).generate(
         prompts, SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True)
     )

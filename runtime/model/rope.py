@@ -3,7 +3,11 @@
 `ROPE_VARIANTS` maps a `rope_type` (from `spec.rope_scaling`, None/"default" = plain RoPE) to a function
 `(dim, theta, scaling, spec) -> (inv_freq [dim/2] fp32, attention_scaling)`; new variants (DeepSeek's YaRN)
 register there. `Rope.cos_sin(positions, dtype)` builds the tables like transformers (fp32 angles, cast to
-the activation dtype); `apply_rope(x [T,H,D], cos [T,R], sin [T,R])` uses the rotate-half layout on the
+the activation dtype). "longrope" is Phi-3.5-MoE's as transformers 5.23 `PhimoeRotaryEmbedding` runs it: the
+short factors' frequencies at every position (its forward never uses the long ones), cos/sin scaled by
+`short_mscale`, or by `long_mscale` for the tokens past `original_max_position_embeddings` (transformers
+decides per call by the call's last position: the same for one sequence decoded token by token).
+`apply_rope(x [T,H,D], cos [T,R], sin [T,R])` uses the rotate-half layout on the
 first R dims (R = `spec.rotary_dim`: all of D but for GLM-4.5's partial rotary); the rest pass through.
 """
 
@@ -31,10 +35,21 @@ def linear_inv_freq(dim: int, theta: float, scaling: dict, spec: ModelSpec) -> t
     return inv_freq / float(scaling["factor"]), attention_scaling
 
 
+LONGROPE_KEYS = ("short_factor", "short_mscale", "long_mscale", "original_max_position_embeddings")
+
+
+def longrope_inv_freq(dim: int, theta: float, scaling: dict, spec: ModelSpec) -> tuple[torch.Tensor, float]:
+    inv_freq, _ = default_inv_freq(dim, theta, scaling, spec)
+    return inv_freq / torch.tensor(scaling["short_factor"], dtype=torch.float32), float(
+        scaling["short_mscale"]
+    )
+
+
 ROPE_VARIANTS: dict[str, RopeInit] = {
     "default": default_inv_freq,
     "linear": linear_inv_freq,
     "yarn": yarn_inv_freq,
+    "longrope": longrope_inv_freq,
 }
 
 
@@ -47,13 +62,19 @@ def rope_type(spec: ModelSpec) -> str:
 class Rope:
     inv_freq: torch.Tensor  # [dim/2] fp32
     attention_scaling: float = 1.0
+    long_from: int | None = None  # positions from here on are scaled by long_scaling instead (longrope)
+    long_scaling: float = 1.0
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [T, dim] for integer positions [T]."""
         freqs = positions[:, None].float() * self.inv_freq.to(positions.device)[None, :]  # [T, dim/2]
         angles = torch.cat((freqs, freqs), dim=-1)
-        cos = angles.cos() * self.attention_scaling
-        sin = angles.sin() * self.attention_scaling
+        scaling = self.attention_scaling
+        if self.long_from is not None:
+            long = (positions >= self.long_from)[:, None]
+            scaling = torch.where(long, self.long_scaling, self.attention_scaling).to(angles.dtype)
+        cos = angles.cos() * scaling
+        sin = angles.sin() * scaling
         return cos.to(dtype), sin.to(dtype)
 
 
@@ -65,7 +86,20 @@ def rope_from_spec(spec: ModelSpec, dim: int | None = None) -> Rope:
             f"{spec.name}: RoPE variant {kind!r} is not implemented",
             f"use a checkpoint whose rope_scaling type is one of {sorted(ROPE_VARIANTS)}",
         )
-    inv_freq, attention_scaling = init(dim or spec.rotary_dim, spec.rope_theta, spec.rope_scaling or {}, spec)
+    scaling = spec.rope_scaling or {}
+    needed = LONGROPE_KEYS if kind == "longrope" else ()
+    if any(key not in scaling for key in needed):
+        raise UserError(
+            f"{spec.name}: longrope rope_scaling lacks {[key for key in needed if key not in scaling]}",
+            f"give rope_scaling all of {list(LONGROPE_KEYS)}",
+        )
+    inv_freq, attention_scaling = init(dim or spec.rotary_dim, spec.rope_theta, scaling, spec)
+    if kind == "longrope":
+        long_from, long_scaling = (
+            int(scaling["original_max_position_embeddings"]),
+            float(scaling["long_mscale"]),
+        )
+        return Rope(inv_freq, attention_scaling, long_from, long_scaling)
     return Rope(inv_freq=inv_freq, attention_scaling=attention_scaling)
 
 
