@@ -131,10 +131,6 @@ def build_checkpoint(name: str, directory, seed: int, **overrides):
     torch.manual_seed(seed)
     model = getattr(transformers, CASES[name][1])(hf_config(name, **overrides)).float().eval()
     randomize(model, seed)
-    with torch.no_grad():  # Phi's router is `mlp.router` in memory: give it O(1) logits too
-        for param_name, param in model.named_parameters():
-            if param_name.endswith("mlp.router.weight"):
-                param.mul_(3.0)
     randomize_correction_bias(model, seed)
     model.save_pretrained(directory, max_shard_size="40KB")
     return model
