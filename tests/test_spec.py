@@ -36,6 +36,7 @@ PUBLISHED_MODELS = [
     "glm-4.5",
     "glm-4.5-air",
     "kimi-k2",
+    "qwen3-30b-a3b-fp8",
 ]
 MINI_BY_FAMILY = {
     "mixtral": "mixtral-mini",
@@ -67,6 +68,7 @@ PUBLISHED_COUNTS = {
     "gpt-oss-20b": (20.9, 3.61, False),
     "gpt-oss-120b": (116.8, 5.13, False),
     "kimi-k2": (1040.0, 32.0, False),
+    "qwen3-30b-a3b-fp8": (30.5, 3.3, True),
     # GLM publishes active parameters without the input embedding and the output head: see below
     "glm-4.5": (355.0, None, False),
     "glm-4.5-air": (106.0, None, False),
@@ -108,6 +110,13 @@ def test_parameter_counts_match_published(name):
     assert costs.active_params(include_embed=include_embed) / 1e9 == pytest.approx(
         active, rel=active_tolerance
     )
+
+
+def test_fp8_checkpoints_specs_carry_the_stored_format():
+    for name in ("kimi-k2", "qwen3-30b-a3b-fp8"):
+        assert load_spec(name).dtype == "float8_e4m3fn", name
+    bf16 = ModelCosts(load_spec("qwen3-30b-a3b")).total_bytes()
+    assert ModelCosts(load_spec("qwen3-30b-a3b-fp8")).total_bytes() == bf16 // 2
 
 
 @pytest.mark.parametrize("name", sorted(KV_KIB))
