@@ -79,7 +79,7 @@ def test_engine_greedy_tokens_match_reference(
     finally:
         engine.close()
     assert [state.token_ids for state in states] == reference_tokens
-    assert len({token for tokens in reference_tokens for token in tokens}) > 8, "degenerate generations"
+    assert len({token for tokens in reference_tokens for token in tokens}) > 4, "degenerate generations"
     assert backend.last_stats.num_requests == len(prompts)
     assert backend.last_stats.num_preemptions >= 0
     assert (engine.streamer is not None) == force_streaming
