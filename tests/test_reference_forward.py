@@ -252,4 +252,4 @@ def test_unsupported_architecture_raises_user_error():
     from planner.specs.spec import load_spec
 
     with pytest.raises(UserError, match="does not implement"):
-        ReferenceModel(load_spec("phi-3.5-moe"), {})
+        ReferenceModel(load_spec("dbrx"), {})
