@@ -12,12 +12,18 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planner.errors import UserError
 from planner.values import is_int
 from runtime.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from runtime.sampling import GenerationState, SamplingParams, cap_max_tokens
+
+if TYPE_CHECKING:
+    from planner.plans.plan import Plan
+    from runtime.checkpoint import Checkpoint, CheckpointTokenizer
+    from runtime.engine import EngineBackend, EngineConfig
+    from runtime.model.generation import ReferenceBackend
 
 IGNORED_ENGINE_ARGS = {
     "gpu_memory_utilization",
@@ -53,7 +59,11 @@ class CappedMaxTokensWarning(UserWarning):
     """Some requests asked for more tokens than fit; they were capped (finish reason "length")."""
 
 
-def make_backend(checkpoint: Any, plan: Any = None, max_model_len: int | None = None):
+def make_backend(
+    checkpoint: Checkpoint,
+    plan: Plan | EngineConfig | str | Path | None = None,
+    max_model_len: int | None = None,
+) -> EngineBackend | ReferenceBackend:
     """The engine for a Plan (or plan.yaml path, or EngineConfig); the reference forward for plan=None."""
     if plan is None:
         from runtime.model.generation import ReferenceBackend
@@ -111,7 +121,7 @@ class LLM:
         self,
         model: str | Path,
         *,
-        plan: Any = None,
+        plan: Plan | EngineConfig | str | Path | None = None,
         profile: str | None = None,
         kv_gb: float | None = None,
         max_num_seqs: int | None = None,
@@ -154,7 +164,7 @@ class LLM:
         return min(self.max_model_len, getattr(self.backend, "token_limit", self.max_model_len))
 
     # ----- vLLM's accessors -----
-    def get_tokenizer(self) -> Any:
+    def get_tokenizer(self) -> CheckpointTokenizer | None:
         return self.tokenizer
 
     def get_default_sampling_params(self) -> SamplingParams:

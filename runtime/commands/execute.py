@@ -9,9 +9,21 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from planner.errors import UserError
+
+if TYPE_CHECKING:
+    from planner.hardware.profile import HardwareProfile
+    from planner.plans.plan import Plan
+    from planner.specs.model_spec import ModelSpec
+    from runtime.checkpoint import Checkpoint
+    from runtime.engine.stats import RunStats
+    from runtime.jobio import ParseContext
+    from runtime.jobio.input_file import InputScan
+    from runtime.jobio.requests import Request as JobRequest
+    from runtime.jobio.writer import JobOutput
+    from runtime.report.metrics import ContextTally
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -126,7 +138,7 @@ def _check_outputs(options: ExecuteOptions) -> None:
         raise UserError(f"--report {options.report} is the --output file", "pass --report another path")
 
 
-def _token_limit(checkpoint: Any, plan: Any) -> int:
+def _token_limit(checkpoint: Checkpoint, plan: Plan) -> int:
     from runtime.engine import EngineConfig
     from runtime.engine.engine import request_token_limit
 
@@ -185,7 +197,7 @@ def execute_job(options: ExecuteOptions) -> dict | None:
     return _finish_report(stats, plan, profile, report_spec, tally, scan, job.resumed_count, options)
 
 
-def _spot_check(plan: Any, profile: Any) -> None:
+def _spot_check(plan: Plan, profile: HardwareProfile) -> None:
     """Warn, with the figures, when this machine's memory or GEMM rate is off the profile's by more than 20%."""
     from runtime.profiler.spot_check import measure_rates, spot_check_warnings
     from runtime.profiler.timing import default_device
@@ -199,7 +211,14 @@ def _spot_check(plan: Any, profile: Any) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: Any, scan: Any, job: Any):
+def _run_engine(
+    checkpoint: Checkpoint,
+    plan: Plan,
+    options: ExecuteOptions,
+    context: ParseContext,
+    scan: InputScan,
+    job: JobOutput,
+) -> tuple[RunStats, ContextTally]:
     import torch
 
     from runtime.checkpoint import CheckpointGeneration
@@ -211,7 +230,9 @@ def _run_engine(checkpoint: Any, plan: Any, options: ExecuteOptions, context: An
     from runtime.sampling import GenerationState
 
     generation = CheckpointGeneration.of(checkpoint)
-    pending: dict[str, tuple[Any, list[GenerationState]]] = {}  # pulled by the engine, not answered yet
+    pending: dict[
+        str, tuple[JobRequest, list[GenerationState]]
+    ] = {}  # pulled by the engine, not answered yet
     unanswered: dict[str, int] = {}  # completions of a request still running
 
     def requests():
@@ -289,12 +310,12 @@ def _allocation_detail(err: BaseException) -> str:
 
 
 def _finish_report(
-    stats: Any,
-    plan: Any,
-    profile: Any,
-    spec: Any,
-    tally: Any,
-    scan: Any,
+    stats: RunStats,
+    plan: Plan,
+    profile: HardwareProfile,
+    spec: ModelSpec,
+    tally: ContextTally,
+    scan: InputScan,
     resumed: int,
     options: ExecuteOptions,
 ) -> dict:

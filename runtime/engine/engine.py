@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,9 +32,13 @@ from runtime.engine.weights import WeightStore
 from runtime.sampler import sample_states
 from runtime.sampling import GenerationState
 
+if TYPE_CHECKING:
+    from planner.plans.plan import Plan
+    from runtime.checkpoint import Checkpoint
+
 
 class Engine:
-    def __init__(self, checkpoint: Any, config: EngineConfig):
+    def __init__(self, checkpoint: Checkpoint | str | Path, config: EngineConfig):
         from runtime.checkpoint import CheckpointGeneration, open_checkpoint
 
         if isinstance(checkpoint, (str, Path)):
@@ -269,7 +273,7 @@ class Engine:
             )
 
 
-def request_token_limit(checkpoint: Any, config: EngineConfig) -> int:
+def request_token_limit(checkpoint: Checkpoint, config: EngineConfig) -> int:
     spec = checkpoint.spec
     dtype = kv_dtype_for(checkpoint.weights.dtype("embed"))
     kv_tokens = kv_capacity_tokens(spec, dtype, config.kv_budget_bytes, config.kv_block_size, config.num_seqs)
@@ -295,7 +299,7 @@ class EngineBackend:
         self.last_stats = self.engine.run(requests)
 
 
-def engine_config_for(plan: Any, overrides: Mapping[str, Any] | None = None) -> EngineConfig:
+def engine_config_for(plan: Plan | EngineConfig, overrides: Mapping[str, Any] | None = None) -> EngineConfig:
     """An EngineConfig as given, or one read from a Plan (its decisions, never re-derived)."""
     if isinstance(plan, EngineConfig):
         return plan.with_(**dict(overrides or {}))

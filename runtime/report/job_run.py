@@ -8,13 +8,17 @@ greedy, ignore_eos requests that benchmarks and probes time (every sequence does
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from runtime.report.metrics import ContextTally
 from runtime.sampling import SamplingParams
 
+if TYPE_CHECKING:
+    from runtime.engine import Engine, Request
+    from runtime.engine.stats import Completion, RunStats
 
-def fixed_length_requests(prompts: Sequence[Sequence[int]], gen_len: int) -> list[Any]:
+
+def fixed_length_requests(prompts: Sequence[Sequence[int]], gen_len: int) -> list[Request]:
     from runtime.engine import Request
 
     params = SamplingParams(temperature=0.0, max_tokens=gen_len, ignore_eos=True)
@@ -22,11 +26,11 @@ def fixed_length_requests(prompts: Sequence[Sequence[int]], gen_len: int) -> lis
 
 
 def run_tallied(
-    engine: Any, requests: Iterable[Any], on_finish: Callable[[Any], None] | None = None
-) -> tuple[Any, ContextTally]:
+    engine: Engine, requests: Iterable[Request], on_finish: Callable[[Completion], None] | None = None
+) -> tuple[RunStats, ContextTally]:
     tally = ContextTally(window=engine.spec.sliding_window)
 
-    def finished(completion: Any) -> None:
+    def finished(completion: Completion) -> None:
         tally.add(len(completion.prompt_token_ids), len(completion.token_ids), completion.finish_reason)
         if on_finish is not None:
             on_finish(completion)
