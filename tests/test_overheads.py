@@ -312,7 +312,7 @@ def test_tiny_sizing_measures_the_section():
     assert set(values) == set(CALL_OVERHEADS) | set(ELEMENTWISE_COSTS)
     assert all(math.isfinite(v) and v >= 0 for v in values.values()), values
     assert overheads.measured
-    assert overheads.call_s.qkv_proj > 0 and overheads.call_s.decode_step > 0  # norm + RoPE; scheduling
+    assert overheads.call_s.decode_step > 0  # scheduling; the fitted per-call terms may be 0 on a loaded host
     assert set(overheads.mla_call_s) == {"qkv_proj", "attention", "o_proj", "prefill_attention"}
     assert overheads.mla_attention_score_ns is not None and overheads.mla_attention_score_ns >= 0
     assert all(math.isfinite(v) and v >= 0 for v in overheads.mla_call_s.values())

@@ -345,7 +345,7 @@ def test_tiny_profile_measures_this_machine(tmp_path, capsys, monkeypatch):
         assert _roughly_non_decreasing(curve.tflops), curve
     assert {c.layout for c in profile.attention_curves} == {"gqa", "mla"}
     assert all(c.threads == thread_grid(profile.machine.cores) for c in profile.attention_curves)
-    assert profile.overheads.measured and profile.overheads.call_s.qkv_proj > 0
+    assert profile.overheads.measured and profile.overheads.call_s.decode_step > 0
     if profile.has_device:
         for link in (profile.links.h2d_pinned, profile.links.d2h_pinned):
             assert _roughly_non_decreasing(link.gbps), link
