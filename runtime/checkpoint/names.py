@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from planner.errors import UserError
 from planner.specs.spec import ModelSpec
+from runtime.checkpoint.support import check_loadable
 
 GLOBAL_NAMES = {
     "embed": "model.embed_tokens.weight",
@@ -114,29 +115,6 @@ class ExpectedTensor:
     canonical: str  # e.g. "layers.3.moe.experts.5.up_proj"
     disk_name: str  # e.g. "model.layers.3.block_sparse_moe.experts.5.w3.weight"
     shape: tuple[int, ...]
-
-
-def check_supported(spec: ModelSpec) -> None:
-    """Raise UserError for families or options the loader has no names for."""
-    if spec.family not in MOE_NAMES:
-        raise UserError(
-            f"architecture {spec.family!r} ({spec.name}) has no checkpoint name map",
-            f"use a checkpoint of one of {list(MOE_NAMES)}",
-        )
-    oss = spec.family == "gpt_oss"
-    unsupported = {
-        "attention_bias": spec.attention_bias and spec.attention == "mla",
-        "router_linear_bias": spec.router_linear_bias and not oss,
-        "expert_bias": spec.expert_bias != oss,
-        "attention_sinks": spec.attention_sinks and not oss,
-        f"norm_type={spec.norm_type}": spec.norm_type not in ("rms", "layernorm"),
-    }
-    bad = [option for option, present in unsupported.items() if present]
-    if bad:
-        raise UserError(
-            f"{spec.family} checkpoint ({spec.name}) uses {bad}, which the runtime does not load",
-            "use a checkpoint without these options",
-        )
 
 
 def _attention_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -246,7 +224,7 @@ def disk_suffix(family: str, canonical_suffix: str) -> str:
 
 def expected_tensors(spec: ModelSpec) -> list[ExpectedTensor]:
     """Every stored tensor of a checkpoint of `spec`, in transformers' on-disk order."""
-    check_supported(spec)
+    check_loadable(spec, MOE_NAMES)
     h = spec.hidden_size
     norm_biases = spec.norm_type == "layernorm"
     tensors = [ExpectedTensor("embed", GLOBAL_NAMES["embed"], (spec.vocab_size, h))]

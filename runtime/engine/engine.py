@@ -17,6 +17,7 @@ import torch
 
 from planner.errors import UserError
 from planner.modules import Module
+from runtime.checkpoint.support import check_engine_attention
 from runtime.engine.attention_registry import ATTENTION_BACKENDS
 from runtime.engine.config import EngineConfig
 from runtime.engine.emulated_device import EmulatedDevice
@@ -46,11 +47,7 @@ class Engine:
         self.checkpoint = checkpoint
         self.spec = checkpoint.spec
         self.config = config
-        if self.spec.attention not in ATTENTION_BACKENDS:
-            raise UserError(
-                f"{self.spec.name}: the engine has no {self.spec.attention!r} attention backend",
-                f"use a model whose attention is one of {sorted(ATTENTION_BACKENDS)}",
-            )
+        check_engine_attention(self.spec, ATTENTION_BACKENDS)
         if config.compute_threads:
             torch.set_num_threads(config.compute_threads)
         self.device = torch.device(config.device)

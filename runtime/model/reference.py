@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from planner.errors import UserError
 from planner.specs.spec import ModelSpec
+from runtime.checkpoint.support import check_reference_runnable
 from runtime.model.attention import gqa_attention
 from runtime.model.kv_cache import LayerKV, SequenceCache
 from runtime.model.layers import dense_mlp, norm
@@ -71,29 +71,9 @@ def decoder_layer(
     return x + ffn_block(norm(x, w, "mlp_norm", spec), w, spec, layer)
 
 
-def check_supported(spec: ModelSpec) -> None:
-    problems = []
-    if spec.attention not in ATTENTION:
-        problems.append(f"attention {spec.attention!r}")
-    if routing_key(spec) not in ROUTERS:
-        problems.append(f"routing {routing_key(spec)}")
-    if spec.norm_type not in ("rms", "layernorm"):
-        problems.append(f"norm_type {spec.norm_type!r}")
-    gpt_oss_only = ("attention_sinks", "router_linear_bias", "expert_bias")
-    for flag in gpt_oss_only:
-        if getattr(spec, flag) and spec.family != "gpt_oss":
-            problems.append(flag)
-    if problems:
-        raise UserError(
-            f"{spec.name} ({spec.family}): the reference forward does not implement {', '.join(problems)}",
-            "use a model of a runnable family (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek, gpt_oss, glm4_moe, "
-            "phimoe)",
-        )
-
-
 class ReferenceModel:
     def __init__(self, spec: ModelSpec, weights: Mapping[str, torch.Tensor]):
-        check_supported(spec)
+        check_reference_runnable(spec, ATTENTION, routing_key(spec), ROUTERS)
         self.spec = spec
         self.embed = weights["embed"]
         self.head = {name: weights[name] for name in HEAD_NAMES if name in weights}  # final norm, lm_head
