@@ -18,6 +18,7 @@ import yaml
 from planner.errors import UserError
 from planner.modules import WEIGHT_MODULES, names
 from planner.perf.bound import Bound
+from planner.plans.residency import is_resident
 from planner.plans.workload import Workload
 from planner.specs.weight_formats import weights_label
 from planner.values import is_int
@@ -116,9 +117,9 @@ class Plan:
 
     def is_resident(self, module: str, expert: int | None = None) -> bool:
         """Whether a weight module (expert `expert` of a MoE layer's routed experts) lives on the device."""
-        if not self.stream_weights or module in self.resident_modules:
-            return True
-        return module == "experts" and expert is not None and expert < self.resident_experts_per_layer
+        return is_resident(
+            module, expert, self.stream_weights, self.resident_modules, self.resident_experts_per_layer
+        )
 
     # ----- YAML -----
     def to_dict(self) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from planner import settings
 from planner.errors import UserError
 from planner.modules import DEFAULT_RESIDENT, WEIGHT_MODULES, names
+from planner.plans.residency import is_resident
 from planner.units import KV_BLOCK_SIZE, GiB
 
 _PLAN_FIELDS = (
@@ -136,9 +137,9 @@ class EngineConfig:
 
     def is_resident(self, module: str, expert: int | None = None) -> bool:
         """Whether a weight module (routed expert `expert` of a MoE layer) lives on the device."""
-        if not self.streams or module in self.resident_modules:
-            return True
-        return module == "experts" and expert is not None and expert < self.resident_experts_per_layer
+        return is_resident(
+            module, expert, self.streams, self.resident_modules, self.resident_experts_per_layer
+        )
 
     def with_(self, **changes) -> EngineConfig:
         return replace(self, **changes)
