@@ -1,4 +1,5 @@
 """Attention as the engine runs it: device projections, CPU paged decode attention, device prefill attention.
+`AttentionBackend` is the interface every backend (`GQABackend` here, `MLABackend`) implements.
 
 How it works: docs/design.md, `runtime/engine/attention_backend.py`.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 
@@ -55,6 +57,42 @@ class PrefillKVWriter:
         self._pending = kept
 
 
+Projections = tuple[torch.Tensor, ...]  # a backend's per-token projections (q, k, v, ... or latents)
+
+
+class AttentionBackend(Protocol):
+    """What `LayerStack` calls; built as `cls(spec, kv, device, attention_threads, staging)`."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        kv: HostKVCache,
+        device: torch.device,
+        attention_threads: int | None,
+        staging: Staging,
+    ) -> None: ...
+
+    def rope_tables(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def project(
+        self, x: torch.Tensor, w: Mapping[str, torch.Tensor], tables: tuple[torch.Tensor, ...]
+    ) -> Projections: ...
+
+    def to_host(self, proj: Projections) -> HostTensors: ...
+
+    def decode(
+        self, layer: int, host_proj: HostTensors, block_tables: torch.Tensor, context_lens: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def prefill(self, layer: int, proj: Projections, blocks: torch.Tensor, start: int) -> torch.Tensor: ...
+
+    def store_prefill_kv(self, through_layer: int) -> None: ...
+
+    def output(self, o: torch.Tensor, w: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+
 class GQABackend:
     def __init__(
         self,
@@ -82,14 +120,16 @@ class GQABackend:
     def rope_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rope.cos_sin(positions, dtype)  # cos, sin [T, D]
 
-    def project(self, x: torch.Tensor, w: Mapping[str, torch.Tensor], tables):
+    def project(
+        self, x: torch.Tensor, w: Mapping[str, torch.Tensor], tables: tuple[torch.Tensor, ...]
+    ) -> Projections:
         cos, sin = tables
         q, k, v = qkv_projection(x, w, self.spec, cos, sin)  # q [T,Hq,D], k, v [T,Hkv,D]
         if self.spec.attention_sinks:
             return q, k, v, w["attn.sinks"].float().expand(q.shape[0], -1)  # [T, Hq]
         return q, k, v
 
-    def to_host(self, proj) -> HostTensors:
+    def to_host(self, proj: Projections) -> HostTensors:
         return self.staging.to_host(*proj)
 
     def decode(
@@ -112,7 +152,7 @@ class GQABackend:
         )
         return o.to(q.dtype)  # [B, Hq, D]
 
-    def prefill(self, layer: int, proj, blocks: torch.Tensor, start: int) -> torch.Tensor:
+    def prefill(self, layer: int, proj: Projections, blocks: torch.Tensor, start: int) -> torch.Tensor:
         q, k, v, *sinks = proj
         keys, values = k, v
         if start > 0:

@@ -1,11 +1,11 @@
-"""`ATTENTION_BACKENDS`: `spec.attention` -> the engine's backend class (interface in `attention_backend`)."""
+"""`ATTENTION_BACKENDS`: `spec.attention` -> the engine's backend class (the `AttentionBackend` Protocol)."""
 
 from __future__ import annotations
 
-from runtime.engine.attention_backend import GQABackend
+from runtime.engine.attention_backend import AttentionBackend, GQABackend
 from runtime.engine.mla_layer import MLABackend
 
-ATTENTION_BACKENDS: dict[str, type] = {
+ATTENTION_BACKENDS: dict[str, type[AttentionBackend]] = {
     "gqa": GQABackend,
     "mla": MLABackend,
 }

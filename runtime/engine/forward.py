@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from planner.modules import Module
 from planner.specs.spec import ModelSpec
-from runtime.engine.attention_backend import tables_rows
+from runtime.engine.attention_backend import AttentionBackend, tables_rows
 from runtime.engine.config import EngineConfig
 from runtime.engine.ffn import ffn_block, use_grouped
 from runtime.engine.instrumentation import ModuleTimer
@@ -52,7 +52,7 @@ class LayerStack:
         spec: ModelSpec,
         store: WeightStore,
         streamer: LayerStreamer | None,
-        backend,
+        backend: AttentionBackend,
         timer: ModuleTimer,
         config: EngineConfig,
         staging: Staging,

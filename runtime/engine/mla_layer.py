@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 
 from planner.specs.spec import ModelSpec
-from runtime.engine.attention_backend import PrefillKVWriter, rope_on
+from runtime.engine.attention_backend import PrefillKVWriter, Projections, rope_on
 from runtime.engine.kv_cache import HostKVCache
 from runtime.engine.prefill_attention import causal_attention
 from runtime.engine.staging import HostTensors, Staging
@@ -48,12 +48,14 @@ class MLABackend:
     def rope_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rope.cos_sin(positions, torch.float32)  # the reference's MLA path rotates in fp32
 
-    def project(self, x: torch.Tensor, w: Mapping[str, torch.Tensor], tables):
+    def project(
+        self, x: torch.Tensor, w: Mapping[str, torch.Tensor], tables: tuple[torch.Tensor, ...]
+    ) -> Projections:
         cos, sin = tables
         q_nope, q_rope, latent = mla_project(x, w, self.spec, cos, sin)
         return mla_absorb_query(q_nope, w, self.spec).contiguous(), q_rope.contiguous(), latent
 
-    def to_host(self, proj) -> HostTensors:
+    def to_host(self, proj: Projections) -> HostTensors:
         return self.staging.to_host(*proj)
 
     def decode(
@@ -72,7 +74,7 @@ class MLABackend:
         )
         return o.to(q_latent.dtype)  # [B, H, R]
 
-    def prefill(self, layer: int, proj, blocks: torch.Tensor, start: int) -> torch.Tensor:
+    def prefill(self, layer: int, proj: Projections, blocks: torch.Tensor, start: int) -> torch.Tensor:
         q_latent, q_rope, latent = proj
         rows = latent
         if start > 0:
