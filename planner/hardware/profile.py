@@ -250,7 +250,7 @@ def _floats(value: object) -> object:
         return {k: _floats(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_floats(v) for v in value]
-    if is_int(value):
+    if is_int(value) and abs(value) < 2**1023:  # beyond float range an int is hashed as itself
         return float(value)
     return value
 

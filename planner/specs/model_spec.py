@@ -199,8 +199,11 @@ class ModelSpec:
                 f"weight_formats maps modules {list(QUANT_MODULES)} to {list(WEIGHT_FORMAT_BYTES)}",
             ),
             (
-                self.partial_rotary_factor <= 1 and self.rotary_dim > 0 and self.rotary_dim % 2 == 0,
-                "partial_rotary_factor must leave an even, positive number of rotary dims (factor <= 1)",
+                0 < self.partial_rotary_factor <= 1
+                and self.head_dim < 2**31
+                and self.rotary_dim > 0
+                and self.rotary_dim % 2 == 0,
+                "head_dim * partial_rotary_factor must be an even, positive number of rotary dims (0 < factor <= 1)",
             ),
             (self.topk_method != "sparsemixer" or self.top_k == 2, "sparsemixer routing picks top_k = 2"),
         ]
