@@ -99,11 +99,10 @@ def run_hf(checkpoint_dir: Path, prompts: list[list[int]], gen_len: int, batch: 
 
 def worker(job: dict) -> dict:
     """One measurement in this (fresh) process."""
-    import resource
-
     from bench.common import fixed_prompts, run_engine
     from planner.hardware.profile import load_profile
     from runtime.checkpoint import open_checkpoint
+    from runtime.peak_rss import peak_rss_bytes
 
     checkpoint_dir = Path(job["checkpoint"])
     checkpoint = open_checkpoint(checkpoint_dir)
@@ -129,7 +128,7 @@ def worker(job: dict) -> dict:
             "num_seqs": stats["config"]["num_seqs"],
             "decode_step_ms": 1e3 * stats["decode_seconds"] / max(stats["decode_steps"], 1),
         }
-    result["peak_host_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_host_bytes"] = peak_rss_bytes()
     result["tok_s"] = result["generated_tokens"] / result["wall_s"]
     return result
 

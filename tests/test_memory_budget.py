@@ -2,7 +2,8 @@
 out-of-memory error ends in one clear message that says to re-plan with a smaller budget.
 
 Peak RSS is the kernel's own high-water mark for the `runtime execute` subprocess (`os.wait4` rusage,
-`ru_maxrss`), so no sample can miss the peak. The budget is the smallest the planner accepts for the job:
+`ru_maxrss`), so no sample can miss the peak; it is started from a small launcher because `ru_maxrss` carries
+the parent's peak across fork and exec. The budget is the smallest the planner accepts for the job:
 (weights + KV + buffers + activations + the fixed part of the reserve) / (1 - the reserve's fraction), plus 2%.
 Device OOM cannot happen on a CPU-only machine, so the engine is made to raise torch's OutOfMemoryError
 (while loading its weights, and mid-run) in an in-process `runtime execute`.
@@ -11,7 +12,6 @@ Device OOM cannot happen on a CPU-only machine, so the engine is made to raise t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -53,20 +53,29 @@ def smallest_host_budget_plan(job, workload: Workload) -> Plan:
     )  # as tiny_job's plan: fast on a shared machine
 
 
+# a small process between pytest and the job: the job inherits its (tiny) high-water mark, not pytest's
+LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(f'{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}')\n"
+)
+
+
 def run_measuring_peak_rss(job, args: list[str]) -> tuple[int, int, str]:
     """(exit code, peak RSS in bytes, stderr) of one `python -m runtime` run."""
-    log = job.root / "memory-budget.log"
+    log, result = job.root / "memory-budget.log", job.root / "memory-budget.rusage"
     with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "runtime", *args],
+        subprocess.run(
+            [sys.executable, "-c", LAUNCHER, str(result), sys.executable, "-m", "runtime", *args],
             env=job.env,
             cwd=job.root,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            check=True,
         )
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage.ru_maxrss * 1024, log.read_text()
+    code, max_rss_kib = map(int, result.read_text().split())
+    return code, max_rss_kib * 1024, log.read_text()
 
 
 def test_peak_rss_stays_within_a_small_host_budget(tiny_job, tmp_path):

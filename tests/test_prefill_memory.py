@@ -2,8 +2,8 @@
 one prefill chunk of the whole prompt) peaks under 3 GiB of RSS. Eager attention would hold fp32 scores of
 8 heads x 8000 x 8000 plus their softmax (the code before this test peaked at 5.8 GB); the engine's fused
 attention in query blocks holds none (0.6 GB).
-Measured in a fresh subprocess (its own `ru_maxrss`, the kernel's high-water mark), so nothing this test process
-or its other children allocated counts.
+Measured in a fresh subprocess (its own VmHWM, `runtime.peak_rss`; `ru_maxrss` would carry this test
+process's peak across fork and exec).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ PROMPT_TOKENS = 8000
 RSS_LIMIT_BYTES = 3 << 30
 
 CHILD = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import torch
     from runtime import LLM
     from runtime.engine import EngineConfig
+    from runtime.peak_rss import peak_rss_bytes
     from runtime.sampling import SamplingParams
 
     torch.set_num_threads(2)
@@ -40,11 +41,11 @@ CHILD = textwrap.dedent("""
     stats = llm.backend.last_stats
     print(json.dumps({"tokens": len(out[0].outputs[0].token_ids), "prefill_forwards": stats.prefill_forwards,
                       "prefill_tokens": stats.prefill_tokens,
-                      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "peak_rss_bytes": peak_rss_bytes()}))
 """)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB is the Linux convention")
+@pytest.mark.skipif(sys.platform != "linux", reason="VmHWM in /proc is Linux's")
 def test_an_8000_token_prefill_peaks_under_3_gib(tmp_path):
     spec = load_spec("qwen3-mini").with_layers(2)
     write_random_checkpoint(spec, tmp_path / "ckpt", dtype="bf16", seed=1)

@@ -5,7 +5,6 @@ How it works: docs/design.md, `runtime/engine/instrumentation.py`.
 
 from __future__ import annotations
 
-import resource
 import threading
 import time
 from collections import defaultdict
@@ -13,6 +12,8 @@ from contextlib import contextmanager
 
 import psutil
 import torch
+
+from runtime.peak_rss import peak_rss_bytes
 
 
 class ModuleTimer:
@@ -106,7 +107,7 @@ class MemoryPeaks:
     @property
     def host_peak_bytes(self) -> int:
         """The larger of the sampled RSS and the kernel's high-water mark for this process."""
-        return max(self.host_rss_bytes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return max(self.host_rss_bytes, peak_rss_bytes())
 
     @property
     def device_peak_bytes(self) -> int:
