@@ -282,7 +282,8 @@ def _write_olmoe(spec: ModelSpec) -> dict:
     }
 
 
-def _write_deepseek(spec: ModelSpec) -> dict:
+def _write_routed_experts(spec: ModelSpec) -> dict:
+    """The expert and group-routing fields DeepSeek-V2/V3 and GLM-4.5 configs share."""
     return {
         "intermediate_size": spec.dense_intermediate_size or spec.moe_intermediate_size,
         "moe_intermediate_size": spec.moe_intermediate_size,
@@ -290,14 +291,20 @@ def _write_deepseek(spec: ModelSpec) -> dict:
         "num_experts_per_tok": spec.top_k,
         "n_shared_experts": spec.num_shared_experts,
         "first_k_dense_replace": spec.first_dense_layers,
-        "moe_layer_freq": 1,
-        "scoring_func": spec.scoring,
-        "topk_method": spec.topk_method,
         "norm_topk_prob": spec.norm_topk_prob,
         "routed_scaling_factor": spec.routed_scaling_factor,
         "n_group": spec.n_group,
         "topk_group": spec.topk_group,
         "attention_bias": spec.attention_bias,
+    }
+
+
+def _write_deepseek(spec: ModelSpec) -> dict:
+    return {
+        **_write_routed_experts(spec),
+        "moe_layer_freq": 1,
+        "scoring_func": spec.scoring,
+        "topk_method": spec.topk_method,
         "q_lora_rank": spec.q_lora_rank or None,
         "kv_lora_rank": spec.kv_lora_rank,
         "qk_rope_head_dim": spec.qk_rope_head_dim,
@@ -307,20 +314,7 @@ def _write_deepseek(spec: ModelSpec) -> dict:
 
 
 def _write_glm4_moe(spec: ModelSpec) -> dict:
-    return {
-        "intermediate_size": spec.dense_intermediate_size or spec.moe_intermediate_size,
-        "moe_intermediate_size": spec.moe_intermediate_size,
-        "n_routed_experts": spec.num_experts,
-        "num_experts_per_tok": spec.top_k,
-        "n_shared_experts": spec.num_shared_experts,
-        "first_k_dense_replace": spec.first_dense_layers,
-        "norm_topk_prob": spec.norm_topk_prob,
-        "routed_scaling_factor": spec.routed_scaling_factor,
-        "n_group": spec.n_group,
-        "topk_group": spec.topk_group,
-        "attention_bias": spec.attention_bias,
-        "use_qk_norm": spec.qk_norm == "per_head",
-    }
+    return {**_write_routed_experts(spec), "use_qk_norm": spec.qk_norm == "per_head"}
 
 
 def _write_gpt_oss(spec: ModelSpec) -> dict:
