@@ -62,3 +62,16 @@ def test_nothing_points_outside_the_repository():
         if OUTSIDE.search(line)
     ]
     assert not found, "references to files outside the repository:\n" + "\n".join(found)
+
+
+def test_every_pointer_into_the_design_document_names_a_module_it_covers():
+    design = (REPO_ROOT / "docs" / "design.md").read_text()
+    pointer = re.compile(r"docs/design\.md, `([\w/.]+)`")
+    paths = [*REPO_ROOT.glob("planner/**/*.py"), *REPO_ROOT.glob("runtime/**/*.py")]
+    dangling = sorted(
+        f"{path.relative_to(REPO_ROOT)} -> {target}"
+        for path in paths
+        for target in pointer.findall(path.read_text())
+        if target not in design
+    )
+    assert not dangling, "docs/design.md does not cover:\n" + "\n".join(dangling)
