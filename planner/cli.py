@@ -180,7 +180,7 @@ def problem_from_args(args: argparse.Namespace) -> Problem:
     )
 
 
-def summary(plan: Plan) -> str:
+def plan_summary(plan: Plan) -> str:
     p, b = plan.predicted, plan.bound
     lines = [
         f"plan for {plan.model.name} (weights {plan.model.weights_label}) on {plan.profile.name} ({plan.profile.kind} profile, "
@@ -228,7 +228,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     )
     written = None if args.out is None else write_text_output(args.out, plan.to_yaml())  # before any print
     say = say_to(args.out)
-    print(summary(plan), file=say)
+    print(plan_summary(plan), file=say)
     print(f"  solved in {seconds:.2f} s ({solution.evaluations} model evaluations)", file=say)
     if written:
         print(f"  wrote {written}", file=say)

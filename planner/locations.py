@@ -48,7 +48,7 @@ def search_dirs(kind: str) -> list[Traversable]:
     return [user_dir(kind), shipped_dir(kind)]
 
 
-def names(kind: str) -> list[str]:
+def known_names(kind: str) -> list[str]:
     """Every `kind` name (file stem) found in any search dir, sorted."""
     found = {
         entry.name[: -len(".yaml")]

@@ -57,7 +57,7 @@ FIT_MODULES = tuple(m for m in DECODE_MODULES if m not in (M.EMBED, M.SAMPLING))
 LAYER_MODULES = (M.QKV_PROJ, M.ATTENTION, M.O_PROJ, M.ROUTER, M.EXPERTS, M.SHARED_EXPERTS, M.DENSE_MLP)
 
 
-def names(modules) -> list[str]:
+def module_names(modules) -> list[str]:
     """Plain names, for messages."""
     return [str(m) for m in modules]
 

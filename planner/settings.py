@@ -18,11 +18,11 @@ def setting(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-def attention_backend() -> str | None:
+def attention_backend_setting() -> str | None:
     return setting(ATTENTION_BACKEND)
 
 
-def grouped_experts() -> bool | None:
+def grouped_experts_setting() -> bool | None:
     """True / False when MOELENS_GROUPED_EXPERTS says 1 / anything else, None when unset."""
     value = setting(GROUPED_EXPERTS)
     return None if value is None else value == "1"

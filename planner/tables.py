@@ -14,3 +14,13 @@ def text_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> li
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     return [line(cells[0]), line(["-" * w for w in widths]), *(line(r) for r in cells[1:])]
+
+
+def number_cell(value: float | None, fmt: str = ".4g") -> str:
+    """A number in a table or report line; "-" for none."""
+    return "-" if value is None else format(value, fmt)
+
+
+def percent_cell(value: float | None) -> str:
+    """A relative error (0.05) as a signed percentage (+5.0%); "-" for none."""
+    return "-" if value is None else f"{100 * value:+.1f}%"

@@ -11,9 +11,15 @@ The plan never asks for more threads than torch is set to use (`torch.set_num_th
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from planner.errors import UserError
+
+if TYPE_CHECKING:
+    from planner.hardware.profile import HardwareProfile
+    from planner.plans.plan import Plan
+    from planner.plans.workload import Workload
+    from planner.specs.model_spec import ModelSpec
 
 DEFAULT_SLOTS = 256
 GUESS_PROMPT_LEN, GUESS_GEN_LEN, GUESS_NUM_PROMPTS = 512, 256, 1024
@@ -21,14 +27,14 @@ HOST_KV_FRACTION = 0.25
 MIN_KV_GB = 0.001
 
 
-def guess_workload(max_len: int):
+def guess_workload(max_len: int) -> Workload:
     from planner.plans.workload import Workload
 
     prompt_len = max(1, min(GUESS_PROMPT_LEN, max_len // 2))
     return Workload.fixed(prompt_len, max(1, min(GUESS_GEN_LEN, max_len - prompt_len)), GUESS_NUM_PROMPTS)
 
 
-def default_kv_gb(spec: Any, workload: Any, profile: Any) -> float:
+def default_kv_gb(spec: ModelSpec, workload: Workload, profile: HardwareProfile) -> float:
     from planner.perf.costs import ModelCosts
     from planner.perf.memory import GiB
 
@@ -37,7 +43,7 @@ def default_kv_gb(spec: Any, workload: Any, profile: Any) -> float:
     return max(MIN_KV_GB, min(wanted, HOST_KV_FRACTION * host))
 
 
-def load_machine_profile(profile: str | None):
+def load_machine_profile(profile: str | None) -> tuple[HardwareProfile, str]:
     from planner.hardware.profile import find_profile_for_this_machine, list_profiles, load_profile
 
     if profile:
@@ -54,13 +60,13 @@ def load_machine_profile(profile: str | None):
 
 
 def auto_plan(
-    spec: Any,
+    spec: ModelSpec,
     model_ref: str,
-    workload: Any,
+    workload: Workload,
     kv_gb: float | None = None,
     profile: str | None = None,
     max_num_seqs: int | None = None,
-):
+) -> Plan:
     import torch
 
     from planner.perf.memory import Budgets

@@ -214,10 +214,10 @@ def test_emulated_link_plans_like_a_device_and_names_the_link(emulated):
     assert plan.memory["device"]["total"] <= plan.memory["device"]["budget"] == 0.6 * (1 << 30)
     assert plan.memory["device"]["reserve"] == 0.0
     assert Plan.from_yaml(plan.to_yaml()) == plan
-    from planner.cli import summary
+    from planner.cli import plan_summary
     from planner.plans.explain import explain
 
-    assert "emulated link" in summary(plan) and "emulated link" in explain(plan, what_if=False)
+    assert "emulated link" in plan_summary(plan) and "emulated link" in explain(plan, what_if=False)
 
 
 def test_model_based_batching_keeps_kv_on_the_device_and_is_bounded_by_it(emulated):

@@ -101,7 +101,7 @@ def test_calibrate_refuses_shipped_out_and_defaults_to_the_user_dir(tmp_path, mo
     assert planner_main(["calibrate", *reports, "--profile", "synthetic-cpu"]) == 0
     written = tmp_path / "home" / "profiles" / "synthetic-cpu-calibrated.yaml"
     assert f"wrote {written}" in capsys.readouterr().out
-    assert "synthetic-cpu-calibrated" in locations.names("profiles")
+    assert "synthetic-cpu-calibrated" in locations.known_names("profiles")
 
 
 def test_user_dir_shadows_shipped_data(tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_user_dir_shadows_shipped_data(tmp_path, monkeypatch):
     )
     replace(shipped, notes="mine").save(locations.user_file("profiles", "a5000-epyc7453"))
     assert load_profile("a5000-epyc7453").notes == "mine"
-    assert locations.names("profiles").count("a5000-epyc7453") == 1
+    assert locations.known_names("profiles").count("a5000-epyc7453") == 1
 
 
 # ---- a wheel in a fresh virtual environment --------------------------------------------------------

@@ -20,6 +20,7 @@ from planner.errors import UserError
 from planner.hardware.profile import HardwareProfile
 from planner.modules import FIT_MODULES
 from planner.outputs import check_output_path, is_stdout, say_to, write_text_output
+from planner.tables import percent_cell
 
 CONSTANTS = ("gemm", "gemm_small_m", "attention", "copy", "step_overhead_s", "call_overhead_s", "overhead")
 OVERHEADS = ("step_overhead_s", "call_overhead_s")  # fitted in milliseconds; the others in log space
@@ -201,11 +202,7 @@ def calibrated_profile(
     return replace(base, name=name, provenance=provenance, notes=notes)
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:+.1f}%"
-
-
-def summary(calibration: Calibration) -> str:
+def calibration_summary(calibration: Calibration) -> str:
     lines = ["constant          before      after"]
     for name in CONSTANTS:
         mark = "" if name in calibration.fitted else "  (no data: kept)"
@@ -214,7 +211,7 @@ def summary(calibration: Calibration) -> str:
     lines.append("run                              tok/s achieved  error before  error after")
     for b, a in zip(calibration.errors_before, calibration.errors_after):
         lines.append(
-            f"{b.label[:32]:<32}{b.achieved_tok_s:>15.3g}  {_pct(b.end_to_end):>12}  {_pct(a.end_to_end):>11}"
+            f"{b.label[:32]:<32}{b.achieved_tok_s:>15.3g}  {percent_cell(b.end_to_end):>12}  {percent_cell(a.end_to_end):>11}"
         )
     mean = [
         float(np.mean([abs(e.end_to_end) for e in errs]))
@@ -261,6 +258,6 @@ def run_command(args: argparse.Namespace, profile: HardwareProfile) -> int:
     )
     name = args.name or (f"{profile.name}-calibrated" if is_stdout(out) else out.stem)
     written = write_text_output(out, calibrated_profile(calibration, runs, name, command).to_yaml())
-    print(summary(calibration), file=say_to(out))
+    print(calibration_summary(calibration), file=say_to(out))
     print(f"wrote {written}", file=say_to(out))
     return 0

@@ -279,7 +279,7 @@ _ProfileDumper.add_representer(str, _represent_str)
 # ---- finding profiles ------------------------------------------------------------------------------
 def list_profiles() -> list[str]:
     """Names of the profiles in the user dir and shipped data (planner.locations), sorted."""
-    return locations.names("profiles")
+    return locations.known_names("profiles")
 
 
 def _where() -> str:

@@ -156,7 +156,7 @@ def _same_length(f: _Fields, xs_key: str, xs: tuple, ys_key: str, ys: tuple) -> 
         raise f.fail(ys_key, f"has {len(ys)} values but {xs_key} has {len(xs)}")
 
 
-def _rate_curve(f: _Fields) -> RateCurve:
+def _parse_rate_curve(f: _Fields) -> RateCurve:
     sizes = f.series("sizes", increasing=True)
     gbps = f.series("gbps")
     _same_length(f, "sizes", sizes, "gbps", gbps)
@@ -303,7 +303,7 @@ def parse_profile_dict(data: object, source: str) -> dict:
     if links is not None:
         if machine.device is None:
             raise top.fail("links", "must be null when machine.device is null (no separate device)")
-        out["links"] = Links(**{k: _rate_curve(links.sub(k)) for k in LINK_CURVES})
+        out["links"] = Links(**{k: _parse_rate_curve(links.sub(k)) for k in LINK_CURVES})
         links.done()
 
     emulated = top.sub("emulated_link", required=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from planner.errors import UserError
-from planner.modules import WEIGHT_MODULES, names
+from planner.modules import WEIGHT_MODULES, module_names
 from planner.perf.bound import Bound
 from planner.plans.residency import is_resident
 from planner.plans.workload import Workload
@@ -198,7 +198,7 @@ def _check_decisions(plan: Plan) -> None:
             raise fail(name, f"{getattr(plan, name)} must be at least 1")
     unknown = sorted(set(plan.resident_modules) - set(WEIGHT_MODULES))
     if unknown:
-        raise fail("resident_modules", f"unknown modules {unknown} (known: {names(WEIGHT_MODULES)})")
+        raise fail("resident_modules", f"unknown modules {unknown} (known: {module_names(WEIGHT_MODULES)})")
     if plan.resident_experts_per_layer < 0:
         raise fail("resident_experts_per_layer", "must not be negative")
     if plan.token_groups not in (1, 2):

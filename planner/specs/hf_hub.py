@@ -48,7 +48,7 @@ def local_snapshot(repo_id: str) -> Path | None:
 def shipped_spec_name(repo_id: str) -> str | None:
     from planner import locations
 
-    for name in locations.names("models"):
+    for name in locations.known_names("models"):
         try:
             source = str(yaml.safe_load(locations.find("models", name).read_text()).get("source", ""))
         except (OSError, yaml.YAMLError, AttributeError):

@@ -56,7 +56,7 @@ ALIASES = {
 
 def list_specs() -> list[str]:
     """Names of the model specs in the user dir and the shipped specs, sorted."""
-    return locations.names("models")
+    return locations.known_names("models")
 
 
 def _load_yaml(path: Path | Traversable) -> ModelSpec:

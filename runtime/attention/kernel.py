@@ -25,7 +25,7 @@ _warned_shapes: set[str] = set()
 
 
 def resolve_backend(backend: str | None) -> str:
-    name = backend or settings.attention_backend() or "auto"
+    name = backend or settings.attention_backend_setting() or "auto"
     if name not in ("auto", "reference", *ISA_BACKENDS):
         raise ValueError(f"unknown attention backend {name!r}; use auto, reference or one of {ISA_BACKENDS}")
     return name

@@ -15,13 +15,16 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from planner.errors import UserError
 from runtime.sampling import GenerationState, SamplingParams, generation_config_defaults
 
+if TYPE_CHECKING:
+    from runtime.checkpoint.loader import Checkpoint
 
-def eos_token_ids(checkpoint: Any) -> frozenset[int]:
+
+def eos_token_ids(checkpoint: Checkpoint) -> frozenset[int]:
     ids: set[int] = set()
     tokenizer = getattr(checkpoint, "tokenizer", None)
     if tokenizer is not None:
@@ -45,7 +48,7 @@ class CheckpointGeneration:
     detokenize: Callable[[Sequence[int]], str] | None
 
     @classmethod
-    def of(cls, checkpoint: Any) -> CheckpointGeneration:
+    def of(cls, checkpoint: Checkpoint) -> CheckpointGeneration:
         tokenizer = getattr(checkpoint, "tokenizer", None)
         detokenize = (lambda ids: tokenizer.decode(list(ids))) if tokenizer is not None else None
         return cls(eos_token_ids(checkpoint), detokenize)

@@ -34,7 +34,7 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _token_text(value: object) -> str | None:
+def _special_token_text(value: object) -> str | None:
     """tokenizer_config stores special tokens as strings or as AddedToken dicts."""
     if isinstance(value, dict):
         value = value.get("content")
@@ -183,9 +183,9 @@ def load_tokenizer(directory: Path) -> CheckpointTokenizer | None:
     add_bos = config.get("add_bos_token")
     return CheckpointTokenizer(
         backend=backend,
-        bos_token=_token_text(config.get("bos_token")),
-        eos_token=_token_text(config.get("eos_token")),
-        pad_token=_token_text(config.get("pad_token")),
+        bos_token=_special_token_text(config.get("bos_token")),
+        eos_token=_special_token_text(config.get("eos_token")),
+        pad_token=_special_token_text(config.get("pad_token")),
         chat_template=_chat_template(directory, config),
         add_bos_token=add_bos if isinstance(add_bos, bool) else None,
         extra_eos_token_ids=list(dict.fromkeys(extra_eos)),

@@ -9,15 +9,27 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from planner.errors import UserError
+
+if TYPE_CHECKING:
+    from planner.plans.plan import Plan
+    from runtime.cluster.report import WorkerTally
+    from runtime.cluster.worker import WorkerOptions
+    from runtime.commands.execute_options import ExecuteOptions
+    from runtime.jobio.input_file import InputScan
+    from runtime.jobio.requests import JobRequest
+    from runtime.jobio.writer import JobOutput
 
 BATCHES_PER_WORKER = 4  # at least this many batches per worker: balance, and little lost to a crash
 MAX_BATCH_IN_FLIGHTS = 4  # a batch holds at most this many times the plan's sequences in flight
 
 
-def _request_rows(path: Any, pending: dict) -> list[dict]:
+def _request_rows(path: Path, pending: dict[str, JobRequest]) -> list[dict]:
     """The input lines of the pending requests, as they are in the file (workers parse them as we did)."""
     from runtime.jobio.input_file import _raw_lines
 
@@ -44,7 +56,7 @@ def user_error_in(err: BaseException) -> UserError | None:
     return None
 
 
-def execute_on_cluster(options: Any) -> dict | None:
+def execute_on_cluster(options: ExecuteOptions) -> dict | None:
     from planner.plans.plan import Plan
     from runtime.checkpoint import open_checkpoint
     from runtime.checkpoint.generation import read_generation_config
@@ -86,12 +98,14 @@ def execute_on_cluster(options: Any) -> dict | None:
         began = time.perf_counter()
         tally, duplicates = _run_pipeline(options, plan, worker, pending, job)
         wall_s = time.perf_counter() - began
-    return _finish_report(
+    return _finish_cluster_report(
         tally, wall_s, len(pending), scan, duplicates, job.resumed_count, spec.name, options
     )
 
 
-def _run_pipeline(options: Any, plan: Any, worker: Any, pending: dict, job: Any):
+def _run_pipeline(
+    options: ExecuteOptions, plan: Plan, worker: WorkerOptions, pending: dict[str, JobRequest], job: JobOutput
+) -> tuple[WorkerTally, int]:
     from runtime.cluster.report import WorkerTally
     from runtime.cluster.session import ray_session
     from runtime.progress import JobProgress
@@ -133,7 +147,13 @@ def _run_pipeline(options: Any, plan: Any, worker: Any, pending: dict, job: Any)
     return tally, duplicates
 
 
-def _answers(ray: Any, options: Any, plan: Any, worker: Any, pending: dict):
+def _answers(
+    ray: ModuleType,
+    options: ExecuteOptions,
+    plan: Plan,
+    worker: WorkerOptions,
+    pending: dict[str, JobRequest],
+) -> Iterator[dict]:
     """Output batches of the pipeline as they finish (numpy columns key, id, record, stats)."""
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -167,15 +187,15 @@ def _answers(ray: Any, options: Any, plan: Any, worker: Any, pending: dict):
     yield from answered.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
 
 
-def _finish_report(
-    tally: Any,
+def _finish_cluster_report(
+    tally: WorkerTally,
     wall_s: float,
     num_answered: int,
-    scan: Any,
+    scan: InputScan,
     duplicates: int,
     resumed: int,
     model: str,
-    options: Any,
+    options: ExecuteOptions,
 ) -> dict:
     from runtime.cluster.report import cluster_report, format_cluster_report
     from runtime.report import write_report

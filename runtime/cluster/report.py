@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from planner.tables import number_cell, percent_cell
 from runtime.report.build import compared
 
 
@@ -99,26 +100,22 @@ def cluster_report(
     }
 
 
-def _num(value: float | None, fmt: str = ",.1f") -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def format_cluster_report(report: dict[str, Any]) -> str:
     total = report["total"]["generated_tok_s"]
     lines = [
-        f"Throughput: {_num(report['requests_per_second'], '.2f')} requests/s, "
-        f"{_num(report['output_tokens_per_second'])} output tokens/s over {report['total']['num_workers']} "
-        f"workers in {_num(report['elapsed_time'], '.1f')} s",
-        f"fleet: achieved {_num(total['achieved'])} tok/s against the sum of the workers' predictions "
-        f"{_num(total['predicted'])} ({_num(100 * total['relative_error'] if total['relative_error'] is not None else None, '+.1f')}%)",
+        f"Throughput: {number_cell(report['requests_per_second'], '.2f')} requests/s, "
+        f"{number_cell(report['output_tokens_per_second'], ',.1f')} output tokens/s over {report['total']['num_workers']} "
+        f"workers in {number_cell(report['elapsed_time'], '.1f')} s",
+        f"fleet: achieved {number_cell(total['achieved'], ',.1f')} tok/s against the sum of the workers' predictions "
+        f"{number_cell(total['predicted'], ',.1f')} ({percent_cell(total['relative_error'])})",
         "",
         "worker  machine / plan                                   requests  predicted  achieved  restarts",
     ]
     for i, w in enumerate(report["workers"]):
         plan = f"{w['profile']} ({w['plan_source']}, {w['num_seqs']} seqs, {w['threads']} thr)"
         lines.append(
-            f"{i:>6}  {w['machine'][:48]:<48} {w['requests']:>8}  {_num(w['predicted_tok_s']):>9}  "
-            f"{_num(w['achieved_tok_s']):>8}  {w['restarts']:>8}"
+            f"{i:>6}  {w['machine'][:48]:<48} {w['requests']:>8}  {number_cell(w['predicted_tok_s'], ',.1f'):>9}  "
+            f"{number_cell(w['achieved_tok_s'], ',.1f'):>8}  {w['restarts']:>8}"
         )
         lines.append(f"{'':>6}  {plan}" + (f": {w['plan_reason']}" if w["plan_reason"] else ""))
     if report["duplicates_dropped"]:

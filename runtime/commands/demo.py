@@ -172,7 +172,7 @@ def _checkpoint(args: argparse.Namespace, say) -> Path:
     return directory
 
 
-def _profile(args: argparse.Namespace, say):
+def _find_or_measure_profile(args: argparse.Namespace, say):
     from planner import locations
     from planner.errors import UserError
     from planner.hardware.profile import find_profile_for_this_machine, load_profile
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"{checkpoint_dir} has no tokenizer.json", f"delete {checkpoint_dir} and rerun the demo"
         )
-    profile = _profile(args, say)
+    profile = _find_or_measure_profile(args, say)
     profile_ref = str(
         profile.save(args.dir / "profile.yaml")
     )  # the plan names this copy: stable if re-profiled

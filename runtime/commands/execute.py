@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from planner.errors import UserError
+from runtime.commands.execute_options import ExecuteOptions
 
 if TYPE_CHECKING:
     from planner.hardware.profile import HardwareProfile
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from runtime.engine.stats import RunStats
     from runtime.jobio import ParseContext
     from runtime.jobio.input_file import InputScan
-    from runtime.jobio.requests import Request as JobRequest
+    from runtime.jobio.requests import JobRequest
     from runtime.jobio.writer import JobOutput
     from runtime.report.metrics import ContextTally
 
@@ -83,23 +83,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="with --workers: local (start Ray on this machine, default), auto, or HOST:PORT",
     )
     return parser
-
-
-@dataclass(frozen=True)
-class ExecuteOptions:
-    plan: Path
-    input: Path
-    output: Path
-    checkpoint: Path | None = None
-    report: Path | None = None
-    on_error: str = "fail"
-    max_tokens: int | None = None
-    force: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    generation_config: str = "auto"  # sampling defaults: runtime.checkpoint.generation.read_generation_config
-    workers: int | None = None  # set: run on a Ray cluster (`runtime.cluster.job`)
-    ray_address: str = "local"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from planner import settings
 from planner.errors import UserError
-from planner.modules import DEFAULT_RESIDENT, WEIGHT_MODULES, names
+from planner.modules import DEFAULT_RESIDENT, WEIGHT_MODULES, module_names
 from planner.plans.residency import is_resident
 from planner.units import KV_BLOCK_SIZE, GiB
 
@@ -104,11 +104,12 @@ class EngineConfig:
         unknown = sorted(set(self.resident_modules) - set(WEIGHT_MODULES))
         if unknown:
             raise UserError(
-                f"resident_modules names unknown modules {unknown}", f"use names from {names(WEIGHT_MODULES)}"
+                f"resident_modules names unknown modules {unknown}",
+                f"use names from {module_names(WEIGHT_MODULES)}",
             )
         object.__setattr__(self, "resident_modules", tuple(self.resident_modules))
         if self.grouped_experts is None:
-            object.__setattr__(self, "grouped_experts", settings.grouped_experts())
+            object.__setattr__(self, "grouped_experts", settings.grouped_experts_setting())
 
     @property
     def streams(self) -> bool:

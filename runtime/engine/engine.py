@@ -24,7 +24,7 @@ from runtime.engine.emulated_device import EmulatedDevice
 from runtime.engine.forward import LayerStack, PrefillSegment, StepBatch, activated_counts
 from runtime.engine.instrumentation import MemoryPeaks, ModuleTimer
 from runtime.engine.kv_cache import HostKVCache, SlotBlockTables, blocks_for, kv_capacity_tokens, kv_dtype_for
-from runtime.engine.scheduler import Request, Scheduler
+from runtime.engine.scheduler import Request, ScheduledStep, Scheduler
 from runtime.engine.scheduler import Sequence as EngineSequence
 from runtime.engine.staging import Staging
 from runtime.engine.stats import Completion, RunStats
@@ -138,12 +138,12 @@ class Engine:
     ) -> None:
         with torch.inference_mode():
             while not scheduler.done:
-                plan = scheduler.schedule()
-                if plan.empty:
+                step = scheduler.schedule()
+                if step.empty:
                     raise RuntimeError("scheduler produced an empty step with requests pending")
                 sampled: dict[EngineSequence, int] = {}
-                self._step(plan, sampled, stats)
-                for seq in scheduler.commit(plan, sampled):
+                self._step(step, sampled, stats)
+                for seq in scheduler.commit(step, sampled):
                     self._finish(seq, stats, on_finish)
                 if self.streamer is not None:
                     self.streamer.collect_copy_seconds()
@@ -160,12 +160,12 @@ class Engine:
                 )
             yield EngineSequence(request=request, state=state, arrival=arrival)
 
-    def _step(self, plan, sampled: dict, stats: RunStats) -> None:
-        """One pass over the layers: the plan's prefill chunks (rows 0..P) and decode tokens (rows P..P+D)."""
+    def _step(self, step: ScheduledStep, sampled: dict, stats: RunStats) -> None:
+        """One pass over the layers: the step's prefill chunks (rows 0..P) and decode tokens (rows P..P+D)."""
         began = time.perf_counter()
         before = self.timer.phase_seconds()
         token_ids, positions, segments, logit_rows, completing = [], [], [], [], []
-        for chunk in plan.prefill:
+        for chunk in step.prefill:
             row, count = len(token_ids), chunk.end - chunk.start
             token_ids.extend(chunk.seq.tokens[chunk.start : chunk.end])
             positions.extend(range(chunk.start, chunk.end))
@@ -183,7 +183,7 @@ class Engine:
             if chunk.completes_prompt:
                 logit_rows.append(row + count - 1)
                 completing.append(chunk.seq)
-        num_prefill, seqs = len(token_ids), plan.decode
+        num_prefill, seqs = len(token_ids), step.decode
         cached = [seq.num_cached for seq in seqs]
         token_ids.extend(seq.state.token_ids[-1] for seq in seqs)
         positions.extend(cached)

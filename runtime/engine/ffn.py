@@ -151,7 +151,7 @@ def looped_experts(
     return out, hit
 
 
-def ffn_block(
+def stacked_ffn_block(
     x: torch.Tensor,
     w: Mapping[str, torch.Tensor],
     spec: ModelSpec,

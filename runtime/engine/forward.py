@@ -15,7 +15,7 @@ from planner.modules import Module
 from planner.specs.spec import ModelSpec
 from runtime.engine.attention_backend import AttentionBackend, tables_rows
 from runtime.engine.config import EngineConfig
-from runtime.engine.ffn import ffn_block, use_grouped
+from runtime.engine.ffn import stacked_ffn_block, use_grouped
 from runtime.engine.instrumentation import ModuleTimer
 from runtime.engine.staging import Staging
 from runtime.engine.streamer import LayerStreamer, StreamParts
@@ -155,7 +155,7 @@ class LayerStack:
         try:
             with self.timer.device_work(Module.ROUTER):
                 normed = norm(x[rows], w, "mlp_norm", self.spec)
-            out, hit = ffn_block(
+            out, hit = stacked_ffn_block(
                 normed,
                 w,
                 self.spec,

@@ -58,7 +58,7 @@ class PrefillChunk:
 
 
 @dataclass
-class StepPlan:
+class ScheduledStep:
     decode: list[Sequence]
     prefill: list[PrefillChunk]
 
@@ -105,12 +105,12 @@ class Scheduler:
         return not self.in_flight and self._peek_waiting() is None
 
     # ----- planning -----
-    def schedule(self) -> StepPlan:
+    def schedule(self) -> ScheduledStep:
         for seq in sorted((s for s in self.in_flight if s.status == RUNNING), key=lambda s: s.arrival):
             if seq.status == RUNNING:
                 self._grow(seq, seq.num_cached + 1)
         decode = sorted((s for s in self.in_flight if s.status == RUNNING), key=lambda s: s.slot)
-        return StepPlan(decode=decode, prefill=self._prefill_chunks())
+        return ScheduledStep(decode=decode, prefill=self._prefill_chunks())
 
     def _grow(self, seq: Sequence, num_tokens: int) -> None:
         need = blocks_for(num_tokens, self.block_size) - len(seq.blocks)
@@ -183,11 +183,11 @@ class Scheduler:
             self._release(seq)
 
     # ----- results -----
-    def commit(self, plan: StepPlan, sampled: dict[Sequence, int]) -> list[Sequence]:
+    def commit(self, step: ScheduledStep, sampled: dict[Sequence, int]) -> list[Sequence]:
         """Record a forward's work; `sampled` maps each sequence that produced logits to its new token."""
-        for seq in plan.decode:
+        for seq in step.decode:
             seq.num_cached += 1
-        for chunk in plan.prefill:
+        for chunk in step.prefill:
             chunk.seq.num_cached = chunk.end
             if chunk.completes_prompt:
                 chunk.seq.status = RUNNING

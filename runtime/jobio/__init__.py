@@ -1,6 +1,6 @@
 """Job input and output for `runtime execute`: prompts JSONL parsing and validation, resumable output.
 
-`requests`: one line -> `Request`; `input_file`: `scan_input` (validate the whole file up front) and
+`requests`: one line -> `JobRequest`; `input_file`: `scan_input` (validate the whole file up front) and
 `iter_requests` (stream it into the engine); `writer`: `JobOutput` (append-only output + job state, resume); `opening.open_job`: the start of every job.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from runtime.jobio.input_file import InputScan, SkippedLine, iter_requests, scan_input
 from runtime.jobio.opening import file_sha256, open_job
-from runtime.jobio.requests import LineError, ParseContext, Request, parse_line
+from runtime.jobio.requests import JobRequest, LineError, ParseContext, parse_line
 from runtime.jobio.writer import JobIdentity, JobOutput, check_output_writable, state_path
 
 __all__ = [
@@ -17,7 +17,7 @@ __all__ = [
     "JobOutput",
     "LineError",
     "ParseContext",
-    "Request",
+    "JobRequest",
     "SkippedLine",
     "check_output_writable",
     "file_sha256",

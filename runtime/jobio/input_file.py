@@ -12,7 +12,7 @@ from pathlib import Path
 
 from planner.errors import UserError
 from planner.prompts_file import decode_line, line_custom_id
-from runtime.jobio.requests import LineError, ParseContext, Request, parse_line
+from runtime.jobio.requests import JobRequest, LineError, ParseContext, parse_line
 
 ON_ERROR_CHOICES = ("fail", "skip", "record")
 
@@ -57,7 +57,7 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         ) from None
 
 
-def _parse(raw: bytes, line_number: int, context: ParseContext) -> Request | None:
+def _parse(raw: bytes, line_number: int, context: ParseContext) -> JobRequest | None:
     if not raw.strip():
         return None
     return parse_line(decode_line(raw), line_number, context)
@@ -125,7 +125,7 @@ def iter_requests(
     context: ParseContext,
     scan: InputScan,
     skip_keys: frozenset[str] | set[str] = frozenset(),
-) -> Iterator[Request]:
+) -> Iterator[JobRequest]:
     """Yield the scan's valid requests in file order, leaving out `skip_keys`."""
     path = Path(path)
     skipped = scan.skipped_line_numbers

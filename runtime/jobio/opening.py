@@ -13,11 +13,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from runtime.jobio.input_file import InputScan, scan_input
 from runtime.jobio.requests import ParseContext
 from runtime.jobio.writer import JobIdentity, JobOutput
+
+if TYPE_CHECKING:
+    from runtime.commands.execute_options import ExecuteOptions
 
 
 def file_sha256(path: Path) -> str:
@@ -26,7 +29,7 @@ def file_sha256(path: Path) -> str:
 
 @contextmanager
 def open_job(
-    options: Any, context: ParseContext, model_name: str, warn_capped: bool = False
+    options: ExecuteOptions, context: ParseContext, model_name: str, warn_capped: bool = False
 ) -> Iterator[tuple[JobOutput | None, InputScan]]:
     scan = scan_input(options.input, context, options.on_error)
     recorded = scan.skipped if options.on_error == "record" else []

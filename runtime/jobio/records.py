@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 
 from runtime.jobio.input_file import SkippedLine
-from runtime.jobio.requests import Request, batch_key, native_key
+from runtime.jobio.requests import JobRequest, batch_key, native_key
 from runtime.sampling import GenerationState, Logprob
 
 
@@ -23,7 +23,7 @@ def record_key(record: dict) -> str:
     return native_key(record["id"])
 
 
-def _token_text(entry: Logprob) -> str:
+def _logprob_token_text(entry: Logprob) -> str:
     return entry.decoded_token or ""
 
 
@@ -36,11 +36,15 @@ def _chat_logprobs(state: GenerationState, top: int) -> dict:
         )
         content.append(
             {
-                "token": _token_text(chosen),
+                "token": _logprob_token_text(chosen),
                 "logprob": chosen.logprob,
-                "bytes": list(_token_text(chosen).encode()),
+                "bytes": list(_logprob_token_text(chosen).encode()),
                 "top_logprobs": [
-                    {"token": _token_text(e), "logprob": e.logprob, "bytes": list(_token_text(e).encode())}
+                    {
+                        "token": _logprob_token_text(e),
+                        "logprob": e.logprob,
+                        "bytes": list(_logprob_token_text(e).encode()),
+                    }
                     for e in best
                 ],
             }
@@ -51,18 +55,20 @@ def _chat_logprobs(state: GenerationState, top: int) -> dict:
 def _completion_logprobs(state: GenerationState) -> dict:
     tokens, offsets, offset = [], [], 0
     for token, entry in zip(state.token_ids, state.logprobs):
-        tokens.append(_token_text(entry[token]))
+        tokens.append(_logprob_token_text(entry[token]))
         offsets.append(offset)
         offset += len(tokens[-1])
     return {
         "tokens": tokens,
         "token_logprobs": [entry[t].logprob for t, entry in zip(state.token_ids, state.logprobs)],
-        "top_logprobs": [{_token_text(e): e.logprob for e in entry.values()} for entry in state.logprobs],
+        "top_logprobs": [
+            {_logprob_token_text(e): e.logprob for e in entry.values()} for entry in state.logprobs
+        ],
         "text_offset": offsets,
     }
 
 
-def _choice(request: Request, index: int, state: GenerationState) -> dict:
+def _choice(request: JobRequest, index: int, state: GenerationState) -> dict:
     choice: dict = {"index": index}
     asked = request.sampling.logprobs
     if request.api == "chat.completions":
@@ -77,7 +83,7 @@ def _choice(request: Request, index: int, state: GenerationState) -> dict:
     return choice
 
 
-def _usage(request: Request, states: Sequence[GenerationState]) -> dict:
+def _usage(request: JobRequest, states: Sequence[GenerationState]) -> dict:
     prompt_tokens, completion_tokens = len(request.prompt_token_ids), sum(len(s.token_ids) for s in states)
     return {
         "prompt_tokens": prompt_tokens,
@@ -86,7 +92,7 @@ def _usage(request: Request, states: Sequence[GenerationState]) -> dict:
     }
 
 
-def _native_record(request: Request, states: Sequence[GenerationState]) -> dict:
+def _native_record(request: JobRequest, states: Sequence[GenerationState]) -> dict:
     first = states[0]
     record = {
         "id": request.id,
@@ -115,7 +121,7 @@ def _native_record(request: Request, states: Sequence[GenerationState]) -> dict:
     return record
 
 
-def answer_record(request: Request, states: Sequence[GenerationState], model_name: str = "") -> dict:
+def answer_record(request: JobRequest, states: Sequence[GenerationState], model_name: str = "") -> dict:
     if not request.is_batch_api:
         return _native_record(request, states)
     chat = request.api == "chat.completions"

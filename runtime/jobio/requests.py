@@ -1,4 +1,4 @@
-"""One input line of a prompts JSONL file -> one validated `Request`: the planner's parser plus tokens.
+"""One input line of a prompts JSONL file -> one validated `JobRequest`: the planner's parser plus tokens.
 
 How it works: docs/design.md, `runtime/jobio/requests.py`.
 """
@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planner.errors import UserError
 from planner.prompts_file import LineError, PromptLine, batch_key, native_key, parse_prompt_line
 from runtime.sampling import SamplingParams, cap_max_tokens
 
-__all__ = ["LineError", "ParseContext", "Request", "batch_key", "native_key", "parse_line", "stable_seed"]
+if TYPE_CHECKING:
+    from runtime.checkpoint.tokenizer import CheckpointTokenizer
+
+__all__ = ["LineError", "ParseContext", "JobRequest", "batch_key", "native_key", "parse_line", "stable_seed"]
 
 
 @dataclass(frozen=True)
 class ParseContext:
-    tokenizer: Any  # CheckpointTokenizer or None (then only prompt_token_ids work)
+    tokenizer: CheckpointTokenizer | None  # None: only prompt_token_ids work
     max_context: int  # spec.max_position_embeddings
     vocab_size: int
     default_max_tokens: int = 16
@@ -37,7 +40,7 @@ class ParseContext:
 
 
 @dataclass(frozen=True)
-class Request:
+class JobRequest:
     key: str  # unique answer key, see module docstring
     id: str | int  # the id as given (native: id or line number; batch: custom_id)
     line_number: int
@@ -90,7 +93,7 @@ def _checked_ids(ids: list[int], context: ParseContext, where: str) -> list[int]
     return ids
 
 
-def _need_tokenizer(context: ParseContext, what: str) -> Any:
+def _need_tokenizer(context: ParseContext, what: str) -> CheckpointTokenizer:
     if context.tokenizer is None:
         raise LineError(
             f"{what} needs a tokenizer but the checkpoint has no tokenizer.json",
@@ -131,7 +134,7 @@ def _check_context(ids: list[int], context: ParseContext) -> None:
         )
 
 
-def parse_line(obj: Any, line_number: int, context: ParseContext) -> Request:
+def parse_line(obj: Any, line_number: int, context: ParseContext) -> JobRequest:
     """Validate one decoded JSON line; LineError(cause, fix) when it is not a valid request."""
     line = parse_prompt_line(obj, line_number)
     if line.messages is not None:
@@ -142,4 +145,4 @@ def parse_line(obj: Any, line_number: int, context: ParseContext) -> Request:
         ids = _checked_ids(line.prompt, context, "body.prompt" if line.api else "prompt_token_ids")
     _check_context(ids, context)
     sampling, asked = _sampling(line, context, len(ids))
-    return Request(line.key, line.id, line_number, ids, sampling, line.api, asked_max_tokens=asked)
+    return JobRequest(line.key, line.id, line_number, ids, sampling, line.api, asked_max_tokens=asked)

@@ -19,7 +19,7 @@ from planner.errors import UserError
 from planner.outputs import DISK_FULL_ERRNOS, check_output_path, disk_full_error, is_stdout
 from runtime.jobio.input_file import SkippedLine
 from runtime.jobio.records import answer_record, error_record, record_key
-from runtime.jobio.requests import Request
+from runtime.jobio.requests import JobRequest
 from runtime.sampling import GenerationState
 
 STATE_SCHEMA_VERSION = 1
@@ -178,7 +178,7 @@ class JobOutput:
         """Error records written (this run or an earlier one)."""
         return sum(key.startswith("line:") for key in self.done_keys)
 
-    def write(self, request: Request, states: Sequence[GenerationState]) -> None:
+    def write(self, request: JobRequest, states: Sequence[GenerationState]) -> None:
         """Append the answer of `request` from its n finished completions."""
         self._append(request.key, answer_record(request, states, self.model_name))
 

@@ -4,7 +4,7 @@
 (`runtime.attention.make_case`: a bf16 paged cache of `point.batch` sequences x `point.context` tokens,
 blocks shuffled over the pool) and times `case.run(num_threads=t)` (`decode_attention` for GQA,
 `mla_decode_attention` for MLA) for each t; the rate is the case's KV bytes read per call over the median
-time. `attention_backend()` says which path ran (the C++ ISA or the torch fallback) for the notes.
+time. `attention_backend_name()` says which path ran (the C++ ISA or the torch fallback) for the notes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from runtime.profiler.timing import median_seconds, significant
 DTYPE = torch.bfloat16
 
 
-def attention_backend() -> str:
+def attention_backend_name() -> str:
     from runtime.attention import active_backend
 
     module, isa = active_backend()

@@ -15,7 +15,7 @@ from runtime.profiler.timing import median_seconds, significant
 from runtime.transfer import copy_to_device, copy_to_host
 
 
-def _rate_curve(sizes: tuple[int, ...], seconds: list[float]) -> RateCurve:
+def _measured_rate_curve(sizes: tuple[int, ...], seconds: list[float]) -> RateCurve:
     return RateCurve(
         tuple(float(s) for s in sizes), tuple(significant(s / t / 1e9) for s, t in zip(sizes, seconds))
     )
@@ -58,7 +58,7 @@ def measure_links(
             )
     del pinned, pageable, on_device
     torch.cuda.empty_cache()
-    return Links(**{name: _rate_curve(sizes, seconds) for name, seconds in curves.items()})
+    return Links(**{name: _measured_rate_curve(sizes, seconds) for name, seconds in curves.items()})
 
 
 def measure_host_memory(nbytes: int, repeats: int = 5, budget_s: float = 10.0) -> Memory:

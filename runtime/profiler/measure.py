@@ -23,7 +23,7 @@ from planner.hardware.profile import (
     path_for_this_machine,
 )
 from planner.hardware.this_machine import usable_cores
-from runtime.profiler.attention import attention_backend, measure_attention_curve
+from runtime.profiler.attention import attention_backend_name, measure_attention_curve
 from runtime.profiler.gemm import measure_gemm_curve
 from runtime.profiler.grids import (
     ALL_GEMM_SHAPES,
@@ -238,7 +238,7 @@ def measure_profile(
         f"Measured by `{command}` ({sizing.name} sizing): medians of up to {sizing.repeats} repeats after "
         f"warm-up; GEMM weights rotate over buffers > 4x the {cache / MIB:.0f} MiB last-level cache; "
         f"GEMM rows stop once a call exceeds {sizing.max_call_s} s (clamped beyond); attention KV "
-        f"in bf16, block size 16, {attention_backend()}; overheads from a probe engine on a tiny random checkpoint and "
+        f"in bf16, block size 16, {attention_backend_name()}; overheads from a probe engine on a tiny random checkpoint and "
         f"[{sizing.elementwise_rows}, 1024] elementwise tensors, the median of {len(rounds)} rounds spread over "
         f"the run; {cores} usable cores; 1-minute load average "
         f"{load_at_start:.1f} at the start (above the core count means other work shared the cores and "

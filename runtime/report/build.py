@@ -5,7 +5,7 @@ How it works: docs/design.md, `runtime/report/build.py`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planner.hardware.emulated_link import describe_device
 from planner.hardware.profile import HardwareProfile
@@ -14,6 +14,9 @@ from planner.perf.costs import ModelCosts
 from planner.plans.plan import Plan
 from planner.specs.spec import ModelSpec
 from runtime.report.metrics import ContextTally, sparse_utilisation
+
+if TYPE_CHECKING:
+    from runtime.engine.stats import RunStats
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -50,7 +53,7 @@ def _module_rows(measured: dict[str, float], predicted: dict[str, float]) -> lis
     ]
 
 
-def _throughput(stats: Any, plan: Plan) -> dict[str, dict]:
+def _throughput(stats: RunStats, plan: Plan) -> dict[str, dict]:
     p = plan.predicted
     return {
         "end_to_end": compared(_ratio(stats.generated_tokens, stats.wall_seconds), p.generated_tok_s),
@@ -59,7 +62,7 @@ def _throughput(stats: Any, plan: Plan) -> dict[str, dict]:
     }
 
 
-def _decode_modules(stats: Any, plan: Plan) -> list[dict[str, Any]]:
+def _decode_modules(stats: RunStats, plan: Plan) -> list[dict[str, Any]]:
     steps = stats.decode_steps
     decode = stats.module_seconds.get("decode", {})
     measured = {m: s / steps for m, s in decode.items()} if steps else {}
@@ -68,7 +71,7 @@ def _decode_modules(stats: Any, plan: Plan) -> list[dict[str, Any]]:
     return _module_rows(measured, plan.module_times.get("decode_step", {}))
 
 
-def _prefill_modules(stats: Any, plan: Plan) -> list[dict[str, Any]]:
+def _prefill_modules(stats: RunStats, plan: Plan) -> list[dict[str, Any]]:
     per_kilo = 1000.0 / stats.prefill_tokens if stats.prefill_tokens else 0.0
     measured = (
         {m: s * per_kilo for m, s in stats.module_seconds.get("prefill", {}).items()} if per_kilo else {}
@@ -81,7 +84,9 @@ def _prefill_modules(stats: Any, plan: Plan) -> list[dict[str, Any]]:
     return _module_rows(measured, predicted)
 
 
-def _busy(stats: Any, profile: HardwareProfile, decode_bytes: dict[str, float]) -> dict[str, float | None]:
+def _busy(
+    stats: RunStats, profile: HardwareProfile, decode_bytes: dict[str, float]
+) -> dict[str, float | None]:
     """Measured share of decode time each of the plan's resources was busy (its names, `planner.plans.plan`)."""
     decode = stats.module_seconds.get("decode", {})
     seconds = stats.decode_seconds
@@ -112,7 +117,7 @@ def _busy(stats: Any, profile: HardwareProfile, decode_bytes: dict[str, float]) 
 
 
 def _utilisation(
-    stats: Any, plan: Plan, profile: HardwareProfile, costs: ModelCosts, tally: ContextTally
+    stats: RunStats, plan: Plan, profile: HardwareProfile, costs: ModelCosts, tally: ContextTally
 ) -> dict[str, Any]:
     sparse = sparse_utilisation(
         costs,
@@ -152,7 +157,7 @@ def _utilisation(
     }
 
 
-def _memory(stats: Any, plan: Plan) -> dict[str, dict]:
+def _memory(stats: RunStats, plan: Plan) -> dict[str, dict]:
     def side(peak: int, planned: dict[str, float]) -> dict:
         return {
             "peak_bytes": peak,
@@ -168,7 +173,7 @@ def _memory(stats: Any, plan: Plan) -> dict[str, dict]:
 
 
 def build_report(
-    stats: Any,
+    stats: RunStats,
     plan: Plan,
     profile: HardwareProfile,
     spec: ModelSpec,

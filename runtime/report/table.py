@@ -9,16 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from planner.tables import text_table
+from planner.tables import number_cell, percent_cell, text_table
 from planner.units import GiB
-
-
-def _num(value: float | None, fmt: str = ".4g") -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:+.1f}%"
 
 
 def _share(value: float | None) -> str:
@@ -31,9 +23,9 @@ def _gib(value: float | None) -> str:
 
 def throughput_line(report: dict[str, Any]) -> str:
     return (
-        f"Throughput: {_num(report['requests_per_second'], '.2f')} requests/s, "
-        f"{_num(report['tokens_per_second'], '.2f')} total tokens/s, "
-        f"{_num(report['output_tokens_per_second'], '.2f')} output tokens/s"
+        f"Throughput: {number_cell(report['requests_per_second'], '.2f')} requests/s, "
+        f"{number_cell(report['tokens_per_second'], '.2f')} total tokens/s, "
+        f"{number_cell(report['output_tokens_per_second'], '.2f')} output tokens/s"
     )
 
 
@@ -41,9 +33,9 @@ def _module_table(title: str, rows: list[dict], unit: str) -> list[str]:
     body = [
         (
             r["module"],
-            _num(r["predicted_s"] and r["predicted_s"] * 1e3, ".3g"),
-            _num(r["measured_s"] and r["measured_s"] * 1e3, ".3g"),
-            _pct(r["relative_error"]),
+            number_cell(r["predicted_s"] and r["predicted_s"] * 1e3, ".3g"),
+            number_cell(r["measured_s"] and r["measured_s"] * 1e3, ".3g"),
+            percent_cell(r["relative_error"]),
         )
         for r in rows
     ]
@@ -59,7 +51,12 @@ def format_report(report: dict[str, Any]) -> str:
         "prefill": "prefill tok/s",
     }
     rows = [
-        (names[k], _num(v["predicted"], ".1f"), _num(v["achieved"], ".1f"), _pct(v["relative_error"]))
+        (
+            names[k],
+            number_cell(v["predicted"], ".1f"),
+            number_cell(v["achieved"], ".1f"),
+            percent_cell(v["relative_error"]),
+        )
         for k, v in report["throughput"].items()
     ]
     out += text_table(("", "predicted", "achieved", "error"), rows)
@@ -79,14 +76,14 @@ def format_report(report: dict[str, Any]) -> str:
     out.append(f"busy share of decode time: {busy}")
     attention = u["attention_kv_gbps"]
     out.append(
-        f"CPU attention KV read {_num(attention['achieved'], '.2f')} GB/s "
-        f"(profile {_num(attention['profile'], '.2f')} GB/s)"
+        f"CPU attention KV read {number_cell(attention['achieved'], '.2f')} GB/s "
+        f"(profile {number_cell(attention['profile'], '.2f')} GB/s)"
     )
     experts = report["activated_experts"]
     out.append(
-        f"activated experts per MoE layer per step {_num(experts['per_moe_layer_per_step'], '.2f')} "
+        f"activated experts per MoE layer per step {number_cell(experts['per_moe_layer_per_step'], '.2f')} "
         f"(uniform routing at the mean batch of {experts['mean_decode_batch']:.1f}: "
-        f"{_num(experts['uniform_expectation'], '.2f')})"
+        f"{number_cell(experts['uniform_expectation'], '.2f')})"
     )
     for side in ("host", "device"):
         m = report["memory"][side]
