@@ -30,6 +30,7 @@ from runtime.engine.staging import Staging
 from runtime.engine.stats import Completion, RunStats
 from runtime.engine.streamer import LayerStreamer
 from runtime.engine.weights import WeightStore
+from runtime.host_allocator import keep_temporaries_in_heap
 from runtime.sampler import sample_states
 from runtime.sampling import GenerationState
 
@@ -42,6 +43,7 @@ class Engine:
     def __init__(self, checkpoint: Checkpoint | str | Path, config: EngineConfig):
         from runtime.checkpoint import CheckpointGeneration, open_checkpoint
 
+        keep_temporaries_in_heap()
         if isinstance(checkpoint, (str, Path)):
             checkpoint = open_checkpoint(checkpoint)
         self.checkpoint = checkpoint

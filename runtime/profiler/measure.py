@@ -23,6 +23,7 @@ from planner.hardware.profile import (
     path_for_this_machine,
 )
 from planner.hardware.this_machine import usable_cores
+from runtime.host_allocator import keep_temporaries_in_heap
 from runtime.profiler.attention import attention_backend_name, measure_attention_curve
 from runtime.profiler.gemm import measure_gemm_curve
 from runtime.profiler.grids import (
@@ -149,6 +150,7 @@ def measure_profile(
     command: str = "runtime profile",
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> HardwareProfile:
+    keep_temporaries_in_heap()  # the regime the engine runs in (runtime.host_allocator)
     device = device or default_device()
     cores = usable_cores()
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
