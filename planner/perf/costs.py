@@ -62,8 +62,11 @@ class ModelCosts:
 
     def expert_params(self) -> int:
         s = self.spec
-        bias = 2 * s.moe_intermediate_size + s.hidden_size if s.expert_bias else 0
-        return 3 * s.hidden_size * s.moe_intermediate_size + bias
+        return 3 * s.hidden_size * s.moe_intermediate_size + self._expert_bias_params()
+
+    def _expert_bias_params(self) -> int:
+        s = self.spec
+        return 2 * s.moe_intermediate_size + s.hidden_size if s.expert_bias else 0
 
     def router_params(self) -> int:
         s = self.spec
@@ -116,10 +119,15 @@ class ModelCosts:
     # ----- bytes -----
     def module_bytes(self, layer: int | None = None) -> dict[str, int]:
         counts = self.params_by_module() if layer is None else self.layer_params(layer)
-        return {module: round(count * self.spec.weight_bytes(module)) for module, count in counts.items()}
+        stored = {module: round(count * self.spec.weight_bytes(module)) for module, count in counts.items()}
+        experts = counts["experts"] // self.expert_params() if counts["experts"] else 0
+        return {**stored, "experts": experts * self.expert_bytes()}
 
     def expert_bytes(self) -> int:
-        return round(self.expert_params() * self.spec.weight_bytes("experts"))
+        """One expert's stored bytes: its matrices in the experts' format, its biases (gpt-oss) in the dtype."""
+        bias = self._expert_bias_params()
+        matrices = (self.expert_params() - bias) * self.spec.weight_bytes("experts")
+        return round(matrices + bias * self.spec.dtype_bytes)
 
     def layer_bytes(self, layer: int) -> int:
         return sum(self.module_bytes(layer).values())

@@ -159,7 +159,7 @@ def _stored_forms(
         return [(tensor.canonical, tensor.disk_name, FLOAT_CODES, tensor.shape)]
     return [
         (tensor.canonical + part.suffix, part.disk_name, (part.dtype,), part.shape)
-        for part in quant.stored_parts(tensor.disk_name, tensor.shape)
+        for part in quant.stored_parts(tensor.disk_name, tensor.shape, tensor.canonical)
     ]
 
 
@@ -221,7 +221,9 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
         spec, stored, extra_layers if isinstance(extra_layers, int) else 0, str(directory), quant
     )
     layouts = {
-        t.canonical: quant.layout(t.shape) for t in expected_tensors(spec) if t.canonical + SCALES in matched
+        t.canonical: quant.layout(t.shape, t.canonical)
+        for t in expected_tensors(spec)
+        if t.canonical + SCALES in matched
     }
     aliases = {"lm_head": "embed"} if spec.tie_word_embeddings else {}
     return Checkpoint(

@@ -89,7 +89,8 @@ def stored_forms(
 ) -> list[tuple[str, str, tuple[int, ...]]]:
     """(disk name, dtype code, shape) of what one expected tensor is stored as."""
     if quant is not None and quant.quantizes(tensor.canonical, tensor.disk_name):
-        return [(p.disk_name, p.dtype, p.shape) for p in quant.stored_parts(tensor.disk_name, tensor.shape)]
+        parts = quant.stored_parts(tensor.disk_name, tensor.shape, tensor.canonical)
+        return [(p.disk_name, p.dtype, p.shape) for p in parts]
     return [(tensor.disk_name, CODE_OF_DTYPE[dtype], tensor.shape)]
 
 
@@ -101,10 +102,12 @@ def _stored_data(tensor: ExpectedTensor, values: list[torch.Tensor], quant: Quan
     """The tensor's stored tensors, in `stored_forms` order."""
     if quant is None or not quant.quantizes(tensor.canonical, tensor.disk_name):
         return values
-    whole = torch.cat(values)
     if quant.method == "fp8":
-        return list(quantize_fp8(whole, quant.block))
-    return list(quantize_mxfp4(whole))
+        return list(quantize_fp8(torch.cat(values), quant.block))
+    if quant.layout(tensor.shape, tensor.canonical).transposed:  # gpt-oss's fused experts: chunk by chunk
+        blocks, scales = zip(*(quantize_mxfp4(chunk.transpose(-1, -2)) for chunk in values))
+        return [torch.cat(blocks), torch.cat(scales)]
+    return list(quantize_mxfp4(torch.cat(values)))
 
 
 def plan_shards(tensors: list[ExpectedTensor], nbytes_of, max_shard_bytes: int) -> list[list[ExpectedTensor]]:

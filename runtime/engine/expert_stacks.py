@@ -55,6 +55,21 @@ def fill_fused_down(dst: torch.Tensor, weights: Mapping[str, torch.Tensor], laye
         dst[j].copy_(_rows(weights, f"layers.{layer}.moe.experts.down_proj", lo + j, lo + j + 1)[0].T)
 
 
+def fill_fused_quantized(
+    dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int, part: str
+) -> None:
+    """dst [n, R, ...] <- a stored MXFP4 part of gpt-oss's experts (`gate_up_proj`, `down_proj`, `@scales`: rows
+    are output features), one expert at a time; gate_up's rows (gate even, up odd) to gate rows, then up rows."""
+    half, name = dst.shape[1] // 2, f"layers.{layer}.moe.experts.{part}"
+    for j in range(dst.shape[0]):
+        src = _rows(weights, name, lo + j, lo + j + 1)[0]
+        if part.startswith("gate_up"):
+            dst[j, :half].copy_(src[0::2])
+            dst[j, half:].copy_(src[1::2])
+        else:
+            dst[j].copy_(src)
+
+
 def fill_fused_gate_up_bias(
     dst: torch.Tensor, weights: Mapping[str, torch.Tensor], layer: int, lo: int
 ) -> None:

@@ -6,7 +6,7 @@ How it works: docs/design.md, `runtime/engine/weights.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -17,20 +17,9 @@ import torch.nn.functional as F
 from planner.errors import UserError
 from planner.specs.spec import ModelSpec
 from runtime.engine.config import EngineConfig
-from runtime.engine.expert_stacks import (
-    FUSED_NAMES,
-    bias_names,
-    expert_names,
-    fill_down,
-    fill_fused_down,
-    fill_fused_down_bias,
-    fill_fused_gate_up,
-    fill_fused_gate_up_bias,
-    fill_gate_up,
-    is_stack_name,
-    stack_names,
-)
+from runtime.engine.expert_stacks import FUSED_NAMES, is_stack_name
 from runtime.engine.host_arena import HostArena, aligned, default_pinner, packing_threads
+from runtime.engine.stack_sources import Source, stack_sources, tensor_meta
 from runtime.model.reference import HEAD_NAMES
 from runtime.quant.config import SCALES, QuantLayout
 from runtime.quant.tensor import QuantView
@@ -75,31 +64,8 @@ def module_of(name: str) -> str:
     raise KeyError(f"weight {name!r} belongs to no engine module")
 
 
-@dataclass(frozen=True)
-class Source:
-    """One tensor the store holds: its name in the store, shape, dtype, and how to fill it from the checkpoint."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    fill: Callable[[torch.Tensor], None]
-    read: Callable[[], torch.Tensor] | None = None  # a checkpoint tensor usable as is (None: a stack)
-
-    @property
-    def nbytes(self) -> int:
-        return torch.Size(self.shape).numel() * torch.empty((), dtype=self.dtype).element_size()
-
-
-def _meta(weights: Mapping[str, torch.Tensor], name: str) -> tuple[tuple[int, ...], torch.dtype]:
-    """Shape and dtype without reading data where the mapping can tell (the checkpoint's lazy weights)."""
-    if callable(getattr(weights, "shape", None)) and callable(getattr(weights, "dtype", None)):
-        return tuple(weights.shape(name)), weights.dtype(name)
-    tensor = weights[name]
-    return tuple(tensor.shape), tensor.dtype
-
-
 def _source(weights: Mapping[str, torch.Tensor], name: str, local: str) -> Source:
-    shape, dtype = _meta(weights, name)
+    shape, dtype = tensor_meta(weights, name)
     return Source(
         local,
         shape,
@@ -218,7 +184,7 @@ class WeightStore:
         experts as stacks; with `stream_parts` p > 1 the streamed experts form p stacks, one per part."""
         resident, streamed, has_experts = [], [], False
         for name in names:
-            if expert_of(name) is not None or name.split(".", 2)[2] in FUSED_NAMES:
+            if expert_of(name) is not None or name.split(".", 2)[2].removesuffix(SCALES) in FUSED_NAMES:
                 has_experts = True
                 continue
             source = _source(weights, name, name.split(".", 2)[2])
@@ -247,32 +213,8 @@ class WeightStore:
         return resident, [streamed] + [[] for _ in range(self.stream_parts - 1)]
 
     def _stack_sources(self, weights, layer: int, lo: int, hi: int) -> list[Source]:
-        """The stack of experts lo..hi-1: gate_up [n, 2I, h], down [n, h, I] (gpt-oss: and their biases;
-        quantized: the codes and the scales of each)."""
-        n = hi - lo
-        if f"layers.{layer}.moe.experts.gate_up_proj" in weights:  # gpt-oss: fused on disk
-            (_, hidden, inter2), dtype = _meta(weights, f"layers.{layer}.moe.experts.gate_up_proj")
-            inter = inter2 // 2
-            fills = (fill_fused_gate_up, fill_fused_down, fill_fused_gate_up_bias, fill_fused_down_bias)
-            names = stack_names(lo, hi) + bias_names(lo, hi)
-            shapes = ((n, 2 * inter, hidden), (n, hidden, inter), (n, 2 * inter), (n, hidden))
-            return [
-                Source(name, shape, dtype, fill=partial(fill, weights=weights, layer=layer, lo=lo))
-                for name, shape, fill in zip(names, shapes, fills)
-            ]
-        gate, _, down = expert_names(layer, 0)
-        layout = getattr(weights, "quant", {}).get(gate)
-        sources = []
-        for suffix in ("", SCALES) if layout is not None else ("",):
-            for name, first, rows, fill in zip(
-                stack_names(lo, hi), (gate, down), (2, 1), (fill_gate_up, fill_down)
-            ):
-                (per_expert, *rest), dtype = _meta(weights, first + suffix)
-                fill = partial(fill, weights=weights, layer=layer, lo=lo, suffix=suffix)
-                sources.append(Source(name + suffix, (n, rows * per_expert, *rest), dtype, fill=fill))
-        if layout is not None:
-            stacked = (layout.stacked(n, 2), weights.quant[down].stacked(n))
-            self.quant_layouts[layer].update(zip(stack_names(lo, hi), stacked))
+        sources, layouts = stack_sources(weights, layer, lo, hi)
+        self.quant_layouts[layer].update(layouts)
         return sources
 
     def _place(self, source: Source) -> torch.Tensor:

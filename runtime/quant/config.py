@@ -22,6 +22,8 @@ SCALES = "@scales"
 QUANTIZABLE = re.compile(
     r"(attn\.(q|k|v|o|q_a|q_b|kv_a|kv_b)_proj|mlp\.\w+_proj|moe\.experts\.\d+\.\w+|moe\.shared\.\w+_proj)$"
 )
+# gpt-oss's fused experts, [E, in, out] in memory, stored in MXFP4 as [E, out, in/32, 16] blocks, [E, out, in/32]
+FUSED_MXFP4 = ("moe.experts.gate_up_proj", "moe.experts.down_proj")
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,13 @@ class StoredPart:
 
 @dataclass(frozen=True)
 class QuantLayout:
-    """How one logical tensor is stored: method, logical shape, block [rows, cols] of one scale."""
+    """How one tensor is stored: method, shape [..., rows, cols] as stored, block [rows, cols] of one scale."""
 
     method: str  # fp8 | mxfp4
     shape: tuple[int, ...]
     block: tuple[int, int]
     segments: int = 1  # row ranges quantized independently (a gate_up expert stack: gate rows, up rows)
+    transposed: bool = False  # stored [..., out, in], the tensor is [..., in, out] (FUSED_MXFP4)
 
     @property
     def nbytes(self) -> int:
@@ -73,24 +76,34 @@ class QuantConfig(QuantSettings):
         return None if settings is None else cls(settings.method, settings.block, settings.not_convert)
 
     def quantizes(self, canonical: str, disk_name: str) -> bool:
-        local = canonical.split(".", 2)[2] if canonical.startswith("layers.") else canonical
-        if not QUANTIZABLE.match(local) or not disk_name.endswith(".weight"):
-            return False
-        return not excluded(disk_name.removesuffix(".weight"), self.not_convert)
+        if _local(canonical) in FUSED_MXFP4:
+            quantizable = self.method == "mxfp4"
+        else:
+            quantizable = bool(QUANTIZABLE.match(_local(canonical))) and disk_name.endswith(".weight")
+        return quantizable and not excluded(disk_name.rsplit(".", 1)[0], self.not_convert)
 
-    def layout(self, shape: tuple[int, ...]) -> QuantLayout:
+    def layout(self, shape: tuple[int, ...], canonical: str = "") -> QuantLayout:
+        """The layout of a quantized tensor of logical `shape` (a FUSED_MXFP4 one's, transposed)."""
+        if _local(canonical) in FUSED_MXFP4:
+            *lead, rows, cols = shape
+            return QuantLayout(self.method, (*lead, cols, rows), self.block, transposed=True)
         return QuantLayout(self.method, tuple(shape), self.block)
 
-    def stored_parts(self, disk_name: str, shape: tuple[int, ...]) -> list[StoredPart]:
-        """The on-disk tensors of one quantized weight `X.weight`."""
+    def stored_parts(self, disk_name: str, shape: tuple[int, ...], canonical: str = "") -> list[StoredPart]:
+        """The on-disk tensors of one quantized weight `X.weight` (gpt-oss's fused experts: `X`)."""
         names = (
             {"": disk_name, SCALES: disk_name + "_scale_inv"}
             if self.method == "fp8"
             else {"": disk_name + "_blocks", SCALES: disk_name + "_scales"}
         )
         return [
-            StoredPart(s, names[s], dtype, part_shape) for s, dtype, part_shape in self.layout(shape).parts()
+            StoredPart(s, names[s], dtype, part_shape)
+            for s, dtype, part_shape in self.layout(shape, canonical).parts()
         ]
+
+
+def _local(canonical: str) -> str:
+    return canonical.split(".", 2)[2] if canonical.startswith("layers.") else canonical
 
 
 def _layer_pattern(module: str) -> str:

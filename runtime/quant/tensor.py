@@ -35,7 +35,8 @@ class QuantTensor:
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
         layout = self.layout
         if layout.method == "mxfp4":
-            return dequantize_mxfp4(self.data, self.scales, layout.shape[-1], dtype)
+            values = dequantize_mxfp4(self.data, self.scales, layout.shape[-1], dtype)
+            return values.transpose(-1, -2) if layout.transposed else values
         if layout.segments == 1:
             return dequantize_fp8(self.data, self.scales, dtype, layout.block)
         data = self.data.chunk(layout.segments, dim=-2)
