@@ -10,7 +10,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from planner.values import is_int
+from planner.values import is_finite_number, is_int
+
+GREEDY_EPSILON = 1e-5  # vLLM: a temperature below this is greedy
 
 NATIVE_SAMPLING_FIELDS = (
     "max_tokens",
@@ -119,6 +121,20 @@ class PromptLine:
     @property
     def n(self) -> int:
         return self.sampling.get("n", 1)
+
+    def _number(self, name: str, default: float) -> float:
+        value = self.sampling.get(name)
+        return float(value) if is_finite_number(value) else default
+
+    @property
+    def is_greedy(self) -> bool:
+        """Whether the engine picks the argmax (vLLM's default temperature 1.0 samples)."""
+        return self._number("temperature", 1.0) < GREEDY_EPSILON
+
+    @property
+    def uses_top_p(self) -> bool:
+        """Whether the engine sorts this line's logits (sampled with top_p < 1)."""
+        return not self.is_greedy and self._number("top_p", 1.0) < 1.0
 
 
 def native_key(request_id: str | int) -> str:

@@ -38,6 +38,14 @@ class SamplingRows:
     stop_mask: tuple[torch.Tensor, torch.Tensor] | None  # (rows, token ids) masked by min_tokens
     logprobs: list[int | None]  # top logprobs asked per row (None: none)
 
+    def subset(self, index: torch.Tensor) -> SamplingRows:
+        """The rows at `index` with what `filtered_probs` and `uniforms` read (penalties and stops are applied)."""
+        pick = {
+            name: getattr(self, name)[index]
+            for name in ("temperature", "greedy", "top_k", "top_p", "min_p", "seeds", "counters")
+        }
+        return SamplingRows(**pick, penalties=None, stop_mask=None, logprobs=[])
+
     @classmethod
     def of(cls, states: Sequence[GenerationState], vocab_size: int, device: torch.device) -> SamplingRows:
         params = [s.params for s in states]
@@ -165,10 +173,16 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> tuple[torch.Tensor, torc
         logits = apply_penalties(logits, rows.penalties)
     if rows.stop_mask is not None:
         logits = logits.index_put(rows.stop_mask, torch.tensor(float("-inf"), device=logits.device))
-    tokens = torch.argmax(logits, dim=-1)
-    if not bool(rows.greedy.all()):
-        sampled = draw(filtered_probs(logits, rows), uniforms(rows.seeds, rows.counters))
-        tokens = torch.where(rows.greedy, tokens, sampled)
+    if bool(rows.greedy.all()):
+        return torch.argmax(logits, dim=-1), raw_logprobs
+    if not bool(rows.greedy.any()):
+        return draw(filtered_probs(logits, rows), uniforms(rows.seeds, rows.counters)), raw_logprobs
+    # each row's token depends on its own row only: argmax the greedy rows, draw the others
+    greedy, picked = rows.greedy.nonzero().squeeze(1), (~rows.greedy).nonzero().squeeze(1)
+    sub = rows.subset(picked)
+    tokens = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+    tokens[greedy] = torch.argmax(logits[greedy], dim=-1)
+    tokens[picked] = draw(filtered_probs(logits[picked], sub), uniforms(sub.seeds, sub.counters))
     return tokens, raw_logprobs
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from planner.errors import UserError
+from planner.prompts_file import GREEDY_EPSILON
 from planner.values import is_int
 
-GREEDY_EPSILON = 1e-5  # vLLM: a temperature below this is greedy
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs (OpenAI's top_logprobs limit too)
 GENERATION_CONFIG_FIELDS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p")
 # vLLM fields moelens does not implement: setting one to anything but its default is an error naming it.

@@ -426,3 +426,39 @@ def test_expert_rows_are_bucketed_to_a_bounded_set_of_gemm_shapes():
     assert all(m <= bucket_rows(m) <= 1.125 * m for m in range(1, 5000))
     assert len({bucket_rows(m) for m in range(1, 1025)}) < 100
     assert expected_padding(np.array([10.0, 1000.0])).tolist() == [1.0, pytest.approx(1 + np.log(2) / 16)]
+
+
+# ---- sampling modes ----------------------------------------------------------------------------------
+def sampling_seconds(elementwise_ns: dict, sampled: float, top_p: float) -> float:
+    profile = HardwareProfile.from_dict(with_overheads(cpu_dict(), elementwise_ns=elementwise_ns))
+    workload = Workload.from_lengths(
+        [PROMPT], [GEN], num_prompts=128, sampled_share=sampled, top_p_share=top_p
+    )
+    model = PerfModel(small_spec(), profile, workload, Budgets.from_args(profile, 1.0))
+    return float(model.decode_step(candidates(), np.array([N]))["sampling"][0])
+
+
+def test_sampling_is_priced_at_the_workloads_shares_of_each_mode():
+    from planner.perf.overheads import TEMPERATURE_PER_GREEDY, TOP_P_PER_GREEDY
+
+    logits = N * small_spec().vocab_size
+    greedy = sampling_seconds(ELEMENT_NS, 0.0, 0.0)
+    measured = {**ELEMENT_NS, "sampling_temperature": 2.0, "sampling_top_p": 30.0}
+    mixed = sampling_seconds(measured, 0.5, 0.25)
+    # half greedy (0.8 ns), a quarter temperature (2 ns), a quarter top-p (30 ns) per logit
+    assert mixed - greedy == pytest.approx(logits * (0.25 * (2.0 - 0.8) + 0.25 * (30.0 - 0.8)) * 1e-9)
+    assert sampling_seconds(measured, 0.0, 0.0) == pytest.approx(greedy)
+    # a profile that measured only greedy sampling prices the other modes at fixed multiples of it
+    fallback = sampling_seconds(ELEMENT_NS, 1.0, 0.5) - greedy
+    expected = 0.5 * (TEMPERATURE_PER_GREEDY - 1.0) + 0.5 * (TOP_P_PER_GREEDY - 1.0)
+    assert fallback == pytest.approx(logits * 0.8 * expected * 1e-9)
+
+
+def test_sampling_mode_costs_are_written_only_when_measured():
+    measured = {**ELEMENT_NS, "sampling_temperature": 2.0, "sampling_top_p": 30.0}
+    profile = HardwareProfile.from_dict(with_overheads(cpu_dict(), elementwise_ns=measured))
+    assert profile.to_dict()["overheads"]["elementwise_ns"]["sampling_top_p"] == 30.0
+    older = HardwareProfile.from_dict(with_overheads(cpu_dict()))  # written before these fields existed
+    assert "sampling_temperature" not in older.to_dict()["overheads"]["elementwise_ns"]
+    assert older.overheads.elementwise_ns.sampling_temperature == 0.0
+    assert older.fingerprint() != profile.fingerprint()

@@ -141,3 +141,24 @@ def test_kv_held_per_slot_is_the_full_length_when_sequences_grow_in_lockstep():
     assert equal.kv_tokens_per_slot == pytest.approx(200 + 25)  # what a decode step reads on average
     varied = Workload.from_lengths([100, 300], [10, 90])
     assert not varied.finishes_in_waves and varied.kv_held_tokens_per_slot == varied.kv_tokens_per_slot
+
+
+def test_the_sampler_modes_the_prompts_ask_for(tmp_path):
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "greedy", "temperature": 0},
+            {"prompt": "default temperature 1 samples"},
+            {"prompt": "nucleus", "temperature": 0.7, "top_p": 0.9, "n": 2},
+            {"prompt": "top_p on a greedy line sorts nothing", "temperature": 0, "top_p": 0.5},
+        ],
+    )
+    w = Workload.from_file(path, 8)
+    assert (w.sampled_share, w.top_p_share) == (3 / 5, 2 / 5)
+    again = Workload.from_dict(json.loads(json.dumps(w.to_dict())))
+    assert again == w
+    older = {k: v for k, v in w.to_dict().items() if k not in ("sampled_share", "top_p_share")}
+    assert Workload.from_dict(older).sampled_share == 0.0  # plans written before: priced greedy, as then
+    assert Workload.fixed(8, 8, 4).sampled_share == 0.0
+    with pytest.raises(UserError, match="0 <= top_p <= sampled <= 1"):
+        Workload.from_dict({**w.to_dict(), "top_p_share": 0.9})

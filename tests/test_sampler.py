@@ -134,6 +134,22 @@ def test_a_seeded_row_draws_the_same_whatever_its_batch():
     assert together.tolist() == alone
 
 
+def test_greedy_and_sampled_rows_mixed_pick_what_each_picks_alone():
+    logits = torch.randn(32, 50, generator=torch.Generator().manual_seed(1))
+    params = [
+        SamplingParams(temperature=0.0) if i % 3 == 0 else SamplingParams(top_p=0.8 if i % 2 else 1.0, seed=i)
+        for i in range(32)
+    ]
+    states = [GenerationState([1], p, frozenset()) for p in params]
+    together, _ = sample(logits, SamplingRows.of(states, 50, torch.device("cpu")))
+    alone = [
+        int(sample(logits[i : i + 1], SamplingRows.of([states[i]], 50, torch.device("cpu")))[0])
+        for i in range(32)
+    ]
+    assert together.tolist() == alone
+    assert together[::3].tolist() == logits[::3].argmax(dim=-1).tolist()
+
+
 def test_uniforms_are_uniform_and_depend_on_seed_and_step():
     seeds = torch.arange(50_000, dtype=torch.int64)
     u = uniforms(seeds, torch.zeros_like(seeds))

@@ -288,7 +288,9 @@ class ElementwiseCosts:
     rope: float = 0.0
     add: float = 0.0
     attention_score: float = 0.0
-    sampling: float = 0.0
+    sampling: float = 0.0  # per logit of a greedy row (argmax)
+    sampling_temperature: float = 0.0  # per logit of a sampled row; 0: not measured (planner.perf.overheads)
+    sampling_top_p: float = 0.0  # per logit of a row sampled with top_p < 1 (a sort); 0: not measured
     by_size: ElementwiseBySize | None = None
 
     def ns(self, name: str, elements_per_call):
@@ -298,13 +300,18 @@ class ElementwiseCosts:
         return getattr(self, name)
 
     def to_dict(self) -> dict:
-        out = {name: getattr(self, name) for name in ELEMENTWISE_COSTS}
+        out = {
+            name: getattr(self, name)
+            for name in ELEMENTWISE_COSTS
+            if getattr(self, name) or name not in SAMPLING_MODE_COSTS  # older profiles keep their hash
+        }
         return {**out, "by_size": self.by_size.to_dict()} if self.by_size is not None else out
 
 
 CALL_OVERHEADS = tuple(f.name for f in fields(CallOverheads))
 MLA_CALL_OVERHEADS = ("qkv_proj", "attention", "o_proj", "prefill_attention")
 ELEMENTWISE_COSTS = tuple(f.name for f in fields(ElementwiseCosts) if f.name != "by_size")
+SAMPLING_MODE_COSTS = ("sampling_temperature", "sampling_top_p")
 
 
 @dataclass(frozen=True)

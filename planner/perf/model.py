@@ -78,7 +78,9 @@ class PerfModel:
         self.spec, self.profile, self.workload, self.budgets = spec, profile, workload, budgets
         self.layout = ModelLayout.build(spec, workload, block_size)
         self.rates = Rates.build(profile, self.layout.costs, scale or RateScale())
-        self.overheads = OverheadTerms.build(spec, self.rates.overheads)
+        self.overheads = OverheadTerms.build(
+            spec, self.rates.overheads, workload.sampled_share, workload.top_p_share
+        )
         self.has_device = profile.has_device
         self.emulated = profile.emulated_link is not None
         self.model_batching = batching == "model"

@@ -15,6 +15,10 @@ from planner.perf.expert_kernels import grouped_calls
 from planner.perf.rates import OverheadCosts
 from planner.specs.spec import ModelSpec
 
+# Per-logit cost of a sampled row and of a top-p row against a greedy one, for profiles that measured only
+# greedy sampling (before `sampling_temperature` / `sampling_top_p`): the ratios on the 2-core Xeon host.
+TEMPERATURE_PER_GREEDY, TOP_P_PER_GREEDY = 1.4, 45.0
+
 
 @dataclass(frozen=True)
 class OverheadTerms:
@@ -28,6 +32,8 @@ class OverheadTerms:
     score_heads: float
     vocab: float
     top_k: float
+    sampled_share: float = 0.0  # the workload's (planner.plans.workload)
+    top_p_share: float = 0.0
 
     @property
     def prices_sampling(self) -> bool:
@@ -37,8 +43,20 @@ class OverheadTerms:
     def _ew(self, name: str, elements, calls=1.0) -> np.ndarray:
         return self.costs.element_seconds(name, elements, calls)
 
+    def _sampling(self, rows) -> np.ndarray:
+        """Seconds to pick tokens from `rows` rows of logits: the workload's shares of greedy, temperature and
+        top-p rows, each at its measured cost per logit (a fixed multiple of the greedy cost if unmeasured)."""
+        ew = self.costs.elementwise
+        temperature = ew.sampling_temperature or TEMPERATURE_PER_GREEDY * ew.sampling
+        top_p = ew.sampling_top_p or TOP_P_PER_GREEDY * ew.sampling
+        s, p = self.sampled_share, self.top_p_share
+        ns = (1.0 - s) * ew.sampling + (s - p) * temperature + p * top_p
+        return np.asarray(rows, dtype=np.float64) * self.vocab * ns * 1e-9 * self.costs.scale
+
     @classmethod
-    def build(cls, spec: ModelSpec, costs: OverheadCosts) -> OverheadTerms:
+    def build(
+        cls, spec: ModelSpec, costs: OverheadCosts, sampled_share=0.0, top_p_share=0.0
+    ) -> OverheadTerms:
         if spec.attention == "mla":
             norm_width = spec.hidden_size + spec.q_lora_rank + spec.kv_lora_rank
             rope_width = (spec.num_heads + 1) * spec.qk_rope_head_dim
@@ -58,6 +76,8 @@ class OverheadTerms:
             score_heads=float(spec.num_heads),
             vocab=float(spec.vocab_size),
             top_k=float(spec.top_k),
+            sampled_share=sampled_share,
+            top_p_share=top_p_share,
         )
 
     def _layer(
@@ -109,7 +129,7 @@ class OverheadTerms:
         return {
             "embed": c["embed"] * calls[M.EMBED] * ones,
             "lm_head": c["lm_head"] * calls[M.LM_HEAD] + self._ew("norm", num_seqs * self.hidden),
-            "sampling": c["sampling"] * calls[M.SAMPLING] + self._ew("sampling", num_seqs * self.vocab),
+            "sampling": c["sampling"] * calls[M.SAMPLING] + self._sampling(num_seqs),
             "step": c["decode_step"] * ones,
         }
 
@@ -138,6 +158,5 @@ class OverheadTerms:
         return {
             "embed": c["embed"] * ones,
             "lm_head": c["lm_head"] + self._ew("norm", segments * self.hidden),
-            "forward": (c["prefill_forward"] + c["sampling"]) * ones
-            + self._ew("sampling", segments * self.vocab * ones),
+            "forward": (c["prefill_forward"] + c["sampling"]) * ones + self._sampling(segments * ones),
         }

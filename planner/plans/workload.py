@@ -20,6 +20,7 @@ MAX_TOKENS_PER_SEQUENCE = 10_000_000  # beyond any model's context: a typo, not 
 MAX_PROMPTS = 10**12
 CHAT_TOKENS_PER_MESSAGE = 4  # role markers and separators of a typical chat template
 CHAT_TOKENS_PER_CONVERSATION = 3  # the generation prompt
+OPTIONAL_FIELDS = ("sampled_share", "top_p_share")  # absent in older plans: all greedy, as they were priced
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Workload:
     gen_hist: tuple[tuple[int, int, int], ...] = ()
     source: str = ""
     token_count: str = "exact"  # exact | tokenizer | bytes/4
+    sampled_share: float = 0.0  # completions the engine samples (temperature > 0), not argmax
+    top_p_share: float = 0.0  # completions sampled with top_p < 1 (their logits are sorted); <= sampled_share
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_prompts <= MAX_PROMPTS:
@@ -48,6 +51,12 @@ class Workload:
                     f"workload {name}={value!r} must be between 1 and {MAX_TOKENS_PER_SEQUENCE}",
                     "pass positive prompt and generation lengths",
                 )
+        if not 0.0 <= self.top_p_share <= self.sampled_share <= 1.0:
+            raise UserError(
+                f"workload shares sampled={self.sampled_share!r}, top_p={self.top_p_share!r} must satisfy "
+                "0 <= top_p <= sampled <= 1",
+                "re-create the plan with `planner solve`",
+            )
 
     # ----- constructors -----
     @classmethod
@@ -74,7 +83,10 @@ class Workload:
         source: str = "",
         token_count: str = "exact",
         num_prompts: int | None = None,
+        sampled_share: float = 0.0,
+        top_p_share: float = 0.0,
     ) -> Workload:
+        """`sampled_share` / `top_p_share`: what the requests ask of the sampler (0: all greedy)."""
         p = np.asarray(prompt_lens, dtype=np.float64)
         g = np.asarray(gen_lens, dtype=np.float64)
         if p.size == 0 or p.shape != g.shape:
@@ -101,6 +113,8 @@ class Workload:
             gen_hist=_log2_histogram(g),
             source=source,
             token_count=token_count,
+            sampled_share=float(sampled_share),
+            top_p_share=float(top_p_share),
         )
 
     @classmethod
@@ -120,7 +134,7 @@ class Workload:
         if not path.is_file():
             raise UserError(f"prompts file {path} does not exist", "pass an existing JSONL file to --prompts")
         count_tokens, how = _token_counter(tokenizer_path)
-        prompt_lens, gen_lens = [], []
+        prompt_lens, gen_lens, sampled, top_p = [], [], 0, 0
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 if not raw.strip():
@@ -142,12 +156,20 @@ class Workload:
                     gen_len = min(gen_len, max_context - prompt_len)
                 prompt_lens += [prompt_len] * line.n
                 gen_lens += [gen_len] * line.n
+                sampled += 0 if line.is_greedy else line.n
+                top_p += line.n if line.uses_top_p else 0
         if not prompt_lens:
             raise UserError(
                 f"prompts file {path} has no prompts", "pass a JSONL file with one prompt per line"
             )
         return cls.from_lengths(
-            prompt_lens, gen_lens, source=str(path), token_count=how, num_prompts=num_prompts
+            prompt_lens,
+            gen_lens,
+            source=str(path),
+            token_count=how,
+            num_prompts=num_prompts,
+            sampled_share=sampled / len(prompt_lens),
+            top_p_share=top_p / len(prompt_lens),
         )
 
     def with_num_prompts(self, num_prompts: int) -> Workload:
@@ -205,7 +227,8 @@ class Workload:
         if not isinstance(data, dict):
             raise UserError(f"{where}: expected a mapping", "re-create the plan with `planner solve`")
         expected = set(cls.__dataclass_fields__)
-        unknown, missing = sorted(map(str, set(data) - expected)), sorted(expected - set(data))
+        unknown = sorted(map(str, set(data) - expected))
+        missing = sorted(expected - set(data) - set(OPTIONAL_FIELDS))
         if unknown or missing:
             raise UserError(
                 f"{where}: unknown fields {unknown}, missing fields {missing}",
@@ -228,7 +251,15 @@ class Workload:
                     f"{where}.{key}: expected an integer, got {values[key]!r}",
                     "re-create the plan with `planner solve`",
                 )
-        for key in ("prompt_len_mean", "gen_len_mean", "kv_tokens_per_slot", "prefill_context"):
+        for key in (
+            "prompt_len_mean",
+            "gen_len_mean",
+            "kv_tokens_per_slot",
+            "prefill_context",
+            *OPTIONAL_FIELDS,
+        ):
+            if key not in values:
+                continue
             if not is_finite_number(values[key]):
                 raise UserError(
                     f"{where}.{key}: expected a finite number, got {values[key]!r}"[:300],

@@ -220,7 +220,15 @@ def _plan_job(args: argparse.Namespace, checkpoint, checkpoint_dir: Path, profil
                 "pass 1 <= --min-prompt-tokens <= --max-prompt-tokens and --gen-len >= 1",
             )
         prompts = make_prompts(checkpoint.tokenizer, args.num_prompts, min_tokens, max_tokens, args.seed)
-        workload = Workload.from_lengths([len(p) for p in prompts], [gen_len] * len(prompts), source="demo")
+        input_path = args.dir / "prompts.jsonl"
+        input_path.write_text(
+            "".join(
+                json.dumps({"id": i, "prompt_token_ids": ids, "max_tokens": gen_len, "ignore_eos": True})
+                + "\n"
+                for i, ids in enumerate(prompts)
+            )
+        )  # no temperature: vLLM's default 1.0 samples, and the workload read from the file says so
+        workload = Workload.from_file(input_path, default_max_tokens=gen_len)
         plan = make_plan(
             checkpoint.spec,
             profile,
@@ -264,13 +272,7 @@ def run(args: argparse.Namespace) -> int:
         profile.save(args.dir / "profile.yaml")
     )  # the plan names this copy: stable if re-profiled
     prompts, gen_len, plan = _plan_job(args, checkpoint, checkpoint_dir, profile, profile_ref, say)
-    input_path = args.dir / "prompts.jsonl"
-    input_path.write_text(
-        "".join(
-            json.dumps({"id": i, "prompt_token_ids": ids, "max_tokens": gen_len, "ignore_eos": True}) + "\n"
-            for i, ids in enumerate(prompts)
-        )
-    )
+    input_path = args.dir / "prompts.jsonl"  # written by _plan_job for the lengths it chose
     plan_path = plan.save(args.dir / "plan.yaml")
 
     output = args.dir / "outputs.jsonl"

@@ -21,6 +21,7 @@ from planner.hardware.profile import (
     Overheads,
 )
 from planner.specs.spec import ModelSpec
+from runtime.profiler.sampling_costs import sampling_ns
 from runtime.profiler.timing import Deadline, median_seconds, significant
 
 PROBE_SPEC = ModelSpec(
@@ -57,7 +58,7 @@ EXPERT_PROBE_SEQS = 8  # ~7.2 of the 8 experts hit per layer, against 2 at one s
 ELEMENTWISE_WIDTH = 1024  # [rows, 1024]; RoPE as [rows, 8 heads, 128]
 ROPE_HEADS = 8
 SAMPLING_ROWS, SAMPLING_VOCAB = 64, 32768
-NUM_TIMINGS = 17 + 3 * 8  # module paths, then 3 elementwise ops at up to 8 sizes
+NUM_TIMINGS = 17 + 3 * 8 + 6  # module paths, 3 elementwise ops at up to 8 sizes, 3 sampling modes
 MIN_ELEMENT_NS = 1e-3  # a floor: marginal costs below timing noise still price as positive
 MIN_SAMPLE_S = 0.01
 DTYPE = torch.bfloat16
@@ -256,18 +257,6 @@ def _microbenchmarks(engine, clock: _Clock) -> dict[str, float]:
     }
 
 
-def _sampling_ns(device: torch.device, clock: _Clock) -> float:
-    """Marginal ns per logit of the engine's greedy selection (`Engine._sample`: fp32 copy + argmax) between
-    one row and `SAMPLING_ROWS` rows of a `SAMPLING_VOCAB`-wide vocabulary."""
-
-    def seconds(rows: int) -> float:
-        logits = _random(device, rows, SAMPLING_VOCAB)
-        return clock(lambda: torch.argmax(logits.float(), dim=-1).tolist())
-
-    one, many = seconds(1), seconds(SAMPLING_ROWS)
-    return max((many - one) / ((SAMPLING_ROWS - 1) * SAMPLING_VOCAB) * 1e9, MIN_ELEMENT_NS)
-
-
 def _elementwise_rows(max_rows: int) -> tuple[int, ...]:
     """1, 4, 16, ... rows below `max_rows`, then `max_rows`: calls from one token to a big prefill chunk."""
     rows = [r for r in (4**i for i in range(12)) if r < max_rows]
@@ -355,7 +344,9 @@ def measure_overheads(
                 calls.update(_microbenchmarks(engine, clock))
                 calls.update(_prefill_attention(engine, clock, engine_runs))
                 elementwise, by_size = _elementwise_ns(device, elementwise_rows, clock)
-                elementwise["sampling"] = _sampling_ns(device, clock)
+                elementwise.update(
+                    sampling_ns(device, clock, SAMPLING_ROWS, SAMPLING_VOCAB, floor_ns=MIN_ELEMENT_NS)
+                )
         finally:
             engine.close()
             qk_engine.close()
