@@ -1,14 +1,14 @@
 """gpt-oss-20b shapes truncated to 4 layers on this CPU: the planner's prediction against the engine's run.
 
-    /work/bin/cpu-exclusive python -m bench.bench_gpt_oss [--quant bf16|mxfp4] [--profile P] [--passes 3]
+    /work/bin/cpu-exclusive python -m bench.bench_gpt_oss [--quant bf16,mxfp4] [--profile P] [--passes 3]
                                                           [--model gpt-oss-20b] [--no-markdown]
 
-Writes (or reuses) the random-weight checkpoint `gpt-oss-20b-L4` (bf16, or `--quant mxfp4` experts where
-`runtime make-checkpoint` supports it), measures this machine with `runtime profile --sizing quick` unless
-`--profile` is given (inside the same exclusive hold, so profile and runs see the same machine), solves a
-plan for `NUM_SEQS` sequences (the KV budget that allows exactly them), then runs the engine `--passes`
-times on distinct prompts after one unmeasured warm-up each. Reports go to `bench/results/gpt_oss/`; the
-BENCHMARKS.md section `gpt-oss` holds the median pass's predicted and achieved tok/s.
+Writes (or reuses) the random-weight checkpoints `gpt-oss-20b-L4` (bf16, and `-mxfp4`: experts in MXFP4 as
+gpt-oss publishes them), measures this machine with `runtime profile --sizing quick` unless `--profile` is
+given, solves a plan per checkpoint for `NUM_SEQS` sequences (the KV budget that allows exactly them) with
+the same profile, then runs the engine `--passes` times per checkpoint, interleaved (bf16, mxfp4, bf16, ...),
+on distinct prompts after one unmeasured warm-up batch each. Reports go to `bench/results/gpt_oss/`; the
+BENCHMARKS.md section holds the median pass's predicted and achieved tok/s per checkpoint.
 """
 
 from __future__ import annotations
@@ -66,30 +66,41 @@ def solve(checkpoint, profile, directory: Path, profile_ref: str):
     )
 
 
-def run(model: str, quant: str, profile_ref: str, passes: int) -> list[dict]:
+def prepare(model: str, quant: str, profile_ref: str):
     from planner.hardware.profile import load_profile
     from runtime.checkpoint import open_checkpoint
-    from runtime.report import write_report
 
     directory = checkpoint_dir(model, quant)
     checkpoint = open_checkpoint(directory)
     profile = load_profile(profile_ref)
-    plan = solve(checkpoint, profile, directory, profile_ref)
+    return checkpoint, profile, solve(checkpoint, profile, directory, profile_ref)
+
+
+def run_pass(quant: str, prepared, index: int) -> dict:
+    from runtime.report import write_report
+
+    checkpoint, profile, plan = prepared
+    began = time.perf_counter()
+    warm_up = fixed_prompts(checkpoint.tokenizer, NUM_SEQS, PROMPT_LEN, seed=1000 + index)
+    prompts = fixed_prompts(checkpoint.tokenizer, NUM_PROMPTS, PROMPT_LEN, seed=index)
+    report = run_engine(checkpoint, plan, profile, prompts, GEN_LEN, warm_up_prompts=warm_up)
+    report["bench_seconds"] = time.perf_counter() - began
+    report["num_seqs_planned"] = plan.num_seqs
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    reports = []
+    write_report(OUT_DIR / f"{quant}-pass{index}.json", report)
+    end_to_end = report["throughput"]["end_to_end"]
+    print(
+        f"{quant} pass {index}: {end_to_end['achieved']:.2f} tok/s, predicted {end_to_end['predicted']:.2f}"
+    )
+    return report
+
+
+def run(model: str, quants: list[str], profile_ref: str, passes: int) -> dict[str, list[dict]]:
+    prepared = {quant: prepare(model, quant, profile_ref) for quant in quants}
+    reports: dict[str, list[dict]] = {quant: [] for quant in quants}
     for index in range(passes):
-        began = time.perf_counter()
-        warm_up = fixed_prompts(checkpoint.tokenizer, NUM_PROMPTS, PROMPT_LEN, seed=1000 + index)
-        prompts = fixed_prompts(checkpoint.tokenizer, NUM_PROMPTS, PROMPT_LEN, seed=index)
-        report = run_engine(checkpoint, plan, profile, prompts, GEN_LEN, warm_up_prompts=warm_up)
-        report["bench_seconds"] = time.perf_counter() - began
-        report["num_seqs_planned"] = plan.num_seqs
-        write_report(OUT_DIR / f"{quant}-pass{index}.json", report)
-        reports.append(report)
-        end_to_end = report["throughput"]["end_to_end"]
-        print(
-            f"{quant} pass {index}: {end_to_end['achieved']:.2f} tok/s, predicted {end_to_end['predicted']:.2f}"
-        )
+        for quant in quants:
+            reports[quant].append(run_pass(quant, prepared[quant], index))
     return reports
 
 
@@ -97,44 +108,51 @@ def _percent(value: float | None) -> str | None:
     return None if value is None else f"{value:+.1%}"
 
 
-def section(quant: str, profile_ref: str, reports: list[dict], command: str) -> str:
+def quant_section(quant: str, reports: list[dict]) -> list[str]:
     median = sorted(reports, key=lambda r: r["throughput"]["end_to_end"]["achieved"])[len(reports) // 2]
     rows = []
     for key in ("end_to_end", "decode", "prefill"):
         entry = median["throughput"][key]
-        error = entry["relative_error"]
-        rows.append([key, entry["predicted"], entry["achieved"], _percent(error)])
+        rows.append([key, entry["predicted"], entry["achieved"], _percent(entry["relative_error"])])
     passes = [round(r["throughput"]["end_to_end"]["achieved"], 2) for r in reports]
     spread = max(passes) / min(passes) - 1 if min(passes) > 0 else None
-    return "\n".join(
-        [
-            f"## gpt-oss-20b-shaped, {LAYERS} layers, {quant} experts: predicted vs achieved on the CPU",
-            "",
-            f"`{command}` (revision {git_revision()}). {machine_line()}",
-            f"Profile `{profile_ref}` measured in the same exclusive hold. Workload: {NUM_PROMPTS} prompts of "
-            f"{PROMPT_LEN} tokens, {GEN_LEN} generated each (ignore_eos), the KV budget for {NUM_SEQS} "
-            f"sequences (plan: N = {median['num_seqs_planned']}); sliding layers keep a 9-block ring per "
-            f"sequence. Median of {len(reports)} passes (end-to-end tok/s per pass: {passes}, spread "
-            f"{spread:.0%}), each after an unmeasured warm-up run.",
-            "",
-            markdown_table(["tok/s", "predicted", "achieved", "error"], rows),
-            "",
-            "Decode step, seconds per module (median pass):",
-            "",
-            markdown_table(
-                ["module", "predicted s", "measured s", "error"],
-                [
-                    [row["module"], row["predicted_s"], row["measured_s"], _percent(row["relative_error"])]
-                    for row in median["decode_step_modules"]
-                ],
-            ),
-        ]
-    )
+    modules = [
+        [row["module"], row["predicted_s"], row["measured_s"], _percent(row["relative_error"])]
+        for row in median["decode_step_modules"]
+    ]
+    return [
+        f"### {quant} experts (plan: N = {median['num_seqs_planned']}; end-to-end tok/s per pass: {passes}, "
+        f"spread {spread:.0%})",
+        "",
+        markdown_table(["tok/s", "predicted", "achieved", "error"], rows),
+        "",
+        "Decode step, seconds per module (median pass):",
+        "",
+        markdown_table(["module", "predicted s", "measured s", "error"], modules),
+        "",
+    ]
+
+
+def section(profile_ref: str, reports: dict[str, list[dict]], command: str) -> str:
+    passes = len(next(iter(reports.values())))
+    lines = [
+        f"## gpt-oss-20b-shaped, {LAYERS} layers, {' and '.join(reports)} experts: predicted vs achieved on the CPU",
+        "",
+        f"`{command}` (revision {git_revision()}). {machine_line()}",
+        f"Profile `{profile_ref}`, one for every run. Workload: {NUM_PROMPTS} prompts of {PROMPT_LEN} tokens, "
+        f"{GEN_LEN} generated each (ignore_eos), the KV budget for {NUM_SEQS} sequences; sliding layers keep "
+        f"a 9-block ring per sequence. Median of {passes} passes per checkpoint, interleaved, each after an "
+        f"unmeasured warm-up batch of {NUM_SEQS} prompts.",
+        "",
+    ]
+    for quant, quant_reports in reports.items():
+        lines += quant_section(quant, quant_reports)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quant", choices=("bf16", "mxfp4"), default="bf16")
+    parser.add_argument("--quant", default="bf16,mxfp4", help="checkpoints, comma-separated: bf16, mxfp4")
     parser.add_argument("--profile", help="a profile name or path (default: measure this machine, quick)")
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument(
@@ -143,10 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-markdown", action="store_true")
     args = parser.parse_args(argv)
     profile_ref = args.profile or measure_profile()
-    reports = run(args.model, args.quant, profile_ref, args.passes)
+    quants = args.quant.split(",")
+    if not set(quants) <= {"bf16", "mxfp4"}:
+        parser.error(f"--quant {args.quant}: bf16 and/or mxfp4")
+    reports = run(args.model, quants, profile_ref, args.passes)
     if not args.no_markdown:
         command = "/work/bin/cpu-exclusive python -m bench.bench_gpt_oss " + " ".join(argv or sys.argv[1:])
-        update_section(f"gpt-oss-{args.quant}", section(args.quant, profile_ref, reports, command.strip()))
+        update_section(f"gpt-oss-{'-'.join(quants)}", section(profile_ref, reports, command.strip()))
     return 0
 
 

@@ -58,17 +58,32 @@ def dequantize_fp8(
     return (data.float() * scale).to(dtype)
 
 
+def _byte_values(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[256, 2]: the two E2M1 values of each byte (low nibble first), exact in any float dtype."""
+    key = (dtype, device)
+    if key not in _BYTE_VALUES:
+        table, byte = torch.tensor(E2M1_VALUES, dtype=torch.float32), torch.arange(256)
+        _BYTE_VALUES[key] = torch.stack((table[byte & 0xF], table[byte >> 4]), -1).to(
+            dtype=dtype, device=device
+        )
+    return _BYTE_VALUES[key]
+
+
+_BYTE_VALUES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
 def dequantize_mxfp4(
     blocks: torch.Tensor, scales: torch.Tensor, cols: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """blocks [..., G, 16] uint8, scales [..., G] uint8 -> [..., cols] dtype (cols <= 32 * G)."""
-    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=blocks.device)
-    codes = torch.stack((blocks & 0xF, blocks >> 4), dim=-1).long()  # [..., G, 16, 2]: low nibble first
-    values = table[codes].flatten(-2)  # [..., G, 32]
-    exponent = scales.to(torch.int32) - E8M0_BIAS
-    values = torch.ldexp(values, exponent.unsqueeze(-1))
-    values = torch.where((scales == E8M0_NAN).unsqueeze(-1), float("nan"), values)
-    return values.flatten(-2)[..., :cols].to(dtype)
+    """blocks [..., G, 16] uint8, scales [..., G] uint8 -> [..., cols] dtype (cols <= 32 * G).
+
+    bf16 and fp32 hold every code times every power of two exactly, so they multiply in `dtype` itself."""
+    work = dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32
+    values = _byte_values(work, blocks.device)[blocks.int()]  # [..., G, 16, 2]
+    scale = torch.exp2(scales.to(torch.float32) - E8M0_BIAS)
+    scale = torch.where(scales == E8M0_NAN, float("nan"), scale).to(work)
+    values = values.mul_(scale[..., None, None]).flatten(-3)
+    return values[..., :cols].to(dtype)
 
 
 def quantize_fp8(
