@@ -1,126 +1,177 @@
-"""Quantized weights behind the emulated link: bytes streamed per step and tok/s, bf16 against fp8 and mxfp4.
+"""Quantized weights behind the emulated link: bytes streamed per step and tok/s, bf16 against fp8, predicted
+beside achieved.
 
-    python -m bench.bench_quant_link [--gbps 1.0] [--repeats 3] [--no-markdown]
+    python -m bench.bench_quant_link --prepare        # write the checkpoints (outside a cpu-exclusive hold)
+    /work/bin/cpu-exclusive python -m bench.bench_quant_link [--gbps 0.2] [--formats bf16,fp8] [--passes 3]
 
-mixtral-mini truncated to 2 layers (random weights), written by `runtime make-checkpoint` as bf16, `--quant
-fp8` (every linear layer but lm_head, 128x128 block scales) and `--quant mxfp4` (routed experts). The engine
-streams every layer through the emulated link (`EngineConfig.link_gbps`, the copy worker paced to GBPS) with
-16 slots over 32 prompts of 32 tokens generating 32 each; the quantized weights cross quantized and are
-dequantized in the expert path. Bytes per step are the streamer's `copied_bytes` over the engine's steps.
-The formats run interleaved, `--repeats` times; the table gives medians. Checkpoints are written before the
-timed runs (`--prepare` writes them alone, outside a cpu-exclusive hold).
+mixtral-mini truncated to 2 layers (random weights), written by `runtime make-checkpoint` as bf16 and `--quant
+fp8` (every linear layer but lm_head, 128x128 block scales; `mxfp4`, the routed experts, on request). This
+machine's profile, with its dequantization cost measured first (`runtime.profiler.dequant`, the profiler's
+stage), behind an emulated link of GBPS and DEVICE_GB: each format gets its own plan (routed experts streamed
+through the paced copy worker, everything else resident) and the engine runs it over PROMPTS prompts. The
+quantized weights cross quantized and are dequantized in the expert path. Bytes per step are the streamer's
+`copied_bytes` over the engine's steps. The formats run interleaved, `--passes` times; the table gives medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
+import time
 
-MODEL, LAYERS, FORMATS = "mixtral-mini", 2, ("bf16", "fp8", "mxfp4")
-NUM_SEQS, PROMPTS, PROMPT_LEN, GEN_LEN = 16, 32, 32, 32
+MODEL, LAYERS = "mixtral-mini", 2
+PROMPTS, PROMPT_LEN, GEN_LEN = 16, 32, 16
 
 
-def checkpoints() -> dict[str, str]:
+def checkpoints(formats: tuple[str, ...]) -> dict[str, str]:
     from bench.common import bench_dir, ensure_checkpoint
     from planner.specs.spec import load_spec
     from runtime.checkpoint.writer import write_random_checkpoint
 
     paths = {"bf16": str(ensure_checkpoint(MODEL, LAYERS))}
     spec = load_spec(MODEL).with_layers(LAYERS)
-    for quant in FORMATS[1:]:
+    for quant in (f for f in formats if f != "bf16"):
         directory = bench_dir() / f"{spec.name}-{quant}"
         if not (directory / "model.safetensors").is_file():
             write_random_checkpoint(spec, directory, quant=quant)
         paths[quant] = str(directory)
-    return paths
+    return {name: paths[name] for name in formats}
 
 
-def run_once(checkpoint: str, gbps: float) -> dict:
+def plans(paths: dict[str, str], args: argparse.Namespace) -> tuple[dict, object]:
+    """One plan per format on this machine's profile (dequantization measured now) behind the emulated link."""
     import torch
 
-    from runtime.engine import Engine, EngineConfig, Request
-    from runtime.sampling import SamplingParams
+    from planner.hardware.emulated_link import emulate_link
+    from planner.hardware.profile import find_profile_for_this_machine
+    from planner.perf.memory import Budgets
+    from planner.plans.build import make_plan
+    from planner.plans.workload import Workload
+    from planner.specs.spec import load_spec
+    from runtime.profiler.dequant import measure_dequant
 
-    torch.manual_seed(0)
-    config = EngineConfig(
-        num_seqs=NUM_SEQS,
-        attn_batch=NUM_SEQS,
-        kv_budget_bytes=256 << 20,
-        prefill_chunk=256,
-        force_streaming=True,
-        link_gbps=gbps,
-    )
-    engine = Engine(checkpoint, config)
-    vocab = engine.spec.vocab_size
-    requests = [
-        Request(
-            i,
-            [(7 * i + 13 * j) % (vocab - 3) + 3 for j in range(PROMPT_LEN)],
-            SamplingParams(max_tokens=GEN_LEN, ignore_eos=True),
-        )
-        for i in range(PROMPTS)
-    ]
+    dequant_ns = measure_dequant(torch.device("cpu"), torch.bfloat16, 8 << 20, repeats=3)
+    cpu = dataclasses.replace(find_profile_for_this_machine(), dequant_ns=dequant_ns)
+    profile = emulate_link(cpu, args.gbps, args.device_gb)
+    workload = Workload.fixed(PROMPT_LEN, GEN_LEN, PROMPTS)
+    budgets = Budgets.from_args(profile, args.kv_gb)
+    return {
+        name: make_plan(load_spec(path), profile, workload, budgets, model_ref=path)
+        for name, path in paths.items()
+    }, profile
+
+
+def run_once(path: str, plan, profile) -> dict:
+    from bench.common import fixed_prompts
+    from runtime.checkpoint import open_checkpoint
+    from runtime.engine import Engine, EngineConfig
+    from runtime.report import build_report
+    from runtime.report.job_run import fixed_length_requests, run_tallied
+
+    checkpoint = open_checkpoint(path)
+    prompts = fixed_prompts(checkpoint.tokenizer, PROMPTS, PROMPT_LEN)
+    engine = Engine(checkpoint, EngineConfig.from_plan(plan))
     try:
-        stats = engine.run(requests)
+        stats, tally = run_tallied(engine, fixed_length_requests(prompts, GEN_LEN))
         copied = engine.streamer.copied_bytes
     finally:
         engine.close()
+    report = build_report(stats, plan, profile, checkpoint.spec, tally)
+    e2e = report["throughput"]["end_to_end"]
     return {
         "bytes_per_step": copied / stats.steps,
-        "tok_s": stats.generated_tokens / stats.wall_seconds,
-        "decode_tok_s": stats.decode_tokens / stats.decode_seconds,
-        "expert_s_per_step": stats.module_seconds["decode"].get("experts", 0.0) / max(stats.decode_steps, 1),
+        "tok_s": e2e["achieved"],
+        "predicted_tok_s": e2e["predicted"],
+        "experts_s_per_step": stats.per_decode_step().get("experts", 0.0),
         "link_busy_s": stats.link_busy_seconds,
         "wall_s": stats.wall_seconds,
     }
 
 
-def markdown(medians: dict[str, dict], command: str, machine: str, gbps: float, repeats: int) -> str:
+def markdown(medians: dict[str, dict], plans_: dict, command: str, machine: str, args) -> str:
+    from bench.common import markdown_table
+
     base = medians["bf16"]
-    lines = [
-        f"Command: `{command}` ({machine}). {MODEL} {LAYERS} layers, every layer streamed through the emulated "
-        f"link at {gbps:g} GB/s, {NUM_SEQS} slots, {PROMPTS} prompts x {PROMPT_LEN} tokens, {GEN_LEN} generated "
-        f"each; medians of {repeats} interleaved runs.",
-        "",
-        "| weights | MB streamed / step | vs bf16 | tok/s (end to end) | vs bf16 | decode tok/s | "
-        "experts s / decode step |",
-        "|---|---|---|---|---|---|---|",
+    rows = [
+        [
+            f"{name} ({plans_[name].weights_words})",
+            plans_[name].num_seqs,
+            plans_[name].stream_parts,
+            r["bytes_per_step"] / 1e6,
+            f"{r['bytes_per_step'] / base['bytes_per_step']:.2f}x",
+            r["predicted_tok_s"],
+            r["tok_s"],
+            f"{r['tok_s'] / base['tok_s']:.2f}x",
+            f"{(r['predicted_tok_s'] - r['tok_s']) / r['tok_s']:+.0%}",
+            r["experts_s_per_step"],
+            plans_[name].bottleneck,
+        ]
+        for name, r in medians.items()
     ]
-    for name, r in medians.items():
-        lines.append(
-            f"| {name} | {r['bytes_per_step'] / 1e6:.1f} | {r['bytes_per_step'] / base['bytes_per_step']:.2f}x | "
-            f"{r['tok_s']:.1f} | {r['tok_s'] / base['tok_s']:.2f}x | {r['decode_tok_s']:.1f} | "
-            f"{r['expert_s_per_step']:.3f} |"
-        )
-    return "\n".join(lines)
+    header = ["weights", "N", "parts", "MB streamed / step", "vs bf16", "predicted tok/s", "achieved tok/s"]
+    header += ["vs bf16", "plan error", "experts s / decode step", "plan bottleneck"]
+    return "\n".join(
+        [
+            f"Command: `{command}` ({machine}). {MODEL} {LAYERS} layers, routed experts streamed through the "
+            f"emulated link at {args.gbps:g} GB/s ({args.device_gb:g} GiB device), {PROMPTS} prompts x "
+            f"{PROMPT_LEN} tokens, {GEN_LEN} generated each; medians of {args.passes} interleaved passes; "
+            "bytes counted by the streamer; predicted = the plan's end-to-end tok/s.",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.bench_quant_link", description=__doc__.splitlines()[0])
-    parser.add_argument("--gbps", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--gbps", type=float, default=0.2)
+    parser.add_argument("--device-gb", type=float, default=0.3)
+    parser.add_argument("--kv-gb", type=float, default=0.25)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--formats", default="bf16,fp8", help="comma-separated: bf16 first, then fp8 / mxfp4")
     parser.add_argument("--prepare", action="store_true", help="only write the checkpoints")
+    parser.add_argument("--plan-only", action="store_true", help="print the plans, run nothing")
     parser.add_argument("--no-markdown", action="store_true")
     args = parser.parse_args(argv)
     from bench.common import machine_line, update_section
 
-    paths = checkpoints()
+    formats = tuple(args.formats.split(","))
+    if formats[0] != "bf16" or not set(formats) <= {"bf16", "fp8", "mxfp4"}:
+        parser.error("--formats: bf16 first, then any of fp8, mxfp4")
+    paths = checkpoints(formats)
     if args.prepare:
         return 0
     machine = machine_line()
-    runs: dict[str, list[dict]] = {name: [] for name in FORMATS}
-    for _ in range(args.repeats):
-        for name in FORMATS:
-            runs[name].append(run_once(paths[name], args.gbps))
+    plans_, profile = plans(paths, args)
+    for name, plan in plans_.items():
+        print(
+            f"{name}: {plan.weights_words}; N={plan.num_seqs}, parts {plan.stream_parts}, "
+            f"predicted {plan.predicted.generated_tok_s:.2f} tok/s, bottleneck {plan.bottleneck}",
+            flush=True,
+        )
+    if args.plan_only:
+        return 0
+    runs: dict[str, list[dict]] = {name: [] for name in formats}
+    for index in range(args.passes):
+        for name in formats:
+            began = time.perf_counter()
+            runs[name].append(run_once(paths[name], plans_[name], profile))
+            r = runs[name][-1]
+            print(
+                f"[pass {index + 1}/{args.passes}] {name}: {r['tok_s']:.2f} tok/s (plan "
+                f"{r['predicted_tok_s']:.2f}), {r['bytes_per_step'] / 1e6:.1f} MB/step "
+                f"({time.perf_counter() - began:.0f} s)",
+                flush=True,
+            )
     medians = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     command = "python -m bench.bench_quant_link " + " ".join(argv if argv is not None else sys.argv[1:])
-    body = markdown(medians, command.strip(), machine, args.gbps, args.repeats)
+    body = markdown(medians, plans_, command.strip(), machine, args)
     print(body)
     if not args.no_markdown:
-        update_section(
-            "quant_link", "## Quantized weights behind the emulated link (fp8, mxfp4 vs bf16)\n\n" + body
-        )
+        title = f"## FP8 weights behind an emulated {args.gbps:g} GB/s link: bytes per step and tok/s"
+        update_section(f"quant_link_{args.gbps:g}", f"{title}\n\n{body}")
     return 0
 
 

@@ -148,7 +148,7 @@ def problem_from_args(args: argparse.Namespace) -> Problem:
         if dtype not in DTYPE_BYTES:
             choices = sorted([*DTYPE_ALIASES, *WEIGHT_FORMATS])
             raise UserError(f"unknown --dtype {args.dtype!r}", f"use one of {choices}")
-        spec = replace(spec, dtype=dtype)
+        spec = replace(spec, dtype=dtype, weight_formats={})  # every weight stored in that dtype
     profile, profile_ref = _profile(args.profile)
     if args.num_prompts is not None and args.num_prompts < 1:
         raise UserError(f"--num-prompts {args.num_prompts} must be positive", "pass --num-prompts >= 1")
@@ -183,7 +183,7 @@ def problem_from_args(args: argparse.Namespace) -> Problem:
 def plan_summary(plan: Plan) -> str:
     p, b = plan.predicted, plan.bound
     lines = [
-        f"plan for {plan.model.name} (weights {plan.model.weights_label}) on {plan.profile.name} ({plan.profile.kind} profile, "
+        f"plan for {plan.model.name} (weights {plan.weights_words}) on {plan.profile.name} ({plan.profile.kind} profile, "
         f"{plan_device_words(plan)}{', model-based batching' if plan.batching == 'model' else ''})",
         f"  workload: {plan.workload.describe()}",
         f"  generated {p.generated_tok_s:,.1f} tok/s end to end (decode {p.decode_tok_s:,.1f}, prefill "

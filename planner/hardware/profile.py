@@ -20,6 +20,7 @@ from planner.errors import UserError
 from planner.hardware.profile_parse import parse_profile_dict
 from planner.hardware.profile_schema import (
     CALL_OVERHEADS,
+    DEQUANT_FORMATS,
     ELEMENTWISE_COSTS,
     SCHEMA_VERSION,
     AttentionCurve,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALL_OVERHEADS",
+    "DEQUANT_FORMATS",
     "ELEMENTWISE_COSTS",
     "SCHEMA_VERSION",
     "AttentionCurve",
@@ -94,6 +96,9 @@ class HardwareProfile:
     emulated_link: EmulatedLink | None = (
         None  # the device is the CPU behind a paced link (`planner.hardware.emulated_link`)
     )
+    dequant_ns: dict[str, float] = field(
+        default_factory=dict
+    )  # stored format -> ns per weight (DEQUANT_FORMATS)
 
     # ---- (de)serialisation -------------------------------------------------------------------------
     @classmethod
@@ -116,6 +121,7 @@ class HardwareProfile:
             "attention": {"curves": [c.to_dict() for c in self.attention_curves]},
             "efficiency": self.efficiency.to_dict(),
             **({"overheads": self.overheads.to_dict()} if self.overheads.measured else {}),
+            **({"dequant_ns": dict(self.dequant_ns)} if self.dequant_ns else {}),
             "notes": self.notes,
         }
 
@@ -135,7 +141,9 @@ class HardwareProfile:
         efficiency), not names or prices."""
         d = self.to_dict()
         content = {
-            k: d[k] for k in ("links", "emulated_link", "memory", "gemm", "attention", "overheads") if k in d
+            k: d[k]
+            for k in ("links", "emulated_link", "memory", "gemm", "attention", "overheads", "dequant_ns")
+            if k in d
         }
         defaults = Efficiency().to_dict()  # constants at their default leave the hash unchanged, so
         content["efficiency"] = {

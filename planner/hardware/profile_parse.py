@@ -17,6 +17,7 @@ from planner.errors import UserError
 from planner.hardware.profile_schema import (
     ATTENTION_LAYOUTS,
     CALL_OVERHEADS,
+    DEQUANT_FORMATS,
     ELEMENTWISE_COSTS,
     GEMM_DTYPES,
     LINK_CURVES,
@@ -343,6 +344,10 @@ def parse_profile_dict(data: object, source: str) -> dict:
     o = top.sub("overheads", required=False)
     if o is not None:
         out["overheads"] = _overheads(o)
+    dq = top.sub("dequant_ns", required=False)
+    if dq is not None:
+        out["dequant_ns"] = {fmt: dq.number(fmt) for fmt in DEQUANT_FORMATS if fmt in dq.data}
+        dq.done()
     out["notes"] = top.text("notes", False) or ""
     top.done()
     return out

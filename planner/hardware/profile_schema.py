@@ -12,11 +12,13 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 
 from planner.hardware.this_machine import MachineRates
+from planner.specs.weight_formats import WEIGHT_FORMAT_BYTES
 
 SCHEMA_VERSION = 1
 PROVENANCE_KINDS = ("measured", "datasheet", "calibrated")
 ATTENTION_LAYOUTS = ("gqa", "mla")
 GEMM_DTYPES = ("bfloat16", "float16", "float32")
+DEQUANT_FORMATS = tuple(WEIGHT_FORMAT_BYTES)  # `dequant_ns` keys: the stored weight formats
 
 
 def _interp_loglog(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:

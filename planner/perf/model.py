@@ -12,6 +12,7 @@ import numpy as np
 from planner.errors import UserError
 from planner.hardware.profile import HardwareProfile
 from planner.modules import DECODE_MODULES, PREFILL_MODULES, micro_batches
+from planner.perf.dequant import DequantTerms
 from planner.perf.expert_kernels import GROUPED_BY_DEFAULT, grouped_calls
 from planner.perf.layout import RESIDENCY_ORDER, ModelLayout
 from planner.perf.memory import Budgets, MemoryModel
@@ -81,6 +82,7 @@ class PerfModel:
         self.overheads = OverheadTerms.build(
             spec, self.rates.overheads, workload.sampled_share, workload.top_p_share
         )
+        self.dequant = DequantTerms.build(self.layout.costs, profile, self.rates)
         self.has_device = profile.has_device
         self.emulated = profile.emulated_link is not None
         self.model_batching = batching == "model"
@@ -151,13 +153,19 @@ class PerfModel:
         ov = self.overheads.decode_layer(
             num_seqs, self.groups, c.attn_batch, c.expert_batch, hit, rows_per_expert, self.grouped_experts
         )
-        qkv, o = qkv + ov["qkv_proj"], o + ov["o_proj"]
+        calls = micro_batches(num_seqs, self.groups, c.attn_batch)  # one kernel call per micro-batch
+        dq = self.dequant.layer(calls, self.groups)
+        qkv, o = qkv + ov["qkv_proj"] + dq["qkv_proj"], o + ov["o_proj"] + dq["o_proj"]
         router = self.groups * g["router"].seconds(n) + ov["router"] + ov["mlp_norm"]
         experts = self.groups * self._expert_seconds(hit, rows_per_expert, n, c.expert_batch) + ov["experts"]
-        shared = self.groups * g["shared_experts"].chunked_seconds(n, c.expert_batch) + ov["shared_experts"]
-        dense = self.groups * g["dense_mlp"].chunked_seconds(n, c.expert_batch) + ov["dense_mlp"]
+        shared = self.groups * g["shared_experts"].chunked_seconds(n, c.expert_batch)
+        shared = shared + ov["shared_experts"] + dq["shared_experts"]
+        dense = (
+            self.groups * g["dense_mlp"].chunked_seconds(n, c.expert_batch)
+            + ov["dense_mlp"]
+            + dq["dense_mlp"]
+        )
         kv_read = num_seqs * lay.kv_read_bytes_per_seq_layer
-        calls = micro_batches(num_seqs, self.groups, c.attn_batch)  # one kernel call per micro-batch
         attention = (
             kv_read / r.attention_bps[c.attention_threads.astype(int)]
             + calls * r.call_overhead_s
@@ -276,13 +284,14 @@ class PerfModel:
         return np.minimum(serial, STREAM_AHEAD / parts * np.maximum(link - compute, 0.0))
 
     def _expert_seconds(self, hit, rows_per_expert, tokens, expert_batch) -> np.ndarray:
-        """GEMM seconds of one token group's routed experts on the engine's path (`planner.perf.expert_kernels`)."""
-        gemm = self.rates.gemm["experts"]
+        """Seconds of one FFN call's routed experts on the engine's path (`planner.perf.expert_kernels`): their
+        GEMMs and, for quantized experts, dequantizing them all (`planner.perf.dequant`)."""
+        gemm, dequant = self.rates.gemm["experts"], self.dequant.expert_call_s
         if self.grouped_experts:
-            return gemm.grouped_seconds(
+            return dequant + gemm.grouped_seconds(
                 rows_per_expert, hit, grouped_calls(tokens * self.spec.top_k, expert_batch), expert_batch
             )
-        return hit * gemm.chunked_seconds(rows_per_expert, expert_batch, padded=True)
+        return dequant + hit * gemm.chunked_seconds(rows_per_expert, expert_batch, padded=True)
 
     def _copy_seconds(self, nbytes: np.ndarray) -> np.ndarray:
         return np.where(nbytes > 0, nbytes / self.rates.h2d_bps(np.maximum(nbytes, 1.0)), 0.0)
@@ -330,11 +339,14 @@ class PerfModel:
             c.expert_batch,
             self.grouped_experts,
         )
-        qkv, o = g["qkv_proj"].seconds(tokens) + ov["qkv_proj"], g["o_proj"].seconds(tokens) + ov["o_proj"]
+        dq = self.dequant.layer(1.0, 1.0)
+        qkv = g["qkv_proj"].seconds(tokens) + ov["qkv_proj"] + dq["qkv_proj"]
+        o = g["o_proj"].seconds(tokens) + ov["o_proj"] + dq["o_proj"]
         router = g["router"].seconds(tokens) + ov["router"] + ov["mlp_norm"]
         experts = self._expert_seconds(hit, rows_per_expert, tokens, c.expert_batch) + ov["experts"]
         shared = g["shared_experts"].chunked_seconds(tokens, c.expert_batch) + ov["shared_experts"]
-        dense = g["dense_mlp"].chunked_seconds(tokens, c.expert_batch) + ov["dense_mlp"]
+        shared = shared + dq["shared_experts"]
+        dense = g["dense_mlp"].chunked_seconds(tokens, c.expert_batch) + ov["dense_mlp"] + dq["dense_mlp"]
         attention = (
             tokens * w.prefill_context * lay.prefill_pair_flops / g["o_proj"].tables[-1].flops_per_s(tokens)
             + ov["attention"]

@@ -162,6 +162,8 @@ def plan_from_solution(
         bound=bound,
         stream_slots=slots,
         stream_parts=parts,
+        dequant_ns=dict(model.dequant.ns_per_weight),
+        dequant_source=model.dequant.source,
         solver={
             "evaluations": float(solution.evaluations),
             "lattice_points": float(

@@ -15,6 +15,7 @@ from dataclasses import replace
 from planner.errors import UserError
 from planner.hardware.emulated_link import DEVICE_WORDS, device_name
 from planner.hardware.profile import load_profile
+from planner.perf.dequant import DEFAULT as DEQUANT_DEFAULT
 from planner.perf.memory import Budgets, GiB
 from planner.perf.rates import RateScale
 from planner.plans.build import spec_hash
@@ -126,11 +127,16 @@ def explain(plan: Plan, what_if: bool = True) -> str:
         else "module-based batching"
     )
     out = [
-        f"plan: {plan.model.name} (weights {plan.model.weights_label}) on {plan.profile.name} ({plan.profile.kind} profile)",
+        f"plan: {plan.model.name} (weights {plan.weights_words}) on {plan.profile.name} ({plan.profile.kind} profile)",
         f"device: {plan_device_words(plan)}; {batching}",
         f"workload: {w.describe()}",
         "",
     ]
+    if plan.dequant_source == DEQUANT_DEFAULT:
+        out[-1:-1] = [
+            "dequantization: this profile has no measured `dequant_ns`, so it is priced at the memory-bound "
+            "floor (slower in practice, on a CPU several times): re-profile with `runtime profile` to measure it"
+        ]
     residency = ", ".join(plan.resident_modules) or "nothing"
     out.append(
         table(

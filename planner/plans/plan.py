@@ -27,7 +27,14 @@ SCHEMA_VERSION = 1
 RESOURCES = ("device", "cpu_attention", "link", "host_memory", "cpu")
 SCHEDULING = ("refill",)
 BATCHING = ("module", "model")
-OPTIONAL_FIELDS = {"batching": "module", "emulated_link_gbps": None, "stream_slots": 2, "stream_parts": 1}
+OPTIONAL_FIELDS = {
+    "batching": "module",
+    "emulated_link_gbps": None,
+    "stream_slots": 2,
+    "stream_parts": 1,
+    "dequant_ns": {},
+    "dequant_source": None,
+}
 
 
 @dataclass(frozen=True)
@@ -111,9 +118,21 @@ class Plan:
     stream_parts: int = OPTIONAL_FIELDS[
         "stream_parts"
     ]  # a streamed layer's experts in this many parts (slots)
+    dequant_ns: dict[str, float] = dataclasses.field(default_factory=dict)  # format -> ns per weight priced
+    dequant_source: str | None = (
+        None  # measured | memory-bound default (planner.perf.dequant); None: unquantized
+    )
 
     def __post_init__(self) -> None:
         _check_decisions(self)
+
+    @property
+    def weights_words(self) -> str:
+        """The weights' storage format and the dequantization cost it was priced at (plans, explain)."""
+        if not self.dequant_ns:
+            return self.model.weights_label
+        rates = ", ".join(f"{fmt} {ns:.3g} ns" for fmt, ns in self.dequant_ns.items())
+        return f"{self.model.weights_label}; dequantizing {rates} per weight ({self.dequant_source})"
 
     def is_resident(self, module: str, expert: int | None = None) -> bool:
         """Whether a weight module (expert `expert` of a MoE layer's routed experts) lives on the device."""

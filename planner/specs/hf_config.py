@@ -21,7 +21,7 @@ from planner.specs.hf_families import (
     require_keys,
 )
 from planner.specs.model_spec import ALL_FAMILIES, ModelSpec
-from planner.specs.weight_formats import weight_formats_from_hf
+from planner.specs.weight_formats import quantization_config_for, weight_formats_from_hf
 from planner.values import is_finite_number, is_int
 
 PRESERVED_KEYS = (
@@ -224,6 +224,9 @@ def spec_to_hf_config(spec: ModelSpec) -> dict:
     if spec.family == "dbrx":
         out = nest_dbrx(out)
     out.update({k: v for k, v in spec.extra.items() if k not in out})
+    quantization = quantization_config_for(spec.weight_formats, spec.family, spec.quantizable_modules)
+    if quantization is not None:
+        out["quantization_config"] = quantization
     out["moelens"] = {"name": spec.name, "source": spec.source}
     return out
 

@@ -16,7 +16,12 @@ from pathlib import Path
 import yaml
 
 from planner.errors import UserError
-from planner.specs.weight_formats import QUANT_MODULES, WEIGHT_FORMAT_BYTES, weights_label
+from planner.specs.weight_formats import (
+    QUANT_MODULES,
+    WEIGHT_FORMAT_BYTES,
+    weight_formats_from_hf,
+    weights_label,
+)
 from planner.values import is_int
 
 # Families whose forward the runtime implements; the others have specs (planning) only.
@@ -243,13 +248,20 @@ class ModelSpec:
         fmt = self.weight_formats.get(module)
         return WEIGHT_FORMAT_BYTES[fmt] if fmt else self.dtype_bytes
 
-    def with_weight_formats(self, formats: dict[str, str]) -> ModelSpec:
-        """A copy storing `formats` for the modules this model has (no shared experts: none listed)."""
+    @property
+    def quantizable_modules(self) -> tuple[str, ...]:
+        """The modules of `QUANT_MODULES` this model has (no shared experts: not that one)."""
         has = {
             "shared_experts": self.num_shared_experts > 0,
             "dense_mlp": not all(self.is_moe_layer(layer) for layer in range(self.num_layers)),
         }
-        return replace(self, weight_formats={m: f for m, f in formats.items() if has.get(m, True)})
+        return tuple(m for m in QUANT_MODULES if has.get(m, True))
+
+    def with_weight_formats(self, formats: dict[str, str]) -> ModelSpec:
+        """A copy storing `formats` for the modules this model has."""
+        return replace(
+            self, weight_formats={m: f for m, f in formats.items() if m in self.quantizable_modules}
+        )
 
     @property
     def weights_label(self) -> str:
@@ -331,7 +343,7 @@ class ModelSpec:
             raise UserError(
                 f"{origin}: a model spec must be a mapping of fields", "see models/mixtral-8x7b.yaml"
             )
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | {"quantization_config"}  # as config.json: weight_formats
         unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise UserError(
@@ -344,7 +356,15 @@ class ModelSpec:
                 f"{origin}: missing spec fields {missing}", "add them (see models/mixtral-8x7b.yaml)"
             )
         _check_plain(data, origin)
-        return cls(**data)
+        quantization = data.get("quantization_config")
+        spec = cls(**{k: v for k, v in data.items() if k != "quantization_config"})
+        if quantization is None:
+            return spec
+        if spec.weight_formats:
+            raise UserError(
+                f"{origin}: both weight_formats and quantization_config given", "keep quantization_config"
+            )
+        return spec.with_weight_formats(weight_formats_from_hf(data, spec.family))
 
     def save_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

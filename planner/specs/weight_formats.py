@@ -9,6 +9,8 @@
 - `weight_formats_from_hf(cfg, family) -> {module: fmt}`: the planner modules a checkpoint stores quantized:
   those made of linear layers (`QUANT_MODULES`) whose HF module name is not excluded (routers, norms,
   embeddings and lm_head never are). `weights_label(dtype, formats)`: the same in words (plans, explain).
+- `quantization_config_for(formats, family, modules)`: the quantization_config that reads back as `formats` (what
+  `spec_to_hf_config` writes; fp8 as DeepSeek-V3 publishes it, 128x128 blocks).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"
 # one HF module name per planner module (layer 0), for families whose names differ from the common ones
 _EXPERTS = {"mixtral": "block_sparse_moe.experts.0.w1", "gpt_oss": "mlp.experts"}
 _SHARED = {"qwen2_moe": "mlp.shared_expert.gate_proj"}
+_ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,43 @@ def weight_formats_from_hf(cfg: dict, family: str) -> dict[str, str]:
         module: settings.method
         for module, name in names.items()
         if not excluded(f"model.layers.0.{name}", settings.not_convert)
+    }
+
+
+def _hf_modules(module: str, family: str) -> list[str]:
+    """`modules_to_not_convert` patterns covering one planner module in every layer."""
+    layer = "model.layers.*."
+    if module == "qkv_proj":
+        return [f"{layer}self_attn.{name}" for name in _ATTENTION_INPUTS]
+    if module == "o_proj":
+        return [f"{layer}self_attn.o_proj"]
+    if module == "experts":
+        return [layer + _EXPERTS.get(family, "mlp.experts.0.gate_proj").split(".experts")[0] + ".experts"]
+    if module == "shared_experts":
+        return [layer + _SHARED.get(family, "mlp.shared_experts.gate_proj").removesuffix(".gate_proj")]
+    return [f"{layer}mlp.{name}" for name in ("gate_proj", "up_proj", "down_proj")]  # dense_mlp
+
+
+def quantization_config_for(formats: dict[str, str], family: str, modules: tuple[str, ...]) -> dict | None:
+    """The quantization_config whose `weight_formats_from_hf` is `formats`, for a model with `modules` of
+    QUANT_MODULES (None: nothing quantized)."""
+    methods = sorted(set(formats.values()))
+    if not methods:
+        return None
+    if len(methods) > 1:
+        raise UserError(
+            f"weight formats {formats} mix {' and '.join(methods)}; one quantization_config holds one method",
+            "store every quantized module in one format",
+        )
+    skip = ["lm_head"] + [p for m in modules if m not in formats for p in _hf_modules(m, family)]
+    if methods[0] == "mxfp4":
+        return {"quant_method": "mxfp4", "modules_to_not_convert": skip}
+    return {
+        "quant_method": "fp8",
+        "fmt": "e4m3",
+        "activation_scheme": "dynamic",
+        "weight_block_size": [FP8_BLOCK, FP8_BLOCK],
+        "modules_to_not_convert": skip,
     }
 
 

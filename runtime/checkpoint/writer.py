@@ -18,6 +18,7 @@ import torch
 from planner.errors import UserError
 from planner.specs.hf_config import spec_to_hf_config
 from planner.specs.spec import ModelSpec
+from planner.specs.weight_formats import weight_formats_from_hf
 from runtime.checkpoint.names import ExpectedTensor, expected_tensors
 from runtime.checkpoint.random_init import generate_chunks, init_rule
 from runtime.checkpoint.safetensors_io import CODE_OF_DTYPE, INDEX_FILE, ITEMSIZE, SINGLE_FILE, ShardWriter
@@ -162,8 +163,15 @@ def write_random_checkpoint(
         raise UserError(f"max shard size {max_shard_bytes} bytes must be positive", "pass --max-shard-gb > 0")
     spec = replace(spec, dtype=str(torch_dtype).removeprefix("torch."))
     tensors = expected_tensors(spec)
-    quant_dict = make_quant_config(quant, tensors) if quant else None
+    # `quant` stores weights in that format; else as the spec's weight_formats say (its quantization_config)
+    quant_dict = (
+        make_quant_config(quant, tensors) if quant else spec_to_hf_config(spec).get("quantization_config")
+    )
     quant_config = QuantConfig.from_hf({"quantization_config": quant_dict}) if quant_dict else None
+    if quant:  # the spec as the checkpoint will read back
+        spec = spec.with_weight_formats(
+            weight_formats_from_hf({"quantization_config": quant_dict}, spec.family)
+        )
     prepare_output_dir(out)
     _write_configs(spec, out, torch_dtype, seed, quant_dict)
     nbytes_of = partial(_stored_bytes, dtype=torch_dtype, quant=quant_config)

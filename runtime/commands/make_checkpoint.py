@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {written.dir}: {written.spec.name} ({written.spec.family}, {written.spec.num_layers} layers), "
         f"{written.num_parameters / 1e9:.3f} B parameters, {written.total_bytes / 1e9:.2f} GB {args.dtype}"
-        f"{' + ' + args.quant if args.quant else ''} "
+        f"{' + ' + args.quant if args.quant else ''} ({written.spec.weights_label}) "
         f"in {written.num_shards} shard(s), seed {args.seed}, {written.seconds:.1f} s"
     )
     return 0

@@ -23,8 +23,10 @@ from planner.hardware.profile import (
     path_for_this_machine,
 )
 from planner.hardware.this_machine import usable_cores
+from runtime.engine.expert_stacks import DEQUANT_CHUNK_BYTES
 from runtime.host_allocator import keep_temporaries_in_heap
 from runtime.profiler.attention import attention_backend_name, measure_attention_curve
+from runtime.profiler.dequant import measure_dequant
 from runtime.profiler.gemm import measure_gemm_curve
 from runtime.profiler.grids import (
     ALL_GEMM_SHAPES,
@@ -74,6 +76,7 @@ class Sizing:
         ProbeBudget | None
     )  # engine jobs the efficiency constants are fitted to (None: keep the defaults)
     overhead_rounds: int = 1  # `overheads` measured this many times, spread over the run; the median kept
+    dequant_elements: int = 8 << 20  # weights per dequantization timing (the engine's chunks: 32 Mi in bf16)
 
 
 FULL = Sizing(
@@ -93,6 +96,7 @@ FULL = Sizing(
     probe_runs=5,
     probe_jobs=FULL_PROBES,
     overhead_rounds=3,
+    dequant_elements=DEQUANT_CHUNK_BYTES // 2,
 )  # medians of 5 jobs, of 3 rounds
 QUICK = Sizing(
     name="quick",
@@ -130,6 +134,7 @@ TINY = Sizing(
     probe_decode_tokens=6,
     probe_runs=1,
     probe_jobs=TINY_PROBES,
+    dequant_elements=1 << 20,
 )
 SIZINGS = {s.name: s for s in (FULL, QUICK, TINY)}
 GEMM_DTYPE = torch.bfloat16
@@ -210,6 +215,11 @@ def measure_profile(
             f"{max(curve.tflops):.3g} max (rows up to {curve.rows[-1]})"
         )
 
+    dequant_ns = measure_dequant(device, GEMM_DTYPE, sizing.dequant_elements, repeats=sizing.repeats)
+    log(
+        "  dequantization to bfloat16: "
+        + ", ".join(f"{k} {v:.3g} ns per weight" for k, v in dequant_ns.items())
+    )
     overhead_round("gemm")
     threads = thread_grid(cores)
     deadline = Deadline(sizing.attention_budget_s)
@@ -242,7 +252,8 @@ def measure_profile(
         f"GEMM rows stop once a call exceeds {sizing.max_call_s} s (clamped beyond); attention KV "
         f"in bf16, block size 16, {attention_backend_name()}; overheads from a probe engine on a tiny random checkpoint and "
         f"[{sizing.elementwise_rows}, 1024] elementwise tensors, the median of {len(rounds)} rounds spread over "
-        f"the run; {cores} usable cores; 1-minute load average "
+        f"the run; dequantization (`dequant_ns`) of {sizing.dequant_elements >> 20} Mi weights per format; "
+        f"{cores} usable cores; 1-minute load average "
         f"{load_at_start:.1f} at the start (above the core count means other work shared the cores and "
         f"the rates are low)."
     )
@@ -262,6 +273,7 @@ def measure_profile(
         links=links,
         efficiency=Efficiency(),
         overheads=overheads,
+        dequant_ns=dequant_ns,
         notes=notes,
     )
     if sizing.probe_jobs is None:

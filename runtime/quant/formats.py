@@ -54,6 +54,10 @@ def dequantize_fp8(
 ) -> torch.Tensor:
     """data [..., R, C] float8_e4m3fn, scale_inv [..., ceil(R/br), ceil(C/bc)] fp32 -> [..., R, C] dtype."""
     rows, cols = data.shape[-2:]
+    br, bc = block
+    if rows % br == 0 and cols % bc == 0:  # whole blocks: each scaled in place (half the time of expanding)
+        tiles = data.float().unflatten(-1, (cols // bc, bc)).unflatten(-3, (rows // br, br))
+        return tiles.mul_(scale_inv.float()[..., :, None, :, None]).flatten(-4, -3).flatten(-2).to(dtype)
     scale = _expand(_expand(scale_inv.float(), block[0], rows, -2), block[1], cols, -1)
     return (data.float() * scale).to(dtype)
 
