@@ -107,7 +107,7 @@ LINK_CONFIGS = (
     AccuracyConfig("link-mixtral-2-n1", "mixtral-mini", 4, 1, 4, 16, 24, link_gbps=2.0, device_gb=0.5),
     AccuracyConfig("link-qwen3-0.5-n4", "qwen3-mini", None, 4, 8, 16, 32, link_gbps=0.5, device_gb=0.125),
     AccuracyConfig("link-qwen3-0.5-n8", "qwen3-mini", None, 8, 16, 16, 32, link_gbps=0.5, device_gb=0.125),
-    AccuracyConfig("link-mixtral-4-n8", "mixtral-mini", 4, 8, 16, 16, 24, link_gbps=4.0, device_gb=0.4),
+    AccuracyConfig("link-mixtral-4-n8", "mixtral-mini", 4, 8, 16, 16, 24, link_gbps=4.0, device_gb=0.5),
     AccuracyConfig("link-mixtral-4-n4", "mixtral-mini", 4, 4, 8, 16, 24, link_gbps=4.0, device_gb=0.5),
     AccuracyConfig(
         "link-deepseek-v3-0.5-n4", "deepseek-v3-mini", None, 4, 8, 16, 32, link_gbps=0.5, device_gb=0.14

@@ -6,6 +6,7 @@ How it works: docs/design.md, `planner/perf/model.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -112,6 +113,24 @@ class PerfModel:
             return len(RESIDENCY_ORDER), len(RESIDENCY_ORDER)
         return top, top
 
+    @cached_property
+    def whole_layers_fit(self) -> bool:
+        """Whether some plan streams whole layers. Measured behind the emulated link, plans streaming experts
+        in parts ran 7-60% below their prediction (their copies share the two cores with compute, whose
+        small-batch GEMMs then run 2-4x slower than profiled), whole-layer plans within 10%: parts are
+        planned only where no whole-layer plan fits. Model-based batching keeps them: they leave its KV cache
+        the device room that bounds its batch."""
+        smallest = Candidates.of(
+            residency=self.residency_range[0],
+            attn_batch=1,
+            expert_batch=1,
+            prefill_chunk=1,
+            attention_threads=1,
+        )
+        return bool(
+            np.all(self.memory.stream_parts(smallest) == 1) and np.all(self.memory.fixed_parts_fit(smallest))
+        )
+
     def _copies(self, rho: np.ndarray, like: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Seconds to stream one MoE layer, one dense layer and the per-step modules at residency rho."""
         lay = self.layout
@@ -188,8 +207,9 @@ class PerfModel:
             host_dense = (kv_read + read_dense) / r.host_read_bps
             cpu_moe = dev_moe + attention + self._copy_cpu_seconds(lay.streamed_moe_layer[rho])
             cpu_dense = dev_dense + attention + self._copy_cpu_seconds(lay.streamed_dense_layer[rho])
-            resources = {
-                "moe": {"cpu": cpu_moe, "host_memory": host_moe, "link": link_moe},
+            stall = self._part_stall(link_moe, cpu_moe - experts, experts, self.memory.stream_parts(c))
+            resources = {  # the link's entry: its copies and its waits for a free slot
+                "moe": {"cpu": cpu_moe, "host_memory": host_moe, "link": link_moe + stall},
                 "dense": {"cpu": cpu_dense, "host_memory": host_dense, "link": link_dense},
             }
             serial = {"moe": 0.0, "dense": 0.0}
@@ -263,6 +283,14 @@ class PerfModel:
         else:
             out.update(busy_cpu=device_busy + n_all * attention)
         return out
+
+    def _part_stall(self, link, before, experts, parts) -> np.ndarray:
+        """Emulated link, experts streamed in `parts`: seconds a layer's link waits for a free slot. The copy
+        worker runs STREAM_AHEAD parts ahead, so while compute spends `before` (the layer's attention block)
+        and one part's experts after the next part's arrival, the link idles once those outlast STREAM_AHEAD
+        parts' copies. Zero for whole layers while the link binds (then before + 2 experts < 2 link)."""
+        per_part = link / parts
+        return np.maximum(before + 2 * experts / parts - STREAM_AHEAD * per_part, 0.0) * (parts > 1)
 
     def _serial_under_link(self, resources: dict, serial: np.ndarray, parts) -> np.ndarray:
         """Emulated link: seconds of the step's serial tail (embed, lm_head, sampling, bookkeeping) the link
@@ -442,6 +470,8 @@ class PerfModel:
         n_max = self.memory.max_num_seqs(sized)
         num_seqs = np.floor(n_max) if c.num_seqs is None else np.asarray(c.num_seqs, dtype=np.float64)
         feasible = (num_seqs >= 1) & (num_seqs <= n_max + 1e-9) & self.memory.fixed_parts_fit(sized)
+        if self.emulated and not self.model_batching and self.whole_layers_fit:
+            feasible &= self.memory.stream_parts(sized) == 1
         n = np.clip(num_seqs, 1.0, float(w.num_prompts))
         at_n = self.decode_step(c, n)
         p = float(w.num_prompts)
