@@ -11,6 +11,7 @@ import numpy as np
 
 from planner.errors import UserError
 from planner.hardware.profile import HardwareProfile
+from planner.perf.gemm_dtype import upcast_extra_bytes
 from planner.perf.layout import ModelLayout
 from planner.plans.workload import Workload
 from planner.units import KV_BLOCK_SIZE, GiB
@@ -84,6 +85,7 @@ class MemoryModel:
         has_device: bool,
         emulated: bool = False,
         kv_on_device: bool = False,
+        gemm_dtype: str | None = None,
     ):
         self.layout, self.workload, self.budgets, self.has_device = layout, workload, budgets, has_device
         self.kv_on_device = kv_on_device and has_device
@@ -98,14 +100,15 @@ class MemoryModel:
         self.per_seq_activations = spec.hidden_size * (2 * bp + 4) + 8 * spec.top_k + 8
         self.per_seq_staging = (layout.qkv_out_dim + layout.attn_out_dim) * bp if real_device else 0.0
         self.router_per_token = spec.num_experts * 4.0
+        self.upcast_bytes = upcast_extra_bytes(spec, gemm_dtype)  # GEMM weights held wider (`gemm_dtype`)
 
     # ----- pieces -----
     def host_weights(self, c) -> np.ndarray:
         """Weight bytes the engine keeps in host memory: with a real device the streamed ones (the pinned arena of
-        `runtime.engine.host_arena`, counted exactly), else all of them."""
+        `runtime.engine.host_arena`, counted exactly), else all of them (GEMM weights at the plan's gemm_dtype)."""
         lay = self.layout
         if not self.real_device:
-            return np.full(np.shape(c.residency), lay.total_bytes)
+            return np.full(np.shape(c.residency), lay.total_bytes + self.upcast_bytes)
         return lay.total_bytes - lay.resident_bytes[c.residency.astype(int)]
 
     def pinned_weights(self, c) -> np.ndarray:

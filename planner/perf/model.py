@@ -14,7 +14,8 @@ from planner.errors import UserError
 from planner.hardware.profile import HardwareProfile
 from planner.modules import DECODE_MODULES, PREFILL_MODULES, micro_batches
 from planner.perf.dequant import DequantTerms
-from planner.perf.expert_kernels import GROUPED_BY_DEFAULT, grouped_calls
+from planner.perf.expert_kernels import grouped_by_default, grouped_calls
+from planner.perf.gemm_dtype import plan_gemm_dtype
 from planner.perf.layout import RESIDENCY_ORDER, ModelLayout
 from planner.perf.memory import Budgets, MemoryModel
 from planner.perf.merged import merged_prefill
@@ -86,6 +87,8 @@ class PerfModel:
         self.dequant = DequantTerms.build(self.layout.costs, profile, self.rates)
         self.has_device = profile.has_device
         self.emulated = profile.emulated_link is not None
+        host_compute = not (self.has_device or self.emulated or stream_on_host)
+        self.gemm_dtype = plan_gemm_dtype(spec, profile.gemm_dtype, host_compute)
         self.model_batching = batching == "model"
         self.batching = batching
         self.memory = MemoryModel(
@@ -95,10 +98,11 @@ class PerfModel:
             profile.has_device,
             emulated=self.emulated,
             kv_on_device=self.model_batching,
+            gemm_dtype=self.gemm_dtype,
         )
         self.streams_on_host = stream_on_host and not self.has_device
         self.groups = 2 if self.has_device and not self.emulated else 1
-        self.grouped_experts = GROUPED_BY_DEFAULT  # the engine's expert path (planner.perf.expert_kernels)
+        self.grouped_experts = grouped_by_default(self.gemm_dtype)  # the engine's expert path
 
     @property
     def residency_range(self) -> tuple[int, int]:

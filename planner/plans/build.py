@@ -164,6 +164,7 @@ def plan_from_solution(
         stream_parts=parts,
         dequant_ns=dict(model.dequant.ns_per_weight),
         dequant_source=model.dequant.source,
+        gemm_dtype=model.gemm_dtype,
         solver={
             "evaluations": float(solution.evaluations),
             "lattice_points": float(

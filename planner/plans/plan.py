@@ -34,6 +34,7 @@ OPTIONAL_FIELDS = {
     "stream_parts": 1,
     "dequant_ns": {},
     "dequant_source": None,
+    "gemm_dtype": None,
 }
 
 
@@ -122,6 +123,9 @@ class Plan:
     dequant_source: str | None = (
         None  # measured | memory-bound default (planner.perf.dequant); None: unquantized
     )
+    gemm_dtype: str | None = OPTIONAL_FIELDS[
+        "gemm_dtype"
+    ]  # GEMM weights held wider (planner.perf.gemm_dtype)
 
     def __post_init__(self) -> None:
         _check_decisions(self)

@@ -58,7 +58,8 @@ class EngineConfig:
     device_memory_bytes: int | None = None  # emulated device memory the device-side allocations are held to
     device_activation_bytes: int = 0  # of which the plan gives activations and workspace
     grouped_experts: bool | None = None  # routed experts as grouped GEMMs; None: MOELENS_GROUPED_EXPERTS
-    # (1 / 0) if set, else grouped wherever torch._grouped_mm runs
+    # (1 / 0) if set, else grouped wherever torch._grouped_mm runs (and is the default for gemm_dtype)
+    gemm_dtype: str | None = None  # the plan's: GEMM weights held in this dtype (planner.perf.gemm_dtype)
 
     def __post_init__(self) -> None:
         for name in (
@@ -112,6 +113,12 @@ class EngineConfig:
             object.__setattr__(self, "grouped_experts", settings.grouped_experts_setting())
 
     @property
+    def upcast_dtype(self) -> str | None:
+        """The dtype GEMM weights are held in where it is not the model's: the plan's `gemm_dtype`, honoured
+        on the CPU with nothing streamed (`planner.perf.gemm_dtype`)."""
+        return self.gemm_dtype if self.device == "cpu" and not (self.streams or self.emulated) else None
+
+    @property
     def streams(self) -> bool:
         """Whether the streamer runs: the plan asks for it with a device, or tests force it."""
         return self.force_streaming or (self.stream_weights and (self.device != "cpu" or self.emulated))
@@ -157,6 +164,7 @@ class EngineConfig:
         values = {name: getattr(plan, name) for name in _PLAN_FIELDS}
         values["stream_slots"] = getattr(plan, "stream_slots", 2)
         values["stream_parts"] = getattr(plan, "stream_parts", 1)
+        values["gemm_dtype"] = getattr(plan, "gemm_dtype", None)
         values["resident_modules"] = tuple(values["resident_modules"] or ())
         values["stream_weights"] = bool(values["stream_weights"])
         if "overlap" not in overrides and hasattr(plan, "token_groups"):

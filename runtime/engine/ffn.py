@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from planner.errors import UserError
 from planner.modules import Module
-from planner.perf.expert_kernels import GROUPED_BY_DEFAULT
+from planner.perf.expert_kernels import grouped_by_default
 from planner.perf.row_buckets import bucket_rows
 from planner.specs.spec import ModelSpec
 from runtime.engine.expert_stacks import bias_names, dense_stacks, layer_stacks
 from runtime.engine.instrumentation import ModuleTimer
-from runtime.model.layers import clamped_swiglu, dense_mlp
+from runtime.model.layers import clamped_swiglu, dense_mlp, linear
 from runtime.model.moe import shared_experts
 from runtime.model.routing import route, router_logits
 
@@ -35,10 +35,16 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype, spec: ModelSp
     return aligned and torch.cuda.get_device_capability(device) >= (9, 0)
 
 
-def use_grouped(choice: bool | None, device: torch.device, dtype: torch.dtype, spec: ModelSpec) -> bool:
+def use_grouped(
+    choice: bool | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    spec: ModelSpec,
+    gemm_dtype: str | None = None,
+) -> bool:
     supported = grouped_mm_supported(device, dtype, spec)
     if choice is None:
-        return supported and GROUPED_BY_DEFAULT
+        return supported and grouped_by_default(gemm_dtype)
     if choice and not supported:
         raise UserError(
             f"grouped experts need torch._grouped_mm, which does not run {dtype} on {device}",
@@ -93,12 +99,13 @@ def grouped_experts(
             stop = min(start + expert_batch, own)
             offs = (ends - start).clamp_(0, stop - start)  # [n] group ends within the window
             tokens = rows[start:stop]
-            h = torch._grouped_mm(x.index_select(0, tokens), gate_up.transpose(1, 2), offs=offs)  # [m, 2I]
+            xs = x.index_select(0, tokens).to(gate_up.dtype)  # upcast where the stack is held wider
+            h = torch._grouped_mm(xs, gate_up.transpose(1, 2), offs=offs).to(x.dtype)  # [m, 2I]
             if gate_up_bias is not None:
                 expert_of_row = sorted_key[start:stop].clamp(max=count - 1)
                 h = h + gate_up_bias.index_select(0, expert_of_row)
             act = _activation(h, inter, swiglu)
-            y = torch._grouped_mm(act, down.transpose(1, 2), offs=offs)  # [m, h]
+            y = torch._grouped_mm(act.to(down.dtype), down.transpose(1, 2), offs=offs).to(x.dtype)  # [m, h]
             if down_bias is not None:
                 y = y + down_bias.index_select(0, expert_of_row)
             weighted = y * row_weights[start:stop, None]  # fp32
@@ -141,10 +148,10 @@ def looped_experts(
                 gather = tokens if padded == rows else torch.cat((tokens, tokens[:1].expand(padded - rows)))
                 xs = x.index_select(0, gather)
                 if swiglu is None:
-                    act = F.silu(F.linear(xs, gate_up_e[:inter])) * F.linear(xs, gate_up_e[inter:])
+                    act = F.silu(linear(xs, gate_up_e[:inter])) * linear(xs, gate_up_e[inter:])
                 else:
-                    act = _activation(F.linear(xs, gate_up_e, bias_in), inter, swiglu)
-                y = F.linear(act, down_e, bias_out)[:rows]  # [m, h]
+                    act = _activation(linear(xs, gate_up_e, bias_in), inter, swiglu)
+                y = linear(act, down_e, bias_out)[:rows]  # [m, h]
                 out.index_add_(0, tokens, (y * weights_sorted[chunk:end, None]).to(out.dtype))
             begin += count
     hit = torch.tensor([count > 0 for count in counts], device=x.device)

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from planner.modules import Module
 from planner.specs.spec import ModelSpec
@@ -20,7 +19,7 @@ from runtime.engine.instrumentation import ModuleTimer
 from runtime.engine.staging import Staging
 from runtime.engine.streamer import LayerStreamer, StreamParts
 from runtime.engine.weights import WeightStore
-from runtime.model.layers import norm
+from runtime.model.layers import linear, norm
 
 
 @dataclass
@@ -67,7 +66,9 @@ class LayerStack:
         self.attn_batch = config.effective_attn_batch
         self.expert_batch = config.effective_expert_batch
         self.overlap = config.uses_overlap
-        self.grouped = use_grouped(config.grouped_experts, self.device, store.dtype, spec)
+        self.grouped = use_grouped(
+            config.grouped_experts, self.device, store.dtype, spec, config.upcast_dtype
+        )
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="cpu-attention") if self.overlap else None
         self._parts_held: dict[int, StreamParts] = {}  # layers streamed in parts, acquired and not released
 
@@ -101,7 +102,7 @@ class LayerStack:
         with self.timer.device_work(Module.LM_HEAD, phase):
             head = self.store.head_on_device()
             normed = norm(x, head, "final_norm", self.spec)
-            return F.linear(normed, head["lm_head"], head.get("lm_head_bias"))  # [rows, V]
+            return linear(normed, head["lm_head"], head.get("lm_head_bias"))  # [rows, V]
 
     def _project(self, x: torch.Tensor, rows: slice, w, tables):
         with self.timer.device_work(Module.QKV_PROJ, "decode"):

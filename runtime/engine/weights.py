@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from planner.errors import UserError
+from planner.perf.gemm_dtype import is_upcast
 from planner.specs.spec import ModelSpec
 from runtime.engine.config import EngineConfig
 from runtime.engine.expert_stacks import FUSED_NAMES, is_stack_name
@@ -218,7 +219,11 @@ class WeightStore:
         return sources
 
     def _place(self, source: Source) -> torch.Tensor:
-        """A resident tensor: on the device, filled once; with no device a checkpoint tensor is used in place."""
+        """A resident tensor: on the device, filled once; with no device a checkpoint tensor is used in place
+        (a GEMM weight the plan holds wider, `EngineConfig.upcast_dtype`, is a converted copy)."""
+        wide = self.config.upcast_dtype
+        if wide is not None and is_upcast(source.name) and source.dtype in (torch.bfloat16, torch.float16):
+            source = replace(source, dtype=getattr(torch, wide), read=None)
         self.resident_bytes += source.nbytes
         if self.device.type == "cpu" and source.read is not None:
             return source.read()

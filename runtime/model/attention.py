@@ -8,11 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 
 from planner.specs.spec import ModelSpec
 from runtime.model.kv_cache import LayerKV
-from runtime.model.layers import rms_norm
+from runtime.model.layers import linear, rms_norm
 from runtime.model.rope import Rope, apply_rope
 
 
@@ -20,9 +19,9 @@ def qkv_projection(
     x: torch.Tensor, w: Mapping[str, torch.Tensor], spec: ModelSpec, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     num_tokens = x.shape[0]
-    q = F.linear(x, w["attn.q_proj"], w.get("attn.q_bias"))  # [T, Hq*D]
-    k = F.linear(x, w["attn.k_proj"], w.get("attn.k_bias"))  # [T, Hkv*D]
-    v = F.linear(x, w["attn.v_proj"], w.get("attn.v_bias"))
+    q = linear(x, w["attn.q_proj"], w.get("attn.q_bias"))  # [T, Hq*D]
+    k = linear(x, w["attn.k_proj"], w.get("attn.k_bias"))  # [T, Hkv*D]
+    v = linear(x, w["attn.v_proj"], w.get("attn.v_bias"))
     if spec.qk_norm == "full":
         q = rms_norm(q, w["attn.q_norm"], spec.rms_norm_eps)
         k = rms_norm(k, w["attn.k_norm"], spec.rms_norm_eps)
@@ -74,7 +73,7 @@ def attention_core(
 
 
 def o_projection(o: torch.Tensor, w: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    return F.linear(o.reshape(o.shape[0], -1), w["attn.o_proj"], w.get("attn.o_bias"))
+    return linear(o.reshape(o.shape[0], -1), w["attn.o_proj"], w.get("attn.o_bias"))
 
 
 def gqa_attention(

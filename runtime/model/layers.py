@@ -3,6 +3,8 @@
 - `rms_norm(x, weight, eps)`: RMSNorm with fp32 accumulation, result in x's dtype (as transformers does).
 - `norm(x, w, name, spec)`: the model's own norm read from a weight dict (`attn_norm`, `mlp_norm`,
   `final_norm`): RMSNorm, or LayerNorm (Phi-3.5-MoE) with the bias `<name>_bias` when stored.
+- `linear(x, weight, bias)`: F.linear; a weight held wider than x (a plan's `gemm_dtype`) computes in its dtype
+  and rounds the output to x's, what a GEMM in x's dtype accumulating in float32 gives.
 - `expert_ffn(x [m,h], gate [I,h], up [I,h], down [h,I]) -> [m,h]`: `down(silu(gate x) * up x)`; the one
   expert-FFN function the reference forward, the engine and the profiler's GEMM measurement all call.
 - `clamped_swiglu(gate, up, alpha, limit)`: gpt-oss's expert activation, (clamp(up) + 1) * glu(clamp(gate)).
@@ -33,8 +35,15 @@ def norm(x: torch.Tensor, w: Mapping[str, torch.Tensor], name: str, spec: ModelS
     return F.layer_norm(x, (x.shape[-1],), w[name], w.get(f"{name}_bias"), spec.rms_norm_eps)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if weight.dtype == x.dtype:
+        return F.linear(x, weight, bias)
+    wide = weight.dtype  # a weight held wider than x: computed in its dtype, the output rounded to x's
+    return F.linear(x.to(wide), weight, None if bias is None else bias.to(wide)).to(x.dtype)
+
+
 def expert_ffn(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+    return linear(F.silu(linear(x, gate)) * linear(x, up), down)
 
 
 def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from planner.hardware.profile import GemmCurve
 from runtime.profiler.grids import GemmShape
@@ -30,6 +29,12 @@ def _expert_ffn() -> Callable[..., torch.Tensor]:
     from runtime.model.layers import expert_ffn
 
     return expert_ffn
+
+
+def _linear() -> Callable[..., torch.Tensor]:
+    from runtime.model.layers import linear
+
+    return linear
 
 
 def _weight_sets(
@@ -59,9 +64,12 @@ def measure_gemm_curve(
     budget_s: float,
     max_call_s: float,
     repeats: int = 5,
+    weight_dtype: torch.dtype | None = None,
 ) -> GemmCurve:
-    """The curve over the leading rows that fit the budgets (at least the first row)."""
-    weights = _weight_sets(shape, device, dtype, cache_bytes)
+    """The curve over the leading rows that fit the budgets (at least the first row); inputs in `dtype`,
+    weights in `weight_dtype` (default `dtype`; wider: `runtime.model.layers.linear` upcasts)."""
+    weights = _weight_sets(shape, device, weight_dtype or dtype, cache_bytes)
+    linear = _linear()
     began = time.perf_counter()
     calls = itertools.count()
     expert_ffn = _expert_ffn() if shape.kind == "expert_ffn" else None
@@ -77,7 +85,7 @@ def measure_gemm_curve(
 
         def call(x: torch.Tensor = x) -> torch.Tensor:
             w = weights[next(calls) % len(weights)]
-            return expert_ffn(x, *w) if expert_ffn is not None else F.linear(x, w[0])
+            return expert_ffn(x, *w) if expert_ffn is not None else linear(x, w[0])
 
         last_s = median_seconds(call, device, warmup=2, repeats=repeats, budget_s=max(left, 0.0) / 2)
         measured_rows.append(m)
@@ -88,3 +96,18 @@ def measure_gemm_curve(
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return GemmCurve(shape=shape.label, n=shape.n, k=shape.k, rows=tuple(measured_rows), tflops=tuple(tflops))
+
+
+def pick_gemm_dtype(device: torch.device, shape: GemmShape, rows: int, dtype: torch.dtype) -> torch.dtype:
+    """The weights' dtype the GEMMs run fastest in (`planner.perf.gemm_dtype`): on the CPU float32 where it
+    beats `dtype` by over 10% at `shape` x `rows` (AVX-512 cores without AMX), else `dtype`."""
+    if device.type != "cpu" or dtype == torch.float32:
+        return dtype
+
+    def best(weights: torch.dtype) -> float:
+        curve = measure_gemm_curve(
+            shape, (rows,), device, dtype, 0, 1.0, 1.0, repeats=3, weight_dtype=weights
+        )
+        return curve.tflops[0]
+
+    return torch.float32 if best(torch.float32) > 1.1 * best(dtype) else dtype

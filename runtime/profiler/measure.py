@@ -27,10 +27,11 @@ from runtime.engine.expert_stacks import DEQUANT_CHUNK_BYTES
 from runtime.host_allocator import keep_temporaries_in_heap
 from runtime.profiler.attention import attention_backend_name, measure_attention_curve
 from runtime.profiler.dequant import measure_dequant
-from runtime.profiler.gemm import measure_gemm_curve
+from runtime.profiler.gemm import measure_gemm_curve, pick_gemm_dtype
 from runtime.profiler.grids import (
     ALL_GEMM_SHAPES,
     ATTENTION_POINTS,
+    EXPERT_SHAPES,
     GEMM_ROWS,
     LINK_SIZES,
     MIB,
@@ -198,6 +199,8 @@ def measure_profile(
         sizing.gemm_budget_s / len(sizing.gemm_shapes) / 2
     )  # the weights' set-up spends the deadline
     gemm_curves = []
+    weight_dtype = pick_gemm_dtype(device, EXPERT_SHAPES[1], 256, GEMM_DTYPE)
+    log(f"  GEMM weights in {weight_dtype} (inputs in {GEMM_DTYPE})")
     for i, shape in enumerate(sizing.gemm_shapes):
         curve = measure_gemm_curve(
             shape,
@@ -208,6 +211,7 @@ def measure_profile(
             budget_s=max(deadline.share(len(sizing.gemm_shapes) - i), least_share),
             max_call_s=sizing.max_call_s,
             repeats=sizing.repeats,
+            weight_dtype=weight_dtype,
         )
         gemm_curves.append(curve)
         log(
@@ -267,7 +271,7 @@ def measure_profile(
         ),
         machine=machine,
         memory=memory,
-        gemm_dtype="bfloat16",
+        gemm_dtype=str(weight_dtype).removeprefix("torch."),
         gemm_curves=tuple(gemm_curves),
         attention_curves=tuple(attention_curves),
         links=links,
