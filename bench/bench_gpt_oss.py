@@ -85,7 +85,7 @@ def run_pass(quant: str, prepared, index: int) -> dict:
     prompts = fixed_prompts(checkpoint.tokenizer, NUM_PROMPTS, PROMPT_LEN, seed=index)
     report = run_engine(checkpoint, plan, profile, prompts, GEN_LEN, warm_up_prompts=warm_up)
     report["bench_seconds"] = time.perf_counter() - began
-    report["num_seqs_planned"] = plan.num_seqs
+    report["num_seqs_planned"] = plan.decisions.num_seqs
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     write_report(OUT_DIR / f"{quant}-pass{index}.json", report)
     end_to_end = report["throughput"]["end_to_end"]

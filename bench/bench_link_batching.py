@@ -46,7 +46,7 @@ def plans(spec, profile, workload, host_kv_gb: float) -> dict:
     budgets = Budgets.from_args(profile, host_kv_gb)
     module = make_plan(spec, profile, workload, budgets)
     model = make_plan(spec, profile, workload, budgets, batching="model")
-    half = max(model.num_seqs // 2, 1)
+    half = max(model.decisions.num_seqs // 2, 1)
     model_half = make_plan(
         spec,
         profile,
@@ -56,8 +56,8 @@ def plans(spec, profile, workload, host_kv_gb: float) -> dict:
     )
     return {
         "module batching": module,
-        f"model batching N={model.num_seqs}": model,
-        f"model batching N={model_half.num_seqs}": model_half,
+        f"model batching N={model.decisions.num_seqs}": model,
+        f"model batching N={model_half.decisions.num_seqs}": model_half,
     }
 
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
             report = run_engine(checkpoint, plan, profile, prompts, args.gen_len)
             e2e = report["throughput"]["end_to_end"]
             print(
-                f"[pass {pass_index + 1}/{args.passes}] {name}: N={plan.num_seqs} achieved {e2e['achieved']:.1f} "
+                f"[pass {pass_index + 1}/{args.passes}] {name}: N={plan.decisions.num_seqs} achieved {e2e['achieved']:.1f} "
                 f"tok/s, plan {e2e['predicted']:.1f} ({time.perf_counter() - began:.0f} s)",
                 flush=True,
             )
@@ -96,10 +96,10 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
         rows.append(
             {
                 "system": name,
-                "batching": plan.batching,
-                "num_seqs": plan.num_seqs,
-                "kv_where": "device" if plan.batching == "model" else "host",
-                "kv_mib": plan.kv_budget_bytes / float(1 << 20),
+                "batching": plan.decisions.batching,
+                "num_seqs": plan.decisions.num_seqs,
+                "kv_where": "device" if plan.decisions.batching == "model" else "host",
+                "kv_mib": plan.decisions.kv_budget_bytes / float(1 << 20),
                 "predicted_tok_s": plan.predicted.generated_tok_s,
                 "achieved_tok_s": median,
                 "error": (plan.predicted.generated_tok_s - median) / median,

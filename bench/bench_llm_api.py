@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_len": args.prompt_len,
         "gen_len": args.gen_len,
         "threads": torch.get_num_threads(),
-        "num_seqs": llm.plan.num_seqs,
+        "num_seqs": llm.plan.decisions.num_seqs,
         "batched_s": batched,
         "one_by_one_s": one_by_one,
         "reference_s": unbatched,

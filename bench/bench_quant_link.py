@@ -97,8 +97,8 @@ def markdown(medians: dict[str, dict], plans_: dict, command: str, machine: str,
     rows = [
         [
             f"{name} ({plans_[name].weights_words})",
-            plans_[name].num_seqs,
-            plans_[name].stream_parts,
+            plans_[name].decisions.num_seqs,
+            plans_[name].decisions.stream_parts,
             r["bytes_per_step"] / 1e6,
             f"{r['bytes_per_step'] / base['bytes_per_step']:.2f}x",
             r["predicted_tok_s"],
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     plans_, profile = plans(paths, args)
     for name, plan in plans_.items():
         print(
-            f"{name}: {plan.weights_words}; N={plan.num_seqs}, parts {plan.stream_parts}, "
+            f"{name}: {plan.weights_words}; N={plan.decisions.num_seqs}, parts {plan.decisions.stream_parts}, "
             f"predicted {plan.predicted.generated_tok_s:.2f} tok/s, bottleneck {plan.bottleneck}",
             flush=True,
         )

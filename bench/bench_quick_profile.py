@@ -108,7 +108,7 @@ def compare(pair: tuple[Path, Path], execute: bool) -> dict:
         row = {}
         for label, profile in (("quick", quick), ("full", full)):
             plan = plan_on(checkpoint, workload, profile)
-            row[label] = {"predicted": plan.predicted.generated_tok_s, "num_seqs": plan.num_seqs}
+            row[label] = {"predicted": plan.predicted.generated_tok_s, "num_seqs": plan.decisions.num_seqs}
             if execute and name == "demo":
                 report = run_engine(checkpoint, plan, profile, prompts, gen_len)
                 row[label]["achieved"] = report["throughput"]["end_to_end"]["achieved"]

@@ -103,7 +103,9 @@ def write_plan(
         model_ref=str(checkpoint),
         profile_ref=profile_name,
     )
-    return replace(plan, attention_threads=threads, compute_threads=threads).save(path)
+    return replace(
+        plan, decisions=replace(plan.decisions, attention_threads=threads, compute_threads=threads)
+    ).save(path)
 
 
 def write_prompts(path: Path, count: int, max_tokens: int) -> Path:

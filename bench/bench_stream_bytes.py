@@ -42,7 +42,7 @@ def worker(checkpoint: str, count: int) -> dict:
     from runtime.sampling import SamplingParams
 
     torch.manual_seed(0)
-    config = EngineConfig(
+    config = EngineConfig.build(
         num_seqs=NUM_SEQS,
         attn_batch=NUM_SEQS,
         kv_budget_bytes=512 << 20,

@@ -115,8 +115,11 @@ def worker(job: dict) -> dict:
         overrides = {}
         if job["system"] == "engine-off":
             b = job["batch"]
-            kv = max(plan.kv_budget_bytes, plan.kv_budget_bytes * b // plan.num_seqs + 1)
-            overrides = {"module_batching": False, "num_seqs": b, "attn_batch": b, "kv_budget_bytes": kv}
+            kv = max(
+                plan.decisions.kv_budget_bytes,
+                plan.decisions.kv_budget_bytes * b // plan.decisions.num_seqs + 1,
+            )
+            overrides = {"batching": "model", "num_seqs": b, "attn_batch": b, "kv_budget_bytes": kv}
         report = run_engine(checkpoint, plan, profile, prompts, job["gen_len"], **overrides)
         stats = report["run_stats"]
         result = {

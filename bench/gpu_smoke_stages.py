@@ -211,7 +211,7 @@ def exactness(ctx) -> dict:
     ReferenceBackend(ReferenceModel(spec, checkpoint.weights)).run(states)
     reference = [s.token_ids for s in states]
     kv_budget = 11 * 4 * spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 4  # 11 blocks: preemption
-    base = EngineConfig(
+    base = EngineConfig.build(
         num_seqs=3,
         attn_batch=2,
         expert_batch=3,
@@ -221,7 +221,9 @@ def exactness(ctx) -> dict:
         attention_threads=1,
         device=str(ctx.device),
     )
-    streamed = base.with_(force_streaming=True, resident_modules=("embed", "lm_head", "router"), overlap=True)
+    streamed = base.with_(
+        force_streaming=True, resident_modules=("embed", "lm_head", "router"), token_groups=2
+    )
     variants = {
         "resident": (base, contextlib.nullcontext()),
         "streamed": (streamed, contextlib.nullcontext()),
@@ -251,7 +253,7 @@ def sync_audit(ctx) -> dict:
 
     spec = tiny_spec()
     checkpoint = random_checkpoint(spec, "bf16", seed=5)
-    config = EngineConfig(
+    config = EngineConfig.build(
         num_seqs=8,
         attn_batch=4,
         kv_budget_bytes=64 << 20,
@@ -259,7 +261,7 @@ def sync_audit(ctx) -> dict:
         prefill_chunk=64,
         device=str(ctx.device),
         force_streaming=True,
-        overlap=True,
+        token_groups=2,
         resident_modules=("embed", "lm_head", "router"),
     )
     engine = Engine(checkpoint, config)
@@ -345,7 +347,7 @@ def capped_plan(spec, profile, workload, dry_run: bool):
             plan = make_plan(spec, profile, workload, Budgets.from_args(profile, 8.0, device_gb=cap))
         except UserError:  # too small for the stream slots and reserve: a larger cap
             continue
-        if plan.stream_weights:
+        if plan.decisions.stream_weights:
             return plan, cap
     raise UserError(
         f"no device cap under {DEVICE_FRACTIONS[-1]:.0%} of {spec.name}'s weights makes it stream and fit",
@@ -382,10 +384,10 @@ def _predicted(ctx, model: str, dry_model: str) -> dict:
         torch.cuda.set_per_process_memory_fraction(min(cap * GiB / total, 1.0), ctx.device)
         overrides, out["device_cap_gib"] = {"device": "cuda"}, cap
     out.update(
-        num_seqs=plan.num_seqs,
-        stream_slots=plan.stream_slots,
-        stream_weights=plan.stream_weights,
-        resident_experts_per_layer=plan.resident_experts_per_layer,
+        num_seqs=plan.decisions.num_seqs,
+        stream_slots=plan.decisions.stream_slots,
+        stream_weights=plan.decisions.stream_weights,
+        resident_experts_per_layer=plan.decisions.resident_experts_per_layer,
     )
     ctx.keep("plan", out)
     gen = torch.Generator().manual_seed(2)

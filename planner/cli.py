@@ -184,14 +184,18 @@ def plan_summary(plan: Plan) -> str:
     p, b = plan.predicted, plan.bound
     lines = [
         f"plan for {plan.model.name} (weights {plan.weights_words}) on {plan.profile.name} ({plan.profile.kind} profile, "
-        f"{plan_device_words(plan)}{', model-based batching' if plan.batching == 'model' else ''})",
+        f"{plan_device_words(plan)}{', model-based batching' if plan.decisions.batching == 'model' else ''})",
         f"  workload: {plan.workload.describe()}",
         f"  generated {p.generated_tok_s:,.1f} tok/s end to end (decode {p.decode_tok_s:,.1f}, prefill "
         f"{p.prefill_tok_s:,.0f} tok/s); wall time {p.wall_time_s / 3600:.2f} h",
-        f"  {plan.num_seqs} sequences in flight, attn_batch {plan.attn_batch}, expert_batch {plan.expert_batch}, "
-        f"prefill_chunk {plan.prefill_chunk}, KV {plan.kv_budget_bytes / GiB:.1f} GiB",
-        f"  on the device: {', '.join(plan.resident_modules) if plan.stream_weights else 'everything (no streaming)'}"
-        + (f"; {plan.resident_experts_per_layer} routed experts per layer" if plan.stream_weights else ""),
+        f"  {plan.decisions.num_seqs} sequences in flight, attn_batch {plan.decisions.attn_batch}, expert_batch {plan.decisions.expert_batch}, "
+        f"prefill_chunk {plan.decisions.prefill_chunk}, KV {plan.decisions.kv_budget_bytes / GiB:.1f} GiB",
+        f"  on the device: {', '.join(plan.decisions.resident_modules) if plan.decisions.stream_weights else 'everything (no streaming)'}"
+        + (
+            f"; {plan.decisions.resident_experts_per_layer} routed experts per layer"
+            if plan.decisions.stream_weights
+            else ""
+        ),
         f"  bottleneck: {resource_words(plan, plan.bottleneck)} ({plan.utilisation[plan.bottleneck]:.0%} busy); bound {b.end_to_end_tok_s:,.1f} "
         f"tok/s end to end (decode {b.tok_s:,.1f}, {b.binding}; the prompts' prefill at peak loads the compute term), the plan "
         f"reaches {p.generated_tok_s / b.end_to_end_tok_s:.0%}",

@@ -84,12 +84,12 @@ def auto_plan(
     )
     threads = torch.get_num_threads()
     changes = {
-        name: min(getattr(plan, name) or threads, threads)
+        name: min(getattr(plan.decisions, name) or threads, threads)
         for name in ("attention_threads", "compute_threads")
     }
     if max_num_seqs is not None:
         if max_num_seqs < 1:
             raise UserError(f"max_num_seqs={max_num_seqs} must be positive", "pass max_num_seqs >= 1")
-        changes["num_seqs"] = min(plan.num_seqs, max_num_seqs)
-        changes["attn_batch"] = min(plan.attn_batch, changes["num_seqs"])
-    return replace(plan, **changes)
+        changes["num_seqs"] = min(plan.decisions.num_seqs, max_num_seqs)
+        changes["attn_batch"] = min(plan.decisions.attn_batch, changes["num_seqs"])
+    return replace(plan, decisions=replace(plan.decisions, **changes))

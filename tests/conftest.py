@@ -165,7 +165,9 @@ def tiny_job(tmp_path_factory) -> TinyJob:
         model_ref=str(root / "ckpt"),
         profile_ref=str(profile_path),
     )
-    plan = replace(plan, attention_threads=1, compute_threads=1)  # 2 threads crawl on a shared 2-core machine
+    plan = replace(
+        plan, decisions=replace(plan.decisions, attention_threads=1, compute_threads=1)
+    )  # 2 threads crawl
     return TinyJob(root=root, checkpoint=root / "ckpt", plan=plan.save(root / "plan.yaml"), env=env)
 
 

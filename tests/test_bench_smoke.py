@@ -60,13 +60,16 @@ def test_accuracy_configs_cover_the_matrix_and_build_their_plans():
     for quick in (False, True):
         for config in (c.scaled(quick) for c in configs):
             plan = bench_accuracy.plan_for(config, config_spec(config), profile, Path("ckpt"), "bench-cpu")
-            assert plan.num_seqs == config.num_seqs, config.name
-            assert plan.stream_weights == config.streaming and plan.workload.num_prompts == config.num_prompts
+            assert plan.decisions.num_seqs == config.num_seqs, config.name
+            assert (
+                plan.decisions.stream_weights == config.streaming
+                and plan.workload.num_prompts == config.num_prompts
+            )
             if (
                 config.streaming
             ):  # the engine's forced-streaming mode: every layer group kept, experts streamed
-                assert plan.resident_experts_per_layer == 0
-                assert set(plan.resident_modules) == set(
+                assert plan.decisions.resident_experts_per_layer == 0
+                assert set(plan.decisions.resident_modules) == set(
                     bench_accuracy.STREAMING_OVERRIDES["resident_modules"]
                 )
                 assert (
@@ -266,7 +269,7 @@ def test_gpu_smoke_plans_streaming_on_a_capped_device_and_skips_without_cuda(tmp
         plan, cap = gpu_smoke_stages.capped_plan(
             load_spec(model).with_layers(4), profile, workload, dry_run=False
         )
-        assert plan.stream_weights and plan.budgets.device_gib == cap
+        assert plan.decisions.stream_weights and plan.budgets.device_gib == cap
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -51,11 +51,11 @@ def synthetic_report(
     forwards = max(round(plan.predicted.prefill_time_s / plan.predicted.prefill_chunk_s), 1)
     streamed = 8 * spec.num_layers * 4_000_000 if force_streaming else 0
     config = {
-        "num_seqs": plan.num_seqs,
-        "attn_batch": plan.attn_batch,
-        "expert_batch": plan.expert_batch,
-        "prefill_chunk": plan.prefill_chunk,
-        "attention_threads": plan.attention_threads,
+        "num_seqs": plan.decisions.num_seqs,
+        "attn_batch": plan.decisions.attn_batch,
+        "expert_batch": plan.decisions.expert_batch,
+        "prefill_chunk": plan.decisions.prefill_chunk,
+        "attention_threads": plan.decisions.attention_threads,
         "module_batching": module_batching,
         "force_streaming": force_streaming,
     }
@@ -163,7 +163,7 @@ def test_device_run_fits_copy_efficiency(tmp_path):
     spec = small_spec("mixtral", num_layers=8, hidden_size=2048, moe_intermediate_size=4096)
     report = synthetic_report(spec, profile, truth, 2.0, Workload.fixed(256, 64, 1024))
     run = run_from_report(report)
-    assert run.plan.stream_weights
+    assert run.plan.decisions.stream_weights
     calibration = fit([run], profile)
     assert calibration.after["copy"] == pytest.approx(0.55, rel=0.05)
 

@@ -65,14 +65,14 @@ def reference_tokens(checkpoint, prompts):
 def test_engine_greedy_tokens_match_reference(
     checkpoint, prompts, reference_tokens, force_streaming, grouped
 ):
-    config = EngineConfig(
+    config = EngineConfig.build(
         num_seqs=2,
         attn_batch=1,
         kv_budget_bytes=4 << 20,
         kv_block_size=4,
         prefill_chunk=8,
         force_streaming=force_streaming,
-        overlap=force_streaming,
+        token_groups=2 if force_streaming else 1,
         grouped_experts=grouped,
     )
     engine = Engine(checkpoint, config)

@@ -125,11 +125,11 @@ def _greedy_tokens(checkpoint, config) -> tuple[dict, object]:
 def test_emulated_link_gives_the_same_greedy_tokens_with_every_stream_copy_paced(checkpoint):
     from runtime.engine import EngineConfig
 
-    base = EngineConfig(
+    base = EngineConfig.build(
         num_seqs=4, attn_batch=4, expert_batch=8, kv_budget_bytes=1 << 20, kv_block_size=4, prefill_chunk=16
     )
     plain, _ = _greedy_tokens(checkpoint, base)
-    emulated = base.with_(stream_weights=True, link_gbps=0.2, device_memory_bytes=64 * MiB)
+    emulated = base.with_(stream_weights=True, emulated_link_gbps=0.2, device_memory_bytes=64 * MiB)
     assert emulated.streams and emulated.emulated
     paced, (engine, stats) = _greedy_tokens(checkpoint, emulated)
     assert paced == plain
@@ -146,12 +146,15 @@ def test_emulated_link_gives_the_same_greedy_tokens_with_every_stream_copy_paced
 def test_layers_streamed_in_parts_give_the_same_tokens_in_smaller_slots(checkpoint, parts):
     from runtime.engine import EngineConfig
 
-    base = EngineConfig(
+    base = EngineConfig.build(
         num_seqs=4, attn_batch=4, expert_batch=8, kv_budget_bytes=1 << 20, kv_block_size=4, prefill_chunk=16
     )
     plain, _ = _greedy_tokens(checkpoint, base)
     emulated = base.with_(
-        stream_weights=True, link_gbps=50.0, device_memory_bytes=64 * MiB, resident_experts_per_layer=1
+        stream_weights=True,
+        emulated_link_gbps=50.0,
+        device_memory_bytes=64 * MiB,
+        resident_experts_per_layer=1,
     )
     whole, (engine, _) = _greedy_tokens(checkpoint, emulated)
     in_parts, (parted, _) = _greedy_tokens(checkpoint, emulated.with_(stream_parts=parts))
@@ -161,7 +164,7 @@ def test_layers_streamed_in_parts_give_the_same_tokens_in_smaller_slots(checkpoi
     assert parted.streamer.buffer_bytes < engine.streamer.buffer_bytes * (2 / parts + 0.1)
     assert parted.streamer.max_slots_in_use == 1  # each part handed back before the next is read
     with pytest.raises(UserError, match="token groups"):
-        emulated.with_(stream_parts=2, overlap=True)
+        emulated.with_(stream_parts=2, token_groups=2)
     with pytest.raises(UserError, match="every module but the routed"):
         _greedy_tokens(checkpoint, emulated.with_(stream_parts=2, resident_modules=("embed", "lm_head")))
 
@@ -170,13 +173,17 @@ def test_layers_streamed_in_parts_give_the_same_tokens_in_smaller_slots(checkpoi
 def test_a_device_set_larger_than_the_emulated_memory_is_refused(checkpoint):
     from runtime.engine import Engine, EngineConfig
 
-    config = EngineConfig(
-        num_seqs=4, kv_budget_bytes=1 << 20, stream_weights=True, link_gbps=1.0, device_memory_bytes=64 << 10
+    config = EngineConfig.build(
+        num_seqs=4,
+        kv_budget_bytes=1 << 20,
+        stream_weights=True,
+        emulated_link_gbps=1.0,
+        device_memory_bytes=64 << 10,
     )
     with pytest.raises(UserError, match="exceeds the emulated device memory") as err:
         Engine(checkpoint, config)
     assert "resident weights" in err.value.cause and "stream buffers" in err.value.cause
-    model_based = config.with_(module_batching=False, kv_budget_bytes=32 * MiB, device_memory_bytes=16 * MiB)
+    model_based = config.with_(batching="model", kv_budget_bytes=32 * MiB, device_memory_bytes=16 * MiB)
     with pytest.raises(UserError, match="KV cache"):
         Engine(checkpoint, model_based)
 
@@ -208,8 +215,12 @@ def _plan(profile, batching="module", num_prompts=256):
 
 def test_emulated_link_plans_like_a_device_and_names_the_link(emulated):
     plan = _plan(emulated)
-    assert plan.emulated_link_gbps == 1.0 and plan.token_groups == 1 and plan.stream_weights
-    assert plan.resident_experts_per_layer < 8 and "experts" not in plan.resident_modules
+    assert (
+        plan.decisions.emulated_link_gbps == 1.0
+        and plan.decisions.token_groups == 1
+        and plan.decisions.stream_weights
+    )
+    assert plan.decisions.resident_experts_per_layer < 8 and "experts" not in plan.decisions.resident_modules
     assert plan.bottleneck == "link" and plan.utilisation["link"] > 0.85
     assert plan.memory["device"]["total"] <= plan.memory["device"]["budget"] == 0.6 * (1 << 30)
     assert plan.memory["device"]["reserve"] == 0.0
@@ -222,13 +233,13 @@ def test_emulated_link_plans_like_a_device_and_names_the_link(emulated):
 
 def test_model_based_batching_keeps_kv_on_the_device_and_is_bounded_by_it(emulated):
     module, model = _plan(emulated), _plan(emulated, "model")
-    assert model.batching == "model" and model.attn_batch == model.num_seqs
+    assert model.decisions.batching == "model" and model.decisions.attn_batch == model.decisions.num_seqs
     assert model.memory["device"]["kv_cache"] > 0 and model.memory["host"]["kv_cache"] == 0
     assert model.memory["device"]["total"] <= model.memory["device"]["budget"]
-    assert model.num_seqs < module.num_seqs
+    assert model.decisions.num_seqs < module.decisions.num_seqs
     assert module.predicted.generated_tok_s > model.predicted.generated_tok_s
     roomier = _plan(emulate_link(emulated, 1.0, 1.2), "model")
-    assert roomier.num_seqs > model.num_seqs
+    assert roomier.decisions.num_seqs > model.decisions.num_seqs
 
 
 def test_too_small_an_emulated_device_is_refused_with_the_reason(emulated):
@@ -239,14 +250,14 @@ def test_too_small_an_emulated_device_is_refused_with_the_reason(emulated):
 
 def test_a_device_too_small_for_two_whole_layers_streams_them_in_parts(emulated):
     tight = _plan(emulate_link(emulated, 1.0, 0.4))
-    assert tight.stream_parts > 1 and tight.bottleneck == "link"
+    assert tight.decisions.stream_parts > 1 and tight.bottleneck == "link"
     assert _plan(load_profile("a5000-epyc7453")).stream_parts == 1  # two token groups: whole layers
     device = tight.memory["device"]
     assert device["total"] <= device["budget"] and device["stream_buffers"] < 2 * 176e6
     assert Plan.from_yaml(tight.to_yaml()) == tight
     from runtime.engine import EngineConfig
 
-    assert EngineConfig.from_plan(tight).stream_parts == tight.stream_parts
+    assert EngineConfig.from_plan(tight).decisions.stream_parts == tight.decisions.stream_parts
     with pytest.raises(UserError, match="parts"):
         _plan(emulate_link(emulated, 1.0, 0.15))
 
@@ -255,7 +266,11 @@ def test_plans_without_the_new_fields_still_load(emulated):
     data = _plan(emulated).to_dict()
     del data["batching"], data["emulated_link_gbps"], data["stream_parts"]
     plan = Plan.from_dict(data)
-    assert plan.batching == "module" and plan.emulated_link_gbps is None and plan.stream_parts == 1
+    assert (
+        plan.decisions.batching == "module"
+        and plan.decisions.emulated_link_gbps is None
+        and plan.decisions.stream_parts == 1
+    )
 
 
 def test_sweep_over_link_speed_finds_where_the_link_stops_binding(emulated):

@@ -36,11 +36,9 @@ BLOCK_SIZE = 4
 CONFIGS = {
     "in_place": dict(),
     "streamed_overlap": dict(
-        force_streaming=True, resident_modules=("embed", "lm_head", "router"), overlap=True
+        force_streaming=True, resident_modules=("embed", "lm_head", "router"), token_groups=2
     ),
-    "model_batching_streamed": dict(
-        module_batching=False, force_streaming=True, resident_experts_per_layer=1
-    ),
+    "model_batching_streamed": dict(batching="model", force_streaming=True, resident_experts_per_layer=1),
 }
 
 
@@ -118,7 +116,7 @@ def kv_budget(spec, blocks: int, slots: int = 3) -> int:
 def test_engine_greedy_tokens_match_reference(checkpoint, workload, reference_tokens, config_name, grouped):
     spec = checkpoint.spec
     # 3 slots, 11 blocks of 4 tokens: fewer than three sequences of up to 36 tokens need: some are preempted
-    config = EngineConfig(
+    config = EngineConfig.build(
         num_seqs=3,
         attn_batch=2,
         expert_batch=3,
@@ -156,7 +154,7 @@ def test_engine_greedy_tokens_match_reference(checkpoint, workload, reference_to
         assert (
             stats.steps * layers
             <= len(engine.streamer.copy_log)
-            <= stats.steps * layers + config.stream_slots
+            <= stats.steps * layers + config.decisions.stream_slots
         )
         per_cycle = sum(layer.nbytes for layer in engine.store.packed)
         assert engine.streamer.copied_bytes == sum(
@@ -196,7 +194,7 @@ def test_engine_runs_several_jobs_in_turn(mixtral):
     )
     reference = new_states(workload)
     ReferenceBackend(ReferenceModel(mixtral.spec, mixtral.weights)).run(reference)
-    config = EngineConfig(
+    config = EngineConfig.build(
         num_seqs=4,
         kv_budget_bytes=kv_budget(mixtral.spec, 64),
         kv_block_size=BLOCK_SIZE,
@@ -232,7 +230,7 @@ def test_llm_with_an_engine_config_matches_the_reference_api(mixtral):
 
     checkpoint = mixtral
     reference = LLM(checkpoint.dir, reference=True)
-    config = EngineConfig(
+    config = EngineConfig.build(
         num_seqs=2,
         kv_budget_bytes=kv_budget(checkpoint.spec, 32),
         kv_block_size=BLOCK_SIZE,

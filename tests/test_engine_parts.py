@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planner.errors import UserError
+from planner.plans.decisions import Decisions
 from planner.specs.spec import load_spec
 from runtime.engine.config import EngineConfig
 from runtime.engine.expert_stacks import expert_weights, is_stack_name, stack_names
@@ -210,16 +211,13 @@ def test_scheduler_stops_at_the_longest_length():
 
 # ----- config and weight placement -----
 def test_engine_config_from_plan_reads_the_decisions():
-    from planner.plans.plan import Plan
-
-    plan_fields = {f.name for f in dataclasses.fields(Plan)}
-    decisions = dict(
+    decisions = Decisions(
         num_seqs=64,
         attn_batch=16,
         expert_batch=256,
         kv_budget_bytes=1 << 30,
         kv_block_size=16,
-        resident_modules=["qkv_proj"],
+        resident_modules=("qkv_proj",),
         resident_experts_per_layer=2,
         stream_weights=True,
         prefill_chunk=1024,
@@ -227,15 +225,8 @@ def test_engine_config_from_plan_reads_the_decisions():
         compute_threads=2,
         token_groups=2,
     )
-    assert set(decisions) <= plan_fields
-    config = EngineConfig.from_plan(SimpleNamespace(**decisions), device="cpu")
-    assert (config.num_seqs, config.attn_batch, config.expert_batch, config.prefill_chunk) == (
-        64,
-        16,
-        256,
-        1024,
-    )
-    assert config.resident_modules == ("qkv_proj",) and config.overlap and config.stream_weights
+    config = EngineConfig.from_plan(SimpleNamespace(decisions=decisions), device="cpu")
+    assert config.decisions is decisions and config.uses_overlap
     assert not config.streams  # no device: weights in place unless forced
     forced = config.with_(force_streaming=True)
     assert (
@@ -243,10 +234,13 @@ def test_engine_config_from_plan_reads_the_decisions():
         and forced.is_resident("experts", 1)
         and not forced.is_resident("experts", 2)
     )
-    with pytest.raises(UserError, match="lacks"):
-        EngineConfig.from_plan(SimpleNamespace(num_seqs=1))
+    assert config.with_(num_seqs=8).decisions.num_seqs == 8 and config.with_(num_seqs=8).device == "cpu"
+    with pytest.raises(UserError, match="num_seqs"):
+        config.with_(num_seqs=0)
     with pytest.raises(UserError, match="unknown modules"):
-        EngineConfig(resident_modules=("attention_core",))
+        EngineConfig.build(resident_modules=("attention_core",))
+    with pytest.raises(TypeError, match="no setting"):
+        config.with_(overlap=True)
 
 
 @pytest.mark.parametrize(
@@ -290,7 +284,7 @@ def test_weight_store_places_resident_and_packs_streamed():
     assert torch.equal(down, weights["layers.1.moe.experts.3.down_proj"])
     assert set(in_place.layers[1]) >= set(stack_names(0, 4))
     recorder = PinRecorder()
-    config = EngineConfig(
+    config = EngineConfig.build(
         force_streaming=True, resident_modules=("qkv_proj", "router"), resident_experts_per_layer=1
     )
     store = WeightStore(weights, spec, config, pinner=recorder)

@@ -132,7 +132,7 @@ def test_engine_matches_the_reference_with_experts_in_mxfp4(directory, streamed,
         switches = (
             dict(force_streaming=True, resident_modules=("embed", "lm_head", "router")) if streamed else {}
         )
-        config = EngineConfig(
+        config = EngineConfig.build(
             num_seqs=3, kv_block_size=4, grouped_experts=grouped, expert_batch=3, **switches
         )
         engine = Engine(checkpoint, config)  # 5 prompts on 3 slots: refills
@@ -177,7 +177,7 @@ def test_modules_to_not_convert_keeps_a_layers_experts_float(directory, tmp_path
         reference = greedy(
             ReferenceBackend(ReferenceModel(quantized.spec, quantized.weights.dequantized())), PROMPTS
         )
-        engine = Engine(mixed, EngineConfig(num_seqs=3, kv_block_size=4, force_streaming=True))
+        engine = Engine(mixed, EngineConfig.build(num_seqs=3, kv_block_size=4, force_streaming=True))
         try:
             assert greedy(EngineBackend(engine), PROMPTS) == reference
         finally:

@@ -64,13 +64,13 @@ def decode_step_gemms(checkpoint, grouped: bool) -> list[tuple[int, int, Counter
     from 8 sequences to 1 as they finish."""
     engine = Engine(
         checkpoint,
-        EngineConfig(
+        EngineConfig.build(
             num_seqs=8,
             attn_batch=8,
             kv_budget_bytes=8 << 20,
             attention_threads=1,
             grouped_experts=grouped,
-            overlap=False,
+            token_groups=1,
         ),
     )
     steps, forward, attend = [], engine.stack.forward, engine.stack.backend.decode
@@ -164,7 +164,7 @@ def test_grouped_path_is_forced_by_the_config_or_the_environment(monkeypatch):
     monkeypatch.setenv(GROUPED_ENV, "1")
     assert (
         EngineConfig().grouped_experts is True
-        and EngineConfig(grouped_experts=False).grouped_experts is False
+        and EngineConfig.build(grouped_experts=False).grouped_experts is False
     )
 
 

@@ -57,7 +57,7 @@ def test_planner_host_and_pinned_bytes_equal_what_the_engine_allocates(checkpoin
     )
     host, _ = model.memory.breakdown(candidate, 8.0)
     groups, experts = model.layout.resident_groups(residency)
-    config = EngineConfig(
+    config = EngineConfig.build(
         force_streaming=True,
         resident_modules=groups,
         resident_experts_per_layer=experts,
@@ -76,7 +76,7 @@ def test_planner_host_and_pinned_bytes_equal_what_the_engine_allocates(checkpoin
         )
     finally:
         store.close()
-    kv = HostKVCache(spec, torch.bfloat16, config.kv_budget_bytes, config.kv_block_size)
+    kv = HostKVCache(spec, torch.bfloat16, config.decisions.kv_budget_bytes, config.decisions.kv_block_size)
     assert kv.nbytes == pytest.approx(host["kv_cache"], rel=0.01)
 
 

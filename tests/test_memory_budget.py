@@ -48,9 +48,8 @@ def smallest_host_budget_plan(job, workload: Workload) -> Plan:
     roomy = solve(None).memory["host"]
     needed = roomy["total"] - roomy["reserve"]
     small = solve(1.02 * (HOST_RESERVE_BYTES + needed) / (1 - HOST_RESERVE_FRACTION) / GiB)
-    return replace(
-        small, attention_threads=1, compute_threads=1
-    )  # as tiny_job's plan: fast on a shared machine
+    fast = replace(small.decisions, attention_threads=1, compute_threads=1)  # as tiny_job's plan
+    return replace(small, decisions=fast)
 
 
 # a small process between pytest and the job: the job inherits its (tiny) high-water mark, not pytest's

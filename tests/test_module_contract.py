@@ -45,8 +45,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_decode_step_timer_calls_are_the_planners_call_counts(checkpoint, groups):
-    config = EngineConfig(
-        num_seqs=NUM_SEQS, attn_batch=ATTN_BATCH, kv_block_size=4, overlap=groups == 2, device="cpu"
+    config = EngineConfig.build(
+        num_seqs=NUM_SEQS, attn_batch=ATTN_BATCH, kv_block_size=4, token_groups=groups, device="cpu"
     )
     engine = Engine(checkpoint, config)
     full_decode_steps = []

@@ -56,7 +56,9 @@ def test_solve_prints_and_writes_a_plan(capsys, tmp_path, model, extra):
     assert code == 0, err
     assert "tok/s end to end" in out and "bottleneck:" in out and "bound" in out and "solved in" in out
     plan = Plan.load(out_path)
-    assert plan.profile.name == PROFILE and plan.num_seqs >= 1 and plan.predicted.generated_tok_s > 0
+    assert (
+        plan.profile.name == PROFILE and plan.decisions.num_seqs >= 1 and plan.predicted.generated_tok_s > 0
+    )
     assert Plan.from_yaml(plan.to_yaml()) == plan
     assert yaml.safe_load(out_path.read_text())["schema_version"] == 1
 

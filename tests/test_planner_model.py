@@ -231,9 +231,9 @@ def test_plan_accounts_memory_by_category_within_budgets():
         + device["decode_activations"]
         + device["prefill_workspace"]
     )
-    assert plan.kv_budget_bytes == host["kv_cache"] <= 128 * GiB
-    assert plan.is_resident("qkv_proj") and plan.is_resident("experts", 0)
-    assert not plan.is_resident("experts", plan.resident_experts_per_layer)
+    assert plan.decisions.kv_budget_bytes == host["kv_cache"] <= 128 * GiB
+    assert plan.decisions.is_resident("qkv_proj") and plan.decisions.is_resident("experts", 0)
+    assert not plan.decisions.is_resident("experts", plan.decisions.resident_experts_per_layer)
 
 
 def test_streaming_on_the_host_adds_expert_copies_at_the_memory_copy_rate():
@@ -250,8 +250,8 @@ def test_streaming_on_the_host_adds_expert_copies_at_the_memory_copy_rate():
     assert step["weight_copy"][0] == pytest.approx(copy) and copy > 0
     assert step["step"][0] == pytest.approx(base["step"][0] + copy)
     plan = make_plan(spec, profile, workload, budgets, stream_on_host=True)
-    assert plan.stream_weights and plan.resident_experts_per_layer == 0
-    assert not make_plan(spec, profile, workload, budgets).stream_weights
+    assert plan.decisions.stream_weights and plan.decisions.resident_experts_per_layer == 0
+    assert not make_plan(spec, profile, workload, budgets).decisions.stream_weights
 
 
 def test_end_to_end_bound_adds_the_prompts_prefill_at_peak_to_the_compute_term():
@@ -313,8 +313,10 @@ def test_a_third_stream_slot_only_when_device_memory_has_room():
         assert memory.stream_slots(c, n) == (3 if used + slot <= device_gib * GiB else 2)
     assert seen == {2, 3}
     plan = make_plan(spec.with_layers(8), profile, workload, Budgets.from_args(profile, 128, device_gb=80))
-    assert plan.stream_slots == 3 and plan.memory["device"]["total"] <= plan.memory["device"]["budget"]
-    assert Plan.from_yaml(plan.to_yaml()).stream_slots == 3
+    assert (
+        plan.decisions.stream_slots == 3 and plan.memory["device"]["total"] <= plan.memory["device"]["budget"]
+    )
+    assert Plan.from_yaml(plan.to_yaml()).decisions.stream_slots == 3
     old = plan.to_dict()
     del old["stream_slots"]  # a plan written before the field: 2 slots
-    assert Plan.from_dict(old).stream_slots == 2
+    assert Plan.from_dict(old).decisions.stream_slots == 2

@@ -47,11 +47,11 @@ def test_plans_fit_budgets_stay_under_the_bound_and_are_deterministic(spec, prof
     plan = solve_or_skip(spec, profile, workload, budgets)
     host, device = plan.memory["host"], plan.memory["device"]
     assert host["total"] <= budgets.host_bytes
-    assert plan.kv_budget_bytes <= budgets.kv_bytes
+    assert plan.decisions.kv_budget_bytes <= budgets.kv_bytes
     if profile.has_device:
         assert device["total"] <= budgets.device_bytes
     else:
-        assert device == {} and not plan.stream_weights
+        assert device == {} and not plan.decisions.stream_weights
         assert plan.module_times["decode_step"]["weight_copy"] == 0
         assert plan.module_times["prefill_chunk"]["weight_copy"] == 0
     p = plan.predicted

@@ -33,7 +33,7 @@ CHILD = textwrap.dedent("""
 
     torch.set_num_threads(2)
     directory, tokens = sys.argv[1], int(sys.argv[2])
-    config = EngineConfig(num_seqs=1, attn_batch=1, prefill_chunk=tokens, kv_budget_bytes=64 << 20,
+    config = EngineConfig.build(num_seqs=1, attn_batch=1, prefill_chunk=tokens, kv_budget_bytes=64 << 20,
                           kv_block_size=16, attention_threads=1)
     llm = LLM(directory, plan=config)
     prompt = torch.randint(3, 30000, (tokens,), generator=torch.Generator().manual_seed(0)).tolist()

@@ -48,7 +48,7 @@ def test_kv_budget_allows_exactly_n_sequences(spec, device):
             attention_threads=[2],
         )
         assert int(np.floor(model.memory.max_num_seqs(c)[0])) == num_seqs
-        assert make_plan(spec, profile, workload, budgets).num_seqs == num_seqs
+        assert make_plan(spec, profile, workload, budgets).decisions.num_seqs == num_seqs
 
 
 def test_probe_models_are_not_the_test_minis():

@@ -110,7 +110,7 @@ def test_engine_matches_the_dequantized_reference(quantized, switches, grouped):
     reference = greedy(
         ReferenceBackend(ReferenceModel(checkpoint.spec, checkpoint.weights.dequantized())), PROMPTS
     )
-    config = EngineConfig(num_seqs=3, kv_block_size=4, grouped_experts=grouped, **switches)
+    config = EngineConfig.build(num_seqs=3, kv_block_size=4, grouped_experts=grouped, **switches)
     engine = Engine(checkpoint, config)
     try:
         assert greedy(EngineBackend(engine), PROMPTS) == reference

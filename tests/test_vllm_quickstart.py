@@ -158,4 +158,4 @@ def test_llm_uses_the_batched_engine_and_resolves_the_hub_id(hub_cache, machine_
     llm = LLM(model="facebook/opt-125m")
     assert isinstance(llm.backend, EngineBackend)
     assert llm.checkpoint.dir.name == REVISION
-    assert llm.plan.num_seqs > 1
+    assert llm.plan.decisions.num_seqs > 1

@@ -45,14 +45,19 @@ def test_a_plan_for_another_profile_is_solved_again_with_the_same_kv_budget(here
     chosen = plan_for_worker(plan, SPEC, cpus=1)
     assert chosen.source == "re-solved" and "h100-sxm-lambda" in chosen.reason
     assert chosen.plan.profile.fingerprint == here.fingerprint()
-    assert chosen.plan.budgets.kv_gib == pytest.approx(0.02) and chosen.plan.compute_threads == 1
+    assert chosen.plan.budgets.kv_gib == pytest.approx(0.02) and chosen.plan.decisions.compute_threads == 1
     assert chosen.plan.budgets.host_gib <= here.machine.host_memory_gib
 
 
 def test_a_plan_with_more_threads_than_the_worker_has_cpus_is_solved_for_those_cpus(here):
-    plan = replace(solved_for(here), attention_threads=4, compute_threads=4)
+    solved = solved_for(here)
+    plan = replace(solved, decisions=replace(solved.decisions, attention_threads=4, compute_threads=4))
     chosen = plan_for_worker(plan, SPEC, cpus=1)
-    assert chosen.source == "re-solved" and "4 threads" in chosen.reason and chosen.plan.compute_threads == 1
+    assert (
+        chosen.source == "re-solved"
+        and "4 threads" in chosen.reason
+        and chosen.plan.decisions.compute_threads == 1
+    )
 
 
 def test_a_worker_machine_without_a_profile_is_a_user_error_unless_forced(monkeypatch):

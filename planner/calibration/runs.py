@@ -110,7 +110,7 @@ def _engine_decisions(stats: dict, plan: Plan, where: str) -> EngineDecisions:
     cw = f"{where}: run_stats.config"
     num_seqs = _get(config, "num_seqs", cw, int)
     batching = _get(config, "module_batching", cw, bool)
-    threads = config.get("attention_threads") or plan.attention_threads
+    threads = config.get("attention_threads") or plan.decisions.attention_threads
     return EngineDecisions(
         num_seqs=num_seqs,
         attn_batch=float(_get(config, "attn_batch", cw, int)) if batching else float(num_seqs),
@@ -201,9 +201,9 @@ def check_profile_matches(run: MeasuredRun, profile: HardwareProfile) -> None:
 # ----- predicting a run -----
 def _residency(plan: Plan, model: PerfModel) -> int:
     layout = model.layout
-    if not plan.stream_weights or not (model.has_device or model.streams_on_host):
+    if not plan.decisions.stream_weights or not (model.has_device or model.streams_on_host):
         return layout.max_residency
-    wanted = (set(plan.resident_modules), plan.resident_experts_per_layer)
+    wanted = (set(plan.decisions.resident_modules), plan.decisions.resident_experts_per_layer)
     for rho in range(layout.max_residency + 1):
         groups, experts = layout.resident_groups(rho)
         if (set(groups), experts) == wanted:
@@ -226,9 +226,9 @@ def predict_run(run: MeasuredRun, profile: HardwareProfile) -> RunPrediction:
         profile,
         plan.workload,
         budgets_of(plan),
-        block_size=plan.kv_block_size,
-        stream_on_host=bool(plan.stream_weights),
-        batching=plan.batching,
+        block_size=plan.decisions.kv_block_size,
+        stream_on_host=bool(plan.decisions.stream_weights),
+        batching=plan.decisions.batching,
     )
     threads = int(np.clip(e.attention_threads, 1, model.rates.cores))
 

@@ -21,6 +21,7 @@ from planner.modules import WEIGHT_MODULES
 from planner.perf.bound import compute_bound, gemm_flops_per_token
 from planner.perf.memory import Budgets, GiB
 from planner.perf.model import Candidates, PerfModel
+from planner.plans.decisions import Decisions
 from planner.plans.plan import (
     SCHEMA_VERSION,
     BudgetsGiB,
@@ -136,21 +137,27 @@ def plan_from_solution(
             kv_gib=b.kv_bytes / GiB, host_gib=b.host_bytes / GiB, device_gib=b.device_bytes / GiB
         ),
         workload=w,
-        num_seqs=n,
-        attn_batch=attn_batch,
-        expert_batch=expert_batch,
-        kv_budget_bytes=int(host["kv_cache"] or device.get("kv_cache", 0.0)),
-        kv_block_size=lay.block_size,
-        resident_modules=tuple(resident),
-        resident_experts_per_layer=experts_resident,
-        stream_weights=streams,
-        prefill_chunk=solution.prefill_chunk,
-        attention_threads=solution.attention_threads,
-        compute_threads=solution.compute_threads,
-        token_groups=model.groups,
-        scheduling="refill",
-        batching=model.batching,
-        emulated_link_gbps=None if model.profile.emulated_link is None else model.profile.emulated_link.gbps,
+        decisions=Decisions(
+            num_seqs=n,
+            attn_batch=attn_batch,
+            expert_batch=expert_batch,
+            kv_budget_bytes=int(host["kv_cache"] or device.get("kv_cache", 0.0)),
+            kv_block_size=lay.block_size,
+            resident_modules=tuple(resident),
+            resident_experts_per_layer=experts_resident,
+            stream_weights=streams,
+            prefill_chunk=solution.prefill_chunk,
+            attention_threads=solution.attention_threads,
+            compute_threads=solution.compute_threads,
+            token_groups=model.groups,
+            scheduling="refill",
+            batching=model.batching,
+            emulated_link_gbps=None
+            if model.profile.emulated_link is None
+            else model.profile.emulated_link.gbps,
+            stream_slots=slots,
+            stream_parts=parts,
+        ),
         predicted=predicted,
         module_times={
             "decode_step": {k: float(v[0]) for k, v in ev.decode_modules.items()},
@@ -160,8 +167,6 @@ def plan_from_solution(
         bottleneck=max(utilisation, key=utilisation.get),
         memory={"host": host, "device": device},
         bound=bound,
-        stream_slots=slots,
-        stream_parts=parts,
         dequant_ns=dict(model.dequant.ns_per_weight),
         dequant_source=model.dequant.source,
         gemm_dtype=model.gemm_dtype,

@@ -67,7 +67,7 @@ def problem_from_plan(plan: Plan) -> Problem:
         budgets,
         model_ref=plan.model.ref,
         profile_ref=plan.profile.ref,
-        batching=plan.batching,
+        batching=plan.decisions.batching,
     )
 
 
@@ -108,14 +108,14 @@ def what_ifs(problem: Problem) -> list[tuple[str, float]]:
 
 def plan_device_words(plan: Plan) -> str:
     """How plans, progress and reports name the device a plan runs on."""
-    if plan.emulated_link_gbps is not None:
-        return device_name(plan.emulated_link_gbps)
+    if plan.decisions.emulated_link_gbps is not None:
+        return device_name(plan.decisions.emulated_link_gbps)
     return "a device" if plan.budgets.device_gib > 0 else "CPU only"
 
 
 def resource_words(plan: Plan, resource: str) -> str:
-    if resource == "link" and plan.emulated_link_gbps is not None:
-        return f"{DEVICE_WORDS} ({plan.emulated_link_gbps:g} GB/s)"
+    if resource == "link" and plan.decisions.emulated_link_gbps is not None:
+        return f"{DEVICE_WORDS} ({plan.decisions.emulated_link_gbps:g} GB/s)"
     return RESOURCE_WORDS.get(resource, resource)
 
 
@@ -123,7 +123,7 @@ def explain(plan: Plan, what_if: bool = True) -> str:
     p, w = plan.predicted, plan.workload
     batching = (
         "model-based batching (one batch of N everywhere, KV in device memory)"
-        if plan.batching == "model"
+        if plan.decisions.batching == "model"
         else "module-based batching"
     )
     out = [
@@ -137,21 +137,24 @@ def explain(plan: Plan, what_if: bool = True) -> str:
             "dequantization: this profile has no measured `dequant_ns`, so it is priced at the memory-bound "
             "floor (slower in practice, on a CPU several times): re-profile with `runtime profile` to measure it"
         ]
-    residency = ", ".join(plan.resident_modules) or "nothing"
+    residency = ", ".join(plan.decisions.resident_modules) or "nothing"
     out.append(
         table(
             ["decision", "value"],
             [
-                ["sequences in flight (num_seqs)", plan.num_seqs],
-                ["attention micro-batch (attn_batch)", plan.attn_batch],
-                ["expert batch (expert_batch)", plan.expert_batch],
-                ["prefill chunk (tokens)", plan.prefill_chunk],
-                ["KV budget (GiB)", plan.kv_budget_bytes / GiB],
+                ["sequences in flight (num_seqs)", plan.decisions.num_seqs],
+                ["attention micro-batch (attn_batch)", plan.decisions.attn_batch],
+                ["expert batch (expert_batch)", plan.decisions.expert_batch],
+                ["prefill chunk (tokens)", plan.decisions.prefill_chunk],
+                ["KV budget (GiB)", plan.decisions.kv_budget_bytes / GiB],
                 ["resident on device", residency],
-                ["routed experts resident per layer", plan.resident_experts_per_layer],
-                ["stream weights", plan.stream_weights],
-                ["token groups", plan.token_groups],
-                ["attention / compute threads", f"{plan.attention_threads} / {plan.compute_threads}"],
+                ["routed experts resident per layer", plan.decisions.resident_experts_per_layer],
+                ["stream weights", plan.decisions.stream_weights],
+                ["token groups", plan.decisions.token_groups],
+                [
+                    "attention / compute threads",
+                    f"{plan.decisions.attention_threads} / {plan.decisions.compute_threads}",
+                ],
             ],
         )
     )

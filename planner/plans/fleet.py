@@ -109,6 +109,6 @@ def fleet_summary(fleet: Fleet) -> str:
         lines.append(
             f"  {plan.profile.name:<26} {member.count:>8} {member.tok_s_per_machine:>11,.1f} "
             f"{member.tok_s:>10,.1f} {member.tok_s / fleet.tok_s:>6.1%} {prompts:>10,} "
-            f"{prompts / member.count:>8,.0f}  {plan.num_seqs} seqs, bottleneck {plan.bottleneck}"
+            f"{prompts / member.count:>8,.0f}  {plan.decisions.num_seqs} seqs, bottleneck {plan.bottleneck}"
         )
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""The Plan: a frozen dataclass that round-trips through YAML (`yaml.safe_load`), strictly validated on load.
-Strictly validated on load (UserError naming the field); the runtime reads its decisions, never re-derives them.
+"""The Plan: a frozen dataclass that round-trips through YAML (`yaml.safe_load`), strictly validated on load
+(UserError naming the field). Its `decisions` (written flat, top level) are what the runtime reads.
 
 How it works: docs/design.md, `planner/plans/plan.py`.
 """
@@ -16,17 +16,14 @@ from pathlib import Path
 import yaml
 
 from planner.errors import UserError
-from planner.modules import WEIGHT_MODULES, module_names
 from planner.perf.bound import Bound
-from planner.plans.residency import is_resident
+from planner.plans.decisions import DECISION_FIELDS, Decisions
 from planner.plans.workload import Workload
 from planner.specs.weight_formats import weights_label
 from planner.values import is_int
 
 SCHEMA_VERSION = 1
 RESOURCES = ("device", "cpu_attention", "link", "host_memory", "cpu")
-SCHEDULING = ("refill",)
-BATCHING = ("module", "model")
 OPTIONAL_FIELDS = {
     "batching": "module",
     "emulated_link_gbps": None,
@@ -89,23 +86,7 @@ class Plan:
     profile: ProfileRef
     budgets: BudgetsGiB
     workload: Workload
-    num_seqs: int
-    attn_batch: int
-    expert_batch: int
-    kv_budget_bytes: int
-    kv_block_size: int
-    resident_modules: tuple[str, ...]
-    resident_experts_per_layer: int
-    stream_weights: bool
-    prefill_chunk: int
-    attention_threads: int
-    compute_threads: int
-    token_groups: int
-    scheduling: str
-    batching: str  # module (the engine's module-based batching) | model (one batch everywhere)
-    emulated_link_gbps: (
-        float | None
-    )  # the device is the CPU behind a link paced to this (`planner.hardware.emulated_link`)
+    decisions: Decisions  # written flat: each field at the top level
     predicted: Prediction
     module_times: dict[str, dict[str, float]]  # decode_step / prefill_chunk -> module -> seconds
     utilisation: dict[str, float]  # resource -> busy fraction of a decode step
@@ -113,12 +94,6 @@ class Plan:
     memory: dict[str, dict[str, float]]  # host / device -> category -> bytes
     bound: Bound
     solver: dict[str, float]  # evaluations, lattice sizes (never timings: plans are deterministic)
-    stream_slots: int = OPTIONAL_FIELDS[
-        "stream_slots"
-    ]  # device slots of streamed layers: 3 when the device has room
-    stream_parts: int = OPTIONAL_FIELDS[
-        "stream_parts"
-    ]  # a streamed layer's experts in this many parts (slots)
     dequant_ns: dict[str, float] = dataclasses.field(default_factory=dict)  # format -> ns per weight priced
     dequant_source: str | None = (
         None  # measured | memory-bound default (planner.perf.dequant); None: unquantized
@@ -128,7 +103,11 @@ class Plan:
     ]  # GEMM weights held wider (planner.perf.gemm_dtype)
 
     def __post_init__(self) -> None:
-        _check_decisions(self)
+        if self.bottleneck not in RESOURCES:
+            raise UserError(
+                f"plan field bottleneck: must be one of {list(RESOURCES)}",
+                "re-create the plan with `planner solve`",
+            )
 
     @property
     def weights_words(self) -> str:
@@ -138,15 +117,12 @@ class Plan:
         rates = ", ".join(f"{fmt} {ns:.3g} ns" for fmt, ns in self.dequant_ns.items())
         return f"{self.model.weights_label}; dequantizing {rates} per weight ({self.dequant_source})"
 
-    def is_resident(self, module: str, expert: int | None = None) -> bool:
-        """Whether a weight module (expert `expert` of a MoE layer's routed experts) lives on the device."""
-        return is_resident(
-            module, expert, self.stream_weights, self.resident_modules, self.resident_experts_per_layer
-        )
-
     # ----- YAML -----
     def to_dict(self) -> dict:
-        return _to_plain(self)
+        flat = {}
+        for key, value in _to_plain(self).items():
+            flat.update(value if key == "decisions" else {key: value})
+        return flat
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, width=110)
@@ -170,7 +146,10 @@ class Plan:
         data = {**OPTIONAL_FIELDS, **data}  # plans written before these fields existed
         if isinstance(data.get("model"), dict):
             data["model"] = {"weight_formats": {}, **data["model"]}
-        return _from_plain(cls, data, source, "")
+        if "decisions" in data:
+            raise UserError(f"{source}: decisions: unknown field", "re-create the plan with `planner solve`")
+        decisions = {name: data.pop(name) for name in DECISION_FIELDS if name in data}
+        return _from_plain(cls, {**data, "decisions": decisions}, source, "")
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "plan") -> Plan:
@@ -200,44 +179,6 @@ class Plan:
                 f"cannot read plan file {path}: {err}", "pass a plan written by `planner solve --out`"
             ) from None
         return cls.from_yaml(text, str(path))
-
-
-def _check_decisions(plan: Plan) -> None:
-    def fail(name: str, why: str) -> UserError:
-        return UserError(f"plan field {name}: {why}", "re-create the plan with `planner solve`")
-
-    for name in (
-        "num_seqs",
-        "attn_batch",
-        "expert_batch",
-        "kv_budget_bytes",
-        "kv_block_size",
-        "prefill_chunk",
-        "attention_threads",
-        "compute_threads",
-        "token_groups",
-    ):
-        if getattr(plan, name) < 1:
-            raise fail(name, f"{getattr(plan, name)} must be at least 1")
-    unknown = sorted(set(plan.resident_modules) - set(WEIGHT_MODULES))
-    if unknown:
-        raise fail("resident_modules", f"unknown modules {unknown} (known: {module_names(WEIGHT_MODULES)})")
-    if plan.resident_experts_per_layer < 0:
-        raise fail("resident_experts_per_layer", "must not be negative")
-    if plan.token_groups not in (1, 2):
-        raise fail("token_groups", "must be 1 or 2")
-    if plan.stream_slots not in (2, 3):
-        raise fail("stream_slots", "must be 2 or 3")
-    if plan.stream_parts < 1:
-        raise fail("stream_parts", "must be at least 1")
-    if plan.scheduling not in SCHEDULING:
-        raise fail("scheduling", f"must be one of {list(SCHEDULING)}")
-    if plan.batching not in BATCHING:
-        raise fail("batching", f"must be one of {list(BATCHING)}")
-    if plan.emulated_link_gbps is not None and not 0 < plan.emulated_link_gbps < math.inf:
-        raise fail("emulated_link_gbps", "must be a positive link speed in GB/s")
-    if plan.bottleneck not in RESOURCES:
-        raise fail("bottleneck", f"must be one of {list(RESOURCES)}")
 
 
 # ----- generic conversion between frozen dataclasses and plain YAML data -----
@@ -290,6 +231,8 @@ def _convert(value, hint, source: str, path: str):
         )
 
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Decisions:  # flat in the file: its fields are named without a prefix
+        return _from_plain(Decisions, value, source, "")
     if hint is Workload:
         return Workload.from_dict(value, f"{source}: {path}")
     if hint is Bound:

@@ -169,7 +169,7 @@ def _answers(
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    batch_size = batch_size_for(len(pending), options.workers, plan.num_seqs)
+    batch_size = batch_size_for(len(pending), options.workers, plan.decisions.num_seqs)
     rows = _request_rows(options.input, pending)
     if len(rows) != len(pending):
         raise UserError(

@@ -106,7 +106,7 @@ class Processor:
                 "preprocess": self.preprocess,
                 "postprocess": self.postprocess,
             },
-            batch_size=self.config.batch_size or 4 * self.plan.num_seqs,
+            batch_size=self.config.batch_size or 4 * self.plan.decisions.num_seqs,
             batch_format="pandas",
             compute=ActorPoolStrategy(size=self.config.concurrency),
             num_cpus=self.config.num_cpus,

@@ -86,7 +86,7 @@ class EngineWorker:
         plan = self.chosen.plan
         print(
             f"moelens worker {_actor_id()} on {self.chosen.machine}: {self.chosen.source} plan for "
-            f"{plan.profile.name} ({plan.num_seqs} in flight, {plan.compute_threads} threads, predicted "
+            f"{plan.profile.name} ({plan.decisions.num_seqs} in flight, {plan.decisions.compute_threads} threads, predicted "
             f"{plan.predicted.generated_tok_s:,.1f} tok/s)"
             + (f"; re-solved because {self.chosen.reason}" if self.chosen.reason else ""),
             file=sys.stderr,
@@ -128,8 +128,8 @@ class EngineWorker:
             profile=plan.profile.name,
             plan_source=self.chosen.source,
             plan_reason=self.chosen.reason,
-            num_seqs=plan.num_seqs,
-            threads=plan.compute_threads,
+            num_seqs=plan.decisions.num_seqs,
+            threads=plan.decisions.compute_threads,
             predicted_tok_s=plan.predicted.generated_tok_s,
             requests=len(requests),
             prompt_tokens=run.prompt_tokens,

@@ -60,7 +60,7 @@ def plan_for_worker(plan: Plan, spec: ModelSpec, cpus: int, force: bool = False)
     cpus = max(1, min(int(cpus), here.machine.cores))
     profile = replace(here, machine=replace(here.machine, cores=cpus))
     machine = _describe(profile)
-    threads = max(plan.attention_threads, plan.compute_threads)
+    threads = max(plan.decisions.attention_threads, plan.decisions.compute_threads)
     if here.fingerprint() == plan.profile.fingerprint and threads <= cpus:
         return WorkerPlan(plan, "given", "", machine)
     if here.fingerprint() != plan.profile.fingerprint:
@@ -74,6 +74,6 @@ def plan_for_worker(plan: Plan, spec: ModelSpec, cpus: int, force: bool = False)
         _budgets_for(plan, profile),
         model_ref=plan.model.ref,
         profile_ref=here.name,
-        batching=plan.batching,
+        batching=plan.decisions.batching,
     )
     return WorkerPlan(solved, "re-solved", reason, machine)

@@ -176,8 +176,8 @@ def _find_or_measure_profile(args: argparse.Namespace, say):
     from planner import locations
     from planner.errors import UserError
     from planner.hardware.profile import find_profile_for_this_machine, load_profile
+    from runtime.device import default_device
     from runtime.profiler.spot_check import measure_rates
-    from runtime.profiler.timing import default_device
 
     if args.profile:
         profile = load_profile(args.profile)
@@ -240,7 +240,7 @@ def _plan_job(args: argparse.Namespace, checkpoint, checkpoint_dir: Path, profil
         wall = plan.predicted.wall_time_s
         say(
             f"[3/4] prompts of {min_tokens}-{max_tokens} tokens (mean {workload.prompt_len_mean:.0f}), {gen_len} "
-            f"generated each: N={plan.num_seqs} in flight, predicted {plan.predicted.generated_tok_s:.1f} "
+            f"generated each: N={plan.decisions.num_seqs} in flight, predicted {plan.predicted.generated_tok_s:.1f} "
             f"generated tok/s, {wall:.0f} s, bottleneck {plan.bottleneck}"
         )
         if wall <= args.time_budget_s or (min_tokens, max_tokens, gen_len) == ladder[-1]:

@@ -182,8 +182,8 @@ def execute_job(options: ExecuteOptions) -> dict | None:
 
 def _spot_check(plan: Plan, profile: HardwareProfile) -> None:
     """Warn, with the figures, when this machine's memory or GEMM rate is off the profile's by more than 20%."""
+    from runtime.device import default_device
     from runtime.profiler.spot_check import measure_rates, spot_check_warnings
-    from runtime.profiler.timing import default_device
 
     name = (
         "the plan's profile"
@@ -244,8 +244,8 @@ def _run_engine(
         ),
         enabled=False if options.quiet else None,
         desc="execute"
-        if plan.emulated_link_gbps is None
-        else f"execute (emulated link, {plan.emulated_link_gbps:g} GB/s)",
+        if plan.decisions.emulated_link_gbps is None
+        else f"execute (emulated link, {plan.decisions.emulated_link_gbps:g} GB/s)",
     )
 
     def on_finish(completion) -> None:

@@ -130,7 +130,7 @@ def check_plan_fits_memory(plan: Plan, force: bool = False) -> None:
     import psutil
 
     host = plan.memory.get("host", {})
-    needed = max(host.get("total", 0.0) - host.get("reserve", 0.0), float(plan.kv_budget_bytes))
+    needed = max(host.get("total", 0.0) - host.get("reserve", 0.0), float(plan.decisions.kv_budget_bytes))
     memory = psutil.virtual_memory()
     if needed > memory.total:
         raise UserError(

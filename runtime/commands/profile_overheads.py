@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from planner.hardware.profile import load_profile
+    from runtime.device import default_device
     from runtime.profiler.measure import SIZINGS
     from runtime.profiler.overheads import ELEMENTWISE_COSTS, measure_overheads
-    from runtime.profiler.timing import default_device
 
     sizing, device = SIZINGS[args.sizing], default_device()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

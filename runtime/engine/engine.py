@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +49,8 @@ class Engine:
         self.spec = checkpoint.spec
         self.config = config
         check_engine_attention(self.spec, ATTENTION_BACKENDS)
-        if config.compute_threads:
-            torch.set_num_threads(config.compute_threads)
+        if config.decisions.compute_threads:
+            torch.set_num_threads(config.decisions.compute_threads)
         self.device = torch.device(config.device)
         self.timer = ModuleTimer(self.device)
         self.store = WeightStore(checkpoint.weights, self.spec, config)
@@ -62,7 +61,7 @@ class Engine:
             self.streamer = LayerStreamer(
                 self.store.packed,
                 self.device,
-                config.stream_slots,
+                config.decisions.stream_slots,
                 on_copy_seconds=lambda s, b: self.timer.add(Module.WEIGHT_COPY, s, *b),
                 booking=lambda: ("shared", self.timer.prefill_share),
                 link=self.emulated.link if self.emulated else None,
@@ -71,20 +70,22 @@ class Engine:
             self.emulated.check_memory(
                 self.store.resident_bytes,
                 self.streamer.buffer_bytes if self.streamer else 0,
-                0 if config.module_batching else config.kv_budget_bytes,
+                0 if config.module_batching else config.decisions.kv_budget_bytes,
             )
         self.kv = HostKVCache(
             self.spec,
             kv_dtype_for(self.store.dtype),
-            config.kv_budget_bytes,
-            config.kv_block_size,
-            config.num_seqs,
+            config.decisions.kv_budget_bytes,
+            config.decisions.kv_block_size,
+            config.decisions.num_seqs,
         )
         self.max_len = min(config.max_model_len or self.spec.max_position_embeddings, self.kv.capacity_tokens)
-        self.tables = SlotBlockTables(config.num_seqs, blocks_for(self.max_len, config.kv_block_size))
+        self.tables = SlotBlockTables(
+            config.decisions.num_seqs, blocks_for(self.max_len, config.decisions.kv_block_size)
+        )
         staging = Staging(self.device)
         backend = ATTENTION_BACKENDS[self.spec.attention](
-            self.spec, self.kv, self.device, config.attention_threads, staging
+            self.spec, self.kv, self.device, config.decisions.attention_threads, staging
         )
         self.stack = LayerStack(self.spec, self.store, self.streamer, backend, self.timer, config, staging)
         self.generation = CheckpointGeneration.of(checkpoint)  # states for requests that bring none
@@ -98,18 +99,18 @@ class Engine:
             kv_capacity_tokens=self.kv.capacity_tokens,
             resident_weight_bytes=self.store.resident_bytes,
             streamed_weight_bytes=self.store.streamed_bytes,
-            config=asdict(self.config),
+            config=self.config.to_dict(),
         )
         stats.activated_experts_sum = [0] * self.spec.num_layers
         self.timer.reset()
         memory = MemoryPeaks(self.device)
         scheduler = Scheduler(
             self._sequences(requests),
-            self.config.num_seqs,
+            self.config.decisions.num_seqs,
             self.kv.allocator,
             self.tables,
-            self.config.kv_block_size,
-            self.config.prefill_chunk,
+            self.config.decisions.kv_block_size,
+            self.config.decisions.prefill_chunk,
             self.max_len,
         )
         began = time.perf_counter()
@@ -189,7 +190,7 @@ class Engine:
         cached = [seq.num_cached for seq in seqs]
         token_ids.extend(seq.state.token_ids[-1] for seq in seqs)
         positions.extend(cached)
-        width = blocks_for(max(cached, default=0) + 1, self.config.kv_block_size)
+        width = blocks_for(max(cached, default=0) + 1, self.config.decisions.kv_block_size)
         slots = torch.tensor([seq.slot for seq in seqs], dtype=torch.long)
         batch = StepBatch(
             token_ids=torch.tensor(token_ids, dtype=torch.long),
@@ -275,7 +276,13 @@ class Engine:
 def request_token_limit(checkpoint: Checkpoint, config: EngineConfig) -> int:
     spec = checkpoint.spec
     dtype = kv_dtype_for(checkpoint.weights.dtype("embed"))
-    kv_tokens = kv_capacity_tokens(spec, dtype, config.kv_budget_bytes, config.kv_block_size, config.num_seqs)
+    kv_tokens = kv_capacity_tokens(
+        spec,
+        dtype,
+        config.decisions.kv_budget_bytes,
+        config.decisions.kv_block_size,
+        config.decisions.num_seqs,
+    )
     return min(config.max_model_len or spec.max_position_embeddings, kv_tokens)
 
 

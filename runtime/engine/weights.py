@@ -142,7 +142,7 @@ class WeightStore:
         for name in weights:
             if name.startswith("layers."):
                 names_by_layer[int(name.split(".", 2)[1])].append(name)
-        self.stream_parts = config.stream_parts if config.streams else 1
+        self.stream_parts = config.decisions.stream_parts if config.streams else 1
         streamed_units, streamed_globals = [], []
         self.expert_ranges: list[
             tuple[int, int]
@@ -195,7 +195,7 @@ class WeightStore:
             kept = (
                 num_experts
                 if self.config.is_resident("experts")
-                else min(self.config.resident_experts_per_layer, num_experts)
+                else min(self.config.decisions.resident_experts_per_layer, num_experts)
             )
             self.expert_ranges = [(0, kept)] if kept else []
             self.expert_ranges += stream_part_ranges(kept, num_experts, self.stream_parts)

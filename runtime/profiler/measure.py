@@ -23,6 +23,7 @@ from planner.hardware.profile import (
     path_for_this_machine,
 )
 from planner.hardware.this_machine import usable_cores
+from runtime.device import default_device
 from runtime.engine.expert_stacks import DEQUANT_CHUNK_BYTES
 from runtime.host_allocator import keep_temporaries_in_heap
 from runtime.profiler.attention import attention_backend_name, measure_attention_curve
@@ -54,7 +55,7 @@ from runtime.profiler.probe_jobs import (
     calibrate_on_probes,
 )
 from runtime.profiler.spot_check import measure_rates
-from runtime.profiler.timing import Deadline, default_device
+from runtime.profiler.timing import Deadline
 
 
 @dataclass(frozen=True, kw_only=True)

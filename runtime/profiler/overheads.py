@@ -309,13 +309,13 @@ def _open_probe(spec: ModelSpec, directory: str, device: torch.device):
     write_random_checkpoint(spec, directory)
     return Engine(
         directory,
-        EngineConfig(
+        EngineConfig.build(
             num_seqs=EXPERT_PROBE_SEQS,
             attn_batch=EXPERT_PROBE_SEQS,
             kv_budget_bytes=8 << 20,
             prefill_chunk=PREFILL_PROMPTS * LONG_PROMPT,
             device=str(device),
-            overlap=False,
+            token_groups=1,
         ),
     )
 

@@ -5,8 +5,7 @@ timed samples (fewer once `budget_s` is spent, never fewer than one) and returns
 shorter than `min_sample_s` is timed as a group of back-to-back calls so that one scheduler hiccup
 cannot dominate a sample. On CUDA a sample is bracketed by events recorded on `stream` (the current
 stream if None), read after a synchronise; on the CPU by `time.perf_counter`. `significant(x)` rounds a
-rate for the file; `Deadline` hands out what is left of a measurement's time budget; `default_device()` is
-the device measured (CUDA when there is one).
+rate for the file; `Deadline` hands out what is left of a measurement's time budget.
 """
 
 from __future__ import annotations
@@ -20,15 +19,6 @@ from dataclasses import dataclass, field
 import torch
 
 MAX_GROUP = 100
-
-
-def default_device() -> torch.device:
-    """The device the profiler and the engine use: the current CUDA device, else the CPU."""
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )
 
 
 def synchronize(device: torch.device) -> None:

@@ -148,7 +148,7 @@ def _utilisation(
         "resources": resources,
         "attention_kv_gbps": {
             "achieved": _ratio(sparse.decode_bytes["kv"], attention_s * 1e9),
-            "profile": profile.attention_gbps(plan.attention_threads, layout),
+            "profile": profile.attention_gbps(plan.decisions.attention_threads, layout),
         },
         "weight_copy_gbps": {
             "achieved": _ratio(streamed, copy_s * 1e9) if streamed else None,
@@ -210,7 +210,7 @@ def build_report(
             if stats.decode_steps
             else None,
             "mean_decode_batch": stats.mean_decode_batch,
-            "plan_num_seqs": plan.num_seqs,
+            "plan_num_seqs": plan.decisions.num_seqs,
         },
         "memory": _memory(stats, plan),
         "skipped_lines": [{"line": s.line_number, "reason": s.reason} for s in skipped],
