@@ -7,7 +7,7 @@ prompts of 128 tokens and 64 generated tokens each, every request ignore_eos (`-
 tokens, 16 generated):
 - `hf`: HF transformers `generate()` (greedy, left padding, `min_new_tokens = max_new_tokens`) over the
   prompts in batches of B, at the best B of `--hf-batches`;
-- `engine-off`: our engine with module batching off (`EngineConfig.module_batching=False`: one batch size,
+- `engine-off`: our engine with module batching off (`batching="model"` in the EngineConfig decisions: one batch size,
   N = B, through the whole forward) at the best B of `--off-batches`;
 - `engine-planned`: our engine running the planner's plan for this machine's profile.
 The best batch size of each baseline is picked on one probe run each (the first B x 2 prompts, at most all);

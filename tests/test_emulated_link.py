@@ -251,7 +251,7 @@ def test_too_small_an_emulated_device_is_refused_with_the_reason(emulated):
 def test_a_device_too_small_for_two_whole_layers_streams_them_in_parts(emulated):
     tight = _plan(emulate_link(emulated, 1.0, 0.4))
     assert tight.decisions.stream_parts > 1 and tight.bottleneck == "link"
-    assert _plan(load_profile("a5000-epyc7453")).stream_parts == 1  # two token groups: whole layers
+    assert _plan(load_profile("a5000-epyc7453")).decisions.stream_parts == 1  # two token groups: whole layers
     device = tight.memory["device"]
     assert device["total"] <= device["budget"] and device["stream_buffers"] < 2 * 176e6
     assert Plan.from_yaml(tight.to_yaml()) == tight
