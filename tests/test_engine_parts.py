@@ -226,7 +226,7 @@ def test_engine_config_from_plan_reads_the_decisions():
         token_groups=2,
     )
     config = EngineConfig.from_plan(SimpleNamespace(decisions=decisions), device="cpu")
-    assert config.decisions is decisions and config.uses_overlap
+    assert config.decisions == decisions and config.uses_overlap
     assert not config.streams  # no device: weights in place unless forced
     forced = config.with_(force_streaming=True)
     assert (
