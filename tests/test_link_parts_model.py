@@ -39,14 +39,14 @@ def test_where_a_whole_layer_plan_fits_no_plan_streams_in_parts():
     feasible = [bool(model.evaluate(_at(model, rho)).feasible) for rho in range(lo, hi + 1)]
     assert not any(f for f, p in zip(feasible, parts) if p > 1) and any(feasible)
     plan = make_plan(model.spec, model.profile, WORKLOAD, model.budgets)
-    assert plan.stream_parts == 1 and plan.bottleneck == "link"
+    assert plan.decisions.stream_parts == 1 and plan.bottleneck == "link"
 
 
 def test_where_no_whole_layer_plan_fits_parts_are_planned():
     model = _model(0.4)
     assert not model.whole_layers_fit
     plan = make_plan(model.spec, model.profile, WORKLOAD, model.budgets)
-    assert plan.stream_parts > 1
+    assert plan.decisions.stream_parts > 1
 
 
 @pytest.mark.parametrize(
