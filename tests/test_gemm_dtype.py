@@ -69,7 +69,7 @@ def bf16_checkpoint(request, tmp_path_factory):
 
 
 def _config(**changes) -> EngineConfig:
-    return EngineConfig(
+    return EngineConfig.build(
         num_seqs=3,
         attn_batch=2,
         expert_batch=3,
