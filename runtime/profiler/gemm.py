@@ -31,7 +31,7 @@ def _expert_ffn() -> Callable[..., torch.Tensor]:
     return expert_ffn
 
 
-def _linear() -> Callable[..., torch.Tensor]:
+def _linear_kernel() -> Callable[..., torch.Tensor]:
     from runtime.model.layers import linear
 
     return linear
@@ -69,7 +69,7 @@ def measure_gemm_curve(
     """The curve over the leading rows that fit the budgets (at least the first row); inputs in `dtype`,
     weights in `weight_dtype` (default `dtype`; wider: `runtime.model.layers.linear` upcasts)."""
     weights = _weight_sets(shape, device, weight_dtype or dtype, cache_bytes)
-    linear = _linear()
+    linear = _linear_kernel()
     began = time.perf_counter()
     calls = itertools.count()
     expert_ffn = _expert_ffn() if shape.kind == "expert_ffn" else None

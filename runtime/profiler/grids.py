@@ -41,7 +41,7 @@ def _expert(model: str, h: int, i: int) -> GemmShape:
     return GemmShape(f"expert_ffn {model} h{h} i{i}", "expert_ffn", i, h)
 
 
-def _linear(label: str, n: int, k: int) -> GemmShape:
+def _linear_shape(label: str, n: int, k: int) -> GemmShape:
     return GemmShape(f"linear {label} {k}->{n}", "linear", n, k)
 
 
@@ -53,10 +53,10 @@ EXPERT_SHAPES = (
     _expert("mixtral", 4096, 14336),
 )
 LINEAR_SHAPES = (
-    _linear("small q_proj", 1024, 512),
-    _linear("mla kv_a_proj", 576, 2048),
-    _linear("gqa k/v_proj", 1024, 4096),
-    _linear("q/o_proj", 4096, 4096),
+    _linear_shape("small q_proj", 1024, 512),
+    _linear_shape("mla kv_a_proj", 576, 2048),
+    _linear_shape("gqa k/v_proj", 1024, 4096),
+    _linear_shape("q/o_proj", 4096, 4096),
 )
 ALL_GEMM_SHAPES = EXPERT_SHAPES + LINEAR_SHAPES
 QUICK_GEMM_SHAPES = (
