@@ -132,12 +132,15 @@ def layer_stacks(
             done_with(gate_up)
 
 
-def dense_stacks(stacks, dtype: torch.dtype, chunk_bytes: int = DEQUANT_CHUNK_BYTES):
-    """Yield (lo, gate_up, down) float stacks: float ones as they are, quantized ones dequantized in chunks of
-    experts (each chunk's tensors exist only until the caller asks for the next)."""
+def dense_stacks(stacks, dtype: torch.dtype, chunk_bytes: int | None = None):
+    """Yield (lo, gate_up, down, stack) float stacks: float ones as they are, quantized ones dequantized in
+    chunks of experts from lo (each chunk's tensors exist only until the caller asks for the next); `stack`
+    is the (lo, hi) experts of the stack the chunk belongs to (whose biases it reads)."""
+    chunk_bytes = DEQUANT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     for lo, gate_up, down in stacks:
+        stack = (lo, lo + gate_up.shape[0])
         if isinstance(gate_up, torch.Tensor):
-            yield lo, gate_up, down
+            yield lo, gate_up, down, stack
             continue
         count, rows, cols = gate_up.shape
         per_expert = (rows * cols + down.shape[1] * down.shape[2]) * torch.empty(
@@ -150,6 +153,7 @@ def dense_stacks(stacks, dtype: torch.dtype, chunk_bytes: int = DEQUANT_CHUNK_BY
                 lo + start,
                 gate_up.experts(start, stop).dequantize(dtype),
                 down.experts(start, stop).dequantize(dtype),
+                stack,
             )
 
 

@@ -67,8 +67,11 @@ def _activation(h: torch.Tensor, inter: int, swiglu: tuple[float, float] | None)
     return clamped_swiglu(h[:, :inter], h[:, inter:], *swiglu)
 
 
-def _biases(w, lo: int, count: int, swiglu) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    return (None, None) if swiglu is None else tuple(w[name] for name in bias_names(lo, lo + count))
+def _biases(w, stack, lo: int, count: int, swiglu) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Experts lo..lo+count-1's biases: rows of those of the stack (lo, hi) they belong to."""
+    if swiglu is None:
+        return None, None
+    return tuple(w[name][lo - stack[0] : lo - stack[0] + count] for name in bias_names(*stack))
 
 
 def grouped_experts(
@@ -83,9 +86,9 @@ def grouped_experts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     flat, weights, token_of = _expert_rows(topk_ids, topk_weights)
     out = torch.zeros_like(x)
-    for lo, gate_up, down in dense_stacks(layer_stacks(w, ranges), x.dtype):
+    for lo, gate_up, down, stack in dense_stacks(layer_stacks(w, ranges), x.dtype):
         count, inter = gate_up.shape[0], gate_up.shape[1] // 2
-        gate_up_bias, down_bias = _biases(w, lo, count, swiglu)
+        gate_up_bias, down_bias = _biases(w, stack, lo, count, swiglu)
         local = flat - lo
         key = torch.where((local >= 0) & (local < count), local, count)  # rows of other stacks sort last
         sorted_key, order = torch.sort(key, stable=True)  # token-major within each expert
@@ -132,9 +135,9 @@ def looped_experts(
     tokens_sorted, weights_sorted = token_of[order], weights[order]
     out = torch.zeros_like(x)
     begin = 0
-    for lo, gate_up, down in dense_stacks(layer_stacks(w, ranges), x.dtype):
+    for lo, gate_up, down, stack in dense_stacks(layer_stacks(w, ranges), x.dtype):
         inter = gate_up.shape[1] // 2
-        gate_up_bias, down_bias = _biases(w, lo, gate_up.shape[0], swiglu)
+        gate_up_bias, down_bias = _biases(w, stack, lo, gate_up.shape[0], swiglu)
         for expert in range(lo, lo + gate_up.shape[0]):
             count = counts[expert]
             gate_up_e, down_e = gate_up[expert - lo], down[expert - lo]
