@@ -76,3 +76,40 @@ def test_a_plan_computing_in_fp8_is_refused():
     spec = dataclasses.replace(load_spec("mixtral-mini"), dtype="float8_e4m3fn")
     with pytest.raises(UserError, match="the runtime computes in bfloat16"):
         host_weight_bytes(spec)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,most", [("fp8", 0.70), ("mxfp4", 0.50)])
+def test_make_checkpoint_quant_then_generate_and_plan(method, most, tmp_path, capsys):
+    """`runtime make-checkpoint --model mixtral-mini --layers 2 --quant X`, then `runtime generate` on it; the
+    plan of that checkpoint holds at most `most` of the bf16 model's host weight bytes."""
+    import json
+
+    from runtime.cli import main
+
+    out = tmp_path / method
+    argv = ["make-checkpoint", "--model", "mixtral-mini", "--layers", "2", "--quant", method, "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(out),
+                "--prompt",
+                "Hello",
+                "--max-tokens",
+                "4",
+                "--json",
+                "--profile",
+                PROFILE,
+            ]
+        )
+        == 0
+    )
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(record["token_ids"]) == 4 and record["finish_reason"] == "length"
+    quantized, plan = host_weight_bytes(load_spec(str(out)))
+    bf16, _ = host_weight_bytes(load_spec("mixtral-mini").with_layers(2))
+    assert quantized <= most * bf16 and method in plan.weights_words
