@@ -49,16 +49,16 @@ def test_plan_holds_gemm_weights_wide_and_prices_their_bytes():
         )
         for dtype in ("bfloat16", "float32")
     }
-    assert plans["bfloat16"].gemm_dtype is None and plans["float32"].gemm_dtype == "float32"
+    assert plans["bfloat16"].decisions.gemm_dtype is None
+    assert plans["float32"].decisions.gemm_dtype == "float32"
     extra = plans["float32"].memory["host"]["weights"] - plans["bfloat16"].memory["host"]["weights"]
     assert (
         extra == pytest.approx(upcast_extra_bytes(spec, "float32"))
         and extra > 0.8 * ModelCosts(spec).total_bytes()
     )
     again = Plan.from_yaml(plans["float32"].to_yaml())
-    assert (
-        again.gemm_dtype == "float32" and EngineConfig.from_plan(again, device="cpu").gemm_dtype == "float32"
-    )
+    assert again.decisions.gemm_dtype == "float32"
+    assert EngineConfig.from_plan(again, device="cpu").upcast_dtype == "float32"
 
 
 @pytest.fixture(scope="module", params=["mixtral", "qwen3_moe", "qwen2_moe"])

@@ -157,6 +157,7 @@ def plan_from_solution(
             else model.profile.emulated_link.gbps,
             stream_slots=slots,
             stream_parts=parts,
+            gemm_dtype=model.gemm_dtype,
         ),
         predicted=predicted,
         module_times={
@@ -169,7 +170,6 @@ def plan_from_solution(
         bound=bound,
         dequant_ns=dict(model.dequant.ns_per_weight),
         dequant_source=model.dequant.source,
-        gemm_dtype=model.gemm_dtype,
         solver={
             "evaluations": float(solution.evaluations),
             "lattice_points": float(

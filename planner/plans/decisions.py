@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 
 from planner.errors import UserError
 from planner.modules import DEFAULT_RESIDENT, WEIGHT_MODULES, module_names
+from planner.perf.gemm_dtype import WIDE
 from planner.units import KV_BLOCK_SIZE
 from planner.values import is_int
 
@@ -36,6 +37,9 @@ class Decisions:
     emulated_link_gbps: float | None = None  # the device is the CPU behind a link paced to this
     stream_slots: int = 2  # device slots of streamed layers (3 when the device has room)
     stream_parts: int = 1  # a streamed layer's experts in this many parts, a slot each
+    gemm_dtype: str | None = (
+        None  # GEMM weights held in this dtype (planner.perf.gemm_dtype); None: the model's
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resident_modules", tuple(self.resident_modules))
@@ -89,6 +93,8 @@ def _check(d: Decisions) -> None:
         raise fail("emulated_link_gbps", "must be a positive link speed in GB/s")
     if d.stream_slots not in (2, 3):
         raise fail("stream_slots", "must be 2 or 3")
+    if d.gemm_dtype not in (None, WIDE):
+        raise fail("gemm_dtype", f"must be null (the model's dtype) or {WIDE}")
     if not is_int(d.stream_parts) or d.stream_parts < 1:
         raise fail("stream_parts", "must be a positive integer")
     if d.stream_parts > 1 and d.overlaps:

@@ -98,9 +98,6 @@ class Plan:
     dequant_source: str | None = (
         None  # measured | memory-bound default (planner.perf.dequant); None: unquantized
     )
-    gemm_dtype: str | None = OPTIONAL_FIELDS[
-        "gemm_dtype"
-    ]  # GEMM weights held wider (planner.perf.gemm_dtype)
 
     def __post_init__(self) -> None:
         if self.bottleneck not in RESOURCES:

@@ -30,7 +30,6 @@ class EngineConfig:
     device_activation_bytes: int = 0  # of which the plan gives activations and workspace
     grouped_experts: bool | None = None  # routed experts as grouped GEMMs; None: MOELENS_GROUPED_EXPERTS
     # (1 / 0) if set, else grouped wherever torch._grouped_mm runs (and is the default for gemm_dtype)
-    gemm_dtype: str | None = None  # the plan's: GEMM weights held in this dtype (planner.perf.gemm_dtype)
 
     def __post_init__(self) -> None:
         if self.device is None:
@@ -47,7 +46,11 @@ class EngineConfig:
     def upcast_dtype(self) -> str | None:
         """The dtype GEMM weights are held in where it is not the model's: the plan's `gemm_dtype`, honoured
         on the CPU with nothing streamed (`planner.perf.gemm_dtype`)."""
-        return self.gemm_dtype if self.device == "cpu" and not (self.streams or self.emulated) else None
+        return (
+            self.decisions.gemm_dtype
+            if self.device == "cpu" and not (self.streams or self.emulated)
+            else None
+        )
 
     @property
     def link_gbps(self) -> float | None:
@@ -113,7 +116,6 @@ class EngineConfig:
     def from_plan(cls, plan: Plan, **switches) -> EngineConfig:
         """The Plan's decisions as they are; `switches` set engine-only settings (device, force_streaming, ...)
         or change decisions (num_seqs=..., as `with_`)."""
-        switches.setdefault("gemm_dtype", getattr(plan, "gemm_dtype", None))
         if plan.decisions.emulated_link_gbps is not None:
             device = plan.memory.get("device", {})
             switches.setdefault("device_memory_bytes", int(plan.budgets.device_gib * GiB))
