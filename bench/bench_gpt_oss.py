@@ -17,6 +17,7 @@ import argparse
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
@@ -33,7 +34,13 @@ from bench.common import (
 
 OUT_DIR = RESULTS_DIR / "gpt_oss"
 LAYERS = 4
-NUM_SEQS, NUM_PROMPTS, PROMPT_LEN, GEN_LEN = 8, 16, 48, 32
+NUM_SEQS, PROMPT_LEN = 8, 48
+
+
+@dataclass(frozen=True)
+class Shape:
+    num_prompts: int = 16  # measured prompts per pass (after a warm-up batch of NUM_SEQS)
+    gen_len: int = 32  # generated tokens per prompt (ignore_eos)
 
 
 def checkpoint_dir(model: str, quant: str) -> Path:
@@ -54,36 +61,36 @@ def measure_profile() -> str:
     return str(path)
 
 
-def solve(checkpoint, profile, directory: Path, profile_ref: str):
+def solve(checkpoint, profile, directory: Path, profile_ref: str, shape: Shape):
     from planner.perf.memory import Budgets, kv_budget_gib
     from planner.plans.build import make_plan
     from planner.plans.workload import Workload
 
-    workload = Workload.fixed(PROMPT_LEN, GEN_LEN, NUM_PROMPTS)
+    workload = Workload.fixed(PROMPT_LEN, shape.gen_len, shape.num_prompts)
     budgets = Budgets.from_args(profile, kv_budget_gib(checkpoint.spec, workload, NUM_SEQS))
     return make_plan(
         checkpoint.spec, profile, workload, budgets, model_ref=str(directory), profile_ref=profile_ref
     )
 
 
-def prepare(model: str, quant: str, profile_ref: str):
+def prepare(model: str, quant: str, profile_ref: str, shape: Shape):
     from planner.hardware.profile import load_profile
     from runtime.checkpoint import open_checkpoint
 
     directory = checkpoint_dir(model, quant)
     checkpoint = open_checkpoint(directory)
     profile = load_profile(profile_ref)
-    return checkpoint, profile, solve(checkpoint, profile, directory, profile_ref)
+    return checkpoint, profile, solve(checkpoint, profile, directory, profile_ref, shape)
 
 
-def run_pass(quant: str, prepared, index: int) -> dict:
+def run_pass(quant: str, prepared, index: int, shape: Shape) -> dict:
     from runtime.report import write_report
 
     checkpoint, profile, plan = prepared
     began = time.perf_counter()
     warm_up = fixed_prompts(checkpoint.tokenizer, NUM_SEQS, PROMPT_LEN, seed=1000 + index)
-    prompts = fixed_prompts(checkpoint.tokenizer, NUM_PROMPTS, PROMPT_LEN, seed=index)
-    report = run_engine(checkpoint, plan, profile, prompts, GEN_LEN, warm_up_prompts=warm_up)
+    prompts = fixed_prompts(checkpoint.tokenizer, shape.num_prompts, PROMPT_LEN, seed=index)
+    report = run_engine(checkpoint, plan, profile, prompts, shape.gen_len, warm_up_prompts=warm_up)
     report["bench_seconds"] = time.perf_counter() - began
     report["num_seqs_planned"] = plan.decisions.num_seqs
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -95,12 +102,12 @@ def run_pass(quant: str, prepared, index: int) -> dict:
     return report
 
 
-def run(model: str, quants: list[str], profile_ref: str, passes: int) -> dict[str, list[dict]]:
-    prepared = {quant: prepare(model, quant, profile_ref) for quant in quants}
+def run(model: str, quants: list[str], profile_ref: str, passes: int, shape: Shape) -> dict[str, list[dict]]:
+    prepared = {quant: prepare(model, quant, profile_ref, shape) for quant in quants}
     reports: dict[str, list[dict]] = {quant: [] for quant in quants}
     for index in range(passes):
         for quant in quants:
-            reports[quant].append(run_pass(quant, prepared[quant], index))
+            reports[quant].append(run_pass(quant, prepared[quant], index, shape))
     return reports
 
 
@@ -133,14 +140,14 @@ def quant_section(quant: str, reports: list[dict]) -> list[str]:
     ]
 
 
-def section(profile_ref: str, reports: dict[str, list[dict]], command: str) -> str:
+def section(profile_ref: str, reports: dict[str, list[dict]], command: str, shape: Shape) -> str:
     passes = len(next(iter(reports.values())))
     lines = [
         f"## gpt-oss-20b-shaped, {LAYERS} layers, {' and '.join(reports)} experts: predicted vs achieved on the CPU",
         "",
         f"`{command}` (revision {git_revision()}). {machine_line()}",
-        f"Profile `{profile_ref}`, one for every run. Workload: {NUM_PROMPTS} prompts of {PROMPT_LEN} tokens, "
-        f"{GEN_LEN} generated each (ignore_eos), the KV budget for {NUM_SEQS} sequences; sliding layers keep "
+        f"Profile `{profile_ref}`, one for every run. Workload: {shape.num_prompts} prompts of {PROMPT_LEN} tokens, "
+        f"{shape.gen_len} generated each (ignore_eos), the KV budget for {NUM_SEQS} sequences; sliding layers keep "
         f"a 9-block ring per sequence. Median of {passes} passes per checkpoint, interleaved, each after an "
         f"unmeasured warm-up batch of {NUM_SEQS} prompts.",
         "",
@@ -158,16 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", default="gpt-oss-20b", help="another gpt-oss spec (gpt-oss-mini: a smoke run)"
     )
+    parser.add_argument(
+        "--num-prompts", type=int, default=Shape.num_prompts, help="measured prompts per pass"
+    )
+    parser.add_argument("--gen-len", type=int, default=Shape.gen_len, help="tokens generated per prompt")
     parser.add_argument("--no-markdown", action="store_true")
     args = parser.parse_args(argv)
     profile_ref = args.profile or measure_profile()
     quants = args.quant.split(",")
     if not set(quants) <= {"bf16", "mxfp4"}:
         parser.error(f"--quant {args.quant}: bf16 and/or mxfp4")
-    reports = run(args.model, quants, profile_ref, args.passes)
+    shape = Shape(args.num_prompts, args.gen_len)
+    reports = run(args.model, quants, profile_ref, args.passes, shape)
     if not args.no_markdown:
         command = "/work/bin/cpu-exclusive python -m bench.bench_gpt_oss " + " ".join(argv or sys.argv[1:])
-        update_section(f"gpt-oss-{'-'.join(quants)}", section(profile_ref, reports, command.strip()))
+        update_section(f"gpt-oss-{'-'.join(quants)}", section(profile_ref, reports, command.strip(), shape))
     return 0
 
 
