@@ -29,19 +29,12 @@ def run(args: argparse.Namespace) -> int:
 
     from planner.hardware.profile import load_profile
     from runtime.device import default_device
-    from runtime.profiler.measure import SIZINGS
-    from runtime.profiler.overheads import ELEMENTWISE_COSTS, measure_overheads
+    from runtime.profiler.measure import SIZINGS, sized_overheads
+    from runtime.profiler.overheads import ELEMENTWISE_COSTS
 
     sizing, device = SIZINGS[args.sizing], default_device()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    overheads = measure_overheads(
-        device,
-        sizing.overhead_budget_s,
-        sizing.elementwise_rows,
-        repeats=sizing.repeats,
-        decode_tokens=sizing.probe_decode_tokens,
-        engine_runs=sizing.probe_runs,
-    )
+    overheads = sized_overheads(device, sizing)
     for name, seconds in overheads.call_s.to_dict().items():
         print(f"call_s.{name:<18} {seconds * 1e6:9.1f} us")
     for name, seconds in (overheads.mla_call_s or {}).items():

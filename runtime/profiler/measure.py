@@ -139,6 +139,20 @@ TINY = Sizing(
     dequant_elements=1 << 20,
 )
 SIZINGS = {s.name: s for s in (FULL, QUICK, TINY)}
+
+
+def sized_overheads(device: torch.device, sizing: Sizing) -> Overheads:
+    """One round of the `overheads` stage as `sizing` measures it (the profile, `runtime profile-overheads`)."""
+    return measure_overheads(
+        device,
+        sizing.overhead_budget_s,
+        sizing.elementwise_rows,
+        repeats=sizing.repeats,
+        decode_tokens=sizing.probe_decode_tokens,
+        engine_runs=sizing.probe_runs,
+    )
+
+
 GEMM_DTYPE = torch.bfloat16
 
 
@@ -168,16 +182,7 @@ def measure_profile(
 
     def overhead_round(after: str) -> None:
         if after in spots:
-            rounds.append(
-                measure_overheads(
-                    device,
-                    sizing.overhead_budget_s,
-                    sizing.elementwise_rows,
-                    repeats=sizing.repeats,
-                    decode_tokens=sizing.probe_decode_tokens,
-                    engine_runs=sizing.probe_runs,
-                )
-            )
+            rounds.append(sized_overheads(device, sizing))
 
     fingerprint = measure_rates(device)
     log(
