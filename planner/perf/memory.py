@@ -17,9 +17,10 @@ from planner.plans.workload import Workload
 from planner.units import KV_BLOCK_SIZE, GiB
 
 HOST_RESERVE_BYTES = 2 * GiB
-SAMPLING_BYTES_PER_LOGIT = (
-    16.0  # the on-device sampler per logit: fp32 probabilities, sorted fp32 and int64 ids
-)
+# the sampler's workspace per logit (`runtime.sampler`): where rows sample, fp32 probabilities, sorted fp32 and
+# int64 ids; where every row is greedy, only the fp32 logits argmax reads
+SAMPLING_BYTES_PER_LOGIT = 16.0
+GREEDY_BYTES_PER_LOGIT = 4.0
 HOST_RESERVE_FRACTION = 0.05
 DEVICE_RESERVE_BYTES = 1 * GiB
 DEVICE_RESERVE_FRACTION = 0.05
@@ -118,7 +119,8 @@ class MemoryModel:
     def logits_bytes(self, rows) -> np.ndarray:
         """lm_head logits of `rows` rows and the sampler's workspace over them."""
         s = self.layout.spec
-        return rows * s.vocab_size * (s.dtype_bytes + SAMPLING_BYTES_PER_LOGIT)
+        sampler = SAMPLING_BYTES_PER_LOGIT if self.workload.sampled_share > 0 else GREEDY_BYTES_PER_LOGIT
+        return rows * s.vocab_size * (s.dtype_bytes + sampler)
 
     def prefill_attention_bytes(self, keys) -> np.ndarray:
         """One layer's prefill attention over `keys` keys: cached K/V as read, plus K/V expanded to the query

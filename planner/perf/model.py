@@ -443,7 +443,8 @@ class PerfModel:
             device_bps = r.host_read_bps
         per_chunk = self.overheads.prefill_chunk(tokens, sequences)
         embed = tokens * spec.hidden_size * spec.dtype_bytes / device_bps + per_chunk["embed"]
-        lm_head = g["lm_head"].seconds(sequences) + per_chunk["lm_head"]
+        # the engine samples the completed prompts' rows a micro-batch of attn_batch rows at a time
+        lm_head = g["lm_head"].chunked_seconds(sequences, c.attn_batch) + per_chunk["lm_head"]
         n_moe, n_dense, n_all = lay.num_moe_layers, lay.num_dense_layers, spec.num_layers
         tail = embed + lm_head + step_copy + r.step_overhead_s + per_chunk["forward"]
         chunk = n_moe * layer_moe + n_dense * layer_dense + tail
