@@ -1,7 +1,8 @@
 """Module-based against model-based batching in the link-bound regime, side by side in one command.
 
-    python -m bench.bench_link_batching [--profile P] [--model qwen3-mini] [--link-gbps 0.5] [--device-gb 0.14]
-                                        [--num-prompts 1024] [--prompt-len 16] [--gen-len 8] [--passes 3]
+    python -m bench.bench_link_batching [--profile P] [--model qwen3-mini] [--link-gbps 0.5] [--device-gb 0.125]
+                                        [--num-prompts 1024] [--prompt-len 16] [--gen-len 32] [--passes 3]
+                                        [--pass K | --summarize]
 
 One engine, one checkpoint, one emulated link (`planner.hardware.emulated_link`: this CPU behind a link paced to
 `--link-gbps`, `--device-gb` of device memory) and one workload of `--num-prompts` prompts. Module-based
@@ -12,6 +13,8 @@ streamed every forward; it runs at the planner's largest N that device memory al
 --batching model`) and at half of it, and its best is the comparison. Every system is planned (the
 prediction) and run (achieved) in `--passes` interleaved passes; the median pass is reported. Writes
 each run's report to `bench/results/link-batching/`, `bench/results/link-batching.csv` and the `link-batching` section of BENCHMARKS.md.
+Passes too long for one hold of the machine run one at a time (`--pass K`, each saving its reports), then
+`--summarize` reads passes 1..--passes back (refused where a saved run was planned otherwise).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -33,6 +37,7 @@ from bench.common import (
     run_engine,
     update_section,
 )
+from planner.errors import UserError
 
 ERROR_TARGET = 0.10
 SPEEDUP_TARGET = 2.0
@@ -73,7 +78,9 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     workload = Workload.fixed(args.prompt_len, args.gen_len, args.num_prompts)
     systems = plans(checkpoint.spec, profile, workload, args.host_kv_gb)
     runs: dict[str, list[dict]] = {name: [] for name in systems}
-    for pass_index in range(args.passes):
+    if args.summarize:
+        return summary(systems, {name: saved_runs(name, plan, args.passes) for name, plan in systems.items()})
+    for pass_index in [args.only_pass - 1] if args.only_pass else range(args.passes):
         for name, plan in systems.items():
             prompts = fixed_prompts(checkpoint.tokenizer, args.num_prompts, args.prompt_len, seed=pass_index)
             began = time.perf_counter()
@@ -85,9 +92,34 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                 flush=True,
             )
             runs[name].append(report)
-            saved = RESULTS_DIR / "link-batching" / f"{name.replace(' ', '-')}-pass{pass_index + 1}.json"
+            saved = report_path(name, pass_index)
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(report, indent=1, default=str))
+    return summary(systems, runs)
+
+
+def report_path(name: str, pass_index: int) -> Path:
+    return RESULTS_DIR / "link-batching" / f"{name.replace(' ', '-')}-pass{pass_index + 1}.json"
+
+
+def saved_runs(name: str, plan, passes: int) -> list[dict]:
+    """The saved reports of `name`'s passes 1..passes, each checked to be a run of this very plan."""
+    reports = []
+    for pass_index in range(passes):
+        path = report_path(name, pass_index)
+        report = json.loads(path.read_text()) if path.exists() else None
+        if report is None or report["plan"]["predicted"] != json.loads(
+            json.dumps(plan.to_dict()["predicted"])
+        ):
+            raise UserError(
+                f"{path} is missing or was not planned as this run plans {name}",
+                f"run `--pass {pass_index + 1}` with the same settings first",
+            )
+        reports.append(report)
+    return reports
+
+
+def summary(systems: dict, runs: dict[str, list[dict]]) -> pd.DataFrame:
     rows = []
     for name, plan in systems.items():
         achieved = [r["throughput"]["end_to_end"]["achieved"] for r in runs[name]]
@@ -177,18 +209,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="qwen3-mini")
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--link-gbps", type=float, default=0.5)
-    parser.add_argument("--device-gb", type=float, default=0.14)
+    parser.add_argument("--device-gb", type=float, default=0.125)
     parser.add_argument(
         "--host-kv-gb", type=float, default=1.0, help="host KV budget of module batching, GiB"
     )
     parser.add_argument("--num-prompts", type=int, default=1024)
     parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--gen-len", type=int, default=8)
+    parser.add_argument("--gen-len", type=int, default=32)
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--pass", dest="only_pass", type=int, help="run only pass K (1..--passes), saving it")
+    parser.add_argument("--summarize", action="store_true", help="read the saved passes back, run nothing")
     parser.add_argument("--no-markdown", action="store_true")
     args = parser.parse_args(argv)
+    if args.only_pass is not None and not 1 <= args.only_pass <= args.passes:
+        parser.error(f"--pass {args.only_pass} is not one of the {args.passes} passes")
     machine = machine_line()
     frame = run(args)
+    if args.only_pass:
+        print(f"pass {args.only_pass} saved; `--summarize` reads passes 1..{args.passes} back once all ran")
+        return 0
     out = RESULTS_DIR / "link-batching.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False, float_format="%.6g")
