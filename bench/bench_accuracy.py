@@ -205,12 +205,12 @@ def run_all(
 ) -> list[Path]:
     from planner.hardware.profile import load_profile
 
-    fingerprint = load_profile(profile_ref).fingerprint()
+    profile = load_profile(profile_ref)
     todo = []
     paths = {}
     for config in configs:
         path = reports_dir / f"{config.name}.json"
-        if reuse and _reusable(path, config, fingerprint):
+        if reuse and _reusable(path, config, profile_for(config, profile).fingerprint()):
             print(f"{config.name}: reusing {path}", flush=True)
             paths[config.name] = path
         else:

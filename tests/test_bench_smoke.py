@@ -300,3 +300,22 @@ def test_throughput_markdown_and_run_all_commands():
     assert commands["accuracy"][-3:] == ["--measure-profile", "quick", "--quick"]
     assert commands["plots"][-1] == "notebooks/plots.py"
     assert dict(run_all.commands(quick=False))["accuracy"][-2:] == ["--measure-profile", "full"]
+
+
+def test_reuse_keeps_an_emulated_link_report_planned_behind_that_link(tmp_path, monkeypatch):
+    config = bench_accuracy.LINK_CONFIGS[0]
+    profile = load_profile("cpu-amd-epyc-2c")
+    emulated = bench_accuracy.profile_for(config, profile).fingerprint()
+    assert emulated != profile.fingerprint()
+    report = {
+        "bench_config": json.loads(json.dumps(bench_accuracy.asdict(config))),
+        "profile": {"plan_fingerprint": emulated},
+    }
+    (tmp_path / f"{config.name}.json").write_text(json.dumps(report))
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a reusable report was run again")
+
+    monkeypatch.setattr(bench_accuracy.subprocess, "run", no_run)
+    paths = bench_accuracy.run_all([config], "cpu-amd-epyc-2c", tmp_path, reuse=True, timeout_s=1)
+    assert paths == [tmp_path / f"{config.name}.json"]
