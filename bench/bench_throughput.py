@@ -130,6 +130,9 @@ def worker(job: dict) -> dict:
             "plan_host_budget": plan.memory["host"]["budget"],
             "num_seqs": stats["config"]["num_seqs"],
             "decode_step_ms": 1e3 * stats["decode_seconds"] / max(stats["decode_steps"], 1),
+            "throughput": report["throughput"],  # predicted against achieved, per phase and module
+            "decode_step_modules": report["decode_step_modules"],
+            "prefill_modules": report["prefill_modules"],
         }
     result["peak_host_bytes"] = peak_rss_bytes()
     result["tok_s"] = result["generated_tokens"] / result["wall_s"]
