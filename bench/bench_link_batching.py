@@ -30,11 +30,13 @@ import pandas as pd
 
 from bench.common import (
     RESULTS_DIR,
+    cpu_times,
     ensure_checkpoint,
     fixed_prompts,
     machine_line,
     markdown_table,
     run_engine,
+    steal_share,
     update_section,
 )
 from planner.errors import UserError
@@ -83,12 +85,14 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     for pass_index in [args.only_pass - 1] if args.only_pass else range(args.passes):
         for name, plan in systems.items():
             prompts = fixed_prompts(checkpoint.tokenizer, args.num_prompts, args.prompt_len, seed=pass_index)
-            began = time.perf_counter()
+            began, ticks = time.perf_counter(), cpu_times()
             report = run_engine(checkpoint, plan, profile, prompts, args.gen_len)
+            report["cpu_steal_share"] = steal_share(ticks, cpu_times())
             e2e = report["throughput"]["end_to_end"]
             print(
                 f"[pass {pass_index + 1}/{args.passes}] {name}: N={plan.decisions.num_seqs} achieved {e2e['achieved']:.1f} "
-                f"tok/s, plan {e2e['predicted']:.1f} ({time.perf_counter() - began:.0f} s)",
+                f"tok/s, plan {e2e['predicted']:.1f} ({time.perf_counter() - began:.0f} s, "
+                f"{report['cpu_steal_share']:.0%} of the CPU stolen)",
                 flush=True,
             )
             runs[name].append(report)
@@ -139,6 +143,7 @@ def summary(systems: dict, runs: dict[str, list[dict]]) -> pd.DataFrame:
                 "bottleneck": plan.bottleneck,
                 "link_busy_plan": plan.utilisation.get("link"),
                 "link_busy_measured": statistics.median(link),
+                "cpu_steal": " ".join(f"{r.get('cpu_steal_share', 0.0):.0%}" for r in runs[name]),
             }
         )
     return pd.DataFrame(rows)
@@ -163,6 +168,7 @@ def markdown(frame: pd.DataFrame, args: argparse.Namespace, command: str, machin
             "plan bottleneck",
             "link busy plan",
             "link busy measured",
+            "CPU stolen (per pass)",
         ],
         [
             [
@@ -177,6 +183,7 @@ def markdown(frame: pd.DataFrame, args: argparse.Namespace, command: str, machin
                 r.bottleneck,
                 f"{r.link_busy_plan:.0%}",
                 f"{r.link_busy_measured:.0%}",
+                r.cpu_steal,
             ]
             for r in frame.itertuples()
         ],

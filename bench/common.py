@@ -128,6 +128,21 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     path.write_text(text)
 
 
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs so far (/proc/stat; (0, 0) where there is none)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of CPU time the hypervisor gave other guests between two `cpu_times()` (a VM's noise)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def machine_line() -> str:
     from planner.hardware.this_machine import this_machine
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bench import bench_link_batching
+from bench.common import cpu_times, steal_share
 from planner.errors import UserError
 from planner.specs.spec import load_spec
 
@@ -60,3 +61,10 @@ def test_the_summary_is_the_median_pass(fake_runs):
     bench_link_batching.main([*common, "--summarize"])
     frame = pd.read_csv(fake_runs / "link-batching.csv")
     assert (frame["achieved_tok_s"] / frame["predicted_tok_s"]).round(4).tolist() == [0.9] * 3
+
+
+def test_steal_share_is_the_stolen_ticks_over_all_ticks():
+    assert steal_share((10, 100), (30, 300)) == 0.1
+    assert steal_share((5, 50), (5, 50)) == 0.0
+    steal, total = cpu_times()
+    assert 0 <= steal <= total

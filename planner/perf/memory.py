@@ -237,8 +237,8 @@ class MemoryModel:
         n_kv = (b.kv_bytes - kv_one) / kv_slot
         host_left = b.host_bytes - self.host_weights(c) - self.host_reserve - kv_one
         a, r = self.per_seq_activations, self.router_per_token / self.groups
-        if self.kv_on_device:  # one batch everywhere: KV and transients on the device grow with N
-            work = self.prefill_workspace(c)
+        if self.kv_on_device:  # one batch everywhere: KV and transients on the device grow with N, beside
+            # the transients that do not (the expert batch's: as large as a prefill chunk; `work`)
             a = a + kv_slot + self.transients(_PerToken)
             dev_left = b.device_bytes - self.device_fixed(c) - kv_one
             n_host = (host_left + kv_one) / max(self.per_seq_staging, 1.0)
