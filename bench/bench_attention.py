@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from planner.units import GiB
 from runtime.attention import active_backend, make_case
+from runtime.attention.cache import empty_host
 from runtime.attention.timing import DecodeCase, time_call
-from runtime.host_allocator import empty_host
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,40 @@
 
 Layouts (docs/contracts.md): GQA k/v [num_blocks, num_kv_heads, block_size, head_dim]; MLA latent
 [num_blocks, block_size, kv_lora_rank + rope_dim]. Blocks are allocated once, uninitialised: a slot is only
-read after the step that appended to it. The allocation is on transparent huge pages
-(`runtime.host_allocator.empty_host`): a cache block is one 4 KiB page at typical shapes, and blocks are
+read after the step that appended to it. On Linux the allocation is advised to use transparent huge pages
+(MADV_HUGEPAGE, before first touch): a cache block is one 4 KiB page at typical shapes, and blocks are
 read in random order, so 2 MiB pages save a TLB miss per block (about 10% kernel speed measured here).
 """
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import torch
 
-from runtime.host_allocator import empty_host
+MADV_HUGEPAGE = 14
+PAGE = 4096
+
+
+def advise_huge_pages(tensor: torch.Tensor) -> bool:
+    """Ask Linux to back the tensor's pages with transparent huge pages; False where that is unavailable."""
+    if sys.platform != "linux":
+        return False
+    start = (tensor.data_ptr() + PAGE - 1) // PAGE * PAGE
+    end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // PAGE * PAGE
+    if end - start < 2 * 1024 * 1024:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc.madvise(start, end - start, MADV_HUGEPAGE) == 0
+
+
+def empty_host(shape: tuple[int, ...], dtype: torch.dtype, huge_pages: bool = True) -> torch.Tensor:
+    tensor = torch.empty(shape, dtype=dtype)
+    if huge_pages:
+        advise_huge_pages(tensor)
+    return tensor
 
 
 def allocate_kv_cache(

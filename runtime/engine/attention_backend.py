@@ -7,14 +7,15 @@ How it works: docs/design.md, `runtime/engine/attention_backend.py`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Protocol
 
 import torch
 
 from planner.specs.spec import ModelSpec
-from runtime.engine.kv_cache import HostKVCache
-from runtime.engine.prefill_attention import causal_attention
+from runtime.engine.kv_cache import HostKVCache, blocks_for
+from runtime.engine.prefill_attention import causal_attention, fits_one_call, prompts_causal_attention
 from runtime.engine.staging import HostTensors, Staging
 from runtime.model.attention import o_projection, qkv_projection
 from runtime.model.reference import ROPE_BUILDERS
@@ -35,10 +36,17 @@ class PrefillKVWriter:
 
     def __init__(self, kv: HostKVCache, staging: Staging):
         self.kv, self.staging = kv, staging
-        self._pending: list[tuple[int, torch.Tensor, int, HostTensors]] = []
+        self._pending: list[tuple[int, Callable[..., None], HostTensors]] = []
 
     def send(self, layer: int, blocks: torch.Tensor, start: int, *values: torch.Tensor) -> None:
-        self._pending.append((layer, blocks, start, self.staging.to_host(*values)))
+        write = partial(self.kv.write_tokens, layer, blocks, start)
+        self._pending.append((layer, write, self.staging.to_host(*values)))
+
+    def send_prompts(self, layer: int, blocks: torch.Tensor, *values: torch.Tensor) -> None:
+        """Prompts from position 0, rows stacked (`HostKVCache.write_prompts`): one write for all of them."""
+        self._pending.append(
+            (layer, partial(self.kv.write_prompts, layer, blocks), self.staging.to_host(*values))
+        )
 
     def read_prefix(
         self, layer: int, blocks: torch.Tensor, count: int, like: torch.Tensor
@@ -49,12 +57,22 @@ class PrefillKVWriter:
         """Write the pending K/V of layers up to `through_layer` (their copies were queued earliest)."""
         kept = []
         for entry in self._pending:
-            layer, blocks, start, host = entry
+            layer, write, host = entry
             if layer <= through_layer:
-                self.kv.write_tokens(layer, blocks, start, *host.ready())
+                write(*host.ready())
             else:
                 kept.append(entry)
         self._pending = kept
+
+
+def prefill_each(backend, layer: int, proj, blocks: list[torch.Tensor], length: int) -> torch.Tensor:
+    """`AttentionBackend.prefill_prompts` as one `prefill` per prompt (rows stacked, `length` each)."""
+    return torch.cat(
+        [
+            backend.prefill(layer, tuple(t[i * length : (i + 1) * length] for t in proj), prompt_blocks, 0)
+            for i, prompt_blocks in enumerate(blocks)
+        ]
+    )
 
 
 Projections = tuple[torch.Tensor, ...]  # a backend's per-token projections (q, k, v, ... or latents)
@@ -87,6 +105,10 @@ class AttentionBackend(Protocol):
     ) -> torch.Tensor: ...
 
     def prefill(self, layer: int, proj: Projections, blocks: torch.Tensor, start: int) -> torch.Tensor: ...
+
+    def prefill_prompts(
+        self, layer: int, proj: Projections, blocks: list[torch.Tensor], length: int
+    ) -> torch.Tensor: ...
 
     def store_prefill_kv(self, through_layer: int) -> None: ...
 
@@ -161,6 +183,18 @@ class GQABackend:
         self.writer.send(layer, blocks, start, k, v)
         sink = sinks[0][0] if sinks else None
         return causal_attention(q, keys, values, self.scale, self._window(layer), sink)  # [T, Hq, D]
+
+    def prefill_prompts(
+        self, layer: int, proj: Projections, blocks: list[torch.Tensor], length: int
+    ) -> torch.Tensor:
+        """Prompts from position 0, `length` tokens each, rows stacked: one attention call and one K/V write for
+        all of them where `prefill` makes one each (windowed layers and attention sinks: one `prefill` each)."""
+        q, k, v, *sinks = proj
+        if sinks or self._window(layer) is not None or not fits_one_call(length, q.shape[1]):
+            return prefill_each(self, layer, proj, blocks, length)
+        first = blocks_for(length, self.kv.block_size)
+        self.writer.send_prompts(layer, torch.stack([b[:first] for b in blocks]), k, v)
+        return prompts_causal_attention(q, k, v, self.scale, len(blocks))  # [P*T, Hq, D]
 
     def store_prefill_kv(self, through_layer: int) -> None:
         self.writer.store(through_layer)

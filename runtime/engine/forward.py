@@ -135,18 +135,21 @@ class LayerStack:
             proj = self.backend.project(
                 norm(x[rows], w, "attn_norm", self.spec), w, tables_rows(tables, rows)
             )
+        windowed = self.spec.keeps_window_only(layer)
         with self.timer.device_work(Module.ATTENTION, "prefill"):
-            o = torch.cat(
-                [
-                    self.backend.prefill(
-                        layer,
-                        tuple(t[seg.rows] for t in proj),
-                        seg.ring if self.spec.keeps_window_only(layer) else seg.blocks,
-                        seg.start,
+            pieces = []
+            for run in prompt_runs(batch.segments, windowed):
+                first, length = run[0], run[0].rows.stop - run[0].rows.start
+                own = tuple(t[first.rows.start : run[-1].rows.stop] for t in proj)
+                if len(run) > 1:
+                    pieces.append(self.backend.prefill_prompts(layer, own, [s.blocks for s in run], length))
+                else:
+                    pieces.append(
+                        self.backend.prefill(
+                            layer, own, first.ring if windowed else first.blocks, first.start
+                        )
                     )
-                    for seg in batch.segments
-                ]
-            )
+            o = torch.cat(pieces)
         with self.timer.device_work(Module.O_PROJ, "prefill"):
             x[rows] += self.backend.output(o, w)
 
@@ -236,6 +239,24 @@ class LayerStack:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.shutdown()
+
+
+def prompt_runs(segments: list[PrefillSegment], windowed: bool) -> list[list[PrefillSegment]]:
+    """The segments in runs that share one prefill attention call: consecutive prompts prefilled from position
+    0 with as many tokens each (not in a windowed layer); every other segment alone."""
+    runs: list[list[PrefillSegment]] = []
+    for seg in segments:
+        last = runs[-1][0] if runs else None
+        if (
+            not windowed
+            and last is not None
+            and seg.start == last.start == 0
+            and seg.rows.stop - seg.rows.start == last.rows.stop - last.rows.start
+        ):
+            runs[-1].append(seg)
+        else:
+            runs.append([seg])
+    return runs
 
 
 def activated_counts(hits: list[torch.Tensor | None]) -> list[int]:

@@ -11,7 +11,6 @@ import torch
 
 from planner.errors import UserError
 from planner.units import GiB
-from runtime.host_allocator import empty_host
 
 ALIGN = 256  # bytes; keeps every region and packed tensor aligned for vector loads and any dtype view
 
@@ -103,7 +102,7 @@ class HostArena:
             self.offsets.append(offset)
             offset += aligned(size)
         self.sizes = list(sizes)
-        self.buffer = empty_host((offset,), torch.uint8)  # ordinary memory, pinned in place by pin()
+        self.buffer = torch.empty(offset, dtype=torch.uint8)  # ordinary memory, pinned in place by pin()
         self.pinner = pinner
         self.is_pinned = False
 

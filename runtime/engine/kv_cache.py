@@ -168,6 +168,20 @@ class HostKVCache:
         else:
             self.latent[layer][block_ids, offsets] = values[0].to(self.layout.dtype)
 
+    def write_prompts(self, layer: int, blocks: torch.Tensor, *values: torch.Tensor) -> None:
+        """Store positions [0, T) of P sequences in one write: `blocks` [P, n] (each one's first blocks), values
+        as `write_tokens` takes them with the P sequences' rows stacked (T = rows / P); not windowed layers."""
+        count = values[0].shape[0] // blocks.shape[0]
+        positions = torch.arange(count)
+        block_ids = blocks[:, positions // self.block_size].long().reshape(-1)
+        offsets = (positions % self.block_size).repeat(blocks.shape[0])
+        if self.layout.kind == "gqa":
+            k, v = values
+            self.k[layer][block_ids, :, offsets] = k.to(self.layout.dtype)
+            self.v[layer][block_ids, :, offsets] = v.to(self.layout.dtype)
+        else:
+            self.latent[layer][block_ids, offsets] = values[0].to(self.layout.dtype)
+
     def read_tokens(self, layer: int, blocks: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]:
         """Positions [0, count) of one sequence: GQA (k, v) [count,Hkv,D]; MLA (latent,) [count,R+P]; a
         windowed layer returns only the last `window` of them (all a later query can see)."""

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 
 from planner.specs.spec import ModelSpec
-from runtime.engine.attention_backend import PrefillKVWriter, Projections, rope_on
+from runtime.engine.attention_backend import PrefillKVWriter, Projections, prefill_each, rope_on
 from runtime.engine.kv_cache import HostKVCache
 from runtime.engine.prefill_attention import causal_attention
 from runtime.engine.staging import HostTensors, Staging
@@ -85,6 +85,11 @@ class MLABackend:
         return causal_attention(
             query, rows[:, None, :], rows[:, None, : q_latent.shape[-1]], self.scale
         )  # [T,H,R]
+
+    def prefill_prompts(
+        self, layer: int, proj: Projections, blocks: list[torch.Tensor], length: int
+    ) -> torch.Tensor:
+        return prefill_each(self, layer, proj, blocks, length)
 
     def store_prefill_kv(self, through_layer: int) -> None:
         self.writer.store(through_layer)

@@ -56,6 +56,27 @@ def causal_attention(
     return torch.cat(outputs, dim=1).transpose(0, 1)  # [T, Hq, Dv]
 
 
+def fits_one_call(length: int, num_heads: int) -> bool:
+    """Whether `causal_attention` runs a prompt of `length` tokens (from position 0) as one causal SDPA call."""
+    return length <= query_block(length, num_heads)
+
+
+def prompts_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, num_prompts: int
+) -> torch.Tensor:
+    """`num_prompts` prompts of equal length from position 0, their rows stacked ([P*T, H, D]), in one causal
+    SDPA call over a batch of prompts: what `causal_attention` computes for each alone (`fits_one_call`)."""
+    length, num_heads, dim = q.shape[0] // num_prompts, q.shape[1], q.shape[2]
+    value_dim, group = v.shape[-1], num_heads // k.shape[1]
+    if value_dim < dim:
+        v = F.pad(v, (0, dim - value_dim))
+    queries = q.view(num_prompts, length, num_heads, dim).transpose(1, 2)  # [P, Hq, T, D]
+    keys = k.view(num_prompts, length, -1, dim).transpose(1, 2).repeat_interleave(group, dim=1)
+    values = v.view(num_prompts, length, -1, dim).transpose(1, 2).repeat_interleave(group, dim=1)
+    out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=scale)
+    return out[..., :value_dim].transpose(1, 2).reshape(num_prompts * length, num_heads, value_dim)
+
+
 def _with_sinks(
     qb: torch.Tensor,
     kb: torch.Tensor,

@@ -21,7 +21,6 @@ from runtime.engine.config import EngineConfig
 from runtime.engine.expert_stacks import FUSED_NAMES, is_stack_name
 from runtime.engine.host_arena import HostArena, aligned, default_pinner, packing_threads
 from runtime.engine.stack_sources import Source, stack_sources, tensor_meta
-from runtime.host_allocator import empty_host
 from runtime.model.reference import HEAD_NAMES
 from runtime.quant.config import SCALES, QuantLayout
 from runtime.quant.tensor import QuantView
@@ -228,10 +227,7 @@ class WeightStore:
         self.resident_bytes += source.nbytes
         if self.device.type == "cpu" and source.read is not None:
             return source.read()
-        if self.device.type == "cpu":
-            tensor = empty_host(source.shape, source.dtype)
-        else:
-            tensor = torch.empty(source.shape, dtype=source.dtype, device=self.device)
+        tensor = torch.empty(source.shape, dtype=source.dtype, device=self.device)
         source.fill(tensor)
         return tensor
 

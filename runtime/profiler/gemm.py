@@ -2,7 +2,7 @@
 
 `measure_gemm_curve(shape, rows, device, dtype, ...)` times `runtime.model.layers.expert_ffn` (expert
 shapes: three GEMMs, 6*m*h*I flops) or `F.linear` (projections, 2*m*n*k flops) for each row count m and
-returns a `GemmCurve` in TFLOP/s. The weights (on huge pages, as the engine's) rotate over enough random copies to exceed the last-level
+returns a `GemmCurve` in TFLOP/s. The weights rotate over enough random copies to exceed the last-level
 cache, so small-m rates are the memory-bound rates a streamed expert sees, not cache-resident ones. Rows
 stop once one call takes longer than `max_call_s` (the curve is clamped at its last point beyond that,
 where it has plateaued) or the shape's time budget (not counting weight set-up) is spent; the first row
@@ -19,7 +19,6 @@ from collections.abc import Callable
 import torch
 
 from planner.hardware.profile import GemmCurve
-from runtime.host_allocator import empty_host
 from runtime.profiler.grids import GemmShape
 from runtime.profiler.timing import median_seconds, significant
 
@@ -46,11 +45,7 @@ def _weight_sets(
     std = 1.0 / math.sqrt(shape.k)
 
     def random(rows: int, cols: int) -> torch.Tensor:
-        values = torch.randn(rows, cols, device=device, dtype=torch.float32) * std
-        if device.type != "cpu":
-            return values.to(dtype)
-        held = empty_host((rows, cols), dtype)  # as the engine holds its weights
-        return held.copy_(values)
+        return (torch.randn(rows, cols, device=device, dtype=torch.float32) * std).to(dtype)
 
     if shape.kind == "expert_ffn":
         return [
