@@ -9,8 +9,10 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
-from planner.hardware.profile import load_profile
+from planner.errors import UserError
+from planner.hardware.profile import GemmCurve, HardwareProfile, load_profile
 from planner.perf.costs import ModelCosts
 from planner.perf.gemm_dtype import plan_gemm_dtype, upcast_extra_bytes
 from planner.perf.memory import Budgets
@@ -23,6 +25,7 @@ from runtime.engine import Engine, EngineBackend, EngineConfig
 from runtime.model.generation import ReferenceBackend
 from runtime.model.layers import linear
 from runtime.model.reference import ReferenceModel
+from runtime.profiler import gemm as profiler_gemm
 from runtime.profiler.gemm import measure_gemm_curve
 from runtime.profiler.grids import EXPERT_SHAPES
 from tests.test_engine import new_states, tiny_spec
@@ -133,3 +136,38 @@ def test_profiler_measures_curves_with_wider_weights():
         EXPERT_SHAPES[0], (1, 4), torch.device("cpu"), torch.bfloat16, 0, 1.0, 1.0, 2, torch.float32
     )
     assert curve.rows == (1, 4) and all(rate > 0 for rate in curve.tflops)
+
+
+def test_profiler_measures_the_narrow_speed_where_it_picks_float32(monkeypatch):
+    def fake_curve(shape, rows, device, dtype, cache, budget, max_call, repeats, weight_dtype):
+        rate = (0.3 if weight_dtype == torch.float32 else 0.15) / (1 if rows[0] == 256 else 2 - rows[0] / 16)
+        return GemmCurve(shape=shape.label, n=shape.n, k=shape.k, rows=rows, tflops=(rate,))
+
+    monkeypatch.setattr(profiler_gemm, "measure_gemm_curve", fake_curve)
+    cpu = torch.device("cpu")
+    dtype, narrow = profiler_gemm.pick_gemm_dtype(cpu, EXPERT_SHAPES[0], torch.bfloat16, 1 << 20)
+    assert dtype == torch.float32 and narrow == ((1, 0.5), (16, 0.5), (256, 0.5))
+    assert profiler_gemm.pick_gemm_dtype(cpu, EXPERT_SHAPES[0], torch.float32, 1 << 20) == (torch.float32, ())
+
+
+def test_bf16_plans_on_float32_curves_pay_the_measured_narrow_speed():
+    base = dataclasses.replace(load_profile("cpu-amd-epyc-2c"), gemm_dtype="float32")
+    slower = dataclasses.replace(base, gemm_narrow_speed=((1, 1.0), (256, 0.5)))
+    again = HardwareProfile.from_dict(yaml.safe_load(slower.to_yaml()))
+    assert again.gemm_narrow_speed == slower.gemm_narrow_speed
+    workload = Workload.fixed(128, 64, 512)
+
+    def tok_s(model: str, profile) -> float:
+        spec = load_spec(model)
+        plan = make_plan(spec, profile, workload, Budgets.from_args(profile, 4.0))
+        return plan.predicted.generated_tok_s
+
+    assert tok_s("deepseek-v2-lite-mini", slower) < 0.9 * tok_s("deepseek-v2-lite-mini", base)  # MLA: bf16
+    assert tok_s("mixtral-mini", slower) == tok_s("mixtral-mini", base)  # upcast to float32: the curves as is
+
+
+def test_a_narrow_speed_needs_one_ratio_per_row_count():
+    data = dataclasses.replace(load_profile("cpu-amd-epyc-2c"), gemm_narrow_speed=((1, 1.0),)).to_dict()
+    data["gemm"]["narrow_speed"]["ratio"] = [1.0, 0.5]
+    with pytest.raises(UserError, match="narrow_speed"):
+        HardwareProfile.from_dict(data)

@@ -99,6 +99,9 @@ class HardwareProfile:
     dequant_ns: dict[str, float] = field(
         default_factory=dict
     )  # stored format -> ns per weight (DEQUANT_FORMATS)
+    # float32 curves only: (rows, rate of 16-bit weights / float32 weights) measured at a few row counts, what a
+    # plan whose GEMMs run in the model dtype scales the curves by (`planner.perf.gemm_dtype`); () not measured
+    gemm_narrow_speed: tuple[tuple[float, float], ...] = ()
 
     # ---- (de)serialisation -------------------------------------------------------------------------
     @classmethod
@@ -117,7 +120,20 @@ class HardwareProfile:
             "links": None if self.links is None else self.links.to_dict(),
             **({"emulated_link": self.emulated_link.to_dict()} if self.emulated_link is not None else {}),
             "memory": self.memory.to_dict(),
-            "gemm": {"dtype": self.gemm_dtype, "curves": [c.to_dict() for c in self.gemm_curves]},
+            "gemm": {
+                "dtype": self.gemm_dtype,
+                **(
+                    {
+                        "narrow_speed": {
+                            "rows": [int(r) for r, _ in self.gemm_narrow_speed],
+                            "ratio": [s for _, s in self.gemm_narrow_speed],
+                        }
+                    }
+                    if self.gemm_narrow_speed
+                    else {}
+                ),
+                "curves": [c.to_dict() for c in self.gemm_curves],
+            },
             "attention": {"curves": [c.to_dict() for c in self.attention_curves]},
             "efficiency": self.efficiency.to_dict(),
             **({"overheads": self.overheads.to_dict()} if self.overheads.measured else {}),

@@ -322,6 +322,13 @@ def parse_profile_dict(data: object, source: str) -> dict:
 
     g = top.sub("gemm")
     out["gemm_dtype"] = g.choice("dtype", GEMM_DTYPES)
+    narrow = g.sub("narrow_speed", required=False)
+    if narrow is not None:
+        rows, ratio = narrow.series("rows", increasing=True), narrow.series("ratio")
+        if len(rows) != len(ratio):
+            raise narrow.fail("ratio", f"expected {len(rows)} values (one per row count), got {len(ratio)}")
+        out["gemm_narrow_speed"] = tuple(zip(rows, ratio))
+        narrow.done()
     out["gemm_curves"] = tuple(_gemm_curve(c) for c in g.items("curves"))
     g.done()
 

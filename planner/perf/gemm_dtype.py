@@ -4,7 +4,8 @@ Some CPUs run float32 GEMMs faster than 16-bit ones (AVX-512 without AMX: BENCHM
 CPU time goes"). A profile measured there says `gemm.dtype: float32` and its curves were measured so; a plan
 computing on that host holds the GEMM weights `is_upcast` names in float32 and rounds each GEMM's output to
 the model dtype (what a 16-bit GEMM accumulating in float32 computes). Router, embedding, norms, biases keep
-the model dtype. Elsewhere (a device, streaming, MLA, quantized or biased experts) GEMMs run in the model dtype.
+the model dtype. Elsewhere (a device, streaming, MLA, quantized or biased experts) GEMMs run in the model dtype,
+priced at the float32 curves times the 16-bit/float32 rate ratio the profile measured (`gemm.narrow_speed`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def plan_gemm_dtype(spec: ModelSpec, profile_gemm_dtype: str, host_compute: bool
         and not spec.expert_bias
     )
     return WIDE if eligible else None
+
+
+def narrow_on_wide_curves(spec: ModelSpec, profile_gemm_dtype: str, gemm_dtype: str | None) -> bool:
+    """Whether a plan's GEMMs run in a 16-bit model dtype on curves measured with float32 weights: the curves
+    then scale by the profile's `gemm_narrow_speed`."""
+    return gemm_dtype is None and profile_gemm_dtype == WIDE and spec.dtype in NARROW
 
 
 def is_upcast(local_name: str) -> bool:

@@ -15,7 +15,7 @@ from planner.hardware.profile import HardwareProfile
 from planner.modules import DECODE_MODULES, PREFILL_MODULES, micro_batches
 from planner.perf.dequant import DequantTerms
 from planner.perf.expert_kernels import grouped_by_default, grouped_calls
-from planner.perf.gemm_dtype import plan_gemm_dtype
+from planner.perf.gemm_dtype import narrow_on_wide_curves, plan_gemm_dtype
 from planner.perf.layout import RESIDENCY_ORDER, ModelLayout
 from planner.perf.memory import Budgets, MemoryModel
 from planner.perf.merged import merged_prefill
@@ -80,15 +80,16 @@ class PerfModel:
             raise UserError(f"unknown batching {batching!r}", f"use one of {list(BATCHING_MODES)}")
         self.spec, self.profile, self.workload, self.budgets = spec, profile, workload, budgets
         self.layout = ModelLayout.build(spec, workload, block_size)
-        self.rates = Rates.build(profile, self.layout.costs, scale or RateScale())
-        self.overheads = OverheadTerms.build(
-            spec, self.rates.overheads, workload.sampled_share, workload.top_p_share
-        )
-        self.dequant = DequantTerms.build(self.layout.costs, profile, self.rates)
         self.has_device = profile.has_device
         self.emulated = profile.emulated_link is not None
         host_compute = not (self.has_device or self.emulated or stream_on_host)
         self.gemm_dtype = plan_gemm_dtype(spec, profile.gemm_dtype, host_compute)
+        narrow = narrow_on_wide_curves(spec, profile.gemm_dtype, self.gemm_dtype)
+        self.rates = Rates.build(profile, self.layout.costs, scale or RateScale(), narrow)
+        self.overheads = OverheadTerms.build(
+            spec, self.rates.overheads, workload.sampled_share, workload.top_p_share
+        )
+        self.dequant = DequantTerms.build(self.layout.costs, profile, self.rates)
         self.model_batching = batching == "model"
         self.batching = batching
         self.memory = MemoryModel(

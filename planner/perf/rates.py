@@ -183,7 +183,10 @@ class Rates:
     d2h_log_bps: np.ndarray | None = None
 
     @classmethod
-    def build(cls, profile: HardwareProfile, costs: ModelCosts, scale: RateScale | None = None) -> Rates:
+    def build(
+        cls, profile: HardwareProfile, costs: ModelCosts, scale: RateScale | None = None, narrow: bool = False
+    ) -> Rates:
+        """`narrow`: the GEMMs run in the 16-bit model dtype on float32 curves (`planner.perf.gemm_dtype`)."""
         scale = scale or RateScale()
         eff = profile.efficiency
         has_device = profile.has_device
@@ -191,6 +194,9 @@ class Rates:
         compute_speed = gemm_efficiency(ROW_GRID, eff.gemm, eff.gemm_small_m) * (
             scale.cpu if on_host else scale.device_compute
         )
+        if narrow and profile.gemm_narrow_speed:
+            rows, ratio = zip(*profile.gemm_narrow_speed)
+            compute_speed = compute_speed * np.interp(np.log(ROW_GRID), np.log(rows), ratio)
         gemm = {
             module: ModuleGemm(
                 tuple(GemmTable.sample(profile, n, k, fpr, compute_speed) for n, k, fpr in mats),

@@ -98,16 +98,26 @@ def measure_gemm_curve(
     return GemmCurve(shape=shape.label, n=shape.n, k=shape.k, rows=tuple(measured_rows), tflops=tuple(tflops))
 
 
-def pick_gemm_dtype(device: torch.device, shape: GemmShape, rows: int, dtype: torch.dtype) -> torch.dtype:
-    """The weights' dtype the GEMMs run fastest in (`planner.perf.gemm_dtype`): on the CPU float32 where it
-    beats `dtype` by over 10% at `shape` x `rows` (AVX-512 cores without AMX), else `dtype`."""
-    if device.type != "cpu" or dtype == torch.float32:
-        return dtype
+NARROW_SPEED_ROWS = (1, 16, 256)  # 256 rows decides the dtype (compute-bound); fewer read weights mostly
 
-    def best(weights: torch.dtype) -> float:
+
+def pick_gemm_dtype(
+    device: torch.device, shape: GemmShape, dtype: torch.dtype, cache_bytes: int
+) -> tuple[torch.dtype, tuple[tuple[int, float], ...]]:
+    """The weights' dtype the GEMMs run fastest in (`planner.perf.gemm_dtype`): on the CPU float32 where it
+    beats `dtype` by over 10% at `shape` x 256 rows (AVX-512 cores without AMX), else `dtype`. With float32,
+    also the profile's `gemm_narrow_speed`: `dtype`'s rate over float32's at each of NARROW_SPEED_ROWS."""
+    if device.type != "cpu" or dtype == torch.float32:
+        return dtype, ()
+
+    def rate(weights: torch.dtype, rows: int) -> float:
         curve = measure_gemm_curve(
-            shape, (rows,), device, dtype, 0, 1.0, 1.0, repeats=3, weight_dtype=weights
+            shape, (rows,), device, dtype, cache_bytes, 1.0, 1.0, repeats=5, weight_dtype=weights
         )
         return curve.tflops[0]
 
-    return torch.float32 if best(torch.float32) > 1.1 * best(dtype) else dtype
+    speeds = {rows: (rate(dtype, rows), rate(torch.float32, rows)) for rows in NARROW_SPEED_ROWS}
+    narrow, wide = speeds[NARROW_SPEED_ROWS[-1]]
+    if wide <= 1.1 * narrow:
+        return dtype, ()
+    return torch.float32, tuple((rows, significant(n / w, 3)) for rows, (n, w) in speeds.items())

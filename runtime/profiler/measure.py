@@ -205,8 +205,12 @@ def measure_profile(
         sizing.gemm_budget_s / len(sizing.gemm_shapes) / 2
     )  # the weights' set-up spends the deadline
     gemm_curves = []
-    weight_dtype = pick_gemm_dtype(device, EXPERT_SHAPES[1], 256, GEMM_DTYPE)
-    log(f"  GEMM weights in {weight_dtype} (inputs in {GEMM_DTYPE})")
+    weight_dtype, narrow_speed = pick_gemm_dtype(device, EXPERT_SHAPES[1], GEMM_DTYPE, cache)
+    narrow_note = ", ".join(f"{ratio:.2f}x at {rows} rows" for rows, ratio in narrow_speed)
+    log(
+        f"  GEMM weights in {weight_dtype} (inputs in {GEMM_DTYPE})"
+        + (f"; {GEMM_DTYPE} weights run {narrow_note}" if narrow_speed else "")
+    )
     for i, shape in enumerate(sizing.gemm_shapes):
         curve = measure_gemm_curve(
             shape,
@@ -278,6 +282,7 @@ def measure_profile(
         machine=machine,
         memory=memory,
         gemm_dtype=str(weight_dtype).removeprefix("torch."),
+        gemm_narrow_speed=narrow_speed,
         gemm_curves=tuple(gemm_curves),
         attention_curves=tuple(attention_curves),
         links=links,
