@@ -107,6 +107,7 @@ def worker(job: dict) -> dict:
     checkpoint_dir = Path(job["checkpoint"])
     checkpoint = open_checkpoint(checkpoint_dir)
     prompts = fixed_prompts(checkpoint.tokenizer, job["num_prompts"], job["prompt_len"], seed=1)
+    speed_before = machine_speed(job["profile"])
     if job["system"] == "hf":
         result = run_hf(checkpoint_dir, prompts, job["gen_len"], job["batch"], pad_id=0)
     else:
@@ -136,7 +137,21 @@ def worker(job: dict) -> dict:
         }
     result["peak_host_bytes"] = peak_rss_bytes()
     result["tok_s"] = result["generated_tokens"] / result["wall_s"]
+    result["machine_speed"] = [speed_before, machine_speed(job["profile"])]
     return result
+
+
+def machine_speed(profile_ref: str) -> float:
+    """The spot GEMM's rate now over the profile's (`runtime.profiler.spot_check`): this VM's speed drifts by
+    tens of percent within minutes, which moves every system's tok/s and the plan's error alike."""
+    import torch
+
+    from planner.hardware.profile import load_profile
+    from runtime.profiler.spot_check import measure_rates
+
+    return (
+        measure_rates(torch.device("cpu")).gemm_tflops / load_profile(profile_ref).machine_rates().gemm_tflops
+    )
 
 
 def measure(job: dict, timeout_s: float) -> dict | None:
@@ -180,7 +195,12 @@ def median_runs(jobs: dict[str, dict], repeats: int, timeout_s: float) -> dict[s
             raise RuntimeError(f"every {name} run failed")
         median = statistics.median(r["tok_s"] for r in results)
         chosen = min(results, key=lambda r: abs(r["tok_s"] - median))
-        medians[name] = {**chosen, "tok_s": median, "all_tok_s": [r["tok_s"] for r in results]}
+        medians[name] = {
+            **chosen,
+            "tok_s": median,
+            "all_tok_s": [r["tok_s"] for r in results],
+            "all_speeds": [r["machine_speed"] for r in results],
+        }
     return medians
 
 
@@ -203,10 +223,19 @@ def markdown(results: dict, command: str, machine: str) -> str:
                 " / ".join(f"{v:.3g}" for v in r["all_tok_s"]),
                 planned["tok_s"] / r["tok_s"],
                 f"{r['peak_host_bytes'] / GiB:.2f}",
+                " / ".join(f"{a:.2f}, {b:.2f}" for a, b in r.get("all_speeds", [r["machine_speed"]])),
             ]
         )
     table = markdown_table(
-        ["system", "batch", "generated tok/s (median)", "repeats", "engine-planned / this", "peak host GiB"],
+        [
+            "system",
+            "batch",
+            "generated tok/s (median)",
+            "repeats",
+            "engine-planned / this",
+            "peak host GiB",
+            "machine speed / profile's (before, after)",
+        ],
         rows,
     )
     err = planned["plan_tok_s"] / planned["tok_s"] - 1  # (predicted - achieved) / achieved
