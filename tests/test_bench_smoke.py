@@ -279,7 +279,13 @@ def test_gpu_smoke_plans_streaming_on_a_capped_device_and_skips_without_cuda(tmp
 
 def test_throughput_markdown_and_run_all_commands():
     def system(tok_s, **extra):
-        return {"tok_s": tok_s, "all_tok_s": [tok_s], "peak_host_bytes": 2 << 30, **extra}
+        return {
+            "tok_s": tok_s,
+            "all_tok_s": [tok_s],
+            "peak_host_bytes": 2 << 30,
+            "machine_speed": [0.9, 0.8],
+            **extra,
+        }
 
     results = {
         "sizes": bench_throughput.QUICK,
@@ -296,6 +302,7 @@ def test_throughput_markdown_and_run_all_commands():
     }
     text = bench_throughput.markdown(results, "python -m bench.bench_throughput --quick", "Machine: test.")
     assert "6.00x HF generate()" in text and "3.00x module batching off" in text and "error -16.7%" in text
+    assert "| 0.90, 0.80 |" in text  # the machine's speed against the profile's during the run
     commands = dict(run_all.commands(quick=True))
     assert commands["accuracy"][-3:] == ["--measure-profile", "quick", "--quick"]
     assert commands["plots"][-1] == "notebooks/plots.py"
