@@ -238,3 +238,16 @@ def test_cli_rejects_bad_out_path(tmp_path, capsys):
     )
     assert ".yaml" in capsys.readouterr().err
     assert yaml.safe_load(profile_path.read_text())["provenance"]["kind"] == "measured"
+
+
+def test_runs_on_a_slowed_machine_fit_the_constants_of_the_unslowed_one(tmp_path):
+    """Probe jobs measured while the machine ran at 0.8x its fingerprint's speed, scaled back by
+    `at_machine_speed`, fit what the same jobs at full speed fit."""
+    profile = cpu_profile()
+    runs = [load_run(p) for p in write_reports(tmp_path, profile, TRUTH_CPU, CONFIGS)]
+    slowed = [r.at_machine_speed(1 / 0.8) for r in runs]  # every time 1.25x longer, every rate 0.8x
+    assert slowed[0].measured.generated_tok_s == pytest.approx(0.8 * runs[0].measured.generated_tok_s)
+    restored = fit([r.at_machine_speed(0.8) for r in slowed], profile)
+    for name, value in TRUTH_CPU.items():
+        assert restored.after[name] == pytest.approx(value, rel=0.03), name
+    assert fit(slowed, profile).after["gemm"] < 0.9 * TRUTH_CPU.get("gemm", 1.0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,21 @@ class MeasuredRun:
     @property
     def label(self) -> str:
         return Path(self.path).name if self.path else self.plan.model.name
+
+    def at_machine_speed(self, speed: float) -> MeasuredRun:
+        """This run as the machine would have run it at `speed` times the speed it had (times scale by `speed`,
+        rates by its inverse): probe jobs measured while a VM's neighbours slowed it, brought back to the speed
+        the curves were measured at."""
+        m = self.measured
+        scaled = replace(
+            m,
+            generated_tok_s=m.generated_tok_s / speed,
+            decode_step_s=m.decode_step_s * speed,
+            decode_modules={k: v * speed for k, v in m.decode_modules.items()},
+            prefill_forward_s=None if m.prefill_forward_s is None else m.prefill_forward_s * speed,
+            prefill_modules={k: v * speed for k, v in m.prefill_modules.items()},
+        )
+        return replace(self, measured=scaled)
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,15 @@ def _fitted_sentence(
     )
 
 
+def _machine_speed(profile: HardwareProfile, device: torch.device) -> float:
+    """The spot GEMM's rate now over the profile's fingerprint (1.0 where the profile has none)."""
+    from runtime.profiler.spot_check import measure_rates
+
+    if profile.machine.fingerprint is None:
+        return 1.0
+    return measure_rates(device).gemm_tflops / profile.machine.fingerprint.gemm_tflops
+
+
 def calibrate_on_probes(
     profile: HardwareProfile,
     device: torch.device,
@@ -231,6 +240,7 @@ def calibrate_on_probes(
             checkpoint_dir = root / job.spec.name
             if not (checkpoint_dir / "config.json").is_file():
                 write_random_checkpoint(job.spec, checkpoint_dir, dtype="bf16", seed=i)
+            speed_before = _machine_speed(profile, device)
             try:
                 run = run_probe(
                     job,
@@ -243,13 +253,15 @@ def calibrate_on_probes(
                 )
             finally:
                 torch.set_num_threads(threads)
-            runs.append(run)
+            speed = (speed_before + _machine_speed(profile, device)) / 2
+            runs.append(run.at_machine_speed(speed))
             done.append(job)
             job_s = time.perf_counter() - began - elapsed
             longest = max(longest, job_s)
             log(
                 f"  probe {job.label}: {run.measured.generated_tok_s:.4g} tok/s achieved, "
-                f"{run.plan.predicted.generated_tok_s:.4g} planned ({job_s:.1f} s)"
+                f"{run.plan.predicted.generated_tok_s:.4g} planned ({job_s:.1f} s; machine at {speed:.2f}x "
+                "its fingerprint's GEMM speed, achieved scaled by its inverse for the fit)"
             )
         calibration = fit(runs, profile, only=PROBE_FITTED)
     note = _fitted_sentence(calibration, done, budget, once)
