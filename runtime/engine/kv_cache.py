@@ -160,13 +160,7 @@ class HostKVCache:
         if self.windowed[layer]:
             skip = max(values[0].shape[0] - self.ring * self.block_size, 0)
             start, values = start + skip, tuple(v[skip:] for v in values)
-        block_ids, offsets = self._slots(blocks, start, values[0].shape[0])
-        if self.layout.kind == "gqa":
-            k, v = values
-            self.k[layer][block_ids, :, offsets] = k.to(self.layout.dtype)
-            self.v[layer][block_ids, :, offsets] = v.to(self.layout.dtype)
-        else:
-            self.latent[layer][block_ids, offsets] = values[0].to(self.layout.dtype)
+        self._store(layer, *self._slots(blocks, start, values[0].shape[0]), values)
 
     def write_prompts(self, layer: int, blocks: torch.Tensor, *values: torch.Tensor) -> None:
         """Store positions [0, T) of P sequences in one write: `blocks` [P, n] (each one's first blocks), values
@@ -175,6 +169,9 @@ class HostKVCache:
         positions = torch.arange(count)
         block_ids = blocks[:, positions // self.block_size].long().reshape(-1)
         offsets = (positions % self.block_size).repeat(blocks.shape[0])
+        self._store(layer, block_ids, offsets, values)
+
+    def _store(self, layer: int, block_ids: torch.Tensor, offsets: torch.Tensor, values) -> None:
         if self.layout.kind == "gqa":
             k, v = values
             self.k[layer][block_ids, :, offsets] = k.to(self.layout.dtype)
