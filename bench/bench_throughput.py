@@ -142,16 +142,14 @@ def worker(job: dict) -> dict:
 
 
 def machine_speed(profile_ref: str) -> float:
-    """The spot GEMM's rate now over the profile's (`runtime.profiler.spot_check`): this VM's speed drifts by
-    tens of percent within minutes, which moves every system's tok/s and the plan's error alike."""
+    """`runtime.profiler.spot_check.machine_speed` on the CPU: this VM's speed drifts by tens of percent within
+    minutes, which moves every system's tok/s and the plan's error alike."""
     import torch
 
     from planner.hardware.profile import load_profile
-    from runtime.profiler.spot_check import measure_rates
+    from runtime.profiler import spot_check
 
-    return (
-        measure_rates(torch.device("cpu")).gemm_tflops / load_profile(profile_ref).machine_rates().gemm_tflops
-    )
+    return spot_check.machine_speed(load_profile(profile_ref), torch.device("cpu"))
 
 
 def measure(job: dict, timeout_s: float) -> dict | None:

@@ -120,26 +120,21 @@ class HardwareProfile:
             "links": None if self.links is None else self.links.to_dict(),
             **({"emulated_link": self.emulated_link.to_dict()} if self.emulated_link is not None else {}),
             "memory": self.memory.to_dict(),
-            "gemm": {
-                "dtype": self.gemm_dtype,
-                **(
-                    {
-                        "narrow_speed": {
-                            "rows": [int(r) for r, _ in self.gemm_narrow_speed],
-                            "ratio": [s for _, s in self.gemm_narrow_speed],
-                        }
-                    }
-                    if self.gemm_narrow_speed
-                    else {}
-                ),
-                "curves": [c.to_dict() for c in self.gemm_curves],
-            },
+            "gemm": self._gemm_dict(),
             "attention": {"curves": [c.to_dict() for c in self.attention_curves]},
             "efficiency": self.efficiency.to_dict(),
             **({"overheads": self.overheads.to_dict()} if self.overheads.measured else {}),
             **({"dequant_ns": dict(self.dequant_ns)} if self.dequant_ns else {}),
             "notes": self.notes,
         }
+
+    def _gemm_dict(self) -> dict:
+        gemm: dict = {"dtype": self.gemm_dtype}
+        if self.gemm_narrow_speed:
+            rows, ratio = zip(*self.gemm_narrow_speed)
+            gemm["narrow_speed"] = {"rows": [int(r) for r in rows], "ratio": list(ratio)}
+        gemm["curves"] = [c.to_dict() for c in self.gemm_curves]
+        return gemm
 
     def to_yaml(self) -> str:
         return yaml.dump(

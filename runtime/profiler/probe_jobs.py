@@ -24,6 +24,7 @@ from planner.plans.build import make_plan
 from planner.plans.plan import Plan
 from planner.plans.workload import Workload
 from planner.specs.spec import ModelSpec
+from runtime.profiler.spot_check import machine_speed
 
 # What the probes fit: GEMMs in the engine against the curves' GEMMs timed alone, the engine's costs per step
 # and CPU attention in place. Not an extra fixed cost per call, nor a multiplier on the measured per-call
@@ -33,7 +34,7 @@ from planner.specs.spec import ModelSpec
 # `gemm` and `gemm_small_m` apart: the probes' decode multiplies a row or two per expert, where the engine beat the
 # curves by ~28% on the Xeon VM (its weights stream from memory as the curves' rotated weights do, yet faster),
 # while at hundreds of rows it matched them; one constant for both priced a 256 x (128 + 64) mixtral-mini job
-# 10% faster than with two (BENCHMARKS.md, "Probe fit by regime").
+# 9% faster than with two (BENCHMARKS.md, "Issue 14's last must-show").
 PROBE_FITTED = ("gemm", "gemm_small_m", "attention", "step_overhead_s")
 IMPLAUSIBLE_GEMM = 1.5  # a fitted gemm above this: the stages were measured under different loads
 FIRST_TOKEN_ID = 3  # prompts stay clear of ids 0-2 (pad / bos / eos of the random checkpoints)
@@ -203,15 +204,6 @@ def _fitted_sentence(
     )
 
 
-def _machine_speed(profile: HardwareProfile, device: torch.device) -> float:
-    """The spot GEMM's rate now over the profile's fingerprint (1.0 where the profile has none)."""
-    from runtime.profiler.spot_check import measure_rates
-
-    if profile.machine.fingerprint is None:
-        return 1.0
-    return measure_rates(device).gemm_tflops / profile.machine.fingerprint.gemm_tflops
-
-
 def calibrate_on_probes(
     profile: HardwareProfile,
     device: torch.device,
@@ -240,7 +232,7 @@ def calibrate_on_probes(
             checkpoint_dir = root / job.spec.name
             if not (checkpoint_dir / "config.json").is_file():
                 write_random_checkpoint(job.spec, checkpoint_dir, dtype="bf16", seed=i)
-            speed_before = _machine_speed(profile, device)
+            speed_before = machine_speed(profile, device)
             try:
                 run = run_probe(
                     job,
@@ -253,7 +245,7 @@ def calibrate_on_probes(
                 )
             finally:
                 torch.set_num_threads(threads)
-            speed = (speed_before + _machine_speed(profile, device)) / 2
+            speed = (speed_before + machine_speed(profile, device)) / 2
             runs.append(run.at_machine_speed(speed))
             done.append(job)
             job_s = time.perf_counter() - began - elapsed

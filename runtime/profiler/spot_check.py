@@ -5,7 +5,8 @@
 (`measure_gemm_curve` at its one row count, one weight set: at 256 rows the GEMM is compute-bound, so caches
 barely matter); `runtime profile` stores the same two figures as the profile's `machine.fingerprint`.
 `spot_check_warnings(measured, profile, profile_name)` returns one sentence per figure more than 20% away from
-the profile's (`HardwareProfile.machine_rates`), each naming the fix.
+the profile's (`HardwareProfile.machine_rates`), each naming the fix. `machine_speed(profile, device)`: the spot
+GEMM's rate now over the fingerprint's (probe jobs and benchmarks scale or label their timings by it).
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ def measure_rates(device: torch.device) -> MachineRates:
         repeats=3,
     )
     return MachineRates(memory_read_gbps=memory.read_gbps, gemm_tflops=curve.tflops[0])
+
+
+def machine_speed(profile: HardwareProfile, device: torch.device) -> float:
+    """The spot GEMM's rate now over the profile's fingerprint (1.0 where the profile has none): how much faster
+    or slower than when it was profiled the machine runs now (a VM's speed drifts with its neighbours)."""
+    if profile.machine.fingerprint is None:
+        return 1.0
+    return measure_rates(device).gemm_tflops / profile.machine.fingerprint.gemm_tflops
 
 
 def spot_check_warnings(
