@@ -232,13 +232,14 @@ def test_emulated_link_plans_like_a_device_and_names_the_link(emulated):
 
 
 def test_model_based_batching_keeps_kv_on_the_device_and_is_bounded_by_it(emulated):
-    module, model = _plan(emulated), _plan(emulated, "model")
+    # 1024 prompts: with 256 the whole job fits one wave in the device's KV cache, and N is the job's size
+    module, model = _plan(emulated, num_prompts=1024), _plan(emulated, "model", num_prompts=1024)
     assert model.decisions.batching == "model" and model.decisions.attn_batch == model.decisions.num_seqs
     assert model.memory["device"]["kv_cache"] > 0 and model.memory["host"]["kv_cache"] == 0
     assert model.memory["device"]["total"] <= model.memory["device"]["budget"]
     assert model.decisions.num_seqs < module.decisions.num_seqs
     assert module.predicted.generated_tok_s > model.predicted.generated_tok_s
-    roomier = _plan(emulate_link(emulated, 1.0, 1.2), "model")
+    roomier = _plan(emulate_link(emulated, 1.0, 1.2), "model", num_prompts=1024)
     assert roomier.decisions.num_seqs > model.decisions.num_seqs
 
 

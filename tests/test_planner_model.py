@@ -158,7 +158,12 @@ def test_more_sequences_never_lower_modelled_throughput():
         )
     )
     value = ev.generated_tok_s[ev.feasible]
-    assert value.size > 1000 and np.all(np.diff(value) >= -1e-9 * value[1:])
+    # the job runs in whole waves (equal lengths): between two wave counts a larger N only moves tokens from the
+    # last wave to the full ones, which a step time that is not linear in the batch prices a hair differently
+    assert value.size > 1000 and np.all(np.diff(value) >= -1e-4 * value[1:])
+    waves = np.floor((5000 - 1) / n[ev.feasible]) + 1
+    fewer = np.flatnonzero(np.diff(waves) < 0)
+    assert fewer.size > 0 and np.all(value[fewer + 1] > value[fewer])  # one wave fewer is faster
 
 
 def test_memory_model_caps_sequences_by_kv_and_host():
@@ -273,7 +278,7 @@ def test_end_to_end_bound_adds_the_prompts_prefill_at_peak_to_the_compute_term()
 def test_a_chunk_riding_a_decode_step_pays_no_weight_copy_of_its_own():
     """The merged pass: with refill every prefill chunk rides a decode step, so the streamed layers it would
     have copied for a pass of its own are not paid again; its expert batches join the decode tokens'."""
-    from planner.perf.merged import merged_prefill, riding_fraction
+    from planner.perf.merged import merged_prefill
 
     spec, profile, budgets = small_spec(), flat_profile(False), Budgets(8 * GiB, 512 * GiB, 0)
     staggered = Workload.from_lengths([300] * 4, [8, 30, 50, 64], num_prompts=1000)
@@ -281,16 +286,12 @@ def test_a_chunk_riding_a_decode_step_pays_no_weight_copy_of_its_own():
     c = candidates(residency=model.residency_range[0], attention_threads=8)
     n = np.array([100.0])
     alone, decode = model.prefill_chunk(c, n), model.decode_step(c, n)
-    merged = merged_prefill(model, c, alone, decode, n, np.array([1e6]))
+    merged = merged_prefill(model, c, alone, decode, n, np.array([1.0]))
     assert alone["weight_copy"][0] > 0
     assert merged["chunk"][0] <= alone["chunk"][0] - 0.9 * alone["weight_copy"][0]  # the copy, not paid again
     assert merged["weight_copy"][0] < alone["weight_copy"][0]
-    assert riding_fraction(model, alone["tokens"], n, np.array([1e6]))[0] == 1.0
-    assert riding_fraction(model, alone["tokens"], n, np.array([0.0]))[0] == 0.0  # no decode step to ride
-    waves = PerfModel(spec, profile, Workload.fixed(300, 40, 1000), budgets, stream_on_host=True)
-    assert (
-        0.0 < riding_fraction(waves, np.array([512.0]), n, np.array([1e6]))[0] < 1.0
-    )  # a wave's first forward
+    unmerged = merged_prefill(model, c, alone, decode, n, np.array([0.0]))  # no decode step to ride
+    assert unmerged["chunk"][0] == alone["chunk"][0] and unmerged["weight_copy"][0] == alone["weight_copy"][0]
 
 
 def test_a_third_stream_slot_only_when_device_memory_has_room():
@@ -312,7 +313,7 @@ def test_a_third_stream_slot_only_when_device_memory_has_room():
         seen.add(memory.stream_slots(c, n))
         assert memory.stream_slots(c, n) == (3 if used + slot <= device_gib * GiB else 2)
     assert seen == {2, 3}
-    plan = make_plan(spec.with_layers(8), profile, workload, Budgets.from_args(profile, 128, device_gb=80))
+    plan = make_plan(spec, profile, workload, Budgets.from_args(profile, 128, device_gb=80))  # streams
     assert (
         plan.decisions.stream_slots == 3 and plan.memory["device"]["total"] <= plan.memory["device"]["budget"]
     )

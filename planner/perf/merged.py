@@ -10,16 +10,6 @@ import numpy as np
 COMPUTE_RESOURCES = ("device", "cpu")
 
 
-def riding_fraction(model, tokens: np.ndarray, num_seqs: np.ndarray, decode_steps: np.ndarray) -> np.ndarray:
-    w = model.workload
-    forwards = max(w.prompt_tokens, 1.0) / np.maximum(tokens, 1.0)
-    most = np.minimum(decode_steps / forwards, 1.0)  # at most one chunk rides in each decode step
-    if not w.finishes_in_waves:
-        return most
-    forwards_per_wave = np.maximum(num_seqs * w.prompt_len_mean / np.maximum(tokens, 1.0), 1.0)
-    return np.minimum(1.0 - 1.0 / forwards_per_wave, most)
-
-
 def _group_experts(model, c, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Seconds of one FFN call's routed experts over `tokens` tokens, and the experts they hit."""
     lay, spec = model.layout, model.spec
@@ -29,8 +19,9 @@ def _group_experts(model, c, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return model._expert_seconds(hit, rows, tokens, c.expert_batch) + ov["experts"], hit
 
 
-def merged_prefill(model, c, pre: dict, decode: dict, num_seqs: np.ndarray, decode_steps: np.ndarray) -> dict:
-    """`pre` (a standalone prefill chunk) with `chunk` and `weight_copy` as the merged pass runs it."""
+def merged_prefill(model, c, pre: dict, decode: dict, num_seqs: np.ndarray, share: np.ndarray) -> dict:
+    """`pre` (a standalone prefill chunk) with `chunk` and `weight_copy` as the merged pass runs it, where a
+    `share` of the forwards ride in a decode step (`decode`, its batch's step) and the rest run alone."""
     lay, r = model.layout, model.rates
     tokens, layer = pre["tokens"], decode["layer"]
     group = layer["group_tokens"]
@@ -38,7 +29,7 @@ def merged_prefill(model, c, pre: dict, decode: dict, num_seqs: np.ndarray, deco
     e_chunk, hit_chunk = _group_experts(model, c, tokens)
     e_both, hit_both = _group_experts(model, c, group + tokens)
     saved = np.maximum(e_group + e_chunk - e_both, 0.0)
-    marginal = {}
+    marginal, riding_total = {}, {}
     for kind in ("moe", "dense"):
         dec, ride = layer["resources"][kind], dict(pre["ride"][kind])
         if kind == "moe":
@@ -52,13 +43,27 @@ def merged_prefill(model, c, pre: dict, decode: dict, num_seqs: np.ndarray, deco
         merged = np.maximum.reduce([dec.get(k, 0.0) + ride.get(k, 0.0) for k in keys])
         alone = np.maximum.reduce(list(dec.values()))
         marginal[kind] = np.maximum(merged - alone, 0.0)
+        riding_total[kind] = ride
     n_moe, n_dense = lay.num_moe_layers, lay.num_dense_layers
     per_layer_alone = n_moe * pre["alone"]["moe"] + n_dense * pre["alone"]["dense"]
     rest = pre["chunk"] - per_layer_alone - pre["alone"]["step"]  # embed, lm_head, the forward's bookkeeping
     riding = n_moe * marginal["moe"] + n_dense * marginal["dense"] + rest
-    share = riding_fraction(model, tokens, num_seqs, decode_steps)
+    if model.emulated:
+        riding = np.maximum(riding, _step_marginal(decode, riding_total, n_moe, n_dense, rest))
     out = dict(pre)
     out["chunk"] = share * riding + (1.0 - share) * pre["chunk"]
     token_share = tokens / (tokens + num_seqs)
     out["weight_copy"] = pre["weight_copy"] * (share * token_share + 1.0 - share)
     return out
+
+
+def _step_marginal(decode: dict, ride: dict, n_moe: int, n_dense: int, rest: np.ndarray) -> np.ndarray:
+    """What a chunk adds to a whole decode step, resource by resource. Behind the emulated link the streamer
+    runs two layers ahead, so a layer whose copy outlasts its compute does not hide a prefill chunk's compute
+    where the step as a whole is compute-bound (the tail's lm_head and sampling hold the link's slots full)."""
+    busy = {k.removeprefix("busy_"): v for k, v in decode.items() if k.startswith("busy_")}
+    added = {k: n_moe * ride["moe"].get(k, 0.0) + n_dense * ride["dense"].get(k, 0.0) for k in busy}
+    compute = next(k for k in COMPUTE_RESOURCES if k in busy)
+    added[compute] = added[compute] + rest
+    merged = np.maximum.reduce([busy[k] + added[k] for k in busy])
+    return np.maximum(merged - np.maximum.reduce(list(busy.values())), 0.0)

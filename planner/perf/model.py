@@ -21,6 +21,7 @@ from planner.perf.memory import Budgets, MemoryModel
 from planner.perf.merged import merged_prefill
 from planner.perf.overheads import OverheadTerms
 from planner.perf.rates import Rates, RateScale
+from planner.perf.schedule import job_schedule
 from planner.plans.workload import Workload
 from planner.specs.spec import ModelSpec
 from planner.units import KV_BLOCK_SIZE
@@ -480,18 +481,12 @@ class PerfModel:
             feasible &= self.memory.stream_parts(sized) == 1
         n = np.clip(num_seqs, 1.0, float(w.num_prompts))
         at_n = self.decode_step(c, n)
-        p = float(w.num_prompts)
-        decoded = max(w.gen_len_mean - 1.0, 0.0)  # a sequence's first token comes from its prefill forward
-        staggered = 0.0 if w.finishes_in_waves else 1.0
-        # in waves, a wave's later prefill forwards each take a step of their own (their prompts join the decode
-        # batch one forward apart), so a wave spans its forwards - 1 extra steps at a partial decode batch
-        forwards = np.maximum(n * w.prompt_len_mean / self.prefill_tokens(c, n), 1.0)
-        ramp = (1.0 - staggered) * (p / n) * (forwards - 1.0) * (decoded > 0)
-        steps = np.maximum(p * decoded / n + staggered * (decoded / 2) * (1 - n / p) + ramp, 1e-9)
-        occupancy = np.maximum(p * decoded / steps, 1.0)
-        at_mean = at_n if w.num_prompts == 1 else self.decode_step(c, occupancy)
-        decode_time = steps * at_mean["step"]
-        pre = merged_prefill(self, c, self.prefill_chunk(c, n), at_mean, n, steps)
+        sched = job_schedule(w, n, self.prefill_tokens(c, n))
+        steps = sched.decode_steps
+        priced = [(self.decode_step(c, batch), count) for batch, count in sched.mix]
+        decode_time = sum(count * at["step"] for at, count in priced)
+        carrier = self.decode_step(c, sched.main_batch)  # the steps most prefill chunks ride in
+        pre = merged_prefill(self, c, self.prefill_chunk(c, n), carrier, n, sched.riding_share)
         prefill_tok_s = pre["tokens"] / pre["chunk"]
         prefill_time = w.prompt_tokens / prefill_tok_s
         wall = prefill_time + decode_time

@@ -21,6 +21,7 @@ PREFILL_CHUNKS = 2.0 ** np.arange(7, 18)  # 128 .. 131072 tokens
 ATTENTION_SATURATION = 0.995
 SEED = 0
 COARSE_RESIDENCIES = 33  # the second start's lattice (the local search refines it)
+COARSE_STARTS = 4  # its best points the local search starts from
 
 PLATEAU = 1e-3  # emulated link: throughputs this close are one plateau (largest batches win)
 
@@ -138,7 +139,7 @@ class Solver:
                 [(rho_lo, e) for e in range(EXPERT_BATCHES_LOG2[0], EXPERT_BATCHES_LOG2[1] + 1)]
             )
             start = (rho_lo, EXPERT_BATCHES_LOG2[0] + int(np.argmax(values)))
-        ends = {self._local_search(p, rho_lo) for p in sorted({start, self._coarse_best(rho_lo)})}
+        ends = {self._local_search(p, rho_lo) for p in sorted({start, *self._coarse_best(rho_lo)})}
         best = self._smallest_equivalent(max(sorted(ends), key=lambda p: self._values([p])[0]), rho_lo)
         value, a_idx, c_idx = self._cache[best]
         if value <= 0:
@@ -168,14 +169,15 @@ class Solver:
             solve_seconds=time.perf_counter() - began,
         )
 
-    def _coarse_best(self, rho_lo: int) -> tuple[int, int]:
-        """The best point of a coarse lattice (COARSE_RESIDENCIES residencies, every b_e): a second start for
-        the local search where the evolution settles on another basin."""
+    def _coarse_best(self, rho_lo: int) -> list[tuple[int, int]]:
+        """The best COARSE_STARTS points of a coarse lattice (COARSE_RESIDENCIES residencies, every b_e): more
+        starts for the local search where the evolution settles on another basin (N's whole waves make the
+        landscape bumpy: `planner.perf.schedule`)."""
         rhos = np.unique(np.linspace(rho_lo, self.max_residency, COARSE_RESIDENCIES).round().astype(int))
         lo, hi = EXPERT_BATCHES_LOG2
         points = [(int(r), e) for r in rhos for e in range(lo, hi + 1)]
         values = self._values(points)
-        return points[int(np.argmax(values))]
+        return [points[i] for i in np.argsort(values)[::-1][:COARSE_STARTS]]
 
     def _local_search(self, start: tuple[int, int], rho_lo: int) -> tuple[int, int]:
         best = start
