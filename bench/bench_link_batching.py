@@ -69,10 +69,13 @@ def plans(spec, profile, workload, host_kv_gb: float) -> dict:
 
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
+    import torch
+
     from planner.hardware.emulated_link import emulate_link
     from planner.hardware.profile import find_profile_for_this_machine, load_profile
     from planner.plans.workload import Workload
     from runtime.checkpoint import open_checkpoint
+    from runtime.profiler.spot_check import machine_speed
 
     cpu = load_profile(args.profile) if args.profile else find_profile_for_this_machine()
     profile = emulate_link(cpu, args.link_gbps, args.device_gb)
@@ -85,14 +88,17 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     for pass_index in [args.only_pass - 1] if args.only_pass else range(args.passes):
         for name, plan in systems.items():
             prompts = fixed_prompts(checkpoint.tokenizer, args.num_prompts, args.prompt_len, seed=pass_index)
+            speed = machine_speed(cpu, torch.device("cpu"))
             began, ticks = time.perf_counter(), cpu_times()
             report = run_engine(checkpoint, plan, profile, prompts, args.gen_len)
             report["cpu_steal_share"] = steal_share(ticks, cpu_times())
+            report["machine_speed"] = [speed, machine_speed(cpu, torch.device("cpu"))]
             e2e = report["throughput"]["end_to_end"]
             print(
                 f"[pass {pass_index + 1}/{args.passes}] {name}: N={plan.decisions.num_seqs} achieved {e2e['achieved']:.1f} "
                 f"tok/s, plan {e2e['predicted']:.1f} ({time.perf_counter() - began:.0f} s, "
-                f"{report['cpu_steal_share']:.0%} of the CPU stolen)",
+                f"{report['cpu_steal_share']:.0%} of the CPU stolen, machine speed "
+                f"{report['machine_speed'][0]:.2f} -> {report['machine_speed'][1]:.2f} of the profile's)",
                 flush=True,
             )
             runs[name].append(report)
@@ -144,6 +150,10 @@ def summary(systems: dict, runs: dict[str, list[dict]]) -> pd.DataFrame:
                 "link_busy_plan": plan.utilisation.get("link"),
                 "link_busy_measured": statistics.median(link),
                 "cpu_steal": " ".join(f"{r.get('cpu_steal_share', 0.0):.0%}" for r in runs[name]),
+                "machine_speed": " / ".join(
+                    "{:.2f}, {:.2f}".format(*r["machine_speed"]) if "machine_speed" in r else "-"
+                    for r in runs[name]
+                ),
             }
         )
     return pd.DataFrame(rows)
@@ -169,6 +179,7 @@ def markdown(frame: pd.DataFrame, args: argparse.Namespace, command: str, machin
             "link busy plan",
             "link busy measured",
             "CPU stolen (per pass)",
+            "machine speed / profile's (before, after; per pass)",
         ],
         [
             [
@@ -184,6 +195,7 @@ def markdown(frame: pd.DataFrame, args: argparse.Namespace, command: str, machin
                 f"{r.link_busy_plan:.0%}",
                 f"{r.link_busy_measured:.0%}",
                 r.cpu_steal,
+                r.machine_speed,
             ]
             for r in frame.itertuples()
         ],
@@ -208,7 +220,9 @@ def markdown(frame: pd.DataFrame, args: argparse.Namespace, command: str, machin
             f"behind an emulated {args.link_gbps:g} GB/s link with {args.device_gb:g} GiB of device memory; "
             f"{args.num_prompts} prompts of {args.prompt_len} + {args.gen_len} tokens. Model-based batching keeps the "
             "KV cache in device memory (so device memory bounds its batch) and runs one batch size through every "
-            "module; module-based batching keeps the KV cache in host memory and batches each module on its own.",
+            "module; module-based batching keeps the KV cache in host memory and batches each module on its own. "
+            "Machine speed: the spot GEMM's rate over the profile's fingerprint before and after each run (a VM's "
+            "speed drifts with its neighbours; module batching is CPU-bound, model batching paced by the link).",
             "",
             table,
             "",

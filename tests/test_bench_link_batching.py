@@ -37,6 +37,8 @@ def fake_runs(tmp_path, monkeypatch):
         }
 
     monkeypatch.setattr(bench_link_batching, "run_engine", run_engine)
+    speeds = iter([1.0, 0.9, 1.1, 0.8] * 20)  # the spot GEMM's speed before and after each run
+    monkeypatch.setattr("runtime.profiler.spot_check.machine_speed", lambda profile, device: next(speeds))
     return tmp_path
 
 
@@ -61,6 +63,9 @@ def test_the_summary_is_the_median_pass(fake_runs):
     bench_link_batching.main([*common, "--summarize"])
     frame = pd.read_csv(fake_runs / "link-batching.csv")
     assert (frame["achieved_tok_s"] / frame["predicted_tok_s"]).round(4).tolist() == [0.9] * 3
+    assert (
+        frame["machine_speed"].iloc[0] == "1.10, 0.80 / 1.00, 0.90 / 1.00, 0.90"
+    )  # passes 1..3 (run 3, 1, 2)
 
 
 def test_steal_share_is_the_stolen_ticks_over_all_ticks():

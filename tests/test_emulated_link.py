@@ -206,6 +206,28 @@ def test_emulated_profile_round_trips_and_keeps_the_cpu_measurements(emulated, t
         emulate_link(load_profile("a5000-epyc7453"), 1.0, 0.6)
 
 
+def test_profiling_for_an_emulated_link_measures_gemms_in_the_model_dtype(tmp_path, monkeypatch):
+    """Plans on an emulated device compute in the model dtype, as on a GPU: `runtime profile --emulate-link`
+    measures the curves in it, with no float32 pick (whose 16-bit pricing is a one-shape ratio)."""
+    import runtime.profiler.measure as measure
+    from runtime.cli import main
+
+    asked = []
+
+    def fake_measure(sizing, command, model_dtype_gemms=False, **_):
+        asked.append((command, model_dtype_gemms))
+        return load_profile("cpu-amd-epyc-2c")
+
+    monkeypatch.setattr(measure, "measure_profile", fake_measure)
+    out = tmp_path / "emulated.yaml"
+    args = ["profile", "--sizing", "tiny", "--emulate-link", "0.5", "--emulate-device-gb", "0.125"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert asked == [("runtime profile --sizing tiny --emulate-link 0.5 --emulate-device-gb 0.125", True)]
+    assert load_profile(out).emulated_link.gbps == 0.5
+    assert main(["profile", "--sizing", "tiny", "--out", str(tmp_path / "cpu.yaml")]) == 0
+    assert asked[-1][1] is False  # a CPU profile picks the dtype its own plans run fastest in
+
+
 def _plan(profile, batching="module", num_prompts=256):
     spec = load_spec("mixtral-mini").with_layers(4)
     return make_plan(

@@ -87,6 +87,7 @@ def test_explain_tables_and_what_ifs(capsys, tmp_path):
         "what would raise throughput most: 2x",
         "experts",
         "weight_copy",
+        "mean decode batch (of N)",
     ):
         assert text in out
     code, out, _ = run(capsys, "explain", str(path), "--no-what-if")

@@ -45,7 +45,7 @@ class Schedule:
 
 def job_schedule(w: Workload, num_seqs: np.ndarray, tokens: np.ndarray) -> Schedule:
     """The schedule of `w` with N = `num_seqs` slots and at most `tokens` prompt tokens per forward."""
-    p, d = float(w.num_prompts), max(w.gen_len_mean - 1.0, 0.0)  # a sequence's first token comes from prefill
+    p, d = float(w.num_prompts), w.decoded_tokens / max(w.num_prompts, 1)
     n = np.maximum(num_seqs, 1.0)
     forwards = np.maximum(w.prompt_tokens / np.maximum(tokens, 1.0), 1.0)
     if d == 0:

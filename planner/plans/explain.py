@@ -168,6 +168,11 @@ def explain(plan: Plan, what_if: bool = True) -> str:
                 ["prefill tok/s", p.prefill_tok_s],
                 ["wall time (s)", p.wall_time_s],
                 ["decode steps", p.decode_steps],
+                [
+                    "mean decode batch (of N)",  # below N: admission, ramps and the last wave (perf/schedule.py)
+                    f"{plan.workload.decoded_tokens / max(p.decode_steps, 1e-9):.4g} "
+                    f"(of {plan.decisions.num_seqs})",
+                ],
                 ["static batches instead (tok/s)", p.static_batches_tok_s],
                 ["S-MBU", p.s_mbu],
                 ["S-MFU", p.s_mfu],

@@ -185,6 +185,11 @@ class Workload:
         return self.num_prompts * self.prompt_len_mean
 
     @property
+    def decoded_tokens(self) -> float:
+        """Tokens decode steps generate: each sequence's first token comes from its prefill forward."""
+        return self.num_prompts * max(self.gen_len_mean - 1.0, 0.0)
+
+    @property
     def finishes_in_waves(self) -> bool:
         """Equal generation lengths: sequences started together finish together, so refills come in waves and
         there is no staggered drain at the end of the job."""

@@ -102,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
     command = "runtime profile" + (f" --sizing {sizing.name}" if sizing.name != "full" else "")
     emulation = _emulation(args)
     if emulation is not None:
-        profile = _emulated(args, emulation, lambda: measure_profile(sizing, command=command))
+        # the emulated device computes in the model dtype, so its curves are measured in it (no float32 pick)
+        command += f" --emulate-link {emulation[0]:g} --emulate-device-gb {emulation[1]:g}"
+        profile = _emulated(
+            args, emulation, lambda: measure_profile(sizing, command=command, model_dtype_gemms=True)
+        )
     else:
         profile = measure_profile(sizing, command=command)
     if args.out is not None:

@@ -170,7 +170,10 @@ def measure_profile(
     device: torch.device | None = None,
     command: str = "runtime profile",
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+    model_dtype_gemms: bool = False,
 ) -> HardwareProfile:
+    """`model_dtype_gemms`: GEMM curves in the 16-bit model dtype, with no float32 pick (an emulated device's
+    plans compute in the model dtype, as a GPU's do; `planner.perf.gemm_dtype`)."""
     keep_temporaries_in_heap()  # the regime the engine runs in (runtime.host_allocator)
     device = device or default_device()
     cores = usable_cores()
@@ -205,7 +208,10 @@ def measure_profile(
         sizing.gemm_budget_s / len(sizing.gemm_shapes) / 2
     )  # the weights' set-up spends the deadline
     gemm_curves = []
-    weight_dtype, narrow_speed = pick_gemm_dtype(device, EXPERT_SHAPES[1], GEMM_DTYPE, cache)
+    if model_dtype_gemms:
+        weight_dtype, narrow_speed = GEMM_DTYPE, ()
+    else:
+        weight_dtype, narrow_speed = pick_gemm_dtype(device, EXPERT_SHAPES[1], GEMM_DTYPE, cache)
     narrow_note = ", ".join(f"{ratio:.2f}x at {rows} rows" for rows, ratio in narrow_speed)
     log(
         f"  GEMM weights in {weight_dtype} (inputs in {GEMM_DTYPE})"
