@@ -471,7 +471,12 @@ class PerfModel:
         }
 
     # ----- the whole job -----
-    def evaluate(self, c: Candidates) -> Evaluation:
+    def throughput(self, c: Candidates) -> np.ndarray:
+        """End-to-end generated tok/s of each candidate (0 where it does not fit): what the solver maximises."""
+        return self._job(c)["generated"]
+
+    def _job(self, c: Candidates) -> dict:
+        """The job's time: N, its schedule's decode steps priced at the batches they run at, its prefill."""
         w = self.workload
         sized = self.batched(c, 1.0)  # model-based batching: prefill experts unchunked (N's share apart)
         n_max = self.memory.max_num_seqs(sized)
@@ -480,27 +485,39 @@ class PerfModel:
         if self.emulated and not self.model_batching and self.whole_layers_fit:
             feasible &= self.memory.stream_parts(sized) == 1
         n = np.clip(num_seqs, 1.0, float(w.num_prompts))
-        at_n = self.decode_step(c, n)
         sched = job_schedule(w, n, self.prefill_tokens(c, n))
-        steps = sched.decode_steps
-        priced = [(self.decode_step(c, batch), count) for batch, count in sched.mix]
-        decode_time = sum(count * at["step"] for at, count in priced)
-        carrier = self.decode_step(c, sched.main_batch)  # the steps most prefill chunks ride in
-        pre = merged_prefill(self, c, self.prefill_chunk(c, n), carrier, n, sched.riding_share)
-        prefill_tok_s = pre["tokens"] / pre["chunk"]
-        prefill_time = w.prompt_tokens / prefill_tok_s
+        priced = [self.decode_step(c, batch) for batch, _ in sched.mix]
+        decode_time = sum(count * at["step"] for at, (_, count) in zip(priced, sched.mix))
+        # mix[0] decodes the most tokens: the steps most prefill chunks ride in
+        pre = merged_prefill(self, c, self.prefill_chunk(c, n), priced[0], n, sched.riding_share)
+        prefill_time = w.prompt_tokens / (pre["tokens"] / pre["chunk"])
         wall = prefill_time + decode_time
         generated = np.where(feasible, w.generated_tokens / wall, 0.0)
+        return {
+            "feasible": feasible,
+            "n": n,
+            "schedule": sched,
+            "pre": pre,
+            "prefill_time": prefill_time,
+            "wall": wall,
+            "generated": generated,
+        }
+
+    def evaluate(self, c: Candidates) -> Evaluation:
+        """The job as `throughput` prices it, with the decode step at N and its modules (what a plan reports)."""
+        job = self._job(c)
+        n, pre, prefill_time, steps = job["n"], job["pre"], job["prefill_time"], job["schedule"].decode_steps
+        at_n = self.decode_step(c, n)
         busy = {k.removeprefix("busy_"): v for k, v in at_n.items() if k.startswith("busy_")}
         decode_modules = {k: at_n[k] for k in DECODE_MODULES}
         decode_modules["prefill"] = prefill_time / np.maximum(steps, 1.0)
         return Evaluation(
-            feasible=feasible,
+            feasible=job["feasible"],
             num_seqs=n,
-            generated_tok_s=generated,
+            generated_tok_s=job["generated"],
             decode_tok_s=n / at_n["step"],
-            prefill_tok_s=prefill_tok_s,
-            wall_time_s=wall,
+            prefill_tok_s=pre["tokens"] / pre["chunk"],
+            wall_time_s=job["wall"],
             decode_steps=steps,
             decode_step_s=at_n["step"],
             prefill_chunk_s=pre["chunk"],

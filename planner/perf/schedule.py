@@ -24,19 +24,12 @@ class Schedule:
     decode_steps: np.ndarray  # steps that decode at least one sequence
     forwards: np.ndarray  # prefill forwards over the job
     standalone: np.ndarray  # forwards with no decode batch to ride in (priced as prefill steps alone)
-    mix: tuple[tuple[np.ndarray, np.ndarray], ...]  # (decode batch, decode steps at that batch)
+    mix: tuple[tuple[np.ndarray, np.ndarray], ...]  # (decode batch, steps at it), the most tokens first
 
     @property
     def riding_share(self) -> np.ndarray:
         """Share of the prefill forwards that ride in a decode step (the merged pass)."""
         return np.clip(1.0 - self.standalone / np.maximum(self.forwards, 1.0), 0.0, 1.0)
-
-    @property
-    def main_batch(self) -> np.ndarray:
-        """The batch of the mix's entry that decodes the most tokens."""
-        tokens = np.stack([b * s for b, s in self.mix])
-        batches = np.stack([np.broadcast_to(b, tokens.shape[1:]) for b, _ in self.mix])
-        return np.take_along_axis(batches, np.argmax(tokens, axis=0)[None], axis=0)[0]
 
     @property
     def mean_batch(self) -> np.ndarray:
@@ -52,11 +45,11 @@ def job_schedule(w: Workload, num_seqs: np.ndarray, tokens: np.ndarray) -> Sched
         nothing = np.zeros_like(n)
         return Schedule(nothing + 1e-9, forwards, forwards, ((nothing + 1.0, nothing + 1e-9),))
     if not w.finishes_in_waves:
-        return _staggered(w, n, forwards, p, d)
+        return _staggered(n, forwards, p, d)
     return _waves(w, n, tokens, forwards, p, d)
 
 
-def _staggered(w: Workload, n, forwards, p: float, d: float) -> Schedule:
+def _staggered(n, forwards, p: float, d: float) -> Schedule:
     """Generation lengths differ: refills trickle in as sequences finish, one prefill forward per decode step at
     most; the job ends on a drain of about half a generation at a falling batch."""
     steps = p * d / n + (d / 2) * (1.0 - n / p)
@@ -78,7 +71,7 @@ def _waves(w: Workload, n, tokens, forwards, p: float, d: float) -> Schedule:
     rem = p - full * n  # the last wave's prompts, 1..N
     by_slots = full * cycle + np.floor((rem - 1.0) / a) + cycle
     by_admission = np.ceil(p * length / np.maximum(tokens, 1.0) - 1e-9) + d
-    slots_bind = by_slots >= by_admission
+    slots_bind = n < a * cycle  # a cycle's admissions would overfill the slots
     total = np.maximum(by_slots, by_admission)
     standalone = np.where(n <= a, full + 1.0, prefill_steps)  # a wave prefilled in one forward rides nothing
     steps = np.maximum(total - standalone, 1.0)
@@ -86,7 +79,7 @@ def _waves(w: Workload, n, tokens, forwards, p: float, d: float) -> Schedule:
     last = np.minimum(d, steps)
     rest = steps - last
     at_rest = np.where(rest > 0, (p * d - rem * last) / np.maximum(rest, 1e-9), n)
-    # admission binds: ramps of r steps up and down at a linear batch, a plateau of h between
+    # admission binds: ramps up and down of min(P / a, d) steps each at a linear batch, a plateau of h between
     ramp = np.minimum(2.0 * np.minimum(p / a, d), steps)
     plateau = steps - ramp
     h = p * d / np.maximum(plateau + ramp / 2.0, 1e-9)
@@ -96,5 +89,13 @@ def _waves(w: Workload, n, tokens, forwards, p: float, d: float) -> Schedule:
         (np.where(slots_bind, rem, lo * h), np.where(slots_bind, last, ramp / 2.0)),
         (np.where(slots_bind, 1.0, hi * h), np.where(slots_bind, 0.0, ramp / 2.0)),
     )
-    mix = tuple((np.clip(b, 1.0, n), s) for b, s in mix)
-    return Schedule(steps, forwards, standalone, mix)
+    return Schedule(steps, forwards, standalone, _most_tokens_first(mix, n))
+
+
+def _most_tokens_first(mix, n) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The entries clipped to [1, N] and ordered, candidate by candidate, by the tokens they decode."""
+    batches = np.stack(np.broadcast_arrays(*(np.clip(b, 1.0, n) for b, _ in mix)))
+    counts = np.stack(np.broadcast_arrays(*(s for _, s in mix)))
+    order = np.argsort(-batches * counts, axis=0, kind="stable")
+    batches, counts = np.take_along_axis(batches, order, 0), np.take_along_axis(counts, order, 0)
+    return tuple(zip(batches, counts))

@@ -81,7 +81,7 @@ class Solver:
             prefill_chunk=PREFILL_CHUNKS.reshape(1, 1, -1),
             attention_threads=self.attention_threads,
         )
-        value = self.model.evaluate(c).generated_tok_s.reshape(k, -1)
+        value = self.model.throughput(c).reshape(k, -1)
         self.evaluations += value.size
         best = np.argmax(value, axis=1)
         if self.model.emulated:  # on a plateau (compute hidden under the link) the largest batches: least
@@ -290,7 +290,7 @@ def grid_search(model: PerfModel) -> tuple[float, tuple[int, int, int, int]]:
             prefill_chunk=PREFILL_CHUNKS.reshape(1, 1, -1),
             attention_threads=attention_threads,
         )
-        value = model.evaluate(c).generated_tok_s
+        value = model.throughput(c)
         i = np.unravel_index(int(np.argmax(value)), value.shape)
         if value[i] > best[0]:
             best = (
