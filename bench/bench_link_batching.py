@@ -85,16 +85,19 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     runs: dict[str, list[dict]] = {name: [] for name in systems}
     if args.summarize:
         return summary(systems, {name: saved_runs(name, plan, args.passes) for name, plan in systems.items()})
-    # a warm-up, unrecorded: a process's first spot GEMM read 0.75-0.96 of later ones
-    machine_speed(cpu, torch.device("cpu"))
+
+    def speed_now() -> float:
+        return machine_speed(cpu, torch.device("cpu"))
+
+    speed_now()  # a warm-up, unrecorded: a process's first spot GEMM read 0.75-0.96 of later ones
     for pass_index in [args.only_pass - 1] if args.only_pass else range(args.passes):
         for name, plan in systems.items():
             prompts = fixed_prompts(checkpoint.tokenizer, args.num_prompts, args.prompt_len, seed=pass_index)
-            speed = machine_speed(cpu, torch.device("cpu"))
+            speed = speed_now()
             began, ticks = time.perf_counter(), cpu_times()
             report = run_engine(checkpoint, plan, profile, prompts, args.gen_len)
             report["cpu_steal_share"] = steal_share(ticks, cpu_times())
-            report["machine_speed"] = [speed, machine_speed(cpu, torch.device("cpu"))]
+            report["machine_speed"] = [speed, speed_now()]
             e2e = report["throughput"]["end_to_end"]
             print(
                 f"[pass {pass_index + 1}/{args.passes}] {name}: N={plan.decisions.num_seqs} achieved {e2e['achieved']:.1f} "
